@@ -1,0 +1,2 @@
+//! backend-iptables: TODO.
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! backend-ipvs: TODO.
+#![forbid(unsafe_code)]

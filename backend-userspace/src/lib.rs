@@ -1,0 +1,2 @@
+//! backend-userspace: TODO.
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! `svcproxy`: the reference proxy. TODO(#3).
+fn main() {}

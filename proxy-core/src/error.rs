@@ -1,0 +1,61 @@
+//! Errors shared by the crate's parts. Validation and file errors live beside their code
+//! ([`crate::validate::ValidationErrors`], [`crate::file::LoadError`]).
+
+use std::fmt;
+
+use crate::validate::FieldError;
+
+/// A table asks for features the chosen backend does not have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct UnsupportedFeatures {
+    /// The backend's name.
+    pub backend: String,
+    /// Each field that asks for too much.
+    pub problems: Vec<FieldError>,
+}
+
+impl fmt::Display for UnsupportedFeatures {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the table asks for {} feature(s) the {} backend lacks:",
+            self.problems.len(),
+            self.backend
+        )?;
+        for problem in &self.problems {
+            write!(f, "\n  {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a dataplane could not sync or clean up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DataplaneError {
+    /// The table asks for something the backend cannot do.
+    #[error(transparent)]
+    Unsupported(#[from] UnsupportedFeatures),
+    /// The backend failed; `source` is its own typed error.
+    #[error("{backend} backend: {source}")]
+    Backend {
+        /// The backend's name.
+        backend: &'static str,
+        /// The backend's error, with its own context.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+}
+
+impl DataplaneError {
+    /// Wraps a backend's own error.
+    pub fn backend(
+        backend: &'static str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        DataplaneError::Backend {
+            backend,
+            source: Box::new(source),
+        }
+    }
+}

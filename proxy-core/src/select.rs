@@ -1,0 +1,352 @@
+//! Endpoint selection: which endpoints a service port's traffic may go to. Written once and shared
+//! by every backend, with kube-proxy's semantics (`pkg/proxy/topology.go`, `CategorizeEndpoints`):
+//!
+//! - **Cluster** endpoints are the *ready* ones; when none is ready anywhere, the *serving and
+//!   terminating* ones (so a rolling update does not drop traffic, KEP-1669).
+//! - **Local** endpoints are the ready endpoints on this node; when none of those is ready, the
+//!   serving-and-terminating ones on this node. The fallback is decided separately from Cluster's.
+//! - A list is only computed when some policy uses it: internal `Cluster`, or external `Cluster`
+//!   on a port reachable from outside, uses the cluster list; `Local` the local one.
+//! - [`EndpointSelection::has_any_endpoints`] tells "no usable endpoint anywhere" (the backend
+//!   rejects: ICMP port unreachable or TCP reset) from "usable endpoints, but none local for a
+//!   `Local` policy" (the backend drops).
+//!
+//! Topology hints (`PreferSameZone`/`PreferSameNode`) are not modelled: the table carries zones
+//! but no hints, so cluster endpoints are never filtered by zone.
+//!
+//! ```
+//! use proxy_core::select::{select_endpoints, Target};
+//! use proxy_core::table::*;
+//!
+//! let mut ready = Endpoint::new("198.18.1.10".parse().unwrap(), 8080);
+//! ready.is_local = true;
+//! let mut draining = Endpoint::new("198.18.1.11".parse().unwrap(), 8080);
+//! draining.ready = false;
+//! draining.terminating = true;
+//! let mut port = ServicePort::new(ServicePortName::new("default", "web", "http"), Protocol::Tcp, 80)
+//!     .with_endpoint(ready)
+//!     .with_endpoint(draining);
+//! port.internal_traffic_policy = TrafficPolicy::Local;
+//!
+//! let selection = select_endpoints(&port);
+//! match selection.internal() {
+//!     Target::Endpoints(eps) => assert_eq!(eps.len(), 1),
+//!     other => panic!("expected endpoints, got {other:?}"),
+//! }
+//! ```
+
+use crate::table::{Endpoint, ServicePort, TrafficPolicy};
+
+/// The endpoints a service port's traffic may use, by policy. Lists keep the table's order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointSelection<'a> {
+    /// Endpoints for `Cluster` policies: ready, else serving+terminating. Empty when no policy of
+    /// the port is `Cluster`.
+    pub cluster: Vec<&'a Endpoint>,
+    /// Endpoints for `Local` policies: local ready, else local serving+terminating. Empty when no
+    /// policy of the port is `Local`.
+    pub local: Vec<&'a Endpoint>,
+    /// The union of `cluster` and `local`, without repeats, in table order: every endpoint this
+    /// node may send traffic to (for conntrack clean-up and per-endpoint objects).
+    pub all_reachable: Vec<&'a Endpoint>,
+    /// Whether any endpoint anywhere is usable (ready, or serving+terminating). False means
+    /// "reject"; true with an empty list for a policy means "drop".
+    pub has_any_endpoints: bool,
+    internal_policy: TrafficPolicy,
+    external_policy: TrafficPolicy,
+}
+
+/// Where traffic of one kind (internal or external) goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<'s, 'a> {
+    /// Balance over these endpoints (never empty).
+    Endpoints(&'s [&'a Endpoint]),
+    /// No usable endpoint anywhere: refuse the connection (ICMP port unreachable / TCP reset), as
+    /// kube-proxy's `"... has no endpoints"` REJECT rule does.
+    Reject,
+    /// Usable endpoints exist, but none on this node for a `Local` policy: drop silently, as
+    /// kube-proxy's `"... has no local endpoints"` DROP rule does.
+    Drop,
+}
+
+impl<'a> EndpointSelection<'a> {
+    /// Where traffic to the cluster IPs goes (internal traffic policy).
+    pub fn internal(&self) -> Target<'_, 'a> {
+        self.target(self.internal_policy)
+    }
+
+    /// Where traffic to node ports, external IPs and load-balancer IPs goes (external traffic
+    /// policy). Traffic from inside the cluster to those addresses is short-circuited to
+    /// [`EndpointSelection::cluster`] by backends that can tell it apart, as kube-proxy does.
+    pub fn external(&self) -> Target<'_, 'a> {
+        self.target(self.external_policy)
+    }
+
+    /// The endpoints a policy uses (possibly empty).
+    pub fn for_policy(&self, policy: TrafficPolicy) -> &[&'a Endpoint] {
+        match policy {
+            TrafficPolicy::Cluster => &self.cluster,
+            TrafficPolicy::Local => &self.local,
+        }
+    }
+
+    fn target(&self, policy: TrafficPolicy) -> Target<'_, 'a> {
+        let endpoints = self.for_policy(policy);
+        if !endpoints.is_empty() {
+            Target::Endpoints(endpoints)
+        } else if self.has_any_endpoints {
+            Target::Drop
+        } else {
+            Target::Reject
+        }
+    }
+}
+
+/// Whether any traffic to `port` uses the cluster-wide endpoint list.
+pub fn uses_cluster_endpoints(port: &ServicePort) -> bool {
+    port.internal_traffic_policy == TrafficPolicy::Cluster
+        || (port.has_external_addresses() && port.external_traffic_policy == TrafficPolicy::Cluster)
+}
+
+/// Whether any traffic to `port` uses the node-local endpoint list.
+pub fn uses_local_endpoints(port: &ServicePort) -> bool {
+    port.internal_traffic_policy == TrafficPolicy::Local
+        || (port.has_external_addresses() && port.external_traffic_policy == TrafficPolicy::Local)
+}
+
+fn is_serving_terminating(endpoint: &Endpoint) -> bool {
+    endpoint.serving && endpoint.terminating
+}
+
+/// Picks the endpoints of `port` per traffic policy: kube-proxy's `CategorizeEndpoints`.
+///
+/// Pure and cheap (one or two passes over the endpoints); backends call it for each service port
+/// they plan.
+pub fn select_endpoints(port: &ServicePort) -> EndpointSelection<'_> {
+    let endpoints = &port.endpoints;
+    let mut has_any_endpoints = false;
+
+    let mut cluster = Vec::new();
+    if uses_cluster_endpoints(port) {
+        cluster.extend(endpoints.iter().filter(|ep| ep.ready));
+        if cluster.is_empty() {
+            cluster.extend(endpoints.iter().filter(|ep| is_serving_terminating(ep)));
+        }
+        // Any ready endpoint anywhere lands in `cluster`, so non-empty means "has endpoints".
+        has_any_endpoints = !cluster.is_empty();
+    }
+
+    let mut local = Vec::new();
+    if uses_local_endpoints(port) {
+        let mut has_local_ready = false;
+        let mut has_local_serving_terminating = false;
+        for ep in endpoints {
+            if ep.ready {
+                has_any_endpoints = true;
+                has_local_ready |= ep.is_local;
+            } else if is_serving_terminating(ep) {
+                has_any_endpoints = true;
+                has_local_serving_terminating |= ep.is_local;
+            }
+        }
+        if has_local_ready {
+            local.extend(endpoints.iter().filter(|ep| ep.is_local && ep.ready));
+        } else if has_local_serving_terminating {
+            local.extend(
+                endpoints
+                    .iter()
+                    .filter(|ep| ep.is_local && is_serving_terminating(ep)),
+            );
+        }
+    }
+
+    let all_reachable = if local.is_empty() {
+        cluster.clone()
+    } else if cluster.is_empty() {
+        local.clone()
+    } else {
+        // Both lists keep table order, so a filter over the table gives the ordered union.
+        endpoints
+            .iter()
+            .filter(|ep| {
+                cluster
+                    .iter()
+                    .chain(&local)
+                    .any(|chosen| std::ptr::eq(*chosen, *ep))
+            })
+            .collect()
+    };
+
+    EndpointSelection {
+        cluster,
+        local,
+        all_reachable,
+        has_any_endpoints,
+        internal_policy: port.internal_traffic_policy,
+        external_policy: port.external_traffic_policy,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::{Protocol, ServicePortName};
+
+    fn ep(last: u8, local: bool, ready: bool, serving: bool, terminating: bool) -> Endpoint {
+        let mut ep = Endpoint::new(format!("198.18.1.{last}").parse().expect("valid ip"), 8080);
+        ep.is_local = local;
+        ep.ready = ready;
+        ep.serving = serving;
+        ep.terminating = terminating;
+        ep
+    }
+
+    fn ready(last: u8, local: bool) -> Endpoint {
+        ep(last, local, true, true, false)
+    }
+
+    fn terminating(last: u8, local: bool) -> Endpoint {
+        ep(last, local, false, true, true)
+    }
+
+    fn port(endpoints: Vec<Endpoint>) -> ServicePort {
+        let mut port = ServicePort::new(ServicePortName::new("ns", "svc", "p"), Protocol::Tcp, 80);
+        port.endpoints = endpoints;
+        port
+    }
+
+    fn lasts(eps: &[&Endpoint]) -> Vec<u8> {
+        eps.iter()
+            .map(|ep| match ep.addr {
+                std::net::IpAddr::V4(v4) => v4.octets()[3],
+                std::net::IpAddr::V6(_) => unreachable!("tests use IPv4"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn cluster_policy_uses_ready_endpoints_only() {
+        let p = port(vec![
+            ready(1, false),
+            terminating(2, false),
+            ep(3, false, false, false, false),
+        ]);
+        let s = select_endpoints(&p);
+        assert_eq!(lasts(&s.cluster), [1]);
+        assert!(s.local.is_empty(), "no local policy, no local list");
+        assert_eq!(lasts(&s.all_reachable), [1]);
+        assert!(s.has_any_endpoints);
+        assert_eq!(s.internal(), Target::Endpoints(&s.cluster));
+    }
+
+    #[test]
+    fn cluster_falls_back_to_serving_terminating_when_none_ready() {
+        let p = port(vec![
+            terminating(1, false),
+            ep(2, false, false, false, true),
+            terminating(3, true),
+        ]);
+        let s = select_endpoints(&p);
+        assert_eq!(
+            lasts(&s.cluster),
+            [1, 3],
+            "not-serving terminating endpoint 2 is never used"
+        );
+        assert!(s.has_any_endpoints);
+    }
+
+    #[test]
+    fn no_endpoints_rejects() {
+        let s_empty = port(vec![]);
+        let s = select_endpoints(&s_empty);
+        assert_eq!(s.internal(), Target::Reject);
+        assert!(!s.has_any_endpoints);
+
+        let not_serving = port(vec![ep(1, true, false, false, false)]);
+        let s = select_endpoints(&not_serving);
+        assert_eq!(
+            s.internal(),
+            Target::Reject,
+            "an unready, non-serving endpoint is no endpoint"
+        );
+    }
+
+    #[test]
+    fn internal_local_uses_local_ready_and_drops_when_only_remote() {
+        let mut p = port(vec![ready(1, false), ready(2, true), ready(3, true)]);
+        p.internal_traffic_policy = TrafficPolicy::Local;
+        let s = select_endpoints(&p);
+        assert_eq!(lasts(&s.local), [2, 3]);
+        assert!(
+            s.cluster.is_empty(),
+            "cluster list unused: internal Local, no external addresses"
+        );
+        assert_eq!(lasts(&s.all_reachable), [2, 3]);
+
+        let mut remote_only = port(vec![ready(1, false)]);
+        remote_only.internal_traffic_policy = TrafficPolicy::Local;
+        let s = select_endpoints(&remote_only);
+        assert_eq!(
+            s.internal(),
+            Target::Drop,
+            "endpoints exist elsewhere: drop, not reject"
+        );
+    }
+
+    #[test]
+    fn local_fallback_is_decided_apart_from_cluster() {
+        // A ready endpoint elsewhere and a terminating one here: cluster uses the ready one, local
+        // falls back to the local terminating one.
+        let mut p = port(vec![ready(1, false), terminating(2, true)]);
+        p.external_traffic_policy = TrafficPolicy::Local;
+        p.node_port = Some(30080);
+        let s = select_endpoints(&p);
+        assert_eq!(lasts(&s.cluster), [1]);
+        assert_eq!(lasts(&s.local), [2]);
+        assert_eq!(lasts(&s.all_reachable), [1, 2]);
+        assert_eq!(s.internal(), Target::Endpoints(&s.cluster));
+        assert_eq!(s.external(), Target::Endpoints(&s.local));
+    }
+
+    #[test]
+    fn local_prefers_ready_over_terminating() {
+        let mut p = port(vec![terminating(1, true), ready(2, true)]);
+        p.internal_traffic_policy = TrafficPolicy::Local;
+        assert_eq!(lasts(&select_endpoints(&p).local), [2]);
+    }
+
+    #[test]
+    fn external_local_policy_ignored_without_external_addresses() {
+        let mut p = port(vec![ready(1, false)]);
+        p.external_traffic_policy = TrafficPolicy::Local;
+        let s = select_endpoints(&p);
+        assert!(
+            !uses_local_endpoints(&p),
+            "eTP only matters for externally reachable ports"
+        );
+        assert!(s.local.is_empty());
+        assert_eq!(s.internal(), Target::Endpoints(&s.cluster));
+    }
+
+    #[test]
+    fn external_local_without_local_endpoints_drops() {
+        let mut p = port(vec![ready(1, false)]);
+        p.external_traffic_policy = TrafficPolicy::Local;
+        p.external_ips = vec!["198.19.5.5".parse().expect("valid ip")];
+        let s = select_endpoints(&p);
+        assert_eq!(s.external(), Target::Drop);
+        assert_eq!(s.internal(), Target::Endpoints(&s.cluster));
+    }
+
+    #[test]
+    fn union_keeps_table_order_without_repeats() {
+        let mut p = port(vec![ready(1, true), ready(2, false), ready(3, true)]);
+        p.internal_traffic_policy = TrafficPolicy::Cluster;
+        p.external_traffic_policy = TrafficPolicy::Local;
+        p.node_port = Some(30000);
+        let s = select_endpoints(&p);
+        assert_eq!(lasts(&s.cluster), [1, 2, 3]);
+        assert_eq!(lasts(&s.local), [1, 3]);
+        assert_eq!(lasts(&s.all_reachable), [1, 2, 3]);
+    }
+}

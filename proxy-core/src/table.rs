@@ -1,0 +1,569 @@
+//! The service table: an immutable snapshot of every service port and its endpoints.
+//!
+//! The unit is the *service port*, as in kube-proxy (`ServicePortName` = namespace/name + port name):
+//! every backend programs one set of kernel objects per service port. A [`ServiceTable`] is cheap to
+//! clone (one `Arc`), and each [`ServicePort`] sits behind its own `Arc`, so an edit made with
+//! [`ServiceTable::edit`] shares every unchanged entry with the previous snapshot and
+//! [`crate::diff`] skips those by pointer.
+//!
+//! A `ServiceTable` can only be built through [`TableBuilder::build`] (or the file loader in
+//! [`crate::file`]), which validates it: a table that exists is a valid table.
+//!
+//! ```
+//! use proxy_core::table::*;
+//! use std::sync::Arc;
+//!
+//! let web = ServicePort::new(ServicePortName::new("default", "web", "http"), Protocol::Tcp, 80)
+//!     .with_cluster_ip("198.19.0.10".parse().unwrap())
+//!     .with_endpoint(Endpoint::new("198.18.1.10".parse().unwrap(), 8080));
+//! let table = ServiceTable::builder().node("node-a").insert(web).build().unwrap();
+//! assert_eq!(table.len(), 1);
+//! assert_eq!(table.endpoint_count(), 1);
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::validate::{self, ValidationErrors};
+
+/// The key of a service port: `namespace/name:port`, as kube-proxy's `ServicePortName`.
+///
+/// Ordered by namespace, then name, then port name, so tables iterate in a stable order.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServicePortName {
+    /// The service's namespace (`default` in `default/web`).
+    pub namespace: String,
+    /// The service's name (`web` in `default/web`).
+    pub name: String,
+    /// The port's name (`http`); may be empty for a service with a single unnamed port.
+    pub port: String,
+}
+
+impl ServicePortName {
+    /// A key from its three parts.
+    pub fn new(
+        namespace: impl Into<String>,
+        name: impl Into<String>,
+        port: impl Into<String>,
+    ) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+            port: port.into(),
+        }
+    }
+
+    /// The service part, `namespace/name`, as written in table files.
+    pub fn service(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+impl fmt::Display for ServicePortName {
+    /// `namespace/name:port`, or `namespace/name` when the port has no name: kube-proxy's form,
+    /// used in rule comments and logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.port.is_empty() {
+            write!(f, "{}/{}", self.namespace, self.name)
+        } else {
+            write!(f, "{}/{}:{}", self.namespace, self.name, self.port)
+        }
+    }
+}
+
+impl fmt::Debug for ServicePortName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{self}\"")
+    }
+}
+
+/// Transport protocol of a service port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// SCTP.
+    Sctp,
+}
+
+impl Protocol {
+    /// Every protocol, in order.
+    pub const ALL: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
+
+    /// The lower-case name used by iptables (`-p tcp`) and in table files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Session affinity of a service port (Kubernetes `sessionAffinity`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum SessionAffinity {
+    /// Every new connection picks an endpoint afresh.
+    #[default]
+    None,
+    /// Connections from one client IP stick to one endpoint until `timeout` passes without traffic
+    /// (kube-proxy: `-m recent --rcheck --seconds`; IPVS: persistence).
+    ClientIp {
+        /// How long a client stays pinned; Kubernetes allows 1 s to 86,400 s (default 10,800 s).
+        timeout: Duration,
+    },
+}
+
+impl SessionAffinity {
+    /// Kubernetes' default client-IP affinity timeout: 3 hours.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10_800);
+    /// The longest timeout Kubernetes accepts: one day.
+    pub const MAX_TIMEOUT: Duration = Duration::from_secs(86_400);
+
+    /// The affinity timeout, if any.
+    pub fn timeout(&self) -> Option<Duration> {
+        match self {
+            SessionAffinity::None => None,
+            SessionAffinity::ClientIp { timeout } => Some(*timeout),
+        }
+    }
+}
+
+/// External or internal traffic policy (Kubernetes `externalTrafficPolicy`/`internalTrafficPolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrafficPolicy {
+    /// Any ready endpoint in the cluster.
+    #[default]
+    Cluster,
+    /// Only endpoints on this node; traffic is dropped when there are none.
+    Local,
+}
+
+/// A load-balancing algorithm a service port asks for. A hint: backends that lack it reject the
+/// table through their [`crate::dataplane::Capabilities`]. Names are IPVS's (`ipvsadm -s`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Scheduler {
+    /// `rr`: round robin.
+    #[serde(rename = "rr")]
+    RoundRobin,
+    /// `wrr`: weighted round robin.
+    #[serde(rename = "wrr")]
+    WeightedRoundRobin,
+    /// `lc`: least connections.
+    #[serde(rename = "lc")]
+    LeastConnection,
+    /// `wlc`: weighted least connections.
+    #[serde(rename = "wlc")]
+    WeightedLeastConnection,
+    /// `sh`: source hashing.
+    #[serde(rename = "sh")]
+    SourceHash,
+    /// `dh`: destination hashing.
+    #[serde(rename = "dh")]
+    DestinationHash,
+    /// `sed`: shortest expected delay.
+    #[serde(rename = "sed")]
+    ShortestExpectedDelay,
+    /// `nq`: never queue.
+    #[serde(rename = "nq")]
+    NeverQueue,
+    /// `mh`: Maglev consistent hashing.
+    #[serde(rename = "mh")]
+    Maglev,
+    /// `random`: uniform random choice (weights respected); what iptables' statistic match does.
+    #[serde(rename = "random")]
+    Random,
+}
+
+impl Scheduler {
+    /// Every scheduler, in order.
+    pub const ALL: [Scheduler; 10] = [
+        Scheduler::RoundRobin,
+        Scheduler::WeightedRoundRobin,
+        Scheduler::LeastConnection,
+        Scheduler::WeightedLeastConnection,
+        Scheduler::SourceHash,
+        Scheduler::DestinationHash,
+        Scheduler::ShortestExpectedDelay,
+        Scheduler::NeverQueue,
+        Scheduler::Maglev,
+        Scheduler::Random,
+    ];
+
+    /// The short name used in table files and by `ipvsadm` (`rr`, `mh`...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheduler::RoundRobin => "rr",
+            Scheduler::WeightedRoundRobin => "wrr",
+            Scheduler::LeastConnection => "lc",
+            Scheduler::WeightedLeastConnection => "wlc",
+            Scheduler::SourceHash => "sh",
+            Scheduler::DestinationHash => "dh",
+            Scheduler::ShortestExpectedDelay => "sed",
+            Scheduler::NeverQueue => "nq",
+            Scheduler::Maglev => "mh",
+            Scheduler::Random => "random",
+        }
+    }
+}
+
+impl fmt::Display for Scheduler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One backend of a service port: an address and the port traffic is sent to, with the
+/// EndpointSlice conditions kube-proxy reads.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    /// The endpoint's address (a pod IP).
+    pub addr: IpAddr,
+    /// The port on the endpoint (the service port's target port).
+    pub port: u16,
+    /// The node the endpoint runs on, if known.
+    pub node: Option<String>,
+    /// Whether the endpoint is on this node (drives `Local` traffic policies).
+    pub is_local: bool,
+    /// Ready: serving and not terminating. New connections go to ready endpoints.
+    pub ready: bool,
+    /// Serving: able to answer, whether or not it is terminating.
+    pub serving: bool,
+    /// Terminating: being shut down. Serving+terminating endpoints are a fallback only.
+    pub terminating: bool,
+    /// The endpoint's zone, if known.
+    pub zone: Option<String>,
+    /// Relative weight for weighted schedulers; 1 by default, 0 takes no new connections.
+    pub weight: u32,
+}
+
+impl Endpoint {
+    /// A ready, serving, non-terminating endpoint of weight 1 on no particular node.
+    pub fn new(addr: IpAddr, port: u16) -> Self {
+        Self {
+            addr,
+            port,
+            node: None,
+            is_local: false,
+            ready: true,
+            serving: true,
+            terminating: false,
+            zone: None,
+            weight: 1,
+        }
+    }
+
+    /// The endpoint's key within its service port: address and port.
+    pub fn key(&self) -> EndpointKey {
+        EndpointKey {
+            addr: self.addr,
+            port: self.port,
+        }
+    }
+}
+
+/// Identifies an endpoint within a service port: `addr:port`. The diff pairs endpoints by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EndpointKey {
+    /// The endpoint's address.
+    pub addr: IpAddr,
+    /// The endpoint's port.
+    pub port: u16,
+}
+
+impl fmt::Display for EndpointKey {
+    /// `198.18.1.10:8080` or `[2001:db8::1]:8080`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        std::net::SocketAddr::new(self.addr, self.port).fmt(f)
+    }
+}
+
+/// A service port: the virtual addresses and ports a service answers on, its policies, and its
+/// endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServicePort {
+    /// `namespace/name:port`.
+    pub name: ServicePortName,
+    /// TCP, UDP or SCTP.
+    pub protocol: Protocol,
+    /// Cluster IPs: at most one IPv4 and one IPv6 address.
+    pub cluster_ips: Vec<IpAddr>,
+    /// The service port, on the cluster, external and load-balancer IPs.
+    pub port: u16,
+    /// The default port on endpoints (each [`Endpoint`] carries its own resolved port).
+    pub target_port: u16,
+    /// The node port, on every local address of the node, if any.
+    pub node_port: Option<u16>,
+    /// External IPs: addresses routed to this node that also serve the port.
+    pub external_ips: Vec<IpAddr>,
+    /// Load-balancer ingress IPs.
+    pub load_balancer_ips: Vec<IpAddr>,
+    /// Sources allowed to reach the load-balancer IPs; empty allows everyone.
+    pub load_balancer_source_ranges: Vec<IpNet>,
+    /// Client-IP stickiness.
+    pub session_affinity: SessionAffinity,
+    /// Policy for traffic from outside (node ports, external and load-balancer IPs).
+    pub external_traffic_policy: TrafficPolicy,
+    /// Policy for traffic to the cluster IPs.
+    pub internal_traffic_policy: TrafficPolicy,
+    /// The load-balancing algorithm asked for, if any; backends use their default otherwise.
+    pub scheduler: Option<Scheduler>,
+    /// The node port on which a health check answers for `Local` external policies.
+    pub health_check_node_port: Option<u16>,
+    /// The endpoints, in a stable order (sorted by [`EndpointKey`] when built).
+    pub endpoints: Vec<Endpoint>,
+}
+
+impl ServicePort {
+    /// A service port with no addresses and no endpoints, cluster policies, no affinity; the target
+    /// port defaults to `port`.
+    pub fn new(name: ServicePortName, protocol: Protocol, port: u16) -> Self {
+        Self {
+            name,
+            protocol,
+            cluster_ips: Vec::new(),
+            port,
+            target_port: port,
+            node_port: None,
+            external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
+            load_balancer_source_ranges: Vec::new(),
+            session_affinity: SessionAffinity::None,
+            external_traffic_policy: TrafficPolicy::Cluster,
+            internal_traffic_policy: TrafficPolicy::Cluster,
+            scheduler: None,
+            health_check_node_port: None,
+            endpoints: Vec::new(),
+        }
+    }
+
+    /// Adds a cluster IP.
+    pub fn with_cluster_ip(mut self, ip: IpAddr) -> Self {
+        self.cluster_ips.push(ip);
+        self
+    }
+
+    /// Sets the node port.
+    pub fn with_node_port(mut self, node_port: u16) -> Self {
+        self.node_port = Some(node_port);
+        self
+    }
+
+    /// Adds an endpoint.
+    pub fn with_endpoint(mut self, endpoint: Endpoint) -> Self {
+        self.endpoints.push(endpoint);
+        self
+    }
+
+    /// Every virtual address this port answers on with `port` (not node ports): cluster, external,
+    /// then load-balancer IPs.
+    pub fn service_ips(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.cluster_ips
+            .iter()
+            .chain(&self.external_ips)
+            .chain(&self.load_balancer_ips)
+            .copied()
+    }
+
+    /// Whether traffic from outside (node port, external or LB IP) can reach this port at all.
+    pub fn has_external_addresses(&self) -> bool {
+        self.node_port.is_some()
+            || !self.external_ips.is_empty()
+            || !self.load_balancer_ips.is_empty()
+    }
+}
+
+/// The immutable snapshot of all service ports. Clone is one `Arc` increment.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ServiceTable {
+    inner: Arc<TableInner>,
+}
+
+#[derive(Default, PartialEq, Eq)]
+struct TableInner {
+    node: Option<String>,
+    ports: BTreeMap<ServicePortName, Arc<ServicePort>>,
+    endpoint_count: usize,
+}
+
+impl fmt::Debug for ServiceTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceTable")
+            .field("node", &self.inner.node)
+            .field("service_ports", &self.inner.ports.len())
+            .field("endpoints", &self.inner.endpoint_count)
+            .finish()
+    }
+}
+
+impl ServiceTable {
+    /// An empty table for no particular node.
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    /// A builder for a new table.
+    pub fn builder() -> TableBuilder {
+        TableBuilder::default()
+    }
+
+    /// A builder that starts from this table; unchanged entries stay shared with it.
+    pub fn edit(&self) -> TableBuilder {
+        TableBuilder {
+            node: self.inner.node.clone(),
+            ports: self.inner.ports.clone(),
+            duplicates: Vec::new(),
+        }
+    }
+
+    /// The node this table was made for (drives local traffic policies).
+    pub fn node(&self) -> Option<&str> {
+        self.inner.node.as_deref()
+    }
+
+    /// Number of service ports.
+    pub fn len(&self) -> usize {
+        self.inner.ports.len()
+    }
+
+    /// Whether the table has no service ports.
+    pub fn is_empty(&self) -> bool {
+        self.inner.ports.is_empty()
+    }
+
+    /// Total number of endpoints over all service ports.
+    pub fn endpoint_count(&self) -> usize {
+        self.inner.endpoint_count
+    }
+
+    /// One service port by name.
+    pub fn get(&self, name: &ServicePortName) -> Option<&Arc<ServicePort>> {
+        self.inner.ports.get(name)
+    }
+
+    /// Every service port, ordered by name.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &Arc<ServicePort>> + '_ {
+        self.inner.ports.values()
+    }
+
+    /// The underlying map, ordered by name (the diff walks two of these side by side).
+    pub fn ports(&self) -> &BTreeMap<ServicePortName, Arc<ServicePort>> {
+        &self.inner.ports
+    }
+
+    /// The same table with `ports` swapped for an equal map (used to share `Arc`s with an older
+    /// snapshot). The caller guarantees every value equals the one it replaces, so no validation.
+    pub(crate) fn with_ports_unchecked(
+        &self,
+        ports: BTreeMap<ServicePortName, Arc<ServicePort>>,
+    ) -> ServiceTable {
+        debug_assert!(ports.len() == self.inner.ports.len());
+        ServiceTable {
+            inner: Arc::new(TableInner {
+                node: self.inner.node.clone(),
+                ports,
+                endpoint_count: self.inner.endpoint_count,
+            }),
+        }
+    }
+
+    /// Whether two tables are the same snapshot (pointer equality, no deep compare).
+    pub fn ptr_eq(&self, other: &ServiceTable) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+/// Builds a [`ServiceTable`]; [`TableBuilder::build`] validates it.
+#[derive(Debug, Default, Clone)]
+pub struct TableBuilder {
+    node: Option<String>,
+    ports: BTreeMap<ServicePortName, Arc<ServicePort>>,
+    /// Keys inserted twice through [`TableBuilder::insert_new`]; reported by `build`.
+    duplicates: Vec<ServicePortName>,
+}
+
+impl TableBuilder {
+    /// Sets this node's name.
+    pub fn node(mut self, node: impl Into<String>) -> Self {
+        self.node = Some(node.into());
+        self
+    }
+
+    /// Sets or clears this node's name.
+    pub fn set_node(&mut self, node: Option<String>) -> &mut Self {
+        self.node = node;
+        self
+    }
+
+    /// Inserts or replaces a service port (chaining form).
+    pub fn insert(mut self, port: impl Into<Arc<ServicePort>>) -> Self {
+        self.upsert(port);
+        self
+    }
+
+    /// Inserts or replaces a service port, returning the one it replaced.
+    pub fn upsert(&mut self, port: impl Into<Arc<ServicePort>>) -> Option<Arc<ServicePort>> {
+        let port = port.into();
+        self.ports.insert(port.name.clone(), port)
+    }
+
+    /// Inserts a service port that must be new: a second one with the same name makes
+    /// [`TableBuilder::build`] fail with a duplicate-key error (used by the file loader).
+    pub fn insert_new(&mut self, port: impl Into<Arc<ServicePort>>) {
+        let port = port.into();
+        if self.ports.contains_key(&port.name) {
+            self.duplicates.push(port.name.clone());
+        } else {
+            self.ports.insert(port.name.clone(), port);
+        }
+    }
+
+    /// Removes a service port, returning it.
+    pub fn remove(&mut self, name: &ServicePortName) -> Option<Arc<ServicePort>> {
+        self.ports.remove(name)
+    }
+
+    /// One service port by name.
+    pub fn get(&self, name: &ServicePortName) -> Option<&Arc<ServicePort>> {
+        self.ports.get(name)
+    }
+
+    /// Validates and freezes the table. Endpoints of each service port are sorted by key, so equal
+    /// tables compare equal whatever order they were given in.
+    ///
+    /// # Errors
+    /// Every problem found, each naming its field path (see [`crate::validate`]).
+    pub fn build(self) -> Result<ServiceTable, ValidationErrors> {
+        let mut ports = self.ports;
+        for port in ports.values_mut() {
+            if !port.endpoints.is_sorted_by_key(Endpoint::key) {
+                Arc::make_mut(port).endpoints.sort_by_key(Endpoint::key);
+            }
+        }
+        validate::validate(self.node.as_deref(), &ports, &self.duplicates)?;
+        let endpoint_count = ports.values().map(|p| p.endpoints.len()).sum();
+        Ok(ServiceTable {
+            inner: Arc::new(TableInner {
+                node: self.node,
+                ports,
+                endpoint_count,
+            }),
+        })
+    }
+}
