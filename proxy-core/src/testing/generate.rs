@@ -1,0 +1,1 @@
+//! Generators of large synthetic tables (benchmarks). TODO(#2).

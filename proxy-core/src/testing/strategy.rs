@@ -1,0 +1,1 @@
+//! proptest strategies for valid tables. TODO(#2).
