@@ -1,3 +1,729 @@
-//! The sync loop that feeds a [`crate::Dataplane`] from a service source.
+//! The sync loop that feeds a [`Dataplane`] from a [`ServiceSource`], at a bounded rate.
 //!
-//! TODO(#2).
+//! [`SyncLoop`] is kube-proxy's `BoundedFrequencyRunner` plus the bookkeeping around
+//! `syncProxyRules` (`pkg/util/async/bounded_frequency_runner.go`, `pkg/proxy/iptables/proxier.go`):
+//!
+//! - **Coalescing.** No two syncs start closer than [`SyncConfig::min_sync_period`]; tables that
+//!   arrive meanwhile replace one another and the newest is synced when the period is over.
+//! - **Change sets.** Each sync gets `diff(last_good, desired)`, where `last_good` is the last
+//!   table a sync *succeeded* with, so a failed sync's changes are never lost.
+//! - **Modes.** The first sync, every retry after a failure or degraded sync, and the periodic
+//!   resync every [`SyncConfig::full_sync_period`] (which repairs drift) are [`SyncMode::Full`];
+//!   the others [`SyncMode::Partial`].
+//! - **Retries.** A failed sync is retried in full after a bounded exponential backoff
+//!   ([`SyncConfig::retry_backoff_initial`] doubling up to [`SyncConfig::retry_backoff_max`]); the
+//!   dataplane keeps its last good state meanwhile. A new table is synced without waiting for the
+//!   backoff (it may fix what failed). A degraded sync (a report with problems) counts as a
+//!   success but is retried the same way.
+//! - **Capabilities.** A table asking for what the backend lacks is rejected before the dataplane
+//!   sees it: logged once with every field, counted, and the last good state kept.
+//! - **Health.** [`SyncHealth`] turns unhealthy when work has been pending (a table not yet
+//!   synced, or a failed sync not yet repaired) for longer than the health timeout, like
+//!   kube-proxy's `/healthz` (KEP-3836).
+//! - **Shutdown.** The shutdown future stops the loop (a sync in progress finishes first) and runs
+//!   [`Dataplane::cleanup`] if [`SyncConfig::cleanup_on_shutdown`]. When the source closes, the
+//!   newest table still queued is synced once, and the loop returns.
+//!
+//! All timing uses `tokio::time`, so tests run with paused time.
+//!
+//! ```
+//! use prometheus_client::registry::Registry;
+//! use proxy_core::sync::{SyncConfig, SyncLoop};
+//! use proxy_core::testing::fake::FakeDataplane;
+//! use proxy_core::ServiceTable;
+//!
+//! # tokio_test_block_on(async {
+//! let fake = FakeDataplane::new();
+//! let mut registry = Registry::default();
+//! let sync = SyncLoop::new(fake.clone(), SyncConfig::default(), &mut registry);
+//! let health = sync.health();
+//! let (tx, rx) = tokio::sync::watch::channel(ServiceTable::empty());
+//! tx.send(ServiceTable::empty()).unwrap();
+//! drop(tx); // the source closes: the loop syncs what is queued and returns
+//! let _dataplane = sync.run(rx, std::future::pending()).await.unwrap();
+//! assert_eq!(fake.requests().len(), 1);
+//! assert!(health.has_synced());
+//! # });
+//! # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+//! #     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use tracing::{debug, error, info, info_span, warn, Instrument as _};
+
+use crate::dataplane::{Dataplane, SyncMode, SyncReport, SyncRequest};
+use crate::diff::diff;
+use crate::error::DataplaneError;
+use crate::metrics::{FailureReason, SyncMetrics, SyncResult};
+use crate::table::ServiceTable;
+
+// === ServiceSource ===
+
+/// Where the sync loop gets its tables from. Embedders wire their own (a file watcher, a
+/// controller); channels of [`ServiceTable`] implement it.
+#[async_trait]
+pub trait ServiceSource: Send {
+    /// Waits for the next table and returns the newest available (older ones are superseded), or
+    /// `None` once the source is closed and will produce no more.
+    ///
+    /// Must be cancel-safe: the loop drops this future when a timer fires first, and a later call
+    /// must still return any table that arrived.
+    async fn next_table(&mut self) -> Option<ServiceTable>;
+}
+
+/// Waits for a value not yet seen and returns the newest: bursts coalesce in the channel itself.
+///
+/// The value a receiver starts with counts as seen; call
+/// [`mark_changed`](tokio::sync::watch::Receiver::mark_changed) first to have it synced.
+#[async_trait]
+impl ServiceSource for tokio::sync::watch::Receiver<ServiceTable> {
+    async fn next_table(&mut self) -> Option<ServiceTable> {
+        // `changed` is cancel-safe, and reports a value sent before the sender closed.
+        self.changed().await.ok()?;
+        Some(self.borrow_and_update().clone())
+    }
+}
+
+/// Waits for a table, then drains the channel and returns the newest.
+#[async_trait]
+impl ServiceSource for tokio::sync::mpsc::Receiver<ServiceTable> {
+    async fn next_table(&mut self) -> Option<ServiceTable> {
+        let mut table = self.recv().await?;
+        while let Ok(newer) = self.try_recv() {
+            table = newer;
+        }
+        Some(table)
+    }
+}
+
+/// Waits for a table, then drains the channel and returns the newest.
+#[async_trait]
+impl ServiceSource for tokio::sync::mpsc::UnboundedReceiver<ServiceTable> {
+    async fn next_table(&mut self) -> Option<ServiceTable> {
+        let mut table = self.recv().await?;
+        while let Ok(newer) = self.try_recv() {
+            table = newer;
+        }
+        Some(table)
+    }
+}
+
+// === SyncConfig ===
+
+/// Timing of the sync loop. Serialized with durations in (fractional) seconds:
+/// `{min_sync_period_seconds: 1, full_sync_period_seconds: 30, ...}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyncConfig {
+    /// No two syncs start closer than this; tables arriving meanwhile coalesce into one sync
+    /// (kube-proxy's `minSyncPeriod`, default 1 s).
+    #[serde(rename = "min_sync_period_seconds", with = "seconds")]
+    pub min_sync_period: Duration,
+    /// A full resync runs this long after the last successful full sync, to repair drift
+    /// (kube-proxy's `syncPeriod`, default 30 s).
+    #[serde(rename = "full_sync_period_seconds", with = "seconds")]
+    pub full_sync_period: Duration,
+    /// Wait before the first retry of a failed or degraded sync (default 1 s); it doubles on each
+    /// further failure.
+    #[serde(rename = "retry_backoff_initial_seconds", with = "seconds")]
+    pub retry_backoff_initial: Duration,
+    /// The longest wait between retries (default 30 s).
+    #[serde(rename = "retry_backoff_max_seconds", with = "seconds")]
+    pub retry_backoff_max: Duration,
+    /// Unhealthy once work has been pending this long; `None` (the default) means twice
+    /// `full_sync_period`, as kube-proxy's healthz. See [`SyncConfig::health_timeout`].
+    #[serde(
+        rename = "health_timeout_seconds",
+        with = "optional_seconds",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub health_timeout: Option<Duration>,
+    /// Whether stopping the loop through its shutdown future runs [`Dataplane::cleanup`]
+    /// (default false: rules survive a restart, as kube-proxy's since KEP-2448).
+    pub cleanup_on_shutdown: bool,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            min_sync_period: Duration::from_secs(1),
+            full_sync_period: Duration::from_secs(30),
+            retry_backoff_initial: Duration::from_secs(1),
+            retry_backoff_max: Duration::from_secs(30),
+            health_timeout: None,
+            cleanup_on_shutdown: false,
+        }
+    }
+}
+
+impl SyncConfig {
+    /// The health timeout in effect: the configured one, else twice `full_sync_period`.
+    pub fn health_timeout(&self) -> Duration {
+        self.health_timeout
+            .unwrap_or_else(|| self.full_sync_period.saturating_mul(2))
+    }
+}
+
+/// Durations as fractional seconds in config files.
+mod seconds {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(value.as_secs_f64())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(secs).map_err(|e| {
+            serde::de::Error::custom(format!("{secs} is not a valid number of seconds: {e}"))
+        })
+    }
+}
+
+/// Optional durations as fractional seconds in config files.
+mod optional_seconds {
+    use std::time::Duration;
+
+    use serde::{Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        value: &Option<Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(d) => super::seconds::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        super::seconds::deserialize(d).map(Some)
+    }
+}
+
+// === SyncHealth ===
+
+/// A shared view of the loop's health, for a `/healthz` endpoint. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SyncHealth {
+    timeout: Duration,
+    state: Arc<Mutex<HealthState>>,
+}
+
+#[derive(Debug, Default)]
+struct HealthState {
+    last_success: Option<Instant>,
+    pending_since: Option<Instant>,
+    consecutive_failures: u32,
+    degraded: bool,
+    last_error: Option<SyncFailure>,
+}
+
+/// The last thing that went wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncFailure {
+    /// When it happened.
+    pub at: Instant,
+    /// What kind of failure.
+    pub reason: FailureReason,
+    /// The error with its sources, one per line.
+    pub message: String,
+}
+
+impl SyncHealth {
+    fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            state: Arc::default(),
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut HealthState) -> T) -> T {
+        // A poisoned lock only means a panic elsewhere; the state is still plain data.
+        f(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Healthy unless work (a table not yet synced, or a failed sync not yet repaired) has been
+    /// pending for longer than the health timeout. A loop waiting for its first table is healthy.
+    pub fn is_healthy(&self) -> bool {
+        self.with(|s| match s.pending_since {
+            None => true,
+            Some(since) => Instant::now().saturating_duration_since(since) <= self.timeout,
+        })
+    }
+
+    /// When a sync last succeeded (complete or degraded).
+    pub fn last_success(&self) -> Option<Instant> {
+        self.with(|s| s.last_success)
+    }
+
+    /// Whether a sync has ever succeeded.
+    pub fn has_synced(&self) -> bool {
+        self.last_success().is_some()
+    }
+
+    /// Since when work has been pending, if any.
+    pub fn pending_since(&self) -> Option<Instant> {
+        self.with(|s| s.pending_since)
+    }
+
+    /// Failed syncs since the last success.
+    pub fn consecutive_failures(&self) -> u32 {
+        self.with(|s| s.consecutive_failures)
+    }
+
+    /// Whether the last successful sync reported problems.
+    pub fn is_degraded(&self) -> bool {
+        self.with(|s| s.degraded)
+    }
+
+    /// The last failed sync or rejected table, if any (kept after recovery, for diagnosis).
+    pub fn last_error(&self) -> Option<SyncFailure> {
+        self.with(|s| s.last_error.clone())
+    }
+
+    /// The timeout past which pending work makes the loop unhealthy.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn mark_pending(&self, now: Instant) {
+        self.with(|s| {
+            s.pending_since.get_or_insert(now);
+        });
+    }
+
+    fn clear_pending(&self) {
+        self.with(|s| s.pending_since = None);
+    }
+
+    fn record_success(&self, now: Instant, degraded: bool) {
+        self.with(|s| {
+            s.last_success = Some(now);
+            s.pending_since = None;
+            s.consecutive_failures = 0;
+            s.degraded = degraded;
+        });
+    }
+
+    fn record_failure(&self, failure: SyncFailure, counts_as_failed_sync: bool) {
+        self.with(|s| {
+            if counts_as_failed_sync {
+                s.pending_since.get_or_insert(failure.at);
+                s.consecutive_failures = s.consecutive_failures.saturating_add(1);
+            }
+            s.last_error = Some(failure);
+        });
+    }
+}
+
+// === SyncLoop ===
+
+/// Why [`SyncLoop::run`] ended badly.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SyncLoopError {
+    /// The cleanup run on shutdown failed; what could be removed was.
+    #[error("cleanup on shutdown failed")]
+    Cleanup(#[source] DataplaneError),
+}
+
+/// Feeds a [`Dataplane`] from a [`ServiceSource`]; see the [module docs](self).
+#[derive(Debug)]
+pub struct SyncLoop<D> {
+    dataplane: D,
+    config: SyncConfig,
+    metrics: SyncMetrics,
+    health: SyncHealth,
+    state: LoopState,
+}
+
+/// What the loop knows between events.
+#[derive(Debug)]
+struct LoopState {
+    /// The table the last successful sync implemented (empty before the first).
+    last_good: ServiceTable,
+    /// The newest accepted table: what the loop converges to. `None` before the first.
+    desired: Option<ServiceTable>,
+    /// A table arrived since the last sync started.
+    queued: bool,
+    /// The next sync must be full (first sync, after a failure or degraded sync).
+    need_full: bool,
+    /// When the last sync started.
+    last_start: Option<Instant>,
+    /// When the next periodic full resync is due (set by each successful full sync).
+    next_full: Option<Instant>,
+    /// When a failed or degraded sync is retried.
+    retry_at: Option<Instant>,
+    /// The wait before the next retry.
+    backoff: Duration,
+}
+
+impl<D: Dataplane> SyncLoop<D> {
+    /// A loop driving `dataplane`, registering its metrics in `registry`.
+    ///
+    /// # Panics
+    /// In debug builds, if `registry` already holds the sync metrics (see
+    /// [`SyncMetrics::register`]).
+    pub fn new(dataplane: D, config: SyncConfig, registry: &mut Registry) -> Self {
+        let metrics = SyncMetrics::register(registry);
+        let health = SyncHealth::new(config.health_timeout());
+        let state = LoopState {
+            last_good: ServiceTable::empty(),
+            desired: None,
+            queued: false,
+            need_full: true,
+            last_start: None,
+            next_full: None,
+            retry_at: None,
+            backoff: config.retry_backoff_initial,
+        };
+        Self {
+            dataplane,
+            config,
+            metrics,
+            health,
+            state,
+        }
+    }
+
+    /// A handle on the loop's health, valid after the loop is moved into [`SyncLoop::run`].
+    pub fn health(&self) -> SyncHealth {
+        self.health.clone()
+    }
+
+    /// The loop's metrics handles.
+    pub fn metrics(&self) -> &SyncMetrics {
+        &self.metrics
+    }
+
+    /// Runs until `shutdown` completes or `source` closes, and returns the dataplane.
+    ///
+    /// On shutdown, a sync in progress finishes first, then [`Dataplane::cleanup`] runs if the
+    /// config asks for it. When the source closes, a table still queued is synced once (after
+    /// the minimum period), pending retries are abandoned, and no cleanup runs.
+    ///
+    /// # Errors
+    /// [`SyncLoopError::Cleanup`] when the cleanup on shutdown failed. Sync failures are not
+    /// errors of the loop: they are retried, logged, counted and shown by [`SyncHealth`].
+    pub async fn run<S, F>(mut self, mut source: S, shutdown: F) -> Result<D, SyncLoopError>
+    where
+        S: ServiceSource,
+        F: Future<Output = ()>,
+    {
+        let backend = self.dataplane.name();
+        info!(backend, "sync loop started");
+        tokio::pin!(shutdown);
+        let mut source_open = true;
+        loop {
+            let due = self.next_due(source_open);
+            if !source_open && due.is_none() {
+                info!(backend, "service source closed, sync loop stopped");
+                return Ok(self.dataplane);
+            }
+            tokio::select! {
+                biased;
+                () = &mut shutdown => {
+                    info!(backend, "shutdown requested, sync loop stopped");
+                    return self.shut_down().await;
+                }
+                table = source.next_table(), if source_open => match table {
+                    Some(table) => self.accept(table),
+                    None => source_open = false,
+                },
+                () = sleep_until(due) => self.sync().await,
+            }
+        }
+    }
+
+    /// When the next sync should start, or `None` when nothing is to be done.
+    fn next_due(&self, source_open: bool) -> Option<Instant> {
+        let state = &self.state;
+        state.desired.as_ref()?;
+        let wanted = if state.queued {
+            Instant::now()
+        } else if !source_open {
+            return None;
+        } else if let Some(retry_at) = state.retry_at {
+            retry_at
+        } else {
+            state.next_full?
+        };
+        let earliest = state
+            .last_start
+            .map(|start| start + self.config.min_sync_period);
+        Some(earliest.map_or(wanted, |earliest| wanted.max(earliest)))
+    }
+
+    /// A table arrived: check it against the backend's capabilities and queue it.
+    fn accept(&mut self, table: ServiceTable) {
+        let backend = self.dataplane.name();
+        let now = Instant::now();
+        if let Err(unsupported) = self.dataplane.capabilities().check(backend, &table) {
+            error!(
+                backend,
+                service_ports = table.len(),
+                error = %unsupported,
+                "table rejected, keeping the last good state"
+            );
+            self.metrics.record_failure(FailureReason::UnsupportedTable);
+            self.health.record_failure(
+                SyncFailure {
+                    at: now,
+                    reason: FailureReason::UnsupportedTable,
+                    message: unsupported.to_string(),
+                },
+                false,
+            );
+            // The source has moved past any table not yet synced: converge back to the last good
+            // one. A retry already scheduled stays, as a full resync of the last good state.
+            let state = &mut self.state;
+            if state.desired.is_some() {
+                state.desired = Some(state.last_good.clone());
+            }
+            state.queued = false;
+            if state.retry_at.is_none() {
+                self.health.clear_pending();
+            }
+            self.metrics.set_pending(&Default::default());
+            return;
+        }
+
+        let state = &mut self.state;
+        let previous = state.desired.as_ref().unwrap_or(&state.last_good);
+        let seen = diff(previous, &table);
+        if seen.is_empty() && state.desired.is_some() {
+            debug!(backend, "table unchanged, nothing to sync");
+            return;
+        }
+        let pending = if previous.ptr_eq(&state.last_good) {
+            seen.clone()
+        } else {
+            diff(&state.last_good, &table)
+        };
+        self.metrics.record_queued(&seen, &pending);
+        debug!(
+            backend,
+            service_ports = table.len(),
+            service_ports_changed = seen.service_ports_changed(),
+            endpoints_changed = seen.endpoints_changed(),
+            "table queued"
+        );
+        state.desired = Some(table);
+        state.queued = true;
+        self.health.mark_pending(now);
+    }
+
+    /// Runs one sync of the desired table, and schedules what follows.
+    async fn sync(&mut self) {
+        let Some(desired) = self.state.desired.clone() else {
+            return;
+        };
+        let backend = self.dataplane.name();
+        let started = Instant::now();
+        let periodic = self.state.next_full.is_some_and(|due| started >= due);
+        let mode = if self.state.need_full || periodic {
+            SyncMode::Full
+        } else {
+            SyncMode::Partial
+        };
+        let state = &mut self.state;
+        state.queued = false;
+        state.retry_at = None;
+        state.last_start = Some(started);
+        let changes = diff(&state.last_good, &desired);
+
+        let span = info_span!("sync", backend, full = mode == SyncMode::Full);
+        let request = SyncRequest {
+            desired: &desired,
+            changes: &changes,
+            mode,
+        };
+        let result = self.dataplane.sync(request).instrument(span.clone()).await;
+        let elapsed = started.elapsed();
+        let now = Instant::now();
+        span.in_scope(|| match result {
+            Ok(report) => self.succeeded(desired, mode, &report, started, now, elapsed),
+            Err(error) => self.failed(mode, &error, now, elapsed),
+        });
+    }
+
+    fn succeeded(
+        &mut self,
+        desired: ServiceTable,
+        mode: SyncMode,
+        report: &SyncReport,
+        started: Instant,
+        now: Instant,
+        elapsed: Duration,
+    ) {
+        // Lifecycle and state changes log at info, no-op resyncs at debug.
+        let is_news = !self.health.has_synced()
+            || self.health.consecutive_failures() > 0
+            || !self.state.last_good.ptr_eq(&desired);
+        self.metrics.record_synced(&desired);
+        let state = &mut self.state;
+        state.last_good = desired;
+        if mode == SyncMode::Full {
+            state.next_full = Some(started + self.config.full_sync_period);
+        }
+        let elapsed_ms = elapsed.as_secs_f64() * 1e3;
+        if report.is_complete() {
+            self.metrics.record_sync(mode, SyncResult::Success, elapsed);
+            state.need_full = false;
+            state.backoff = self.config.retry_backoff_initial;
+            self.health.record_success(now, false);
+            if is_news {
+                info!(
+                    service_ports = report.service_ports,
+                    endpoints = report.endpoints,
+                    service_ports_changed = report.service_ports_changed,
+                    objects_written = report.objects_written,
+                    elapsed_ms,
+                    "sync complete"
+                );
+            } else {
+                debug!(
+                    service_ports = report.service_ports,
+                    endpoints = report.endpoints,
+                    objects_written = report.objects_written,
+                    elapsed_ms,
+                    "sync complete, nothing changed"
+                );
+            }
+        } else {
+            self.metrics
+                .record_sync(mode, SyncResult::Degraded, elapsed);
+            let retry_in = self.schedule_retry(now);
+            self.health.record_success(now, true);
+            let problems: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
+            warn!(
+                service_ports = report.service_ports,
+                endpoints = report.endpoints,
+                objects_written = report.objects_written,
+                elapsed_ms,
+                problems = ?problems,
+                retry_in_ms = retry_in.as_millis(),
+                "sync degraded: some objects could not be applied"
+            );
+        }
+    }
+
+    fn failed(&mut self, mode: SyncMode, error: &DataplaneError, now: Instant, elapsed: Duration) {
+        self.metrics.record_sync(mode, SyncResult::Error, elapsed);
+        self.metrics.record_failure(FailureReason::DataplaneError);
+        let retry_in = self.schedule_retry(now);
+        let message = error_chain(error);
+        self.health.record_failure(
+            SyncFailure {
+                at: now,
+                reason: FailureReason::DataplaneError,
+                message: message.clone(),
+            },
+            true,
+        );
+        error!(
+            error = %message,
+            consecutive_failures = self.health.consecutive_failures(),
+            retry_in_ms = retry_in.as_millis(),
+            elapsed_ms = elapsed.as_secs_f64() * 1e3,
+            "sync failed, keeping the last good state"
+        );
+    }
+
+    /// Schedules a full retry after the current backoff, doubles the backoff (capped), and
+    /// returns the wait.
+    fn schedule_retry(&mut self, now: Instant) -> Duration {
+        let state = &mut self.state;
+        let wait = state.backoff;
+        state.retry_at = Some(now + wait);
+        state.need_full = true;
+        state.backoff = wait.saturating_mul(2).min(self.config.retry_backoff_max);
+        wait
+    }
+
+    async fn shut_down(mut self) -> Result<D, SyncLoopError> {
+        if !self.config.cleanup_on_shutdown {
+            return Ok(self.dataplane);
+        }
+        let backend = self.dataplane.name();
+        match self.dataplane.cleanup().await {
+            Ok(report) => {
+                info!(
+                    backend,
+                    objects_removed = report.objects_removed,
+                    "cleanup complete"
+                );
+                Ok(self.dataplane)
+            }
+            // Returned, not logged: the caller decides.
+            Err(error) => Err(SyncLoopError::Cleanup(error)),
+        }
+    }
+}
+
+/// Syncs `table` once, as a full sync from nothing (`svcproxy --once`): checks capabilities,
+/// diffs against the empty table, and returns the dataplane's report.
+///
+/// # Errors
+/// [`DataplaneError::Unsupported`] when the table asks for what the backend lacks (the dataplane
+/// is not called), or the dataplane's own error.
+pub async fn sync_once<D: Dataplane + ?Sized>(
+    dataplane: &mut D,
+    table: &ServiceTable,
+    mode: SyncMode,
+) -> Result<SyncReport, DataplaneError> {
+    let backend = dataplane.name();
+    dataplane.capabilities().check(backend, table)?;
+    let changes = diff(&ServiceTable::empty(), table);
+    let request = SyncRequest {
+        desired: table,
+        changes: &changes,
+        mode,
+    };
+    let span = info_span!("sync", backend, full = mode == SyncMode::Full);
+    dataplane.sync(request).instrument(span).await
+}
+
+/// Sleeps until `due`, or forever when there is none.
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `error: source: source...` on one line per level, so one log event carries every cause.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // Wrappers such as `DataplaneError::Backend` already print their source.
+        if !text.ends_with(&cause_text) {
+            text.push_str("\n  caused by: ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+impl fmt::Display for SyncFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.reason.as_str(), self.message)
+    }
+}
