@@ -49,14 +49,10 @@
 //! # }
 //! ```
 
-use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use prometheus_client::registry::Registry;
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tracing::{debug, error, info, info_span, warn, Instrument as _};
 
@@ -66,271 +62,24 @@ use crate::error::DataplaneError;
 use crate::metrics::{FailureReason, SyncMetrics, SyncResult};
 use crate::table::ServiceTable;
 
-// === ServiceSource ===
+mod config;
+mod health;
+mod source;
 
-/// Where the sync loop gets its tables from. Embedders wire their own (a file watcher, a
-/// controller); channels of [`ServiceTable`] implement it.
-#[async_trait]
-pub trait ServiceSource: Send {
-    /// Waits for the next table and returns the newest available (older ones are superseded), or
-    /// `None` once the source is closed and will produce no more.
-    ///
-    /// Must be cancel-safe: the loop drops this future when a timer fires first, and a later call
-    /// must still return any table that arrived.
-    async fn next_table(&mut self) -> Option<ServiceTable>;
-}
-
-/// Waits for a value not yet seen and returns the newest: bursts coalesce in the channel itself.
-///
-/// The value a receiver starts with counts as seen; call
-/// [`mark_changed`](tokio::sync::watch::Receiver::mark_changed) first to have it synced.
-#[async_trait]
-impl ServiceSource for tokio::sync::watch::Receiver<ServiceTable> {
-    async fn next_table(&mut self) -> Option<ServiceTable> {
-        // `changed` is cancel-safe, and reports a value sent before the sender closed.
-        self.changed().await.ok()?;
-        Some(self.borrow_and_update().clone())
-    }
-}
-
-/// Waits for a table, then drains the channel and returns the newest.
-#[async_trait]
-impl ServiceSource for tokio::sync::mpsc::Receiver<ServiceTable> {
-    async fn next_table(&mut self) -> Option<ServiceTable> {
-        let mut table = self.recv().await?;
-        while let Ok(newer) = self.try_recv() {
-            table = newer;
-        }
-        Some(table)
-    }
-}
-
-/// Waits for a table, then drains the channel and returns the newest.
-#[async_trait]
-impl ServiceSource for tokio::sync::mpsc::UnboundedReceiver<ServiceTable> {
-    async fn next_table(&mut self) -> Option<ServiceTable> {
-        let mut table = self.recv().await?;
-        while let Ok(newer) = self.try_recv() {
-            table = newer;
-        }
-        Some(table)
-    }
-}
-
-// === SyncConfig ===
-
-/// Timing of the sync loop. Serialized with durations in (fractional) seconds:
-/// `{min_sync_period_seconds: 1, full_sync_period_seconds: 30, ...}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SyncConfig {
-    /// No two syncs start closer than this; tables arriving meanwhile coalesce into one sync
-    /// (kube-proxy's `minSyncPeriod`, default 1 s).
-    #[serde(rename = "min_sync_period_seconds", with = "seconds")]
-    pub min_sync_period: Duration,
-    /// A full resync runs this long after the last successful full sync, to repair drift
-    /// (kube-proxy's `syncPeriod`, default 30 s).
-    #[serde(rename = "full_sync_period_seconds", with = "seconds")]
-    pub full_sync_period: Duration,
-    /// Wait before the first retry of a failed or degraded sync (default 1 s); it doubles on each
-    /// further failure.
-    #[serde(rename = "retry_backoff_initial_seconds", with = "seconds")]
-    pub retry_backoff_initial: Duration,
-    /// The longest wait between retries (default 30 s).
-    #[serde(rename = "retry_backoff_max_seconds", with = "seconds")]
-    pub retry_backoff_max: Duration,
-    /// Unhealthy once work has been pending this long; `None` (the default) means twice
-    /// `full_sync_period`, as kube-proxy's healthz. See [`SyncConfig::health_timeout`].
-    #[serde(
-        rename = "health_timeout_seconds",
-        with = "optional_seconds",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub health_timeout: Option<Duration>,
-    /// Whether stopping the loop through its shutdown future runs [`Dataplane::cleanup`]
-    /// (default false: rules survive a restart, as kube-proxy's since KEP-2448).
-    pub cleanup_on_shutdown: bool,
-}
-
-impl Default for SyncConfig {
-    fn default() -> Self {
-        Self {
-            min_sync_period: Duration::from_secs(1),
-            full_sync_period: Duration::from_secs(30),
-            retry_backoff_initial: Duration::from_secs(1),
-            retry_backoff_max: Duration::from_secs(30),
-            health_timeout: None,
-            cleanup_on_shutdown: false,
-        }
-    }
-}
-
-impl SyncConfig {
-    /// The health timeout in effect: the configured one, else twice `full_sync_period`.
-    pub fn health_timeout(&self) -> Duration {
-        self.health_timeout
-            .unwrap_or_else(|| self.full_sync_period.saturating_mul(2))
-    }
-}
-
-/// Durations as fractional seconds in config files.
-mod seconds {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_f64(value.as_secs_f64())
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let secs = f64::deserialize(d)?;
-        Duration::try_from_secs_f64(secs).map_err(|e| {
-            serde::de::Error::custom(format!("{secs} is not a valid number of seconds: {e}"))
-        })
-    }
-}
-
-/// Optional durations as fractional seconds in config files.
-mod optional_seconds {
-    use std::time::Duration;
-
-    use serde::{Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(
-        value: &Option<Duration>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        match value {
-            Some(d) => super::seconds::serialize(d, s),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Duration>, D::Error> {
-        super::seconds::deserialize(d).map(Some)
-    }
-}
-
-// === SyncHealth ===
-
-/// A shared view of the loop's health, for a `/healthz` endpoint. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct SyncHealth {
-    timeout: Duration,
-    state: Arc<Mutex<HealthState>>,
-}
-
-#[derive(Debug, Default)]
-struct HealthState {
-    last_success: Option<Instant>,
-    pending_since: Option<Instant>,
-    consecutive_failures: u32,
-    degraded: bool,
-    last_error: Option<SyncFailure>,
-}
-
-/// The last thing that went wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SyncFailure {
-    /// When it happened.
-    pub at: Instant,
-    /// What kind of failure.
-    pub reason: FailureReason,
-    /// The error with its sources, one per line.
-    pub message: String,
-}
-
-impl SyncHealth {
-    fn new(timeout: Duration) -> Self {
-        Self {
-            timeout,
-            state: Arc::default(),
-        }
-    }
-
-    fn with<T>(&self, f: impl FnOnce(&mut HealthState) -> T) -> T {
-        // A poisoned lock only means a panic elsewhere; the state is still plain data.
-        f(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner))
-    }
-
-    /// Healthy unless work (a table not yet synced, or a failed sync not yet repaired) has been
-    /// pending for longer than the health timeout. A loop waiting for its first table is healthy.
-    pub fn is_healthy(&self) -> bool {
-        self.with(|s| match s.pending_since {
-            None => true,
-            Some(since) => Instant::now().saturating_duration_since(since) <= self.timeout,
-        })
-    }
-
-    /// When a sync last succeeded (complete or degraded).
-    pub fn last_success(&self) -> Option<Instant> {
-        self.with(|s| s.last_success)
-    }
-
-    /// Whether a sync has ever succeeded.
-    pub fn has_synced(&self) -> bool {
-        self.last_success().is_some()
-    }
-
-    /// Since when work has been pending, if any.
-    pub fn pending_since(&self) -> Option<Instant> {
-        self.with(|s| s.pending_since)
-    }
-
-    /// Failed syncs since the last success.
-    pub fn consecutive_failures(&self) -> u32 {
-        self.with(|s| s.consecutive_failures)
-    }
-
-    /// Whether the last successful sync reported problems.
-    pub fn is_degraded(&self) -> bool {
-        self.with(|s| s.degraded)
-    }
-
-    /// The last failed sync or rejected table, if any (kept after recovery, for diagnosis).
-    pub fn last_error(&self) -> Option<SyncFailure> {
-        self.with(|s| s.last_error.clone())
-    }
-
-    /// The timeout past which pending work makes the loop unhealthy.
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
-    fn mark_pending(&self, now: Instant) {
-        self.with(|s| {
-            s.pending_since.get_or_insert(now);
-        });
-    }
-
-    fn clear_pending(&self) {
-        self.with(|s| s.pending_since = None);
-    }
-
-    fn record_success(&self, now: Instant, degraded: bool) {
-        self.with(|s| {
-            s.last_success = Some(now);
-            s.pending_since = None;
-            s.consecutive_failures = 0;
-            s.degraded = degraded;
-        });
-    }
-
-    fn record_failure(&self, failure: SyncFailure, counts_as_failed_sync: bool) {
-        self.with(|s| {
-            if counts_as_failed_sync {
-                s.pending_since.get_or_insert(failure.at);
-                s.consecutive_failures = s.consecutive_failures.saturating_add(1);
-            }
-            s.last_error = Some(failure);
-        });
-    }
-}
+pub use config::SyncConfig;
+pub use health::{SyncFailure, SyncHealth};
+pub use source::ServiceSource;
 
 // === SyncLoop ===
+
+/// One sync as it was started, and how long it took.
+#[derive(Debug)]
+struct Attempt {
+    desired: ServiceTable,
+    mode: SyncMode,
+    started: Instant,
+    elapsed: Duration,
+}
 
 /// Why [`SyncLoop::run`] ended badly.
 #[derive(Debug, thiserror::Error)]
@@ -403,11 +152,6 @@ impl<D: Dataplane> SyncLoop<D> {
     /// A handle on the loop's health, valid after the loop is moved into [`SyncLoop::run`].
     pub fn health(&self) -> SyncHealth {
         self.health.clone()
-    }
-
-    /// The loop's metrics handles.
-    pub fn metrics(&self) -> &SyncMetrics {
-        &self.metrics
     }
 
     /// Runs until `shutdown` completes or `source` closes, and returns the dataplane.
@@ -553,23 +297,28 @@ impl<D: Dataplane> SyncLoop<D> {
             mode,
         };
         let result = self.dataplane.sync(request).instrument(span.clone()).await;
-        let elapsed = started.elapsed();
-        let now = Instant::now();
+        let attempt = Attempt {
+            desired,
+            mode,
+            started,
+            elapsed: started.elapsed(),
+        };
         span.in_scope(|| match result {
-            Ok(report) => self.succeeded(desired, mode, &report, started, now, elapsed),
-            Err(error) => self.failed(mode, &error, now, elapsed),
+            Ok(report) => self.succeeded(attempt, &report),
+            Err(error) => self.failed(&attempt, &error),
         });
     }
 
-    fn succeeded(
-        &mut self,
-        desired: ServiceTable,
-        mode: SyncMode,
-        report: &SyncReport,
-        started: Instant,
-        now: Instant,
-        elapsed: Duration,
-    ) {
+    fn succeeded(&mut self, attempt: Attempt, report: &SyncReport) {
+        let Attempt {
+            desired,
+            started,
+            elapsed,
+            ..
+        } = attempt;
+        // The backend may have upgraded a partial sync to a full one.
+        let mode = report.mode;
+        let now = Instant::now();
         // Lifecycle and state changes log at info, no-op resyncs at debug.
         let is_news = !self.health.has_synced()
             || self.health.consecutive_failures() > 0
@@ -622,7 +371,9 @@ impl<D: Dataplane> SyncLoop<D> {
         }
     }
 
-    fn failed(&mut self, mode: SyncMode, error: &DataplaneError, now: Instant, elapsed: Duration) {
+    fn failed(&mut self, attempt: &Attempt, error: &DataplaneError) {
+        let Attempt { mode, elapsed, .. } = *attempt;
+        let now = Instant::now();
         self.metrics.record_sync(mode, SyncResult::Error, elapsed);
         self.metrics.record_failure(FailureReason::DataplaneError);
         let retry_in = self.schedule_retry(now);
@@ -722,8 +473,21 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-impl fmt::Display for SyncFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.reason.as_str(), self.message)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("exit status 1: iptables-restore: line 3 failed")]
+    struct Restore(#[source] std::io::Error);
+
+    #[test]
+    fn error_chain_names_each_cause_once() {
+        let error =
+            DataplaneError::backend("iptables", Restore(std::io::Error::other("resource busy")));
+        assert_eq!(
+            error_chain(&error),
+            "iptables backend: exit status 1: iptables-restore: line 3 failed\n  caused by: resource busy"
+        );
     }
 }
