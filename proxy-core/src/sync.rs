@@ -322,6 +322,7 @@ impl<D: Dataplane> SyncLoop<D> {
         // Lifecycle and state changes log at info, no-op resyncs at debug.
         let is_news = !self.health.has_synced()
             || self.health.consecutive_failures() > 0
+            || self.health.is_degraded()
             || !self.state.last_good.ptr_eq(&desired);
         self.metrics.record_synced(&desired);
         let state = &mut self.state;
