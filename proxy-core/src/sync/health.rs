@@ -1,0 +1,129 @@
+//! [`SyncHealth`]: the loop's health, shared with a `/healthz` handler.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::metrics::FailureReason;
+
+/// A shared view of the loop's health, for a `/healthz` endpoint. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SyncHealth {
+    timeout: Duration,
+    state: Arc<Mutex<HealthState>>,
+}
+
+#[derive(Debug, Default)]
+struct HealthState {
+    last_success: Option<Instant>,
+    pending_since: Option<Instant>,
+    consecutive_failures: u32,
+    degraded: bool,
+    last_error: Option<SyncFailure>,
+}
+
+/// The last thing that went wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncFailure {
+    /// When it happened.
+    pub at: Instant,
+    /// What kind of failure.
+    pub reason: FailureReason,
+    /// The error with its sources, one per line.
+    pub message: String,
+}
+
+impl SyncHealth {
+    pub(super) fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            state: Arc::default(),
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut HealthState) -> T) -> T {
+        // A poisoned lock only means a panic elsewhere; the state is still plain data.
+        f(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Healthy unless work (a table not yet synced, or a failed sync not yet repaired) has been
+    /// pending for longer than the health timeout. A loop waiting for its first table is healthy.
+    pub fn is_healthy(&self) -> bool {
+        self.with(|s| match s.pending_since {
+            None => true,
+            Some(since) => Instant::now().saturating_duration_since(since) <= self.timeout,
+        })
+    }
+
+    /// When a sync last succeeded (complete or degraded).
+    pub fn last_success(&self) -> Option<Instant> {
+        self.with(|s| s.last_success)
+    }
+
+    /// Whether a sync has ever succeeded.
+    pub fn has_synced(&self) -> bool {
+        self.last_success().is_some()
+    }
+
+    /// Since when work has been pending, if any.
+    pub fn pending_since(&self) -> Option<Instant> {
+        self.with(|s| s.pending_since)
+    }
+
+    /// Failed syncs since the last success.
+    pub fn consecutive_failures(&self) -> u32 {
+        self.with(|s| s.consecutive_failures)
+    }
+
+    /// Whether the last successful sync reported problems.
+    pub fn is_degraded(&self) -> bool {
+        self.with(|s| s.degraded)
+    }
+
+    /// The last failed sync or rejected table, if any (kept after recovery, for diagnosis).
+    pub fn last_error(&self) -> Option<SyncFailure> {
+        self.with(|s| s.last_error.clone())
+    }
+
+    /// The timeout past which pending work makes the loop unhealthy.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    pub(super) fn mark_pending(&self, now: Instant) {
+        self.with(|s| {
+            s.pending_since.get_or_insert(now);
+        });
+    }
+
+    pub(super) fn clear_pending(&self) {
+        self.with(|s| s.pending_since = None);
+    }
+
+    pub(super) fn record_success(&self, now: Instant, degraded: bool) {
+        self.with(|s| {
+            s.last_success = Some(now);
+            s.pending_since = None;
+            s.consecutive_failures = 0;
+            s.degraded = degraded;
+        });
+    }
+
+    pub(super) fn record_failure(&self, failure: SyncFailure, counts_as_failed_sync: bool) {
+        self.with(|s| {
+            if counts_as_failed_sync {
+                s.pending_since.get_or_insert(failure.at);
+                s.consecutive_failures = s.consecutive_failures.saturating_add(1);
+            }
+            s.last_error = Some(failure);
+        });
+    }
+}
+
+impl fmt::Display for SyncFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.reason.as_str(), self.message)
+    }
+}
