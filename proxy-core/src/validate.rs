@@ -3,7 +3,7 @@
 //! [`validate`] runs inside [`crate::table::TableBuilder::build`], so a [`crate::ServiceTable`] that
 //! exists has passed it. It checks what a backend cannot program, or would program wrongly:
 //!
-//! - names: empty namespace or name; an empty port name on a service with several ports;
+//! - names: empty namespace or name, or one with a `/`; an empty port name on a service with several ports;
 //!   a service port inserted twice ([`crate::table::TableBuilder::insert_new`]);
 //! - ports: `port`, `target_port`, `node_port`, `health_check_node_port` and endpoint ports of 0;
 //! - addresses: at most one cluster IP per family and none twice; no unspecified (`0.0.0.0`, `::`)
@@ -12,7 +12,8 @@
 //! - clashes: two service ports on the same (IP, port, protocol) over cluster, external and
 //!   load-balancer IPs; two node ports on the same (port, protocol); a health-check node port equal
 //!   to a node port or to another service's health-check node port;
-//! - policies: a client-IP affinity timeout outside 1-86,400 s (Kubernetes' limits);
+//! - policies: a client-IP affinity timeout outside 1-86,400 s (Kubernetes' limits) or not in
+//!   whole seconds;
 //! - endpoints: the same `addr:port` twice in a service port; a weight above `i32::MAX` (IPVS
 //!   stores weights as a signed 32-bit int: `net/netfilter/ipvs/ip_vs_ctl.c`, `IPVS_DEST_ATTR_WEIGHT`).
 //!
@@ -223,6 +224,18 @@ impl<'a> Checker<'a> {
                 "must not be empty".to_owned(),
             );
         }
+        // Table files write services as `namespace/name`: a slash in either part is ambiguous.
+        for (field, value) in [
+            ("namespace", &first.name.namespace),
+            ("name", &first.name.name),
+        ] {
+            if value.contains('/') {
+                self.error(
+                    format!("{}.{field}", service_path(&first.name)),
+                    format!("{value:?} must not contain '/'"),
+                );
+            }
+        }
         let mut reported_health_checks: Vec<u16> = Vec::new();
         for port in service {
             if port.name.port.is_empty() && service.len() > 1 {
@@ -304,6 +317,12 @@ impl<'a> Checker<'a> {
         let SessionAffinity::ClientIp { timeout } = port.session_affinity else {
             return;
         };
+        let path = || {
+            format!(
+                "{}.session_affinity.client_ip.timeout_seconds",
+                port_path(&port.name)
+            )
+        };
         if timeout < Duration::from_secs(1) || timeout > SessionAffinity::MAX_TIMEOUT {
             let shown = if timeout.subsec_nanos() == 0 {
                 timeout.as_secs().to_string()
@@ -311,14 +330,18 @@ impl<'a> Checker<'a> {
                 format!("{}", timeout.as_secs_f64())
             };
             self.error(
-                format!(
-                    "{}.session_affinity.client_ip.timeout_seconds",
-                    port_path(&port.name)
-                ),
+                path(),
                 format!(
                     "{shown} is outside 1-{}",
                     SessionAffinity::MAX_TIMEOUT.as_secs()
                 ),
+            );
+        } else if timeout.subsec_nanos() != 0 {
+            // Every backend counts affinity in whole seconds (`-m recent --seconds`, IPVS
+            // persistence timeout), as does Kubernetes' `timeoutSeconds`.
+            self.error(
+                path(),
+                format!("{} is not a whole number of seconds", timeout.as_secs_f64()),
             );
         }
     }
@@ -618,6 +641,22 @@ mod tests {
     }
 
     #[test]
+    fn slash_in_namespace_or_name_is_reported() {
+        let bad = ServicePort::new(
+            ServicePortName::new("a/b", "c/d", "http"),
+            Protocol::Tcp,
+            80,
+        );
+        assert_eq!(
+            problems_of([bad]),
+            [
+                "services[a/b/c/d].namespace: \"a/b\" must not contain '/'",
+                "services[a/b/c/d].name: \"c/d\" must not contain '/'",
+            ]
+        );
+    }
+
+    #[test]
     fn empty_port_name_in_multi_port_service_is_reported() {
         assert_eq!(
             problems_of([
@@ -907,7 +946,7 @@ mod tests {
     }
 
     #[test]
-    fn affinity_timeout_outside_one_second_to_one_day_is_reported() {
+    fn affinity_timeout_outside_one_second_to_one_day_or_fractional_is_reported() {
         let with_timeout = |name: &str, timeout: Duration| {
             let mut p = port(name, "http", 80);
             p.session_affinity = SessionAffinity::ClientIp { timeout };
@@ -920,6 +959,7 @@ mod tests {
                 with_timeout("default/c", Duration::from_secs(1)),
                 with_timeout("default/d", Duration::from_secs(86_400)),
                 with_timeout("default/e", Duration::from_secs(86_401)),
+                with_timeout("default/f", Duration::from_millis(1_500)),
             ]),
             [
                 "services[default/a].ports[http].session_affinity.client_ip.timeout_seconds: 0 is \
@@ -928,6 +968,8 @@ mod tests {
                  is outside 1-86400",
                 "services[default/e].ports[http].session_affinity.client_ip.timeout_seconds: 86401 \
                  is outside 1-86400",
+                "services[default/f].ports[http].session_affinity.client_ip.timeout_seconds: 1.5 \
+                 is not a whole number of seconds",
             ]
         );
     }
