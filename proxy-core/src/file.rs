@@ -1,3 +1,726 @@
 //! The table file format (YAML, or JSON) and its loader.
 //!
-//! TODO(#2): serde spec types and loader.
+//! A table file lists services; each service's ports become the table's service ports, and its
+//! endpoints apply to every one of its ports (at each port's `target_port`, unless an endpoint
+//! overrides `port`). Unknown fields are errors, so a typo never passes silently.
+//!
+//! ```yaml
+//! node: node-a                      # this node, for local traffic policies
+//! services:
+//!   - name: default/web             # namespace/name; a bare name means namespace `default`
+//!     cluster_ips: [198.19.0.10]    # at most one IPv4 and one IPv6 address
+//!     ports:                        # protocol: tcp (default), udp or sctp; target_port: = port
+//!       - {name: http, protocol: tcp, port: 80, target_port: 8080, node_port: 30080}
+//!     external_ips: []
+//!     load_balancer_ips: []
+//!     load_balancer_source_ranges: []   # CIDRs allowed to reach the load-balancer IPs
+//!     session_affinity: {client_ip: {timeout_seconds: 10800}}   # none (default) or client_ip
+//!     external_traffic_policy: cluster  # or local
+//!     internal_traffic_policy: cluster  # or local
+//!     scheduler: rr                     # optional hint: rr wrr lc wlc sh dh sed nq mh random
+//!     health_check_node_port: 30100     # optional
+//!     endpoints:                        # ready: true; serving: = ready; terminating: false;
+//!       - {ip: 198.18.1.10, node: node-a, ready: true}         # weight: 1; zone, port, local
+//!       - {ip: 198.18.1.11, node: node-b, ready: false, serving: true, terminating: true}
+//! ```
+//!
+//! Field names are those of issue #2; none is renamed. An endpoint's `local` defaults to whether
+//! its `node` is the table's `node`.
+//!
+//! # Errors and paths
+//!
+//! Syntax and type errors ([`LoadError::Parse`]) give the file, line and column. Problems in the
+//! values ([`LoadError::Invalid`]) are all reported at once. Those found while reading the file
+//! name the entry by index (`services[3].ports[0].node_port: 99999 is outside 1-65535`); those
+//! found by [`crate::validate`] on the resulting table name it by key
+//! (`services[default/web].ports[http].node_port: 30080 already used by ...`).
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::table::{
+    Endpoint, Protocol, Scheduler, ServicePort, ServicePortName, ServiceTable, SessionAffinity,
+    TrafficPolicy,
+};
+use crate::validate::{FieldError, ValidationErrors};
+
+/// The namespace of a service written without one (`name: web`).
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Why a table file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read table file {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The text is not a well-formed table: bad syntax, a wrong type, an unknown field.
+    #[error("{origin}{}: {message}", location(*line, *column))]
+    Parse {
+        /// The file name, or whatever the text came from.
+        origin: String,
+        /// The 1-based line of the problem, when the parser knows it.
+        line: Option<usize>,
+        /// The 1-based column of the problem, when the parser knows it.
+        column: Option<usize>,
+        /// What is wrong there.
+        message: String,
+    },
+    /// The table is well-formed but its values are not valid.
+    #[error("{origin}: {errors}")]
+    Invalid {
+        /// The file name, or whatever the text came from.
+        origin: String,
+        /// Every problem, each with its field path.
+        errors: ValidationErrors,
+    },
+}
+
+/// `:line:column` as compilers print it, or nothing when unknown.
+fn location(line: Option<usize>, column: Option<usize>) -> String {
+    match (line, column) {
+        (Some(line), Some(column)) => format!(":{line}:{column}"),
+        (Some(line), None) => format!(":{line}"),
+        _ => String::new(),
+    }
+}
+
+/// Parses a table from YAML or JSON text. JSON is used when `origin` ends in `.json` or the text
+/// starts with `{`; YAML otherwise (YAML 1.2 is a superset of JSON, but JSON's own parser gives
+/// better messages for JSON). `origin` names the text in errors (usually its file name).
+///
+/// ```
+/// use proxy_core::file::{parse_table, LoadError};
+/// use proxy_core::ServicePortName;
+///
+/// let text = "
+/// node: node-a
+/// services:
+///   - name: web
+///     cluster_ips: [198.19.0.10]
+///     ports: [{name: http, port: 80, target_port: 8080}]
+///     endpoints: [{ip: 198.18.1.10, node: node-a}]
+/// ";
+/// let table = parse_table(text, "web.yaml")?;
+/// let web = table.get(&ServicePortName::new("default", "web", "http")).unwrap();
+/// assert_eq!(web.endpoints[0].port, 8080);
+/// assert!(web.endpoints[0].is_local);
+///
+/// let typo = parse_table("services: [{name: web, prots: []}]", "typo.yaml").unwrap_err();
+/// assert!(matches!(typo, LoadError::Parse { line: Some(1), .. }));
+/// assert!(typo.to_string().starts_with("typo.yaml:1:"), "{typo}");
+/// # Ok::<(), LoadError>(())
+/// ```
+///
+/// # Errors
+/// [`LoadError::Parse`] with line and column for syntax, type and unknown-field errors;
+/// [`LoadError::Invalid`] with every problem in the values.
+pub fn parse_table(text: &str, origin: &str) -> Result<ServiceTable, LoadError> {
+    let spec = parse_spec(text, origin)?;
+    spec.into_table().map_err(|errors| LoadError::Invalid {
+        origin: origin.to_owned(),
+        errors,
+    })
+}
+
+/// Parses the text into its spec, without building the table.
+///
+/// # Errors
+/// [`LoadError::Parse`], as [`parse_table`].
+pub fn parse_spec(text: &str, origin: &str) -> Result<TableSpec, LoadError> {
+    if is_blank(text) {
+        // The parser would say "unexpected end of input"; say what it means here.
+        return Err(LoadError::Parse {
+            origin: origin.to_owned(),
+            line: None,
+            column: None,
+            message: "the file holds no table (an empty table is `services: []`)".to_owned(),
+        });
+    }
+    let is_json = origin.ends_with(".json") || text.trim_start().starts_with('{');
+    if is_json {
+        serde_json::from_str(text).map_err(|error| json_error(&error, origin))
+    } else {
+        serde_saphyr::from_str(text).map_err(|error| yaml_error(&error, origin))
+    }
+}
+
+/// Reads and parses a table file (see [`parse_table`]).
+///
+/// # Errors
+/// [`LoadError::Io`] when the file cannot be read, otherwise as [`parse_table`].
+pub fn load_table(path: &Path) -> Result<ServiceTable, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_table(&text, &path.display().to_string())
+}
+
+/// Writes a table as YAML in the file format: `parse_table(&render_table_yaml(&t), ..) == t`.
+/// Fields at their default are left out. Used to print what was loaded (dry runs).
+pub fn render_table_yaml(table: &ServiceTable) -> String {
+    let spec = TableSpec::from(table);
+    match serde_saphyr::to_string(&spec) {
+        Ok(text) => text,
+        // The spec holds only strings, numbers, booleans, lists and maps, which always serialize.
+        Err(error) => format!("# cannot render the table: {error}\n"),
+    }
+}
+
+/// Whether the text holds nothing but blank lines, comments and document markers.
+fn is_blank(text: &str) -> bool {
+    text.lines().all(|line| {
+        let line = line.trim();
+        line.is_empty() || line.starts_with('#') || line == "---" || line == "..."
+    })
+}
+
+fn yaml_error(error: &serde_saphyr::Error, origin: &str) -> LoadError {
+    use serde_saphyr::MessageFormatter as _;
+    let location = error.location();
+    let message = serde_saphyr::DefaultMessageFormatter.format_message(error.without_snippet());
+    LoadError::Parse {
+        origin: origin.to_owned(),
+        line: location.map(|l| l.line() as usize).filter(|l| *l > 0),
+        column: location.map(|l| l.column() as usize).filter(|c| *c > 0),
+        // The message may quote the input: keep control characters off the terminal.
+        message: message.chars().flat_map(escape_control).collect(),
+    }
+}
+
+fn json_error(error: &serde_json::Error, origin: &str) -> LoadError {
+    let (line, column) = (error.line(), error.column());
+    let text = error.to_string();
+    // serde_json appends " at line L column C"; the location goes in its own fields.
+    let suffix = format!(" at line {line} column {column}");
+    let message = text.strip_suffix(&suffix).unwrap_or(&text);
+    LoadError::Parse {
+        origin: origin.to_owned(),
+        line: Some(line).filter(|l| *l > 0),
+        column: Some(column).filter(|c| *c > 0),
+        message: message.chars().flat_map(escape_control).collect(),
+    }
+}
+
+fn escape_control(c: char) -> Vec<char> {
+    if c.is_control() {
+        c.escape_debug().collect()
+    } else {
+        vec![c]
+    }
+}
+
+// === Spec types ===
+
+/// A whole table file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableSpec {
+    /// This node's name, for local traffic policies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The services. Required, so that an empty or truncated file is an error, not an empty table.
+    pub services: Vec<ServiceSpec>,
+}
+
+/// One service: its ports, addresses, policies and endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// `namespace/name`, or `name` in namespace [`DEFAULT_NAMESPACE`].
+    pub name: String,
+    /// Cluster IPs: at most one IPv4 and one IPv6 address.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "flow_list"
+    )]
+    pub cluster_ips: Vec<IpAddr>,
+    /// The ports; at least one (checked with the other values, so that it is reported with them).
+    #[serde(default, serialize_with = "flow_items")]
+    pub ports: Vec<PortSpec>,
+    /// External IPs.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "flow_list"
+    )]
+    pub external_ips: Vec<IpAddr>,
+    /// Load-balancer ingress IPs.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "flow_list"
+    )]
+    pub load_balancer_ips: Vec<IpAddr>,
+    /// Sources allowed to reach the load-balancer IPs; empty allows everyone.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "flow_list"
+    )]
+    pub load_balancer_source_ranges: Vec<IpNet>,
+    /// `none` (the default) or `{client_ip: {timeout_seconds: N}}`.
+    #[serde(
+        default,
+        skip_serializing_if = "SessionAffinitySpec::is_none",
+        serialize_with = "flow_map"
+    )]
+    pub session_affinity: SessionAffinitySpec,
+    /// `cluster` (the default) or `local`.
+    #[serde(default, skip_serializing_if = "is_cluster")]
+    pub external_traffic_policy: TrafficPolicy,
+    /// `cluster` (the default) or `local`.
+    #[serde(default, skip_serializing_if = "is_cluster")]
+    pub internal_traffic_policy: TrafficPolicy,
+    /// A scheduler hint: `rr`, `wrr`, `lc`, `wlc`, `sh`, `dh`, `sed`, `nq`, `mh` or `random`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduler: Option<Scheduler>,
+    /// The node port answering health checks (1-65535).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check_node_port: Option<u32>,
+    /// The endpoints, shared by every port.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "flow_items"
+    )]
+    pub endpoints: Vec<EndpointSpec>,
+}
+
+/// One port of a service. Numbers are read wide so that `99999` is a validation error with a
+/// path, not a type error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortSpec {
+    /// The port's name; may be empty when the service has one port.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// `tcp` (the default), `udp` or `sctp`.
+    #[serde(default = "default_protocol")]
+    pub protocol: Protocol,
+    /// The service port (1-65535).
+    pub port: u32,
+    /// The port on endpoints; defaults to `port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<u32>,
+    /// The node port, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_port: Option<u32>,
+}
+
+/// Session affinity: `none`, or `{client_ip: {timeout_seconds: N}}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionAffinitySpec {
+    /// No affinity.
+    #[default]
+    None,
+    /// Client-IP affinity.
+    ClientIp(ClientIpSpec),
+}
+
+impl SessionAffinitySpec {
+    fn is_none(&self) -> bool {
+        *self == SessionAffinitySpec::None
+    }
+}
+
+/// Client-IP affinity settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientIpSpec {
+    /// How long a client stays pinned: 1-86400, default 10800 (3 hours).
+    #[serde(default = "default_timeout_seconds")]
+    pub timeout_seconds: u64,
+}
+
+/// One endpoint of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSpec {
+    /// The endpoint's address.
+    pub ip: IpAddr,
+    /// The node it runs on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Ready for new connections; default true.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub ready: bool,
+    /// Able to answer; defaults to `ready`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving: Option<bool>,
+    /// Being shut down; default false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub terminating: bool,
+    /// The endpoint's zone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// Relative weight; default 1.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub weight: u32,
+    /// The port on the endpoint, for every service port; defaults to each port's `target_port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u32>,
+    /// Whether the endpoint is on this node; defaults to `node` == the table's `node`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<bool>,
+}
+
+fn default_protocol() -> Protocol {
+    Protocol::Tcp
+}
+
+fn default_timeout_seconds() -> u64 {
+    SessionAffinity::DEFAULT_TIMEOUT.as_secs()
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+fn is_one(value: &u32) -> bool {
+    *value == 1
+}
+
+fn is_cluster(policy: &TrafficPolicy) -> bool {
+    *policy == TrafficPolicy::Cluster
+}
+
+/// Writes each list item in YAML flow style (`- {ip: 198.18.1.10, node: node-a}`), one per line.
+fn flow_items<S: Serializer, T: Serialize>(items: &[T], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(items.iter().map(serde_saphyr::FlowMap))
+}
+
+/// Writes a list in YAML flow style (`[198.19.0.10, 2001:db8::10]`).
+fn flow_list<S: Serializer, T: Serialize>(items: &[T], serializer: S) -> Result<S::Ok, S::Error> {
+    serde_saphyr::FlowSeq(items).serialize(serializer)
+}
+
+/// Writes a value in YAML flow style (`{client_ip: {timeout_seconds: 600}}`).
+fn flow_map<S: Serializer, T: Serialize>(value: &T, serializer: S) -> Result<S::Ok, S::Error> {
+    serde_saphyr::FlowMap(value).serialize(serializer)
+}
+
+// === impl TableSpec ===
+
+impl TableSpec {
+    /// Builds and validates the table. Problems in the spec itself (numbers out of range, bad
+    /// names) use index paths (`services[3].ports[0].port`); the entries they affect are left out,
+    /// and the rest is validated as a table, so every problem comes back at once.
+    ///
+    /// # Errors
+    /// Every problem found.
+    pub fn into_table(self) -> Result<ServiceTable, ValidationErrors> {
+        let mut errors = Vec::new();
+        let mut builder = ServiceTable::builder();
+        builder.set_node(self.node.clone());
+        for (index, service) in self.services.iter().enumerate() {
+            let path = format!("services[{index}]");
+            for port in service.to_ports(&path, self.node.as_deref(), &mut errors) {
+                builder.insert_new(port);
+            }
+        }
+        match builder.build() {
+            Ok(table) if errors.is_empty() => Ok(table),
+            Ok(_) => Err(ValidationErrors { errors }),
+            Err(invalid) => {
+                errors.extend(invalid.errors);
+                Err(ValidationErrors { errors })
+            }
+        }
+    }
+}
+
+/// A number of the file as a port, or an error at `path`.
+fn port_number(value: u32, path: impl fmt::Display, errors: &mut Vec<FieldError>) -> Option<u16> {
+    match u16::try_from(value) {
+        Ok(port) if port != 0 => Some(port),
+        _ => {
+            errors.push(FieldError::new(
+                path.to_string(),
+                format!("{value} is outside 1-65535"),
+            ));
+            None
+        }
+    }
+}
+
+impl ServiceSpec {
+    /// `(namespace, name)` from `namespace/name` or `name`.
+    fn split_name(&self, path: &str, errors: &mut Vec<FieldError>) -> Option<(&str, &str)> {
+        let (namespace, name) = self
+            .name
+            .split_once('/')
+            .unwrap_or((DEFAULT_NAMESPACE, &self.name));
+        let problem = if self.name.is_empty() {
+            "must not be empty".to_owned()
+        } else if name.contains('/') {
+            format!("{:?} has more than one '/'", self.name)
+        } else {
+            return Some((namespace, name));
+        };
+        errors.push(FieldError::new(format!("{path}.name"), problem));
+        None
+    }
+
+    /// The service ports this service stands for; spec problems go to `errors`, in the order of
+    /// the fields.
+    fn to_ports(
+        &self,
+        path: &str,
+        node: Option<&str>,
+        errors: &mut Vec<FieldError>,
+    ) -> Vec<ServicePort> {
+        let name = self.split_name(path, errors);
+        if self.ports.is_empty() {
+            errors.push(FieldError::new(
+                format!("{path}.ports"),
+                "must list at least one port",
+            ));
+        }
+        // (port, target port, node port) of each port; `None` leaves the port out.
+        let numbers: Vec<Option<(u16, u16, Option<u16>)>> = self
+            .ports
+            .iter()
+            .enumerate()
+            .map(|(index, spec)| spec.numbers(&format!("{path}.ports[{index}]"), errors))
+            .collect();
+        let session_affinity = self.affinity(path, errors);
+        let health_check_node_port = self.health_check_node_port.and_then(|port| {
+            port_number(port, format_args!("{path}.health_check_node_port"), errors)
+        });
+        // Endpoint port overrides, checked once for all ports: `None` leaves an endpoint out.
+        let endpoint_ports: Vec<Option<Option<u16>>> = self
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(index, endpoint)| match endpoint.port {
+                None => Some(None),
+                Some(port) => {
+                    port_number(port, format_args!("{path}.endpoints[{index}].port"), errors)
+                        .map(Some)
+                }
+            })
+            .collect();
+        let Some((namespace, service)) = name else {
+            return Vec::new();
+        };
+        let mut ports = Vec::with_capacity(self.ports.len());
+        for (spec, numbers) in self.ports.iter().zip(numbers) {
+            let Some((number, target_port, node_port)) = numbers else {
+                continue;
+            };
+            let mut port = ServicePort::new(
+                ServicePortName::new(namespace, service, spec.name.as_str()),
+                spec.protocol,
+                number,
+            );
+            port.target_port = target_port;
+            port.node_port = node_port;
+            port.cluster_ips.clone_from(&self.cluster_ips);
+            port.external_ips.clone_from(&self.external_ips);
+            port.load_balancer_ips.clone_from(&self.load_balancer_ips);
+            port.load_balancer_source_ranges
+                .clone_from(&self.load_balancer_source_ranges);
+            port.session_affinity = session_affinity;
+            port.external_traffic_policy = self.external_traffic_policy;
+            port.internal_traffic_policy = self.internal_traffic_policy;
+            port.scheduler = self.scheduler;
+            port.health_check_node_port = health_check_node_port;
+            port.endpoints = self
+                .endpoints
+                .iter()
+                .zip(&endpoint_ports)
+                .filter_map(|(endpoint, port_override)| {
+                    let endpoint_port = (*port_override)?.unwrap_or(target_port);
+                    Some(endpoint.to_endpoint(endpoint_port, node))
+                })
+                .collect();
+            ports.push(port);
+        }
+        ports
+    }
+
+    /// The session affinity; an out-of-range timeout is reported here, once for the service, and
+    /// clamped so that the table check does not report it again for every port.
+    fn affinity(&self, path: &str, errors: &mut Vec<FieldError>) -> SessionAffinity {
+        let SessionAffinitySpec::ClientIp(ClientIpSpec { timeout_seconds }) = self.session_affinity
+        else {
+            return SessionAffinity::None;
+        };
+        let max = SessionAffinity::MAX_TIMEOUT.as_secs();
+        if !(1..=max).contains(&timeout_seconds) {
+            errors.push(FieldError::new(
+                format!("{path}.session_affinity.client_ip.timeout_seconds"),
+                format!("{timeout_seconds} is outside 1-{max}"),
+            ));
+        }
+        SessionAffinity::ClientIp {
+            timeout: Duration::from_secs(timeout_seconds.clamp(1, max)),
+        }
+    }
+}
+
+impl PortSpec {
+    /// (port, target port, node port), or `None` when the port or target port is out of range.
+    fn numbers(&self, path: &str, errors: &mut Vec<FieldError>) -> Option<(u16, u16, Option<u16>)> {
+        let number = port_number(self.port, format_args!("{path}.port"), errors);
+        let target_port = match self.target_port {
+            None => number,
+            Some(target) => port_number(target, format_args!("{path}.target_port"), errors),
+        };
+        let node_port = self
+            .node_port
+            .and_then(|port| port_number(port, format_args!("{path}.node_port"), errors));
+        Some((number?, target_port?, node_port))
+    }
+}
+
+impl EndpointSpec {
+    fn to_endpoint(&self, port: u16, node: Option<&str>) -> Endpoint {
+        Endpoint {
+            addr: self.ip,
+            port,
+            node: self.node.clone(),
+            is_local: self
+                .local
+                .unwrap_or_else(|| is_on_node(self.node.as_deref(), node)),
+            ready: self.ready,
+            serving: self.serving.unwrap_or(self.ready),
+            terminating: self.terminating,
+            zone: self.zone.clone(),
+            weight: self.weight,
+        }
+    }
+
+    /// The spec of `endpoint` in a port whose target port is `target_port`, defaults left out.
+    fn from_endpoint(endpoint: &Endpoint, target_port: u16, node: Option<&str>) -> Self {
+        let default_local = is_on_node(endpoint.node.as_deref(), node);
+        Self {
+            ip: endpoint.addr,
+            node: endpoint.node.clone(),
+            ready: endpoint.ready,
+            serving: (endpoint.serving != endpoint.ready).then_some(endpoint.serving),
+            terminating: endpoint.terminating,
+            zone: endpoint.zone.clone(),
+            weight: endpoint.weight,
+            port: (endpoint.port != target_port).then_some(u32::from(endpoint.port)),
+            local: (endpoint.is_local != default_local).then_some(endpoint.is_local),
+        }
+    }
+}
+
+/// An endpoint's default locality: its node is this node.
+fn is_on_node(endpoint_node: Option<&str>, node: Option<&str>) -> bool {
+    endpoint_node.is_some() && endpoint_node == node
+}
+
+impl From<&ServiceTable> for TableSpec {
+    /// The spec of a table. Consecutive ports of one service that share every service-wide field
+    /// become one service entry; ports that differ get entries of their own (with the same name).
+    fn from(table: &ServiceTable) -> Self {
+        let node = table.node();
+        let mut services: Vec<ServiceSpec> = Vec::new();
+        for port in table.iter() {
+            let mut service = ServiceSpec {
+                name: port.name.service(),
+                cluster_ips: port.cluster_ips.clone(),
+                ports: Vec::new(),
+                external_ips: port.external_ips.clone(),
+                load_balancer_ips: port.load_balancer_ips.clone(),
+                load_balancer_source_ranges: port.load_balancer_source_ranges.clone(),
+                session_affinity: match port.session_affinity {
+                    SessionAffinity::None => SessionAffinitySpec::None,
+                    SessionAffinity::ClientIp { timeout } => {
+                        // Validation keeps timeouts in whole seconds.
+                        SessionAffinitySpec::ClientIp(ClientIpSpec {
+                            timeout_seconds: timeout.as_secs(),
+                        })
+                    }
+                },
+                external_traffic_policy: port.external_traffic_policy,
+                internal_traffic_policy: port.internal_traffic_policy,
+                scheduler: port.scheduler,
+                health_check_node_port: port.health_check_node_port.map(u32::from),
+                endpoints: port
+                    .endpoints
+                    .iter()
+                    .map(|e| EndpointSpec::from_endpoint(e, port.target_port, node))
+                    .collect(),
+            };
+            let port_spec = PortSpec {
+                name: port.name.port.clone(),
+                protocol: port.protocol,
+                port: u32::from(port.port),
+                target_port: (port.target_port != port.port).then_some(u32::from(port.target_port)),
+                node_port: port.node_port.map(u32::from),
+            };
+            match services.last_mut() {
+                Some(last) if same_but_ports(last, &service) => last.ports.push(port_spec),
+                _ => {
+                    service.ports.push(port_spec);
+                    services.push(service);
+                }
+            }
+        }
+        TableSpec {
+            node: node.map(str::to_owned),
+            services,
+        }
+    }
+}
+
+/// Whether two service entries agree on everything but their ports.
+fn same_but_ports(a: &ServiceSpec, b: &ServiceSpec) -> bool {
+    // Destructured so that a new field cannot be forgotten here.
+    let ServiceSpec {
+        name,
+        cluster_ips,
+        ports: _,
+        external_ips,
+        load_balancer_ips,
+        load_balancer_source_ranges,
+        session_affinity,
+        external_traffic_policy,
+        internal_traffic_policy,
+        scheduler,
+        health_check_node_port,
+        endpoints,
+    } = a;
+    *name == b.name
+        && *cluster_ips == b.cluster_ips
+        && *external_ips == b.external_ips
+        && *load_balancer_ips == b.load_balancer_ips
+        && *load_balancer_source_ranges == b.load_balancer_source_ranges
+        && *session_affinity == b.session_affinity
+        && *external_traffic_policy == b.external_traffic_policy
+        && *internal_traffic_policy == b.internal_traffic_policy
+        && *scheduler == b.scheduler
+        && *health_check_node_port == b.health_check_node_port
+        && *endpoints == b.endpoints
+}
