@@ -4,7 +4,7 @@
 //! every backend programs one set of kernel objects per service port. A [`ServiceTable`] is cheap to
 //! clone (one `Arc`), and each [`ServicePort`] sits behind its own `Arc`, so an edit made with
 //! [`ServiceTable::edit`] shares every unchanged entry with the previous snapshot and
-//! [`crate::diff`] skips those by pointer.
+//! [`crate::diff()`] skips those by pointer.
 //!
 //! A `ServiceTable` can only be built through [`TableBuilder::build`] (or the file loader in
 //! [`crate::file`]), which validates it: a table that exists is a valid table.
