@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use backend_userspace::{Config, UserspaceDataplane};
 use common::*;
-use proxy_core::table::Endpoint;
+use proxy_core::table::{Endpoint, Protocol, ServicePortName, TrafficPolicy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn round_trip_with(splice: bool, net: &str) {
@@ -49,6 +49,21 @@ async fn round_trip_with(splice: bool, net: &str) {
         trailer, b"bye from b1",
         "reply after our half-close must arrive"
     );
+    let metrics = dp
+        .metrics()
+        .for_service_port(&ServicePortName::new("test", "web", "p"), Protocol::Tcp);
+    // The pump task may still be finishing its bookkeeping.
+    for _ in 0..50 {
+        if metrics.active.get() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(metrics.bytes_to_endpoint.get(), 1 << 20);
+    let back = (1 << 20) + "b1\n".len() + "bye from b1".len();
+    assert_eq!(metrics.bytes_to_client.get(), back as u64);
+    assert_eq!(metrics.accepted.get(), 1);
+    assert_eq!(metrics.active.get(), 0, "connection over");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -291,5 +306,112 @@ async fn load_balancer_source_ranges_admit_only_listed_clients() {
     assert!(
         outside.is_err(),
         "source outside the ranges got {outside:?}"
+    );
+}
+
+#[tokio::test]
+async fn external_local_policy_without_local_endpoints_drops_node_port_traffic() {
+    let backend = Whoami::start("127.11.11.100", "remote").await;
+    let node = "127.11.11.1";
+    let node_port = free_port(node).await;
+    let vip = "127.11.11.10";
+    let port = free_port(vip).await;
+    let mut web = service("web", vip, port, vec![backend.endpoint()]).with_node_port(node_port);
+    web.external_traffic_policy = TrafficPolicy::Local;
+    let mut dp = UserspaceDataplane::new(Config {
+        node_addresses: vec![ip(node)],
+        ..config()
+    })
+    .expect("config");
+    sync_ok(&mut dp, &table([web])).await;
+    assert_eq!(
+        ask((ip(vip), port).into())
+            .await
+            .expect("cluster IP uses all endpoints"),
+        "remote"
+    );
+    let dropped = ask((ip(node), node_port).into()).await;
+    assert!(
+        dropped.is_err(),
+        "node port with no local endpoint answered: {dropped:?}"
+    );
+    assert_eq!(
+        backend.accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+}
+
+#[tokio::test]
+async fn non_local_address_needs_freebind() {
+    // 198.18.0.0/15 is a benchmarking range no host here owns; nothing is sent to it.
+    let vip = "198.18.77.10";
+    let t = table([service(
+        "web",
+        vip,
+        18080,
+        vec![Endpoint::new(ip("127.0.0.1"), 1)],
+    )]);
+    let mut strict = UserspaceDataplane::new(config()).expect("config");
+    let report = sync(&mut strict, &t).await;
+    assert_eq!(report.problems.len(), 1, "{report}");
+    let problem = report.problems[0].to_string();
+    assert!(problem.contains("tcp 198.18.77.10:18080"), "{problem}");
+    assert!(problem.contains("assign requested address"), "{problem}");
+    assert!(strict.observe().is_empty());
+
+    let mut free = UserspaceDataplane::new(Config {
+        freebind: true,
+        ..config()
+    })
+    .expect("config");
+    sync_ok(&mut free, &t).await;
+    assert_eq!(free.observe().len(), 1);
+}
+
+#[tokio::test]
+async fn connect_timeout_fails_over_to_the_next_endpoint() {
+    // A listener that never accepts, with its queue filled: further SYNs go unanswered.
+    let stuck_ip = ip("127.11.12.101");
+    let stuck =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    stuck
+        .bind(&std::net::SocketAddr::new(stuck_ip, 0).into())
+        .expect("bind");
+    stuck.listen(0).expect("listen");
+    let stuck_addr = stuck.local_addr().expect("addr").as_socket().expect("inet");
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        s.set_nonblocking(true).expect("nonblocking");
+        let _ = s.connect(&stuck_addr.into());
+        fillers.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let live = Whoami::start("127.11.12.100", "live").await;
+    let vip = "127.11.12.10";
+    let port = free_port(vip).await;
+    let mut dp = UserspaceDataplane::new(Config {
+        connect_timeout: Duration::from_millis(200),
+        ..config()
+    })
+    .expect("config");
+    let endpoints = vec![
+        live.endpoint(),
+        Endpoint::new(stuck_addr.ip(), stuck_addr.port()),
+    ];
+    sync_ok(&mut dp, &table([service("web", vip, port, endpoints)])).await;
+    // Round robin: the first goes to live, the second tries the stuck one, times out, fails over.
+    assert_eq!(ask((ip(vip), port).into()).await.expect("answer"), "live");
+    let started = std::time::Instant::now();
+    assert_eq!(ask((ip(vip), port).into()).await.expect("answer"), "live");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(180),
+        "did not wait for the stuck endpoint: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "connect timeout not applied: {took:?}"
     );
 }
