@@ -3,10 +3,10 @@
 //!
 //! Every service port gets a listener on each of its addresses (cluster, external and
 //! load-balancer IPs on the service port; each configured node address on the node port). A new
-//! TCP connection or UDP flow is sent to an endpoint chosen by the port's scheduler (all of
-//! IPVS's but `dh` semantics aside: `rr`, `wrr`, `lc`, `wlc`, `sed`, `nq`, `sh`, `dh`, `mh`,
-//! `random`), with client-IP affinity if asked, failing over on connect errors and ejecting
-//! endpoints that keep failing. The addresses must be local (loopback `127.0.0.0/8` is, on
+//! TCP connection or UDP flow is sent to an endpoint chosen by the port's scheduler (IPVS's
+//! `rr`, `wrr`, `lc`, `wlc`, `sed`, `nq`, `sh`, `dh`, `mh`, and `random`; see [`pick`]), with
+//! client-IP affinity if asked, failing over on connect errors and ejecting endpoints that keep
+//! failing. TCP bytes move with `splice(2)` on Linux, else `tokio::io::copy_bidirectional`. The addresses must be local (loopback `127.0.0.0/8` is, on
 //! Linux) unless [`Config::freebind`] is set.
 //!
 //! It owns only its sockets: [`Dataplane::cleanup`] closes every listener (connections already
@@ -24,8 +24,8 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
-//! let port = ServicePort::new(ServicePortName::new("default", "web", "http"), Protocol::Tcp, 0)
-//!     .with_cluster_ip("127.0.0.10".parse().unwrap())
+//! let port = ServicePort::new(ServicePortName::new("default", "web", "http"), Protocol::Tcp, 18080)
+//!     .with_cluster_ip("127.77.0.10".parse().unwrap())
 //!     .with_endpoint(Endpoint::new("127.0.0.50".parse().unwrap(), 8080));
 //! let table = ServiceTable::builder().insert(port).build().unwrap();
 //! let mut dataplane = UserspaceDataplane::new(Config::default()).unwrap();
@@ -39,8 +39,8 @@
 //! # }
 //! ```
 //!
-//! Port 0 in the example lets the OS pick a port; [`UserspaceDataplane::local_addrs`] tells
-//! which.
+//! See `README.md` beside this crate for the design notes and how it differs from the kernel
+//! backends.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

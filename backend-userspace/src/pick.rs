@@ -627,10 +627,10 @@ mod tests {
             .count();
         let lost = before.entries().iter().filter(|&&e| e == 3).count();
         let fraction = moved as f64 / 65_537.0;
-        // The removed endpoint's ~10% must move; Maglev moves only a little more.
+        // The removed endpoint's ~10% must move; Maglev moves only a little more (measured: 10.2%).
         assert!(moved >= lost, "moved {moved} < lost {lost}");
         assert!(
-            fraction < 0.13,
+            fraction < 0.115,
             "moved {:.3} of slots, want ≈ 1/{n}",
             fraction
         );

@@ -26,6 +26,10 @@ use crate::balance::{current, now, Balancer, Context, RouteSlot};
 use crate::config::Config;
 use crate::plan::{ListenerKey, RouteTarget};
 
+/// Buffer per direction of the portable pump (tokio's default is 8 KiB; larger buffers mean
+/// fewer system calls on bulk transfers).
+const COPY_BUFFER: usize = 64 * 1024;
+
 /// Binds and listens on `key.addr` (SO_REUSEADDR, so that a port closed with connections in
 /// TIME_WAIT can be bound again; optionally IP_FREEBIND).
 pub(crate) fn bind(key: ListenerKey, config: &Config) -> io::Result<TcpListener> {
@@ -181,7 +185,7 @@ async fn pump(
     let mut client = Metered::new(client, &balancer.metrics.bytes_to_endpoint, &activity);
     let mut upstream = Metered::new(upstream, &balancer.metrics.bytes_to_client, &activity);
     tokio::select! {
-        result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => result.map(|_| PumpEnd::Done),
+        result = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, COPY_BUFFER, COPY_BUFFER) => result.map(|_| PumpEnd::Done),
         () = activity.idle(config.idle_timeout) => Ok(PumpEnd::Idle),
     }
 }

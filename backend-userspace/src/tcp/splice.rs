@@ -36,12 +36,19 @@ async fn one_way(
     counter: &Counter,
     activity: &Activity,
 ) -> io::Result<()> {
-    let (pipe_read, pipe_write): (OwnedFd, OwnedFd) =
-        pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+    // The pipe is made when the first bytes arrive, so an idle connection holds no pipe (two
+    // file descriptors per direction).
+    let mut pipe: Option<(OwnedFd, OwnedFd)> = None;
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
     loop {
         // The pipe is empty here, so WouldBlock can only mean the socket has nothing.
         from.readable().await?;
+        let (pipe_read, pipe_write) = match &pipe {
+            Some(pipe) => pipe,
+            None => {
+                pipe.insert(pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).map_err(io::Error::from)?)
+            }
+        };
         let filled = match from.try_io(Interest::READABLE, || {
             splice(from.as_fd(), None, pipe_write.as_fd(), None, CHUNK, flags)
                 .map_err(io::Error::from)
