@@ -1,0 +1,205 @@
+//! Apply: make the running listeners match a [`Plan`]. Closes first (freeing addresses), then
+//! swaps the routes of listeners that stay, then binds new ones. A listener that cannot be bound
+//! becomes a [`SyncProblem`] naming it and the OS error; the rest still applies, and the next
+//! plan tries to open it again (it is not in the applied set).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use proxy_core::dataplane::SyncProblem;
+use proxy_core::table::{Protocol, ServicePortName};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::balance::{lock, replace, Balancer, Context, RouteSlot};
+use crate::error::UserspaceError;
+use crate::metrics::Metrics;
+use crate::pick::AffinityMap;
+use crate::plan::{ListenerKey, Listeners, Plan, Route};
+use crate::{tcp, udp};
+
+/// One open listener: its route and the task serving it.
+#[derive(Debug)]
+struct LiveListener {
+    route: Route,
+    slot: RouteSlot,
+    task: JoinHandle<()>,
+}
+
+impl Drop for LiveListener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The running listeners, and the affinity map of each service port with affinity (shared by
+/// all its listeners, and kept across syncs while the port keeps affinity).
+#[derive(Debug, Default)]
+pub(crate) struct Live {
+    listeners: BTreeMap<ListenerKey, LiveListener>,
+    affinity: BTreeMap<ServicePortName, Arc<Mutex<AffinityMap>>>,
+}
+
+/// What an apply did.
+#[derive(Debug, Default)]
+pub(crate) struct ApplyOutcome {
+    /// Listeners opened, updated or closed.
+    pub written: usize,
+    /// Listeners that could not be opened.
+    pub problems: Vec<SyncProblem>,
+}
+
+impl Live {
+    /// The routes of the open listeners.
+    pub fn applied(&self) -> Listeners {
+        self.listeners
+            .iter()
+            .map(|(key, live)| (*key, live.route.clone()))
+            .collect()
+    }
+
+    pub async fn apply(
+        &mut self,
+        plan: &Plan,
+        ctx: &Arc<Context>,
+        metrics: &Metrics,
+    ) -> ApplyOutcome {
+        let mut outcome = ApplyOutcome::default();
+        self.plan_affinity(&plan.desired);
+        for key in &plan.close {
+            if let Some(live) = self.listeners.remove(key) {
+                close(live).await;
+                metrics.listeners.dec();
+                outcome.written += 1;
+                info!(listener = %key, "listener closed");
+            }
+        }
+        for key in &plan.update {
+            let (Some(route), Some(live)) = (plan.desired.get(key), self.listeners.get_mut(key))
+            else {
+                continue;
+            };
+            let balancer = balancer(*key, route, &self.affinity, ctx, metrics);
+            replace(&live.slot, balancer);
+            live.route = route.clone();
+            outcome.written += 1;
+        }
+        for key in &plan.open {
+            let Some(route) = plan.desired.get(key) else {
+                continue;
+            };
+            let balancer = balancer(*key, route, &self.affinity, ctx, metrics);
+            match open(*key, balancer, ctx) {
+                Ok((slot, task)) => {
+                    self.listeners.insert(
+                        *key,
+                        LiveListener {
+                            route: route.clone(),
+                            slot,
+                            task,
+                        },
+                    );
+                    metrics.listeners.inc();
+                    outcome.written += 1;
+                    info!(listener = %key, service_port = %route.service_port, "listener opened");
+                }
+                Err(error) => {
+                    warn!(%error, "listener not opened");
+                    outcome.problems.push(SyncProblem {
+                        object: format!("{} {key}", route.service_port),
+                        reason: error.to_string(),
+                    });
+                }
+            }
+        }
+        outcome
+    }
+
+    /// Closes every listener; returns how many there were.
+    pub async fn close_all(&mut self, metrics: &Metrics) -> usize {
+        let listeners = std::mem::take(&mut self.listeners);
+        let count = listeners.len();
+        for (_, live) in listeners {
+            close(live).await;
+            metrics.listeners.dec();
+        }
+        self.affinity.clear();
+        count
+    }
+
+    /// Keeps the affinity maps of ports that still have affinity (with their new timeout) and
+    /// forgets the rest.
+    fn plan_affinity(&mut self, desired: &Listeners) {
+        let mut wanted: BTreeMap<ServicePortName, std::time::Duration> = BTreeMap::new();
+        for route in desired.values() {
+            if let Some(timeout) = route.affinity_timeout {
+                wanted.insert(route.service_port.clone(), timeout);
+            }
+        }
+        self.affinity.retain(|name, _| wanted.contains_key(name));
+        for (name, timeout) in wanted {
+            let map = self
+                .affinity
+                .entry(name)
+                .or_insert_with(|| Arc::new(Mutex::new(AffinityMap::new(timeout))));
+            lock(map).set_timeout(timeout);
+        }
+    }
+}
+
+fn balancer(
+    key: ListenerKey,
+    route: &Route,
+    affinity: &BTreeMap<ServicePortName, Arc<Mutex<AffinityMap>>>,
+    ctx: &Context,
+    metrics: &Metrics,
+) -> Arc<Balancer> {
+    let affinity = route
+        .affinity_timeout
+        .and_then(|_| affinity.get(&route.service_port).cloned());
+    let port_metrics = metrics.for_service_port(&route.service_port, key.protocol);
+    Arc::new(Balancer::new(
+        key,
+        route.clone(),
+        affinity,
+        port_metrics,
+        &ctx.config,
+    ))
+}
+
+fn open(
+    key: ListenerKey,
+    balancer: Arc<Balancer>,
+    ctx: &Arc<Context>,
+) -> Result<(RouteSlot, JoinHandle<()>), UserspaceError> {
+    let bind_error = |source| UserspaceError::Bind {
+        listener: key,
+        source,
+    };
+    let slot: RouteSlot = Arc::new(RwLock::new(balancer));
+    let task = match key.protocol {
+        Protocol::Tcp => {
+            let listener = tcp::bind(key, &ctx.config).map_err(bind_error)?;
+            tokio::spawn(tcp::serve(listener, Arc::clone(&slot), Arc::clone(ctx)))
+        }
+        Protocol::Udp => {
+            let socket = udp::bind(key, &ctx.config).map_err(bind_error)?;
+            tokio::spawn(udp::serve(socket, Arc::clone(&slot), Arc::clone(ctx)))
+        }
+        Protocol::Sctp => {
+            return Err(bind_error(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "SCTP is not supported by the userspace backend",
+            )))
+        }
+    };
+    Ok((slot, task))
+}
+
+/// Stops the listener's task and waits until its socket is closed, so that the address can be
+/// bound again at once. Connections it accepted run in their own tasks and go on.
+async fn close(mut live: LiveListener) {
+    live.task.abort();
+    // Resolves once the task's future, and with it the socket, has been dropped.
+    let _ = (&mut live.task).await;
+}

@@ -1,0 +1,148 @@
+//! The backend's configuration: one struct with defaults, deserializable from a config file.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use proxy_core::table::Scheduler;
+use serde::{Deserialize, Serialize};
+
+use crate::error::UserspaceError;
+
+/// How the userspace proxy listens, connects and balances.
+///
+/// ```
+/// use backend_userspace::Config;
+/// let config = Config { node_addresses: vec!["127.0.0.1".parse().unwrap()], ..Config::default() };
+/// config.validate().unwrap();
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The node's addresses: node ports are served on each of them (default `[127.0.0.1]`).
+    pub node_addresses: Vec<IpAddr>,
+    /// How long a connect to one endpoint may take before the next endpoint is tried.
+    pub connect_timeout: Duration,
+    /// A TCP connection with no byte in either direction for this long is closed.
+    pub idle_timeout: Duration,
+    /// Endpoints tried for one new connection before it is given up (at least 1).
+    pub connect_attempts: usize,
+    /// Consecutive connect failures after which an endpoint is ejected (at least 1).
+    pub eject_after_failures: u32,
+    /// How long an ejected endpoint gets no new connections before it is tried again.
+    pub ejection_time: Duration,
+    /// The scheduler for service ports that ask for none.
+    pub default_scheduler: Scheduler,
+    /// Slots in each Maglev lookup table: a prime (the paper uses 65,537).
+    pub maglev_table_size: usize,
+    /// A UDP flow (client address ↔ endpoint) with no datagram for this long is forgotten.
+    pub udp_idle_timeout: Duration,
+    /// Most UDP flows per listener; datagrams opening more are dropped.
+    pub udp_max_flows: usize,
+    /// Largest UDP datagram relayed, in bytes.
+    pub udp_max_datagram_bytes: usize,
+    /// Set `IP_FREEBIND`/`IPV6_FREEBIND` on listening sockets, so that addresses not (yet) local
+    /// can be bound (Linux only; ignored elsewhere).
+    pub freebind: bool,
+    /// Pump TCP bytes with `splice(2)` through a pipe (zero copy, Linux only); otherwise, and on
+    /// other systems, with `tokio::io::copy_bidirectional`.
+    pub splice: bool,
+    /// The `listen(2)` backlog of each TCP listener.
+    pub tcp_backlog: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node_addresses: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+            connect_timeout: Duration::from_secs(3),
+            idle_timeout: Duration::from_secs(3600),
+            connect_attempts: 3,
+            eject_after_failures: 3,
+            ejection_time: Duration::from_secs(10),
+            default_scheduler: Scheduler::RoundRobin,
+            maglev_table_size: 65_537,
+            udp_idle_timeout: Duration::from_secs(30),
+            udp_max_flows: 16_384,
+            udp_max_datagram_bytes: 65_535,
+            freebind: false,
+            splice: cfg!(target_os = "linux"),
+            tcp_backlog: 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Checks every field's range.
+    ///
+    /// # Errors
+    /// [`UserspaceError::Config`] naming the first bad field.
+    pub fn validate(&self) -> Result<(), UserspaceError> {
+        let bad = |field, message: &str| {
+            Err(UserspaceError::Config {
+                field,
+                message: message.to_owned(),
+            })
+        };
+        if !is_prime(self.maglev_table_size) {
+            return bad(
+                "maglev_table_size",
+                "must be a prime (such as 65537 or 251)",
+            );
+        }
+        if self.connect_attempts == 0 {
+            return bad("connect_attempts", "must be at least 1");
+        }
+        if self.eject_after_failures == 0 {
+            return bad("eject_after_failures", "must be at least 1");
+        }
+        if self.connect_timeout.is_zero() || self.idle_timeout.is_zero() {
+            return bad("connect_timeout/idle_timeout", "must be above zero");
+        }
+        if self.udp_idle_timeout.is_zero() {
+            return bad("udp_idle_timeout", "must be above zero");
+        }
+        if self.udp_max_flows == 0 {
+            return bad("udp_max_flows", "must be at least 1");
+        }
+        if !(512..=65_535).contains(&self.udp_max_datagram_bytes) {
+            return bad("udp_max_datagram_bytes", "must be within 512-65535");
+        }
+        Ok(())
+    }
+}
+
+/// Trial division; table sizes are small enough.
+pub(crate) fn is_prime(n: usize) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let mut d = 2;
+    while d * d <= n {
+        if n % d == 0 {
+            return false;
+        }
+        d += 1;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_is_valid() {
+        assert!(Config::default().validate().is_ok());
+    }
+
+    #[test]
+    fn maglev_table_size_must_be_prime() {
+        let config = Config {
+            maglev_table_size: 65_536,
+            ..Config::default()
+        };
+        let err = config.validate().expect_err("65536 is not prime");
+        assert!(err.to_string().contains("maglev_table_size"), "{err}");
+        assert!(is_prime(65_537) && is_prime(251) && !is_prime(1) && !is_prime(9));
+    }
+}

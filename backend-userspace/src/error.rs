@@ -1,0 +1,28 @@
+//! The crate's error type.
+
+use std::io;
+
+use crate::plan::ListenerKey;
+
+/// Why the userspace backend could not be built or could not open a listener.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UserspaceError {
+    /// A [`crate::Config`] field is out of range.
+    #[error("invalid userspace config: {field}: {message}")]
+    Config {
+        /// The field's name (`maglev_table_size`).
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A listening socket could not be created or bound.
+    #[error("cannot listen on {listener}: {source}")]
+    Bind {
+        /// The protocol and address that could not be bound.
+        listener: ListenerKey,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}

@@ -1,0 +1,253 @@
+//! Per-service-port metrics of the proxy: connections accepted, active and failed, bytes each
+//! way, UDP flows. kube-proxy has none of these, so they take our own prefix,
+//! `svcproxy_userspace_`.
+//!
+//! ```
+//! use backend_userspace::metrics::Metrics;
+//! use prometheus_client::registry::Registry;
+//! use proxy_core::table::{Protocol, ServicePortName};
+//!
+//! let mut registry = Registry::default();
+//! let metrics = Metrics::register(&mut registry);
+//! let name = ServicePortName::new("default", "web", "http");
+//! metrics.for_service_port(&name, Protocol::Tcp).accepted.inc();
+//! let mut text = String::new();
+//! prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+//! assert!(text.contains(
+//!     r#"svcproxy_userspace_connections_accepted_total{service_port="default/web:http",protocol="tcp"} 1"#
+//! ), "{text}");
+//! ```
+
+use std::fmt::{self, Write as _};
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use proxy_core::table::{Protocol, ServicePortName};
+
+/// The metric name prefix.
+pub const PREFIX: &str = "svcproxy_userspace";
+
+/// The protocol label's values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProtocolLabel {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// SCTP (never served; present so every table protocol maps).
+    Sctp,
+}
+
+impl From<Protocol> for ProtocolLabel {
+    fn from(protocol: Protocol) -> Self {
+        match protocol {
+            Protocol::Tcp => ProtocolLabel::Tcp,
+            Protocol::Udp => ProtocolLabel::Udp,
+            Protocol::Sctp => ProtocolLabel::Sctp,
+        }
+    }
+}
+
+/// Why a flow did not reach an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureReason {
+    /// Every connect attempt failed or timed out.
+    ConnectFailed,
+    /// The service port has no usable endpoint: the flow was rejected.
+    NoEndpoints,
+    /// A `Local` policy with no local endpoint, or a source outside the load-balancer ranges.
+    Dropped,
+    /// The UDP flow table was full.
+    FlowTableFull,
+}
+
+/// Which way bytes went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// From the client to the endpoint.
+    ToEndpoint,
+    /// From the endpoint back to the client.
+    ToClient,
+}
+
+/// Label values are snake_case strings.
+macro_rules! label_values {
+    ($ty:ty { $($variant:ident => $text:literal),* $(,)? }) => {
+        impl $ty {
+            /// The label value.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $text),* }
+            }
+        }
+        impl EncodeLabelValue for $ty {
+            fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> fmt::Result {
+                encoder.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+label_values!(ProtocolLabel { Tcp => "tcp", Udp => "udp", Sctp => "sctp" });
+label_values!(FailureReason {
+    ConnectFailed => "connect_failed",
+    NoEndpoints => "no_endpoints",
+    Dropped => "dropped",
+    FlowTableFull => "flow_table_full",
+});
+label_values!(Direction { ToEndpoint => "to_endpoint", ToClient => "to_client" });
+
+/// Labels of a per-service-port series.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ServicePortLabels {
+    /// `namespace/name:port`.
+    pub service_port: String,
+    /// The protocol.
+    pub protocol: ProtocolLabel,
+}
+
+/// Labels of the failure counter.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct FailureLabels {
+    /// `namespace/name:port`.
+    pub service_port: String,
+    /// The protocol.
+    pub protocol: ProtocolLabel,
+    /// Why.
+    pub reason: FailureReason,
+}
+
+/// Labels of the byte counter.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ByteLabels {
+    /// `namespace/name:port`.
+    pub service_port: String,
+    /// The protocol.
+    pub protocol: ProtocolLabel,
+    /// Which way.
+    pub direction: Direction,
+}
+
+/// The backend's metric families. Cloning shares them (each family is an `Arc`).
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    /// TCP connections accepted (and UDP flows opened) per service port.
+    pub connections_accepted: Family<ServicePortLabels, Counter>,
+    /// TCP connections open to an endpoint now.
+    pub connections_active: Family<ServicePortLabels, Gauge>,
+    /// Flows that reached no endpoint, by reason.
+    pub connections_failed: Family<FailureLabels, Counter>,
+    /// Bytes relayed, by direction.
+    pub bytes: Family<ByteLabels, Counter>,
+    /// UDP flows in the flow tables now.
+    pub udp_flows_active: Family<ServicePortLabels, Gauge>,
+    /// Endpoints ejected after repeated connect failures.
+    pub endpoint_ejections: Counter,
+    /// Listening sockets open now.
+    pub listeners: Gauge,
+}
+
+impl Metrics {
+    /// Creates the families and registers them in `registry` under [`PREFIX`].
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        let sub = registry.sub_registry_with_prefix(PREFIX);
+        sub.register(
+            "connections_accepted",
+            "TCP connections accepted and UDP flows opened, per service port",
+            metrics.connections_accepted.clone(),
+        );
+        sub.register(
+            "connections_active",
+            "TCP connections open to an endpoint, per service port",
+            metrics.connections_active.clone(),
+        );
+        sub.register(
+            "connections_failed",
+            "Flows that reached no endpoint, per service port and reason",
+            metrics.connections_failed.clone(),
+        );
+        sub.register(
+            "bytes",
+            "Bytes relayed per service port and direction",
+            metrics.bytes.clone(),
+        );
+        sub.register(
+            "udp_flows_active",
+            "UDP flows in the flow tables, per service port",
+            metrics.udp_flows_active.clone(),
+        );
+        sub.register(
+            "endpoint_ejections",
+            "Endpoints ejected after repeated connect failures",
+            metrics.endpoint_ejections.clone(),
+        );
+        sub.register(
+            "listeners",
+            "Listening sockets open",
+            metrics.listeners.clone(),
+        );
+        metrics
+    }
+
+    /// The series of one service port, resolved once so that the data path touches only atomics.
+    pub fn for_service_port(&self, name: &ServicePortName, protocol: Protocol) -> PortMetrics {
+        let labels = ServicePortLabels {
+            service_port: name.to_string(),
+            protocol: protocol.into(),
+        };
+        let failed = |reason| {
+            self.connections_failed.get_or_create_owned(&FailureLabels {
+                service_port: labels.service_port.clone(),
+                protocol: labels.protocol,
+                reason,
+            })
+        };
+        let bytes = |direction| {
+            self.bytes.get_or_create_owned(&ByteLabels {
+                service_port: labels.service_port.clone(),
+                protocol: labels.protocol,
+                direction,
+            })
+        };
+        PortMetrics {
+            accepted: self.connections_accepted.get_or_create_owned(&labels),
+            active: self.connections_active.get_or_create_owned(&labels),
+            connect_failed: failed(FailureReason::ConnectFailed),
+            no_endpoints: failed(FailureReason::NoEndpoints),
+            dropped: failed(FailureReason::Dropped),
+            flow_table_full: failed(FailureReason::FlowTableFull),
+            bytes_to_endpoint: bytes(Direction::ToEndpoint),
+            bytes_to_client: bytes(Direction::ToClient),
+            udp_flows: self.udp_flows_active.get_or_create_owned(&labels),
+            ejections: self.endpoint_ejections.clone(),
+        }
+    }
+}
+
+/// One service port's series (handles into [`Metrics`]).
+#[derive(Debug, Clone)]
+pub struct PortMetrics {
+    /// Connections accepted / flows opened.
+    pub accepted: Counter,
+    /// Connections open now.
+    pub active: Gauge,
+    /// Connect failures (all attempts failed).
+    pub connect_failed: Counter,
+    /// Rejected: no endpoints.
+    pub no_endpoints: Counter,
+    /// Dropped by policy or source range.
+    pub dropped: Counter,
+    /// UDP flow table full.
+    pub flow_table_full: Counter,
+    /// Bytes client → endpoint.
+    pub bytes_to_endpoint: Counter,
+    /// Bytes endpoint → client.
+    pub bytes_to_client: Counter,
+    /// UDP flows now.
+    pub udp_flows: Gauge,
+    /// Endpoint ejections (shared by all ports).
+    pub ejections: Counter,
+}

@@ -1,0 +1,415 @@
+//! The userspace model and the pure plan: which listeners should exist, and what each does with
+//! a new connection.
+//!
+//! Every service port gets one listener per (address, port): its cluster, external and
+//! load-balancer IPs on the service port, and each configured node address on the node port.
+//! Each listener carries a [`Route`]: the endpoints new flows may use (chosen by
+//! [`proxy_core::select::select_endpoints`] with the internal policy for cluster IPs and the
+//! external one for the rest), the scheduler and the affinity timeout.
+//!
+//! [`plan`] compares that desired map with what is applied and sorts the listeners into open,
+//! update (new route, same socket), keep and close. No I/O, clock or randomness: same input, same
+//! plan.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use proxy_core::dataplane::SyncProblem;
+use proxy_core::select::{select_endpoints, Target};
+use proxy_core::table::{
+    Endpoint, Protocol, Scheduler, ServicePort, ServicePortName, ServiceTable,
+};
+
+use crate::config::Config;
+
+/// A listening socket: protocol and local address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ListenerKey {
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// The address and port bound.
+    pub addr: SocketAddr,
+}
+
+impl fmt::Display for ListenerKey {
+    /// `tcp 127.0.0.1:8080`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.protocol, self.addr)
+    }
+}
+
+/// Which of a service port's addresses a listener serves; decides the traffic policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AddressKind {
+    /// A cluster IP (internal traffic policy).
+    ClusterIp,
+    /// An external IP (external traffic policy).
+    ExternalIp,
+    /// A load-balancer IP (external traffic policy, source ranges).
+    LoadBalancerIp,
+    /// The node port on a node address (external traffic policy).
+    NodePort,
+}
+
+impl AddressKind {
+    /// Short lower-case name for listings and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AddressKind::ClusterIp => "cluster-ip",
+            AddressKind::ExternalIp => "external-ip",
+            AddressKind::LoadBalancerIp => "load-balancer-ip",
+            AddressKind::NodePort => "node-port",
+        }
+    }
+}
+
+/// One endpoint a listener may send new flows to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Backend {
+    /// The endpoint's address and port.
+    pub addr: SocketAddr,
+    /// Its weight (0 takes no new flows).
+    pub weight: u32,
+}
+
+/// What a listener does with a new flow.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RouteTarget {
+    /// Balance over these endpoints (never empty).
+    Endpoints(Vec<Backend>),
+    /// No usable endpoint: refuse (TCP reset; UDP datagram discarded).
+    Reject,
+    /// Endpoints exist but none local for a `Local` policy: drop.
+    Drop,
+}
+
+/// Everything a listener needs to handle new flows.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Route {
+    /// The service port the listener belongs to.
+    pub service_port: ServicePortName,
+    /// Which address of the service port it is.
+    pub kind: AddressKind,
+    /// Where new flows go.
+    pub target: RouteTarget,
+    /// The scheduler (the port's hint, else the config's default).
+    pub scheduler: Scheduler,
+    /// Client-IP affinity timeout, if the port has affinity.
+    pub affinity_timeout: Option<Duration>,
+    /// Allowed client ranges (load-balancer IPs only; empty allows all).
+    pub source_ranges: Vec<IpNet>,
+}
+
+impl Route {
+    /// Whether a client at `ip` may use this listener (load-balancer source ranges).
+    pub fn allows_source(&self, ip: IpAddr) -> bool {
+        self.source_ranges.is_empty() || self.source_ranges.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// The listeners, by key: desired (from [`plan`]) or applied (from [`crate::observe`]).
+pub type Listeners = BTreeMap<ListenerKey, Route>;
+
+/// The steps from the applied listeners to the desired ones.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Every listener the table asks for.
+    pub desired: Listeners,
+    /// Listeners to bind (not applied yet).
+    pub open: Vec<ListenerKey>,
+    /// Listeners that stay open with a new route (endpoints, scheduler, policy...).
+    pub update: Vec<ListenerKey>,
+    /// Listeners that stay as they are.
+    pub keep: Vec<ListenerKey>,
+    /// Listeners to close (no longer in the table).
+    pub close: Vec<ListenerKey>,
+    /// Parts of the table that cannot be planned (an address claimed twice, SCTP).
+    pub problems: Vec<SyncProblem>,
+}
+
+impl Plan {
+    /// Whether applying the plan changes nothing.
+    pub fn is_noop(&self) -> bool {
+        self.open.is_empty() && self.update.is_empty() && self.close.is_empty()
+    }
+}
+
+/// The plan from `applied` to what `table` asks for under `config`.
+pub fn plan(table: &ServiceTable, config: &Config, applied: &Listeners) -> Plan {
+    let (desired, problems) = plan_listeners(table, config);
+    let mut plan = Plan {
+        problems,
+        ..Plan::default()
+    };
+    for (key, route) in &desired {
+        match applied.get(key) {
+            None => plan.open.push(*key),
+            Some(old) if old == route => plan.keep.push(*key),
+            Some(_) => plan.update.push(*key),
+        }
+    }
+    plan.close = applied
+        .keys()
+        .filter(|key| !desired.contains_key(key))
+        .copied()
+        .collect();
+    plan.desired = desired;
+    plan
+}
+
+/// Every listener `table` asks for, and the problems that keep some from existing.
+pub fn plan_listeners(table: &ServiceTable, config: &Config) -> (Listeners, Vec<SyncProblem>) {
+    let mut listeners = Listeners::new();
+    let mut problems = Vec::new();
+    for port in table.iter() {
+        if port.protocol == Protocol::Sctp {
+            problems.push(SyncProblem {
+                object: port.name.to_string(),
+                reason: "SCTP is not supported by the userspace backend".to_owned(),
+            });
+            continue;
+        }
+        for (key, route) in plan_service_port(port, config) {
+            if let Some(existing) = listeners.get(&key) {
+                problems.push(SyncProblem {
+                    object: format!("{} {key}", port.name),
+                    reason: format!("address already claimed by {}", existing.service_port),
+                });
+                continue;
+            }
+            listeners.insert(key, route);
+        }
+    }
+    (listeners, problems)
+}
+
+/// The listeners of one service port.
+pub fn plan_service_port(port: &ServicePort, config: &Config) -> Vec<(ListenerKey, Route)> {
+    let selection = select_endpoints(port);
+    let internal = route_target(selection.internal());
+    let external = route_target(selection.external());
+    let route = |kind: AddressKind, target: &RouteTarget| Route {
+        service_port: port.name.clone(),
+        kind,
+        target: target.clone(),
+        scheduler: port.scheduler.unwrap_or(config.default_scheduler),
+        affinity_timeout: port.session_affinity.timeout(),
+        source_ranges: if kind == AddressKind::LoadBalancerIp {
+            port.load_balancer_source_ranges.clone()
+        } else {
+            Vec::new()
+        },
+    };
+    let key = |ip: IpAddr, p: u16| ListenerKey {
+        protocol: port.protocol,
+        addr: SocketAddr::new(ip, p),
+    };
+    let mut out = Vec::new();
+    for &ip in &port.cluster_ips {
+        out.push((key(ip, port.port), route(AddressKind::ClusterIp, &internal)));
+    }
+    for &ip in &port.external_ips {
+        out.push((
+            key(ip, port.port),
+            route(AddressKind::ExternalIp, &external),
+        ));
+    }
+    for &ip in &port.load_balancer_ips {
+        out.push((
+            key(ip, port.port),
+            route(AddressKind::LoadBalancerIp, &external),
+        ));
+    }
+    if let Some(node_port) = port.node_port {
+        for &ip in &config.node_addresses {
+            out.push((key(ip, node_port), route(AddressKind::NodePort, &external)));
+        }
+    }
+    out
+}
+
+fn route_target(target: Target<'_, '_>) -> RouteTarget {
+    match target {
+        Target::Endpoints(endpoints) => {
+            RouteTarget::Endpoints(endpoints.iter().map(|ep| backend(ep)).collect())
+        }
+        Target::Reject => RouteTarget::Reject,
+        Target::Drop => RouteTarget::Drop,
+    }
+}
+
+fn backend(endpoint: &Endpoint) -> Backend {
+    Backend {
+        addr: SocketAddr::new(endpoint.addr, endpoint.port),
+        weight: endpoint.weight,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proxy_core::table::{SessionAffinity, TrafficPolicy};
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("valid ip")
+    }
+
+    fn web() -> ServicePort {
+        let mut local = Endpoint::new(ip("127.0.0.50"), 8080);
+        local.is_local = true;
+        ServicePort::new(
+            ServicePortName::new("default", "web", "http"),
+            Protocol::Tcp,
+            8000,
+        )
+        .with_cluster_ip(ip("127.0.0.10"))
+        .with_node_port(30080)
+        .with_endpoint(local)
+        .with_endpoint(Endpoint::new(ip("127.0.0.51"), 8080))
+    }
+
+    fn config() -> Config {
+        Config {
+            node_addresses: vec![ip("127.0.0.1"), ip("127.0.0.2")],
+            ..Config::default()
+        }
+    }
+
+    fn table(ports: Vec<ServicePort>) -> ServiceTable {
+        let mut builder = ServiceTable::builder().node("node-a");
+        for p in ports {
+            builder = builder.insert(p);
+        }
+        builder.build().expect("valid table")
+    }
+
+    fn key(s: &str) -> ListenerKey {
+        ListenerKey {
+            protocol: Protocol::Tcp,
+            addr: s.parse().expect("socket addr"),
+        }
+    }
+
+    #[test]
+    fn one_listener_per_address_and_node_address() {
+        let mut port = web();
+        port.external_ips = vec![ip("127.0.0.11")];
+        port.load_balancer_ips = vec![ip("127.0.0.12")];
+        port.load_balancer_source_ranges = vec!["127.0.0.0/24".parse().expect("net")];
+        let p = plan(&table(vec![port]), &config(), &Listeners::new());
+        let keys: Vec<String> = p.open.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            keys,
+            [
+                "tcp 127.0.0.1:30080",
+                "tcp 127.0.0.2:30080",
+                "tcp 127.0.0.10:8000",
+                "tcp 127.0.0.11:8000",
+                "tcp 127.0.0.12:8000"
+            ]
+        );
+        assert!(p.problems.is_empty());
+        let lb = &p.desired[&key("127.0.0.12:8000")];
+        assert_eq!(lb.kind, AddressKind::LoadBalancerIp);
+        assert!(lb.allows_source(ip("127.0.0.9")) && !lb.allows_source(ip("127.0.1.9")));
+        assert!(p.desired[&key("127.0.0.10:8000")].source_ranges.is_empty());
+    }
+
+    #[test]
+    fn policies_choose_endpoints_per_address_kind() {
+        let mut port = web();
+        port.external_traffic_policy = TrafficPolicy::Local;
+        let p = plan(&table(vec![port]), &config(), &Listeners::new());
+        let addrs = |k: &str| match &p.desired[&key(k)].target {
+            RouteTarget::Endpoints(b) => b.iter().map(|b| b.addr.to_string()).collect::<Vec<_>>(),
+            other => panic!("{k}: {other:?}"),
+        };
+        assert_eq!(
+            addrs("127.0.0.10:8000"),
+            ["127.0.0.50:8080", "127.0.0.51:8080"]
+        );
+        assert_eq!(
+            addrs("127.0.0.1:30080"),
+            ["127.0.0.50:8080"],
+            "external Local: local only"
+        );
+    }
+
+    #[test]
+    fn no_endpoints_rejects_and_no_local_drops() {
+        let mut empty = web();
+        empty.endpoints.clear();
+        let mut remote = web();
+        remote.name = ServicePortName::new("default", "remote", "http");
+        remote.cluster_ips = vec![ip("127.0.0.20")];
+        remote.node_port = None;
+        remote.internal_traffic_policy = TrafficPolicy::Local;
+        remote.endpoints.retain(|ep| !ep.is_local);
+        let p = plan(&table(vec![empty, remote]), &config(), &Listeners::new());
+        assert_eq!(
+            p.desired[&key("127.0.0.10:8000")].target,
+            RouteTarget::Reject
+        );
+        assert_eq!(p.desired[&key("127.0.0.20:8000")].target, RouteTarget::Drop);
+    }
+
+    #[test]
+    fn replan_keeps_updates_opens_and_closes() {
+        let first = plan(&table(vec![web()]), &config(), &Listeners::new());
+        let applied = first.desired.clone();
+        let same = plan(&table(vec![web()]), &config(), &applied);
+        assert!(same.is_noop(), "{same:?}");
+        assert_eq!(same.keep.len(), 3);
+
+        let mut changed = web();
+        changed.endpoints.pop();
+        changed.node_port = Some(30081);
+        changed.session_affinity = SessionAffinity::ClientIp {
+            timeout: Duration::from_secs(5),
+        };
+        let p = plan(&table(vec![changed]), &config(), &applied);
+        assert_eq!(p.update, [key("127.0.0.10:8000")]);
+        assert_eq!(p.open, [key("127.0.0.1:30081"), key("127.0.0.2:30081")]);
+        assert_eq!(p.close, [key("127.0.0.1:30080"), key("127.0.0.2:30080")]);
+        assert!(p.keep.is_empty());
+        let route = &p.desired[&key("127.0.0.10:8000")];
+        assert_eq!(route.affinity_timeout, Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn node_port_clashing_with_a_service_address_is_a_problem() {
+        let mut other = web();
+        other.name = ServicePortName::new("default", "other", "http");
+        other.cluster_ips = vec![ip("127.0.0.1")];
+        other.port = 30080;
+        other.node_port = None;
+        let p = plan(&table(vec![web(), other]), &config(), &Listeners::new());
+        assert_eq!(p.problems.len(), 1, "{:?}", p.problems);
+        assert!(
+            p.problems[0].object.contains("tcp 127.0.0.1:30080"),
+            "{}",
+            p.problems[0]
+        );
+        assert!(
+            p.problems[0].reason.contains("default/other:http"),
+            "{}",
+            p.problems[0]
+        );
+    }
+
+    #[test]
+    fn scheduler_hint_overrides_default() {
+        let mut port = web();
+        port.scheduler = Some(Scheduler::Maglev);
+        let p = plan(&table(vec![port]), &config(), &Listeners::new());
+        assert!(p.desired.values().all(|r| r.scheduler == Scheduler::Maglev));
+        let p = plan(&table(vec![web()]), &config(), &Listeners::new());
+        assert!(p
+            .desired
+            .values()
+            .all(|r| r.scheduler == Scheduler::RoundRobin));
+    }
+}

@@ -1,0 +1,202 @@
+//! UDP: one socket per listener and a flow table per listener.
+//!
+//! The first datagram from a client address opens a flow: an upstream socket connected to the
+//! chosen endpoint. Later datagrams from that client reuse it, and replies read from it are sent
+//! back from the listener's socket to that client, so each client gets its own replies. A flow
+//! with no datagram either way for [`crate::Config::udp_idle_timeout`] is forgotten; the table
+//! holds at most [`crate::Config::udp_max_flows`] flows, datagrams that would open more are
+//! dropped. Route swaps leave existing flows alone.
+//!
+//! Flow tasks live in the listener task's `JoinSet`, so closing the listener ends them too (UDP
+//! has no connection to drain; IPVS does the same).
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Weak};
+
+use socket2::{Domain, Socket, Type};
+use tokio::net::UdpSocket;
+use tokio::task::JoinSet;
+use tracing::debug;
+
+use crate::balance::{current, now, ActiveGuard, Balancer, Context, RouteSlot};
+use crate::config::Config;
+use crate::plan::{ListenerKey, RouteTarget};
+use crate::tcp::{set_freebind, Activity};
+
+/// Binds `key.addr` (no SO_REUSEADDR: for UDP it would let two sockets share the port).
+pub(crate) fn bind(key: ListenerKey, config: &Config) -> io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(key.addr), Type::DGRAM, None)?;
+    if key.addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    set_freebind(&socket, key.addr, config.freebind)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&key.addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+struct Flow {
+    upstream: Arc<UdpSocket>,
+    activity: Arc<Activity>,
+    balancer: Arc<Balancer>,
+}
+
+/// Relays datagrams until the task is aborted.
+pub(crate) async fn serve(socket: UdpSocket, slot: RouteSlot, ctx: Arc<Context>) {
+    let socket = Arc::new(socket);
+    let mut flows: HashMap<SocketAddr, Flow> = HashMap::new();
+    let mut tasks: JoinSet<SocketAddr> = JoinSet::new();
+    let mut buf = vec![0u8; ctx.config.udp_max_datagram_bytes];
+    loop {
+        tokio::select! {
+            received = socket.recv_from(&mut buf) => match received {
+                Ok((len, client)) => {
+                    datagram(&buf[..len], client, &socket, &slot, &ctx, &mut flows, &mut tasks).await;
+                }
+                Err(error) => debug!(%error, "UDP receive failed"),
+            },
+            Some(ended) = tasks.join_next() => {
+                if let Ok(client) = ended {
+                    if let Some(flow) = flows.remove(&client) {
+                        flow.balancer.metrics.udp_flows.dec();
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn datagram(
+    data: &[u8],
+    client: SocketAddr,
+    socket: &Arc<UdpSocket>,
+    slot: &RouteSlot,
+    ctx: &Arc<Context>,
+    flows: &mut HashMap<SocketAddr, Flow>,
+    tasks: &mut JoinSet<SocketAddr>,
+) {
+    if let Some(flow) = flows.get(&client) {
+        flow.activity.touch();
+        match flow.upstream.send(data).await {
+            Ok(sent) => {
+                flow.balancer.metrics.bytes_to_endpoint.inc_by(sent as u64);
+            }
+            Err(error) => debug!(%client, %error, "UDP send to endpoint failed"),
+        }
+        return;
+    }
+    let balancer = current(slot);
+    if !balancer.route.allows_source(client.ip()) {
+        balancer.metrics.dropped.inc();
+        return;
+    }
+    match balancer.route.target {
+        RouteTarget::Endpoints(_) => {}
+        // Userspace cannot send the ICMP port unreachable a kernel REJECT would; both discard.
+        RouteTarget::Reject => {
+            balancer.metrics.no_endpoints.inc();
+            return;
+        }
+        RouteTarget::Drop => {
+            balancer.metrics.dropped.inc();
+            return;
+        }
+    }
+    if flows.len() >= ctx.config.udp_max_flows {
+        balancer.metrics.flow_table_full.inc();
+        return;
+    }
+    let Some(endpoint) = balancer.choose(client.ip(), &[], ctx) else {
+        balancer.metrics.no_endpoints.inc();
+        return;
+    };
+    let upstream = match open_upstream(endpoint).await {
+        Ok(upstream) => Arc::new(upstream),
+        Err(error) => {
+            debug!(%endpoint, %error, "cannot open a UDP flow");
+            balancer.metrics.connect_failed.inc();
+            return;
+        }
+    };
+    balancer.metrics.accepted.inc();
+    balancer.metrics.udp_flows.inc();
+    let activity = Arc::new(Activity::new());
+    activity.touch();
+    match upstream.send(data).await {
+        Ok(sent) => {
+            balancer.metrics.bytes_to_endpoint.inc_by(sent as u64);
+        }
+        Err(error) => debug!(%endpoint, %error, "UDP send to endpoint failed"),
+    };
+    tasks.spawn(replies(
+        client,
+        endpoint,
+        Arc::clone(&upstream),
+        Arc::downgrade(socket),
+        Arc::clone(&activity),
+        Arc::clone(&balancer),
+        Arc::clone(ctx),
+        ctx.active.acquire(endpoint),
+    ));
+    flows.insert(
+        client,
+        Flow {
+            upstream,
+            activity,
+            balancer,
+        },
+    );
+}
+
+async fn open_upstream(endpoint: SocketAddr) -> io::Result<UdpSocket> {
+    let any: IpAddr = match endpoint {
+        SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    };
+    let upstream = UdpSocket::bind(SocketAddr::new(any, 0)).await?;
+    upstream.connect(endpoint).await?;
+    Ok(upstream)
+}
+
+/// Sends the endpoint's replies to `client` until the flow is idle; returns the client so the
+/// listener can forget the flow.
+#[allow(clippy::too_many_arguments)]
+async fn replies(
+    client: SocketAddr,
+    endpoint: SocketAddr,
+    upstream: Arc<UdpSocket>,
+    listener: Weak<UdpSocket>,
+    activity: Arc<Activity>,
+    balancer: Arc<Balancer>,
+    ctx: Arc<Context>,
+    _active: ActiveGuard,
+) -> SocketAddr {
+    let mut buf = vec![0u8; ctx.config.udp_max_datagram_bytes];
+    loop {
+        tokio::select! {
+            received = upstream.recv(&mut buf) => match received {
+                Ok(len) => {
+                    activity.touch();
+                    let Some(listener) = listener.upgrade() else { return client };
+                    match listener.send_to(&buf[..len], client).await {
+                        Ok(sent) => {
+                balancer.metrics.bytes_to_client.inc_by(sent as u64);
+            }
+                        Err(error) => debug!(%client, %error, "UDP reply to client failed"),
+                    }
+                }
+                Err(error) => {
+                    // ECONNREFUSED: the endpoint answered with ICMP port unreachable.
+                    if ctx.health.record_failure(endpoint, now()) {
+                        balancer.metrics.ejections.inc();
+                    }
+                    debug!(%client, %endpoint, %error, "UDP flow ended by an error");
+                    return client;
+                }
+            },
+            () = activity.idle(ctx.config.udp_idle_timeout) => return client,
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! Real TCP through the proxy on loopback: round trips, half-close, node ports, reject,
+//! failover and ejection, bind problems, idle timeout.
+
+mod common;
+
+use std::time::Duration;
+
+use backend_userspace::{Config, UserspaceDataplane};
+use common::*;
+use proxy_core::table::{Endpoint, Protocol, ServicePortName, TrafficPolicy};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn round_trip_with(splice: bool, net: &str) {
+    let backend = Whoami::start(&format!("{net}.100"), "b1").await;
+    let vip = format!("{net}.10");
+    let port = free_port(&vip).await;
+    let mut dp = UserspaceDataplane::new(Config { splice, ..config() }).expect("config");
+    sync_ok(
+        &mut dp,
+        &table([service("web", &vip, port, vec![backend.endpoint()])]),
+    )
+    .await;
+
+    let mut stream = connect_from(None, (ip(&vip), port).into())
+        .await
+        .expect("connect via VIP");
+    assert_eq!(greeting(&mut stream).await, "b1");
+    // 1 MiB each way, then half-close: the backend sees EOF and still answers.
+    let payload: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+    let (mut read, mut write) = stream.into_split();
+    let sent = payload.clone();
+    let writer = tokio::spawn(async move {
+        write.write_all(&sent).await.expect("write");
+        write.shutdown().await.expect("half-close");
+    });
+    let mut received = Vec::new();
+    tokio::time::timeout(STEP, read.read_to_end(&mut received))
+        .await
+        .expect("in time")
+        .expect("read");
+    writer.await.expect("writer");
+    let (echo, trailer) = received.split_at(payload.len().min(received.len()));
+    assert!(
+        echo == payload.as_slice(),
+        "echo differs ({} bytes back)",
+        received.len()
+    );
+    assert_eq!(
+        trailer, b"bye from b1",
+        "reply after our half-close must arrive"
+    );
+    let metrics = dp
+        .metrics()
+        .for_service_port(&ServicePortName::new("test", "web", "p"), Protocol::Tcp);
+    // The pump task may still be finishing its bookkeeping.
+    for _ in 0..50 {
+        if metrics.active.get() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(metrics.bytes_to_endpoint.get(), 1 << 20);
+    let back = (1 << 20) + "b1\n".len() + "bye from b1".len();
+    assert_eq!(metrics.bytes_to_client.get(), back as u64);
+    assert_eq!(metrics.accepted.get(), 1);
+    assert_eq!(metrics.active.get(), 0, "connection over");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_round_trip_with_copy_pump_propagates_half_close() {
+    round_trip_with(false, "127.11.1").await;
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_round_trip_with_splice_pump_propagates_half_close() {
+    round_trip_with(true, "127.11.2").await;
+}
+
+#[tokio::test]
+async fn node_port_is_served_on_each_node_address() {
+    let backend = Whoami::start("127.11.3.100", "b1").await;
+    let port = free_port("127.11.3.1").await;
+    let mut dp = UserspaceDataplane::new(Config {
+        node_addresses: vec![ip("127.11.3.1"), ip("127.11.3.2")],
+        ..config()
+    })
+    .expect("config");
+    let web = service(
+        "web",
+        "127.11.3.10",
+        free_port("127.11.3.10").await,
+        vec![backend.endpoint()],
+    )
+    .with_node_port(port);
+    sync_ok(&mut dp, &table([web])).await;
+    for node in ["127.11.3.1", "127.11.3.2"] {
+        assert_eq!(
+            ask((ip(node), port).into()).await.expect(node),
+            "b1",
+            "via {node}"
+        );
+    }
+    assert_eq!(dp.observe().len(), 3, "cluster IP + two node addresses");
+}
+
+#[tokio::test]
+async fn service_without_endpoints_resets_connections() {
+    let vip = "127.11.4.10";
+    let port = free_port(vip).await;
+    let mut dp = UserspaceDataplane::new(config()).expect("config");
+    sync_ok(&mut dp, &table([service("empty", vip, port, vec![])])).await;
+    let mut stream = connect_from(None, (ip(vip), port).into())
+        .await
+        .expect("kernel accepts");
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(STEP, stream.read(&mut buf))
+        .await
+        .expect("answer in time");
+    match read {
+        Err(error) => assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}"),
+        Ok(n) => panic!("expected a reset, read {n} bytes"),
+    }
+}
+
+#[tokio::test]
+async fn connect_failure_fails_over_and_ejects_the_dead_endpoint() {
+    let live = Whoami::start("127.11.5.100", "live").await;
+    // A port that was just closed: connects to it are refused.
+    let dead = Endpoint::new(ip("127.11.5.101"), free_port("127.11.5.101").await);
+    let vip = "127.11.5.10";
+    let port = free_port(vip).await;
+    let mut dp = UserspaceDataplane::new(Config {
+        eject_after_failures: 2,
+        ejection_time: Duration::from_secs(60),
+        ..config()
+    })
+    .expect("config");
+    sync_ok(
+        &mut dp,
+        &table([service("web", vip, port, vec![dead, live.endpoint()])]),
+    )
+    .await;
+    for i in 0..10 {
+        assert_eq!(
+            ask((ip(vip), port).into()).await.expect("answer"),
+            "live",
+            "connection {i}"
+        );
+    }
+    let ejections = dp.metrics().endpoint_ejections.get();
+    assert_eq!(ejections, 1, "dead endpoint ejected once after 2 failures");
+}
+
+#[tokio::test]
+async fn ejected_endpoint_is_retried_after_the_ejection_time() {
+    let vip = "127.11.6.10";
+    let port = free_port(vip).await;
+    let dead_addr = std::net::SocketAddr::new(ip("127.11.6.101"), free_port("127.11.6.101").await);
+    let live = Whoami::start("127.11.6.100", "live").await;
+    let mut dp = UserspaceDataplane::new(Config {
+        eject_after_failures: 1,
+        ejection_time: Duration::from_millis(300),
+        ..config()
+    })
+    .expect("config");
+    let endpoints = vec![
+        Endpoint::new(dead_addr.ip(), dead_addr.port()),
+        live.endpoint(),
+    ];
+    sync_ok(&mut dp, &table([service("web", vip, port, endpoints)])).await;
+    for _ in 0..4 {
+        assert_eq!(ask((ip(vip), port).into()).await.expect("answer"), "live");
+    }
+    // The dead endpoint comes back; once its ejection runs out, round robin reaches it again.
+    let revived = Whoami::start_at(dead_addr, "revived").await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut names = Vec::new();
+    for _ in 0..4 {
+        names.push(ask((ip(vip), port).into()).await.expect("answer"));
+    }
+    assert!(
+        names.iter().any(|n| n == "revived"),
+        "never retried: {names:?}"
+    );
+    assert!(revived.accepted.load(std::sync::atomic::Ordering::SeqCst) > 0);
+}
+
+#[tokio::test]
+async fn all_endpoints_down_resets_the_client() {
+    let vip = "127.11.7.10";
+    let port = free_port(vip).await;
+    let dead = Endpoint::new(ip("127.11.7.101"), free_port("127.11.7.101").await);
+    let mut dp = UserspaceDataplane::new(config()).expect("config");
+    sync_ok(&mut dp, &table([service("web", vip, port, vec![dead])])).await;
+    let error = ask((ip(vip), port).into())
+        .await
+        .expect_err("nothing to reach");
+    assert!(
+        matches!(
+            error.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
+        ),
+        "{error}"
+    );
+    let failed = dp
+        .metrics()
+        .for_service_port(
+            &proxy_core::table::ServicePortName::new("test", "web", "p"),
+            proxy_core::table::Protocol::Tcp,
+        )
+        .connect_failed
+        .get();
+    assert_eq!(failed, 1);
+}
+
+#[tokio::test]
+async fn address_that_cannot_be_bound_is_reported_and_the_rest_applies() {
+    let backend = Whoami::start("127.11.8.100", "b1").await;
+    let taken_vip = "127.11.8.10";
+    let squatter = std::net::TcpListener::bind((ip(taken_vip), 0)).expect("squat");
+    let taken_port = squatter.local_addr().expect("addr").port();
+    let ok_vip = "127.11.8.11";
+    let ok_port = free_port(ok_vip).await;
+    let mut dp = UserspaceDataplane::new(config()).expect("config");
+    let t = table([
+        service("blocked", taken_vip, taken_port, vec![backend.endpoint()]),
+        service("fine", ok_vip, ok_port, vec![backend.endpoint()]),
+    ]);
+    let report = sync(&mut dp, &t).await;
+    assert_eq!(report.problems.len(), 1, "{report}");
+    let problem = report.problems[0].to_string();
+    assert!(
+        problem.contains(&format!("tcp {taken_vip}:{taken_port}")),
+        "{problem}"
+    );
+    assert!(problem.contains("test/blocked:p"), "{problem}");
+    assert!(
+        problem.to_lowercase().contains("in use"),
+        "OS reason missing: {problem}"
+    );
+    assert_eq!(
+        ask((ip(ok_vip), ok_port).into())
+            .await
+            .expect("other service works"),
+        "b1"
+    );
+
+    // Once the address is free, the next sync opens it.
+    drop(squatter);
+    sync_ok(&mut dp, &t).await;
+    assert_eq!(
+        ask((ip(taken_vip), taken_port).into())
+            .await
+            .expect("now bound"),
+        "b1"
+    );
+}
+
+#[tokio::test]
+async fn idle_connection_is_closed_after_the_idle_timeout() {
+    let backend = Whoami::start("127.11.9.100", "b1").await;
+    let vip = "127.11.9.10";
+    let port = free_port(vip).await;
+    let mut dp = UserspaceDataplane::new(Config {
+        idle_timeout: Duration::from_millis(300),
+        ..config()
+    })
+    .expect("config");
+    sync_ok(
+        &mut dp,
+        &table([service("web", vip, port, vec![backend.endpoint()])]),
+    )
+    .await;
+    let mut stream = connect_from(None, (ip(vip), port).into())
+        .await
+        .expect("connect");
+    assert_eq!(greeting(&mut stream).await, "b1");
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(STEP, stream.read(&mut buf))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "idle connection must be closed");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "closed too early: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn load_balancer_source_ranges_admit_only_listed_clients() {
+    let backend = Whoami::start("127.11.10.100", "b1").await;
+    let lb = "127.11.10.20";
+    let port = free_port(lb).await;
+    let mut web = service("web", "127.11.10.10", port, vec![backend.endpoint()]);
+    web.load_balancer_ips = vec![ip(lb)];
+    web.load_balancer_source_ranges = vec!["127.11.10.0/30".parse().expect("net")];
+    let mut dp = UserspaceDataplane::new(config()).expect("config");
+    sync_ok(&mut dp, &table([web])).await;
+    let inside = ask_from(Some(ip("127.11.10.2")), (ip(lb), port).into()).await;
+    assert_eq!(inside.expect("allowed source"), "b1");
+    let outside = ask_from(Some(ip("127.11.10.5")), (ip(lb), port).into()).await;
+    assert!(
+        outside.is_err(),
+        "source outside the ranges got {outside:?}"
+    );
+}
+
+#[tokio::test]
+async fn external_local_policy_without_local_endpoints_drops_node_port_traffic() {
+    let backend = Whoami::start("127.11.11.100", "remote").await;
+    let node = "127.11.11.1";
+    let node_port = free_port(node).await;
+    let vip = "127.11.11.10";
+    let port = free_port(vip).await;
+    let mut web = service("web", vip, port, vec![backend.endpoint()]).with_node_port(node_port);
+    web.external_traffic_policy = TrafficPolicy::Local;
+    let mut dp = UserspaceDataplane::new(Config {
+        node_addresses: vec![ip(node)],
+        ..config()
+    })
+    .expect("config");
+    sync_ok(&mut dp, &table([web])).await;
+    assert_eq!(
+        ask((ip(vip), port).into())
+            .await
+            .expect("cluster IP uses all endpoints"),
+        "remote"
+    );
+    let dropped = ask((ip(node), node_port).into()).await;
+    assert!(
+        dropped.is_err(),
+        "node port with no local endpoint answered: {dropped:?}"
+    );
+    assert_eq!(
+        backend.accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+}
+
+#[tokio::test]
+async fn non_local_address_needs_freebind() {
+    // 198.18.0.0/15 is a benchmarking range no host here owns; nothing is sent to it.
+    let vip = "198.18.77.10";
+    let t = table([service(
+        "web",
+        vip,
+        18080,
+        vec![Endpoint::new(ip("127.0.0.1"), 1)],
+    )]);
+    let mut strict = UserspaceDataplane::new(config()).expect("config");
+    let report = sync(&mut strict, &t).await;
+    assert_eq!(report.problems.len(), 1, "{report}");
+    let problem = report.problems[0].to_string();
+    assert!(problem.contains("tcp 198.18.77.10:18080"), "{problem}");
+    assert!(problem.contains("assign requested address"), "{problem}");
+    assert!(strict.observe().is_empty());
+
+    let mut free = UserspaceDataplane::new(Config {
+        freebind: true,
+        ..config()
+    })
+    .expect("config");
+    sync_ok(&mut free, &t).await;
+    assert_eq!(free.observe().len(), 1);
+}
+
+#[tokio::test]
+async fn connect_timeout_fails_over_to_the_next_endpoint() {
+    // A listener that never accepts, with its queue filled: further SYNs go unanswered.
+    let stuck_ip = ip("127.11.12.101");
+    let stuck =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    stuck
+        .bind(&std::net::SocketAddr::new(stuck_ip, 0).into())
+        .expect("bind");
+    stuck.listen(0).expect("listen");
+    let stuck_addr = stuck.local_addr().expect("addr").as_socket().expect("inet");
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        s.set_nonblocking(true).expect("nonblocking");
+        let _ = s.connect(&stuck_addr.into());
+        fillers.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let live = Whoami::start("127.11.12.100", "live").await;
+    let vip = "127.11.12.10";
+    let port = free_port(vip).await;
+    let mut dp = UserspaceDataplane::new(Config {
+        connect_timeout: Duration::from_millis(200),
+        ..config()
+    })
+    .expect("config");
+    let endpoints = vec![
+        live.endpoint(),
+        Endpoint::new(stuck_addr.ip(), stuck_addr.port()),
+    ];
+    sync_ok(&mut dp, &table([service("web", vip, port, endpoints)])).await;
+    // Round robin: the first goes to live, the second tries the stuck one, times out, fails over.
+    assert_eq!(ask((ip(vip), port).into()).await.expect("answer"), "live");
+    let started = std::time::Instant::now();
+    assert_eq!(ask((ip(vip), port).into()).await.expect("answer"), "live");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(180),
+        "did not wait for the stuck endpoint: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "connect timeout not applied: {took:?}"
+    );
+}

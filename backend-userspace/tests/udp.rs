@@ -1,0 +1,154 @@
+//! Real UDP through the proxy: replies reach the right client, flows stick and expire, the flow
+//! table is bounded, and a service without endpoints answers nothing.
+
+mod common;
+
+use std::time::Duration;
+
+use backend_userspace::{Config, UserspaceDataplane};
+use common::*;
+use proxy_core::table::{Protocol, ServicePort, ServicePortName};
+use tokio::net::UdpSocket;
+
+const WAIT: Duration = Duration::from_secs(2);
+
+fn udp_service(vip: &str, port: u16, endpoints: Vec<proxy_core::table::Endpoint>) -> ServicePort {
+    let mut sp = ServicePort::new(
+        ServicePortName::new("test", "dns", "udp"),
+        Protocol::Udp,
+        port,
+    )
+    .with_cluster_ip(ip(vip));
+    sp.endpoints = endpoints;
+    sp
+}
+
+async fn client(ip_text: &str) -> UdpSocket {
+    UdpSocket::bind((ip(ip_text), 0))
+        .await
+        .expect("bind client")
+}
+
+#[tokio::test]
+async fn replies_reach_the_right_client_and_flows_stick() {
+    let b0 = UdpEcho::start("127.14.1.100", "b0").await;
+    let b1 = UdpEcho::start("127.14.1.101", "b1").await;
+    let vip = "127.14.1.10";
+    let port = free_port(vip).await;
+    let to = (ip(vip), port).into();
+    let mut dp = UserspaceDataplane::new(config()).expect("config");
+    sync_ok(
+        &mut dp,
+        &table([udp_service(vip, port, vec![b0.endpoint(), b1.endpoint()])]),
+    )
+    .await;
+
+    let (one, two) = (client("127.14.1.1").await, client("127.14.1.2").await);
+    assert_eq!(
+        udp_ask(&one, to, "hello-1", WAIT).await.as_deref(),
+        Some("b0:hello-1")
+    );
+    assert_eq!(
+        udp_ask(&two, to, "hello-2", WAIT).await.as_deref(),
+        Some("b1:hello-2")
+    );
+    for i in 0..5 {
+        let (p1, p2) = (format!("one-{i}"), format!("two-{i}"));
+        // Both send before either reads: each must get exactly its own reply.
+        one.send_to(p1.as_bytes(), to).await.expect("send");
+        two.send_to(p2.as_bytes(), to).await.expect("send");
+        let mut buf = [0u8; 64];
+        let (n, _) = tokio::time::timeout(WAIT, one.recv_from(&mut buf))
+            .await
+            .expect("reply")
+            .expect("recv");
+        assert_eq!(&buf[..n], format!("b0:{p1}").as_bytes());
+        let (n, _) = tokio::time::timeout(WAIT, two.recv_from(&mut buf))
+            .await
+            .expect("reply")
+            .expect("recv");
+        assert_eq!(&buf[..n], format!("b1:{p2}").as_bytes());
+    }
+}
+
+#[tokio::test]
+async fn idle_flow_expires_and_the_next_datagram_opens_a_new_one() {
+    let b0 = UdpEcho::start("127.14.2.100", "b0").await;
+    let b1 = UdpEcho::start("127.14.2.101", "b1").await;
+    let vip = "127.14.2.10";
+    let port = free_port(vip).await;
+    let to = (ip(vip), port).into();
+    let mut dp = UserspaceDataplane::new(Config {
+        udp_idle_timeout: Duration::from_millis(200),
+        ..config()
+    })
+    .expect("config");
+    sync_ok(
+        &mut dp,
+        &table([udp_service(vip, port, vec![b0.endpoint(), b1.endpoint()])]),
+    )
+    .await;
+    let c = client("127.14.2.1").await;
+    assert_eq!(udp_ask(&c, to, "x", WAIT).await.as_deref(), Some("b0:x"));
+    assert_eq!(
+        udp_ask(&c, to, "y", WAIT).await.as_deref(),
+        Some("b0:y"),
+        "same flow"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        udp_ask(&c, to, "z", WAIT).await.as_deref(),
+        Some("b1:z"),
+        "new flow, next endpoint"
+    );
+}
+
+#[tokio::test]
+async fn flow_table_is_bounded() {
+    let b0 = UdpEcho::start("127.14.3.100", "b0").await;
+    let vip = "127.14.3.10";
+    let port = free_port(vip).await;
+    let to = (ip(vip), port).into();
+    let mut dp = UserspaceDataplane::new(Config {
+        udp_max_flows: 1,
+        ..config()
+    })
+    .expect("config");
+    sync_ok(
+        &mut dp,
+        &table([udp_service(vip, port, vec![b0.endpoint()])]),
+    )
+    .await;
+    let (one, two) = (client("127.14.3.1").await, client("127.14.3.2").await);
+    assert_eq!(udp_ask(&one, to, "a", WAIT).await.as_deref(), Some("b0:a"));
+    assert_eq!(
+        udp_ask(&two, to, "b", Duration::from_millis(300)).await,
+        None,
+        "table full"
+    );
+    let full = dp
+        .metrics()
+        .for_service_port(&ServicePortName::new("test", "dns", "udp"), Protocol::Udp)
+        .flow_table_full
+        .get();
+    assert_eq!(full, 1);
+}
+
+#[tokio::test]
+async fn service_without_endpoints_answers_nothing() {
+    let vip = "127.14.4.10";
+    let port = free_port(vip).await;
+    let mut dp = UserspaceDataplane::new(config()).expect("config");
+    sync_ok(&mut dp, &table([udp_service(vip, port, vec![])])).await;
+    let c = client("127.14.4.1").await;
+    assert_eq!(
+        udp_ask(&c, (ip(vip), port).into(), "q", Duration::from_millis(300)).await,
+        None
+    );
+    let rejected = dp
+        .metrics()
+        .for_service_port(&ServicePortName::new("test", "dns", "udp"), Protocol::Udp)
+        .no_endpoints
+        .get();
+    assert_eq!(rejected, 1);
+}
