@@ -1,2 +1,0 @@
-//! `svcproxy`: the reference proxy. TODO(#3).
-fn main() {}

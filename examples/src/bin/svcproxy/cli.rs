@@ -1,0 +1,102 @@
+//! Command-line flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Runs a service table from a file on a load-balancing backend.
+///
+/// Watches FILE and applies every valid change (also when an editor or `sed -i` replaces the
+/// file); an invalid change is logged with its errors and the running table stays.
+/// SIGINT/SIGTERM stop it cleanly. Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more.
+#[derive(Debug, Parser)]
+#[command(name = "svcproxy", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Starts tiny HTTP and UDP echo backends on loopback and a table that fronts them (userspace
+    /// backend, no root needed), and prints the commands to try.
+    Demo(DemoArgs),
+}
+
+/// The backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    /// An L4 TCP/UDP proxy in this process. Needs no privileges.
+    Userspace,
+    /// NAT rules with iptables-restore (root).
+    Iptables,
+    /// The kernel's IPVS load balancer (root, a kernel with IPVS).
+    Ipvs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// The service table file (YAML or JSON; format in the README).
+    #[arg(long, value_name = "FILE")]
+    pub services: Option<PathBuf>,
+
+    /// The backend that implements the table.
+    #[arg(long, value_enum, default_value_t = BackendKind::Userspace)]
+    pub backend: BackendKind,
+
+    /// This node's name (overrides the file's `node:`), for local traffic policies.
+    #[arg(long, value_name = "N")]
+    pub node_name: Option<String>,
+
+    /// Print what the backend would program (userspace: the listeners and the endpoint choice
+    /// per service), then exit without changing anything.
+    #[arg(long, conflicts_with = "once")]
+    pub dry_run: bool,
+
+    /// Remove everything this proxy programmed when it exits.
+    #[arg(long)]
+    pub cleanup: bool,
+
+    /// Sync once, print the sync report and exit (kernel backends leave their state in place).
+    #[arg(long)]
+    pub once: bool,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (also /healthz).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
+    /// Serve kube-proxy-style health at http://ADDR/healthz: 200 while the last sync is recent,
+    /// 503 otherwise.
+    #[arg(long, value_name = "ADDR")]
+    pub healthz_addr: Option<SocketAddr>,
+
+    /// How often FILE is checked for changes, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 500)]
+    pub poll_interval_ms: u64,
+
+    /// Userspace backend: the node's addresses, on which node ports are served (repeatable).
+    #[arg(long = "node-address", value_name = "IP", default_value = "127.0.0.1")]
+    pub node_addresses: Vec<std::net::IpAddr>,
+}
+
+impl RunArgs {
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms.max(10))
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Where to write the demo table (edit it while the demo runs to see live updates).
+    /// Default: a file in the system's temporary directory.
+    #[arg(long, value_name = "FILE")]
+    pub table: Option<PathBuf>,
+
+    /// Serve metrics and health on this address.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9101")]
+    pub metrics_addr: SocketAddr,
+}

@@ -1,0 +1,105 @@
+//! `svcproxy demo`: a self-contained tour on loopback, no root needed.
+//!
+//! Starts two tiny HTTP backends (127.0.0.2:9080, 127.0.0.3:9080) and two UDP echo backends
+//! (:9053 on the same addresses), writes `examples/tables/demo.yaml` (VIP 127.0.0.10) to a file
+//! the user may edit live, and runs the userspace backend on it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use tokio::net::UdpSocket;
+use tracing::debug;
+
+use crate::cli::{BackendKind, DemoArgs, RunArgs};
+use crate::http::{self, Response};
+
+/// The demo table: the same file the README and the tests use.
+const DEMO_TABLE: &str = include_str!("../../../tables/demo.yaml");
+const HTTP_BACKENDS: [&str; 2] = ["127.0.0.2:9080", "127.0.0.3:9080"];
+const UDP_BACKENDS: [&str; 2] = ["127.0.0.2:9053", "127.0.0.3:9053"];
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    for backend in HTTP_BACKENDS {
+        let addr: SocketAddr = backend.parse().context("demo backend address")?;
+        let listener = http::bind(addr).await.context("demo HTTP backend")?;
+        tokio::spawn(http::serve(listener, move |path| {
+            Response::new(
+                200,
+                "text/plain",
+                format!("hello from backend {addr} (you asked for {path})\n"),
+            )
+        }));
+    }
+    for backend in UDP_BACKENDS {
+        let addr: SocketAddr = backend.parse().context("demo backend address")?;
+        let socket = UdpSocket::bind(addr)
+            .await
+            .with_context(|| format!("demo UDP backend: cannot bind {addr}"))?;
+        tokio::spawn(udp_echo(socket, addr));
+    }
+
+    let table_path = args.table.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("svcproxy-demo-{}.yaml", std::process::id()))
+    });
+    std::fs::write(&table_path, DEMO_TABLE)
+        .with_context(|| format!("cannot write the demo table to {}", table_path.display()))?;
+
+    println!(
+        "svcproxy demo: backends on {} (HTTP) and {} (UDP echo)",
+        HTTP_BACKENDS.join(", "),
+        UDP_BACKENDS.join(", ")
+    );
+    println!(
+        "  table:   {}  (edit it: changes apply live)",
+        table_path.display()
+    );
+    println!("  try:     curl http://127.0.0.10:8080/");
+    println!("           echo hello | nc -u -w1 127.0.0.10 8053");
+    println!(
+        "  metrics: curl http://{}/metrics   health: curl http://{}/healthz",
+        args.metrics_addr, args.metrics_addr
+    );
+    println!("  stop:    Ctrl-C");
+
+    let run_args = RunArgs {
+        services: Some(table_path.clone()),
+        backend: BackendKind::Userspace,
+        node_name: None,
+        dry_run: false,
+        cleanup: true,
+        once: false,
+        metrics_addr: Some(args.metrics_addr),
+        healthz_addr: None,
+        poll_interval_ms: 500,
+        node_addresses: vec!["127.0.0.1".parse().context("loopback")?],
+    };
+    let outcome = crate::run(run_args).await;
+    if args.table.is_none() {
+        remove_quietly(table_path);
+    }
+    outcome
+}
+
+fn remove_quietly(path: PathBuf) {
+    if let Err(err) = std::fs::remove_file(&path) {
+        debug!(file = %path.display(), error = %err, "demo table not removed");
+    }
+}
+
+async fn udp_echo(socket: UdpSocket, addr: SocketAddr) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match socket.recv_from(&mut buf).await {
+            Ok((n, peer)) => {
+                let mut reply = format!("echo from {addr}: ").into_bytes();
+                reply.extend_from_slice(&buf[..n]);
+                if let Err(err) = socket.send_to(&reply, peer).await {
+                    debug!(%peer, error = %err, "echo reply not sent");
+                }
+            }
+            Err(err) => debug!(error = %err, "echo receive failed"),
+        }
+    }
+}

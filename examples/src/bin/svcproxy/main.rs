@@ -1,0 +1,166 @@
+//! `svcproxy`: the reference proxy. Runs a service table from a file on any backend.
+//!
+//! ```text
+//! svcproxy --services FILE [--backend userspace|iptables|ipvs] [--node-name N]
+//!          [--dry-run] [--cleanup] [--once] [--metrics-addr ADDR] [--healthz-addr ADDR]
+//! svcproxy demo        # tiny loopback backends + a table fronting them; prints a curl line
+//! ```
+//!
+//! It watches FILE (also when an editor or `sed -i` replaces it rather than writing in place) and
+//! applies every valid change; an invalid change is logged with its errors and the running table
+//! stays. SIGINT/SIGTERM stop it cleanly. Built on the public API of `proxy-core` and the backend
+//! crates only.
+
+mod backend;
+mod cli;
+mod demo;
+mod http;
+mod watch;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use prometheus_client::registry::Registry;
+use proxy_core::sync::{sync_once, SyncConfig, SyncLoop};
+use proxy_core::SyncMode;
+use tracing::{error, info};
+
+use crate::cli::{Cli, Command, RunArgs};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("svcproxy: cannot start the tokio runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        match cli.command {
+            Some(Command::Demo(demo)) => demo::run(demo).await,
+            None => run(cli.run).await,
+        }
+    });
+    match outcome {
+        Ok(code) => code,
+        Err(err) => {
+            // `{:#}` prints the whole chain of causes on one line.
+            eprintln!("svcproxy: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Runs the proxy: load, then dry-run, once, or the sync loop until a signal.
+pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let Some(path) = args.services.clone() else {
+        anyhow::bail!("--services FILE is required (or run `svcproxy demo`); see --help");
+    };
+    let table = watch::load(&path, args.node_name.as_deref())
+        .with_context(|| format!("cannot start with {}", path.display()))?;
+    info!(
+        file = %path.display(),
+        service_ports = table.len(),
+        endpoints = table.endpoint_count(),
+        "table loaded"
+    );
+
+    let mut registry = Registry::default();
+    let backend = backend::build(args.backend, &args, &mut registry)?;
+
+    if args.dry_run {
+        print!("{}", backend.dry_run(&table)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut dataplane = backend.into_dataplane();
+    if args.once {
+        let report = sync_once(dataplane.as_mut(), &table, SyncMode::Full).await?;
+        println!("{report}");
+        return Ok(if report.is_complete() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+
+    let (tx, mut rx) = tokio::sync::watch::channel(table);
+    rx.mark_changed();
+    let watcher = tokio::spawn(watch::watch_file(
+        path,
+        args.node_name.clone(),
+        args.poll_interval(),
+        tx,
+    ));
+
+    let config = SyncConfig {
+        cleanup_on_shutdown: args.cleanup,
+        ..SyncConfig::default()
+    };
+    let sync_loop = SyncLoop::new(dataplane, config, &mut registry);
+    let health = sync_loop.health();
+    let registry = Arc::new(registry);
+    if let Some(addr) = args.metrics_addr {
+        let listener = http::bind(addr).await.context("--metrics-addr")?;
+        info!(%addr, "serving /metrics");
+        tokio::spawn(http::serve_status(
+            listener,
+            Arc::clone(&registry),
+            health.clone(),
+        ));
+    }
+    if let Some(addr) = args.healthz_addr {
+        let listener = http::bind(addr).await.context("--healthz-addr")?;
+        info!(%addr, "serving /healthz");
+        tokio::spawn(http::serve_status(
+            listener,
+            Arc::clone(&registry),
+            health.clone(),
+        ));
+    }
+
+    let result = sync_loop.run(rx, shutdown_signal()).await;
+    watcher.abort();
+    match result {
+        Ok(_dataplane) => {
+            info!(cleanup = args.cleanup, "stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(err) => {
+            error!(error = %err, "stopped with an error");
+            Err(err.into())
+        }
+    }
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(err) => {
+            error!(error = %err, "cannot listen for SIGTERM; only SIGINT stops the proxy");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => info!(signal = "SIGINT", "stopping"),
+        _ = term.recv() => info!(signal = "SIGTERM", "stopping"),
+    }
+}

@@ -1,0 +1,359 @@
+//! `svcproxy` end to end: the real binary, a real table file, real TCP on loopback.
+//!
+//! Every address is on loopback (127.0.0.0/8); ports are picked free by the OS. Each wait is
+//! bounded, so a broken proxy fails the test instead of hanging it.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const SVCPROXY: &str = env!("CARGO_BIN_EXE_svcproxy");
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A backend that answers every connection with its name and closes.
+struct NamedBackend {
+    addr: SocketAddr,
+}
+
+impl NamedBackend {
+    /// Listens on `ip:port` (0: any free port).
+    fn start(ip: Ipv4Addr, port: u16, name: &'static str) -> Self {
+        let listener = TcpListener::bind((ip, port)).expect("bind backend");
+        let addr = listener.local_addr().expect("backend address");
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                let _ = stream.write_all(name.as_bytes());
+            }
+        });
+        Self { addr }
+    }
+}
+
+/// A free TCP port on `ip` (bound, then released: the proxy binds it right after).
+fn free_port(ip: Ipv4Addr) -> u16 {
+    TcpListener::bind((ip, 0))
+        .expect("probe bind")
+        .local_addr()
+        .expect("probe address")
+        .port()
+}
+
+fn table(vip: Ipv4Addr, port: u16, backends: &[&NamedBackend]) -> String {
+    let mut yaml = format!(
+        "node: test\nservices:\n  - name: default/web\n    cluster_ips: [{vip}]\n    ports:\n      - {{name: http, port: {port}, target_port: {}}}\n    endpoints:\n",
+        backends.first().map(|b| b.addr.port()).unwrap_or(1)
+    );
+    for backend in backends {
+        assert_eq!(
+            backend.addr.port(),
+            backends[0].addr.port(),
+            "one target port per service"
+        );
+        yaml.push_str(&format!("      - {{ip: {}}}\n", backend.addr.ip()));
+    }
+    yaml
+}
+
+/// Writes `contents` to `path` the way editors and `sed -i` do: a new file renamed over it.
+fn replace_file(path: &Path, contents: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).expect("write temp table");
+    std::fs::rename(&tmp, path).expect("rename over table");
+}
+
+/// What the service at `addr` answers, or the error.
+fn ask(addr: SocketAddr) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    Ok(answer)
+}
+
+/// Asks until the answer is `want` (bounded by WAIT).
+fn wait_for_answer(addr: SocketAddr, want: &str) {
+    let deadline = Instant::now() + WAIT;
+    let mut last = None;
+    while Instant::now() < deadline {
+        match ask(addr) {
+            Ok(answer) if answer == want => return,
+            other => last = Some(other),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{addr} never answered {want:?}; last: {last:?}");
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("svcproxy-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running svcproxy whose stderr is collected; killed on drop.
+struct Proxy {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Proxy {
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(SVCPROXY)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start svcproxy");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().expect("log lock");
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        Self { child, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().expect("log lock").clone()
+    }
+
+    fn wait_for_log(&self, needle: &str) {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("svcproxy never logged {needle:?}; log:\n{}", self.log());
+    }
+
+    fn terminate(mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success());
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait svcproxy") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "svcproxy ignored SIGTERM; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn applies_replaced_file_keeps_table_on_invalid_change_and_stops_on_sigterm() {
+    let dir = TempDir::new("watch");
+    let vip = Ipv4Addr::new(127, 0, 0, 21);
+    let port = free_port(vip);
+    let blue = NamedBackend::start(Ipv4Addr::new(127, 0, 0, 22), 0, "blue");
+    // The same target port on another address, so that the table can list either.
+    let green = NamedBackend::start(Ipv4Addr::new(127, 0, 0, 23), blue.addr.port(), "green");
+    let path = dir.0.join("table.yaml");
+    std::fs::write(&path, table(vip, port, &[&blue])).expect("write table");
+
+    let proxy = Proxy::start(&[
+        "--services",
+        path.to_str().expect("utf-8 path"),
+        "--poll-interval-ms",
+        "50",
+    ]);
+    let service = SocketAddr::from((vip, port));
+    wait_for_answer(service, "blue");
+
+    // An editor-style replacement is picked up.
+    replace_file(&path, &table(vip, port, &[&green]));
+    wait_for_answer(service, "green");
+
+    // A broken change is reported with its line and column, and the running table stays.
+    replace_file(
+        &path,
+        "services:\n  - name: default/web\n    ports: [{port: 99999}]\n",
+    );
+    proxy.wait_for_log("ignoring the changed table file");
+    assert!(
+        proxy.log().contains("99999 is outside 1-65535"),
+        "log:\n{}",
+        proxy.log()
+    );
+    assert_eq!(ask(service).expect("still served"), "green");
+
+    let status = proxy.terminate();
+    assert!(status.success(), "exit status {status}");
+}
+
+#[test]
+fn dry_run_prints_listeners_and_endpoints_without_binding() {
+    let dir = TempDir::new("dry");
+    let path = dir.0.join("table.yaml");
+    std::fs::write(
+        &path,
+        "services:\n  - name: shop/web\n    cluster_ips: [127.0.0.31]\n    ports: [{name: http, port: 18080, target_port: 9080}]\n    endpoints: [{ip: 127.0.0.32}, {ip: 127.0.0.33}]\n",
+    )
+    .expect("write table");
+    let out = Command::new(SVCPROXY)
+        .args([
+            "--services",
+            path.to_str().expect("utf-8 path"),
+            "--dry-run",
+        ])
+        .output()
+        .expect("run svcproxy");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("tcp 127.0.0.31:18080 shop/web:http"),
+        "stdout:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("127.0.0.32:9080") && stdout.contains("127.0.0.33:9080"),
+        "stdout:\n{stdout}"
+    );
+    // Nothing was bound: the port is still free.
+    TcpListener::bind("127.0.0.31:18080").expect("dry run bound nothing");
+}
+
+#[test]
+fn invalid_file_at_start_fails_with_file_line_and_column() {
+    let dir = TempDir::new("bad");
+    let path = dir.0.join("table.yaml");
+    std::fs::write(&path, "services:\n  - name: default/web\n    portz: []\n")
+        .expect("write table");
+    let out = Command::new(SVCPROXY)
+        .args(["--services", path.to_str().expect("utf-8 path"), "--once"])
+        .output()
+        .expect("run svcproxy");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("table.yaml:3:5"), "stderr:\n{stderr}");
+    assert!(stderr.contains("unknown field"), "stderr:\n{stderr}");
+}
+
+#[test]
+fn once_syncs_prints_the_report_and_exits() {
+    let dir = TempDir::new("once");
+    let vip = Ipv4Addr::new(127, 0, 0, 41);
+    let port = free_port(vip);
+    let backend = NamedBackend::start(Ipv4Addr::new(127, 0, 0, 42), 0, "only");
+    let path = dir.0.join("table.yaml");
+    std::fs::write(&path, table(vip, port, &[&backend])).expect("write table");
+    let out = Command::new(SVCPROXY)
+        .args(["--services", path.to_str().expect("utf-8 path"), "--once"])
+        .output()
+        .expect("run svcproxy");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("full sync: 1 service ports, 1 endpoints"),
+        "stdout:\n{stdout}"
+    );
+}
+
+#[test]
+fn unbindable_address_is_reported_and_the_rest_applies() {
+    let dir = TempDir::new("bind");
+    let taken = TcpListener::bind("127.0.0.51:0").expect("occupy a port");
+    let taken_port = taken.local_addr().expect("address").port();
+    let backend = NamedBackend::start(Ipv4Addr::new(127, 0, 0, 52), 0, "ok");
+    let free = free_port(Ipv4Addr::new(127, 0, 0, 53));
+    let yaml = format!(
+        "services:\n  - name: default/clash\n    cluster_ips: [127.0.0.51]\n    ports: [{{port: {taken_port}, target_port: {tp}}}]\n    endpoints: [{{ip: 127.0.0.52}}]\n  - name: default/fine\n    cluster_ips: [127.0.0.53]\n    ports: [{{port: {free}, target_port: {tp}}}]\n    endpoints: [{{ip: 127.0.0.52}}]\n",
+        tp = backend.addr.port()
+    );
+    let path = dir.0.join("table.yaml");
+    std::fs::write(&path, yaml).expect("write table");
+    let proxy = Proxy::start(&["--services", path.to_str().expect("utf-8 path")]);
+    wait_for_answer(SocketAddr::from(([127, 0, 0, 53], free)), "ok");
+    proxy.wait_for_log(&format!("127.0.0.51:{taken_port}"));
+    let log = proxy.log();
+    assert!(
+        log.contains("Address already in use") || log.contains("address in use"),
+        "log:\n{log}"
+    );
+    drop(taken);
+}
+
+#[test]
+fn metrics_and_healthz_are_served() {
+    let dir = TempDir::new("metrics");
+    let vip = Ipv4Addr::new(127, 0, 0, 61);
+    let port = free_port(vip);
+    let backend = NamedBackend::start(Ipv4Addr::new(127, 0, 0, 62), 0, "m");
+    let path = dir.0.join("table.yaml");
+    std::fs::write(&path, table(vip, port, &[&backend])).expect("write table");
+    let status_port = free_port(Ipv4Addr::LOCALHOST);
+    let status_addr = format!("127.0.0.1:{status_port}");
+    let proxy = Proxy::start(&[
+        "--services",
+        path.to_str().expect("utf-8 path"),
+        "--metrics-addr",
+        &status_addr,
+    ]);
+    wait_for_answer(SocketAddr::from((vip, port)), "m");
+    let get = |path: &str| -> String {
+        let mut stream = TcpStream::connect(&status_addr).expect("connect status server");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("send request");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("read response");
+        response
+    };
+    let health = get("/healthz");
+    assert!(health.starts_with("HTTP/1.1 200"), "healthz: {health}");
+    let metrics = get("/metrics");
+    assert!(
+        metrics.contains("kubeproxy_sync_proxy_rules_last_timestamp_seconds"),
+        "metrics:\n{metrics}"
+    );
+    assert!(
+        metrics.contains("service_port=\"default/web:http\""),
+        "metrics:\n{metrics}"
+    );
+    drop(proxy);
+}
