@@ -1,0 +1,602 @@
+//! The backend's typed picture of IPVS state: [`VirtualServer`]s and their [`RealServer`]s.
+//!
+//! These are what plans are made of and what observing the kernel gives back. They convert
+//! to and from the wire attributes of [`crate::netlink`] (`to_attrs`, `TryFrom<&[..Attr]>`);
+//! the wire enums stay behind that line.
+
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use proxy_core::table::{self, Protocol};
+
+use crate::netlink::{
+    self,
+    constants::{
+        IP_VS_SVC_F_ONEPACKET, IP_VS_SVC_F_PERSISTENT, IP_VS_SVC_F_SCHED1, IP_VS_SVC_F_SCHED2,
+        IP_VS_SVC_F_SCHED3,
+    },
+    AddressFamily, DestAttr, InetAddr, IpProtocol, ServiceAttr, ServiceFlags,
+};
+
+/// A kernel object that does not fit the model, or a model value the kernel cannot take.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ModelError {
+    /// Attributes the kernel must send (or must be sent) were absent.
+    #[error("{object} without {}", attrs.join(", "))]
+    MissingAttributes {
+        /// `"service"` or `"destination"`.
+        object: &'static str,
+        /// The missing attributes, by header name.
+        attrs: Vec<&'static str>,
+    },
+    /// An address family other than IPv4 and IPv6.
+    #[error("unknown address family {0}")]
+    UnknownAddressFamily(u16),
+    /// A protocol other than TCP, UDP and SCTP.
+    #[error("unknown protocol {0}")]
+    UnknownProtocol(u16),
+    /// A service named by firewall mark, which we neither create nor model.
+    #[error("service named by firewall mark {0:#x}")]
+    FirewallMarkService(u32),
+    /// A forwarding method outside the header's list.
+    #[error("unknown forwarding method {0}")]
+    UnknownForwardMethod(u32),
+    /// A persistence netmask that is not a prefix.
+    #[error("persistence netmask {value:#010x} is not a prefix for {family:?}")]
+    InvalidNetmask {
+        /// The service's family.
+        family: AddressFamily,
+        /// The attribute's value.
+        value: u32,
+    },
+    /// A scheduler of the service table that IPVS does not have.
+    #[error("scheduler {0} has no IPVS equivalent")]
+    UnsupportedScheduler(table::Scheduler),
+}
+
+// === ServiceKey ===
+
+/// What names a virtual server: address, protocol, port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    /// The virtual address (its family is the service's).
+    pub addr: IpAddr,
+    /// The transport protocol.
+    pub protocol: Protocol,
+    /// The virtual port.
+    pub port: u16,
+}
+
+impl fmt::Display for ServiceKey {
+    /// `ipvsadm -Ln` style: `TCP 198.18.0.10:80`, `UDP [2001:db8::10]:53`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let proto = match self.protocol {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        };
+        write!(f, "{proto} {}", SocketAddr::new(self.addr, self.port))
+    }
+}
+
+impl ServiceKey {
+    /// The attributes that name the service (`IPVS_SVC_ATTR_AF`, `_PROTOCOL`, `_ADDR`,
+    /// `_PORT`): enough for deleting it and for destination commands.
+    pub fn to_attrs(&self) -> Vec<ServiceAttr> {
+        vec![
+            ServiceAttr::Af(AddressFamily::of(self.addr)),
+            ServiceAttr::Protocol(protocol_to_wire(self.protocol)),
+            ServiceAttr::Address(InetAddr::from(self.addr)),
+            ServiceAttr::Port(self.port),
+        ]
+    }
+}
+
+fn protocol_to_wire(protocol: Protocol) -> IpProtocol {
+    match protocol {
+        Protocol::Tcp => IpProtocol::Tcp,
+        Protocol::Udp => IpProtocol::Udp,
+        Protocol::Sctp => IpProtocol::Sctp,
+    }
+}
+
+// === Scheduler ===
+
+/// An IPVS scheduler, by its kernel module name (`ip_vs_<name>`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Scheduler {
+    /// `rr`: round robin.
+    RoundRobin,
+    /// `wrr`: weighted round robin.
+    WeightedRoundRobin,
+    /// `lc`: least connections.
+    LeastConnection,
+    /// `wlc`: weighted least connections.
+    WeightedLeastConnection,
+    /// `sh`: source hashing.
+    SourceHash,
+    /// `dh`: destination hashing.
+    DestinationHash,
+    /// `sed`: shortest expected delay.
+    ShortestExpectedDelay,
+    /// `nq`: never queue.
+    NeverQueue,
+    /// `mh`: Maglev hashing.
+    Maglev,
+    /// Any other kernel scheduler (`lblc`, `fo`...), seen in a dump.
+    Other(String),
+}
+
+impl Scheduler {
+    /// The kernel's name, as in `IPVS_SVC_ATTR_SCHED_NAME`.
+    pub fn name(&self) -> &str {
+        match self {
+            Scheduler::RoundRobin => "rr",
+            Scheduler::WeightedRoundRobin => "wrr",
+            Scheduler::LeastConnection => "lc",
+            Scheduler::WeightedLeastConnection => "wlc",
+            Scheduler::SourceHash => "sh",
+            Scheduler::DestinationHash => "dh",
+            Scheduler::ShortestExpectedDelay => "sed",
+            Scheduler::NeverQueue => "nq",
+            Scheduler::Maglev => "mh",
+            Scheduler::Other(name) => name,
+        }
+    }
+
+    /// The scheduler of a kernel name.
+    pub fn from_name(name: &str) -> Self {
+        match name {
+            "rr" => Scheduler::RoundRobin,
+            "wrr" => Scheduler::WeightedRoundRobin,
+            "lc" => Scheduler::LeastConnection,
+            "wlc" => Scheduler::WeightedLeastConnection,
+            "sh" => Scheduler::SourceHash,
+            "dh" => Scheduler::DestinationHash,
+            "sed" => Scheduler::ShortestExpectedDelay,
+            "nq" => Scheduler::NeverQueue,
+            "mh" => Scheduler::Maglev,
+            other => Scheduler::Other(other.to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for Scheduler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl TryFrom<table::Scheduler> for Scheduler {
+    type Error = ModelError;
+
+    /// Maps the table's scheduler to the kernel's; `random` has no IPVS scheduler.
+    fn try_from(value: table::Scheduler) -> Result<Self, Self::Error> {
+        use table::Scheduler as T;
+        Ok(match value {
+            T::RoundRobin => Scheduler::RoundRobin,
+            T::WeightedRoundRobin => Scheduler::WeightedRoundRobin,
+            T::LeastConnection => Scheduler::LeastConnection,
+            T::WeightedLeastConnection => Scheduler::WeightedLeastConnection,
+            T::SourceHash => Scheduler::SourceHash,
+            T::DestinationHash => Scheduler::DestinationHash,
+            T::ShortestExpectedDelay => Scheduler::ShortestExpectedDelay,
+            T::NeverQueue => Scheduler::NeverQueue,
+            T::Maglev => Scheduler::Maglev,
+            other => return Err(ModelError::UnsupportedScheduler(other)),
+        })
+    }
+}
+
+/// The three scheduler flags (`IP_VS_SVC_F_SCHED1..3`, `ipvsadm -b flag-1,flag-2,flag-3`).
+/// `sh` and `mh` read `flag1` as *fallback* (skip unavailable servers) and `flag2` as *port*
+/// (hash the source port too); other schedulers ignore them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct SchedFlags {
+    /// `IP_VS_SVC_F_SCHED1` (`sh-fallback`, `mh-fallback`).
+    pub flag1: bool,
+    /// `IP_VS_SVC_F_SCHED2` (`sh-port`, `mh-port`).
+    pub flag2: bool,
+    /// `IP_VS_SVC_F_SCHED3`.
+    pub flag3: bool,
+}
+
+// === VirtualServer ===
+
+/// An IPVS virtual server (service) named by address, protocol and port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct VirtualServer {
+    /// The virtual address; its family is the service's.
+    pub addr: IpAddr,
+    /// The transport protocol.
+    pub protocol: Protocol,
+    /// The virtual port.
+    pub port: u16,
+    /// The scheduler.
+    pub scheduler: Scheduler,
+    /// Scheduler flags.
+    pub sched_flags: SchedFlags,
+    /// Client persistence (`IP_VS_SVC_F_PERSISTENT`) and its timeout, whole seconds
+    /// (kube-proxy's `ClientIP` session affinity).
+    pub persistence: Option<Duration>,
+    /// One-packet scheduling (`IP_VS_SVC_F_ONEPACKET`, UDP only).
+    pub one_packet: bool,
+    /// Prefix length that groups clients for persistence (32 or 128 = per client address).
+    pub netmask: u8,
+}
+
+impl VirtualServer {
+    /// A virtual server with `scheduler`, no flags, no persistence, full netmask.
+    pub fn new(addr: IpAddr, protocol: Protocol, port: u16, scheduler: Scheduler) -> Self {
+        VirtualServer {
+            addr,
+            protocol,
+            port,
+            scheduler,
+            sched_flags: SchedFlags::default(),
+            persistence: None,
+            one_packet: false,
+            netmask: full_prefix(addr),
+        }
+    }
+
+    /// The key naming this virtual server.
+    pub fn key(&self) -> ServiceKey {
+        ServiceKey {
+            addr: self.addr,
+            protocol: self.protocol,
+            port: self.port,
+        }
+    }
+
+    /// Every attribute `IPVS_CMD_NEW_SERVICE`/`SET_SERVICE` needs, in `ipvsadm`'s order.
+    ///
+    /// # Errors
+    ///
+    /// [`ModelError::InvalidNetmask`] if `netmask` is longer than the address.
+    pub fn to_attrs(&self) -> Result<Vec<ServiceAttr>, ModelError> {
+        let mut flags = 0;
+        for (set, bit) in [
+            (self.persistence.is_some(), IP_VS_SVC_F_PERSISTENT),
+            (self.one_packet, IP_VS_SVC_F_ONEPACKET),
+            (self.sched_flags.flag1, IP_VS_SVC_F_SCHED1),
+            (self.sched_flags.flag2, IP_VS_SVC_F_SCHED2),
+            (self.sched_flags.flag3, IP_VS_SVC_F_SCHED3),
+        ] {
+            if set {
+                flags |= bit;
+            }
+        }
+        // The kernel takes whole seconds; a persistent service needs at least one.
+        let timeout = self
+            .persistence
+            .map(|t| u32::try_from(t.as_secs()).unwrap_or(u32::MAX).max(1))
+            .unwrap_or(0);
+        let mut attrs = self.key().to_attrs();
+        attrs.extend([
+            ServiceAttr::SchedName(self.scheduler.name().to_owned()),
+            ServiceAttr::Flags(ServiceFlags {
+                flags,
+                mask: u32::MAX,
+            }),
+            ServiceAttr::Timeout(timeout),
+            ServiceAttr::Netmask(netmask_to_wire(self.addr, self.netmask)?),
+        ]);
+        Ok(attrs)
+    }
+}
+
+fn full_prefix(addr: IpAddr) -> u8 {
+    match addr {
+        IpAddr::V4(_) => 32,
+        IpAddr::V6(_) => 128,
+    }
+}
+
+/// Trap: IPv4 sends a mask (`/24` is `ff ff ff 00`), IPv6 sends the prefix length as a
+/// host-order u32 in the `__be32` field (see [`ServiceAttr::Netmask`]).
+fn netmask_to_wire(addr: IpAddr, prefix: u8) -> Result<u32, ModelError> {
+    let family = AddressFamily::of(addr);
+    if prefix > full_prefix(addr) {
+        return Err(ModelError::InvalidNetmask {
+            family,
+            value: u32::from(prefix),
+        });
+    }
+    Ok(match addr {
+        IpAddr::V4(_) => u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0),
+        IpAddr::V6(_) => u32::from_be_bytes(u32::from(prefix).to_ne_bytes()),
+    })
+}
+
+fn netmask_from_wire(family: AddressFamily, value: u32) -> Result<u8, ModelError> {
+    let invalid = ModelError::InvalidNetmask { family, value };
+    match family {
+        AddressFamily::Inet6 => {
+            let prefix = u32::from_ne_bytes(value.to_be_bytes());
+            u8::try_from(prefix)
+                .ok()
+                .filter(|p| *p <= 128)
+                .ok_or(invalid)
+        }
+        _ => {
+            let ones = value.leading_ones();
+            if value.count_ones() != ones {
+                return Err(invalid);
+            }
+            u8::try_from(ones).map_err(|_| invalid)
+        }
+    }
+}
+
+impl TryFrom<&[ServiceAttr]> for VirtualServer {
+    type Error = ModelError;
+
+    fn try_from(attrs: &[ServiceAttr]) -> Result<Self, Self::Error> {
+        let (mut af, mut proto, mut addr, mut port, mut sched) = (None, None, None, None, None);
+        let (mut flags, mut timeout, mut netmask, mut fwmark) = (None, None, None, None);
+        for attr in attrs {
+            match attr {
+                ServiceAttr::Af(v) => af = Some(*v),
+                ServiceAttr::Protocol(v) => proto = Some(*v),
+                ServiceAttr::Address(v) => addr = Some(*v),
+                ServiceAttr::Port(v) => port = Some(*v),
+                ServiceAttr::Fwmark(v) => fwmark = Some(*v),
+                ServiceAttr::SchedName(v) => sched = Some(v.as_str()),
+                ServiceAttr::Flags(v) => flags = Some(*v),
+                ServiceAttr::Timeout(v) => timeout = Some(*v),
+                ServiceAttr::Netmask(v) => netmask = Some(*v),
+                _ => {}
+            }
+        }
+        if let Some(mark) = fwmark.filter(|m| *m != 0) {
+            return Err(ModelError::FirewallMarkService(mark));
+        }
+        let missing: Vec<&'static str> = [
+            ("IPVS_SVC_ATTR_AF", af.is_none()),
+            ("IPVS_SVC_ATTR_PROTOCOL", proto.is_none()),
+            ("IPVS_SVC_ATTR_ADDR", addr.is_none()),
+            ("IPVS_SVC_ATTR_PORT", port.is_none()),
+            ("IPVS_SVC_ATTR_SCHED_NAME", sched.is_none()),
+            ("IPVS_SVC_ATTR_FLAGS", flags.is_none()),
+            ("IPVS_SVC_ATTR_TIMEOUT", timeout.is_none()),
+            ("IPVS_SVC_ATTR_NETMASK", netmask.is_none()),
+        ]
+        .into_iter()
+        .filter_map(|(name, absent)| absent.then_some(name))
+        .collect();
+        let (Some(af), Some(proto), Some(addr), Some(port), Some(sched)) =
+            (af, proto, addr, port, sched)
+        else {
+            return Err(ModelError::MissingAttributes {
+                object: "service",
+                attrs: missing,
+            });
+        };
+        let (Some(flags), Some(timeout), Some(netmask)) = (flags, timeout, netmask) else {
+            return Err(ModelError::MissingAttributes {
+                object: "service",
+                attrs: missing,
+            });
+        };
+        let addr = addr
+            .to_ip(af)
+            .ok_or(ModelError::UnknownAddressFamily(af.into()))?;
+        let protocol = match proto {
+            IpProtocol::Tcp => Protocol::Tcp,
+            IpProtocol::Udp => Protocol::Udp,
+            IpProtocol::Sctp => Protocol::Sctp,
+            other => return Err(ModelError::UnknownProtocol(other.into())),
+        };
+        // Only the bits that were set count; IP_VS_SVC_F_HASHED is the kernel's own.
+        let bits = flags.flags & flags.mask;
+        let persistent = bits & IP_VS_SVC_F_PERSISTENT != 0;
+        Ok(VirtualServer {
+            addr,
+            protocol,
+            port,
+            scheduler: Scheduler::from_name(sched),
+            sched_flags: SchedFlags {
+                flag1: bits & IP_VS_SVC_F_SCHED1 != 0,
+                flag2: bits & IP_VS_SVC_F_SCHED2 != 0,
+                flag3: bits & IP_VS_SVC_F_SCHED3 != 0,
+            },
+            persistence: persistent.then(|| Duration::from_secs(u64::from(timeout))),
+            one_packet: bits & IP_VS_SVC_F_ONEPACKET != 0,
+            netmask: netmask_from_wire(af, netmask)?,
+        })
+    }
+}
+
+// === RealServer ===
+
+/// How IPVS forwards to a real server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum ForwardMethod {
+    /// NAT: rewrite the destination (`ipvsadm -m`), what kube-proxy uses.
+    Masquerade,
+    /// Deliver locally.
+    LocalNode,
+    /// IP-in-IP tunnel (`-i`).
+    Tunnel,
+    /// Direct routing, MAC rewrite (`-g`).
+    DirectRoute,
+    /// Cache bypass.
+    Bypass,
+}
+
+impl From<ForwardMethod> for netlink::ForwardMethod {
+    fn from(value: ForwardMethod) -> Self {
+        match value {
+            ForwardMethod::Masquerade => netlink::ForwardMethod::Masq,
+            ForwardMethod::LocalNode => netlink::ForwardMethod::LocalNode,
+            ForwardMethod::Tunnel => netlink::ForwardMethod::Tunnel,
+            ForwardMethod::DirectRoute => netlink::ForwardMethod::DirectRoute,
+            ForwardMethod::Bypass => netlink::ForwardMethod::Bypass,
+        }
+    }
+}
+
+impl TryFrom<netlink::ForwardMethod> for ForwardMethod {
+    type Error = ModelError;
+
+    fn try_from(value: netlink::ForwardMethod) -> Result<Self, Self::Error> {
+        Ok(match value {
+            netlink::ForwardMethod::Masq => ForwardMethod::Masquerade,
+            netlink::ForwardMethod::LocalNode => ForwardMethod::LocalNode,
+            netlink::ForwardMethod::Tunnel => ForwardMethod::Tunnel,
+            netlink::ForwardMethod::DirectRoute => ForwardMethod::DirectRoute,
+            netlink::ForwardMethod::Bypass => ForwardMethod::Bypass,
+            other => return Err(ModelError::UnknownForwardMethod(other.into())),
+        })
+    }
+}
+
+/// Connection counts of a real server, as a dump reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ConnCounts {
+    /// Established connections (`IPVS_DEST_ATTR_ACTIVE_CONNS`).
+    pub active: u32,
+    /// Other connections, e.g. TIME_WAIT or UDP (`IPVS_DEST_ATTR_INACT_CONNS`).
+    pub inactive: u32,
+    /// Persistence templates (`IPVS_DEST_ATTR_PERSIST_CONNS`).
+    pub persistent: u32,
+}
+
+/// An IPVS real server (destination) of a virtual server.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RealServer {
+    /// The real server's address.
+    pub addr: IpAddr,
+    /// The real server's port.
+    pub port: u16,
+    /// Scheduling weight; 0 takes it out of rotation without dropping its connections.
+    pub weight: u32,
+    /// Forwarding method.
+    pub forward: ForwardMethod,
+    /// Stop scheduling above this many connections (0: no limit).
+    pub upper_threshold: u32,
+    /// Resume scheduling below this many connections (0: no limit).
+    pub lower_threshold: u32,
+    /// Connection counts: `Some` when read from the kernel, `None` in desired state.
+    pub conns: Option<ConnCounts>,
+}
+
+impl RealServer {
+    /// A masquerading real server with `weight` and no thresholds.
+    pub fn new(addr: IpAddr, port: u16, weight: u32) -> Self {
+        RealServer {
+            addr,
+            port,
+            weight,
+            forward: ForwardMethod::Masquerade,
+            upper_threshold: 0,
+            lower_threshold: 0,
+            conns: None,
+        }
+    }
+
+    /// Address and port.
+    pub fn socket_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.addr, self.port)
+    }
+
+    /// The same server without connection counts: what to compare with desired state.
+    pub fn without_conns(&self) -> Self {
+        RealServer {
+            conns: None,
+            ..self.clone()
+        }
+    }
+
+    /// The attributes that name the destination (`IPVS_DEST_ATTR_ADDR_FAMILY`, `_ADDR`,
+    /// `_PORT`): enough to delete it.
+    pub fn key_attrs(&self) -> Vec<DestAttr> {
+        vec![
+            DestAttr::AddrFamily(AddressFamily::of(self.addr)),
+            DestAttr::Address(InetAddr::from(self.addr)),
+            DestAttr::Port(self.port),
+        ]
+    }
+
+    /// Every attribute `IPVS_CMD_NEW_DEST`/`SET_DEST` needs, in `ipvsadm`'s order (without
+    /// the tunnel attributes, which only tunnels use).
+    pub fn to_attrs(&self) -> Vec<DestAttr> {
+        let mut attrs = self.key_attrs();
+        attrs.extend([
+            DestAttr::FwdMethod(self.forward.into()),
+            DestAttr::Weight(self.weight),
+            DestAttr::UThresh(self.upper_threshold),
+            DestAttr::LThresh(self.lower_threshold),
+        ]);
+        attrs
+    }
+}
+
+impl TryFrom<&[DestAttr]> for RealServer {
+    type Error = ModelError;
+
+    /// Reads a dumped destination. Kernels before 4.3 send no `IPVS_DEST_ATTR_ADDR_FAMILY`;
+    /// callers then add the service's family first.
+    fn try_from(attrs: &[DestAttr]) -> Result<Self, Self::Error> {
+        let (mut af, mut addr, mut port, mut fwd, mut weight) = (None, None, None, None, None);
+        let (mut upper, mut lower) = (None, None);
+        let (mut active, mut inactive, mut persistent) = (None, None, None);
+        for attr in attrs {
+            match attr {
+                DestAttr::AddrFamily(v) => af = Some(*v),
+                DestAttr::Address(v) => addr = Some(*v),
+                DestAttr::Port(v) => port = Some(*v),
+                DestAttr::FwdMethod(v) => fwd = Some(*v),
+                DestAttr::Weight(v) => weight = Some(*v),
+                DestAttr::UThresh(v) => upper = Some(*v),
+                DestAttr::LThresh(v) => lower = Some(*v),
+                DestAttr::ActiveConns(v) => active = Some(*v),
+                DestAttr::InactConns(v) => inactive = Some(*v),
+                DestAttr::PersistConns(v) => persistent = Some(*v),
+                _ => {}
+            }
+        }
+        let (Some(af), Some(addr), Some(port), Some(fwd), Some(weight)) =
+            (af, addr, port, fwd, weight)
+        else {
+            let missing = [
+                ("IPVS_DEST_ATTR_ADDR_FAMILY", af.is_none()),
+                ("IPVS_DEST_ATTR_ADDR", addr.is_none()),
+                ("IPVS_DEST_ATTR_PORT", port.is_none()),
+                ("IPVS_DEST_ATTR_FWD_METHOD", fwd.is_none()),
+                ("IPVS_DEST_ATTR_WEIGHT", weight.is_none()),
+            ]
+            .into_iter()
+            .filter_map(|(name, absent)| absent.then_some(name))
+            .collect();
+            return Err(ModelError::MissingAttributes {
+                object: "destination",
+                attrs: missing,
+            });
+        };
+        let conns =
+            (active.is_some() || inactive.is_some() || persistent.is_some()).then(|| ConnCounts {
+                active: active.unwrap_or(0),
+                inactive: inactive.unwrap_or(0),
+                persistent: persistent.unwrap_or(0),
+            });
+        Ok(RealServer {
+            addr: addr
+                .to_ip(af)
+                .ok_or(ModelError::UnknownAddressFamily(af.into()))?,
+            port,
+            weight,
+            forward: ForwardMethod::try_from(fwd)?,
+            upper_threshold: upper.unwrap_or(0),
+            lower_threshold: lower.unwrap_or(0),
+            conns,
+        })
+    }
+}

@@ -1,0 +1,1 @@
+//! Root-only tests against a real IPVS kernel; run them with scripts/vm-test.
