@@ -11,14 +11,18 @@
 //! - `testing` (feature `testing`): `FakeIpvs`, an in-memory `IpvsOps`.
 //!
 //! ```no_run
+//! use std::net::IpAddr;
+//!
 //! use backend_ipvs::{IpvsOps, NetlinkIpvs, RealServer, Scheduler, VirtualServer};
 //! use proxy_core::Protocol;
 //!
 //! # fn main() -> Result<(), backend_ipvs::IpvsError> {
 //! let ipvs = NetlinkIpvs::connect()?;
-//! let vs = VirtualServer::new("198.18.0.10".parse().unwrap(), Protocol::Tcp, 80, Scheduler::RoundRobin);
+//! let vip = IpAddr::from([198, 18, 0, 10]);
+//! let vs = VirtualServer::new(vip, Protocol::Tcp, 80, Scheduler::RoundRobin);
 //! ipvs.add_virtual_server(&vs)?;
-//! ipvs.add_real_server(&vs.key(), &RealServer::new("198.18.1.10".parse().unwrap(), 8080, 1))?;
+//! let rs = RealServer::new(IpAddr::from([198, 18, 1, 10]), 8080, 1);
+//! ipvs.add_real_server(&vs.key(), &rs)?;
 //! for rs in ipvs.real_servers(&vs.key())? {
 //!     println!("{} -> {} weight {}", vs.key(), rs.socket_addr(), rs.weight);
 //! }

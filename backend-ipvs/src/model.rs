@@ -600,3 +600,140 @@ impl TryFrom<&[DestAttr]> for RealServer {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("test address literal")
+    }
+
+    #[test]
+    fn every_table_scheduler_but_random_maps_to_its_kernel_name() {
+        for s in table::Scheduler::ALL {
+            match Scheduler::try_from(s) {
+                Ok(k) => assert_eq!(k.name(), s.as_str(), "{s:?}"),
+                Err(e) => {
+                    assert_eq!(s, table::Scheduler::Random);
+                    assert_eq!(e.to_string(), "scheduler random has no IPVS equivalent");
+                }
+            }
+        }
+        assert_eq!(
+            Scheduler::from_name("lblc"),
+            Scheduler::Other("lblc".into())
+        );
+        assert_eq!(
+            Scheduler::from_name("sed"),
+            Scheduler::ShortestExpectedDelay
+        );
+    }
+
+    #[test]
+    fn missing_service_attributes_are_all_named() {
+        let attrs = vec![
+            ServiceAttr::Af(AddressFamily::Inet),
+            ServiceAttr::Address(InetAddr::from(ip("198.18.0.10"))),
+            ServiceAttr::SchedName("rr".into()),
+        ];
+        let err = VirtualServer::try_from(attrs.as_slice()).expect_err("incomplete");
+        assert_eq!(
+            err.to_string(),
+            "service without IPVS_SVC_ATTR_PROTOCOL, IPVS_SVC_ATTR_PORT, IPVS_SVC_ATTR_FLAGS, \
+             IPVS_SVC_ATTR_TIMEOUT, IPVS_SVC_ATTR_NETMASK"
+        );
+    }
+
+    #[test]
+    fn missing_dest_attributes_are_all_named() {
+        let err = RealServer::try_from(&[DestAttr::Port(80)][..]).expect_err("incomplete");
+        assert_eq!(
+            err,
+            ModelError::MissingAttributes {
+                object: "destination",
+                attrs: vec![
+                    "IPVS_DEST_ATTR_ADDR_FAMILY",
+                    "IPVS_DEST_ATTR_ADDR",
+                    "IPVS_DEST_ATTR_FWD_METHOD",
+                    "IPVS_DEST_ATTR_WEIGHT",
+                ],
+            }
+        );
+    }
+
+    #[test]
+    fn firewall_mark_services_are_not_ours() {
+        let attrs = vec![
+            ServiceAttr::Af(AddressFamily::Inet),
+            ServiceAttr::Fwmark(0x4000),
+        ];
+        assert_eq!(
+            VirtualServer::try_from(attrs.as_slice()),
+            Err(ModelError::FirewallMarkService(0x4000))
+        );
+    }
+
+    #[test]
+    fn ipv4_netmask_is_a_mask_and_ipv6_a_host_order_prefix() {
+        assert_eq!(netmask_to_wire(ip("198.18.0.1"), 24), Ok(0xffff_ff00));
+        assert_eq!(netmask_to_wire(ip("198.18.0.1"), 0), Ok(0));
+        assert_eq!(
+            netmask_to_wire(ip("2001:db8::1"), 64).map(u32::to_be_bytes),
+            Ok(64u32.to_ne_bytes())
+        );
+        assert!(netmask_to_wire(ip("198.18.0.1"), 33).is_err());
+        assert_eq!(netmask_from_wire(AddressFamily::Inet, 0xffff_ff00), Ok(24));
+        assert_eq!(
+            netmask_from_wire(AddressFamily::Inet, 0xff00_ff00),
+            Err(ModelError::InvalidNetmask {
+                family: AddressFamily::Inet,
+                value: 0xff00_ff00
+            })
+        );
+        assert!(netmask_from_wire(
+            AddressFamily::Inet6,
+            u32::from_be_bytes(129u32.to_ne_bytes())
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn persistence_sends_the_flag_and_whole_seconds() {
+        let vs = VirtualServer {
+            persistence: Some(Duration::from_millis(10_800_900)),
+            ..VirtualServer::new(ip("198.18.0.10"), Protocol::Tcp, 80, Scheduler::RoundRobin)
+        };
+        let attrs = vs.to_attrs().expect("valid");
+        assert!(attrs.contains(&ServiceAttr::Timeout(10_800)), "{attrs:?}");
+        assert!(attrs.contains(&ServiceAttr::Flags(ServiceFlags {
+            flags: IP_VS_SVC_F_PERSISTENT,
+            mask: u32::MAX
+        })));
+        // A sub-second persistence still needs a non-zero kernel timeout.
+        let short = VirtualServer {
+            persistence: Some(Duration::from_millis(10)),
+            ..vs
+        };
+        assert!(short
+            .to_attrs()
+            .expect("valid")
+            .contains(&ServiceAttr::Timeout(1)));
+    }
+
+    #[test]
+    fn keys_print_like_ipvsadm() {
+        let v4 = ServiceKey {
+            addr: ip("198.18.0.10"),
+            protocol: Protocol::Tcp,
+            port: 80,
+        };
+        let v6 = ServiceKey {
+            addr: ip("2001:db8::10"),
+            protocol: Protocol::Udp,
+            port: 53,
+        };
+        assert_eq!(v4.to_string(), "TCP 198.18.0.10:80");
+        assert_eq!(v6.to_string(), "UDP [2001:db8::10]:53");
+    }
+}

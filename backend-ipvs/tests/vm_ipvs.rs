@@ -21,6 +21,15 @@ fn ip(s: &str) -> IpAddr {
     s.parse().expect("test address literal")
 }
 
+/// Runs `ip ARGS...` in this thread's network namespace (children inherit it).
+fn ip_cmd(args: &[&str]) {
+    let status = std::process::Command::new("ip")
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("running ip {args:?}: {e}; {NEEDS_VM}"));
+    assert!(status.success(), "ip {args:?}: {status}");
+}
+
 /// Moves this test's thread into a new network namespace and connects to its IPVS table.
 fn kernel_ipvs() -> NetlinkIpvs {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| {
@@ -30,11 +39,7 @@ fn kernel_ipvs() -> NetlinkIpvs {
     // rejects an IPv4 real server whose address type it cannot tell (EINVAL from the
     // inet_addr_type() check in net/netfilter/ipvs/ip_vs_ctl.c). `lo` up gives it a table.
     // The child process inherits this thread's namespace.
-    let status = std::process::Command::new("ip")
-        .args(["link", "set", "lo", "up"])
-        .status()
-        .unwrap_or_else(|e| panic!("running ip: {e}; {NEEDS_VM}"));
-    assert!(status.success(), "ip link set lo up: {status}");
+    ip_cmd(&["link", "set", "lo", "up"]);
     NetlinkIpvs::connect().unwrap_or_else(|e| panic!("{e:?}: {NEEDS_VM}"))
 }
 
@@ -266,6 +271,104 @@ fn kernel_tables_are_per_namespace() {
         .expect("thread");
     assert_eq!(other, vec![]);
     assert_eq!(ipvs.virtual_servers().expect("dump"), vec![vs]);
+}
+
+#[test]
+#[ignore = "needs root and IPVS: run via scripts/vm-test"]
+fn kernel_dump_of_many_services_spans_datagrams() {
+    let ipvs = kernel_ipvs();
+    // ~320 bytes per dumped service: 600 need several datagrams of the multipart reply.
+    let mut want: Vec<VirtualServer> = (0..600u16)
+        .map(|i| {
+            let addr = IpAddr::from([198, 18, (i / 200) as u8, (i % 200) as u8 + 1]);
+            VirtualServer::new(addr, Protocol::Tcp, 1000 + i, Scheduler::WeightedRoundRobin)
+        })
+        .collect();
+    for vs in &want {
+        ipvs.add_virtual_server(vs).expect("add");
+    }
+    let key = want[0].key();
+    let dests: Vec<RealServer> = (1..=200u8)
+        .map(|i| RealServer::new(IpAddr::from([198, 19, 0, i]), 8080, u32::from(i)))
+        .collect();
+    for rs in &dests {
+        ipvs.add_real_server(&key, rs).expect("add real server");
+    }
+    let mut got = ipvs.virtual_servers().expect("dump");
+    got.sort_by_key(VirtualServer::key);
+    want.sort_by_key(VirtualServer::key);
+    assert_eq!(got.len(), 600);
+    assert_eq!(got, want);
+    assert_eq!(
+        configured(ipvs.real_servers(&key).expect("dump dests")),
+        configured(dests)
+    );
+}
+
+/// Real TCP through IPVS: a VIP on a dummy interface, round robin over two local listeners.
+#[test]
+#[ignore = "needs root and IPVS: run via scripts/vm-test"]
+fn kernel_round_robin_reaches_both_real_servers() {
+    use std::{
+        io::{Read, Write},
+        net::{SocketAddr, TcpListener, TcpStream},
+    };
+
+    let ipvs = kernel_ipvs();
+    ip_cmd(&["link", "add", "svc0", "type", "dummy"]);
+    for addr in ["198.18.0.100/32", "198.18.1.1/32", "198.18.1.2/32"] {
+        ip_cmd(&["addr", "add", addr, "dev", "svc0"]);
+    }
+    ip_cmd(&["link", "set", "svc0", "up"]);
+
+    let backends = ["198.18.1.1:8080", "198.18.1.2:8080"];
+    for backend in backends {
+        // Bound here, in the test's namespace; served from a thread, a bounded number of times.
+        let listener = TcpListener::bind(backend).expect("bind backend");
+        std::thread::spawn(move || {
+            for conn in listener.incoming().take(4) {
+                let Ok(mut conn) = conn else { return };
+                let _ = conn.write_all(backend.as_bytes());
+            }
+        });
+    }
+    let vs = VirtualServer::new(ip("198.18.0.100"), Protocol::Tcp, 80, Scheduler::RoundRobin);
+    ipvs.add_virtual_server(&vs).expect("add");
+    for backend in backends {
+        let addr: SocketAddr = backend.parse().expect("literal");
+        ipvs.add_real_server(&vs.key(), &RealServer::new(addr.ip(), addr.port(), 1))
+            .expect("add real server");
+    }
+
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        let vip: SocketAddr = "198.18.0.100:80".parse().expect("literal");
+        let mut conn =
+            TcpStream::connect_timeout(&vip, Duration::from_secs(5)).expect("connect VIP");
+        conn.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).expect("read");
+        answers.push(answer);
+    }
+    answers.sort();
+    assert_eq!(
+        answers,
+        [
+            "198.18.1.1:8080",
+            "198.18.1.1:8080",
+            "198.18.1.2:8080",
+            "198.18.1.2:8080"
+        ],
+        "round robin alternates between the two real servers"
+    );
+    let served: u32 = ipvs
+        .real_servers(&vs.key())
+        .expect("dump")
+        .iter()
+        .map(|rs| rs.conns.map_or(0, |c| c.active + c.inactive))
+        .sum();
+    assert!(served > 0, "the dump shows the connections we made");
 }
 
 // === against the fake (everywhere) ===

@@ -125,8 +125,7 @@ impl IpvsSocket {
     }
 
     /// Sends one request and feeds the payload of every reply message to `each`, until the
-    /// ACK, the end of a dump, or an error. Replies to other sequence numbers (left over from
-    /// an earlier, interrupted request) are skipped.
+    /// ACK, the end of a dump, or an error.
     fn exchange<F>(
         &self,
         mut request: NetlinkMessage<GenlMessage<F>>,
@@ -150,45 +149,198 @@ impl IpvsSocket {
         socket.send(&bytes, 0).map_err(SocketError::Io)?;
         loop {
             let (datagram, _) = socket.recv_from_full().map_err(SocketError::Io)?;
-            let mut offset = 0;
-            while offset < datagram.len() {
-                let nl =
-                    NetlinkBuffer::new_checked(&datagram[offset..]).map_err(SocketError::Decode)?;
-                // Messages in one datagram are 4-byte aligned (NLMSG_ALIGN).
-                let next = offset + ((nl.length() as usize + 3) & !3);
-                if nl.sequence_number() == seq {
-                    match nl.message_type() {
-                        NLMSG_ERROR => {
-                            let err = ErrorBuffer::new_checked(nl.payload())
-                                .map_err(SocketError::Decode)?;
-                            return match err.code() {
-                                None => Ok(()),
-                                Some(code) => Err(SocketError::Kernel(
-                                    io::Error::from_raw_os_error(code.get().saturating_abs()),
-                                )),
-                            };
-                        }
-                        NLMSG_DONE => {
-                            // A dump that failed half-way ends with a negative errno here.
-                            let code = nl.payload().get(..4).map(parse_i32).transpose();
-                            return match code.map_err(SocketError::Decode)? {
-                                Some(code) if code < 0 => Err(SocketError::Kernel(
-                                    io::Error::from_raw_os_error(code.saturating_abs()),
-                                )),
-                                _ => Ok(()),
-                            };
-                        }
-                        NLMSG_NOOP => {}
-                        NLMSG_OVERRUN => {
-                            return Err(SocketError::Decode(DecodeError::from(
-                                "NLMSG_OVERRUN: the kernel dropped part of the reply",
-                            )))
-                        }
-                        _ => each(nl.payload())?,
-                    }
-                }
-                offset = next;
+            if read_datagram(&datagram, seq, &mut each)? == Progress::Finished {
+                return Ok(());
             }
         }
+    }
+}
+
+/// Whether the reply to a request is complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    /// More datagrams follow.
+    More,
+    /// The ACK or the end of the dump arrived.
+    Finished,
+}
+
+/// Walks the netlink messages of one datagram (a dump packs many into one), feeding the
+/// payloads of the replies to request `seq` to `each`. Replies to other sequence numbers
+/// (left over from an earlier, interrupted request) are skipped.
+fn read_datagram(
+    datagram: &[u8],
+    seq: u32,
+    each: &mut impl FnMut(&[u8]) -> Result<(), SocketError>,
+) -> Result<Progress, SocketError> {
+    let mut offset = 0;
+    while offset < datagram.len() {
+        let nl = NetlinkBuffer::new_checked(&datagram[offset..]).map_err(SocketError::Decode)?;
+        // Messages in one datagram are 4-byte aligned (NLMSG_ALIGN); new_checked() made sure
+        // the length is at least a header, so this always moves on.
+        offset += (nl.length() as usize + 3) & !3;
+        if nl.sequence_number() != seq {
+            continue;
+        }
+        match nl.message_type() {
+            NLMSG_ERROR => {
+                let err = ErrorBuffer::new_checked(nl.payload()).map_err(SocketError::Decode)?;
+                return match err.code() {
+                    None => Ok(Progress::Finished),
+                    Some(code) => Err(SocketError::Kernel(io::Error::from_raw_os_error(
+                        code.get().saturating_abs(),
+                    ))),
+                };
+            }
+            NLMSG_DONE => {
+                // A dump that failed half-way ends with a negative errno here.
+                let code = nl.payload().get(..4).map(parse_i32).transpose();
+                return match code.map_err(SocketError::Decode)? {
+                    Some(code) if code < 0 => Err(SocketError::Kernel(
+                        io::Error::from_raw_os_error(code.saturating_abs()),
+                    )),
+                    _ => Ok(Progress::Finished),
+                };
+            }
+            NLMSG_NOOP => {}
+            NLMSG_OVERRUN => {
+                return Err(SocketError::Decode(DecodeError::from(
+                    "NLMSG_OVERRUN: the kernel dropped part of the reply",
+                )))
+            }
+            _ => each(nl.payload())?,
+        }
+    }
+    Ok(Progress::More)
+}
+#[cfg(test)]
+mod tests {
+    //! The reply loop, on datagrams shaped like the kernel's (see the `ipvsadm -Ln` and
+    //! `ipvsadm -A` captures in `tests/captures/`: ACKs are 36 bytes with `NLM_F_CAPPED`).
+
+    use super::*;
+
+    const SEQ: u32 = 1_795_616_306;
+    const IPVS_FAMILY: u16 = 0x20;
+    const NLM_F_MULTI: u16 = 0x2;
+    const NLM_F_CAPPED: u16 = 0x100;
+
+    /// One netlink message: nlmsghdr (len, type, flags, seq, pid) + payload, padded to 4.
+    fn nlmsg(ty: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&(16 + payload.len() as u32).to_ne_bytes());
+        m.extend_from_slice(&ty.to_ne_bytes());
+        m.extend_from_slice(&flags.to_ne_bytes());
+        m.extend_from_slice(&seq.to_ne_bytes());
+        m.extend_from_slice(&570_425_464u32.to_ne_bytes());
+        m.extend_from_slice(payload);
+        m.resize((m.len() + 3) & !3, 0);
+        m
+    }
+
+    /// NLMSG_ERROR with `errno` (0: ACK), echoing a 16-byte request header.
+    fn error(seq: u32, errno: i32) -> Vec<u8> {
+        let mut payload = (-errno).to_ne_bytes().to_vec();
+        payload.extend_from_slice(&nlmsg(IPVS_FAMILY, 0x5, seq, &[])[..16]);
+        nlmsg(NLMSG_ERROR, NLM_F_CAPPED, seq, &payload)
+    }
+
+    fn read(datagram: &[u8]) -> (Result<Progress, SocketError>, Vec<Vec<u8>>) {
+        let mut seen = Vec::new();
+        let result = read_datagram(datagram, SEQ, &mut |payload: &[u8]| {
+            seen.push(payload.to_vec());
+            Ok(())
+        });
+        (result, seen)
+    }
+
+    #[test]
+    fn ack_finishes_the_request() {
+        let (result, seen) = read(&error(SEQ, 0));
+        assert_eq!(result.expect("ack"), Progress::Finished);
+        assert!(seen.is_empty());
+    }
+
+    #[test]
+    fn kernel_error_carries_the_errno() {
+        let (result, _) = read(&error(SEQ, 17));
+        match result {
+            Err(SocketError::Kernel(e)) => assert_eq!(e.raw_os_error(), Some(17)),
+            other => panic!("want EEXIST, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reply_then_ack_in_two_datagrams() {
+        // GET_INFO: the reply (IPVS_CMD_SET_INFO), then the ACK in the next datagram.
+        let reply = [
+            0x0e, 0x01, 0x00, 0x00, 0x08, 0x00, 0x01, 0x00, 0x01, 0x02, 0x01, 0x00,
+        ];
+        let (result, seen) = read(&nlmsg(IPVS_FAMILY, 0, SEQ, &reply));
+        assert_eq!(result.expect("reply"), Progress::More);
+        assert_eq!(seen, vec![reply.to_vec()]);
+    }
+
+    #[test]
+    fn multipart_dump_until_done() {
+        let datagram = [
+            nlmsg(IPVS_FAMILY, NLM_F_MULTI, SEQ, &[0x01, 0x01, 0x00, 0x00]),
+            nlmsg(
+                IPVS_FAMILY,
+                NLM_F_MULTI,
+                SEQ,
+                &[0x01, 0x01, 0x00, 0x00, 0xaa],
+            ),
+            nlmsg(NLMSG_DONE, NLM_F_MULTI, SEQ, &0i32.to_ne_bytes()),
+            // Anything after DONE is not ours to read.
+            nlmsg(IPVS_FAMILY, NLM_F_MULTI, SEQ, &[0x02, 0x01, 0x00, 0x00]),
+        ]
+        .concat();
+        let (result, seen) = read(&datagram);
+        assert_eq!(result.expect("dump"), Progress::Finished);
+        assert_eq!(
+            seen,
+            vec![
+                vec![0x01, 0x01, 0x00, 0x00],
+                vec![0x01, 0x01, 0x00, 0x00, 0xaa]
+            ],
+            "the padding of an odd-sized message is not part of its payload"
+        );
+    }
+
+    #[test]
+    fn dump_interrupted_by_an_error_in_done() {
+        let (result, _) = read(&nlmsg(NLMSG_DONE, NLM_F_MULTI, SEQ, &(-4i32).to_ne_bytes()));
+        match result {
+            Err(SocketError::Kernel(e)) => assert_eq!(e.raw_os_error(), Some(4)),
+            other => panic!("want EINTR, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn stale_replies_are_skipped() {
+        let datagram = [
+            error(SEQ - 1, 17),
+            nlmsg(IPVS_FAMILY, 0, SEQ, &[0x0e, 0x01, 0, 0]),
+        ]
+        .concat();
+        let (result, seen) = read(&datagram);
+        assert_eq!(
+            result.expect("the stale EEXIST is not ours"),
+            Progress::More
+        );
+        assert_eq!(seen.len(), 1);
+    }
+
+    #[test]
+    fn truncated_datagram_is_an_error_not_a_panic() {
+        let mut datagram = error(SEQ, 0);
+        datagram.truncate(20);
+        assert!(matches!(read(&datagram).0, Err(SocketError::Decode(_))));
+        assert!(matches!(read(&[0u8; 7]).0, Err(SocketError::Decode(_))));
+        // A length field below the header size must not loop forever.
+        let mut zero_len = error(SEQ, 0);
+        zero_len[..4].copy_from_slice(&0u32.to_ne_bytes());
+        assert!(matches!(read(&zero_len).0, Err(SocketError::Decode(_))));
     }
 }
