@@ -6,7 +6,7 @@
 //! `Parseable`), `netlink-packet-generic` (the `genlmsghdr` and the `nlctrl` family lookup) and
 //! `netlink-sys` (the socket), in the style of rust-netlink's own crates:
 //!
-//! - [`constants`]: the header's numbers under the header's names (crate-private);
+//! - `constants`: the header's numbers under the header's names (crate-private);
 //! - [`kinds`]: address family, protocol, forwarding method, `nf_inet_addr`, `ip_vs_flags`;
 //! - [`service`], [`dest`], [`stats`]: one enum per attribute set, unknown attributes kept in
 //!   `Other(DefaultNla)`;

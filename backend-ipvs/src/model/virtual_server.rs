@@ -1,108 +1,17 @@
-//! The backend's typed picture of IPVS state: [`VirtualServer`]s and their [`RealServer`]s.
-//!
-//! These are what plans are made of and what observing the kernel gives back. They convert
-//! to and from the wire attributes of [`crate::netlink`] (`to_attrs`, `TryFrom<&[..Attr]>`);
-//! the wire enums stay behind that line.
+//! [`VirtualServer`] and its [`Scheduler`].
 
-use std::{
-    fmt,
-    net::{IpAddr, SocketAddr},
-    time::Duration,
-};
+use std::{fmt, net::IpAddr, time::Duration};
 
 use proxy_core::table::{self, Protocol};
 
+use super::{ModelError, ServiceKey};
 use crate::netlink::{
-    self,
     constants::{
         IP_VS_SVC_F_ONEPACKET, IP_VS_SVC_F_PERSISTENT, IP_VS_SVC_F_SCHED1, IP_VS_SVC_F_SCHED2,
         IP_VS_SVC_F_SCHED3,
     },
-    AddressFamily, DestAttr, InetAddr, IpProtocol, ServiceAttr, ServiceFlags,
+    AddressFamily, IpProtocol, ServiceAttr, ServiceFlags,
 };
-
-/// A kernel object that does not fit the model, or a model value the kernel cannot take.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ModelError {
-    /// Attributes the kernel must send (or must be sent) were absent.
-    #[error("{object} without {}", attrs.join(", "))]
-    MissingAttributes {
-        /// `"service"` or `"destination"`.
-        object: &'static str,
-        /// The missing attributes, by header name.
-        attrs: Vec<&'static str>,
-    },
-    /// An address family other than IPv4 and IPv6.
-    #[error("unknown address family {0}")]
-    UnknownAddressFamily(u16),
-    /// A protocol other than TCP, UDP and SCTP.
-    #[error("unknown protocol {0}")]
-    UnknownProtocol(u16),
-    /// A service named by firewall mark, which we neither create nor model.
-    #[error("service named by firewall mark {0:#x}")]
-    FirewallMarkService(u32),
-    /// A forwarding method outside the header's list.
-    #[error("unknown forwarding method {0}")]
-    UnknownForwardMethod(u32),
-    /// A persistence netmask that is not a prefix.
-    #[error("persistence netmask {value:#010x} is not a prefix for {family:?}")]
-    InvalidNetmask {
-        /// The service's family.
-        family: AddressFamily,
-        /// The attribute's value.
-        value: u32,
-    },
-    /// A scheduler of the service table that IPVS does not have.
-    #[error("scheduler {0} has no IPVS equivalent")]
-    UnsupportedScheduler(table::Scheduler),
-}
-
-// === ServiceKey ===
-
-/// What names a virtual server: address, protocol, port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ServiceKey {
-    /// The virtual address (its family is the service's).
-    pub addr: IpAddr,
-    /// The transport protocol.
-    pub protocol: Protocol,
-    /// The virtual port.
-    pub port: u16,
-}
-
-impl fmt::Display for ServiceKey {
-    /// `ipvsadm -Ln` style: `TCP 198.18.0.10:80`, `UDP [2001:db8::10]:53`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let proto = match self.protocol {
-            Protocol::Tcp => "TCP",
-            Protocol::Udp => "UDP",
-            Protocol::Sctp => "SCTP",
-        };
-        write!(f, "{proto} {}", SocketAddr::new(self.addr, self.port))
-    }
-}
-
-impl ServiceKey {
-    /// The attributes that name the service (`IPVS_SVC_ATTR_AF`, `_PROTOCOL`, `_ADDR`,
-    /// `_PORT`): enough for deleting it and for destination commands.
-    pub fn to_attrs(&self) -> Vec<ServiceAttr> {
-        vec![
-            ServiceAttr::Af(AddressFamily::of(self.addr)),
-            ServiceAttr::Protocol(protocol_to_wire(self.protocol)),
-            ServiceAttr::Address(InetAddr::from(self.addr)),
-            ServiceAttr::Port(self.port),
-        ]
-    }
-}
-
-fn protocol_to_wire(protocol: Protocol) -> IpProtocol {
-    match protocol {
-        Protocol::Tcp => IpProtocol::Tcp,
-        Protocol::Udp => IpProtocol::Udp,
-        Protocol::Sctp => IpProtocol::Sctp,
-    }
-}
 
 // === Scheduler ===
 
@@ -413,197 +322,10 @@ impl TryFrom<&[ServiceAttr]> for VirtualServer {
     }
 }
 
-// === RealServer ===
-
-/// How IPVS forwards to a real server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[non_exhaustive]
-pub enum ForwardMethod {
-    /// NAT: rewrite the destination (`ipvsadm -m`), what kube-proxy uses.
-    Masquerade,
-    /// Deliver locally.
-    LocalNode,
-    /// IP-in-IP tunnel (`-i`).
-    Tunnel,
-    /// Direct routing, MAC rewrite (`-g`).
-    DirectRoute,
-    /// Cache bypass.
-    Bypass,
-}
-
-impl From<ForwardMethod> for netlink::ForwardMethod {
-    fn from(value: ForwardMethod) -> Self {
-        match value {
-            ForwardMethod::Masquerade => netlink::ForwardMethod::Masq,
-            ForwardMethod::LocalNode => netlink::ForwardMethod::LocalNode,
-            ForwardMethod::Tunnel => netlink::ForwardMethod::Tunnel,
-            ForwardMethod::DirectRoute => netlink::ForwardMethod::DirectRoute,
-            ForwardMethod::Bypass => netlink::ForwardMethod::Bypass,
-        }
-    }
-}
-
-impl TryFrom<netlink::ForwardMethod> for ForwardMethod {
-    type Error = ModelError;
-
-    fn try_from(value: netlink::ForwardMethod) -> Result<Self, Self::Error> {
-        Ok(match value {
-            netlink::ForwardMethod::Masq => ForwardMethod::Masquerade,
-            netlink::ForwardMethod::LocalNode => ForwardMethod::LocalNode,
-            netlink::ForwardMethod::Tunnel => ForwardMethod::Tunnel,
-            netlink::ForwardMethod::DirectRoute => ForwardMethod::DirectRoute,
-            netlink::ForwardMethod::Bypass => ForwardMethod::Bypass,
-            other => return Err(ModelError::UnknownForwardMethod(other.into())),
-        })
-    }
-}
-
-/// Connection counts of a real server, as a dump reports them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct ConnCounts {
-    /// Established connections (`IPVS_DEST_ATTR_ACTIVE_CONNS`).
-    pub active: u32,
-    /// Other connections, e.g. TIME_WAIT or UDP (`IPVS_DEST_ATTR_INACT_CONNS`).
-    pub inactive: u32,
-    /// Persistence templates (`IPVS_DEST_ATTR_PERSIST_CONNS`).
-    pub persistent: u32,
-}
-
-/// An IPVS real server (destination) of a virtual server.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct RealServer {
-    /// The real server's address.
-    pub addr: IpAddr,
-    /// The real server's port.
-    pub port: u16,
-    /// Scheduling weight; 0 takes it out of rotation without dropping its connections.
-    pub weight: u32,
-    /// Forwarding method.
-    pub forward: ForwardMethod,
-    /// Stop scheduling above this many connections (0: no limit).
-    pub upper_threshold: u32,
-    /// Resume scheduling below this many connections (0: no limit).
-    pub lower_threshold: u32,
-    /// Connection counts: `Some` when read from the kernel, `None` in desired state.
-    pub conns: Option<ConnCounts>,
-}
-
-impl RealServer {
-    /// A masquerading real server with `weight` and no thresholds.
-    pub fn new(addr: IpAddr, port: u16, weight: u32) -> Self {
-        RealServer {
-            addr,
-            port,
-            weight,
-            forward: ForwardMethod::Masquerade,
-            upper_threshold: 0,
-            lower_threshold: 0,
-            conns: None,
-        }
-    }
-
-    /// Address and port.
-    pub fn socket_addr(&self) -> SocketAddr {
-        SocketAddr::new(self.addr, self.port)
-    }
-
-    /// The same server without connection counts: what to compare with desired state.
-    pub fn without_conns(&self) -> Self {
-        RealServer {
-            conns: None,
-            ..self.clone()
-        }
-    }
-
-    /// The attributes that name the destination (`IPVS_DEST_ATTR_ADDR_FAMILY`, `_ADDR`,
-    /// `_PORT`): enough to delete it.
-    pub fn key_attrs(&self) -> Vec<DestAttr> {
-        vec![
-            DestAttr::AddrFamily(AddressFamily::of(self.addr)),
-            DestAttr::Address(InetAddr::from(self.addr)),
-            DestAttr::Port(self.port),
-        ]
-    }
-
-    /// Every attribute `IPVS_CMD_NEW_DEST`/`SET_DEST` needs, in `ipvsadm`'s order (without
-    /// the tunnel attributes, which only tunnels use).
-    pub fn to_attrs(&self) -> Vec<DestAttr> {
-        let mut attrs = self.key_attrs();
-        attrs.extend([
-            DestAttr::FwdMethod(self.forward.into()),
-            DestAttr::Weight(self.weight),
-            DestAttr::UThresh(self.upper_threshold),
-            DestAttr::LThresh(self.lower_threshold),
-        ]);
-        attrs
-    }
-}
-
-impl TryFrom<&[DestAttr]> for RealServer {
-    type Error = ModelError;
-
-    /// Reads a dumped destination. Kernels before 4.3 send no `IPVS_DEST_ATTR_ADDR_FAMILY`;
-    /// callers then add the service's family first.
-    fn try_from(attrs: &[DestAttr]) -> Result<Self, Self::Error> {
-        let (mut af, mut addr, mut port, mut fwd, mut weight) = (None, None, None, None, None);
-        let (mut upper, mut lower) = (None, None);
-        let (mut active, mut inactive, mut persistent) = (None, None, None);
-        for attr in attrs {
-            match attr {
-                DestAttr::AddrFamily(v) => af = Some(*v),
-                DestAttr::Address(v) => addr = Some(*v),
-                DestAttr::Port(v) => port = Some(*v),
-                DestAttr::FwdMethod(v) => fwd = Some(*v),
-                DestAttr::Weight(v) => weight = Some(*v),
-                DestAttr::UThresh(v) => upper = Some(*v),
-                DestAttr::LThresh(v) => lower = Some(*v),
-                DestAttr::ActiveConns(v) => active = Some(*v),
-                DestAttr::InactConns(v) => inactive = Some(*v),
-                DestAttr::PersistConns(v) => persistent = Some(*v),
-                _ => {}
-            }
-        }
-        let (Some(af), Some(addr), Some(port), Some(fwd), Some(weight)) =
-            (af, addr, port, fwd, weight)
-        else {
-            let missing = [
-                ("IPVS_DEST_ATTR_ADDR_FAMILY", af.is_none()),
-                ("IPVS_DEST_ATTR_ADDR", addr.is_none()),
-                ("IPVS_DEST_ATTR_PORT", port.is_none()),
-                ("IPVS_DEST_ATTR_FWD_METHOD", fwd.is_none()),
-                ("IPVS_DEST_ATTR_WEIGHT", weight.is_none()),
-            ]
-            .into_iter()
-            .filter_map(|(name, absent)| absent.then_some(name))
-            .collect();
-            return Err(ModelError::MissingAttributes {
-                object: "destination",
-                attrs: missing,
-            });
-        };
-        let conns =
-            (active.is_some() || inactive.is_some() || persistent.is_some()).then(|| ConnCounts {
-                active: active.unwrap_or(0),
-                inactive: inactive.unwrap_or(0),
-                persistent: persistent.unwrap_or(0),
-            });
-        Ok(RealServer {
-            addr: addr
-                .to_ip(af)
-                .ok_or(ModelError::UnknownAddressFamily(af.into()))?,
-            port,
-            weight,
-            forward: ForwardMethod::try_from(fwd)?,
-            upper_threshold: upper.unwrap_or(0),
-            lower_threshold: lower.unwrap_or(0),
-            conns,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netlink::InetAddr;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("test address literal")
@@ -642,23 +364,6 @@ mod tests {
             err.to_string(),
             "service without IPVS_SVC_ATTR_PROTOCOL, IPVS_SVC_ATTR_PORT, IPVS_SVC_ATTR_FLAGS, \
              IPVS_SVC_ATTR_TIMEOUT, IPVS_SVC_ATTR_NETMASK"
-        );
-    }
-
-    #[test]
-    fn missing_dest_attributes_are_all_named() {
-        let err = RealServer::try_from(&[DestAttr::Port(80)][..]).expect_err("incomplete");
-        assert_eq!(
-            err,
-            ModelError::MissingAttributes {
-                object: "destination",
-                attrs: vec![
-                    "IPVS_DEST_ATTR_ADDR_FAMILY",
-                    "IPVS_DEST_ATTR_ADDR",
-                    "IPVS_DEST_ATTR_FWD_METHOD",
-                    "IPVS_DEST_ATTR_WEIGHT",
-                ],
-            }
         );
     }
 
@@ -719,21 +424,5 @@ mod tests {
             .to_attrs()
             .expect("valid")
             .contains(&ServiceAttr::Timeout(1)));
-    }
-
-    #[test]
-    fn keys_print_like_ipvsadm() {
-        let v4 = ServiceKey {
-            addr: ip("198.18.0.10"),
-            protocol: Protocol::Tcp,
-            port: 80,
-        };
-        let v6 = ServiceKey {
-            addr: ip("2001:db8::10"),
-            protocol: Protocol::Udp,
-            port: 53,
-        };
-        assert_eq!(v4.to_string(), "TCP 198.18.0.10:80");
-        assert_eq!(v6.to_string(), "UDP [2001:db8::10]:53");
     }
 }
