@@ -196,6 +196,32 @@ impl IpvsOps for NetlinkIpvs {
         Ok(servers)
     }
 
+    fn virtual_server(&self, key: &ServiceKey) -> Result<Option<VirtualServer>, IpvsError> {
+        let op = IpvsOp::GetVirtualServer;
+        let msg = IpvsMessage::new(IpvsCmd::GetService, vec![IpvsAttr::Service(key.to_attrs())]);
+        let replies = match self.call(op, || IpvsTarget::Service(*key), msg, false) {
+            Ok(replies) => replies,
+            Err(e) if e.errno() == Some(crate::error::errno::ESRCH) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let attrs = replies.iter().flat_map(|m| &m.attrs).find_map(|a| match a {
+            IpvsAttr::Service(attrs) => Some(attrs),
+            _ => None,
+        });
+        match attrs {
+            Some(attrs) => VirtualServer::try_from(attrs.as_slice())
+                .map(Some)
+                .map_err(model_err(op)),
+            None => Err(IpvsError::Model {
+                op,
+                source: ModelError::MissingAttributes {
+                    object: "reply",
+                    attrs: vec!["IPVS_CMD_ATTR_SERVICE"],
+                },
+            }),
+        }
+    }
+
     fn add_real_server(&self, key: &ServiceKey, rs: &RealServer) -> Result<(), IpvsError> {
         self.dest_op(
             IpvsOp::AddRealServer,

@@ -33,8 +33,10 @@ pub enum IpvsOp {
     UpdateVirtualServer,
     /// `IPVS_CMD_DEL_SERVICE`.
     DeleteVirtualServer,
-    /// `IPVS_CMD_GET_SERVICE`.
+    /// `IPVS_CMD_GET_SERVICE` with `NLM_F_DUMP`.
     GetVirtualServers,
+    /// `IPVS_CMD_GET_SERVICE` of one service.
+    GetVirtualServer,
     /// `IPVS_CMD_NEW_DEST`.
     AddRealServer,
     /// `IPVS_CMD_SET_DEST`.
@@ -60,6 +62,7 @@ impl fmt::Display for IpvsOp {
             IpvsOp::UpdateVirtualServer => "update virtual server",
             IpvsOp::DeleteVirtualServer => "delete virtual server",
             IpvsOp::GetVirtualServers => "get virtual servers",
+            IpvsOp::GetVirtualServer => "get virtual server",
             IpvsOp::AddRealServer => "add real server",
             IpvsOp::UpdateRealServer => "update real server",
             IpvsOp::DeleteRealServer => "delete real server",

@@ -72,6 +72,13 @@ pub trait IpvsOps: Send + Sync {
     /// A kernel, socket or decoding error.
     fn virtual_servers(&self) -> Result<Vec<VirtualServer>, IpvsError>;
 
+    /// One virtual server (`IPVS_CMD_GET_SERVICE` without `NLM_F_DUMP`), `None` if absent.
+    ///
+    /// # Errors
+    ///
+    /// A kernel, socket or decoding error other than "no such service".
+    fn virtual_server(&self, key: &ServiceKey) -> Result<Option<VirtualServer>, IpvsError>;
+
     /// Adds a real server to a virtual server.
     ///
     /// # Errors

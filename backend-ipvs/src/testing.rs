@@ -141,6 +141,10 @@ impl IpvsOps for FakeIpvs {
             .collect())
     }
 
+    fn virtual_server(&self, key: &ServiceKey) -> Result<Option<VirtualServer>, IpvsError> {
+        Ok(self.state().services.get(key).map(|(vs, _)| vs.clone()))
+    }
+
     fn add_real_server(&self, key: &ServiceKey, rs: &RealServer) -> Result<(), IpvsError> {
         let op = IpvsOp::AddRealServer;
         let target = || IpvsTarget::Dest(*key, rs.socket_addr());

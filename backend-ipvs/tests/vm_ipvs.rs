@@ -63,6 +63,10 @@ fn create_dump_update_delete(ipvs: &dyn IpvsOps) {
     ipvs.add_real_server(&key, &b).expect("add real server b");
 
     assert_eq!(ipvs.virtual_servers().expect("dump"), vec![vs.clone()]);
+    assert_eq!(
+        ipvs.virtual_server(&key).expect("get one"),
+        Some(vs.clone())
+    );
     let dumped = ipvs.real_servers(&key).expect("dump real servers");
     assert!(
         dumped
@@ -106,6 +110,7 @@ fn create_dump_update_delete(ipvs: &dyn IpvsOps) {
     ipvs.delete_virtual_server(&key)
         .expect("delete virtual server");
     assert_eq!(ipvs.virtual_servers().expect("final dump"), vec![]);
+    assert_eq!(ipvs.virtual_server(&key).expect("get a gone service"), None);
     assert_eq!(
         ipvs.real_servers(&key)
             .expect("real servers of a gone service"),

@@ -26,7 +26,7 @@ pub enum ModelError {
     /// Attributes the kernel must send (or must be sent) were absent.
     #[error("{object} without {}", attrs.join(", "))]
     MissingAttributes {
-        /// `"service"` or `"destination"`.
+        /// What lacked them: `"service"`, `"destination"`, `"info"` or `"reply"`.
         object: &'static str,
         /// The missing attributes, by header name.
         attrs: Vec<&'static str>,
