@@ -10,9 +10,9 @@ use std::{
 };
 
 use netlink_packet_core::{
-    parse_i32, parse_u16, DecodeError, Emitable, ErrorBuffer, NetlinkBuffer, NetlinkMessage,
-    NetlinkSerializable, NlasIterator, ParseableParametrized, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP,
-    NLMSG_OVERRUN, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+    parse_i32, parse_u16, DecodeError, Emitable, ErrorBuffer, ErrorContext, NetlinkBuffer,
+    NetlinkMessage, NetlinkSerializable, NlasIterator, ParseableParametrized, NLMSG_DONE,
+    NLMSG_ERROR, NLMSG_NOOP, NLMSG_OVERRUN, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_packet_generic::{
     constants::{CTRL_ATTR_FAMILY_ID, GENL_HDRLEN},
@@ -83,13 +83,7 @@ impl IpvsSocket {
         // The reply is walked by hand rather than parsed as `GenlCtrl`, which rejects
         // attributes it does not know and would break on a newer kernel.
         self.exchange(request, NLM_F_REQUEST | NLM_F_ACK, |payload| {
-            let attrs = payload.get(GENL_HDRLEN..).unwrap_or_default();
-            for nla in NlasIterator::new(attrs) {
-                let nla = nla.map_err(SocketError::Decode)?;
-                if nla.kind() == CTRL_ATTR_FAMILY_ID {
-                    family_id = Some(parse_u16(nla.value()).map_err(SocketError::Decode)?);
-                }
-            }
+            family_id = family_id.or(family_id_in(payload).map_err(SocketError::Decode)?);
             Ok(())
         })?;
         family_id.ok_or_else(|| {
@@ -154,6 +148,20 @@ impl IpvsSocket {
             }
         }
     }
+}
+
+/// The `CTRL_ATTR_FAMILY_ID` of a `CTRL_CMD_GETFAMILY` reply payload (genlmsghdr included).
+fn family_id_in(payload: &[u8]) -> Result<Option<u16>, DecodeError> {
+    let attrs = payload.get(GENL_HDRLEN..).unwrap_or_default();
+    for nla in NlasIterator::new(attrs) {
+        let nla = nla?;
+        if nla.kind() == CTRL_ATTR_FAMILY_ID {
+            return parse_u16(nla.value())
+                .context("invalid CTRL_ATTR_FAMILY_ID")
+                .map(Some);
+        }
+    }
+    Ok(None)
 }
 
 /// Whether the reply to a request is complete.
@@ -252,6 +260,72 @@ mod tests {
             Ok(())
         });
         (result, seen)
+    }
+
+    /// The kernel's reply to `CTRL_CMD_GETFAMILY` for "IPVS", as libnl received it in the
+    /// `ipvsadm -A -t 198.18.0.10:80 -s rr` capture.
+    fn getfamily_reply() -> Vec<u8> {
+        #[rustfmt::skip]
+        let head = [
+            0x01, 0x02, 0x00, 0x00, // genlmsghdr: cmd CTRL_CMD_NEWFAMILY, version 2
+            0x09, 0x00, 0x02, 0x00, // len 9, CTRL_ATTR_FAMILY_NAME
+            b'I', b'P', b'V', b'S', //   "IPVS
+            0x00, 0x00, 0x00, 0x00, //   \0", padding
+            0x06, 0x00, 0x01, 0x00, // len 6, CTRL_ATTR_FAMILY_ID
+            0x20, 0x00, 0x00, 0x00, //   0x20, padding
+            0x08, 0x00, 0x03, 0x00, // len 8, CTRL_ATTR_VERSION
+            0x01, 0x00, 0x00, 0x00, //   IPVS_GENL_VERSION
+            0x08, 0x00, 0x04, 0x00, // len 8, CTRL_ATTR_HDRSIZE
+            0x00, 0x00, 0x00, 0x00, //   0
+            0x08, 0x00, 0x05, 0x00, // len 8, CTRL_ATTR_MAXATTR
+            0x06, 0x00, 0x00, 0x00, //   IPVS_CMD_ATTR_MAX
+            0x44, 0x01, 0x06, 0x00, // len 324, CTRL_ATTR_OPS: 16 x (CTRL_ATTR_OP_ID, _FLAGS)
+        ];
+        // (IPVS_CMD_*, GENL_* op flags) as the capture lists them.
+        let ops: [(u32, u32); 16] = [
+            (1, 0xb),
+            (2, 0xb),
+            (3, 0xb),
+            (4, 0xf),
+            (5, 0xb),
+            (6, 0xb),
+            (7, 0xb),
+            (8, 0xd),
+            (9, 0xb),
+            (10, 0xb),
+            (11, 0xd),
+            (12, 0xb),
+            (13, 0xb),
+            (15, 0xb),
+            (16, 0xb),
+            (17, 0xb),
+        ];
+        let mut raw = head.to_vec();
+        for (i, (id, flags)) in (1u16..).zip(ops) {
+            raw.extend_from_slice(&[0x14, 0x00]); // len 20, nest number i
+            raw.extend_from_slice(&i.to_ne_bytes());
+            raw.extend_from_slice(&[0x08, 0x00, 0x01, 0x00]); // CTRL_ATTR_OP_ID
+            raw.extend_from_slice(&id.to_ne_bytes());
+            raw.extend_from_slice(&[0x08, 0x00, 0x02, 0x00]); // CTRL_ATTR_OP_FLAGS
+            raw.extend_from_slice(&flags.to_ne_bytes());
+        }
+        raw
+    }
+
+    #[test]
+    fn family_id_from_the_kernels_getfamily_reply() {
+        let raw = getfamily_reply();
+        assert_eq!(raw.len(), 372, "the captured payload is 372 bytes");
+        assert_eq!(family_id_in(&raw).expect("parses"), Some(0x20));
+        assert_eq!(
+            family_id_in(&raw[..16]).expect("parses"),
+            None,
+            "name only, no id"
+        );
+        assert!(
+            family_id_in(&raw[..21]).is_err(),
+            "a cut attribute is an error"
+        );
     }
 
     #[test]
