@@ -1,0 +1,320 @@
+//! [`NetlinkIpvs`]: [`IpvsOps`] over a generic-netlink socket.
+
+use std::{io, net::SocketAddr, time::Duration};
+
+use tracing::{debug, trace};
+
+use crate::{
+    error::{IpvsError, IpvsOp, IpvsTarget},
+    model::{ModelError, RealServer, ServiceKey, VirtualServer},
+    netlink::{
+        socket::SocketError, AddressFamily, DestAttr, IpvsAttr, IpvsCmd, IpvsMessage, IpvsSocket,
+    },
+    ops::{IpvsInfo, IpvsOps, Timeouts},
+};
+
+/// The kernel's IPVS table, reached over generic netlink.
+///
+/// It works in the network namespace of the thread that called [`NetlinkIpvs::connect`]:
+/// the socket stays in that namespace.
+#[derive(Debug)]
+pub struct NetlinkIpvs {
+    socket: IpvsSocket,
+}
+
+impl NetlinkIpvs {
+    /// Opens the socket and resolves the `IPVS` family.
+    ///
+    /// # Errors
+    ///
+    /// [`IpvsError::Unavailable`] when the kernel has no IPVS; [`IpvsError::Socket`] when
+    /// no netlink socket can be opened.
+    pub fn connect() -> Result<Self, IpvsError> {
+        let socket = IpvsSocket::connect().map_err(|e| match e {
+            SocketError::Kernel(source) => IpvsError::Unavailable { source },
+            SocketError::Io(source) => IpvsError::Socket {
+                op: IpvsOp::Connect,
+                target: IpvsTarget::Global,
+                source,
+            },
+            SocketError::Decode(e) => IpvsError::Socket {
+                op: IpvsOp::Connect,
+                target: IpvsTarget::Global,
+                source: io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
+            },
+        })?;
+        debug!(
+            family_id = socket.family_id(),
+            "resolved IPVS generic netlink family"
+        );
+        Ok(NetlinkIpvs { socket })
+    }
+
+    fn call(
+        &self,
+        op: IpvsOp,
+        target: impl FnOnce() -> IpvsTarget,
+        msg: IpvsMessage,
+        dump: bool,
+    ) -> Result<Vec<IpvsMessage>, IpvsError> {
+        let cmd = msg.cmd;
+        trace!(%op, ?msg, dump, "IPVS request");
+        let result = if dump {
+            self.socket.dump(msg)
+        } else {
+            self.socket.request(msg)
+        };
+        result.map_err(|e| match e {
+            SocketError::Kernel(source) => IpvsError::Kernel {
+                op,
+                target: target(),
+                source,
+            },
+            SocketError::Io(source) => IpvsError::Socket {
+                op,
+                target: target(),
+                source,
+            },
+            SocketError::Decode(source) => IpvsError::Decode { cmd, source },
+        })
+    }
+
+    fn service_op(
+        &self,
+        op: IpvsOp,
+        cmd: IpvsCmd,
+        key: &ServiceKey,
+        attrs: Vec<crate::netlink::ServiceAttr>,
+    ) -> Result<(), IpvsError> {
+        let msg = IpvsMessage::new(cmd, vec![IpvsAttr::Service(attrs)]);
+        self.call(op, || IpvsTarget::Service(*key), msg, false)
+            .map(drop)
+    }
+
+    fn dest_op(
+        &self,
+        op: IpvsOp,
+        cmd: IpvsCmd,
+        key: &ServiceKey,
+        rs: SocketAddr,
+        attrs: Vec<DestAttr>,
+    ) -> Result<(), IpvsError> {
+        let msg = IpvsMessage::new(
+            cmd,
+            vec![IpvsAttr::Service(key.to_attrs()), IpvsAttr::Dest(attrs)],
+        );
+        self.call(op, || IpvsTarget::Dest(*key, rs), msg, false)
+            .map(drop)
+    }
+}
+
+fn model_err(op: IpvsOp) -> impl Fn(ModelError) -> IpvsError {
+    move |source| IpvsError::Model { op, source }
+}
+
+impl IpvsOps for NetlinkIpvs {
+    fn info(&self) -> Result<IpvsInfo, IpvsError> {
+        let op = IpvsOp::GetInfo;
+        let replies = self.call(
+            op,
+            || IpvsTarget::Global,
+            IpvsMessage::new(IpvsCmd::GetInfo, vec![]),
+            false,
+        )?;
+        let (mut version, mut size) = (None, None);
+        for attr in replies.iter().flat_map(|m| &m.attrs) {
+            match attr {
+                IpvsAttr::InfoVersion(v) => version = Some(*v),
+                IpvsAttr::InfoConnTabSize(v) => size = Some(*v),
+                _ => {}
+            }
+        }
+        match (version, size) {
+            (Some(v), Some(conn_tab_size)) => Ok(IpvsInfo {
+                // IP_VS_VERSION_CODE: 0x010201 is 1.2.1 (the header's NVERSION macro).
+                version: ((v >> 16) as u8, (v >> 8) as u8, v as u8),
+                conn_tab_size,
+            }),
+            _ => Err(IpvsError::Model {
+                op,
+                source: ModelError::MissingAttributes {
+                    object: "info",
+                    attrs: [
+                        ("IPVS_INFO_ATTR_VERSION", version.is_none()),
+                        ("IPVS_INFO_ATTR_CONN_TAB_SIZE", size.is_none()),
+                    ]
+                    .into_iter()
+                    .filter_map(|(n, absent)| absent.then_some(n))
+                    .collect(),
+                },
+            }),
+        }
+    }
+
+    fn add_virtual_server(&self, vs: &VirtualServer) -> Result<(), IpvsError> {
+        let op = IpvsOp::AddVirtualServer;
+        let attrs = vs.to_attrs().map_err(model_err(op))?;
+        self.service_op(op, IpvsCmd::NewService, &vs.key(), attrs)
+    }
+
+    fn update_virtual_server(&self, vs: &VirtualServer) -> Result<(), IpvsError> {
+        let op = IpvsOp::UpdateVirtualServer;
+        let attrs = vs.to_attrs().map_err(model_err(op))?;
+        self.service_op(op, IpvsCmd::SetService, &vs.key(), attrs)
+    }
+
+    fn delete_virtual_server(&self, key: &ServiceKey) -> Result<(), IpvsError> {
+        self.service_op(
+            IpvsOp::DeleteVirtualServer,
+            IpvsCmd::DelService,
+            key,
+            key.to_attrs(),
+        )
+    }
+
+    fn virtual_servers(&self) -> Result<Vec<VirtualServer>, IpvsError> {
+        let op = IpvsOp::GetVirtualServers;
+        let replies = self.call(
+            op,
+            || IpvsTarget::Global,
+            IpvsMessage::new(IpvsCmd::GetService, vec![]),
+            true,
+        )?;
+        let mut servers = Vec::with_capacity(replies.len());
+        for attr in replies.iter().flat_map(|m| &m.attrs) {
+            let IpvsAttr::Service(attrs) = attr else {
+                continue;
+            };
+            match VirtualServer::try_from(attrs.as_slice()) {
+                Ok(vs) => servers.push(vs),
+                Err(ModelError::FirewallMarkService(mark)) => {
+                    debug!(mark, "skipping IPVS service named by firewall mark");
+                }
+                Err(source) => return Err(IpvsError::Model { op, source }),
+            }
+        }
+        Ok(servers)
+    }
+
+    fn virtual_server(&self, key: &ServiceKey) -> Result<Option<VirtualServer>, IpvsError> {
+        let op = IpvsOp::GetVirtualServer;
+        let msg = IpvsMessage::new(IpvsCmd::GetService, vec![IpvsAttr::Service(key.to_attrs())]);
+        let replies = match self.call(op, || IpvsTarget::Service(*key), msg, false) {
+            Ok(replies) => replies,
+            Err(e) if e.errno() == Some(crate::error::errno::ESRCH) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let attrs = replies.iter().flat_map(|m| &m.attrs).find_map(|a| match a {
+            IpvsAttr::Service(attrs) => Some(attrs),
+            _ => None,
+        });
+        match attrs {
+            Some(attrs) => VirtualServer::try_from(attrs.as_slice())
+                .map(Some)
+                .map_err(model_err(op)),
+            None => Err(IpvsError::Model {
+                op,
+                source: ModelError::MissingAttributes {
+                    object: "reply",
+                    attrs: vec!["IPVS_CMD_ATTR_SERVICE"],
+                },
+            }),
+        }
+    }
+
+    fn add_real_server(&self, key: &ServiceKey, rs: &RealServer) -> Result<(), IpvsError> {
+        self.dest_op(
+            IpvsOp::AddRealServer,
+            IpvsCmd::NewDest,
+            key,
+            rs.socket_addr(),
+            rs.to_attrs(),
+        )
+    }
+
+    fn update_real_server(&self, key: &ServiceKey, rs: &RealServer) -> Result<(), IpvsError> {
+        self.dest_op(
+            IpvsOp::UpdateRealServer,
+            IpvsCmd::SetDest,
+            key,
+            rs.socket_addr(),
+            rs.to_attrs(),
+        )
+    }
+
+    fn delete_real_server(&self, key: &ServiceKey, rs: &RealServer) -> Result<(), IpvsError> {
+        self.dest_op(
+            IpvsOp::DeleteRealServer,
+            IpvsCmd::DelDest,
+            key,
+            rs.socket_addr(),
+            rs.key_attrs(),
+        )
+    }
+
+    fn real_servers(&self, key: &ServiceKey) -> Result<Vec<RealServer>, IpvsError> {
+        let op = IpvsOp::GetRealServers;
+        let msg = IpvsMessage::new(IpvsCmd::GetDest, vec![IpvsAttr::Service(key.to_attrs())]);
+        let replies = self.call(op, || IpvsTarget::Service(*key), msg, true)?;
+        let mut servers = Vec::with_capacity(replies.len());
+        for attr in replies.iter().flat_map(|m| &m.attrs) {
+            let IpvsAttr::Dest(attrs) = attr else {
+                continue;
+            };
+            let has_family = attrs.iter().any(|a| matches!(a, DestAttr::AddrFamily(_)));
+            let rs = if has_family {
+                RealServer::try_from(attrs.as_slice())
+            } else {
+                // Kernels before 4.3: the destination has the service's family.
+                let mut with_family = vec![DestAttr::AddrFamily(AddressFamily::of(key.addr))];
+                with_family.extend(attrs.iter().cloned());
+                RealServer::try_from(with_family.as_slice())
+            };
+            servers.push(rs.map_err(model_err(op))?);
+        }
+        Ok(servers)
+    }
+
+    fn timeouts(&self) -> Result<Timeouts, IpvsError> {
+        let replies = self.call(
+            IpvsOp::GetTimeouts,
+            || IpvsTarget::Global,
+            IpvsMessage::new(IpvsCmd::GetConfig, vec![]),
+            false,
+        )?;
+        let mut timeouts = Timeouts::default();
+        for attr in replies.iter().flat_map(|m| &m.attrs) {
+            match attr {
+                IpvsAttr::TimeoutTcp(s) => timeouts.tcp = Duration::from_secs(u64::from(*s)),
+                IpvsAttr::TimeoutTcpFin(s) => timeouts.tcp_fin = Duration::from_secs(u64::from(*s)),
+                IpvsAttr::TimeoutUdp(s) => timeouts.udp = Duration::from_secs(u64::from(*s)),
+                _ => {}
+            }
+        }
+        Ok(timeouts)
+    }
+
+    fn set_timeouts(&self, timeouts: &Timeouts) -> Result<(), IpvsError> {
+        let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+        let msg = IpvsMessage::new(
+            IpvsCmd::SetConfig,
+            vec![
+                IpvsAttr::TimeoutTcp(secs(timeouts.tcp)),
+                IpvsAttr::TimeoutTcpFin(secs(timeouts.tcp_fin)),
+                IpvsAttr::TimeoutUdp(secs(timeouts.udp)),
+            ],
+        );
+        self.call(IpvsOp::SetTimeouts, || IpvsTarget::Global, msg, false)
+            .map(drop)
+    }
+
+    fn flush(&self) -> Result<(), IpvsError> {
+        self.call(
+            IpvsOp::Flush,
+            || IpvsTarget::Global,
+            IpvsMessage::new(IpvsCmd::Flush, vec![]),
+            false,
+        )
+        .map(drop)
+    }
+}

@@ -1,0 +1,423 @@
+//! IPVS against a real kernel: our netlink client creates, dumps, edits and deletes virtual
+//! and real servers, and the in-memory fake must behave the same way.
+//!
+//! The kernel tests need root and the `ip_vs` modules, which the development hosts lack, so
+//! they are `#[ignore]`d and run in a VM: `scripts/vm-test`. Each one moves its test thread
+//! into a fresh network namespace first (IPVS tables are per namespace), so they never touch
+//! the VM's root namespace and the namespace disappears with the thread.
+//! The same contract runs against `FakeIpvs` in every plain `cargo test`.
+
+use std::{net::IpAddr, time::Duration};
+
+use backend_ipvs::{
+    testing::FakeIpvs, ConnCounts, IpvsOps, NetlinkIpvs, RealServer, SchedFlags, Scheduler,
+    ServiceKey, Timeouts, VirtualServer,
+};
+use proxy_core::Protocol;
+
+const NEEDS_VM: &str = "needs root and IPVS: run via scripts/vm-test";
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("test address literal")
+}
+
+/// Runs `ip ARGS...` in this thread's network namespace (children inherit it).
+fn ip_cmd(args: &[&str]) {
+    let status = std::process::Command::new("ip")
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("running ip {args:?}: {e}; {NEEDS_VM}"));
+    assert!(status.success(), "ip {args:?}: {status}");
+}
+
+/// Moves this test's thread into a new network namespace and connects to its IPVS table.
+fn kernel_ipvs() -> NetlinkIpvs {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| {
+        panic!("unshare(CLONE_NEWNET) failed ({e}): these tests need root; {NEEDS_VM}")
+    });
+    // A new namespace has no IPv4 routing tables until an address exists, and the kernel
+    // rejects an IPv4 real server whose address type it cannot tell (EINVAL from the
+    // inet_addr_type() check in net/netfilter/ipvs/ip_vs_ctl.c). `lo` up gives it a table.
+    // The child process inherits this thread's namespace.
+    ip_cmd(&["link", "set", "lo", "up"]);
+    NetlinkIpvs::connect().unwrap_or_else(|e| panic!("{e:?}: {NEEDS_VM}"))
+}
+
+/// Sorted real servers without their connection counts: what was asked for.
+fn configured(mut servers: Vec<RealServer>) -> Vec<RealServer> {
+    servers.sort_by_key(RealServer::socket_addr);
+    servers.iter().map(RealServer::without_conns).collect()
+}
+
+// === the contract ===
+
+fn create_dump_update_delete(ipvs: &dyn IpvsOps) {
+    let vs = VirtualServer::new(ip("198.18.0.10"), Protocol::Tcp, 80, Scheduler::RoundRobin);
+    let key = vs.key();
+    let a = RealServer::new(ip("198.18.1.10"), 8080, 2);
+    let b = RealServer::new(ip("198.18.1.11"), 8080, 1);
+
+    assert_eq!(ipvs.virtual_servers().expect("dump empty table"), vec![]);
+    ipvs.add_virtual_server(&vs).expect("add virtual server");
+    ipvs.add_real_server(&key, &a).expect("add real server a");
+    ipvs.add_real_server(&key, &b).expect("add real server b");
+
+    assert_eq!(ipvs.virtual_servers().expect("dump"), vec![vs.clone()]);
+    assert_eq!(
+        ipvs.virtual_server(&key).expect("get one"),
+        Some(vs.clone())
+    );
+    let dumped = ipvs.real_servers(&key).expect("dump real servers");
+    assert!(
+        dumped
+            .iter()
+            .all(|rs| rs.conns == Some(ConnCounts::default())),
+        "a dump reports (zero) connection counts: {dumped:?}"
+    );
+    assert_eq!(configured(dumped), configured(vec![a.clone(), b.clone()]));
+
+    // Graceful termination starts with weight 0.
+    let drained = RealServer {
+        weight: 0,
+        ..a.clone()
+    };
+    ipvs.update_real_server(&key, &drained)
+        .expect("set weight 0");
+    assert_eq!(
+        configured(ipvs.real_servers(&key).expect("dump after update")),
+        configured(vec![drained.clone(), b.clone()])
+    );
+
+    // Scheduler and persistence change in place.
+    let edited = VirtualServer {
+        scheduler: Scheduler::WeightedLeastConnection,
+        persistence: Some(Duration::from_secs(600)),
+        ..vs.clone()
+    };
+    ipvs.update_virtual_server(&edited)
+        .expect("update virtual server");
+    assert_eq!(
+        ipvs.virtual_servers().expect("dump after edit"),
+        vec![edited]
+    );
+
+    ipvs.delete_real_server(&key, &drained)
+        .expect("delete real server");
+    assert_eq!(
+        configured(ipvs.real_servers(&key).expect("dump after delete")),
+        vec![b]
+    );
+    ipvs.delete_virtual_server(&key)
+        .expect("delete virtual server");
+    assert_eq!(ipvs.virtual_servers().expect("final dump"), vec![]);
+    assert_eq!(ipvs.virtual_server(&key).expect("get a gone service"), None);
+    assert_eq!(
+        ipvs.real_servers(&key)
+            .expect("real servers of a gone service"),
+        vec![]
+    );
+}
+
+fn errors_name_the_errno(ipvs: &dyn IpvsOps) {
+    let vs = VirtualServer::new(
+        ip("198.18.0.20"),
+        Protocol::Udp,
+        53,
+        Scheduler::WeightedRoundRobin,
+    );
+    let key = vs.key();
+    let rs = RealServer::new(ip("198.18.1.20"), 5353, 1);
+
+    let err = ipvs
+        .delete_virtual_server(&key)
+        .expect_err("delete of a missing service");
+    assert!(err.is_not_found(), "{err:?}");
+    assert_eq!(err.errno(), Some(3), "ESRCH for a missing service: {err:?}");
+    let err = ipvs
+        .add_real_server(&key, &rs)
+        .expect_err("real server of a missing service");
+    assert_eq!(err.errno(), Some(3), "{err:?}");
+
+    ipvs.add_virtual_server(&vs).expect("add");
+    let err = ipvs.add_virtual_server(&vs).expect_err("duplicate service");
+    assert!(err.is_exists(), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "add virtual server UDP 198.18.0.20:53: rejected by the kernel"
+    );
+
+    let err = ipvs
+        .delete_real_server(&key, &rs)
+        .expect_err("missing real server");
+    assert_eq!(
+        err.errno(),
+        Some(2),
+        "ENOENT for a missing destination: {err:?}"
+    );
+    let err = ipvs
+        .update_real_server(&key, &rs)
+        .expect_err("update of a missing real server");
+    assert_eq!(err.errno(), Some(2), "{err:?}");
+    ipvs.add_real_server(&key, &rs).expect("add real server");
+    let err = ipvs
+        .add_real_server(&key, &rs)
+        .expect_err("duplicate real server");
+    assert!(err.is_exists(), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "add real server UDP 198.18.0.20:53 -> 198.18.1.20:5353: rejected by the kernel"
+    );
+
+    ipvs.flush().expect("flush");
+    assert_eq!(ipvs.virtual_servers().expect("dump after flush"), vec![]);
+}
+
+fn ipv6_maglev_with_flags_and_persistence(ipvs: &dyn IpvsOps) {
+    let vs = VirtualServer {
+        sched_flags: SchedFlags {
+            flag1: true,
+            flag2: true,
+            flag3: false,
+        },
+        persistence: Some(Duration::from_secs(10800)),
+        netmask: 64,
+        ..VirtualServer::new(ip("2001:db8::10"), Protocol::Udp, 53, Scheduler::Maglev)
+    };
+    let sctp = VirtualServer::new(
+        ip("198.18.0.30"),
+        Protocol::Sctp,
+        3868,
+        Scheduler::SourceHash,
+    );
+    let rs = RealServer::new(ip("2001:db8:1::10"), 5353, 7);
+    ipvs.add_virtual_server(&vs).expect("add IPv6 mh");
+    ipvs.add_virtual_server(&sctp).expect("add SCTP sh");
+    ipvs.add_real_server(&vs.key(), &rs)
+        .expect("add IPv6 real server");
+
+    let mut dumped = ipvs.virtual_servers().expect("dump");
+    dumped.sort_by_key(VirtualServer::key);
+    let mut want = vec![vs.clone(), sctp];
+    want.sort_by_key(VirtualServer::key);
+    assert_eq!(dumped, want);
+    assert_eq!(
+        configured(ipvs.real_servers(&vs.key()).expect("dump dests")),
+        vec![rs]
+    );
+    ipvs.flush().expect("flush");
+}
+
+fn timeouts_round_trip(ipvs: &dyn IpvsOps) {
+    let set = Timeouts {
+        tcp: Duration::from_secs(901),
+        tcp_fin: Duration::from_secs(121),
+        udp: Duration::from_secs(301),
+    };
+    ipvs.set_timeouts(&set).expect("set timeouts");
+    assert_eq!(ipvs.timeouts().expect("get timeouts"), set);
+    // Zero leaves a timeout as it was.
+    ipvs.set_timeouts(&Timeouts {
+        udp: Duration::from_secs(30),
+        ..Timeouts::default()
+    })
+    .expect("set only udp");
+    assert_eq!(
+        ipvs.timeouts().expect("get timeouts"),
+        Timeouts {
+            udp: Duration::from_secs(30),
+            ..set
+        }
+    );
+}
+
+// === against the kernel (in the VM) ===
+
+#[test]
+#[ignore = "needs root and IPVS: run via scripts/vm-test"]
+fn kernel_info_reports_version() {
+    let info = kernel_ipvs().info().expect("get info");
+    assert_eq!(info.version, (1, 2, 1), "{info:?}");
+    assert!(info.conn_tab_size >= 4096, "{info:?}");
+}
+
+#[test]
+#[ignore = "needs root and IPVS: run via scripts/vm-test"]
+fn kernel_create_dump_update_delete() {
+    create_dump_update_delete(&kernel_ipvs());
+}
+
+#[test]
+#[ignore = "needs root and IPVS: run via scripts/vm-test"]
+fn kernel_errors_name_the_errno() {
+    errors_name_the_errno(&kernel_ipvs());
+}
+
+#[test]
+#[ignore = "needs root and IPVS: run via scripts/vm-test"]
+fn kernel_ipv6_maglev_with_flags_and_persistence() {
+    ipv6_maglev_with_flags_and_persistence(&kernel_ipvs());
+}
+
+#[test]
+#[ignore = "needs root and IPVS: run via scripts/vm-test"]
+fn kernel_timeouts_round_trip() {
+    timeouts_round_trip(&kernel_ipvs());
+}
+
+#[test]
+#[ignore = "needs root and IPVS: run via scripts/vm-test"]
+fn kernel_tables_are_per_namespace() {
+    let ipvs = kernel_ipvs();
+    let vs = VirtualServer::new(ip("198.18.0.40"), Protocol::Tcp, 443, Scheduler::RoundRobin);
+    ipvs.add_virtual_server(&vs).expect("add");
+    // A second namespace starts empty: our tests cannot see each other's state.
+    let other = std::thread::spawn(|| kernel_ipvs().virtual_servers().expect("dump"))
+        .join()
+        .expect("thread");
+    assert_eq!(other, vec![]);
+    assert_eq!(ipvs.virtual_servers().expect("dump"), vec![vs]);
+}
+
+#[test]
+#[ignore = "needs root and IPVS: run via scripts/vm-test"]
+fn kernel_dump_of_many_services_spans_datagrams() {
+    let ipvs = kernel_ipvs();
+    // ~320 bytes per dumped service: 600 need several datagrams of the multipart reply.
+    let mut want: Vec<VirtualServer> = (0..600u16)
+        .map(|i| {
+            let addr = IpAddr::from([198, 18, (i / 200) as u8, (i % 200) as u8 + 1]);
+            VirtualServer::new(addr, Protocol::Tcp, 1000 + i, Scheduler::WeightedRoundRobin)
+        })
+        .collect();
+    for vs in &want {
+        ipvs.add_virtual_server(vs).expect("add");
+    }
+    let key = want[0].key();
+    let dests: Vec<RealServer> = (1..=200u8)
+        .map(|i| RealServer::new(IpAddr::from([198, 19, 0, i]), 8080, u32::from(i)))
+        .collect();
+    for rs in &dests {
+        ipvs.add_real_server(&key, rs).expect("add real server");
+    }
+    let mut got = ipvs.virtual_servers().expect("dump");
+    got.sort_by_key(VirtualServer::key);
+    want.sort_by_key(VirtualServer::key);
+    assert_eq!(got.len(), 600);
+    assert_eq!(got, want);
+    assert_eq!(
+        configured(ipvs.real_servers(&key).expect("dump dests")),
+        configured(dests)
+    );
+}
+
+/// Real TCP through IPVS: a VIP on a dummy interface, round robin over two local listeners.
+#[test]
+#[ignore = "needs root and IPVS: run via scripts/vm-test"]
+fn kernel_round_robin_reaches_both_real_servers() {
+    use std::{
+        io::{Read, Write},
+        net::{SocketAddr, TcpListener, TcpStream},
+    };
+
+    let ipvs = kernel_ipvs();
+    ip_cmd(&["link", "add", "svc0", "type", "dummy"]);
+    for addr in ["198.18.0.100/32", "198.18.1.1/32", "198.18.1.2/32"] {
+        ip_cmd(&["addr", "add", addr, "dev", "svc0"]);
+    }
+    ip_cmd(&["link", "set", "svc0", "up"]);
+
+    let backends = ["198.18.1.1:8080", "198.18.1.2:8080"];
+    for backend in backends {
+        // Bound here, in the test's namespace; served from a thread, a bounded number of times.
+        let listener = TcpListener::bind(backend).expect("bind backend");
+        std::thread::spawn(move || {
+            for conn in listener.incoming().take(4) {
+                let Ok(mut conn) = conn else { return };
+                let _ = conn.write_all(backend.as_bytes());
+            }
+        });
+    }
+    let vs = VirtualServer::new(ip("198.18.0.100"), Protocol::Tcp, 80, Scheduler::RoundRobin);
+    ipvs.add_virtual_server(&vs).expect("add");
+    for backend in backends {
+        let addr: SocketAddr = backend.parse().expect("literal");
+        ipvs.add_real_server(&vs.key(), &RealServer::new(addr.ip(), addr.port(), 1))
+            .expect("add real server");
+    }
+
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        let vip: SocketAddr = "198.18.0.100:80".parse().expect("literal");
+        let mut conn =
+            TcpStream::connect_timeout(&vip, Duration::from_secs(5)).expect("connect VIP");
+        conn.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).expect("read");
+        answers.push(answer);
+    }
+    answers.sort();
+    assert_eq!(
+        answers,
+        [
+            "198.18.1.1:8080",
+            "198.18.1.1:8080",
+            "198.18.1.2:8080",
+            "198.18.1.2:8080"
+        ],
+        "round robin alternates between the two real servers"
+    );
+    let served: u32 = ipvs
+        .real_servers(&vs.key())
+        .expect("dump")
+        .iter()
+        .map(|rs| rs.conns.map_or(0, |c| c.active + c.inactive))
+        .sum();
+    assert!(served > 0, "the dump shows the connections we made");
+}
+
+// === against the fake (everywhere) ===
+
+#[test]
+fn fake_create_dump_update_delete() {
+    create_dump_update_delete(&FakeIpvs::new());
+}
+
+#[test]
+fn fake_errors_name_the_errno() {
+    errors_name_the_errno(&FakeIpvs::new());
+}
+
+#[test]
+fn fake_ipv6_maglev_with_flags_and_persistence() {
+    ipv6_maglev_with_flags_and_persistence(&FakeIpvs::new());
+}
+
+#[test]
+fn fake_timeouts_round_trip() {
+    timeouts_round_trip(&FakeIpvs::new());
+}
+
+#[test]
+fn fake_reports_connection_counts_it_was_given() {
+    let ipvs = FakeIpvs::new();
+    let vs = VirtualServer::new(ip("198.18.0.50"), Protocol::Tcp, 80, Scheduler::RoundRobin);
+    let rs = RealServer::new(ip("198.18.1.50"), 80, 1);
+    ipvs.add_virtual_server(&vs).expect("add");
+    ipvs.add_real_server(&vs.key(), &rs).expect("add rs");
+    let conns = ConnCounts {
+        active: 3,
+        inactive: 1,
+        persistent: 0,
+    };
+    assert!(ipvs.set_conns(&vs.key(), &rs, conns));
+    assert_eq!(
+        ipvs.real_servers(&vs.key()).expect("dump")[0].conns,
+        Some(conns)
+    );
+    let missing = ServiceKey {
+        port: 81,
+        ..vs.key()
+    };
+    assert!(!ipvs.set_conns(&missing, &rs, conns));
+}
