@@ -301,7 +301,7 @@ pub fn deep_copy(table: &ServiceTable) -> ServiceTable {
 mod tests {
     use super::*;
     use crate::diff::diff;
-    use crate::testing::strategy::tests::check_planned_rules;
+    use crate::testing::strategy::rules::check_planned_rules;
 
     #[test]
     fn large_table_addresses_are_distinct_and_in_range() {
