@@ -272,6 +272,14 @@ fn edited_pairs_exercise_every_kind_of_change() {
             ("port added", !changes.added.is_empty()),
             ("port removed", !changes.removed.is_empty()),
             (
+                "port added to a service",
+                changes.added.iter().any(|port| {
+                    a.iter().any(|old| {
+                        old.name.namespace == port.name.namespace && old.name.name == port.name.name
+                    })
+                }),
+            ),
+            (
                 "service changed",
                 changes.changed.iter().any(|c| c.service_changed),
             ),
@@ -303,7 +311,7 @@ fn edited_pairs_exercise_every_kind_of_change() {
         ];
         seen.extend(kinds.iter().filter(|(_, hit)| *hit).map(|(kind, _)| *kind));
     }
-    assert_eq!(seen.len(), 8, "only saw {seen:?}");
+    assert_eq!(seen.len(), 9, "only saw {seen:?}");
 }
 
 /// Cost follows the change: one endpoint changed among 10,000 service ports gives a change set

@@ -62,7 +62,7 @@ use crate::table::{
 
 /// How many service indices the address plan has room for (`i` in `0..250`).
 pub const MAX_SERVICE_INDEX: u16 = 250;
-/// How many port slots a service has (`j` in `0..4`); generated services use at most 3.
+/// How many port slots a service has (`j` in `0..4`); services start with at most 3, edits add up to 4.
 pub const MAX_PORTS_PER_SERVICE: u16 = 4;
 /// Size of the endpoint address pool, per family.
 pub const ENDPOINT_POOL: u8 = 16;

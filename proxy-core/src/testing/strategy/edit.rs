@@ -10,9 +10,9 @@ use proptest::sample::Index;
 
 use super::{
     apply_settings, arb_table, build, endpoint_conditions, endpoint_from, endpoint_spec,
-    port_settings, port_slot, service_from, service_index, service_spec, set_conditions,
-    EndpointConditions, EndpointSpec, Family, PortSettings, ServiceSpec, MAX_SERVICE_INDEX, NODES,
-    PORT_NUMBERS,
+    endpoints_from, port_settings, port_slot, port_spec, service_from, service_index, service_spec,
+    set_conditions, EndpointConditions, EndpointSpec, Family, PortSettings, PortSpec, ServiceSpec,
+    MAX_PORTS_PER_SERVICE, MAX_SERVICE_INDEX, NODES, PORT_NUMBERS,
 };
 use crate::table::{Endpoint, ServicePort, ServicePortName, ServiceTable, TableBuilder};
 
@@ -31,6 +31,9 @@ enum Edit {
 #[derive(Debug, Clone)]
 enum PortEdit {
     Remove,
+    /// Add a port to the same service, in its first free slot, with a free port number (only
+    /// when every port of the service is named, so the new one makes no unnamed port ambiguous).
+    AddSibling(PortSpec, Index),
     /// New settings, and a new port number among those its siblings leave free.
     Change(PortSettings, Index),
     /// Add an endpoint (or change the one with the same key).
@@ -42,6 +45,8 @@ enum PortEdit {
 fn port_edit() -> impl Strategy<Value = PortEdit> {
     prop_oneof![
         2 => Just(PortEdit::Remove),
+        1 => (port_spec(), any::<Index>())
+            .prop_map(|(spec, number)| PortEdit::AddSibling(spec, number)),
         2 => (port_settings(), any::<Index>())
             .prop_map(|(settings, number)| PortEdit::Change(settings, number)),
         3 => endpoint_spec().prop_map(PortEdit::AddEndpoint),
@@ -108,6 +113,10 @@ impl Editor {
                 self.builder.remove(name);
                 return;
             }
+            PortEdit::AddSibling(spec, number) => {
+                self.add_sibling(&port, spec, number);
+                return;
+            }
             PortEdit::Change(settings, number) => {
                 let index = service_index(name).expect("strategy tables name services svc-<i>");
                 let free = self.free_port_numbers(name);
@@ -137,16 +146,50 @@ impl Editor {
         self.builder.upsert(port);
     }
 
-    /// The port numbers `name` may take: those its sibling ports (same service) do not use, so
-    /// that no (IP, port, protocol) is claimed twice. Never empty: a service has at most 3 ports
-    /// and there are 5 numbers.
-    fn free_port_numbers(&self, name: &ServicePortName) -> Vec<u16> {
-        let taken: BTreeSet<u16> = self
-            .names
+    fn add_sibling(&mut self, port: &ServicePort, spec: &PortSpec, number: &Index) {
+        let siblings = self.siblings(&port.name);
+        if port.name.port.is_empty() || siblings.iter().any(|name| name.port.is_empty()) {
+            return;
+        }
+        let slots: BTreeSet<u16> = siblings.iter().chain([&port.name]).map(port_slot).collect();
+        let Some(slot) = (0..MAX_PORTS_PER_SERVICE).find(|slot| !slots.contains(slot)) else {
+            return;
+        };
+        let index = service_index(&port.name).expect("strategy tables name services svc-<i>");
+        let name = ServicePortName::new(
+            port.name.namespace.clone(),
+            port.name.name.clone(),
+            format!("p{slot}"),
+        );
+        let mut sibling = ServicePort::new(name.clone(), port.protocol, 0);
+        let free = self.free_port_numbers(&name);
+        sibling.port = free[number.index(free.len())];
+        sibling.cluster_ips.clone_from(&port.cluster_ips);
+        apply_settings(&mut sibling, index, slot, &spec.settings);
+        let families: Vec<Family> = port.cluster_ips.iter().map(|ip| Family::of(*ip)).collect();
+        sibling.endpoints = endpoints_from(&families, sibling.target_port, &spec.endpoints);
+        self.names.insert(name);
+        self.builder.upsert(sibling);
+    }
+
+    /// The other ports of `name`'s service.
+    fn siblings(&self, name: &ServicePortName) -> Vec<ServicePortName> {
+        self.names
             .iter()
             .filter(|other| {
                 *other != name && other.namespace == name.namespace && other.name == name.name
             })
+            .cloned()
+            .collect()
+    }
+
+    /// The port numbers `name` may take: those its sibling ports (same service) do not use, so
+    /// that no (IP, port, protocol) is claimed twice. Never empty: a service has at most
+    /// `MAX_PORTS_PER_SERVICE` (4) ports and there are 5 numbers.
+    fn free_port_numbers(&self, name: &ServicePortName) -> Vec<u16> {
+        let taken: BTreeSet<u16> = self
+            .siblings(name)
+            .iter()
             .filter_map(|other| self.builder.get(other).map(|p| p.port))
             .collect();
         PORT_NUMBERS
@@ -157,7 +200,7 @@ impl Editor {
 }
 
 /// `table` changed by one to four random edits made through [`ServiceTable::edit`]: add a service
-/// (1 to 3 ports), remove a service port, change a service port's settings or port number, add,
+/// (1 to 3 ports), add a port to a service (up to 4), remove a service port, change a service port's settings or port number, add,
 /// remove or change an endpoint, change the node name. Untouched service ports stay shared by
 /// `Arc` with `table`. An edit may happen to leave a port as it was.
 ///
