@@ -50,8 +50,6 @@ use proptest::prelude::*;
 use proptest::sample::{select, subsequence, Index};
 
 mod edit;
-#[cfg(test)]
-pub(crate) mod rules;
 
 pub use edit::{arb_edited_pair, arb_table_edit};
 
