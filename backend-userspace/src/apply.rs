@@ -18,7 +18,7 @@ use crate::config::ListenMode;
 use crate::error::UserspaceError;
 use crate::metrics::Metrics;
 use crate::pick::AffinityMap;
-use crate::plan::{ListenerKey, Listeners, Plan, Route};
+use crate::plan::{ListenerKey, Listeners, Plan, Route, RouteTarget};
 use crate::{tcp, udp};
 
 /// One open listener: its route and the task serving it.
@@ -56,10 +56,12 @@ pub(crate) struct ApplyOutcome {
 }
 
 impl Live {
-    /// The routes of the open listeners.
+    /// The routes of the open listeners. A listener whose task has ended (it cannot, short of
+    /// a bug) is left out, so that the next plan opens it again: drift repair.
     pub fn applied(&self) -> Listeners {
         self.listeners
             .iter()
+            .filter(|(_, live)| !live.task.is_finished())
             .map(|(key, live)| (*key, live.route.clone()))
             .collect()
     }
@@ -80,6 +82,12 @@ impl Live {
     ) -> ApplyOutcome {
         let mut outcome = ApplyOutcome::default();
         self.plan_affinity(&plan.desired);
+        ctx.health.retain(|endpoint| {
+            plan.desired.values().any(|route| match &route.target {
+                RouteTarget::Endpoints(backends) => backends.iter().any(|b| b.addr == endpoint),
+                RouteTarget::Reject | RouteTarget::Drop => false,
+            })
+        });
         for key in &plan.close {
             if let Some(live) = self.listeners.remove(key) {
                 close(live).await;
@@ -105,7 +113,7 @@ impl Live {
             let balancer = balancer(*key, route, &self.affinity, ctx, metrics);
             match open(*key, balancer, ctx) {
                 Ok((bound, slot, task)) => {
-                    self.listeners.insert(
+                    let replaced = self.listeners.insert(
                         *key,
                         LiveListener {
                             route: route.clone(),
@@ -114,7 +122,9 @@ impl Live {
                             task,
                         },
                     );
-                    metrics.listeners.inc();
+                    if replaced.is_none() {
+                        metrics.listeners.inc();
+                    }
                     outcome.written += 1;
                     info!(listener = %key, service_port = %route.service_port, "listener opened");
                 }
