@@ -13,7 +13,9 @@
 //! for, which is why `SO_ORIGINAL_DST` is not needed. IPv4 only (iptables, not ip6tables).
 //!
 //! The chain is rewritten whole on every sync with `iptables-restore --noflush` (only our chain
-//! is named, so nothing else is touched); [`cleanup`] removes the jumps and the chain.
+//! is named, so nothing else is touched); [`cleanup`] removes the jumps and the chain. Dropping
+//! the dataplane closes its sockets but leaves the chain, like the kernel backends' state: run
+//! `Dataplane::cleanup` on exit.
 //! Ref: kube-proxy's userspace proxier (`pkg/proxy/userspace/proxier.go`, removed in 1.26),
 //! which installed `REDIRECT --to-ports` rules in `KUBE-PORTALS-CONTAINER`/`-HOST`.
 

@@ -173,6 +173,18 @@ mod tests {
     }
 
     #[test]
+    fn missing_fields_take_defaults_and_unknown_fields_are_rejected() {
+        let config: Config =
+            serde_json::from_str(r#"{"node_addresses": ["127.0.0.2"], "mode": "capture"}"#)
+                .expect("partial config");
+        assert_eq!(config.node_addresses, [IpAddr::from([127, 0, 0, 2])]);
+        assert_eq!(config.mode, ListenMode::Capture);
+        assert_eq!(config.udp_max_flows, Config::default().udp_max_flows);
+        let err = serde_json::from_str::<Config>(r#"{"node_adresses": []}"#).expect_err("typo");
+        assert!(err.to_string().contains("node_adresses"), "{err}");
+    }
+
+    #[test]
     fn maglev_table_size_must_be_prime() {
         let config = Config {
             maglev_table_size: 65_536,

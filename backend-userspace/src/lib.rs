@@ -202,3 +202,28 @@ impl Dataplane for UserspaceDataplane {
         Ok(CleanupReport { objects_removed })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proxy_core::table::{ServicePort, ServicePortName};
+
+    #[test]
+    fn capabilities_reject_sctp_and_accept_every_scheduler() {
+        let sctp = ServicePort::new(ServicePortName::new("ns", "s", "p"), Protocol::Sctp, 9);
+        let table = ServiceTable::builder().insert(sctp).build().expect("valid");
+        let err = UserspaceDataplane::supported()
+            .check(NAME, &table)
+            .expect_err("SCTP is not served");
+        assert!(err.to_string().contains("sctp"), "{err}");
+        for scheduler in Scheduler::ALL {
+            let mut port = ServicePort::new(ServicePortName::new("ns", "s", "p"), Protocol::Udp, 9);
+            port.scheduler = Some(scheduler);
+            let table = ServiceTable::builder().insert(port).build().expect("valid");
+            assert!(
+                UserspaceDataplane::supported().check(NAME, &table).is_ok(),
+                "{scheduler}"
+            );
+        }
+    }
+}

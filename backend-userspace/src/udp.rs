@@ -60,7 +60,11 @@ pub(crate) async fn serve(socket: UdpSocket, slot: RouteSlot, ctx: Arc<Context>)
                     let arrival = Arrival { client, local };
                     datagram(&buf[..len], arrival, &socket, &slot, &ctx, &mut flows, &mut tasks).await;
                 }
-                Err(error) => debug!(%error, "UDP receive failed"),
+                Err(error) => {
+                    // Back off a little so that a persistent error cannot spin the task.
+                    debug!(%error, "UDP receive failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
             },
             Some(ended) = tasks.join_next() => {
                 if let Ok(client) = ended {
