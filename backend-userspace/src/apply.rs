@@ -4,6 +4,7 @@
 //! plan tries to open it again (it is not in the applied set).
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 
 use proxy_core::dataplane::SyncProblem;
@@ -12,16 +13,21 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::balance::{lock, replace, Balancer, Context, RouteSlot};
+use crate::capture;
+use crate::config::ListenMode;
 use crate::error::UserspaceError;
 use crate::metrics::Metrics;
 use crate::pick::AffinityMap;
-use crate::plan::{ListenerKey, Listeners, Plan, Route};
+use crate::plan::{ListenerKey, Listeners, Plan, Route, RouteTarget};
 use crate::{tcp, udp};
 
 /// One open listener: its route and the task serving it.
 #[derive(Debug)]
 struct LiveListener {
     route: Route,
+    /// The address the socket is bound to: the service address, or in capture mode the capture
+    /// address and the port the OS picked.
+    bound: SocketAddr,
     slot: RouteSlot,
     task: JoinHandle<()>,
 }
@@ -50,11 +56,21 @@ pub(crate) struct ApplyOutcome {
 }
 
 impl Live {
-    /// The routes of the open listeners.
+    /// The routes of the open listeners. A listener whose task has ended (it cannot, short of
+    /// a bug) is left out, so that the next plan opens it again: drift repair.
     pub fn applied(&self) -> Listeners {
         self.listeners
             .iter()
+            .filter(|(_, live)| !live.task.is_finished())
             .map(|(key, live)| (*key, live.route.clone()))
+            .collect()
+    }
+
+    /// Where each open listener's socket is bound.
+    pub fn bound(&self) -> BTreeMap<ListenerKey, SocketAddr> {
+        self.listeners
+            .iter()
+            .map(|(key, live)| (*key, live.bound))
             .collect()
     }
 
@@ -66,6 +82,12 @@ impl Live {
     ) -> ApplyOutcome {
         let mut outcome = ApplyOutcome::default();
         self.plan_affinity(&plan.desired);
+        ctx.health.retain(|endpoint| {
+            plan.desired.values().any(|route| match &route.target {
+                RouteTarget::Endpoints(backends) => backends.iter().any(|b| b.addr == endpoint),
+                RouteTarget::Reject | RouteTarget::Drop => false,
+            })
+        });
         for key in &plan.close {
             if let Some(live) = self.listeners.remove(key) {
                 close(live).await;
@@ -90,16 +112,19 @@ impl Live {
             };
             let balancer = balancer(*key, route, &self.affinity, ctx, metrics);
             match open(*key, balancer, ctx) {
-                Ok((slot, task)) => {
-                    self.listeners.insert(
+                Ok((bound, slot, task)) => {
+                    let replaced = self.listeners.insert(
                         *key,
                         LiveListener {
                             route: route.clone(),
+                            bound,
                             slot,
                             task,
                         },
                     );
-                    metrics.listeners.inc();
+                    if replaced.is_none() {
+                        metrics.listeners.inc();
+                    }
                     outcome.written += 1;
                     info!(listener = %key, service_port = %route.service_port, "listener opened");
                 }
@@ -112,11 +137,44 @@ impl Live {
                 }
             }
         }
+        if ctx.config.mode == ListenMode::Capture {
+            self.apply_capture_rules(&ctx.config.capture_chain, &mut outcome)
+                .await;
+        }
         outcome
     }
 
-    /// Closes every listener; returns how many there were.
-    pub async fn close_all(&mut self, metrics: &Metrics) -> usize {
+    /// Rewrites the capture chain for the open listeners (every sync: the chain is small, and
+    /// this repairs an outside flush).
+    async fn apply_capture_rules(&self, chain: &str, outcome: &mut ApplyOutcome) {
+        let redirects = self
+            .listeners
+            .iter()
+            .map(|(key, live)| (*key, (live.route.clone(), live.bound)))
+            .collect();
+        let input = capture::render_rules(chain, &redirects);
+        match capture::apply_rules(chain, &input).await {
+            Ok(()) => outcome.written += 1,
+            Err(error) => {
+                warn!(%error, "capture rules not applied");
+                outcome.problems.push(SyncProblem {
+                    object: format!("iptables nat chain {chain}"),
+                    reason: error.to_string(),
+                });
+            }
+        }
+    }
+
+    /// Closes every listener (and in capture mode removes our chain); returns how many
+    /// listeners there were.
+    ///
+    /// # Errors
+    /// The capture chain could not be removed; the listeners are closed anyway.
+    pub async fn close_all(
+        &mut self,
+        ctx: &Context,
+        metrics: &Metrics,
+    ) -> Result<usize, UserspaceError> {
         let listeners = std::mem::take(&mut self.listeners);
         let count = listeners.len();
         for (_, live) in listeners {
@@ -124,7 +182,10 @@ impl Live {
             metrics.listeners.dec();
         }
         self.affinity.clear();
-        count
+        if ctx.config.mode == ListenMode::Capture {
+            capture::cleanup(&ctx.config.capture_chain).await?;
+        }
+        Ok(count)
     }
 
     /// Keeps the affinity maps of ports that still have affinity (with their new timeout) and
@@ -171,29 +232,47 @@ fn open(
     key: ListenerKey,
     balancer: Arc<Balancer>,
     ctx: &Arc<Context>,
-) -> Result<(RouteSlot, JoinHandle<()>), UserspaceError> {
+) -> Result<(SocketAddr, RouteSlot, JoinHandle<()>), UserspaceError> {
     let bind_error = |source| UserspaceError::Bind {
         listener: key,
         source,
     };
+    let unsupported = |message: &str| {
+        bind_error(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            message,
+        ))
+    };
+    let addr = match ctx.config.mode {
+        ListenMode::Bind => key.addr,
+        ListenMode::Capture if key.addr.is_ipv6() => {
+            return Err(unsupported(
+                "capture mode supports IPv4 service addresses only",
+            ))
+        }
+        ListenMode::Capture => SocketAddr::new(ctx.config.capture_address, 0),
+    };
     let slot: RouteSlot = Arc::new(RwLock::new(balancer));
-    let task = match key.protocol {
+    let (bound, task) = match key.protocol {
         Protocol::Tcp => {
-            let listener = tcp::bind(key, &ctx.config).map_err(bind_error)?;
-            tokio::spawn(tcp::serve(listener, Arc::clone(&slot), Arc::clone(ctx)))
+            let listener = tcp::bind(addr, &ctx.config).map_err(bind_error)?;
+            let bound = listener.local_addr().map_err(bind_error)?;
+            let task = tokio::spawn(tcp::serve(listener, Arc::clone(&slot), Arc::clone(ctx)));
+            (bound, task)
         }
         Protocol::Udp => {
-            let socket = udp::bind(key, &ctx.config).map_err(bind_error)?;
-            tokio::spawn(udp::serve(socket, Arc::clone(&slot), Arc::clone(ctx)))
+            let socket = udp::bind(addr, &ctx.config).map_err(bind_error)?;
+            let bound = socket.local_addr().map_err(bind_error)?;
+            let task = tokio::spawn(udp::serve(socket, Arc::clone(&slot), Arc::clone(ctx)));
+            (bound, task)
         }
         Protocol::Sctp => {
-            return Err(bind_error(std::io::Error::new(
-                std::io::ErrorKind::Unsupported,
+            return Err(unsupported(
                 "SCTP is not supported by the userspace backend",
-            )))
+            ))
         }
     };
-    Ok((slot, task))
+    Ok((bound, slot, task))
 }
 
 /// Stops the listener's task and waits until its socket is closed, so that the address can be

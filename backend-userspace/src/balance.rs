@@ -239,6 +239,11 @@ impl Health {
         false
     }
 
+    /// Forgets endpoints `keep` rejects (no longer in the table), so the map stays bounded.
+    pub fn retain(&self, keep: impl Fn(SocketAddr) -> bool) {
+        lock(&self.state).retain(|endpoint, _| keep(*endpoint));
+    }
+
     /// Records a successful connect: the failure streak ends.
     pub fn record_success(&self, endpoint: SocketAddr) {
         let mut state = lock(&self.state);

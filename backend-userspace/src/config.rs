@@ -48,6 +48,28 @@ pub struct Config {
     pub splice: bool,
     /// The `listen(2)` backlog of each TCP listener.
     pub tcp_backlog: u32,
+    /// How traffic reaches the listeners: bound on the service addresses, or captured with
+    /// iptables (root).
+    pub mode: ListenMode,
+    /// Capture mode: the address capture sockets bind, on a port the OS picks. The default
+    /// `0.0.0.0` receives both REDIRECTed flows from `PREROUTING` (sent to the incoming
+    /// interface's address) and from `OUTPUT` (sent to 127.0.0.1).
+    pub capture_address: IpAddr,
+    /// Capture mode: our nat chain (it must be ours alone; cleanup deletes it).
+    pub capture_chain: String,
+}
+
+/// How traffic for a service address reaches the proxy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenMode {
+    /// Bind each service address itself (it must be local, or [`Config::freebind`] set).
+    #[default]
+    Bind,
+    /// Listen on ephemeral ports of [`Config::capture_address`] and redirect each service
+    /// address there with iptables `REDIRECT` rules in [`Config::capture_chain`] (needs root and
+    /// iptables; IPv4 only). See [`crate::capture`].
+    Capture,
 }
 
 impl Default for Config {
@@ -67,6 +89,9 @@ impl Default for Config {
             freebind: false,
             splice: cfg!(target_os = "linux"),
             tcp_backlog: 1024,
+            mode: ListenMode::Bind,
+            capture_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            capture_chain: "SVCPROXY-CAPTURE".to_owned(),
         }
     }
 }
@@ -107,6 +132,18 @@ impl Config {
         if !(512..=65_535).contains(&self.udp_max_datagram_bytes) {
             return bad("udp_max_datagram_bytes", "must be within 512-65535");
         }
+        let chain_ok = !self.capture_chain.is_empty()
+            && self.capture_chain.len() <= 28
+            && self
+                .capture_chain
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !chain_ok {
+            return bad(
+                "capture_chain",
+                "must be 1-28 characters of A-Z, a-z, 0-9, - and _",
+            );
+        }
         Ok(())
     }
 }
@@ -133,6 +170,18 @@ mod tests {
     #[test]
     fn default_config_is_valid() {
         assert!(Config::default().validate().is_ok());
+    }
+
+    #[test]
+    fn missing_fields_take_defaults_and_unknown_fields_are_rejected() {
+        let config: Config =
+            serde_json::from_str(r#"{"node_addresses": ["127.0.0.2"], "mode": "capture"}"#)
+                .expect("partial config");
+        assert_eq!(config.node_addresses, [IpAddr::from([127, 0, 0, 2])]);
+        assert_eq!(config.mode, ListenMode::Capture);
+        assert_eq!(config.udp_max_flows, Config::default().udp_max_flows);
+        let err = serde_json::from_str::<Config>(r#"{"node_adresses": []}"#).expect_err("typo");
+        assert!(err.to_string().contains("node_adresses"), "{err}");
     }
 
     #[test]

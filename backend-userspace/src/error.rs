@@ -25,4 +25,23 @@ pub enum UserspaceError {
         #[source]
         source: io::Error,
     },
+    /// A command could not be started (capture mode).
+    #[error("cannot run {command}: {source}")]
+    Spawn {
+        /// The command line.
+        command: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// An iptables command failed (capture mode).
+    #[error("{command} failed ({status}): {stderr}")]
+    Iptables {
+        /// The command line.
+        command: String,
+        /// Its exit status.
+        status: String,
+        /// Its standard error (and, for a restore, our input).
+        stderr: String,
+    },
 }

@@ -10,7 +10,9 @@
 //! Linux) unless [`Config::freebind`] is set.
 //!
 //! It owns only its sockets: [`Dataplane::cleanup`] closes every listener (connections already
-//! open finish on their own).
+//! open finish on their own). In the optional transparent capture mode ([`ListenMode::Capture`],
+//! root) it also owns one iptables nat chain, [`Config::capture_chain`], and its two jumps;
+//! cleanup removes them (see [`capture`]).
 //!
 //! Inner shape, as every backend: **plan** ([`plan::plan`], pure: desired listeners and their
 //! routes against the applied ones) → **apply** (bind, close, swap routes) → **observe**
@@ -46,6 +48,7 @@
 
 mod apply;
 mod balance;
+pub mod capture;
 pub mod config;
 pub mod error;
 pub mod metrics;
@@ -64,7 +67,7 @@ use proxy_core::table::{Protocol, Scheduler, ServiceTable};
 use proxy_core::{Dataplane, DataplaneError};
 use tracing::{debug, info_span, Instrument};
 
-pub use config::Config;
+pub use config::{Config, ListenMode};
 pub use error::UserspaceError;
 pub use metrics::Metrics;
 pub use plan::{ListenerKey, Listeners, Plan};
@@ -131,6 +134,12 @@ impl UserspaceDataplane {
         self.live.applied()
     }
 
+    /// Where each open listener's socket is bound: its service address, or in capture mode the
+    /// capture address and the port the OS picked.
+    pub fn bound_addrs(&self) -> std::collections::BTreeMap<ListenerKey, std::net::SocketAddr> {
+        self.live.bound()
+    }
+
     /// The capabilities of this backend (also [`Dataplane::capabilities`]).
     pub fn supported() -> Capabilities {
         Capabilities {
@@ -185,7 +194,36 @@ impl Dataplane for UserspaceDataplane {
     }
 
     async fn cleanup(&mut self) -> Result<CleanupReport, DataplaneError> {
-        let objects_removed = self.live.close_all(&self.metrics).await;
+        let objects_removed = self
+            .live
+            .close_all(&self.ctx, &self.metrics)
+            .await
+            .map_err(|error| DataplaneError::backend(NAME, error))?;
         Ok(CleanupReport { objects_removed })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proxy_core::table::{ServicePort, ServicePortName};
+
+    #[test]
+    fn capabilities_reject_sctp_and_accept_every_scheduler() {
+        let sctp = ServicePort::new(ServicePortName::new("ns", "s", "p"), Protocol::Sctp, 9);
+        let table = ServiceTable::builder().insert(sctp).build().expect("valid");
+        let err = UserspaceDataplane::supported()
+            .check(NAME, &table)
+            .expect_err("SCTP is not served");
+        assert!(err.to_string().contains("sctp"), "{err}");
+        for scheduler in Scheduler::ALL {
+            let mut port = ServicePort::new(ServicePortName::new("ns", "s", "p"), Protocol::Udp, 9);
+            port.scheduler = Some(scheduler);
+            let table = ServiceTable::builder().insert(port).build().expect("valid");
+            assert!(
+                UserspaceDataplane::supported().check(NAME, &table).is_ok(),
+                "{scheduler}"
+            );
+        }
     }
 }

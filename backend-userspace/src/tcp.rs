@@ -24,23 +24,23 @@ use tracing::{debug, info, warn};
 
 use crate::balance::{current, now, Balancer, Context, RouteSlot};
 use crate::config::Config;
-use crate::plan::{ListenerKey, RouteTarget};
+use crate::plan::RouteTarget;
 
 /// Buffer per direction of the portable pump (tokio's default is 8 KiB; larger buffers mean
 /// fewer system calls on bulk transfers).
 const COPY_BUFFER: usize = 64 * 1024;
 
-/// Binds and listens on `key.addr` (SO_REUSEADDR, so that a port closed with connections in
+/// Binds and listens on `addr` (SO_REUSEADDR, so that a port closed with connections in
 /// TIME_WAIT can be bound again; optionally IP_FREEBIND).
-pub(crate) fn bind(key: ListenerKey, config: &Config) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(key.addr), Type::STREAM, None)?;
+pub(crate) fn bind(addr: SocketAddr, config: &Config) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
-    if key.addr.is_ipv6() {
+    if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
-    set_freebind(&socket, key.addr, config.freebind)?;
+    set_freebind(&socket, addr, config.freebind)?;
     socket.set_nonblocking(true)?;
-    socket.bind(&key.addr.into())?;
+    socket.bind(&addr.into())?;
     socket.listen(i32::try_from(config.tcp_backlog).unwrap_or(i32::MAX))?;
     TcpListener::from_std(socket.into())
 }

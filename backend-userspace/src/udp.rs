@@ -20,20 +20,23 @@ use tokio::net::UdpSocket;
 use tokio::task::JoinSet;
 use tracing::debug;
 
+#[cfg(target_os = "linux")]
+mod pktinfo;
+
 use crate::balance::{current, now, ActiveGuard, Balancer, Context, RouteSlot};
-use crate::config::Config;
-use crate::plan::{ListenerKey, RouteTarget};
+use crate::config::{Config, ListenMode};
+use crate::plan::RouteTarget;
 use crate::tcp::{set_freebind, Activity};
 
-/// Binds `key.addr` (no SO_REUSEADDR: for UDP it would let two sockets share the port).
-pub(crate) fn bind(key: ListenerKey, config: &Config) -> io::Result<UdpSocket> {
-    let socket = Socket::new(Domain::for_address(key.addr), Type::DGRAM, None)?;
-    if key.addr.is_ipv6() {
+/// Binds `addr` (no SO_REUSEADDR: for UDP it would let two sockets share the port).
+pub(crate) fn bind(addr: SocketAddr, config: &Config) -> io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
+    if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
-    set_freebind(&socket, key.addr, config.freebind)?;
+    set_freebind(&socket, addr, config.freebind)?;
     socket.set_nonblocking(true)?;
-    socket.bind(&key.addr.into())?;
+    socket.bind(&addr.into())?;
     UdpSocket::from_std(socket.into())
 }
 
@@ -46,16 +49,22 @@ struct Flow {
 /// Relays datagrams until the task is aborted.
 pub(crate) async fn serve(socket: UdpSocket, slot: RouteSlot, ctx: Arc<Context>) {
     let socket = Arc::new(socket);
+    let with_pktinfo = ctx.config.mode == ListenMode::Capture && enable_pktinfo(&socket);
     let mut flows: HashMap<SocketAddr, Flow> = HashMap::new();
     let mut tasks: JoinSet<SocketAddr> = JoinSet::new();
     let mut buf = vec![0u8; ctx.config.udp_max_datagram_bytes];
     loop {
         tokio::select! {
-            received = socket.recv_from(&mut buf) => match received {
-                Ok((len, client)) => {
-                    datagram(&buf[..len], client, &socket, &slot, &ctx, &mut flows, &mut tasks).await;
+            received = recv(&socket, &mut buf, with_pktinfo) => match received {
+                Ok((len, client, local)) => {
+                    let arrival = Arrival { client, local };
+                    datagram(&buf[..len], arrival, &socket, &slot, &ctx, &mut flows, &mut tasks).await;
                 }
-                Err(error) => debug!(%error, "UDP receive failed"),
+                Err(error) => {
+                    // Back off a little so that a persistent error cannot spin the task.
+                    debug!(%error, "UDP receive failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
             },
             Some(ended) = tasks.join_next() => {
                 if let Ok(client) = ended {
@@ -68,15 +77,67 @@ pub(crate) async fn serve(socket: UdpSocket, slot: RouteSlot, ctx: Arc<Context>)
     }
 }
 
+/// Where a datagram came from and, in capture mode, the local address it arrived at.
+#[derive(Debug, Clone, Copy)]
+struct Arrival {
+    client: SocketAddr,
+    local: Option<Ipv4Addr>,
+}
+
+#[cfg(target_os = "linux")]
+fn enable_pktinfo(socket: &UdpSocket) -> bool {
+    match pktinfo::enable(socket) {
+        Ok(()) => socket.local_addr().is_ok_and(|a| a.is_ipv4()),
+        Err(error) => {
+            tracing::warn!(%error, "IP_PKTINFO unavailable; captured UDP replies may not be recognised");
+            false
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn enable_pktinfo(_: &UdpSocket) -> bool {
+    false
+}
+
+async fn recv(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+    with_pktinfo: bool,
+) -> io::Result<(usize, SocketAddr, Option<Ipv4Addr>)> {
+    #[cfg(target_os = "linux")]
+    if with_pktinfo {
+        return pktinfo::recv(socket, buf).await;
+    }
+    let _ = with_pktinfo;
+    let (len, from) = socket.recv_from(buf).await?;
+    Ok((len, from, None))
+}
+
+async fn send_to(
+    socket: &UdpSocket,
+    data: &[u8],
+    to: SocketAddr,
+    source: Option<Ipv4Addr>,
+) -> io::Result<usize> {
+    #[cfg(target_os = "linux")]
+    if let Some(source) = source {
+        return pktinfo::send_from(socket, data, to, source).await;
+    }
+    let _ = source;
+    socket.send_to(data, to).await
+}
+
 async fn datagram(
     data: &[u8],
-    client: SocketAddr,
+    arrival: Arrival,
     socket: &Arc<UdpSocket>,
     slot: &RouteSlot,
     ctx: &Arc<Context>,
     flows: &mut HashMap<SocketAddr, Flow>,
     tasks: &mut JoinSet<SocketAddr>,
 ) {
+    let client = arrival.client;
     if let Some(flow) = flows.get(&client) {
         flow.activity.touch();
         match flow.upstream.send(data).await {
@@ -135,6 +196,7 @@ async fn datagram(
         endpoint,
         Arc::clone(&upstream),
         Arc::downgrade(socket),
+        arrival.local,
         Arc::clone(&activity),
         Arc::clone(&balancer),
         Arc::clone(ctx),
@@ -168,6 +230,7 @@ async fn replies(
     endpoint: SocketAddr,
     upstream: Arc<UdpSocket>,
     listener: Weak<UdpSocket>,
+    reply_source: Option<Ipv4Addr>,
     activity: Arc<Activity>,
     balancer: Arc<Balancer>,
     ctx: Arc<Context>,
@@ -180,7 +243,7 @@ async fn replies(
                 Ok(len) => {
                     activity.touch();
                     let Some(listener) = listener.upgrade() else { return client };
-                    match listener.send_to(&buf[..len], client).await {
+                    match send_to(&listener, &buf[..len], client, reply_source).await {
                         Ok(sent) => {
                 balancer.metrics.bytes_to_client.inc_by(sent as u64);
             }

@@ -1,0 +1,134 @@
+//! Transparent capture mode, as root, in a network namespace the test makes: a VIP that is not
+//! a local address (198.18.0.10) reaches the proxy through our iptables REDIRECT chain.
+//!
+//! The test body runs on its own thread after `unshare(CLONE_NEWNET)`: the namespace (with its
+//! iptables rules and interfaces) belongs to that thread alone and disappears when it ends, so
+//! the root namespace is never touched.
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use backend_userspace::{Config, ListenMode, UserspaceDataplane};
+use common::*;
+use proxy_core::dataplane::Dataplane;
+use proxy_core::table::{Protocol, ServicePort, ServicePortName};
+
+const CHAIN: &str = "SVCPROXY-TEST";
+
+fn run(program: &str, args: &[&str]) -> std::process::Output {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn chain_rules() -> Option<String> {
+    let output = Command::new("iptables")
+        .args(["-w", "-t", "nat", "-S", CHAIN])
+        .output()
+        .expect("run iptables");
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Runs `body` on a thread inside a fresh network namespace with `lo` up, 198.18.0.1 local and
+/// 198.18.0.0/15 routed.
+fn in_new_netns(body: impl FnOnce() + Send + 'static) {
+    std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("unshare(CLONE_NEWNET) needs root: run as root with --include-ignored");
+        run("ip", &["link", "set", "lo", "up"]);
+        // 198.18.0.1 is local (the client's address); the rest of 198.18.0.0/15 is only routed
+        // (a unicast route, not a local one), so the VIP is not an address of this host.
+        run("ip", &["addr", "add", "198.18.0.1/32", "dev", "lo"]);
+        run("ip", &["route", "add", "198.18.0.0/15", "dev", "lo"]);
+        body();
+    })
+    .join()
+    .expect("test thread");
+}
+
+#[test]
+#[ignore = "needs root: CI runs --include-ignored"]
+fn capture_mode_redirects_a_non_local_vip_to_the_proxy() {
+    in_new_netns(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(capture_body());
+    });
+}
+
+async fn capture_body() {
+    let tcp_backend = Whoami::start("127.0.0.1", "b1").await;
+    let udp_backend = UdpEcho::start("127.0.0.1", "u1").await;
+    let vip = "198.18.0.10";
+    let web = service("web", vip, 80, vec![tcp_backend.endpoint()]);
+    let mut dns = ServicePort::new(
+        ServicePortName::new("test", "dns", "udp"),
+        Protocol::Udp,
+        53,
+    )
+    .with_cluster_ip(ip(vip));
+    dns.endpoints = vec![udp_backend.endpoint()];
+    let mut dp = UserspaceDataplane::new(Config {
+        mode: ListenMode::Capture,
+        capture_chain: CHAIN.to_owned(),
+        node_addresses: Vec::new(),
+        ..config()
+    })
+    .expect("config");
+    sync_ok(&mut dp, &table([web.clone(), dns])).await;
+
+    let bound = dp.bound_addrs();
+    let rules = chain_rules().expect("our chain exists");
+    for (key, addr) in &bound {
+        assert!(
+            rules.contains(&format!("--to-ports {}", addr.port())),
+            "{key} -> {addr} missing in:\n{rules}"
+        );
+    }
+    assert_eq!(
+        ask((ip(vip), 80).into())
+            .await
+            .expect("TCP through capture"),
+        "b1"
+    );
+    let client = tokio::net::UdpSocket::bind("198.18.0.1:0")
+        .await
+        .expect("udp client");
+    let reply = udp_ask(&client, (ip(vip), 53).into(), "q", Duration::from_secs(2)).await;
+    assert_eq!(
+        reply.as_deref(),
+        Some("u1:q"),
+        "UDP through capture, reply from the VIP"
+    );
+
+    // Removing the UDP port removes its rule; the TCP one stays and still works.
+    sync_ok(&mut dp, &table([web])).await;
+    let rules = chain_rules().expect("our chain exists");
+    assert!(!rules.contains("-p udp"), "{rules}");
+    assert_eq!(
+        ask((ip(vip), 80).into()).await.expect("TCP after update"),
+        "b1"
+    );
+
+    let report = dp.cleanup().await.expect("cleanup");
+    assert_eq!(report.objects_removed, 1);
+    assert_eq!(chain_rules(), None, "cleanup deletes the chain");
+    let nat =
+        String::from_utf8_lossy(&run("iptables", &["-w", "-t", "nat", "-S"]).stdout).into_owned();
+    assert!(!nat.contains(CHAIN), "jumps left behind:\n{nat}");
+}
