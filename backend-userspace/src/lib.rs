@@ -65,7 +65,7 @@ use async_trait::async_trait;
 use proxy_core::dataplane::{Capabilities, CleanupReport, SyncReport, SyncRequest};
 use proxy_core::table::{Protocol, Scheduler, ServiceTable};
 use proxy_core::{Dataplane, DataplaneError};
-use tracing::{debug, info_span, Instrument};
+use tracing::debug;
 
 pub use config::{Config, ListenMode};
 pub use error::UserspaceError;
@@ -165,32 +165,24 @@ impl Dataplane for UserspaceDataplane {
     }
 
     async fn sync(&mut self, request: SyncRequest<'_>) -> Result<SyncReport, DataplaneError> {
-        let span = info_span!(
-            "sync",
-            backend = NAME,
-            full = request.mode == proxy_core::SyncMode::Full
+        // The caller (proxy-core's sync loop) runs this inside the `sync{backend, full}` span.
+        let started = Instant::now();
+        let plan = self.plan(request.desired);
+        let outcome = self.live.apply(&plan, &self.ctx, &self.metrics).await;
+        let mut report = SyncReport::for_request(&request);
+        report.objects_written = outcome.written;
+        report.problems = plan.problems;
+        report.problems.extend(outcome.problems);
+        report.duration = started.elapsed();
+        debug!(
+            listeners = plan.desired.len(),
+            opened = plan.open.len(),
+            updated = plan.update.len(),
+            closed = plan.close.len(),
+            problems = report.problems.len(),
+            "sync complete"
         );
-        async {
-            let started = Instant::now();
-            let plan = self.plan(request.desired);
-            let outcome = self.live.apply(&plan, &self.ctx, &self.metrics).await;
-            let mut report = SyncReport::for_request(&request);
-            report.objects_written = outcome.written;
-            report.problems = plan.problems;
-            report.problems.extend(outcome.problems);
-            report.duration = started.elapsed();
-            debug!(
-                listeners = plan.desired.len(),
-                opened = plan.open.len(),
-                updated = plan.update.len(),
-                closed = plan.close.len(),
-                problems = report.problems.len(),
-                "sync complete"
-            );
-            Ok(report)
-        }
-        .instrument(span)
-        .await
+        Ok(report)
     }
 
     async fn cleanup(&mut self) -> Result<CleanupReport, DataplaneError> {

@@ -32,6 +32,7 @@ use crate::cli::{Cli, Command, RunArgs};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    raise_open_file_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -65,6 +66,22 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// The userspace backend holds up to six descriptors per proxied connection (two sockets, two
+/// splice pipes), so the usual soft limit of 1,024 would cap it near 170 connections: raise the
+/// soft limit to the hard one, as servers commonly do.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(err) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(soft, hard, error = %err, "cannot raise the open-file limit");
+            }
+        }
+        Ok(_) => {}
+        Err(err) => tracing::warn!(error = %err, "cannot read the open-file limit"),
+    }
 }
 
 /// Runs the proxy: load, then dry-run, once, or the sync loop until a signal.
