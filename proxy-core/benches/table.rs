@@ -13,6 +13,7 @@ use criterion::{BatchSize, Criterion};
 use proxy_core::diff::{apply_changes, diff, share_unchanged};
 use proxy_core::table::{ServicePort, ServiceTable, TableBuilder};
 use proxy_core::testing::generate::{deep_copy, large_table, with_endpoint_changed};
+use proxy_core::validate::validate;
 
 const SERVICE_PORTS: usize = 10_000;
 const ENDPOINTS_PER_PORT: usize = 10;
@@ -49,6 +50,9 @@ fn bench_table(c: &mut Criterion) {
             |builder| builder.build().expect("generated tables are valid"),
             BatchSize::LargeInput,
         );
+    });
+    group.bench_function("validate", |b| {
+        b.iter(|| validate(black_box(table.node()), black_box(table.ports()), &[]).expect("valid"));
     });
     group.bench_function("diff_edited_shared_arcs", |b| {
         b.iter(|| diff(black_box(&table), black_box(&edited)));
