@@ -1,0 +1,489 @@
+//! The load generator: each scenario is bounded in time (and in count where it opens
+//! connections), runs on the caller's tokio runtime, and returns what it measured.
+//!
+//! Every connection attempt has a timeout ([`OP_TIMEOUT`]), so a stuck proxy costs seconds, not
+//! a hung run. Errors are counted, and the first one is kept for the report.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::{timeout, Instant};
+
+use crate::error::BenchError;
+use crate::stats::{Samples, Summary};
+use crate::wire::{self, CHUNK};
+
+/// Longest a single connect plus request may take before it counts as an error.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// At most this many latencies are kept per scenario (the rest are counted).
+const SAMPLE_CAP: usize = 2_000_000;
+
+/// Bytes of each small request and of its response.
+pub const SMALL_MESSAGE: usize = 64;
+
+/// What a rate scenario measured: operations (connections or requests) and their latency.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RateResult {
+    /// Operations completed.
+    pub ops: u64,
+    /// Operations that failed or timed out.
+    pub errors: u64,
+    /// Operations not started because too many were in flight (fixed rate only).
+    pub skipped: u64,
+    /// Wall-clock time of the scenario, in seconds.
+    pub elapsed_s: f64,
+    /// Completed operations per second.
+    pub ops_per_s: f64,
+    /// Latency of the completed operations.
+    pub latency: Option<Summary>,
+    /// The first error, for the report.
+    pub first_error: Option<String>,
+}
+
+/// What a bulk transfer measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BulkResult {
+    /// Bytes received.
+    pub bytes: u64,
+    /// Seconds from the request to the last byte (or to the time limit).
+    pub elapsed_s: f64,
+    /// Throughput, in MB/s (10^6 bytes).
+    pub mb_per_s: f64,
+    /// Whether the whole asked size arrived before the time limit.
+    pub complete: bool,
+}
+
+/// Counts of one scenario's operations, folded into a [`RateResult`].
+#[derive(Debug, Default)]
+struct Tally {
+    ops: u64,
+    errors: u64,
+    skipped: u64,
+    first_error: Option<String>,
+    samples: Samples,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            samples: Samples::with_cap(SAMPLE_CAP),
+            ..Tally::default()
+        }
+    }
+
+    fn record(&mut self, outcome: Result<Duration, String>) {
+        match outcome {
+            Ok(latency) => {
+                self.ops += 1;
+                self.samples.record(latency);
+            }
+            Err(e) => {
+                self.errors += 1;
+                self.first_error.get_or_insert(e);
+            }
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.ops += other.ops;
+        self.errors += other.errors;
+        self.skipped += other.skipped;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+        self.samples.merge(other.samples);
+    }
+
+    fn finish(self, elapsed: Duration) -> RateResult {
+        let elapsed_s = elapsed.as_secs_f64();
+        RateResult {
+            ops: self.ops,
+            errors: self.errors,
+            skipped: self.skipped,
+            elapsed_s,
+            ops_per_s: if elapsed_s > 0.0 {
+                self.ops as f64 / elapsed_s
+            } else {
+                0.0
+            },
+            latency: self.samples.summary(),
+            first_error: self.first_error,
+        }
+    }
+}
+
+/// One connection, one small request and response, then close: the latency of it all.
+async fn connect_and_request(target: SocketAddr, buf: &mut Vec<u8>) -> Result<Duration, String> {
+    let start = Instant::now();
+    let attempt = async {
+        let mut stream = TcpStream::connect(target)
+            .await
+            .map_err(|e| BenchError::io(format!("connect {target}"), e))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| BenchError::io("TCP_NODELAY", e))?;
+        wire::round_trip(&mut stream, SMALL_MESSAGE, SMALL_MESSAGE, buf).await
+    };
+    match timeout(OP_TIMEOUT, attempt).await {
+        Ok(Ok(())) => Ok(start.elapsed()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "connect and request to {target}: timed out after {OP_TIMEOUT:?}"
+        )),
+    }
+}
+
+/// New connections per second at the highest rate `concurrency` closed-loop clients reach in
+/// `duration`: each connects, sends one request, reads the response and closes, then repeats.
+pub async fn connections_max_rate(
+    target: SocketAddr,
+    concurrency: usize,
+    duration: Duration,
+) -> RateResult {
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut workers = JoinSet::new();
+    for _ in 0..concurrency.max(1) {
+        workers.spawn(async move {
+            let mut tally = Tally {
+                samples: Samples::with_cap(SAMPLE_CAP / concurrency.max(1)),
+                ..Tally::default()
+            };
+            let mut buf = Vec::with_capacity(256);
+            while Instant::now() < deadline {
+                tally.record(connect_and_request(target, &mut buf).await);
+            }
+            tally
+        });
+    }
+    collect(workers, start).await
+}
+
+/// New connections at a fixed `rate` per second for `duration` (open loop: each starts on its
+/// schedule whether or not earlier ones finished, at most `max_in_flight` at once; the rest are
+/// counted as skipped). Latency is connect plus one request and response.
+pub async fn connections_fixed_rate(
+    target: SocketAddr,
+    rate: u32,
+    duration: Duration,
+    max_in_flight: usize,
+) -> RateResult {
+    let rate = rate.max(1);
+    let total = (f64::from(rate) * duration.as_secs_f64()).round() as u64;
+    let period = Duration::from_secs(1) / rate;
+    let in_flight = Arc::new(Semaphore::new(max_in_flight.max(1)));
+    let start = Instant::now();
+    let mut tasks = JoinSet::new();
+    let mut tally = Tally::new();
+    for i in 0..total {
+        let due = start + period * u32::try_from(i).unwrap_or(u32::MAX);
+        tokio::time::sleep_until(due).await;
+        // Reap finished connections as we go, so the set stays small.
+        while let Some(done) = tasks.try_join_next() {
+            tally.record(done.unwrap_or_else(|e| Err(format!("task failed: {e}"))));
+        }
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            tally.skipped += 1;
+            continue;
+        };
+        tasks.spawn(async move {
+            let mut buf = Vec::with_capacity(256);
+            let outcome = connect_and_request(target, &mut buf).await;
+            drop(permit);
+            outcome
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        tally.record(done.unwrap_or_else(|e| Err(format!("task failed: {e}"))));
+    }
+    tally.finish(start.elapsed())
+}
+
+/// Requests per second on `connections` keep-alive connections for `duration`: each connection
+/// sends a small request, waits for its response, and repeats.
+pub async fn keepalive_requests(
+    target: SocketAddr,
+    connections: usize,
+    duration: Duration,
+) -> RateResult {
+    let mut streams = Vec::with_capacity(connections);
+    let mut setup = Tally::new();
+    for _ in 0..connections.max(1) {
+        match timeout(OP_TIMEOUT, TcpStream::connect(target)).await {
+            Ok(Ok(stream)) => {
+                // Best effort: without it latency only grows, the figures stay valid.
+                let _ = stream.set_nodelay(true);
+                streams.push(stream);
+            }
+            Ok(Err(e)) => setup.record(Err(format!("connect {target}: {e}"))),
+            Err(_) => setup.record(Err(format!("connect {target}: timed out"))),
+        }
+    }
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut workers = JoinSet::new();
+    let per_worker_cap = SAMPLE_CAP / streams.len().max(1);
+    for mut stream in streams {
+        workers.spawn(async move {
+            let mut tally = Tally {
+                samples: Samples::with_cap(per_worker_cap),
+                ..Tally::default()
+            };
+            let mut buf = Vec::with_capacity(256);
+            while Instant::now() < deadline {
+                let begun = Instant::now();
+                let exchange =
+                    wire::round_trip(&mut stream, SMALL_MESSAGE, SMALL_MESSAGE, &mut buf);
+                match timeout(OP_TIMEOUT, exchange).await {
+                    Ok(Ok(())) => tally.record(Ok(begun.elapsed())),
+                    Ok(Err(e)) => {
+                        tally.record(Err(e.to_string()));
+                        break;
+                    }
+                    Err(_) => {
+                        tally.record(Err("keep-alive request timed out".to_owned()));
+                        break;
+                    }
+                }
+            }
+            tally
+        });
+    }
+    let mut result = collect(workers, start).await;
+    result.errors += setup.errors;
+    if result.first_error.is_none() {
+        result.first_error = setup.first_error;
+    }
+    result
+}
+
+/// Sequential requests on one connection (one in flight): the round-trip latency with no
+/// queueing, for the added-latency comparison. Stops after `count` requests or `time_limit`.
+pub async fn ping_pong(target: SocketAddr, count: u64, time_limit: Duration) -> RateResult {
+    let start = Instant::now();
+    let mut tally = Tally::new();
+    let mut stream = match timeout(OP_TIMEOUT, TcpStream::connect(target)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tally.record(Err(format!("connect {target}: {e}")));
+            return tally.finish(start.elapsed());
+        }
+        Err(_) => {
+            tally.record(Err(format!("connect {target}: timed out")));
+            return tally.finish(start.elapsed());
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let mut buf = Vec::with_capacity(256);
+    let deadline = start + time_limit;
+    for _ in 0..count {
+        if Instant::now() >= deadline {
+            break;
+        }
+        let begun = Instant::now();
+        let exchange = wire::round_trip(&mut stream, SMALL_MESSAGE, SMALL_MESSAGE, &mut buf);
+        match timeout(OP_TIMEOUT, exchange).await {
+            Ok(Ok(())) => tally.record(Ok(begun.elapsed())),
+            Ok(Err(e)) => {
+                tally.record(Err(e.to_string()));
+                break;
+            }
+            Err(_) => {
+                tally.record(Err("request timed out".to_owned()));
+                break;
+            }
+        }
+    }
+    tally.finish(start.elapsed())
+}
+
+/// One large transfer: asks for `bytes` on a fresh connection and reads until they all arrived
+/// or `time_limit` passed.
+///
+/// # Errors
+///
+/// [`BenchError::Io`] when the connection cannot be made or breaks.
+pub async fn bulk(
+    target: SocketAddr,
+    bytes: u64,
+    time_limit: Duration,
+) -> Result<BulkResult, BenchError> {
+    let mut stream = timeout(OP_TIMEOUT, TcpStream::connect(target))
+        .await
+        .map_err(|_| {
+            BenchError::io(
+                format!("connect {target}"),
+                std::io::ErrorKind::TimedOut.into(),
+            )
+        })?
+        .map_err(|e| BenchError::io(format!("connect {target}"), e))?;
+    let start = Instant::now();
+    let deadline = start + time_limit;
+    tokio::io::AsyncWriteExt::write_all(&mut stream, &wire::header(0, bytes))
+        .await
+        .map_err(|e| BenchError::io(format!("write bulk request to {target}"), e))?;
+    let mut buf = vec![0; CHUNK];
+    let mut received = 0u64;
+    while received < bytes {
+        let read = match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(read) => read.map_err(|e| BenchError::io(format!("read bulk from {target}"), e))?,
+            Err(_) => break,
+        };
+        if read == 0 {
+            break;
+        }
+        received += read as u64;
+    }
+    let elapsed_s = start.elapsed().as_secs_f64();
+    Ok(BulkResult {
+        bytes: received,
+        elapsed_s,
+        mb_per_s: received as f64 / 1e6 / elapsed_s.max(1e-9),
+        complete: received >= bytes,
+    })
+}
+
+/// Opens `count` connections and makes one request on each (so a proxy has its upstream side
+/// open too), keeping them open. Bounded: gives up after `time_limit`.
+/// Returns the open connections and the number that failed.
+pub async fn open_idle(
+    target: SocketAddr,
+    count: usize,
+    time_limit: Duration,
+) -> (Vec<TcpStream>, u64) {
+    const BATCH: usize = 100;
+    let deadline = Instant::now() + time_limit;
+    let mut open = Vec::with_capacity(count);
+    let mut failed = 0u64;
+    while open.len() + (failed as usize) < count && Instant::now() < deadline {
+        let batch = BATCH.min(count - open.len() - failed as usize);
+        let mut set = JoinSet::new();
+        for _ in 0..batch {
+            set.spawn(async move {
+                let attempt = async {
+                    let mut stream = TcpStream::connect(target)
+                        .await
+                        .map_err(|e| BenchError::io(format!("connect {target}"), e))?;
+                    let mut buf = Vec::new();
+                    wire::round_trip(&mut stream, SMALL_MESSAGE, SMALL_MESSAGE, &mut buf).await?;
+                    Ok::<_, BenchError>(stream)
+                };
+                timeout(OP_TIMEOUT, attempt).await
+            });
+        }
+        while let Some(done) = set.join_next().await {
+            match done {
+                Ok(Ok(Ok(stream))) => open.push(stream),
+                _ => failed += 1,
+            }
+        }
+    }
+    (open, failed)
+}
+
+async fn collect(mut workers: JoinSet<Tally>, start: Instant) -> RateResult {
+    let mut tally = Tally::new();
+    while let Some(done) = workers.join_next().await {
+        match done {
+            Ok(worker) => tally.merge(worker),
+            Err(e) => tally.record(Err(format!("worker failed: {e}"))),
+        }
+    }
+    tally.finish(start.elapsed())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Backends;
+
+    async fn echo() -> Backends {
+        Backends::start(&["127.0.0.1".parse().expect("literal")], 0)
+            .await
+            .expect("bind loopback backend")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn max_rate_against_a_direct_backend_makes_connections() {
+        let backends = echo().await;
+        let result = connections_max_rate(backends.addrs()[0], 4, Duration::from_millis(500)).await;
+        assert!(result.ops > 0, "no connections measured: {result:?}");
+        assert_eq!(result.errors, 0, "errors: {result:?}");
+        assert!(
+            result.elapsed_s >= 0.5 && result.elapsed_s < 5.0,
+            "{result:?}"
+        );
+        let latency = result.latency.expect("latencies recorded");
+        assert_eq!(latency.count, result.ops);
+        assert_eq!(
+            backends.accepted()[0],
+            result.ops,
+            "one backend connection per op"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fixed_rate_makes_the_scheduled_number_of_connections() {
+        let backends = echo().await;
+        let result =
+            connections_fixed_rate(backends.addrs()[0], 200, Duration::from_millis(500), 100).await;
+        assert_eq!(
+            result.ops + result.errors + result.skipped,
+            100,
+            "{result:?}"
+        );
+        assert!(result.ops >= 95, "{result:?}");
+        // 100 connections spread over 0.5 s cannot finish much sooner.
+        assert!(result.elapsed_s >= 0.49, "{result:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keepalive_reuses_its_connections() {
+        let backends = echo().await;
+        let result = keepalive_requests(backends.addrs()[0], 3, Duration::from_millis(300)).await;
+        assert!(result.ops > 3, "{result:?}");
+        assert_eq!(backends.accepted()[0], 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bulk_receives_everything_asked() {
+        let backends = echo().await;
+        let result = bulk(backends.addrs()[0], 8 << 20, Duration::from_secs(10))
+            .await
+            .expect("bulk");
+        assert!(result.complete, "{result:?}");
+        assert_eq!(result.bytes, 8 << 20);
+        assert!(result.mb_per_s > 0.0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ping_pong_stops_at_its_count_and_idle_connections_stay_open() {
+        let backends = echo().await;
+        let result = ping_pong(backends.addrs()[0], 50, Duration::from_secs(5)).await;
+        assert_eq!(result.ops, 50, "{result:?}");
+        let (open, failed) = open_idle(backends.addrs()[0], 250, Duration::from_secs(10)).await;
+        assert_eq!((open.len(), failed), (250, 0));
+        assert_eq!(backends.accepted()[0], 251);
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_counts_errors_not_connections() {
+        let addr = {
+            let backends = echo().await;
+            backends.addrs()[0]
+        };
+        // Let the aborted listener close.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let result = connections_fixed_rate(addr, 100, Duration::from_millis(100), 10).await;
+        assert_eq!(result.ops, 0, "{result:?}");
+        assert!(result.errors > 0);
+        assert!(result.first_error.is_some());
+    }
+}

@@ -1,0 +1,334 @@
+//! The userspace suite: the same backends, the same client and the same scenarios against each
+//! proxy in turn, in one run (issue #3's comparison with HAProxy).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::BenchError;
+use crate::load::{self, SMALL_MESSAGE};
+use crate::procfs::{self, Machine};
+use crate::proxy::{ProxySpec, RunningProxy};
+use crate::report::{IdleResult, Measured, ProxyResult, RunReport, Settings, SkippedProxy};
+use crate::wire::Backends;
+
+/// The backends' addresses: two loopback IPs on one port, as two endpoints of one service.
+pub const BACKEND_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3)];
+
+/// Pause between scenarios, so one's closing connections do not load the next.
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// The suite's parameters.
+#[derive(Debug, Clone)]
+pub struct SuiteConfig {
+    /// Shown in titles (`harness smoke run`...).
+    pub label: String,
+    /// A tiny run to check the pipeline.
+    pub quick: bool,
+    /// Length of each rate scenario.
+    pub duration: Duration,
+    /// Closed-loop clients for the max connection rate.
+    pub conn_concurrency: usize,
+    /// Connections per second for the fixed-rate latency.
+    pub fixed_rate: u32,
+    /// Keep-alive connections for the request rate.
+    pub keepalive_connections: usize,
+    /// Bytes of the bulk transfer.
+    pub bulk_bytes: u64,
+    /// Time limit of the bulk transfer.
+    pub bulk_limit: Duration,
+    /// Sequential requests for the added latency.
+    pub ping_pong_count: u64,
+    /// Idle connection counts for memory.
+    pub idle_counts: Vec<usize>,
+    /// The backends' port; 0 picks a free one.
+    pub backend_port: u16,
+}
+
+impl SuiteConfig {
+    /// The full suite: about 25 s per proxy.
+    pub fn full() -> SuiteConfig {
+        SuiteConfig {
+            label: "userspace vs haproxy".to_owned(),
+            quick: false,
+            duration: Duration::from_secs(5),
+            conn_concurrency: 32,
+            fixed_rate: 1_000,
+            keepalive_connections: 32,
+            bulk_bytes: 1 << 30,
+            bulk_limit: Duration::from_secs(10),
+            ping_pong_count: 5_000,
+            idle_counts: vec![1_000, 5_000],
+            backend_port: 0,
+        }
+    }
+
+    /// A smoke run: a few seconds per proxy.
+    pub fn quick() -> SuiteConfig {
+        SuiteConfig {
+            label: "quick smoke run".to_owned(),
+            quick: true,
+            duration: Duration::from_millis(500),
+            conn_concurrency: 8,
+            fixed_rate: 1_000,
+            keepalive_connections: 8,
+            bulk_bytes: 64 << 20,
+            bulk_limit: Duration::from_secs(2),
+            ping_pong_count: 500,
+            idle_counts: vec![200],
+            backend_port: 0,
+        }
+    }
+}
+
+/// Runs every scenario against each proxy in `specs` and returns the report. A proxy that
+/// fails to start is reported as skipped, with its error; the others still run.
+///
+/// # Errors
+///
+/// [`BenchError::Io`] when the backends or the work directory cannot be set up.
+pub async fn run_userspace(
+    specs: &[ProxySpec],
+    mut skipped: Vec<SkippedProxy>,
+    config: &SuiteConfig,
+) -> Result<RunReport, BenchError> {
+    let date = procfs::utc_now_rfc3339();
+    let ips: Vec<IpAddr> = BACKEND_IPS.iter().copied().map(IpAddr::V4).collect();
+    let backends = Backends::start(&ips, config.backend_port).await?;
+    let backend_addrs = backends.addrs().to_vec();
+    let workdir = WorkDir::create()?;
+    tracing::info!(backends = ?backend_addrs, workdir = %workdir.0.display(), "backends ready");
+
+    let mut proxies = Vec::new();
+    for spec in specs {
+        let start_spec = spec.clone();
+        let addrs = backend_addrs.clone();
+        let dir = workdir.0.clone();
+        let started = tokio::task::spawn_blocking(move || start_spec.start(&addrs, &dir))
+            .await
+            .map_err(|e| BenchError::io("start proxy", std::io::Error::other(e)))?;
+        let mut proxy = match started {
+            Ok(proxy) => proxy,
+            Err(e) => {
+                tracing::warn!(proxy = spec.name(), error = %e, "proxy skipped");
+                skipped.push(SkippedProxy {
+                    name: spec.name().to_owned(),
+                    reason: e.to_string(),
+                });
+                continue;
+            }
+        };
+        tracing::info!(proxy = proxy.name(), listen = %proxy.listen(), "measuring");
+        proxies.push(measure_proxy(&mut proxy, config).await);
+        drop(proxy);
+        tokio::time::sleep(SETTLE).await;
+    }
+    tracing::info!(accepted = ?backends.accepted(), "backend connections accepted");
+
+    Ok(RunReport {
+        suite: "userspace".to_owned(),
+        label: config.label.clone(),
+        date,
+        machine: Machine::current(),
+        git_commit: git_commit(),
+        settings: Settings {
+            quick: config.quick,
+            duration_s: config.duration.as_secs_f64(),
+            conn_concurrency: config.conn_concurrency,
+            fixed_rate: config.fixed_rate,
+            keepalive_connections: config.keepalive_connections,
+            bulk_bytes: config.bulk_bytes,
+            bulk_limit_s: config.bulk_limit.as_secs_f64(),
+            ping_pong_count: config.ping_pong_count,
+            idle_counts: config.idle_counts.clone(),
+            message_bytes: SMALL_MESSAGE,
+            backends: backend_addrs.iter().map(ToString::to_string).collect(),
+        },
+        proxies,
+        skipped,
+    })
+}
+
+/// Every scenario against one proxy, each with the CPU it cost.
+async fn measure_proxy(proxy: &mut RunningProxy, config: &SuiteConfig) -> ProxyResult {
+    let target = proxy.listen();
+    let pid = proxy.pid();
+    let mut result = ProxyResult {
+        name: proxy.name().to_owned(),
+        version: proxy.version().to_owned(),
+        listen: target.to_string(),
+        config: proxy.config().to_owned(),
+        conn_max: None,
+        conn_fixed: None,
+        keepalive: None,
+        bulk: None,
+        ping_pong: None,
+        idle: Vec::new(),
+        errors: Vec::new(),
+    };
+
+    tracing::info!(proxy = %result.name, "ping-pong latency");
+    result.ping_pong = Some(
+        with_cpu(
+            pid,
+            load::ping_pong(
+                target,
+                config.ping_pong_count,
+                config.duration.max(Duration::from_secs(1)),
+            ),
+        )
+        .await,
+    );
+    tokio::time::sleep(SETTLE).await;
+
+    tracing::info!(proxy = %result.name, rate = config.fixed_rate, "fixed-rate connections");
+    result.conn_fixed = Some(
+        with_cpu(
+            pid,
+            load::connections_fixed_rate(target, config.fixed_rate, config.duration, 4_096),
+        )
+        .await,
+    );
+    tokio::time::sleep(SETTLE).await;
+
+    tracing::info!(proxy = %result.name, "max-rate connections");
+    result.conn_max = Some(
+        with_cpu(
+            pid,
+            load::connections_max_rate(target, config.conn_concurrency, config.duration),
+        )
+        .await,
+    );
+    tokio::time::sleep(SETTLE).await;
+
+    tracing::info!(proxy = %result.name, "keep-alive requests");
+    result.keepalive = Some(
+        with_cpu(
+            pid,
+            load::keepalive_requests(target, config.keepalive_connections, config.duration),
+        )
+        .await,
+    );
+    tokio::time::sleep(SETTLE).await;
+
+    tracing::info!(proxy = %result.name, bytes = config.bulk_bytes, "bulk transfer");
+    let bulk = with_cpu(
+        pid,
+        load::bulk(target, config.bulk_bytes, config.bulk_limit),
+    )
+    .await;
+    match bulk.result {
+        Ok(transfer) => {
+            result.bulk = Some(Measured {
+                result: transfer,
+                proxy_cpu_s: bulk.proxy_cpu_s,
+                harness_cpu_s: bulk.harness_cpu_s,
+            });
+        }
+        Err(e) => result.errors.push(format!("bulk: {e}")),
+    }
+    tokio::time::sleep(SETTLE).await;
+
+    if let Some(pid) = pid {
+        for &count in &config.idle_counts {
+            tracing::info!(proxy = %result.name, count, "idle connections");
+            match measure_idle(target, pid, count).await {
+                Ok(idle) => result.idle.push(idle),
+                Err(e) => result.errors.push(format!("idle {count}: {e}")),
+            }
+            tokio::time::sleep(SETTLE).await;
+        }
+    }
+    if !proxy.is_alive() {
+        result
+            .errors
+            .push("the proxy process exited during the run".to_owned());
+    }
+    result
+}
+
+/// Runs `scenario`, reading the proxy's and our own CPU time around it.
+async fn with_cpu<T>(
+    pid: Option<u32>,
+    scenario: impl std::future::Future<Output = T>,
+) -> Measured<T> {
+    let own = std::process::id();
+    let proxy_before = pid.and_then(|pid| procfs::cpu_time(pid).ok());
+    let own_before = procfs::cpu_time(own).ok();
+    let result = scenario.await;
+    let delta = |pid: u32, before: Option<Duration>| {
+        let after = procfs::cpu_time(pid).ok()?;
+        Some(after.saturating_sub(before?).as_secs_f64())
+    };
+    Measured {
+        result,
+        proxy_cpu_s: pid.and_then(|pid| delta(pid, proxy_before)),
+        harness_cpu_s: delta(own, own_before),
+    }
+}
+
+/// The proxy's memory before and with `count` idle connections open through it.
+async fn measure_idle(
+    target: std::net::SocketAddr,
+    pid: u32,
+    count: usize,
+) -> Result<IdleResult, BenchError> {
+    let before = procfs::rss_kib(pid)?;
+    let (open, _failed) = load::open_idle(target, count, Duration::from_secs(20)).await;
+    // Let the proxy finish its side of the last connections.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = procfs::rss_kib(pid)?;
+    let opened = open.len();
+    drop(open);
+    Ok(IdleResult {
+        connections: count,
+        opened,
+        rss_before_kib: before,
+        rss_after_kib: after,
+        kib_per_1000: if opened > 0 {
+            after.saturating_sub(before) as f64 / opened as f64 * 1_000.0
+        } else {
+            0.0
+        },
+    })
+}
+
+/// `git rev-parse --short HEAD`, with `-dirty` when the tree has changes; `unknown` without git.
+fn git_commit() -> String {
+    let run = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    match run(&["rev-parse", "--short", "HEAD"]) {
+        Some(commit) => match run(&["status", "--porcelain", "--untracked-files=no"]) {
+            Some(status) if !status.is_empty() => format!("{commit}-dirty"),
+            _ => commit,
+        },
+        None => "unknown".to_owned(),
+    }
+}
+
+/// A scratch directory for generated configurations and proxy logs, removed on drop.
+#[derive(Debug)]
+struct WorkDir(PathBuf);
+
+impl WorkDir {
+    fn create() -> Result<WorkDir, BenchError> {
+        let path = std::env::temp_dir().join(format!("bench-{}", std::process::id()));
+        std::fs::create_dir_all(&path)
+            .map_err(|e| BenchError::io(format!("create {}", path.display()), e))?;
+        Ok(WorkDir(path))
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            tracing::debug!(path = %self.0.display(), error = %e, "remove work directory");
+        }
+    }
+}
