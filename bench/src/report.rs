@@ -334,14 +334,14 @@ pub const METRICS: &[Metric] = &[
         value: |run, p| added(run, p, |p| rate(&p.conn_fixed)?.latency.map(|l| l.p99_us)),
     },
     Metric {
-        title: "memory per 1,000 idle connections (first count)",
+        title: "memory per 1,000 idle connections ({idle0} open)",
         unit: "KiB",
         better: Better::Lower,
         charted: true,
         value: |_, p| idle_at(p, 0),
     },
     Metric {
-        title: "memory per 1,000 idle connections (second count)",
+        title: "memory per 1,000 idle connections ({idle1} open)",
         unit: "KiB",
         better: Better::Lower,
         charted: false,
@@ -381,6 +381,21 @@ pub const METRICS: &[Metric] = &[
         value: |_, p| cpu_per(&p.bulk, p.bulk.as_ref().map(|b| b.result.bytes as f64), 1e9),
     },
 ];
+
+impl Metric {
+    /// The title with the run's idle connection counts filled in.
+    pub fn title_for(&self, run: &RunReport) -> String {
+        let count = |i: usize| {
+            run.settings
+                .idle_counts
+                .get(i)
+                .map_or_else(|| "-".to_owned(), ToString::to_string)
+        };
+        self.title
+            .replace("{idle0}", &count(0))
+            .replace("{idle1}", &count(1))
+    }
+}
 
 /// Formats a figure with about three significant digits.
 pub fn format_value(value: f64) -> String {
@@ -468,7 +483,12 @@ pub fn render_markdown(run: &RunReport, chart: Option<&str>) -> String {
             Better::Higher => "higher",
             Better::Lower => "lower",
         };
-        let _ = write!(md, "| {} ({}) | {arrow} |", metric.title, metric.unit);
+        let _ = write!(
+            md,
+            "| {} ({}) | {arrow} |",
+            metric.title_for(run),
+            metric.unit
+        );
         for p in &run.proxies {
             let cell = (metric.value)(run, p).map_or_else(|| "n/a".to_owned(), format_value);
             let _ = write!(md, " {cell} |");
@@ -634,6 +654,17 @@ pub(crate) mod tests {
         let cells = row(&md, "bulk throughput");
         assert_eq!(&cells[2..], ["n/a"; 5]);
         assert!(md.contains("![userspace benchmark chart](chart.svg)"));
+    }
+
+    #[test]
+    fn idle_titles_name_the_counts() {
+        let md = render_markdown(&run(), None);
+        let cells = row(&md, "memory per 1,000 idle connections (1000 open)");
+        assert_eq!(cells[3], "2000");
+        assert!(
+            md.contains("| memory per 1,000 idle connections (- open) (KiB) |"),
+            "{md}"
+        );
     }
 
     #[test]

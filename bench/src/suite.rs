@@ -99,7 +99,9 @@ pub async fn run_userspace(
     let workdir = WorkDir::create()?;
     tracing::info!(backends = ?backend_addrs, workdir = %workdir.0.display(), "backends ready");
 
-    let mut proxies = Vec::new();
+    // All proxies run side by side, and each scenario runs against each proxy in turn: load
+    // from other work on the machine then hits every proxy alike, within seconds.
+    let mut running = Vec::new();
     for spec in specs {
         let start_spec = spec.clone();
         let addrs = backend_addrs.clone();
@@ -107,21 +109,34 @@ pub async fn run_userspace(
         let started = tokio::task::spawn_blocking(move || start_spec.start(&addrs, &dir))
             .await
             .map_err(|e| BenchError::io("start proxy", std::io::Error::other(e)))?;
-        let mut proxy = match started {
-            Ok(proxy) => proxy,
+        match started {
+            Ok(proxy) => {
+                let result = empty_result(&proxy);
+                running.push((proxy, result));
+            }
             Err(e) => {
                 tracing::warn!(proxy = spec.name(), error = %e, "proxy skipped");
                 skipped.push(SkippedProxy {
                     name: spec.name().to_owned(),
                     reason: e.to_string(),
                 });
-                continue;
             }
-        };
-        tracing::info!(proxy = proxy.name(), listen = %proxy.listen(), "measuring");
-        proxies.push(measure_proxy(&mut proxy, config).await);
-        drop(proxy);
-        tokio::time::sleep(SETTLE).await;
+        }
+    }
+    for step in Step::ALL {
+        for (proxy, result) in &mut running {
+            run_step(step, proxy, result, config).await;
+            tokio::time::sleep(SETTLE).await;
+        }
+    }
+    let mut proxies = Vec::new();
+    for (mut proxy, mut result) in running {
+        if !proxy.is_alive() {
+            result
+                .errors
+                .push("the proxy process exited during the run".to_owned());
+        }
+        proxies.push(result);
     }
     tracing::info!(accepted = ?backends.accepted(), "backend connections accepted");
 
@@ -149,14 +164,33 @@ pub async fn run_userspace(
     })
 }
 
-/// Every scenario against one proxy, each with the CPU it cost.
-async fn measure_proxy(proxy: &mut RunningProxy, config: &SuiteConfig) -> ProxyResult {
-    let target = proxy.listen();
-    let pid = proxy.pid();
-    let mut result = ProxyResult {
+/// The scenarios, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    PingPong,
+    ConnFixed,
+    ConnMax,
+    Keepalive,
+    Bulk,
+    Idle,
+}
+
+impl Step {
+    const ALL: [Step; 6] = [
+        Step::PingPong,
+        Step::ConnFixed,
+        Step::ConnMax,
+        Step::Keepalive,
+        Step::Bulk,
+        Step::Idle,
+    ];
+}
+
+fn empty_result(proxy: &RunningProxy) -> ProxyResult {
+    ProxyResult {
         name: proxy.name().to_owned(),
         version: proxy.version().to_owned(),
-        listen: target.to_string(),
+        listen: proxy.listen().to_string(),
         config: proxy.config().to_owned(),
         conn_max: None,
         conn_fixed: None,
@@ -165,86 +199,75 @@ async fn measure_proxy(proxy: &mut RunningProxy, config: &SuiteConfig) -> ProxyR
         ping_pong: None,
         idle: Vec::new(),
         errors: Vec::new(),
-    };
-
-    tracing::info!(proxy = %result.name, "ping-pong latency");
-    result.ping_pong = Some(
-        with_cpu(
-            pid,
-            load::ping_pong(
-                target,
-                config.ping_pong_count,
-                config.duration.max(Duration::from_secs(1)),
-            ),
-        )
-        .await,
-    );
-    tokio::time::sleep(SETTLE).await;
-
-    tracing::info!(proxy = %result.name, rate = config.fixed_rate, "fixed-rate connections");
-    result.conn_fixed = Some(
-        with_cpu(
-            pid,
-            load::connections_fixed_rate(target, config.fixed_rate, config.duration, 4_096),
-        )
-        .await,
-    );
-    tokio::time::sleep(SETTLE).await;
-
-    tracing::info!(proxy = %result.name, "max-rate connections");
-    result.conn_max = Some(
-        with_cpu(
-            pid,
-            load::connections_max_rate(target, config.conn_concurrency, config.duration),
-        )
-        .await,
-    );
-    tokio::time::sleep(SETTLE).await;
-
-    tracing::info!(proxy = %result.name, "keep-alive requests");
-    result.keepalive = Some(
-        with_cpu(
-            pid,
-            load::keepalive_requests(target, config.keepalive_connections, config.duration),
-        )
-        .await,
-    );
-    tokio::time::sleep(SETTLE).await;
-
-    tracing::info!(proxy = %result.name, bytes = config.bulk_bytes, "bulk transfer");
-    let bulk = with_cpu(
-        pid,
-        load::bulk(target, config.bulk_bytes, config.bulk_limit),
-    )
-    .await;
-    match bulk.result {
-        Ok(transfer) => {
-            result.bulk = Some(Measured {
-                result: transfer,
-                proxy_cpu_s: bulk.proxy_cpu_s,
-                harness_cpu_s: bulk.harness_cpu_s,
-            });
-        }
-        Err(e) => result.errors.push(format!("bulk: {e}")),
     }
-    tokio::time::sleep(SETTLE).await;
+}
 
-    if let Some(pid) = pid {
-        for &count in &config.idle_counts {
-            tracing::info!(proxy = %result.name, count, "idle connections");
-            match measure_idle(target, pid, count).await {
-                Ok(idle) => result.idle.push(idle),
-                Err(e) => result.errors.push(format!("idle {count}: {e}")),
-            }
-            tokio::time::sleep(SETTLE).await;
-        }
-    }
+/// One scenario against one proxy, with the CPU it cost.
+async fn run_step(
+    step: Step,
+    proxy: &mut RunningProxy,
+    result: &mut ProxyResult,
+    config: &SuiteConfig,
+) {
+    let target = proxy.listen();
+    let pid = proxy.pid();
     if !proxy.is_alive() {
         result
             .errors
-            .push("the proxy process exited during the run".to_owned());
+            .push(format!("{step:?}: not run, the proxy process has exited"));
+        return;
     }
-    result
+    tracing::info!(proxy = %result.name, ?step, "measuring");
+    match step {
+        Step::PingPong => {
+            let limit = config.duration.max(Duration::from_secs(1));
+            result.ping_pong =
+                Some(with_cpu(pid, load::ping_pong(target, config.ping_pong_count, limit)).await);
+        }
+        Step::ConnFixed => {
+            let scenario =
+                load::connections_fixed_rate(target, config.fixed_rate, config.duration, 4_096);
+            result.conn_fixed = Some(with_cpu(pid, scenario).await);
+        }
+        Step::ConnMax => {
+            let scenario =
+                load::connections_max_rate(target, config.conn_concurrency, config.duration);
+            result.conn_max = Some(with_cpu(pid, scenario).await);
+        }
+        Step::Keepalive => {
+            let scenario =
+                load::keepalive_requests(target, config.keepalive_connections, config.duration);
+            result.keepalive = Some(with_cpu(pid, scenario).await);
+        }
+        Step::Bulk => {
+            let bulk = with_cpu(
+                pid,
+                load::bulk(target, config.bulk_bytes, config.bulk_limit),
+            )
+            .await;
+            match bulk.result {
+                Ok(transfer) => {
+                    result.bulk = Some(Measured {
+                        result: transfer,
+                        proxy_cpu_s: bulk.proxy_cpu_s,
+                        harness_cpu_s: bulk.harness_cpu_s,
+                    });
+                }
+                Err(e) => result.errors.push(format!("bulk: {e}")),
+            }
+        }
+        Step::Idle => {
+            // Memory needs a process to read; `direct` has none.
+            let Some(pid) = pid else { return };
+            for &count in &config.idle_counts {
+                match measure_idle(target, pid, count).await {
+                    Ok(idle) => result.idle.push(idle),
+                    Err(e) => result.errors.push(format!("idle {count}: {e}")),
+                }
+                tokio::time::sleep(SETTLE).await;
+            }
+        }
+    }
 }
 
 /// Runs `scenario`, reading the proxy's and our own CPU time around it.

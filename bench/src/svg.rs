@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::report::{format_value, Better, RunReport, METRICS};
+use crate::report::{format_value, ratio, Better, RunReport, METRICS, REFERENCE};
 
 const PANEL_WIDTH: f64 = 330.0;
 const PANEL_HEIGHT: f64 = 230.0;
@@ -57,23 +57,40 @@ pub fn render_chart(run: &RunReport) -> String {
     for (index, metric) in metrics.iter().enumerate() {
         let x0 = PANEL_WIDTH * (index % COLUMNS) as f64;
         let y0 = HEADER + PANEL_HEIGHT * (index / COLUMNS) as f64;
-        let bars: Vec<(&str, Option<f64>)> = run
+        let reference = run
             .proxies
             .iter()
-            .map(|p| (p.name.as_str(), (metric.value)(run, p)))
+            .find(|p| p.name == REFERENCE)
+            .and_then(|p| (metric.value)(run, p));
+        let bars: Vec<Bar<'_>> = run
+            .proxies
+            .iter()
+            .map(|p| {
+                let value = (metric.value)(run, p);
+                Bar {
+                    name: &p.name,
+                    value,
+                    ratio: if p.name == REFERENCE {
+                        None
+                    } else {
+                        ratio(value, reference)
+                    },
+                }
+            })
             .collect();
-        panel(
-            &mut svg,
-            x0,
-            y0,
-            metric.title,
-            metric.unit,
-            metric.better,
-            &bars,
-        );
+        let title = metric.title_for(run);
+        panel(&mut svg, x0, y0, &title, metric.unit, metric.better, &bars);
     }
     svg.push_str("</svg>\n");
     svg
+}
+
+/// One bar: a proxy's figure and its ratio to the reference proxy's.
+#[derive(Debug)]
+struct Bar<'a> {
+    name: &'a str,
+    value: Option<f64>,
+    ratio: Option<f64>,
 }
 
 fn panel(
@@ -83,7 +100,7 @@ fn panel(
     title: &str,
     unit: &str,
     better: Better,
-    bars: &[(&str, Option<f64>)],
+    bars: &[Bar<'_>],
 ) {
     let better = match better {
         Better::Higher => "higher is better",
@@ -113,17 +130,18 @@ fn panel(
     );
     let max = bars
         .iter()
-        .filter_map(|(_, v)| *v)
+        .filter_map(|bar| bar.value)
         .fold(0.0_f64, |max, v| max.max(v.abs()));
     let plot_height = PANEL_HEIGHT - PLOT_TOP - PLOT_BOTTOM - 16.0;
     let baseline = y0 + PANEL_HEIGHT - PLOT_BOTTOM;
     let slot = (PANEL_WIDTH - 24.0) / bars.len().max(1) as f64;
     let bar_width = (slot * 0.6).min(60.0);
-    for (i, (name, value)) in bars.iter().enumerate() {
+    for (i, bar) in bars.iter().enumerate() {
+        let (name, value) = (bar.name, bar.value);
         let centre = x0 + 12.0 + slot * (i as f64 + 0.5);
         let (bar_height, label) = match value {
-            Some(v) if max > 0.0 => (v.abs() / max * plot_height, format_value(*v)),
-            Some(v) => (0.0, format_value(*v)),
+            Some(v) if max > 0.0 => (v.abs() / max * plot_height, format_value(v)),
+            Some(v) => (0.0, format_value(v)),
             None => (0.0, "n/a".to_owned()),
         };
         let _ = writeln!(
@@ -133,6 +151,10 @@ fn panel(
             baseline - bar_height,
             colour(name)
         );
+        let label = match bar.ratio {
+            Some(r) => format!("{label} ({r:.2}x {REFERENCE})"),
+            None => label,
+        };
         let _ = writeln!(
             svg,
             r#"<text x="{centre:.1}" y="{:.1}" text-anchor="middle" font-size="11">{}</text>"#,
@@ -167,16 +189,14 @@ mod tests {
         assert!(svg.trim_end().ends_with("</svg>"));
         let panels = METRICS.iter().filter(|m| m.charted).count();
         for metric in METRICS.iter().filter(|m| m.charted) {
-            assert!(
-                svg.contains(&escape(metric.title)),
-                "no panel {}",
-                metric.title
-            );
+            let title = metric.title_for(&run);
+            assert!(svg.contains(&escape(&title)), "no panel {title}");
         }
         let bars = svg.matches(r##"fill="#1f77b4""##).count();
         assert_eq!(bars, panels, "one haproxy bar per panel");
         // The largest connection rate (direct, 4000) fills the plot height.
-        assert!(svg.contains(">4000</text>"));
+        assert!(svg.contains(">4000 (4.00x haproxy)</text>"), "{svg}");
+        assert!(svg.contains(">1000</text>"));
     }
 
     #[test]
