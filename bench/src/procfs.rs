@@ -74,6 +74,16 @@ fn clock_ticks_per_second() -> u64 {
     })
 }
 
+/// This process's soft limit on open files (`Max open files` of `/proc/self/limits`); children
+/// such as the proxies inherit it. `None` when unreadable or unlimited.
+pub fn open_file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
 /// The machine a run was made on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Machine {
@@ -165,6 +175,11 @@ mod tests {
         let pid = std::process::id();
         assert!(rss_kib(pid).expect("own status") > 0);
         assert!(cpu_time(pid).is_ok());
+    }
+
+    #[test]
+    fn open_file_limit_is_read() {
+        assert!(open_file_limit().is_some_and(|limit| limit > 0));
     }
 
     #[test]

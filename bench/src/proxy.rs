@@ -225,19 +225,7 @@ pub fn render_svcproxy_table(listen: SocketAddr, backends: &[SocketAddr]) -> Str
 /// The most connections HAProxy can take under our open-file limit (which it inherits): two
 /// descriptors per proxied connection, less a reserve, at most 50,000.
 pub fn haproxy_maxconn() -> u64 {
-    let limit = std::fs::read_to_string("/proc/self/limits")
-        .ok()
-        .and_then(|limits| {
-            limits
-                .lines()
-                .find(|line| line.starts_with("Max open files"))
-                .and_then(|line| {
-                    line.split_whitespace()
-                        .nth(3)
-                        .and_then(|soft| soft.parse::<u64>().ok())
-                })
-        })
-        .unwrap_or(1024);
+    let limit = crate::procfs::open_file_limit().unwrap_or(1024);
     (limit.saturating_sub(200) / 2).clamp(100, 50_000)
 }
 

@@ -97,6 +97,17 @@ pub async fn run_userspace(
     let backends = Backends::start(&ips, config.backend_port).await?;
     let backend_addrs = backends.addrs().to_vec();
     let workdir = WorkDir::create()?;
+    // The harness holds both ends of each idle connection (client and backend).
+    let most_idle = config.idle_counts.iter().copied().max().unwrap_or(0) as u64;
+    if let Some(limit) = procfs::open_file_limit() {
+        if 2 * most_idle + 500 > limit {
+            tracing::warn!(
+                limit,
+                most_idle,
+                "open file limit too low for the idle scenario; raise it with ulimit -n"
+            );
+        }
+    }
     tracing::info!(backends = ?backend_addrs, workdir = %workdir.0.display(), "backends ready");
 
     // All proxies run side by side, and each scenario runs against each proxy in turn: load
