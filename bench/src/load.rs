@@ -265,43 +265,78 @@ pub async fn keepalive_requests(
 }
 
 /// Sequential requests on one connection (one in flight): the round-trip latency with no
-/// queueing, for the added-latency comparison. Stops after `count` requests or `time_limit`.
+/// queueing. Stops after `count` requests or `time_limit`.
 pub async fn ping_pong(target: SocketAddr, count: u64, time_limit: Duration) -> RateResult {
-    let start = Instant::now();
-    let mut tally = Tally::new();
-    let mut stream = match timeout(OP_TIMEOUT, TcpStream::connect(target)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
-            tally.record(Err(format!("connect {target}: {e}")));
-            return tally.finish(start.elapsed());
-        }
-        Err(_) => {
-            tally.record(Err(format!("connect {target}: timed out")));
-            return tally.finish(start.elapsed());
-        }
-    };
-    let _ = stream.set_nodelay(true);
-    let mut buf = Vec::with_capacity(256);
-    let deadline = start + time_limit;
-    for _ in 0..count {
-        if Instant::now() >= deadline {
-            break;
-        }
-        let begun = Instant::now();
-        let exchange = wire::round_trip(&mut stream, SMALL_MESSAGE, SMALL_MESSAGE, &mut buf);
-        match timeout(OP_TIMEOUT, exchange).await {
-            Ok(Ok(())) => tally.record(Ok(begun.elapsed())),
+    let mut results = ping_pong_interleaved(&[target], count, 1, time_limit).await;
+    results
+        .pop()
+        .unwrap_or_else(|| Tally::new().finish(Duration::ZERO))
+}
+
+/// [`ping_pong`] against several targets in alternation, for the added-latency comparison:
+/// one connection each, then `rounds` rounds of `count / rounds` requests to each target in
+/// turn, so a burst of outside load lands on all of them alike. Stops after `time_limit` in all.
+/// Returns one result per target, in order.
+pub async fn ping_pong_interleaved(
+    targets: &[SocketAddr],
+    count: u64,
+    rounds: u64,
+    time_limit: Duration,
+) -> Vec<RateResult> {
+    let deadline = Instant::now() + time_limit;
+    let rounds = rounds.clamp(1, count.max(1));
+    let per_round = count.div_ceil(rounds);
+    let mut lanes = Vec::with_capacity(targets.len());
+    for &target in targets {
+        let mut tally = Tally::new();
+        let stream = match timeout(OP_TIMEOUT, TcpStream::connect(target)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                Some(stream)
+            }
             Ok(Err(e)) => {
-                tally.record(Err(e.to_string()));
-                break;
+                tally.record(Err(format!("connect {target}: {e}")));
+                None
             }
             Err(_) => {
-                tally.record(Err("request timed out".to_owned()));
-                break;
+                tally.record(Err(format!("connect {target}: timed out")));
+                None
             }
+        };
+        lanes.push((stream, tally, Duration::ZERO));
+    }
+    let mut buf = Vec::with_capacity(256);
+    for _ in 0..rounds {
+        for (stream_slot, tally, busy) in &mut lanes {
+            let Some(stream) = stream_slot else { continue };
+            let lane_start = Instant::now();
+            for _ in 0..per_round {
+                if Instant::now() >= deadline || tally.ops >= count {
+                    break;
+                }
+                let begun = Instant::now();
+                let exchange = wire::round_trip(stream, SMALL_MESSAGE, SMALL_MESSAGE, &mut buf);
+                let failure = match timeout(OP_TIMEOUT, exchange).await {
+                    Ok(Ok(())) => {
+                        tally.record(Ok(begun.elapsed()));
+                        None
+                    }
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(_) => Some("request timed out".to_owned()),
+                };
+                if let Some(e) = failure {
+                    tally.record(Err(e));
+                    *stream_slot = None;
+                    break;
+                }
+            }
+            *busy += lane_start.elapsed();
         }
     }
-    tally.finish(start.elapsed())
+    lanes
+        .into_iter()
+        .map(|(_, tally, busy)| tally.finish(busy))
+        .collect()
 }
 
 /// One large transfer: asks for `bytes` on a fresh connection and reads until they all arrived
@@ -471,6 +506,17 @@ mod tests {
         let (open, failed) = open_idle(backends.addrs()[0], 250, Duration::from_secs(10)).await;
         assert_eq!((open.len(), failed), (250, 0));
         assert_eq!(backends.accepted()[0], 251);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn interleaved_ping_pong_measures_each_target() {
+        let first = echo().await;
+        let second = echo().await;
+        let targets = [first.addrs()[0], second.addrs()[0]];
+        let results = ping_pong_interleaved(&targets, 100, 10, Duration::from_secs(5)).await;
+        let ops: Vec<u64> = results.iter().map(|r| r.ops).collect();
+        assert_eq!(ops, [100, 100], "{results:?}");
+        assert_eq!((first.accepted(), second.accepted()), (vec![1], vec![1]));
     }
 
     #[tokio::test]

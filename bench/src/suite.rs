@@ -134,6 +134,7 @@ pub async fn run_userspace(
             }
         }
     }
+    interleaved_ping_pong(&mut running, config).await;
     for step in Step::ALL {
         for (proxy, result) in &mut running {
             run_step(step, proxy, result, config).await;
@@ -178,7 +179,6 @@ pub async fn run_userspace(
 /// The scenarios, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
-    PingPong,
     ConnFixed,
     ConnMax,
     Keepalive,
@@ -187,14 +187,48 @@ enum Step {
 }
 
 impl Step {
-    const ALL: [Step; 6] = [
-        Step::PingPong,
+    const ALL: [Step; 5] = [
         Step::ConnFixed,
         Step::ConnMax,
         Step::Keepalive,
         Step::Bulk,
         Step::Idle,
     ];
+}
+
+/// The one-in-flight latency of every proxy, measured in alternation (so that the "added
+/// latency over direct" compares figures taken under the same outside load).
+async fn interleaved_ping_pong(running: &mut [(RunningProxy, ProxyResult)], config: &SuiteConfig) {
+    const ROUNDS: u64 = 10;
+    tracing::info!(proxies = running.len(), "interleaved ping-pong latency");
+    let targets: Vec<_> = running.iter().map(|(proxy, _)| proxy.listen()).collect();
+    let pids: Vec<_> = running.iter().map(|(proxy, _)| proxy.pid()).collect();
+    let own = std::process::id();
+    let cpu = |pid: Option<u32>| pid.and_then(|pid| procfs::cpu_time(pid).ok());
+    let before: Vec<_> = pids.iter().map(|&pid| cpu(pid)).collect();
+    let own_before = cpu(Some(own));
+    // Every proxy is idle while another is measured, so each one's CPU over the whole
+    // interleaved scenario is its own share.
+    let limit = config.duration.max(Duration::from_secs(1)) * targets.len().max(1) as u32;
+    let results =
+        load::ping_pong_interleaved(&targets, config.ping_pong_count, ROUNDS, limit).await;
+    let harness_cpu_s = cpu(Some(own))
+        .zip(own_before)
+        .map(|(after, before)| after.saturating_sub(before).as_secs_f64());
+    for (((_, result), rate), (pid, before)) in running
+        .iter_mut()
+        .zip(results)
+        .zip(pids.into_iter().zip(before))
+    {
+        result.ping_pong = Some(Measured {
+            result: rate,
+            proxy_cpu_s: cpu(pid)
+                .zip(before)
+                .map(|(after, before)| after.saturating_sub(before).as_secs_f64()),
+            harness_cpu_s,
+        });
+    }
+    tokio::time::sleep(SETTLE).await;
 }
 
 fn empty_result(proxy: &RunningProxy) -> ProxyResult {
@@ -230,11 +264,6 @@ async fn run_step(
     }
     tracing::info!(proxy = %result.name, ?step, "measuring");
     match step {
-        Step::PingPong => {
-            let limit = config.duration.max(Duration::from_secs(1));
-            result.ping_pong =
-                Some(with_cpu(pid, load::ping_pong(target, config.ping_pong_count, limit)).await);
-        }
         Step::ConnFixed => {
             let scenario =
                 load::connections_fixed_rate(target, config.fixed_rate, config.duration, 4_096);
