@@ -12,16 +12,18 @@
 //! ```
 #![forbid(unsafe_code)]
 
-mod error;
-mod load;
-mod netns;
-mod procfs;
-mod proxy;
-mod report;
-mod stats;
-mod suite;
-mod svg;
-mod wire;
+mod error; // BenchError
+mod load; // the load generator's scenarios
+mod netns; // client/node/server namespaces for the kernel backends
+mod procfs; // RSS and CPU time of a process, the machine
+mod proxy; // proxies under test: direct, haproxy, svcproxy, an already-running one
+mod report; // the run's JSON document
+mod selftest; // `bench netns-selftest`
+mod stats; // latency samples, percentiles
+mod suite; // the userspace suite: every scenario against every proxy, one run
+mod svg; // the chart
+mod table; // the figures and the markdown table with ratios
+mod wire; // the request/response protocol and the backend servers
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -204,7 +206,7 @@ async fn run(command: Cmd) -> Result<(), BenchError> {
             }
             Ok(())
         }
-        Cmd::NetnsSelftest => netns_selftest().await,
+        Cmd::NetnsSelftest => selftest::netns_selftest().await,
         Cmd::Serve { listen, for_secs } => serve(&listen, Duration::from_secs_f64(for_secs)).await,
         Cmd::Load {
             target,
@@ -302,141 +304,4 @@ async fn serve(listen: &[SocketAddr], duration: Duration) -> Result<(), BenchErr
         .map_err(|e| BenchError::io("flush stdout", e))?;
     tokio::time::sleep(duration).await;
     Ok(())
-}
-
-/// Namespaces up, backends in the server namespace, a short load from the client namespace
-/// (through the node's routing), namespaces down.
-async fn netns_selftest() -> Result<(), BenchError> {
-    use std::io::BufRead as _;
-    use std::process::Stdio;
-
-    if !netns::is_root() {
-        return Err(BenchError::io(
-            "netns-selftest",
-            std::io::Error::new(
-                std::io::ErrorKind::PermissionDenied,
-                "needs root (ip netns add)",
-            ),
-        ));
-    }
-    let exe = std::env::current_exe().map_err(|e| BenchError::io("find own executable", e))?;
-    let prefix = format!("bench{}", std::process::id());
-    let topology = netns::Topology::create(&prefix, 2)?;
-    let servers: Vec<String> = topology
-        .server_addrs()
-        .iter()
-        .map(|ip| SocketAddr::from((*ip, 9000)).to_string())
-        .collect();
-    println!(
-        "namespaces {prefix}-{{client,node,server}} up; servers {}",
-        servers.join(", ")
-    );
-
-    let mut serve = topology.command(netns::Role::Server, &exe);
-    serve
-        .args(["serve", "--for", "30", "--listen"])
-        .args(&servers)
-        .stdout(Stdio::piped());
-    let mut server = ChildGuard(serve.spawn().map_err(|source| BenchError::Spawn {
-        program: "bench serve".to_owned(),
-        source,
-    })?);
-    let stdout =
-        server.0.stdout.take().ok_or_else(|| {
-            BenchError::io("server stdout", std::io::ErrorKind::BrokenPipe.into())
-        })?;
-    let ready = tokio::task::spawn_blocking(move || {
-        std::io::BufReader::new(stdout)
-            .lines()
-            .take(2)
-            .filter_map(Result::ok)
-            .count()
-    })
-    .await
-    .map_err(|e| BenchError::io("wait for servers", std::io::Error::other(e)))?;
-    if ready != servers.len() {
-        return Err(BenchError::Scenario {
-            scenario: "netns-selftest".to_owned(),
-            proxy: "none".to_owned(),
-            detail: format!("{ready} of {} servers came up", servers.len()),
-        });
-    }
-
-    let forwarding = topology
-        .command(netns::Role::Node, "sysctl")
-        .args(["-n", "net.ipv4.ip_forward"])
-        .output()
-        .map_err(|source| BenchError::Spawn {
-            program: "sysctl".to_owned(),
-            source,
-        })?;
-    println!(
-        "node ns forwarding: {}",
-        String::from_utf8_lossy(&forwarding.stdout).trim()
-    );
-
-    let mut results = Vec::new();
-    for target in &servers {
-        let output = topology
-            .command(netns::Role::Client, &exe)
-            .args([
-                "load",
-                "--scenario",
-                "conn-max",
-                "--duration",
-                "0.5",
-                "--concurrency",
-                "4",
-                "--target",
-                target,
-            ])
-            .output()
-            .map_err(|source| BenchError::Spawn {
-                program: "bench load".to_owned(),
-                source,
-            })?;
-        let text = String::from_utf8_lossy(&output.stdout);
-        let result: load::RateResult =
-            serde_json::from_str(text.trim()).map_err(|source| BenchError::Json {
-                path: format!("output of bench load in {prefix}-client").into(),
-                source,
-            })?;
-        println!(
-            "client ns -> {target}: {} connections ({:.0}/s), {} errors, p50 {:.0} µs",
-            result.ops,
-            result.ops_per_s,
-            result.errors,
-            result.latency.map_or(0.0, |l| l.p50_us)
-        );
-        results.push(result);
-    }
-    drop(server);
-    drop(topology);
-    let left: Vec<String> = netns::list_namespaces()?
-        .into_iter()
-        .filter(|n| n.starts_with(&prefix))
-        .collect();
-    let passed = results.iter().all(|r| r.ops > 0 && r.errors == 0) && left.is_empty();
-    println!("namespaces removed: {}", left.is_empty());
-    if passed {
-        println!("netns-selftest: ok");
-        Ok(())
-    } else {
-        Err(BenchError::Scenario {
-            scenario: "netns-selftest".to_owned(),
-            proxy: "none".to_owned(),
-            detail: format!("results {results:?}, namespaces left {left:?}"),
-        })
-    }
-}
-
-/// Kills and reaps a child process on drop.
-#[derive(Debug)]
-struct ChildGuard(std::process::Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -3,7 +3,8 @@
 
 use std::fmt::Write as _;
 
-use crate::report::{format_value, ratio, Better, RunReport, METRICS, REFERENCE};
+use crate::report::RunReport;
+use crate::table::{format_value, ratio, Better, METRICS, REFERENCE};
 
 const PANEL_WIDTH: f64 = 330.0;
 const PANEL_HEIGHT: f64 = 230.0;
