@@ -206,6 +206,66 @@ pub async fn connections_fixed_rate(
     tally.finish(start.elapsed())
 }
 
+/// Requests at a fixed `rate` per second for `duration` over a pool of `connections` keep-alive
+/// connections (open loop: each request starts on its schedule on a free connection; when none
+/// is free it is counted as skipped). Latency is one request and response, no connect: the
+/// "with keep-alive" half of the fixed-rate latency comparison.
+pub async fn requests_fixed_rate(
+    target: SocketAddr,
+    rate: u32,
+    duration: Duration,
+    connections: usize,
+) -> RateResult {
+    let mut tally = Tally::new();
+    let (pool_tx, mut pool_rx) = tokio::sync::mpsc::channel(connections.max(1));
+    for _ in 0..connections.max(1) {
+        match timeout(OP_TIMEOUT, TcpStream::connect(target)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                // The channel holds `connections` streams, so this never waits.
+                let _ = pool_tx.try_send(stream);
+            }
+            Ok(Err(e)) => tally.record(Err(format!("connect {target}: {e}"))),
+            Err(_) => tally.record(Err(format!("connect {target}: timed out"))),
+        }
+    }
+    let rate = rate.max(1);
+    let total = (f64::from(rate) * duration.as_secs_f64()).round() as u64;
+    let period = Duration::from_secs(1) / rate;
+    let start = Instant::now();
+    let mut tasks = JoinSet::new();
+    for i in 0..total {
+        tokio::time::sleep_until(start + period * u32::try_from(i).unwrap_or(u32::MAX)).await;
+        while let Some(done) = tasks.try_join_next() {
+            tally.record(done.unwrap_or_else(|e| Err(format!("task failed: {e}"))));
+        }
+        let Ok(mut stream) = pool_rx.try_recv() else {
+            tally.skipped += 1;
+            continue;
+        };
+        let pool = pool_tx.clone();
+        tasks.spawn(async move {
+            let mut buf = Vec::with_capacity(256);
+            let begun = Instant::now();
+            let exchange = wire::round_trip(&mut stream, SMALL_MESSAGE, SMALL_MESSAGE, &mut buf);
+            match timeout(OP_TIMEOUT, exchange).await {
+                Ok(Ok(())) => {
+                    let latency = begun.elapsed();
+                    let _ = pool.try_send(stream);
+                    Ok(latency)
+                }
+                // A broken connection leaves the pool.
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("keep-alive request timed out".to_owned()),
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        tally.record(done.unwrap_or_else(|e| Err(format!("task failed: {e}"))));
+    }
+    tally.finish(start.elapsed())
+}
+
 /// Requests per second on `connections` keep-alive connections for `duration`: each connection
 /// sends a small request, waits for its response, and repeats.
 pub async fn keepalive_requests(
@@ -477,6 +537,20 @@ mod tests {
         assert!(result.ops >= 95, "{result:?}");
         // 100 connections spread over 0.5 s cannot finish much sooner.
         assert!(result.elapsed_s >= 0.49, "{result:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fixed_rate_requests_reuse_the_pool() {
+        let backends = echo().await;
+        let result =
+            requests_fixed_rate(backends.addrs()[0], 200, Duration::from_millis(500), 4).await;
+        assert_eq!(
+            result.ops + result.errors + result.skipped,
+            100,
+            "{result:?}"
+        );
+        assert!(result.ops >= 95, "{result:?}");
+        assert_eq!(backends.accepted()[0], 4, "only the pool's connections");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

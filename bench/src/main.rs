@@ -96,6 +96,8 @@ enum Cmd {
 enum Scenario {
     ConnMax,
     ConnFixed,
+    /// Fixed-rate requests over `--concurrency` keep-alive connections.
+    ReqFixed,
     Keepalive,
     Bulk,
     PingPong,
@@ -223,6 +225,9 @@ async fn run(command: Cmd) -> Result<(), BenchError> {
                 ),
                 Scenario::ConnFixed => serde_json::to_string(
                     &load::connections_fixed_rate(target, rate, duration, 4_096).await,
+                ),
+                Scenario::ReqFixed => serde_json::to_string(
+                    &load::requests_fixed_rate(target, rate, duration, concurrency).await,
                 ),
                 Scenario::Keepalive => serde_json::to_string(
                     &load::keepalive_requests(target, concurrency, duration).await,

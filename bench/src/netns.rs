@@ -158,6 +158,18 @@ impl Topology {
             "-qw",
             "net.ipv4.ip_forward=1",
         ]))?;
+        // The client opens connections fast to non-loopback addresses, where the default
+        // tcp_tw_reuse=2 does not apply: reuse TIME_WAIT ports and widen the range, in the
+        // client namespace only (both sysctls are per namespace).
+        run(Command::new("ip").args([
+            "netns",
+            "exec",
+            c,
+            "sysctl",
+            "-qw",
+            "net.ipv4.tcp_tw_reuse=1",
+            "net.ipv4.ip_local_port_range=1024 65000",
+        ]))?;
         Ok(())
     }
 
@@ -291,6 +303,11 @@ mod tests {
             .args(["-n", "net.ipv4.ip_forward"]))
         .expect("sysctl");
         assert_eq!(forwarding.trim(), "1");
+        let reuse = run(topology
+            .command(Role::Client, "sysctl")
+            .args(["-n", "net.ipv4.tcp_tw_reuse"]))
+        .expect("sysctl");
+        assert_eq!(reuse.trim(), "1");
         drop(topology);
         let names = list_namespaces().expect("ip netns list");
         assert!(

@@ -59,6 +59,38 @@ fn parse_stat_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// CPU time the whole machine spent busy (every CPU's `user nice system irq softirq steal` of
+/// `/proc/stat`): for kernel dataplanes, whose work (softirq) belongs to no process.
+///
+/// # Errors
+///
+/// [`BenchError::Io`] when `/proc/stat` cannot be read or parsed.
+pub fn system_busy_time() -> Result<Duration, BenchError> {
+    let text =
+        std::fs::read_to_string("/proc/stat").map_err(|e| BenchError::io("read /proc/stat", e))?;
+    let ticks = parse_busy_ticks(&text).ok_or_else(|| {
+        BenchError::io(
+            "cannot parse the cpu line of /proc/stat",
+            std::io::ErrorKind::InvalidData.into(),
+        )
+    })?;
+    Ok(Duration::from_secs_f64(
+        ticks as f64 / clock_ticks_per_second() as f64,
+    ))
+}
+
+/// Busy ticks of the aggregate `cpu` line: user nice system (idle iowait) irq softirq steal.
+fn parse_busy_ticks(stat: &str) -> Option<u64> {
+    let line = stat.lines().find(|line| line.starts_with("cpu "))?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    let get = |i: usize| fields.get(i).copied().unwrap_or(0);
+    Some(get(0) + get(1) + get(2) + get(5) + get(6) + get(7))
+}
+
 /// `CLK_TCK`, from `getconf` (100 on every Linux we know of, used if `getconf` fails).
 fn clock_ticks_per_second() -> u64 {
     static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
@@ -168,6 +200,14 @@ mod tests {
         // pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime ...
         let stat = "42 (a b) c) S 1 42 42 0 -1 4194560 100 0 0 0 7 5 0 0 20 0 1 0 100 0 0";
         assert_eq!(parse_stat_ticks(stat), Some(12));
+    }
+
+    #[test]
+    fn busy_ticks_leave_out_idle_and_iowait() {
+        // cpu user nice system idle iowait irq softirq steal guest guest_nice
+        let stat = "cpu  10 1 5 1000 50 2 3 4 0 0\ncpu0 5 0 2 500 25 1 1 2 0 0\n";
+        assert_eq!(parse_busy_ticks(stat), Some(25));
+        assert!(system_busy_time().is_ok());
     }
 
     #[test]

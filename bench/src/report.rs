@@ -102,6 +102,10 @@ pub struct Measured<T> {
     pub proxy_cpu_s: Option<f64>,
     /// CPU seconds the harness itself (client and backends) used.
     pub harness_cpu_s: Option<f64>,
+    /// Busy CPU seconds of the whole machine (`/proc/stat`), including softirq work no process
+    /// is charged for, and whatever else ran at the time.
+    #[serde(default)]
+    pub system_cpu_s: Option<f64>,
 }
 
 /// Memory of the proxy with idle connections open through it.
@@ -207,6 +211,7 @@ pub(crate) mod tests {
             },
             proxy_cpu_s: Some(0.5),
             harness_cpu_s: Some(0.5),
+            system_cpu_s: Some(1.5),
         }
     }
 

@@ -207,6 +207,7 @@ async fn interleaved_ping_pong(running: &mut [(RunningProxy, ProxyResult)], conf
     let cpu = |pid: Option<u32>| pid.and_then(|pid| procfs::cpu_time(pid).ok());
     let before: Vec<_> = pids.iter().map(|&pid| cpu(pid)).collect();
     let own_before = cpu(Some(own));
+    let system_before = procfs::system_busy_time().ok();
     // Every proxy is idle while another is measured, so each one's CPU over the whole
     // interleaved scenario is its own share.
     let limit = config.duration.max(Duration::from_secs(1)) * targets.len().max(1) as u32;
@@ -214,6 +215,11 @@ async fn interleaved_ping_pong(running: &mut [(RunningProxy, ProxyResult)], conf
         load::ping_pong_interleaved(&targets, config.ping_pong_count, ROUNDS, limit).await;
     let harness_cpu_s = cpu(Some(own))
         .zip(own_before)
+        .map(|(after, before)| after.saturating_sub(before).as_secs_f64());
+    // The machine's busy time covers all proxies' rounds together: not split per proxy.
+    let system_cpu_s = procfs::system_busy_time()
+        .ok()
+        .zip(system_before)
         .map(|(after, before)| after.saturating_sub(before).as_secs_f64());
     for (((_, result), rate), (pid, before)) in running
         .iter_mut()
@@ -226,6 +232,7 @@ async fn interleaved_ping_pong(running: &mut [(RunningProxy, ProxyResult)], conf
                 .zip(before)
                 .map(|(after, before)| after.saturating_sub(before).as_secs_f64()),
             harness_cpu_s,
+            system_cpu_s,
         });
     }
     tokio::time::sleep(SETTLE).await;
@@ -291,6 +298,7 @@ async fn run_step(
                         result: transfer,
                         proxy_cpu_s: bulk.proxy_cpu_s,
                         harness_cpu_s: bulk.harness_cpu_s,
+                        system_cpu_s: bulk.system_cpu_s,
                     });
                 }
                 Err(e) => result.errors.push(format!("bulk: {e}")),
@@ -310,7 +318,7 @@ async fn run_step(
     }
 }
 
-/// Runs `scenario`, reading the proxy's and our own CPU time around it.
+/// Runs `scenario`, reading the proxy's, our own and the machine's CPU time around it.
 async fn with_cpu<T>(
     pid: Option<u32>,
     scenario: impl std::future::Future<Output = T>,
@@ -318,7 +326,12 @@ async fn with_cpu<T>(
     let own = std::process::id();
     let proxy_before = pid.and_then(|pid| procfs::cpu_time(pid).ok());
     let own_before = procfs::cpu_time(own).ok();
+    let system_before = procfs::system_busy_time().ok();
     let result = scenario.await;
+    let system_cpu_s = procfs::system_busy_time()
+        .ok()
+        .zip(system_before)
+        .map(|(after, before)| after.saturating_sub(before).as_secs_f64());
     let delta = |pid: u32, before: Option<Duration>| {
         let after = procfs::cpu_time(pid).ok()?;
         Some(after.saturating_sub(before?).as_secs_f64())
@@ -327,6 +340,7 @@ async fn with_cpu<T>(
         result,
         proxy_cpu_s: pid.and_then(|pid| delta(pid, proxy_before)),
         harness_cpu_s: delta(own, own_before),
+        system_cpu_s,
     }
 }
 
