@@ -172,6 +172,18 @@ pub const METRICS: &[Metric] = &[
         value: |_, p| idle_at(p, 1),
     },
     Metric {
+        title:
+            "machine busy CPU per 1,000 new connections (max rate; client, backends, kernel too)",
+        unit: "ms",
+        better: Better::Lower,
+        charted: false,
+        value: |_, p| {
+            let cpu = p.conn_max.as_ref()?.system_cpu_s?;
+            let ops = rate(&p.conn_max)?.ops as f64;
+            Some(cpu * 1e6 / ops)
+        },
+    },
+    Metric {
         title: "proxy CPU per 1,000 new connections (max rate)",
         unit: "ms",
         better: Better::Lower,
@@ -434,6 +446,9 @@ mod tests {
         // 0.5 s of CPU for 1000 connections = 500 ms per 1,000.
         let cells = row(&md, "proxy CPU per 1,000 new connections");
         assert_eq!(cells[2], "500");
+        // 1.5 s of machine time for 1000 connections.
+        let cells = row(&md, "machine busy CPU per 1,000 new connections");
+        assert_eq!(cells[2], "1500");
     }
 
     #[test]
