@@ -79,8 +79,10 @@ fn quick_userspace_run_writes_json_markdown_and_svg() {
             haproxy["conn_max"]["result"]["ops"].as_u64().expect("ops") > 0,
             "{haproxy}"
         );
+        let idle = &haproxy["idle"][0];
+        assert_eq!(idle["opened"], idle["connections"], "{haproxy}");
         assert!(
-            haproxy["idle"][0]["kib_per_1000"].as_f64().expect("memory") > 0.0,
+            idle["rss_before_kib"].as_u64().expect("rss") > 0,
             "{haproxy}"
         );
         assert!(markdown.contains("| direct / haproxy |"), "{markdown}");
