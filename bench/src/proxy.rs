@@ -311,15 +311,8 @@ fn spawn_and_wait(
         .as_mut()
         .and_then(|child| child.try_wait().ok().flatten());
     let log_text = std::fs::read_to_string(&log_path).unwrap_or_default();
-    let tail: String = log_text
-        .lines()
-        .rev()
-        .take(10)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect::<Vec<_>>()
-        .join("\n");
+    let lines: Vec<&str> = log_text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(10)..].join("\n");
     Err(BenchError::NotReady {
         proxy: name.to_owned(),
         addr: listen,
@@ -443,6 +436,27 @@ services:
             .expect("direct needs nothing");
         assert_eq!(proxy.listen(), backends[0]);
         assert_eq!(proxy.pid(), None);
+    }
+
+    #[test]
+    fn a_program_that_exits_at_once_is_not_ready_with_its_status() {
+        // Like today's placeholder svcproxy (`fn main() {}`): it starts, then exits.
+        let (_, backends) = addrs();
+        let dir = std::env::temp_dir().join(format!("bench-exit-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let spec = ProxySpec::Svcproxy {
+            program: "true".into(),
+            args: Vec::new(),
+        };
+        let err = spec.start(&backends, &dir).expect_err("never listens");
+        let _ = std::fs::remove_dir_all(&dir);
+        match &err {
+            BenchError::NotReady { proxy, detail, .. } => {
+                assert_eq!(proxy, "svcproxy");
+                assert!(detail.contains("exited with exit status: 0"), "{err}");
+            }
+            other => panic!("want NotReady, got {other}"),
+        }
     }
 
     #[test]
