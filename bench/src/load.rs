@@ -60,6 +60,118 @@ pub struct BulkResult {
     pub complete: bool,
 }
 
+/// The scenarios `bench load` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// New connections, one request each, as fast as --concurrency clients go.
+    ConnMax,
+    /// New connections, one request each, at --rate per second.
+    ConnFixed,
+    /// Requests at --rate per second over --concurrency keep-alive connections.
+    ReqFixed,
+    /// Requests as fast as --concurrency keep-alive connections go.
+    Keepalive,
+    /// One transfer of --count bytes.
+    Bulk,
+    /// --count requests one at a time on one connection.
+    PingPong,
+}
+
+/// One scenario with its parameters: the arguments of `bench load`, so the same load can run
+/// here or in another network namespace (see [`crate::netns::Topology::run_load`]).
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub struct LoadSpec {
+    /// Where to connect.
+    #[arg(long)]
+    pub target: SocketAddr,
+    /// Which scenario.
+    #[arg(long, value_enum)]
+    pub scenario: Scenario,
+    /// Seconds (rate scenarios; the time limit for bulk and ping-pong).
+    #[arg(long, default_value_t = 1.0)]
+    pub duration: f64,
+    /// Concurrent clients (conn-max) or connections (keepalive, req-fixed).
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Per second (conn-fixed, req-fixed).
+    #[arg(long, default_value_t = 1_000)]
+    pub rate: u32,
+    /// Bytes (bulk) or requests (ping-pong).
+    #[arg(long, default_value_t = 1 << 30)]
+    pub count: u64,
+}
+
+/// What a [`LoadSpec`] measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LoadOutcome {
+    /// Every scenario but bulk.
+    Rate(RateResult),
+    /// Bulk.
+    Bulk(BulkResult),
+}
+
+impl LoadSpec {
+    /// A spec with the command line's defaults.
+    pub fn new(target: SocketAddr, scenario: Scenario, duration: Duration) -> LoadSpec {
+        LoadSpec {
+            target,
+            scenario,
+            duration: duration.as_secs_f64(),
+            concurrency: 16,
+            rate: 1_000,
+            count: 1 << 30,
+        }
+    }
+
+    /// The `bench` arguments that run this spec (`load --target ...`).
+    pub fn to_args(&self) -> Vec<String> {
+        let scenario = clap::ValueEnum::to_possible_value(&self.scenario)
+            .map(|value| value.get_name().to_owned())
+            .unwrap_or_default();
+        vec![
+            "load".to_owned(),
+            "--target".to_owned(),
+            self.target.to_string(),
+            "--scenario".to_owned(),
+            scenario,
+            "--duration".to_owned(),
+            self.duration.to_string(),
+            "--concurrency".to_owned(),
+            self.concurrency.to_string(),
+            "--rate".to_owned(),
+            self.rate.to_string(),
+            "--count".to_owned(),
+            self.count.to_string(),
+        ]
+    }
+
+    /// Runs the scenario here.
+    ///
+    /// # Errors
+    ///
+    /// Only bulk fails as a whole (its connection could not be made); the others count errors.
+    pub async fn run(&self) -> Result<LoadOutcome, BenchError> {
+        let (target, duration) = (self.target, Duration::from_secs_f64(self.duration.max(0.0)));
+        Ok(match self.scenario {
+            Scenario::ConnMax => {
+                LoadOutcome::Rate(connections_max_rate(target, self.concurrency, duration).await)
+            }
+            Scenario::ConnFixed => {
+                LoadOutcome::Rate(connections_fixed_rate(target, self.rate, duration, 4_096).await)
+            }
+            Scenario::ReqFixed => LoadOutcome::Rate(
+                requests_fixed_rate(target, self.rate, duration, self.concurrency).await,
+            ),
+            Scenario::Keepalive => {
+                LoadOutcome::Rate(keepalive_requests(target, self.concurrency, duration).await)
+            }
+            Scenario::PingPong => LoadOutcome::Rate(ping_pong(target, self.count, duration).await),
+            Scenario::Bulk => LoadOutcome::Bulk(bulk(target, self.count, duration).await?),
+        })
+    }
+}
+
 /// Counts of one scenario's operations, folded into a [`RateResult`].
 #[derive(Debug, Default)]
 struct Tally {
@@ -591,6 +703,57 @@ mod tests {
         let ops: Vec<u64> = results.iter().map(|r| r.ops).collect();
         assert_eq!(ops, [100, 100], "{results:?}");
         assert_eq!((first.accepted(), second.accepted()), (vec![1], vec![1]));
+    }
+
+    #[test]
+    fn load_spec_arguments_parse_back_to_the_spec() {
+        #[derive(Debug, clap::Parser)]
+        struct Cli {
+            #[command(subcommand)]
+            command: Cmd,
+        }
+        #[derive(Debug, clap::Subcommand)]
+        enum Cmd {
+            Load(LoadSpec),
+        }
+        let mut spec = LoadSpec::new(
+            "198.18.1.1:9000".parse().expect("literal"),
+            Scenario::ReqFixed,
+            Duration::from_millis(1500),
+        );
+        spec.rate = 250;
+        let args = spec.to_args();
+        assert_eq!(
+            &args[..5],
+            [
+                "load",
+                "--target",
+                "198.18.1.1:9000",
+                "--scenario",
+                "req-fixed"
+            ]
+        );
+        let parsed =
+            <Cli as clap::Parser>::try_parse_from(std::iter::once("bench".to_owned()).chain(args))
+                .expect("parses");
+        let Cmd::Load(back) = parsed.command;
+        assert_eq!(back, spec);
+    }
+
+    #[test]
+    fn outcomes_read_back_as_their_kind() {
+        let bulk = LoadOutcome::Bulk(BulkResult {
+            bytes: 10,
+            elapsed_s: 1.0,
+            mb_per_s: 0.00001,
+            complete: true,
+        });
+        let rate = LoadOutcome::Rate(Tally::new().finish(Duration::from_secs(1)));
+        for outcome in [bulk, rate] {
+            let json = serde_json::to_string(&outcome).expect("serialize");
+            let back: LoadOutcome = serde_json::from_str(&json).expect("deserialize");
+            assert_eq!(back, outcome);
+        }
     }
 
     #[tokio::test]

@@ -70,37 +70,7 @@ enum Cmd {
         for_secs: f64,
     },
     /// Runs one load scenario against an address and prints its result as JSON.
-    Load {
-        /// Where to connect.
-        #[arg(long)]
-        target: SocketAddr,
-        /// Which scenario.
-        #[arg(long, value_enum)]
-        scenario: Scenario,
-        /// Seconds (rate scenarios; the limit for bulk).
-        #[arg(long, default_value_t = 1.0)]
-        duration: f64,
-        /// Concurrent clients (conn-max) or connections (keepalive).
-        #[arg(long, default_value_t = 16)]
-        concurrency: usize,
-        /// Connections per second (conn-fixed).
-        #[arg(long, default_value_t = 1_000)]
-        rate: u32,
-        /// Bytes (bulk) or requests (ping-pong).
-        #[arg(long, default_value_t = 1 << 30)]
-        count: u64,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Scenario {
-    ConnMax,
-    ConnFixed,
-    /// Fixed-rate requests over `--concurrency` keep-alive connections.
-    ReqFixed,
-    Keepalive,
-    Bulk,
-    PingPong,
+    Load(load::LoadSpec),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -208,38 +178,11 @@ async fn run(command: Cmd) -> Result<(), BenchError> {
             }
             Ok(())
         }
-        Cmd::NetnsSelftest => selftest::netns_selftest().await,
+        Cmd::NetnsSelftest => selftest::netns_selftest(),
         Cmd::Serve { listen, for_secs } => serve(&listen, Duration::from_secs_f64(for_secs)).await,
-        Cmd::Load {
-            target,
-            scenario,
-            duration,
-            concurrency,
-            rate,
-            count,
-        } => {
-            let duration = Duration::from_secs_f64(duration);
-            let json = match scenario {
-                Scenario::ConnMax => serde_json::to_string(
-                    &load::connections_max_rate(target, concurrency, duration).await,
-                ),
-                Scenario::ConnFixed => serde_json::to_string(
-                    &load::connections_fixed_rate(target, rate, duration, 4_096).await,
-                ),
-                Scenario::ReqFixed => serde_json::to_string(
-                    &load::requests_fixed_rate(target, rate, duration, concurrency).await,
-                ),
-                Scenario::Keepalive => serde_json::to_string(
-                    &load::keepalive_requests(target, concurrency, duration).await,
-                ),
-                Scenario::PingPong => {
-                    serde_json::to_string(&load::ping_pong(target, count, duration).await)
-                }
-                Scenario::Bulk => {
-                    serde_json::to_string(&load::bulk(target, count, duration).await?)
-                }
-            }
-            .map_err(|source| BenchError::Json {
+        Cmd::Load(spec) => {
+            let outcome = spec.run().await?;
+            let json = serde_json::to_string(&outcome).map_err(|source| BenchError::Json {
                 path: "<stdout>".into(),
                 source,
             })?;

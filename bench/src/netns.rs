@@ -14,10 +14,14 @@
 //! [`Topology::command`] runs a program inside one of them, e.g. this harness itself re-executed
 //! as the load generator (`bench load ...`) or as backends (`bench serve ...`).
 
-use std::net::Ipv4Addr;
-use std::process::Command;
+use std::io::BufRead as _;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use crate::error::BenchError;
+use crate::load::{LoadOutcome, LoadSpec};
 
 /// The client's address.
 pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -197,6 +201,88 @@ impl Topology {
             .arg(self.name(role))
             .arg(program);
         command
+    }
+}
+
+// === running this harness inside a namespace ===
+
+impl Topology {
+    /// Starts backends (`exe serve --listen ADDRS --for LIFETIME`) in the server namespace and
+    /// waits until each reports that it listens. `exe` is this harness's binary
+    /// (`std::env::current_exe()`).
+    ///
+    /// # Errors
+    ///
+    /// [`BenchError::Spawn`] when it cannot start, [`BenchError::Scenario`] when fewer servers
+    /// than asked came up.
+    pub fn start_backends(
+        &self,
+        exe: &Path,
+        addrs: &[SocketAddr],
+        lifetime: Duration,
+    ) -> Result<NsProcess, BenchError> {
+        let mut command = self.command(Role::Server, exe);
+        command
+            .args([
+                "serve",
+                "--for",
+                &lifetime.as_secs_f64().to_string(),
+                "--listen",
+            ])
+            .args(addrs.iter().map(ToString::to_string))
+            .stdout(Stdio::piped());
+        let mut child = NsProcess(command.spawn().map_err(|source| BenchError::Spawn {
+            program: format!("{} serve in {}", exe.display(), self.name(Role::Server)),
+            source,
+        })?);
+        let stdout = child.0.stdout.take().ok_or_else(|| {
+            BenchError::io("backends' stdout", std::io::ErrorKind::BrokenPipe.into())
+        })?;
+        // `serve` prints one line per listening server, then nothing until it exits.
+        let ready = std::io::BufReader::new(stdout)
+            .lines()
+            .take(addrs.len())
+            .map_while(Result::ok)
+            .filter(|line| line.starts_with("listening "))
+            .count();
+        if ready != addrs.len() {
+            return Err(BenchError::Scenario {
+                scenario: "start backends".to_owned(),
+                proxy: self.name(Role::Server).to_owned(),
+                detail: format!("{ready} of {} servers came up", addrs.len()),
+            });
+        }
+        Ok(child)
+    }
+
+    /// Runs `exe load ...` in the client namespace and reads its JSON result.
+    ///
+    /// # Errors
+    ///
+    /// [`BenchError::Spawn`], [`BenchError::Command`] when it fails, [`BenchError::Json`] when
+    /// its output is not a result.
+    pub fn run_load(&self, exe: &Path, spec: &LoadSpec) -> Result<LoadOutcome, BenchError> {
+        let mut command = self.command(Role::Client, exe);
+        command.args(spec.to_args());
+        let stdout = run(&mut command)?;
+        serde_json::from_str(stdout.trim()).map_err(|source| BenchError::Json {
+            path: format!("output of bench load in {}", self.name(Role::Client)).into(),
+            source,
+        })
+    }
+}
+
+/// A process started in a namespace; killed and reaped on drop.
+#[derive(Debug)]
+pub struct NsProcess(Child);
+
+impl Drop for NsProcess {
+    fn drop(&mut self) {
+        // `ip netns exec` execs the program, so this is the program itself.
+        if let Err(e) = self.0.kill() {
+            tracing::debug!(error = %e, "kill (already exited?)");
+        }
+        let _ = self.0.wait();
     }
 }
 

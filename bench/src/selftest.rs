@@ -4,9 +4,11 @@
 //! checks the load got through, and checks the namespaces are gone afterwards.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use crate::error::BenchError;
-use crate::{load, netns};
+use crate::load::{LoadOutcome, LoadSpec, Scenario};
+use crate::netns::{self, Role, Topology};
 
 /// Namespaces up, backends in the server namespace, a short load from the client namespace
 /// (through the node's routing), namespaces down.
@@ -14,64 +16,28 @@ use crate::{load, netns};
 /// # Errors
 ///
 /// When not root, when a step fails, or when the load saw errors or namespaces were left.
-pub async fn netns_selftest() -> Result<(), BenchError> {
-    use std::io::BufRead as _;
-    use std::process::Stdio;
-
+pub fn netns_selftest() -> Result<(), BenchError> {
+    let failed = |detail: String| BenchError::Scenario {
+        scenario: "netns-selftest".to_owned(),
+        proxy: "none".to_owned(),
+        detail,
+    };
     if !netns::is_root() {
-        return Err(BenchError::io(
-            "netns-selftest",
-            std::io::Error::new(
-                std::io::ErrorKind::PermissionDenied,
-                "needs root (ip netns add)",
-            ),
-        ));
+        return Err(failed("needs root (ip netns add)".to_owned()));
     }
     let exe = std::env::current_exe().map_err(|e| BenchError::io("find own executable", e))?;
     let prefix = format!("bench{}", std::process::id());
-    let topology = netns::Topology::create(&prefix, 2)?;
-    let servers: Vec<String> = topology
+    let topology = Topology::create(&prefix, 2)?;
+    let servers: Vec<SocketAddr> = topology
         .server_addrs()
-        .iter()
-        .map(|ip| SocketAddr::from((*ip, 9000)).to_string())
+        .into_iter()
+        .map(|ip| SocketAddr::from((ip, 9000)))
         .collect();
-    println!(
-        "namespaces {prefix}-{{client,node,server}} up; servers {}",
-        servers.join(", ")
-    );
-
-    let mut serve = topology.command(netns::Role::Server, &exe);
-    serve
-        .args(["serve", "--for", "30", "--listen"])
-        .args(&servers)
-        .stdout(Stdio::piped());
-    let mut server = ChildGuard(serve.spawn().map_err(|source| BenchError::Spawn {
-        program: "bench serve".to_owned(),
-        source,
-    })?);
-    let stdout =
-        server.0.stdout.take().ok_or_else(|| {
-            BenchError::io("server stdout", std::io::ErrorKind::BrokenPipe.into())
-        })?;
-    let ready = tokio::task::spawn_blocking(move || {
-        std::io::BufReader::new(stdout)
-            .lines()
-            .take(2)
-            .filter_map(Result::ok)
-            .count()
-    })
-    .await
-    .map_err(|e| BenchError::io("wait for servers", std::io::Error::other(e)))?;
-    if ready != servers.len() {
-        return Err(BenchError::Scenario {
-            scenario: "netns-selftest".to_owned(),
-            proxy: "none".to_owned(),
-            detail: format!("{ready} of {} servers came up", servers.len()),
-        });
-    }
+    println!("namespaces {prefix}-{{client,node,server}} up; servers {servers:?}");
+    let backends = topology.start_backends(&exe, &servers, Duration::from_secs(30))?;
 
     let forwarding = topology
-        .command(netns::Role::Node, "sysctl")
+        .command(Role::Node, "sysctl")
         .args(["-n", "net.ipv4.ip_forward"])
         .output()
         .map_err(|source| BenchError::Spawn {
@@ -83,32 +49,13 @@ pub async fn netns_selftest() -> Result<(), BenchError> {
         String::from_utf8_lossy(&forwarding.stdout).trim()
     );
 
-    let mut results = Vec::new();
-    for target in &servers {
-        let output = topology
-            .command(netns::Role::Client, &exe)
-            .args([
-                "load",
-                "--scenario",
-                "conn-max",
-                "--duration",
-                "0.5",
-                "--concurrency",
-                "4",
-                "--target",
-                target,
-            ])
-            .output()
-            .map_err(|source| BenchError::Spawn {
-                program: "bench load".to_owned(),
-                source,
-            })?;
-        let text = String::from_utf8_lossy(&output.stdout);
-        let result: load::RateResult =
-            serde_json::from_str(text.trim()).map_err(|source| BenchError::Json {
-                path: format!("output of bench load in {prefix}-client").into(),
-                source,
-            })?;
+    let mut ok = true;
+    for &target in &servers {
+        let mut spec = LoadSpec::new(target, Scenario::ConnMax, Duration::from_millis(500));
+        spec.concurrency = 4;
+        let LoadOutcome::Rate(result) = topology.run_load(&exe, &spec)? else {
+            return Err(failed("conn-max gave a bulk result".to_owned()));
+        };
         println!(
             "client ns -> {target}: {} connections ({:.0}/s), {} errors, p50 {:.0} µs",
             result.ops,
@@ -116,35 +63,21 @@ pub async fn netns_selftest() -> Result<(), BenchError> {
             result.errors,
             result.latency.map_or(0.0, |l| l.p50_us)
         );
-        results.push(result);
+        ok &= result.ops > 0 && result.errors == 0;
     }
-    drop(server);
+    drop(backends);
     drop(topology);
     let left: Vec<String> = netns::list_namespaces()?
         .into_iter()
         .filter(|n| n.starts_with(&prefix))
         .collect();
-    let passed = results.iter().all(|r| r.ops > 0 && r.errors == 0) && left.is_empty();
     println!("namespaces removed: {}", left.is_empty());
-    if passed {
+    if ok && left.is_empty() {
         println!("netns-selftest: ok");
         Ok(())
     } else {
-        Err(BenchError::Scenario {
-            scenario: "netns-selftest".to_owned(),
-            proxy: "none".to_owned(),
-            detail: format!("results {results:?}, namespaces left {left:?}"),
-        })
-    }
-}
-
-/// Kills and reaps a child process on drop.
-#[derive(Debug)]
-struct ChildGuard(std::process::Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        Err(failed(format!(
+            "load without errors: {ok}; namespaces left: {left:?}"
+        )))
     }
 }
