@@ -110,6 +110,10 @@ struct UserspaceArgs {
     /// Seconds per rate scenario (overrides the preset).
     #[arg(long)]
     duration: Option<f64>,
+    /// Rounds of the repeated scenarios (overrides the preset: 3 full, 1 quick); the report
+    /// shows each scenario's median round.
+    #[arg(long)]
+    rounds: Option<usize>,
     /// The backends' port (0: any free port). Set it when measuring a --running proxy.
     #[arg(long, default_value_t = 0)]
     backend_port: u16,
@@ -202,6 +206,9 @@ async fn userspace(args: UserspaceArgs) -> Result<(), BenchError> {
         config.label = label;
     }
     config.backend_port = args.backend_port;
+    if let Some(rounds) = args.rounds {
+        config.rounds = rounds.max(1);
+    }
     if let Some(secs) = args.duration {
         config.duration = Duration::from_secs_f64(secs);
     }

@@ -51,10 +51,17 @@ pub struct Settings {
     pub ping_pong_count: u64,
     /// Idle connection counts measured for memory.
     pub idle_counts: Vec<usize>,
+    /// Rounds of the other scenarios (the report shows each scenario's median round).
+    #[serde(default = "one")]
+    pub rounds: usize,
     /// Bytes of each small request and response.
     pub message_bytes: usize,
     /// The backends, all on loopback.
     pub backends: Vec<String>,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// A proxy that was not measured.
@@ -91,6 +98,25 @@ pub struct ProxyResult {
     pub idle: Vec<IdleResult>,
     /// Errors of scenarios that could not run.
     pub errors: Vec<String>,
+    /// With more than one round: every round's figures (the fields above hold, per scenario,
+    /// the round with the median headline figure).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rounds: Vec<Round>,
+}
+
+/// One round of the repeated scenarios.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Round {
+    /// New connections as fast as possible.
+    pub conn_max: Option<Measured<RateResult>>,
+    /// New connections at a fixed rate.
+    pub conn_fixed: Option<Measured<RateResult>>,
+    /// Keep-alive requests.
+    pub keepalive: Option<Measured<RateResult>>,
+    /// One large transfer.
+    pub bulk: Option<Measured<BulkResult>>,
+    /// Sequential requests.
+    pub ping_pong: Option<Measured<RateResult>>,
 }
 
 /// A scenario's result and the CPU it cost.
@@ -234,6 +260,7 @@ pub(crate) mod tests {
                 kib_per_1000: 2000.0,
             }],
             errors: Vec::new(),
+            rounds: Vec::new(),
         }
     }
 
@@ -259,6 +286,7 @@ pub(crate) mod tests {
                 bulk_limit_s: 5.0,
                 ping_pong_count: 100,
                 idle_counts: vec![1000],
+                rounds: 1,
                 message_bytes: 64,
                 backends: vec!["127.0.0.2:9".to_owned()],
             },

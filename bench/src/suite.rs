@@ -9,7 +9,7 @@ use crate::error::BenchError;
 use crate::load::{self, SMALL_MESSAGE};
 use crate::procfs::{self, Machine};
 use crate::proxy::{ProxySpec, RunningProxy};
-use crate::report::{IdleResult, Measured, ProxyResult, RunReport, Settings, SkippedProxy};
+use crate::report::{IdleResult, Measured, ProxyResult, Round, RunReport, Settings, SkippedProxy};
 use crate::wire::Backends;
 
 /// The backends' addresses: two loopback IPs on one port, as two endpoints of one service.
@@ -43,15 +43,17 @@ pub struct SuiteConfig {
     pub idle_counts: Vec<usize>,
     /// The backends' port; 0 picks a free one.
     pub backend_port: u16,
+    /// How often the scenarios after idle memory run; the report keeps each one's median round.
+    pub rounds: usize,
 }
 
 impl SuiteConfig {
-    /// The full suite: about 25 s per proxy.
+    /// The full suite: about 45 s per proxy (3 rounds of 3 s scenarios).
     pub fn full() -> SuiteConfig {
         SuiteConfig {
             label: "userspace vs haproxy".to_owned(),
             quick: false,
-            duration: Duration::from_secs(5),
+            duration: Duration::from_secs(3),
             conn_concurrency: 32,
             fixed_rate: 1_000,
             keepalive_connections: 32,
@@ -60,6 +62,7 @@ impl SuiteConfig {
             ping_pong_count: 5_000,
             idle_counts: vec![1_000, 5_000],
             backend_port: 0,
+            rounds: 3,
         }
     }
 
@@ -77,6 +80,7 @@ impl SuiteConfig {
             ping_pong_count: 500,
             idle_counts: vec![200],
             backend_port: 0,
+            rounds: 1,
         }
     }
 }
@@ -139,12 +143,30 @@ pub async fn run_userspace(
     for (proxy, result) in &mut running {
         run_step(Step::Idle, proxy, result, config).await;
     }
-    interleaved_ping_pong(&mut running, config).await;
-    for step in Step::AFTER_IDLE {
-        for (proxy, result) in &mut running {
-            run_step(step, proxy, result, config).await;
-            tokio::time::sleep(SETTLE).await;
+    // Rounds spread each proxy's measurements over the run, so a burst of outside load
+    // lands in one round, and the median round leaves it out.
+    let mut rounds: Vec<Vec<Round>> = vec![Vec::new(); running.len()];
+    for round in 0..config.rounds.max(1) {
+        tracing::info!(round, "round");
+        interleaved_ping_pong(&mut running, config).await;
+        for step in Step::AFTER_IDLE {
+            for (proxy, result) in &mut running {
+                run_step(step, proxy, result, config).await;
+                tokio::time::sleep(SETTLE).await;
+            }
         }
+        for ((_, result), kept) in running.iter_mut().zip(&mut rounds) {
+            kept.push(Round {
+                conn_max: result.conn_max.take(),
+                conn_fixed: result.conn_fixed.take(),
+                keepalive: result.keepalive.take(),
+                bulk: result.bulk.take(),
+                ping_pong: result.ping_pong.take(),
+            });
+        }
+    }
+    for ((_, result), kept) in running.iter_mut().zip(rounds) {
+        keep_medians(result, kept);
     }
     let mut proxies = Vec::new();
     for (mut proxy, mut result) in running {
@@ -173,6 +195,7 @@ pub async fn run_userspace(
             bulk_limit_s: config.bulk_limit.as_secs_f64(),
             ping_pong_count: config.ping_pong_count,
             idle_counts: config.idle_counts.clone(),
+            rounds: config.rounds.max(1),
             message_bytes: SMALL_MESSAGE,
             backends: backend_addrs.iter().map(ToString::to_string).collect(),
         },
@@ -252,7 +275,41 @@ fn empty_result(proxy: &RunningProxy) -> ProxyResult {
         ping_pong: None,
         idle: Vec::new(),
         errors: Vec::new(),
+        rounds: Vec::new(),
     }
+}
+
+/// Sets each scenario's figures to its median round (by the scenario's headline figure), and
+/// keeps every round when there were several.
+fn keep_medians(result: &mut ProxyResult, rounds: Vec<Round>) {
+    let p50 = |r: &load::RateResult| r.latency.map(|l| l.p50_us);
+    result.conn_max = median_by(rounds.iter().map(|r| &r.conn_max), |r| Some(r.ops_per_s));
+    result.conn_fixed = median_by(rounds.iter().map(|r| &r.conn_fixed), p50);
+    result.keepalive = median_by(rounds.iter().map(|r| &r.keepalive), |r| Some(r.ops_per_s));
+    result.bulk = median_by(rounds.iter().map(|r| &r.bulk), |b| Some(b.mb_per_s));
+    result.ping_pong = median_by(rounds.iter().map(|r| &r.ping_pong), p50);
+    if rounds.len() > 1 {
+        result.rounds = rounds;
+    }
+}
+
+/// The measurement with the median key (the lower one of an even count); if none has a key,
+/// the first measurement.
+fn median_by<'a, T: Clone + 'a>(
+    measurements: impl Iterator<Item = &'a Option<Measured<T>>>,
+    key: impl Fn(&T) -> Option<f64>,
+) -> Option<Measured<T>> {
+    let present: Vec<&Measured<T>> = measurements.flatten().collect();
+    let mut keyed: Vec<(f64, &Measured<T>)> = present
+        .iter()
+        .filter_map(|m| key(&m.result).map(|k| (k, *m)))
+        .collect();
+    keyed.sort_by(|a, b| a.0.total_cmp(&b.0));
+    keyed
+        .get(keyed.len().saturating_sub(1) / 2)
+        .map(|(_, m)| *m)
+        .or_else(|| present.first().copied())
+        .cloned()
 }
 
 /// One scenario against one proxy, with the CPU it cost.
@@ -408,5 +465,42 @@ impl Drop for WorkDir {
         if let Err(e) = std::fs::remove_dir_all(&self.0) {
             tracing::debug!(path = %self.0.display(), error = %e, "remove work directory");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measured(value: f64) -> Option<Measured<f64>> {
+        Some(Measured {
+            result: value,
+            proxy_cpu_s: None,
+            harness_cpu_s: None,
+            system_cpu_s: None,
+        })
+    }
+
+    #[test]
+    fn median_of_three_is_the_middle_whatever_the_order() {
+        let rounds = [measured(30.0), measured(10.0), measured(20.0)];
+        let median = median_by(rounds.iter(), |v| Some(*v)).expect("three rounds");
+        assert_eq!(median.result, 20.0);
+    }
+
+    #[test]
+    fn median_of_two_is_the_lower_and_missing_rounds_are_skipped() {
+        let rounds = [measured(30.0), None, measured(10.0)];
+        let median = median_by(rounds.iter(), |v| Some(*v)).expect("two rounds");
+        assert_eq!(median.result, 10.0);
+    }
+
+    #[test]
+    fn without_keys_the_first_measurement_is_kept() {
+        let rounds = [None, measured(5.0), measured(6.0)];
+        let median = median_by(rounds.iter(), |_| None).expect("present");
+        assert_eq!(median.result, 5.0);
+        let none: [Option<Measured<f64>>; 0] = [];
+        assert!(median_by(none.iter(), |v| Some(*v)).is_none());
     }
 }

@@ -279,7 +279,8 @@ fn write_header(md: &mut String, run: &RunReport) {
     let m = &run.machine;
     let _ = writeln!(
         md,
-        "- date: {}\n- machine: {} CPUs, {}, kernel {}\n- commit: {}\n- settings: {}{} s per rate scenario, \
+        "- date: {}\n- machine: {} CPUs, {}, kernel {}\n- commit: {}\n- settings: {}{} round(s), each scenario's \
+         median round shown; {} s per rate scenario, \
          {} closed-loop clients, fixed rate {}/s, {} keep-alive connections, bulk {} MiB (limit {} s), \
          {} sequential requests, idle {:?}, {}-byte messages, backends {}",
         run.date,
@@ -288,6 +289,7 @@ fn write_header(md: &mut String, run: &RunReport) {
         m.kernel,
         run.git_commit,
         if run.settings.quick { "QUICK, " } else { "" },
+        run.settings.rounds,
         run.settings.duration_s,
         run.settings.conn_concurrency,
         run.settings.fixed_rate,
