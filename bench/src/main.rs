@@ -85,9 +85,9 @@ struct UserspaceArgs {
     /// The svcproxy binary; skipped (with a note in the report) if it does not exist.
     #[arg(long, default_value = "target/release/svcproxy")]
     svcproxy: PathBuf,
-    /// Extra arguments for svcproxy, after `--services FILE` (repeat for each).
-    #[arg(long = "svcproxy-arg", allow_hyphen_values = true)]
-    svcproxy_args: Vec<String>,
+    /// svcproxy's arguments, split at spaces; `{table}` is the generated table file.
+    #[arg(long, allow_hyphen_values = true, default_value = proxy::SVCPROXY_ARGS)]
+    svcproxy_args: String,
     /// The haproxy binary.
     #[arg(long, default_value = "haproxy")]
     haproxy: PathBuf,
@@ -222,7 +222,11 @@ async fn userspace(args: UserspaceArgs) -> Result<(), BenchError> {
             }),
             ProxyName::Svcproxy if args.svcproxy.is_file() => specs.push(ProxySpec::Svcproxy {
                 program: args.svcproxy.clone(),
-                args: args.svcproxy_args.clone(),
+                args: args
+                    .svcproxy_args
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect(),
             }),
             ProxyName::Svcproxy => {
                 let reason = format!(

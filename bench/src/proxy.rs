@@ -17,6 +17,9 @@ use crate::error::BenchError;
 /// The cluster IP the proxies listen on (loopback, so no root and no routes are needed).
 pub const PROXY_IP: [u8; 4] = [127, 0, 0, 10];
 
+/// svcproxy's default arguments; `{table}` is replaced by the table file's path.
+pub const SVCPROXY_ARGS: &str = "--services {table}";
+
 /// How long a proxy may take to start listening.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -30,11 +33,12 @@ pub enum ProxySpec {
         /// The haproxy binary.
         program: PathBuf,
     },
-    /// Our reference proxy, started as `PROGRAM --services TABLE ARGS...`.
+    /// Our reference proxy, started as `PROGRAM ARGS...` where the argument `{table}` becomes
+    /// the generated table's path (default arguments: [`SVCPROXY_ARGS`]).
     Svcproxy {
         /// The svcproxy binary.
         program: PathBuf,
-        /// Extra arguments after the table.
+        /// Its arguments, with `{table}` for the table file.
         args: Vec<String>,
     },
     /// A proxy someone else started, already forwarding to the harness's backends.
@@ -104,7 +108,13 @@ impl ProxySpec {
                 let table = render_svcproxy_table(listen, backends);
                 let path = write_file(workdir, "svcproxy.yaml", &table)?;
                 let mut command = Command::new(program);
-                command.arg("--services").arg(&path).args(args);
+                command.args(args.iter().map(|arg| {
+                    if arg == "{table}" {
+                        path.clone().into_os_string()
+                    } else {
+                        arg.into()
+                    }
+                }));
                 if std::env::var_os("RUST_LOG").is_none() {
                     // Like HAProxy here, no per-connection logging.
                     command.env("RUST_LOG", "warn");
@@ -457,6 +467,29 @@ services:
             }
             other => panic!("want NotReady, got {other}"),
         }
+    }
+
+    #[test]
+    fn svcproxy_gets_the_table_path_in_place_of_the_placeholder() {
+        let (_, backends) = addrs();
+        let dir = std::env::temp_dir().join(format!("bench-args-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let copy = dir.join("seen.yaml");
+        // A stand-in that copies the file it was given, then exits.
+        let spec = ProxySpec::Svcproxy {
+            program: "sh".into(),
+            args: vec![
+                "-c".to_owned(),
+                format!("cp \"$0\" {}", copy.display()),
+                "{table}".to_owned(),
+            ],
+        };
+        let err = spec.start(&backends, &dir).expect_err("never listens");
+        let seen = std::fs::read_to_string(&copy);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(matches!(err, BenchError::NotReady { .. }), "{err}");
+        let seen = seen.expect("the stand-in was given a readable table path");
+        assert!(seen.contains("name: default/bench"), "{seen}");
     }
 
     #[test]
