@@ -177,7 +177,7 @@ async fn run(command: Cmd) -> Result<(), BenchError> {
                 json.parent()
                     .map_or_else(|| PathBuf::from("."), Path::to_owned)
             });
-            for path in run.write(&dir)? {
+            for path in run.write_rendered(&dir)? {
                 println!("{}", path.display());
             }
             Ok(())

@@ -60,6 +60,10 @@ pub struct Settings {
     pub backends: Vec<String>,
 }
 
+fn write_file(path: &Path, text: String) -> Result<(), BenchError> {
+    std::fs::write(path, text).map_err(|e| BenchError::io(format!("write {}", path.display()), e))
+}
+
 fn one() -> usize {
     1
 }
@@ -168,28 +172,35 @@ impl RunReport {
     pub fn write(&self, dir: &Path) -> Result<Vec<PathBuf>, BenchError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| BenchError::io(format!("create {}", dir.display()), e))?;
-        let stem = self.stem();
-        let json_path = dir.join(format!("{stem}.json"));
+        let json_path = dir.join(format!("{}.json", self.stem()));
         let json = serde_json::to_string_pretty(self).map_err(|source| BenchError::Json {
             path: json_path.clone(),
             source,
         })?;
-        let svg_name = format!("{stem}.svg");
-        let files = [
-            (json_path, json + "\n"),
-            (
-                dir.join(format!("{stem}.md")),
-                crate::table::render_markdown(self, Some(&svg_name)),
-            ),
-            (dir.join(&svg_name), crate::svg::render_chart(self)),
-        ];
-        let mut written = Vec::new();
-        for (path, text) in files {
-            std::fs::write(&path, text)
-                .map_err(|e| BenchError::io(format!("write {}", path.display()), e))?;
-            written.push(path);
-        }
+        write_file(&json_path, json + "\n")?;
+        let mut written = vec![json_path];
+        written.extend(self.write_rendered(dir)?);
         Ok(written)
+    }
+
+    /// Writes only `<stem>.md` and `<stem>.svg` (rendered from this run) into `dir`.
+    ///
+    /// # Errors
+    ///
+    /// [`BenchError::Io`] when a file cannot be written.
+    pub fn write_rendered(&self, dir: &Path) -> Result<Vec<PathBuf>, BenchError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| BenchError::io(format!("create {}", dir.display()), e))?;
+        let stem = self.stem();
+        let svg_name = format!("{stem}.svg");
+        let md_path = dir.join(format!("{stem}.md"));
+        let svg_path = dir.join(&svg_name);
+        write_file(
+            &md_path,
+            crate::table::render_markdown(self, Some(&svg_name)),
+        )?;
+        write_file(&svg_path, crate::svg::render_chart(self))?;
+        Ok(vec![md_path, svg_path])
     }
 
     /// Reads a run back from its JSON file.
