@@ -1,0 +1,266 @@
+//! `bench`: the project's benchmark harness.
+//!
+//! It starts its own backends on loopback, puts each proxy under test in front of them, drives
+//! the same client load through each in one run, and writes the results as JSON, a markdown
+//! table with ratios against HAProxy, and an SVG chart (see `bench/README.md`).
+//!
+//! ```text
+//! bench userspace [--svcproxy target/release/svcproxy] [--quick] [--out bench/results]
+//! bench report bench/results/userspace-....json      # re-render the table and chart
+//! bench netns-selftest                               # as root: namespaces up, load through, down
+//! bench serve --listen ADDR... / bench load --target ADDR --scenario ...   # building blocks
+//! ```
+#![forbid(unsafe_code)]
+
+mod error; // BenchError
+mod load; // the load generator's scenarios
+mod netns; // client/node/server namespaces for the kernel backends
+mod procfs; // RSS and CPU time of a process, the machine
+mod proxy; // proxies under test: direct, haproxy, svcproxy, an already-running one
+mod report; // the run's JSON document
+mod selftest; // `bench netns-selftest`
+mod stats; // latency samples, percentiles
+mod suite; // the userspace suite: every scenario against every proxy, one run
+mod svg; // the chart
+mod table; // the figures and the markdown table with ratios
+mod wire; // the request/response protocol and the backend servers
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::error::BenchError;
+use crate::proxy::ProxySpec;
+use crate::report::{RunReport, SkippedProxy};
+use crate::suite::SuiteConfig;
+
+/// The benchmark harness.
+#[derive(Debug, Parser)]
+#[command(name = "bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// The userspace suite: direct vs HAProxy (TCP mode) vs svcproxy, same backends, one run.
+    Userspace(UserspaceArgs),
+    /// Re-renders the markdown table and SVG chart of a results JSON file.
+    Report {
+        /// The run's JSON file.
+        json: PathBuf,
+        /// Where to write (default: beside the JSON).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// As root: builds the client/node/server namespaces, runs backends and a short load inside
+    /// them (re-executing this binary), checks the load got through, and removes everything.
+    NetnsSelftest,
+    /// Runs backend servers until killed or `--for` elapses; prints `listening ADDR` per server.
+    Serve {
+        /// Addresses to serve on (all must share a port if the port is 0).
+        #[arg(long, required = true, num_args = 1..)]
+        listen: Vec<SocketAddr>,
+        /// Stop after this many seconds.
+        #[arg(long = "for", default_value_t = 60.0)]
+        for_secs: f64,
+    },
+    /// Runs one load scenario against an address and prints its result as JSON.
+    Load(load::LoadSpec),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ProxyName {
+    Direct,
+    Haproxy,
+    Svcproxy,
+}
+
+#[derive(Debug, clap::Args)]
+struct UserspaceArgs {
+    /// The svcproxy binary; skipped (with a note in the report) if it does not exist.
+    #[arg(long, default_value = "target/release/svcproxy")]
+    svcproxy: PathBuf,
+    /// svcproxy's arguments, split at spaces; `{table}` is the generated table file.
+    #[arg(long, allow_hyphen_values = true, default_value = proxy::SVCPROXY_ARGS)]
+    svcproxy_args: String,
+    /// The haproxy binary.
+    #[arg(long, default_value = "haproxy")]
+    haproxy: PathBuf,
+    /// Which proxies to measure, in order.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [ProxyName::Direct, ProxyName::Haproxy, ProxyName::Svcproxy])]
+    proxies: Vec<ProxyName>,
+    /// An already-running proxy to measure too: NAME=ADDR or NAME=ADDR/PID. It must forward to
+    /// the harness's backends (127.0.0.2 and 127.0.0.3 on the port given by --backend-port).
+    #[arg(long, value_parser = parse_running)]
+    running: Vec<ProxySpec>,
+    /// Where the results go.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+    /// A tiny smoke run (a few seconds per proxy).
+    #[arg(long)]
+    quick: bool,
+    /// The run's label in titles.
+    #[arg(long)]
+    label: Option<String>,
+    /// Seconds per rate scenario (overrides the preset).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Rounds of the repeated scenarios (overrides the preset: 3 full, 1 quick); the report
+    /// shows each scenario's median round.
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// The backends' port (0: any free port). Set it when measuring a --running proxy.
+    #[arg(long, default_value_t = 0)]
+    backend_port: u16,
+}
+
+fn parse_running(text: &str) -> Result<ProxySpec, String> {
+    let (name, rest) = text.split_once('=').ok_or("expected NAME=ADDR[/PID]")?;
+    let (addr, pid) = match rest.split_once('/') {
+        Some((addr, pid)) => (
+            addr,
+            Some(pid.parse::<u32>().map_err(|e| format!("pid: {e}"))?),
+        ),
+        None => (rest, None),
+    };
+    Ok(ProxySpec::Running {
+        name: name.to_owned(),
+        listen: addr.parse().map_err(|e| format!("address {addr}: {e}"))?,
+        pid,
+    })
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("bench: cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Cmd) -> Result<(), BenchError> {
+    match command {
+        Cmd::Userspace(args) => userspace(args).await,
+        Cmd::Report { json, out } => {
+            let run = RunReport::read(&json)?;
+            let dir = out.unwrap_or_else(|| {
+                json.parent()
+                    .map_or_else(|| PathBuf::from("."), Path::to_owned)
+            });
+            for path in run.write_rendered(&dir)? {
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
+        Cmd::NetnsSelftest => selftest::netns_selftest(),
+        Cmd::Serve { listen, for_secs } => serve(&listen, Duration::from_secs_f64(for_secs)).await,
+        Cmd::Load(spec) => {
+            let outcome = spec.run().await?;
+            let json = serde_json::to_string(&outcome).map_err(|source| BenchError::Json {
+                path: "<stdout>".into(),
+                source,
+            })?;
+            println!("{json}");
+            Ok(())
+        }
+    }
+}
+
+async fn userspace(args: UserspaceArgs) -> Result<(), BenchError> {
+    let mut config = if args.quick {
+        SuiteConfig::quick()
+    } else {
+        SuiteConfig::full()
+    };
+    if let Some(label) = args.label {
+        config.label = label;
+    }
+    config.backend_port = args.backend_port;
+    if let Some(rounds) = args.rounds {
+        config.rounds = rounds.max(1);
+    }
+    if let Some(secs) = args.duration {
+        config.duration = Duration::from_secs_f64(secs);
+    }
+    let mut specs = Vec::new();
+    let mut skipped = Vec::new();
+    for name in &args.proxies {
+        match name {
+            ProxyName::Direct => specs.push(ProxySpec::Direct),
+            ProxyName::Haproxy => specs.push(ProxySpec::Haproxy {
+                program: args.haproxy.clone(),
+            }),
+            ProxyName::Svcproxy if args.svcproxy.is_file() => specs.push(ProxySpec::Svcproxy {
+                program: args.svcproxy.clone(),
+                args: args
+                    .svcproxy_args
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect(),
+            }),
+            ProxyName::Svcproxy => {
+                let reason = format!(
+                    "binary {} not found (build it: cargo build --release -p examples --bin svcproxy, or pass --svcproxy PATH)",
+                    args.svcproxy.display()
+                );
+                tracing::warn!(%reason, "svcproxy skipped");
+                skipped.push(SkippedProxy {
+                    name: "svcproxy".to_owned(),
+                    reason,
+                });
+            }
+        }
+    }
+    specs.extend(args.running);
+    let report = suite::run_userspace(&specs, skipped, &config).await?;
+    for path in report.write(&args.out)? {
+        println!("{}", path.display());
+    }
+    Ok(())
+}
+
+async fn serve(listen: &[SocketAddr], duration: Duration) -> Result<(), BenchError> {
+    let port = listen.first().map_or(0, SocketAddr::port);
+    let ips: Vec<IpAddr> = listen.iter().map(SocketAddr::ip).collect();
+    let backends = wire::Backends::start(&ips, port).await?;
+    for addr in backends.addrs() {
+        println!("listening {addr}");
+    }
+    // The parent reads these lines to know we are ready.
+    use std::io::Write as _;
+    std::io::stdout()
+        .flush()
+        .map_err(|e| BenchError::io("flush stdout", e))?;
+    tokio::time::sleep(duration).await;
+    Ok(())
+}

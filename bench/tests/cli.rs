@@ -1,0 +1,104 @@
+//! The `bench` binary end to end: a quick userspace run writes its three files, and (as root)
+//! the namespace self-test builds, uses and removes its namespaces.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn bench() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_bench"))
+}
+
+fn haproxy_installed() -> bool {
+    Command::new("haproxy")
+        .arg("-v")
+        .output()
+        .is_ok_and(|out| out.status.success())
+}
+
+#[test]
+fn quick_userspace_run_writes_json_markdown_and_svg() {
+    let out_dir = std::env::temp_dir().join(format!("bench-cli-test-{}", std::process::id()));
+    let proxies = if haproxy_installed() {
+        "direct,haproxy"
+    } else {
+        "direct"
+    };
+    let output = bench()
+        .args([
+            "userspace",
+            "--quick",
+            "--duration",
+            "0.3",
+            "--svcproxy",
+            "/nonexistent/svcproxy",
+        ])
+        .args(["--proxies", &format!("{proxies},svcproxy")])
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .expect("run bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "bench failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let files: Vec<PathBuf> = stdout.lines().map(PathBuf::from).collect();
+    let extensions: Vec<_> = files
+        .iter()
+        .filter_map(|f| f.extension().map(|e| e.to_string_lossy().into_owned()))
+        .collect();
+    assert_eq!(extensions, ["json", "md", "svg"], "{stdout}");
+
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&files[0]).expect("read json"))
+            .expect("parse json");
+    let markdown = std::fs::read_to_string(&files[1]).expect("read md");
+    let _ = std::fs::remove_dir_all(&out_dir);
+
+    let measured: Vec<&str> = json["proxies"]
+        .as_array()
+        .expect("proxies")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(measured.join(","), proxies);
+    let direct = &json["proxies"][0];
+    assert!(
+        direct["conn_max"]["result"]["ops"].as_u64().expect("ops") > 0,
+        "{direct}"
+    );
+    assert_eq!(json["skipped"][0]["name"], "svcproxy");
+    assert!(
+        markdown.contains("**svcproxy skipped**: binary /nonexistent/svcproxy not found"),
+        "{markdown}"
+    );
+    if proxies.contains("haproxy") {
+        let haproxy = &json["proxies"][1];
+        assert!(
+            haproxy["conn_max"]["result"]["ops"].as_u64().expect("ops") > 0,
+            "{haproxy}"
+        );
+        let idle = &haproxy["idle"][0];
+        assert_eq!(idle["opened"], idle["connections"], "{haproxy}");
+        assert!(
+            idle["rss_before_kib"].as_u64().expect("rss") > 0,
+            "{haproxy}"
+        );
+        assert!(markdown.contains("| direct / haproxy |"), "{markdown}");
+    }
+}
+
+#[test]
+#[ignore = "needs root: CI runs --include-ignored"]
+fn netns_selftest_passes_and_leaves_no_namespace() {
+    let output = bench().arg("netns-selftest").output().expect("run bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "selftest failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("namespaces removed: true"), "{stdout}");
+    assert!(stdout.contains("netns-selftest: ok"), "{stdout}");
+}
