@@ -377,15 +377,13 @@ backend servers
     }
 
     #[test]
+    #[ignore = "needs haproxy (apt-get install haproxy): CI installs it and runs --include-ignored"]
     fn haproxy_accepts_the_generated_config() {
-        let Ok(status) = Command::new("haproxy")
+        let status = Command::new("haproxy")
             .arg("-v")
             .stdout(Stdio::null())
             .status()
-        else {
-            eprintln!("haproxy not installed; config check skipped (apt-get install haproxy)");
-            return;
-        };
+            .expect("haproxy is installed (apt-get install haproxy)");
         assert!(status.success());
         let dir = std::env::temp_dir().join(format!("bench-cfg-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");

@@ -8,21 +8,25 @@ fn bench() -> Command {
     Command::new(env!("CARGO_BIN_EXE_bench"))
 }
 
-fn haproxy_installed() -> bool {
-    Command::new("haproxy")
-        .arg("-v")
-        .output()
-        .is_ok_and(|out| out.status.success())
+#[test]
+fn quick_userspace_run_writes_json_markdown_and_svg() {
+    quick_run("direct");
 }
 
 #[test]
-fn quick_userspace_run_writes_json_markdown_and_svg() {
-    let out_dir = std::env::temp_dir().join(format!("bench-cli-test-{}", std::process::id()));
-    let proxies = if haproxy_installed() {
-        "direct,haproxy"
-    } else {
-        "direct"
-    };
+#[ignore = "needs haproxy (apt-get install haproxy): CI installs it and runs --include-ignored"]
+fn quick_userspace_run_measures_haproxy_side_by_side() {
+    quick_run("direct,haproxy");
+}
+
+/// A quick run over `proxies` (plus a svcproxy binary that does not exist, which must be listed as
+/// skipped), checking the three output files.
+fn quick_run(proxies: &str) {
+    let out_dir = std::env::temp_dir().join(format!(
+        "bench-cli-test-{}-{}",
+        std::process::id(),
+        proxies.len()
+    ));
     let output = bench()
         .args([
             "userspace",
