@@ -1,0 +1,64 @@
+//! The crate's errors.
+
+use std::fmt;
+
+/// Restore text that is not one of our shapes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ParseError {
+    /// 1-based line number.
+    pub line: usize,
+    /// The offending line.
+    pub text: String,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}: {:?}", self.line, self.reason, self.text)
+    }
+}
+
+/// A configuration the backend cannot use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The chain prefix is empty, too long, or has characters iptables or we cannot use.
+    #[error("prefix {prefix:?}: {reason}")]
+    Prefix {
+        /// The prefix given.
+        prefix: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A mark bit is out of range or the two bits coincide.
+    #[error("mark bits masquerade={masquerade} select={select}: {reason}")]
+    MarkBits {
+        /// The masquerade bit.
+        masquerade: u8,
+        /// The endpoint-select bit.
+        select: u8,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// More than one cluster CIDR per family.
+    #[error("cluster_cidrs: at most one CIDR per address family, got {count} for {family}")]
+    ClusterCidrs {
+        /// The family with too many.
+        family: &'static str,
+        /// How many were given.
+        count: usize,
+    },
+}
+
+/// Any error of this backend.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IptablesError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Restore text we could not parse.
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+}

@@ -1,0 +1,3 @@
+//! Test helpers (feature `testing`): the rule tracer.
+
+pub mod trace;
