@@ -1,0 +1,145 @@
+//! Packet flows through the rendered rules, per case, in both dispatch layouts.
+
+mod cases;
+
+use std::net::SocketAddr;
+
+use backend_iptables::config::{Config, DispatchLayout};
+use backend_iptables::plan::Planner;
+use backend_iptables::rules::Family;
+use backend_iptables::testing::trace::{run_packet_flows, Packet, Trace, Tracer};
+use proxy_core::ServiceTable;
+
+fn tracer(config: &Config, table: &ServiceTable, family: Family) -> Tracer {
+    let planner = Planner::new(config.clone()).expect("valid config");
+    let plan = planner.plan_full(table);
+    Tracer::from_plan(&planner, &plan, family, cases::local_addrs()).expect("our rules parse")
+}
+
+#[test]
+fn every_case_passes_its_packet_flows_in_both_layouts() {
+    let mut failures = Vec::new();
+    for case in cases::cases() {
+        for layout in [DispatchLayout::Flat, DispatchLayout::Tree] {
+            let config = Config {
+                dispatch: layout,
+                ..case.config.clone()
+            };
+            for family in Family::ALL {
+                let flows: Vec<_> = case
+                    .flows
+                    .iter()
+                    .filter(|f| family.contains(cases::ip(f.dst)))
+                    .cloned()
+                    .collect();
+                if flows.is_empty() {
+                    continue;
+                }
+                let tracer = tracer(&config, &case.table, family);
+                for failure in run_packet_flows(&tracer, &flows) {
+                    failures.push(format!("{} ({layout:?}, {family}): {failure}", case.name));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+fn case(name: &str) -> cases::Case {
+    cases::cases()
+        .into_iter()
+        .find(|c| c.name == name)
+        .expect("case exists")
+}
+
+fn trace(case: &cases::Case, packet: Packet) -> Trace {
+    let family = Family::of(packet.dst);
+    tracer(&case.config, &case.table, family)
+        .trace(&packet)
+        .expect("trace")
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("socket address")
+}
+
+#[test]
+fn even_split_over_three_endpoints() {
+    let c = case("cluster_ip_three_endpoints");
+    let t = trace(&c, Packet::tcp(cases::POD, "198.19.0.1", 80));
+    let d = t.destinations();
+    assert_eq!(d.len(), 3, "{t}");
+    for (to, p) in &d {
+        assert!((p - 1.0 / 3.0).abs() < 1e-9, "{to}: {p}\n{t}");
+    }
+}
+
+#[test]
+fn weights_are_respected() {
+    let c = case("weights");
+    let t = trace(&c, Packet::tcp(cases::POD, "198.19.0.2", 80));
+    let d = t.destinations();
+    for (to, want) in [
+        ("198.18.2.21:80", 1.0 / 6.0),
+        ("198.18.2.22:80", 2.0 / 6.0),
+        ("198.18.2.23:80", 3.0 / 6.0),
+    ] {
+        let got = d.get(&addr(to)).copied().unwrap_or(0.0);
+        assert!(
+            (got - want).abs() < 1e-9,
+            "{to}: want {want}, got {got}\n{t}"
+        );
+    }
+}
+
+#[test]
+fn hairpin_is_masqueraded_only_when_the_endpoint_picks_itself() {
+    let c = case("cluster_ip_three_endpoints");
+    // A pod that is endpoint 198.18.2.1 of the service calls the service.
+    let t = trace(&c, Packet::tcp("198.18.2.1", "198.19.0.1", 80));
+    assert_eq!(
+        t.masq(),
+        None,
+        "mixed: only the self-pick is masqueraded\n{t}"
+    );
+    for o in &t.outcomes {
+        let to_self = o.verdict.to_string() == "198.18.2.1:8080";
+        assert_eq!(o.masq, to_self, "{t}");
+    }
+    // And the split stays even for the hairpinning client.
+    for (to, p) in t.destinations() {
+        assert!((p - 1.0 / 3.0).abs() < 1e-9, "{to}: {p}\n{t}");
+    }
+    // The last endpoint hairpinning (no statistic rule of its own).
+    let last = trace(&c, Packet::tcp("198.18.2.2", "198.19.0.1", 80));
+    for o in &last.outcomes {
+        assert_eq!(o.masq, o.verdict.to_string() == "198.18.2.2:8080", "{last}");
+    }
+}
+
+#[test]
+fn affinity_hairpin_masquerades_in_the_endpoint_chain() {
+    let c = case("affinity");
+    let t = trace(&c, Packet::tcp("198.18.2.7", "198.19.0.6", 80));
+    for o in &t.outcomes {
+        assert_eq!(o.masq, o.verdict.to_string() == "198.18.2.7:80", "{t}");
+    }
+}
+
+#[test]
+fn tree_walks_fewer_rules_than_flat_for_the_last_service() {
+    let c = case("tree_40_services");
+    let packet = Packet::tcp(cases::POD, "198.19.1.39", 80);
+    let walked = |layout| {
+        let config = Config {
+            dispatch: layout,
+            ..c.config.clone()
+        };
+        tracer(&config, &c.table, Family::V4)
+            .trace(&packet)
+            .expect("trace")
+            .max_nat_rules_walked()
+    };
+    let (flat, tree) = (walked(DispatchLayout::Flat), walked(DispatchLayout::Tree));
+    assert!(tree < flat, "tree {tree} vs flat {flat}");
+}
