@@ -308,14 +308,6 @@ pub fn cases() -> Vec<Case> {
                     80,
                     "198.18.2.7:80, 198.18.2.8:80",
                 ),
-                tcp(
-                    "endpoint hairpin is masqueraded by its SEP chain",
-                    "198.18.2.7",
-                    "198.19.0.6",
-                    80,
-                    "198.18.2.7:80, 198.18.2.8:80",
-                ),
-            ],
         ),
         case(
             "etp_local",
