@@ -300,14 +300,13 @@ pub fn cases() -> Vec<Case> {
                 };
                 p
             }],
-            vec![
-                tcp(
-                    "new client balances",
-                    POD,
-                    "198.19.0.6",
-                    80,
-                    "198.18.2.7:80, 198.18.2.8:80",
-                ),
+            vec![tcp(
+                "new client balances",
+                POD,
+                "198.19.0.6",
+                80,
+                "198.18.2.7:80, 198.18.2.8:80",
+            )],
         ),
         case(
             "etp_local",
