@@ -26,6 +26,7 @@
 //! assert_eq!(parsed, rule);
 //! ```
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
@@ -971,6 +972,8 @@ pub fn parse_rule_spec(spec: &str) -> Result<Rule, String> {
 pub fn parse_restore(text: &str) -> Result<Vec<Table>, ParseError> {
     let mut tables = Vec::new();
     let mut current: Option<Table> = None;
+    // Chain name -> index in `current.chains`, so parsing stays linear.
+    let mut index_of: HashMap<ChainName, usize> = HashMap::new();
     for (index, line) in text.lines().enumerate() {
         let err = |reason: String| ParseError {
             line: index + 1,
@@ -991,6 +994,7 @@ pub fn parse_restore(text: &str) -> Result<Vec<Table>, ParseError> {
                 other => return Err(err(format!("unsupported table {other:?}"))),
             };
             current = Some(Table::new(name));
+            index_of.clear();
             continue;
         }
         let table = current
@@ -1004,7 +1008,8 @@ pub fn parse_restore(text: &str) -> Result<Vec<Table>, ParseError> {
                 .next()
                 .ok_or_else(|| err("empty chain line".into()))?;
             let name = ChainName::new(name);
-            if table.chain(&name).is_none() && !name.is_builtin() {
+            if !index_of.contains_key(&name) && !name.is_builtin() {
+                index_of.insert(name.clone(), table.chains.len());
                 table.chains.push(Chain::new(name));
             }
         } else if let Some(rest) = trimmed.strip_prefix("-A ") {
@@ -1013,18 +1018,27 @@ pub fn parse_restore(text: &str) -> Result<Vec<Table>, ParseError> {
                 .ok_or_else(|| err("rule without a spec".into()))?;
             let rule = parse_rule_spec(spec).map_err(err)?;
             let name = ChainName::new(chain);
-            match table.chains.iter_mut().find(|c| c.name == name) {
-                Some(c) => c.rules.push(rule),
+            match index_of.get(&name) {
+                Some(&i) => table.chains[i].rules.push(rule),
                 None if name.is_builtin() => {
-                    let mut c = Chain::new(name);
+                    let mut c = Chain::new(name.clone());
                     c.rules.push(rule);
+                    index_of.insert(name, table.chains.len());
                     table.chains.push(c);
                 }
                 None => return Err(err(format!("rule for undeclared chain {chain}"))),
             }
         } else if let Some(name) = trimmed.strip_prefix("-X ") {
             let name = ChainName::new(name.trim());
-            table.chains.retain(|c| c.name != name);
+            if index_of.remove(&name).is_some() {
+                table.chains.retain(|c| c.name != name);
+                index_of = table
+                    .chains
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (c.name.clone(), i))
+                    .collect();
+            }
             table.deleted.push(name);
         } else {
             return Err(err("unsupported line".into()));
