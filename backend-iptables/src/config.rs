@@ -64,6 +64,13 @@ pub struct Config {
     /// Drop forwarded packets in conntrack state INVALID (kube-proxy does unless
     /// `nf_conntrack_tcp_be_liberal` is set).
     pub drop_invalid: bool,
+    /// Write hairpin rules for every endpoint, not only this node's. Needed only when pods on
+    /// other nodes can reach our service addresses without their own node NATing them (a node
+    /// without this proxy).
+    pub hairpin_all_endpoints: bool,
+    /// Write `-m comment` on rules (kube-proxy drops them above 1,000 endpoints; here it is
+    /// explicit). Comments are about a third of the restore input at scale.
+    pub comments: bool,
 }
 
 impl Default for Config {
@@ -78,6 +85,8 @@ impl Default for Config {
             select_bit: 13,
             random_fully: false,
             drop_invalid: true,
+            hairpin_all_endpoints: false,
+            comments: true,
         }
     }
 }

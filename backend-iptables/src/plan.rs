@@ -367,7 +367,13 @@ impl Planner {
                     per_port.insert(&port.name, chains);
                 }
             }
-            let (nat_shared, filter_shared) = self.plan_shared(family, shared);
+            let (mut nat_shared, mut filter_shared) = self.plan_shared(family, shared);
+            if !self.config.comments {
+                nat_shared
+                    .iter_mut()
+                    .chain(filter_shared.iter_mut())
+                    .for_each(strip_comments);
+            }
 
             // Filter: all chains are shared.
             let mut filter = Table::new(TableName::Filter);
@@ -388,6 +394,9 @@ impl Planner {
                 }
             }
             // Port chains (nat only).
+            if !self.config.comments {
+                per_port.values_mut().flatten().for_each(strip_comments);
+            }
             for (name, chains) in per_port {
                 let set = port_chains.entry(name.clone()).or_default();
                 for chain in chains {
@@ -594,7 +603,12 @@ impl Planner {
         // Common prefix length of the whole (sorted) set = that of its extremes.
         let common = ((first ^ last) << (128 - width)).leading_zeros().min(width);
         let stride = u32::from(self.config.tree.stride_bits.clamp(1, 8));
-        let split = (common + stride).min(width);
+        // The fewest bits (up to `stride`) that make every group a leaf; else `stride`.
+        let leaf = self.config.tree.leaf_rules.max(1);
+        let split = (1..=stride)
+            .map(|bits| (common + bits).min(width))
+            .find(|&split| max_group(&entries, width - split) <= leaf)
+            .unwrap_or((common + stride).min(width));
         let shift = width - split;
         let mut rules = Vec::new();
         let mut group: Vec<(u128, Rule)> = Vec::new();
@@ -876,6 +890,10 @@ impl Planner {
     /// 3. `-s ep -m mark select -j DNAT ep` (finish the hairpin pick, masqueraded).
     ///
     /// The last endpoint needs no draw: `! -s ep -j DNAT`, `-j MARK-MASQ`, `-j DNAT`.
+    ///
+    /// Only endpoints on this node can send hairpin traffic through this node's rules (a remote
+    /// pod's connections are NATed by its own node), so rules 2 and 3 (and the `! -s` of rule 1)
+    /// are written for local endpoints only, unless `hairpin_all_endpoints` is set.
     fn balance_chain(
         &self,
         port: &ServicePort,
@@ -939,13 +957,18 @@ impl Planner {
                 chain.push(rule);
                 continue;
             }
-            let host = IpNet::from(ep.addr);
+            let needs_hairpin = ep.is_local || self.config.hairpin_all_endpoints;
             let mut direct = Rule::new(Target::Dnat(to))
-                .source_net(host, true)
                 .protocol(proto)
                 .comment(&comment);
+            if needs_hairpin {
+                direct = direct.source_net(IpNet::from(ep.addr), true);
+            }
             direct.matches.extend(stat.clone());
             chain.push(direct);
+            if !needs_hairpin {
+                continue;
+            }
             match stat {
                 Some(stat) => {
                     chain.push(
@@ -954,14 +977,12 @@ impl Planner {
                             mask: masq | select,
                         })
                         .source(ep.addr)
-                        .comment(format!("{comment} hairpin"))
                         .with(stat),
                     );
                     chain.push(
                         Rule::new(Target::Dnat(to))
                             .source(ep.addr)
                             .protocol(proto)
-                            .comment(&comment)
                             .with(Match::Mark {
                                 value: select,
                                 mask: select,
@@ -970,19 +991,20 @@ impl Planner {
                     );
                 }
                 None => {
-                    chain.push(
-                        Rule::new(Target::Jump(n.mark_masq()))
-                            .comment(format!("{comment} hairpin")),
-                    );
-                    chain.push(
-                        Rule::new(Target::Dnat(to))
-                            .protocol(proto)
-                            .comment(&comment),
-                    );
+                    // Only the endpoint itself gets here: the rule above took everyone else.
+                    chain.push(Rule::new(Target::Jump(n.mark_masq())));
+                    chain.push(Rule::new(Target::Dnat(to)).protocol(proto));
                 }
             }
         }
         chain
+    }
+}
+
+/// Drops `-m comment` from a chain's rules (`Config::comments = false`).
+fn strip_comments(chain: &mut Chain) {
+    for rule in &mut chain.rules {
+        rule.matches.retain(|m| !matches!(m, Match::Comment(_)));
     }
 }
 
@@ -1039,6 +1061,24 @@ pub(crate) fn family_view(port: &ServicePort, family: Family) -> Option<Cow<'_, 
         .retain(|r| in_family(&r.addr()));
     view.endpoints.retain(|e| in_family(&e.addr));
     Some(Cow::Owned(view))
+}
+
+/// The largest run of entries sharing `addr >> shift` (entries are sorted by address).
+fn max_group(entries: &[(u128, Rule)], shift: u32) -> usize {
+    let mut best = 0;
+    let mut run = 0;
+    let mut prev = None;
+    for (addr, _) in entries {
+        let key = addr >> shift;
+        if prev == Some(key) {
+            run += 1;
+        } else {
+            run = 1;
+            prev = Some(key);
+        }
+        best = best.max(run);
+    }
+    best
 }
 
 fn addr_bits(addr: IpAddr) -> u128 {

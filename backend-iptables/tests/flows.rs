@@ -95,26 +95,73 @@ fn weights_are_respected() {
 #[test]
 fn hairpin_is_masqueraded_only_when_the_endpoint_picks_itself() {
     let c = case("cluster_ip_three_endpoints");
-    // A pod that is endpoint 198.18.2.1 of the service calls the service.
-    let t = trace(&c, Packet::tcp("198.18.2.1", "198.19.0.1", 80));
+    // The local pod 198.18.1.3, an endpoint of the service, calls the service.
+    let t = trace(&c, Packet::tcp("198.18.1.3", "198.19.0.1", 80));
     assert_eq!(
         t.masq(),
         None,
         "mixed: only the self-pick is masqueraded\n{t}"
     );
     for o in &t.outcomes {
-        let to_self = o.verdict.to_string() == "198.18.2.1:8080";
+        let to_self = o.verdict.to_string() == "198.18.1.3:8080";
         assert_eq!(o.masq, to_self, "{t}");
     }
     // And the split stays even for the hairpinning client.
     for (to, p) in t.destinations() {
         assert!((p - 1.0 / 3.0).abs() < 1e-9, "{to}: {p}\n{t}");
     }
-    // The last endpoint hairpinning (no statistic rule of its own).
-    let last = trace(&c, Packet::tcp("198.18.2.2", "198.19.0.1", 80));
+}
+
+#[test]
+fn hairpin_of_the_last_endpoint_is_masqueraded() {
+    // iTP=Local: the SVL chain has the single local endpoint, so it is also the last one.
+    let c = case("itp_local");
+    let t = trace(&c, Packet::tcp("198.18.1.8", "198.19.0.8", 80));
+    assert_eq!(t.summary(), "198.18.1.8:80", "{t}");
+    assert_eq!(t.masq(), Some(true), "{t}");
+}
+
+#[test]
+fn remote_endpoints_get_hairpin_rules_only_when_asked() {
+    let c = case("cluster_ip_three_endpoints");
+    let packet = Packet::tcp("198.18.2.1", "198.19.0.1", 80);
+    let default = trace(&c, packet.clone());
+    assert_eq!(default.masq(), Some(false), "{default}");
+    let config = Config {
+        hairpin_all_endpoints: true,
+        ..c.config.clone()
+    };
+    let all = tracer(&config, &c.table, Family::V4)
+        .trace(&packet)
+        .expect("trace");
+    for o in &all.outcomes {
+        assert_eq!(o.masq, o.verdict.to_string() == "198.18.2.1:8080", "{all}");
+    }
+    // The last endpoint too (no statistic rule of its own).
+    let last = tracer(&config, &c.table, Family::V4)
+        .trace(&Packet::tcp("198.18.2.2", "198.19.0.1", 80))
+        .expect("trace");
     for o in &last.outcomes {
         assert_eq!(o.masq, o.verdict.to_string() == "198.18.2.2:8080", "{last}");
     }
+}
+
+#[test]
+fn comments_can_be_left_out() {
+    let c = case("etp_local");
+    let config = Config {
+        comments: false,
+        ..c.config.clone()
+    };
+    let planner = Planner::new(config.clone()).expect("valid");
+    let text = planner.plan_full(&c.table).render();
+    assert!(!text.contains("--comment"), "{text}");
+    let flows: Vec<_> = c.flows.clone();
+    let failures = backend_iptables::testing::trace::run_packet_flows(
+        &tracer(&config, &c.table, Family::V4),
+        &flows,
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 #[test]

@@ -326,6 +326,18 @@ fn tree_walk_is_under_100_rules_at_10000_services() {
     let table = cases::scale_table(10_000, 10);
     let planner = Planner::new(cases::config()).expect("default is tree");
     let plan = planner.plan_full(&table);
+    // The chain count does not grow with endpoints: one per service port plus the tree and base.
+    eprintln!(
+        "10,000 x 10: {} chains, {} rules, {} bytes",
+        plan.chains_written(),
+        plan.rules_written(),
+        plan.restores.iter().map(|r| r.input().len()).sum::<usize>()
+    );
+    assert!(
+        plan.chains_written() < 12_000,
+        "{} chains",
+        plan.chains_written()
+    );
     let tracer =
         Tracer::from_plan(&planner, &plan, Family::V4, cases::local_addrs()).expect("parses");
     let mut worst = 0;
