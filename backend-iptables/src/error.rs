@@ -61,4 +61,39 @@ pub enum IptablesError {
     /// Restore text we could not parse.
     #[error(transparent)]
     Parse(#[from] ParseError),
+    /// A restore failed; the kernel keeps that table as it was (restore is atomic per table), but
+    /// restores of the same plan that ran before it did apply.
+    #[error("{family} {table}: {failure}{}", context_suffix(.line, .context))]
+    Restore {
+        /// Address family.
+        family: crate::rules::Family,
+        /// Table.
+        table: crate::rules::TableName,
+        /// What the tool said.
+        #[source]
+        failure: RestoreFailure,
+        /// The failing line of our input, when the tool named one.
+        line: Option<usize>,
+        /// Our input lines around it (kube-proxy's `ExtractLines`).
+        context: String,
+    },
+}
+
+fn context_suffix(line: &Option<usize>, context: &str) -> String {
+    match line {
+        Some(line) => format!("\n  at input line {line}:\n{context}"),
+        None => String::new(),
+    }
+}
+
+/// A restore command that failed to run or exited non-zero.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{command} failed (exit status {status:?}): {stderr}")]
+pub struct RestoreFailure {
+    /// The command line.
+    pub command: String,
+    /// Exit status, if it ran and exited.
+    pub status: Option<i32>,
+    /// Its standard error, or the spawn error.
+    pub stderr: String,
 }

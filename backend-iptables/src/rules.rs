@@ -155,11 +155,48 @@ impl AddrMatch {
 
 /// A probability as `%0.10f` prints it (kube-proxy's `probability()`): an integer number of 1e-10
 /// units, so rendering and parsing round-trip exactly.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+///
+/// Equality (and hashing, ordering) is by the value the kernel stores, `lround(2^31 * p)`
+/// (`xt_statistic`): `iptables-save` prints that back with 11 digits (`0.33333333349` for our
+/// `0.3333333333`), and both must compare equal.
+#[derive(Debug, Clone, Copy)]
 pub struct Probability(u64);
+
+impl PartialEq for Probability {
+    fn eq(&self, other: &Self) -> bool {
+        self.kernel() == other.kernel()
+    }
+}
+
+impl Eq for Probability {}
+
+impl std::hash::Hash for Probability {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.kernel().hash(state);
+    }
+}
+
+impl PartialOrd for Probability {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Probability {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.kernel().cmp(&other.kernel())
+    }
+}
 
 impl Probability {
     const SCALE: u64 = 10_000_000_000;
+
+    /// The kernel's fixed-point value: `lround(0x80000000 * p)`.
+    pub fn kernel(self) -> u64 {
+        let scale = u128::from(Self::SCALE);
+        let v = (u128::from(self.0) * (1u128 << 31) + scale / 2) / scale;
+        u64::try_from(v).unwrap_or(u64::MAX)
+    }
 
     /// `numerator / denominator`, rounded to 10 decimals as `%0.10f` would.
     ///
@@ -184,14 +221,22 @@ impl Probability {
         self.0 as f64 / Self::SCALE as f64
     }
 
+    /// Parses `%0.10f` (what we write) or `iptables-save`'s 11 digits, rounding to 10 decimals.
     fn parse(text: &str) -> Option<Self> {
         let (int, frac) = text.split_once('.')?;
-        if frac.len() != 10 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        if frac.is_empty() || frac.len() > 18 || !frac.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
         let int: u64 = int.parse().ok()?;
+        let digits = u32::try_from(frac.len()).ok()?;
         let frac: u64 = frac.parse().ok()?;
-        let value = int.checked_mul(Self::SCALE)?.checked_add(frac)?;
+        let scaled = if digits <= 10 {
+            frac * 10u64.pow(10 - digits)
+        } else {
+            let div = 10u64.pow(digits - 10);
+            (frac + div / 2) / div
+        };
+        let value = int.checked_mul(Self::SCALE)?.checked_add(scaled)?;
         (value <= Self::SCALE).then_some(Self(value))
     }
 }
@@ -1073,6 +1118,15 @@ mod tests {
             Some(Probability::ratio(1, 3))
         );
         assert_eq!(Probability::parse("1.5000000000"), None);
+        // iptables-save prints 11 digits of the kernel's 32-bit value.
+        assert_eq!(
+            Probability::parse("0.33333333349"),
+            Some(Probability::ratio(1, 3))
+        );
+        assert_eq!(
+            Probability::parse("0.50000000000"),
+            Some(Probability::ratio(1, 2))
+        );
     }
 
     #[test]
