@@ -110,6 +110,11 @@ impl CommandRunner {
         self.variant
     }
 
+    /// The words run before each tool.
+    pub fn prefix(&self) -> &[String] {
+        &self.prefix
+    }
+
     /// The argument vector for one restore.
     pub fn command(&self, family: Family) -> Vec<String> {
         let mut argv = self.prefix.clone();

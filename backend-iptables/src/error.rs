@@ -77,6 +77,24 @@ pub enum IptablesError {
         /// Our input lines around it (kube-proxy's `ExtractLines`).
         context: String,
     },
+    /// `iptables-save` failed.
+    #[error("{family} {table}: {failure}")]
+    Save {
+        /// Address family.
+        family: crate::rules::Family,
+        /// Table.
+        table: crate::rules::TableName,
+        /// What the tool said.
+        #[source]
+        failure: RestoreFailure,
+    },
+}
+
+impl IptablesError {
+    /// Wraps this error for the sync loop.
+    pub fn into_dataplane(self) -> proxy_core::DataplaneError {
+        proxy_core::DataplaneError::backend("iptables", self)
+    }
 }
 
 fn context_suffix(line: &Option<usize>, context: &str) -> String {

@@ -28,6 +28,7 @@ pub mod apply;
 pub mod config;
 pub mod error;
 pub mod names;
+pub mod observe;
 pub mod plan;
 pub mod rules;
 #[cfg(any(test, feature = "testing"))]

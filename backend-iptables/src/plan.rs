@@ -50,11 +50,15 @@ pub struct ChainState {
 
 impl ChainState {
     fn of(chain: &Chain) -> Self {
+        Self::of_rules(&chain.rules)
+    }
+
+    fn of_rules(rules: &[Rule]) -> Self {
         let mut hasher = DefaultHasher::new();
-        chain.rules.hash(&mut hasher);
+        rules.hash(&mut hasher);
         Self {
             hash: hasher.finish(),
-            rules: chain.rules.len(),
+            rules: rules.len(),
         }
     }
 }
@@ -95,6 +99,27 @@ impl Applied {
     /// Whether a chain is known.
     pub fn contains(&self, key: &ChainKey) -> bool {
         self.chains.contains_key(key)
+    }
+
+    /// The state of chains read back from the kernel (no port ownership: fit for full plans).
+    pub fn from_chains<'a>(chains: impl IntoIterator<Item = (ChainKey, &'a [Rule])>) -> Self {
+        let chains = chains
+            .into_iter()
+            .map(|(key, rules)| (key, ChainState::of_rules(rules)))
+            .collect();
+        Self {
+            chains,
+            ports: BTreeMap::new(),
+        }
+    }
+
+    /// Chains present in only one of the two, or with different content, in key order.
+    pub fn differences(&self, other: &Applied) -> Vec<ChainKey> {
+        let keys: BTreeSet<&ChainKey> = self.chains.keys().chain(other.chains.keys()).collect();
+        keys.into_iter()
+            .filter(|k| self.chains.get(*k) != other.chains.get(*k))
+            .cloned()
+            .collect()
     }
 
     /// Records a plan as applied (call after every restore of the plan succeeded).

@@ -1015,6 +1015,19 @@ pub fn parse_rule_spec(spec: &str) -> Result<Rule, String> {
 /// # Errors
 /// [`ParseError`] with the line number, the line and why it is not one of our shapes.
 pub fn parse_restore(text: &str) -> Result<Vec<Table>, ParseError> {
+    parse_tables(text, &|_| true)
+}
+
+/// Parses `iptables-save` output, keeping only chains whose name `keep` accepts (ours): other
+/// chains and their rules, whatever their shape, are skipped, as are rules in built-in chains.
+///
+/// # Errors
+/// [`ParseError`] for a kept chain's rule that is not one of our shapes.
+pub fn parse_save(text: &str, keep: &dyn Fn(&str) -> bool) -> Result<Vec<Table>, ParseError> {
+    parse_tables(text, &|name| keep(name))
+}
+
+fn parse_tables(text: &str, keep: &dyn Fn(&str) -> bool) -> Result<Vec<Table>, ParseError> {
     let mut tables = Vec::new();
     let mut current: Option<Table> = None;
     // Chain name -> index in `current.chains`, so parsing stays linear.
@@ -1053,6 +1066,9 @@ pub fn parse_restore(text: &str) -> Result<Vec<Table>, ParseError> {
                 .next()
                 .ok_or_else(|| err("empty chain line".into()))?;
             let name = ChainName::new(name);
+            if !keep(name.as_str()) {
+                continue;
+            }
             if !index_of.contains_key(&name) && !name.is_builtin() {
                 index_of.insert(name.clone(), table.chains.len());
                 table.chains.push(Chain::new(name));
@@ -1061,6 +1077,9 @@ pub fn parse_restore(text: &str) -> Result<Vec<Table>, ParseError> {
             let (chain, spec) = rest
                 .split_once(' ')
                 .ok_or_else(|| err("rule without a spec".into()))?;
+            if !keep(chain) {
+                continue;
+            }
             let rule = parse_rule_spec(spec).map_err(err)?;
             let name = ChainName::new(chain);
             match index_of.get(&name) {

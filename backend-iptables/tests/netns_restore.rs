@@ -10,8 +10,9 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use backend_iptables::apply::{apply_plan, failing_line, CommandRunner, RestoreRunner, Variant};
+use backend_iptables::names::Names;
 use backend_iptables::plan::{Applied, Plan, Planner};
-use backend_iptables::rules::{parse_restore, Family, Rule, TableName};
+use backend_iptables::rules::{parse_save, Family, Rule, TableName};
 use proxy_core::table::Endpoint;
 use proxy_core::{diff, ServicePort, ServicePortName, SyncMode};
 
@@ -43,13 +44,7 @@ impl Netns {
             .collect()
     }
 
-    /// Our chains in one table as `iptables-save` shows them.
-    fn save(
-        &self,
-        variant: Variant,
-        family: Family,
-        table: TableName,
-    ) -> BTreeMap<String, Vec<Rule>> {
+    fn save_text(&self, variant: Variant, family: Family, table: TableName) -> String {
         let out = Command::new("ip")
             .args([
                 "netns",
@@ -66,8 +61,19 @@ impl Netns {
             "save failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let text = String::from_utf8_lossy(&out.stdout);
-        let tables = parse_restore(&text)
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Our chains in one table as `iptables-save` shows them.
+    fn save(
+        &self,
+        variant: Variant,
+        family: Family,
+        table: TableName,
+    ) -> BTreeMap<String, Vec<Rule>> {
+        let text = self.save_text(variant, family, table);
+        let names = Names::default();
+        let tables = parse_save(&text, &|n| names.is_owned(n))
             .unwrap_or_else(|e| panic!("cannot parse save output: {e}\n{text}"));
         tables
             .into_iter()
@@ -189,5 +195,64 @@ fn a_failed_restore_keeps_the_old_rules_and_names_the_line() {
             before,
             "{variant}"
         );
+    }
+}
+
+#[test]
+#[ignore = "needs root: CI runs --include-ignored"]
+fn observe_detects_drift_and_a_full_sync_repairs_it() {
+    use backend_iptables::observe::observe;
+    let rt = runtime();
+    let planner = Planner::new(cases::config()).expect("valid config");
+    let table = cases::scale_table(20, 2);
+    for variant in VARIANTS {
+        let ns = Netns::new();
+        let runner = CommandRunner::new(variant).with_prefix(ns.prefix());
+        let full = planner.plan_full(&table);
+        rt.block_on(apply_plan(&runner, &full)).expect("full");
+        let mut applied = Applied::new();
+        applied.commit(&full);
+        let observed = rt
+            .block_on(observe(&runner, planner.names()))
+            .expect("observe");
+        assert!(
+            observed.drift(&applied).is_empty(),
+            "{variant}: {:?}",
+            observed.drift(&applied)
+        );
+
+        // Someone flushes our dispatch chain and leaves a stale chain of ours and a foreign one.
+        let vandal = "*nat\n:SVCP-SERVICES - [0:0]\n:SVCP-SVC-AAAAAAAAAAAAAAAA - [0:0]\n\
+                      :OTHER-CHAIN - [0:0]\n-A OTHER-CHAIN -p tcp -m multiport --dports 1,2 -j RETURN\nCOMMIT\n";
+        rt.block_on(runner.restore(Family::V4, vandal))
+            .expect("vandal restore");
+        let observed = rt
+            .block_on(observe(&runner, planner.names()))
+            .expect("observe");
+        let drift = observed.drift(&applied);
+        assert_eq!(drift.len(), 2, "{variant}: {drift:?}");
+
+        // A full plan against what the kernel has repairs the chain and deletes the stale one.
+        let repair = planner.plan(
+            &table,
+            &Default::default(),
+            &observed.to_applied(),
+            SyncMode::Full,
+        );
+        rt.block_on(apply_plan(&runner, &repair)).expect("repair");
+        let after = rt
+            .block_on(observe(&runner, planner.names()))
+            .expect("observe");
+        assert!(
+            after.drift(&applied).is_empty(),
+            "{variant}: {:?}",
+            after.drift(&applied)
+        );
+        let save = ns.save_text(variant, Family::V4, TableName::Nat);
+        assert!(
+            save.contains("OTHER-CHAIN"),
+            "foreign chain must be left alone"
+        );
+        assert!(!save.contains("SVCP-SVC-AAAAAAAAAAAAAAAA"), "{save}");
     }
 }
