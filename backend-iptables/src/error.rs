@@ -77,6 +77,9 @@ pub enum IptablesError {
         /// Our input lines around it (kube-proxy's `ExtractLines`).
         context: String,
     },
+    /// Ensuring or removing a hook failed.
+    #[error(transparent)]
+    Hook(#[from] crate::hooks::HookError),
     /// `iptables-save` failed.
     #[error("{family} {table}: {failure}")]
     Save {

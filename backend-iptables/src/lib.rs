@@ -25,8 +25,10 @@
 #![warn(missing_docs)]
 
 pub mod apply;
+pub mod cleanup;
 pub mod config;
 pub mod error;
+pub mod hooks;
 pub mod names;
 pub mod observe;
 pub mod plan;

@@ -182,6 +182,15 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// A plan that only deletes chains (cleanup); it changes no recorded state.
+    pub(crate) fn deletions(restores: Vec<Restore>) -> Self {
+        Self {
+            mode: SyncMode::Full,
+            restores,
+            delta: AppliedDelta::default(),
+        }
+    }
+
     /// Whether there is nothing to do.
     pub fn is_empty(&self) -> bool {
         self.restores.is_empty()

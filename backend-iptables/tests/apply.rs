@@ -76,3 +76,32 @@ async fn a_failed_restore_names_the_line_and_shows_the_input_around_it() {
         "failed restore must not change state"
     );
 }
+
+#[test]
+fn hooks_are_ensured_once_in_order_before_foreign_rules() {
+    use backend_iptables::hooks::{ensure_hooks, remove_hooks};
+    use backend_iptables::testing::fake::FakeHooks;
+    let planner = Planner::new(cases::config()).expect("valid config");
+    let hooks = planner.hooks();
+    let fake = FakeHooks::new();
+    fake.append_foreign(Family::V4, "filter", "FORWARD", "-j SOMEONE-ELSE");
+    let inserted = ensure_hooks(&fake, &hooks).expect("ensure");
+    assert_eq!(inserted, hooks.len() * 2, "both families");
+    assert_eq!(ensure_hooks(&fake, &hooks).expect("again"), 0, "idempotent");
+    let forward = fake.chain(Family::V4, "filter", "FORWARD");
+    let planned: Vec<String> = hooks
+        .iter()
+        .filter(|h| h.chain.as_str() == "FORWARD")
+        .map(|h| h.rule.to_string())
+        .collect();
+    assert_eq!(forward[..planned.len()], planned[..], "{forward:?}");
+    assert_eq!(forward.last().map(String::as_str), Some("-j SOMEONE-ELSE"));
+    assert_eq!(
+        remove_hooks(&fake, &hooks).expect("remove"),
+        hooks.len() * 2
+    );
+    assert_eq!(
+        fake.chain(Family::V4, "filter", "FORWARD"),
+        ["-j SOMEONE-ELSE"]
+    );
+}

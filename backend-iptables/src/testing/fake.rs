@@ -69,3 +69,84 @@ impl RestoreRunner for FakeRestore {
         Ok(())
     }
 }
+
+/// An in-memory [`crate::hooks::HookOps`]: built-in chains as rule lists.
+#[derive(Debug, Default)]
+pub struct FakeHooks {
+    chains: Mutex<std::collections::BTreeMap<(Family, String, String), Vec<String>>>,
+}
+
+impl FakeHooks {
+    /// No hooks anywhere.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The rules of one built-in chain, in order.
+    pub fn chain(&self, family: Family, table: &str, chain: &str) -> Vec<String> {
+        self.lock()
+            .get(&(family, table.to_owned(), chain.to_owned()))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Appends a rule someone else owns.
+    pub fn append_foreign(&self, family: Family, table: &str, chain: &str, rule: &str) {
+        self.lock()
+            .entry((family, table.to_owned(), chain.to_owned()))
+            .or_default()
+            .push(rule.to_owned());
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<(Family, String, String), Vec<String>>>
+    {
+        self.chains.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn key(family: Family, hook: &crate::plan::Hook) -> (Family, String, String) {
+    (family, hook.table.to_string(), hook.chain.to_string())
+}
+
+impl crate::hooks::HookOps for FakeHooks {
+    fn exists(
+        &self,
+        family: Family,
+        hook: &crate::plan::Hook,
+    ) -> Result<bool, crate::hooks::HookError> {
+        let rule = hook.rule.to_string();
+        Ok(self
+            .lock()
+            .get(&key(family, hook))
+            .is_some_and(|rules| rules.contains(&rule)))
+    }
+
+    fn insert(
+        &self,
+        family: Family,
+        hook: &crate::plan::Hook,
+        position: usize,
+    ) -> Result<(), crate::hooks::HookError> {
+        let mut chains = self.lock();
+        let rules = chains.entry(key(family, hook)).or_default();
+        let at = position.saturating_sub(1).min(rules.len());
+        rules.insert(at, hook.rule.to_string());
+        Ok(())
+    }
+
+    fn delete(
+        &self,
+        family: Family,
+        hook: &crate::plan::Hook,
+    ) -> Result<(), crate::hooks::HookError> {
+        let rule = hook.rule.to_string();
+        if let Some(rules) = self.lock().get_mut(&key(family, hook)) {
+            if let Some(i) = rules.iter().position(|r| *r == rule) {
+                rules.remove(i);
+            }
+        }
+        Ok(())
+    }
+}
