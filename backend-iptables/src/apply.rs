@@ -59,6 +59,28 @@ impl Variant {
     }
 }
 
+/// Which variant plain `iptables` is on this host (`iptables --version`), as kube-proxy decides
+/// which binaries to use.
+///
+/// # Errors
+/// [`RestoreFailure`] if `iptables` cannot run or names neither variant.
+pub fn detect_variant() -> Result<Variant, RestoreFailure> {
+    let output = std::process::Command::new("iptables")
+        .arg("--version")
+        .output()
+        .map_err(|e| RestoreFailure {
+            command: "iptables --version".into(),
+            status: None,
+            stderr: e.to_string(),
+        })?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    Variant::from_version_output(&text).ok_or_else(|| RestoreFailure {
+        command: "iptables --version".into(),
+        status: output.status.code(),
+        stderr: format!("unknown variant in {:?}", text.trim()),
+    })
+}
+
 impl fmt::Display for Variant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

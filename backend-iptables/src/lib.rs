@@ -27,6 +27,7 @@
 pub mod apply;
 pub mod cleanup;
 pub mod config;
+pub mod dataplane;
 pub mod error;
 pub mod hooks;
 pub mod names;
@@ -37,5 +38,6 @@ pub mod rules;
 pub mod testing;
 
 pub use config::{Config, DispatchLayout};
+pub use dataplane::IptablesDataplane;
 pub use error::IptablesError;
 pub use plan::{Applied, Plan, Planner};

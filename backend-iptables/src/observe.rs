@@ -33,6 +33,9 @@ impl Observed {
         names: &Names,
     ) -> Result<(), IptablesError> {
         for table in parse_save(save, &|name| names.is_owned(name))? {
+            for name in table.deleted {
+                self.chains.remove(&(family, table.name, name));
+            }
             for chain in table.chains {
                 self.chains
                     .insert((family, table.name, chain.name), chain.rules);

@@ -58,6 +58,32 @@ impl FakeRestore {
 }
 
 #[async_trait]
+impl crate::observe::SaveRunner for FakeRestore {
+    /// The state's blocks of `table`, in order: what a save would show once the `-X` lines and
+    /// later declarations are applied by the reader ([`crate::observe::Observed`] does).
+    async fn save(
+        &self,
+        family: Family,
+        table: crate::rules::TableName,
+    ) -> Result<String, RestoreFailure> {
+        let state = self.state(family);
+        let header = format!("*{table}");
+        let mut out = String::new();
+        let mut keep = false;
+        for line in state.lines() {
+            if line.starts_with('*') {
+                keep = line == header;
+            }
+            if keep {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
 impl RestoreRunner for FakeRestore {
     async fn restore(&self, family: Family, input: &str) -> Result<(), RestoreFailure> {
         let mut inner = self.lock();
