@@ -3,8 +3,10 @@
 //! root namespace.
 
 mod cases;
+mod netns_util;
 
-use std::fs::File;
+use netns_util::{in_netns, Netns};
+
 use std::process::Command;
 
 use backend_iptables::apply::{apply_plan, CommandRunner, Variant};
@@ -13,57 +15,6 @@ use backend_iptables::hooks::{ensure_hooks, remove_hooks, IptablesHooks};
 use backend_iptables::plan::Planner;
 use backend_iptables::rules::Family;
 use backend_iptables::testing::trace::{Packet, Tracer};
-
-/// A named namespace, deleted on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(tag: &str) -> Self {
-        let name = format!("svcp-hk-{}-{tag}", std::process::id());
-        let status = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .expect("run ip netns add (needs root)");
-        assert!(status.success(), "ip netns add {name} failed: needs root");
-        Self { name }
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &self.name])
-            .status();
-    }
-}
-
-fn current_netns() -> String {
-    std::fs::read_link("/proc/thread-self/ns/net")
-        .map(|p| p.display().to_string())
-        .unwrap_or_default()
-}
-
-/// Runs `body` on a new thread that has entered `ns`.
-fn in_netns(ns: &Netns, body: impl FnOnce() + Send + 'static) {
-    let path = format!("/run/netns/{}", ns.name);
-    // The namespace this process started in: the one we must never touch.
-    let root = current_netns();
-    assert!(!root.is_empty(), "cannot read our own netns");
-    std::thread::spawn(move || {
-        let file = File::open(&path).expect("open netns");
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        assert_ne!(
-            current_netns(),
-            root,
-            "refusing to run in the root namespace"
-        );
-        body();
-    })
-    .join()
-    .expect("test thread");
-}
 
 /// Every rule and user chain iptables-save shows, per family and table, without counters. Empty
 /// tables (which legacy ip6tables creates on first use) and ACCEPT policies of built-in chains
