@@ -16,6 +16,7 @@ use crate::apply::{apply_plan, RestoreRunner};
 use crate::cleanup::cleanup_chains;
 use crate::error::IptablesError;
 use crate::hooks::{ensure_hooks, remove_hooks, HookError, HookOps};
+use crate::metrics::Metrics;
 use crate::observe::{observe, SaveRunner};
 use crate::plan::{Applied, Hook, Planner};
 
@@ -28,6 +29,7 @@ pub struct IptablesDataplane {
     hooks: Arc<dyn HookOps>,
     applied: Applied,
     hooks_ensured: bool,
+    metrics: Option<Metrics>,
 }
 
 impl IptablesDataplane {
@@ -45,7 +47,14 @@ impl IptablesDataplane {
             hooks,
             applied: Applied::new(),
             hooks_ensured: false,
+            metrics: None,
         }
+    }
+
+    /// The same dataplane, recording into `metrics` (see [`Metrics::register`]).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// What this dataplane believes is applied.
@@ -97,6 +106,9 @@ impl IptablesDataplane {
         let report = match applied {
             Ok(report) => report,
             Err(e) => {
+                if let Some(m) = &self.metrics {
+                    m.record_failure(plan.mode);
+                }
                 // Some restores of the plan may have run: the state is unknown until a full sync.
                 self.applied = Applied::new();
                 self.hooks_ensured = false;
@@ -110,6 +122,9 @@ impl IptablesDataplane {
                 info!(inserted, "iptables hooks inserted");
             }
             self.hooks_ensured = true;
+        }
+        if let Some(m) = &self.metrics {
+            m.record_sync(&plan, &self.applied, started.elapsed().as_secs_f64());
         }
         let mut out = SyncReport::for_request(&request);
         out.mode = plan.mode;

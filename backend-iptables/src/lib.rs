@@ -30,6 +30,7 @@ pub mod config;
 pub mod dataplane;
 pub mod error;
 pub mod hooks;
+pub mod metrics;
 pub mod names;
 pub mod observe;
 pub mod plan;

@@ -79,7 +79,9 @@ fn table() -> ServiceTable {
 fn setup_node(variant: Variant) {
     run(&["ip", "link", "set", "lo", "up"]);
     // The node's interface: a veth pair inside the namespace (the host may lack `dummy`).
-    run(&["ip", "link", "add", "node0", "type", "veth", "peer", "name", "node1"]);
+    run(&[
+        "ip", "link", "add", "node0", "type", "veth", "peer", "name", "node1",
+    ]);
     run(&["ip", "addr", "add", "198.18.200.1/24", "dev", "node0"]);
     run(&["ip", "link", "set", "node0", "up"]);
     run(&["ip", "link", "set", "node1", "up"]);
