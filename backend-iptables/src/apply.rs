@@ -3,7 +3,7 @@
 //!
 //! The real runner ([`CommandRunner`]) spawns `iptables-restore --noflush` (or `ip6tables-restore`,
 //! legacy or nft variant) from an argument vector with the input on stdin. Tests use
-//! [`crate::testing::fake::FakeRestore`].
+//! `testing::fake::FakeRestore` (feature `testing`).
 
 use std::fmt;
 use std::process::Stdio;

@@ -4,9 +4,12 @@
 //!
 //! It owns, in the `nat` and `filter` tables of both address families, every chain whose name
 //! [`names::Names::is_owned`] accepts (prefix `SVCP-` by default) and the jumps to them from the
-//! built-in chains ([`plan::Planner::hooks`]); `cleanup` (to come) removes exactly those.
+//! built-in chains ([`plan::Planner::hooks`]); [`cleanup::cleanup_chains`] and
+//! [`hooks::remove_hooks`] remove exactly those.
 //!
-//! Shape: **model** ([`rules`]) → **plan** ([`plan`], pure) → apply → observe.
+//! Shape: **model** ([`rules`]) → **plan** ([`plan`], pure) → **apply** ([`apply`], [`hooks`]) →
+//! **observe** ([`observe`]); [`dataplane::IptablesDataplane`] ties them into a
+//! [`proxy_core::Dataplane`].
 //!
 //! ```
 //! use backend_iptables::{config::Config, plan::Planner, rules::{Family, TableName}};
