@@ -7,7 +7,7 @@
 //! ```
 //!
 //! Checks masquerade for node ports (eTP=Cluster), source preservation for eTP=Local, LB source
-//! ranges, and hairpin (a pod reaching itself through its service). Both iptables variants. Needs
+//! ranges, client-IP affinity, and hairpin (a pod reaching itself through its service). Both iptables variants. Needs
 //! root; every command runs with `ip -n`/`ip netns exec` or on a thread inside a test namespace.
 
 mod cases;
@@ -22,7 +22,7 @@ use backend_iptables::apply::{apply_plan, CommandRunner, Variant};
 use backend_iptables::hooks::{ensure_hooks, IptablesHooks};
 use backend_iptables::plan::Planner;
 use netns_util::{in_netns, run, Netns};
-use proxy_core::table::{Endpoint, TrafficPolicy};
+use proxy_core::table::{Endpoint, SessionAffinity, TrafficPolicy};
 use proxy_core::{Protocol, ServicePort, ServicePortName, ServiceTable};
 
 const DEADLINE: Duration = Duration::from_secs(15);
@@ -139,6 +139,16 @@ fn table() -> ServiceTable {
         )
         .insert(etp_local)
         .insert(lb)
+        .insert({
+            let mut sticky = ServicePort::new(name("sticky"), Protocol::Tcp, 80)
+                .with_cluster_ip("198.19.0.6".parse().expect("ip"))
+                .with_endpoint(local("198.18.2.10"))
+                .with_endpoint(local("198.18.3.10"));
+            sticky.session_affinity = SessionAffinity::ClientIp {
+                timeout: Duration::from_secs(60),
+            };
+            sticky
+        })
         .build()
         .expect("valid table")
 }
@@ -316,6 +326,11 @@ fn external_clients_node_ports_local_policy_source_ranges_and_hairpin() {
             drops > 0,
             "{variant}: the FIREWALL DROP rule must have counted the SYN"
         );
+
+        // Client-IP affinity: every connection of one client goes to the same pod.
+        let seen = answers("198.18.250.1", "198.19.0.6:80", 10, &t.client);
+        assert_eq!(seen.len(), 1, "{variant}: sticky: {seen:?}");
+        assert_eq!(seen.values().sum::<usize>(), 10, "{variant}: {seen:?}");
 
         // Hairpin: pod A through the cluster IP. Picking itself works and is masqueraded to the
         // node's address; picking B keeps A's address.
