@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use proxy_core::dataplane::{CleanupReport, SyncReport};
+use proxy_core::dataplane::{CleanupReport, SyncProblem, SyncReport};
 use proxy_core::table::Scheduler;
 use proxy_core::{Capabilities, Dataplane, DataplaneError, Protocol, SyncMode, SyncRequest};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::apply::{apply_plan, RestoreRunner};
 use crate::cleanup::cleanup_chains;
+use crate::conntrack::{flush_stale, plan_conntrack, ConntrackOps};
 use crate::error::IptablesError;
 use crate::hooks::{ensure_hooks, remove_hooks, HookError, HookOps};
 use crate::metrics::Metrics;
@@ -30,6 +31,7 @@ pub struct IptablesDataplane {
     applied: Applied,
     hooks_ensured: bool,
     metrics: Option<Metrics>,
+    conntrack: Option<Arc<dyn ConntrackOps>>,
 }
 
 impl IptablesDataplane {
@@ -48,7 +50,15 @@ impl IptablesDataplane {
             applied: Applied::new(),
             hooks_ensured: false,
             metrics: None,
+            conntrack: None,
         }
+    }
+
+    /// The same dataplane, deleting stale UDP conntrack entries after each sync through `ops`
+    /// (usually [`crate::conntrack::Netlink`]).
+    pub fn with_conntrack(mut self, ops: Arc<dyn ConntrackOps>) -> Self {
+        self.conntrack = Some(ops);
+        self
     }
 
     /// The same dataplane, recording into `metrics` (see [`Metrics::register`]).
@@ -127,6 +137,32 @@ impl IptablesDataplane {
             m.record_sync(&plan, &self.applied, started.elapsed().as_secs_f64());
         }
         let mut out = SyncReport::for_request(&request);
+        if let Some(ops) = &self.conntrack {
+            let flushes = plan_conntrack(request.changes);
+            if !flushes.is_empty() {
+                let ops = Arc::clone(ops);
+                let count = flushes.len();
+                let result =
+                    tokio::task::spawn_blocking(move || flush_stale(ops.as_ref(), &flushes)).await;
+                match result {
+                    Ok(Ok(deleted)) => debug!(
+                        flushes = count,
+                        deleted, "stale UDP conntrack entries deleted"
+                    ),
+                    Ok(Err(e)) => {
+                        warn!(error = %e, "stale UDP conntrack entries not deleted");
+                        out.problems.push(SyncProblem {
+                            object: "conntrack".into(),
+                            reason: e.to_string(),
+                        });
+                    }
+                    Err(e) => out.problems.push(SyncProblem {
+                        object: "conntrack".into(),
+                        reason: e.to_string(),
+                    }),
+                }
+            }
+        }
         out.mode = plan.mode;
         out.objects_written = report.rules_written;
         out.duration = started.elapsed();

@@ -30,6 +30,7 @@
 pub mod apply;
 pub mod cleanup;
 pub mod config;
+pub mod conntrack;
 pub mod dataplane;
 pub mod error;
 pub mod hooks;

@@ -171,3 +171,81 @@ async fn after_a_failed_restore_the_next_sync_is_full() {
     assert_eq!(report.mode, SyncMode::Full);
     assert_eq!(rig.summary("198.19.0.1"), "198.18.100.1:8080");
 }
+
+#[derive(Debug, Default)]
+struct FakeConntrack {
+    entries: std::sync::Mutex<Vec<backend_iptables::conntrack::Entry>>,
+}
+
+impl backend_iptables::conntrack::ConntrackOps for FakeConntrack {
+    fn dump(
+        &self,
+        _family: Family,
+    ) -> Result<Vec<backend_iptables::conntrack::Entry>, backend_iptables::conntrack::ConntrackError>
+    {
+        Ok(self.entries.lock().expect("lock").clone())
+    }
+
+    fn delete(
+        &self,
+        _family: Family,
+        entry: &backend_iptables::conntrack::Entry,
+    ) -> Result<(), backend_iptables::conntrack::ConntrackError> {
+        self.entries.lock().expect("lock").retain(|e| e != entry);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_sync_deletes_udp_entries_of_a_removed_endpoint() {
+    use backend_iptables::conntrack::Entry;
+    let planner = Planner::new(cases::config()).expect("valid config");
+    let restore = Arc::new(FakeRestore::new());
+    let conntrack = Arc::new(FakeConntrack::default());
+    let mut dataplane = IptablesDataplane::new(
+        planner,
+        restore.clone(),
+        restore.clone(),
+        Arc::new(FakeHooks::new()),
+    )
+    .with_conntrack(conntrack.clone());
+    let udp = |eps: &[&str]| {
+        let mut p = ServicePort::new(
+            ServicePortName::new("ns", "dns", "p"),
+            proxy_core::Protocol::Udp,
+            53,
+        )
+        .with_cluster_ip("198.19.0.53".parse().expect("ip"));
+        for e in eps {
+            p = p.with_endpoint(Endpoint::new(e.parse().expect("ip"), 5353));
+        }
+        ServiceTable::builder().insert(p).build().expect("valid")
+    };
+    let a = udp(&["198.18.1.1", "198.18.1.2"]);
+    let b = udp(&["198.18.1.2"]);
+    let entry = |reply: &str| Entry {
+        proto: 17,
+        src: "198.18.5.5".parse().expect("ip"),
+        dst: "198.19.0.53".parse().expect("ip"),
+        sport: 40000,
+        dport: 53,
+        reply_src: reply.parse().expect("ip"),
+    };
+    *conntrack.entries.lock().expect("lock") = vec![entry("198.18.1.1"), entry("198.18.1.2")];
+    for (before, after) in [(ServiceTable::empty(), a.clone()), (a, b)] {
+        let changes = diff(&before, &after);
+        let report = dataplane
+            .sync(SyncRequest {
+                desired: &after,
+                changes: &changes,
+                mode: SyncMode::Partial,
+            })
+            .await
+            .expect("sync");
+        assert!(report.is_complete(), "{report}");
+    }
+    assert_eq!(
+        *conntrack.entries.lock().expect("lock"),
+        vec![entry("198.18.1.2")]
+    );
+}
