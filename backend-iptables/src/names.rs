@@ -210,6 +210,17 @@ impl Names {
         self.hashed(DT, &format!("{family} {net}"))
     }
 
+    /// nat: one node of the node-ports tree, covering `protocol` ports `first..=last`.
+    pub fn node_port_node(
+        &self,
+        family: Family,
+        protocol: Protocol,
+        first: u16,
+        last: u16,
+    ) -> ChainName {
+        self.hashed(DT, &format!("{family} {protocol} {first}:{last}"))
+    }
+
     /// Whether `name` is a chain this prefix owns: one of the fixed names, or a kind prefix plus a
     /// 16-character base32 hash.
     pub fn is_owned(&self, name: &str) -> bool {

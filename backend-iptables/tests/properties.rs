@@ -361,3 +361,50 @@ fn tree_walk_is_under_100_rules_at_10000_services() {
     assert!(worst < 100, "worst walk {worst} rules");
     assert!(other.max_nat_rules_walked() < 100, "{other}");
 }
+
+#[test]
+fn node_port_walk_is_short_at_10000_node_ports() {
+    let mut b = ServiceTable::builder().node("node-a");
+    for i in 0..10_000u32 {
+        let vip: IpAddr = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 0)) + i).into();
+        let ep: IpAddr = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + i).into();
+        b = b.insert(
+            ServicePort::new(
+                ServicePortName::new("np", format!("s{i}"), "p"),
+                Protocol::Tcp,
+                80,
+            )
+            .with_cluster_ip(vip)
+            .with_node_port(30_000 + i as u16)
+            .with_endpoint(Endpoint::new(ep, 8080)),
+        );
+    }
+    let table = b.build().expect("valid");
+    let planner = Planner::new(cases::config()).expect("valid config");
+    let tracer = Tracer::from_plan(
+        &planner,
+        &planner.plan_full(&table),
+        Family::V4,
+        cases::local_addrs(),
+    )
+    .expect("parses");
+    let mut worst = 0;
+    for i in [0u16, 4_321, 9_999] {
+        let t = tracer
+            .trace(&Packet::tcp(cases::CLIENT, cases::NODE_IP, 30_000 + i))
+            .expect("trace");
+        let ep = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + u32::from(i));
+        assert_eq!(t.summary(), format!("{ep}:8080"), "{t}");
+        worst = worst.max(t.max_nat_rules_walked());
+    }
+    let not_ours = tracer
+        .trace(&Packet::tcp(cases::CLIENT, cases::NODE_IP, 22))
+        .expect("trace");
+    assert_eq!(not_ours.summary(), "ACCEPT");
+    eprintln!(
+        "10,000 node ports: worst walk {worst}, not ours {}",
+        not_ours.max_nat_rules_walked()
+    );
+    assert!(worst < 100, "worst node-port walk {worst}");
+    assert!(not_ours.max_nat_rules_walked() < 100, "{not_ours}");
+}

@@ -250,7 +250,8 @@ pub struct Planner {
 struct Shared {
     /// (destination, rule) for the services dispatch chain, in port order.
     dispatch: Vec<(IpAddr, Rule)>,
-    node_ports: Vec<Rule>,
+    /// (protocol, node port, rule) for the node-ports chain.
+    node_ports: Vec<(proxy_core::Protocol, u16, Rule)>,
     filter_services: Vec<Rule>,
     filter_external: Vec<Rule>,
     filter_firewall: Vec<Rule>,

@@ -116,12 +116,14 @@ impl Planner {
         }
         if let Some(node_port) = port.node_port {
             if let Some(ext) = &ext {
-                shared.node_ports.push(
+                shared.node_ports.push((
+                    proto,
+                    node_port,
                     Rule::new(Target::Jump(ext.clone()))
                         .protocol(proto)
                         .comment(name.to_string())
                         .dport(proto, node_port),
-                );
+                ));
             }
             if let Some((target, why)) = &external_filter {
                 shared.filter_external.push(

@@ -7,6 +7,8 @@ use ipnet::IpNet;
 
 use super::{Planner, Shared};
 use crate::config::DispatchLayout;
+use proxy_core::Protocol;
+
 use crate::rules::{AddrTypeDir, Chain, ChainName, CtState, Family, Match, Rule, Target};
 
 impl Planner {
@@ -33,7 +35,21 @@ impl Planner {
                     .collect();
                 // Stable: rules of one address keep table order.
                 entries.sort_by_key(|(a, _)| *a);
-                services.rules = self.tree_node(family, entries, Target::Jump, &mut tree_chains);
+                let names = &self.names;
+                let by_address = move |prefix: u128, len: u32| {
+                    let net = IpNet::new(from_bits(family, prefix), len as u8)
+                        .expect("prefix within family width")
+                        .trunc();
+                    (
+                        names.dispatch_node(family, net),
+                        Rule::new(Target::Return).destination_net(net, false),
+                    )
+                };
+                let key = TreeKey {
+                    width: u32::from(family.bits()),
+                    group: &by_address,
+                };
+                services.rules = self.tree_node(&key, entries, Target::Jump, &mut tree_chains);
             }
         }
         let loopback: IpNet = match family {
@@ -49,7 +65,7 @@ impl Planner {
                 .with(Match::AddrTypeLocal(AddrTypeDir::Dst)),
         );
         let mut node_ports = Chain::new(n.node_ports());
-        node_ports.rules = shared.node_ports;
+        node_ports.rules = self.node_ports_rules(family, shared.node_ports, &mut tree_chains);
         let mut mark_masq = Chain::new(n.mark_masq());
         mark_masq.push(Rule::new(Target::Mark {
             value: masq,
@@ -110,32 +126,32 @@ impl Planner {
         (nat, vec![f_services, f_external, f_forward, f_firewall])
     }
 
-    /// One node of the tree dispatch: returns the node's rules, pushing child chains.
+    /// One node of a dispatch tree: returns the node's rules, pushing child chains.
     ///
-    /// Entries are sorted by address. A node with few rules (or one address)
-    /// keeps them inline; otherwise entries are grouped by the `stride_bits` bits after their
-    /// common prefix, each group becoming a `-d group/len -g child` rule (or its single rule
-    /// inline). Groups are disjoint networks, so at most one child can match.
+    /// Entries are sorted by key (an address, or a port) of `key.width` bits. A node with few rules
+    /// (or one key) keeps them inline; otherwise entries are grouped by the fewest bits (up to
+    /// `stride_bits`) after their common prefix that make every group a leaf, each group
+    /// becoming `<key.group match> -g child` (or its single rule inline). Groups are disjoint, so
+    /// at most one can match.
     fn tree_node(
         &self,
-        family: Family,
+        key: &TreeKey<'_>,
         entries: Vec<(u128, Rule)>,
         link: fn(ChainName) -> Target,
         chains: &mut Vec<Chain>,
     ) -> Vec<Rule> {
-        let width = u32::from(family.bits());
+        let width = key.width;
         let (first, last) = match (entries.first(), entries.last()) {
             (Some(f), Some(l)) => (f.0, l.0),
             _ => return Vec::new(),
         };
-        if entries.len() <= self.config.tree.leaf_rules.max(1) || first == last {
+        let leaf = self.config.tree.leaf_rules.max(1);
+        if entries.len() <= leaf || first == last {
             return entries.into_iter().map(|(_, r)| r).collect();
         }
         // Common prefix length of the whole (sorted) set = that of its extremes.
         let common = ((first ^ last) << (128 - width)).leading_zeros().min(width);
         let stride = u32::from(self.config.tree.stride_bits.clamp(1, 8));
-        // The fewest bits (up to `stride`) that make every group a leaf; else `stride`.
-        let leaf = self.config.tree.leaf_rules.max(1);
         let split = (1..=stride)
             .map(|bits| (common + bits).min(width))
             .find(|&split| max_group(&entries, width - split) <= leaf)
@@ -144,21 +160,20 @@ impl Planner {
         let mut rules = Vec::new();
         let mut group: Vec<(u128, Rule)> = Vec::new();
         let flush = |group: Vec<(u128, Rule)>, rules: &mut Vec<Rule>, chains: &mut Vec<Chain>| {
-            let Some(&(addr, _)) = group.first() else {
+            let Some(&(value, _)) = group.first() else {
                 return;
             };
             if group.len() == 1 {
                 rules.extend(group.into_iter().map(|(_, r)| r));
                 return;
             }
-            let child_net = IpNet::new(from_bits(family, addr), split as u8)
-                .expect("prefix within family width")
-                .trunc();
-            let name = self.names.dispatch_node(family, child_net);
+            let prefix = (value >> shift) << shift;
+            let (name, mut rule) = (key.group)(prefix, split);
             let mut child = Chain::new(name.clone());
-            child.rules = self.tree_node(family, group, Target::Goto, chains);
+            child.rules = self.tree_node(key, group, Target::Goto, chains);
             chains.push(child);
-            rules.push(Rule::new(link(name)).destination_net(child_net, false));
+            rule.target = link(name);
+            rules.push(rule);
         };
         for entry in entries {
             let same = group
@@ -172,6 +187,58 @@ impl Planner {
         flush(group, &mut rules, chains);
         rules
     }
+
+    /// The node-ports chain: flat, or per protocol a tree on port bits (`--dport lo:hi`).
+    fn node_ports_rules(
+        &self,
+        family: Family,
+        entries: Vec<(Protocol, u16, Rule)>,
+        chains: &mut Vec<Chain>,
+    ) -> Vec<Rule> {
+        if self.config.dispatch == DispatchLayout::Flat {
+            return entries.into_iter().map(|(_, _, r)| r).collect();
+        }
+        let mut rules = Vec::new();
+        for protocol in Protocol::ALL {
+            let mut group: Vec<(u128, Rule)> = entries
+                .iter()
+                .filter(|(p, _, _)| *p == protocol)
+                .map(|(_, port, r)| (u128::from(*port), r.clone()))
+                .collect();
+            group.sort_by_key(|(p, _)| *p);
+            let names = &self.names;
+            let by_ports = move |prefix: u128, len: u32| {
+                let span = (1u32 << (16 - len)) - 1;
+                let first = u16::try_from(prefix).unwrap_or(u16::MAX);
+                let last = u16::try_from(u32::from(first) + span).unwrap_or(u16::MAX);
+                (
+                    names.node_port_node(family, protocol, first, last),
+                    Rule::new(Target::Return)
+                        .protocol(protocol)
+                        .with(Match::DestPortRange {
+                            protocol,
+                            first,
+                            last,
+                        }),
+                )
+            };
+            let key = TreeKey {
+                width: 16,
+                group: &by_ports,
+            };
+            rules.extend(self.tree_node(&key, group, Target::Goto, chains));
+        }
+        rules
+    }
+}
+
+/// What a dispatch tree is keyed on.
+struct TreeKey<'a> {
+    /// Key width in bits (32, 128 for addresses; 16 for ports).
+    width: u32,
+    /// For a group of keys sharing `prefix` (of `len` bits): the child chain's name and the rule
+    /// matching the group (its target is set by the caller).
+    group: &'a dyn Fn(u128, u32) -> (ChainName, Rule),
 }
 
 /// The largest run of entries sharing `addr >> shift` (entries are sorted by address).

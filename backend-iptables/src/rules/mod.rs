@@ -327,6 +327,15 @@ pub enum Match {
         /// The destination port.
         port: u16,
     },
+    /// `-m tcp --dport FIRST:LAST` (or `udp`/`sctp`): the node-ports tree.
+    DestPortRange {
+        /// The protocol module.
+        protocol: Protocol,
+        /// First port of the range.
+        first: u16,
+        /// Last port of the range (inclusive).
+        last: u16,
+    },
     /// `-m addrtype --src-type LOCAL` / `--dst-type LOCAL`.
     AddrTypeLocal(AddrTypeDir),
     /// `-m statistic --mode random --probability p`.
@@ -553,6 +562,11 @@ impl fmt::Display for Rule {
                 Match::DestPort { protocol, port } => {
                     word(f, format_args!("-m {protocol} --dport {port}"))?
                 }
+                Match::DestPortRange {
+                    protocol,
+                    first,
+                    last,
+                } => word(f, format_args!("-m {protocol} --dport {first}:{last}"))?,
                 Match::AddrTypeLocal(AddrTypeDir::Src) => {
                     word(f, format_args!("-m addrtype --src-type LOCAL"))?
                 }
@@ -771,6 +785,13 @@ mod tests {
                 .dport(Protocol::Tcp, 80),
             Rule::new(Target::Goto(ChainName::new("X")))
                 .destination_net("198.19.0.0/20".parse().expect("net"), false),
+            Rule::new(Target::Goto(ChainName::new("Y")))
+                .protocol(Protocol::Udp)
+                .with(Match::DestPortRange {
+                    protocol: Protocol::Udp,
+                    first: 30000,
+                    last: 30015,
+                }),
             Rule::new(Target::Accept).with(Match::Conntrack(vec![
                 CtState::Related,
                 CtState::Established,

@@ -120,9 +120,18 @@ fn parse_module(words: &mut Words, module: &str, rule: &mut Rule) -> Result<(), 
         "tcp" | "udp" | "sctp" => {
             words.expect("--dport")?;
             let port = words.value("port")?;
-            Match::DestPort {
-                protocol: parse_protocol(module)?,
-                port: port.parse().map_err(|_| format!("bad port {port:?}"))?,
+            let protocol = parse_protocol(module)?;
+            let number = |p: &str| p.parse::<u16>().map_err(|_| format!("bad port {port:?}"));
+            match port.split_once(':') {
+                Some((first, last)) => Match::DestPortRange {
+                    protocol,
+                    first: number(first)?,
+                    last: number(last)?,
+                },
+                None => Match::DestPort {
+                    protocol,
+                    port: number(&port)?,
+                },
             }
         }
         "addrtype" => match words.next() {

@@ -526,6 +526,11 @@ impl Tracer {
             let ok = match m {
                 Match::Comment(_) => true,
                 Match::DestPort { protocol, port } => *protocol == f.proto && *port == f.dport,
+                Match::DestPortRange {
+                    protocol,
+                    first,
+                    last,
+                } => *protocol == f.proto && (*first..=*last).contains(&f.dport),
                 Match::AddrTypeLocal(AddrTypeDir::Src) => f.src_local,
                 Match::AddrTypeLocal(AddrTypeDir::Dst) => f.dst_local,
                 Match::Statistic(p) => {
