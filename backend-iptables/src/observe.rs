@@ -11,43 +11,71 @@ use async_trait::async_trait;
 use crate::error::{IptablesError, RestoreFailure};
 use crate::names::Names;
 use crate::plan::{Applied, ChainKey};
-use crate::rules::{parse_save, Family, Rule, TableName};
+use std::collections::BTreeSet;
+
+use tracing::warn;
+
+use crate::rules::{parse_rule_spec, ChainName, Family, Rule, TableName};
 
 /// Our chains as the kernel has them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Observed {
-    /// Every chain we own, with its rules.
+    /// Every chain we own, with the rules we could read.
     pub chains: BTreeMap<ChainKey, Vec<Rule>>,
+    /// Chains of ours holding a rule shape we never write (someone edited them): they count as
+    /// drift, and a full sync rewrites or deletes them.
+    pub tainted: BTreeSet<ChainKey>,
 }
 
 impl Observed {
-    /// Adds one table's `iptables-save -t TABLE` output, keeping only chains `names` owns.
-    ///
-    /// # Errors
-    /// [`IptablesError::Parse`] if one of our chains holds a rule shape we never write (someone
-    /// edited it): the caller should treat the state as unknown and resync fully.
-    pub fn add_save_output(
-        &mut self,
-        family: Family,
-        save: &str,
-        names: &Names,
-    ) -> Result<(), IptablesError> {
-        for table in parse_save(save, &|name| names.is_owned(name))? {
-            for name in table.deleted {
-                self.chains.remove(&(family, table.name, name));
+    /// Adds `iptables-save` output (or concatenated restore inputs: a `:CHAIN` line empties the
+    /// chain, `-X` deletes it), keeping only chains `names` owns. Never fails on foreign chains;
+    /// a rule of ours it cannot read taints its chain instead of failing the whole read, so a
+    /// full sync can still repair it.
+    pub fn add_save_output(&mut self, family: Family, save: &str, names: &Names) {
+        let mut table = None;
+        for line in save.lines().map(str::trim) {
+            if let Some(name) = line.strip_prefix('*') {
+                table = match name {
+                    "nat" => Some(TableName::Nat),
+                    "filter" => Some(TableName::Filter),
+                    _ => None,
+                };
+                continue;
             }
-            for chain in table.chains {
-                self.chains
-                    .insert((family, table.name, chain.name), chain.rules);
+            let Some(table) = table else { continue };
+            let key = |chain: &str| (family, table, ChainName::new(chain));
+            if let Some(decl) = line.strip_prefix(':') {
+                let chain = decl.split_whitespace().next().unwrap_or("");
+                if names.is_owned(chain) {
+                    self.chains.insert(key(chain), Vec::new());
+                    self.tainted.remove(&key(chain));
+                }
+            } else if let Some(rest) = line.strip_prefix("-A ") {
+                let (chain, spec) = rest.split_once(' ').unwrap_or((rest, ""));
+                if !names.is_owned(chain) {
+                    continue;
+                }
+                match parse_rule_spec(spec) {
+                    Ok(rule) => self.chains.entry(key(chain)).or_default().push(rule),
+                    Err(reason) => {
+                        warn!(chain, %reason, "rule of ours not in our shapes");
+                        self.chains.entry(key(chain)).or_default();
+                        self.tainted.insert(key(chain));
+                    }
+                }
+            } else if let Some(chain) = line.strip_prefix("-X ") {
+                self.chains.remove(&key(chain.trim()));
+                self.tainted.remove(&key(chain.trim()));
             }
         }
-        Ok(())
     }
 
     /// What is applied, as far as the kernel says: usable for a full plan, which then deletes
     /// every chain of ours that the table no longer needs.
     pub fn to_applied(&self) -> Applied {
-        Applied::from_chains(
+        Applied::from_chains_tainted(
+            &self.tainted,
             self.chains
                 .iter()
                 .map(|(k, rules)| (k.clone(), rules.as_slice())),
@@ -106,8 +134,7 @@ impl SaveRunner for crate::apply::CommandRunner {
 /// Reads every table of every family we write.
 ///
 /// # Errors
-/// [`IptablesError::Save`] if a save failed; [`IptablesError::Parse`] if one of our chains holds
-/// a shape we never write.
+/// [`IptablesError::Save`] if a save failed.
 pub async fn observe(runner: &dyn SaveRunner, names: &Names) -> Result<Observed, IptablesError> {
     let mut observed = Observed::default();
     for family in Family::ALL {
@@ -120,7 +147,7 @@ pub async fn observe(runner: &dyn SaveRunner, names: &Names) -> Result<Observed,
                     table,
                     failure,
                 })?;
-            observed.add_save_output(family, &text, names)?;
+            observed.add_save_output(family, &text, names);
         }
     }
     Ok(observed)
@@ -151,9 +178,8 @@ COMMIT
     fn reads_our_chains_and_skips_everything_else() {
         let names = Names::default();
         let mut observed = Observed::default();
-        observed
-            .add_save_output(Family::V4, SAVE, &names)
-            .expect("our shapes only");
+        observed.add_save_output(Family::V4, SAVE, &names);
+        assert!(observed.tainted.is_empty());
         let keys: Vec<&ChainKey> = observed.chains.keys().collect();
         assert_eq!(
             keys,
@@ -176,10 +202,30 @@ COMMIT
     fn drift_names_changed_and_missing_chains() {
         let names = Names::default();
         let mut observed = Observed::default();
-        observed
-            .add_save_output(Family::V4, SAVE, &names)
-            .expect("parses");
+        observed.add_save_output(Family::V4, SAVE, &names);
         assert!(observed.drift(&observed.to_applied()).is_empty());
         assert_eq!(observed.drift(&Applied::new()).len(), 1);
+    }
+
+    #[test]
+    fn an_edited_chain_of_ours_is_tainted_not_fatal() {
+        let names = Names::default();
+        let applied = {
+            let mut o = Observed::default();
+            o.add_save_output(Family::V4, SAVE, &names);
+            o.to_applied()
+        };
+        let edited = SAVE.replace(
+            "-A KUBE-SERVICES",
+            "-A SVCP-SVC-KMYSRGI72NSJYQNZ -p tcp -m multiport --dports 1,2 -j RETURN\n-A KUBE-SERVICES",
+        );
+        let mut observed = Observed::default();
+        observed.add_save_output(Family::V4, &edited, &names);
+        assert_eq!(observed.tainted.len(), 1);
+        assert_eq!(
+            observed.drift(&applied).len(),
+            1,
+            "a tainted chain is drift"
+        );
     }
 }

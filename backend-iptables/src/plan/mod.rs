@@ -110,6 +110,22 @@ impl Applied {
         }
     }
 
+    /// Like [`Applied::from_chains`], with `tainted` chains given a state no plan produces.
+    pub fn from_chains_tainted<'a>(
+        tainted: &BTreeSet<ChainKey>,
+        chains: impl IntoIterator<Item = (ChainKey, &'a [Rule])>,
+    ) -> Self {
+        let mut applied = Self::from_chains(chains);
+        for key in tainted {
+            applied.chains.insert(
+                key.clone(),
+                // Not the hash of any rule list we plan (SipHash of a list is never 0 in practice).
+                ChainState { hash: 0, rules: 0 },
+            );
+        }
+        applied
+    }
+
     /// Chains present in only one of the two, or with different content, in key order.
     pub fn differences(&self, other: &Applied) -> Vec<ChainKey> {
         let keys: BTreeSet<&ChainKey> = self.chains.keys().chain(other.chains.keys()).collect();
