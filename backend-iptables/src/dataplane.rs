@@ -16,7 +16,7 @@ use crate::apply::{apply_plan, RestoreRunner};
 use crate::cleanup::cleanup_chains;
 use crate::conntrack::{flush_stale, plan_conntrack, ConntrackOps};
 use crate::error::IptablesError;
-use crate::hooks::{ensure_hooks, remove_hooks, HookError, HookOps};
+use crate::hooks::{canaries_present, ensure_hooks, remove_hooks, HookError, HookOps};
 use crate::metrics::Metrics;
 use crate::observe::{observe, SaveRunner};
 use crate::plan::{Applied, Hook, Planner};
@@ -94,13 +94,36 @@ impl IptablesDataplane {
             .map_err(IptablesError::from)
     }
 
+    async fn canaries_present(&self) -> Result<bool, IptablesError> {
+        let ops = Arc::clone(&self.hooks);
+        let canary = self.planner.names().canary();
+        tokio::task::spawn_blocking(move || canaries_present(ops.as_ref(), &canary))
+            .await
+            .map_err(|e| {
+                IptablesError::Hook(HookError {
+                    op: "join",
+                    family: crate::rules::Family::V4,
+                    table: String::new(),
+                    chain: String::new(),
+                    rule: String::new(),
+                    message: e.to_string(),
+                })
+            })?
+            .map_err(IptablesError::from)
+    }
+
     async fn sync_inner(&mut self, request: SyncRequest<'_>) -> Result<SyncReport, IptablesError> {
         let started = Instant::now();
-        let mode = if self.applied.is_empty() {
+        let mut mode = if self.applied.is_empty() {
             SyncMode::Full
         } else {
             request.mode
         };
+        if mode == SyncMode::Partial && !self.canaries_present().await? {
+            info!("canary chain missing: a table was flushed behind our back, syncing fully");
+            mode = SyncMode::Full;
+            self.hooks_ensured = false;
+        }
         if mode == SyncMode::Full {
             let observed = observe(self.save.as_ref(), self.planner.names()).await?;
             let drift = observed.drift(&self.applied);

@@ -8,7 +8,7 @@ use std::fmt;
 
 use crate::apply::Variant;
 use crate::plan::Hook;
-use crate::rules::Family;
+use crate::rules::{ChainName, Family, TableName};
 
 /// A hook operation that failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,6 +45,33 @@ pub trait HookOps: Send + Sync + fmt::Debug {
     /// # Errors
     /// [`HookError`] if the tool failed.
     fn delete(&self, family: Family, hook: &Hook) -> Result<(), HookError>;
+
+    /// Whether a chain exists (the canary check).
+    ///
+    /// # Errors
+    /// [`HookError`] if the tool failed to run.
+    fn chain_exists(
+        &self,
+        family: Family,
+        table: TableName,
+        chain: &ChainName,
+    ) -> Result<bool, HookError>;
+}
+
+/// Whether every canary chain is still there (both tables, both families). `false` means
+/// someone flushed a table behind our back: the next sync must be full.
+///
+/// # Errors
+/// The first [`HookError`].
+pub fn canaries_present(ops: &dyn HookOps, canary: &ChainName) -> Result<bool, HookError> {
+    for family in Family::ALL {
+        for table in [TableName::Nat, TableName::Filter] {
+            if !ops.chain_exists(family, table, canary)? {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// [`HookOps`] over the `iptables` crate, with its command set to the detected variant's binary.
@@ -136,6 +163,24 @@ impl HookOps for IptablesHooks {
                 &hook.rule.to_string(),
             )
             .map_err(|e| hook_error("delete", family, hook, e.to_string()))
+    }
+
+    fn chain_exists(
+        &self,
+        family: Family,
+        table: TableName,
+        chain: &ChainName,
+    ) -> Result<bool, HookError> {
+        self.tool(family)
+            .chain_exists(table.as_str(), chain.as_str())
+            .map_err(|e| HookError {
+                op: "check chain",
+                family,
+                table: table.to_string(),
+                chain: chain.to_string(),
+                rule: String::new(),
+                message: e.to_string(),
+            })
     }
 }
 

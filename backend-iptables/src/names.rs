@@ -43,7 +43,8 @@ const POSTROUTING: &str = "POSTROUTING";
 const EXTERNAL_SERVICES: &str = "EXT-SERVICES";
 const FORWARD: &str = "FORWARD";
 const FIREWALL: &str = "FIREWALL";
-const FIXED: [&str; 7] = [
+const CANARY: &str = "CANARY";
+const FIXED: [&str; 8] = [
     SERVICES,
     NODEPORTS,
     MARK_MASQ,
@@ -51,6 +52,7 @@ const FIXED: [&str; 7] = [
     EXTERNAL_SERVICES,
     FORWARD,
     FIREWALL,
+    CANARY,
 ];
 
 /// Hashed kinds.
@@ -171,6 +173,12 @@ impl Names {
     /// (`KUBE-PROXY-FIREWALL`).
     pub fn firewall(&self) -> ChainName {
         self.fixed(FIREWALL)
+    }
+
+    /// nat and filter: an empty chain whose disappearance means someone flushed the table, so the
+    /// next sync must be full (kube-proxy's `KUBE-PROXY-CANARY`).
+    pub fn canary(&self) -> ChainName {
+        self.fixed(CANARY)
     }
 
     /// nat: a service port's chain over its cluster-policy endpoints (`KUBE-SVC-`).

@@ -249,3 +249,25 @@ async fn a_sync_deletes_udp_entries_of_a_removed_endpoint() {
         vec![entry("198.18.1.2")]
     );
 }
+
+#[tokio::test]
+async fn a_missing_canary_turns_a_partial_sync_into_a_full_one() {
+    let mut rig = rig();
+    let a = cases::scale_table(10, 2);
+    sync(&mut rig, &ServiceTable::empty(), &a, SyncMode::Full).await;
+    // Someone flushes and deletes everything in nat: our chains and the canary are gone.
+    rig.restore
+        .restore(Family::V4, "*nat\n:SVCP-SERVICES - [0:0]\nCOMMIT\n")
+        .await
+        .expect("vandal");
+    rig.hooks.set_missing("SVCP-CANARY", true);
+    let report = sync(&mut rig, &a, &a, SyncMode::Partial).await;
+    assert_eq!(report.mode, SyncMode::Full, "{report}");
+    assert_eq!(
+        rig.summary("198.19.0.1"),
+        "198.18.0.2:8080, 198.18.0.3:8080"
+    );
+    rig.hooks.set_missing("SVCP-CANARY", false);
+    let report = sync(&mut rig, &a, &a, SyncMode::Partial).await;
+    assert_eq!(report.mode, SyncMode::Partial);
+}

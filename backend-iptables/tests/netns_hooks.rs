@@ -11,7 +11,7 @@ use std::process::Command;
 
 use backend_iptables::apply::{apply_plan, CommandRunner, Variant};
 use backend_iptables::cleanup::cleanup_chains;
-use backend_iptables::hooks::{ensure_hooks, remove_hooks, IptablesHooks};
+use backend_iptables::hooks::{canaries_present, ensure_hooks, remove_hooks, IptablesHooks};
 use backend_iptables::plan::Planner;
 use backend_iptables::rules::Family;
 use backend_iptables::testing::trace::{Packet, Tracer};
@@ -117,6 +117,12 @@ fn hooks_then_cleanup_leave_the_namespace_as_it_was() {
                     "-A PREROUTING -m comment --comment \"service portals\" -j SVCP-SERVICES"
                 ),
                 "{text}"
+            );
+
+            let canary = planner.names().canary();
+            assert!(
+                canaries_present(&hooks, &canary).expect("check"),
+                "{variant}: canaries written"
             );
 
             assert_eq!(remove_hooks(&hooks, &planner.hooks()).expect("unhook"), n);

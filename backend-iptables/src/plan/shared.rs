@@ -89,7 +89,13 @@ impl Planner {
             .comment("service traffic requiring SNAT"),
         );
         tree_chains.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut nat = vec![services, node_ports, mark_masq, post];
+        let mut nat = vec![
+            services,
+            node_ports,
+            mark_masq,
+            post,
+            Chain::new(n.canary()),
+        ];
         nat.extend(tree_chains);
 
         let mut f_services = Chain::new(n.services());
@@ -123,7 +129,11 @@ impl Planner {
                     CtState::Established,
                 ])),
         );
-        (nat, vec![f_services, f_external, f_forward, f_firewall])
+        let canary = Chain::new(n.canary());
+        (
+            nat,
+            vec![f_services, f_external, f_forward, f_firewall, canary],
+        )
     }
 
     /// One node of a dispatch tree: returns the node's rules, pushing child chains.

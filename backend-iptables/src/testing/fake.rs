@@ -96,10 +96,12 @@ impl RestoreRunner for FakeRestore {
     }
 }
 
-/// An in-memory [`crate::hooks::HookOps`]: built-in chains as rule lists.
+/// An in-memory [`crate::hooks::HookOps`]: built-in chains as rule lists. User chains exist
+/// unless marked missing with [`FakeHooks::set_missing`].
 #[derive(Debug, Default)]
 pub struct FakeHooks {
     chains: Mutex<std::collections::BTreeMap<(Family, String, String), Vec<String>>>,
+    missing: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl FakeHooks {
@@ -114,6 +116,16 @@ impl FakeHooks {
             .get(&(family, table.to_owned(), chain.to_owned()))
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// Makes `chain` (not) exist for `chain_exists`.
+    pub fn set_missing(&self, chain: &str, missing: bool) {
+        let mut set = self.missing.lock().unwrap_or_else(|e| e.into_inner());
+        if missing {
+            set.insert(chain.to_owned());
+        } else {
+            set.remove(chain);
+        }
     }
 
     /// Appends a rule someone else owns.
@@ -174,5 +186,15 @@ impl crate::hooks::HookOps for FakeHooks {
             }
         }
         Ok(())
+    }
+
+    fn chain_exists(
+        &self,
+        _family: Family,
+        _table: crate::rules::TableName,
+        chain: &crate::rules::ChainName,
+    ) -> Result<bool, crate::hooks::HookError> {
+        let missing = self.missing.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(!missing.contains(chain.as_str()))
     }
 }
