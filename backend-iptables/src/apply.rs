@@ -1,0 +1,314 @@
+//! Apply: runs a [`Plan`]'s restores, in order, through a [`RestoreRunner`]. Thin: its only logic
+//! is mapping a failure to an error that names the failing input line with the lines around it.
+//!
+//! The real runner ([`CommandRunner`]) spawns `iptables-restore --noflush` (or `ip6tables-restore`,
+//! legacy or nft variant) from an argument vector with the input on stdin. Tests use
+//! `testing::fake::FakeRestore` (feature `testing`).
+
+use std::fmt;
+use std::process::Stdio;
+
+use async_trait::async_trait;
+use tokio::io::AsyncWriteExt;
+use tracing::{debug, trace};
+
+use crate::error::{IptablesError, RestoreFailure};
+use crate::plan::Plan;
+use crate::rules::Family;
+
+/// Which iptables backend the `iptables` binaries drive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Variant {
+    /// `iptables-legacy` (x_tables).
+    Legacy,
+    /// `iptables-nft` (nf_tables, iptables-compatible rules).
+    Nft,
+}
+
+impl Variant {
+    /// The restore binary for a family.
+    pub fn restore_binary(self, family: Family) -> &'static str {
+        match (self, family) {
+            (Variant::Legacy, Family::V4) => "iptables-legacy-restore",
+            (Variant::Legacy, Family::V6) => "ip6tables-legacy-restore",
+            (Variant::Nft, Family::V4) => "iptables-nft-restore",
+            (Variant::Nft, Family::V6) => "ip6tables-nft-restore",
+        }
+    }
+
+    /// The save binary for a family.
+    pub fn save_binary(self, family: Family) -> &'static str {
+        match (self, family) {
+            (Variant::Legacy, Family::V4) => "iptables-legacy-save",
+            (Variant::Legacy, Family::V6) => "ip6tables-legacy-save",
+            (Variant::Nft, Family::V4) => "iptables-nft-save",
+            (Variant::Nft, Family::V6) => "ip6tables-nft-save",
+        }
+    }
+
+    /// The variant named by `iptables --version` output (`iptables v1.8.9 (nf_tables)` or
+    /// `(legacy)`), as kube-proxy's `pkg/util/iptables` reads it.
+    pub fn from_version_output(output: &str) -> Option<Variant> {
+        if output.contains("(nf_tables)") {
+            Some(Variant::Nft)
+        } else if output.contains("(legacy)") {
+            Some(Variant::Legacy)
+        } else {
+            None
+        }
+    }
+}
+
+/// Which variant plain `iptables` is on this host (`iptables --version`), as kube-proxy decides
+/// which binaries to use.
+///
+/// # Errors
+/// [`RestoreFailure`] if `iptables` cannot run or names neither variant.
+pub fn detect_variant() -> Result<Variant, RestoreFailure> {
+    let output = std::process::Command::new("iptables")
+        .arg("--version")
+        .output()
+        .map_err(|e| RestoreFailure {
+            command: "iptables --version".into(),
+            status: None,
+            stderr: e.to_string(),
+        })?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    Variant::from_version_output(&text).ok_or_else(|| RestoreFailure {
+        command: "iptables --version".into(),
+        status: output.status.code(),
+        stderr: format!("unknown variant in {:?}", text.trim()),
+    })
+}
+
+impl fmt::Display for Variant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Variant::Legacy => "legacy",
+            Variant::Nft => "nft",
+        })
+    }
+}
+
+/// Runs one restore: input on stdin, `--noflush`.
+#[async_trait]
+pub trait RestoreRunner: Send + Sync + fmt::Debug {
+    /// Feeds `input` to the family's restore tool.
+    ///
+    /// # Errors
+    /// [`RestoreFailure`] with the command, status and stderr.
+    async fn restore(&self, family: Family, input: &str) -> Result<(), RestoreFailure>;
+}
+
+/// The real runner: spawns the variant's restore binary.
+#[derive(Debug, Clone)]
+pub struct CommandRunner {
+    variant: Variant,
+    /// Seconds to wait for the xtables lock (`-w`).
+    wait_secs: u32,
+    /// Words run before the tool (`ip netns exec NAME`), for namespaces.
+    prefix: Vec<String>,
+}
+
+impl CommandRunner {
+    /// A runner for `variant`, waiting up to 5 s for the xtables lock (kube-proxy's default).
+    pub fn new(variant: Variant) -> Self {
+        Self {
+            variant,
+            wait_secs: 5,
+            prefix: Vec::new(),
+        }
+    }
+
+    /// The same runner, with every command run under `prefix` (e.g. `["ip", "netns", "exec",
+    /// "ns1"]`), so tests and embedders can program another network namespace.
+    pub fn with_prefix(mut self, prefix: Vec<String>) -> Self {
+        self.prefix = prefix;
+        self
+    }
+
+    /// The variant.
+    pub fn variant(&self) -> Variant {
+        self.variant
+    }
+
+    /// The words run before each tool.
+    pub fn prefix(&self) -> &[String] {
+        &self.prefix
+    }
+
+    /// The argument vector for one restore.
+    pub fn command(&self, family: Family) -> Vec<String> {
+        let mut argv = self.prefix.clone();
+        argv.extend([
+            self.variant.restore_binary(family).to_owned(),
+            "-w".to_owned(),
+            self.wait_secs.to_string(),
+            "--noflush".to_owned(),
+        ]);
+        argv
+    }
+}
+
+#[async_trait]
+impl RestoreRunner for CommandRunner {
+    async fn restore(&self, family: Family, input: &str) -> Result<(), RestoreFailure> {
+        let argv = self.command(family);
+        let command = argv.join(" ");
+        let fail = |status, stderr: String| RestoreFailure {
+            command: command.clone(),
+            status,
+            stderr,
+        };
+        let mut child = tokio::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| fail(None, format!("cannot start: {e}")))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            // A write error means the tool exited early; its status and stderr say why.
+            let written = stdin.write_all(input.as_bytes()).await;
+            drop(stdin);
+            if let Err(e) = written {
+                debug!(error = %e, "restore closed its stdin early");
+            }
+        }
+        let output = child
+            .wait_with_output()
+            .await
+            .map_err(|e| fail(None, format!("cannot wait: {e}")))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(fail(
+                output.status.code(),
+                String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+            ))
+        }
+    }
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Restores run.
+    pub restores: usize,
+    /// Rules written.
+    pub rules_written: usize,
+    /// Chains written.
+    pub chains_written: usize,
+    /// Chains deleted.
+    pub chains_deleted: usize,
+}
+
+/// Runs every restore of `plan` in order, stopping at the first failure.
+///
+/// # Errors
+/// [`IptablesError::Restore`] for the first failing restore, with our input lines around the line
+/// the tool named. Earlier restores of the plan did apply, so after an error the caller must treat
+/// what is applied as unknown (`Applied::new()`) and plan a full sync next.
+pub async fn apply_plan(
+    runner: &dyn RestoreRunner,
+    plan: &Plan,
+) -> Result<ApplyReport, IptablesError> {
+    let mut report = ApplyReport::default();
+    for restore in &plan.restores {
+        let input = restore.input();
+        trace!(family = %restore.family, table = %restore.table.name, %input, "restore input");
+        if let Err(failure) = runner.restore(restore.family, &input).await {
+            let line = failing_line(&failure.stderr);
+            let context = line
+                .map(|l| extract_lines(&input, l, 2))
+                .unwrap_or_default();
+            return Err(IptablesError::Restore {
+                family: restore.family,
+                table: restore.table.name,
+                failure,
+                line,
+                context,
+            });
+        }
+        report.restores += 1;
+        report.rules_written += restore.table.rule_count();
+        report.chains_written += restore.table.chains.len();
+        report.chains_deleted += restore.table.deleted.len();
+    }
+    Ok(report)
+}
+
+/// The input line a restore tool blamed: `Error occurred at line: N` (1.8) or `line N failed`.
+pub fn failing_line(stderr: &str) -> Option<usize> {
+    for line in stderr.lines() {
+        if let Some(rest) = line.split("Error occurred at line:").nth(1) {
+            return rest.trim().parse().ok();
+        }
+        if let Some(rest) = line.split(": line ").nth(1) {
+            if let Some(n) = rest.strip_suffix(" failed") {
+                return n.trim().parse().ok();
+            }
+        }
+    }
+    None
+}
+
+/// `input`'s lines within `around` of 1-based `line`, numbered, the blamed one marked `>`.
+pub fn extract_lines(input: &str, line: usize, around: usize) -> String {
+    let first = line.saturating_sub(around).max(1);
+    input
+        .lines()
+        .enumerate()
+        .map(|(i, text)| (i + 1, text))
+        .filter(|(n, _)| *n >= first && *n <= line + around)
+        .map(|(n, text)| {
+            let mark = if n == line { '>' } else { ' ' };
+            format!("  {mark} {n:>5} {text}\n")
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failing_line_reads_both_formats() {
+        let nft = "iptables-nft-restore v1.8.9 (nf_tables): Chain 'X' does not exist\n\
+                   Error occurred at line: 4\nTry `iptables-nft-restore -h'";
+        assert_eq!(failing_line(nft), Some(4));
+        assert_eq!(failing_line("iptables-restore: line 12 failed"), Some(12));
+        assert_eq!(failing_line("something else"), None);
+    }
+
+    #[test]
+    fn extract_lines_marks_the_failing_one() {
+        let input = "a\nb\nc\nd\ne\n";
+        assert_eq!(
+            extract_lines(input, 3, 1),
+            "        2 b\n  >     3 c\n        4 d\n"
+        );
+        assert_eq!(extract_lines(input, 1, 1), "  >     1 a\n        2 b\n");
+    }
+
+    #[test]
+    fn variants_name_their_tools() {
+        assert_eq!(
+            Variant::from_version_output("iptables v1.8.9 (nf_tables)"),
+            Some(Variant::Nft)
+        );
+        assert_eq!(
+            Variant::from_version_output("iptables v1.8.9 (legacy)"),
+            Some(Variant::Legacy)
+        );
+        assert_eq!(
+            Variant::Nft.restore_binary(Family::V6),
+            "ip6tables-nft-restore"
+        );
+        assert_eq!(
+            CommandRunner::new(Variant::Legacy).command(Family::V4),
+            ["iptables-legacy-restore", "-w", "5", "--noflush"]
+        );
+    }
+}

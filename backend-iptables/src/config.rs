@@ -1,0 +1,145 @@
+//! The backend's configuration.
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ConfigError;
+use crate::names::{Names, DEFAULT_PREFIX};
+use crate::rules::Family;
+
+/// How the services dispatch chain finds a destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DispatchLayout {
+    /// kube-proxy's: one rule per (service port, address) in one chain; a new connection walks
+    /// them in order (O(N)).
+    Flat,
+    /// A tree of chains keyed on destination address bits: a new connection walks O(log N) rules.
+    #[default]
+    Tree,
+}
+
+/// Shape of the tree dispatch layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TreeConfig {
+    /// A node with at most this many dispatch rules is a leaf: its rules are written inline.
+    pub leaf_rules: usize,
+    /// Address bits consumed per level: a node has up to `2^stride_bits` children.
+    pub stride_bits: u8,
+}
+
+impl Default for TreeConfig {
+    fn default() -> Self {
+        Self {
+            leaf_rules: 16,
+            stride_bits: 4,
+        }
+    }
+}
+
+/// Configuration of the iptables backend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Prefix of every chain we own (at most 8 characters, not `KUBE-`).
+    pub prefix: String,
+    /// Flat (kube-proxy's) or tree dispatch.
+    pub dispatch: DispatchLayout,
+    /// Tree shape, when `dispatch` is `Tree`.
+    pub tree: TreeConfig,
+    /// The pod network, at most one per family: traffic from outside it to a cluster IP is
+    /// masqueraded, and traffic from inside it to an external address of a `Local` service is
+    /// short-circuited to all endpoints (kube-proxy's `--cluster-cidr` local detector).
+    pub cluster_cidrs: Vec<IpNet>,
+    /// Masquerade all traffic to cluster IPs (kube-proxy's `--masquerade-all`).
+    pub masquerade_all: bool,
+    /// The packet-mark bit that asks for masquerade (kube-proxy's `--iptables-masquerade-bit`, 14).
+    pub masquerade_bit: u8,
+    /// A second mark bit used inside a service chain to tie a hairpin's endpoint choice to its
+    /// masquerade (see README "Hairpin"). Must be reserved for us.
+    pub select_bit: u8,
+    /// `MASQUERADE --random-fully`.
+    pub random_fully: bool,
+    /// Drop forwarded packets in conntrack state INVALID (kube-proxy does unless
+    /// `nf_conntrack_tcp_be_liberal` is set).
+    pub drop_invalid: bool,
+    /// Write hairpin rules for every endpoint, not only this node's. Needed only when pods on
+    /// other nodes can reach our service addresses without their own node NATing them (a node
+    /// without this proxy).
+    pub hairpin_all_endpoints: bool,
+    /// Write `-m comment` on rules (kube-proxy drops them above 1,000 endpoints; here it is
+    /// explicit). Comments are about a third of the restore input at scale.
+    pub comments: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            prefix: DEFAULT_PREFIX.to_owned(),
+            dispatch: DispatchLayout::default(),
+            tree: TreeConfig::default(),
+            cluster_cidrs: Vec::new(),
+            masquerade_all: false,
+            masquerade_bit: 14,
+            select_bit: 13,
+            random_fully: false,
+            drop_invalid: true,
+            hairpin_all_endpoints: false,
+            comments: true,
+        }
+    }
+}
+
+impl Config {
+    /// Checks the configuration and makes the chain names.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the bad field.
+    pub fn validate(&self) -> Result<Names, ConfigError> {
+        let names = Names::new(&self.prefix)?;
+        let bits = |reason| ConfigError::MarkBits {
+            masquerade: self.masquerade_bit,
+            select: self.select_bit,
+            reason,
+        };
+        if self.masquerade_bit > 31 || self.select_bit > 31 {
+            return Err(bits("bits are 0-31"));
+        }
+        if self.masquerade_bit == self.select_bit {
+            return Err(bits("must differ"));
+        }
+        for family in Family::ALL {
+            let count = self
+                .cluster_cidrs
+                .iter()
+                .filter(|n| family.contains(n.addr()))
+                .count();
+            if count > 1 {
+                return Err(ConfigError::ClusterCidrs {
+                    family: if family == Family::V4 { "IPv4" } else { "IPv6" },
+                    count,
+                });
+            }
+        }
+        Ok(names)
+    }
+
+    /// The masquerade mark value.
+    pub fn masquerade_mark(&self) -> u32 {
+        1 << self.masquerade_bit
+    }
+
+    /// The endpoint-select mark value.
+    pub fn select_mark(&self) -> u32 {
+        1 << self.select_bit
+    }
+
+    /// The cluster CIDR of `family`, if configured.
+    pub fn cluster_cidr(&self, family: Family) -> Option<IpNet> {
+        self.cluster_cidrs
+            .iter()
+            .copied()
+            .find(|n| family.contains(n.addr()))
+    }
+}

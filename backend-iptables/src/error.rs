@@ -1,0 +1,120 @@
+//! The crate's errors.
+
+use std::fmt;
+
+/// Restore text that is not one of our shapes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ParseError {
+    /// 1-based line number.
+    pub line: usize,
+    /// The offending line.
+    pub text: String,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}: {:?}", self.line, self.reason, self.text)
+    }
+}
+
+/// A configuration the backend cannot use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The chain prefix is empty, too long, or has characters iptables or we cannot use.
+    #[error("prefix {prefix:?}: {reason}")]
+    Prefix {
+        /// The prefix given.
+        prefix: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A mark bit is out of range or the two bits coincide.
+    #[error("mark bits masquerade={masquerade} select={select}: {reason}")]
+    MarkBits {
+        /// The masquerade bit.
+        masquerade: u8,
+        /// The endpoint-select bit.
+        select: u8,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// More than one cluster CIDR per family.
+    #[error("cluster_cidrs: at most one CIDR per address family, got {count} for {family}")]
+    ClusterCidrs {
+        /// The family with too many.
+        family: &'static str,
+        /// How many were given.
+        count: usize,
+    },
+}
+
+/// Any error of this backend.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IptablesError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Restore text we could not parse.
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    /// A restore failed; the kernel keeps that table as it was (restore is atomic per table), but
+    /// restores of the same plan that ran before it did apply.
+    #[error("{family} {table}: {failure}{}", context_suffix(.line, .context))]
+    Restore {
+        /// Address family.
+        family: crate::rules::Family,
+        /// Table.
+        table: crate::rules::TableName,
+        /// What the tool said.
+        #[source]
+        failure: RestoreFailure,
+        /// The failing line of our input, when the tool named one.
+        line: Option<usize>,
+        /// Our input lines around it (kube-proxy's `ExtractLines`).
+        context: String,
+    },
+    /// Ensuring or removing a hook failed.
+    #[error(transparent)]
+    Hook(#[from] crate::hooks::HookError),
+    /// `iptables-save` failed.
+    #[error("{family} {table}: {failure}")]
+    Save {
+        /// Address family.
+        family: crate::rules::Family,
+        /// Table.
+        table: crate::rules::TableName,
+        /// What the tool said.
+        #[source]
+        failure: RestoreFailure,
+    },
+}
+
+impl IptablesError {
+    /// Wraps this error for the sync loop.
+    pub fn into_dataplane(self) -> proxy_core::DataplaneError {
+        proxy_core::DataplaneError::backend("iptables", self)
+    }
+}
+
+fn context_suffix(line: &Option<usize>, context: &str) -> String {
+    match line {
+        Some(line) => format!("\n  at input line {line}:\n{context}"),
+        None => String::new(),
+    }
+}
+
+/// A restore command that failed to run or exited non-zero.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{command} failed (exit status {status:?}): {stderr}")]
+pub struct RestoreFailure {
+    /// The command line.
+    pub command: String,
+    /// Exit status, if it ran and exited.
+    pub status: Option<i32>,
+    /// Its standard error, or the spawn error.
+    pub stderr: String,
+}

@@ -1,0 +1,569 @@
+//! The planner: a pure function from a [`ServiceTable`] (and what is already applied) to
+//! `iptables-restore` input, one [`Restore`] per address family and table. No I/O, clock or
+//! randomness; output is byte-stable (tables iterate in name order, chains in a fixed order).
+//!
+//! The layout is described in the crate's README; in short, per address family:
+//!
+//! ```text
+//! nat PREROUTING/OUTPUT ─▶ SERVICES ─(flat list, or a tree of DT- chains on dst bits)─▶
+//!        ├─ cluster IP ─▶ SVC- (or SVL- for iTP=Local): statistic + DNAT inline, hairpin marks
+//!        ├─ external/LB IP ─▶ [FW- source ranges ─▶] EXT- ─▶ SVC-/SVL-
+//!        └─ last: addrtype LOCAL ─▶ NODEPORTS ─▶ EXT-
+//! nat POSTROUTING ─▶ POSTROUTING: masquerade marked packets
+//! filter INPUT/FORWARD/OUTPUT ─▶ FIREWALL, SERVICES, EXT-SERVICES (reject/drop), FORWARD (accept)
+//! ```
+//!
+//! A [`SyncMode::Partial`] plan rewrites only the chains of service ports the [`ChangeSet`] names
+//! and the shared chains whose content changed (compared by hash with [`Applied`]), and deletes the
+//! chains that are no longer needed; a full plan rewrites everything and deletes every stale chain.
+
+use std::borrow::Cow;
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
+
+use proxy_core::{ChangeSet, ServicePort, ServicePortName, ServiceTable, SyncMode};
+
+use crate::config::Config;
+use crate::error::ConfigError;
+use crate::names::Names;
+mod port;
+mod shared;
+
+use crate::rules::{Chain, ChainName, CtState, Family, Match, Rule, Table, TableName, Target};
+
+/// A chain's identity in the kernel: family, table, name.
+pub type ChainKey = (Family, TableName, ChainName);
+
+/// What we know about one chain we wrote: a hash of its rules and their number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainState {
+    /// Hash of the chain's rules (in-process only; never persisted).
+    pub hash: u64,
+    /// Number of rules.
+    pub rules: usize,
+}
+
+impl ChainState {
+    fn of(chain: &Chain) -> Self {
+        Self::of_rules(&chain.rules)
+    }
+
+    fn of_rules(rules: &[Rule]) -> Self {
+        let mut hasher = DefaultHasher::new();
+        rules.hash(&mut hasher);
+        Self {
+            hash: hasher.finish(),
+            rules: rules.len(),
+        }
+    }
+}
+
+/// What is programmed, as far as we know: every chain we own with its state, and which chains
+/// belong to which service port. A partial plan is computed against it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    chains: BTreeMap<ChainKey, ChainState>,
+    ports: BTreeMap<ServicePortName, BTreeSet<ChainKey>>,
+}
+
+impl Applied {
+    /// Nothing applied (first sync, or after a failure that left the state unknown).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether nothing is known to be applied.
+    pub fn is_empty(&self) -> bool {
+        self.chains.is_empty()
+    }
+
+    /// Number of chains.
+    pub fn chain_count(&self) -> usize {
+        self.chains.len()
+    }
+
+    /// Number of rules in one family's table (kube-proxy's `sync_proxy_rules_iptables_total`).
+    pub fn rule_count(&self, family: Family, table: TableName) -> usize {
+        self.chains
+            .iter()
+            .filter(|((f, t, _), _)| *f == family && *t == table)
+            .map(|(_, s)| s.rules)
+            .sum()
+    }
+
+    /// Whether a chain is known.
+    pub fn contains(&self, key: &ChainKey) -> bool {
+        self.chains.contains_key(key)
+    }
+
+    /// The state of chains read back from the kernel (no port ownership: fit for full plans).
+    pub fn from_chains<'a>(chains: impl IntoIterator<Item = (ChainKey, &'a [Rule])>) -> Self {
+        let chains = chains
+            .into_iter()
+            .map(|(key, rules)| (key, ChainState::of_rules(rules)))
+            .collect();
+        Self {
+            chains,
+            ports: BTreeMap::new(),
+        }
+    }
+
+    /// Like [`Applied::from_chains`], with `tainted` chains given a state no plan produces.
+    pub fn from_chains_tainted<'a>(
+        tainted: &BTreeSet<ChainKey>,
+        chains: impl IntoIterator<Item = (ChainKey, &'a [Rule])>,
+    ) -> Self {
+        let mut applied = Self::from_chains(chains);
+        for key in tainted {
+            applied.chains.insert(
+                key.clone(),
+                // Not the hash of any rule list we plan (SipHash of a list is never 0 in practice).
+                ChainState { hash: 0, rules: 0 },
+            );
+        }
+        applied
+    }
+
+    /// Chains present in only one of the two, or with different content, in key order.
+    pub fn differences(&self, other: &Applied) -> Vec<ChainKey> {
+        let keys: BTreeSet<&ChainKey> = self.chains.keys().chain(other.chains.keys()).collect();
+        keys.into_iter()
+            .filter(|k| self.chains.get(*k) != other.chains.get(*k))
+            .cloned()
+            .collect()
+    }
+
+    /// Records a plan as applied (call after every restore of the plan succeeded).
+    pub fn commit(&mut self, plan: &Plan) {
+        if plan.mode == SyncMode::Full {
+            self.chains.clear();
+            self.ports.clear();
+        }
+        for key in &plan.delta.deleted {
+            self.chains.remove(key);
+        }
+        for (key, state) in &plan.delta.written {
+            self.chains.insert(key.clone(), *state);
+        }
+        for (name, chains) in &plan.delta.ports {
+            match chains {
+                Some(chains) => {
+                    self.ports.insert(name.clone(), chains.clone());
+                }
+                None => {
+                    self.ports.remove(name);
+                }
+            }
+        }
+    }
+}
+
+/// Changes a plan makes to [`Applied`] once it succeeds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppliedDelta {
+    written: Vec<(ChainKey, ChainState)>,
+    deleted: Vec<ChainKey>,
+    ports: Vec<(ServicePortName, Option<BTreeSet<ChainKey>>)>,
+}
+
+/// One `iptables-restore --noflush` (or `ip6tables-restore`) invocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restore {
+    /// Which binary.
+    pub family: Family,
+    /// What to write.
+    pub table: Table,
+}
+
+impl Restore {
+    /// The exact restore input.
+    pub fn input(&self) -> String {
+        self.table.to_string()
+    }
+}
+
+/// A plan: the restores to run (possibly none), and what they change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Full or partial, as planned (a partial request is planned full when nothing is applied).
+    pub mode: SyncMode,
+    /// Restores in order: IPv4 filter, IPv4 nat, IPv6 filter, IPv6 nat; empty ones are left out.
+    pub restores: Vec<Restore>,
+    delta: AppliedDelta,
+}
+
+impl Plan {
+    /// A plan that only deletes chains (cleanup); it changes no recorded state.
+    pub(crate) fn deletions(restores: Vec<Restore>) -> Self {
+        Self {
+            mode: SyncMode::Full,
+            restores,
+            delta: AppliedDelta::default(),
+        }
+    }
+
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.restores.is_empty()
+    }
+
+    /// Rules written over all restores.
+    pub fn rules_written(&self) -> usize {
+        self.restores.iter().map(|r| r.table.rule_count()).sum()
+    }
+
+    /// Chains written (declared) over all restores.
+    pub fn chains_written(&self) -> usize {
+        self.restores.iter().map(|r| r.table.chains.len()).sum()
+    }
+
+    /// Chains deleted over all restores.
+    pub fn chains_deleted(&self) -> usize {
+        self.restores.iter().map(|r| r.table.deleted.len()).sum()
+    }
+
+    /// The restore for one family and table, if any.
+    pub fn restore(&self, family: Family, table: TableName) -> Option<&Restore> {
+        self.restores
+            .iter()
+            .find(|r| r.family == family && r.table.name == table)
+    }
+
+    /// Every restore's input, each under a `# ipv4 filter` header line: the golden-file form.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for r in &self.restores {
+            out.push_str(&format!("# {} {}\n", r.family, r.table.name));
+            out.push_str(&r.input());
+        }
+        out
+    }
+}
+
+/// A bootstrap jump from a built-in chain to ours. Not part of the restore input: `apply` adds
+/// these idempotently; the tracer uses them as the built-in chains.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hook {
+    /// The table.
+    pub table: TableName,
+    /// The built-in chain.
+    pub chain: ChainName,
+    /// The rule, jumping to one of our chains.
+    pub rule: Rule,
+}
+
+/// Plans rules for one configuration.
+#[derive(Debug, Clone)]
+pub struct Planner {
+    config: Config,
+    names: Names,
+}
+
+/// What the dispatch and filter chains get from each service port, per family.
+#[derive(Default)]
+struct Shared {
+    /// (destination, rule) for the services dispatch chain, in port order.
+    dispatch: Vec<(IpAddr, Rule)>,
+    /// (protocol, node port, rule) for the node-ports chain.
+    node_ports: Vec<(proxy_core::Protocol, u16, Rule)>,
+    filter_services: Vec<Rule>,
+    filter_external: Vec<Rule>,
+    filter_firewall: Vec<Rule>,
+}
+
+impl Planner {
+    /// A planner for `config`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] if the configuration is invalid.
+    pub fn new(config: Config) -> Result<Self, ConfigError> {
+        let names = config.validate()?;
+        Ok(Self { config, names })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The chain names.
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// The bootstrap jumps, in the order they must appear in each built-in chain (kube-proxy's
+    /// `iptablesJumpChains`).
+    pub fn hooks(&self) -> Vec<Hook> {
+        let n = &self.names;
+        let new = || Match::Conntrack(vec![CtState::New]);
+        let hook = |table, chain: &str, rule: Rule| Hook {
+            table,
+            chain: ChainName::new(chain),
+            rule,
+        };
+        let jump = |c: ChainName| Rule::new(Target::Jump(c));
+        vec![
+            hook(
+                TableName::Nat,
+                "PREROUTING",
+                jump(n.services()).comment("service portals"),
+            ),
+            hook(
+                TableName::Nat,
+                "OUTPUT",
+                jump(n.services()).comment("service portals"),
+            ),
+            hook(
+                TableName::Nat,
+                "POSTROUTING",
+                jump(n.postrouting()).comment("service postrouting rules"),
+            ),
+            hook(
+                TableName::Filter,
+                "INPUT",
+                jump(n.firewall())
+                    .with(new())
+                    .comment("load balancer firewall"),
+            ),
+            hook(
+                TableName::Filter,
+                "INPUT",
+                jump(n.external_services())
+                    .with(new())
+                    .comment("externally-visible service portals"),
+            ),
+            hook(
+                TableName::Filter,
+                "FORWARD",
+                jump(n.firewall())
+                    .with(new())
+                    .comment("load balancer firewall"),
+            ),
+            hook(
+                TableName::Filter,
+                "FORWARD",
+                jump(n.forward()).comment("forwarding rules"),
+            ),
+            hook(
+                TableName::Filter,
+                "FORWARD",
+                jump(n.services()).with(new()).comment("service portals"),
+            ),
+            hook(
+                TableName::Filter,
+                "FORWARD",
+                jump(n.external_services())
+                    .with(new())
+                    .comment("externally-visible service portals"),
+            ),
+            hook(
+                TableName::Filter,
+                "OUTPUT",
+                jump(n.firewall())
+                    .with(new())
+                    .comment("load balancer firewall"),
+            ),
+            hook(
+                TableName::Filter,
+                "OUTPUT",
+                jump(n.services()).with(new()).comment("service portals"),
+            ),
+        ]
+    }
+
+    /// A full plan of `table` from nothing: what a first sync writes (and what golden files show).
+    pub fn plan_full(&self, table: &ServiceTable) -> Plan {
+        self.plan(
+            table,
+            &ChangeSet::default(),
+            &Applied::new(),
+            SyncMode::Full,
+        )
+    }
+
+    /// Plans the restores that take the kernel from `applied` to `table`.
+    ///
+    /// `changes` must name every service port that differs between the table `applied` was made
+    /// from and `table`; it is ignored for a full plan. A partial request is planned full when
+    /// nothing is applied or the node changed.
+    pub fn plan(
+        &self,
+        table: &ServiceTable,
+        changes: &ChangeSet,
+        applied: &Applied,
+        mode: SyncMode,
+    ) -> Plan {
+        let full = mode == SyncMode::Full || applied.is_empty() || changes.node.is_some();
+        let touched: Option<BTreeSet<&ServicePortName>> =
+            (!full).then(|| changes.touched().collect());
+        let mut restores = Vec::new();
+        let mut delta = AppliedDelta::default();
+        let mut port_chains: BTreeMap<ServicePortName, BTreeSet<ChainKey>> = BTreeMap::new();
+
+        for family in Family::ALL {
+            let mut shared = Shared::default();
+            let mut per_port: BTreeMap<&ServicePortName, Vec<Chain>> = BTreeMap::new();
+            for port in table.iter() {
+                let Some(view) = family_view(port, family) else {
+                    continue;
+                };
+                let render = touched.as_ref().is_none_or(|t| t.contains(&port.name));
+                let chains = self.plan_port(&view, family, &mut shared, render);
+                if render {
+                    per_port.insert(&port.name, chains);
+                }
+            }
+            let (mut nat_shared, mut filter_shared) = self.plan_shared(family, shared);
+            if !self.config.comments {
+                nat_shared
+                    .iter_mut()
+                    .chain(filter_shared.iter_mut())
+                    .for_each(strip_comments);
+            }
+
+            // Filter: all chains are shared.
+            let mut filter = Table::new(TableName::Filter);
+            let mut nat = Table::new(TableName::Nat);
+            let mut desired_shared: BTreeSet<ChainKey> = BTreeSet::new();
+            for (tname, chains, out) in [
+                (TableName::Filter, filter_shared, &mut filter),
+                (TableName::Nat, nat_shared, &mut nat),
+            ] {
+                for chain in chains {
+                    let key = (family, tname, chain.name.clone());
+                    let state = ChainState::of(&chain);
+                    desired_shared.insert(key.clone());
+                    if full || applied.chains.get(&key) != Some(&state) {
+                        delta.written.push((key, state));
+                        out.chains.push(chain);
+                    }
+                }
+            }
+            // Port chains (nat only).
+            if !self.config.comments {
+                per_port.values_mut().flatten().for_each(strip_comments);
+            }
+            for (name, chains) in per_port {
+                let set = port_chains.entry(name.clone()).or_default();
+                for chain in chains {
+                    let key = (family, TableName::Nat, chain.name.clone());
+                    let state = ChainState::of(&chain);
+                    set.insert(key.clone());
+                    if full || applied.chains.get(&key) != Some(&state) {
+                        delta.written.push((key, state));
+                        nat.chains.push(chain);
+                    }
+                }
+            }
+            // Deletions.
+            let stale: Vec<ChainKey> = if full {
+                applied
+                    .chains
+                    .keys()
+                    .filter(|k| k.0 == family)
+                    .filter(|k| {
+                        !desired_shared.contains(*k)
+                            && !port_chains.values().any(|set| set.contains(*k))
+                    })
+                    .cloned()
+                    .collect()
+            } else {
+                let owned_by_ports: BTreeSet<&ChainKey> =
+                    applied.ports.values().flatten().collect();
+                let mut stale: Vec<ChainKey> = applied
+                    .chains
+                    .keys()
+                    .filter(|k| k.0 == family && !owned_by_ports.contains(k))
+                    .filter(|k| !desired_shared.contains(*k))
+                    .cloned()
+                    .collect();
+                for name in touched.iter().flatten() {
+                    let old = applied.ports.get(*name).into_iter().flatten();
+                    let new = port_chains.get(*name);
+                    stale.extend(
+                        old.filter(|k| k.0 == family)
+                            .filter(|k| new.is_none_or(|set| !set.contains(*k)))
+                            .cloned(),
+                    );
+                }
+                stale
+            };
+            for key in stale {
+                let out = match key.1 {
+                    TableName::Filter => &mut filter,
+                    TableName::Nat => &mut nat,
+                };
+                out.deleted.push(key.2.clone());
+                delta.deleted.push(key);
+            }
+            for t in [filter, nat] {
+                if !t.is_empty() {
+                    restores.push(Restore { family, table: t });
+                }
+            }
+        }
+        // Port ownership: touched (or all) ports get their new chain set; removed ports none.
+        match &touched {
+            None => {
+                delta.ports = port_chains.into_iter().map(|(n, s)| (n, Some(s))).collect();
+            }
+            Some(touched) => {
+                for name in touched {
+                    let set = port_chains.remove(*name);
+                    delta.ports.push(((*name).clone(), set));
+                }
+            }
+        }
+        Plan {
+            mode: if full {
+                SyncMode::Full
+            } else {
+                SyncMode::Partial
+            },
+            restores,
+            delta,
+        }
+    }
+}
+
+/// Drops `-m comment` from a chain's rules (`Config::comments = false`).
+fn strip_comments(chain: &mut Chain) {
+    for rule in &mut chain.rules {
+        rule.matches.retain(|m| !matches!(m, Match::Comment(_)));
+    }
+}
+
+/// The part of `port` that lives in `family`: its addresses, ranges and endpoints of that family.
+/// `None` when the port has nothing there. Borrowed when the port is single-family.
+pub(crate) fn family_view(port: &ServicePort, family: Family) -> Option<Cow<'_, ServicePort>> {
+    let in_family = |ip: &IpAddr| family.contains(*ip);
+    let has_ips = port.service_ips().any(|ip| in_family(&ip));
+    let has_any_ips = port.service_ips().next().is_some();
+    let present = has_ips
+        || (!has_any_ips
+            && port.node_port.is_some()
+            && (port.endpoints.iter().any(|e| in_family(&e.addr))
+                || (port.endpoints.is_empty() && family == Family::V4)));
+    if !present {
+        return None;
+    }
+    let pure = port.service_ips().all(|ip| in_family(&ip))
+        && port.endpoints.iter().all(|e| in_family(&e.addr))
+        && port
+            .load_balancer_source_ranges
+            .iter()
+            .all(|r| in_family(&r.addr()));
+    if pure {
+        return Some(Cow::Borrowed(port));
+    }
+    let mut view = port.clone();
+    view.cluster_ips.retain(in_family);
+    view.external_ips.retain(in_family);
+    view.load_balancer_ips.retain(in_family);
+    view.load_balancer_source_ranges
+        .retain(|r| in_family(&r.addr()));
+    view.endpoints.retain(|e| in_family(&e.addr));
+    Some(Cow::Owned(view))
+}

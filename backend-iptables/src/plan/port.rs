@@ -1,0 +1,399 @@
+//! One service port's rules: its dispatch and filter entries, and its own chains (SVC-, SVL-,
+//! EXT-, FW-, and SEP- for affinity).
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+
+use ipnet::IpNet;
+use proxy_core::select::{select_endpoints, Target as SelTarget};
+use proxy_core::table::{Endpoint, SessionAffinity, TrafficPolicy};
+use proxy_core::{Protocol, ServicePort};
+
+use super::{Planner, Shared};
+use crate::rules::{
+    AddrTypeDir, Chain, ChainName, Family, Match, Probability, Recent, RejectWith, Rule, Target,
+};
+
+impl Planner {
+    /// Plans one service port in one family: pushes its dispatch and filter rules into `shared`
+    /// and, when `render`, returns its own chains.
+    pub(super) fn plan_port(
+        &self,
+        port: &ServicePort,
+        family: Family,
+        shared: &mut Shared,
+        render: bool,
+    ) -> Vec<Chain> {
+        let n = &self.names;
+        let name = &port.name;
+        let proto = port.protocol;
+        let selection = select_endpoints(port);
+        let cluster = usable(&selection.cluster);
+        let local = usable(&selection.local);
+
+        let svc = (!cluster.is_empty()).then(|| n.service_cluster(name, proto));
+        let svl = (!local.is_empty()).then(|| n.service_local(name, proto));
+        let policy_chain = |policy| match policy {
+            TrafficPolicy::Cluster => svc.clone(),
+            TrafficPolicy::Local => svl.clone(),
+        };
+        let internal_chain = policy_chain(port.internal_traffic_policy);
+        let external_chain = policy_chain(port.external_traffic_policy);
+        let has_external = port.has_external_addresses();
+        let ext = (selection.has_any_endpoints && has_external).then(|| n.external(name, proto));
+        let ranges = &port.load_balancer_source_ranges;
+        let fw = (ext.is_some() && !ranges.is_empty() && !port.load_balancer_ips.is_empty())
+            .then(|| n.firewall_lb(name, proto));
+
+        let filter_rule = |target: SelTarget<'_, '_>| -> Option<(Target, &'static str)> {
+            match target {
+                SelTarget::Endpoints(_) => None,
+                SelTarget::Reject => Some((
+                    Target::Reject(reject_with(family, proto)),
+                    "has no endpoints",
+                )),
+                SelTarget::Drop => Some((Target::Drop, "has no local endpoints")),
+            }
+        };
+
+        // Dispatch: cluster IPs.
+        for &ip in &port.cluster_ips {
+            match (&internal_chain, filter_rule(selection.internal())) {
+                (Some(chain), _) => shared.dispatch.push((
+                    ip,
+                    Rule::new(Target::Jump(chain.clone()))
+                        .destination(ip)
+                        .protocol(proto)
+                        .comment(format!("{name} cluster IP"))
+                        .dport(proto, port.port),
+                )),
+                (None, Some((target, why))) => shared.filter_services.push(
+                    Rule::new(target)
+                        .destination(ip)
+                        .protocol(proto)
+                        .comment(format!("{name} {why}"))
+                        .dport(proto, port.port),
+                ),
+                // Endpoints selected but filtered out (all weight 0 is handled in `usable`).
+                (None, None) => {}
+            }
+        }
+        // External destinations.
+        let external_filter = filter_rule(selection.external());
+        let external_ips = port
+            .external_ips
+            .iter()
+            .map(|ip| (*ip, "external IP", false))
+            .chain(
+                port.load_balancer_ips
+                    .iter()
+                    .map(|ip| (*ip, "loadbalancer IP", true)),
+            );
+        for (ip, kind, is_lb) in external_ips {
+            if let Some(ext) = &ext {
+                let to = match (&fw, is_lb) {
+                    (Some(fw), true) => fw.clone(),
+                    _ => ext.clone(),
+                };
+                shared.dispatch.push((
+                    ip,
+                    Rule::new(Target::Jump(to))
+                        .destination(ip)
+                        .protocol(proto)
+                        .comment(format!("{name} {kind}"))
+                        .dport(proto, port.port),
+                ));
+            }
+            if let Some((target, why)) = &external_filter {
+                shared.filter_external.push(
+                    Rule::new(target.clone())
+                        .destination(ip)
+                        .protocol(proto)
+                        .comment(format!("{name} {why}"))
+                        .dport(proto, port.port),
+                );
+            }
+        }
+        if let Some(node_port) = port.node_port {
+            if let Some(ext) = &ext {
+                shared.node_ports.push((
+                    proto,
+                    node_port,
+                    Rule::new(Target::Jump(ext.clone()))
+                        .protocol(proto)
+                        .comment(name.to_string())
+                        .dport(proto, node_port),
+                ));
+            }
+            if let Some((target, why)) = &external_filter {
+                shared.filter_external.push(
+                    Rule::new(target.clone())
+                        .protocol(proto)
+                        .comment(format!("{name} {why}"))
+                        .with(Match::AddrTypeLocal(AddrTypeDir::Dst))
+                        .dport(proto, node_port),
+                );
+            }
+        }
+        if let Some(fw) = &fw {
+            for &ip in &port.load_balancer_ips {
+                shared.filter_firewall.push(
+                    Rule::new(Target::Drop)
+                        .destination(ip)
+                        .protocol(proto)
+                        .comment(format!("{name} traffic not accepted by {fw}"))
+                        .dport(proto, port.port),
+                );
+            }
+        }
+
+        if !render {
+            return Vec::new();
+        }
+        let mut chains = Vec::new();
+        let affinity = match port.session_affinity {
+            SessionAffinity::None => None,
+            SessionAffinity::ClientIp { timeout } => {
+                Some(u32::try_from(timeout.as_secs()).unwrap_or(u32::MAX))
+            }
+        };
+        let internal_is = |chain: &Option<ChainName>| chain.is_some() && *chain == internal_chain;
+        if let Some(svc) = &svc {
+            chains.push(self.balance_chain(
+                port,
+                family,
+                svc,
+                &cluster,
+                internal_is(&Some(svc.clone())),
+                affinity,
+            ));
+        }
+        if let Some(svl) = &svl {
+            chains.push(self.balance_chain(
+                port,
+                family,
+                svl,
+                &local,
+                internal_is(&Some(svl.clone())),
+                affinity,
+            ));
+        }
+        if let Some(ext) = &ext {
+            let mut chain = Chain::new(ext.clone());
+            let masq = Target::Jump(n.mark_masq());
+            match port.external_traffic_policy {
+                TrafficPolicy::Cluster => {
+                    chain.push(Rule::new(masq).comment(format!(
+                        "masquerade traffic for {name} external destinations"
+                    )));
+                }
+                TrafficPolicy::Local => {
+                    if let (Some(cidr), Some(svc)) = (self.config.cluster_cidr(family), &svc) {
+                        chain.push(
+                            Rule::new(Target::Jump(svc.clone()))
+                                .source_net(cidr, false)
+                                .comment(format!("pod traffic for {name} external destinations")),
+                        );
+                    }
+                    chain.push(
+                        Rule::new(masq)
+                            .comment(format!(
+                                "masquerade LOCAL traffic for {name} external destinations"
+                            ))
+                            .with(Match::AddrTypeLocal(AddrTypeDir::Src)),
+                    );
+                    if let Some(svc) = &svc {
+                        chain.push(
+                            Rule::new(Target::Jump(svc.clone()))
+                                .comment(format!(
+                                    "route LOCAL traffic for {name} external destinations"
+                                ))
+                                .with(Match::AddrTypeLocal(AddrTypeDir::Src)),
+                        );
+                    }
+                }
+            }
+            if let Some(to) = &external_chain {
+                chain.push(Rule::new(Target::Jump(to.clone())));
+            }
+            chains.push(chain);
+        }
+        if let (Some(fw), Some(ext)) = (&fw, &ext) {
+            let mut chain = Chain::new(fw.clone());
+            for range in ranges.iter().filter(|r| family.contains(r.addr())) {
+                chain.push(
+                    Rule::new(Target::Jump(ext.clone()))
+                        .source_net(*range, false)
+                        .comment(format!("{name} loadbalancer IP")),
+                );
+            }
+            chains.push(chain);
+        }
+        if affinity.is_some() {
+            let mut seen = BTreeSet::new();
+            for ep in cluster.iter().chain(&local) {
+                if !seen.insert(ep.key()) {
+                    continue;
+                }
+                let sep = n.endpoint(name, proto, &ep.key());
+                let mut chain = Chain::new(sep.clone());
+                chain.push(
+                    Rule::new(Target::Jump(n.mark_masq()))
+                        .source(ep.addr)
+                        .comment(name.to_string()),
+                );
+                chain.push(
+                    Rule::new(Target::Dnat(SocketAddr::new(ep.addr, ep.port)))
+                        .protocol(proto)
+                        .comment(name.to_string())
+                        .with(Match::Recent(Recent::Set {
+                            name: sep.to_string(),
+                            family,
+                        })),
+                );
+                chains.push(chain);
+            }
+        }
+        chains
+    }
+
+    /// A service port's balancing chain (SVC- or SVL-) over `endpoints` (never empty).
+    ///
+    /// Without affinity each endpoint gets, inline (see README "Hairpin"):
+    /// 1. `! -s ep -m statistic p -j DNAT ep` (the common case: one rule, one draw);
+    /// 2. `-s ep -m statistic p -j MARK masq|select` (the endpoint calling itself: same draw);
+    /// 3. `-s ep -m mark select -j DNAT ep` (finish the hairpin pick, masqueraded).
+    ///
+    /// The last endpoint needs no draw: `! -s ep -j DNAT`, `-j MARK-MASQ`, `-j DNAT`.
+    ///
+    /// Only endpoints on this node can send hairpin traffic through this node's rules (a remote
+    /// pod's connections are NATed by its own node), so rules 2 and 3 (and the `! -s` of rule 1)
+    /// are written for local endpoints only, unless `hairpin_all_endpoints` is set.
+    fn balance_chain(
+        &self,
+        port: &ServicePort,
+        family: Family,
+        chain_name: &ChainName,
+        endpoints: &[&Endpoint],
+        is_internal_chain: bool,
+        affinity: Option<u32>,
+    ) -> Chain {
+        let n = &self.names;
+        let name = &port.name;
+        let proto = port.protocol;
+        let mut chain = Chain::new(chain_name.clone());
+        if is_internal_chain {
+            for &ip in &port.cluster_ips {
+                let rule = Rule::new(Target::Jump(n.mark_masq()));
+                let rule = if self.config.masquerade_all {
+                    rule
+                } else if let Some(cidr) = self.config.cluster_cidr(family) {
+                    rule.source_net(cidr, true)
+                } else {
+                    continue;
+                };
+                chain.push(
+                    rule.destination(ip)
+                        .protocol(proto)
+                        .comment(format!("{name} cluster IP"))
+                        .dport(proto, port.port),
+                );
+            }
+        }
+        if affinity.is_some() {
+            for ep in endpoints {
+                let sep = n.endpoint(name, proto, &ep.key());
+                chain.push(
+                    Rule::new(Target::Jump(sep.clone()))
+                        .comment(format!("{name} -> {}", ep.key()))
+                        .with(Match::Recent(Recent::Check {
+                            name: sep.to_string(),
+                            seconds: affinity.unwrap_or_default(),
+                            family,
+                        })),
+                );
+            }
+        }
+        let total: u64 = endpoints.iter().map(|e| u64::from(weight(e))).sum();
+        let mut remaining = total;
+        let masq = self.config.masquerade_mark();
+        let select = self.config.select_mark();
+        for (i, ep) in endpoints.iter().enumerate() {
+            let is_last = i + 1 == endpoints.len();
+            let w = u64::from(weight(ep));
+            let stat = (!is_last).then(|| Match::Statistic(Probability::ratio(w, remaining)));
+            remaining -= w;
+            let to = SocketAddr::new(ep.addr, ep.port);
+            let comment = format!("{name} -> {}", ep.key());
+            if affinity.is_some() {
+                let mut rule =
+                    Rule::new(Target::Jump(n.endpoint(name, proto, &ep.key()))).comment(&comment);
+                rule.matches.extend(stat);
+                chain.push(rule);
+                continue;
+            }
+            let needs_hairpin = ep.is_local || self.config.hairpin_all_endpoints;
+            let mut direct = Rule::new(Target::Dnat(to))
+                .protocol(proto)
+                .comment(&comment);
+            if needs_hairpin {
+                direct = direct.source_net(IpNet::from(ep.addr), true);
+            }
+            direct.matches.extend(stat.clone());
+            chain.push(direct);
+            if !needs_hairpin {
+                continue;
+            }
+            match stat {
+                Some(stat) => {
+                    chain.push(
+                        Rule::new(Target::Mark {
+                            value: masq | select,
+                            mask: masq | select,
+                        })
+                        .source(ep.addr)
+                        .with(stat),
+                    );
+                    chain.push(
+                        Rule::new(Target::Dnat(to))
+                            .source(ep.addr)
+                            .protocol(proto)
+                            .with(Match::Mark {
+                                value: select,
+                                mask: select,
+                                negated: false,
+                            }),
+                    );
+                }
+                None => {
+                    // Only the endpoint itself gets here: the rule above took everyone else.
+                    chain.push(Rule::new(Target::Jump(n.mark_masq())));
+                    chain.push(Rule::new(Target::Dnat(to)).protocol(proto));
+                }
+            }
+        }
+        chain
+    }
+}
+
+/// An endpoint's weight; weight 0 only when every endpoint has weight 0 (then all count as 1).
+fn weight(ep: &Endpoint) -> u32 {
+    ep.weight.max(1)
+}
+
+/// Endpoints that take new connections: weight 0 ones are left out unless all have weight 0.
+fn usable<'a>(endpoints: &[&'a Endpoint]) -> Vec<&'a Endpoint> {
+    if endpoints.iter().any(|e| e.weight > 0) {
+        endpoints.iter().copied().filter(|e| e.weight > 0).collect()
+    } else {
+        endpoints.to_vec()
+    }
+}
+
+fn reject_with(family: Family, protocol: Protocol) -> RejectWith {
+    match (protocol, family) {
+        (Protocol::Tcp, _) => RejectWith::TcpReset,
+        (_, Family::V4) => RejectWith::IcmpPortUnreachable,
+        (_, Family::V6) => RejectWith::Icmp6PortUnreachable,
+    }
+}

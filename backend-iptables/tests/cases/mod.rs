@@ -1,0 +1,654 @@
+//! The representative tables, in one place (each could become `tests/tables/<name>.yaml` once the
+//! loader lands), with the packet flows every one of them must pass.
+//!
+//! Addresses: pods 198.18.0.0/17 (this node's 198.18.1.0/24, others 198.18.2-3.x); this node
+//! 198.18.200.1; clients outside the cluster 198.18.250.0/24 (198.18.251.1 is outside the LB
+//! source ranges); cluster IPs 198.19.0.0/16, external IPs 198.19.100.x, LB IPs 198.19.101.x.
+//! IPv6 uses the documentation prefix 2001:db8::/32 (pods 2001:db8:18::/48).
+#![allow(dead_code)]
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use backend_iptables::config::{Config, DispatchLayout};
+use backend_iptables::testing::trace::PacketFlow;
+use proxy_core::table::{Endpoint, SessionAffinity, TrafficPolicy};
+use proxy_core::{Protocol, ServicePort, ServicePortName, ServiceTable};
+
+pub const NODE_IP: &str = "198.18.200.1";
+pub const NODE_IP6: &str = "2001:db8:200::1";
+pub const CLIENT: &str = "198.18.250.1";
+pub const BLOCKED_CLIENT: &str = "198.18.251.1";
+pub const POD: &str = "198.18.5.5";
+pub const CLIENT6: &str = "2001:db8:250::1";
+pub const POD6: &str = "2001:db8:18:5::5";
+
+/// This node's addresses, for `-m addrtype LOCAL`.
+pub fn local_addrs() -> Vec<IpAddr> {
+    vec![ip(NODE_IP), ip(NODE_IP6)]
+}
+
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().expect("test address")
+}
+
+/// A ready endpoint on another node.
+pub fn remote(addr: &str, port: u16) -> Endpoint {
+    let mut e = Endpoint::new(ip(addr), port);
+    e.node = Some("node-b".into());
+    e
+}
+
+/// A ready endpoint on this node.
+pub fn local(addr: &str, port: u16) -> Endpoint {
+    let mut e = Endpoint::new(ip(addr), port);
+    e.node = Some("node-a".into());
+    e.is_local = true;
+    e
+}
+
+pub fn port(name: &str, proto: Protocol, cluster_ip: &str, port: u16) -> ServicePort {
+    ServicePort::new(ServicePortName::new("ns", name, "p"), proto, port)
+        .with_cluster_ip(ip(cluster_ip))
+}
+
+/// The config every case uses unless it says otherwise.
+pub fn config() -> Config {
+    Config {
+        cluster_cidrs: vec![
+            "198.18.0.0/17".parse().expect("cidr"),
+            "2001:db8:18::/48".parse().expect("cidr"),
+        ],
+        ..Config::default()
+    }
+}
+
+pub struct Case {
+    pub name: &'static str,
+    pub table: ServiceTable,
+    pub config: Config,
+    pub flows: Vec<PacketFlow>,
+}
+
+fn table(ports: Vec<ServicePort>) -> ServiceTable {
+    let mut b = ServiceTable::builder().node("node-a");
+    for p in ports {
+        b = b.insert(p);
+    }
+    b.build().expect("valid test table")
+}
+
+fn case(name: &'static str, ports: Vec<ServicePort>, flows: Vec<PacketFlow>) -> Case {
+    Case {
+        name,
+        table: table(ports),
+        config: config(),
+        flows,
+    }
+}
+
+fn tcp(
+    name: &'static str,
+    src: &'static str,
+    dst: &'static str,
+    dport: u16,
+    want: &'static str,
+) -> PacketFlow {
+    PacketFlow::tcp(name, src, dst, dport, want)
+}
+
+pub fn cases() -> Vec<Case> {
+    vec![
+        case(
+            "cluster_ip_three_endpoints",
+            vec![port("web", Protocol::Tcp, "198.19.0.1", 80)
+                .with_endpoint(remote("198.18.2.1", 8080))
+                .with_endpoint(remote("198.18.2.2", 8080))
+                .with_endpoint(local("198.18.1.3", 8080))],
+            vec![
+                tcp(
+                    "pod to cluster IP",
+                    POD,
+                    "198.19.0.1",
+                    80,
+                    "198.18.1.3:8080, 198.18.2.1:8080, 198.18.2.2:8080",
+                ),
+                tcp(
+                    "outside client is masqueraded",
+                    CLIENT,
+                    "198.19.0.1",
+                    80,
+                    "198.18.1.3:8080, 198.18.2.1:8080, 198.18.2.2:8080",
+                )
+                .masq(),
+                tcp(
+                    "node to cluster IP is masqueraded",
+                    NODE_IP,
+                    "198.19.0.1",
+                    80,
+                    "198.18.1.3:8080, 198.18.2.1:8080, 198.18.2.2:8080",
+                )
+                .masq()
+                .from_node(),
+                tcp("wrong port is not ours", POD, "198.19.0.1", 81, "ACCEPT"),
+                tcp(
+                    "wrong protocol is not ours",
+                    POD,
+                    "198.19.0.1",
+                    80,
+                    "ACCEPT",
+                )
+                .proto(Protocol::Udp),
+            ],
+        ),
+        case(
+            "weights",
+            vec![port("weighted", Protocol::Tcp, "198.19.0.2", 80)
+                .with_endpoint({
+                    let mut e = remote("198.18.2.21", 80);
+                    e.weight = 1;
+                    e
+                })
+                .with_endpoint({
+                    let mut e = remote("198.18.2.22", 80);
+                    e.weight = 2;
+                    e
+                })
+                .with_endpoint({
+                    let mut e = remote("198.18.2.23", 80);
+                    e.weight = 3;
+                    e
+                })
+                .with_endpoint({
+                    let mut e = remote("198.18.2.24", 80);
+                    e.weight = 0;
+                    e
+                })],
+            vec![tcp(
+                "weight 0 takes no new connections",
+                POD,
+                "198.19.0.2",
+                80,
+                "198.18.2.21:80, 198.18.2.22:80, 198.18.2.23:80",
+            )],
+        ),
+        case(
+            "node_port",
+            vec![port("np", Protocol::Tcp, "198.19.0.3", 80)
+                .with_node_port(30003)
+                .with_endpoint(local("198.18.1.4", 80))
+                .with_endpoint(remote("198.18.2.4", 80))],
+            vec![
+                tcp(
+                    "node port from outside",
+                    CLIENT,
+                    NODE_IP,
+                    30003,
+                    "198.18.1.4:80, 198.18.2.4:80",
+                )
+                .masq(),
+                tcp(
+                    "node port from a pod is masqueraded too",
+                    POD,
+                    NODE_IP,
+                    30003,
+                    "198.18.1.4:80, 198.18.2.4:80",
+                )
+                .masq(),
+                tcp(
+                    "node port from the node",
+                    NODE_IP,
+                    NODE_IP,
+                    30003,
+                    "198.18.1.4:80, 198.18.2.4:80",
+                )
+                .masq()
+                .from_node(),
+                tcp(
+                    "node port on another address is not ours",
+                    CLIENT,
+                    "198.18.200.2",
+                    30003,
+                    "ACCEPT",
+                ),
+                tcp(
+                    "cluster IP still works",
+                    POD,
+                    "198.19.0.3",
+                    80,
+                    "198.18.1.4:80, 198.18.2.4:80",
+                ),
+            ],
+        ),
+        case(
+            "external_ip",
+            vec![{
+                let mut p = port("ext", Protocol::Tcp, "198.19.0.4", 80)
+                    .with_endpoint(remote("198.18.2.5", 80));
+                p.external_ips = vec![ip("198.19.100.4")];
+                p
+            }],
+            vec![
+                tcp(
+                    "external IP from outside",
+                    CLIENT,
+                    "198.19.100.4",
+                    80,
+                    "198.18.2.5:80",
+                )
+                .masq(),
+                tcp(
+                    "external IP from a pod",
+                    POD,
+                    "198.19.100.4",
+                    80,
+                    "198.18.2.5:80",
+                )
+                .masq(),
+                tcp(
+                    "external IP other port",
+                    CLIENT,
+                    "198.19.100.4",
+                    81,
+                    "ACCEPT",
+                ),
+            ],
+        ),
+        case(
+            "lb_source_ranges",
+            vec![{
+                let mut p = port("lb", Protocol::Tcp, "198.19.0.5", 80)
+                    .with_endpoint(remote("198.18.2.6", 80));
+                p.load_balancer_ips = vec![ip("198.19.101.5")];
+                p.load_balancer_source_ranges = vec!["198.18.250.0/24".parse().expect("range")];
+                p
+            }],
+            vec![
+                tcp(
+                    "allowed source",
+                    CLIENT,
+                    "198.19.101.5",
+                    80,
+                    "198.18.2.6:80",
+                )
+                .masq(),
+                tcp(
+                    "source outside the ranges is dropped",
+                    BLOCKED_CLIENT,
+                    "198.19.101.5",
+                    80,
+                    "DROP",
+                ),
+                tcp(
+                    "cluster IP ignores the ranges",
+                    BLOCKED_CLIENT,
+                    "198.19.0.5",
+                    80,
+                    "198.18.2.6:80",
+                )
+                .masq(),
+            ],
+        ),
+        case(
+            "affinity",
+            vec![{
+                let mut p = port("sticky", Protocol::Tcp, "198.19.0.6", 80)
+                    .with_endpoint(remote("198.18.2.7", 80))
+                    .with_endpoint(remote("198.18.2.8", 80));
+                p.session_affinity = SessionAffinity::ClientIp {
+                    timeout: Duration::from_secs(10_800),
+                };
+                p
+            }],
+            vec![tcp(
+                "new client balances",
+                POD,
+                "198.19.0.6",
+                80,
+                "198.18.2.7:80, 198.18.2.8:80",
+            )],
+        ),
+        case(
+            "etp_local",
+            vec![{
+                let mut p = port("etpl", Protocol::Tcp, "198.19.0.7", 80)
+                    .with_node_port(30007)
+                    .with_endpoint(local("198.18.1.7", 80))
+                    .with_endpoint(remote("198.18.2.9", 80));
+                p.external_ips = vec![ip("198.19.100.7")];
+                p.external_traffic_policy = TrafficPolicy::Local;
+                p
+            }],
+            vec![
+                tcp(
+                    "outside client keeps its source, local endpoint only",
+                    CLIENT,
+                    "198.19.100.7",
+                    80,
+                    "198.18.1.7:80",
+                ),
+                tcp(
+                    "node port, local endpoint only",
+                    CLIENT,
+                    NODE_IP,
+                    30007,
+                    "198.18.1.7:80",
+                ),
+                tcp(
+                    "pod short-circuit to all endpoints",
+                    POD,
+                    "198.19.100.7",
+                    80,
+                    "198.18.1.7:80, 198.18.2.9:80",
+                ),
+                tcp(
+                    "node-originated is masqueraded, all endpoints",
+                    NODE_IP,
+                    "198.19.100.7",
+                    80,
+                    "198.18.1.7:80, 198.18.2.9:80",
+                )
+                .masq()
+                .from_node(),
+                tcp(
+                    "cluster IP uses cluster policy",
+                    POD,
+                    "198.19.0.7",
+                    80,
+                    "198.18.1.7:80, 198.18.2.9:80",
+                ),
+            ],
+        ),
+        case(
+            "etp_local_no_local_endpoints",
+            vec![{
+                let mut p = port("etpl-none", Protocol::Tcp, "198.19.0.17", 80)
+                    .with_node_port(30017)
+                    .with_endpoint(remote("198.18.2.17", 80));
+                p.external_traffic_policy = TrafficPolicy::Local;
+                p
+            }],
+            vec![
+                tcp("outside client is dropped", CLIENT, NODE_IP, 30017, "DROP"),
+                tcp(
+                    "pod still short-circuits",
+                    POD,
+                    NODE_IP,
+                    30017,
+                    "198.18.2.17:80",
+                ),
+                tcp("cluster IP works", POD, "198.19.0.17", 80, "198.18.2.17:80"),
+            ],
+        ),
+        case(
+            "itp_local",
+            vec![
+                {
+                    let mut p = port("itpl", Protocol::Tcp, "198.19.0.8", 80)
+                        .with_endpoint(local("198.18.1.8", 80))
+                        .with_endpoint(remote("198.18.2.10", 80));
+                    p.internal_traffic_policy = TrafficPolicy::Local;
+                    p
+                },
+                {
+                    let mut p = port("itpl-none", Protocol::Tcp, "198.19.0.18", 80)
+                        .with_endpoint(remote("198.18.2.18", 80));
+                    p.internal_traffic_policy = TrafficPolicy::Local;
+                    p
+                },
+            ],
+            vec![
+                tcp(
+                    "local endpoint only",
+                    POD,
+                    "198.19.0.8",
+                    80,
+                    "198.18.1.8:80",
+                ),
+                tcp(
+                    "outside client masqueraded, local endpoint only",
+                    CLIENT,
+                    "198.19.0.8",
+                    80,
+                    "198.18.1.8:80",
+                )
+                .masq(),
+                tcp("no local endpoint drops", POD, "198.19.0.18", 80, "DROP"),
+            ],
+        ),
+        case(
+            "no_endpoints",
+            vec![
+                port("empty", Protocol::Tcp, "198.19.0.9", 80).with_node_port(30009),
+                port("empty-udp", Protocol::Udp, "198.19.0.9", 53),
+                port("not-serving", Protocol::Tcp, "198.19.0.19", 80).with_endpoint({
+                    let mut e = remote("198.18.2.19", 80);
+                    e.ready = false;
+                    e.serving = false;
+                    e
+                }),
+            ],
+            vec![
+                tcp("cluster IP rejects", POD, "198.19.0.9", 80, "REJECT"),
+                tcp("node port rejects", CLIENT, NODE_IP, 30009, "REJECT"),
+                tcp("udp rejects", POD, "198.19.0.9", 53, "REJECT").proto(Protocol::Udp),
+                tcp(
+                    "unready non-serving endpoint is no endpoint",
+                    POD,
+                    "198.19.0.19",
+                    80,
+                    "REJECT",
+                ),
+            ],
+        ),
+        case(
+            "terminating_fallback",
+            vec![port("term", Protocol::Tcp, "198.19.0.10", 80)
+                .with_endpoint({
+                    let mut e = remote("198.18.2.30", 80);
+                    e.ready = false;
+                    e.terminating = true;
+                    e
+                })
+                .with_endpoint({
+                    let mut e = local("198.18.1.30", 80);
+                    e.ready = false;
+                    e.terminating = true;
+                    e
+                })
+                .with_endpoint({
+                    let mut e = remote("198.18.2.31", 80);
+                    e.ready = false;
+                    e.serving = false;
+                    e.terminating = true;
+                    e
+                })],
+            vec![tcp(
+                "serving terminating endpoints are used when none is ready",
+                POD,
+                "198.19.0.10",
+                80,
+                "198.18.1.30:80, 198.18.2.30:80",
+            )],
+        ),
+        case(
+            "ipv6",
+            vec![port("v6", Protocol::Tcp, "2001:db8:19::11", 80)
+                .with_node_port(30011)
+                .with_endpoint(remote("2001:db8:18:2::1", 80))
+                .with_endpoint(remote("2001:db8:18:2::2", 80))],
+            vec![
+                tcp(
+                    "pod to v6 cluster IP",
+                    POD6,
+                    "2001:db8:19::11",
+                    80,
+                    "[2001:db8:18:2::1]:80, [2001:db8:18:2::2]:80",
+                ),
+                tcp(
+                    "outside client masqueraded",
+                    CLIENT6,
+                    "2001:db8:19::11",
+                    80,
+                    "[2001:db8:18:2::1]:80, [2001:db8:18:2::2]:80",
+                )
+                .masq(),
+                tcp(
+                    "v6 node port",
+                    CLIENT6,
+                    NODE_IP6,
+                    30011,
+                    "[2001:db8:18:2::1]:80, [2001:db8:18:2::2]:80",
+                )
+                .masq(),
+            ],
+        ),
+        case(
+            "dual_stack",
+            vec![port("dual", Protocol::Tcp, "198.19.0.12", 80)
+                .with_cluster_ip(ip("2001:db8:19::12"))
+                .with_node_port(30012)
+                .with_endpoint(remote("198.18.2.12", 80))
+                .with_endpoint(remote("2001:db8:18:2::12", 80))],
+            vec![
+                tcp(
+                    "v4 cluster IP to v4 endpoint",
+                    POD,
+                    "198.19.0.12",
+                    80,
+                    "198.18.2.12:80",
+                ),
+                tcp(
+                    "v6 cluster IP to v6 endpoint",
+                    POD6,
+                    "2001:db8:19::12",
+                    80,
+                    "[2001:db8:18:2::12]:80",
+                ),
+                tcp("v4 node port", CLIENT, NODE_IP, 30012, "198.18.2.12:80").masq(),
+                tcp(
+                    "v6 node port",
+                    CLIENT6,
+                    NODE_IP6,
+                    30012,
+                    "[2001:db8:18:2::12]:80",
+                )
+                .masq(),
+            ],
+        ),
+        Case {
+            name: "tree_40_services",
+            table: table(forty_services()),
+            config: Config {
+                dispatch: DispatchLayout::Tree,
+                ..config()
+            },
+            flows: vec![
+                tcp(
+                    "first service",
+                    POD,
+                    "198.19.1.0",
+                    80,
+                    "198.18.10.0:80, 198.18.11.0:80",
+                ),
+                tcp(
+                    "a middle service",
+                    POD,
+                    "198.19.1.20",
+                    80,
+                    "198.18.10.20:80, 198.18.11.20:80",
+                ),
+                tcp(
+                    "its udp port on the same VIP",
+                    POD,
+                    "198.19.1.20",
+                    53,
+                    "198.18.10.20:53",
+                )
+                .proto(Protocol::Udp),
+                tcp(
+                    "last service",
+                    POD,
+                    "198.19.1.39",
+                    80,
+                    "198.18.10.39:80, 198.18.11.39:80",
+                ),
+                tcp(
+                    "a free address in the range is not ours",
+                    POD,
+                    "198.19.1.200",
+                    80,
+                    "ACCEPT",
+                ),
+                tcp(
+                    "node port after the tree",
+                    CLIENT,
+                    NODE_IP,
+                    30039,
+                    "198.18.10.39:80, 198.18.11.39:80",
+                )
+                .masq(),
+            ],
+        },
+    ]
+}
+
+/// 40 services of 2 endpoints on 198.19.1.0..198.19.1.39 (node ports 30000 + i), every fifth with a
+/// second (UDP) port on the same VIP.
+fn forty_services() -> Vec<ServicePort> {
+    let mut ports = Vec::new();
+    for i in 0..40u32 {
+        let vip: IpAddr =
+            std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(198, 19, 1, 0)) + i).into();
+        let ep = |net: u8| -> Endpoint {
+            let addr =
+                std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(198, 18, net, 0)) + i);
+            remote(&addr.to_string(), 80)
+        };
+        let name = format!("svc{i:02}");
+        let mut p = ServicePort::new(
+            ServicePortName::new("ns", name.clone(), "http"),
+            Protocol::Tcp,
+            80,
+        )
+        .with_cluster_ip(vip)
+        .with_node_port(30000 + i as u16)
+        .with_endpoint(ep(10))
+        .with_endpoint(ep(11));
+        p.target_port = 80;
+        ports.push(p);
+        if i % 5 == 0 {
+            let mut e = ep(10);
+            e.port = 53;
+            ports.push(
+                ServicePort::new(ServicePortName::new("ns", name, "dns"), Protocol::Udp, 53)
+                    .with_cluster_ip(vip)
+                    .with_endpoint(e),
+            );
+        }
+    }
+    ports
+}
+
+/// `n` service ports of `endpoints` endpoints each, all in 198.18.0.0/15: VIPs from 198.19.0.0,
+/// endpoints from 198.18.0.0 (the scale tests' table).
+pub fn scale_table(n: u32, endpoints: u32) -> ServiceTable {
+    let mut b = ServiceTable::builder().node("node-a");
+    let vip_base = u32::from(std::net::Ipv4Addr::new(198, 19, 0, 0));
+    let ep_base = u32::from(std::net::Ipv4Addr::new(198, 18, 0, 0));
+    for i in 0..n {
+        let vip: IpAddr = std::net::Ipv4Addr::from(vip_base + i).into();
+        let mut p = ServicePort::new(
+            ServicePortName::new("scale", format!("s{i}"), "p"),
+            Protocol::Tcp,
+            80,
+        )
+        .with_cluster_ip(vip);
+        for j in 0..endpoints {
+            let addr: IpAddr = std::net::Ipv4Addr::from(ep_base + i * endpoints + j).into();
+            p = p.with_endpoint(Endpoint::new(addr, 8080));
+        }
+        b = b.insert(p);
+    }
+    b.build().expect("valid scale table")
+}

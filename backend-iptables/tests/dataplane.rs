@@ -1,0 +1,273 @@
+//! The Dataplane over the in-memory restore, save and hook fakes: full and partial syncs, drift
+//! repair, recovery after a failed restore, cleanup.
+
+mod cases;
+
+use std::sync::Arc;
+
+use backend_iptables::apply::RestoreRunner;
+use backend_iptables::error::RestoreFailure;
+use backend_iptables::observe::observe;
+use backend_iptables::plan::Planner;
+use backend_iptables::rules::Family;
+use backend_iptables::testing::fake::{FakeHooks, FakeRestore};
+use backend_iptables::testing::trace::{Packet, Tracer};
+use backend_iptables::IptablesDataplane;
+use proxy_core::table::Endpoint;
+use proxy_core::{
+    diff, Dataplane, ServicePort, ServicePortName, ServiceTable, SyncMode, SyncRequest,
+};
+
+struct Rig {
+    restore: Arc<FakeRestore>,
+    hooks: Arc<FakeHooks>,
+    dataplane: IptablesDataplane,
+    planner: Planner,
+}
+
+fn rig() -> Rig {
+    let planner = Planner::new(cases::config()).expect("valid config");
+    let restore = Arc::new(FakeRestore::new());
+    let hooks = Arc::new(FakeHooks::new());
+    let dataplane = IptablesDataplane::new(
+        planner.clone(),
+        restore.clone(),
+        restore.clone(),
+        hooks.clone(),
+    );
+    Rig {
+        restore,
+        hooks,
+        dataplane,
+        planner,
+    }
+}
+
+impl Rig {
+    fn summary(&self, dst: &str) -> String {
+        let tracer = Tracer::new(
+            Family::V4,
+            &self.restore.state(Family::V4),
+            &self.planner.hooks(),
+            cases::local_addrs(),
+        )
+        .expect("state parses");
+        tracer
+            .trace(&Packet::tcp(cases::POD, dst, 80))
+            .expect("trace")
+            .summary()
+    }
+}
+
+async fn sync(
+    rig: &mut Rig,
+    before: &ServiceTable,
+    after: &ServiceTable,
+    mode: SyncMode,
+) -> proxy_core::SyncReport {
+    let changes = diff(before, after);
+    rig.dataplane
+        .sync(SyncRequest {
+            desired: after,
+            changes: &changes,
+            mode,
+        })
+        .await
+        .expect("sync")
+}
+
+fn with_endpoint(table: &ServiceTable, i: u32, addr: &str) -> ServiceTable {
+    let name = ServicePortName::new("scale", format!("s{i}"), "p");
+    let mut port = ServicePort::clone(table.get(&name).expect("exists"));
+    port.endpoints = vec![Endpoint::new(addr.parse().expect("ip"), 8080)];
+    table.edit().insert(port).build().expect("valid")
+}
+
+#[tokio::test]
+async fn full_then_partial_sync_then_cleanup() {
+    let mut rig = rig();
+    let empty = ServiceTable::empty();
+    let a = cases::scale_table(50, 2);
+    let report = sync(&mut rig, &empty, &a, SyncMode::Partial).await;
+    assert_eq!(report.mode, SyncMode::Full, "first sync is full");
+    assert_eq!(
+        rig.summary("198.19.0.3"),
+        "198.18.0.6:8080, 198.18.0.7:8080"
+    );
+    let hooked = rig.hooks.chain(Family::V4, "nat", "PREROUTING");
+    assert_eq!(hooked.len(), 1, "{hooked:?}");
+
+    let b = with_endpoint(&a, 3, "198.18.100.3");
+    let calls_before = rig.restore.calls().len();
+    let report = sync(&mut rig, &a, &b, SyncMode::Partial).await;
+    assert_eq!(report.mode, SyncMode::Partial);
+    assert!(report.objects_written <= 3, "{report}");
+    assert_eq!(rig.restore.calls().len(), calls_before + 1, "one restore");
+    assert_eq!(rig.summary("198.19.0.3"), "198.18.100.3:8080");
+
+    let removed = rig.dataplane.cleanup().await.expect("cleanup");
+    assert!(removed.objects_removed > 50, "{removed:?}");
+    assert!(rig.hooks.chain(Family::V4, "nat", "PREROUTING").is_empty());
+    let left = observe(rig.restore.as_ref(), rig.planner.names())
+        .await
+        .expect("observe");
+    assert!(
+        left.chains.is_empty(),
+        "{:?}",
+        left.chains.keys().collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn a_full_sync_repairs_drift() {
+    let mut rig = rig();
+    let a = cases::scale_table(10, 2);
+    sync(&mut rig, &ServiceTable::empty(), &a, SyncMode::Full).await;
+    // Someone flushes our dispatch chain.
+    rig.restore
+        .restore(Family::V4, "*nat\n:SVCP-SERVICES - [0:0]\nCOMMIT\n")
+        .await
+        .expect("vandal");
+    assert_eq!(rig.summary("198.19.0.1"), "ACCEPT");
+    // A partial sync with no changes trusts its state and writes nothing...
+    sync(&mut rig, &a, &a, SyncMode::Partial).await;
+    assert_eq!(rig.summary("198.19.0.1"), "ACCEPT");
+    // ...the periodic full sync reads the kernel back and repairs it.
+    sync(&mut rig, &a, &a, SyncMode::Full).await;
+    assert_eq!(
+        rig.summary("198.19.0.1"),
+        "198.18.0.2:8080, 198.18.0.3:8080"
+    );
+}
+
+#[tokio::test]
+async fn after_a_failed_restore_the_next_sync_is_full() {
+    let mut rig = rig();
+    let a = cases::scale_table(10, 2);
+    sync(&mut rig, &ServiceTable::empty(), &a, SyncMode::Full).await;
+    let b = with_endpoint(&a, 1, "198.18.100.1");
+    rig.restore.fail_next(RestoreFailure {
+        command: "fake".into(),
+        status: Some(1),
+        stderr: "Error occurred at line: 2".into(),
+    });
+    let changes = diff(&a, &b);
+    let err = rig
+        .dataplane
+        .sync(SyncRequest {
+            desired: &b,
+            changes: &changes,
+            mode: SyncMode::Partial,
+        })
+        .await
+        .expect_err("restore fails");
+    assert!(err.to_string().contains("line 2"), "{err}");
+    assert_eq!(
+        rig.summary("198.19.0.1"),
+        "198.18.0.2:8080, 198.18.0.3:8080",
+        "old rules kept"
+    );
+    let report = sync(&mut rig, &a, &b, SyncMode::Partial).await;
+    assert_eq!(report.mode, SyncMode::Full);
+    assert_eq!(rig.summary("198.19.0.1"), "198.18.100.1:8080");
+}
+
+#[derive(Debug, Default)]
+struct FakeConntrack {
+    entries: std::sync::Mutex<Vec<backend_iptables::conntrack::Entry>>,
+}
+
+impl backend_iptables::conntrack::ConntrackOps for FakeConntrack {
+    fn dump(
+        &self,
+        _family: Family,
+    ) -> Result<Vec<backend_iptables::conntrack::Entry>, backend_iptables::conntrack::ConntrackError>
+    {
+        Ok(self.entries.lock().expect("lock").clone())
+    }
+
+    fn delete(
+        &self,
+        _family: Family,
+        entry: &backend_iptables::conntrack::Entry,
+    ) -> Result<(), backend_iptables::conntrack::ConntrackError> {
+        self.entries.lock().expect("lock").retain(|e| e != entry);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_sync_deletes_udp_entries_of_a_removed_endpoint() {
+    use backend_iptables::conntrack::Entry;
+    let planner = Planner::new(cases::config()).expect("valid config");
+    let restore = Arc::new(FakeRestore::new());
+    let conntrack = Arc::new(FakeConntrack::default());
+    let mut dataplane = IptablesDataplane::new(
+        planner,
+        restore.clone(),
+        restore.clone(),
+        Arc::new(FakeHooks::new()),
+    )
+    .with_conntrack(conntrack.clone());
+    let udp = |eps: &[&str]| {
+        let mut p = ServicePort::new(
+            ServicePortName::new("ns", "dns", "p"),
+            proxy_core::Protocol::Udp,
+            53,
+        )
+        .with_cluster_ip("198.19.0.53".parse().expect("ip"));
+        for e in eps {
+            p = p.with_endpoint(Endpoint::new(e.parse().expect("ip"), 5353));
+        }
+        ServiceTable::builder().insert(p).build().expect("valid")
+    };
+    let a = udp(&["198.18.1.1", "198.18.1.2"]);
+    let b = udp(&["198.18.1.2"]);
+    let entry = |reply: &str| Entry {
+        proto: 17,
+        src: "198.18.5.5".parse().expect("ip"),
+        dst: "198.19.0.53".parse().expect("ip"),
+        sport: 40000,
+        dport: 53,
+        reply_src: reply.parse().expect("ip"),
+    };
+    *conntrack.entries.lock().expect("lock") = vec![entry("198.18.1.1"), entry("198.18.1.2")];
+    for (before, after) in [(ServiceTable::empty(), a.clone()), (a, b)] {
+        let changes = diff(&before, &after);
+        let report = dataplane
+            .sync(SyncRequest {
+                desired: &after,
+                changes: &changes,
+                mode: SyncMode::Partial,
+            })
+            .await
+            .expect("sync");
+        assert!(report.is_complete(), "{report}");
+    }
+    assert_eq!(
+        *conntrack.entries.lock().expect("lock"),
+        vec![entry("198.18.1.2")]
+    );
+}
+
+#[tokio::test]
+async fn a_missing_canary_turns_a_partial_sync_into_a_full_one() {
+    let mut rig = rig();
+    let a = cases::scale_table(10, 2);
+    sync(&mut rig, &ServiceTable::empty(), &a, SyncMode::Full).await;
+    // Someone flushes and deletes everything in nat: our chains and the canary are gone.
+    rig.restore
+        .restore(Family::V4, "*nat\n:SVCP-SERVICES - [0:0]\nCOMMIT\n")
+        .await
+        .expect("vandal");
+    rig.hooks.set_missing("SVCP-CANARY", true);
+    let report = sync(&mut rig, &a, &a, SyncMode::Partial).await;
+    assert_eq!(report.mode, SyncMode::Full, "{report}");
+    assert_eq!(
+        rig.summary("198.19.0.1"),
+        "198.18.0.2:8080, 198.18.0.3:8080"
+    );
+    rig.hooks.set_missing("SVCP-CANARY", false);
+    let report = sync(&mut rig, &a, &a, SyncMode::Partial).await;
+    assert_eq!(report.mode, SyncMode::Partial);
+}

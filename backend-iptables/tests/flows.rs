@@ -1,0 +1,192 @@
+//! Packet flows through the rendered rules, per case, in both dispatch layouts.
+
+mod cases;
+
+use std::net::SocketAddr;
+
+use backend_iptables::config::{Config, DispatchLayout};
+use backend_iptables::plan::Planner;
+use backend_iptables::rules::Family;
+use backend_iptables::testing::trace::{run_packet_flows, Packet, Trace, Tracer};
+use proxy_core::ServiceTable;
+
+fn tracer(config: &Config, table: &ServiceTable, family: Family) -> Tracer {
+    let planner = Planner::new(config.clone()).expect("valid config");
+    let plan = planner.plan_full(table);
+    Tracer::from_plan(&planner, &plan, family, cases::local_addrs()).expect("our rules parse")
+}
+
+#[test]
+fn every_case_passes_its_packet_flows_in_both_layouts() {
+    let mut failures = Vec::new();
+    for case in cases::cases() {
+        for layout in [DispatchLayout::Flat, DispatchLayout::Tree] {
+            let config = Config {
+                dispatch: layout,
+                ..case.config.clone()
+            };
+            for family in Family::ALL {
+                let flows: Vec<_> = case
+                    .flows
+                    .iter()
+                    .filter(|f| family.contains(cases::ip(f.dst)))
+                    .cloned()
+                    .collect();
+                if flows.is_empty() {
+                    continue;
+                }
+                let tracer = tracer(&config, &case.table, family);
+                for failure in run_packet_flows(&tracer, &flows) {
+                    failures.push(format!("{} ({layout:?}, {family}): {failure}", case.name));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+fn case(name: &str) -> cases::Case {
+    cases::cases()
+        .into_iter()
+        .find(|c| c.name == name)
+        .expect("case exists")
+}
+
+fn trace(case: &cases::Case, packet: Packet) -> Trace {
+    let family = Family::of(packet.dst);
+    tracer(&case.config, &case.table, family)
+        .trace(&packet)
+        .expect("trace")
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("socket address")
+}
+
+#[test]
+fn even_split_over_three_endpoints() {
+    let c = case("cluster_ip_three_endpoints");
+    let t = trace(&c, Packet::tcp(cases::POD, "198.19.0.1", 80));
+    let d = t.destinations();
+    assert_eq!(d.len(), 3, "{t}");
+    for (to, p) in &d {
+        assert!((p - 1.0 / 3.0).abs() < 1e-9, "{to}: {p}\n{t}");
+    }
+}
+
+#[test]
+fn weights_are_respected() {
+    let c = case("weights");
+    let t = trace(&c, Packet::tcp(cases::POD, "198.19.0.2", 80));
+    let d = t.destinations();
+    for (to, want) in [
+        ("198.18.2.21:80", 1.0 / 6.0),
+        ("198.18.2.22:80", 2.0 / 6.0),
+        ("198.18.2.23:80", 3.0 / 6.0),
+    ] {
+        let got = d.get(&addr(to)).copied().unwrap_or(0.0);
+        assert!(
+            (got - want).abs() < 1e-9,
+            "{to}: want {want}, got {got}\n{t}"
+        );
+    }
+}
+
+#[test]
+fn hairpin_is_masqueraded_only_when_the_endpoint_picks_itself() {
+    let c = case("cluster_ip_three_endpoints");
+    // The local pod 198.18.1.3, an endpoint of the service, calls the service.
+    let t = trace(&c, Packet::tcp("198.18.1.3", "198.19.0.1", 80));
+    assert_eq!(
+        t.masq(),
+        None,
+        "mixed: only the self-pick is masqueraded\n{t}"
+    );
+    for o in &t.outcomes {
+        let to_self = o.verdict.to_string() == "198.18.1.3:8080";
+        assert_eq!(o.masq, to_self, "{t}");
+    }
+    // And the split stays even for the hairpinning client.
+    for (to, p) in t.destinations() {
+        assert!((p - 1.0 / 3.0).abs() < 1e-9, "{to}: {p}\n{t}");
+    }
+}
+
+#[test]
+fn hairpin_of_the_last_endpoint_is_masqueraded() {
+    // iTP=Local: the SVL chain has the single local endpoint, so it is also the last one.
+    let c = case("itp_local");
+    let t = trace(&c, Packet::tcp("198.18.1.8", "198.19.0.8", 80));
+    assert_eq!(t.summary(), "198.18.1.8:80", "{t}");
+    assert_eq!(t.masq(), Some(true), "{t}");
+}
+
+#[test]
+fn remote_endpoints_get_hairpin_rules_only_when_asked() {
+    let c = case("cluster_ip_three_endpoints");
+    let packet = Packet::tcp("198.18.2.1", "198.19.0.1", 80);
+    let default = trace(&c, packet.clone());
+    assert_eq!(default.masq(), Some(false), "{default}");
+    let config = Config {
+        hairpin_all_endpoints: true,
+        ..c.config.clone()
+    };
+    let all = tracer(&config, &c.table, Family::V4)
+        .trace(&packet)
+        .expect("trace");
+    for o in &all.outcomes {
+        assert_eq!(o.masq, o.verdict.to_string() == "198.18.2.1:8080", "{all}");
+    }
+    // The last endpoint too (no statistic rule of its own).
+    let last = tracer(&config, &c.table, Family::V4)
+        .trace(&Packet::tcp("198.18.2.2", "198.19.0.1", 80))
+        .expect("trace");
+    for o in &last.outcomes {
+        assert_eq!(o.masq, o.verdict.to_string() == "198.18.2.2:8080", "{last}");
+    }
+}
+
+#[test]
+fn comments_can_be_left_out() {
+    let c = case("etp_local");
+    let config = Config {
+        comments: false,
+        ..c.config.clone()
+    };
+    let planner = Planner::new(config.clone()).expect("valid");
+    let text = planner.plan_full(&c.table).render();
+    assert!(!text.contains("--comment"), "{text}");
+    let flows: Vec<_> = c.flows.clone();
+    let failures = backend_iptables::testing::trace::run_packet_flows(
+        &tracer(&config, &c.table, Family::V4),
+        &flows,
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn affinity_hairpin_masquerades_in_the_endpoint_chain() {
+    let c = case("affinity");
+    let t = trace(&c, Packet::tcp("198.18.2.7", "198.19.0.6", 80));
+    for o in &t.outcomes {
+        assert_eq!(o.masq, o.verdict.to_string() == "198.18.2.7:80", "{t}");
+    }
+}
+
+#[test]
+fn tree_walks_fewer_rules_than_flat_for_the_last_service() {
+    let c = case("tree_40_services");
+    let packet = Packet::tcp(cases::POD, "198.19.1.39", 80);
+    let walked = |layout| {
+        let config = Config {
+            dispatch: layout,
+            ..c.config.clone()
+        };
+        tracer(&config, &c.table, Family::V4)
+            .trace(&packet)
+            .expect("trace")
+            .max_nat_rules_walked()
+    };
+    let (flat, tree) = (walked(DispatchLayout::Flat), walked(DispatchLayout::Tree));
+    assert!(tree < flat, "tree {tree} vs flat {flat}");
+}

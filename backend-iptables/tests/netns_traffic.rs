@@ -1,0 +1,179 @@
+//! Real TCP and UDP through our rules, in a namespace this test creates: a "node" with its address
+//! on a veth interface, local backends on loopback addresses, and a client on the node (the
+//! OUTPUT path). Both iptables variants. Needs root; loops are bounded in count and time.
+
+mod cases;
+mod netns_util;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use backend_iptables::apply::{apply_plan, CommandRunner, Variant};
+use backend_iptables::hooks::{ensure_hooks, IptablesHooks};
+use backend_iptables::plan::Planner;
+use netns_util::{in_netns, run, Netns};
+use proxy_core::table::Endpoint;
+use proxy_core::{Protocol, ServicePort, ServicePortName, ServiceTable};
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A TCP backend that answers every connection with its name, until `count` or the deadline.
+fn tcp_backend(addr: &str, name: &'static str, count: usize) -> std::thread::JoinHandle<usize> {
+    let listener = TcpListener::bind(addr).expect("bind backend");
+    listener.set_nonblocking(true).expect("nonblocking");
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        let mut served = 0;
+        while served < count && start.elapsed() < DEADLINE {
+            match listener.accept() {
+                Ok((mut conn, _)) => {
+                    let _ = conn.write_all(name.as_bytes());
+                    served += 1;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(2)),
+            }
+        }
+        served
+    })
+}
+
+fn ask(to: &str) -> std::io::Result<String> {
+    let addr: SocketAddr = to.parse().expect("addr");
+    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut out = String::new();
+    conn.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+fn table() -> ServiceTable {
+    let name = |n: &str| ServicePortName::new("ns", n, "p");
+    let local = |addr: &str, port| {
+        let mut e = Endpoint::new(addr.parse().expect("ip"), port);
+        e.is_local = true;
+        e
+    };
+    ServiceTable::builder()
+        .node("node-a")
+        .insert(
+            ServicePort::new(name("web"), Protocol::Tcp, 80)
+                .with_cluster_ip("198.19.0.10".parse().expect("ip"))
+                .with_node_port(30010)
+                .with_endpoint(local("198.18.1.10", 8080))
+                .with_endpoint(local("198.18.1.11", 8080)),
+        )
+        .insert(
+            ServicePort::new(name("empty"), Protocol::Tcp, 80)
+                .with_cluster_ip("198.19.0.11".parse().expect("ip")),
+        )
+        .insert(
+            ServicePort::new(name("dns"), Protocol::Udp, 53)
+                .with_cluster_ip("198.19.0.12".parse().expect("ip"))
+                .with_endpoint(local("198.18.1.12", 5353)),
+        )
+        .build()
+        .expect("valid table")
+}
+
+fn setup_node(variant: Variant) {
+    run(&["ip", "link", "set", "lo", "up"]);
+    // The node's interface: a veth pair inside the namespace (the host may lack `dummy`).
+    run(&[
+        "ip", "link", "add", "node0", "type", "veth", "peer", "name", "node1",
+    ]);
+    run(&["ip", "addr", "add", "198.18.200.1/24", "dev", "node0"]);
+    run(&["ip", "link", "set", "node0", "up"]);
+    run(&["ip", "link", "set", "node1", "up"]);
+    for ep in ["198.18.1.10/32", "198.18.1.11/32", "198.18.1.12/32"] {
+        run(&["ip", "addr", "add", ep, "dev", "lo"]);
+    }
+    // Service addresses need a route for the first routing decision, as on a real node.
+    run(&["ip", "route", "add", "198.19.0.0/16", "dev", "node0"]);
+    let planner = Planner::new(cases::config()).expect("valid config");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(apply_plan(
+        &CommandRunner::new(variant),
+        &planner.plan_full(&table()),
+    ))
+    .expect("apply");
+    ensure_hooks(&IptablesHooks::new(variant), &planner.hooks()).expect("hooks");
+}
+
+#[test]
+#[ignore = "needs root: CI runs --include-ignored"]
+fn real_traffic_through_cluster_ip_node_port_reject_and_udp() {
+    for variant in [Variant::Legacy, Variant::Nft] {
+        let ns = Netns::new(&format!("traffic-{variant}"));
+        in_netns(&ns, move || {
+            setup_node(variant);
+
+            // Cluster IP: 40 connections reach both backends.
+            const N: usize = 40;
+            let a = tcp_backend("198.18.1.10:8080", "a", N);
+            let b = tcp_backend("198.18.1.11:8080", "b", N);
+            let mut seen = std::collections::BTreeMap::new();
+            for _ in 0..N {
+                let who =
+                    ask("198.19.0.10:80").unwrap_or_else(|e| panic!("{variant}: cluster IP: {e}"));
+                *seen.entry(who).or_insert(0) += 1;
+            }
+            assert_eq!(
+                seen.len(),
+                2,
+                "{variant}: both backends should answer: {seen:?}"
+            );
+
+            // Node port on the node's address.
+            let who =
+                ask("198.18.200.1:30010").unwrap_or_else(|e| panic!("{variant}: node port: {e}"));
+            assert!(who == "a" || who == "b", "{variant}: {who:?}");
+
+            // No endpoints: refused at once (TCP reset from the filter REJECT).
+            let err = ask("198.19.0.11:80").expect_err("no endpoints must be refused");
+            assert_eq!(
+                err.kind(),
+                std::io::ErrorKind::ConnectionRefused,
+                "{variant}: {err}"
+            );
+
+            // A port the service does not have: not ours, nothing listens behind it.
+            assert!(ask("198.19.0.10:81").is_err());
+
+            // UDP through the cluster IP to the backend's own port.
+            let server = UdpSocket::bind("198.18.1.12:5353").expect("bind udp");
+            server
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .expect("timeout");
+            let client = UdpSocket::bind("0.0.0.0:0").expect("bind client");
+            client
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .expect("timeout");
+            client.send_to(b"ping", "198.19.0.12:53").expect("send");
+            let mut buf = [0u8; 16];
+            let (n, from) = server
+                .recv_from(&mut buf)
+                .expect("backend got the datagram");
+            assert_eq!(&buf[..n], b"ping");
+            server.send_to(b"pong", from).expect("reply");
+            let (n, reply_from) = client.recv_from(&mut buf).expect("reply through conntrack");
+            assert_eq!(&buf[..n], b"pong");
+            assert_eq!(
+                reply_from,
+                "198.19.0.12:53".parse::<SocketAddr>().expect("addr"),
+                "reply is un-NATed"
+            );
+
+            // Stop the TCP backends (bounded by their deadline or count).
+            for _ in 0..N {
+                let _ = ask("198.18.1.10:8080");
+                let _ = ask("198.18.1.11:8080");
+            }
+            let served = a.join().expect("a") + b.join().expect("b");
+            assert!(served >= N, "{variant}: served {served}");
+        });
+    }
+}
