@@ -21,6 +21,9 @@ use crate::metrics::Metrics;
 use crate::observe::{observe, SaveRunner};
 use crate::plan::{Applied, Hook, Planner};
 
+/// The backend's name in logs, metrics and reports.
+pub const NAME: &str = "iptables";
+
 /// The iptables backend.
 #[derive(Debug)]
 pub struct IptablesDataplane {
@@ -54,6 +57,27 @@ impl IptablesDataplane {
         }
     }
 
+    /// A dataplane on this host's iptables: detects legacy or nft as kube-proxy does, then writes
+    /// with that variant's `iptables-restore`, reads back with its `iptables-save`, hooks with
+    /// `iptables`, and deletes stale UDP conntrack entries over ctnetlink.
+    ///
+    /// # Errors
+    /// [`IptablesError::Config`] for a bad configuration, [`IptablesError::Detect`] when no
+    /// usable `iptables` is installed.
+    pub fn system(config: crate::Config) -> Result<Self, IptablesError> {
+        let planner = Planner::new(config)?;
+        let variant = crate::apply::detect_variant().map_err(IptablesError::Detect)?;
+        let runner = Arc::new(crate::apply::CommandRunner::new(variant));
+        let hooks = Arc::new(crate::hooks::IptablesHooks::new(variant));
+        Ok(Self::new(planner, runner.clone(), runner, hooks)
+            .with_conntrack(Arc::new(crate::conntrack::Netlink)))
+    }
+
+    /// What a full sync to `table` would write (every restore input), for `--dry-run`.
+    pub fn plan_full(&self, table: &proxy_core::ServiceTable) -> crate::Plan {
+        self.planner.plan_full(table)
+    }
+
     /// The same dataplane, deleting stale UDP conntrack entries after each sync through `ops`
     /// (usually [`crate::conntrack::Netlink`]).
     pub fn with_conntrack(mut self, ops: Arc<dyn ConntrackOps>) -> Self {
@@ -65,6 +89,20 @@ impl IptablesDataplane {
     pub fn with_metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = Some(metrics);
         self
+    }
+
+    /// What this backend implements (also [`Dataplane::capabilities`]).
+    pub fn supported() -> Capabilities {
+        Capabilities {
+            protocols: Protocol::ALL.into_iter().collect(),
+            // `-m statistic --mode random`, weights respected.
+            schedulers: [Scheduler::Random].into_iter().collect(),
+            session_affinity: true,
+            local_traffic_policy: true,
+            load_balancer_source_ranges: true,
+            node_ports: true,
+            ipv6: true,
+        }
     }
 
     /// What this dataplane believes is applied.
@@ -204,20 +242,11 @@ impl IptablesDataplane {
 #[async_trait]
 impl Dataplane for IptablesDataplane {
     fn name(&self) -> &'static str {
-        "iptables"
+        NAME
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            protocols: Protocol::ALL.into_iter().collect(),
-            // `-m statistic --mode random`, weights respected.
-            schedulers: [Scheduler::Random].into_iter().collect(),
-            session_affinity: true,
-            local_traffic_policy: true,
-            load_balancer_source_ranges: true,
-            node_ports: true,
-            ipv6: true,
-        }
+        Self::supported()
     }
 
     async fn sync(&mut self, request: SyncRequest<'_>) -> Result<SyncReport, DataplaneError> {

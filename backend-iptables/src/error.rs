@@ -77,6 +77,9 @@ pub enum IptablesError {
         /// Our input lines around it (kube-proxy's `ExtractLines`).
         context: String,
     },
+    /// No usable `iptables` on this host (neither variant could be detected).
+    #[error("cannot detect the iptables variant: {0}")]
+    Detect(#[source] RestoreFailure),
     /// Ensuring or removing a hook failed.
     #[error(transparent)]
     Hook(#[from] crate::hooks::HookError),

@@ -43,6 +43,6 @@ pub mod rules;
 pub mod testing;
 
 pub use config::{Config, DispatchLayout};
-pub use dataplane::IptablesDataplane;
+pub use dataplane::{IptablesDataplane, NAME};
 pub use error::IptablesError;
 pub use plan::{Applied, Plan, Planner};

@@ -357,3 +357,83 @@ fn metrics_and_healthz_are_served() {
     );
     drop(proxy);
 }
+
+/// A network namespace of our own, deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Self {
+        let name = format!("svcp-e2e-{tag}-{}", std::process::id());
+        let status = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .expect("run ip netns add");
+        assert!(status.success(), "ip netns add {name} failed: run as root");
+        Self(name)
+    }
+
+    /// `ip netns exec NAME args...`
+    fn exec(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.0])
+            .args(args)
+            .output()
+            .expect("run ip netns exec")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+#[test]
+#[ignore = "needs root: CI runs --include-ignored"]
+fn iptables_backend_once_programs_our_chains_in_a_namespace() {
+    let dir = TempDir::new("iptables");
+    let path = dir.0.join("table.yaml");
+    std::fs::write(
+        &path,
+        "services:\n  - name: default/web\n    cluster_ips: [198.19.0.10]\n    ports: [{name: http, port: 80, target_port: 8080}]\n    endpoints: [{ip: 198.18.1.10}, {ip: 198.18.1.11}]\n",
+    )
+    .expect("write table");
+    let ns = Netns::new("once");
+    let out = ns.exec(&[
+        SVCPROXY,
+        "--services",
+        path.to_str().expect("utf-8 path"),
+        "--backend",
+        "iptables",
+        "--once",
+    ]);
+    assert!(
+        out.status.success(),
+        "svcproxy failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("full sync: 1 service ports, 2 endpoints"),
+        "stdout:\n{stdout}"
+    );
+
+    let save = ns.exec(&["iptables-save", "-t", "nat"]);
+    let rules = String::from_utf8_lossy(&save.stdout);
+    assert!(
+        rules.contains("-A PREROUTING -m comment --comment \"service portals\" -j SVCP-SERVICES"),
+        "{rules}"
+    );
+    assert!(
+        rules.contains("--comment \"default/web:http cluster IP\""),
+        "{rules}"
+    );
+    assert!(
+        rules.contains("--to-destination 198.18.1.10:8080"),
+        "{rules}"
+    );
+    assert!(
+        rules.contains("--to-destination 198.18.1.11:8080"),
+        "{rules}"
+    );
+}

@@ -1,75 +1,114 @@
-//! Choosing and building a backend.
+//! Choosing, building and dry-running a backend.
 
 use std::fmt::Write as _;
 
 use anyhow::Context as _;
+use backend_iptables::{IptablesDataplane, Planner};
 use backend_userspace::{Metrics as UserspaceMetrics, UserspaceDataplane};
 use prometheus_client::registry::Registry;
-use proxy_core::{Dataplane, ServiceTable};
+use proxy_core::{Capabilities, Dataplane, ServiceTable};
 
 use crate::cli::{BackendKind, RunArgs};
 
-/// A built backend: its concrete type for `--dry-run`, boxed for the sync loop.
-pub enum Backend {
-    Userspace(UserspaceDataplane),
+fn userspace_config(args: &RunArgs) -> backend_userspace::Config {
+    backend_userspace::Config {
+        node_addresses: args.node_addresses.clone(),
+        ..backend_userspace::Config::default()
+    }
 }
 
-impl Backend {
-    /// The backend as the sync loop drives it.
-    pub fn into_dataplane(self) -> Box<dyn Dataplane> {
-        match self {
-            Backend::Userspace(dataplane) => Box::new(dataplane),
-        }
-    }
-
-    /// What a sync to `table` would program, for `--dry-run`.
-    pub fn dry_run(&self, table: &ServiceTable) -> anyhow::Result<String> {
-        match self {
-            Backend::Userspace(dataplane) => {
-                dataplane
-                    .capabilities()
-                    .check(dataplane.name(), table)
-                    .context("the table cannot run on this backend")?;
-                let plan = dataplane.plan(table);
-                let mut out = format!(
-                    "# userspace backend: {} listener(s) for {} service port(s), {} endpoint(s)\n",
-                    plan.desired.len(),
-                    table.len(),
-                    table.endpoint_count()
-                );
-                out.push_str(&backend_userspace::observe::render(&plan.desired));
-                for problem in &plan.problems {
-                    let _ = writeln!(out, "# problem: {problem}");
-                }
-                Ok(out)
-            }
-        }
+fn iptables_config(args: &RunArgs) -> backend_iptables::Config {
+    backend_iptables::Config {
+        cluster_cidrs: args.cluster_cidrs.clone(),
+        masquerade_all: args.masquerade_all,
+        ..backend_iptables::Config::default()
     }
 }
 
 /// Builds the chosen backend, registering its metrics in `registry`.
 ///
 /// # Errors
-/// A bad backend configuration, or a backend that is not available yet.
+/// A bad backend configuration, a missing tool, or a backend that is not available yet.
 pub fn build(
     kind: BackendKind,
     args: &RunArgs,
     registry: &mut Registry,
-) -> anyhow::Result<Backend> {
+) -> anyhow::Result<Box<dyn Dataplane>> {
     match kind {
         BackendKind::Userspace => {
-            let config = backend_userspace::Config {
-                node_addresses: args.node_addresses.clone(),
-                ..backend_userspace::Config::default()
-            };
             let metrics = UserspaceMetrics::register(registry);
-            let dataplane =
-                UserspaceDataplane::with_metrics(config, metrics).context("userspace backend")?;
-            Ok(Backend::Userspace(dataplane))
+            let dataplane = UserspaceDataplane::with_metrics(userspace_config(args), metrics)
+                .context("userspace backend")?;
+            Ok(Box::new(dataplane))
         }
-        // TODO(#4), TODO(#5): wire the kernel backends in once they implement `Dataplane`.
         BackendKind::Iptables => {
-            anyhow::bail!("the iptables backend is not available in this build yet (issue #4)")
+            let metrics = backend_iptables::metrics::Metrics::register(registry);
+            let dataplane =
+                IptablesDataplane::system(iptables_config(args)).context("iptables backend")?;
+            Ok(Box::new(dataplane.with_metrics(metrics)))
+        }
+        // TODO(#5): wire the IPVS backend in once it implements `Dataplane`.
+        BackendKind::Ipvs => {
+            anyhow::bail!("the ipvs backend is not available in this build yet (issue #5)")
+        }
+    }
+}
+
+fn check(capabilities: Capabilities, backend: &str, table: &ServiceTable) -> anyhow::Result<()> {
+    capabilities
+        .check(backend, table)
+        .context("the table cannot run on this backend")?;
+    Ok(())
+}
+
+/// What a sync to `table` would program, for `--dry-run`. Touches nothing and needs no
+/// privileges: only the backends' pure plan steps run.
+///
+/// # Errors
+/// A bad configuration, or a table asking for what the backend lacks.
+pub fn dry_run(kind: BackendKind, args: &RunArgs, table: &ServiceTable) -> anyhow::Result<String> {
+    match kind {
+        BackendKind::Userspace => {
+            let dataplane =
+                UserspaceDataplane::new(userspace_config(args)).context("userspace backend")?;
+            check(dataplane.capabilities(), dataplane.name(), table)?;
+            let plan = dataplane.plan(table);
+            let mut out = format!(
+                "# userspace backend: {} listener(s) for {} service port(s), {} endpoint(s)\n",
+                plan.desired.len(),
+                table.len(),
+                table.endpoint_count()
+            );
+            out.push_str(&backend_userspace::observe::render(&plan.desired));
+            for problem in &plan.problems {
+                let _ = writeln!(out, "# problem: {problem}");
+            }
+            Ok(out)
+        }
+        BackendKind::Iptables => {
+            check(
+                IptablesDataplane::supported(),
+                backend_iptables::NAME,
+                table,
+            )?;
+            let planner = Planner::new(iptables_config(args)).context("iptables backend")?;
+            let plan = planner.plan_full(table);
+            let mut out = format!(
+                "# iptables backend: full restore input for {} service port(s), {} endpoint(s): {} rules in {} chains\n",
+                table.len(),
+                table.endpoint_count(),
+                plan.rules_written(),
+                plan.chains_written()
+            );
+            out.push_str(&plan.render());
+            for hook in planner.hooks() {
+                let _ = writeln!(
+                    out,
+                    "# hook: -t {} -A {} {}",
+                    hook.table, hook.chain, hook.rule
+                );
+            }
+            Ok(out)
         }
         BackendKind::Ipvs => {
             anyhow::bail!("the ipvs backend is not available in this build yet (issue #5)")

@@ -73,6 +73,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         metrics_addr: Some(args.metrics_addr),
         healthz_addr: None,
         poll_interval_ms: 500,
+        cluster_cidrs: Vec::new(),
+        masquerade_all: false,
         node_addresses: vec!["127.0.0.1".parse().context("loopback")?],
     };
     let outcome = crate::run(run_args).await;

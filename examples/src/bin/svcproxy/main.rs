@@ -99,13 +99,11 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     );
 
     let mut registry = Registry::default();
-    let backend = backend::build(args.backend, &args, &mut registry)?;
-
     if args.dry_run {
-        print!("{}", backend.dry_run(&table)?);
+        print!("{}", backend::dry_run(args.backend, &args, &table)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let mut dataplane = backend.into_dataplane();
+    let mut dataplane = backend::build(args.backend, &args, &mut registry)?;
     if args.once {
         let report = sync_once(dataplane.as_mut(), &table, SyncMode::Full).await?;
         println!("{report}");
