@@ -31,18 +31,30 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod apply;
 pub mod client;
+pub mod companions;
+pub mod config;
+mod dataplane;
 pub mod error;
+pub mod link;
+pub mod metrics;
 pub mod model;
 pub mod netlink;
+pub mod observe;
 pub mod ops;
+pub mod plan;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use client::NetlinkIpvs;
-pub use error::{IpvsError, IpvsOp, IpvsTarget};
+pub use config::{Config, IptablesVariant};
+pub use dataplane::{IpvsDataplane, NAME};
+pub use error::{BackendError, IpvsError, IpvsOp, IpvsTarget};
+pub use metrics::Metrics;
 pub use model::{
     ConnCounts, ForwardMethod, ModelError, RealServer, SchedFlags, Scheduler, ServiceKey,
     VirtualServer,
 };
 pub use ops::{IpvsInfo, IpvsOps, Timeouts};
+pub use plan::{Desired, Draining, IpvsState, Op, Plan, ServiceState, Verdict, VipKind};

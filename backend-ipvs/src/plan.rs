@@ -1,0 +1,503 @@
+//! Planning, pure: what IPVS should hold for a [`ServiceTable`] ([`plan_desired`]), and the
+//! operations that take the kernel from what it holds to that ([`plan`]).
+//!
+//! No I/O, clock or randomness: time comes in as `now`, the kernel's state as an
+//! [`IpvsState`]. Maps are ordered, so the same input gives the same operations in the same order.
+//!
+//! # What is programmed
+//!
+//! A virtual server per (VIP, port, protocol):
+//! - each cluster IP on the service port, with the *internal* endpoints;
+//! - each external and load-balancer IP on the service port, and each configured node address on
+//!   the node port, with the *external* endpoints (`Local`: only this node's);
+//!
+//! with the port's scheduler (or the configured default; `mh` also gets the `mh-port` flag, as
+//! kube-proxy sets it), persistence for client-IP affinity, and a masquerading real server per
+//! selected endpoint of the VIP's family, with the endpoint's weight. A port whose traffic must
+//! be refused or dropped ([`Verdict`]) keeps a virtual server with no real servers: IPVS answers
+//! ICMP port unreachable, and the companion rules drop where the policy says drop.
+//!
+//! # Graceful termination
+//!
+//! A TCP real server that leaves the table is not deleted at once: it gets weight 0 (no new
+//! connections) and a deadline `now + grace` in the [`Draining`] list; a later sync deletes it
+//! when the kernel reports no active connection on it, or the deadline has passed. UDP and SCTP
+//! real servers are deleted at once (kube-proxy's `IsRsGracefulTerminationNeeded`). An endpoint
+//! that comes back while draining is simply updated to its weight again.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use proxy_core::dataplane::SyncProblem;
+use proxy_core::select::{select_endpoints, Target};
+use proxy_core::table::{Endpoint, Protocol, ServicePort, ServicePortName, ServiceTable};
+
+use crate::config::Config;
+use crate::model::{RealServer, SchedFlags, Scheduler, ServiceKey, VirtualServer};
+
+// === IpvsState ===
+
+/// One virtual server and its real servers, by address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceState {
+    /// The virtual server.
+    pub vs: VirtualServer,
+    /// Its real servers, by address and port.
+    pub real_servers: BTreeMap<SocketAddr, RealServer>,
+}
+
+impl ServiceState {
+    /// A virtual server with no real servers.
+    pub fn new(vs: VirtualServer) -> Self {
+        ServiceState {
+            vs,
+            real_servers: BTreeMap::new(),
+        }
+    }
+}
+
+/// A picture of IPVS: desired, observed (dumped) or applied (what our last sync left).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IpvsState {
+    /// Virtual servers by key.
+    pub services: BTreeMap<ServiceKey, ServiceState>,
+}
+
+impl IpvsState {
+    /// The same state without connection counts: what to compare with a desired state.
+    pub fn without_conns(&self) -> IpvsState {
+        let mut state = self.clone();
+        for service in state.services.values_mut() {
+            for rs in service.real_servers.values_mut() {
+                rs.conns = None;
+            }
+        }
+        state
+    }
+
+    /// Number of real servers over all virtual servers.
+    pub fn real_server_count(&self) -> usize {
+        self.services.values().map(|s| s.real_servers.len()).sum()
+    }
+
+    /// Records a successful operation, so the state stays what the kernel holds.
+    pub fn record(&mut self, op: &Op) {
+        match op {
+            Op::AddVirtualServer(vs) => {
+                self.services
+                    .insert(vs.key(), ServiceState::new(vs.clone()));
+            }
+            Op::UpdateVirtualServer(vs) => {
+                if let Some(service) = self.services.get_mut(&vs.key()) {
+                    service.vs = vs.clone();
+                }
+            }
+            Op::DeleteVirtualServer(key) => {
+                self.services.remove(key);
+            }
+            Op::AddRealServer(key, rs) | Op::UpdateRealServer(key, rs) => {
+                if let Some(service) = self.services.get_mut(key) {
+                    let conns = service
+                        .real_servers
+                        .get(&rs.socket_addr())
+                        .and_then(|old| old.conns);
+                    service.real_servers.insert(
+                        rs.socket_addr(),
+                        RealServer {
+                            conns,
+                            ..rs.clone()
+                        },
+                    );
+                }
+            }
+            Op::DeleteRealServer(key, rs) => {
+                if let Some(service) = self.services.get_mut(key) {
+                    service.real_servers.remove(&rs.socket_addr());
+                }
+            }
+        }
+    }
+}
+
+// === Desired ===
+
+/// Which of a service port's addresses a virtual server serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum VipKind {
+    /// A cluster IP, on the service port.
+    ClusterIp,
+    /// An external IP, on the service port.
+    ExternalIp,
+    /// A load-balancer IP, on the service port.
+    LoadBalancerIp,
+    /// A node address, on the node port.
+    NodePort,
+}
+
+impl VipKind {
+    /// Whether the address is bound to our dummy interface (node addresses are the node's own).
+    pub fn is_bound(self) -> bool {
+        self != VipKind::NodePort
+    }
+
+    /// Whether external policies apply (everything but cluster IPs).
+    pub fn is_external(self) -> bool {
+        self != VipKind::ClusterIp
+    }
+}
+
+impl fmt::Display for VipKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            VipKind::ClusterIp => "cluster IP",
+            VipKind::ExternalIp => "external IP",
+            VipKind::LoadBalancerIp => "load-balancer IP",
+            VipKind::NodePort => "node port",
+        })
+    }
+}
+
+/// What happens to traffic of a virtual server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// Balanced over its real servers.
+    Forward,
+    /// No usable endpoint anywhere: refused (ICMP port unreachable).
+    Reject,
+    /// Endpoints exist, but none on this node for a `Local` policy: dropped.
+    Drop,
+}
+
+/// Where a desired virtual server comes from, for errors and the companion rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The service port.
+    pub port: ServicePortName,
+    /// Which of its addresses.
+    pub kind: VipKind,
+    /// What happens to its traffic.
+    pub verdict: Verdict,
+    /// Whether the external traffic policy is `Local` (client source kept: no masquerade).
+    pub is_local_policy: bool,
+    /// Load-balancer source ranges (load-balancer IPs only; empty allows everyone).
+    pub source_ranges: Vec<IpNet>,
+}
+
+/// The desired IPVS state of a table, with where each virtual server comes from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Desired {
+    /// The virtual and real servers.
+    pub state: IpvsState,
+    /// Per virtual server, its service port and kind.
+    pub origins: BTreeMap<ServiceKey, Origin>,
+    /// The addresses to bind to the dummy interface: cluster, external and load-balancer IPs.
+    pub vips: BTreeSet<IpAddr>,
+    /// Endpoints that may be reached through a service, by (address, protocol, port): the
+    /// hairpin set (a pod reaching itself through its service must be masqueraded).
+    pub endpoints: BTreeSet<(IpAddr, Protocol, u16)>,
+    /// Service ports that could not be planned (a scheduler IPVS lacks, a clashing address).
+    pub problems: Vec<SyncProblem>,
+}
+
+/// The desired IPVS state of `table`.
+pub fn plan_desired(table: &ServiceTable, config: &Config) -> Desired {
+    let mut desired = Desired::default();
+    for port in table.iter() {
+        plan_port(port, config, &mut desired);
+    }
+    desired
+}
+
+fn plan_port(port: &ServicePort, config: &Config, desired: &mut Desired) {
+    let asked = port.scheduler.unwrap_or(config.default_scheduler);
+    let scheduler = match Scheduler::try_from(asked) {
+        Ok(s) => s,
+        Err(e) => {
+            desired.problems.push(SyncProblem {
+                object: port.name.to_string(),
+                reason: e.to_string(),
+            });
+            return;
+        }
+    };
+    let selection = select_endpoints(port);
+    let internal = selection.internal();
+    let external = selection.external();
+    let is_local_policy = port.external_traffic_policy == proxy_core::table::TrafficPolicy::Local;
+
+    let mut vips: Vec<(IpAddr, u16, VipKind, Target<'_, '_>)> = Vec::new();
+    vips.extend(
+        port.cluster_ips
+            .iter()
+            .map(|ip| (*ip, port.port, VipKind::ClusterIp, internal)),
+    );
+    vips.extend(
+        port.external_ips
+            .iter()
+            .map(|ip| (*ip, port.port, VipKind::ExternalIp, external)),
+    );
+    vips.extend(
+        port.load_balancer_ips
+            .iter()
+            .map(|ip| (*ip, port.port, VipKind::LoadBalancerIp, external)),
+    );
+    if let Some(node_port) = port.node_port {
+        vips.extend(
+            config
+                .node_addresses
+                .iter()
+                .map(|ip| (*ip, node_port, VipKind::NodePort, external)),
+        );
+    }
+
+    for ep in &selection.all_reachable {
+        desired.endpoints.insert((ep.addr, port.protocol, ep.port));
+    }
+
+    for (addr, vport, kind, target) in vips {
+        let vs = VirtualServer {
+            sched_flags: SchedFlags {
+                // kube-proxy sets only the port flag for mh (`FlagSourceHash`, 0x10): connections
+                // from one client spread over real servers by source port too.
+                flag2: scheduler == Scheduler::Maglev,
+                ..SchedFlags::default()
+            },
+            persistence: port.session_affinity.timeout(),
+            ..VirtualServer::new(addr, port.protocol, vport, scheduler.clone())
+        };
+        let key = vs.key();
+        if let Some(other) = desired.origins.get(&key) {
+            desired.problems.push(SyncProblem {
+                object: format!("{} {kind} {key}", port.name),
+                reason: format!("already served by {} {}", other.port, other.kind),
+            });
+            continue;
+        }
+        let (verdict, endpoints): (Verdict, &[&Endpoint]) = match target {
+            Target::Endpoints(eps) => (Verdict::Forward, eps),
+            Target::Reject => (Verdict::Reject, &[]),
+            Target::Drop => (Verdict::Drop, &[]),
+        };
+        let mut service = ServiceState::new(vs);
+        // IPVS masquerading forwards within the VIP's family only.
+        for ep in endpoints
+            .iter()
+            .filter(|ep| ep.addr.is_ipv4() == addr.is_ipv4())
+        {
+            let rs = RealServer::new(ep.addr, ep.port, ep.weight);
+            service.real_servers.insert(rs.socket_addr(), rs);
+        }
+        if kind.is_bound() {
+            desired.vips.insert(addr);
+        }
+        desired.origins.insert(
+            key,
+            Origin {
+                port: port.name.clone(),
+                kind,
+                verdict,
+                is_local_policy: is_local_policy && kind.is_external(),
+                source_ranges: if kind == VipKind::LoadBalancerIp {
+                    port.load_balancer_source_ranges.clone()
+                } else {
+                    Vec::new()
+                },
+            },
+        );
+        desired.state.services.insert(key, service);
+    }
+}
+
+// === Plan ===
+
+/// One IPVS operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Create a virtual server.
+    AddVirtualServer(VirtualServer),
+    /// Change a virtual server's scheduler, flags or persistence.
+    UpdateVirtualServer(VirtualServer),
+    /// Delete a virtual server with its real servers.
+    DeleteVirtualServer(ServiceKey),
+    /// Add a real server.
+    AddRealServer(ServiceKey, RealServer),
+    /// Change a real server's weight (0 starts draining it).
+    UpdateRealServer(ServiceKey, RealServer),
+    /// Delete a real server.
+    DeleteRealServer(ServiceKey, RealServer),
+}
+
+impl Op {
+    /// The virtual server the operation is about.
+    pub fn key(&self) -> ServiceKey {
+        match self {
+            Op::AddVirtualServer(vs) | Op::UpdateVirtualServer(vs) => vs.key(),
+            Op::DeleteVirtualServer(key)
+            | Op::AddRealServer(key, _)
+            | Op::UpdateRealServer(key, _)
+            | Op::DeleteRealServer(key, _) => *key,
+        }
+    }
+}
+
+impl fmt::Display for Op {
+    /// `ipvsadm`-like: `-A TCP 198.18.0.10:80 rr`, `-a TCP 198.18.0.10:80 -r 198.18.1.10:8080 -w 1`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::AddVirtualServer(vs) => write!(f, "-A {} {}", vs.key(), vs.scheduler),
+            Op::UpdateVirtualServer(vs) => write!(f, "-E {} {}", vs.key(), vs.scheduler),
+            Op::DeleteVirtualServer(key) => write!(f, "-D {key}"),
+            Op::AddRealServer(key, rs) => {
+                write!(f, "-a {key} -r {} -w {}", rs.socket_addr(), rs.weight)
+            }
+            Op::UpdateRealServer(key, rs) => {
+                write!(f, "-e {key} -r {} -w {}", rs.socket_addr(), rs.weight)
+            }
+            Op::DeleteRealServer(key, rs) => write!(f, "-d {key} -r {}", rs.socket_addr()),
+        }
+    }
+}
+
+/// The real servers being drained: removed TCP real servers at weight 0, each with the
+/// deadline after which it is deleted even with connections open.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Draining {
+    deadlines: BTreeMap<(ServiceKey, SocketAddr), Instant>,
+}
+
+impl Draining {
+    /// Number of real servers draining.
+    pub fn len(&self) -> usize {
+        self.deadlines.len()
+    }
+
+    /// Whether nothing drains.
+    pub fn is_empty(&self) -> bool {
+        self.deadlines.is_empty()
+    }
+
+    /// The deadline of one real server, if it drains.
+    pub fn deadline(&self, key: &ServiceKey, rs: SocketAddr) -> Option<Instant> {
+        self.deadlines.get(&(*key, rs)).copied()
+    }
+
+    /// The virtual servers with a draining real server (whose connection counts a sync reads).
+    pub fn services(&self) -> BTreeSet<ServiceKey> {
+        self.deadlines.keys().map(|(key, _)| *key).collect()
+    }
+
+    /// Forgets real servers whose virtual server is gone from `state`, or that are gone from it.
+    pub fn retain_present(&mut self, state: &IpvsState) {
+        self.deadlines.retain(|(key, rs), _| {
+            state
+                .services
+                .get(key)
+                .is_some_and(|s| s.real_servers.contains_key(rs))
+        });
+    }
+}
+
+/// What a sync does: the operations, in order, and the draining list after them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// The operations, virtual server by virtual server in key order.
+    pub ops: Vec<Op>,
+    /// The draining list once the operations are done.
+    pub draining: Draining,
+}
+
+/// Whether a removed real server of this protocol keeps its connections until they end
+/// (kube-proxy's `IsRsGracefulTerminationNeeded`: TCP only).
+pub fn drains(protocol: Protocol) -> bool {
+    protocol == Protocol::Tcp
+}
+
+/// The operations that take `observed` (our virtual servers only, with connection counts where
+/// known) to `desired`, given the real servers already draining and the time now.
+pub fn plan(
+    desired: &IpvsState,
+    observed: &IpvsState,
+    draining: &Draining,
+    now: Instant,
+    grace: Duration,
+) -> Plan {
+    let mut ops = Vec::new();
+    let mut next = Draining::default();
+    for (key, have) in &observed.services {
+        let Some(want) = desired.services.get(key) else {
+            ops.push(Op::DeleteVirtualServer(*key));
+            continue;
+        };
+        plan_service(want, have, draining, now, grace, &mut ops, &mut next);
+    }
+    for (key, want) in &desired.services {
+        if observed.services.contains_key(key) {
+            continue;
+        }
+        ops.push(Op::AddVirtualServer(want.vs.clone()));
+        ops.extend(
+            want.real_servers
+                .values()
+                .map(|rs| Op::AddRealServer(*key, rs.clone())),
+        );
+    }
+    Plan {
+        ops,
+        draining: next,
+    }
+}
+
+fn plan_service(
+    want: &ServiceState,
+    have: &ServiceState,
+    draining: &Draining,
+    now: Instant,
+    grace: Duration,
+    ops: &mut Vec<Op>,
+    next: &mut Draining,
+) {
+    let key = want.vs.key();
+    if have.vs != want.vs {
+        ops.push(Op::UpdateVirtualServer(want.vs.clone()));
+    }
+    for (addr, rs) in &want.real_servers {
+        match have.real_servers.get(addr) {
+            None => ops.push(Op::AddRealServer(key, rs.clone())),
+            Some(current) if current.without_conns() != *rs => {
+                ops.push(Op::UpdateRealServer(key, rs.clone()));
+            }
+            Some(_) => {}
+        }
+    }
+    for (addr, current) in &have.real_servers {
+        if want.real_servers.contains_key(addr) {
+            continue;
+        }
+        let active = current.conns.map(|c| c.active);
+        if !drains(key.protocol) || active == Some(0) {
+            ops.push(Op::DeleteRealServer(key, current.without_conns()));
+            continue;
+        }
+        let deadline = draining.deadline(&key, *addr).unwrap_or(now + grace);
+        if now >= deadline {
+            ops.push(Op::DeleteRealServer(key, current.without_conns()));
+            continue;
+        }
+        if current.weight != 0 {
+            ops.push(Op::UpdateRealServer(
+                key,
+                RealServer {
+                    weight: 0,
+                    ..current.without_conns()
+                },
+            ));
+        }
+        next.deadlines.insert((key, *addr), deadline);
+    }
+}
+
+#[cfg(test)]
+mod tests;
