@@ -1,23 +1,673 @@
-//! placeholder
-use crate::config::Config;
+//! The companions IPVS needs, as kube-proxy's IPVS mode has them: ipsets that list the
+//! service addresses by role, and a fixed handful of iptables rules that match those sets.
+//! The rule count does not grow with the number of services; only the sets do.
+//!
+//! ```text
+//!  nat PREROUTING ─┐
+//!  nat OUTPUT ─────┴─▶ {P}SERVICES: cluster IP:port from outside the cluster CIDRs ─▶ {P}MARK-MASQ
+//!                                   node port / external / LB IP:port (Cluster policy) ─▶ {P}MARK-MASQ
+//!  nat POSTROUTING ──▶ {P}POSTROUTING: endpoint reaching itself ({P}LOOP-BACK) ─▶ MASQUERADE
+//!                                      marked 0x4000 ─▶ clear the bit, MASQUERADE
+//!  filter INPUT ───┐
+//!  filter FORWARD ─┴─▶ {P}FILTER: LB IP:port with source ranges, source not in them ─▶ DROP
+//!                                 eTP=Local with no local endpoint ({P}DROP) ─▶ DROP
+//!                                 no endpoint at all ({P}REJECT) ─▶ REJECT
+//! ```
+//!
+//! Why there: IPVS hooks `LOCAL_IN` after filter `INPUT`, so filter verdicts come first; the
+//! masquerade mark is set before IPVS picks a real server and acted on in `POSTROUTING`, which
+//! IPVS-forwarded packets pass only with `net.ipv4.vs.conntrack=1` (set at each full sync, as
+//! kube-proxy does). IPVS itself already answers ICMP port unreachable for a virtual server with
+//! no real servers; the REJECT rule makes that explicit and independent of IPVS.
+//!
+//! Sets are written with `ipset restore` (input on stdin): a full sync fills a temporary set
+//! and swaps it in, a partial one adds and deletes only the changed entries. Rules are written
+//! with `iptables-restore --noflush`, declaring only our chains (which flushes and refills
+//! them); the jumps from the built-in chains are checked (`-C`) and inserted (`-I`) once.
+//! Everything is per family: IPv6 sets end in `6`, and `ip6tables` carries their rules.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::process::{Command, Stdio};
+
+use proxy_core::table::Protocol;
+use tracing::{debug, trace};
+
+use crate::config::{Config, IptablesVariant};
 use crate::error::BackendError;
-use crate::plan::Desired;
+use crate::plan::{Desired, Verdict, VipKind};
 
-/// The companion ipsets and iptables rules.
-#[derive(Debug)]
-pub struct Companions {}
+/// The masquerade mark bit, kube-proxy's (`--iptables-masquerade-bit` 14). Sharing it with a
+/// kube-proxy on the same node is harmless: both mean "SNAT this".
+pub const MASQ_MARK: &str = "0x4000";
 
-impl Companions {
-    /// New.
-    pub fn new(_config: &Config) -> Result<Self, BackendError> {
-        Ok(Companions {})
-    }
-    /// Sync.
-    pub fn sync(&mut self, _desired: &Desired, _full: bool) -> Result<usize, BackendError> {
-        Ok(0)
-    }
-    /// Cleanup.
-    pub fn cleanup(&mut self) -> Result<usize, BackendError> {
-        Ok(0)
+// === running tools ===
+
+/// What a tool run gave back.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RunOutput {
+    /// Exit code (`None`: killed by a signal).
+    pub code: Option<i32>,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+/// Runs a program from an argument vector (no shell), with optional standard input.
+pub trait Runner: Send + Sync + std::fmt::Debug {
+    /// Runs `program args...`, feeding `stdin`.
+    ///
+    /// # Errors
+    /// When the program cannot be started or its pipes fail.
+    fn run(&self, program: &str, args: &[&str], stdin: Option<&str>) -> std::io::Result<RunOutput>;
+}
+
+/// The real thing: `std::process::Command`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemRunner;
+
+impl Runner for SystemRunner {
+    fn run(&self, program: &str, args: &[&str], stdin: Option<&str>) -> std::io::Result<RunOutput> {
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(input.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        Ok(RunOutput {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
     }
 }
+
+// === names ===
+
+/// The kinds of set we keep, each per family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SetKind {
+    /// Cluster IP, protocol:port.
+    ClusterIp,
+    /// External, load-balancer IP or node address, protocol:port, for `Cluster` policies: masq.
+    ExternalMasq,
+    /// Endpoint IP, protocol:port, endpoint IP: hairpin.
+    LoopBack,
+    /// The cluster CIDRs.
+    ClusterCidr,
+    /// Load-balancer IP, protocol:port with source ranges.
+    LbFirewall,
+    /// Load-balancer IP, protocol:port, allowed source net.
+    LbSource,
+    /// IP, protocol:port to drop.
+    Drop,
+    /// IP, protocol:port to reject.
+    Reject,
+}
+
+impl SetKind {
+    /// Every kind.
+    pub const ALL: [SetKind; 8] = [
+        SetKind::ClusterIp,
+        SetKind::ExternalMasq,
+        SetKind::LoopBack,
+        SetKind::ClusterCidr,
+        SetKind::LbFirewall,
+        SetKind::LbSource,
+        SetKind::Drop,
+        SetKind::Reject,
+    ];
+
+    fn suffix(self) -> &'static str {
+        match self {
+            SetKind::ClusterIp => "CLUSTER-IP",
+            SetKind::ExternalMasq => "EXT-MASQ",
+            SetKind::LoopBack => "LOOP-BACK",
+            SetKind::ClusterCidr => "CLUSTER-CIDR",
+            SetKind::LbFirewall => "LB-FW",
+            SetKind::LbSource => "LB-SRC",
+            SetKind::Drop => "DROP",
+            SetKind::Reject => "REJECT",
+        }
+    }
+
+    fn set_type(self) -> &'static str {
+        match self {
+            SetKind::LoopBack => "hash:ip,port,ip",
+            SetKind::ClusterCidr => "hash:net",
+            SetKind::LbSource => "hash:ip,port,net",
+            _ => "hash:ip,port",
+        }
+    }
+}
+
+/// IPv4 or IPv6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    /// IPv4: `iptables`, `family inet`.
+    V4,
+    /// IPv6: `ip6tables`, `family inet6`.
+    V6,
+}
+
+impl Family {
+    /// Both families.
+    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
+
+    fn of(ip: IpAddr) -> Self {
+        if ip.is_ipv4() {
+            Family::V4
+        } else {
+            Family::V6
+        }
+    }
+
+    fn ipset_family(self) -> &'static str {
+        match self {
+            Family::V4 => "inet",
+            Family::V6 => "inet6",
+        }
+    }
+}
+
+/// Our names, all under one prefix: sets, chains, and the ownership check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    prefix: String,
+}
+
+impl Names {
+    /// Names under `prefix` (e.g. `SVCP-IPVS-`).
+    pub fn new(prefix: &str) -> Self {
+        Names {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// The set of `kind` for `family`: `SVCP-IPVS-CLUSTER-IP`, `SVCP-IPVS-CLUSTER-IP6`.
+    pub fn set(&self, kind: SetKind, family: Family) -> String {
+        let six = if family == Family::V6 { "6" } else { "" };
+        format!("{}{}{six}", self.prefix, kind.suffix())
+    }
+
+    /// The temporary set a full sync fills before swapping it in.
+    fn temp_set(&self, kind: SetKind, family: Family) -> String {
+        format!("{}-T", self.set(kind, family))
+    }
+
+    /// A chain of ours: `SVCP-IPVS-SERVICES`...
+    pub fn chain(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// Whether a set or chain name is ours.
+    pub fn is_owned(&self, name: &str) -> bool {
+        name.starts_with(&self.prefix)
+    }
+}
+
+// === entries ===
+
+fn proto(p: Protocol) -> &'static str {
+    p.as_str()
+}
+
+/// Every set's entries, by family, for a desired state. Sets absent from the map are empty.
+pub fn plan_entries(
+    desired: &Desired,
+    config: &Config,
+) -> BTreeMap<(SetKind, Family), BTreeSet<String>> {
+    let mut sets: BTreeMap<(SetKind, Family), BTreeSet<String>> = BTreeMap::new();
+    let mut add = |kind, family, entry: String| {
+        sets.entry((kind, family)).or_default().insert(entry);
+    };
+    for (key, origin) in &desired.origins {
+        let family = Family::of(key.addr);
+        let ip_port = format!("{},{}:{}", key.addr, proto(key.protocol), key.port);
+        match origin.kind {
+            VipKind::ClusterIp => add(SetKind::ClusterIp, family, ip_port.clone()),
+            _ if !origin.is_local_policy => add(SetKind::ExternalMasq, family, ip_port.clone()),
+            _ => {}
+        }
+        if origin.kind == VipKind::LoadBalancerIp && !origin.source_ranges.is_empty() {
+            add(SetKind::LbFirewall, family, ip_port.clone());
+            for net in &origin.source_ranges {
+                if Family::of(net.addr()) == family {
+                    add(SetKind::LbSource, family, format!("{ip_port},{net}"));
+                }
+            }
+        }
+        match origin.verdict {
+            Verdict::Forward => {}
+            Verdict::Drop => add(SetKind::Drop, family, ip_port),
+            Verdict::Reject => add(SetKind::Reject, family, ip_port),
+        }
+    }
+    for (addr, protocol, port) in &desired.endpoints {
+        add(
+            SetKind::LoopBack,
+            Family::of(*addr),
+            format!("{addr},{}:{port},{addr}", proto(*protocol)),
+        );
+    }
+    for net in &config.cluster_cidrs {
+        add(
+            SetKind::ClusterCidr,
+            Family::of(net.addr()),
+            net.to_string(),
+        );
+    }
+    sets
+}
+
+/// `ipset restore` input that makes every set hold exactly `entries`: create (if missing),
+/// fill a temporary set, swap, destroy the temporary one.
+pub fn render_sets_full(
+    names: &Names,
+    entries: &BTreeMap<(SetKind, Family), BTreeSet<String>>,
+) -> String {
+    let mut out = String::new();
+    for family in Family::ALL {
+        for kind in SetKind::ALL {
+            let name = names.set(kind, family);
+            let temp = names.temp_set(kind, family);
+            let create = |n: &str| {
+                format!(
+                    "create {n} {} family {} -exist\n",
+                    kind.set_type(),
+                    family.ipset_family()
+                )
+            };
+            out.push_str(&create(&name));
+            out.push_str(&create(&temp));
+            let _ = writeln!(out, "flush {temp}");
+            for entry in entries.get(&(kind, family)).into_iter().flatten() {
+                let _ = writeln!(out, "add {temp} {entry}");
+            }
+            let _ = writeln!(out, "swap {temp} {name}");
+            let _ = writeln!(out, "destroy {temp}");
+        }
+    }
+    out
+}
+
+/// `ipset restore` input for the entries that changed from `before` to `after` (empty if none).
+pub fn render_sets_diff(
+    names: &Names,
+    before: &BTreeMap<(SetKind, Family), BTreeSet<String>>,
+    after: &BTreeMap<(SetKind, Family), BTreeSet<String>>,
+) -> String {
+    let empty = BTreeSet::new();
+    let mut out = String::new();
+    for family in Family::ALL {
+        for kind in SetKind::ALL {
+            let old = before.get(&(kind, family)).unwrap_or(&empty);
+            let new = after.get(&(kind, family)).unwrap_or(&empty);
+            if old == new {
+                continue;
+            }
+            let name = names.set(kind, family);
+            for entry in old.difference(new) {
+                let _ = writeln!(out, "del {name} {entry} -exist");
+            }
+            for entry in new.difference(old) {
+                let _ = writeln!(out, "add {name} {entry} -exist");
+            }
+        }
+    }
+    out
+}
+
+// === rules ===
+
+/// The jumps from built-in chains into ours: (table, built-in chain, our chain).
+pub fn hooks(names: &Names) -> Vec<(&'static str, &'static str, String)> {
+    vec![
+        ("nat", "PREROUTING", names.chain("SERVICES")),
+        ("nat", "OUTPUT", names.chain("SERVICES")),
+        ("nat", "POSTROUTING", names.chain("POSTROUTING")),
+        ("filter", "INPUT", names.chain("FILTER")),
+        ("filter", "FORWARD", names.chain("FILTER")),
+    ]
+}
+
+/// `iptables-restore --noflush` input for one family: our chains and their fixed rules.
+pub fn render_rules(names: &Names, config: &Config, family: Family) -> String {
+    let set = |kind| names.set(kind, family);
+    let services = names.chain("SERVICES");
+    let mark_masq = names.chain("MARK-MASQ");
+    let postrouting = names.chain("POSTROUTING");
+    let filter = names.chain("FILTER");
+    let mut out = String::new();
+    let _ = writeln!(out, "*nat");
+    for chain in [&services, &mark_masq, &postrouting] {
+        let _ = writeln!(out, ":{chain} - [0:0]");
+    }
+    let _ = writeln!(out, "-A {mark_masq} -j MARK --or-mark {MASQ_MARK}");
+    if config.masquerade_all {
+        let _ = writeln!(
+            out,
+            "-A {services} -m comment --comment \"svcp-ipvs cluster IP, masquerade all\" -m set --match-set {} dst,dst -j {mark_masq}",
+            set(SetKind::ClusterIp)
+        );
+    } else if config
+        .cluster_cidrs
+        .iter()
+        .any(|n| Family::of(n.addr()) == family)
+    {
+        let _ = writeln!(
+            out,
+            "-A {services} -m comment --comment \"svcp-ipvs cluster IP from outside the cluster\" -m set --match-set {} dst,dst -m set ! --match-set {} src -j {mark_masq}",
+            set(SetKind::ClusterIp),
+            set(SetKind::ClusterCidr)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "-A {services} -m comment --comment \"svcp-ipvs node port, external and LB IP\" -m set --match-set {} dst,dst -j {mark_masq}",
+        set(SetKind::ExternalMasq)
+    );
+    let _ = writeln!(
+        out,
+        "-A {postrouting} -m comment --comment \"svcp-ipvs endpoint reaching itself\" -m set --match-set {} dst,dst,src -j MASQUERADE",
+        set(SetKind::LoopBack)
+    );
+    let _ = writeln!(
+        out,
+        "-A {postrouting} -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN"
+    );
+    let _ = writeln!(out, "-A {postrouting} -j MARK --xor-mark {MASQ_MARK}");
+    let _ = writeln!(
+        out,
+        "-A {postrouting} -m comment --comment \"svcp-ipvs service traffic requiring SNAT\" -j MASQUERADE --random-fully"
+    );
+    let _ = writeln!(out, "COMMIT");
+    let _ = writeln!(out, "*filter");
+    let _ = writeln!(out, ":{filter} - [0:0]");
+    let _ = writeln!(
+        out,
+        "-A {filter} -m comment --comment \"svcp-ipvs LB source ranges\" -m set --match-set {} dst,dst -m set ! --match-set {} dst,dst,src -j DROP",
+        set(SetKind::LbFirewall),
+        set(SetKind::LbSource)
+    );
+    let _ = writeln!(
+        out,
+        "-A {filter} -m comment --comment \"svcp-ipvs no local endpoints\" -m set --match-set {} dst,dst -j DROP",
+        set(SetKind::Drop)
+    );
+    let _ = writeln!(
+        out,
+        "-A {filter} -m comment --comment \"svcp-ipvs no endpoints\" -m set --match-set {} dst,dst -j REJECT",
+        set(SetKind::Reject)
+    );
+    let _ = writeln!(out, "COMMIT");
+    out
+}
+
+/// `iptables-restore --noflush` input that empties and deletes our chains.
+fn render_delete_chains(names: &Names) -> String {
+    let mut out = String::from("*nat\n");
+    let nat = ["SERVICES", "MARK-MASQ", "POSTROUTING"].map(|c| names.chain(c));
+    for chain in &nat {
+        let _ = writeln!(out, ":{chain} - [0:0]");
+    }
+    for chain in &nat {
+        let _ = writeln!(out, "-X {chain}");
+    }
+    let filter = names.chain("FILTER");
+    let _ = write!(
+        out,
+        "COMMIT\n*filter\n:{filter} - [0:0]\n-X {filter}\nCOMMIT\n"
+    );
+    out
+}
+
+// === Companions ===
+
+/// The companion sets and rules, with what the last sync wrote.
+#[derive(Debug)]
+pub struct Companions {
+    config: Config,
+    names: Names,
+    runner: Box<dyn Runner>,
+    /// The entries written last, `None` until a full sync succeeded.
+    written: Option<BTreeMap<(SetKind, Family), BTreeSet<String>>>,
+}
+
+fn command_error(
+    program: &str,
+    args: &[&str],
+    out: &RunOutput,
+    input: Option<&str>,
+) -> BackendError {
+    // iptables-restore and ipset name the failing line: "line 7 failed", "Error in line 7:".
+    let line = out
+        .stderr
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .find_map(|s| s.parse::<usize>().ok())
+        .filter(|_| out.stderr.contains("line"));
+    let input_context = match (input, line) {
+        (Some(input), Some(line)) if line > 0 => input
+            .lines()
+            .enumerate()
+            .skip(line.saturating_sub(3))
+            .take(5)
+            .map(|(i, l)| format!("{}{:>4}: {l}", if i + 1 == line { ">" } else { " " }, i + 1))
+            .collect(),
+        _ => Vec::new(),
+    };
+    BackendError::Command {
+        command: format!("{program} {}", args.join(" ")),
+        status: out.code.map_or_else(
+            || "killed by a signal".to_owned(),
+            |c| format!("exit status {c}"),
+        ),
+        stderr: out.stderr.clone(),
+        input_context,
+    }
+}
+
+impl Companions {
+    /// Companions run with the system's tools.
+    ///
+    /// # Errors
+    /// None yet; the tools are looked up when first run.
+    pub fn new(config: &Config) -> Result<Self, BackendError> {
+        Ok(Self::with_runner(config, Box::new(SystemRunner)))
+    }
+
+    /// Companions run through `runner` (a fake in tests).
+    pub fn with_runner(config: &Config, runner: Box<dyn Runner>) -> Self {
+        Companions {
+            config: config.clone(),
+            names: Names::new(&config.prefix),
+            runner,
+            written: None,
+        }
+    }
+
+    fn iptables(&self, family: Family, suffix: &str) -> String {
+        let base = match family {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        };
+        match self.config.iptables {
+            IptablesVariant::Auto => format!("{base}{suffix}"),
+            IptablesVariant::Legacy => format!("{base}-legacy{suffix}"),
+            IptablesVariant::Nft => format!("{base}-nft{suffix}"),
+        }
+    }
+
+    fn run(
+        &self,
+        program: &str,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> Result<RunOutput, BackendError> {
+        if let Some(input) = stdin {
+            trace!(program, ?args, input, "running");
+        }
+        let out = self
+            .runner
+            .run(program, args, stdin)
+            .map_err(|e| BackendError::Command {
+                command: format!("{program} {}", args.join(" ")),
+                status: format!("could not run: {e}"),
+                stderr: String::new(),
+                input_context: Vec::new(),
+            })?;
+        if out.code == Some(0) {
+            Ok(out)
+        } else {
+            Err(command_error(program, args, &out, stdin))
+        }
+    }
+
+    /// Writes the sets (in full, or the changed entries) and, on a full sync, the rules and
+    /// their jumps. Returns the number of set entries and rules written.
+    ///
+    /// # Errors
+    /// [`BackendError::Command`] for the first tool that failed, with its input around the
+    /// failing line; the next full sync rewrites everything.
+    pub fn sync(&mut self, desired: &Desired, full: bool) -> Result<usize, BackendError> {
+        let entries = plan_entries(desired, &self.config);
+        let mut written = 0;
+        match (&self.written, full) {
+            (Some(before), false) => {
+                let input = render_sets_diff(&self.names, before, &entries);
+                if !input.is_empty() {
+                    written += input.lines().count();
+                    self.written = None;
+                    self.run("ipset", &["restore"], Some(&input))?;
+                }
+            }
+            _ => {
+                self.written = None;
+                // kube-proxy sets these in IPVS mode: IPVS-forwarded packets pass through
+                // conntrack (so POSTROUTING can masquerade them). Per network namespace.
+                if let Err(e) = std::fs::write("/proc/sys/net/ipv4/vs/conntrack", "1") {
+                    debug!(error = %e, "could not set net.ipv4.vs.conntrack");
+                }
+                let input = render_sets_full(&self.names, &entries);
+                self.run("ipset", &["restore"], Some(&input))?;
+                written += entries.values().map(BTreeSet::len).sum::<usize>();
+                for family in Family::ALL {
+                    let rules = render_rules(&self.names, &self.config, family);
+                    let restore = self.iptables(family, "-restore");
+                    self.run(&restore, &["-w", "--noflush"], Some(&rules))?;
+                    written += rules.lines().filter(|l| l.starts_with("-A")).count();
+                    written += self.ensure_hooks(family)?;
+                }
+            }
+        }
+        self.written = Some(entries);
+        Ok(written)
+    }
+
+    fn hook_args<'a>(table: &'a str, op: &'a str, chain: &'a str, target: &'a str) -> Vec<&'a str> {
+        vec![
+            "-w",
+            "-t",
+            table,
+            op,
+            chain,
+            "-m",
+            "comment",
+            "--comment",
+            "svcp-ipvs",
+            "-j",
+            target,
+        ]
+    }
+
+    fn ensure_hooks(&self, family: Family) -> Result<usize, BackendError> {
+        let iptables = self.iptables(family, "");
+        let mut inserted = 0;
+        for (table, chain, target) in hooks(&self.names) {
+            let check = Self::hook_args(table, "-C", chain, &target);
+            let out =
+                self.runner
+                    .run(&iptables, &check, None)
+                    .map_err(|e| BackendError::Command {
+                        command: format!("{iptables} {}", check.join(" ")),
+                        status: format!("could not run: {e}"),
+                        stderr: String::new(),
+                        input_context: Vec::new(),
+                    })?;
+            if out.code == Some(0) {
+                continue;
+            }
+            let insert = Self::hook_args(table, "-I", chain, &target);
+            self.run(&iptables, &insert, None)?;
+            inserted += 1;
+        }
+        Ok(inserted)
+    }
+
+    /// Removes our jumps, chains and sets (each family), and nothing else. Returns how many
+    /// objects went.
+    ///
+    /// # Errors
+    /// The first failure that is not "already gone".
+    pub fn cleanup(&mut self) -> Result<usize, BackendError> {
+        self.written = None;
+        let mut removed = 0;
+        for family in Family::ALL {
+            let iptables = self.iptables(family, "");
+            for (table, chain, target) in hooks(&self.names) {
+                // A jump may have been inserted more than once by hand; delete until none.
+                for _ in 0..16 {
+                    let delete = Self::hook_args(table, "-D", chain, &target);
+                    match self.runner.run(&iptables, &delete, None) {
+                        Ok(out) if out.code == Some(0) => removed += 1,
+                        _ => break,
+                    }
+                }
+            }
+            // Only if our chains exist: restore fails on -X of a missing chain otherwise.
+            let save = self.iptables(family, "-save");
+            let has_chains = ["nat", "filter"].iter().any(|table| {
+                self.runner
+                    .run(&save, &["-t", table], None)
+                    .map(|out| {
+                        out.stdout
+                            .lines()
+                            .any(|l| l.strip_prefix(':').is_some_and(|c| self.names.is_owned(c)))
+                    })
+                    .unwrap_or(false)
+            });
+            if has_chains {
+                let restore = self.iptables(family, "-restore");
+                self.run(
+                    &restore,
+                    &["-w", "--noflush"],
+                    Some(&render_delete_chains(&self.names)),
+                )?;
+                removed += 4;
+            }
+        }
+        let listed = self.run("ipset", &["list", "-n"], None)?;
+        for name in listed.stdout.lines().map(str::trim) {
+            if self.names.is_owned(name) {
+                self.run("ipset", &["destroy", name], None)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests;

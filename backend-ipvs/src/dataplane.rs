@@ -475,3 +475,6 @@ impl Dataplane for IpvsDataplane {
         .map_err(|e| DataplaneError::backend(NAME, e))
     }
 }
+
+#[cfg(test)]
+mod tests;
