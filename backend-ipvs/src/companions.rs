@@ -33,7 +33,7 @@ use std::net::IpAddr;
 use std::process::{Command, Stdio};
 
 use proxy_core::table::Protocol;
-use tracing::{debug, trace};
+use tracing::trace;
 
 use crate::config::{Config, IptablesVariant};
 use crate::error::BackendError;
@@ -42,6 +42,10 @@ use crate::plan::{Desired, Verdict, VipKind};
 /// The masquerade mark bit, kube-proxy's (`--iptables-masquerade-bit` 14). Sharing it with a
 /// kube-proxy on the same node is harmless: both mean "SNAT this".
 pub const MASQ_MARK: &str = "0x4000";
+
+/// The comment on our jumps from the built-in chains (one word: `iptables-save` prints it
+/// unquoted, so the saved line matches what we insert).
+const HOOK_COMMENT: &str = "svcp-ipvs";
 
 // === running tools ===
 
@@ -555,11 +559,6 @@ impl Companions {
             }
             _ => {
                 self.written = None;
-                // kube-proxy sets these in IPVS mode: IPVS-forwarded packets pass through
-                // conntrack (so POSTROUTING can masquerade them). Per network namespace.
-                if let Err(e) = std::fs::write("/proc/sys/net/ipv4/vs/conntrack", "1") {
-                    debug!(error = %e, "could not set net.ipv4.vs.conntrack");
-                }
                 let input = render_sets_full(&self.names, &entries);
                 self.run("ipset", &["restore"], Some(&input))?;
                 written += entries.values().map(BTreeSet::len).sum::<usize>();
@@ -593,20 +592,17 @@ impl Companions {
     }
 
     fn ensure_hooks(&self, family: Family) -> Result<usize, BackendError> {
+        // One save per family tells which jumps exist (cheaper than a `-C` per jump).
+        let save = self.iptables(family, "-save");
+        let saved = self.run(&save, &[], None)?.stdout;
         let iptables = self.iptables(family, "");
         let mut inserted = 0;
         for (table, chain, target) in hooks(&self.names) {
-            let check = Self::hook_args(table, "-C", chain, &target);
-            let out =
-                self.runner
-                    .run(&iptables, &check, None)
-                    .map_err(|e| BackendError::Command {
-                        command: format!("{iptables} {}", check.join(" ")),
-                        status: format!("could not run: {e}"),
-                        stderr: String::new(),
-                        input_context: Vec::new(),
-                    })?;
-            if out.code == Some(0) {
+            let line = format!("-A {chain} -m comment --comment {HOOK_COMMENT} -j {target}");
+            let present = saved
+                .split("COMMIT")
+                .any(|block| block.contains(&format!("*{table}\n")) && block.contains(&line));
+            if present {
                 continue;
             }
             let insert = Self::hook_args(table, "-I", chain, &target);
@@ -614,6 +610,54 @@ impl Companions {
             inserted += 1;
         }
         Ok(inserted)
+    }
+
+    /// Deletes the conntrack entries of UDP flows from `vip:port` to a real server that was just
+    /// deleted, so their next datagrams are balanced afresh (kube-proxy does the same for
+    /// removed UDP endpoints). "No entry matched" is no error.
+    ///
+    /// # Errors
+    /// [`BackendError::Command`] when `conntrack` cannot run or fails otherwise.
+    pub fn clear_udp_flows(
+        &self,
+        vip: IpAddr,
+        port: u16,
+        real_server: IpAddr,
+    ) -> Result<(), BackendError> {
+        let (vip, port, rs) = (vip.to_string(), port.to_string(), real_server.to_string());
+        let family = if real_server.is_ipv4() {
+            "ipv4"
+        } else {
+            "ipv6"
+        };
+        let args = [
+            "-D",
+            "-f",
+            family,
+            "-p",
+            "udp",
+            "--orig-dst",
+            &vip,
+            "--dport",
+            &port,
+            "--reply-src",
+            &rs,
+        ];
+        let out = self
+            .runner
+            .run("conntrack", &args, None)
+            .map_err(|e| BackendError::Command {
+                command: format!("conntrack {}", args.join(" ")),
+                status: format!("could not run: {e}"),
+                stderr: String::new(),
+                input_context: Vec::new(),
+            })?;
+        // conntrack exits 1 with "0 flow entries have been deleted" when nothing matched.
+        if out.code == Some(0) || out.stderr.contains("0 flow entries") {
+            Ok(())
+        } else {
+            Err(command_error("conntrack", &args, &out, None))
+        }
     }
 
     /// Removes our jumps, chains and sets (each family), and nothing else. Returns how many

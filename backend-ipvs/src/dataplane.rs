@@ -235,6 +235,9 @@ impl Core {
             None => None,
         };
 
+        if self.link.is_some() && mode == SyncMode::Full {
+            set_ipvs_sysctls();
+        }
         let ipvs = Arc::clone(&self.ipvs);
         if mode == SyncMode::Full {
             let observed = observe_owned(ipvs.as_ref(), &self.ownership)?;
@@ -283,6 +286,26 @@ impl Core {
                 object: format!("{origin}{}", failure.op),
                 reason: failure.to_string(),
             });
+        }
+        if let Some(companions) = &self.companions {
+            for op in &plan.ops {
+                let Op::DeleteRealServer(key, rs) = op else {
+                    continue;
+                };
+                let deleted = self
+                    .applied
+                    .services
+                    .get(key)
+                    .is_none_or(|s| !s.real_servers.contains_key(&rs.socket_addr()));
+                if key.protocol == Protocol::Udp && deleted {
+                    if let Err(e) = companions.clear_udp_flows(key.addr, key.port, rs.addr) {
+                        outcome.problems.push(SyncProblem {
+                            object: format!("UDP flows {key} -> {}", rs.socket_addr()),
+                            reason: e.to_string(),
+                        });
+                    }
+                }
+            }
         }
         self.draining = plan.draining;
         self.draining.retain_present(&self.applied);
@@ -382,6 +405,24 @@ impl Core {
             None => Ok(CleanupReport {
                 objects_removed: removed,
             }),
+        }
+    }
+}
+
+/// The IPVS sysctls kube-proxy sets (`pkg/proxy/ipvs/proxier.go`), per network namespace:
+/// IPVS-forwarded packets pass through conntrack, so `POSTROUTING` can masquerade them
+/// (`conntrack`); connections to a deleted real server are expired rather than black-holed
+/// (`expire_nodest_conn`); persistence templates of a weight-0 real server expire
+/// (`expire_quiescent_template`). A missing file (no IPVS) is logged, not fatal.
+fn set_ipvs_sysctls() {
+    for name in [
+        "conntrack",
+        "expire_nodest_conn",
+        "expire_quiescent_template",
+    ] {
+        let path = format!("/proc/sys/net/ipv4/vs/{name}");
+        if let Err(e) = std::fs::write(&path, "1") {
+            debug!(path, error = %e, "could not set IPVS sysctl");
         }
     }
 }

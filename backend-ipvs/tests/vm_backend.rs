@@ -1,0 +1,765 @@
+//! The IPVS dataplane on a real kernel, with real TCP and UDP: a client, a node and a server
+//! network namespace joined by veth pairs, the dataplane programming the node.
+//!
+//! ```text
+//!  client ns                 node ns (the test's own)                    server ns
+//!  eth0 198.18.2.10/24 ── n-cli 198.18.2.1    svcp-ipvs0 (VIPs)  n-srv 198.18.1.1 ── eth0 198.18.1.10, .11
+//!       2001:db8:2::10/64    2001:db8:2::1    IPVS, ipsets,            2001:db8:1::1     2001:db8:1::10, ::11
+//!                                             iptables-legacy
+//! ```
+//!
+//! Needs root, IPVS, ipset and iptables: run through `scripts/vm-test`, which boots a VM with
+//! them. Each test makes its namespaces and removes them with a `Drop` guard; the node
+//! namespace is the test thread's own and goes with it.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use backend_ipvs::{Config, IptablesVariant, IpvsDataplane, IpvsOps, NetlinkIpvs};
+use backend_ipvs::{RealServer, Scheduler as KernelScheduler, ServiceKey, VirtualServer};
+use ipnet::IpNet;
+use nix::sched::{setns, unshare, CloneFlags};
+use proxy_core::dataplane::{SyncMode, SyncReport, SyncRequest};
+use proxy_core::diff::diff;
+use proxy_core::table::{
+    Endpoint, Protocol, Scheduler, ServicePort, ServicePortName, ServiceTable, SessionAffinity,
+    TrafficPolicy,
+};
+
+const NEEDS_VM: &str = "needs root, IPVS, ipset and iptables: run via scripts/vm-test";
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("test address literal")
+}
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().expect("test socket address literal")
+}
+
+/// Runs `ip ARGS...` from this thread (so in its network namespace).
+fn ip_cmd(args: &[&str]) {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running ip {args:?}: {e}; {NEEDS_VM}"));
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn run(program: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {program} {args:?}: {e}; {NEEDS_VM}"));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+// === the namespaces ===
+
+/// The client and server namespaces around the test thread's node namespace.
+struct Topology {
+    client: String,
+    server: String,
+}
+
+impl Topology {
+    /// Moves this thread into a new namespace (the node) and builds the rest around it.
+    fn new(tag: &str) -> Self {
+        unshare(CloneFlags::CLONE_NEWNET)
+            .unwrap_or_else(|e| panic!("unshare(CLONE_NEWNET): {e}; {NEEDS_VM}"));
+        let _ = std::fs::create_dir_all("/run/netns");
+        let topo = Topology {
+            client: format!("svcp-{tag}-cli"),
+            server: format!("svcp-{tag}-srv"),
+        };
+        // Left over from an interrupted run: remove first.
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &topo.client])
+            .output();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &topo.server])
+            .output();
+        ip_cmd(&["netns", "add", &topo.client]);
+        ip_cmd(&["netns", "add", &topo.server]);
+        ip_cmd(&["link", "set", "lo", "up"]);
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("ip_forward");
+        std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1").expect("forwarding");
+        for (peer, ns, node4, node6, addrs) in [
+            (
+                "n-cli",
+                &topo.client,
+                "198.18.2.1",
+                "2001:db8:2::1",
+                &["198.18.2.10/24", "2001:db8:2::10/64"][..],
+            ),
+            (
+                "n-srv",
+                &topo.server,
+                "198.18.1.1",
+                "2001:db8:1::1",
+                &[
+                    "198.18.1.10/24",
+                    "198.18.1.11/24",
+                    "2001:db8:1::10/64",
+                    "2001:db8:1::11/64",
+                ][..],
+            ),
+        ] {
+            ip_cmd(&[
+                "link", "add", peer, "type", "veth", "peer", "name", "eth0", "netns", ns,
+            ]);
+            let prefix4 = format!("{node4}/24");
+            let prefix6 = format!("{node6}/64");
+            ip_cmd(&["addr", "add", &prefix4, "dev", peer]);
+            ip_cmd(&["addr", "add", &prefix6, "dev", peer, "nodad"]);
+            ip_cmd(&["link", "set", peer, "up"]);
+            for addr in addrs {
+                if addr.contains(':') {
+                    ip_cmd(&["-n", ns, "addr", "add", addr, "dev", "eth0", "nodad"]);
+                } else {
+                    ip_cmd(&["-n", ns, "addr", "add", addr, "dev", "eth0"]);
+                }
+            }
+            ip_cmd(&["-n", ns, "link", "set", "lo", "up"]);
+            ip_cmd(&["-n", ns, "link", "set", "eth0", "up"]);
+            ip_cmd(&["-n", ns, "route", "add", "default", "via", node4]);
+            ip_cmd(&["-n", ns, "-6", "route", "add", "default", "via", node6]);
+        }
+        topo
+    }
+
+    /// Runs `f` on a thread inside namespace `ns`.
+    fn spawn_in<T: Send + 'static>(
+        ns: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> JoinHandle<T> {
+        let path = format!("/run/netns/{ns}");
+        thread::spawn(move || {
+            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            setns(&file, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns {path}: {e}"));
+            f()
+        })
+    }
+
+    /// Runs `f` in the client namespace and waits for it.
+    fn client<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        Self::spawn_in(&self.client, f)
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for ns in [&self.client, &self.server] {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", ns])
+                .output();
+        }
+    }
+}
+
+/// Servers in the server namespace: each TCP connection gets "<local> <peer>\n" and then an
+/// echo of what it sends; each UDP datagram gets "<local> <peer>". Stopped on drop.
+struct Servers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Servers {
+    fn start(topo: &Topology, addrs: &[&str]) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for addr in addrs {
+            let addr = sa(addr);
+            let stop_tcp = Arc::clone(&stop);
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+            let ready_udp = ready_tx.clone();
+            threads.push(Topology::spawn_in(&topo.server, move || {
+                let listener = TcpListener::bind(addr).expect("bind TCP backend");
+                listener.set_nonblocking(true).expect("nonblocking");
+                let _ = ready_tx.send(());
+                while !stop_tcp.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((conn, peer)) => {
+                            thread::spawn(move || serve_tcp(conn, addr, peer));
+                        }
+                        Err(_) => thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            }));
+            let stop_udp = Arc::clone(&stop);
+            threads.push(Topology::spawn_in(&topo.server, move || {
+                let socket = UdpSocket::bind(addr).expect("bind UDP backend");
+                socket
+                    .set_read_timeout(Some(Duration::from_millis(20)))
+                    .expect("timeout");
+                let _ = ready_udp.send(());
+                let mut buf = [0u8; 512];
+                while !stop_udp.load(Ordering::Relaxed) {
+                    if let Ok((_, peer)) = socket.recv_from(&mut buf) {
+                        let _ = socket.send_to(format!("{addr} {peer}").as_bytes(), peer);
+                    }
+                }
+            }));
+            for _ in 0..2 {
+                ready_rx.recv_timeout(TIMEOUT).expect("backend ready");
+            }
+        }
+        Servers { stop, threads }
+    }
+}
+
+fn serve_tcp(mut conn: TcpStream, local: SocketAddr, peer: SocketAddr) {
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    if conn
+        .write_all(format!("{local} {peer}\n").as_bytes())
+        .is_err()
+    {
+        return;
+    }
+    let mut buf = [0u8; 256];
+    while let Ok(n) = conn.read(&mut buf) {
+        if n == 0 || conn.write_all(&buf[..n]).is_err() {
+            return;
+        }
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One TCP connection to `vip`: the server's "<local> <peer>" greeting.
+fn tcp_hello(vip: SocketAddr) -> std::io::Result<(SocketAddr, SocketAddr)> {
+    let conn = TcpStream::connect_timeout(&vip, TIMEOUT)?;
+    conn.set_read_timeout(Some(TIMEOUT))?;
+    let mut line = String::new();
+    BufReader::new(conn).read_line(&mut line)?;
+    Ok(parse_greeting(&line))
+}
+
+fn parse_greeting(line: &str) -> (SocketAddr, SocketAddr) {
+    let mut words = line.split_whitespace().map(sa);
+    match (words.next(), words.next()) {
+        (Some(local), Some(peer)) => (local, peer),
+        _ => panic!("unexpected greeting {line:?}"),
+    }
+}
+
+/// How many of `n` new connections each real server took.
+fn tcp_spread(topo: &Topology, vip: &str, n: usize) -> BTreeMap<SocketAddr, usize> {
+    let vip = sa(vip);
+    topo.client(move || {
+        let mut seen = BTreeMap::new();
+        for _ in 0..n {
+            let (server, _) = tcp_hello(vip).unwrap_or_else(|e| panic!("connect {vip}: {e}"));
+            *seen.entry(server).or_default() += 1;
+        }
+        seen
+    })
+}
+
+fn udp_spread(topo: &Topology, vip: &str, n: usize) -> BTreeMap<SocketAddr, usize> {
+    let vip = sa(vip);
+    topo.client(move || {
+        let mut seen = BTreeMap::new();
+        for _ in 0..n {
+            // A new socket (source port) per datagram: a new IPVS connection each.
+            let any = if vip.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+            let socket = UdpSocket::bind(any).expect("bind client");
+            socket.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+            socket.send_to(b"hello", vip).expect("send");
+            let mut buf = [0u8; 512];
+            let (len, _) = socket.recv_from(&mut buf).expect("UDP answer");
+            let (server, _) = parse_greeting(&String::from_utf8_lossy(&buf[..len]));
+            *seen.entry(server).or_default() += 1;
+        }
+        seen
+    })
+}
+
+// === the dataplane ===
+
+fn config() -> Config {
+    Config {
+        node_addresses: vec![ip("198.18.2.1"), ip("2001:db8:2::1")],
+        cluster_cidrs: vec!["198.18.1.0/24".parse::<IpNet>().expect("cidr")],
+        iptables: IptablesVariant::Legacy,
+        graceful_termination: Duration::from_secs(30),
+        ..Config::default()
+    }
+}
+
+fn dataplane() -> IpvsDataplane {
+    IpvsDataplane::new(config()).unwrap_or_else(|e| panic!("{e:?}: {NEEDS_VM}"))
+}
+
+fn port(name: &str, proto: Protocol, vip: &str, port: u16, endpoints: &[&str]) -> ServicePort {
+    let mut p = ServicePort::new(ServicePortName::new("default", name, "p"), proto, port)
+        .with_cluster_ip(ip(vip));
+    p.endpoints = endpoints
+        .iter()
+        .map(|e| {
+            let e = sa(e);
+            Endpoint::new(e.ip(), e.port())
+        })
+        .collect();
+    p
+}
+
+fn table(ports: Vec<ServicePort>) -> ServiceTable {
+    let mut builder = ServiceTable::builder().node("node-a");
+    for p in ports {
+        builder = builder.insert(p);
+    }
+    builder.build().expect("valid test table")
+}
+
+fn sync(dp: &IpvsDataplane, from: &ServiceTable, to: &ServiceTable, mode: SyncMode) -> SyncReport {
+    let changes = diff(from, to);
+    let report = dp
+        .sync_at(
+            &SyncRequest {
+                desired: to,
+                changes: &changes,
+                mode,
+            },
+            Instant::now(),
+        )
+        .unwrap_or_else(|e| panic!("sync: {e:?}"));
+    assert!(report.is_complete(), "{report}");
+    report
+}
+
+/// Runs a test body on its own thread, so the namespace it makes goes with the thread.
+fn in_own_thread(f: impl FnOnce() + Send + 'static) {
+    thread::spawn(f)
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e));
+}
+
+const EP_A: &str = "198.18.1.10:8080";
+const EP_B: &str = "198.18.1.11:8080";
+
+// === the tests ===
+
+#[test]
+#[ignore = "needs root and IPVS: run via scripts/vm-test"]
+fn vm_tcp_and_udp_through_a_cluster_ip_reach_both_endpoints() {
+    in_own_thread(|| {
+        let topo = Topology::new("spread");
+        let _servers = Servers::start(&topo, &[EP_A, EP_B]);
+        let dp = dataplane();
+        let t = table(vec![
+            port("web", Protocol::Tcp, "198.19.0.10", 80, &[EP_A, EP_B]),
+            port("dns", Protocol::Udp, "198.19.0.10", 53, &[EP_A, EP_B]),
+        ]);
+        sync(&dp, &ServiceTable::empty(), &t, SyncMode::Full);
+        let tcp = tcp_spread(&topo, "198.19.0.10:80", 10);
+        assert_eq!(
+            tcp,
+            BTreeMap::from([(sa(EP_A), 5), (sa(EP_B), 5)]),
+            "rr over TCP"
+        );
+        let udp = udp_spread(&topo, "198.19.0.10:53", 10);
+        assert_eq!(
+            udp,
+            BTreeMap::from([(sa(EP_A), 5), (sa(EP_B), 5)]),
+            "rr over UDP"
+        );
+    });
+}
+
+#[test]
+#[ignore = "needs root and IPVS: run via scripts/vm-test"]
+fn vm_weighted_round_robin_splits_by_weight() {
+    in_own_thread(|| {
+        let topo = Topology::new("wrr");
+        let _servers = Servers::start(&topo, &[EP_A, EP_B]);
+        let dp = dataplane();
+        let mut p = port("web", Protocol::Tcp, "198.19.0.10", 80, &[EP_A, EP_B]);
+        p.scheduler = Some(Scheduler::WeightedRoundRobin);
+        p.endpoints[0].weight = 3;
+        sync(&dp, &ServiceTable::empty(), &table(vec![p]), SyncMode::Full);
+        let tcp = tcp_spread(&topo, "198.19.0.10:80", 12);
+        assert_eq!(tcp, BTreeMap::from([(sa(EP_A), 9), (sa(EP_B), 3)]));
+    });
+}
+
+#[test]
+#[ignore = "needs root and IPVS: run via scripts/vm-test"]
+fn vm_client_ip_affinity_sticks_to_one_endpoint() {
+    in_own_thread(|| {
+        let topo = Topology::new("sticky");
+        let _servers = Servers::start(&topo, &[EP_A, EP_B]);
+        let dp = dataplane();
+        let mut p = port("web", Protocol::Tcp, "198.19.0.10", 80, &[EP_A, EP_B]);
+        p.session_affinity = SessionAffinity::ClientIp {
+            timeout: Duration::from_secs(60),
+        };
+        sync(&dp, &ServiceTable::empty(), &table(vec![p]), SyncMode::Full);
+        let tcp = tcp_spread(&topo, "198.19.0.10:80", 8);
+        assert_eq!(tcp.len(), 1, "one client, one endpoint: {tcp:?}");
+        assert_eq!(tcp.values().sum::<usize>(), 8);
+    });
+}
+
+#[test]
+#[ignore = "needs root and IPVS: run via scripts/vm-test"]
+fn vm_graceful_termination_keeps_an_open_connection_then_deletes() {
+    in_own_thread(|| {
+        let topo = Topology::new("drain");
+        let _servers = Servers::start(&topo, &[EP_A, EP_B]);
+        let dp = dataplane();
+        let both = table(vec![port(
+            "web",
+            Protocol::Tcp,
+            "198.19.0.10",
+            80,
+            &[EP_A, EP_B],
+        )]);
+        let only_a = table(vec![port("web", Protocol::Tcp, "198.19.0.10", 80, &[EP_A])]);
+        sync(&dp, &ServiceTable::empty(), &both, SyncMode::Full);
+
+        // Open connections until one lands on B, and keep it.
+        let vip = sa("198.19.0.10:80");
+        let (to_b_tx, to_b_rx) = std::sync::mpsc::channel::<()>();
+        let (opened_tx, opened_rx) = std::sync::mpsc::channel();
+        let client = Topology::spawn_in(&topo.client, move || {
+            let mut held = None;
+            for _ in 0..4 {
+                let conn = TcpStream::connect_timeout(&vip, TIMEOUT).expect("connect");
+                conn.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+                let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+                let mut line = String::new();
+                reader.read_line(&mut line).expect("greeting");
+                if parse_greeting(&line).0 == sa(EP_B) {
+                    held = Some((conn, reader));
+                    break;
+                }
+            }
+            let (mut conn, mut reader) = held.expect("a connection to B");
+            opened_tx.send(()).expect("signal");
+            to_b_rx.recv().expect("wait");
+            conn.write_all(b"still there\n")
+                .expect("write on the draining connection");
+            let mut echo = String::new();
+            reader.read_line(&mut echo).expect("echo");
+            echo
+        });
+        opened_rx
+            .recv_timeout(TIMEOUT)
+            .expect("connection to B open");
+
+        sync(&dp, &both, &only_a, SyncMode::Partial);
+        let key = ServiceKey {
+            addr: ip("198.19.0.10"),
+            protocol: Protocol::Tcp,
+            port: 80,
+        };
+        let ipvs = NetlinkIpvs::connect().expect("ipvs");
+        let b = ipvs
+            .real_servers(&key)
+            .expect("dump")
+            .into_iter()
+            .find(|rs| rs.socket_addr() == sa(EP_B))
+            .expect("B is still there, draining");
+        assert_eq!(b.weight, 0, "{b:?}");
+        assert_eq!(b.conns.map(|c| c.active), Some(1), "{b:?}");
+        assert_eq!(dp.draining().len(), 1);
+        // New connections all go to A now.
+        assert_eq!(
+            tcp_spread(&topo, "198.19.0.10:80", 4),
+            BTreeMap::from([(sa(EP_A), 4)])
+        );
+        // The open connection still works.
+        to_b_tx.send(()).expect("signal");
+        let echo = client
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e));
+        assert_eq!(echo, "still there\n");
+
+        // Closed (the client thread ended): the next sync deletes B.
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            sync(&dp, &only_a, &only_a, SyncMode::Partial);
+            let left: Vec<SocketAddr> = ipvs
+                .real_servers(&key)
+                .expect("dump")
+                .iter()
+                .map(RealServer::socket_addr)
+                .collect();
+            if left == [sa(EP_A)] {
+                break;
+            }
+            assert!(Instant::now() < deadline, "B never deleted: {left:?}");
+            thread::sleep(Duration::from_millis(100));
+        }
+        assert!(dp.draining().is_empty());
+    });
+}
+
+#[test]
+#[ignore = "needs root and IPVS: run via scripts/vm-test"]
+fn vm_full_sync_restores_a_virtual_server_deleted_by_hand() {
+    in_own_thread(|| {
+        let topo = Topology::new("drift");
+        let _servers = Servers::start(&topo, &[EP_A]);
+        let dp = dataplane();
+        let t = table(vec![port("web", Protocol::Tcp, "198.19.0.10", 80, &[EP_A])]);
+        sync(&dp, &ServiceTable::empty(), &t, SyncMode::Full);
+        let key = ServiceKey {
+            addr: ip("198.19.0.10"),
+            protocol: Protocol::Tcp,
+            port: 80,
+        };
+        let ipvs = NetlinkIpvs::connect().expect("ipvs");
+        ipvs.delete_virtual_server(&key).expect("delete by hand");
+        let vip = sa("198.19.0.10:80");
+        let refused = topo.client(move || tcp_hello(vip).is_err());
+        assert!(refused, "gone by hand: no service");
+        sync(&dp, &t, &t, SyncMode::Full);
+        let restored = ipvs.real_servers(&key).expect("dump");
+        assert_eq!(
+            restored
+                .iter()
+                .map(RealServer::socket_addr)
+                .collect::<Vec<_>>(),
+            [sa(EP_A)],
+            "the full sync put the virtual server and its real server back"
+        );
+        assert_eq!(
+            tcp_spread(&topo, "198.19.0.10:80", 2),
+            BTreeMap::from([(sa(EP_A), 2)])
+        );
+    });
+}
+
+#[test]
+#[ignore = "needs root and IPVS: run via scripts/vm-test"]
+fn vm_foreign_virtual_server_survives_sync_and_cleanup_which_removes_all_of_ours() {
+    in_own_thread(|| {
+        let _topo = Topology::new("owner");
+        let ipvs = NetlinkIpvs::connect().expect("ipvs");
+        let foreign = VirtualServer::new(
+            ip("198.18.2.1"),
+            Protocol::Tcp,
+            9999,
+            KernelScheduler::Maglev,
+        );
+        ipvs.add_virtual_server(&foreign).expect("foreign add");
+        ipvs.add_real_server(&foreign.key(), &RealServer::new(ip("198.18.1.10"), 80, 5))
+            .expect("foreign rs");
+
+        let dp = dataplane();
+        let mut web = port("web", Protocol::Tcp, "198.19.0.10", 80, &[EP_A]);
+        web.node_port = Some(30080);
+        let t = table(vec![
+            web,
+            port(
+                "dns",
+                Protocol::Udp,
+                "2001:db8:19::53",
+                53,
+                &["[2001:db8:1::10]:53"],
+            ),
+        ]);
+        sync(&dp, &ServiceTable::empty(), &t, SyncMode::Full);
+        sync(&dp, &t, &t, SyncMode::Full);
+        let all = ipvs.virtual_servers().expect("dump");
+        assert_eq!(
+            all.len(),
+            1 + 3 + 1,
+            "foreign + web (cluster IP, 2 node ports) + dns: {all:?}"
+        );
+        assert!(run("ipset", &["list", "-n"]).contains("SVCP-IPVS-CLUSTER-IP"));
+        assert!(run("iptables-legacy-save", &["-t", "nat"]).contains("-j SVCP-IPVS-SERVICES"));
+
+        let report = dp.cleanup_now().expect("cleanup");
+        assert!(report.objects_removed >= 5, "{report:?}");
+        assert_eq!(ipvs.virtual_servers().expect("dump"), vec![foreign.clone()]);
+        assert_eq!(ipvs.real_servers(&foreign.key()).expect("dump").len(), 1);
+        let links = run("ip", &["-o", "link", "show"]);
+        assert!(!links.contains("svcp-ipvs0"), "{links}");
+        let sets = run("ipset", &["list", "-n"]);
+        assert!(!sets.contains("SVCP"), "{sets}");
+        for save in ["iptables-legacy-save", "ip6tables-legacy-save"] {
+            let rules = run(save, &[]);
+            assert!(!rules.contains("SVCP"), "{save}: {rules}");
+        }
+        // A second cleanup finds nothing of ours and fails on nothing.
+        dp.cleanup_now().expect("second cleanup");
+        assert_eq!(ipvs.virtual_servers().expect("dump"), vec![foreign]);
+    });
+}
+
+#[test]
+#[ignore = "needs root and IPVS: run via scripts/vm-test"]
+fn vm_ipv6_cluster_ip_over_tcp_and_udp() {
+    in_own_thread(|| {
+        let topo = Topology::new("ipv6");
+        let a = "[2001:db8:1::10]:8080";
+        let b = "[2001:db8:1::11]:8080";
+        let _servers = Servers::start(&topo, &[a, b]);
+        let dp = dataplane();
+        let t = table(vec![
+            port("web6", Protocol::Tcp, "2001:db8:19::10", 80, &[a, b]),
+            port("dns6", Protocol::Udp, "2001:db8:19::10", 53, &[a, b]),
+        ]);
+        sync(&dp, &ServiceTable::empty(), &t, SyncMode::Full);
+        let addrs = run("ip", &["-6", "-o", "addr", "show", "dev", "svcp-ipvs0"]);
+        assert!(addrs.contains("2001:db8:19::10/128"), "{addrs}");
+        assert!(!addrs.contains("tentative"), "nodad: {addrs}");
+        let tcp = tcp_spread(&topo, "[2001:db8:19::10]:80", 4);
+        assert_eq!(tcp, BTreeMap::from([(sa(a), 2), (sa(b), 2)]));
+        let udp = udp_spread(&topo, "[2001:db8:19::10]:53", 4);
+        assert_eq!(udp, BTreeMap::from([(sa(a), 2), (sa(b), 2)]));
+        // The VIP goes with its service.
+        sync(&dp, &t, &ServiceTable::empty(), SyncMode::Full);
+        let addrs = run("ip", &["-6", "-o", "addr", "show", "dev", "svcp-ipvs0"]);
+        assert!(!addrs.contains("2001:db8:19::10"), "{addrs}");
+    });
+}
+
+#[test]
+#[ignore = "needs root and IPVS: run via scripts/vm-test"]
+fn vm_node_ports_masquerade_unless_local_and_empty_services_refuse() {
+    in_own_thread(|| {
+        let topo = Topology::new("nodeport");
+        let _servers = Servers::start(&topo, &[EP_A, EP_B]);
+        let dp = dataplane();
+        let mut cluster = port("np", Protocol::Tcp, "198.19.0.20", 80, &[EP_A]);
+        cluster.node_port = Some(30080);
+        let mut local = port("local", Protocol::Tcp, "198.19.0.21", 80, &[EP_B]);
+        local.node_port = Some(30081);
+        local.external_traffic_policy = TrafficPolicy::Local;
+        local.endpoints[0].is_local = true;
+        let empty = port("empty", Protocol::Tcp, "198.19.0.30", 80, &[]);
+        sync(
+            &dp,
+            &ServiceTable::empty(),
+            &table(vec![cluster, local, empty]),
+            SyncMode::Full,
+        );
+
+        let (server, peer) = topo
+            .client(|| tcp_hello(sa("198.18.2.1:30080")))
+            .expect("node port");
+        assert_eq!(server, sa(EP_A));
+        assert_eq!(
+            peer.ip(),
+            ip("198.18.1.1"),
+            "eTP=Cluster node port: masqueraded"
+        );
+        let (server, peer) = topo
+            .client(|| tcp_hello(sa("198.18.2.1:30081")))
+            .expect("local node port");
+        assert_eq!(server, sa(EP_B));
+        assert_eq!(
+            peer.ip(),
+            ip("198.18.2.10"),
+            "eTP=Local: client address kept"
+        );
+        let (_, peer) = topo
+            .client(|| tcp_hello(sa("198.19.0.20:80")))
+            .expect("cluster IP");
+        assert_eq!(
+            peer.ip(),
+            ip("198.18.1.1"),
+            "a client outside the cluster CIDR reaching a cluster IP is masqueraded"
+        );
+        let err = topo
+            .client(|| tcp_hello(sa("198.19.0.30:80")))
+            .expect_err("no endpoints");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    });
+}
+
+#[test]
+#[ignore = "needs root and IPVS: run via scripts/vm-test"]
+fn vm_removed_udp_endpoint_goes_at_once_and_its_flow_moves_on() {
+    in_own_thread(|| {
+        let topo = Topology::new("udpgone");
+        let _servers = Servers::start(&topo, &[EP_A, EP_B]);
+        let dp = dataplane();
+        let both = table(vec![port(
+            "dns",
+            Protocol::Udp,
+            "198.19.0.53",
+            53,
+            &[EP_A, EP_B],
+        )]);
+        sync(&dp, &ServiceTable::empty(), &both, SyncMode::Full);
+
+        // One client socket (one flow) throughout.
+        let vip = sa("198.19.0.53:53");
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let (first_tx, first_rx) = std::sync::mpsc::channel();
+        let client = Topology::spawn_in(&topo.client, move || {
+            let socket = UdpSocket::bind("0.0.0.0:0").expect("bind client");
+            let ask = |timeout| -> Option<SocketAddr> {
+                socket.set_read_timeout(Some(timeout)).expect("timeout");
+                socket.send_to(b"hello", vip).expect("send");
+                let mut buf = [0u8; 512];
+                let (len, _) = socket.recv_from(&mut buf).ok()?;
+                Some(parse_greeting(&String::from_utf8_lossy(&buf[..len])).0)
+            };
+            let first = ask(TIMEOUT).expect("first answer");
+            assert_eq!(ask(TIMEOUT), Some(first), "one flow, one real server");
+            first_tx.send(first).expect("send first");
+            go_rx.recv().expect("wait for the sync");
+            // The first datagram after the delete may be dropped while IPVS expires the flow.
+            (0..5).find_map(|_| ask(Duration::from_millis(500)))
+        });
+        let first = first_rx.recv_timeout(TIMEOUT).expect("first answer");
+        let other = if first == sa(EP_A) { EP_B } else { EP_A };
+        let remaining = table(vec![port(
+            "dns",
+            Protocol::Udp,
+            "198.19.0.53",
+            53,
+            &[other],
+        )]);
+        sync(&dp, &both, &remaining, SyncMode::Partial);
+        assert!(dp.draining().is_empty(), "UDP real servers do not drain");
+        let key = ServiceKey {
+            addr: ip("198.19.0.53"),
+            protocol: Protocol::Udp,
+            port: 53,
+        };
+        let left: Vec<SocketAddr> = NetlinkIpvs::connect()
+            .expect("ipvs")
+            .real_servers(&key)
+            .expect("dump")
+            .iter()
+            .map(RealServer::socket_addr)
+            .collect();
+        assert_eq!(left, [sa(other)]);
+        go_tx.send(()).expect("signal");
+        let after = client
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e));
+        assert_eq!(
+            after,
+            Some(sa(other)),
+            "the flow moved to the remaining endpoint"
+        );
+    });
+}
