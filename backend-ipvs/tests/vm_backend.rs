@@ -763,3 +763,62 @@ fn vm_removed_udp_endpoint_goes_at_once_and_its_flow_moves_on() {
         );
     });
 }
+
+#[test]
+#[ignore = "needs root and IPVS: run via scripts/vm-test"]
+fn vm_load_balancer_source_ranges_and_local_policy_without_local_endpoints_drop() {
+    in_own_thread(|| {
+        let topo = Topology::new("ranges");
+        let _servers = Servers::start(&topo, &[EP_A]);
+        let dp = dataplane();
+        let mut allowed = port("allowed", Protocol::Tcp, "198.19.0.40", 80, &[EP_A]);
+        allowed.load_balancer_ips = vec![ip("198.19.5.1")];
+        allowed.load_balancer_source_ranges = vec!["198.18.2.0/24".parse().expect("net")];
+        let mut denied = port("denied", Protocol::Tcp, "198.19.0.41", 80, &[EP_A]);
+        denied.load_balancer_ips = vec![ip("198.19.5.2")];
+        denied.load_balancer_source_ranges = vec!["198.18.3.0/24".parse().expect("net")];
+        let mut remote = port("remote", Protocol::Tcp, "198.19.0.42", 80, &[EP_A]);
+        remote.external_ips = vec![ip("198.19.6.1")];
+        remote.external_traffic_policy = TrafficPolicy::Local;
+        sync(
+            &dp,
+            &ServiceTable::empty(),
+            &table(vec![allowed, denied, remote]),
+            SyncMode::Full,
+        );
+
+        let connect = |vip: &'static str| {
+            topo.client(move || {
+                match TcpStream::connect_timeout(&sa(vip), Duration::from_millis(700)) {
+                    Ok(_) => "connected".to_owned(),
+                    Err(e) => format!("{:?}", e.kind()),
+                }
+            })
+        };
+        assert_eq!(
+            connect("198.19.5.1:80"),
+            "connected",
+            "source in the LB's ranges"
+        );
+        assert_eq!(
+            connect("198.19.5.2:80"),
+            "TimedOut",
+            "source outside the ranges: dropped"
+        );
+        assert_eq!(
+            connect("198.19.0.41:80"),
+            "connected",
+            "ranges only guard the LB IP"
+        );
+        assert_eq!(
+            connect("198.19.6.1:80"),
+            "TimedOut",
+            "eTP=Local, endpoints only elsewhere: dropped, not refused"
+        );
+        assert_eq!(
+            connect("198.19.0.42:80"),
+            "connected",
+            "the cluster IP still serves"
+        );
+    });
+}
