@@ -26,6 +26,7 @@ use proxy_core::{Dataplane, DataplaneError};
 use tracing::{debug, info, warn};
 
 use crate::apply::apply_ops;
+use crate::cleanup::cleanup_owned;
 use crate::companions::Companions;
 use crate::config::Config;
 use crate::error::BackendError;
@@ -359,53 +360,18 @@ impl Core {
     }
 
     fn cleanup(&mut self) -> Result<CleanupReport, BackendError> {
-        let mut removed = 0;
-        let mut first_error = None;
-        if let Some(link) = &self.link {
-            match link.link_index(&self.config.interface) {
-                Ok(Some(index)) => match link.addresses(index) {
-                    Ok(addrs) => self.ownership.bound = addrs.into_iter().collect(),
-                    Err(e) => first_error = first_error.or(Some(e)),
-                },
-                Ok(None) => {}
-                Err(e) => first_error = first_error.or(Some(e)),
-            }
-        }
-        match self.ipvs.virtual_servers() {
-            Ok(all) => {
-                for vs in all.iter().filter(|vs| self.ownership.is_owned(&vs.key())) {
-                    match self.ipvs.delete_virtual_server(&vs.key()) {
-                        Ok(()) => removed += 1,
-                        Err(e) if e.is_not_found() => {}
-                        Err(e) => first_error = first_error.or(Some(e.into())),
-                    }
-                }
-            }
-            Err(e) => first_error = first_error.or(Some(e.into())),
-        }
-        if let Some(link) = &self.link {
-            match link.delete_link(&self.config.interface) {
-                Ok(true) => removed += 1,
-                Ok(false) => {}
-                Err(e) => first_error = first_error.or(Some(e)),
-            }
-        }
-        if let Some(companions) = &mut self.companions {
-            match companions.cleanup() {
-                Ok(n) => removed += n,
-                Err(e) => first_error = first_error.or(Some(e)),
-            }
-        }
+        let result = cleanup_owned(
+            self.ipvs.as_ref(),
+            self.link.as_ref(),
+            &self.config.interface,
+            self.companions.as_mut(),
+            &self.ownership.created,
+        );
         self.applied = IpvsState::default();
         self.draining = Draining::default();
         self.ownership = Ownership::default();
         self.needs_full = true;
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(CleanupReport {
-                objects_removed: removed,
-            }),
-        }
+        result.map(|objects_removed| CleanupReport { objects_removed })
     }
 }
 
