@@ -37,7 +37,8 @@ use tracing::trace;
 
 use crate::config::{Config, IptablesVariant};
 use crate::error::BackendError;
-use crate::plan::{Desired, Verdict, VipKind};
+use crate::model::ServiceKey;
+use crate::plan::{Desired, Origin, Touched, Verdict, VipKind};
 
 /// The masquerade mark bit, kube-proxy's (`--iptables-masquerade-bit` 14). Sharing it with a
 /// kube-proxy on the same node is harmless: both mean "SNAT this".
@@ -227,50 +228,66 @@ fn proto(p: Protocol) -> &'static str {
     p.as_str()
 }
 
-/// Every set's entries, by family, for a desired state. Sets absent from the map are empty.
-pub fn plan_entries(
-    desired: &Desired,
-    config: &Config,
-) -> BTreeMap<(SetKind, Family), BTreeSet<String>> {
-    let mut sets: BTreeMap<(SetKind, Family), BTreeSet<String>> = BTreeMap::new();
-    let mut add = |kind, family, entry: String| {
-        sets.entry((kind, family)).or_default().insert(entry);
-    };
-    for (key, origin) in &desired.origins {
-        let family = Family::of(key.addr);
-        let ip_port = format!("{},{}:{}", key.addr, proto(key.protocol), key.port);
-        match origin.kind {
-            VipKind::ClusterIp => add(SetKind::ClusterIp, family, ip_port.clone()),
-            _ if !origin.is_local_policy => add(SetKind::ExternalMasq, family, ip_port.clone()),
-            _ => {}
+/// A set entry: which set (kind and family) and the entry text.
+pub type Entry = (SetKind, Family, String);
+
+/// Every set's entries, by set, for a full sync. Sets absent from the map are empty.
+pub type Entries = BTreeMap<(SetKind, Family), BTreeSet<String>>;
+
+/// The entries one virtual server puts in the sets, by its role.
+pub fn key_entries(key: &ServiceKey, origin: &Origin) -> Vec<Entry> {
+    let family = Family::of(key.addr);
+    let ip_port = format!("{},{}:{}", key.addr, proto(key.protocol), key.port);
+    let mut entries = Vec::new();
+    match origin.kind {
+        VipKind::ClusterIp => entries.push((SetKind::ClusterIp, family, ip_port.clone())),
+        _ if !origin.is_local_policy => {
+            entries.push((SetKind::ExternalMasq, family, ip_port.clone()));
         }
-        if origin.kind == VipKind::LoadBalancerIp && !origin.source_ranges.is_empty() {
-            add(SetKind::LbFirewall, family, ip_port.clone());
-            for net in &origin.source_ranges {
-                if Family::of(net.addr()) == family {
-                    add(SetKind::LbSource, family, format!("{ip_port},{net}"));
-                }
+        _ => {}
+    }
+    if origin.kind == VipKind::LoadBalancerIp && !origin.source_ranges.is_empty() {
+        entries.push((SetKind::LbFirewall, family, ip_port.clone()));
+        for net in &origin.source_ranges {
+            if Family::of(net.addr()) == family {
+                entries.push((SetKind::LbSource, family, format!("{ip_port},{net}")));
             }
         }
-        match origin.verdict {
-            Verdict::Forward => {}
-            Verdict::Drop => add(SetKind::Drop, family, ip_port),
-            Verdict::Reject => add(SetKind::Reject, family, ip_port),
-        }
     }
-    for (addr, protocol, port) in &desired.endpoints {
-        add(
-            SetKind::LoopBack,
-            Family::of(*addr),
-            format!("{addr},{}:{port},{addr}", proto(*protocol)),
-        );
+    match origin.verdict {
+        Verdict::Forward => {}
+        Verdict::Drop => entries.push((SetKind::Drop, family, ip_port)),
+        Verdict::Reject => entries.push((SetKind::Reject, family, ip_port)),
     }
-    for net in &config.cluster_cidrs {
-        add(
-            SetKind::ClusterCidr,
-            Family::of(net.addr()),
-            net.to_string(),
-        );
+    entries
+}
+
+/// The hairpin entry of an endpoint: a connection from it to itself through a service.
+pub fn endpoint_entry(&(addr, protocol, port): &(IpAddr, Protocol, u16)) -> Entry {
+    (
+        SetKind::LoopBack,
+        Family::of(addr),
+        format!("{addr},{}:{port},{addr}", proto(protocol)),
+    )
+}
+
+/// Every set's entries for a desired state.
+pub fn plan_entries(desired: &Desired, config: &Config) -> Entries {
+    let mut sets = Entries::new();
+    let entries = desired
+        .origins
+        .iter()
+        .flat_map(|(key, origin)| key_entries(key, origin))
+        .chain(desired.endpoints.keys().map(endpoint_entry))
+        .chain(config.cluster_cidrs.iter().map(|net| {
+            (
+                SetKind::ClusterCidr,
+                Family::of(net.addr()),
+                net.to_string(),
+            )
+        }));
+    for (kind, family, entry) in entries {
+        sets.entry((kind, family)).or_default().insert(entry);
     }
     sets
 }
@@ -445,8 +462,9 @@ pub struct Companions {
     config: Config,
     names: Names,
     runner: Box<dyn Runner>,
-    /// The entries written last, `None` until a full sync succeeded.
-    written: Option<BTreeMap<(SetKind, Family), BTreeSet<String>>>,
+    /// The entries written, per virtual server; `None` until a full sync succeeded (and after
+    /// a failure, so the next sync is full).
+    written: Option<BTreeMap<ServiceKey, Vec<Entry>>>,
 }
 
 fn command_error(
@@ -539,39 +557,76 @@ impl Companions {
         }
     }
 
-    /// Writes the sets (in full, or the changed entries) and, on a full sync, the rules and
-    /// their jumps. Returns the number of set entries and rules written.
+    /// Writes the sets and, on a full sync (`touched` is `None`), the rules and their jumps:
+    /// a full sync rewrites every set, a partial one only the entries of the touched virtual
+    /// servers and endpoints. Returns the number of set entries and rules written.
     ///
     /// # Errors
     /// [`BackendError::Command`] for the first tool that failed, with its input around the
-    /// failing line; the next full sync rewrites everything.
-    pub fn sync(&mut self, desired: &Desired, full: bool) -> Result<usize, BackendError> {
-        let entries = plan_entries(desired, &self.config);
-        let mut written = 0;
-        match (&self.written, full) {
-            (Some(before), false) => {
-                let input = render_sets_diff(&self.names, before, &entries);
+    /// failing line; the next sync is then full.
+    pub fn sync(
+        &mut self,
+        desired: &Desired,
+        touched: Option<&Touched>,
+    ) -> Result<usize, BackendError> {
+        match (self.written.take(), touched) {
+            (Some(mut by_key), Some(touched)) => {
+                let (mut before, mut after) = (Entries::new(), Entries::new());
+                let put = |sets: &mut Entries, (kind, family, entry): Entry| {
+                    sets.entry((kind, family)).or_default().insert(entry);
+                };
+                for key in &touched.keys {
+                    for entry in by_key.remove(key).into_iter().flatten() {
+                        put(&mut before, entry);
+                    }
+                    if let Some(origin) = desired.origins.get(key) {
+                        let entries = key_entries(key, origin);
+                        for entry in &entries {
+                            put(&mut after, entry.clone());
+                        }
+                        by_key.insert(*key, entries);
+                    }
+                }
+                // `-exist` makes both idempotent: an endpoint still in use is (re)added.
+                for ep in &touched.endpoints {
+                    let entry = endpoint_entry(ep);
+                    if desired.endpoints.contains_key(ep) {
+                        put(&mut after, entry);
+                    } else {
+                        put(&mut before, entry);
+                    }
+                }
+                let input = render_sets_diff(&self.names, &before, &after);
+                let written = input.lines().count();
                 if !input.is_empty() {
-                    written += input.lines().count();
-                    self.written = None;
                     self.run("ipset", &["restore"], Some(&input))?;
                 }
+                self.written = Some(by_key);
+                Ok(written)
             }
-            _ => {
-                self.written = None;
-                let input = render_sets_full(&self.names, &entries);
-                self.run("ipset", &["restore"], Some(&input))?;
-                written += entries.values().map(BTreeSet::len).sum::<usize>();
-                for family in Family::ALL {
-                    let rules = render_rules(&self.names, &self.config, family);
-                    let restore = self.iptables(family, "-restore");
-                    self.run(&restore, &["-w", "--noflush"], Some(&rules))?;
-                    written += rules.lines().filter(|l| l.starts_with("-A")).count();
-                    written += self.ensure_hooks(family)?;
-                }
-            }
+            _ => self.sync_full(desired),
         }
-        self.written = Some(entries);
+    }
+
+    fn sync_full(&mut self, desired: &Desired) -> Result<usize, BackendError> {
+        let entries = plan_entries(desired, &self.config);
+        let input = render_sets_full(&self.names, &entries);
+        self.run("ipset", &["restore"], Some(&input))?;
+        let mut written = entries.values().map(BTreeSet::len).sum::<usize>();
+        for family in Family::ALL {
+            let rules = render_rules(&self.names, &self.config, family);
+            let restore = self.iptables(family, "-restore");
+            self.run(&restore, &["-w", "--noflush"], Some(&rules))?;
+            written += rules.lines().filter(|l| l.starts_with("-A")).count();
+            written += self.ensure_hooks(family)?;
+        }
+        self.written = Some(
+            desired
+                .origins
+                .iter()
+                .map(|(key, origin)| (*key, key_entries(key, origin)))
+                .collect(),
+        );
         Ok(written)
     }
 
@@ -585,7 +640,7 @@ impl Companions {
             "-m",
             "comment",
             "--comment",
-            "svcp-ipvs",
+            HOOK_COMMENT,
             "-j",
             target,
         ]

@@ -2,13 +2,16 @@
 //!
 //! One sync, on a blocking thread (every kernel call blocks):
 //!
-//! 1. make sure the dummy interface exists and is up; on a full sync, read its addresses
+//! 1. the desired state: computed whole (full), or updated port by port from the difference
+//!    between the last table and this one (partial: [`Desired::update`], so a partial sync
+//!    costs what changed, whatever the table's size);
+//! 2. on a full sync, make sure the dummy interface exists and is up and read its addresses
 //!    (they say which virtual servers are ours, see [`crate::observe`]);
-//! 2. read our virtual servers from the kernel (full), or trust the applied state and re-read
+//! 3. read our virtual servers from the kernel (full), or trust the applied state and re-read
 //!    only the draining ones (partial);
-//! 3. bind the new VIPs, [`plan`](crate::plan::plan), [`apply`](crate::apply::apply_ops), then
-//!    unbind the VIPs no longer used;
-//! 4. write the companion ipsets and rules (if managed).
+//! 4. bind the new VIPs, [`plan`](crate::plan::plan) (partial: only the touched virtual
+//!    servers), [`apply`](crate::apply::apply_ops), then unbind the VIPs no longer used;
+//! 5. write the companion ipsets (partial: only the touched entries) and rules (if managed).
 //!
 //! A failed operation is reported as a problem and the next sync is upgraded to full.
 
@@ -22,7 +25,7 @@ use proxy_core::dataplane::{
     Capabilities, CleanupReport, SyncMode, SyncProblem, SyncReport, SyncRequest,
 };
 use proxy_core::table::{Protocol, Scheduler, ServiceTable};
-use proxy_core::{Dataplane, DataplaneError};
+use proxy_core::{diff, Dataplane, DataplaneError};
 use tracing::{debug, info, warn};
 
 use crate::apply::apply_ops;
@@ -32,9 +35,10 @@ use crate::config::Config;
 use crate::error::BackendError;
 use crate::link::RouteSocket;
 use crate::metrics::Metrics;
+use crate::model::ServiceKey;
 use crate::observe::{observe_owned, refresh_services, Ownership};
 use crate::ops::IpvsOps;
-use crate::plan::{plan, plan_desired, Desired, Draining, IpvsState, Op};
+use crate::plan::{plan, plan_desired, plan_keys, Desired, Draining, IpvsState, Op, Touched};
 use crate::NetlinkIpvs;
 
 /// The backend's name in logs, metrics and reports.
@@ -58,12 +62,16 @@ struct Core {
     draining: Draining,
     ownership: Ownership,
     needs_full: bool,
+    /// The table the desired state was last computed for, and that state.
+    cache: Option<(ServiceTable, Desired)>,
+    /// The index of our dummy interface, once known.
+    link_index: Option<u32>,
 }
 
 /// What one blocking sync did.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Outcome {
-    mode: Option<SyncMode>,
+    mode: SyncMode,
     written: usize,
     drift: usize,
     problems: Vec<SyncProblem>,
@@ -113,6 +121,8 @@ impl IpvsDataplane {
                 draining: Draining::default(),
                 ownership: Ownership::default(),
                 needs_full: true,
+                cache: None,
+                link_index: None,
             })),
             metrics: Metrics::default(),
         }
@@ -172,28 +182,16 @@ impl IpvsDataplane {
         now: Instant,
     ) -> Result<SyncReport, BackendError> {
         let started = Instant::now();
-        let desired = self.desired(request.desired);
-        let outcome = self.lock().sync(&desired, request.mode, now);
+        let outcome = self.lock().sync(request.desired, request.mode, now);
         let mut report = SyncReport::for_request(request);
         report.duration = started.elapsed();
-        match outcome {
-            Ok(outcome) => {
-                report.mode = outcome.mode.unwrap_or(request.mode);
-                report.objects_written = outcome.written;
-                report.problems = outcome.problems;
-                self.metrics.record_sync(
-                    report.mode,
-                    report.duration,
-                    outcome.written,
-                    outcome.drift,
-                );
-                Ok(report)
-            }
-            Err(e) => {
-                self.lock().needs_full = true;
-                Err(e)
-            }
-        }
+        let outcome = outcome?;
+        report.mode = outcome.mode;
+        report.objects_written = outcome.written;
+        report.problems = outcome.problems;
+        self.metrics
+            .record_sync(report.mode, report.duration, outcome.written, outcome.drift);
+        Ok(report)
     }
 
     /// Removes every virtual server of ours, our interface, our sets and rules, on this thread.
@@ -206,41 +204,88 @@ impl IpvsDataplane {
 }
 
 impl Core {
+    /// The desired state for `table`, and what changed since the last one: `None` when it was
+    /// computed whole (first sync, full sync).
+    fn update_desired(&mut self, table: &ServiceTable, partial: bool) -> Option<Touched> {
+        if let (true, Some((last, desired))) = (partial, &mut self.cache) {
+            // Our own diff against the table we last computed for: proxy-core's diff skips
+            // shared entries by pointer, so it costs what changed.
+            // A node name change alone needs nothing: locality is each endpoint's `is_local`.
+            let changes = diff(last, table);
+            let touched = desired.update(&changes, &self.config);
+            *last = table.clone();
+            return Some(touched);
+        }
+        self.cache = Some((table.clone(), plan_desired(table, &self.config)));
+        None
+    }
+
     fn sync(
         &mut self,
-        desired: &Desired,
+        table: &ServiceTable,
         requested: SyncMode,
         now: Instant,
     ) -> Result<Outcome, BackendError> {
-        let mode = if self.needs_full {
-            SyncMode::Full
+        let result = self.try_sync(table, requested, now);
+        if result.is_err() {
+            self.needs_full = true;
+        }
+        result
+    }
+
+    fn try_sync(
+        &mut self,
+        table: &ServiceTable,
+        requested: SyncMode,
+        now: Instant,
+    ) -> Result<Outcome, BackendError> {
+        let partial = requested == SyncMode::Partial && !self.needs_full;
+        let touched = self.update_desired(table, partial);
+        let mode = if touched.is_some() {
+            SyncMode::Partial
         } else {
-            requested
+            SyncMode::Full
         };
+        let Some((_, desired)) = self.cache.take() else {
+            unreachable!("update_desired always leaves a cache");
+        };
+        let result = self.sync_desired(&desired, touched.as_ref(), now);
+        self.cache = Some((table.clone(), desired));
+        debug_assert!(result.as_ref().map_or(true, |o| o.mode == mode));
+        result
+    }
+
+    fn sync_desired(
+        &mut self,
+        desired: &Desired,
+        touched: Option<&Touched>,
+        now: Instant,
+    ) -> Result<Outcome, BackendError> {
+        let full = touched.is_none();
         let mut outcome = Outcome {
-            mode: Some(mode),
-            problems: desired.problems.clone(),
-            ..Outcome::default()
+            mode: if full {
+                SyncMode::Full
+            } else {
+                SyncMode::Partial
+            },
+            written: 0,
+            drift: 0,
+            problems: desired.problems(),
         };
-        let index = match &self.link {
-            Some(link) => {
+        if let Some(link) = &self.link {
+            if full || self.link_index.is_none() {
                 let (index, created) = link.ensure_dummy(&self.config.interface)?;
                 if created {
                     info!(interface = %self.config.interface, "created dummy interface");
                 }
-                if mode == SyncMode::Full || created {
-                    self.ownership.bound = link.addresses(index)?.into_iter().collect();
-                }
-                Some(index)
+                self.ownership.bound = link.addresses(index)?.into_iter().collect();
+                self.link_index = Some(index);
+                set_ipvs_sysctls();
             }
-            None => None,
-        };
-
-        if self.link.is_some() && mode == SyncMode::Full {
-            set_ipvs_sysctls();
         }
+
         let ipvs = Arc::clone(&self.ipvs);
-        if mode == SyncMode::Full {
+        if full {
             let observed = observe_owned(ipvs.as_ref(), &self.ownership)?;
             outcome.drift = count_drift(&self.applied, &observed);
             if outcome.drift > 0 && !self.applied.services.is_empty() {
@@ -254,27 +299,54 @@ impl Core {
             refresh_services(ipvs.as_ref(), &self.draining.services(), &mut self.applied)?;
         }
 
+        // The addresses this sync may bind or unbind: all (full) or the touched ones.
+        let candidates: BTreeSet<IpAddr> = match touched {
+            None => desired
+                .vips
+                .keys()
+                .chain(&self.ownership.bound)
+                .copied()
+                .collect(),
+            Some(touched) => touched.keys.iter().map(|k| k.addr).collect(),
+        };
+
         // VIPs first, so a new virtual server is reachable as soon as it exists.
-        if let (Some(link), Some(index)) = (&self.link, index) {
-            for ip in desired.vips.difference(&self.ownership.bound.clone()) {
-                match link.add_address(index, *ip) {
-                    Ok(()) => {
-                        self.ownership.bound.insert(*ip);
-                        outcome.written += 1;
+        if let (Some(link), Some(index)) = (&self.link, self.link_index) {
+            for ip in &candidates {
+                if desired.vips.contains_key(ip) && !self.ownership.bound.contains(ip) {
+                    match link.add_address(index, *ip) {
+                        Ok(()) => {
+                            self.ownership.bound.insert(*ip);
+                            outcome.written += 1;
+                        }
+                        Err(e) => outcome.problems.push(problem_of(desired, *ip, &e)),
                     }
-                    Err(e) => outcome.problems.push(problem_of(desired, *ip, &e)),
                 }
             }
         }
 
-        let plan = plan(
-            &desired.state,
-            &self.applied,
-            &self.draining,
-            now,
-            self.config.graceful_termination,
+        let grace = self.config.graceful_termination;
+        let plan = match touched {
+            None => plan(&desired.state, &self.applied, &self.draining, now, grace),
+            Some(touched) => {
+                let mut keys = self.draining.services();
+                keys.extend(touched.keys.iter().copied());
+                plan_keys(
+                    &desired.state,
+                    &self.applied,
+                    &keys,
+                    &self.draining,
+                    now,
+                    grace,
+                )
+            }
+        };
+        debug!(
+            ops = plan.ops.len(),
+            draining = plan.draining.len(),
+            full,
+            "IPVS plan"
         );
-        debug!(ops = plan.ops.len(), draining = plan.draining.len(), %mode, "IPVS plan");
         let applied = apply_ops(ipvs.as_ref(), &plan.ops, &mut self.applied);
         outcome.written += applied.done;
         for failure in &applied.failures {
@@ -288,51 +360,19 @@ impl Core {
                 reason: failure.to_string(),
             });
         }
-        if let Some(companions) = &self.companions {
-            for op in &plan.ops {
-                let Op::DeleteRealServer(key, rs) = op else {
-                    continue;
-                };
-                let deleted = self
-                    .applied
-                    .services
-                    .get(key)
-                    .is_none_or(|s| !s.real_servers.contains_key(&rs.socket_addr()));
-                if key.protocol == Protocol::Udp && deleted {
-                    if let Err(e) = companions.clear_udp_flows(key.addr, key.port, rs.addr) {
-                        outcome.problems.push(SyncProblem {
-                            object: format!("UDP flows {key} -> {}", rs.socket_addr()),
-                            reason: e.to_string(),
-                        });
-                    }
-                }
-            }
-        }
+        self.after_apply(&plan.ops, &mut outcome);
         self.draining = plan.draining;
         self.draining.retain_present(&self.applied);
-        for op in &plan.ops {
-            match op {
-                Op::AddVirtualServer(vs) if self.applied.services.contains_key(&vs.key()) => {
-                    self.ownership.created.insert(vs.key());
-                }
-                Op::DeleteVirtualServer(key) if !self.applied.services.contains_key(key) => {
-                    self.ownership.created.remove(key);
-                }
-                _ => {}
-            }
-        }
 
         // Unbind what no virtual server of ours uses any more.
-        if let (Some(link), Some(index)) = (&self.link, index) {
-            let in_use: BTreeSet<IpAddr> = self.applied.services.keys().map(|k| k.addr).collect();
-            let stale: Vec<IpAddr> = self
-                .ownership
-                .bound
-                .iter()
-                .filter(|ip| !desired.vips.contains(ip) && !in_use.contains(ip))
-                .copied()
-                .collect();
-            for ip in stale {
+        if let (Some(link), Some(index)) = (&self.link, self.link_index) {
+            for ip in candidates {
+                let stale = self.ownership.bound.contains(&ip)
+                    && !desired.vips.contains_key(&ip)
+                    && !has_service_on(&self.applied, ip);
+                if !stale {
+                    continue;
+                }
                 match link.delete_address(index, ip) {
                     Ok(()) => {
                         self.ownership.bound.remove(&ip);
@@ -347,7 +387,7 @@ impl Core {
         }
 
         if let Some(companions) = &mut self.companions {
-            match companions.sync(desired, mode == SyncMode::Full) {
+            match companions.sync(desired, touched) {
                 Ok(written) => outcome.written += written,
                 Err(e) => outcome.problems.push(SyncProblem {
                     object: "companion ipsets and iptables rules".into(),
@@ -357,6 +397,41 @@ impl Core {
         }
         self.needs_full = !applied.failures.is_empty();
         Ok(outcome)
+    }
+
+    /// Ownership of what was created or deleted, and the conntrack entries of deleted UDP
+    /// real servers.
+    fn after_apply(&mut self, ops: &[Op], outcome: &mut Outcome) {
+        for op in ops {
+            match op {
+                Op::AddVirtualServer(vs) if self.applied.services.contains_key(&vs.key()) => {
+                    self.ownership.created.insert(vs.key());
+                }
+                Op::DeleteVirtualServer(key) if !self.applied.services.contains_key(key) => {
+                    self.ownership.created.remove(key);
+                }
+                Op::DeleteRealServer(key, rs) if key.protocol == Protocol::Udp => {
+                    let deleted = self
+                        .applied
+                        .services
+                        .get(key)
+                        .is_none_or(|s| !s.real_servers.contains_key(&rs.socket_addr()));
+                    let Some(companions) = &self.companions else {
+                        continue;
+                    };
+                    if !deleted {
+                        continue;
+                    }
+                    if let Err(e) = companions.clear_udp_flows(key.addr, key.port, rs.addr) {
+                        outcome.problems.push(SyncProblem {
+                            object: format!("UDP flows {key} -> {}", rs.socket_addr()),
+                            reason: e.to_string(),
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
     }
 
     fn cleanup(&mut self) -> Result<CleanupReport, BackendError> {
@@ -406,6 +481,20 @@ fn problem_of(desired: &Desired, ip: IpAddr, e: &BackendError) -> SyncProblem {
     }
 }
 
+/// Whether any of our virtual servers has address `ip`.
+fn has_service_on(state: &IpvsState, ip: IpAddr) -> bool {
+    let first = ServiceKey {
+        addr: ip,
+        protocol: Protocol::Tcp,
+        port: 0,
+    };
+    state
+        .services
+        .range(first..)
+        .next()
+        .is_some_and(|(key, _)| key.addr == ip)
+}
+
 /// Virtual servers that differ between what we applied and what the kernel holds (connection
 /// counts aside).
 fn count_drift(applied: &IpvsState, observed: &IpvsState) -> usize {
@@ -442,22 +531,19 @@ impl Dataplane for IpvsDataplane {
         // The blocking thread is spawned from this one, so it starts in the same network
         // namespace; the sockets are bound to theirs anyway.
         let started = Instant::now();
-        let desired = self.desired(request.desired);
+        let table = request.desired.clone();
         let core = Arc::clone(&self.core);
         let mode = request.mode;
         let outcome = tokio::task::spawn_blocking(move || {
-            let mut core = core.lock().unwrap_or_else(|e| e.into_inner());
-            let result = core.sync(&desired, mode, Instant::now());
-            if result.is_err() {
-                core.needs_full = true;
-            }
-            result
+            core.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .sync(&table, mode, Instant::now())
         })
         .await
         .map_err(|e| DataplaneError::backend(NAME, BackendError::Task(e.to_string())))?
         .map_err(|e| DataplaneError::backend(NAME, e))?;
         let mut report = SyncReport::for_request(&request);
-        report.mode = outcome.mode.unwrap_or(mode);
+        report.mode = outcome.mode;
         report.objects_written = outcome.written;
         report.problems = outcome.problems;
         report.duration = started.elapsed();

@@ -32,8 +32,11 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use proxy_core::dataplane::SyncProblem;
+use proxy_core::diff::ChangeSet;
 use proxy_core::select::{select_endpoints, Target};
-use proxy_core::table::{Endpoint, Protocol, ServicePort, ServicePortName, ServiceTable};
+use proxy_core::table::{
+    Endpoint, Protocol, ServicePort, ServicePortName, ServiceTable, TrafficPolicy,
+};
 
 use crate::config::Config;
 use crate::model::{RealServer, SchedFlags, Scheduler, ServiceKey, VirtualServer};
@@ -186,47 +189,166 @@ pub struct Origin {
     pub source_ranges: Vec<IpNet>,
 }
 
-/// The desired IPVS state of a table, with where each virtual server comes from.
+/// The desired IPVS state of a table, with where each virtual server comes from. Built whole
+/// by [`plan_desired`], or kept up to date port by port ([`Desired::update`]) so a partial sync
+/// costs what changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Desired {
     /// The virtual and real servers.
     pub state: IpvsState,
     /// Per virtual server, its service port and kind.
     pub origins: BTreeMap<ServiceKey, Origin>,
-    /// The addresses to bind to the dummy interface: cluster, external and load-balancer IPs.
-    pub vips: BTreeSet<IpAddr>,
-    /// Endpoints that may be reached through a service, by (address, protocol, port): the
-    /// hairpin set (a pod reaching itself through its service must be masqueraded).
+    /// The addresses to bind to the dummy interface (cluster, external and load-balancer IPs),
+    /// each with the number of virtual servers on it.
+    pub vips: BTreeMap<IpAddr, usize>,
+    /// Endpoints that may be reached through a service, by (address, protocol, port), each
+    /// with the number of service ports using it: the hairpin set (a pod reaching itself
+    /// through its service must be masqueraded).
+    pub endpoints: BTreeMap<(IpAddr, Protocol, u16), usize>,
+    /// Per service port, what could not be planned (a scheduler IPVS lacks, a clashing address).
+    pub problems: BTreeMap<ServicePortName, Vec<SyncProblem>>,
+}
+
+/// What an incremental [`Desired::update`] touched: the virtual servers to plan again and the
+/// endpoints whose hairpin entry may have come or gone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// Virtual servers added, removed or changed.
+    pub keys: BTreeSet<ServiceKey>,
+    /// Endpoints that came into use or went out of use.
     pub endpoints: BTreeSet<(IpAddr, Protocol, u16)>,
-    /// Service ports that could not be planned (a scheduler IPVS lacks, a clashing address).
-    pub problems: Vec<SyncProblem>,
+}
+
+/// What one service port contributes to the desired state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct PortPlan {
+    services: Vec<(ServiceState, Origin)>,
+    endpoints: BTreeSet<(IpAddr, Protocol, u16)>,
+    problems: Vec<SyncProblem>,
 }
 
 /// The desired IPVS state of `table`.
 pub fn plan_desired(table: &ServiceTable, config: &Config) -> Desired {
     let mut desired = Desired::default();
     for port in table.iter() {
-        plan_port(port, config, &mut desired);
+        desired.insert_port(port, config, &mut Touched::default());
     }
     desired
 }
 
-fn plan_port(port: &ServicePort, config: &Config, desired: &mut Desired) {
+impl Desired {
+    /// Every problem, in service port order.
+    pub fn problems(&self) -> Vec<SyncProblem> {
+        self.problems.values().flatten().cloned().collect()
+    }
+
+    /// Follows a table change port by port: each removed or changed port's old contribution
+    /// goes, each added or changed port's new one comes. Returns what was touched.
+    ///
+    /// The result equals [`plan_desired`] of the new table, except when two ports clash on one
+    /// virtual server and the first goes: the second then waits for the next full sync.
+    pub fn update(&mut self, changes: &ChangeSet, config: &Config) -> Touched {
+        let mut touched = Touched::default();
+        for old in &changes.removed {
+            self.remove_port(old, config, &mut touched);
+        }
+        for change in &changes.changed {
+            self.remove_port(&change.previous, config, &mut touched);
+            self.insert_port(&change.current, config, &mut touched);
+        }
+        for new in &changes.added {
+            self.insert_port(new, config, &mut touched);
+        }
+        touched
+    }
+
+    fn insert_port(&mut self, port: &ServicePort, config: &Config, touched: &mut Touched) {
+        let plan = plan_port(port, config);
+        let mut problems = plan.problems;
+        for (service, origin) in plan.services {
+            let key = service.vs.key();
+            if let Some(other) = self.origins.get(&key) {
+                problems.push(SyncProblem {
+                    object: format!("{} {} {key}", port.name, origin.kind),
+                    reason: format!("already served by {} {}", other.port, other.kind),
+                });
+                continue;
+            }
+            if origin.kind.is_bound() {
+                *self.vips.entry(key.addr).or_default() += 1;
+            }
+            self.origins.insert(key, origin);
+            self.state.services.insert(key, service);
+            touched.keys.insert(key);
+        }
+        for ep in plan.endpoints {
+            let count = self.endpoints.entry(ep).or_default();
+            *count += 1;
+            if *count == 1 {
+                touched.endpoints.insert(ep);
+            }
+        }
+        if !problems.is_empty() {
+            self.problems.insert(port.name.clone(), problems);
+        }
+    }
+
+    fn remove_port(&mut self, port: &ServicePort, config: &Config, touched: &mut Touched) {
+        let plan = plan_port(port, config);
+        for (service, origin) in plan.services {
+            let key = service.vs.key();
+            // Only what this port holds: a clashing key belongs to the other port.
+            if self.origins.get(&key).map(|o| &o.port) != Some(&port.name) {
+                continue;
+            }
+            if origin.kind.is_bound() {
+                decrement(&mut self.vips, key.addr);
+            }
+            self.origins.remove(&key);
+            self.state.services.remove(&key);
+            touched.keys.insert(key);
+        }
+        for ep in plan.endpoints {
+            if decrement(&mut self.endpoints, ep) {
+                touched.endpoints.insert(ep);
+            }
+        }
+        self.problems.remove(&port.name);
+    }
+}
+
+/// Counts one use of `key` less; true when that was the last one.
+fn decrement<K: Ord>(counts: &mut BTreeMap<K, usize>, key: K) -> bool {
+    match counts.get_mut(&key) {
+        Some(n) if *n > 1 => {
+            *n -= 1;
+            false
+        }
+        Some(_) => {
+            counts.remove(&key);
+            true
+        }
+        None => false,
+    }
+}
+
+fn plan_port(port: &ServicePort, config: &Config) -> PortPlan {
+    let mut plan = PortPlan::default();
     let asked = port.scheduler.unwrap_or(config.default_scheduler);
     let scheduler = match Scheduler::try_from(asked) {
         Ok(s) => s,
         Err(e) => {
-            desired.problems.push(SyncProblem {
+            plan.problems.push(SyncProblem {
                 object: port.name.to_string(),
                 reason: e.to_string(),
             });
-            return;
+            return plan;
         }
     };
     let selection = select_endpoints(port);
     let internal = selection.internal();
     let external = selection.external();
-    let is_local_policy = port.external_traffic_policy == proxy_core::table::TrafficPolicy::Local;
+    let is_local_policy = port.external_traffic_policy == TrafficPolicy::Local;
 
     let mut vips: Vec<(IpAddr, u16, VipKind, Target<'_, '_>)> = Vec::new();
     vips.extend(
@@ -253,9 +375,12 @@ fn plan_port(port: &ServicePort, config: &Config, desired: &mut Desired) {
         );
     }
 
-    for ep in &selection.all_reachable {
-        desired.endpoints.insert((ep.addr, port.protocol, ep.port));
-    }
+    plan.endpoints.extend(
+        selection
+            .all_reachable
+            .iter()
+            .map(|ep| (ep.addr, port.protocol, ep.port)),
+    );
 
     for (addr, vport, kind, target) in vips {
         let vs = VirtualServer {
@@ -268,14 +393,6 @@ fn plan_port(port: &ServicePort, config: &Config, desired: &mut Desired) {
             persistence: port.session_affinity.timeout(),
             ..VirtualServer::new(addr, port.protocol, vport, scheduler.clone())
         };
-        let key = vs.key();
-        if let Some(other) = desired.origins.get(&key) {
-            desired.problems.push(SyncProblem {
-                object: format!("{} {kind} {key}", port.name),
-                reason: format!("already served by {} {}", other.port, other.kind),
-            });
-            continue;
-        }
         let (verdict, endpoints): (Verdict, &[&Endpoint]) = match target {
             Target::Endpoints(eps) => (Verdict::Forward, eps),
             Target::Reject => (Verdict::Reject, &[]),
@@ -290,25 +407,20 @@ fn plan_port(port: &ServicePort, config: &Config, desired: &mut Desired) {
             let rs = RealServer::new(ep.addr, ep.port, ep.weight);
             service.real_servers.insert(rs.socket_addr(), rs);
         }
-        if kind.is_bound() {
-            desired.vips.insert(addr);
-        }
-        desired.origins.insert(
-            key,
-            Origin {
-                port: port.name.clone(),
-                kind,
-                verdict,
-                is_local_policy: is_local_policy && kind.is_external(),
-                source_ranges: if kind == VipKind::LoadBalancerIp {
-                    port.load_balancer_source_ranges.clone()
-                } else {
-                    Vec::new()
-                },
+        let origin = Origin {
+            port: port.name.clone(),
+            kind,
+            verdict,
+            is_local_policy: is_local_policy && kind.is_external(),
+            source_ranges: if kind == VipKind::LoadBalancerIp {
+                port.load_balancer_source_ranges.clone()
+            } else {
+                Vec::new()
             },
-        );
-        desired.state.services.insert(key, service);
+        };
+        plan.services.push((service, origin));
     }
+    plan
 }
 
 // === Plan ===
@@ -424,25 +536,45 @@ pub fn plan(
     now: Instant,
     grace: Duration,
 ) -> Plan {
+    let keys: BTreeSet<ServiceKey> = desired
+        .services
+        .keys()
+        .chain(observed.services.keys())
+        .copied()
+        .collect();
+    plan_keys(desired, observed, &keys, draining, now, grace)
+}
+
+/// [`plan`] restricted to the virtual servers `keys`: what a partial sync plans (the keys a
+/// change touched, and those with a draining real server). Draining entries of other virtual
+/// servers are kept as they are.
+pub fn plan_keys(
+    desired: &IpvsState,
+    observed: &IpvsState,
+    keys: &BTreeSet<ServiceKey>,
+    draining: &Draining,
+    now: Instant,
+    grace: Duration,
+) -> Plan {
     let mut ops = Vec::new();
-    let mut next = Draining::default();
-    for (key, have) in &observed.services {
-        let Some(want) = desired.services.get(key) else {
-            ops.push(Op::DeleteVirtualServer(*key));
-            continue;
-        };
-        plan_service(want, have, draining, now, grace, &mut ops, &mut next);
-    }
-    for (key, want) in &desired.services {
-        if observed.services.contains_key(key) {
-            continue;
+    let mut next = draining.clone();
+    next.deadlines.retain(|(key, _), _| !keys.contains(key));
+    for key in keys {
+        match (desired.services.get(key), observed.services.get(key)) {
+            (None, Some(_)) => ops.push(Op::DeleteVirtualServer(*key)),
+            (Some(want), None) => {
+                ops.push(Op::AddVirtualServer(want.vs.clone()));
+                ops.extend(
+                    want.real_servers
+                        .values()
+                        .map(|rs| Op::AddRealServer(*key, rs.clone())),
+                );
+            }
+            (Some(want), Some(have)) => {
+                plan_service(want, have, draining, now, grace, &mut ops, &mut next);
+            }
+            (None, None) => {}
         }
-        ops.push(Op::AddVirtualServer(want.vs.clone()));
-        ops.extend(
-            want.real_servers
-                .values()
-                .map(|rs| Op::AddRealServer(*key, rs.clone())),
-        );
     }
     Plan {
         ops,

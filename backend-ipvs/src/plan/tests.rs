@@ -115,7 +115,7 @@ fn cluster_ip_with_two_endpoints_is_one_virtual_server_with_two_real_servers() {
         real_servers(&desired, &k),
         [(sa("198.18.1.10:8080"), 1), (sa("198.18.1.11:8080"), 1)]
     );
-    assert_eq!(desired.vips, BTreeSet::from([ip("198.19.0.10")]));
+    assert_eq!(desired.vips, BTreeMap::from([(ip("198.19.0.10"), 1)]));
     assert_eq!(desired.origins[&k].kind, VipKind::ClusterIp);
     assert_eq!(desired.origins[&k].verdict, Verdict::Forward);
 }
@@ -149,8 +149,8 @@ fn external_lb_and_node_port_addresses_each_get_a_virtual_server() {
     );
     // Node addresses are the node's own: never bound to the dummy interface.
     assert_eq!(
-        desired.vips,
-        BTreeSet::from([ip("198.19.0.10"), ip("198.19.1.1"), ip("198.19.2.1")])
+        desired.vips.keys().copied().collect::<Vec<_>>(),
+        [ip("198.19.0.10"), ip("198.19.1.1"), ip("198.19.2.1")]
     );
     // eTP=Local: the external VIPs use only the local endpoint; the cluster IP uses both.
     for external in ["198.18.0.1:30080", "198.19.1.1:80", "198.19.2.1:80"] {
@@ -237,7 +237,7 @@ fn dual_stack_virtual_servers_take_endpoints_of_their_family() {
         real_servers(&desired, &key(Protocol::Tcp, "[2001:db8::10]:80")),
         [(sa("[2001:db8:1::10]:8080"), 1)]
     );
-    assert!(desired.vips.contains(&ip("2001:db8::10")));
+    assert!(desired.vips.contains_key(&ip("2001:db8::10")));
 }
 
 #[test]
@@ -592,10 +592,55 @@ fn random_scheduler_is_a_problem_not_a_panic() {
     port.scheduler = Some(proxy_core::table::Scheduler::Random);
     let desired = plan_desired(&table(vec![port]), &config());
     assert!(desired.state.services.is_empty());
-    assert_eq!(desired.problems.len(), 1);
-    assert!(
-        desired.problems[0].reason.contains("random"),
-        "{:?}",
-        desired.problems
-    );
+    let problems = desired.problems();
+    assert_eq!(problems.len(), 1);
+    assert!(problems[0].reason.contains("random"), "{problems:?}");
+}
+
+mod properties {
+    use proptest::prelude::*;
+    use proxy_core::diff::diff;
+    use proxy_core::testing::strategy::{arb_edited_pair, arb_table};
+
+    use super::*;
+
+    fn config() -> Config {
+        Config {
+            node_addresses: vec![ip("198.18.0.1"), ip("2001:db8::1")],
+            ..Config::default()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Updating the desired state port by port gives what computing it whole gives.
+        #[test]
+        fn incremental_update_equals_planning_the_new_table((before, after) in arb_edited_pair()) {
+            let mut desired = plan_desired(&before, &config());
+            let touched = desired.update(&diff(&before, &after), &config());
+            let whole = plan_desired(&after, &config());
+            prop_assert_eq!(&desired, &whole);
+            // Every virtual server that differs was touched.
+            for key in whole.state.services.keys().chain(plan_desired(&before, &config()).state.services.keys()) {
+                let old = plan_desired(&before, &config());
+                if old.state.services.get(key) != whole.state.services.get(key) {
+                    prop_assert!(touched.keys.contains(key), "{key} changed but was not touched");
+                }
+            }
+        }
+
+        /// Any table, planned against an empty kernel and applied, gives its desired state;
+        /// planning again gives nothing.
+        #[test]
+        fn any_table_converges_in_one_plan(table in arb_table()) {
+            let desired = plan_desired(&table, &config());
+            let fake = FakeIpvs::new();
+            let now = Instant::now();
+            let first = converge(&fake, &desired.state, &Draining::default(), now);
+            prop_assert_eq!(fake_state(&fake), desired.state.clone());
+            let again = converge(&fake, &desired.state, &first.draining, now);
+            prop_assert!(again.ops.is_empty(), "{:?}", again.ops);
+        }
+    }
 }
