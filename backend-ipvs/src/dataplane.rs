@@ -165,6 +165,34 @@ impl IpvsDataplane {
         self.lock().applied.clone()
     }
 
+    /// What a full sync to `table` would do now, against the state our last sync left, without
+    /// doing it (for `--dry-run` and tests).
+    pub fn plan(&self, table: &ServiceTable) -> crate::plan::Plan {
+        let core = self.lock();
+        let desired = plan_desired(table, &core.config);
+        plan(
+            &desired.state,
+            &core.applied,
+            &core.draining,
+            Instant::now(),
+            core.config.graceful_termination,
+        )
+    }
+
+    /// Our virtual servers as the kernel holds them now, with connection counts: compare with
+    /// [`IpvsDataplane::applied`] to see drift.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the kernel or the interface cannot be read.
+    pub fn observe(&self) -> Result<IpvsState, BackendError> {
+        let core = self.lock();
+        let mut ownership = core.ownership.clone();
+        if let (Some(link), Some(index)) = (&core.link, core.link_index) {
+            ownership.bound = link.addresses(index)?.into_iter().collect();
+        }
+        Ok(observe_owned(core.ipvs.as_ref(), &ownership)?)
+    }
+
     /// The real servers draining now.
     pub fn draining(&self) -> Draining {
         self.lock().draining.clone()

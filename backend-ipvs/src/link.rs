@@ -16,7 +16,9 @@ use netlink_packet_core::{
     NLM_F_REQUEST,
 };
 use netlink_packet_route::address::AddressMessage;
-use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressScope,
+};
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -205,7 +207,7 @@ impl RouteSocket {
         }
     }
 
-    /// The addresses on interface `index`.
+    /// The global-scope addresses on interface `index`.
     ///
     /// # Errors
     /// [`BackendError::Link`].
@@ -222,7 +224,9 @@ impl RouteSocket {
             let RouteNetlinkMessage::NewAddress(msg) = reply else {
                 continue;
             };
-            if msg.header.index != index {
+            // Only global addresses: the kernel gives an interface that comes up an IPv6
+            // link-local address of its own, which is neither a VIP nor ours to remove.
+            if msg.header.index != index || msg.header.scope != AddressScope::Universe {
                 continue;
             }
             // IPv4 reports the interface address as IFA_LOCAL; IPv6 only as IFA_ADDRESS.

@@ -111,6 +111,12 @@ fn a_full_sync_repairs_a_virtual_server_deleted_by_hand_and_a_partial_one_trusts
     sync(&dp, &ServiceTable::empty(), &t, SyncMode::Full);
     fake.delete_virtual_server(&web_key())
         .expect("delete by hand");
+    assert_eq!(
+        dp.observe().expect("observe"),
+        IpvsState::default(),
+        "observe reads the kernel, not the record"
+    );
+    assert_eq!(dp.applied().services.len(), 1);
 
     let partial = sync(&dp, &t, &t, SyncMode::Partial);
     assert_eq!(
@@ -269,6 +275,22 @@ fn graceful_termination_is_driven_by_each_sync() {
     assert_eq!(report.objects_written, 1, "{report}");
     assert!(dp.draining().is_empty());
     assert_eq!(fake.real_servers(&web_key()).expect("dump").len(), 1);
+}
+
+#[test]
+fn plan_shows_what_a_sync_would_do_without_doing_it() {
+    let fake = Arc::new(FakeIpvs::new());
+    let dp = dataplane(&fake);
+    let one = table(vec![web(&["198.18.1.10"])]);
+    sync(&dp, &ServiceTable::empty(), &one, SyncMode::Full);
+    let two = table(vec![web(&["198.18.1.10", "198.18.1.11"])]);
+    let shown: Vec<String> = dp.plan(&two).ops.iter().map(Op::to_string).collect();
+    assert_eq!(shown, ["-a TCP 198.19.0.10:80 -r 198.18.1.11:8080 -w 1"]);
+    assert_eq!(
+        fake.real_servers(&web_key()).expect("dump").len(),
+        1,
+        "nothing applied"
+    );
 }
 
 #[test]
