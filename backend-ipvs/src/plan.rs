@@ -8,8 +8,9 @@
 //!
 //! A virtual server per (VIP, port, protocol):
 //! - each cluster IP on the service port, with the *internal* endpoints;
-//! - each external and load-balancer IP on the service port, and each configured node address on
-//!   the node port, with the *external* endpoints (`Local`: only this node's);
+//! - each external and load-balancer IP on the service port, and each configured node address of
+//!   the service's families on the node port, with the *external* endpoints (`Local`: only this
+//!   node's);
 //!
 //! with the port's scheduler (or the configured default; `mh` also gets the `mh-port` flag, as
 //! kube-proxy sets it), persistence for client-IP affinity, and a masquerading real server per
@@ -367,10 +368,18 @@ fn plan_port(port: &ServicePort, config: &Config) -> PortPlan {
             .map(|ip| (*ip, port.port, VipKind::LoadBalancerIp, external)),
     );
     if let Some(node_port) = port.node_port {
+        // Node ports only on node addresses of a family the service has (kube-proxy: the node
+        // IPs of the service's IP families), else a v4-only service would get a v6 node port
+        // with no real server.
+        let mut families: BTreeSet<bool> = port.service_ips().map(|ip| ip.is_ipv4()).collect();
+        if families.is_empty() {
+            families.extend(port.endpoints.iter().map(|ep| ep.addr.is_ipv4()));
+        }
         vips.extend(
             config
                 .node_addresses
                 .iter()
+                .filter(|ip| families.contains(&ip.is_ipv4()))
                 .map(|ip| (*ip, node_port, VipKind::NodePort, external)),
         );
     }
@@ -421,6 +430,60 @@ fn plan_port(port: &ServicePort, config: &Config) -> PortPlan {
         plan.services.push((service, origin));
     }
     plan
+}
+
+/// An `ipvsadm -Ln`-style listing of a desired state, with each virtual server's service port,
+/// kind and verdict as a comment: what the golden files pin, and what `--dry-run` can print.
+///
+/// ```text
+/// # default/web:http cluster IP
+/// TCP  198.19.0.10:80 wrr
+///   -> 198.18.1.10:8080  Masq  3
+/// ```
+pub fn render_listing(desired: &Desired) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for (key, service) in &desired.state.services {
+        if let Some(origin) = desired.origins.get(key) {
+            let verdict = match origin.verdict {
+                Verdict::Forward => "",
+                Verdict::Reject => ", no endpoints: reject",
+                Verdict::Drop => ", no local endpoints: drop",
+            };
+            let local = if origin.is_local_policy {
+                ", local"
+            } else {
+                ""
+            };
+            let _ = writeln!(out, "# {} {}{local}{verdict}", origin.port, origin.kind);
+        }
+        let vs = &service.vs;
+        let _ = write!(out, "{key} {}", vs.scheduler);
+        let flags: Vec<&str> = [
+            (vs.sched_flags.flag1, "flag-1"),
+            (vs.sched_flags.flag2, "flag-2"),
+            (vs.sched_flags.flag3, "flag-3"),
+        ]
+        .into_iter()
+        .filter_map(|(set, name)| set.then_some(name))
+        .collect();
+        if !flags.is_empty() {
+            let _ = write!(out, " ({})", flags.join(","));
+        }
+        if let Some(timeout) = vs.persistence {
+            let _ = write!(out, " persistent {}", timeout.as_secs());
+        }
+        out.push('\n');
+        for rs in service.real_servers.values() {
+            let _ = writeln!(out, "  -> {}  Masq  {}", rs.socket_addr(), rs.weight);
+        }
+    }
+    let vips: Vec<String> = desired.vips.keys().map(IpAddr::to_string).collect();
+    let _ = writeln!(out, "# bound to the dummy interface: {}", vips.join(" "));
+    for problem in desired.problems() {
+        let _ = writeln!(out, "# problem: {problem}");
+    }
+    out
 }
 
 // === Plan ===
@@ -631,5 +694,7 @@ fn plan_service(
     }
 }
 
+#[cfg(test)]
+mod golden;
 #[cfg(test)]
 mod tests;

@@ -168,6 +168,24 @@ fn external_lb_and_node_port_addresses_each_get_a_virtual_server() {
 }
 
 #[test]
+fn node_ports_only_on_node_addresses_of_the_services_families() {
+    let mut port = web(vec![endpoint("198.18.1.10", false)]);
+    port.node_port = Some(30080);
+    let config = Config {
+        node_addresses: vec![ip("198.18.0.1"), ip("2001:db8::1")],
+        ..Config::default()
+    };
+    let desired = plan_desired(&table(vec![port]), &config);
+    let keys: Vec<String> = desired
+        .state
+        .services
+        .keys()
+        .map(|k| k.to_string())
+        .collect();
+    assert_eq!(keys, ["TCP 198.18.0.1:30080", "TCP 198.19.0.10:80"]);
+}
+
+#[test]
 fn scheduler_affinity_weights_and_maglev_flags_come_from_the_table() {
     let mut heavy = endpoint("198.18.1.10", false);
     heavy.weight = 3;
