@@ -250,14 +250,14 @@ impl Desired {
     /// virtual server and the first goes: the second then waits for the next full sync.
     pub fn update(&mut self, changes: &ChangeSet, config: &Config) -> Touched {
         let mut touched = Touched::default();
-        for old in &changes.removed {
+        // Every removal before any insertion: two ports may swap an address and port in one
+        // change, and inserting one before the other left would look like a clash.
+        let previous = changes.changed.iter().map(|c| &c.previous);
+        for old in changes.removed.iter().chain(previous) {
             self.remove_port(old, config, &mut touched);
         }
-        for change in &changes.changed {
-            self.remove_port(&change.previous, config, &mut touched);
-            self.insert_port(&change.current, config, &mut touched);
-        }
-        for new in &changes.added {
+        let current = changes.changed.iter().map(|c| &c.current);
+        for new in current.chain(&changes.added) {
             self.insert_port(new, config, &mut touched);
         }
         touched

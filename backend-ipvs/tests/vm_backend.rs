@@ -586,8 +586,8 @@ fn vm_foreign_virtual_server_survives_sync_and_cleanup_which_removes_all_of_ours
         let all = ipvs.virtual_servers().expect("dump");
         assert_eq!(
             all.len(),
-            1 + 3 + 1,
-            "foreign + web (cluster IP, 2 node ports) + dns: {all:?}"
+            1 + 2 + 1,
+            "foreign + web (cluster IP, IPv4 node port) + dns: {all:?}"
         );
         assert!(run("ipset", &["list", "-n"]).contains("SVCP-IPVS-CLUSTER-IP"));
         assert!(run("iptables-legacy-save", &["-t", "nat"]).contains("-j SVCP-IPVS-SERVICES"));
@@ -819,6 +819,81 @@ fn vm_load_balancer_source_ranges_and_local_policy_without_local_endpoints_drop(
             connect("198.19.0.42:80"),
             "connected",
             "the cluster IP still serves"
+        );
+    });
+}
+
+#[test]
+#[ignore = "needs root and IPVS: run via scripts/vm-test"]
+fn vm_an_endpoint_reaching_itself_through_its_service_is_masqueraded() {
+    in_own_thread(|| {
+        let topo = Topology::new("hairpin");
+        let _servers = Servers::start(&topo, &[EP_A]);
+        let dp = dataplane();
+        let t = table(vec![port("web", Protocol::Tcp, "198.19.0.10", 80, &[EP_A])]);
+        sync(&dp, &ServiceTable::empty(), &t, SyncMode::Full);
+        // From the endpoint's own namespace and address: IPVS sends it back to itself.
+        let answer = Topology::spawn_in(&topo.server, || {
+            let conn = socket_from(sa("198.18.1.10:0"), sa("198.19.0.10:80"));
+            conn.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+            let mut line = String::new();
+            BufReader::new(conn).read_line(&mut line).expect("greeting");
+            parse_greeting(&line)
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e));
+        assert_eq!(answer.0, sa(EP_A));
+        assert_eq!(
+            answer.1.ip(),
+            ip("198.18.1.1"),
+            "hairpin traffic is masqueraded to the node, so the reply comes back through IPVS"
+        );
+    });
+}
+
+/// A TCP connection from a given local address.
+fn socket_from(local: SocketAddr, remote: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(remote),
+        socket2::Type::STREAM,
+        None,
+    )
+    .expect("socket");
+    socket.bind(&local.into()).expect("bind source");
+    socket
+        .connect_timeout(&remote.into(), TIMEOUT)
+        .unwrap_or_else(|e| panic!("connect {remote} from {local}: {e}"));
+    socket.into()
+}
+
+#[test]
+#[ignore = "needs root and IPVS: run via scripts/vm-test"]
+fn vm_a_restarted_dataplane_recognises_its_vips_and_removes_stale_services() {
+    in_own_thread(|| {
+        let topo = Topology::new("restart");
+        let _servers = Servers::start(&topo, &[EP_A]);
+        let old = table(vec![port("old", Protocol::Tcp, "198.19.0.70", 80, &[EP_A])]);
+        let new = table(vec![port("new", Protocol::Tcp, "198.19.0.71", 80, &[EP_A])]);
+        let first = dataplane();
+        sync(&first, &ServiceTable::empty(), &old, SyncMode::Full);
+        drop(first);
+
+        // A new process knows nothing it created, but the VIP on the interface is ours.
+        let second = dataplane();
+        sync(&second, &ServiceTable::empty(), &new, SyncMode::Full);
+        let keys: Vec<String> = NetlinkIpvs::connect()
+            .expect("ipvs")
+            .virtual_servers()
+            .expect("dump")
+            .iter()
+            .map(|vs| vs.key().to_string())
+            .collect();
+        assert_eq!(keys, ["TCP 198.19.0.71:80"]);
+        let addrs = run("ip", &["-4", "-o", "addr", "show", "dev", "svcp-ipvs0"]);
+        assert!(!addrs.contains("198.19.0.70"), "stale VIP unbound: {addrs}");
+        assert_eq!(
+            tcp_spread(&topo, "198.19.0.71:80", 2),
+            BTreeMap::from([(sa(EP_A), 2)])
         );
     });
 }
