@@ -56,6 +56,35 @@ fn ip_cmd(args: &[&str]) {
     );
 }
 
+/// Runs `ip [-n NS] -batch -` with `lines` on stdin.
+fn ip_batch(ns: Option<&str>, lines: &[String]) {
+    let mut args = Vec::new();
+    if let Some(ns) = ns {
+        args.extend(["-n", ns]);
+    }
+    args.extend(["-batch", "-"]);
+    let mut child = std::process::Command::new("ip")
+        .args(&args)
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running ip {args:?}: {e}; {NEEDS_VM}"));
+    let input = lines.join("\n") + "\n";
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(input.as_bytes())
+        .expect("write batch");
+    let out = child.wait_with_output().expect("ip batch");
+    assert!(
+        out.status.success(),
+        "ip {args:?} with\n{input}: {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn run(program: &str, args: &[&str]) -> String {
     let out = std::process::Command::new(program)
         .args(args)
@@ -83,17 +112,17 @@ impl Topology {
             server: format!("svcp-{tag}-srv"),
         };
         // Left over from an interrupted run: remove first.
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &topo.client])
-            .output();
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &topo.server])
-            .output();
+        for ns in [&topo.client, &topo.server] {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", ns])
+                .output();
+        }
         ip_cmd(&["netns", "add", &topo.client]);
         ip_cmd(&["netns", "add", &topo.server]);
-        ip_cmd(&["link", "set", "lo", "up"]);
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("ip_forward");
         std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1").expect("forwarding");
+        // One `ip -batch` per namespace: process starts are slow in the emulated VM.
+        let mut node = vec!["link set lo up".to_owned()];
         for (peer, ns, node4, node6, addrs) in [
             (
                 "n-cli",
@@ -115,25 +144,30 @@ impl Topology {
                 ][..],
             ),
         ] {
-            ip_cmd(&[
-                "link", "add", peer, "type", "veth", "peer", "name", "eth0", "netns", ns,
+            node.extend([
+                format!("link add {peer} type veth peer name eth0 netns {ns}"),
+                format!("addr add {node4}/24 dev {peer}"),
+                format!("addr add {node6}/64 dev {peer} nodad"),
+                format!("link set {peer} up"),
             ]);
-            let prefix4 = format!("{node4}/24");
-            let prefix6 = format!("{node6}/64");
-            ip_cmd(&["addr", "add", &prefix4, "dev", peer]);
-            ip_cmd(&["addr", "add", &prefix6, "dev", peer, "nodad"]);
-            ip_cmd(&["link", "set", peer, "up"]);
-            for addr in addrs {
-                if addr.contains(':') {
-                    ip_cmd(&["-n", ns, "addr", "add", addr, "dev", "eth0", "nodad"]);
-                } else {
-                    ip_cmd(&["-n", ns, "addr", "add", addr, "dev", "eth0"]);
-                }
-            }
-            ip_cmd(&["-n", ns, "link", "set", "lo", "up"]);
-            ip_cmd(&["-n", ns, "link", "set", "eth0", "up"]);
-            ip_cmd(&["-n", ns, "route", "add", "default", "via", node4]);
-            ip_cmd(&["-n", ns, "-6", "route", "add", "default", "via", node6]);
+            let mut inside: Vec<String> = addrs
+                .iter()
+                .map(|addr| {
+                    let nodad = if addr.contains(':') { " nodad" } else { "" };
+                    format!("addr add {addr} dev eth0{nodad}")
+                })
+                .collect();
+            inside.extend([
+                "link set lo up".to_owned(),
+                "link set eth0 up".to_owned(),
+                format!("route add default via {node4}"),
+                // The gateway's family makes this an IPv6 route (no `-6` in batch lines).
+                format!("route add default via {node6}"),
+            ]);
+            // The veth end must exist in `ns` before its own batch runs.
+            ip_batch(None, &node);
+            node.clear();
+            ip_batch(Some(ns), &inside);
         }
         topo
     }
