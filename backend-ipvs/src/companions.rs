@@ -33,7 +33,7 @@ use std::net::IpAddr;
 use std::process::{Command, Stdio};
 
 use proxy_core::table::Protocol;
-use tracing::trace;
+use tracing::{debug, trace};
 
 use crate::config::{Config, IptablesVariant};
 use crate::error::BackendError;
@@ -465,6 +465,8 @@ pub struct Companions {
     /// The entries written, per virtual server; `None` until a full sync succeeded (and after
     /// a failure, so the next sync is full).
     written: Option<BTreeMap<ServiceKey, Vec<Entry>>>,
+    /// The iptables binary infix, once decided.
+    variant: Option<&'static str>,
 }
 
 fn command_error(
@@ -517,7 +519,38 @@ impl Companions {
             names: Names::new(&config.prefix),
             runner,
             written: None,
+            variant: None,
         }
+    }
+
+    /// The binary infix (`-legacy`, `-nft` or none) for the configured variant, deciding `Auto`
+    /// once by which variant lists more rules.
+    fn variant(&mut self) -> &'static str {
+        if let Some(infix) = self.variant {
+            return infix;
+        }
+        let infix = match self.config.iptables {
+            IptablesVariant::Legacy => "-legacy",
+            IptablesVariant::Nft => "-nft",
+            IptablesVariant::Auto => {
+                let rules = |program: &str| {
+                    self.runner
+                        .run(program, &[], None)
+                        .ok()
+                        .filter(|out| out.code == Some(0))
+                        .map(|out| out.stdout.lines().filter(|l| l.starts_with("-A")).count())
+                };
+                match (rules("iptables-legacy-save"), rules("iptables-nft-save")) {
+                    (Some(legacy), Some(nft)) if legacy > nft => "-legacy",
+                    (_, Some(_)) => "-nft",
+                    (Some(_), None) => "-legacy",
+                    (None, None) => "",
+                }
+            }
+        };
+        debug!(infix, "iptables variant");
+        self.variant = Some(infix);
+        infix
     }
 
     fn iptables(&self, family: Family, suffix: &str) -> String {
@@ -525,11 +558,7 @@ impl Companions {
             Family::V4 => "iptables",
             Family::V6 => "ip6tables",
         };
-        match self.config.iptables {
-            IptablesVariant::Auto => format!("{base}{suffix}"),
-            IptablesVariant::Legacy => format!("{base}-legacy{suffix}"),
-            IptablesVariant::Nft => format!("{base}-nft{suffix}"),
-        }
+        format!("{base}{}{suffix}", self.variant.unwrap_or(""))
     }
 
     fn run(
@@ -609,6 +638,7 @@ impl Companions {
     }
 
     fn sync_full(&mut self, desired: &Desired) -> Result<usize, BackendError> {
+        self.variant();
         let entries = plan_entries(desired, &self.config);
         let input = render_sets_full(&self.names, &entries);
         self.run("ipset", &["restore"], Some(&input))?;
@@ -722,6 +752,7 @@ impl Companions {
     /// The first failure that is not "already gone".
     pub fn cleanup(&mut self) -> Result<usize, BackendError> {
         self.written = None;
+        self.variant();
         let mut removed = 0;
         for family in Family::ALL {
             let iptables = self.iptables(family, "");

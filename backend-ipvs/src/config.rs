@@ -31,8 +31,9 @@ pub struct Config {
     /// `--masquerade-all`. Otherwise only connections from outside [`Config::cluster_cidrs`],
     /// to node ports, and hairpin connections (a pod reaching itself) are masqueraded.
     pub masquerade_all: bool,
-    /// The pod networks (kube-proxy's `--cluster-cidr`); sources outside them are masqueraded.
-    /// Empty: every source is "outside".
+    /// The pod networks (kube-proxy's `--cluster-cidr`): connections to a cluster IP from
+    /// sources outside them are masqueraded. Empty (and no `masquerade_all`): cluster-IP
+    /// traffic is not masqueraded, as in kube-proxy.
     pub cluster_cidrs: Vec<IpNet>,
     /// How long a removed TCP real server keeps its open connections (at weight 0) before it is
     /// deleted anyway. kube-proxy has no limit but the connections' own timeouts; we bound it.
@@ -51,8 +52,9 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IptablesVariant {
-    /// `iptables-nft` if it has rules or `iptables-legacy` has none, else legacy (kube-proxy's
-    /// `iptables-wrapper` heuristic, simplified): whichever the node already uses.
+    /// Whichever the node already uses (kube-proxy's `iptables-wrapper` heuristic, simplified):
+    /// the one of `iptables-legacy-save` and `iptables-nft-save` that lists more rules, nft on
+    /// a tie; plain `iptables` when neither runs. Decided once, at the first full sync.
     #[default]
     Auto,
     /// `iptables-legacy-restore`.

@@ -863,7 +863,12 @@ fn vm_an_endpoint_reaching_itself_through_its_service_is_masqueraded() {
     in_own_thread(|| {
         let topo = Topology::new("hairpin");
         let _servers = Servers::start(&topo, &[EP_A]);
-        let dp = dataplane();
+        // The default `Auto` variant: both are empty here, so nft writes the rules.
+        let dp = IpvsDataplane::new(Config {
+            iptables: IptablesVariant::Auto,
+            ..config()
+        })
+        .expect("dataplane");
         let t = table(vec![port("web", Protocol::Tcp, "198.19.0.10", 80, &[EP_A])]);
         sync(&dp, &ServiceTable::empty(), &t, SyncMode::Full);
         // From the endpoint's own namespace and address: IPVS sends it back to itself.
@@ -882,6 +887,8 @@ fn vm_an_endpoint_reaching_itself_through_its_service_is_masqueraded() {
             ip("198.18.1.1"),
             "hairpin traffic is masqueraded to the node, so the reply comes back through IPVS"
         );
+        let nft = run("iptables-nft-save", &["-t", "nat"]);
+        assert!(nft.contains("-j SVCP-IPVS-SERVICES"), "{nft}");
     });
 }
 

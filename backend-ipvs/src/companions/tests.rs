@@ -47,13 +47,13 @@ impl Runner for Recorder {
         }
         let code = 0;
         let key = format!("{program} {}", args.join(" "));
-        let stdout = self
-            .stdout
-            .lock()
-            .expect("lock")
-            .get(&key)
-            .cloned()
-            .unwrap_or_default();
+        let canned = self.stdout.lock().expect("lock").get(&key).cloned();
+        // Unless a test says otherwise, the host has only plain `iptables`.
+        let variant_save = program == "iptables-legacy-save" || program == "iptables-nft-save";
+        if variant_save && canned.is_none() {
+            return Err(std::io::Error::from(std::io::ErrorKind::NotFound));
+        }
+        let stdout = canned.unwrap_or_default();
         Ok(RunOutput {
             code: Some(code),
             stdout,
@@ -436,5 +436,35 @@ mod properties {
             let want = expected_sets(&plan_entries(&plan_desired(&after, &config), &config), &names);
             prop_assert_eq!(sets, want);
         }
+    }
+}
+
+#[test]
+fn auto_picks_the_iptables_variant_that_has_rules() {
+    for (legacy, nft, want) in [
+        (
+            "-A INPUT -j ACCEPT\n-A FORWARD -j DROP\n",
+            "",
+            "iptables-legacy-restore",
+        ),
+        ("", "-A INPUT -j ACCEPT\n", "iptables-nft-restore"),
+        ("", "", "iptables-nft-restore"),
+    ] {
+        let recorder = Recorder::default();
+        recorder.stdout.lock().expect("lock").extend([
+            ("iptables-legacy-save ".to_owned(), legacy.to_owned()),
+            ("iptables-nft-save ".to_owned(), nft.to_owned()),
+        ]);
+        let mut companions = Companions::with_runner(&config(), Box::new(recorder.clone()));
+        companions
+            .sync(&plan_desired(&services(1), &config()), None)
+            .expect("sync");
+        let restores: Vec<String> = recorder
+            .calls()
+            .into_iter()
+            .map(|(p, _, _)| p)
+            .filter(|p| p.starts_with("iptables") && p.ends_with("-restore"))
+            .collect();
+        assert_eq!(restores, [want], "legacy {legacy:?}, nft {nft:?}");
     }
 }
