@@ -3,7 +3,9 @@
 use std::sync::{Arc, Mutex};
 
 use ipnet::IpNet;
-use proxy_core::table::{Endpoint, ServicePort, ServicePortName, ServiceTable, TrafficPolicy};
+use proxy_core::table::{
+    Endpoint, Protocol, ServicePort, ServicePortName, ServiceTable, TrafficPolicy,
+};
 
 use super::*;
 use crate::plan::plan_desired;
