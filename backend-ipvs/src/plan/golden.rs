@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::*;
 use crate::companions::{plan_entries, render_rules, render_sets_full, Family, Names};
+use crate::config::Config;
 
 fn config() -> Config {
     Config {

@@ -5,9 +5,16 @@ use std::time::Duration;
 
 use proxy_core::table::{SessionAffinity, TrafficPolicy};
 
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use proxy_core::table::{Endpoint, Protocol, ServicePort, ServicePortName, ServiceTable};
+
 use super::*;
 use crate::apply::apply_ops;
+use crate::config::Config;
 use crate::model::ConnCounts;
+use crate::model::{SchedFlags, Scheduler};
 use crate::ops::IpvsOps;
 use crate::testing::FakeIpvs;
 
