@@ -629,3 +629,52 @@ fn vm_a_restarted_dataplane_recognises_its_vips_and_removes_stale_services() {
         );
     });
 }
+
+#[test]
+#[ignore = "needs root and IPVS: run via scripts/vm-test"]
+fn vm_every_scheduler_is_programmed_and_serves() {
+    in_own_thread(|| {
+        let topo = Topology::new("scheds");
+        let _servers = Servers::start(&topo, &[EP_A, EP_B]);
+        let dp = dataplane();
+        let schedulers: Vec<Scheduler> = Scheduler::ALL
+            .into_iter()
+            .filter(|s| *s != Scheduler::Random)
+            .collect();
+        let ports: Vec<ServicePort> = schedulers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let mut p = port(
+                    s.as_str(),
+                    Protocol::Tcp,
+                    "198.19.0.80",
+                    8000 + i as u16,
+                    &[EP_A, EP_B],
+                );
+                p.scheduler = Some(*s);
+                p
+            })
+            .collect();
+        sync(&dp, &ServiceTable::empty(), &table(ports), SyncMode::Full);
+        let ipvs = NetlinkIpvs::connect().expect("ipvs");
+        let mut dumped: Vec<(u16, String)> = ipvs
+            .virtual_servers()
+            .expect("dump")
+            .iter()
+            .map(|vs| (vs.port, vs.scheduler.name().to_owned()))
+            .collect();
+        dumped.sort();
+        let want: Vec<(u16, String)> = schedulers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (8000 + i as u16, s.as_str().to_owned()))
+            .collect();
+        assert_eq!(dumped, want, "the kernel loaded every scheduler module");
+        for (i, s) in schedulers.iter().enumerate() {
+            let vip = format!("198.19.0.80:{}", 8000 + i);
+            let seen = tcp_spread(&topo, &vip, 2);
+            assert_eq!(seen.values().sum::<usize>(), 2, "{s}: {seen:?}");
+        }
+    });
+}
