@@ -234,18 +234,17 @@ impl IpvsDataplane {
 impl Core {
     /// The desired state for `table`, and what changed since the last one: `None` when it was
     /// computed whole (first sync, full sync).
-    fn update_desired(&mut self, table: &ServiceTable, partial: bool) -> Option<Touched> {
-        if let (true, Some((last, desired))) = (partial, &mut self.cache) {
-            // Our own diff against the table we last computed for: proxy-core's diff skips
-            // shared entries by pointer, so it costs what changed.
-            // A node name change alone needs nothing: locality is each endpoint's `is_local`.
-            let changes = diff(last, table);
-            let touched = desired.update(&changes, &self.config);
-            *last = table.clone();
-            return Some(touched);
+    fn take_desired(&mut self, table: &ServiceTable, partial: bool) -> (Desired, Option<Touched>) {
+        match (partial, self.cache.take()) {
+            (true, Some((last, mut desired))) => {
+                // Our own diff against the table we last computed for: proxy-core's diff skips
+                // shared entries by pointer, so it costs what changed. A node name change alone
+                // needs nothing: locality is each endpoint's `is_local`.
+                let touched = desired.update(&diff(&last, table), &self.config);
+                (desired, Some(touched))
+            }
+            _ => (plan_desired(table, &self.config), None),
         }
-        self.cache = Some((table.clone(), plan_desired(table, &self.config)));
-        None
     }
 
     fn sync(
@@ -268,18 +267,9 @@ impl Core {
         now: Instant,
     ) -> Result<Outcome, BackendError> {
         let partial = requested == SyncMode::Partial && !self.needs_full;
-        let touched = self.update_desired(table, partial);
-        let mode = if touched.is_some() {
-            SyncMode::Partial
-        } else {
-            SyncMode::Full
-        };
-        let Some((_, desired)) = self.cache.take() else {
-            unreachable!("update_desired always leaves a cache");
-        };
+        let (desired, touched) = self.take_desired(table, partial);
         let result = self.sync_desired(&desired, touched.as_ref(), now);
         self.cache = Some((table.clone(), desired));
-        debug_assert!(result.as_ref().map_or(true, |o| o.mode == mode));
         result
     }
 
