@@ -34,7 +34,7 @@ use crate::companions::Companions;
 use crate::config::Config;
 use crate::error::BackendError;
 use crate::link::RouteSocket;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SyncStats};
 use crate::model::ServiceKey;
 use crate::observe::{observe_owned, refresh_services, Ownership};
 use crate::ops::IpvsOps;
@@ -73,8 +73,23 @@ struct Core {
 struct Outcome {
     mode: SyncMode,
     written: usize,
+    failed_ops: usize,
     drift: usize,
+    draining: usize,
     problems: Vec<SyncProblem>,
+}
+
+impl Outcome {
+    fn stats(&self, duration: std::time::Duration) -> SyncStats {
+        SyncStats {
+            mode: self.mode,
+            duration,
+            written: self.written,
+            failed_ops: self.failed_ops,
+            drift: self.drift,
+            draining: self.draining,
+        }
+    }
 }
 
 impl IpvsDataplane {
@@ -216,9 +231,8 @@ impl IpvsDataplane {
         let outcome = outcome?;
         report.mode = outcome.mode;
         report.objects_written = outcome.written;
+        self.metrics.record_sync(&outcome.stats(report.duration));
         report.problems = outcome.problems;
-        self.metrics
-            .record_sync(report.mode, report.duration, outcome.written, outcome.drift);
         Ok(report)
     }
 
@@ -287,7 +301,9 @@ impl Core {
                 SyncMode::Partial
             },
             written: 0,
+            failed_ops: 0,
             drift: 0,
+            draining: 0,
             problems: desired.problems(),
         };
         if let Some(link) = &self.link {
@@ -381,6 +397,8 @@ impl Core {
         self.after_apply(&plan.ops, &mut outcome);
         self.draining = plan.draining;
         self.draining.retain_present(&self.applied);
+        outcome.draining = self.draining.len();
+        outcome.failed_ops = applied.failures.len();
 
         // Unbind what no virtual server of ours uses any more.
         if let (Some(link), Some(index)) = (&self.link, self.link_index) {
@@ -563,10 +581,9 @@ impl Dataplane for IpvsDataplane {
         let mut report = SyncReport::for_request(&request);
         report.mode = outcome.mode;
         report.objects_written = outcome.written;
-        report.problems = outcome.problems;
         report.duration = started.elapsed();
-        self.metrics
-            .record_sync(report.mode, report.duration, outcome.written, outcome.drift);
+        self.metrics.record_sync(&outcome.stats(report.duration));
+        report.problems = outcome.problems;
         debug!(
             service_ports = report.service_ports,
             written = report.objects_written,

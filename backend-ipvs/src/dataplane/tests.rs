@@ -211,10 +211,18 @@ fn a_failed_op_is_a_problem_naming_the_service_and_the_next_sync_is_full() {
         KernelScheduler::Maglev,
     );
     fake.add_virtual_server(&foreign).expect("foreign");
-    let dp = dataplane(&fake);
+    let mut dp = dataplane(&fake);
+    let mut registry = prometheus_client::registry::Registry::default();
+    dp.set_metrics(crate::metrics::Metrics::register(&mut registry));
     let t = table(vec![web(&["198.18.1.10"])]);
     let report = sync(&dp, &ServiceTable::empty(), &t, SyncMode::Full);
     assert_eq!(report.problems.len(), 1, "{report}");
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+    assert!(
+        text.contains("svcproxy_ipvs_failed_operations_total 1"),
+        "{text}"
+    );
     let problem = report.problems[0].to_string();
     assert!(
         problem.contains("default/web:http cluster IP") && problem.contains("File exists"),
