@@ -171,3 +171,55 @@ impl IpvsError {
             && matches!(self.errno(), Some(errno::ESRCH | errno::ENOENT))
     }
 }
+
+/// An error of the IPVS dataplane above the IPVS table: configuration, the dummy interface and
+/// its addresses, the companion ipsets and iptables rules.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// A configuration field is out of range.
+    #[error("config.{field}: {reason}")]
+    Config {
+        /// The field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An IPVS operation failed.
+    #[error(transparent)]
+    Ipvs(#[from] IpvsError),
+    /// An rtnetlink request about our dummy interface failed.
+    #[error("{op} {object}: rtnetlink")]
+    Link {
+        /// What we asked for (`create link`, `add address`...).
+        op: &'static str,
+        /// The interface or address.
+        object: String,
+        /// The errno or socket error.
+        #[source]
+        source: io::Error,
+    },
+    /// A companion tool (`ipset`, `iptables-restore`) failed.
+    #[error("{command}: {status}: {stderr}{}", context_lines(input_context))]
+    Command {
+        /// The program and arguments.
+        command: String,
+        /// The exit status, or how it failed to start.
+        status: String,
+        /// Its standard error, trimmed.
+        stderr: String,
+        /// Our input lines around the failing one, if it named a line.
+        input_context: Vec<String>,
+    },
+    /// A blocking task was cancelled or panicked.
+    #[error("blocking task: {0}")]
+    Task(String),
+}
+
+fn context_lines(lines: &[String]) -> String {
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!("\n  input:\n    {}", lines.join("\n    "))
+    }
+}

@@ -36,7 +36,7 @@ pub struct Timeouts {
 /// Errors carry the operation and the service or real server, with the kernel's errno:
 /// [`IpvsError::is_exists`] for an add of something present, [`IpvsError::is_not_found`]
 /// for an update or delete of something absent.
-pub trait IpvsOps: Send + Sync {
+pub trait IpvsOps: Send + Sync + std::fmt::Debug {
     /// IPVS version and connection table size.
     ///
     /// # Errors

@@ -166,7 +166,7 @@ fn family_id_in(payload: &[u8]) -> Result<Option<u16>, DecodeError> {
 
 /// Whether the reply to a request is complete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Progress {
+pub(crate) enum Progress {
     /// More datagrams follow.
     More,
     /// The ACK or the end of the dump arrived.
@@ -176,7 +176,7 @@ enum Progress {
 /// Walks the netlink messages of one datagram (a dump packs many into one), feeding the
 /// payloads of the replies to request `seq` to `each`. Replies to other sequence numbers
 /// (left over from an earlier, interrupted request) are skipped.
-fn read_datagram(
+pub(crate) fn read_datagram(
     datagram: &[u8],
     seq: u32,
     each: &mut impl FnMut(&[u8]) -> Result<(), SocketError>,

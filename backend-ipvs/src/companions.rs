@@ -1,0 +1,455 @@
+//! The companions IPVS needs, as kube-proxy's IPVS mode has them: ipsets that list the
+//! service addresses by role, and a fixed handful of iptables rules that match those sets.
+//! The rule count does not grow with the number of services; only the sets do.
+//!
+//! ```text
+//!  nat PREROUTING ─┐
+//!  nat OUTPUT ─────┴─▶ {P}SERVICES: cluster IP:port from outside the cluster CIDRs ─▶ {P}MARK-MASQ
+//!                                   node port / external / LB IP:port (Cluster policy) ─▶ {P}MARK-MASQ
+//!  nat POSTROUTING ──▶ {P}POSTROUTING: endpoint reaching itself ({P}LOOP-BACK) ─▶ MASQUERADE
+//!                                      marked 0x4000 ─▶ clear the bit, MASQUERADE
+//!  filter INPUT ───┐
+//!  filter FORWARD ─┴─▶ {P}FILTER: LB IP:port with source ranges, source not in them ─▶ DROP
+//!                                 eTP=Local with no local endpoint ({P}DROP) ─▶ DROP
+//!                                 no endpoint at all ({P}REJECT) ─▶ REJECT
+//! ```
+//!
+//! Why there: IPVS hooks `LOCAL_IN` after filter `INPUT`, so filter verdicts come first; the
+//! masquerade mark is set before IPVS picks a real server and acted on in `POSTROUTING`, which
+//! IPVS-forwarded packets pass only with `net.ipv4.vs.conntrack=1` (set at each full sync, as
+//! kube-proxy does). IPVS itself already answers ICMP port unreachable for a virtual server with
+//! no real servers; the REJECT rule makes that explicit and independent of IPVS.
+//!
+//! Sets are written with `ipset restore` (input on stdin): a full sync fills a temporary set
+//! and swaps it in, a partial one adds and deletes only the changed entries. Rules are written
+//! with `iptables-restore --noflush`, declaring only our chains (which flushes and refills
+//! them); the jumps from the built-in chains are checked (`-C`) and inserted (`-I`) once.
+//! Everything is per family: IPv6 sets end in `6`, and `ip6tables` carries their rules.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::process::{Command, Stdio};
+
+use tracing::{debug, trace};
+
+use crate::config::{Config, IptablesVariant};
+use crate::error::BackendError;
+use crate::model::ServiceKey;
+use crate::plan::{Desired, Touched};
+
+/// The masquerade mark bit, kube-proxy's (`--iptables-masquerade-bit` 14). Sharing it with a
+/// kube-proxy on the same node is harmless: both mean "SNAT this".
+pub const MASQ_MARK: &str = "0x4000";
+
+/// The comment on our jumps from the built-in chains (one word: `iptables-save` prints it
+/// unquoted, so the saved line matches what we insert).
+const HOOK_COMMENT: &str = "svcp-ipvs";
+
+// === running tools ===
+
+/// What a tool run gave back.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RunOutput {
+    /// Exit code (`None`: killed by a signal).
+    pub code: Option<i32>,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+/// Runs a program from an argument vector (no shell), with optional standard input.
+pub trait Runner: Send + Sync + std::fmt::Debug {
+    /// Runs `program args...`, feeding `stdin`.
+    ///
+    /// # Errors
+    /// When the program cannot be started or its pipes fail.
+    fn run(&self, program: &str, args: &[&str], stdin: Option<&str>) -> std::io::Result<RunOutput>;
+}
+
+/// The real thing: `std::process::Command`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemRunner;
+
+impl Runner for SystemRunner {
+    fn run(&self, program: &str, args: &[&str], stdin: Option<&str>) -> std::io::Result<RunOutput> {
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(input.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        Ok(RunOutput {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
+    }
+}
+
+// === Companions ===
+
+/// The companion sets and rules, with what the last sync wrote.
+#[derive(Debug)]
+pub struct Companions {
+    config: Config,
+    names: Names,
+    runner: Box<dyn Runner>,
+    /// The entries written, per virtual server; `None` until a full sync succeeded (and after
+    /// a failure, so the next sync is full).
+    written: Option<BTreeMap<ServiceKey, Vec<Entry>>>,
+    /// The iptables binary infix, once decided.
+    variant: Option<&'static str>,
+}
+
+fn command_error(
+    program: &str,
+    args: &[&str],
+    out: &RunOutput,
+    input: Option<&str>,
+) -> BackendError {
+    // iptables-restore and ipset name the failing line: "line 7 failed", "Error in line 7:".
+    let line = out
+        .stderr
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .find_map(|s| s.parse::<usize>().ok())
+        .filter(|_| out.stderr.contains("line"));
+    let input_context = match (input, line) {
+        (Some(input), Some(line)) if line > 0 => input
+            .lines()
+            .enumerate()
+            .skip(line.saturating_sub(3))
+            .take(5)
+            .map(|(i, l)| format!("{}{:>4}: {l}", if i + 1 == line { ">" } else { " " }, i + 1))
+            .collect(),
+        _ => Vec::new(),
+    };
+    BackendError::Command {
+        command: format!("{program} {}", args.join(" ")),
+        status: out.code.map_or_else(
+            || "killed by a signal".to_owned(),
+            |c| format!("exit status {c}"),
+        ),
+        stderr: out.stderr.clone(),
+        input_context,
+    }
+}
+
+impl Companions {
+    /// Companions run with the system's tools.
+    ///
+    /// # Errors
+    /// None yet; the tools are looked up when first run.
+    pub fn new(config: &Config) -> Result<Self, BackendError> {
+        Ok(Self::with_runner(config, Box::new(SystemRunner)))
+    }
+
+    /// Companions run through `runner` (a fake in tests).
+    pub fn with_runner(config: &Config, runner: Box<dyn Runner>) -> Self {
+        Companions {
+            config: config.clone(),
+            names: Names::new(&config.prefix),
+            runner,
+            written: None,
+            variant: None,
+        }
+    }
+
+    /// The binary infix (`-legacy`, `-nft` or none) for the configured variant, deciding `Auto`
+    /// once by which variant lists more rules.
+    fn variant(&mut self) -> &'static str {
+        if let Some(infix) = self.variant {
+            return infix;
+        }
+        let infix = match self.config.iptables {
+            IptablesVariant::Legacy => "-legacy",
+            IptablesVariant::Nft => "-nft",
+            IptablesVariant::Auto => {
+                let rules = |program: &str| {
+                    self.runner
+                        .run(program, &[], None)
+                        .ok()
+                        .filter(|out| out.code == Some(0))
+                        .map(|out| out.stdout.lines().filter(|l| l.starts_with("-A")).count())
+                };
+                match (rules("iptables-legacy-save"), rules("iptables-nft-save")) {
+                    (Some(legacy), Some(nft)) if legacy > nft => "-legacy",
+                    (_, Some(_)) => "-nft",
+                    (Some(_), None) => "-legacy",
+                    (None, None) => "",
+                }
+            }
+        };
+        debug!(infix, "iptables variant");
+        self.variant = Some(infix);
+        infix
+    }
+
+    fn iptables(&self, family: Family, suffix: &str) -> String {
+        let base = match family {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        };
+        format!("{base}{}{suffix}", self.variant.unwrap_or(""))
+    }
+
+    fn run(
+        &self,
+        program: &str,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> Result<RunOutput, BackendError> {
+        if let Some(input) = stdin {
+            trace!(program, ?args, input, "running");
+        }
+        let out = self
+            .runner
+            .run(program, args, stdin)
+            .map_err(|e| BackendError::Command {
+                command: format!("{program} {}", args.join(" ")),
+                status: format!("could not run: {e}"),
+                stderr: String::new(),
+                input_context: Vec::new(),
+            })?;
+        if out.code == Some(0) {
+            Ok(out)
+        } else {
+            Err(command_error(program, args, &out, stdin))
+        }
+    }
+
+    /// Writes the sets and, on a full sync (`touched` is `None`), the rules and their jumps:
+    /// a full sync rewrites every set, a partial one only the entries of the touched virtual
+    /// servers and endpoints. Returns the number of set entries and rules written.
+    ///
+    /// # Errors
+    /// [`BackendError::Command`] for the first tool that failed, with its input around the
+    /// failing line; the next sync is then full.
+    pub fn sync(
+        &mut self,
+        desired: &Desired,
+        touched: Option<&Touched>,
+    ) -> Result<usize, BackendError> {
+        match (self.written.take(), touched) {
+            (Some(mut by_key), Some(touched)) => {
+                let (mut before, mut after) = (Entries::new(), Entries::new());
+                let put = |sets: &mut Entries, (kind, family, entry): Entry| {
+                    sets.entry((kind, family)).or_default().insert(entry);
+                };
+                for key in &touched.keys {
+                    for entry in by_key.remove(key).into_iter().flatten() {
+                        put(&mut before, entry);
+                    }
+                    if let Some(origin) = desired.origins.get(key) {
+                        let entries = key_entries(key, origin);
+                        for entry in &entries {
+                            put(&mut after, entry.clone());
+                        }
+                        by_key.insert(*key, entries);
+                    }
+                }
+                // `-exist` makes both idempotent: an endpoint still in use is (re)added.
+                for ep in &touched.endpoints {
+                    let entry = endpoint_entry(ep);
+                    if desired.endpoints.contains_key(ep) {
+                        put(&mut after, entry);
+                    } else {
+                        put(&mut before, entry);
+                    }
+                }
+                let input = render_sets_diff(&self.names, &before, &after);
+                let written = input.lines().count();
+                if !input.is_empty() {
+                    self.run("ipset", &["restore"], Some(&input))?;
+                }
+                self.written = Some(by_key);
+                Ok(written)
+            }
+            _ => self.sync_full(desired),
+        }
+    }
+
+    fn sync_full(&mut self, desired: &Desired) -> Result<usize, BackendError> {
+        self.variant();
+        let entries = plan_entries(desired, &self.config);
+        let input = render_sets_full(&self.names, &entries);
+        self.run("ipset", &["restore"], Some(&input))?;
+        let mut written = entries.values().map(BTreeSet::len).sum::<usize>();
+        for family in Family::ALL {
+            let rules = render_rules(&self.names, &self.config, family);
+            let restore = self.iptables(family, "-restore");
+            self.run(&restore, &["-w", "--noflush"], Some(&rules))?;
+            written += rules.lines().filter(|l| l.starts_with("-A")).count();
+            written += self.ensure_hooks(family)?;
+        }
+        self.written = Some(
+            desired
+                .origins
+                .iter()
+                .map(|(key, origin)| (*key, key_entries(key, origin)))
+                .collect(),
+        );
+        Ok(written)
+    }
+
+    fn hook_args<'a>(table: &'a str, op: &'a str, chain: &'a str, target: &'a str) -> Vec<&'a str> {
+        vec![
+            "-w",
+            "-t",
+            table,
+            op,
+            chain,
+            "-m",
+            "comment",
+            "--comment",
+            HOOK_COMMENT,
+            "-j",
+            target,
+        ]
+    }
+
+    fn ensure_hooks(&self, family: Family) -> Result<usize, BackendError> {
+        // One save per family tells which jumps exist (cheaper than a `-C` per jump).
+        let save = self.iptables(family, "-save");
+        let saved = self.run(&save, &[], None)?.stdout;
+        let iptables = self.iptables(family, "");
+        let mut inserted = 0;
+        for (table, chain, target) in hooks(&self.names) {
+            let line = format!("-A {chain} -m comment --comment {HOOK_COMMENT} -j {target}");
+            let present = saved
+                .split("COMMIT")
+                .any(|block| block.contains(&format!("*{table}\n")) && block.contains(&line));
+            if present {
+                continue;
+            }
+            let insert = Self::hook_args(table, "-I", chain, &target);
+            self.run(&iptables, &insert, None)?;
+            inserted += 1;
+        }
+        Ok(inserted)
+    }
+
+    /// Deletes the conntrack entries of UDP flows from `vip:port` to a real server that was just
+    /// deleted, so their next datagrams are balanced afresh (kube-proxy does the same for
+    /// removed UDP endpoints). "No entry matched" is no error.
+    ///
+    /// # Errors
+    /// [`BackendError::Command`] when `conntrack` cannot run or fails otherwise.
+    pub fn clear_udp_flows(
+        &self,
+        vip: IpAddr,
+        port: u16,
+        real_server: IpAddr,
+    ) -> Result<(), BackendError> {
+        let (vip, port, rs) = (vip.to_string(), port.to_string(), real_server.to_string());
+        let family = if real_server.is_ipv4() {
+            "ipv4"
+        } else {
+            "ipv6"
+        };
+        let args = [
+            "-D",
+            "-f",
+            family,
+            "-p",
+            "udp",
+            "--orig-dst",
+            &vip,
+            "--dport",
+            &port,
+            "--reply-src",
+            &rs,
+        ];
+        let out = self
+            .runner
+            .run("conntrack", &args, None)
+            .map_err(|e| BackendError::Command {
+                command: format!("conntrack {}", args.join(" ")),
+                status: format!("could not run: {e}"),
+                stderr: String::new(),
+                input_context: Vec::new(),
+            })?;
+        // conntrack exits 1 with "0 flow entries have been deleted" when nothing matched.
+        if out.code == Some(0) || out.stderr.contains("0 flow entries") {
+            Ok(())
+        } else {
+            Err(command_error("conntrack", &args, &out, None))
+        }
+    }
+
+    /// Removes our jumps, chains and sets (each family), and nothing else. Returns how many
+    /// objects went.
+    ///
+    /// # Errors
+    /// The first failure that is not "already gone".
+    pub fn cleanup(&mut self) -> Result<usize, BackendError> {
+        self.written = None;
+        self.variant();
+        let mut removed = 0;
+        for family in Family::ALL {
+            let iptables = self.iptables(family, "");
+            for (table, chain, target) in hooks(&self.names) {
+                // A jump may have been inserted more than once by hand; delete until none.
+                for _ in 0..16 {
+                    let delete = Self::hook_args(table, "-D", chain, &target);
+                    match self.runner.run(&iptables, &delete, None) {
+                        Ok(out) if out.code == Some(0) => removed += 1,
+                        _ => break,
+                    }
+                }
+            }
+            // Only if our chains exist: restore fails on -X of a missing chain otherwise.
+            let save = self.iptables(family, "-save");
+            let has_chains = ["nat", "filter"].iter().any(|table| {
+                self.runner
+                    .run(&save, &["-t", table], None)
+                    .map(|out| {
+                        out.stdout
+                            .lines()
+                            .any(|l| l.strip_prefix(':').is_some_and(|c| self.names.is_owned(c)))
+                    })
+                    .unwrap_or(false)
+            });
+            if has_chains {
+                let restore = self.iptables(family, "-restore");
+                self.run(
+                    &restore,
+                    &["-w", "--noflush"],
+                    Some(&render_delete_chains(&self.names)),
+                )?;
+                removed += 4;
+            }
+        }
+        let listed = self.run("ipset", &["list", "-n"], None)?;
+        for name in listed.stdout.lines().map(str::trim) {
+            if self.names.is_owned(name) {
+                self.run("ipset", &["destroy", name], None)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+mod names;
+mod render;
+
+pub use names::{Family, Names, SetKind};
+use render::render_delete_chains;
+pub use render::{
+    endpoint_entry, hooks, key_entries, plan_entries, render_rules, render_sets_diff,
+    render_sets_full, Entries, Entry,
+};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,472 @@
+//! Companion sets and rules against a recording runner.
+
+use std::sync::{Arc, Mutex};
+
+use ipnet::IpNet;
+use proxy_core::table::{
+    Endpoint, Protocol, ServicePort, ServicePortName, ServiceTable, TrafficPolicy,
+};
+
+use super::*;
+use crate::plan::plan_desired;
+
+/// One recorded call: program, arguments, standard input.
+type Call = (String, Vec<String>, Option<String>);
+
+/// Records every call; answers `code` (0 unless a program is told to fail) and canned stdout.
+#[derive(Debug, Default, Clone)]
+struct Recorder {
+    calls: Arc<Mutex<Vec<Call>>>,
+    fail: Arc<Mutex<Option<(String, RunOutput)>>>,
+    stdout: Arc<Mutex<BTreeMap<String, String>>>,
+}
+
+impl Recorder {
+    fn calls(&self) -> Vec<Call> {
+        self.calls.lock().expect("lock").clone()
+    }
+
+    fn inputs_of(&self, program: &str) -> Vec<String> {
+        self.calls()
+            .into_iter()
+            .filter(|(p, _, _)| p == program)
+            .filter_map(|(_, _, input)| input)
+            .collect()
+    }
+}
+
+impl Runner for Recorder {
+    fn run(&self, program: &str, args: &[&str], stdin: Option<&str>) -> std::io::Result<RunOutput> {
+        self.calls.lock().expect("lock").push((
+            program.to_owned(),
+            args.iter().map(|s| s.to_string()).collect(),
+            stdin.map(str::to_owned),
+        ));
+        if let Some((p, out)) = self.fail.lock().expect("lock").clone() {
+            if p == program {
+                return Ok(out);
+            }
+        }
+        let code = 0;
+        let key = format!("{program} {}", args.join(" "));
+        let canned = self.stdout.lock().expect("lock").get(&key).cloned();
+        // Unless a test says otherwise, the host has only plain `iptables`.
+        let variant_save = program == "iptables-legacy-save" || program == "iptables-nft-save";
+        if variant_save && canned.is_none() {
+            return Err(std::io::Error::from(std::io::ErrorKind::NotFound));
+        }
+        let stdout = canned.unwrap_or_default();
+        Ok(RunOutput {
+            code: Some(code),
+            stdout,
+            stderr: String::new(),
+        })
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("test address literal")
+}
+
+fn config() -> Config {
+    Config {
+        node_addresses: vec![ip("198.18.0.1")],
+        cluster_cidrs: vec!["198.18.128.0/17".parse::<IpNet>().expect("cidr")],
+        ..Config::default()
+    }
+}
+
+fn services(n: u32) -> ServiceTable {
+    let mut builder = ServiceTable::builder().node("node-a");
+    for i in 0..n {
+        let vip = IpAddr::from([198, 19, (i / 250) as u8, (i % 250) as u8 + 1]);
+        let port = ServicePort::new(
+            ServicePortName::new("ns", format!("svc-{i}"), "p"),
+            Protocol::Tcp,
+            80,
+        )
+        .with_cluster_ip(vip)
+        .with_endpoint(Endpoint::new(ip("198.18.1.10"), 8080));
+        builder = builder.insert(port);
+    }
+    builder.build().expect("valid table")
+}
+
+fn mixed() -> ServiceTable {
+    let mut local = ServicePort::new(ServicePortName::new("ns", "local", "p"), Protocol::Tcp, 80)
+        .with_cluster_ip(ip("198.19.0.1"))
+        .with_endpoint(Endpoint::new(ip("198.18.1.1"), 8080))
+        .with_node_port(30001);
+    local.external_traffic_policy = TrafficPolicy::Local;
+    let mut lb = ServicePort::new(ServicePortName::new("ns", "lb", "p"), Protocol::Udp, 53)
+        .with_cluster_ip(ip("2001:db8::53"))
+        .with_endpoint(Endpoint::new(ip("2001:db8:1::53"), 5353));
+    lb.load_balancer_ips = vec![ip("2001:db8:2::53")];
+    lb.load_balancer_source_ranges = vec!["2001:db8:3::/48".parse().expect("net")];
+    let empty = ServicePort::new(ServicePortName::new("ns", "empty", "p"), Protocol::Sctp, 9)
+        .with_cluster_ip(ip("198.19.0.9"));
+    ServiceTable::builder()
+        .node("node-a")
+        .insert(local)
+        .insert(lb)
+        .insert(empty)
+        .build()
+        .expect("valid table")
+}
+
+#[test]
+fn set_entries_follow_the_roles_of_each_address() {
+    let desired = plan_desired(&mixed(), &config());
+    let entries = plan_entries(&desired, &config());
+    let get = |kind, family| -> Vec<String> {
+        entries
+            .get(&(kind, family))
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        get(SetKind::ClusterIp, Family::V4),
+        ["198.19.0.1,tcp:80", "198.19.0.9,sctp:9"]
+    );
+    assert_eq!(get(SetKind::ClusterIp, Family::V6), ["2001:db8::53,udp:53"]);
+    assert_eq!(
+        get(SetKind::ExternalMasq, Family::V4),
+        Vec::<String>::new(),
+        "eTP=Local keeps the client source: no masquerade for its node port"
+    );
+    assert_eq!(
+        get(SetKind::ExternalMasq, Family::V6),
+        ["2001:db8:2::53,udp:53"]
+    );
+    assert_eq!(
+        get(SetKind::LbFirewall, Family::V6),
+        ["2001:db8:2::53,udp:53"]
+    );
+    assert_eq!(
+        get(SetKind::LbSource, Family::V6),
+        ["2001:db8:2::53,udp:53,2001:db8:3::/48"]
+    );
+    assert_eq!(get(SetKind::Reject, Family::V4), ["198.19.0.9,sctp:9"]);
+    assert_eq!(
+        get(SetKind::LoopBack, Family::V4),
+        ["198.18.1.1,tcp:8080,198.18.1.1"]
+    );
+    assert_eq!(get(SetKind::ClusterCidr, Family::V4), ["198.18.128.0/17"]);
+}
+
+#[test]
+fn rules_reference_only_our_sets_and_chains_and_never_kube() {
+    let names = Names::new("SVCP-IPVS-");
+    let declared: BTreeSet<String> = SetKind::ALL
+        .iter()
+        .flat_map(|k| Family::ALL.map(|f| names.set(*k, f)))
+        .collect();
+    for family in Family::ALL {
+        let rules = render_rules(&names, &config(), family);
+        assert!(!rules.contains("KUBE-"), "{rules}");
+        let chains: BTreeSet<&str> = rules
+            .lines()
+            .filter_map(|l| l.strip_prefix(':'))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        for line in rules.lines().filter(|l| l.starts_with("-A")) {
+            let words: Vec<&str> = line.split(' ').collect();
+            assert!(
+                chains.contains(words[1]),
+                "appends to an undeclared chain: {line}"
+            );
+            for pair in words.windows(2) {
+                if pair[0] == "--match-set" {
+                    assert!(declared.contains(pair[1]), "unknown set in {line}");
+                }
+                if pair[0] == "-j" && pair[1].starts_with("SVCP") {
+                    assert!(chains.contains(pair[1]), "jump to undeclared chain: {line}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_rule_count_is_the_same_for_one_and_a_thousand_services() {
+    let count = |n| {
+        let recorder = Recorder::default();
+        let mut companions = Companions::with_runner(&config(), Box::new(recorder.clone()));
+        let desired = plan_desired(&services(n), &config());
+        companions.sync(&desired, None).expect("sync");
+        let rules: usize = recorder
+            .inputs_of("iptables-restore")
+            .iter()
+            .chain(&recorder.inputs_of("ip6tables-restore"))
+            .map(|input| input.lines().filter(|l| l.starts_with("-A")).count())
+            .sum();
+        let entries: usize = recorder
+            .inputs_of("ipset")
+            .iter()
+            .map(|input| input.lines().filter(|l| l.starts_with("add")).count())
+            .sum();
+        (rules, entries)
+    };
+    let (rules_1, entries_1) = count(1);
+    let (rules_1000, entries_1000) = count(1000);
+    assert_eq!(rules_1, rules_1000);
+    // 9 per family, plus the cluster-CIDR masquerade rule for IPv4 (the only family with a CIDR).
+    assert_eq!(rules_1, 9 + 10);
+    assert_eq!(
+        entries_1000 - entries_1,
+        999,
+        "one cluster-IP entry per service"
+    );
+}
+
+#[test]
+fn a_full_sync_swaps_sets_writes_rules_and_inserts_missing_jumps_once() {
+    let recorder = Recorder::default();
+    let mut companions = Companions::with_runner(&config(), Box::new(recorder.clone()));
+    let desired = plan_desired(&services(2), &config());
+    companions.sync(&desired, None).expect("sync");
+    let sets = &recorder.inputs_of("ipset")[0];
+    assert!(
+        sets.contains(
+            "create SVCP-IPVS-CLUSTER-IP hash:ip,port family inet -exist\n\
+         create SVCP-IPVS-CLUSTER-IP-T hash:ip,port family inet -exist\n\
+         flush SVCP-IPVS-CLUSTER-IP-T\n\
+         add SVCP-IPVS-CLUSTER-IP-T 198.19.0.1,tcp:80\n\
+         add SVCP-IPVS-CLUSTER-IP-T 198.19.0.2,tcp:80\n\
+         swap SVCP-IPVS-CLUSTER-IP-T SVCP-IPVS-CLUSTER-IP\n\
+         destroy SVCP-IPVS-CLUSTER-IP-T\n"
+        ),
+        "{sets}"
+    );
+    let inserted: Vec<String> = recorder
+        .calls()
+        .into_iter()
+        .filter(|(_, args, _)| args.contains(&"-I".to_owned()))
+        .map(|(p, args, _)| format!("{p} {}", args.join(" ")))
+        .collect();
+    assert_eq!(inserted.len(), 10, "5 jumps per family: {inserted:#?}");
+    assert_eq!(
+        inserted[0],
+        "iptables -w -t nat -I PREROUTING -m comment --comment svcp-ipvs -j SVCP-IPVS-SERVICES"
+    );
+}
+
+#[test]
+fn a_partial_sync_writes_only_changed_entries() {
+    let recorder = Recorder::default();
+    let mut companions = Companions::with_runner(&config(), Box::new(recorder.clone()));
+    let (three, two) = (services(3), services(2));
+    let mut desired = plan_desired(&three, &config());
+    companions.sync(&desired, None).expect("full");
+    let calls_after_full = recorder.calls().len();
+
+    let touched = desired.update(&proxy_core::diff(&three, &two), &config());
+    let written = companions.sync(&desired, Some(&touched)).expect("partial");
+    assert_eq!(written, 1);
+    let calls = recorder.calls();
+    assert_eq!(
+        calls.len(),
+        calls_after_full + 1,
+        "one ipset restore, no iptables"
+    );
+    assert_eq!(
+        calls.last().and_then(|c| c.2.clone()).as_deref(),
+        Some("del SVCP-IPVS-CLUSTER-IP 198.19.0.3,tcp:80 -exist\n"),
+        "the endpoint is still used by two services: its hairpin entry stays"
+    );
+    // Nothing changed: nothing run.
+    let touched = desired.update(&proxy_core::diff(&two, &two), &config());
+    companions.sync(&desired, Some(&touched)).expect("partial");
+    assert_eq!(recorder.calls().len(), calls_after_full + 1);
+}
+
+#[test]
+fn a_failed_restore_names_the_command_and_shows_the_input_around_the_line() {
+    let recorder = Recorder::default();
+    *recorder.fail.lock().expect("lock") = Some((
+        "iptables-restore".into(),
+        RunOutput {
+            code: Some(2),
+            stdout: String::new(),
+            stderr: "iptables-restore: line 6 failed".into(),
+        },
+    ));
+    let mut companions = Companions::with_runner(&config(), Box::new(recorder));
+    let err = companions
+        .sync(&plan_desired(&services(1), &config()), None)
+        .expect_err("restore fails");
+    let text = err.to_string();
+    assert!(
+        text.contains("iptables-restore -w --noflush: exit status 2"),
+        "{text}"
+    );
+    assert!(text.contains(">   6: -A SVCP-IPVS-SERVICES"), "{text}");
+}
+
+#[test]
+fn cleanup_removes_our_jumps_chains_and_sets_and_nothing_else() {
+    let recorder = Recorder::default();
+    recorder.stdout.lock().expect("lock").extend([
+        (
+            "ipset list -n".to_owned(),
+            "KUBE-CLUSTER-IP\nSVCP-IPVS-CLUSTER-IP\nSVCP-IPVS-DROP6\nother\n".to_owned(),
+        ),
+        (
+            "iptables-save -t nat".to_owned(),
+            "*nat\n:KUBE-SERVICES - [0:0]\n:SVCP-IPVS-SERVICES - [0:0]\nCOMMIT\n".to_owned(),
+        ),
+    ]);
+    let mut companions = Companions::with_runner(&config(), Box::new(recorder.clone()));
+    companions.cleanup().expect("cleanup");
+    let destroyed: Vec<String> = recorder
+        .calls()
+        .into_iter()
+        .filter(|(p, args, _)| p == "ipset" && args[0] == "destroy")
+        .map(|(_, args, _)| args[1].clone())
+        .collect();
+    assert_eq!(destroyed, ["SVCP-IPVS-CLUSTER-IP", "SVCP-IPVS-DROP6"]);
+    let restores = recorder.inputs_of("iptables-restore");
+    assert_eq!(restores.len(), 1, "only the family that has our chains");
+    assert!(
+        restores[0].contains("-X SVCP-IPVS-SERVICES"),
+        "{}",
+        restores[0]
+    );
+    assert!(!restores[0].contains("KUBE"), "{}", restores[0]);
+    assert!(recorder.inputs_of("ip6tables-restore").is_empty());
+}
+
+#[test]
+fn jumps_already_in_iptables_save_are_not_inserted_again() {
+    let recorder = Recorder::default();
+    recorder.stdout.lock().expect("lock").insert(
+        "iptables-save ".to_owned(),
+        "# Generated by iptables-save\n*nat\n:PREROUTING ACCEPT [0:0]\n\
+         -A PREROUTING -m comment --comment svcp-ipvs -j SVCP-IPVS-SERVICES\n\
+         -A OUTPUT -m comment --comment svcp-ipvs -j SVCP-IPVS-SERVICES\nCOMMIT\n\
+         *filter\n-A INPUT -m comment --comment svcp-ipvs -j SVCP-IPVS-FILTER\n\
+         -A OUTPUT -m comment --comment svcp-ipvs -j SVCP-IPVS-SERVICES\nCOMMIT\n"
+            .to_owned(),
+    );
+    let mut companions = Companions::with_runner(&config(), Box::new(recorder.clone()));
+    companions
+        .sync(&plan_desired(&services(1), &config()), None)
+        .expect("sync");
+    let inserted: Vec<String> = recorder
+        .calls()
+        .into_iter()
+        .filter(|(p, args, _)| p == "iptables" && args.contains(&"-I".to_owned()))
+        .map(|(_, args, _)| format!("{} {}", args[2], args[4]))
+        .collect();
+    // The filter table's OUTPUT line is no nat OUTPUT jump: tables are told apart.
+    assert_eq!(inserted, ["nat POSTROUTING", "filter FORWARD"]);
+}
+
+/// Sets after `ipset restore` of `input` (the commands we emit), on top of `sets`.
+fn ipset_restore(sets: &mut BTreeMap<String, BTreeSet<String>>, input: &str) {
+    for line in input.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["create", name, ..] => {
+                sets.entry(name.to_string()).or_default();
+            }
+            ["flush", name] => sets.entry(name.to_string()).or_default().clear(),
+            ["add", name, entry, ..] => {
+                let set = sets
+                    .get_mut(*name)
+                    .unwrap_or_else(|| panic!("add to missing {name}"));
+                set.insert(entry.to_string());
+            }
+            ["del", name, entry, ..] => {
+                let set = sets
+                    .get_mut(*name)
+                    .unwrap_or_else(|| panic!("del from missing {name}"));
+                set.remove(*entry);
+            }
+            ["swap", a, b] => {
+                let first = sets.remove(*a).unwrap_or_default();
+                let second = sets.remove(*b).unwrap_or_default();
+                sets.insert(a.to_string(), second);
+                sets.insert(b.to_string(), first);
+            }
+            ["destroy", name] => {
+                sets.remove(*name);
+            }
+            other => panic!("a command we do not emit: {other:?}"),
+        }
+    }
+}
+
+fn expected_sets(entries: &Entries, names: &Names) -> BTreeMap<String, BTreeSet<String>> {
+    let mut sets = BTreeMap::new();
+    for kind in SetKind::ALL {
+        for family in Family::ALL {
+            sets.insert(
+                names.set(kind, family),
+                entries.get(&(kind, family)).cloned().unwrap_or_default(),
+            );
+        }
+    }
+    sets
+}
+
+mod properties {
+    use proptest::prelude::*;
+    use proxy_core::testing::strategy::arb_edited_pair;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// A full write of one table, then the partial write of an edit, leave the sets as a
+        /// full write of the edit would.
+        #[test]
+        fn partial_set_writes_reach_the_full_contents((before, after) in arb_edited_pair()) {
+            let config = config();
+            let names = Names::new(&config.prefix);
+            let recorder = Recorder::default();
+            let mut companions = Companions::with_runner(&config, Box::new(recorder.clone()));
+            let mut desired = plan_desired(&before, &config);
+            companions.sync(&desired, None).expect("full");
+            let touched = desired.update(&proxy_core::diff(&before, &after), &config);
+            companions.sync(&desired, Some(&touched)).expect("partial");
+            let mut sets = BTreeMap::new();
+            for input in recorder.inputs_of("ipset") {
+                ipset_restore(&mut sets, &input);
+            }
+            let want = expected_sets(&plan_entries(&plan_desired(&after, &config), &config), &names);
+            prop_assert_eq!(sets, want);
+        }
+    }
+}
+
+#[test]
+fn auto_picks_the_iptables_variant_that_has_rules() {
+    for (legacy, nft, want) in [
+        (
+            "-A INPUT -j ACCEPT\n-A FORWARD -j DROP\n",
+            "",
+            "iptables-legacy-restore",
+        ),
+        ("", "-A INPUT -j ACCEPT\n", "iptables-nft-restore"),
+        ("", "", "iptables-nft-restore"),
+    ] {
+        let recorder = Recorder::default();
+        recorder.stdout.lock().expect("lock").extend([
+            ("iptables-legacy-save ".to_owned(), legacy.to_owned()),
+            ("iptables-nft-save ".to_owned(), nft.to_owned()),
+        ]);
+        let mut companions = Companions::with_runner(&config(), Box::new(recorder.clone()));
+        companions
+            .sync(&plan_desired(&services(1), &config()), None)
+            .expect("sync");
+        let restores: Vec<String> = recorder
+            .calls()
+            .into_iter()
+            .map(|(p, _, _)| p)
+            .filter(|p| p.starts_with("iptables") && p.ends_with("-restore"))
+            .collect();
+        assert_eq!(restores, [want], "legacy {legacy:?}, nft {nft:?}");
+    }
+}

@@ -1,0 +1,171 @@
+//! The backend's configuration: one struct with defaults, deserializable from a config file.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use proxy_core::table::Scheduler;
+use serde::{Deserialize, Serialize};
+
+use crate::error::BackendError;
+
+/// How the IPVS dataplane names, binds and drains what it programs.
+///
+/// ```
+/// use backend_ipvs::Config;
+/// let config = Config { node_addresses: vec!["198.18.0.1".parse().unwrap()], ..Config::default() };
+/// config.validate().unwrap();
+/// assert_eq!(config.interface, "svcp-ipvs0");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The dummy interface the service VIPs are bound to (kube-proxy's `kube-ipvs0`). It is
+    /// ours alone: every address on it marks a virtual server as ours, and cleanup deletes it.
+    pub interface: String,
+    /// The node's addresses: each node port gets a virtual server on each of them.
+    pub node_addresses: Vec<IpAddr>,
+    /// The scheduler for service ports that ask for none (`rr`, as kube-proxy).
+    pub default_scheduler: Scheduler,
+    /// Masquerade (SNAT to the node) every connection to a service, as kube-proxy's
+    /// `--masquerade-all`. Otherwise only connections from outside [`Config::cluster_cidrs`],
+    /// to node ports, and hairpin connections (a pod reaching itself) are masqueraded.
+    pub masquerade_all: bool,
+    /// The pod networks (kube-proxy's `--cluster-cidr`): connections to a cluster IP from
+    /// sources outside them are masqueraded. Empty (and no `masquerade_all`): cluster-IP
+    /// traffic is not masqueraded, as in kube-proxy.
+    pub cluster_cidrs: Vec<IpNet>,
+    /// How long a removed TCP real server keeps its open connections (at weight 0) before it is
+    /// deleted anyway. kube-proxy has no limit but the connections' own timeouts; we bound it.
+    pub graceful_termination: Duration,
+    /// Prefix of our ipsets and iptables chains. Not `KUBE-`, so we can run beside kube-proxy and
+    /// cleanup finds exactly what is ours. At most 16 characters (ipset names are limited to 31).
+    pub prefix: String,
+    /// Which iptables to run for the companion rules.
+    pub iptables: IptablesVariant,
+    /// Program the companions (ipsets and iptables rules for masquerade, source ranges and
+    /// reject). Off: only IPVS and the dummy interface are touched.
+    pub manage_companions: bool,
+}
+
+/// Which iptables binary family writes the companion rules.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IptablesVariant {
+    /// Whichever the node already uses (kube-proxy's `iptables-wrapper` heuristic, simplified):
+    /// the one of `iptables-legacy-save` and `iptables-nft-save` that lists more rules, nft on
+    /// a tie; plain `iptables` when neither runs. Decided once, at the first full sync.
+    #[default]
+    Auto,
+    /// `iptables-legacy-restore`.
+    Legacy,
+    /// `iptables-nft-restore`.
+    Nft,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            interface: "svcp-ipvs0".to_owned(),
+            node_addresses: Vec::new(),
+            default_scheduler: Scheduler::RoundRobin,
+            masquerade_all: false,
+            cluster_cidrs: Vec::new(),
+            graceful_termination: Duration::from_secs(30),
+            prefix: "SVCP-IPVS-".to_owned(),
+            iptables: IptablesVariant::Auto,
+            manage_companions: true,
+        }
+    }
+}
+
+impl Config {
+    /// Checks the fields the kernel would reject later, with a clearer message now.
+    ///
+    /// # Errors
+    /// [`BackendError::Config`] naming the field.
+    pub fn validate(&self) -> Result<(), BackendError> {
+        let bad = |field: &'static str, reason: String| BackendError::Config { field, reason };
+        // IFNAMSIZ is 16 with the NUL.
+        if self.interface.is_empty() || self.interface.len() > 15 || self.interface.contains('/') {
+            return Err(bad(
+                "interface",
+                format!("{:?}: 1 to 15 characters, no '/'", self.interface),
+            ));
+        }
+        if self.default_scheduler == Scheduler::Random {
+            return Err(bad(
+                "default_scheduler",
+                "random has no IPVS scheduler".to_owned(),
+            ));
+        }
+        if self.prefix.is_empty()
+            || self.prefix.len() > 16
+            || self.prefix.starts_with("KUBE-")
+            || !self
+                .prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(bad(
+                "prefix",
+                format!(
+                    "{:?}: 1 to 16 of [A-Za-z0-9_-], not KUBE- (that is kube-proxy's)",
+                    self.prefix
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_round_trip_through_serde() {
+        let config = Config::default();
+        config.validate().expect("defaults are valid");
+        let json = serde_json::to_string(&config).expect("serialize");
+        let back: Config = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, config);
+        let partial: Config =
+            serde_json::from_str(r#"{"interface":"svc1","iptables":"nft"}"#).expect("partial");
+        assert_eq!(partial.interface, "svc1");
+        assert_eq!(partial.iptables, IptablesVariant::Nft);
+        assert_eq!(partial.graceful_termination, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn kube_prefix_long_interface_and_random_are_rejected() {
+        for (config, field) in [
+            (
+                Config {
+                    prefix: "KUBE-X-".into(),
+                    ..Config::default()
+                },
+                "prefix",
+            ),
+            (
+                Config {
+                    interface: "a-very-long-interface".into(),
+                    ..Config::default()
+                },
+                "interface",
+            ),
+            (
+                Config {
+                    default_scheduler: Scheduler::Random,
+                    ..Config::default()
+                },
+                "default_scheduler",
+            ),
+        ] {
+            match config.validate() {
+                Err(BackendError::Config { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: expected a config error, got {other:?}"),
+            }
+        }
+    }
+}

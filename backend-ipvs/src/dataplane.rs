@@ -1,0 +1,608 @@
+//! [`IpvsDataplane`]: the [`Dataplane`] over IPVS, the dummy interface and the companions.
+//!
+//! One sync, on a blocking thread (every kernel call blocks):
+//!
+//! 1. the desired state: computed whole (full), or updated port by port from the difference
+//!    between the last table and this one (partial: [`Desired::update`], so a partial sync
+//!    costs what changed, whatever the table's size);
+//! 2. on a full sync, make sure the dummy interface exists and is up and read its addresses
+//!    (they say which virtual servers are ours, see [`crate::observe`]);
+//! 3. read our virtual servers from the kernel (full), or trust the applied state and re-read
+//!    only the draining ones (partial);
+//! 4. bind the new VIPs, [`plan`](crate::plan::plan) (partial: only the touched virtual
+//!    servers), [`apply`](crate::apply::apply_ops), then unbind the VIPs no longer used;
+//! 5. write the companion ipsets (partial: only the touched entries) and rules (if managed).
+//!
+//! A failed operation is reported as a problem and the next sync is upgraded to full.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use proxy_core::dataplane::{
+    Capabilities, CleanupReport, SyncMode, SyncProblem, SyncReport, SyncRequest,
+};
+use proxy_core::table::{Protocol, Scheduler, ServiceTable};
+use proxy_core::{diff, Dataplane, DataplaneError};
+use tracing::{debug, info, warn};
+
+use crate::apply::apply_ops;
+use crate::cleanup::cleanup_owned;
+use crate::companions::Companions;
+use crate::config::Config;
+use crate::error::BackendError;
+use crate::link::RouteSocket;
+use crate::metrics::{Metrics, SyncStats};
+use crate::model::ServiceKey;
+use crate::observe::{observe_owned, refresh_services, Ownership};
+use crate::ops::IpvsOps;
+use crate::plan::{plan, plan_desired, plan_keys, Desired, Draining, IpvsState, Op, Touched};
+use crate::NetlinkIpvs;
+
+/// The backend's name in logs, metrics and reports.
+pub const NAME: &str = "ipvs";
+
+/// The IPVS dataplane. See the crate docs for what it owns.
+#[derive(Debug)]
+pub struct IpvsDataplane {
+    core: Arc<Mutex<Core>>,
+    metrics: Metrics,
+}
+
+/// Everything a sync reads and writes, moved to the blocking thread and back.
+#[derive(Debug)]
+struct Core {
+    config: Config,
+    ipvs: Arc<dyn IpvsOps>,
+    link: Option<RouteSocket>,
+    companions: Option<Companions>,
+    applied: IpvsState,
+    draining: Draining,
+    ownership: Ownership,
+    needs_full: bool,
+    /// The table the desired state was last computed for, and that state.
+    cache: Option<(ServiceTable, Desired)>,
+    /// The index of our dummy interface, once known.
+    link_index: Option<u32>,
+}
+
+/// What one blocking sync did.
+#[derive(Debug)]
+struct Outcome {
+    mode: SyncMode,
+    written: usize,
+    failed_ops: usize,
+    drift: usize,
+    draining: usize,
+    problems: Vec<SyncProblem>,
+}
+
+impl Outcome {
+    fn stats(&self, duration: std::time::Duration) -> SyncStats {
+        SyncStats {
+            mode: self.mode,
+            duration,
+            written: self.written,
+            failed_ops: self.failed_ops,
+            drift: self.drift,
+            draining: self.draining,
+        }
+    }
+}
+
+impl IpvsDataplane {
+    /// The dataplane on the kernel of this thread's network namespace: the IPVS netlink client,
+    /// an rtnetlink socket for the dummy interface, and (if configured) the companions.
+    ///
+    /// # Errors
+    /// [`BackendError::Config`] for a bad config; [`BackendError::Ipvs`] when the kernel has no
+    /// IPVS; [`BackendError::Link`] when no rtnetlink socket opens.
+    pub fn new(config: Config) -> Result<Self, BackendError> {
+        config.validate()?;
+        let ipvs = Arc::new(NetlinkIpvs::connect()?);
+        let link = RouteSocket::connect()?;
+        let companions = config
+            .manage_companions
+            .then(|| Companions::new(&config))
+            .transpose()?;
+        Ok(Self::from_parts(config, ipvs, Some(link), companions))
+    }
+
+    /// A dataplane over any [`IpvsOps`] (a fake in tests), with no dummy interface and no
+    /// companions: ownership then rests on what this dataplane created.
+    ///
+    /// # Errors
+    /// [`BackendError::Config`] for a bad config.
+    pub fn with_ops(config: Config, ipvs: Arc<dyn IpvsOps>) -> Result<Self, BackendError> {
+        config.validate()?;
+        Ok(Self::from_parts(config, ipvs, None, None))
+    }
+
+    fn from_parts(
+        config: Config,
+        ipvs: Arc<dyn IpvsOps>,
+        link: Option<RouteSocket>,
+        companions: Option<Companions>,
+    ) -> Self {
+        IpvsDataplane {
+            core: Arc::new(Mutex::new(Core {
+                config,
+                ipvs,
+                link,
+                companions,
+                applied: IpvsState::default(),
+                draining: Draining::default(),
+                ownership: Ownership::default(),
+                needs_full: true,
+                cache: None,
+                link_index: None,
+            })),
+            metrics: Metrics::default(),
+        }
+    }
+
+    /// Records into `metrics` (from [`Metrics::register`]) from now on.
+    pub fn set_metrics(&mut self, metrics: Metrics) {
+        self.metrics = metrics;
+    }
+
+    /// The capabilities of this backend (also [`Dataplane::capabilities`]). Source ranges need
+    /// the companion rules.
+    pub fn supported(manage_companions: bool) -> Capabilities {
+        Capabilities {
+            protocols: Protocol::ALL.into_iter().collect(),
+            schedulers: Scheduler::ALL
+                .into_iter()
+                .filter(|s| *s != Scheduler::Random)
+                .collect(),
+            session_affinity: true,
+            local_traffic_policy: true,
+            load_balancer_source_ranges: manage_companions,
+            node_ports: true,
+            ipv6: true,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Core> {
+        // Every field is replaced whole by a sync; a panic mid-way leaves `needs_full` set.
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What IPVS should hold for `table` under this dataplane's config.
+    pub fn desired(&self, table: &ServiceTable) -> Desired {
+        plan_desired(table, &self.lock().config)
+    }
+
+    /// The state our last sync left, as we recorded it.
+    pub fn applied(&self) -> IpvsState {
+        self.lock().applied.clone()
+    }
+
+    /// What a full sync to `table` would do now, against the state our last sync left, without
+    /// doing it (for `--dry-run` and tests).
+    pub fn plan(&self, table: &ServiceTable) -> crate::plan::Plan {
+        let core = self.lock();
+        let desired = plan_desired(table, &core.config);
+        plan(
+            &desired.state,
+            &core.applied,
+            &core.draining,
+            Instant::now(),
+            core.config.graceful_termination,
+        )
+    }
+
+    /// Our virtual servers as the kernel holds them now, with connection counts: compare with
+    /// [`IpvsDataplane::applied`] to see drift.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the kernel or the interface cannot be read.
+    pub fn observe(&self) -> Result<IpvsState, BackendError> {
+        let core = self.lock();
+        let mut ownership = core.ownership.clone();
+        if let (Some(link), Some(index)) = (&core.link, core.link_index) {
+            ownership.bound = link.addresses(index)?.into_iter().collect();
+        }
+        Ok(observe_owned(core.ipvs.as_ref(), &ownership)?)
+    }
+
+    /// The real servers draining now.
+    pub fn draining(&self) -> Draining {
+        self.lock().draining.clone()
+    }
+
+    /// Syncs on this thread, at time `now` (tests pass a fake clock). [`Dataplane::sync`] runs
+    /// this on a blocking thread with `Instant::now()`.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the kernel state cannot be read or the interface cannot be set
+    /// up; failed operations are problems in the report instead.
+    pub fn sync_at(
+        &self,
+        request: &SyncRequest<'_>,
+        now: Instant,
+    ) -> Result<SyncReport, BackendError> {
+        let started = Instant::now();
+        let outcome = self.lock().sync(request.desired, request.mode, now);
+        let mut report = SyncReport::for_request(request);
+        report.duration = started.elapsed();
+        let outcome = outcome?;
+        report.mode = outcome.mode;
+        report.objects_written = outcome.written;
+        self.metrics.record_sync(&outcome.stats(report.duration));
+        report.problems = outcome.problems;
+        Ok(report)
+    }
+
+    /// Removes every virtual server of ours, our interface, our sets and rules, on this thread.
+    ///
+    /// # Errors
+    /// The first failure; what could be removed was.
+    pub fn cleanup_now(&self) -> Result<CleanupReport, BackendError> {
+        self.lock().cleanup()
+    }
+}
+
+impl Core {
+    /// The desired state for `table`, and what changed since the last one: `None` when it was
+    /// computed whole (first sync, full sync).
+    fn take_desired(&mut self, table: &ServiceTable, partial: bool) -> (Desired, Option<Touched>) {
+        match (partial, self.cache.take()) {
+            (true, Some((last, mut desired))) => {
+                // Our own diff against the table we last computed for: proxy-core's diff skips
+                // shared entries by pointer, so it costs what changed. A node name change alone
+                // needs nothing: locality is each endpoint's `is_local`.
+                let touched = desired.update(&diff(&last, table), &self.config);
+                (desired, Some(touched))
+            }
+            _ => (plan_desired(table, &self.config), None),
+        }
+    }
+
+    fn sync(
+        &mut self,
+        table: &ServiceTable,
+        requested: SyncMode,
+        now: Instant,
+    ) -> Result<Outcome, BackendError> {
+        let result = self.try_sync(table, requested, now);
+        if result.is_err() {
+            self.needs_full = true;
+        }
+        result
+    }
+
+    fn try_sync(
+        &mut self,
+        table: &ServiceTable,
+        requested: SyncMode,
+        now: Instant,
+    ) -> Result<Outcome, BackendError> {
+        let partial = requested == SyncMode::Partial && !self.needs_full;
+        let (desired, touched) = self.take_desired(table, partial);
+        let result = self.sync_desired(&desired, touched.as_ref(), now);
+        self.cache = Some((table.clone(), desired));
+        result
+    }
+
+    fn sync_desired(
+        &mut self,
+        desired: &Desired,
+        touched: Option<&Touched>,
+        now: Instant,
+    ) -> Result<Outcome, BackendError> {
+        let full = touched.is_none();
+        let mut outcome = Outcome {
+            mode: if full {
+                SyncMode::Full
+            } else {
+                SyncMode::Partial
+            },
+            written: 0,
+            failed_ops: 0,
+            drift: 0,
+            draining: 0,
+            problems: desired.problems(),
+        };
+        if let Some(link) = &self.link {
+            if full || self.link_index.is_none() {
+                let (index, created) = link.ensure_dummy(&self.config.interface)?;
+                if created {
+                    info!(interface = %self.config.interface, "created dummy interface");
+                }
+                self.ownership.bound = link.addresses(index)?.into_iter().collect();
+                self.link_index = Some(index);
+                set_ipvs_sysctls();
+            }
+        }
+
+        let ipvs = Arc::clone(&self.ipvs);
+        if full {
+            let observed = observe_owned(ipvs.as_ref(), &self.ownership)?;
+            outcome.drift = count_drift(&self.applied, &observed);
+            if outcome.drift > 0 && !self.applied.services.is_empty() {
+                warn!(
+                    differences = outcome.drift,
+                    "IPVS state drifted from what we applied; repairing"
+                );
+            }
+            self.applied = observed;
+        } else {
+            refresh_services(ipvs.as_ref(), &self.draining.services(), &mut self.applied)?;
+        }
+
+        // The addresses this sync may bind or unbind: all (full) or the touched ones.
+        let candidates: BTreeSet<IpAddr> = match touched {
+            None => desired
+                .vips
+                .keys()
+                .chain(&self.ownership.bound)
+                .copied()
+                .collect(),
+            Some(touched) => touched.keys.iter().map(|k| k.addr).collect(),
+        };
+
+        // VIPs first, so a new virtual server is reachable as soon as it exists.
+        if let (Some(link), Some(index)) = (&self.link, self.link_index) {
+            for ip in &candidates {
+                if desired.vips.contains_key(ip) && !self.ownership.bound.contains(ip) {
+                    match link.add_address(index, *ip) {
+                        Ok(()) => {
+                            self.ownership.bound.insert(*ip);
+                            outcome.written += 1;
+                        }
+                        Err(e) => outcome.problems.push(problem_of(desired, *ip, &e)),
+                    }
+                }
+            }
+        }
+
+        let grace = self.config.graceful_termination;
+        let plan = match touched {
+            None => plan(&desired.state, &self.applied, &self.draining, now, grace),
+            Some(touched) => {
+                let mut keys = self.draining.services();
+                keys.extend(touched.keys.iter().copied());
+                plan_keys(
+                    &desired.state,
+                    &self.applied,
+                    &keys,
+                    &self.draining,
+                    now,
+                    grace,
+                )
+            }
+        };
+        debug!(
+            ops = plan.ops.len(),
+            draining = plan.draining.len(),
+            full,
+            "IPVS plan"
+        );
+        let applied = apply_ops(ipvs.as_ref(), &plan.ops, &mut self.applied);
+        outcome.written += applied.done;
+        for failure in &applied.failures {
+            let origin = desired
+                .origins
+                .get(&failure.op.key())
+                .map(|o| format!("{} {}: ", o.port, o.kind))
+                .unwrap_or_default();
+            outcome.problems.push(SyncProblem {
+                object: format!("{origin}{}", failure.op),
+                reason: failure.to_string(),
+            });
+        }
+        self.after_apply(&plan.ops, &mut outcome);
+        self.draining = plan.draining;
+        self.draining.retain_present(&self.applied);
+        outcome.draining = self.draining.len();
+        outcome.failed_ops = applied.failures.len();
+
+        // Unbind what no virtual server of ours uses any more.
+        if let (Some(link), Some(index)) = (&self.link, self.link_index) {
+            for ip in candidates {
+                let stale = self.ownership.bound.contains(&ip)
+                    && !desired.vips.contains_key(&ip)
+                    && !has_service_on(&self.applied, ip);
+                if !stale {
+                    continue;
+                }
+                match link.delete_address(index, ip) {
+                    Ok(()) => {
+                        self.ownership.bound.remove(&ip);
+                        outcome.written += 1;
+                    }
+                    Err(e) => outcome.problems.push(SyncProblem {
+                        object: format!("{} address {ip}", self.config.interface),
+                        reason: e.to_string(),
+                    }),
+                }
+            }
+        }
+
+        if let Some(companions) = &mut self.companions {
+            match companions.sync(desired, touched) {
+                Ok(written) => outcome.written += written,
+                Err(e) => outcome.problems.push(SyncProblem {
+                    object: "companion ipsets and iptables rules".into(),
+                    reason: e.to_string(),
+                }),
+            }
+        }
+        self.needs_full = !applied.failures.is_empty();
+        Ok(outcome)
+    }
+
+    /// Ownership of what was created or deleted, and the conntrack entries of deleted UDP
+    /// real servers.
+    fn after_apply(&mut self, ops: &[Op], outcome: &mut Outcome) {
+        for op in ops {
+            match op {
+                Op::AddVirtualServer(vs) if self.applied.services.contains_key(&vs.key()) => {
+                    self.ownership.created.insert(vs.key());
+                }
+                Op::DeleteVirtualServer(key) if !self.applied.services.contains_key(key) => {
+                    self.ownership.created.remove(key);
+                }
+                Op::DeleteRealServer(key, rs) if key.protocol == Protocol::Udp => {
+                    let deleted = self
+                        .applied
+                        .services
+                        .get(key)
+                        .is_none_or(|s| !s.real_servers.contains_key(&rs.socket_addr()));
+                    let Some(companions) = &self.companions else {
+                        continue;
+                    };
+                    if !deleted {
+                        continue;
+                    }
+                    if let Err(e) = companions.clear_udp_flows(key.addr, key.port, rs.addr) {
+                        outcome.problems.push(SyncProblem {
+                            object: format!("UDP flows {key} -> {}", rs.socket_addr()),
+                            reason: e.to_string(),
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn cleanup(&mut self) -> Result<CleanupReport, BackendError> {
+        let result = cleanup_owned(
+            self.ipvs.as_ref(),
+            self.link.as_ref(),
+            &self.config.interface,
+            self.companions.as_mut(),
+            &self.ownership.created,
+        );
+        self.applied = IpvsState::default();
+        self.draining = Draining::default();
+        self.ownership = Ownership::default();
+        self.needs_full = true;
+        result.map(|objects_removed| CleanupReport { objects_removed })
+    }
+}
+
+/// The IPVS sysctls kube-proxy sets (`pkg/proxy/ipvs/proxier.go`), per network namespace:
+/// IPVS-forwarded packets pass through conntrack, so `POSTROUTING` can masquerade them
+/// (`conntrack`); connections to a deleted real server are expired rather than black-holed
+/// (`expire_nodest_conn`); persistence templates of a weight-0 real server expire
+/// (`expire_quiescent_template`). A missing file (no IPVS) is logged, not fatal.
+fn set_ipvs_sysctls() {
+    for name in [
+        "conntrack",
+        "expire_nodest_conn",
+        "expire_quiescent_template",
+    ] {
+        let path = format!("/proc/sys/net/ipv4/vs/{name}");
+        if let Err(e) = std::fs::write(&path, "1") {
+            debug!(path, error = %e, "could not set IPVS sysctl");
+        }
+    }
+}
+
+fn problem_of(desired: &Desired, ip: IpAddr, e: &BackendError) -> SyncProblem {
+    let ports: Vec<String> = desired
+        .origins
+        .iter()
+        .filter(|(key, _)| key.addr == ip)
+        .map(|(_, o)| o.port.to_string())
+        .collect();
+    SyncProblem {
+        object: format!("{} ({})", ip, ports.join(", ")),
+        reason: e.to_string(),
+    }
+}
+
+/// Whether any of our virtual servers has address `ip`.
+fn has_service_on(state: &IpvsState, ip: IpAddr) -> bool {
+    let first = ServiceKey {
+        addr: ip,
+        protocol: Protocol::Tcp,
+        port: 0,
+    };
+    state
+        .services
+        .range(first..)
+        .next()
+        .is_some_and(|(key, _)| key.addr == ip)
+}
+
+/// Virtual servers that differ between what we applied and what the kernel holds (connection
+/// counts aside).
+fn count_drift(applied: &IpvsState, observed: &IpvsState) -> usize {
+    let applied = &applied.services;
+    let observed = &observed.services;
+    let keys: BTreeSet<_> = applied.keys().chain(observed.keys()).collect();
+    keys.into_iter()
+        .filter(|key| {
+            let strip = |s: &crate::plan::ServiceState| {
+                (
+                    s.vs.clone(),
+                    s.real_servers
+                        .values()
+                        .map(|rs| rs.without_conns())
+                        .collect::<Vec<_>>(),
+                )
+            };
+            applied.get(key).map(strip) != observed.get(key).map(strip)
+        })
+        .count()
+}
+
+#[async_trait]
+impl Dataplane for IpvsDataplane {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Self::supported(self.lock().companions.is_some())
+    }
+
+    async fn sync(&mut self, request: SyncRequest<'_>) -> Result<SyncReport, DataplaneError> {
+        // The blocking thread is spawned from this one, so it starts in the same network
+        // namespace; the sockets are bound to theirs anyway.
+        let started = Instant::now();
+        let table = request.desired.clone();
+        let core = Arc::clone(&self.core);
+        let mode = request.mode;
+        let outcome = tokio::task::spawn_blocking(move || {
+            core.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .sync(&table, mode, Instant::now())
+        })
+        .await
+        .map_err(|e| DataplaneError::backend(NAME, BackendError::Task(e.to_string())))?
+        .map_err(|e| DataplaneError::backend(NAME, e))?;
+        let mut report = SyncReport::for_request(&request);
+        report.mode = outcome.mode;
+        report.objects_written = outcome.written;
+        report.duration = started.elapsed();
+        self.metrics.record_sync(&outcome.stats(report.duration));
+        report.problems = outcome.problems;
+        debug!(
+            service_ports = report.service_ports,
+            written = report.objects_written,
+            problems = report.problems.len(),
+            "sync complete"
+        );
+        Ok(report)
+    }
+
+    async fn cleanup(&mut self) -> Result<CleanupReport, DataplaneError> {
+        let core = Arc::clone(&self.core);
+        tokio::task::spawn_blocking(move || {
+            core.lock().unwrap_or_else(|e| e.into_inner()).cleanup()
+        })
+        .await
+        .map_err(|e| DataplaneError::backend(NAME, BackendError::Task(e.to_string())))?
+        .map_err(|e| DataplaneError::backend(NAME, e))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,389 @@
+//! The dataplane over `FakeIpvs`: ownership, drift repair, partial syncs that trust the applied
+//! state, failures that force a full sync, cleanup.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use proxy_core::diff::diff;
+use proxy_core::table::{Endpoint, ServicePort, ServicePortName};
+
+use super::*;
+use crate::model::{
+    ConnCounts, RealServer, Scheduler as KernelScheduler, ServiceKey, VirtualServer,
+};
+use crate::testing::FakeIpvs;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("test address literal")
+}
+
+fn web(endpoints: &[&str]) -> ServicePort {
+    let mut port = ServicePort::new(
+        ServicePortName::new("default", "web", "http"),
+        Protocol::Tcp,
+        80,
+    )
+    .with_cluster_ip(ip("198.19.0.10"));
+    port.endpoints = endpoints
+        .iter()
+        .map(|a| Endpoint::new(ip(a), 8080))
+        .collect();
+    port
+}
+
+fn table(ports: Vec<ServicePort>) -> ServiceTable {
+    let mut builder = ServiceTable::builder().node("node-a");
+    for port in ports {
+        builder = builder.insert(port);
+    }
+    builder.build().expect("valid test table")
+}
+
+fn dataplane(fake: &Arc<FakeIpvs>) -> IpvsDataplane {
+    let ipvs: Arc<dyn IpvsOps> = fake.clone();
+    IpvsDataplane::with_ops(Config::default(), ipvs).expect("valid config")
+}
+
+fn sync_at(
+    dp: &IpvsDataplane,
+    from: &ServiceTable,
+    to: &ServiceTable,
+    mode: SyncMode,
+    now: Instant,
+) -> SyncReport {
+    let changes = diff(from, to);
+    dp.sync_at(
+        &SyncRequest {
+            desired: to,
+            changes: &changes,
+            mode,
+        },
+        now,
+    )
+    .expect("sync")
+}
+
+fn sync(dp: &IpvsDataplane, from: &ServiceTable, to: &ServiceTable, mode: SyncMode) -> SyncReport {
+    sync_at(dp, from, to, mode, Instant::now())
+}
+
+fn web_key() -> ServiceKey {
+    ServiceKey {
+        addr: ip("198.19.0.10"),
+        protocol: Protocol::Tcp,
+        port: 80,
+    }
+}
+
+#[test]
+fn a_virtual_server_we_do_not_own_survives_sync_and_cleanup() {
+    let fake = Arc::new(FakeIpvs::new());
+    let foreign = VirtualServer::new(ip("198.18.5.5"), Protocol::Tcp, 80, KernelScheduler::Maglev);
+    fake.add_virtual_server(&foreign).expect("foreign");
+    let rs = RealServer::new(ip("198.18.5.6"), 80, 7);
+    fake.add_real_server(&foreign.key(), &rs)
+        .expect("foreign rs");
+
+    let dp = dataplane(&fake);
+    let t = table(vec![web(&["198.18.1.10"])]);
+    let report = sync(&dp, &ServiceTable::empty(), &t, SyncMode::Full);
+    assert!(report.is_complete(), "{report}");
+    assert_eq!(report.objects_written, 2, "{report}");
+    // An empty table: ours goes, the foreign one stays.
+    let report = sync(&dp, &t, &ServiceTable::empty(), SyncMode::Full);
+    assert!(report.is_complete(), "{report}");
+    assert_eq!(fake.virtual_servers().expect("dump"), vec![foreign.clone()]);
+    sync(&dp, &ServiceTable::empty(), &t, SyncMode::Full);
+    let removed = dp.cleanup_now().expect("cleanup");
+    assert_eq!(removed.objects_removed, 1);
+    assert_eq!(fake.virtual_servers().expect("dump"), vec![foreign.clone()]);
+    assert_eq!(
+        fake.real_servers(&foreign.key()).expect("dump")[0].without_conns(),
+        rs
+    );
+}
+
+#[test]
+fn a_full_sync_repairs_a_virtual_server_deleted_by_hand_and_a_partial_one_trusts_its_record() {
+    let fake = Arc::new(FakeIpvs::new());
+    let dp = dataplane(&fake);
+    let t = table(vec![web(&["198.18.1.10", "198.18.1.11"])]);
+    sync(&dp, &ServiceTable::empty(), &t, SyncMode::Full);
+    fake.delete_virtual_server(&web_key())
+        .expect("delete by hand");
+    assert_eq!(
+        dp.observe().expect("observe"),
+        IpvsState::default(),
+        "observe reads the kernel, not the record"
+    );
+    assert_eq!(dp.applied().services.len(), 1);
+
+    let partial = sync(&dp, &t, &t, SyncMode::Partial);
+    assert_eq!(
+        partial.objects_written, 0,
+        "partial syncs trust the applied state"
+    );
+    assert_eq!(fake.virtual_servers().expect("dump"), vec![]);
+
+    let full = sync(&dp, &t, &t, SyncMode::Full);
+    assert_eq!(full.objects_written, 3, "{full}");
+    assert_eq!(fake.real_servers(&web_key()).expect("dump").len(), 2);
+    assert_eq!(dp.applied().without_conns(), dp.desired(&t).state);
+}
+
+#[test]
+fn a_real_server_changed_by_hand_is_put_back_at_the_next_full_sync() {
+    let fake = Arc::new(FakeIpvs::new());
+    let dp = dataplane(&fake);
+    let t = table(vec![web(&["198.18.1.10"])]);
+    sync(&dp, &ServiceTable::empty(), &t, SyncMode::Full);
+    let rs = RealServer::new(ip("198.18.1.10"), 8080, 1);
+    fake.update_real_server(
+        &web_key(),
+        &RealServer {
+            weight: 9,
+            ..rs.clone()
+        },
+    )
+    .expect("edit by hand");
+    // A real server added by hand has no connections: deleted at once, no draining.
+    let stray = RealServer::new(ip("198.18.1.99"), 8080, 1);
+    fake.add_real_server(&web_key(), &stray)
+        .expect("add by hand");
+    let full = sync(&dp, &t, &t, SyncMode::Full);
+    assert_eq!(full.objects_written, 2, "{full}");
+    let got: Vec<RealServer> = fake
+        .real_servers(&web_key())
+        .expect("dump")
+        .iter()
+        .map(RealServer::without_conns)
+        .collect();
+    assert_eq!(got, vec![rs]);
+}
+
+#[test]
+fn partial_sync_of_one_endpoint_among_ten_thousand_writes_one_object() {
+    let ports: Vec<ServicePort> = (0..10_000u32)
+        .map(|i| {
+            let vip = IpAddr::from([198, 19, (i / 250) as u8, (i % 250) as u8 + 1]);
+            ServicePort::new(
+                ServicePortName::new("bench", format!("svc-{i}"), "p"),
+                Protocol::Tcp,
+                80,
+            )
+            .with_cluster_ip(vip)
+            .with_endpoint(Endpoint::new(ip("198.18.0.1"), 8080))
+        })
+        .collect();
+    let before = table(ports);
+    let fake = Arc::new(FakeIpvs::new());
+    let dp = dataplane(&fake);
+    let full = sync(&dp, &ServiceTable::empty(), &before, SyncMode::Full);
+    assert_eq!(full.objects_written, 20_000);
+    let name = ServicePortName::new("bench", "svc-777", "p");
+    let mut changed = (**before.get(&name).expect("present")).clone();
+    changed
+        .endpoints
+        .push(Endpoint::new(ip("198.18.0.2"), 8080));
+    let after = before.edit().insert(changed).build().expect("valid");
+    let partial = sync(&dp, &before, &after, SyncMode::Partial);
+    assert_eq!(partial.mode, SyncMode::Partial);
+    assert_eq!(partial.objects_written, 1, "{partial}");
+    println!("{full}\n{partial}");
+    // The partial sync updates the desired state port by port: its cost is the change's
+    // (a ratio, not a time, so a loaded machine does not fail it).
+    assert!(
+        partial.duration * 10 < full.duration,
+        "partial {:?} vs full {:?}",
+        partial.duration,
+        full.duration
+    );
+}
+
+#[test]
+fn a_failed_op_is_a_problem_naming_the_service_and_the_next_sync_is_full() {
+    let fake = Arc::new(FakeIpvs::new());
+    // Someone else's virtual server on our cluster IP and port.
+    let foreign = VirtualServer::new(
+        ip("198.19.0.10"),
+        Protocol::Tcp,
+        80,
+        KernelScheduler::Maglev,
+    );
+    fake.add_virtual_server(&foreign).expect("foreign");
+    let mut dp = dataplane(&fake);
+    let mut registry = prometheus_client::registry::Registry::default();
+    dp.set_metrics(crate::metrics::Metrics::register(&mut registry));
+    let t = table(vec![web(&["198.18.1.10"])]);
+    let report = sync(&dp, &ServiceTable::empty(), &t, SyncMode::Full);
+    assert_eq!(report.problems.len(), 1, "{report}");
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+    assert!(
+        text.contains("svcproxy_ipvs_failed_operations_total 1"),
+        "{text}"
+    );
+    let problem = report.problems[0].to_string();
+    assert!(
+        problem.contains("default/web:http cluster IP") && problem.contains("File exists"),
+        "{problem}"
+    );
+    assert_eq!(fake.real_servers(&foreign.key()).expect("dump"), vec![]);
+
+    // The other tool goes away; a partial sync is upgraded to full and converges.
+    fake.delete_virtual_server(&foreign.key()).expect("delete");
+    let report = sync(&dp, &t, &t, SyncMode::Partial);
+    assert_eq!(report.mode, SyncMode::Full);
+    assert!(report.is_complete(), "{report}");
+    assert_eq!(fake.real_servers(&web_key()).expect("dump").len(), 1);
+}
+
+#[test]
+fn graceful_termination_is_driven_by_each_sync() {
+    let fake = Arc::new(FakeIpvs::new());
+    let dp = dataplane(&fake);
+    let two = table(vec![web(&["198.18.1.10", "198.18.1.11"])]);
+    let one = table(vec![web(&["198.18.1.10"])]);
+    sync(&dp, &ServiceTable::empty(), &two, SyncMode::Full);
+    let leaving = RealServer::new(ip("198.18.1.11"), 8080, 1);
+    let open = ConnCounts {
+        active: 1,
+        ..ConnCounts::default()
+    };
+    assert!(fake.set_conns(&web_key(), &leaving, open));
+    let t0 = Instant::now();
+    sync_at(&dp, &two, &one, SyncMode::Partial, t0);
+    assert_eq!(dp.draining().len(), 1);
+    let weights: Vec<u32> = fake
+        .real_servers(&web_key())
+        .expect("dump")
+        .iter()
+        .map(|rs| rs.weight)
+        .collect();
+    assert_eq!(weights, [1, 0]);
+    // Still open a second later: a partial sync re-reads the draining service, keeps it.
+    let report = sync_at(
+        &dp,
+        &one,
+        &one,
+        SyncMode::Partial,
+        t0 + Duration::from_secs(1),
+    );
+    assert_eq!(report.objects_written, 0, "{report}");
+    assert_eq!(dp.draining().len(), 1);
+    // The connection ends: the next sync deletes it.
+    assert!(fake.set_conns(&web_key(), &leaving, ConnCounts::default()));
+    let report = sync_at(
+        &dp,
+        &one,
+        &one,
+        SyncMode::Partial,
+        t0 + Duration::from_secs(2),
+    );
+    assert_eq!(report.objects_written, 1, "{report}");
+    assert!(dp.draining().is_empty());
+    assert_eq!(fake.real_servers(&web_key()).expect("dump").len(), 1);
+}
+
+#[test]
+fn plan_shows_what_a_sync_would_do_without_doing_it() {
+    let fake = Arc::new(FakeIpvs::new());
+    let dp = dataplane(&fake);
+    let one = table(vec![web(&["198.18.1.10"])]);
+    sync(&dp, &ServiceTable::empty(), &one, SyncMode::Full);
+    let two = table(vec![web(&["198.18.1.10", "198.18.1.11"])]);
+    let shown: Vec<String> = dp.plan(&two).ops.iter().map(Op::to_string).collect();
+    assert_eq!(shown, ["-a TCP 198.19.0.10:80 -r 198.18.1.11:8080 -w 1"]);
+    assert_eq!(
+        fake.real_servers(&web_key()).expect("dump").len(),
+        1,
+        "nothing applied"
+    );
+}
+
+#[test]
+fn capabilities_have_every_scheduler_but_random_and_source_ranges_only_with_companions() {
+    let caps = IpvsDataplane::supported(true);
+    assert!(!caps.schedulers.contains(&Scheduler::Random));
+    assert_eq!(caps.schedulers.len(), Scheduler::ALL.len() - 1);
+    assert!(caps.load_balancer_source_ranges);
+    assert!(!IpvsDataplane::supported(false).load_balancer_source_ranges);
+    assert_eq!(caps.protocols.len(), 3);
+}
+
+#[tokio::test]
+async fn the_async_dataplane_syncs_on_a_blocking_thread() {
+    let fake = Arc::new(FakeIpvs::new());
+    let mut dp = dataplane(&fake);
+    let t = table(vec![web(&["198.18.1.10"])]);
+    let changes = diff(&ServiceTable::empty(), &t);
+    let report = Dataplane::sync(
+        &mut dp,
+        SyncRequest {
+            desired: &t,
+            changes: &changes,
+            mode: SyncMode::Full,
+        },
+    )
+    .await
+    .expect("sync");
+    assert!(report.is_complete(), "{report}");
+    assert_eq!(fake.virtual_servers().expect("dump").len(), 1);
+    let removed = Dataplane::cleanup(&mut dp).await.expect("cleanup");
+    assert_eq!(removed.objects_removed, 1);
+    assert_eq!(fake.virtual_servers().expect("dump"), vec![]);
+}
+
+mod properties {
+    use proptest::prelude::*;
+    use proxy_core::testing::strategy::arb_edited_pair;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// A partial sync from one table to an edit of it leaves the kernel (the fake) exactly
+        /// where a fresh full sync of the edit would.
+        #[test]
+        fn partial_sync_reaches_the_desired_state((before, after) in arb_edited_pair()) {
+            let fake = Arc::new(FakeIpvs::new());
+            let config = Config {
+                node_addresses: vec![ip("198.18.0.1"), ip("2001:db8::1")],
+                ..Config::default()
+            };
+            let ipvs: Arc<dyn IpvsOps> = fake.clone();
+            let dp = IpvsDataplane::with_ops(config, ipvs).expect("valid config");
+            sync(&dp, &ServiceTable::empty(), &before, SyncMode::Full);
+            let report = sync(&dp, &before, &after, SyncMode::Partial);
+            prop_assert_eq!(report.mode, SyncMode::Partial);
+            let kernel = || {
+                let mut kernel = IpvsState::default();
+                for vs in fake.virtual_servers().expect("dump") {
+                    let mut service = crate::plan::ServiceState::new(vs.clone());
+                    for rs in fake.real_servers(&vs.key()).expect("dump") {
+                        service.real_servers.insert(rs.socket_addr(), rs.without_conns());
+                    }
+                    kernel.services.insert(vs.key(), service);
+                }
+                kernel
+            };
+            // Removed TCP real servers drain at weight 0 (a partial sync does not know their
+            // connections yet); everything else is as desired.
+            let mut drained = kernel();
+            for (key, service) in drained.services.iter_mut() {
+                service.real_servers.retain(|addr, rs| {
+                    let draining = dp.draining().deadline(key, *addr).is_some();
+                    assert!(!draining || rs.weight == 0, "{key} -> {addr} drains at weight 0");
+                    !draining
+                });
+            }
+            prop_assert_eq!(drained, dp.desired(&after).state);
+            // The next sync reads their (zero) connection counts and deletes them.
+            sync(&dp, &after, &after, SyncMode::Partial);
+            prop_assert!(dp.draining().is_empty());
+            prop_assert_eq!(kernel(), dp.desired(&after).state);
+            prop_assert_eq!(dp.applied().without_conns(), dp.desired(&after).state);
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! The dummy interface the VIPs are bound to, over rtnetlink (a blocking `NETLINK_ROUTE`
+//! socket, `netlink-packet-route` messages).
+//!
+//! IPVS only sees packets the node accepts as local, so every cluster, external and
+//! load-balancer IP is added to a dummy interface we own (kube-proxy's `kube-ipvs0`), as a /32
+//! or /128. IPv6 addresses are added with `IFA_F_NODAD`: duplicate address detection would keep
+//! them tentative (unusable) for a second or more, and a VIP is on every node by design.
+
+use std::io;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+
+use netlink_packet_core::{
+    NetlinkMessage, ParseableParametrized, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REQUEST,
+};
+use netlink_packet_route::address::AddressMessage;
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressScope,
+};
+use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+use crate::error::BackendError;
+use crate::netlink::socket::{read_datagram, Progress, SocketError};
+
+/// `RTM_NEWLINK`: the type of a link reply.
+const RTM_NEWLINK: u16 = 16;
+/// `RTM_NEWADDR`: the type of an address reply.
+const RTM_NEWADDR: u16 = 20;
+/// `ENODEV`: no such interface.
+const ENODEV: i32 = 19;
+/// `EADDRNOTAVAIL`: no such address (on delete).
+const EADDRNOTAVAIL: i32 = 99;
+/// `EEXIST`.
+const EEXIST: i32 = 17;
+
+/// A blocking rtnetlink socket, in the network namespace of the thread that opened it.
+#[derive(Debug)]
+pub struct RouteSocket {
+    socket: Mutex<Socket>,
+    seq: AtomicU32,
+}
+
+fn link_err(
+    op: &'static str,
+    object: impl Into<String>,
+) -> impl FnOnce(SocketError) -> BackendError {
+    let object = object.into();
+    move |e| BackendError::Link {
+        op,
+        object,
+        source: match e {
+            SocketError::Io(e) | SocketError::Kernel(e) => e,
+            SocketError::Decode(e) => io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
+        },
+    }
+}
+
+fn errno_of(e: &SocketError) -> Option<i32> {
+    match e {
+        SocketError::Kernel(e) => e.raw_os_error(),
+        _ => None,
+    }
+}
+
+impl RouteSocket {
+    /// Opens the socket.
+    ///
+    /// # Errors
+    /// [`BackendError::Link`] when no netlink socket can be opened.
+    pub fn connect() -> Result<Self, BackendError> {
+        let open = || -> io::Result<Socket> {
+            let mut socket = Socket::new(NETLINK_ROUTE)?;
+            socket.bind_auto()?;
+            socket.connect(&SocketAddr::new(0, 0))?;
+            Ok(socket)
+        };
+        let socket = open().map_err(|source| BackendError::Link {
+            op: "open",
+            object: "NETLINK_ROUTE socket".into(),
+            source,
+        })?;
+        Ok(RouteSocket {
+            socket: Mutex::new(socket),
+            seq: AtomicU32::new(1),
+        })
+    }
+
+    fn exchange(
+        &self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+        reply_type: u16,
+    ) -> Result<Vec<RouteNetlinkMessage>, SocketError> {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let mut request = NetlinkMessage::from(msg);
+        request.header.flags = flags;
+        request.header.sequence_number = seq;
+        request.finalize();
+        let mut bytes = vec![0u8; request.buffer_len()];
+        request.serialize(&mut bytes);
+        let socket = self.socket.lock().unwrap_or_else(|e| e.into_inner());
+        socket.send(&bytes, 0).map_err(SocketError::Io)?;
+        let mut replies = Vec::new();
+        loop {
+            let (datagram, _) = socket.recv_from_full().map_err(SocketError::Io)?;
+            let progress = read_datagram(&datagram, seq, &mut |payload| {
+                let reply = RouteNetlinkMessage::parse_with_param(payload, reply_type)
+                    .map_err(SocketError::Decode)?;
+                replies.push(reply);
+                Ok(())
+            })?;
+            if progress == Progress::Finished {
+                return Ok(replies);
+            }
+        }
+    }
+
+    /// The index of the interface `name`, `None` if there is none.
+    ///
+    /// # Errors
+    /// [`BackendError::Link`] for any other failure.
+    pub fn link_index(&self, name: &str) -> Result<Option<u32>, BackendError> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        match self.exchange(
+            RouteNetlinkMessage::GetLink(msg),
+            NLM_F_REQUEST | NLM_F_ACK,
+            RTM_NEWLINK,
+        ) {
+            Ok(replies) => Ok(replies.into_iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(link) => Some(link.header.index),
+                _ => None,
+            })),
+            Err(e) if errno_of(&e) == Some(ENODEV) => Ok(None),
+            Err(e) => Err(link_err("get link", name)(e)),
+        }
+    }
+
+    /// Creates the dummy interface `name` if it is missing and sets it up; returns its index
+    /// and whether it was created.
+    ///
+    /// # Errors
+    /// [`BackendError::Link`] naming the interface.
+    pub fn ensure_dummy(&self, name: &str) -> Result<(u32, bool), BackendError> {
+        let mut created = false;
+        if self.link_index(name)?.is_none() {
+            let mut msg = LinkMessage::default();
+            msg.header.flags = LinkFlags::Up;
+            msg.header.change_mask = LinkFlags::Up;
+            msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
+            msg.attributes
+                .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+                    InfoKind::Dummy,
+                )]));
+            match self.exchange(
+                RouteNetlinkMessage::NewLink(msg),
+                NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+                RTM_NEWLINK,
+            ) {
+                Ok(_) => created = true,
+                Err(e) if errno_of(&e) == Some(EEXIST) => {}
+                Err(e) => return Err(link_err("create dummy link", name)(e)),
+            }
+        }
+        let index = self.link_index(name)?.ok_or_else(|| BackendError::Link {
+            op: "get link",
+            object: name.to_owned(),
+            source: io::Error::from_raw_os_error(ENODEV),
+        })?;
+        // Up, in case someone set it down (a down dummy still accepts local traffic, but
+        // IPv6 addresses on it would not be usable).
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.header.flags = LinkFlags::Up;
+        msg.header.change_mask = LinkFlags::Up;
+        self.exchange(
+            RouteNetlinkMessage::SetLink(msg),
+            NLM_F_REQUEST | NLM_F_ACK,
+            RTM_NEWLINK,
+        )
+        .map_err(link_err("set link up", name))?;
+        Ok((index, created))
+    }
+
+    /// Deletes the interface `name`; false if there was none.
+    ///
+    /// # Errors
+    /// [`BackendError::Link`] naming the interface.
+    pub fn delete_link(&self, name: &str) -> Result<bool, BackendError> {
+        let Some(index) = self.link_index(name)? else {
+            return Ok(false);
+        };
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        match self.exchange(
+            RouteNetlinkMessage::DelLink(msg),
+            NLM_F_REQUEST | NLM_F_ACK,
+            RTM_NEWLINK,
+        ) {
+            Ok(_) => Ok(true),
+            Err(e) if errno_of(&e) == Some(ENODEV) => Ok(false),
+            Err(e) => Err(link_err("delete link", name)(e)),
+        }
+    }
+
+    /// The global-scope addresses on interface `index`.
+    ///
+    /// # Errors
+    /// [`BackendError::Link`].
+    pub fn addresses(&self, index: u32) -> Result<Vec<IpAddr>, BackendError> {
+        let replies = self
+            .exchange(
+                RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+                NLM_F_REQUEST | NLM_F_DUMP,
+                RTM_NEWADDR,
+            )
+            .map_err(link_err("dump addresses", format!("link {index}")))?;
+        let mut addrs = Vec::new();
+        for reply in replies {
+            let RouteNetlinkMessage::NewAddress(msg) = reply else {
+                continue;
+            };
+            // Only global addresses: the kernel gives an interface that comes up an IPv6
+            // link-local address of its own, which is neither a VIP nor ours to remove.
+            if msg.header.index != index || msg.header.scope != AddressScope::Universe {
+                continue;
+            }
+            // IPv4 reports the interface address as IFA_LOCAL; IPv6 only as IFA_ADDRESS.
+            let local = msg.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(ip) => Some(*ip),
+                _ => None,
+            });
+            let address = msg.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            });
+            if let Some(ip) = local.or(address) {
+                addrs.push(ip);
+            }
+        }
+        addrs.sort();
+        addrs.dedup();
+        Ok(addrs)
+    }
+
+    fn address_message(index: u32, ip: IpAddr) -> AddressMessage {
+        let mut msg = AddressMessage::default();
+        msg.header.index = index;
+        match ip {
+            IpAddr::V4(_) => {
+                msg.header.family = AddressFamily::Inet;
+                msg.header.prefix_len = 32;
+                msg.attributes.push(AddressAttribute::Local(ip));
+                msg.attributes.push(AddressAttribute::Address(ip));
+            }
+            IpAddr::V6(_) => {
+                msg.header.family = AddressFamily::Inet6;
+                msg.header.prefix_len = 128;
+                msg.header.flags = AddressHeaderFlags::Nodad;
+                msg.attributes.push(AddressAttribute::Address(ip));
+                msg.attributes
+                    .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            }
+        }
+        msg
+    }
+
+    /// Adds `ip` as a /32 or /128 to interface `index`; an address already there is fine.
+    ///
+    /// # Errors
+    /// [`BackendError::Link`] naming the address.
+    pub fn add_address(&self, index: u32, ip: IpAddr) -> Result<(), BackendError> {
+        match self.exchange(
+            RouteNetlinkMessage::NewAddress(Self::address_message(index, ip)),
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+            RTM_NEWADDR,
+        ) {
+            Ok(_) => Ok(()),
+            Err(e) if errno_of(&e) == Some(EEXIST) => Ok(()),
+            Err(e) => Err(link_err("add address", ip.to_string())(e)),
+        }
+    }
+
+    /// Removes `ip` from interface `index`; an address already gone is fine.
+    ///
+    /// # Errors
+    /// [`BackendError::Link`] naming the address.
+    pub fn delete_address(&self, index: u32, ip: IpAddr) -> Result<(), BackendError> {
+        match self.exchange(
+            RouteNetlinkMessage::DelAddress(Self::address_message(index, ip)),
+            NLM_F_REQUEST | NLM_F_ACK,
+            RTM_NEWADDR,
+        ) {
+            Ok(_) => Ok(()),
+            Err(e) if errno_of(&e) == Some(EADDRNOTAVAIL) => Ok(()),
+            Err(e) => Err(link_err("delete address", ip.to_string())(e)),
+        }
+    }
+}

@@ -1,0 +1,376 @@
+//! The desired state of a table: [`Desired`], built whole by [`plan_desired`] or followed port
+//! by port with [`Desired::update`], and its `ipvsadm`-style listing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use proxy_core::dataplane::SyncProblem;
+use proxy_core::diff::ChangeSet;
+use proxy_core::select::{select_endpoints, Target};
+use proxy_core::table::{
+    Endpoint, Protocol, ServicePort, ServicePortName, ServiceTable, TrafficPolicy,
+};
+
+use super::state::{IpvsState, ServiceState};
+use crate::config::Config;
+use crate::model::{RealServer, SchedFlags, Scheduler, ServiceKey, VirtualServer};
+
+/// Which of a service port's addresses a virtual server serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum VipKind {
+    /// A cluster IP, on the service port.
+    ClusterIp,
+    /// An external IP, on the service port.
+    ExternalIp,
+    /// A load-balancer IP, on the service port.
+    LoadBalancerIp,
+    /// A node address, on the node port.
+    NodePort,
+}
+
+impl VipKind {
+    /// Whether the address is bound to our dummy interface (node addresses are the node's own).
+    pub fn is_bound(self) -> bool {
+        self != VipKind::NodePort
+    }
+
+    /// Whether external policies apply (everything but cluster IPs).
+    pub fn is_external(self) -> bool {
+        self != VipKind::ClusterIp
+    }
+}
+
+impl fmt::Display for VipKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            VipKind::ClusterIp => "cluster IP",
+            VipKind::ExternalIp => "external IP",
+            VipKind::LoadBalancerIp => "load-balancer IP",
+            VipKind::NodePort => "node port",
+        })
+    }
+}
+
+/// What happens to traffic of a virtual server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// Balanced over its real servers.
+    Forward,
+    /// No usable endpoint anywhere: refused (ICMP port unreachable).
+    Reject,
+    /// Endpoints exist, but none on this node for a `Local` policy: dropped.
+    Drop,
+}
+
+/// Where a desired virtual server comes from, for errors and the companion rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The service port.
+    pub port: ServicePortName,
+    /// Which of its addresses.
+    pub kind: VipKind,
+    /// What happens to its traffic.
+    pub verdict: Verdict,
+    /// Whether the external traffic policy is `Local` (client source kept: no masquerade).
+    pub is_local_policy: bool,
+    /// Load-balancer source ranges (load-balancer IPs only; empty allows everyone).
+    pub source_ranges: Vec<IpNet>,
+}
+
+/// The desired IPVS state of a table, with where each virtual server comes from. Built whole
+/// by [`plan_desired`], or kept up to date port by port ([`Desired::update`]) so a partial sync
+/// costs what changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Desired {
+    /// The virtual and real servers.
+    pub state: IpvsState,
+    /// Per virtual server, its service port and kind.
+    pub origins: BTreeMap<ServiceKey, Origin>,
+    /// The addresses to bind to the dummy interface (cluster, external and load-balancer IPs),
+    /// each with the number of virtual servers on it.
+    pub vips: BTreeMap<IpAddr, usize>,
+    /// Endpoints that may be reached through a service, by (address, protocol, port), each
+    /// with the number of service ports using it: the hairpin set (a pod reaching itself
+    /// through its service must be masqueraded).
+    pub endpoints: BTreeMap<(IpAddr, Protocol, u16), usize>,
+    /// Per service port, what could not be planned (a scheduler IPVS lacks, a clashing address).
+    pub problems: BTreeMap<ServicePortName, Vec<SyncProblem>>,
+}
+
+/// What an incremental [`Desired::update`] touched: the virtual servers to plan again and the
+/// endpoints whose hairpin entry may have come or gone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// Virtual servers added, removed or changed.
+    pub keys: BTreeSet<ServiceKey>,
+    /// Endpoints that came into use or went out of use.
+    pub endpoints: BTreeSet<(IpAddr, Protocol, u16)>,
+}
+
+/// What one service port contributes to the desired state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct PortPlan {
+    services: Vec<(ServiceState, Origin)>,
+    endpoints: BTreeSet<(IpAddr, Protocol, u16)>,
+    problems: Vec<SyncProblem>,
+}
+
+/// The desired IPVS state of `table`.
+pub fn plan_desired(table: &ServiceTable, config: &Config) -> Desired {
+    let mut desired = Desired::default();
+    for port in table.iter() {
+        desired.insert_port(port, config, &mut Touched::default());
+    }
+    desired
+}
+
+impl Desired {
+    /// Every problem, in service port order.
+    pub fn problems(&self) -> Vec<SyncProblem> {
+        self.problems.values().flatten().cloned().collect()
+    }
+
+    /// Follows a table change port by port: each removed or changed port's old contribution
+    /// goes, each added or changed port's new one comes. Returns what was touched.
+    ///
+    /// The result equals [`plan_desired`] of the new table, except when two ports clash on one
+    /// virtual server and the first goes: the second then waits for the next full sync.
+    pub fn update(&mut self, changes: &ChangeSet, config: &Config) -> Touched {
+        let mut touched = Touched::default();
+        // Every removal before any insertion: two ports may swap an address and port in one
+        // change, and inserting one before the other left would look like a clash.
+        let previous = changes.changed.iter().map(|c| &c.previous);
+        for old in changes.removed.iter().chain(previous) {
+            self.remove_port(old, config, &mut touched);
+        }
+        let current = changes.changed.iter().map(|c| &c.current);
+        for new in current.chain(&changes.added) {
+            self.insert_port(new, config, &mut touched);
+        }
+        touched
+    }
+
+    fn insert_port(&mut self, port: &ServicePort, config: &Config, touched: &mut Touched) {
+        let plan = plan_port(port, config);
+        let mut problems = plan.problems;
+        for (service, origin) in plan.services {
+            let key = service.vs.key();
+            if let Some(other) = self.origins.get(&key) {
+                problems.push(SyncProblem {
+                    object: format!("{} {} {key}", port.name, origin.kind),
+                    reason: format!("already served by {} {}", other.port, other.kind),
+                });
+                continue;
+            }
+            if origin.kind.is_bound() {
+                *self.vips.entry(key.addr).or_default() += 1;
+            }
+            self.origins.insert(key, origin);
+            self.state.services.insert(key, service);
+            touched.keys.insert(key);
+        }
+        for ep in plan.endpoints {
+            let count = self.endpoints.entry(ep).or_default();
+            *count += 1;
+            if *count == 1 {
+                touched.endpoints.insert(ep);
+            }
+        }
+        if !problems.is_empty() {
+            self.problems.insert(port.name.clone(), problems);
+        }
+    }
+
+    fn remove_port(&mut self, port: &ServicePort, config: &Config, touched: &mut Touched) {
+        let plan = plan_port(port, config);
+        for (service, origin) in plan.services {
+            let key = service.vs.key();
+            // Only what this port holds: a clashing key belongs to the other port.
+            if self.origins.get(&key).map(|o| &o.port) != Some(&port.name) {
+                continue;
+            }
+            if origin.kind.is_bound() {
+                decrement(&mut self.vips, key.addr);
+            }
+            self.origins.remove(&key);
+            self.state.services.remove(&key);
+            touched.keys.insert(key);
+        }
+        for ep in plan.endpoints {
+            if decrement(&mut self.endpoints, ep) {
+                touched.endpoints.insert(ep);
+            }
+        }
+        self.problems.remove(&port.name);
+    }
+}
+
+/// Counts one use of `key` less; true when that was the last one.
+fn decrement<K: Ord>(counts: &mut BTreeMap<K, usize>, key: K) -> bool {
+    match counts.get_mut(&key) {
+        Some(n) if *n > 1 => {
+            *n -= 1;
+            false
+        }
+        Some(_) => {
+            counts.remove(&key);
+            true
+        }
+        None => false,
+    }
+}
+
+fn plan_port(port: &ServicePort, config: &Config) -> PortPlan {
+    let mut plan = PortPlan::default();
+    let asked = port.scheduler.unwrap_or(config.default_scheduler);
+    let scheduler = match Scheduler::try_from(asked) {
+        Ok(s) => s,
+        Err(e) => {
+            plan.problems.push(SyncProblem {
+                object: port.name.to_string(),
+                reason: e.to_string(),
+            });
+            return plan;
+        }
+    };
+    let selection = select_endpoints(port);
+    let internal = selection.internal();
+    let external = selection.external();
+    let is_local_policy = port.external_traffic_policy == TrafficPolicy::Local;
+
+    let mut vips: Vec<(IpAddr, u16, VipKind, Target<'_, '_>)> = Vec::new();
+    vips.extend(
+        port.cluster_ips
+            .iter()
+            .map(|ip| (*ip, port.port, VipKind::ClusterIp, internal)),
+    );
+    vips.extend(
+        port.external_ips
+            .iter()
+            .map(|ip| (*ip, port.port, VipKind::ExternalIp, external)),
+    );
+    vips.extend(
+        port.load_balancer_ips
+            .iter()
+            .map(|ip| (*ip, port.port, VipKind::LoadBalancerIp, external)),
+    );
+    if let Some(node_port) = port.node_port {
+        // Node ports only on node addresses of a family the service has (kube-proxy: the node
+        // IPs of the service's IP families), else a v4-only service would get a v6 node port
+        // with no real server.
+        let mut families: BTreeSet<bool> = port.service_ips().map(|ip| ip.is_ipv4()).collect();
+        if families.is_empty() {
+            families.extend(port.endpoints.iter().map(|ep| ep.addr.is_ipv4()));
+        }
+        vips.extend(
+            config
+                .node_addresses
+                .iter()
+                .filter(|ip| families.contains(&ip.is_ipv4()))
+                .map(|ip| (*ip, node_port, VipKind::NodePort, external)),
+        );
+    }
+
+    plan.endpoints.extend(
+        selection
+            .all_reachable
+            .iter()
+            .map(|ep| (ep.addr, port.protocol, ep.port)),
+    );
+
+    for (addr, vport, kind, target) in vips {
+        let vs = VirtualServer {
+            sched_flags: SchedFlags {
+                // kube-proxy sets only the port flag for mh (`FlagSourceHash`, 0x10): connections
+                // from one client spread over real servers by source port too.
+                flag2: scheduler == Scheduler::Maglev,
+                ..SchedFlags::default()
+            },
+            persistence: port.session_affinity.timeout(),
+            ..VirtualServer::new(addr, port.protocol, vport, scheduler.clone())
+        };
+        let (verdict, endpoints): (Verdict, &[&Endpoint]) = match target {
+            Target::Endpoints(eps) => (Verdict::Forward, eps),
+            Target::Reject => (Verdict::Reject, &[]),
+            Target::Drop => (Verdict::Drop, &[]),
+        };
+        let mut service = ServiceState::new(vs);
+        // IPVS masquerading forwards within the VIP's family only.
+        for ep in endpoints
+            .iter()
+            .filter(|ep| ep.addr.is_ipv4() == addr.is_ipv4())
+        {
+            let rs = RealServer::new(ep.addr, ep.port, ep.weight);
+            service.real_servers.insert(rs.socket_addr(), rs);
+        }
+        let origin = Origin {
+            port: port.name.clone(),
+            kind,
+            verdict,
+            is_local_policy: is_local_policy && kind.is_external(),
+            source_ranges: if kind == VipKind::LoadBalancerIp {
+                port.load_balancer_source_ranges.clone()
+            } else {
+                Vec::new()
+            },
+        };
+        plan.services.push((service, origin));
+    }
+    plan
+}
+
+/// An `ipvsadm -Ln`-style listing of a desired state, with each virtual server's service port,
+/// kind and verdict as a comment: what the golden files pin, and what `--dry-run` can print.
+///
+/// ```text
+/// # default/web:http cluster IP
+/// TCP  198.19.0.10:80 wrr
+///   -> 198.18.1.10:8080  Masq  3
+/// ```
+pub fn render_listing(desired: &Desired) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for (key, service) in &desired.state.services {
+        if let Some(origin) = desired.origins.get(key) {
+            let verdict = match origin.verdict {
+                Verdict::Forward => "",
+                Verdict::Reject => ", no endpoints: reject",
+                Verdict::Drop => ", no local endpoints: drop",
+            };
+            let local = if origin.is_local_policy {
+                ", local"
+            } else {
+                ""
+            };
+            let _ = writeln!(out, "# {} {}{local}{verdict}", origin.port, origin.kind);
+        }
+        let vs = &service.vs;
+        let _ = write!(out, "{key} {}", vs.scheduler);
+        let flags: Vec<&str> = [
+            (vs.sched_flags.flag1, "flag-1"),
+            (vs.sched_flags.flag2, "flag-2"),
+            (vs.sched_flags.flag3, "flag-3"),
+        ]
+        .into_iter()
+        .filter_map(|(set, name)| set.then_some(name))
+        .collect();
+        if !flags.is_empty() {
+            let _ = write!(out, " ({})", flags.join(","));
+        }
+        if let Some(timeout) = vs.persistence {
+            let _ = write!(out, " persistent {}", timeout.as_secs());
+        }
+        out.push('\n');
+        for rs in service.real_servers.values() {
+            let _ = writeln!(out, "  -> {}  Masq  {}", rs.socket_addr(), rs.weight);
+        }
+    }
+    let vips: Vec<String> = desired.vips.keys().map(IpAddr::to_string).collect();
+    let _ = writeln!(out, "# bound to the dummy interface: {}", vips.join(" "));
+    for problem in desired.problems() {
+        let _ = writeln!(out, "# problem: {problem}");
+    }
+    out
+}
