@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 
 use anyhow::Context as _;
 use backend_iptables::{IptablesDataplane, Planner};
+use backend_ipvs::IpvsDataplane;
 use backend_userspace::{Metrics as UserspaceMetrics, UserspaceDataplane};
 use prometheus_client::registry::Registry;
 use proxy_core::{Capabilities, Dataplane, ServiceTable};
@@ -22,6 +23,15 @@ fn iptables_config(args: &RunArgs) -> backend_iptables::Config {
         cluster_cidrs: args.cluster_cidrs.clone(),
         masquerade_all: args.masquerade_all,
         ..backend_iptables::Config::default()
+    }
+}
+
+fn ipvs_config(args: &RunArgs) -> backend_ipvs::Config {
+    backend_ipvs::Config {
+        node_addresses: args.node_addresses.clone(),
+        cluster_cidrs: args.cluster_cidrs.clone(),
+        masquerade_all: args.masquerade_all,
+        ..backend_ipvs::Config::default()
     }
 }
 
@@ -47,9 +57,10 @@ pub fn build(
                 IptablesDataplane::system(iptables_config(args)).context("iptables backend")?;
             Ok(Box::new(dataplane.with_metrics(metrics)))
         }
-        // TODO(#5): wire the IPVS backend in once it implements `Dataplane`.
         BackendKind::Ipvs => {
-            anyhow::bail!("the ipvs backend is not available in this build yet (issue #5)")
+            let mut dataplane = IpvsDataplane::new(ipvs_config(args)).context("ipvs backend")?;
+            dataplane.set_metrics(backend_ipvs::Metrics::register(registry));
+            Ok(Box::new(dataplane))
         }
     }
 }
@@ -111,7 +122,26 @@ pub fn dry_run(kind: BackendKind, args: &RunArgs, table: &ServiceTable) -> anyho
             Ok(out)
         }
         BackendKind::Ipvs => {
-            anyhow::bail!("the ipvs backend is not available in this build yet (issue #5)")
+            let config = ipvs_config(args);
+            config.validate().context("ipvs backend")?;
+            check(
+                IpvsDataplane::supported(config.manage_companions),
+                backend_ipvs::NAME,
+                table,
+            )?;
+            let desired = backend_ipvs::plan::plan_desired(table, &config);
+            let mut out = format!(
+                "# ipvs backend: {} virtual server(s) for {} service port(s), {} endpoint(s); VIPs on {}\n",
+                desired.state.services.len(),
+                table.len(),
+                table.endpoint_count(),
+                config.interface
+            );
+            out.push_str(&backend_ipvs::plan::render_listing(&desired));
+            for problem in desired.problems.values().flatten() {
+                let _ = writeln!(out, "# problem: {problem}");
+            }
+            Ok(out)
         }
     }
 }

@@ -78,16 +78,17 @@ pub struct RunArgs {
     #[arg(long, value_name = "MS", default_value_t = 500)]
     pub poll_interval_ms: u64,
 
-    /// iptables backend: the pod network (at most one per family). Traffic from outside it to a
+    /// iptables and ipvs backends: the pod network (at most one per family). Traffic from outside it to a
     /// cluster IP is masqueraded (kube-proxy's --cluster-cidr). Repeatable.
     #[arg(long = "cluster-cidr", value_name = "CIDR")]
     pub cluster_cidrs: Vec<ipnet::IpNet>,
 
-    /// iptables backend: masquerade all traffic to cluster IPs (kube-proxy's --masquerade-all).
+    /// iptables and ipvs backends: masquerade all traffic to cluster IPs (kube-proxy's --masquerade-all).
     #[arg(long)]
     pub masquerade_all: bool,
 
-    /// Userspace backend: the node's addresses, on which node ports are served (repeatable).
+    /// userspace and ipvs backends: the node's addresses, on which node ports are served
+    /// (repeatable).
     #[arg(long = "node-address", value_name = "IP", default_value = "127.0.0.1")]
     pub node_addresses: Vec<std::net::IpAddr>,
 }
