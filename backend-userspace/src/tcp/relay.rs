@@ -85,7 +85,14 @@ async fn moved(
                 to.write_all(&pending).await?;
                 activity.touch();
             }
-            return super::splice::one_way(from.as_ref(), to.as_ref(), counter, activity).await;
+            // Boxed: only bulk directions pay for the splice state.
+            return Box::pin(super::splice::one_way(
+                from.as_ref(),
+                to.as_ref(),
+                counter,
+                activity,
+            ))
+            .await;
         }
         #[cfg(not(target_os = "linux"))]
         let _ = (full, splice);
