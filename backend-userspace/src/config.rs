@@ -43,8 +43,9 @@ pub struct Config {
     /// Set `IP_FREEBIND`/`IPV6_FREEBIND` on listening sockets, so that addresses not (yet) local
     /// can be bound (Linux only; ignored elsewhere).
     pub freebind: bool,
-    /// Pump TCP bytes with `splice(2)` through a pipe (zero copy, Linux only); otherwise, and on
-    /// other systems, with `tokio::io::copy_bidirectional`.
+    /// Switch a TCP direction that carries bulk (a read filled the 64 KiB buffer) to `splice(2)`
+    /// through a pipe (zero copy, Linux only); otherwise, and on other systems, every byte is
+    /// read and written through the buffer. Short exchanges never use a pipe either way.
     pub splice: bool,
     /// The `listen(2)` backlog of each TCP listener.
     pub tcp_backlog: u32,

@@ -6,8 +6,9 @@
 //! TCP connection or UDP flow is sent to an endpoint chosen by the port's scheduler (IPVS's
 //! `rr`, `wrr`, `lc`, `wlc`, `sed`, `nq`, `sh`, `dh`, `mh`, and `random`; see [`pick`]), with
 //! client-IP affinity if asked, failing over on connect errors and ejecting endpoints that keep
-//! failing. TCP bytes move with `splice(2)` on Linux, else `tokio::io::copy_bidirectional`. The addresses must be local (loopback `127.0.0.0/8` is, on
-//! Linux) unless [`Config::freebind`] is set.
+//! failing. TCP bytes are read and written straight through a per-thread buffer, and a
+//! direction that carries bulk switches to `splice(2)` on Linux. The addresses must be local
+//! (loopback `127.0.0.0/8` is, on Linux) unless [`Config::freebind`] is set.
 //!
 //! It owns only its sockets: [`Dataplane::cleanup`] closes every listener (connections already
 //! open finish on their own). In the optional transparent capture mode ([`ListenMode::Capture`],

@@ -5,30 +5,23 @@
 //! The pump propagates half-close (EOF on one side becomes a write shutdown on the other) and
 //! closes a connection idle in both directions for [`crate::Config::idle_timeout`].
 
+mod relay;
 #[cfg(target_os = "linux")]
 mod splice;
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
-use prometheus_client::metrics::counter::Counter;
 use socket2::{Domain, SockRef, Socket, Type};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
 use crate::balance::{current, now, Balancer, Context, RouteSlot};
 use crate::config::Config;
 use crate::plan::RouteTarget;
-
-/// Buffer per direction of the portable pump (tokio's default is 8 KiB; larger buffers mean
-/// fewer system calls on bulk transfers).
-const COPY_BUFFER: usize = 64 * 1024;
 
 /// Binds and listens on `addr` (SO_REUSEADDR, so that a port closed with connections in
 /// TIME_WAIT can be bound again; optionally IP_FREEBIND).
@@ -165,27 +158,33 @@ pub(crate) enum PumpEnd {
 }
 
 async fn pump(
-    client: TcpStream,
-    upstream: TcpStream,
+    mut client: TcpStream,
+    mut upstream: TcpStream,
     balancer: &Balancer,
     config: &Config,
 ) -> io::Result<PumpEnd> {
     let activity = Activity::new();
-    #[cfg(target_os = "linux")]
-    if config.splice {
-        let metrics = (
-            &balancer.metrics.bytes_to_endpoint,
-            &balancer.metrics.bytes_to_client,
-        );
-        tokio::select! {
-            result = splice::pump(&client, &upstream, metrics, &activity) => return result.map(|()| PumpEnd::Done),
-            () = activity.idle(config.idle_timeout) => return Ok(PumpEnd::Idle),
-        }
-    }
-    let mut client = Metered::new(client, &balancer.metrics.bytes_to_endpoint, &activity);
-    let mut upstream = Metered::new(upstream, &balancer.metrics.bytes_to_client, &activity);
+    let (client_read, client_write) = client.split();
+    let (upstream_read, upstream_write) = upstream.split();
+    let one_ended = AtomicBool::new(false);
+    let forward = relay::one_way(
+        client_read,
+        upstream_write,
+        &balancer.metrics.bytes_to_endpoint,
+        &activity,
+        config.splice,
+        &one_ended,
+    );
+    let backward = relay::one_way(
+        upstream_read,
+        client_write,
+        &balancer.metrics.bytes_to_client,
+        &activity,
+        config.splice,
+        &one_ended,
+    );
     tokio::select! {
-        result = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, COPY_BUFFER, COPY_BUFFER) => result.map(|_| PumpEnd::Done),
+        result = async { tokio::try_join!(forward, backward) } => result.map(|_| PumpEnd::Done),
         () = activity.idle(config.idle_timeout) => Ok(PumpEnd::Idle),
     }
 }
@@ -225,58 +224,5 @@ impl Activity {
             }
             tokio::time::sleep(deadline - now).await;
         }
-    }
-}
-
-/// A stream that counts the bytes read from it and notes activity.
-struct Metered<'a> {
-    inner: TcpStream,
-    read_bytes: &'a Counter,
-    activity: &'a Activity,
-}
-
-impl<'a> Metered<'a> {
-    fn new(inner: TcpStream, read_bytes: &'a Counter, activity: &'a Activity) -> Self {
-        Self {
-            inner,
-            read_bytes,
-            activity,
-        }
-    }
-}
-
-impl AsyncRead for Metered<'_> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
-        let read = buf.filled().len() - before;
-        if read > 0 {
-            this.read_bytes.inc_by(read as u64);
-            this.activity.touch();
-        }
-        poll
-    }
-}
-
-impl AsyncWrite for Metered<'_> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }

@@ -68,9 +68,10 @@ fn init_logging() {
         .init();
 }
 
-/// The userspace backend holds up to six descriptors per proxied connection (two sockets, two
-/// splice pipes), so the usual soft limit of 1,024 would cap it near 170 connections: raise the
-/// soft limit to the hard one, as servers commonly do.
+/// The userspace backend holds two descriptors per proxied connection (its two sockets) and up to
+/// eight more while a connection moves bulk both ways (two splice pipes per direction), so the
+/// usual soft limit of 1,024 would cap it near 500 connections or fewer: raise the soft limit to
+/// the hard one, as servers commonly do.
 fn raise_open_file_limit() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     match getrlimit(Resource::RLIMIT_NOFILE) {
