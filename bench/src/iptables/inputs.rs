@@ -10,15 +10,20 @@ use backend_iptables::plan::{Applied, Hook, Plan, Planner};
 use backend_iptables::rules::{ChainName, Family, Rule, Table, TableName, Target};
 use backend_iptables::testing::kube_layout::{kube_proxy_nat, kube_proxy_partial_nat};
 use backend_iptables::testing::trace::{Packet, Tracer};
+use proxy_core::table::{SessionAffinity, TrafficPolicy};
 use proxy_core::testing::generate::{large_table, with_endpoint_changed, with_service_added};
 use proxy_core::{diff, Protocol, ServicePort, ServiceTable, SyncMode};
 use serde::{Deserialize, Serialize};
 
 use crate::netns::{server_addr, CLIENT_ADDR, NODE_CLIENT_SIDE, NODE_SERVER_SIDE};
 
-/// The target service port's cluster IP: above every address the generator hands out at
-/// 10,000 x 10 (198.18.0.1 to 198.19.173.112) and below those `with_service_added` takes.
-pub const TARGET_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 254, 1);
+/// The first cluster IP: service port `i` gets `198.19.192.1 + i` (a dense block, like a
+/// service CIDR, clear of the topology's 198.18.0.0/23, of the generator's endpoints, which end at
+/// 198.19.173.112 for 10,000 x 10, and of the addresses `with_service_added` takes from
+/// 198.19.255.254 down).
+const FIRST_VIP: u32 = u32::from_be_bytes([198, 19, 192, 1]);
+/// Most service ports [`bench_table`] can number in its block.
+pub const MAX_PORTS: usize = 16_000;
 /// The target's service port.
 pub const TARGET_PORT: u16 = 80;
 /// The backends' port in the server namespace.
@@ -49,31 +54,55 @@ impl Layout {
     }
 }
 
-/// The table at size `n`: `large_table(n, endpoints)` with its last service port (in name
-/// order: the last rule of a flat dispatch chain) replaced by the target: TCP
-/// [`TARGET_VIP`]:[`TARGET_PORT`], no affinity, endpoints the server namespace's addresses on
-/// [`BACKEND_PORT`], so real connections reach real backends.
+/// The VIP of service port `i` (in name order).
+pub fn vip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::from(FIRST_VIP + u32::try_from(i).expect("below MAX_PORTS"))
+}
+
+/// The cluster IP connected to at size `n`: the last service port's.
+pub fn target_vip(n: usize) -> Ipv4Addr {
+    vip(n.saturating_sub(1))
+}
+
+/// The table at size `n`: `large_table(n, endpoints)` reduced to what kube-proxy's generated
+/// layout models (cluster IPs only: no node port, health-check node port, `Local` policy or
+/// session affinity), its cluster IPs renumbered into one dense block ([`vip`]), and its last
+/// service port (in name order: the last rule of a flat dispatch chain, and as deep in our tree as
+/// any) made the target: TCP [`TARGET_PORT`], no affinity, endpoints the server namespace's
+/// addresses on [`BACKEND_PORT`], so real connections reach real backends.
 ///
 /// # Panics
-/// When `n` is 0, `endpoints` is 0 or above 249, or the generator's address plan overflows.
+/// When `n` is 0 or above [`MAX_PORTS`], `endpoints` is 0 or above 249, or the generator's
+/// address plan overflows.
 pub fn bench_table(n: usize, endpoints: usize) -> ServiceTable {
     assert!(
-        n > 0 && (1..250).contains(&endpoints),
+        (1..=MAX_PORTS).contains(&n) && (1..250).contains(&endpoints),
         "n={n} endpoints={endpoints}"
     );
-    let table = large_table(n, endpoints);
-    let last = table.iter().last().expect("n > 0").name.clone();
-    let mut target =
-        ServicePort::new(last, Protocol::Tcp, TARGET_PORT).with_cluster_ip(TARGET_VIP.into());
-    target.target_port = BACKEND_PORT;
-    for i in 0..endpoints {
-        let index = u8::try_from(i).expect("below 250");
-        target.endpoints.push(proxy_core::Endpoint::new(
-            IpAddr::V4(server_addr(index)),
-            BACKEND_PORT,
-        ));
+    let generated = large_table(n, endpoints);
+    let mut builder = ServiceTable::builder();
+    builder.set_node(generated.node().map(str::to_owned));
+    for (i, port) in generated.iter().enumerate() {
+        let mut port = ServicePort::clone(port);
+        port.cluster_ips = vec![IpAddr::V4(vip(i))];
+        port.node_port = None;
+        port.health_check_node_port = None;
+        port.external_traffic_policy = TrafficPolicy::Cluster;
+        port.session_affinity = SessionAffinity::None;
+        if i + 1 == n {
+            port.protocol = Protocol::Tcp;
+            port.port = TARGET_PORT;
+            port.target_port = BACKEND_PORT;
+            port.endpoints = (0..endpoints)
+                .map(|j| {
+                    let index = u8::try_from(j).expect("below 250");
+                    proxy_core::Endpoint::new(IpAddr::V4(server_addr(index)), BACKEND_PORT)
+                })
+                .collect();
+        }
+        builder.upsert(port);
     }
-    match table.edit().insert(target).build() {
+    match builder.build() {
         Ok(table) => table,
         Err(errors) => panic!("benchmark table invalid: {errors}"),
     }
@@ -155,10 +184,10 @@ pub fn our_config(layout: Layout) -> Config {
 }
 
 /// The packet traced: the client's first SYN to the target.
-fn target_packet() -> Packet {
+fn target_packet(n: usize) -> Packet {
     Packet::tcp(
         &CLIENT_ADDR.to_string(),
-        &TARGET_VIP.to_string(),
+        &target_vip(n).to_string(),
         TARGET_PORT,
     )
 }
@@ -189,7 +218,7 @@ pub fn inputs(table: &ServiceTable, layout: Layout) -> Inputs {
                 planner.plan(&added, &diff(&changed, &added), &applied, SyncMode::Partial);
             let hooks = planner.hooks();
             let walk = match Tracer::from_plan(&planner, &full, Family::V4, node_addrs()) {
-                Ok(tracer) => traced_walk(&tracer),
+                Ok(tracer) => traced_walk(&tracer, table.len()),
                 Err(e) => Err(e.to_string()),
             };
             Inputs {
@@ -217,7 +246,7 @@ pub fn inputs(table: &ServiceTable, layout: Layout) -> Inputs {
             }];
             let walk = Tracer::new(Family::V4, &full.to_string(), &hooks, node_addrs())
                 .map_err(|e| e.to_string())
-                .and_then(|tracer| traced_walk(&tracer))
+                .and_then(|tracer| traced_walk(&tracer, table.len()))
                 .unwrap_or_else(|e| kube_walk_analytic(table, &e));
             Inputs {
                 full: Step::from_table(&full),
@@ -230,8 +259,8 @@ pub fn inputs(table: &ServiceTable, layout: Layout) -> Inputs {
     }
 }
 
-fn traced_walk(tracer: &Tracer) -> Result<Walk, String> {
-    let trace = tracer.trace(&target_packet()).map_err(|e| e.to_string())?;
+fn traced_walk(tracer: &Tracer, n: usize) -> Result<Walk, String> {
+    let trace = tracer.trace(&target_packet(n)).map_err(|e| e.to_string())?;
     let target = SocketAddr::new(IpAddr::V4(server_addr(0)), BACKEND_PORT);
     if !trace.destinations().contains_key(&target) {
         return Err(format!(
@@ -252,7 +281,7 @@ fn kube_walk_analytic(table: &ServiceTable, why: &str) -> Walk {
     let position = table
         .iter()
         .filter(|p| p.endpoints.iter().any(|e| e.ready))
-        .position(|p| p.cluster_ips.contains(&IpAddr::V4(TARGET_VIP)))
+        .position(|p| p.cluster_ips.contains(&IpAddr::V4(target_vip(table.len()))))
         .map_or(table.len(), |i| i + 1);
     let endpoints = table.iter().last().map_or(0, |p| p.endpoints.len());
     Walk {
@@ -286,7 +315,17 @@ mod tests {
     fn the_target_is_the_last_port_and_reaches_the_server_namespace() {
         let table = bench_table(30, 10);
         let last = table.iter().last().expect("ports");
-        assert_eq!(last.cluster_ips, [IpAddr::V4(TARGET_VIP)]);
+        assert_eq!(
+            last.cluster_ips,
+            [IpAddr::V4(Ipv4Addr::new(198, 19, 192, 30))]
+        );
+        assert_eq!(target_vip(30), Ipv4Addr::new(198, 19, 192, 30));
+        assert_eq!(vip(MAX_PORTS - 1), Ipv4Addr::new(198, 19, 254, 128));
+        // Only cluster IPs: what kube-proxy's generated layout models too.
+        assert!(table.iter().all(|p| p.node_port.is_none()
+            && p.session_affinity == SessionAffinity::None
+            && p.external_traffic_policy == TrafficPolicy::Cluster));
+        assert!(table.iter().any(|p| p.protocol == Protocol::Udp));
         assert_eq!(last.protocol, Protocol::Tcp);
         assert_eq!(last.endpoints.len(), 10);
         assert_eq!(last.endpoints[9].addr, IpAddr::V4(server_addr(9)));

@@ -29,7 +29,7 @@ use crate::load::{LoadOutcome, LoadSpec, Scenario};
 use crate::netns::{Role, Topology};
 use crate::procfs::{self, Machine};
 
-use self::inputs::{bench_table, Inputs, Layout, Step, BACKEND_PORT, TARGET_PORT, TARGET_VIP};
+use self::inputs::{bench_table, target_vip, Inputs, Layout, Step, BACKEND_PORT, TARGET_PORT};
 use self::report::{Cell, DataPath, IptablesReport, IptablesSettings, StepResult};
 
 /// How a run is set up.
@@ -149,7 +149,7 @@ pub fn run_iptables(config: &IptablesConfig) -> Result<IptablesReport, BenchErro
             duration_s: config.duration.as_secs_f64(),
             rate: config.rate,
             keepalive_connections: config.keepalive_connections,
-            target: SocketAddr::new(TARGET_VIP.into(), TARGET_PORT).to_string(),
+            target: format!("the last service port, 198.19.192.1 + N - 1 port {TARGET_PORT} ({} at the largest N)", target_vip(config.sizes.iter().copied().max().unwrap_or(1))),
         },
         cells,
     })
@@ -214,7 +214,7 @@ fn run_cell(
         cell.error = Some(format!("hooks: {e}"));
         return cell;
     }
-    match data_path(exe, config, &topology) {
+    match data_path(exe, config, &topology, n) {
         Ok((conn, keepalive)) => {
             cell.conn = Some(conn);
             cell.keepalive = Some(keepalive);
@@ -332,6 +332,7 @@ fn data_path(
     exe: &Path,
     config: &IptablesConfig,
     topology: &Topology,
+    n: usize,
 ) -> Result<(DataPath, DataPath), BenchError> {
     let addrs: Vec<SocketAddr> = topology
         .server_addrs()
@@ -340,7 +341,7 @@ fn data_path(
         .collect();
     let lifetime = config.duration * 4 + Duration::from_secs(30);
     let _backends = topology.start_backends(exe, &addrs, lifetime)?;
-    let target = SocketAddr::new(TARGET_VIP.into(), TARGET_PORT);
+    let target = SocketAddr::new(target_vip(n).into(), TARGET_PORT);
     let mut warm = LoadSpec::new(target, Scenario::ConnFixed, Duration::from_millis(300));
     warm.rate = config.rate;
     topology.run_load(exe, &warm)?;

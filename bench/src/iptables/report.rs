@@ -283,8 +283,8 @@ impl IptablesReport {
         );
         let _ = writeln!(
             md,
-            "N service ports x {} endpoints; each (N, variant, layout) in fresh namespaces. Sync steps: cold full sync, then one endpoint changed, then one service added, each timed as the backend runs it (`iptables-restore -w 5 --noflush` per table; timeout {:.0} s). Data path: client -> node (rules) -> backends, {} new connections/s and {} requests/s over {} keep-alive connections, {:.1} s each, to {} (the last service port).\n",
-            s.endpoints, s.restore_timeout_s, s.rate, s.rate, s.keepalive_connections, s.duration_s, s.target
+            "N service ports x {} endpoints; each (N, variant, layout) in fresh namespaces. Sync steps: cold full sync, then one endpoint changed, then one service added, each timed as the backend runs it (`iptables-restore -w 5 --noflush` per table; timeout {:.0} s). Data path: client -> node (rules) -> backends, {} new connections/s and {} requests/s over {} keep-alive connections, {:.1} s each, to {}. The table is `large_table(N, {})` reduced to cluster IPs (what the kube-proxy layout generator models: no node ports, affinity or `Local` policies), its VIPs renumbered into one dense block.\n",
+            s.endpoints, s.restore_timeout_s, s.rate, s.rate, s.keepalive_connections, s.duration_s, s.target, s.endpoints
         );
         md.push_str("## Targets\n\n| target | measured | met |\n|---|---|---|\n");
         for (name, text, pass) in self.targets() {
@@ -746,7 +746,7 @@ mod tests {
                 duration_s: 1.0,
                 rate: 1_000,
                 keepalive_connections: 16,
-                target: "198.19.254.1:80".to_owned(),
+                target: "the last service port".to_owned(),
             },
             cells,
         }
