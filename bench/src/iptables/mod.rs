@@ -30,7 +30,7 @@ use crate::netns::{Role, Topology};
 use crate::procfs::{self, Machine};
 
 use self::inputs::{bench_table, target_vip, Inputs, Layout, Step, BACKEND_PORT, TARGET_PORT};
-use self::report::{Cell, DataPath, IptablesReport, IptablesSettings, StepResult};
+use self::report::{Cell, DataPath, IptablesReport, IptablesSettings, Round, StepResult};
 
 /// How a run is set up.
 #[derive(Debug, Clone)]
@@ -51,6 +51,8 @@ pub struct IptablesConfig {
     pub rate: u32,
     /// Keep-alive connections of the request scenario.
     pub keepalive_connections: usize,
+    /// Data-path rounds per cell; the report shows each scenario's median round (by p50).
+    pub rounds: usize,
     /// Whether this is the `--quick` preset.
     pub quick: bool,
     /// The run's label.
@@ -69,6 +71,7 @@ impl IptablesConfig {
             duration: Duration::from_secs(3),
             rate: 1_000,
             keepalive_connections: 16,
+            rounds: 3,
             quick: false,
             label: "iptables: ours (tree, flat) vs kube-proxy's layout".to_owned(),
         }
@@ -80,6 +83,7 @@ impl IptablesConfig {
             sizes: vec![1, 100],
             restore_timeout: Duration::from_secs(30),
             duration: Duration::from_millis(500),
+            rounds: 1,
             quick: true,
             ..Self::full()
         }
@@ -149,6 +153,7 @@ pub fn run_iptables(config: &IptablesConfig) -> Result<IptablesReport, BenchErro
             duration_s: config.duration.as_secs_f64(),
             rate: config.rate,
             keepalive_connections: config.keepalive_connections,
+            rounds: config.rounds,
             target: format!("the last service port, 198.19.192.1 + N - 1 port {TARGET_PORT} ({} at the largest N)", target_vip(config.sizes.iter().copied().max().unwrap_or(1))),
         },
         cells,
@@ -173,6 +178,7 @@ fn run_cell(
         walk: inputs.walk.clone(),
         conn: None,
         keepalive: None,
+        rounds: Vec::new(),
         error: None,
     };
     let prefix = format!("bi{}-{n}-{variant}-{layout:?}", std::process::id()).to_lowercase();
@@ -215,9 +221,10 @@ fn run_cell(
         return cell;
     }
     match data_path(exe, config, &topology, n) {
-        Ok((conn, keepalive)) => {
-            cell.conn = Some(conn);
-            cell.keepalive = Some(keepalive);
+        Ok(rounds) => {
+            cell.conn = report::median_by_p50(rounds.iter().map(|r| &r.conn));
+            cell.keepalive = report::median_by_p50(rounds.iter().map(|r| &r.keepalive));
+            cell.rounds = rounds;
         }
         Err(e) => cell.error = Some(format!("data path: {e}")),
     }
@@ -333,13 +340,14 @@ fn data_path(
     config: &IptablesConfig,
     topology: &Topology,
     n: usize,
-) -> Result<(DataPath, DataPath), BenchError> {
+) -> Result<Vec<Round>, BenchError> {
     let addrs: Vec<SocketAddr> = topology
         .server_addrs()
         .into_iter()
         .map(|ip| SocketAddr::new(ip.into(), BACKEND_PORT))
         .collect();
-    let lifetime = config.duration * 4 + Duration::from_secs(30);
+    let lifetime =
+        config.duration * (2 * config.rounds.max(1) as u32 + 2) + Duration::from_secs(30);
     let _backends = topology.start_backends(exe, &addrs, lifetime)?;
     let target = SocketAddr::new(target_vip(n).into(), TARGET_PORT);
     let mut warm = LoadSpec::new(target, Scenario::ConnFixed, Duration::from_millis(300));
@@ -351,10 +359,14 @@ fn data_path(
     let mut keepalive = LoadSpec::new(target, Scenario::ReqFixed, config.duration);
     keepalive.rate = config.rate;
     keepalive.concurrency = config.keepalive_connections;
-    Ok((
-        measure(exe, topology, &conn)?,
-        measure(exe, topology, &keepalive)?,
-    ))
+    (0..config.rounds.max(1))
+        .map(|_| {
+            Ok(Round {
+                conn: measure(exe, topology, &conn)?,
+                keepalive: measure(exe, topology, &keepalive)?,
+            })
+        })
+        .collect()
 }
 
 fn measure(exe: &Path, topology: &Topology, spec: &LoadSpec) -> Result<DataPath, BenchError> {

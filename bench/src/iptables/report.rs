@@ -50,6 +50,9 @@ pub struct IptablesSettings {
     pub rate: u32,
     /// Connections of the keep-alive scenario.
     pub keepalive_connections: usize,
+    /// Data-path rounds per cell.
+    #[serde(default = "one")]
+    pub rounds: usize,
     /// The VIP:port connected to (the last service port).
     pub target: String,
 }
@@ -75,6 +78,9 @@ pub struct Cell {
     pub conn: Option<DataPath>,
     /// 1,000 requests/s over keep-alive connections.
     pub keepalive: Option<DataPath>,
+    /// Every data-path round (`conn` and `keepalive` are the median rounds by p50).
+    #[serde(default)]
+    pub rounds: Vec<Round>,
     /// Why part of the cell was not measured.
     pub error: Option<String>,
 }
@@ -122,6 +128,33 @@ pub struct DataPath {
     pub system_cpu_s: Option<f64>,
     /// Of which softirq (the kernel's packet work, rules included).
     pub softirq_cpu_s: Option<f64>,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// One data-path round: both scenarios, back to back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Round {
+    /// New connections.
+    pub conn: DataPath,
+    /// Keep-alive requests.
+    pub keepalive: DataPath,
+}
+
+/// The round whose p50 is the median (the lower middle of an even count); rounds without a
+/// latency are left out.
+pub fn median_by_p50<'a>(rounds: impl Iterator<Item = &'a DataPath>) -> Option<DataPath> {
+    let mut measured: Vec<&DataPath> = rounds.filter(|d| d.p50().is_some()).collect();
+    measured.sort_by(|a, b| {
+        a.p50()
+            .partial_cmp(&b.p50())
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    measured
+        .get(measured.len().saturating_sub(1) / 2)
+        .map(|d| (*d).clone())
 }
 
 impl DataPath {
@@ -283,8 +316,8 @@ impl IptablesReport {
         );
         let _ = writeln!(
             md,
-            "N service ports x {} endpoints; each (N, variant, layout) in fresh namespaces. Sync steps: cold full sync, then one endpoint changed, then one service added, each timed as the backend runs it (`iptables-restore -w 5 --noflush` per table; timeout {:.0} s). Data path: client -> node (rules) -> backends, {} new connections/s and {} requests/s over {} keep-alive connections, {:.1} s each, to {}. The table is `large_table(N, {})` reduced to cluster IPs (what the kube-proxy layout generator models: no node ports, affinity or `Local` policies), its VIPs renumbered into one dense block.\n",
-            s.endpoints, s.restore_timeout_s, s.rate, s.rate, s.keepalive_connections, s.duration_s, s.target, s.endpoints
+            "N service ports x {} endpoints; each (N, variant, layout) in fresh namespaces. Sync steps: cold full sync, then one endpoint changed, then one service added, each timed as the backend runs it (`iptables-restore -w 5 --noflush` per table; timeout {:.0} s). Data path: client -> node (rules) -> backends, {} new connections/s and {} requests/s over {} keep-alive connections, {:.1} s each ({} rounds, the median round by p50 shown), to {}. The table is `large_table(N, {})` reduced to cluster IPs (what the kube-proxy layout generator models: no node ports, affinity or `Local` policies), its VIPs renumbered into one dense block.\n",
+            s.endpoints, s.restore_timeout_s, s.rate, s.rate, s.keepalive_connections, s.duration_s, s.rounds, s.target, s.endpoints
         );
         md.push_str("## Targets\n\n| target | measured | met |\n|---|---|---|\n");
         for (name, text, pass) in self.targets() {
@@ -697,6 +730,7 @@ mod tests {
             },
             conn: Some(data(p50)),
             keepalive: Some(data(p50 / 2.0)),
+            rounds: Vec::new(),
             error: None,
         }
     }
@@ -746,6 +780,7 @@ mod tests {
                 duration_s: 1.0,
                 rate: 1_000,
                 keepalive_connections: 16,
+                rounds: 1,
                 target: "the last service port".to_owned(),
             },
             cells,
@@ -789,6 +824,20 @@ mod tests {
         let latency = r.render_latency_chart();
         assert_eq!(latency.matches("<polyline").count(), 9, "{latency}");
         assert!(latency.contains("N=1000"));
+    }
+
+    #[test]
+    fn the_median_round_is_picked_by_p50() {
+        let rounds = [data(300.0), data(100.0), data(200.0)];
+        assert_eq!(
+            median_by_p50(rounds.iter()).and_then(|d| d.p50()),
+            Some(200.0)
+        );
+        assert_eq!(
+            median_by_p50(rounds[..2].iter()).and_then(|d| d.p50()),
+            Some(100.0)
+        );
+        assert_eq!(median_by_p50(std::iter::empty()), None);
     }
 
     #[test]
