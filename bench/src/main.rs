@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 mod error; // BenchError
+mod iptables; // issue #4's suite: iptables sync costs and data path vs kube-proxy's layout
 mod load; // the load generator's scenarios
 mod netns; // client/node/server namespaces for the kernel backends
 mod procfs; // RSS and CPU time of a process, the machine
@@ -49,6 +50,9 @@ struct Cli {
 enum Cmd {
     /// The userspace suite: direct vs HAProxy (TCP mode) vs svcproxy, same backends, one run.
     Userspace(UserspaceArgs),
+    /// Issue #4's suite (as root): sync costs and data-path latency of our iptables layouts
+    /// (tree, flat) and kube-proxy's, per N and variant, each in fresh namespaces.
+    Iptables(IptablesArgs),
     /// Re-renders the markdown table and SVG chart of a results JSON file.
     Report {
         /// The run's JSON file.
@@ -119,6 +123,52 @@ struct UserspaceArgs {
     backend_port: u16,
 }
 
+#[derive(Debug, clap::Args)]
+struct IptablesArgs {
+    /// Service port counts (each with --endpoints endpoints).
+    #[arg(long, value_delimiter = ',')]
+    sizes: Option<Vec<usize>>,
+    /// iptables variants.
+    #[arg(long, value_delimiter = ',', value_parser = parse_variant)]
+    variants: Option<Vec<backend_iptables::apply::Variant>>,
+    /// Layouts.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    layouts: Option<Vec<iptables::inputs::Layout>>,
+    /// Endpoints per service port (1-249).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u8).range(1..250))]
+    endpoints: u8,
+    /// Seconds a sync step may take; past that the restore is killed and the cell abandoned.
+    #[arg(long)]
+    restore_timeout: Option<f64>,
+    /// Seconds per data-path scenario (overrides the preset: 3 full, 0.5 quick).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// New connections (and keep-alive requests) per second.
+    #[arg(long, default_value_t = 1_000)]
+    rate: u32,
+    /// Data-path rounds per cell (overrides the preset: 3 full, 1 quick); the report shows the
+    /// median round by p50.
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Sizes 1 and 100 with short scenarios.
+    #[arg(long)]
+    quick: bool,
+    /// Where the results go.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+    /// The run's label in titles.
+    #[arg(long)]
+    label: Option<String>,
+}
+
+fn parse_variant(text: &str) -> Result<backend_iptables::apply::Variant, String> {
+    match text {
+        "legacy" => Ok(backend_iptables::apply::Variant::Legacy),
+        "nft" => Ok(backend_iptables::apply::Variant::Nft),
+        other => Err(format!("{other}: expected legacy or nft")),
+    }
+}
+
 fn parse_running(text: &str) -> Result<ProxySpec, String> {
     let (name, rest) = text.split_once('=').ok_or("expected NAME=ADDR[/PID]")?;
     let (addr, pid) = match rest.split_once('/') {
@@ -171,12 +221,31 @@ fn main() -> ExitCode {
 async fn run(command: Cmd) -> Result<(), BenchError> {
     match command {
         Cmd::Userspace(args) => userspace(args).await,
+        Cmd::Iptables(args) => {
+            let config = iptables_config(&args);
+            let report = tokio::task::spawn_blocking(move || iptables::run_iptables(&config))
+                .await
+                .map_err(|e| BenchError::io("iptables suite", std::io::Error::other(e)))??;
+            for path in report.write(&args.out)? {
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
         Cmd::Report { json, out } => {
-            let run = RunReport::read(&json)?;
             let dir = out.unwrap_or_else(|| {
                 json.parent()
                     .map_or_else(|| PathBuf::from("."), Path::to_owned)
             });
+            let is_iptables = json
+                .file_name()
+                .is_some_and(|name| name.to_string_lossy().starts_with("iptables-"));
+            if is_iptables {
+                for path in iptables::report::IptablesReport::read(&json)?.write(&dir)? {
+                    println!("{}", path.display());
+                }
+                return Ok(());
+            }
+            let run = RunReport::read(&json)?;
             for path in run.write_rendered(&dir)? {
                 println!("{}", path.display());
             }
@@ -194,6 +263,38 @@ async fn run(command: Cmd) -> Result<(), BenchError> {
             Ok(())
         }
     }
+}
+
+fn iptables_config(args: &IptablesArgs) -> iptables::IptablesConfig {
+    let mut config = if args.quick {
+        iptables::IptablesConfig::quick()
+    } else {
+        iptables::IptablesConfig::full()
+    };
+    if let Some(sizes) = &args.sizes {
+        config.sizes = sizes.iter().copied().filter(|&n| n > 0).collect();
+    }
+    if let Some(variants) = &args.variants {
+        config.variants = variants.clone();
+    }
+    if let Some(layouts) = &args.layouts {
+        config.layouts = layouts.clone();
+    }
+    config.endpoints = usize::from(args.endpoints);
+    if let Some(secs) = args.restore_timeout {
+        config.restore_timeout = Duration::from_secs_f64(secs.max(0.1));
+    }
+    if let Some(secs) = args.duration {
+        config.duration = Duration::from_secs_f64(secs.max(0.1));
+    }
+    config.rate = args.rate.max(1);
+    if let Some(rounds) = args.rounds {
+        config.rounds = rounds.max(1);
+    }
+    if let Some(label) = &args.label {
+        config.label = label.clone();
+    }
+    config
 }
 
 async fn userspace(args: UserspaceArgs) -> Result<(), BenchError> {

@@ -92,7 +92,7 @@ fn parse_busy_ticks(stat: &str) -> Option<u64> {
 }
 
 /// `CLK_TCK`, from `getconf` (100 on every Linux we know of, used if `getconf` fails).
-fn clock_ticks_per_second() -> u64 {
+pub(crate) fn clock_ticks_per_second() -> u64 {
     static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     *TICKS.get_or_init(|| {
         std::process::Command::new("getconf")

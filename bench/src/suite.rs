@@ -429,7 +429,7 @@ async fn measure_idle(
 }
 
 /// `git rev-parse --short HEAD`, with `-dirty` when the tree has changes; `unknown` without git.
-fn git_commit() -> String {
+pub(crate) fn git_commit() -> String {
     let run = |args: &[&str]| {
         std::process::Command::new("git")
             .args(args)

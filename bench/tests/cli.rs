@@ -106,3 +106,79 @@ fn netns_selftest_passes_and_leaves_no_namespace() {
     assert!(stdout.contains("namespaces removed: true"), "{stdout}");
     assert!(stdout.contains("netns-selftest: ok"), "{stdout}");
 }
+
+#[test]
+#[ignore = "needs root: CI runs --include-ignored"]
+fn quick_iptables_run_measures_every_layout_and_leaves_no_namespace() {
+    let out_dir = std::env::temp_dir().join(format!("bench-iptables-test-{}", std::process::id()));
+    let started = std::time::Instant::now();
+    let output = bench()
+        .args([
+            "iptables",
+            "--quick",
+            "--sizes",
+            "1,100",
+            "--variants",
+            "legacy",
+        ])
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .expect("run bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "bench iptables failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        started.elapsed().as_secs() < 60,
+        "took {:?}",
+        started.elapsed()
+    );
+    let paths: Vec<PathBuf> = stdout.lines().map(PathBuf::from).collect();
+    assert_eq!(paths.len(), 4, "{stdout}");
+    let json = paths
+        .iter()
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .expect("a JSON file");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(json).expect("read json")).expect("json");
+    let cells = report["cells"].as_array().expect("cells");
+    assert_eq!(cells.len(), 6, "2 sizes x 1 variant x 3 layouts");
+    for cell in cells {
+        assert!(cell["error"].is_null(), "{cell}");
+        for step in ["full", "endpoint_change", "service_added"] {
+            assert!(cell[step]["seconds"].as_f64().is_some(), "{step}: {cell}");
+        }
+        for scenario in ["conn", "keepalive"] {
+            let ops = cell[scenario]["result"]["ops"].as_u64().unwrap_or(0);
+            assert!(ops > 100, "{scenario} got {ops} through: {cell}");
+        }
+        if cell["layout"] == "tree" {
+            assert!(
+                cell["walk"]["nat_rules"].as_u64().unwrap_or(999) < 100,
+                "{cell}"
+            );
+        }
+    }
+    let markdown = std::fs::read_to_string(json.with_extension("md")).expect("markdown");
+    assert!(
+        markdown.contains("| 100 | legacy | full sync |"),
+        "{markdown}"
+    );
+    let left: Vec<String> = String::from_utf8_lossy(
+        &Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .expect("ip netns list")
+            .stdout,
+    )
+    .lines()
+    // The suite's namespaces are `bi<pid>-<n>-<variant>-<layout>-<role>`.
+    .filter(|l| l.starts_with("bi") && l.contains("-legacy-"))
+    .map(str::to_owned)
+    .collect();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+    let _ = std::fs::remove_dir_all(&out_dir);
+}
