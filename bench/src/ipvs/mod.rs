@@ -65,6 +65,9 @@ pub struct IpvsArgs {
     /// What the guest runs on, e.g. "guest under TCG emulation on <host CPU>".
     #[arg(long, default_value = "")]
     pub environment: String,
+    /// Measure nothing: re-render the markdown and SVG of this run's JSON (beside it).
+    #[arg(long)]
+    pub render: Option<PathBuf>,
 }
 
 /// The whole run: `ipvs-<stamp>.json`.
@@ -138,6 +141,19 @@ impl BackendRun {
 /// When not root, the topology cannot be built, or the results cannot be written. A backend
 /// that fails or overruns is recorded and skipped, not an error.
 pub fn run(args: &IpvsArgs) -> Result<Vec<PathBuf>, BenchError> {
+    if let Some(json) = &args.render {
+        let text = std::fs::read_to_string(json)
+            .map_err(|e| BenchError::io(format!("read {}", json.display()), e))?;
+        let report: IpvsReport =
+            serde_json::from_str(&text).map_err(|source| BenchError::Json {
+                path: json.clone(),
+                source,
+            })?;
+        let dir = json
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_owned);
+        return render::write(&report, &dir);
+    }
     if !netns::is_root() {
         return Err(BenchError::Scenario {
             scenario: "ipvs".to_owned(),

@@ -26,6 +26,9 @@ pub enum Backend {
     /// backend-ipvs with its defaults (companion ipsets and iptables rules on), node ports on
     /// the node's client-side address.
     Ipvs,
+    /// backend-ipvs without its companions (no ipsets, no iptables rules): IPVS and the dummy
+    /// interface only, to separate the netlink cost from the `ipset`/`iptables` processes.
+    IpvsBare,
     /// backend-iptables with its defaults (tree dispatch).
     Iptables,
     /// backend-iptables with kube-proxy's flat dispatch chain.
@@ -37,6 +40,7 @@ impl Backend {
     pub fn name(self) -> &'static str {
         match self {
             Backend::Ipvs => "ipvs",
+            Backend::IpvsBare => "ipvs-bare",
             Backend::Iptables => "iptables",
             Backend::IptablesFlat => "iptables-flat",
         }
@@ -49,9 +53,10 @@ impl Backend {
             detail,
         };
         Ok(match self {
-            Backend::Ipvs => {
+            Backend::Ipvs | Backend::IpvsBare => {
                 let config = backend_ipvs::Config {
                     node_addresses: vec![NODE_CLIENT_SIDE.into()],
+                    manage_companions: self == Backend::Ipvs,
                     ..backend_ipvs::Config::default()
                 };
                 Box::new(

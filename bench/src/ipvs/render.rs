@@ -172,6 +172,32 @@ pub fn markdown(report: &IpvsReport, svg_name: &str) -> String {
     }
     latency_table(report, &mut out);
     targets(report, &mut out);
+    let problems: Vec<String> = report
+        .runs
+        .iter()
+        .flat_map(|r| {
+            r.steps.iter().flat_map(move |step| {
+                step.problems.iter().map(move |p| {
+                    format!(
+                        "- {} at N = {}, {:?} step: {p}",
+                        r.backend.name(),
+                        r.ports,
+                        step.step
+                    )
+                })
+            })
+        })
+        .collect();
+    if !problems.is_empty() {
+        let _ = writeln!(
+            out,
+            "## Problems the backends reported (the sync finished with parts not applied)\n"
+        );
+        for line in problems {
+            let _ = writeln!(out, "{line}");
+        }
+        let _ = writeln!(out);
+    }
     let skipped: Vec<&BackendRun> = report.runs.iter().filter(|r| r.skipped.is_some()).collect();
     if !skipped.is_empty() {
         let _ = writeln!(out, "## Skipped\n");
@@ -520,7 +546,13 @@ mod tests {
 
     #[test]
     fn the_markdown_has_times_ratios_latency_and_targets() {
-        let md = markdown(&report(), "ipvs-x.svg");
+        let mut report = report();
+        report.runs[4].steps[0].problems = vec!["ipset restore: could not run".to_owned()];
+        let md = markdown(&report, "ipvs-x.svg");
+        assert!(
+            md.contains("- ipvs at N = 10000, Full step: ipset restore: could not run"),
+            "{md}"
+        );
         assert!(md.starts_with("# IPVS vs iptables"), "{md}");
         assert!(md.contains("guest under TCG emulation on Test CPU"), "{md}");
         assert!(md.contains("| 100 | 20.0 | 80.0 | 4.00x |"), "{md}");
