@@ -14,6 +14,7 @@
 
 mod error; // BenchError
 mod iptables; // issue #4's suite: iptables sync costs and data path vs kube-proxy's layout
+mod ipvs; // issue #5's suite: IPVS vs iptables by table size, in the VM
 mod load; // the load generator's scenarios
 mod netns; // client/node/server namespaces for the kernel backends
 mod procfs; // RSS and CPU time of a process, the machine
@@ -75,6 +76,11 @@ enum Cmd {
     },
     /// Runs one load scenario against an address and prints its result as JSON.
     Load(load::LoadSpec),
+    /// As root, in the IPVS VM (scripts/bench-ipvs): IPVS vs iptables sync times and latency by N.
+    Ipvs(ipvs::IpvsArgs),
+    /// `bench ipvs`'s node-namespace side: the three timed syncs, one JSON line each.
+    #[command(hide = true)]
+    IpvsSync(ipvs::node::SyncArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -252,6 +258,10 @@ async fn run(command: Cmd) -> Result<(), BenchError> {
             Ok(())
         }
         Cmd::NetnsSelftest => selftest::netns_selftest(),
+        Cmd::Ipvs(args) => {
+            ipvs::run(&args).map(|paths| paths.iter().for_each(|p| println!("{}", p.display())))
+        }
+        Cmd::IpvsSync(args) => ipvs::node::run_sync(&args).await,
         Cmd::Serve { listen, for_secs } => serve(&listen, Duration::from_secs_f64(for_secs)).await,
         Cmd::Load(spec) => {
             let outcome = spec.run().await?;
