@@ -83,6 +83,13 @@ pub fn plan_entries(desired: &Desired, config: &Config) -> Entries {
     sets
 }
 
+/// The most entries one of our sets may hold. ipset's default `maxelem` is 65,536, which a
+/// 10,000-service table overflows ("Hash is full, cannot add more elements"). A hash set
+/// allocates its buckets as it grows, so a high bound costs nothing until it is used; it is fixed
+/// (not sized to the table) because `create -exist` fails when an existing set was made with
+/// other parameters.
+pub const MAX_SET_ELEMENTS: u32 = 1 << 20;
+
 /// `ipset restore` input that makes every set hold exactly `entries`: create (if missing),
 /// fill a temporary set, swap, destroy the temporary one.
 pub fn render_sets_full(
@@ -96,7 +103,7 @@ pub fn render_sets_full(
             let temp = names.temp_set(kind, family);
             let create = |n: &str| {
                 format!(
-                    "create {n} {} family {} -exist\n",
+                    "create {n} {} family {} maxelem {MAX_SET_ELEMENTS} -exist\n",
                     kind.set_type(),
                     family.ipset_family()
                 )

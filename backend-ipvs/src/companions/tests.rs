@@ -228,8 +228,8 @@ fn a_full_sync_swaps_sets_writes_rules_and_inserts_missing_jumps_once() {
     let sets = &recorder.inputs_of("ipset")[0];
     assert!(
         sets.contains(
-            "create SVCP-IPVS-CLUSTER-IP hash:ip,port family inet -exist\n\
-         create SVCP-IPVS-CLUSTER-IP-T hash:ip,port family inet -exist\n\
+            "create SVCP-IPVS-CLUSTER-IP hash:ip,port family inet maxelem 1048576 -exist\n\
+         create SVCP-IPVS-CLUSTER-IP-T hash:ip,port family inet maxelem 1048576 -exist\n\
          flush SVCP-IPVS-CLUSTER-IP-T\n\
          add SVCP-IPVS-CLUSTER-IP-T 198.19.0.1,tcp:80\n\
          add SVCP-IPVS-CLUSTER-IP-T 198.19.0.2,tcp:80\n\
