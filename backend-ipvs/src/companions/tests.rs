@@ -281,6 +281,34 @@ fn a_partial_sync_writes_only_changed_entries() {
 }
 
 #[test]
+fn an_endpoint_change_that_keeps_every_set_runs_no_process() {
+    let recorder = Recorder::default();
+    let mut companions = Companions::with_runner(&config(), Box::new(recorder.clone()));
+    let before = services(2);
+    let mut desired = plan_desired(&before, &config());
+    companions.sync(&desired, None).expect("full");
+    let calls_after_full = recorder.calls().len();
+
+    // A new weight keeps the endpoint in use: the real server changes, no set entry does.
+    let name = ServicePortName::new("ns", "svc-0", "p");
+    let mut port = ServicePort::clone(before.get(&name).expect("svc-0 exists"));
+    port.endpoints[0].weight = 5;
+    let after = before.edit().insert(port).build().expect("valid table");
+    let touched = desired.update(&proxy_core::diff(&before, &after), &config());
+    assert!(
+        !touched.endpoints.is_empty() || !touched.keys.is_empty(),
+        "the change touches svc-0"
+    );
+    let written = companions.sync(&desired, Some(&touched)).expect("partial");
+    assert_eq!(written, 0);
+    assert_eq!(
+        recorder.calls().len(),
+        calls_after_full,
+        "no ipset or iptables process ran"
+    );
+}
+
+#[test]
 fn a_failed_restore_names_the_command_and_shows_the_input_around_the_line() {
     let recorder = Recorder::default();
     *recorder.fail.lock().expect("lock") = Some((
