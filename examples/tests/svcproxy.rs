@@ -57,6 +57,16 @@ fn table(vip: Ipv4Addr, port: u16, backends: &[&NamedBackend]) -> String {
     yaml
 }
 
+/// Runs svcproxy to completion on the table at `path` with `flags` (`--dry-run`, `--once`...).
+fn run_to_completion(path: &Path, flags: &[&str]) -> std::process::Output {
+    Command::new(SVCPROXY)
+        .arg("--services")
+        .arg(path)
+        .args(flags)
+        .output()
+        .expect("run svcproxy")
+}
+
 /// Writes `contents` to `path` the way editors and `sed -i` do: a new file renamed over it.
 fn replace_file(path: &Path, contents: &str) {
     let tmp = path.with_extension("tmp");
@@ -227,14 +237,7 @@ fn dry_run_prints_listeners_and_endpoints_without_binding() {
         "services:\n  - name: shop/web\n    cluster_ips: [127.0.0.31]\n    ports: [{name: http, port: 18080, target_port: 9080}]\n    endpoints: [{ip: 127.0.0.32}, {ip: 127.0.0.33}]\n",
     )
     .expect("write table");
-    let out = Command::new(SVCPROXY)
-        .args([
-            "--services",
-            path.to_str().expect("utf-8 path"),
-            "--dry-run",
-        ])
-        .output()
-        .expect("run svcproxy");
+    let out = run_to_completion(&path, &["--dry-run"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -259,10 +262,7 @@ fn invalid_file_at_start_fails_with_file_line_and_column() {
     let path = dir.0.join("table.yaml");
     std::fs::write(&path, "services:\n  - name: default/web\n    portz: []\n")
         .expect("write table");
-    let out = Command::new(SVCPROXY)
-        .args(["--services", path.to_str().expect("utf-8 path"), "--once"])
-        .output()
-        .expect("run svcproxy");
+    let out = run_to_completion(&path, &["--once"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("table.yaml:3:5"), "stderr:\n{stderr}");
@@ -277,10 +277,7 @@ fn once_syncs_prints_the_report_and_exits() {
     let backend = NamedBackend::start(Ipv4Addr::new(127, 0, 0, 42), 0, "only");
     let path = dir.0.join("table.yaml");
     std::fs::write(&path, table(vip, port, &[&backend])).expect("write table");
-    let out = Command::new(SVCPROXY)
-        .args(["--services", path.to_str().expect("utf-8 path"), "--once"])
-        .output()
-        .expect("run svcproxy");
+    let out = run_to_completion(&path, &["--once"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
