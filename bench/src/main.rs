@@ -12,6 +12,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod calibrate; // how much slower the IPVS VM is than the host
 mod error; // BenchError
 mod iptables; // issue #4's suite: iptables sync costs and data path vs kube-proxy's layout
 mod ipvs; // issue #5's suite: IPVS vs iptables by table size, in the VM
@@ -78,6 +79,9 @@ enum Cmd {
     Load(load::LoadSpec),
     /// As root, in the IPVS VM (scripts/bench-ipvs): IPVS vs iptables sync times and latency by N.
     Ipvs(ipvs::IpvsArgs),
+    /// The VM's slowdown against the host: the same small workloads on each (run it under
+    /// `unshare -n`: it adds and deletes an address on `lo`), or `--compare HOST GUEST`.
+    Calibrate(calibrate::CalibrateArgs),
     /// `bench ipvs`'s node-namespace side: the three timed syncs, one JSON line each.
     #[command(hide = true)]
     IpvsSync(ipvs::node::SyncArgs),
@@ -261,6 +265,8 @@ async fn run(command: Cmd) -> Result<(), BenchError> {
         Cmd::Ipvs(args) => {
             ipvs::run(&args).map(|paths| paths.iter().for_each(|p| println!("{}", p.display())))
         }
+        Cmd::Calibrate(args) => calibrate::run(&args)
+            .map(|paths| paths.iter().for_each(|p| println!("{}", p.display()))),
         Cmd::IpvsSync(args) => ipvs::node::run_sync(&args).await,
         Cmd::Serve { listen, for_secs } => serve(&listen, Duration::from_secs_f64(for_secs)).await,
         Cmd::Load(spec) => {
