@@ -190,3 +190,46 @@ fn tree_walks_fewer_rules_than_flat_for_the_last_service() {
     let (flat, tree) = (walked(DispatchLayout::Flat), walked(DispatchLayout::Tree));
     assert!(tree < flat, "tree {tree} vs flat {flat}");
 }
+
+/// Topology hints (read by proxy-core's shared selection) reach the rules: in zone-a, only the
+/// endpoints hinted for zone-a get cluster traffic; when the node moves to a zone no endpoint
+/// is hinted for, every endpoint does again.
+#[test]
+fn zone_hints_steer_cluster_traffic_to_this_zone() {
+    let hinted = |addr: &str, zone: &str| {
+        let mut ep = cases::remote(addr, 8080);
+        ep.zone_hints = vec![zone.to_owned()];
+        ep
+    };
+    let web = cases::port("web", proxy_core::Protocol::Tcp, "198.19.0.1", 80)
+        .with_endpoint(hinted("198.18.2.1", "zone-a"))
+        .with_endpoint(hinted("198.18.2.2", "zone-b"))
+        .with_endpoint(hinted("198.18.2.3", "zone-a"));
+    let config = cases::config();
+    let in_zone = |zone: &str| {
+        let table = ServiceTable::builder()
+            .node("node-a")
+            .zone(zone)
+            .insert(web.clone())
+            .build()
+            .expect("valid table");
+        let t = tracer(&config, &table, Family::V4)
+            .trace(&Packet::tcp(cases::POD, "198.19.0.1", 80))
+            .expect("trace");
+        let mut to: Vec<SocketAddr> = t.destinations().into_iter().map(|(to, _)| to).collect();
+        to.sort();
+        to
+    };
+    assert_eq!(
+        in_zone("zone-a"),
+        [addr("198.18.2.1:8080"), addr("198.18.2.3:8080")]
+    );
+    assert_eq!(
+        in_zone("zone-c"),
+        [
+            addr("198.18.2.1:8080"),
+            addr("198.18.2.2:8080"),
+            addr("198.18.2.3:8080")
+        ]
+    );
+}

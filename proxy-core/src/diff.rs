@@ -38,6 +38,9 @@ use crate::validate::ValidationErrors;
 pub struct ChangeSet {
     /// Set when the node name changed (every endpoint's locality may have changed).
     pub node: Option<NodeChange>,
+    /// Set when the node's zone changed. Ports whose endpoints carry topology hints show up in
+    /// `changed` too (their [`ServicePort::topology`] differs); no other port is affected.
+    pub zone: Option<ZoneChange>,
     /// Service ports only in the new table, in name order.
     pub added: Vec<Arc<ServicePort>>,
     /// Service ports only in the old table (their old value), in name order.
@@ -52,6 +55,15 @@ pub struct NodeChange {
     /// The old node name.
     pub previous: Option<String>,
     /// The new node name.
+    pub current: Option<String>,
+}
+
+/// The node's zone before and after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZoneChange {
+    /// The old zone.
+    pub previous: Option<String>,
+    /// The new zone.
     pub current: Option<String>,
 }
 
@@ -97,6 +109,7 @@ impl ChangeSet {
     /// Whether the two tables were equal.
     pub fn is_empty(&self) -> bool {
         self.node.is_none()
+            && self.zone.is_none()
             && self.added.is_empty()
             && self.removed.is_empty()
             && self.changed.is_empty()
@@ -152,6 +165,12 @@ pub fn diff(old: &ServiceTable, new: &ServiceTable) -> ChangeSet {
         changes.node = Some(NodeChange {
             previous: old.node().map(str::to_owned),
             current: new.node().map(str::to_owned),
+        });
+    }
+    if old.zone() != new.zone() {
+        changes.zone = Some(ZoneChange {
+            previous: old.zone().map(str::to_owned),
+            current: new.zone().map(str::to_owned),
         });
     }
     let mut olds = old.ports().iter().peekable();
@@ -223,6 +242,7 @@ fn same_service(a: &ServicePort, b: &ServicePort) -> bool {
         scheduler,
         health_check_node_port,
         endpoints: _,
+        topology,
     } = a;
     *name == b.name
         && *protocol == b.protocol
@@ -238,6 +258,9 @@ fn same_service(a: &ServicePort, b: &ServicePort) -> bool {
         && *internal_traffic_policy == b.internal_traffic_policy
         && *scheduler == b.scheduler
         && *health_check_node_port == b.health_check_node_port
+        // Where this node is changes which endpoints the hints select: treat it as a service
+        // change, so backends re-plan the whole port.
+        && *topology == b.topology
 }
 
 /// Endpoint changes between two lists sorted by key (as every built table's are).
@@ -283,6 +306,9 @@ pub fn apply_changes(
     let mut builder = base.edit();
     if let Some(node) = &changes.node {
         builder.set_node(node.current.clone());
+    }
+    if let Some(zone) = &changes.zone {
+        builder.set_zone(zone.current.clone());
     }
     for port in &changes.removed {
         builder.remove(&port.name);

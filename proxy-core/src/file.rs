@@ -6,6 +6,7 @@
 //!
 //! ```yaml
 //! node: node-a                      # this node, for local traffic policies
+//! zone: zone-a                      # this node's zone, for endpoints' topology hints
 //! services:
 //!   - name: default/web             # namespace/name; a bare name means namespace `default`
 //!     cluster_ips: [198.19.0.10]    # at most one IPv4 and one IPv6 address
@@ -22,10 +23,12 @@
 //!     endpoints:                        # ready: true; serving: = ready; terminating: false;
 //!       - {ip: 198.18.1.10, node: node-a, ready: true}         # weight: 1; zone, port, local
 //!       - {ip: 198.18.1.11, node: node-b, ready: false, serving: true, terminating: true}
+//!       - {ip: 198.18.1.12, node: node-c, hints: {zones: [zone-a], nodes: [node-a]}}
 //! ```
 //!
 //! Field names are those of issue #2; none is renamed. An endpoint's `local` defaults to whether
-//! its `node` is the table's `node`.
+//! its `node` is the table's `node`. `hints` are the EndpointSlice's topology hints (`forZones`,
+//! `forNodes`); [`crate::select`] says how they narrow the endpoints.
 //!
 //! # Errors and paths
 //!
@@ -231,6 +234,9 @@ pub struct TableSpec {
     /// This node's name, for local traffic policies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// This node's zone, for endpoints' topology hints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
     /// The services. Required, so that an empty or truncated file is an error, not an empty table.
     pub services: Vec<ServiceSpec>,
 }
@@ -377,6 +383,21 @@ pub struct EndpointSpec {
     /// Whether the endpoint is on this node; defaults to `node` == the table's `node`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local: Option<bool>,
+    /// Topology hints (EndpointSlice `hints`): which zones and nodes should use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hints: Option<HintsSpec>,
+}
+
+/// An endpoint's topology hints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HintsSpec {
+    /// Zones whose nodes should use the endpoint (`hints.forZones`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub zones: Vec<String>,
+    /// Nodes that should use the endpoint (`hints.forNodes`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
 }
 
 fn default_protocol() -> Protocol {
@@ -439,6 +460,7 @@ impl TableSpec {
         let mut errors = Vec::new();
         let mut builder = ServiceTable::builder();
         builder.set_node(self.node.clone());
+        builder.set_zone(self.zone.clone());
         for (index, service) in self.services.iter().enumerate() {
             let path = format!("services[{index}]");
             for port in service.to_ports(&path, self.node.as_deref(), &mut errors) {
@@ -615,6 +637,14 @@ impl EndpointSpec {
             terminating: self.terminating,
             zone: self.zone.clone(),
             weight: self.weight,
+            zone_hints: self
+                .hints
+                .as_ref()
+                .map_or_else(Vec::new, |h| h.zones.clone()),
+            node_hints: self
+                .hints
+                .as_ref()
+                .map_or_else(Vec::new, |h| h.nodes.clone()),
         }
     }
 
@@ -631,6 +661,10 @@ impl EndpointSpec {
             weight: endpoint.weight,
             port: (endpoint.port != target_port).then_some(u32::from(endpoint.port)),
             local: (endpoint.is_local != default_local).then_some(endpoint.is_local),
+            hints: endpoint.has_hints().then(|| HintsSpec {
+                zones: endpoint.zone_hints.clone(),
+                nodes: endpoint.node_hints.clone(),
+            }),
         }
     }
 }
@@ -690,6 +724,7 @@ impl From<&ServiceTable> for TableSpec {
         }
         TableSpec {
             node: node.map(str::to_owned),
+            zone: table.zone().map(str::to_owned),
             services,
         }
     }

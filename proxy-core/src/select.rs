@@ -11,8 +11,13 @@
 //!   rejects: ICMP port unreachable or TCP reset) from "usable endpoints, but none local for a
 //!   `Local` policy" (the backend drops).
 //!
-//! Topology hints (`PreferSameZone`/`PreferSameNode`) are not modelled: the table carries zones
-//! but no hints, so cluster endpoints are never filtered by zone.
+//! - **Topology hints** narrow the *cluster* list (never the local one, never the fallback), as
+//!   kube-proxy's `topologyModeFromHints` does, from the ready endpoints: if every one has a node
+//!   hint and one names this node, only endpoints hinted for this node are used
+//!   (`PreferSameNode`); else if every one has a zone hint and one names this node's zone, only
+//!   those hinted for the zone (`PreferSameZone`); else hints are ignored. One endpoint without
+//!   hints, or none for this node or zone, turns the filter off: hints never make a service
+//!   unreachable. This node and zone come from the table ([`ServicePort::topology`]).
 //!
 //! ```
 //! use proxy_core::select::{select_endpoints, Target};
@@ -118,6 +123,59 @@ fn is_serving_terminating(endpoint: &Endpoint) -> bool {
     endpoint.serving && endpoint.terminating
 }
 
+/// How topology hints narrow a port's cluster endpoints: kube-proxy's topology mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TopologyFilter<'p> {
+    /// No filtering: no hints, incomplete hints, or none for this node or zone.
+    Off,
+    /// `PreferSameNode`: only endpoints hinted for this node.
+    SameNode(&'p str),
+    /// `PreferSameZone`: only endpoints hinted for this zone.
+    SameZone(&'p str),
+}
+
+impl TopologyFilter<'_> {
+    fn admits(self, endpoint: &Endpoint) -> bool {
+        match self {
+            TopologyFilter::Off => true,
+            TopologyFilter::SameNode(node) => endpoint.node_hints.iter().any(|n| n == node),
+            TopologyFilter::SameZone(zone) => endpoint.zone_hints.iter().any(|z| z == zone),
+        }
+    }
+}
+
+/// The topology mode of `port`, read from its ready endpoints' hints.
+fn topology_filter(port: &ServicePort) -> TopologyFilter<'_> {
+    let Some(here) = &port.topology else {
+        return TopologyFilter::Off;
+    };
+    let endpoints = &port.endpoints;
+    if let Some(node) = hinted_for(endpoints, |ep| &ep.node_hints, here.node.as_deref()) {
+        TopologyFilter::SameNode(node)
+    } else if let Some(zone) = hinted_for(endpoints, |ep| &ep.zone_hints, here.zone.as_deref()) {
+        TopologyFilter::SameZone(zone)
+    } else {
+        TopologyFilter::Off
+    }
+}
+
+/// `name` if every ready endpoint has a hint of this kind and one of them names `name`.
+fn hinted_for<'p>(
+    endpoints: &[Endpoint],
+    hints: fn(&Endpoint) -> &[String],
+    name: Option<&'p str>,
+) -> Option<&'p str> {
+    let name = name?;
+    let mut ready = endpoints.iter().filter(|ep| ep.ready);
+    let mut ours = false;
+    let all_hinted = ready.all(|ep| {
+        let hints = hints(ep);
+        ours |= hints.iter().any(|h| h == name);
+        !hints.is_empty()
+    });
+    (all_hinted && ours).then_some(name)
+}
+
 /// Picks the endpoints of `port` per traffic policy: kube-proxy's `CategorizeEndpoints`.
 ///
 /// Pure and cheap (one or two passes over the endpoints); backends call it for each service port
@@ -128,7 +186,12 @@ pub fn select_endpoints(port: &ServicePort) -> EndpointSelection<'_> {
 
     let mut cluster = Vec::new();
     if uses_cluster_endpoints(port) {
-        cluster.extend(endpoints.iter().filter(|ep| ep.ready));
+        let topology = topology_filter(port);
+        cluster.extend(
+            endpoints
+                .iter()
+                .filter(|ep| ep.ready && topology.admits(ep)),
+        );
         if cluster.is_empty() {
             cluster.extend(endpoints.iter().filter(|ep| is_serving_terminating(ep)));
         }
@@ -348,5 +411,131 @@ mod tests {
         assert_eq!(lasts(&s.cluster), [1, 2, 3]);
         assert_eq!(lasts(&s.local), [1, 3]);
         assert_eq!(lasts(&s.all_reachable), [1, 2, 3]);
+    }
+
+    // === topology hints ===
+
+    fn zoned(mut ep: Endpoint, zones: &[&str]) -> Endpoint {
+        ep.zone_hints = zones.iter().map(|z| (*z).to_owned()).collect();
+        ep
+    }
+
+    fn for_nodes(mut ep: Endpoint, nodes: &[&str]) -> Endpoint {
+        ep.node_hints = nodes.iter().map(|n| (*n).to_owned()).collect();
+        ep
+    }
+
+    /// `endpoints` in a port of a table built for node-a in zone-a (which stamps the topology).
+    fn in_zone_a(endpoints: Vec<Endpoint>) -> std::sync::Arc<ServicePort> {
+        let mut p = port(endpoints);
+        p.cluster_ips.push("198.18.0.1".parse().expect("valid ip"));
+        let table = crate::ServiceTable::builder()
+            .node("node-a")
+            .zone("zone-a")
+            .insert(p)
+            .build()
+            .expect("valid table");
+        let port = std::sync::Arc::clone(table.iter().next().expect("one port"));
+        port
+    }
+
+    #[test]
+    fn zone_hints_for_this_zone_narrow_the_cluster_list() {
+        let p = in_zone_a(vec![
+            zoned(ready(1, false), &["zone-a"]),
+            zoned(ready(2, false), &["zone-b"]),
+            zoned(ready(3, false), &["zone-b", "zone-a"]),
+        ]);
+        assert!(
+            p.topology.is_some(),
+            "the table stamps ports that have hints"
+        );
+        let s = select_endpoints(&p);
+        assert_eq!(lasts(&s.cluster), [1, 3]);
+        assert_eq!(lasts(&s.all_reachable), [1, 3]);
+    }
+
+    #[test]
+    fn one_ready_endpoint_without_a_hint_turns_hints_off() {
+        let p = in_zone_a(vec![
+            zoned(ready(1, false), &["zone-a"]),
+            ready(2, false),
+            zoned(ready(3, false), &["zone-b"]),
+        ]);
+        assert_eq!(lasts(&select_endpoints(&p).cluster), [1, 2, 3]);
+    }
+
+    #[test]
+    fn hints_that_name_another_zone_only_are_ignored() {
+        let p = in_zone_a(vec![
+            zoned(ready(1, false), &["zone-b"]),
+            zoned(ready(2, false), &["zone-c"]),
+        ]);
+        assert_eq!(lasts(&select_endpoints(&p).cluster), [1, 2]);
+    }
+
+    #[test]
+    fn node_hints_come_before_zone_hints() {
+        let p = in_zone_a(vec![
+            for_nodes(zoned(ready(1, false), &["zone-a"]), &["node-b"]),
+            for_nodes(zoned(ready(2, false), &["zone-a"]), &["node-a"]),
+            for_nodes(zoned(ready(3, false), &["zone-b"]), &["node-c"]),
+        ]);
+        assert_eq!(lasts(&select_endpoints(&p).cluster), [2]);
+    }
+
+    #[test]
+    fn incomplete_node_hints_fall_through_to_zone_hints() {
+        let p = in_zone_a(vec![
+            for_nodes(zoned(ready(1, false), &["zone-a"]), &["node-a"]),
+            zoned(ready(2, false), &["zone-a"]),
+            zoned(ready(3, false), &["zone-b"]),
+        ]);
+        assert_eq!(lasts(&select_endpoints(&p).cluster), [1, 2]);
+    }
+
+    #[test]
+    fn hints_are_read_from_ready_endpoints_and_never_filter_the_fallback() {
+        // The unhinted endpoint is not ready: it does not turn hints off.
+        let p = in_zone_a(vec![
+            zoned(ready(1, false), &["zone-a"]),
+            terminating(2, false),
+            zoned(ready(3, false), &["zone-b"]),
+        ]);
+        assert_eq!(lasts(&select_endpoints(&p).cluster), [1]);
+        // None ready: the serving-and-terminating fallback is not filtered by hints.
+        let p = in_zone_a(vec![
+            zoned(terminating(1, false), &["zone-b"]),
+            zoned(terminating(2, false), &["zone-b"]),
+        ]);
+        assert_eq!(lasts(&select_endpoints(&p).cluster), [1, 2]);
+    }
+
+    #[test]
+    fn hints_do_not_touch_the_local_list() {
+        let mut p = port(vec![
+            zoned(ready(1, true), &["zone-b"]),
+            zoned(ready(2, false), &["zone-a"]),
+        ]);
+        p.internal_traffic_policy = TrafficPolicy::Local;
+        p.cluster_ips.push("198.18.0.1".parse().expect("valid ip"));
+        let table = crate::ServiceTable::builder()
+            .node("node-a")
+            .zone("zone-a")
+            .insert(p)
+            .build()
+            .expect("valid table");
+        let p = std::sync::Arc::clone(table.iter().next().expect("one port"));
+        assert_eq!(lasts(&select_endpoints(&p).local), [1]);
+    }
+
+    #[test]
+    fn a_port_outside_a_table_has_no_topology_and_ignores_hints() {
+        let p = port(vec![
+            zoned(ready(1, false), &["zone-a"]),
+            zoned(ready(2, false), &["zone-b"]),
+        ]);
+        assert_eq!(p.topology, None);
+        assert_eq!(lasts(&select_endpoints(&p).cluster), [1, 2]);
     }
 }

@@ -251,6 +251,13 @@ pub struct Endpoint {
     pub zone: Option<String>,
     /// Relative weight for weighted schedulers; 1 by default, 0 takes no new connections.
     pub weight: u32,
+    /// Topology hint: the zones whose nodes should use this endpoint (EndpointSlice
+    /// `hints.forZones`, set for topology-aware routing and `trafficDistribution:
+    /// PreferSameZone`). Empty: no zone hint. See [`crate::select`] for how hints are read.
+    pub zone_hints: Vec<String>,
+    /// Topology hint: the nodes that should use this endpoint (`hints.forNodes`, set for
+    /// `trafficDistribution: PreferSameNode`). Empty: no node hint.
+    pub node_hints: Vec<String>,
 }
 
 impl Endpoint {
@@ -266,7 +273,14 @@ impl Endpoint {
             terminating: false,
             zone: None,
             weight: 1,
+            zone_hints: Vec::new(),
+            node_hints: Vec::new(),
         }
+    }
+
+    /// Whether the endpoint carries any topology hint.
+    pub fn has_hints(&self) -> bool {
+        !self.zone_hints.is_empty() || !self.node_hints.is_empty()
     }
 
     /// The endpoint's key within its service port: address and port.
@@ -328,6 +342,40 @@ pub struct ServicePort {
     pub health_check_node_port: Option<u16>,
     /// The endpoints, in a stable order (sorted by [`EndpointKey`] when built).
     pub endpoints: Vec<Endpoint>,
+    /// This node's name and zone, against which the endpoints' topology hints are read.
+    /// [`TableBuilder::build`] sets it from the table on every port that has an endpoint with
+    /// hints (the name only if some endpoint has node hints, the zone only if some has zone
+    /// hints) and clears it on the others, whatever was set before: a port changes when the
+    /// node's name or zone changes only if its hints read it.
+    pub topology: Option<NodeTopology>,
+}
+
+/// Where this node is, for reading topology hints: its name and its zone.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct NodeTopology {
+    /// This node's name (matched against [`Endpoint::node_hints`]); set only on ports with
+    /// node hints.
+    pub node: Option<String>,
+    /// This node's zone (matched against [`Endpoint::zone_hints`]); set only on ports with
+    /// zone hints.
+    pub zone: Option<String>,
+}
+
+impl NodeTopology {
+    /// What `endpoints`' hints read of this node: its name if any has node hints, its zone if
+    /// any has zone hints; `None` when there are no hints.
+    fn read_by(
+        endpoints: &[Endpoint],
+        node: &Option<String>,
+        zone: &Option<String>,
+    ) -> Option<NodeTopology> {
+        let node_hints = endpoints.iter().any(|ep| !ep.node_hints.is_empty());
+        let zone_hints = endpoints.iter().any(|ep| !ep.zone_hints.is_empty());
+        (node_hints || zone_hints).then(|| NodeTopology {
+            node: node.clone().filter(|_| node_hints),
+            zone: zone.clone().filter(|_| zone_hints),
+        })
+    }
 }
 
 impl ServicePort {
@@ -350,6 +398,7 @@ impl ServicePort {
             scheduler: None,
             health_check_node_port: None,
             endpoints: Vec::new(),
+            topology: None,
         }
     }
 
@@ -398,6 +447,7 @@ pub struct ServiceTable {
 #[derive(Default, PartialEq, Eq)]
 struct TableInner {
     node: Option<String>,
+    zone: Option<String>,
     ports: BTreeMap<ServicePortName, Arc<ServicePort>>,
     endpoint_count: usize,
 }
@@ -406,6 +456,7 @@ impl fmt::Debug for ServiceTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServiceTable")
             .field("node", &self.inner.node)
+            .field("zone", &self.inner.zone)
             .field("service_ports", &self.inner.ports.len())
             .field("endpoints", &self.inner.endpoint_count)
             .finish()
@@ -427,6 +478,7 @@ impl ServiceTable {
     pub fn edit(&self) -> TableBuilder {
         TableBuilder {
             node: self.inner.node.clone(),
+            zone: self.inner.zone.clone(),
             ports: self.inner.ports.clone(),
             duplicates: Vec::new(),
         }
@@ -435,6 +487,11 @@ impl ServiceTable {
     /// The node this table was made for (drives local traffic policies).
     pub fn node(&self) -> Option<&str> {
         self.inner.node.as_deref()
+    }
+
+    /// This node's zone (drives topology hints), if known.
+    pub fn zone(&self) -> Option<&str> {
+        self.inner.zone.as_deref()
     }
 
     /// Number of service ports.
@@ -477,6 +534,7 @@ impl ServiceTable {
         ServiceTable {
             inner: Arc::new(TableInner {
                 node: self.inner.node.clone(),
+                zone: self.inner.zone.clone(),
                 ports,
                 endpoint_count: self.inner.endpoint_count,
             }),
@@ -493,6 +551,7 @@ impl ServiceTable {
 #[derive(Debug, Default, Clone)]
 pub struct TableBuilder {
     node: Option<String>,
+    zone: Option<String>,
     ports: BTreeMap<ServicePortName, Arc<ServicePort>>,
     /// Keys inserted twice through [`TableBuilder::insert_new`]; reported by `build`.
     duplicates: Vec<ServicePortName>,
@@ -508,6 +567,18 @@ impl TableBuilder {
     /// Sets or clears this node's name.
     pub fn set_node(&mut self, node: Option<String>) -> &mut Self {
         self.node = node;
+        self
+    }
+
+    /// Sets this node's zone (its `topology.kubernetes.io/zone` label, for topology hints).
+    pub fn zone(mut self, zone: impl Into<String>) -> Self {
+        self.zone = Some(zone.into());
+        self
+    }
+
+    /// Sets or clears this node's zone.
+    pub fn set_zone(&mut self, zone: Option<String>) -> &mut Self {
+        self.zone = zone;
         self
     }
 
@@ -555,12 +626,20 @@ impl TableBuilder {
             if !port.endpoints.is_sorted_by_key(Endpoint::key) {
                 Arc::make_mut(port).endpoints.sort_by_key(Endpoint::key);
             }
+            // Only ports with hints carry the node's topology, and only the parts their hints
+            // read (see `ServicePort::topology`); `make_mut` copies a shared port only when its
+            // stamp actually changes.
+            let wanted = NodeTopology::read_by(&port.endpoints, &self.node, &self.zone);
+            if port.topology != wanted {
+                Arc::make_mut(port).topology = wanted;
+            }
         }
         validate::validate(self.node.as_deref(), &ports, &self.duplicates)?;
         let endpoint_count = ports.values().map(|p| p.endpoints.len()).sum();
         Ok(ServiceTable {
             inner: Arc::new(TableInner {
                 node: self.node,
+                zone: self.zone,
                 ports,
                 endpoint_count,
             }),

@@ -19,7 +19,12 @@ use proxy_core::testing::strategy::{arb_edited_pair, arb_table};
 
 /// What a table holds, for failure messages (`ServiceTable`'s `Debug` only prints counts).
 fn dump(table: &ServiceTable) -> String {
-    format!("node {:?}, ports {:#?}", table.node(), table.ports())
+    format!(
+        "node {:?}, zone {:?}, ports {:#?}",
+        table.node(),
+        table.zone(),
+        table.ports()
+    )
 }
 
 /// Endpoint changes computed with sets, to compare with the diff's merge walk.
@@ -134,6 +139,11 @@ fn check_against_naive(
 
     let node_changed = a.node() != b.node();
     prop_assert_eq!(changes.node.is_some(), node_changed, "node");
+    prop_assert_eq!(changes.zone.is_some(), a.zone() != b.zone(), "zone");
+    if let Some(zone) = &changes.zone {
+        prop_assert_eq!(zone.previous.as_deref(), a.zone());
+        prop_assert_eq!(zone.current.as_deref(), b.zone());
+    }
     if let Some(node) = &changes.node {
         prop_assert_eq!(node.previous.as_deref(), a.node());
         prop_assert_eq!(node.current.as_deref(), b.node());
@@ -225,6 +235,7 @@ proptest! {
             let shared = share_unchanged(&a, &fresh);
             prop_assert!(shared == next, "shared {}\nwant {}", dump(&shared), dump(&next));
             prop_assert_eq!(shared.node(), next.node());
+            prop_assert_eq!(shared.zone(), next.zone());
             prop_assert_eq!(shared.endpoint_count(), next.endpoint_count());
             for (name, port) in shared.ports() {
                 match a.get(name) {
@@ -269,6 +280,14 @@ fn edited_pairs_exercise_every_kind_of_change() {
         let changes = diff(&a, &b);
         let kinds = [
             ("node", changes.node.is_some()),
+            ("zone", changes.zone.is_some()),
+            (
+                "hinted port re-read",
+                changes
+                    .changed
+                    .iter()
+                    .any(|c| c.previous.topology != c.current.topology),
+            ),
             ("port added", !changes.added.is_empty()),
             ("port removed", !changes.removed.is_empty()),
             (
@@ -311,7 +330,7 @@ fn edited_pairs_exercise_every_kind_of_change() {
         ];
         seen.extend(kinds.iter().filter(|(_, hit)| *hit).map(|(kind, _)| *kind));
     }
-    assert_eq!(seen.len(), 9, "only saw {seen:?}");
+    assert_eq!(seen.len(), 11, "only saw {seen:?}");
 }
 
 /// Cost follows the change: one endpoint changed among 10,000 service ports gives a change set
@@ -356,4 +375,45 @@ fn one_endpoint_changed_among_ten_thousand_ports_names_only_that_port() {
     assert_eq!(changes.service_ports_changed(), 1);
     assert_eq!(changes.added[0].endpoints.len(), 10);
     assert_eq!(apply_changes(&table, &changes), Ok(added));
+}
+
+/// A zone change re-reads only the ports whose endpoints carry zone hints: they change as a
+/// service (their selection may change), every other port stays out of the change set.
+#[test]
+fn a_zone_change_touches_only_ports_with_zone_hints() {
+    use proxy_core::table::{Endpoint, Protocol, ServicePort, ServicePortName};
+    let port = |name: &str, vip: &str, hinted: bool| {
+        let mut ep = Endpoint::new("198.18.1.10".parse().expect("ip"), 80);
+        if hinted {
+            ep.zone_hints = vec!["zone-a".into()];
+        }
+        ServicePort::new(ServicePortName::new("ns", name, ""), Protocol::Tcp, 80)
+            .with_cluster_ip(vip.parse().expect("ip"))
+            .with_endpoint(ep)
+    };
+    let a = ServiceTable::builder()
+        .zone("zone-a")
+        .insert(port("hinted", "198.18.0.1", true))
+        .insert(port("plain", "198.18.0.2", false))
+        .build()
+        .expect("valid");
+    let b = a.edit().zone("zone-b").build().expect("valid");
+    let changes = diff(&a, &b);
+    let zone = changes.zone.as_ref().expect("zone change reported");
+    assert_eq!(
+        (zone.previous.as_deref(), zone.current.as_deref()),
+        (Some("zone-a"), Some("zone-b"))
+    );
+    let names: Vec<&str> = changes
+        .changed
+        .iter()
+        .map(|c| c.name().name.as_str())
+        .collect();
+    assert_eq!(names, ["hinted"]);
+    assert!(changes.changed[0].service_changed);
+    assert!(changes.added.is_empty() && changes.removed.is_empty());
+    assert_eq!(
+        proxy_core::diff::apply_changes(&a, &changes).expect("applies"),
+        b
+    );
 }

@@ -532,3 +532,46 @@ fn demo_commented_full_example_is_valid_when_uncommented() {
     assert_eq!(http.endpoints.len(), 4);
     assert_round_trip(&table);
 }
+
+#[test]
+fn topology_hints_and_the_node_zone_are_read_and_steer_selection() {
+    let text = r#"
+node: node-a
+zone: zone-a
+services:
+  - name: default/web
+    cluster_ips: [198.18.0.10]
+    ports: [{port: 80}]
+    endpoints:
+      - {ip: 198.18.1.10, zone: zone-a, hints: {zones: [zone-a]}}
+      - {ip: 198.18.1.11, zone: zone-b, hints: {zones: [zone-b]}}
+      - {ip: 198.18.1.12, zone: zone-b, hints: {zones: [zone-b, zone-a], nodes: [node-c]}}
+"#;
+    let table = proxy_core::file::parse_table(text, "hints.yaml").expect("valid table");
+    assert_eq!(table.zone(), Some("zone-a"));
+    let web = port(&table, "default", "web", "");
+    assert_eq!(
+        endpoint(web, "198.18.1.12").zone_hints,
+        ["zone-b", "zone-a"]
+    );
+    assert_eq!(endpoint(web, "198.18.1.12").node_hints, ["node-c"]);
+    let selection = proxy_core::select::select_endpoints(web);
+    let chosen: Vec<IpAddr> = selection.cluster.iter().map(|ep| ep.addr).collect();
+    // Node hints are incomplete (one endpoint has them), so zone hints decide.
+    assert_eq!(chosen, [ip("198.18.1.10"), ip("198.18.1.12")]);
+    // And the rendering keeps them.
+    let rendered = proxy_core::file::render_table_yaml(&table);
+    assert!(rendered.contains("zone: zone-a\n"), "{rendered}");
+    assert!(rendered.contains("hints:"), "{rendered}");
+    assert_eq!(
+        proxy_core::file::parse_table(&rendered, "rendered.yaml").expect("round trip"),
+        table
+    );
+}
+
+#[test]
+fn an_unknown_hint_key_is_reported() {
+    let text = "services:\n  - name: default/web\n    cluster_ips: [198.18.0.10]\n    ports: [{port: 80}]\n    endpoints: [{ip: 198.18.1.10, hints: {zone: [zone-a]}}]\n";
+    let error = proxy_core::file::parse_table(text, "hints.yaml").expect_err("unknown key");
+    assert!(error.to_string().contains("zone"), "{error}");
+}

@@ -32,9 +32,19 @@ fn endpoint() -> impl Strategy<Value = Endpoint> {
         (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()),
         prop::option::of("zone-[a-c]"),
         prop_oneof![Just(1u32), 0..=i32::MAX.unsigned_abs()],
+        prop::collection::vec("zone-[a-c]", 0..3),
+        prop::collection::vec("node-[a-c]", 0..2),
     )
         .prop_map(
-            |((hi, lo, port), node, (is_local, ready, serving, terminating), zone, weight)| {
+            |(
+                (hi, lo, port),
+                node,
+                (is_local, ready, serving, terminating),
+                zone,
+                weight,
+                zone_hints,
+                node_hints,
+            )| {
                 Endpoint {
                     addr: IpAddr::from([198, 18, hi, lo]),
                     port,
@@ -45,6 +55,8 @@ fn endpoint() -> impl Strategy<Value = Endpoint> {
                     terminating,
                     zone,
                     weight,
+                    zone_hints,
+                    node_hints,
                 }
             },
         )
@@ -133,14 +145,15 @@ fn service(index: u8) -> impl Strategy<Value = Vec<ServicePort>> {
 }
 
 fn table() -> impl Strategy<Value = ServiceTable> {
-    (node_name(), 0u8..5)
-        .prop_flat_map(|(node, count)| {
+    (node_name(), prop::option::of("zone-[a-c]"), 0u8..5)
+        .prop_flat_map(|(node, zone, count)| {
             let services: Vec<_> = (0..count).map(service).collect();
-            (Just(node), services)
+            (Just(node), Just(zone), services)
         })
-        .prop_filter_map("valid tables only", |(node, services)| {
+        .prop_filter_map("valid tables only", |(node, zone, services)| {
             let mut builder = ServiceTable::builder();
             builder.set_node(node);
+            builder.set_zone(zone);
             for port in services.into_iter().flatten() {
                 builder.upsert(port);
             }

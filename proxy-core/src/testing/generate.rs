@@ -291,6 +291,7 @@ pub fn with_service_added(table: &ServiceTable) -> ServiceTable {
 pub fn deep_copy(table: &ServiceTable) -> ServiceTable {
     let mut builder = ServiceTable::builder();
     builder.set_node(table.node().map(str::to_owned));
+    builder.set_zone(table.zone().map(str::to_owned));
     for port in table.iter() {
         builder.upsert(ServicePort::clone(port));
     }

@@ -221,6 +221,9 @@ struct EndpointConditions {
     is_local: bool,
     zone: Option<usize>,
     weight: u32,
+    /// Indices into `ZONES` / `NODES`: the endpoint's topology hints (mostly none).
+    zone_hints: Vec<usize>,
+    node_hints: Vec<usize>,
 }
 
 /// Everything about a service port but its name, cluster IPs, port number and endpoints.
@@ -260,14 +263,20 @@ fn endpoint_conditions() -> impl Strategy<Value = EndpointConditions> {
         any::<bool>(),
         prop::option::of(0..ZONES.len()),
         prop_oneof![4 => Just(1u32), 1 => 0u32..=100],
+        prop_oneof![3 => Just(Vec::new()), 1 => vec(0..ZONES.len(), 1..=2)],
+        prop_oneof![5 => Just(Vec::new()), 1 => vec(0..NODES.len(), 1..=2)],
     )
-        .prop_map(|(state, node, is_local, zone, weight)| EndpointConditions {
-            state,
-            node,
-            is_local,
-            zone,
-            weight,
-        })
+        .prop_map(
+            |(state, node, is_local, zone, weight, zone_hints, node_hints)| EndpointConditions {
+                state,
+                node,
+                is_local,
+                zone,
+                weight,
+                zone_hints,
+                node_hints,
+            },
+        )
 }
 
 fn endpoint_spec() -> impl Strategy<Value = EndpointSpec> {
@@ -393,6 +402,16 @@ fn set_conditions(endpoint: &mut Endpoint, conditions: &EndpointConditions) {
     endpoint.is_local = conditions.is_local;
     endpoint.zone = conditions.zone.map(|z| ZONES[z].to_owned());
     endpoint.weight = conditions.weight;
+    endpoint.zone_hints = conditions
+        .zone_hints
+        .iter()
+        .map(|&z| ZONES[z].to_owned())
+        .collect();
+    endpoint.node_hints = conditions
+        .node_hints
+        .iter()
+        .map(|&n| NODES[n].to_owned())
+        .collect();
 }
 
 /// Endpoints with distinct keys (a later spec with the same key as an earlier one is dropped).
@@ -543,11 +562,13 @@ pub fn arb_table_with(max_services: usize) -> impl Strategy<Value = ServiceTable
     );
     (
         prop::option::of(0..NODES.len()),
+        prop::option::of(0..ZONES.len()),
         vec(service_spec(1..=3), 0..=max_services),
     )
-        .prop_map(|(node, specs)| {
+        .prop_map(|(node, zone, specs)| {
             let mut builder = ServiceTable::builder();
             builder.set_node(node.map(|n| NODES[n].to_owned()));
+            builder.set_zone(zone.map(|z| ZONES[z].to_owned()));
             for (index, spec) in specs.iter().enumerate() {
                 let index = u16::try_from(index).expect("bounded by MAX_SERVICE_INDEX");
                 for port in service_from(index, spec) {

@@ -12,7 +12,7 @@ use super::{
     apply_settings, arb_table, build, endpoint_conditions, endpoint_from, endpoint_spec,
     endpoints_from, port_settings, port_slot, port_spec, service_from, service_index, service_spec,
     set_conditions, EndpointConditions, EndpointSpec, Family, PortSettings, PortSpec, ServiceSpec,
-    MAX_PORTS_PER_SERVICE, MAX_SERVICE_INDEX, NODES, PORT_NUMBERS,
+    MAX_PORTS_PER_SERVICE, MAX_SERVICE_INDEX, NODES, PORT_NUMBERS, ZONES,
 };
 use crate::table::{Endpoint, ServicePort, ServicePortName, ServiceTable, TableBuilder};
 
@@ -23,6 +23,8 @@ enum Edit {
     AddService(ServiceSpec),
     /// Change the node name.
     SetNode(Option<usize>),
+    /// Change the node's zone.
+    SetZone(Option<usize>),
     /// Edit the service port at this position (in name order).
     Port(Index, PortEdit),
 }
@@ -60,6 +62,7 @@ fn edit() -> impl Strategy<Value = Edit> {
     prop_oneof![
         1 => service_spec(1..=3).prop_map(Edit::AddService),
         1 => prop::option::of(0..NODES.len()).prop_map(Edit::SetNode),
+        1 => prop::option::of(0..ZONES.len()).prop_map(Edit::SetZone),
         12 => (any::<Index>(), port_edit()).prop_map(|(port, edit)| Edit::Port(port, edit)),
     ]
 }
@@ -76,6 +79,9 @@ impl Editor {
             Edit::AddService(spec) => self.add_service(spec),
             Edit::SetNode(node) => {
                 self.builder.set_node(node.map(|n| NODES[n].to_owned()));
+            }
+            Edit::SetZone(zone) => {
+                self.builder.set_zone(zone.map(|z| ZONES[z].to_owned()));
             }
             Edit::Port(pick, edit) => {
                 if self.names.is_empty() {
@@ -201,7 +207,7 @@ impl Editor {
 
 /// `table` changed by one to four random edits made through [`ServiceTable::edit`]: add a service
 /// (1 to 3 ports), add a port to a service (up to 4), remove a service port, change a service port's settings or port number, add,
-/// remove or change an endpoint, change the node name. Untouched service ports stay shared by
+/// remove or change an endpoint, change the node name or zone. Untouched service ports stay shared by
 /// `Arc` with `table`. An edit may happen to leave a port as it was.
 ///
 /// `table` must come from this module's strategies (its addresses follow the plan, and its
@@ -247,11 +253,16 @@ mod tests {
                         before.get(name).is_some_and(|old| Arc::ptr_eq(old, port))
                     })
                     .count();
-                // At most 4 edits touch at most 4 existing ports.
+                // At most 4 edits touch at most 4 existing ports, besides the ports whose
+                // hints read the node name an edit changed.
                 let kept = before
                     .ports()
-                    .keys()
-                    .filter(|name| after.get(name).is_some())
+                    .iter()
+                    .filter(|(name, old)| {
+                        after
+                            .get(name)
+                            .is_some_and(|new| new.topology == old.topology)
+                    })
                     .count();
                 prop_assert!(shared + 4 >= kept, "shared {shared}, kept {kept}");
                 Ok(())
