@@ -228,6 +228,79 @@ fn applies_replaced_file_keeps_table_on_invalid_change_and_stops_on_sigterm() {
     assert!(status.success(), "exit status {status}");
 }
 
+/// The health-check node port of a `local` external-policy service, as a load balancer polls it.
+fn health_status(addr: SocketAddr) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: node\r\n\r\n")?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+#[test]
+fn serves_health_check_node_ports_of_local_services() {
+    let dir = TempDir::new("health");
+    let node_ip = Ipv4Addr::new(127, 0, 0, 41);
+    let backend = NamedBackend::start(Ipv4Addr::new(127, 0, 0, 42), 0, "local");
+    let health = free_port(node_ip);
+    let node_port = free_port(node_ip);
+    let service_port = free_port(Ipv4Addr::new(127, 0, 0, 43));
+    let table = |ready: bool| {
+        format!(
+            "node: node-a\nservices:\n  - name: shop/web\n    cluster_ips: [127.0.0.43]\n    ports: [{{port: {service_port}, target_port: {}, node_port: {node_port}}}]\n    external_traffic_policy: local\n    health_check_node_port: {health}\n    endpoints: [{{ip: 127.0.0.42, node: node-a, ready: {ready}, serving: true, terminating: {}}}]\n",
+            backend.addr.port(),
+            !ready
+        )
+    };
+    let path = dir.0.join("table.yaml");
+    std::fs::write(&path, table(true)).expect("write table");
+    let proxy = Proxy::start(&[
+        "--services",
+        path.to_str().expect("utf-8 path"),
+        "--node-address",
+        "127.0.0.41",
+        "--poll-interval-ms",
+        "50",
+    ]);
+    let addr = SocketAddr::from((node_ip, health));
+    let wait_for = |want: u16| {
+        let deadline = Instant::now() + WAIT;
+        let mut last = None;
+        while Instant::now() < deadline {
+            match health_status(addr) {
+                Ok((status, body)) if status == want => return body,
+                other => last = Some(other),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "{addr} never answered {want}; last: {last:?}; log:\n{}",
+            proxy.log()
+        );
+    };
+    let body = wait_for(200);
+    assert!(body.contains("\"localEndpoints\":1"), "{body}");
+    assert!(body.contains("\"name\":\"web\""), "{body}");
+
+    // The only local endpoint starts terminating: the node tells the load balancer to go away.
+    replace_file(&path, &table(false));
+    let body = wait_for(503);
+    assert!(body.contains("\"localEndpoints\":0"), "{body}");
+
+    let status = proxy.terminate();
+    assert!(status.success(), "exit status {status}");
+}
+
 #[test]
 fn dry_run_prints_listeners_and_endpoints_without_binding() {
     let dir = TempDir::new("dry");

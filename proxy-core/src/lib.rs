@@ -22,6 +22,7 @@ pub mod error;
 pub mod file;
 pub mod metrics;
 pub mod select;
+pub mod service_health;
 pub mod sync;
 pub mod table;
 #[cfg(any(test, feature = "testing"))]

@@ -7,6 +7,7 @@ use backend_iptables::{IptablesDataplane, Planner};
 use backend_ipvs::IpvsDataplane;
 use backend_userspace::{Metrics as UserspaceMetrics, UserspaceDataplane};
 use prometheus_client::registry::Registry;
+use proxy_core::service_health::WithServiceHealth;
 use proxy_core::{Capabilities, Dataplane, ServiceTable};
 
 use crate::cli::{BackendKind, RunArgs};
@@ -35,11 +36,27 @@ fn ipvs_config(args: &RunArgs) -> backend_ipvs::Config {
     }
 }
 
-/// Builds the chosen backend, registering its metrics in `registry`.
+/// Builds the chosen backend, registering its metrics in `registry`, with the health-check node
+/// ports served beside it unless `--no-service-health`.
 ///
 /// # Errors
 /// A bad backend configuration, a missing tool, or a backend that is not available yet.
 pub fn build(
+    kind: BackendKind,
+    args: &RunArgs,
+    registry: &mut Registry,
+) -> anyhow::Result<Box<dyn Dataplane>> {
+    let dataplane = build_backend(kind, args, registry)?;
+    if args.no_service_health {
+        return Ok(dataplane);
+    }
+    Ok(Box::new(WithServiceHealth::new(
+        dataplane,
+        args.node_addresses.clone(),
+    )))
+}
+
+fn build_backend(
     kind: BackendKind,
     args: &RunArgs,
     registry: &mut Registry,

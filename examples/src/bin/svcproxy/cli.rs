@@ -91,6 +91,11 @@ pub struct RunArgs {
     /// (repeatable).
     #[arg(long = "node-address", value_name = "IP", default_value = "127.0.0.1")]
     pub node_addresses: Vec<std::net::IpAddr>,
+
+    /// Do not answer on the health-check node ports of `local` external-policy services (by
+    /// default they are served on the --node-address addresses, as kube-proxy does).
+    #[arg(long)]
+    pub no_service_health: bool,
 }
 
 impl RunArgs {
