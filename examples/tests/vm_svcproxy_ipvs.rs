@@ -1,0 +1,758 @@
+//! `svcproxy --backend ipvs` end to end: the real binary, a real table file, real TCP through
+//! the kernel's IPVS. The proxy runs in a node namespace; a client and a server namespace hang
+//! off it over veth pairs.
+//!
+//! ```text
+//!  client ns                    node ns (svcproxy)                         server ns
+//!  eth0 198.18.2.10/24 ── n-cli 198.18.2.1   svcp-ipvs0 (VIPs)   n-srv 198.18.1.1 ── eth0 198.18.1.10 "a"
+//!                                            IPVS, ipsets, iptables                      198.18.1.11 "b"
+//! ```
+//!
+//! Needs root and a kernel with IPVS: `scripts/vm-test` runs this binary in a VM. The host's
+//! kernel has none, so `scripts/test` skips these tests there (`--skip vm_ipvs_`) and says so.
+//! Every test makes its own namespaces and deletes them in a `Drop` guard; every wait is bounded.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use nix::sched::{setns, CloneFlags};
+
+const SVCPROXY: &str = env!("CARGO_BIN_EXE_svcproxy");
+const NEEDS_VM: &str = "needs root and IPVS: scripts/vm-test runs it in a VM";
+/// Generous: the VM emulates its CPU (TCG), so everything in it is several times slower.
+const WAIT: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+const WEB_VIP: &str = "198.19.0.10:80";
+const API_VIP: &str = "198.19.0.11:80";
+const EP_A: &str = "198.18.1.10:8080";
+const EP_B: &str = "198.18.1.11:8080";
+/// Where svcproxy serves /metrics and /healthz, inside the node namespace.
+const STATUS_ADDR: &str = "127.0.0.1:9101";
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().expect("test socket address literal")
+}
+
+// === namespaces ===
+
+/// The node, client and server namespaces, deleted on drop (which also removes everything
+/// svcproxy programmed in the node: IPVS, the dummy interface, ipsets, iptables).
+struct Topology {
+    node: String,
+    client: String,
+    server: String,
+}
+
+impl Topology {
+    fn new(tag: &str) -> Self {
+        let pid = std::process::id();
+        let topo = Self {
+            node: format!("svcp-e2e-{tag}-node-{pid}"),
+            client: format!("svcp-e2e-{tag}-cli-{pid}"),
+            server: format!("svcp-e2e-{tag}-srv-{pid}"),
+        };
+        for ns in [&topo.node, &topo.client, &topo.server] {
+            run_ok("ip", &["netns", "add", ns]);
+        }
+        // One `ip -batch` per namespace: process starts are slow in the emulated VM.
+        ip_batch(
+            &topo.node,
+            &[
+                "link set lo up".to_owned(),
+                format!(
+                    "link add n-cli type veth peer name eth0 netns {}",
+                    topo.client
+                ),
+                format!(
+                    "link add n-srv type veth peer name eth0 netns {}",
+                    topo.server
+                ),
+                "addr add 198.18.2.1/24 dev n-cli".to_owned(),
+                "addr add 198.18.1.1/24 dev n-srv".to_owned(),
+                "link set n-cli up".to_owned(),
+                "link set n-srv up".to_owned(),
+            ],
+        );
+        for (ns, addrs, gateway) in [
+            (&topo.client, &["198.18.2.10/24"][..], "198.18.2.1"),
+            (
+                &topo.server,
+                &["198.18.1.10/24", "198.18.1.11/24"][..],
+                "198.18.1.1",
+            ),
+        ] {
+            let mut lines: Vec<String> = addrs
+                .iter()
+                .map(|addr| format!("addr add {addr} dev eth0"))
+                .collect();
+            lines.extend([
+                "link set lo up".to_owned(),
+                "link set eth0 up".to_owned(),
+                format!("route add default via {gateway}"),
+            ]);
+            ip_batch(ns, &lines);
+        }
+        in_ns(&topo.node, || {
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("enable ip_forward")
+        });
+        topo
+    }
+
+    /// Runs `program args...` in the node namespace.
+    fn node_exec(&self, program: &str, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.node, program])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("ip netns exec {} {program}: {e}; {NEEDS_VM}", self.node))
+    }
+
+    /// The stdout of `program args...` in the node namespace, which must succeed.
+    fn node_stdout(&self, program: &str, args: &[&str]) -> String {
+        let out = self.node_exec(program, args);
+        assert!(
+            out.status.success(),
+            "{program} {args:?} in {}: {}: {}",
+            self.node,
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The node's virtual servers, from `ipvsadm -Ln`.
+    fn ipvs(&self) -> IpvsListing {
+        IpvsListing::parse(&self.node_stdout("ipvsadm", &["-Ln"]))
+    }
+
+    /// Everything of ours left in the node, by kind; empty after a cleanup.
+    fn leftovers(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        let links = self.node_stdout("ip", &["-o", "link", "show"]);
+        if links.contains("svcp-ipvs0") {
+            found.push(format!("interface svcp-ipvs0: {links}"));
+        }
+        let sets = self.node_stdout("ipset", &["list", "-n"]);
+        if sets.contains("SVCP-IPVS") {
+            found.push(format!("ipsets: {sets}"));
+        }
+        for save in [
+            "iptables-legacy-save",
+            "iptables-nft-save",
+            "ip6tables-legacy-save",
+            "ip6tables-nft-save",
+        ] {
+            let rules = self.node_stdout(save, &[]);
+            if rules.contains("SVCP-IPVS") {
+                found.push(format!("{save}: {rules}"));
+            }
+        }
+        found
+    }
+
+    /// How many of `n` new connections to `vip` from the client each backend answered.
+    fn spread(&self, vip: &str, n: usize) -> std::io::Result<BTreeMap<String, usize>> {
+        let vip = sa(vip);
+        in_ns(&self.client, move || {
+            let mut seen = BTreeMap::new();
+            for _ in 0..n {
+                *seen.entry(ask(vip)?).or_default() += 1;
+            }
+            Ok(seen)
+        })
+    }
+
+    /// Asks until `n` connections in a row to `vip` are answered by exactly `want`; bounded.
+    fn wait_for_spread(&self, vip: &str, n: usize, want: &[&str], proxy: &Proxy) {
+        let deadline = Instant::now() + WAIT;
+        let mut last = None;
+        while Instant::now() < deadline {
+            match self.spread(vip, n) {
+                Ok(seen) if seen.keys().map(String::as_str).eq(want.iter().copied()) => return,
+                other => last = Some(other),
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+        panic!(
+            "{vip} was never answered by exactly {want:?} over {n} connections; last: {last:?}\n\
+             ipvsadm:\n{}\nsvcproxy log:\n{}",
+            self.ipvs().text,
+            proxy.log()
+        );
+    }
+
+    /// Waits until `ipvsadm -Ln` lists `want` (real servers at weight 0 are draining and left
+    /// out); bounded.
+    fn wait_for_ipvs(&self, want: &BTreeMap<String, Vec<String>>, proxy: &Proxy) -> IpvsListing {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let listing = self.ipvs();
+            if &listing.serving() == want {
+                return listing;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ipvsadm never listed {want:?}; last:\n{}\nsvcproxy log:\n{}",
+                listing.text,
+                proxy.log()
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// GET `path` from svcproxy's status server in the node namespace: the whole response.
+    fn status_get(&self, path: &str) -> std::io::Result<String> {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: svcproxy\r\nConnection: close\r\n\r\n");
+        in_ns(&self.node, move || {
+            let mut stream = TcpStream::connect_timeout(&sa(STATUS_ADDR), CONNECT_TIMEOUT)?;
+            stream.set_read_timeout(Some(CONNECT_TIMEOUT))?;
+            stream.write_all(request.as_bytes())?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response)?;
+            Ok(response)
+        })
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for ns in [&self.client, &self.server, &self.node] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+/// Runs `f` on a thread inside namespace `ns` and waits for it.
+fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    spawn_in(ns, f)
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+/// Starts `f` on a thread inside namespace `ns` (threads it starts stay there too).
+fn spawn_in<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
+    let path = format!("/run/netns/{ns}");
+    thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        setns(&file, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns {path}: {e}"));
+        f()
+    })
+}
+
+fn run_ok(program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} {args:?}: {e}; {NEEDS_VM}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}: {}; {NEEDS_VM}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `ip -n NS -batch -` with `lines` on stdin.
+fn ip_batch(ns: &str, lines: &[String]) {
+    let mut child = Command::new("ip")
+        .args(["-n", ns, "-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("ip -n {ns} -batch: {e}; {NEEDS_VM}"));
+    let input = lines.join("\n") + "\n";
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(input.as_bytes())
+        .expect("write ip batch");
+    let out = child.wait_with_output().expect("ip batch");
+    assert!(
+        out.status.success(),
+        "ip -n {ns} -batch with\n{input}: {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+// === backends and clients ===
+
+/// TCP servers in the server namespace that answer each connection with their name and close.
+/// Stopped on drop.
+struct Backends {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Backends {
+    fn start(topo: &Topology, named: &[(&str, &'static str)]) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let threads = named
+            .iter()
+            .map(|&(addr, name)| {
+                let addr = sa(addr);
+                let stop = Arc::clone(&stop);
+                let ready = ready_tx.clone();
+                spawn_in(&topo.server, move || {
+                    let listener = TcpListener::bind(addr)
+                        .unwrap_or_else(|e| panic!("bind backend {addr}: {e}"));
+                    listener
+                        .set_nonblocking(true)
+                        .expect("nonblocking listener");
+                    let _ = ready.send(());
+                    while !stop.load(Ordering::Relaxed) {
+                        match listener.accept() {
+                            Ok((mut conn, _)) => {
+                                let _ = conn.set_nonblocking(false);
+                                let _ = conn.write_all(name.as_bytes());
+                            }
+                            Err(_) => thread::sleep(Duration::from_millis(5)),
+                        }
+                    }
+                })
+            })
+            .collect();
+        for _ in named {
+            ready_rx.recv_timeout(WAIT).expect("backend listening");
+        }
+        Self { stop, threads }
+    }
+}
+
+impl Drop for Backends {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The name the backend behind `addr` answers with (run from the client namespace).
+fn ask(addr: SocketAddr) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
+    stream.set_read_timeout(Some(CONNECT_TIMEOUT))?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    Ok(answer)
+}
+
+/// The value of the unlabelled sample `name` in a Prometheus text exposition.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
+}
+
+// === ipvsadm ===
+
+/// `ipvsadm -Ln`, parsed: each virtual server ("TCP 198.19.0.10:80 rr") with its real servers
+/// ("198.18.1.10:8080 Masq 1"), sorted.
+#[derive(Debug)]
+struct IpvsListing {
+    text: String,
+    services: BTreeMap<String, Vec<String>>,
+}
+
+impl IpvsListing {
+    fn parse(text: &str) -> Self {
+        let mut services: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut current = None;
+        for line in text.lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.as_slice() {
+                ["TCP" | "UDP" | "SCTP", ..] => {
+                    let key = words.join(" ");
+                    services.entry(key.clone()).or_default();
+                    current = Some(key);
+                }
+                ["->", "RemoteAddress:Port", ..] => {}
+                ["->", addr, forward, weight, ..] => {
+                    let key = current.as_ref().unwrap_or_else(|| {
+                        panic!("real server before any virtual server in:\n{text}")
+                    });
+                    services
+                        .entry(key.clone())
+                        .or_default()
+                        .push(format!("{addr} {forward} {weight}"));
+                }
+                _ => {}
+            }
+        }
+        for real in services.values_mut() {
+            real.sort();
+        }
+        Self {
+            text: text.to_owned(),
+            services,
+        }
+    }
+
+    /// The virtual servers with the real servers that take new connections (weight above 0).
+    fn serving(&self) -> BTreeMap<String, Vec<String>> {
+        self.services
+            .iter()
+            .map(|(vs, real)| {
+                let serving = real
+                    .iter()
+                    .filter(|rs| !rs.ends_with(" 0"))
+                    .cloned()
+                    .collect();
+                (vs.clone(), serving)
+            })
+            .collect()
+    }
+}
+
+/// The listing expected for `services`: (virtual server, real servers) pairs.
+fn expected(services: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
+    services
+        .iter()
+        .map(|(vs, real)| {
+            (
+                (*vs).to_owned(),
+                real.iter().map(|rs| format!("{rs} Masq 1")).collect(),
+            )
+        })
+        .collect()
+}
+
+// === the table file ===
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("svcproxy-vm-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+
+    fn table(&self) -> PathBuf {
+        self.0.join("table.yaml")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A table of TCP services: (name, cluster IP:port, endpoints), all with target port 8080.
+fn table(services: &[(&str, &str, &[&str])]) -> String {
+    let mut yaml = String::from("node: node-a\nservices:\n");
+    for (name, vip, endpoints) in services {
+        let vip = sa(vip);
+        yaml.push_str(&format!(
+            "  - name: default/{name}\n    cluster_ips: [{}]\n    ports: [{{name: http, port: {}, target_port: 8080}}]\n    endpoints:\n",
+            vip.ip(),
+            vip.port()
+        ));
+        for endpoint in *endpoints {
+            assert_eq!(sa(endpoint).port(), 8080, "one target port per service");
+            yaml.push_str(&format!("      - {{ip: {}}}\n", sa(endpoint).ip()));
+        }
+    }
+    yaml
+}
+
+/// Writes `contents` to `path` the way editors and `sed -i` do: a new file renamed over it.
+fn replace_file(path: &Path, contents: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).expect("write temp table");
+    std::fs::rename(&tmp, path).expect("rename over table");
+}
+
+// === svcproxy ===
+
+/// The flags every run here shares: the ipvs backend, the node's address, the pod network.
+fn ipvs_flags(table: &Path) -> Vec<String> {
+    [
+        "--services",
+        table.to_str().expect("utf-8 temp path"),
+        "--backend",
+        "ipvs",
+        "--node-address",
+        "198.18.2.1",
+        "--cluster-cidr",
+        "198.18.1.0/24",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// svcproxy running in the node namespace, its stderr collected; killed on drop.
+struct Proxy {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Proxy {
+    fn start(topo: &Topology, args: &[String]) -> Self {
+        // `ip netns exec` execs svcproxy in place: the child's pid is svcproxy's.
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &topo.node, SVCPROXY])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start svcproxy: {e}; {NEEDS_VM}"));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&log);
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().expect("log lock");
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        Self { child, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().expect("log lock").clone()
+    }
+
+    fn wait_for_log(&self, needle: &str) {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        panic!("svcproxy never logged {needle:?}; log:\n{}", self.log());
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit.
+    fn terminate(mut self) -> (ExitStatus, String) {
+        run_ok("kill", &["-TERM", &self.child.id().to_string()]);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for svcproxy") {
+                // Let the reader thread drain the last lines.
+                thread::sleep(Duration::from_millis(100));
+                return (status, self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "svcproxy ignored SIGTERM; log:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// === the tests ===
+
+#[test]
+#[ignore = "needs root and IPVS: scripts/vm-test runs it in a VM"]
+fn vm_ipvs_svcproxy_serves_the_file_follows_edits_and_cleans_up_on_sigterm() {
+    let topo = Topology::new("life");
+    let _backends = Backends::start(&topo, &[(EP_A, "a"), (EP_B, "b")]);
+    let dir = TempDir::new("life");
+    let path = dir.table();
+    std::fs::write(&path, table(&[("web", WEB_VIP, &[EP_A, EP_B])])).expect("write table");
+
+    let mut args = ipvs_flags(&path);
+    args.extend(
+        [
+            "--cleanup",
+            "--poll-interval-ms",
+            "100",
+            "--metrics-addr",
+            STATUS_ADDR,
+        ]
+        .map(str::to_owned),
+    );
+    let proxy = Proxy::start(&topo, &args);
+
+    // Both endpoints take connections to the cluster IP (round robin: half each).
+    topo.wait_for_spread(WEB_VIP, 2, &["a", "b"], &proxy);
+    let seen = topo.spread(WEB_VIP, 20).expect("20 connections to web");
+    assert_eq!(
+        seen,
+        BTreeMap::from([("a".to_owned(), 10), ("b".to_owned(), 10)]),
+        "round robin over 20 connections"
+    );
+    let listing = topo.ipvs();
+    assert_eq!(
+        listing.services,
+        expected(&[("TCP 198.19.0.10:80 rr", &[EP_A, EP_B])]),
+        "ipvsadm -Ln:\n{}",
+        listing.text
+    );
+    let vips = topo.node_stdout("ip", &["-o", "-4", "addr", "show", "dev", "svcp-ipvs0"]);
+    assert!(vips.contains("198.19.0.10/32"), "{vips}");
+    assert!(
+        topo.leftovers().len() >= 2,
+        "the ipsets and iptables rules that cleanup must remove were not programmed: {:?}",
+        topo.leftovers()
+    );
+
+    // Health and metrics, from inside the node namespace, once the first sync has finished
+    // (IPVS serves before the companion ipsets and rules are written).
+    proxy.wait_for_log("sync complete");
+    let health = topo.status_get("/healthz").expect("GET /healthz");
+    assert!(health.starts_with("HTTP/1.1 200"), "healthz: {health}");
+    let metrics = topo.status_get("/metrics").expect("GET /metrics");
+    assert_eq!(metric(&metrics, "svcproxy_sync_service_ports"), 1.0);
+    assert_eq!(metric(&metrics, "svcproxy_sync_endpoints"), 2.0);
+    for positive in [
+        "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+        "svcproxy_ipvs_objects_written_total",
+    ] {
+        assert!(
+            metric(&metrics, positive) > 0.0,
+            "{positive} in:\n{metrics}"
+        );
+    }
+
+    // An edit (renamed over the file) removes endpoint b from web and adds an api service on b.
+    replace_file(
+        &path,
+        &table(&[("web", WEB_VIP, &[EP_A]), ("api", API_VIP, &[EP_B])]),
+    );
+    topo.wait_for_ipvs(
+        &expected(&[
+            ("TCP 198.19.0.10:80 rr", &[EP_A]),
+            ("TCP 198.19.0.11:80 rr", &[EP_B]),
+        ]),
+        &proxy,
+    );
+    topo.wait_for_spread(WEB_VIP, 6, &["a"], &proxy);
+    topo.wait_for_spread(API_VIP, 6, &["b"], &proxy);
+
+    // An invalid edit is reported, and the running table stays.
+    replace_file(
+        &path,
+        "services:\n  - name: default/web\n    ports: [{port: 99999}]\n",
+    );
+    proxy.wait_for_log("ignoring the changed table file");
+    assert!(
+        proxy.log().contains("99999 is outside 1-65535"),
+        "log:\n{}",
+        proxy.log()
+    );
+    let listing = topo.ipvs();
+    assert_eq!(
+        listing.serving(),
+        expected(&[
+            ("TCP 198.19.0.10:80 rr", &[EP_A]),
+            ("TCP 198.19.0.11:80 rr", &[EP_B]),
+        ]),
+        "ipvsadm -Ln after the invalid edit:\n{}",
+        listing.text
+    );
+    let web = topo.spread(WEB_VIP, 4).expect("web still served");
+    let api = topo.spread(API_VIP, 4).expect("api still served");
+    assert_eq!(web, BTreeMap::from([("a".to_owned(), 4)]));
+    assert_eq!(api, BTreeMap::from([("b".to_owned(), 4)]));
+
+    // SIGTERM with --cleanup: a clean exit that leaves nothing of ours.
+    let (status, log) = proxy.terminate();
+    assert!(status.success(), "exit status {status}; log:\n{log}");
+    let listing = topo.ipvs();
+    assert!(
+        listing.services.is_empty(),
+        "virtual servers left after cleanup:\n{}\nlog:\n{log}",
+        listing.text
+    );
+    assert_eq!(topo.leftovers(), Vec::<String>::new(), "log:\n{log}");
+    assert!(
+        topo.spread(WEB_VIP, 1).is_err(),
+        "the cluster IP still answers after cleanup"
+    );
+}
+
+#[test]
+#[ignore = "needs root and IPVS: scripts/vm-test runs it in a VM"]
+fn vm_ipvs_once_leaves_the_kernel_serving_and_a_later_cleanup_removes_only_ours() {
+    let topo = Topology::new("once");
+    let _backends = Backends::start(&topo, &[(EP_A, "a"), (EP_B, "b")]);
+    let dir = TempDir::new("once");
+    let path = dir.table();
+    std::fs::write(&path, table(&[("web", WEB_VIP, &[EP_A, EP_B])])).expect("write table");
+
+    // --once programs the kernel and exits: the kernel serves on without svcproxy.
+    let mut once = Command::new("ip");
+    once.args(["netns", "exec", &topo.node, SVCPROXY])
+        .args(ipvs_flags(&path))
+        .arg("--once");
+    let out = once
+        .output()
+        .unwrap_or_else(|e| panic!("run svcproxy --once: {e}; {NEEDS_VM}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "svcproxy --once: {}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("full sync: 1 service ports, 2 endpoints"),
+        "stdout:\n{stdout}"
+    );
+    let seen = topo
+        .spread(WEB_VIP, 10)
+        .expect("web served after --once exited");
+    assert_eq!(
+        seen,
+        BTreeMap::from([("a".to_owned(), 5), ("b".to_owned(), 5)])
+    );
+
+    // A virtual server of someone else's, on an address that is not on our interface.
+    topo.node_stdout("ipvsadm", &["-A", "-t", "198.18.2.1:9999", "-s", "rr"]);
+    topo.node_stdout(
+        "ipvsadm",
+        &["-a", "-t", "198.18.2.1:9999", "-r", EP_A, "-m"],
+    );
+
+    // A later run with another table and --cleanup removes the first run's service too (its
+    // VIP is on our interface), and leaves the foreign one.
+    std::fs::write(&path, table(&[("api", API_VIP, &[EP_B])])).expect("write table");
+    let mut args = ipvs_flags(&path);
+    args.push("--cleanup".to_owned());
+    let proxy = Proxy::start(&topo, &args);
+    let foreign = ("TCP 198.18.2.1:9999 rr", &[EP_A][..]);
+    topo.wait_for_ipvs(
+        &expected(&[("TCP 198.19.0.11:80 rr", &[EP_B]), foreign]),
+        &proxy,
+    );
+    topo.wait_for_spread(API_VIP, 4, &["b"], &proxy);
+    let (status, log) = proxy.terminate();
+    assert!(status.success(), "exit status {status}; log:\n{log}");
+    let listing = topo.ipvs();
+    assert_eq!(
+        listing.services,
+        expected(&[foreign]),
+        "only the foreign virtual server may stay:\n{}\nlog:\n{log}",
+        listing.text
+    );
+    assert_eq!(topo.leftovers(), Vec::<String>::new(), "log:\n{log}");
+}
