@@ -71,6 +71,11 @@ pub struct Config {
     /// Write `-m comment` on rules (kube-proxy drops them above 1,000 endpoints; here it is
     /// explicit). Comments are about a third of the restore input at scale.
     pub comments: bool,
+    /// Where node ports answer: this node's addresses within these networks (kube-proxy's
+    /// `--nodeport-addresses`). Empty: every local address but loopback. A family with no
+    /// network in a non-empty list gets no node ports. Matched with `-d <net> -m addrtype
+    /// --dst-type LOCAL`, so an address added later inside a network needs no resync.
+    pub node_port_addresses: Vec<IpNet>,
 }
 
 impl Default for Config {
@@ -87,6 +92,7 @@ impl Default for Config {
             drop_invalid: true,
             hairpin_all_endpoints: false,
             comments: true,
+            node_port_addresses: Vec::new(),
         }
     }
 }
@@ -122,6 +128,18 @@ impl Config {
                 });
             }
         }
+        if let Some(net) = self
+            .node_port_addresses
+            .iter()
+            .find(|net| net.trunc().addr().is_loopback())
+        {
+            // Loopback node ports need route_localnet, which exposes 127/8 services to the
+            // network (CVE-2020-8558): not offered.
+            return Err(ConfigError::NodePortAddresses {
+                net: *net,
+                reason: "loopback node ports are not supported",
+            });
+        }
         Ok(names)
     }
 
@@ -141,5 +159,49 @@ impl Config {
             .iter()
             .copied()
             .find(|n| family.contains(n.addr()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(Config::default().validate().is_ok());
+    }
+
+    #[test]
+    fn two_cluster_cidrs_of_one_family_are_refused_by_name() {
+        let config = Config {
+            cluster_cidrs: vec![
+                "198.18.0.0/17".parse().expect("cidr"),
+                "198.19.0.0/17".parse().expect("cidr"),
+            ],
+            ..Config::default()
+        };
+        let err = config.validate().expect_err("two IPv4 CIDRs");
+        assert_eq!(
+            err.to_string(),
+            "cluster_cidrs: at most one CIDR per address family, got 2 for IPv4"
+        );
+    }
+
+    #[test]
+    fn loopback_node_port_addresses_are_refused_by_name() {
+        for net in ["127.0.0.0/8", "127.0.0.1/32", "::1/128"] {
+            let config = Config {
+                node_port_addresses: vec![
+                    "198.18.200.0/24".parse().expect("cidr"),
+                    net.parse().expect("cidr"),
+                ],
+                ..Config::default()
+            };
+            let err = config.validate().expect_err("loopback");
+            assert_eq!(
+                err.to_string(),
+                format!("node_port_addresses: {net}: loopback node ports are not supported")
+            );
+        }
     }
 }

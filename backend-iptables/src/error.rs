@@ -49,6 +49,14 @@ pub enum ConfigError {
         /// How many were given.
         count: usize,
     },
+    /// A network in `node_port_addresses` we cannot serve node ports on.
+    #[error("node_port_addresses: {net}: {reason}")]
+    NodePortAddresses {
+        /// The network given.
+        net: ipnet::IpNet,
+        /// Why not.
+        reason: &'static str,
+    },
 }
 
 /// Any error of this backend.

@@ -58,12 +58,24 @@ impl Planner {
         }
         .parse()
         .expect("constant network");
-        services.push(
+        let node_ports_jump = |net: IpNet, negated: bool| {
             Rule::new(Target::Jump(n.node_ports()))
-                .destination_net(loopback, true)
+                .destination_net(net, negated)
                 .comment("service nodeports; NOTE: this must be the last rule in this chain")
-                .with(Match::AddrTypeLocal(AddrTypeDir::Dst)),
-        );
+                .with(Match::AddrTypeLocal(AddrTypeDir::Dst))
+        };
+        if cfg.node_port_addresses.is_empty() {
+            services.push(node_ports_jump(loopback, true));
+        } else {
+            // kube-proxy's --nodeport-addresses: one jump per network of this family.
+            for net in cfg
+                .node_port_addresses
+                .iter()
+                .filter(|net| family.contains(net.addr()))
+            {
+                services.push(node_ports_jump(net.trunc(), false));
+            }
+        }
         let mut node_ports = Chain::new(n.node_ports());
         node_ports.rules = self.node_ports_rules(family, shared.node_ports, &mut tree_chains);
         let mut mark_masq = Chain::new(n.mark_masq());

@@ -17,6 +17,8 @@ use proxy_core::{Protocol, ServicePort, ServicePortName, ServiceTable};
 
 pub const NODE_IP: &str = "198.18.200.1";
 pub const NODE_IP6: &str = "2001:db8:200::1";
+/// A second address of this node, outside 198.18.200.0/24 (for `node_port_addresses`).
+pub const NODE_IP_OTHER: &str = "198.18.201.1";
 pub const CLIENT: &str = "198.18.250.1";
 pub const BLOCKED_CLIENT: &str = "198.18.251.1";
 pub const POD: &str = "198.18.5.5";
@@ -25,7 +27,7 @@ pub const POD6: &str = "2001:db8:18:5::5";
 
 /// This node's addresses, for `-m addrtype LOCAL`.
 pub fn local_addrs() -> Vec<IpAddr> {
-    vec![ip(NODE_IP), ip(NODE_IP6)]
+    vec![ip(NODE_IP), ip(NODE_IP_OTHER), ip(NODE_IP6)]
 }
 
 pub fn ip(s: &str) -> IpAddr {
@@ -172,6 +174,40 @@ pub fn cases() -> Vec<Case> {
                 "198.18.2.21:80, 198.18.2.22:80, 198.18.2.23:80",
             )],
         ),
+        Case {
+            name: "node_port_addresses",
+            table: table(vec![port("npa", Protocol::Tcp, "198.19.0.20", 80)
+                .with_node_port(30020)
+                .with_endpoint(remote("198.18.2.20", 80))]),
+            config: Config {
+                node_port_addresses: vec!["198.18.200.0/24".parse().expect("cidr")],
+                ..config()
+            },
+            flows: vec![
+                tcp(
+                    "node port on a node address inside node_port_addresses",
+                    CLIENT,
+                    NODE_IP,
+                    30020,
+                    "198.18.2.20:80",
+                )
+                .masq(),
+                tcp(
+                    "node port on a node address outside them is not ours",
+                    CLIENT,
+                    NODE_IP_OTHER,
+                    30020,
+                    "ACCEPT",
+                ),
+                tcp(
+                    "the cluster IP is served as ever",
+                    POD,
+                    "198.19.0.20",
+                    80,
+                    "198.18.2.20:80",
+                ),
+            ],
+        },
         case(
             "node_port",
             vec![port("np", Protocol::Tcp, "198.19.0.3", 80)

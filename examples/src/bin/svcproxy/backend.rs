@@ -23,6 +23,7 @@ fn iptables_config(args: &RunArgs) -> backend_iptables::Config {
     backend_iptables::Config {
         cluster_cidrs: args.cluster_cidrs.clone(),
         masquerade_all: args.masquerade_all,
+        node_port_addresses: args.node_port_addresses.clone(),
         ..backend_iptables::Config::default()
     }
 }

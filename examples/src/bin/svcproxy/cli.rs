@@ -92,6 +92,12 @@ pub struct RunArgs {
     #[arg(long = "node-address", value_name = "IP", default_value = "127.0.0.1")]
     pub node_addresses: Vec<std::net::IpAddr>,
 
+    /// iptables backend: serve node ports only on this node's addresses within these networks
+    /// (kube-proxy's --nodeport-addresses; repeatable). Default: every local address but
+    /// loopback.
+    #[arg(long = "nodeport-addresses", value_name = "CIDR")]
+    pub node_port_addresses: Vec<ipnet::IpNet>,
+
     /// Do not answer on the health-check node ports of `local` external-policy services (by
     /// default they are served on the --node-address addresses, as kube-proxy does).
     #[arg(long)]

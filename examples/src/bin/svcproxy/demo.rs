@@ -76,6 +76,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         cluster_cidrs: Vec::new(),
         masquerade_all: false,
         node_addresses: vec!["127.0.0.1".parse().context("loopback")?],
+        node_port_addresses: Vec::new(),
         no_service_health: false,
     };
     let outcome = crate::run(run_args).await;
