@@ -81,6 +81,7 @@ pub mod companions;
 pub mod config;
 mod dataplane;
 pub mod error;
+pub mod ipset;
 pub mod link;
 pub mod metrics;
 pub mod model;

@@ -1,0 +1,1 @@
+//! Byte tests (filled below).
