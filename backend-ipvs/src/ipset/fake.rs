@@ -76,6 +76,11 @@ impl FakeIpset {
         self.lock().fail = Some((set.to_owned(), errno));
     }
 
+    /// Stops the failures [`FakeIpset::fail_on`] started.
+    pub fn heal(&self) {
+        self.lock().fail = None;
+    }
+
     /// Adds a set as if another program had made it.
     pub fn insert(&self, spec: SetSpec, entries: impl IntoIterator<Item = SetEntry>) {
         let set = FakeSet {

@@ -83,3 +83,18 @@ pub trait IpsetOps: Send + Sync + fmt::Debug {
     /// ([`IpsetError::is_not_found`]); [`IpsetError::Invalid`] for an entry that does not fit.
     fn list(&self, name: &str) -> Result<SetListing, IpsetError>;
 }
+
+/// Shared: the companions own one, a test keeps another handle on the same fake.
+impl<T: IpsetOps + ?Sized> IpsetOps for std::sync::Arc<T> {
+    fn apply(&self, ops: &[IpsetOp]) -> Result<(), IpsetError> {
+        (**self).apply(ops)
+    }
+
+    fn list_names(&self) -> Result<Vec<String>, IpsetError> {
+        (**self).list_names()
+    }
+
+    fn list(&self, name: &str) -> Result<SetListing, IpsetError> {
+        (**self).list(name)
+    }
+}
