@@ -39,6 +39,10 @@ add SVCP-T-SRC 198.18.0.4,tcp:443,198.19.0.0/16 -exist
 add SVCP-T-CIDR 198.18.128.0/17 -exist"
 capin restore_dels     "del SVCP-T-IPPORT 198.18.0.3,sctp:9 -exist
 del SVCP-T-IPPORT 198.18.0.9,tcp:1 -exist"
+cap err_exists         add SVCP-T-IPPORT 198.18.0.2,udp:53
+capin err_restore_line "add SVCP-T-IPPORT 198.18.0.5,tcp:1
+add SVCP-T-IPPORT 198.18.0.2,udp:53
+add SVCP-T-IPPORT 198.18.0.6,tcp:1"
 cap list_ipport4       list SVCP-T-IPPORT
 cap list_all           list
 cap list_names         list -n
@@ -49,5 +53,4 @@ cap rename             rename SVCP-T-IPPORT-T SVCP-T-OLD
 cap destroy            destroy SVCP-T-OLD
 cap err_missing_set    add SVCP-T-NONE 198.18.0.1,tcp:80
 cap err_wrong_family   add SVCP-T-IPPORT 2001:db8::1,tcp:80
-cap err_exists         add SVCP-T-IPPORT 198.18.0.2,udp:53
 cap err_create_exists  create SVCP-T-IPPORT hash:ip,port family inet maxelem 65536
