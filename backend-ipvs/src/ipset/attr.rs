@@ -48,7 +48,7 @@ pub enum DataAttr {
     /// `IPSET_ATTR_CADT_FLAGS`: `IPSET_FLAG_NOMATCH`... (entries), create flags (sets).
     CadtFlags(u32),
     /// `IPSET_ATTR_CADT_LINENO`: our number for the entry, echoed back by the kernel when it
-    /// fails (see [`super::socket`]).
+    /// fails (see `ipset/socket.rs`).
     Lineno(u32),
     /// `IPSET_ATTR_IP2`: the second address (`hash:ip,port,ip`, `hash:ip,port,net`).
     Ip2(IpAddr),
