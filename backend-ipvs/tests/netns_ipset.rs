@@ -353,3 +353,41 @@ fn deleting_what_is_not_there_and_adding_what_is_are_no_errors() {
         .expect("-exist semantics");
     assert_eq!(saved_entries(name), [ip_port(1).to_string()].into());
 }
+
+#[test]
+#[ignore = "needs root: CI runs --include-ignored"]
+fn a_refusal_deep_in_a_long_list_names_the_right_entry() {
+    let ipset_ops = isolated();
+    let name = "SVCP-T-LONG";
+    ipset_ops
+        .apply(&[IpsetOp::Create(spec(
+            name,
+            SetType::HashIpPort,
+            Family::Inet,
+        ))])
+        .expect("create");
+    // Several messages' worth; the bad entry sits in a later message.
+    let mut entries: Vec<SetEntry> = (0..3000).map(ip_port).collect();
+    let bad = SetEntry::IpPort {
+        addr: ip("2001:db8::7"),
+        protocol: Protocol::Udp,
+        port: 7,
+    };
+    entries[2000] = bad.clone();
+    let err = ipset_ops
+        .apply(&[IpsetOp::Add(name.to_owned(), entries)])
+        .expect_err("wrong family");
+    match &err {
+        IpsetError::Kernel { entry, .. } => {
+            assert_eq!(entry.as_deref(), Some(bad.to_string().as_str()), "{err}")
+        }
+        other => panic!("want a kernel refusal, got {other:?}"),
+    }
+    // Before it: in. After it in its own message (about 400 entries of 40 bytes each fill
+    // one): not applied. In the later messages: in (the kernel carries on after a refused
+    // message).
+    let saved = saved_entries(name);
+    assert!(saved.contains(&ip_port(1999).to_string()));
+    assert!(!saved.contains(&ip_port(2001).to_string()));
+    assert!(saved.contains(&ip_port(2999).to_string()));
+}

@@ -416,3 +416,50 @@ pub(crate) fn listing(name: &str, replies: &[IpsetMessage]) -> Result<SetListing
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use netlink_packet_core::Emitable;
+    use proxy_core::table::Protocol;
+
+    use super::*;
+
+    #[test]
+    fn big_entry_lists_split_into_numbered_messages_under_the_size_limit() {
+        let entries: Vec<SetEntry> = (0..3000u32)
+            .map(|n| SetEntry::IpPort {
+                addr: std::net::IpAddr::from([198, 18, (n >> 8) as u8, n as u8]),
+                protocol: Protocol::Udp,
+                port: 53,
+            })
+            .collect();
+        let chunks = adt_chunks(&entries);
+        assert!(chunks.len() > 1, "3,000 entries do not fit one message");
+        let mut next = 0;
+        for (first, adt) in &chunks {
+            assert_eq!(*first, next, "chunks follow each other");
+            let bytes: usize = adt.iter().map(|e| 4 + e.as_slice().buffer_len()).sum();
+            assert!(bytes <= ENTRY_BYTES_PER_MESSAGE, "{bytes} bytes");
+            for (i, attrs) in adt.iter().enumerate() {
+                // The number the kernel echoes for a failing entry leads back to it.
+                let line = attrs.iter().find_map(|a| match a {
+                    DataAttr::Lineno(l) => Some(*l as usize),
+                    _ => None,
+                });
+                assert_eq!(line, Some(i + 1));
+                let entry = SetEntry::from_attrs(SetType::HashIpPort, attrs).expect("entry");
+                assert_eq!(entry, entries[first + line.unwrap_or(0) - 1]);
+            }
+            next += adt.len();
+        }
+        assert_eq!(next, entries.len());
+    }
+
+    #[test]
+    fn set_names_of_32_bytes_or_more_are_refused_before_sending() {
+        assert!(check_name(&"S".repeat(31)).is_ok());
+        let err = check_name(&"S".repeat(32)).expect_err("too long");
+        assert!(err.to_string().contains("1 to 31 bytes"), "{err}");
+        assert!(check_name("").is_err());
+    }
+}
