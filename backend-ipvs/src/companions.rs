@@ -32,6 +32,7 @@ use std::io::Write as _;
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
 
+use proxy_core::table::Protocol;
 use tracing::{debug, trace};
 
 use crate::config::{Config, IptablesVariant};
@@ -100,6 +101,14 @@ impl Runner for SystemRunner {
 
 // === Companions ===
 
+/// The set entries the last syncs wrote: per virtual server, and the endpoints with a hairpin
+/// entry, so a partial sync sends only what really changed.
+#[derive(Debug, Default)]
+struct Written {
+    by_key: BTreeMap<ServiceKey, Vec<Entry>>,
+    endpoints: BTreeSet<(IpAddr, Protocol, u16)>,
+}
+
 /// The companion sets and rules, with what the last sync wrote.
 #[derive(Debug)]
 pub struct Companions {
@@ -107,9 +116,9 @@ pub struct Companions {
     names: Names,
     runner: Box<dyn Runner>,
     ipset: Box<dyn IpsetOps>,
-    /// The entries written, per virtual server; `None` until a full sync succeeded (and after
-    /// a failure, so the next sync is full).
-    written: Option<BTreeMap<ServiceKey, Vec<Entry>>>,
+    /// What the sets hold, as we wrote them; `None` until a full sync succeeded (and after a
+    /// failure, so the next sync is full).
+    written: Option<Written>,
     /// The iptables binary infix, once decided.
     variant: Option<&'static str>,
 }
@@ -266,7 +275,8 @@ impl Companions {
         touched: Option<&Touched>,
     ) -> Result<usize, BackendError> {
         match (self.written.take(), touched) {
-            (Some(mut by_key), Some(touched)) => {
+            (Some(mut written), Some(touched)) => {
+                let by_key = &mut written.by_key;
                 let (mut before, mut after) = (Entries::new(), Entries::new());
                 let put = |sets: &mut Entries, (kind, family, entry): Entry| {
                     sets.entry((kind, family)).or_default().insert(entry);
@@ -283,18 +293,18 @@ impl Companions {
                         by_key.insert(*key, entries);
                     }
                 }
-                // `-exist` makes both idempotent: an endpoint still in use is (re)added.
+                // A touched endpoint's hairpin entry changes only if it came or went.
                 for ep in &touched.endpoints {
-                    let entry = endpoint_entry(ep);
-                    if desired.endpoints.contains_key(ep) {
-                        put(&mut after, entry);
-                    } else {
-                        put(&mut before, entry);
+                    let wanted = desired.endpoints.contains_key(ep);
+                    if wanted && written.endpoints.insert(*ep) {
+                        put(&mut after, endpoint_entry(ep));
+                    } else if !wanted && written.endpoints.remove(ep) {
+                        put(&mut before, endpoint_entry(ep));
                     }
                 }
                 let ops = plan_sets_diff(&self.names, &before, &after);
                 self.apply_sets(&ops)?;
-                self.written = Some(by_key);
+                self.written = Some(written);
                 Ok(entries_written(&ops))
             }
             _ => self.sync_full(desired),
@@ -313,13 +323,14 @@ impl Companions {
             written += rules.lines().filter(|l| l.starts_with("-A")).count();
             written += self.ensure_hooks(family)?;
         }
-        self.written = Some(
-            desired
+        self.written = Some(Written {
+            by_key: desired
                 .origins
                 .iter()
                 .map(|(key, origin)| (*key, key_entries(key, origin)))
                 .collect(),
-        );
+            endpoints: desired.endpoints.keys().copied().collect(),
+        });
         Ok(written)
     }
 

@@ -321,6 +321,31 @@ fn a_partial_sync_writes_only_changed_entries() {
 }
 
 #[test]
+fn an_endpoint_replaced_writes_only_its_own_hairpin_entry() {
+    let (mut companions, _recorder, ipset) = companions(&config());
+    let before = services(2);
+    let mut desired = plan_desired(&before, &config());
+    companions.sync(&desired, None).expect("full");
+
+    // svc-0 moves to 198.18.1.11; 198.18.1.10 stays in use by svc-1.
+    let name = ServicePortName::new("ns", "svc-0", "p");
+    let mut port = ServicePort::clone(before.get(&name).expect("svc-0 exists"));
+    port.endpoints = vec![Endpoint::new(ip("198.18.1.11"), 8080)];
+    let after = before.edit().insert(port).build().expect("valid table");
+    let touched = desired.update(&proxy_core::diff(&before, &after), &config());
+    let written = companions.sync(&desired, Some(&touched)).expect("partial");
+    assert_eq!(
+        ipset
+            .batches()
+            .last()
+            .map(|b| b.iter().map(ToString::to_string).collect::<String>()),
+        Some("add SVCP-IPVS-LOOP-BACK 198.18.1.11,tcp:8080,198.18.1.11\n".to_owned()),
+        "the endpoint still in use is not written again"
+    );
+    assert_eq!(written, 1);
+}
+
+#[test]
 fn a_refused_set_write_names_the_set_and_makes_the_next_sync_full() {
     let (mut companions, _recorder, ipset) = companions(&config());
     let (three, two) = (services(3), services(2));
