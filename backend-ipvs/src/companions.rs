@@ -20,8 +20,9 @@
 //! kube-proxy does). IPVS itself already answers ICMP port unreachable for a virtual server with
 //! no real servers; the REJECT rule makes that explicit and independent of IPVS.
 //!
-//! Sets are written with `ipset restore` (input on stdin): a full sync fills a temporary set
-//! and swaps it in, a partial one adds and deletes only the changed entries. Rules are written
+//! Sets are written over netlink ([`crate::ipset`], no process): a full sync fills a temporary
+//! set and swaps it in, a partial one adds and deletes only the changed entries, all in one
+//! batch of messages. Rules are written
 //! with `iptables-restore --noflush`, declaring only our chains (which flushes and refills
 //! them); the jumps from the built-in chains are checked (`-C`) and inserted (`-I`) once.
 //! Everything is per family: IPv6 sets end in `6`, and `ip6tables` carries their rules.
@@ -31,10 +32,12 @@ use std::io::Write as _;
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
 
+use proxy_core::table::Protocol;
 use tracing::{debug, trace};
 
 use crate::config::{Config, IptablesVariant};
 use crate::error::BackendError;
+use crate::ipset::{IpsetOp, IpsetOps, NetlinkIpset};
 use crate::model::ServiceKey;
 use crate::plan::{Desired, Touched};
 
@@ -98,15 +101,24 @@ impl Runner for SystemRunner {
 
 // === Companions ===
 
+/// The set entries the last syncs wrote: per virtual server, and the endpoints with a hairpin
+/// entry, so a partial sync sends only what really changed.
+#[derive(Debug, Default)]
+struct Written {
+    by_key: BTreeMap<ServiceKey, Vec<Entry>>,
+    endpoints: BTreeSet<(IpAddr, Protocol, u16)>,
+}
+
 /// The companion sets and rules, with what the last sync wrote.
 #[derive(Debug)]
 pub struct Companions {
     config: Config,
     names: Names,
     runner: Box<dyn Runner>,
-    /// The entries written, per virtual server; `None` until a full sync succeeded (and after
-    /// a failure, so the next sync is full).
-    written: Option<BTreeMap<ServiceKey, Vec<Entry>>>,
+    ipset: Box<dyn IpsetOps>,
+    /// What the sets hold, as we wrote them; `None` until a full sync succeeded (and after a
+    /// failure, so the next sync is full).
+    written: Option<Written>,
     /// The iptables binary infix, once decided.
     variant: Option<&'static str>,
 }
@@ -146,23 +158,44 @@ fn command_error(
 }
 
 impl Companions {
-    /// Companions run with the system's tools.
+    /// Companions on this network namespace's kernel: ipsets over netlink, iptables with the
+    /// system's tools (looked up when first run).
     ///
     /// # Errors
-    /// None yet; the tools are looked up when first run.
+    /// [`BackendError::Ipset`] when the kernel has no ipset.
     pub fn new(config: &Config) -> Result<Self, BackendError> {
-        Ok(Self::with_runner(config, Box::new(SystemRunner)))
+        let ipset = NetlinkIpset::connect()?;
+        Ok(Self::with_parts(
+            config,
+            Box::new(SystemRunner),
+            Box::new(ipset),
+        ))
     }
 
-    /// Companions run through `runner` (a fake in tests).
-    pub fn with_runner(config: &Config, runner: Box<dyn Runner>) -> Self {
+    /// Companions that run tools through `runner` and write sets through `ipset` (fakes in
+    /// tests).
+    pub fn with_parts(config: &Config, runner: Box<dyn Runner>, ipset: Box<dyn IpsetOps>) -> Self {
         Companions {
             config: config.clone(),
             names: Names::new(&config.prefix),
             runner,
+            ipset,
             written: None,
             variant: None,
         }
+    }
+
+    /// Runs one batch of ipset steps, logged in full at trace level.
+    fn apply_sets(&self, ops: &[IpsetOp]) -> Result<(), BackendError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        trace!(
+            steps = ops.len(),
+            ops = %ops.iter().map(ToString::to_string).collect::<String>(),
+            "writing ipsets"
+        );
+        Ok(self.ipset.apply(ops)?)
     }
 
     /// The binary infix (`-legacy`, `-nft` or none) for the configured variant, deciding `Auto`
@@ -233,15 +266,17 @@ impl Companions {
     /// servers and endpoints. Returns the number of set entries and rules written.
     ///
     /// # Errors
-    /// [`BackendError::Command`] for the first tool that failed, with its input around the
-    /// failing line; the next sync is then full.
+    /// [`BackendError::Ipset`] for the first set step the kernel refused (naming the set and
+    /// entry); [`BackendError::Command`] for a failed iptables tool, with its input around the
+    /// failing line. The next sync is then full.
     pub fn sync(
         &mut self,
         desired: &Desired,
         touched: Option<&Touched>,
     ) -> Result<usize, BackendError> {
         match (self.written.take(), touched) {
-            (Some(mut by_key), Some(touched)) => {
+            (Some(mut written), Some(touched)) => {
+                let by_key = &mut written.by_key;
                 let (mut before, mut after) = (Entries::new(), Entries::new());
                 let put = |sets: &mut Entries, (kind, family, entry): Entry| {
                     sets.entry((kind, family)).or_default().insert(entry);
@@ -258,22 +293,19 @@ impl Companions {
                         by_key.insert(*key, entries);
                     }
                 }
-                // `-exist` makes both idempotent: an endpoint still in use is (re)added.
+                // A touched endpoint's hairpin entry changes only if it came or went.
                 for ep in &touched.endpoints {
-                    let entry = endpoint_entry(ep);
-                    if desired.endpoints.contains_key(ep) {
-                        put(&mut after, entry);
-                    } else {
-                        put(&mut before, entry);
+                    let wanted = desired.endpoints.contains_key(ep);
+                    if wanted && written.endpoints.insert(*ep) {
+                        put(&mut after, endpoint_entry(ep));
+                    } else if !wanted && written.endpoints.remove(ep) {
+                        put(&mut before, endpoint_entry(ep));
                     }
                 }
-                let input = render_sets_diff(&self.names, &before, &after);
-                let written = input.lines().count();
-                if !input.is_empty() {
-                    self.run("ipset", &["restore"], Some(&input))?;
-                }
-                self.written = Some(by_key);
-                Ok(written)
+                let ops = plan_sets_diff(&self.names, &before, &after);
+                self.apply_sets(&ops)?;
+                self.written = Some(written);
+                Ok(entries_written(&ops))
             }
             _ => self.sync_full(desired),
         }
@@ -282,8 +314,7 @@ impl Companions {
     fn sync_full(&mut self, desired: &Desired) -> Result<usize, BackendError> {
         self.variant();
         let entries = plan_entries(desired, &self.config);
-        let input = render_sets_full(&self.names, &entries);
-        self.run("ipset", &["restore"], Some(&input))?;
+        self.apply_sets(&plan_sets_full(&self.names, &entries))?;
         let mut written = entries.values().map(BTreeSet::len).sum::<usize>();
         for family in Family::ALL {
             let rules = render_rules(&self.names, &self.config, family);
@@ -292,13 +323,14 @@ impl Companions {
             written += rules.lines().filter(|l| l.starts_with("-A")).count();
             written += self.ensure_hooks(family)?;
         }
-        self.written = Some(
-            desired
+        self.written = Some(Written {
+            by_key: desired
                 .origins
                 .iter()
                 .map(|(key, origin)| (*key, key_entries(key, origin)))
                 .collect(),
-        );
+            endpoints: desired.endpoints.keys().copied().collect(),
+        });
         Ok(written)
     }
 
@@ -430,14 +462,15 @@ impl Companions {
                 removed += 4;
             }
         }
-        let listed = self.run("ipset", &["list", "-n"], None)?;
-        for name in listed.stdout.lines().map(str::trim) {
-            if self.names.is_owned(name) {
-                self.run("ipset", &["destroy", name], None)?;
-                removed += 1;
-            }
-        }
-        Ok(removed)
+        let destroy: Vec<IpsetOp> = self
+            .ipset
+            .list_names()?
+            .into_iter()
+            .filter(|name| self.names.is_owned(name))
+            .map(IpsetOp::Destroy)
+            .collect();
+        self.apply_sets(&destroy)?;
+        Ok(removed + destroy.len())
     }
 }
 
@@ -447,8 +480,8 @@ mod render;
 pub use names::{Family, Names, SetKind};
 use render::render_delete_chains;
 pub use render::{
-    endpoint_entry, hooks, key_entries, plan_entries, render_rules, render_sets_diff,
-    render_sets_full, Entries, Entry,
+    endpoint_entry, entries_written, hooks, key_entries, plan_entries, plan_sets_diff,
+    plan_sets_full, render_rules, render_sets_full, set_spec, Entries, Entry, MAX_SET_ELEMENTS,
 };
 
 #[cfg(test)]

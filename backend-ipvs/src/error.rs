@@ -199,7 +199,10 @@ pub enum BackendError {
         #[source]
         source: io::Error,
     },
-    /// A companion tool (`ipset`, `iptables-restore`) failed.
+    /// Writing or reading the companion ipsets failed.
+    #[error(transparent)]
+    Ipset(#[from] crate::ipset::IpsetError),
+    /// A companion tool (`iptables-restore`, `conntrack`) failed.
     #[error("{command}: {status}: {stderr}{}", context_lines(input_context))]
     Command {
         /// The program and arguments.

@@ -23,11 +23,15 @@
 //! - [`config`]: [`Config`]; [`plan`]: desired state and the diff, pure;
 //! - [`apply`]: ops through `IpvsOps`; [`observe`]: the kernel back into the plan's model, and
 //!   the ownership rule; [`link`]: the dummy interface over rtnetlink;
-//! - [`companions`]: ipsets and iptables rules; [`cleanup`]; [`metrics`]; [`error`];
-//! - `testing` (feature `testing`): `FakeIpvs`, an in-memory `IpvsOps`.
+//! - [`companions`]: ipsets and iptables rules; [`ipset`]: the ipset nfnetlink client the
+//!   companions write their sets with ([`ipset::NetlinkIpset`], batched, no process);
+//!   [`cleanup`]; [`metrics`]; [`error`];
+//! - `testing` (feature `testing`): `FakeIpvs`, an in-memory `IpvsOps`; `ipset::FakeIpset`,
+//!   an in-memory `ipset::IpsetOps`.
 //!
-//! Needs root and the `ip_vs` modules (plus `ipset` and `iptables` for the companions). The
-//! tests that need them run in a VM: `scripts/vm-test`.
+//! Needs root and the `ip_vs` modules (plus the `ip_set` modules and `iptables` for the
+//! companions). The tests that need IPVS run in a VM: `scripts/vm-test`; the ipset client's
+//! root tests (`tests/netns_ipset.rs`) also run on a host without IPVS.
 //!
 //! ```no_run
 //! use backend_ipvs::{Config, IpvsDataplane};
@@ -81,6 +85,7 @@ pub mod companions;
 pub mod config;
 mod dataplane;
 pub mod error;
+pub mod ipset;
 pub mod link;
 pub mod metrics;
 pub mod model;

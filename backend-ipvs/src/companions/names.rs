@@ -3,6 +3,8 @@
 
 use std::net::IpAddr;
 
+use crate::ipset::{self, SetType};
+
 /// The kinds of set we keep, each per family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SetKind {
@@ -50,12 +52,13 @@ impl SetKind {
         }
     }
 
-    pub(super) fn set_type(self) -> &'static str {
+    /// The ipset type of the kind's sets.
+    pub fn set_type(self) -> SetType {
         match self {
-            SetKind::LoopBack => "hash:ip,port,ip",
-            SetKind::ClusterCidr => "hash:net",
-            SetKind::LbSource => "hash:ip,port,net",
-            _ => "hash:ip,port",
+            SetKind::LoopBack => SetType::HashIpPortIp,
+            SetKind::ClusterCidr => SetType::HashNet,
+            SetKind::LbSource => SetType::HashIpPortNet,
+            _ => SetType::HashIpPort,
         }
     }
 }
@@ -82,10 +85,11 @@ impl Family {
         }
     }
 
-    pub(super) fn ipset_family(self) -> &'static str {
+    /// The ipset family of the family's sets.
+    pub fn ipset_family(self) -> ipset::Family {
         match self {
-            Family::V4 => "inet",
-            Family::V6 => "inet6",
+            Family::V4 => ipset::Family::Inet,
+            Family::V6 => ipset::Family::Inet6,
         }
     }
 }

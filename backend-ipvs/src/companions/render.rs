@@ -1,5 +1,5 @@
-//! Rendering, pure: the set entries of a desired state, `ipset restore` input (full or the
-//! difference) and the fixed `iptables-restore` input of our chains.
+//! Rendering, pure: the set entries of a desired state, the ipset steps that write them (full
+//! or the difference) and the fixed `iptables-restore` input of our chains.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -10,25 +10,26 @@ use proxy_core::table::Protocol;
 use super::names::{Family, Names, SetKind};
 use super::MASQ_MARK;
 use crate::config::Config;
+use crate::ipset::{IpsetOp, SetEntry, SetSpec};
 use crate::model::ServiceKey;
 use crate::plan::{Desired, Origin, Verdict, VipKind};
 
 // === entries ===
 
-fn proto(p: Protocol) -> &'static str {
-    p.as_str()
-}
-
-/// A set entry: which set (kind and family) and the entry text.
-pub type Entry = (SetKind, Family, String);
+/// A set entry: which set (kind and family) and the entry.
+pub type Entry = (SetKind, Family, SetEntry);
 
 /// Every set's entries, by set, for a full sync. Sets absent from the map are empty.
-pub type Entries = BTreeMap<(SetKind, Family), BTreeSet<String>>;
+pub type Entries = BTreeMap<(SetKind, Family), BTreeSet<SetEntry>>;
 
 /// The entries one virtual server puts in the sets, by its role.
 pub fn key_entries(key: &ServiceKey, origin: &Origin) -> Vec<Entry> {
     let family = Family::of(key.addr);
-    let ip_port = format!("{},{}:{}", key.addr, proto(key.protocol), key.port);
+    let ip_port = SetEntry::IpPort {
+        addr: key.addr,
+        protocol: key.protocol,
+        port: key.port,
+    };
     let mut entries = Vec::new();
     match origin.kind {
         VipKind::ClusterIp => entries.push((SetKind::ClusterIp, family, ip_port.clone())),
@@ -41,7 +42,15 @@ pub fn key_entries(key: &ServiceKey, origin: &Origin) -> Vec<Entry> {
         entries.push((SetKind::LbFirewall, family, ip_port.clone()));
         for net in &origin.source_ranges {
             if Family::of(net.addr()) == family {
-                entries.push((SetKind::LbSource, family, format!("{ip_port},{net}")));
+                let entry = SetEntry::IpPortNet {
+                    addr: key.addr,
+                    protocol: key.protocol,
+                    port: key.port,
+                    // The kernel keeps the network address only; so do we, so that a listing
+                    // compares equal.
+                    net: net.trunc(),
+                };
+                entries.push((SetKind::LbSource, family, entry));
             }
         }
     }
@@ -55,11 +64,13 @@ pub fn key_entries(key: &ServiceKey, origin: &Origin) -> Vec<Entry> {
 
 /// The hairpin entry of an endpoint: a connection from it to itself through a service.
 pub fn endpoint_entry(&(addr, protocol, port): &(IpAddr, Protocol, u16)) -> Entry {
-    (
-        SetKind::LoopBack,
-        Family::of(addr),
-        format!("{addr},{}:{port},{addr}", proto(protocol)),
-    )
+    let entry = SetEntry::IpPortIp {
+        addr,
+        protocol,
+        port,
+        addr2: addr,
+    };
+    (SetKind::LoopBack, Family::of(addr), entry)
 }
 
 /// Every set's entries for a desired state.
@@ -74,7 +85,7 @@ pub fn plan_entries(desired: &Desired, config: &Config) -> Entries {
             (
                 SetKind::ClusterCidr,
                 Family::of(net.addr()),
-                net.to_string(),
+                SetEntry::Net(net.trunc()),
             )
         }));
     for (kind, family, entry) in entries {
@@ -90,45 +101,58 @@ pub fn plan_entries(desired: &Desired, config: &Config) -> Entries {
 /// other parameters.
 pub const MAX_SET_ELEMENTS: u32 = 1 << 20;
 
-/// `ipset restore` input that makes every set hold exactly `entries`: create (if missing),
-/// fill a temporary set, swap, destroy the temporary one.
-pub fn render_sets_full(
-    names: &Names,
-    entries: &BTreeMap<(SetKind, Family), BTreeSet<String>>,
-) -> String {
-    let mut out = String::new();
+/// The set of `kind` and `family` under `name`, as we create it.
+pub fn set_spec(name: String, kind: SetKind, family: Family) -> SetSpec {
+    SetSpec {
+        name,
+        set_type: kind.set_type(),
+        family: family.ipset_family(),
+        max_elements: MAX_SET_ELEMENTS,
+        hash_size: None,
+    }
+}
+
+/// The ipset steps that make every set hold exactly `entries`: per set, create it (if
+/// missing), fill a temporary set, swap them, destroy the temporary one. One batch: the kernel
+/// gets it in a few `sendmsg` calls.
+pub fn plan_sets_full(names: &Names, entries: &Entries) -> Vec<IpsetOp> {
+    let mut ops = Vec::new();
     for family in Family::ALL {
         for kind in SetKind::ALL {
             let name = names.set(kind, family);
             let temp = names.temp_set(kind, family);
-            let create = |n: &str| {
-                format!(
-                    "create {n} {} family {} maxelem {MAX_SET_ELEMENTS} -exist\n",
-                    kind.set_type(),
-                    family.ipset_family()
-                )
-            };
-            out.push_str(&create(&name));
-            out.push_str(&create(&temp));
-            let _ = writeln!(out, "flush {temp}");
-            for entry in entries.get(&(kind, family)).into_iter().flatten() {
-                let _ = writeln!(out, "add {temp} {entry}");
+            ops.push(IpsetOp::Create(set_spec(name.clone(), kind, family)));
+            ops.push(IpsetOp::Create(set_spec(temp.clone(), kind, family)));
+            ops.push(IpsetOp::Flush(temp.clone()));
+            let members: Vec<SetEntry> = entries
+                .get(&(kind, family))
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect();
+            if !members.is_empty() {
+                ops.push(IpsetOp::Add(temp.clone(), members));
             }
-            let _ = writeln!(out, "swap {temp} {name}");
-            let _ = writeln!(out, "destroy {temp}");
+            ops.push(IpsetOp::Swap(temp.clone(), name));
+            ops.push(IpsetOp::Destroy(temp));
         }
     }
-    out
+    ops
 }
 
-/// `ipset restore` input for the entries that changed from `before` to `after` (empty if none).
-pub fn render_sets_diff(
-    names: &Names,
-    before: &BTreeMap<(SetKind, Family), BTreeSet<String>>,
-    after: &BTreeMap<(SetKind, Family), BTreeSet<String>>,
-) -> String {
+/// [`plan_sets_full`] in `ipset restore` syntax, for the golden files and logs.
+pub fn render_sets_full(names: &Names, entries: &Entries) -> String {
+    plan_sets_full(names, entries)
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+/// The ipset steps for the entries that changed from `before` to `after` (none if none):
+/// deletions first, then additions, per set.
+pub fn plan_sets_diff(names: &Names, before: &Entries, after: &Entries) -> Vec<IpsetOp> {
     let empty = BTreeSet::new();
-    let mut out = String::new();
+    let mut ops = Vec::new();
     for family in Family::ALL {
         for kind in SetKind::ALL {
             let old = before.get(&(kind, family)).unwrap_or(&empty);
@@ -137,15 +161,27 @@ pub fn render_sets_diff(
                 continue;
             }
             let name = names.set(kind, family);
-            for entry in old.difference(new) {
-                let _ = writeln!(out, "del {name} {entry} -exist");
+            let gone: Vec<SetEntry> = old.difference(new).cloned().collect();
+            let added: Vec<SetEntry> = new.difference(old).cloned().collect();
+            if !gone.is_empty() {
+                ops.push(IpsetOp::Del(name.clone(), gone));
             }
-            for entry in new.difference(old) {
-                let _ = writeln!(out, "add {name} {entry} -exist");
+            if !added.is_empty() {
+                ops.push(IpsetOp::Add(name, added));
             }
         }
     }
-    out
+    ops
+}
+
+/// The number of entries `ops` add or delete.
+pub fn entries_written(ops: &[IpsetOp]) -> usize {
+    ops.iter()
+        .map(|op| match op {
+            IpsetOp::Add(_, e) | IpsetOp::Del(_, e) => e.len(),
+            _ => 0,
+        })
+        .sum()
 }
 
 // === rules ===

@@ -1,4 +1,5 @@
-//! Companion sets and rules against a recording runner.
+//! Companion sets and rules against a recording runner (iptables, conntrack) and the
+//! in-memory ipset fake.
 
 use std::sync::{Arc, Mutex};
 
@@ -8,6 +9,7 @@ use proxy_core::table::{
 };
 
 use super::*;
+use crate::ipset::{FakeIpset, SetEntry};
 use crate::plan::plan_desired;
 
 /// One recorded call: program, arguments, standard input.
@@ -62,6 +64,27 @@ impl Runner for Recorder {
             stderr: String::new(),
         })
     }
+}
+
+/// Companions over a fresh recorder and ipset fake, with handles on both.
+fn companions(config: &Config) -> (Companions, Recorder, Arc<FakeIpset>) {
+    let recorder = Recorder::default();
+    let ipset = Arc::new(FakeIpset::new());
+    let companions = Companions::with_parts(
+        config,
+        Box::new(recorder.clone()),
+        Box::new(Arc::clone(&ipset)),
+    );
+    (companions, recorder, ipset)
+}
+
+/// The sets' entries in `ipset` syntax, by set name.
+fn set_texts(ipset: &FakeIpset) -> BTreeMap<String, Vec<String>> {
+    ipset
+        .sets()
+        .into_iter()
+        .map(|(name, entries)| (name, entries.iter().map(ToString::to_string).collect()))
+        .collect()
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -121,7 +144,7 @@ fn set_entries_follow_the_roles_of_each_address() {
     let get = |kind, family| -> Vec<String> {
         entries
             .get(&(kind, family))
-            .map(|s| s.iter().cloned().collect())
+            .map(|s| s.iter().map(ToString::to_string).collect())
             .unwrap_or_default()
     };
     assert_eq!(
@@ -190,8 +213,7 @@ fn rules_reference_only_our_sets_and_chains_and_never_kube() {
 #[test]
 fn the_rule_count_is_the_same_for_one_and_a_thousand_services() {
     let count = |n| {
-        let recorder = Recorder::default();
-        let mut companions = Companions::with_runner(&config(), Box::new(recorder.clone()));
+        let (mut companions, recorder, ipset) = companions(&config());
         let desired = plan_desired(&services(n), &config());
         companions.sync(&desired, None).expect("sync");
         let rules: usize = recorder
@@ -200,11 +222,7 @@ fn the_rule_count_is_the_same_for_one_and_a_thousand_services() {
             .chain(&recorder.inputs_of("ip6tables-restore"))
             .map(|input| input.lines().filter(|l| l.starts_with("-A")).count())
             .sum();
-        let entries: usize = recorder
-            .inputs_of("ipset")
-            .iter()
-            .map(|input| input.lines().filter(|l| l.starts_with("add")).count())
-            .sum();
+        let entries: usize = ipset.sets().values().map(BTreeSet::len).sum();
         (rules, entries)
     };
     let (rules_1, entries_1) = count(1);
@@ -221,22 +239,37 @@ fn the_rule_count_is_the_same_for_one_and_a_thousand_services() {
 
 #[test]
 fn a_full_sync_swaps_sets_writes_rules_and_inserts_missing_jumps_once() {
-    let recorder = Recorder::default();
-    let mut companions = Companions::with_runner(&config(), Box::new(recorder.clone()));
+    let (mut companions, recorder, ipset) = companions(&config());
     let desired = plan_desired(&services(2), &config());
     companions.sync(&desired, None).expect("sync");
-    let sets = &recorder.inputs_of("ipset")[0];
-    assert!(
-        sets.contains(
-            "create SVCP-IPVS-CLUSTER-IP hash:ip,port family inet maxelem 1048576 -exist\n\
+    let batches = ipset.batches();
+    assert_eq!(batches.len(), 1, "every set in one batch: {batches:#?}");
+    let (live, temp) = ("SVCP-IPVS-CLUSTER-IP", "SVCP-IPVS-CLUSTER-IP-T");
+    let steps: Vec<String> = batches[0]
+        .iter()
+        .filter(|op| op.set() == live || op.set() == temp)
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        steps.concat(),
+        "create SVCP-IPVS-CLUSTER-IP hash:ip,port family inet maxelem 1048576 -exist\n\
          create SVCP-IPVS-CLUSTER-IP-T hash:ip,port family inet maxelem 1048576 -exist\n\
          flush SVCP-IPVS-CLUSTER-IP-T\n\
          add SVCP-IPVS-CLUSTER-IP-T 198.19.0.1,tcp:80\n\
          add SVCP-IPVS-CLUSTER-IP-T 198.19.0.2,tcp:80\n\
          swap SVCP-IPVS-CLUSTER-IP-T SVCP-IPVS-CLUSTER-IP\n\
          destroy SVCP-IPVS-CLUSTER-IP-T\n"
-        ),
-        "{sets}"
+    );
+    let sets = set_texts(&ipset);
+    assert_eq!(sets[live], ["198.19.0.1,tcp:80", "198.19.0.2,tcp:80"]);
+    assert_eq!(
+        sets.len(),
+        16,
+        "8 kinds x 2 families, no temporary set left: {sets:#?}"
+    );
+    assert!(
+        recorder.calls().iter().all(|(p, _, _)| p != "ipset"),
+        "no ipset process"
     );
     let inserted: Vec<String> = recorder
         .calls()
@@ -253,8 +286,7 @@ fn a_full_sync_swaps_sets_writes_rules_and_inserts_missing_jumps_once() {
 
 #[test]
 fn a_partial_sync_writes_only_changed_entries() {
-    let recorder = Recorder::default();
-    let mut companions = Companions::with_runner(&config(), Box::new(recorder.clone()));
+    let (mut companions, recorder, ipset) = companions(&config());
     let (three, two) = (services(3), services(2));
     let mut desired = plan_desired(&three, &config());
     companions.sync(&desired, None).expect("full");
@@ -263,27 +295,90 @@ fn a_partial_sync_writes_only_changed_entries() {
     let touched = desired.update(&proxy_core::diff(&three, &two), &config());
     let written = companions.sync(&desired, Some(&touched)).expect("partial");
     assert_eq!(written, 1);
-    let calls = recorder.calls();
     assert_eq!(
-        calls.len(),
-        calls_after_full + 1,
-        "one ipset restore, no iptables"
+        recorder.calls().len(),
+        calls_after_full,
+        "no process at all"
     );
+    let batches = ipset.batches();
+    assert_eq!(batches.len(), 2, "one batch for the partial sync");
     assert_eq!(
-        calls.last().and_then(|c| c.2.clone()).as_deref(),
-        Some("del SVCP-IPVS-CLUSTER-IP 198.19.0.3,tcp:80 -exist\n"),
+        batches[1],
+        [IpsetOp::Del(
+            "SVCP-IPVS-CLUSTER-IP".to_owned(),
+            vec![SetEntry::IpPort {
+                addr: ip("198.19.0.3"),
+                protocol: Protocol::Tcp,
+                port: 80
+            }]
+        )],
         "the endpoint is still used by two services: its hairpin entry stays"
     );
-    // Nothing changed: nothing run.
+    // Nothing changed: nothing sent.
     let touched = desired.update(&proxy_core::diff(&two, &two), &config());
     companions.sync(&desired, Some(&touched)).expect("partial");
-    assert_eq!(recorder.calls().len(), calls_after_full + 1);
+    assert_eq!(ipset.batches().len(), 2);
+}
+
+#[test]
+fn an_endpoint_replaced_writes_only_its_own_hairpin_entry() {
+    let (mut companions, _recorder, ipset) = companions(&config());
+    let before = services(2);
+    let mut desired = plan_desired(&before, &config());
+    companions.sync(&desired, None).expect("full");
+
+    // svc-0 moves to 198.18.1.11; 198.18.1.10 stays in use by svc-1.
+    let name = ServicePortName::new("ns", "svc-0", "p");
+    let mut port = ServicePort::clone(before.get(&name).expect("svc-0 exists"));
+    port.endpoints = vec![Endpoint::new(ip("198.18.1.11"), 8080)];
+    let after = before.edit().insert(port).build().expect("valid table");
+    let touched = desired.update(&proxy_core::diff(&before, &after), &config());
+    let written = companions.sync(&desired, Some(&touched)).expect("partial");
+    assert_eq!(
+        ipset
+            .batches()
+            .last()
+            .map(|b| b.iter().map(ToString::to_string).collect::<String>()),
+        Some("add SVCP-IPVS-LOOP-BACK 198.18.1.11,tcp:8080,198.18.1.11\n".to_owned()),
+        "the endpoint still in use is not written again"
+    );
+    assert_eq!(written, 1);
+}
+
+#[test]
+fn a_refused_set_write_names_the_set_and_makes_the_next_sync_full() {
+    let (mut companions, _recorder, ipset) = companions(&config());
+    let (three, two) = (services(3), services(2));
+    let mut desired = plan_desired(&three, &config());
+    companions.sync(&desired, None).expect("full");
+
+    ipset.fail_on("SVCP-IPVS-CLUSTER-IP", crate::ipset::error::ENOENT);
+    let touched = desired.update(&proxy_core::diff(&three, &two), &config());
+    let err = companions
+        .sync(&desired, Some(&touched))
+        .expect_err("the kernel refuses");
+    assert!(matches!(err, BackendError::Ipset(_)), "{err:?}");
+    assert!(err.to_string().contains("SVCP-IPVS-CLUSTER-IP"), "{err}");
+    assert!(err.to_string().contains("the set does not exist"), "{err}");
+
+    ipset.heal();
+    let touched = desired.update(&proxy_core::diff(&two, &two), &config());
+    companions.sync(&desired, Some(&touched)).expect("retry");
+    let last = ipset.batches().pop().expect("a batch");
+    assert!(
+        last.iter().any(|op| matches!(op, IpsetOp::Swap(..))),
+        "the sync after a failure rewrites every set: {last:#?}"
+    );
+    let want = expected_sets(
+        &plan_entries(&desired, &config()),
+        &Names::new("SVCP-IPVS-"),
+    );
+    assert_eq!(ipset.sets(), want);
 }
 
 #[test]
 fn an_endpoint_change_that_keeps_every_set_runs_no_process() {
-    let recorder = Recorder::default();
-    let mut companions = Companions::with_runner(&config(), Box::new(recorder.clone()));
+    let (mut companions, recorder, ipset) = companions(&config());
     let before = services(2);
     let mut desired = plan_desired(&before, &config());
     companions.sync(&desired, None).expect("full");
@@ -304,8 +399,9 @@ fn an_endpoint_change_that_keeps_every_set_runs_no_process() {
     assert_eq!(
         recorder.calls().len(),
         calls_after_full,
-        "no ipset or iptables process ran"
+        "no iptables process ran"
     );
+    assert_eq!(ipset.batches().len(), 1, "no ipset message was sent");
 }
 
 #[test]
@@ -319,7 +415,8 @@ fn a_failed_restore_names_the_command_and_shows_the_input_around_the_line() {
             stderr: "iptables-restore: line 6 failed".into(),
         },
     ));
-    let mut companions = Companions::with_runner(&config(), Box::new(recorder));
+    let mut companions =
+        Companions::with_parts(&config(), Box::new(recorder), Box::new(FakeIpset::new()));
     let err = companions
         .sync(&plan_desired(&services(1), &config()), None)
         .expect_err("restore fails");
@@ -333,26 +430,27 @@ fn a_failed_restore_names_the_command_and_shows_the_input_around_the_line() {
 
 #[test]
 fn cleanup_removes_our_jumps_chains_and_sets_and_nothing_else() {
-    let recorder = Recorder::default();
-    recorder.stdout.lock().expect("lock").extend([
-        (
-            "ipset list -n".to_owned(),
-            "KUBE-CLUSTER-IP\nSVCP-IPVS-CLUSTER-IP\nSVCP-IPVS-DROP6\nother\n".to_owned(),
-        ),
-        (
-            "iptables-save -t nat".to_owned(),
-            "*nat\n:KUBE-SERVICES - [0:0]\n:SVCP-IPVS-SERVICES - [0:0]\nCOMMIT\n".to_owned(),
-        ),
-    ]);
-    let mut companions = Companions::with_runner(&config(), Box::new(recorder.clone()));
+    let (mut companions, recorder, ipset) = companions(&config());
+    recorder.stdout.lock().expect("lock").insert(
+        "iptables-save -t nat".to_owned(),
+        "*nat\n:KUBE-SERVICES - [0:0]\n:SVCP-IPVS-SERVICES - [0:0]\nCOMMIT\n".to_owned(),
+    );
+    for name in [
+        "KUBE-CLUSTER-IP",
+        "SVCP-IPVS-CLUSTER-IP",
+        "SVCP-IPVS-DROP6",
+        "other",
+    ] {
+        ipset.insert(
+            set_spec(name.to_owned(), SetKind::ClusterIp, Family::V4),
+            [],
+        );
+    }
     companions.cleanup().expect("cleanup");
-    let destroyed: Vec<String> = recorder
-        .calls()
-        .into_iter()
-        .filter(|(p, args, _)| p == "ipset" && args[0] == "destroy")
-        .map(|(_, args, _)| args[1].clone())
-        .collect();
-    assert_eq!(destroyed, ["SVCP-IPVS-CLUSTER-IP", "SVCP-IPVS-DROP6"]);
+    assert_eq!(
+        ipset.sets().into_keys().collect::<Vec<_>>(),
+        ["KUBE-CLUSTER-IP", "other"]
+    );
     let restores = recorder.inputs_of("iptables-restore");
     assert_eq!(restores.len(), 1, "only the family that has our chains");
     assert!(
@@ -366,7 +464,7 @@ fn cleanup_removes_our_jumps_chains_and_sets_and_nothing_else() {
 
 #[test]
 fn jumps_already_in_iptables_save_are_not_inserted_again() {
-    let recorder = Recorder::default();
+    let (mut companions, recorder, _ipset) = companions(&config());
     recorder.stdout.lock().expect("lock").insert(
         "iptables-save ".to_owned(),
         "# Generated by iptables-save\n*nat\n:PREROUTING ACCEPT [0:0]\n\
@@ -376,7 +474,6 @@ fn jumps_already_in_iptables_save_are_not_inserted_again() {
          -A OUTPUT -m comment --comment svcp-ipvs -j SVCP-IPVS-SERVICES\nCOMMIT\n"
             .to_owned(),
     );
-    let mut companions = Companions::with_runner(&config(), Box::new(recorder.clone()));
     companions
         .sync(&plan_desired(&services(1), &config()), None)
         .expect("sync");
@@ -390,42 +487,7 @@ fn jumps_already_in_iptables_save_are_not_inserted_again() {
     assert_eq!(inserted, ["nat POSTROUTING", "filter FORWARD"]);
 }
 
-/// Sets after `ipset restore` of `input` (the commands we emit), on top of `sets`.
-fn ipset_restore(sets: &mut BTreeMap<String, BTreeSet<String>>, input: &str) {
-    for line in input.lines() {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        match words.as_slice() {
-            ["create", name, ..] => {
-                sets.entry(name.to_string()).or_default();
-            }
-            ["flush", name] => sets.entry(name.to_string()).or_default().clear(),
-            ["add", name, entry, ..] => {
-                let set = sets
-                    .get_mut(*name)
-                    .unwrap_or_else(|| panic!("add to missing {name}"));
-                set.insert(entry.to_string());
-            }
-            ["del", name, entry, ..] => {
-                let set = sets
-                    .get_mut(*name)
-                    .unwrap_or_else(|| panic!("del from missing {name}"));
-                set.remove(*entry);
-            }
-            ["swap", a, b] => {
-                let first = sets.remove(*a).unwrap_or_default();
-                let second = sets.remove(*b).unwrap_or_default();
-                sets.insert(a.to_string(), second);
-                sets.insert(b.to_string(), first);
-            }
-            ["destroy", name] => {
-                sets.remove(*name);
-            }
-            other => panic!("a command we do not emit: {other:?}"),
-        }
-    }
-}
-
-fn expected_sets(entries: &Entries, names: &Names) -> BTreeMap<String, BTreeSet<String>> {
+fn expected_sets(entries: &Entries, names: &Names) -> BTreeMap<String, BTreeSet<SetEntry>> {
     let mut sets = BTreeMap::new();
     for kind in SetKind::ALL {
         for family in Family::ALL {
@@ -453,16 +515,12 @@ mod properties {
         fn partial_set_writes_reach_the_full_contents((before, after) in arb_edited_pair()) {
             let config = config();
             let names = Names::new(&config.prefix);
-            let recorder = Recorder::default();
-            let mut companions = Companions::with_runner(&config, Box::new(recorder.clone()));
+            let (mut companions, _recorder, ipset) = companions(&config);
             let mut desired = plan_desired(&before, &config);
             companions.sync(&desired, None).expect("full");
             let touched = desired.update(&proxy_core::diff(&before, &after), &config);
             companions.sync(&desired, Some(&touched)).expect("partial");
-            let mut sets = BTreeMap::new();
-            for input in recorder.inputs_of("ipset") {
-                ipset_restore(&mut sets, &input);
-            }
+            let sets = ipset.sets();
             let want = expected_sets(&plan_entries(&plan_desired(&after, &config), &config), &names);
             prop_assert_eq!(sets, want);
         }
@@ -480,12 +538,11 @@ fn auto_picks_the_iptables_variant_that_has_rules() {
         ("", "-A INPUT -j ACCEPT\n", "iptables-nft-restore"),
         ("", "", "iptables-nft-restore"),
     ] {
-        let recorder = Recorder::default();
+        let (mut companions, recorder, _ipset) = companions(&config());
         recorder.stdout.lock().expect("lock").extend([
             ("iptables-legacy-save ".to_owned(), legacy.to_owned()),
             ("iptables-nft-save ".to_owned(), nft.to_owned()),
         ]);
-        let mut companions = Companions::with_runner(&config(), Box::new(recorder.clone()));
         companions
             .sync(&plan_desired(&services(1), &config()), None)
             .expect("sync");
