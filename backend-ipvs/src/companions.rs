@@ -22,9 +22,10 @@
 //!
 //! Sets are written over netlink ([`crate::ipset`], no process): a full sync fills a temporary
 //! set and swaps it in, a partial one adds and deletes only the changed entries, all in one
-//! batch of messages. Rules are written
-//! with `iptables-restore --noflush`, declaring only our chains (which flushes and refills
-//! them); the jumps from the built-in chains are checked (`-C`) and inserted (`-I`) once.
+//! batch of messages. Rules are written with `iptables-restore --noflush`, declaring only our
+//! chains (which flushes and refills them); the jumps from the built-in chains that the
+//! family's `iptables-save` lacks are inserted (`-I`) by the same restore. A full sync runs
+//! two processes per family; a partial one runs none.
 //! Everything is per family: IPv6 sets end in `6`, and `ip6tables` carries their rules.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -317,11 +318,18 @@ impl Companions {
         self.apply_sets(&plan_sets_full(&self.names, &entries))?;
         let mut written = entries.values().map(BTreeSet::len).sum::<usize>();
         for family in Family::ALL {
-            let rules = render_rules(&self.names, &self.config, family);
+            // One save per family tells which jumps from the built-in chains exist; the missing
+            // ones go into the same restore as our chains, so a sync runs two processes per
+            // family (each costs more than the work under emulation: tens of ms).
+            let save = self.iptables(family, "-save");
+            let saved = self.run(&save, &[], None)?.stdout;
+            let missing = missing_hooks(&self.names, &saved);
+            let rules =
+                with_hook_inserts(render_rules(&self.names, &self.config, family), &missing);
             let restore = self.iptables(family, "-restore");
             self.run(&restore, &["-w", "--noflush"], Some(&rules))?;
             written += rules.lines().filter(|l| l.starts_with("-A")).count();
-            written += self.ensure_hooks(family)?;
+            written += missing.len();
         }
         self.written = Some(Written {
             by_key: desired
@@ -348,27 +356,6 @@ impl Companions {
             "-j",
             target,
         ]
-    }
-
-    fn ensure_hooks(&self, family: Family) -> Result<usize, BackendError> {
-        // One save per family tells which jumps exist (cheaper than a `-C` per jump).
-        let save = self.iptables(family, "-save");
-        let saved = self.run(&save, &[], None)?.stdout;
-        let iptables = self.iptables(family, "");
-        let mut inserted = 0;
-        for (table, chain, target) in hooks(&self.names) {
-            let line = format!("-A {chain} -m comment --comment {HOOK_COMMENT} -j {target}");
-            let present = saved
-                .split("COMMIT")
-                .any(|block| block.contains(&format!("*{table}\n")) && block.contains(&line));
-            if present {
-                continue;
-            }
-            let insert = Self::hook_args(table, "-I", chain, &target);
-            self.run(&iptables, &insert, None)?;
-            inserted += 1;
-        }
-        Ok(inserted)
     }
 
     /// Deletes the conntrack entries of UDP flows from `vip:port` to a real server that was just
@@ -483,6 +470,47 @@ pub use render::{
     endpoint_entry, entries_written, hooks, key_entries, plan_entries, plan_sets_diff,
     plan_sets_full, render_rules, render_sets_full, set_spec, Entries, Entry, MAX_SET_ELEMENTS,
 };
+
+/// The jumps from the built-in chains (`hooks`) that `saved` (one family's `iptables-save`)
+/// lacks, as (table, built-in chain, our chain).
+fn missing_hooks(names: &Names, saved: &str) -> Vec<(&'static str, &'static str, String)> {
+    hooks(names)
+        .into_iter()
+        .filter(|(table, chain, target)| {
+            let line = format!("-A {chain} -m comment --comment {HOOK_COMMENT} -j {target}");
+            let header = format!("*{table}\n");
+            // Tables are told apart: the same line in another table's block does not count.
+            !saved
+                .split("COMMIT")
+                .any(|block| block.contains(&header) && block.lines().any(|l| l == line))
+        })
+        .collect()
+}
+
+/// `rules` (restore input with one block per table) with an `-I` line for each missing jump,
+/// at the end of its table's block, after our chains are declared.
+fn with_hook_inserts(rules: String, missing: &[(&'static str, &'static str, String)]) -> String {
+    if missing.is_empty() {
+        return rules;
+    }
+    let mut out = String::with_capacity(rules.len() + 96 * missing.len());
+    let mut table = "";
+    for line in rules.lines() {
+        if let Some(name) = line.strip_prefix('*') {
+            table = name;
+        }
+        if line == "COMMIT" {
+            for (_, chain, target) in missing.iter().filter(|(t, _, _)| *t == table) {
+                out.push_str(&format!(
+                    "-I {chain} -m comment --comment {HOOK_COMMENT} -j {target}\n"
+                ));
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
 
 #[cfg(test)]
 mod tests;

@@ -271,16 +271,47 @@ fn a_full_sync_swaps_sets_writes_rules_and_inserts_missing_jumps_once() {
         recorder.calls().iter().all(|(p, _, _)| p != "ipset"),
         "no ipset process"
     );
-    let inserted: Vec<String> = recorder
-        .calls()
-        .into_iter()
-        .filter(|(_, args, _)| args.contains(&"-I".to_owned()))
-        .map(|(p, args, _)| format!("{p} {}", args.join(" ")))
+    // The missing jumps ride in the same restore as our chains, inside their table's block.
+    let restores = recorder.inputs_of("iptables-restore");
+    assert_eq!(restores.len(), 1, "one IPv4 restore");
+    let inserted: Vec<&str> = restores[0]
+        .lines()
+        .filter(|l| l.starts_with("-I "))
         .collect();
-    assert_eq!(inserted.len(), 10, "5 jumps per family: {inserted:#?}");
     assert_eq!(
-        inserted[0],
-        "iptables -w -t nat -I PREROUTING -m comment --comment svcp-ipvs -j SVCP-IPVS-SERVICES"
+        inserted,
+        [
+            "-I PREROUTING -m comment --comment svcp-ipvs -j SVCP-IPVS-SERVICES",
+            "-I OUTPUT -m comment --comment svcp-ipvs -j SVCP-IPVS-SERVICES",
+            "-I POSTROUTING -m comment --comment svcp-ipvs -j SVCP-IPVS-POSTROUTING",
+            "-I INPUT -m comment --comment svcp-ipvs -j SVCP-IPVS-FILTER",
+            "-I FORWARD -m comment --comment svcp-ipvs -j SVCP-IPVS-FILTER",
+        ]
+    );
+    let nat = restores[0].split("COMMIT").next().expect("nat block");
+    assert!(
+        nat.starts_with("*nat\n") && nat.contains("-I PREROUTING"),
+        "{nat}"
+    );
+    assert_eq!(
+        recorder.inputs_of("ip6tables-restore")[0]
+            .lines()
+            .filter(|l| l.starts_with("-I "))
+            .count(),
+        5
+    );
+    // Per family one save and one restore; nothing else (the variant probe is two saves).
+    let programs: Vec<String> = recorder.calls().into_iter().map(|(p, _, _)| p).collect();
+    assert_eq!(
+        programs,
+        [
+            "iptables-legacy-save",
+            "iptables-nft-save",
+            "iptables-save",
+            "iptables-restore",
+            "ip6tables-save",
+            "ip6tables-restore"
+        ]
     );
 }
 
@@ -477,14 +508,19 @@ fn jumps_already_in_iptables_save_are_not_inserted_again() {
     companions
         .sync(&plan_desired(&services(1), &config()), None)
         .expect("sync");
-    let inserted: Vec<String> = recorder
-        .calls()
-        .into_iter()
-        .filter(|(p, args, _)| p == "iptables" && args.contains(&"-I".to_owned()))
-        .map(|(_, args, _)| format!("{} {}", args[2], args[4]))
+    let restores = recorder.inputs_of("iptables-restore");
+    let inserted: Vec<&str> = restores[0]
+        .lines()
+        .filter(|l| l.starts_with("-I "))
         .collect();
     // The filter table's OUTPUT line is no nat OUTPUT jump: tables are told apart.
-    assert_eq!(inserted, ["nat POSTROUTING", "filter FORWARD"]);
+    assert_eq!(
+        inserted,
+        [
+            "-I POSTROUTING -m comment --comment svcp-ipvs -j SVCP-IPVS-POSTROUTING",
+            "-I FORWARD -m comment --comment svcp-ipvs -j SVCP-IPVS-FILTER",
+        ]
+    );
 }
 
 fn expected_sets(entries: &Entries, names: &Names) -> BTreeMap<String, BTreeSet<SetEntry>> {
