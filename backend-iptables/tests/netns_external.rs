@@ -11,7 +11,6 @@
 //! root; every command runs with `ip -n`/`ip netns exec` or on a thread inside a test namespace.
 
 mod cases;
-mod netns_util;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -21,9 +20,9 @@ use std::time::{Duration, Instant};
 use backend_iptables::apply::{apply_plan, CommandRunner, Variant};
 use backend_iptables::hooks::{ensure_hooks, IptablesHooks};
 use backend_iptables::plan::Planner;
-use netns_util::{in_netns, run, Netns};
 use proxy_core::table::{Endpoint, SessionAffinity, TrafficPolicy};
 use proxy_core::{Protocol, ServicePort, ServicePortName, ServiceTable};
+use testkit::netns::{veth, Netns};
 
 const DEADLINE: Duration = Duration::from_secs(15);
 
@@ -34,16 +33,8 @@ struct Topology {
     pod_b: Netns,
 }
 
-fn ip_n(ns: &Netns, args: &[&str]) {
-    let mut argv = vec!["ip", "-n", ns.name.as_str()];
-    argv.extend_from_slice(args);
-    run(&argv);
-}
-
 fn sysctl(ns: &Netns, setting: &str) {
-    run(&[
-        "ip", "netns", "exec", &ns.name, "sysctl", "-q", "-w", setting,
-    ]);
+    ns.exec_ok("sysctl", &["-q", "-w", setting]);
 }
 
 fn topology(variant: Variant) -> Topology {
@@ -54,7 +45,7 @@ fn topology(variant: Variant) -> Topology {
         pod_b: Netns::new(&format!("podb-{variant}")),
     };
     for ns in [&t.node, &t.client, &t.pod_a, &t.pod_b] {
-        ip_n(ns, &["link", "set", "lo", "up"]);
+        ns.ip(&["link", "set", "lo", "up"]);
     }
     let link = |node_if: &str,
                 peer_if: &str,
@@ -62,22 +53,16 @@ fn topology(variant: Variant) -> Topology {
                 node_addrs: &[&str],
                 peer_addrs: &[&str],
                 gw: &str| {
-        ip_n(
-            &t.node,
-            &[
-                "link", "add", node_if, "type", "veth", "peer", "name", peer_if, "netns",
-                &peer.name,
-            ],
-        );
+        veth(&t.node, node_if, peer, peer_if);
         for a in node_addrs {
-            ip_n(&t.node, &["addr", "add", a, "dev", node_if]);
+            t.node.ip(&["addr", "add", a, "dev", node_if]);
         }
         for a in peer_addrs {
-            ip_n(peer, &["addr", "add", a, "dev", peer_if]);
+            peer.ip(&["addr", "add", a, "dev", peer_if]);
         }
-        ip_n(&t.node, &["link", "set", node_if, "up"]);
-        ip_n(peer, &["link", "set", peer_if, "up"]);
-        ip_n(peer, &["route", "add", "default", "via", gw]);
+        t.node.ip(&["link", "set", node_if, "up"]);
+        peer.ip(&["link", "set", peer_if, "up"]);
+        peer.ip(&["route", "add", "default", "via", gw]);
     };
     link(
         "c0",
@@ -104,7 +89,7 @@ fn topology(variant: Variant) -> Topology {
         "198.18.3.1",
     );
     // Service addresses are routed on the node (back towards the client: nothing owns them).
-    ip_n(&t.node, &["route", "add", "198.19.0.0/16", "dev", "c0"]);
+    t.node.ip(&["route", "add", "198.19.0.0/16", "dev", "c0"]);
     sysctl(&t.node, "net.ipv4.ip_forward=1");
     sysctl(&t.node, "net.ipv4.conf.all.rp_filter=0");
     t
@@ -155,7 +140,8 @@ fn table() -> ServiceTable {
 
 /// A backend that answers each connection with "<its name> <peer address>".
 fn backend(ns: &Netns, addr: &'static str, name: &'static str) {
-    in_netns_detached(ns, move || {
+    // Detached: the thread ends at its deadline.
+    drop(ns.spawn(move || {
         let listener = TcpListener::bind(addr).expect("bind backend");
         listener.set_nonblocking(true).expect("nonblocking");
         let start = Instant::now();
@@ -167,21 +153,7 @@ fn backend(ns: &Netns, addr: &'static str, name: &'static str) {
                 Err(_) => std::thread::sleep(Duration::from_millis(2)),
             }
         }
-    });
-}
-
-/// Like `in_netns`, but does not wait (the backend ends at its deadline).
-fn in_netns_detached(ns: &Netns, body: impl FnOnce() + Send + 'static) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let path = format!("/run/netns/{}", ns.name);
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).expect("open netns");
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        let _ = tx.send(());
-        body();
-    });
-    rx.recv_timeout(Duration::from_secs(5))
-        .expect("backend thread entered its namespace");
+    }));
 }
 
 /// Connects from `src` (bound) to `dst`; returns the backend's answer.
@@ -239,25 +211,20 @@ fn nix_bind_connect(src: &str, dst: &str) -> std::io::Result<TcpStream> {
 }
 
 fn answers(src: &'static str, dst: &'static str, n: usize, ns: &Netns) -> BTreeMap<String, usize> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    in_netns(ns, move || {
+    ns.run(move || {
         let mut seen = BTreeMap::new();
         for _ in 0..n {
             let answer = ask(src, dst).unwrap_or_else(|e| format!("error {:?}", e.kind()));
             *seen.entry(answer).or_insert(0) += 1;
         }
-        let _ = tx.send(seen);
-    });
-    rx.recv().expect("answers")
+        seen
+    })
 }
 
 /// Packets counted by our filter FIREWALL DROP rules on the node.
 fn firewall_drops(node: &Netns, variant: Variant) -> u64 {
     let save = variant.save_binary(backend_iptables::rules::Family::V4);
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &node.name, save, "-c", "-t", "filter"])
-        .output()
-        .expect("save");
+    let out = node.exec(save, &["-c", "-t", "filter"]);
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.contains("-A SVCP-FIREWALL") && l.ends_with("-j DROP"))
@@ -270,7 +237,7 @@ fn firewall_drops(node: &Netns, variant: Variant) -> u64 {
 fn external_clients_node_ports_local_policy_source_ranges_and_hairpin() {
     for variant in [Variant::Legacy, Variant::Nft] {
         let t = topology(variant);
-        in_netns(&t.node, move || {
+        t.node.run(move || {
             let planner = Planner::new(cases::config()).expect("valid config");
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -3,18 +3,18 @@
 //! OUTPUT path). Both iptables variants. Needs root; loops are bounded in count and time.
 
 mod cases;
-mod netns_util;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::time::{Duration, Instant};
 
 use backend_iptables::apply::{apply_plan, CommandRunner, Variant};
 use backend_iptables::hooks::{ensure_hooks, IptablesHooks};
 use backend_iptables::plan::Planner;
-use netns_util::{in_netns, run, Netns};
 use proxy_core::table::Endpoint;
 use proxy_core::{Protocol, ServicePort, ServicePortName, ServiceTable};
+use testkit::netns::Netns;
+use testkit::process::run;
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -39,12 +39,7 @@ fn tcp_backend(addr: &str, name: &'static str, count: usize) -> std::thread::Joi
 }
 
 fn ask(to: &str) -> std::io::Result<String> {
-    let addr: SocketAddr = to.parse().expect("addr");
-    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut out = String::new();
-    conn.read_to_string(&mut out)?;
-    Ok(out)
+    testkit::net::ask(to.parse().expect("addr"), Duration::from_secs(2))
 }
 
 fn table() -> ServiceTable {
@@ -77,19 +72,22 @@ fn table() -> ServiceTable {
 }
 
 fn setup_node(variant: Variant) {
-    run(&["ip", "link", "set", "lo", "up"]);
+    run("ip", &["link", "set", "lo", "up"]);
     // The node's interface: a veth pair inside the namespace (the host may lack `dummy`).
-    run(&[
-        "ip", "link", "add", "node0", "type", "veth", "peer", "name", "node1",
-    ]);
-    run(&["ip", "addr", "add", "198.18.200.1/24", "dev", "node0"]);
-    run(&["ip", "link", "set", "node0", "up"]);
-    run(&["ip", "link", "set", "node1", "up"]);
+    run(
+        "ip",
+        &[
+            "link", "add", "node0", "type", "veth", "peer", "name", "node1",
+        ],
+    );
+    run("ip", &["addr", "add", "198.18.200.1/24", "dev", "node0"]);
+    run("ip", &["link", "set", "node0", "up"]);
+    run("ip", &["link", "set", "node1", "up"]);
     for ep in ["198.18.1.10/32", "198.18.1.11/32", "198.18.1.12/32"] {
-        run(&["ip", "addr", "add", ep, "dev", "lo"]);
+        run("ip", &["addr", "add", ep, "dev", "lo"]);
     }
     // Service addresses need a route for the first routing decision, as on a real node.
-    run(&["ip", "route", "add", "198.19.0.0/16", "dev", "node0"]);
+    run("ip", &["route", "add", "198.19.0.0/16", "dev", "node0"]);
     let planner = Planner::new(cases::config()).expect("valid config");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -108,7 +106,7 @@ fn setup_node(variant: Variant) {
 fn real_traffic_through_cluster_ip_node_port_reject_and_udp() {
     for variant in [Variant::Legacy, Variant::Nft] {
         let ns = Netns::new(&format!("traffic-{variant}"));
-        in_netns(&ns, move || {
+        ns.run(move || {
             setup_node(variant);
 
             // Cluster IP: 40 connections reach both backends.

@@ -3,18 +3,18 @@
 //! node port, and REJECT with no endpoints. Both variants. Needs root; bounded loops.
 
 mod cases;
-mod netns_util;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use backend_iptables::apply::{apply_plan, CommandRunner, Variant};
 use backend_iptables::hooks::{ensure_hooks, IptablesHooks};
 use backend_iptables::plan::Planner;
-use netns_util::{in_netns, run, Netns};
 use proxy_core::table::Endpoint;
 use proxy_core::{Protocol, ServicePort, ServicePortName, ServiceTable};
+use testkit::netns::Netns;
+use testkit::process::run;
 
 fn backend(addr: &str, name: &'static str) {
     let listener = TcpListener::bind(addr).expect("bind backend");
@@ -33,12 +33,7 @@ fn backend(addr: &str, name: &'static str) {
 }
 
 fn ask(to: &str) -> std::io::Result<String> {
-    let addr: SocketAddr = to.parse().expect("addr");
-    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut out = String::new();
-    conn.read_to_string(&mut out)?;
-    Ok(out)
+    testkit::net::ask(to.parse().expect("addr"), Duration::from_secs(2))
 }
 
 fn table() -> ServiceTable {
@@ -69,35 +64,35 @@ fn table() -> ServiceTable {
 fn ipv6_cluster_ip_node_port_and_reject() {
     for variant in [Variant::Legacy, Variant::Nft] {
         let ns = Netns::new(&format!("v6-{variant}"));
-        in_netns(&ns, move || {
-            run(&["ip", "link", "set", "lo", "up"]);
-            run(&[
-                "ip", "link", "add", "node0", "type", "veth", "peer", "name", "node1",
-            ]);
-            run(&[
+        ns.run(move || {
+            run("ip", &["link", "set", "lo", "up"]);
+            run(
                 "ip",
-                "-6",
-                "addr",
-                "add",
-                "2001:db8:200::1/64",
-                "dev",
-                "node0",
-                "nodad",
-            ]);
-            run(&["ip", "link", "set", "node0", "up"]);
-            run(&["ip", "link", "set", "node1", "up"]);
+                &[
+                    "link", "add", "node0", "type", "veth", "peer", "name", "node1",
+                ],
+            );
+            run(
+                "ip",
+                &[
+                    "-6",
+                    "addr",
+                    "add",
+                    "2001:db8:200::1/64",
+                    "dev",
+                    "node0",
+                    "nodad",
+                ],
+            );
+            run("ip", &["link", "set", "node0", "up"]);
+            run("ip", &["link", "set", "node1", "up"]);
             for ep in ["2001:db8:18:1::10/128", "2001:db8:18:1::11/128"] {
-                run(&["ip", "-6", "addr", "add", ep, "dev", "lo"]);
+                run("ip", &["-6", "addr", "add", ep, "dev", "lo"]);
             }
-            run(&[
+            run(
                 "ip",
-                "-6",
-                "route",
-                "add",
-                "2001:db8:19::/64",
-                "dev",
-                "node0",
-            ]);
+                &["-6", "route", "add", "2001:db8:19::/64", "dev", "node0"],
+            );
             let planner = Planner::new(cases::config()).expect("valid config");
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
