@@ -17,9 +17,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use backend_iptables::apply::{apply_plan, CommandRunner, Variant};
-use backend_iptables::hooks::{ensure_hooks, IptablesHooks};
-use backend_iptables::plan::Planner;
+use backend_iptables::apply::Variant;
 use proxy_core::table::{Endpoint, SessionAffinity, TrafficPolicy};
 use proxy_core::{Protocol, ServicePort, ServicePortName, ServiceTable};
 use testkit::netns::{veth, Netns};
@@ -238,17 +236,7 @@ fn external_clients_node_ports_local_policy_source_ranges_and_hairpin() {
     for variant in [Variant::Legacy, Variant::Nft] {
         let t = topology(variant);
         t.node.run(move || {
-            let planner = Planner::new(cases::config()).expect("valid config");
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(apply_plan(
-                &CommandRunner::new(variant),
-                &planner.plan_full(&table()),
-            ))
-            .expect("apply");
-            ensure_hooks(&IptablesHooks::new(variant), &planner.hooks()).expect("hooks");
+            cases::apply_full_with_hooks(variant, &table());
         });
         backend(&t.pod_a, "198.18.2.10:8080", "a");
         backend(&t.pod_b, "198.18.3.10:8080", "b");

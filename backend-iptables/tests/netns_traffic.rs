@@ -8,9 +8,7 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::time::{Duration, Instant};
 
-use backend_iptables::apply::{apply_plan, CommandRunner, Variant};
-use backend_iptables::hooks::{ensure_hooks, IptablesHooks};
-use backend_iptables::plan::Planner;
+use backend_iptables::apply::Variant;
 use proxy_core::table::Endpoint;
 use proxy_core::{Protocol, ServicePort, ServicePortName, ServiceTable};
 use testkit::netns::Netns;
@@ -88,17 +86,7 @@ fn setup_node(variant: Variant) {
     }
     // Service addresses need a route for the first routing decision, as on a real node.
     run("ip", &["route", "add", "198.19.0.0/16", "dev", "node0"]);
-    let planner = Planner::new(cases::config()).expect("valid config");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(apply_plan(
-        &CommandRunner::new(variant),
-        &planner.plan_full(&table()),
-    ))
-    .expect("apply");
-    ensure_hooks(&IptablesHooks::new(variant), &planner.hooks()).expect("hooks");
+    cases::apply_full_with_hooks(variant, &table());
 }
 
 #[test]

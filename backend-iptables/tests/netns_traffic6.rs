@@ -8,9 +8,7 @@ use std::io::Write;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use backend_iptables::apply::{apply_plan, CommandRunner, Variant};
-use backend_iptables::hooks::{ensure_hooks, IptablesHooks};
-use backend_iptables::plan::Planner;
+use backend_iptables::apply::Variant;
 use proxy_core::table::Endpoint;
 use proxy_core::{Protocol, ServicePort, ServicePortName, ServiceTable};
 use testkit::netns::Netns;
@@ -93,17 +91,7 @@ fn ipv6_cluster_ip_node_port_and_reject() {
                 "ip",
                 &["-6", "route", "add", "2001:db8:19::/64", "dev", "node0"],
             );
-            let planner = Planner::new(cases::config()).expect("valid config");
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(apply_plan(
-                &CommandRunner::new(variant),
-                &planner.plan_full(&table()),
-            ))
-            .expect("apply");
-            ensure_hooks(&IptablesHooks::new(variant), &planner.hooks()).expect("hooks");
+            cases::apply_full_with_hooks(variant, &table());
             backend("[2001:db8:18:1::10]:8080", "a");
             backend("[2001:db8:18:1::11]:8080", "b");
 

@@ -1,25 +1,22 @@
 //! Temporary directories and file replacement as editors do it.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A fresh directory under the system's temporary directory, removed (with its contents) on
-/// drop. Its name holds the tag, the process id and a counter, so parallel tests never share one.
+/// drop. Its name holds the process id, a counter and the tag, so parallel tests never share one.
 #[derive(Debug)]
 pub struct TempDir {
     path: PathBuf,
 }
 
 impl TempDir {
-    /// Creates `$TMPDIR/svcp-test-<tag>-<pid>-<n>`.
+    /// Creates `$TMPDIR/svcp-test-<pid>-<n>-<tag>`.
     ///
     /// # Panics
     ///
     /// When the directory cannot be created.
     pub fn new(tag: &str) -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("svcp-test-{tag}-{}-{n}", std::process::id()));
+        let path = std::env::temp_dir().join(crate::unique_name("svcp-test", tag));
         // Left over from an earlier process with the same pid: start empty.
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path)

@@ -22,3 +22,11 @@ pub mod net;
 pub mod netns;
 pub mod process;
 pub mod wait;
+
+/// `<prefix>-<pid>-<n>-<tag>`, with `n` counting up in this process: distinct across parallel
+/// tests and across test binaries that run at the same time.
+fn unique_name(prefix: &str, tag: &str) -> String {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}-{}-{n}-{tag}", std::process::id())
+}

@@ -25,7 +25,6 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -51,9 +50,7 @@ impl Netns {
     ///
     /// When `ip netns add` fails (not root, or no `ip`).
     pub fn new(tag: &str) -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let name = format!("svcp-t-{}-{n}-{tag}", std::process::id());
+        let name = crate::unique_name("svcp-t", tag);
         let out = Command::new("ip")
             .args(["netns", "add", &name])
             .output()

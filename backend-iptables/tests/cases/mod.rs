@@ -10,7 +10,10 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use backend_iptables::apply::{apply_plan, CommandRunner, Variant};
 use backend_iptables::config::{Config, DispatchLayout};
+use backend_iptables::hooks::{ensure_hooks, IptablesHooks};
+use backend_iptables::plan::Planner;
 use backend_iptables::testing::trace::PacketFlow;
 use proxy_core::table::{Endpoint, SessionAffinity, TrafficPolicy};
 use proxy_core::{Protocol, ServicePort, ServicePortName, ServiceTable};
@@ -687,4 +690,25 @@ pub fn scale_table(n: u32, endpoints: u32) -> ServiceTable {
         b = b.insert(p);
     }
     b.build().expect("valid scale table")
+}
+
+/// Plans `table` in full with [`config`], restores it with `variant` and installs the hooks, in
+/// the calling thread's network namespace: for namespace tests, on a thread that has entered the
+/// test's own namespace (`testkit::netns`).
+///
+/// # Panics
+///
+/// When planning, the restore or the hooks fail.
+pub fn apply_full_with_hooks(variant: Variant, table: &ServiceTable) {
+    let planner = Planner::new(config()).expect("valid config");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(apply_plan(
+        &CommandRunner::new(variant),
+        &planner.plan_full(table),
+    ))
+    .expect("apply");
+    ensure_hooks(&IptablesHooks::new(variant), &planner.hooks()).expect("hooks");
 }
