@@ -13,16 +13,15 @@
 mod cases;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use backend_iptables::apply::Variant;
 use proxy_core::table::{Endpoint, SessionAffinity, TrafficPolicy};
 use proxy_core::{Protocol, ServicePort, ServicePortName, ServiceTable};
+use testkit::net::AnswerServer;
 use testkit::netns::{veth, Netns};
-
-const DEADLINE: Duration = Duration::from_secs(15);
 
 struct Topology {
     node: Netns,
@@ -136,22 +135,10 @@ fn table() -> ServiceTable {
         .expect("valid table")
 }
 
-/// A backend that answers each connection with "<its name> <peer address>".
-fn backend(ns: &Netns, addr: &'static str, name: &'static str) {
-    // Detached: the thread ends at its deadline.
-    drop(ns.spawn(move || {
-        let listener = TcpListener::bind(addr).expect("bind backend");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let start = Instant::now();
-        while start.elapsed() < DEADLINE {
-            match listener.accept() {
-                Ok((mut conn, peer)) => {
-                    let _ = conn.write_all(format!("{name} {}", peer.ip()).as_bytes());
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(2)),
-            }
-        }
-    }));
+/// A backend in `ns` that answers each connection with "<its name> <peer address>".
+fn backend(ns: &Netns, addr: &'static str, name: &'static str) -> AnswerServer {
+    let listener = ns.run(move || TcpListener::bind(addr).expect("bind backend"));
+    AnswerServer::start(listener, move |peer| format!("{name} {}", peer.ip()))
 }
 
 /// Connects from `src` (bound) to `dst`; returns the backend's answer.
@@ -238,8 +225,8 @@ fn external_clients_node_ports_local_policy_source_ranges_and_hairpin() {
         t.node.run(move || {
             cases::apply_full_with_hooks(variant, &table());
         });
-        backend(&t.pod_a, "198.18.2.10:8080", "a");
-        backend(&t.pod_b, "198.18.3.10:8080", "b");
+        let _a = backend(&t.pod_a, "198.18.2.10:8080", "a");
+        let _b = backend(&t.pod_b, "198.18.3.10:8080", "b");
 
         // Node port, eTP=Cluster: masqueraded to the node's address on the way to the pod.
         let seen = answers("198.18.250.1", "198.18.250.254:30010", 20, &t.client);

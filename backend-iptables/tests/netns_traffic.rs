@@ -4,36 +4,19 @@
 
 mod cases;
 
-use std::io::Write;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::time::{Duration, Instant};
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
 
 use backend_iptables::apply::Variant;
 use proxy_core::table::Endpoint;
 use proxy_core::{Protocol, ServicePort, ServicePortName, ServiceTable};
+use testkit::net::AnswerServer;
 use testkit::netns::Netns;
 use testkit::process::run;
 
-const DEADLINE: Duration = Duration::from_secs(10);
-
-/// A TCP backend that answers every connection with its name, until `count` or the deadline.
-fn tcp_backend(addr: &str, name: &'static str, count: usize) -> std::thread::JoinHandle<usize> {
-    let listener = TcpListener::bind(addr).expect("bind backend");
-    listener.set_nonblocking(true).expect("nonblocking");
-    std::thread::spawn(move || {
-        let start = Instant::now();
-        let mut served = 0;
-        while served < count && start.elapsed() < DEADLINE {
-            match listener.accept() {
-                Ok((mut conn, _)) => {
-                    let _ = conn.write_all(name.as_bytes());
-                    served += 1;
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(2)),
-            }
-        }
-        served
-    })
+/// A TCP backend on this thread's namespace that answers every connection with its name.
+fn tcp_backend(addr: &str, name: &str) -> AnswerServer {
+    AnswerServer::named(addr.parse().expect("addr"), name)
 }
 
 fn ask(to: &str) -> std::io::Result<String> {
@@ -99,8 +82,8 @@ fn real_traffic_through_cluster_ip_node_port_reject_and_udp() {
 
             // Cluster IP: 40 connections reach both backends.
             const N: usize = 40;
-            let a = tcp_backend("198.18.1.10:8080", "a", N);
-            let b = tcp_backend("198.18.1.11:8080", "b", N);
+            let a = tcp_backend("198.18.1.10:8080", "a");
+            let b = tcp_backend("198.18.1.11:8080", "b");
             let mut seen = std::collections::BTreeMap::new();
             for _ in 0..N {
                 let who =
@@ -153,12 +136,8 @@ fn real_traffic_through_cluster_ip_node_port_reject_and_udp() {
                 "reply is un-NATed"
             );
 
-            // Stop the TCP backends (bounded by their deadline or count).
-            for _ in 0..N {
-                let _ = ask("198.18.1.10:8080");
-                let _ = ask("198.18.1.11:8080");
-            }
-            let served = a.join().expect("a") + b.join().expect("b");
+            // Every connection above reached a backend.
+            let served = a.stop() + b.stop();
             assert!(served >= N, "{variant}: served {served}");
         });
     }

@@ -4,30 +4,18 @@
 
 mod cases;
 
-use std::io::Write;
-use std::net::TcpListener;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use backend_iptables::apply::Variant;
 use proxy_core::table::Endpoint;
 use proxy_core::{Protocol, ServicePort, ServicePortName, ServiceTable};
+use testkit::net::AnswerServer;
 use testkit::netns::Netns;
 use testkit::process::run;
 
-fn backend(addr: &str, name: &'static str) {
-    let listener = TcpListener::bind(addr).expect("bind backend");
-    listener.set_nonblocking(true).expect("nonblocking");
-    std::thread::spawn(move || {
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            match listener.accept() {
-                Ok((mut conn, _)) => {
-                    let _ = conn.write_all(name.as_bytes());
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(2)),
-            }
-        }
-    });
+/// A TCP backend on this thread's namespace that answers every connection with its name.
+fn backend(addr: &str, name: &str) -> AnswerServer {
+    AnswerServer::named(addr.parse().expect("addr"), name)
 }
 
 fn ask(to: &str) -> std::io::Result<String> {
@@ -92,8 +80,8 @@ fn ipv6_cluster_ip_node_port_and_reject() {
                 &["-6", "route", "add", "2001:db8:19::/64", "dev", "node0"],
             );
             cases::apply_full_with_hooks(variant, &table());
-            backend("[2001:db8:18:1::10]:8080", "a");
-            backend("[2001:db8:18:1::11]:8080", "b");
+            let _a = backend("[2001:db8:18:1::10]:8080", "a");
+            let _b = backend("[2001:db8:18:1::11]:8080", "b");
 
             let mut seen = std::collections::BTreeSet::new();
             for _ in 0..30 {

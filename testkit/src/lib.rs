@@ -8,7 +8,8 @@
 //!   on drop.
 //! - [`fs`]: a temporary directory removed on drop, and editor-style file replacement.
 //! - [`wait`]: bounded polling with a useful panic message.
-//! - [`net`]: a TCP client that reads one whole answer.
+//! - [`net`]: TCP servers that answer each connection with a text (who they are), and the client
+//!   that reads such an answer.
 //!
 //! Everything here is for tests: a failure panics with the command, the path or the last
 //! observation, so that a CI log alone shows what went wrong. Every wait is bounded.
