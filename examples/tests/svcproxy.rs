@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use testkit::fs::{replace_file, TempDir};
+use testkit::net::AnswerServer;
 use testkit::netns::Netns;
 use testkit::process::LoggedChild;
 use testkit::wait::poll;
@@ -17,23 +18,10 @@ use testkit::wait::poll;
 const SVCPROXY: &str = env!("CARGO_BIN_EXE_svcproxy");
 const WAIT: Duration = Duration::from_secs(10);
 
-/// A backend that answers every connection with its name and closes.
-struct NamedBackend {
-    addr: SocketAddr,
-}
-
-impl NamedBackend {
-    /// Listens on `ip:port` (0: any free port).
-    fn start(ip: Ipv4Addr, port: u16, name: &'static str) -> Self {
-        let listener = TcpListener::bind((ip, port)).expect("bind backend");
-        let addr = listener.local_addr().expect("backend address");
-        std::thread::spawn(move || {
-            for mut stream in listener.incoming().flatten() {
-                let _ = stream.write_all(name.as_bytes());
-            }
-        });
-        Self { addr }
-    }
+/// A backend on `ip:port` (0: any free port) that answers every connection with its name and
+/// closes.
+fn named_backend(ip: Ipv4Addr, port: u16, name: &str) -> AnswerServer {
+    AnswerServer::named((ip, port).into(), name)
 }
 
 /// A free TCP port on `ip` (bound, then released: the proxy binds it right after).
@@ -45,18 +33,18 @@ fn free_port(ip: Ipv4Addr) -> u16 {
         .port()
 }
 
-fn table(vip: Ipv4Addr, port: u16, backends: &[&NamedBackend]) -> String {
+fn table(vip: Ipv4Addr, port: u16, backends: &[&AnswerServer]) -> String {
     let mut yaml = format!(
         "node: test\nservices:\n  - name: default/web\n    cluster_ips: [{vip}]\n    ports:\n      - {{name: http, port: {port}, target_port: {}}}\n    endpoints:\n",
-        backends.first().map(|b| b.addr.port()).unwrap_or(1)
+        backends.first().map(|b| b.addr().port()).unwrap_or(1)
     );
     for backend in backends {
         assert_eq!(
-            backend.addr.port(),
-            backends[0].addr.port(),
+            backend.addr().port(),
+            backends[0].addr().port(),
             "one target port per service"
         );
-        yaml.push_str(&format!("      - {{ip: {}}}\n", backend.addr.ip()));
+        yaml.push_str(&format!("      - {{ip: {}}}\n", backend.addr().ip()));
     }
     yaml
 }
@@ -104,9 +92,9 @@ fn applies_replaced_file_keeps_table_on_invalid_change_and_stops_on_sigterm() {
     let dir = TempDir::new("watch");
     let vip = Ipv4Addr::new(127, 0, 0, 21);
     let port = free_port(vip);
-    let blue = NamedBackend::start(Ipv4Addr::new(127, 0, 0, 22), 0, "blue");
+    let blue = named_backend(Ipv4Addr::new(127, 0, 0, 22), 0, "blue");
     // The same target port on another address, so that the table can list either.
-    let green = NamedBackend::start(Ipv4Addr::new(127, 0, 0, 23), blue.addr.port(), "green");
+    let green = named_backend(Ipv4Addr::new(127, 0, 0, 23), blue.addr().port(), "green");
     let path = dir.join("table.yaml");
     std::fs::write(&path, table(vip, port, &[&blue])).expect("write table");
 
@@ -163,14 +151,14 @@ fn health_status(addr: SocketAddr) -> std::io::Result<(u16, String)> {
 fn serves_health_check_node_ports_of_local_services() {
     let dir = TempDir::new("health");
     let node_ip = Ipv4Addr::new(127, 0, 0, 41);
-    let backend = NamedBackend::start(Ipv4Addr::new(127, 0, 0, 42), 0, "local");
+    let backend = named_backend(Ipv4Addr::new(127, 0, 0, 42), 0, "local");
     let health = free_port(node_ip);
     let node_port = free_port(node_ip);
     let service_port = free_port(Ipv4Addr::new(127, 0, 0, 43));
     let table = |ready: bool| {
         format!(
             "node: node-a\nservices:\n  - name: shop/web\n    cluster_ips: [127.0.0.43]\n    ports: [{{port: {service_port}, target_port: {}, node_port: {node_port}}}]\n    external_traffic_policy: local\n    health_check_node_port: {health}\n    endpoints: [{{ip: 127.0.0.42, node: node-a, ready: {ready}, serving: true, terminating: {}}}]\n",
-            backend.addr.port(),
+            backend.addr().port(),
             !ready
         )
     };
@@ -258,7 +246,7 @@ fn once_syncs_prints_the_report_and_exits() {
     let dir = TempDir::new("once");
     let vip = Ipv4Addr::new(127, 0, 0, 41);
     let port = free_port(vip);
-    let backend = NamedBackend::start(Ipv4Addr::new(127, 0, 0, 42), 0, "only");
+    let backend = named_backend(Ipv4Addr::new(127, 0, 0, 42), 0, "only");
     let path = dir.join("table.yaml");
     std::fs::write(&path, table(vip, port, &[&backend])).expect("write table");
     let out = run_to_completion(&path, &["--once"]);
@@ -279,11 +267,11 @@ fn unbindable_address_is_reported_and_the_rest_applies() {
     let dir = TempDir::new("bind");
     let taken = TcpListener::bind("127.0.0.51:0").expect("occupy a port");
     let taken_port = taken.local_addr().expect("address").port();
-    let backend = NamedBackend::start(Ipv4Addr::new(127, 0, 0, 52), 0, "ok");
+    let backend = named_backend(Ipv4Addr::new(127, 0, 0, 52), 0, "ok");
     let free = free_port(Ipv4Addr::new(127, 0, 0, 53));
     let yaml = format!(
         "services:\n  - name: default/clash\n    cluster_ips: [127.0.0.51]\n    ports: [{{port: {taken_port}, target_port: {tp}}}]\n    endpoints: [{{ip: 127.0.0.52}}]\n  - name: default/fine\n    cluster_ips: [127.0.0.53]\n    ports: [{{port: {free}, target_port: {tp}}}]\n    endpoints: [{{ip: 127.0.0.52}}]\n",
-        tp = backend.addr.port()
+        tp = backend.addr().port()
     );
     let path = dir.join("table.yaml");
     std::fs::write(&path, yaml).expect("write table");
@@ -303,7 +291,7 @@ fn metrics_and_healthz_are_served() {
     let dir = TempDir::new("metrics");
     let vip = Ipv4Addr::new(127, 0, 0, 61);
     let port = free_port(vip);
-    let backend = NamedBackend::start(Ipv4Addr::new(127, 0, 0, 62), 0, "m");
+    let backend = named_backend(Ipv4Addr::new(127, 0, 0, 62), 0, "m");
     let path = dir.join("table.yaml");
     std::fs::write(&path, table(vip, port, &[&backend])).expect("write table");
     let status_port = free_port(Ipv4Addr::LOCALHOST);

@@ -16,12 +16,10 @@ use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use testkit::fs::{replace_file, TempDir};
+use testkit::net::AnswerServer;
 use testkit::netns::Netns;
 use testkit::process::LoggedChild;
 use testkit::wait::poll;
@@ -202,54 +200,19 @@ impl Topology {
 
 /// TCP servers in the server namespace that answer each connection with their name and close.
 /// Stopped on drop.
-struct Backends {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Backends {
-    fn start(topo: &Topology, named: &[(&str, &'static str)]) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let threads = named
-            .iter()
-            .map(|&(addr, name)| {
-                let addr = sa(addr);
-                let stop = Arc::clone(&stop);
-                let ready = ready_tx.clone();
-                topo.server.spawn(move || {
-                    let listener = TcpListener::bind(addr)
-                        .unwrap_or_else(|e| panic!("bind backend {addr}: {e}"));
-                    listener
-                        .set_nonblocking(true)
-                        .expect("nonblocking listener");
-                    let _ = ready.send(());
-                    while !stop.load(Ordering::Relaxed) {
-                        match listener.accept() {
-                            Ok((mut conn, _)) => {
-                                let _ = conn.set_nonblocking(false);
-                                let _ = conn.write_all(name.as_bytes());
-                            }
-                            Err(_) => thread::sleep(Duration::from_millis(5)),
-                        }
-                    }
-                })
-            })
-            .collect();
-        for _ in named {
-            ready_rx.recv_timeout(WAIT).expect("backend listening");
-        }
-        Self { stop, threads }
-    }
-}
-
-impl Drop for Backends {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
-    }
+fn start_backends(topo: &Topology, named: &[(&str, &str)]) -> Vec<AnswerServer> {
+    named
+        .iter()
+        .map(|&(addr, name)| {
+            let addr = sa(addr);
+            // Bound in the server namespace; the socket stays there, served from any thread.
+            let listener = topo.server.run(move || {
+                TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind backend {addr}: {e}"))
+            });
+            let name = name.to_owned();
+            AnswerServer::start(listener, move |_| name.clone())
+        })
+        .collect()
 }
 
 /// The name the backend behind `addr` answers with (run from the client namespace).
@@ -396,7 +359,7 @@ fn start_proxy(topo: &Topology, args: &[String]) -> LoggedChild {
 #[ignore = "needs root and IPVS: scripts/vm-test runs it in a VM"]
 fn vm_ipvs_svcproxy_serves_the_file_follows_edits_and_cleans_up_on_sigterm() {
     let topo = Topology::new("life");
-    let _backends = Backends::start(&topo, &[(EP_A, "a"), (EP_B, "b")]);
+    let _backends = start_backends(&topo, &[(EP_A, "a"), (EP_B, "b")]);
     let dir = TempDir::new("life");
     let path = dir.join("table.yaml");
     std::fs::write(&path, table(&[("web", WEB_VIP, &[EP_A, EP_B])])).expect("write table");
@@ -518,7 +481,7 @@ fn vm_ipvs_svcproxy_serves_the_file_follows_edits_and_cleans_up_on_sigterm() {
 #[ignore = "needs root and IPVS: scripts/vm-test runs it in a VM"]
 fn vm_ipvs_once_leaves_the_kernel_serving_and_a_later_cleanup_removes_only_ours() {
     let topo = Topology::new("once");
-    let _backends = Backends::start(&topo, &[(EP_A, "a"), (EP_B, "b")]);
+    let _backends = start_backends(&topo, &[(EP_A, "a"), (EP_B, "b")]);
     let dir = TempDir::new("once");
     let path = dir.join("table.yaml");
     std::fs::write(&path, table(&[("web", WEB_VIP, &[EP_A, EP_B])])).expect("write table");
