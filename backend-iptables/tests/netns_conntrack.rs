@@ -15,7 +15,6 @@ use backend_iptables::rules::Family;
 use proxy_core::table::Endpoint;
 use proxy_core::{diff, Protocol, ServicePort, ServicePortName, ServiceTable, SyncMode};
 use testkit::netns::Netns;
-use testkit::process::run;
 
 fn table(endpoint: &str) -> ServiceTable {
     let mut e = Endpoint::new(endpoint.parse().expect("ip"), 5353);
@@ -49,20 +48,7 @@ fn udp_endpoint_change_has_no_blackhole_after_the_flush() {
     for variant in [Variant::Legacy, Variant::Nft] {
         let ns = Netns::new(&format!("ct-{variant}"));
         ns.run(move || {
-            run("ip", &["link", "set", "lo", "up"]);
-            run(
-                "ip",
-                &[
-                    "link", "add", "node0", "type", "veth", "peer", "name", "node1",
-                ],
-            );
-            run("ip", &["addr", "add", "198.18.200.1/24", "dev", "node0"]);
-            run("ip", &["link", "set", "node0", "up"]);
-            run("ip", &["link", "set", "node1", "up"]);
-            run("ip", &["route", "add", "198.19.0.0/16", "dev", "node0"]);
-            for ep in ["198.18.1.12/32", "198.18.1.13/32"] {
-                run("ip", &["addr", "add", ep, "dev", "lo"]);
-            }
+            cases::setup_node_v4(&["198.18.1.12/32", "198.18.1.13/32"]);
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

@@ -12,7 +12,6 @@ use proxy_core::table::Endpoint;
 use proxy_core::{Protocol, ServicePort, ServicePortName, ServiceTable};
 use testkit::net::AnswerServer;
 use testkit::netns::Netns;
-use testkit::process::run;
 
 /// A TCP backend on this thread's namespace that answers every connection with its name.
 fn tcp_backend(addr: &str, name: &str) -> AnswerServer {
@@ -53,22 +52,7 @@ fn table() -> ServiceTable {
 }
 
 fn setup_node(variant: Variant) {
-    run("ip", &["link", "set", "lo", "up"]);
-    // The node's interface: a veth pair inside the namespace (the host may lack `dummy`).
-    run(
-        "ip",
-        &[
-            "link", "add", "node0", "type", "veth", "peer", "name", "node1",
-        ],
-    );
-    run("ip", &["addr", "add", "198.18.200.1/24", "dev", "node0"]);
-    run("ip", &["link", "set", "node0", "up"]);
-    run("ip", &["link", "set", "node1", "up"]);
-    for ep in ["198.18.1.10/32", "198.18.1.11/32", "198.18.1.12/32"] {
-        run("ip", &["addr", "add", ep, "dev", "lo"]);
-    }
-    // Service addresses need a route for the first routing decision, as on a real node.
-    run("ip", &["route", "add", "198.19.0.0/16", "dev", "node0"]);
+    cases::setup_node_v4(&["198.18.1.10/32", "198.18.1.11/32", "198.18.1.12/32"]);
     cases::apply_full_with_hooks(variant, &table());
 }
 
