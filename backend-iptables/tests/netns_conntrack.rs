@@ -3,7 +3,6 @@
 //! root. Both iptables variants.
 
 mod cases;
-mod netns_util;
 
 use std::net::UdpSocket;
 use std::time::Duration;
@@ -13,9 +12,9 @@ use backend_iptables::conntrack::{flush_stale, plan_conntrack, ConntrackOps, Net
 use backend_iptables::hooks::{ensure_hooks, IptablesHooks};
 use backend_iptables::plan::{Applied, Planner};
 use backend_iptables::rules::Family;
-use netns_util::{in_netns, run, Netns};
 use proxy_core::table::Endpoint;
 use proxy_core::{diff, Protocol, ServicePort, ServicePortName, ServiceTable, SyncMode};
+use testkit::netns::Netns;
 
 fn table(endpoint: &str) -> ServiceTable {
     let mut e = Endpoint::new(endpoint.parse().expect("ip"), 5353);
@@ -48,18 +47,8 @@ fn got(s: &UdpSocket) -> Option<Vec<u8>> {
 fn udp_endpoint_change_has_no_blackhole_after_the_flush() {
     for variant in [Variant::Legacy, Variant::Nft] {
         let ns = Netns::new(&format!("ct-{variant}"));
-        in_netns(&ns, move || {
-            run(&["ip", "link", "set", "lo", "up"]);
-            run(&[
-                "ip", "link", "add", "node0", "type", "veth", "peer", "name", "node1",
-            ]);
-            run(&["ip", "addr", "add", "198.18.200.1/24", "dev", "node0"]);
-            run(&["ip", "link", "set", "node0", "up"]);
-            run(&["ip", "link", "set", "node1", "up"]);
-            run(&["ip", "route", "add", "198.19.0.0/16", "dev", "node0"]);
-            for ep in ["198.18.1.12/32", "198.18.1.13/32"] {
-                run(&["ip", "addr", "add", ep, "dev", "lo"]);
-            }
+        ns.run(move || {
+            cases::setup_node_v4(&["198.18.1.12/32", "198.18.1.13/32"]);
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

@@ -11,21 +11,17 @@
 //! root; every command runs with `ip -n`/`ip netns exec` or on a thread inside a test namespace.
 
 mod cases;
-mod netns_util;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use backend_iptables::apply::{apply_plan, CommandRunner, Variant};
-use backend_iptables::hooks::{ensure_hooks, IptablesHooks};
-use backend_iptables::plan::Planner;
-use netns_util::{in_netns, run, Netns};
+use backend_iptables::apply::Variant;
 use proxy_core::table::{Endpoint, SessionAffinity, TrafficPolicy};
 use proxy_core::{Protocol, ServicePort, ServicePortName, ServiceTable};
-
-const DEADLINE: Duration = Duration::from_secs(15);
+use testkit::net::AnswerServer;
+use testkit::netns::{veth, Netns};
 
 struct Topology {
     node: Netns,
@@ -34,16 +30,8 @@ struct Topology {
     pod_b: Netns,
 }
 
-fn ip_n(ns: &Netns, args: &[&str]) {
-    let mut argv = vec!["ip", "-n", ns.name.as_str()];
-    argv.extend_from_slice(args);
-    run(&argv);
-}
-
 fn sysctl(ns: &Netns, setting: &str) {
-    run(&[
-        "ip", "netns", "exec", &ns.name, "sysctl", "-q", "-w", setting,
-    ]);
+    ns.exec_ok("sysctl", &["-q", "-w", setting]);
 }
 
 fn topology(variant: Variant) -> Topology {
@@ -54,7 +42,7 @@ fn topology(variant: Variant) -> Topology {
         pod_b: Netns::new(&format!("podb-{variant}")),
     };
     for ns in [&t.node, &t.client, &t.pod_a, &t.pod_b] {
-        ip_n(ns, &["link", "set", "lo", "up"]);
+        ns.ip(&["link", "set", "lo", "up"]);
     }
     let link = |node_if: &str,
                 peer_if: &str,
@@ -62,22 +50,16 @@ fn topology(variant: Variant) -> Topology {
                 node_addrs: &[&str],
                 peer_addrs: &[&str],
                 gw: &str| {
-        ip_n(
-            &t.node,
-            &[
-                "link", "add", node_if, "type", "veth", "peer", "name", peer_if, "netns",
-                &peer.name,
-            ],
-        );
+        veth(&t.node, node_if, peer, peer_if);
         for a in node_addrs {
-            ip_n(&t.node, &["addr", "add", a, "dev", node_if]);
+            t.node.ip(&["addr", "add", a, "dev", node_if]);
         }
         for a in peer_addrs {
-            ip_n(peer, &["addr", "add", a, "dev", peer_if]);
+            peer.ip(&["addr", "add", a, "dev", peer_if]);
         }
-        ip_n(&t.node, &["link", "set", node_if, "up"]);
-        ip_n(peer, &["link", "set", peer_if, "up"]);
-        ip_n(peer, &["route", "add", "default", "via", gw]);
+        t.node.ip(&["link", "set", node_if, "up"]);
+        peer.ip(&["link", "set", peer_if, "up"]);
+        peer.ip(&["route", "add", "default", "via", gw]);
     };
     link(
         "c0",
@@ -104,7 +86,7 @@ fn topology(variant: Variant) -> Topology {
         "198.18.3.1",
     );
     // Service addresses are routed on the node (back towards the client: nothing owns them).
-    ip_n(&t.node, &["route", "add", "198.19.0.0/16", "dev", "c0"]);
+    t.node.ip(&["route", "add", "198.19.0.0/16", "dev", "c0"]);
     sysctl(&t.node, "net.ipv4.ip_forward=1");
     sysctl(&t.node, "net.ipv4.conf.all.rp_filter=0");
     t
@@ -153,35 +135,10 @@ fn table() -> ServiceTable {
         .expect("valid table")
 }
 
-/// A backend that answers each connection with "<its name> <peer address>".
-fn backend(ns: &Netns, addr: &'static str, name: &'static str) {
-    in_netns_detached(ns, move || {
-        let listener = TcpListener::bind(addr).expect("bind backend");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let start = Instant::now();
-        while start.elapsed() < DEADLINE {
-            match listener.accept() {
-                Ok((mut conn, peer)) => {
-                    let _ = conn.write_all(format!("{name} {}", peer.ip()).as_bytes());
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(2)),
-            }
-        }
-    });
-}
-
-/// Like `in_netns`, but does not wait (the backend ends at its deadline).
-fn in_netns_detached(ns: &Netns, body: impl FnOnce() + Send + 'static) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let path = format!("/run/netns/{}", ns.name);
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).expect("open netns");
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        let _ = tx.send(());
-        body();
-    });
-    rx.recv_timeout(Duration::from_secs(5))
-        .expect("backend thread entered its namespace");
+/// A backend in `ns` that answers each connection with "<its name> <peer address>".
+fn backend(ns: &Netns, addr: &'static str, name: &'static str) -> AnswerServer {
+    let listener = ns.run(move || TcpListener::bind(addr).expect("bind backend"));
+    AnswerServer::start(listener, move |peer| format!("{name} {}", peer.ip()))
 }
 
 /// Connects from `src` (bound) to `dst`; returns the backend's answer.
@@ -239,25 +196,20 @@ fn nix_bind_connect(src: &str, dst: &str) -> std::io::Result<TcpStream> {
 }
 
 fn answers(src: &'static str, dst: &'static str, n: usize, ns: &Netns) -> BTreeMap<String, usize> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    in_netns(ns, move || {
+    ns.run(move || {
         let mut seen = BTreeMap::new();
         for _ in 0..n {
             let answer = ask(src, dst).unwrap_or_else(|e| format!("error {:?}", e.kind()));
             *seen.entry(answer).or_insert(0) += 1;
         }
-        let _ = tx.send(seen);
-    });
-    rx.recv().expect("answers")
+        seen
+    })
 }
 
 /// Packets counted by our filter FIREWALL DROP rules on the node.
 fn firewall_drops(node: &Netns, variant: Variant) -> u64 {
     let save = variant.save_binary(backend_iptables::rules::Family::V4);
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &node.name, save, "-c", "-t", "filter"])
-        .output()
-        .expect("save");
+    let out = node.exec(save, &["-c", "-t", "filter"]);
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.contains("-A SVCP-FIREWALL") && l.ends_with("-j DROP"))
@@ -270,21 +222,11 @@ fn firewall_drops(node: &Netns, variant: Variant) -> u64 {
 fn external_clients_node_ports_local_policy_source_ranges_and_hairpin() {
     for variant in [Variant::Legacy, Variant::Nft] {
         let t = topology(variant);
-        in_netns(&t.node, move || {
-            let planner = Planner::new(cases::config()).expect("valid config");
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(apply_plan(
-                &CommandRunner::new(variant),
-                &planner.plan_full(&table()),
-            ))
-            .expect("apply");
-            ensure_hooks(&IptablesHooks::new(variant), &planner.hooks()).expect("hooks");
+        t.node.run(move || {
+            cases::apply_full_with_hooks(variant, &table());
         });
-        backend(&t.pod_a, "198.18.2.10:8080", "a");
-        backend(&t.pod_b, "198.18.3.10:8080", "b");
+        let _a = backend(&t.pod_a, "198.18.2.10:8080", "a");
+        let _b = backend(&t.pod_b, "198.18.3.10:8080", "b");
 
         // Node port, eTP=Cluster: masqueraded to the node's address on the way to the pod.
         let seen = answers("198.18.250.1", "198.18.250.254:30010", 20, &t.client);

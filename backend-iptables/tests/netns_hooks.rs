@@ -3,10 +3,6 @@
 //! root namespace.
 
 mod cases;
-mod netns_util;
-
-use netns_util::{in_netns, Netns};
-
 use std::process::Command;
 
 use backend_iptables::apply::{apply_plan, CommandRunner, Variant};
@@ -15,6 +11,7 @@ use backend_iptables::hooks::{canaries_present, ensure_hooks, remove_hooks, Ipta
 use backend_iptables::plan::Planner;
 use backend_iptables::rules::Family;
 use backend_iptables::testing::trace::{Packet, Tracer};
+use testkit::netns::Netns;
 
 /// Every rule and user chain iptables-save shows, per family and table, without counters. Empty
 /// tables (which legacy ip6tables creates on first use) and ACCEPT policies of built-in chains
@@ -49,7 +46,7 @@ fn save_all(variant: Variant) -> String {
 fn hooks_then_cleanup_leave_the_namespace_as_it_was() {
     for variant in [Variant::Legacy, Variant::Nft] {
         let ns = Netns::new(&variant.to_string());
-        in_netns(&ns, move || {
+        ns.run(move || {
             // Someone else's rules, which must survive.
             for args in [
                 [

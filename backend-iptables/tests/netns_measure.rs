@@ -4,10 +4,7 @@
 //! table; asserts only that every restore succeeded and our input is the smaller. Needs root.
 
 mod cases;
-mod netns_util;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use backend_iptables::apply::Variant;
@@ -15,35 +12,24 @@ use backend_iptables::names::Names;
 use backend_iptables::plan::{Applied, Planner};
 use backend_iptables::rules::{Family, TableName};
 use backend_iptables::testing::kube_layout::kube_proxy_nat;
-use netns_util::Netns;
 use proxy_core::table::Endpoint;
 use proxy_core::{diff, ServicePort, ServicePortName, SyncMode};
+use testkit::netns::Netns;
+use testkit::process::run_with_stdin;
 
 fn restore(ns: &Netns, variant: Variant, input: &str) -> Duration {
     let start = Instant::now();
-    let mut child = Command::new("ip")
-        .args([
+    // Panics with the command (which names the variant's binary) and stderr on failure.
+    run_with_stdin(
+        "ip",
+        &[
             "netns",
             "exec",
-            &ns.name,
+            ns.name(),
             variant.restore_binary(Family::V4),
             "--noflush",
-        ])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn restore");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("write input");
-    let out = child.wait_with_output().expect("wait");
-    assert!(
-        out.status.success(),
-        "{variant}: {}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        input,
     );
     start.elapsed()
 }

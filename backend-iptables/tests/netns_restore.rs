@@ -6,8 +6,6 @@
 mod cases;
 
 use std::collections::BTreeMap;
-use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use backend_iptables::apply::{apply_plan, failing_line, CommandRunner, RestoreRunner, Variant};
 use backend_iptables::names::Names;
@@ -15,81 +13,30 @@ use backend_iptables::plan::{Applied, Plan, Planner};
 use backend_iptables::rules::{parse_save, Family, Rule, TableName};
 use proxy_core::table::Endpoint;
 use proxy_core::{diff, ServicePort, ServicePortName, SyncMode};
+use testkit::netns::Netns;
 
-/// A network namespace, deleted on drop.
-struct Netns {
-    name: String,
+/// `iptables-save -t TABLE` (of `variant` and `family`) inside `ns`.
+fn save_text(ns: &Netns, variant: Variant, family: Family, table: TableName) -> String {
+    ns.exec_ok(variant.save_binary(family), &["-t", table.as_str()])
 }
 
-impl Netns {
-    fn new() -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let name = format!(
-            "svcp-ipt-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        );
-        let status = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .expect("run ip netns add (needs root)");
-        assert!(status.success(), "ip netns add {name} failed: needs root");
-        Self { name }
-    }
-
-    fn prefix(&self) -> Vec<String> {
-        ["ip", "netns", "exec", &self.name]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
-    }
-
-    fn save_text(&self, variant: Variant, family: Family, table: TableName) -> String {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.name,
-                variant.save_binary(family),
-                "-t",
-                table.as_str(),
-            ])
-            .output()
-            .expect("run save");
-        assert!(
-            out.status.success(),
-            "save failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Our chains in one table as `iptables-save` shows them.
-    fn save(
-        &self,
-        variant: Variant,
-        family: Family,
-        table: TableName,
-    ) -> BTreeMap<String, Vec<Rule>> {
-        let text = self.save_text(variant, family, table);
-        let names = Names::default();
-        let tables = parse_save(&text, &|n| names.is_owned(n))
-            .unwrap_or_else(|e| panic!("cannot parse save output: {e}\n{text}"));
-        tables
-            .into_iter()
-            .flat_map(|t| t.chains)
-            .filter(|c| !c.name.is_builtin())
-            .map(|c| (c.name.to_string(), c.rules))
-            .collect()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &self.name])
-            .status();
-    }
+/// Our chains in one table of `ns` as `iptables-save` shows them.
+fn save(
+    ns: &Netns,
+    variant: Variant,
+    family: Family,
+    table: TableName,
+) -> BTreeMap<String, Vec<Rule>> {
+    let text = save_text(ns, variant, family, table);
+    let names = Names::default();
+    let tables = parse_save(&text, &|n| names.is_owned(n))
+        .unwrap_or_else(|e| panic!("cannot parse save output: {e}\n{text}"));
+    tables
+        .into_iter()
+        .flat_map(|t| t.chains)
+        .filter(|c| !c.name.is_builtin())
+        .map(|c| (c.name.to_string(), c.rules))
+        .collect()
 }
 
 fn planned(plan: &Plan, family: Family, table: TableName) -> BTreeMap<String, Vec<Rule>> {
@@ -119,8 +66,8 @@ fn every_golden_case_loads_and_reads_back_exactly() {
     let rt = runtime();
     for variant in VARIANTS {
         for case in cases::cases() {
-            let ns = Netns::new();
-            let runner = CommandRunner::new(variant).with_prefix(ns.prefix());
+            let ns = Netns::new("ipt");
+            let runner = CommandRunner::new(variant).with_prefix(ns.exec_prefix());
             let planner = Planner::new(case.config.clone()).expect("valid config");
             let plan = planner.plan_full(&case.table);
             rt.block_on(apply_plan(&runner, &plan))
@@ -128,7 +75,7 @@ fn every_golden_case_loads_and_reads_back_exactly() {
             for family in Family::ALL {
                 for table in [TableName::Filter, TableName::Nat] {
                     assert_eq!(
-                        ns.save(variant, family, table),
+                        save(&ns, variant, family, table),
                         planned(&plan, family, table),
                         "{} ({variant}, {family} {table})",
                         case.name
@@ -152,8 +99,8 @@ fn partial_sync_over_full_equals_a_fresh_full_sync() {
     b.remove(&ServicePortName::new("scale", "s10", "p"));
     let after = b.build().expect("valid");
     for variant in VARIANTS {
-        let ns = Netns::new();
-        let runner = CommandRunner::new(variant).with_prefix(ns.prefix());
+        let ns = Netns::new("ipt");
+        let runner = CommandRunner::new(variant).with_prefix(ns.exec_prefix());
         let full = planner.plan_full(&before);
         rt.block_on(apply_plan(&runner, &full)).expect("full");
         let mut applied = Applied::new();
@@ -164,7 +111,7 @@ fn partial_sync_over_full_equals_a_fresh_full_sync() {
         let fresh = planner.plan_full(&after);
         for table in [TableName::Filter, TableName::Nat] {
             assert_eq!(
-                ns.save(variant, Family::V4, table),
+                save(&ns, variant, Family::V4, table),
                 planned(&fresh, Family::V4, table),
                 "{variant} {table}"
             );
@@ -179,10 +126,10 @@ fn a_failed_restore_keeps_the_old_rules_and_names_the_line() {
     let planner = Planner::new(cases::config()).expect("valid config");
     let plan = planner.plan_full(&cases::scale_table(3, 2));
     for variant in VARIANTS {
-        let ns = Netns::new();
-        let runner = CommandRunner::new(variant).with_prefix(ns.prefix());
+        let ns = Netns::new("ipt");
+        let runner = CommandRunner::new(variant).with_prefix(ns.exec_prefix());
         rt.block_on(apply_plan(&runner, &plan)).expect("full");
-        let before = ns.save(variant, Family::V4, TableName::Nat);
+        let before = save(&ns, variant, Family::V4, TableName::Nat);
         let bad =
             "*nat\n:SVCP-SERVICES - [0:0]\n-A SVCP-SERVICES -j SVCP-SVC-NOSUCHCHAIN23456\nCOMMIT\n";
         let failure = rt
@@ -191,7 +138,7 @@ fn a_failed_restore_keeps_the_old_rules_and_names_the_line() {
         let line = failing_line(&failure.stderr);
         assert!(matches!(line, Some(3) | Some(4)), "{variant}: {failure}");
         assert_eq!(
-            ns.save(variant, Family::V4, TableName::Nat),
+            save(&ns, variant, Family::V4, TableName::Nat),
             before,
             "{variant}"
         );
@@ -206,8 +153,8 @@ fn observe_detects_drift_and_a_full_sync_repairs_it() {
     let planner = Planner::new(cases::config()).expect("valid config");
     let table = cases::scale_table(20, 2);
     for variant in VARIANTS {
-        let ns = Netns::new();
-        let runner = CommandRunner::new(variant).with_prefix(ns.prefix());
+        let ns = Netns::new("ipt");
+        let runner = CommandRunner::new(variant).with_prefix(ns.exec_prefix());
         let full = planner.plan_full(&table);
         rt.block_on(apply_plan(&runner, &full)).expect("full");
         let mut applied = Applied::new();
@@ -248,7 +195,7 @@ fn observe_detects_drift_and_a_full_sync_repairs_it() {
             "{variant}: {:?}",
             after.drift(&applied)
         );
-        let save = ns.save_text(variant, Family::V4, TableName::Nat);
+        let save = save_text(&ns, variant, Family::V4, TableName::Nat);
         assert!(
             save.contains("OTHER-CHAIN"),
             "foreign chain must be left alone"

@@ -3,48 +3,23 @@
 //! OUTPUT path). Both iptables variants. Needs root; loops are bounded in count and time.
 
 mod cases;
-mod netns_util;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::time::{Duration, Instant};
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
 
-use backend_iptables::apply::{apply_plan, CommandRunner, Variant};
-use backend_iptables::hooks::{ensure_hooks, IptablesHooks};
-use backend_iptables::plan::Planner;
-use netns_util::{in_netns, run, Netns};
+use backend_iptables::apply::Variant;
 use proxy_core::table::Endpoint;
 use proxy_core::{Protocol, ServicePort, ServicePortName, ServiceTable};
+use testkit::net::AnswerServer;
+use testkit::netns::Netns;
 
-const DEADLINE: Duration = Duration::from_secs(10);
-
-/// A TCP backend that answers every connection with its name, until `count` or the deadline.
-fn tcp_backend(addr: &str, name: &'static str, count: usize) -> std::thread::JoinHandle<usize> {
-    let listener = TcpListener::bind(addr).expect("bind backend");
-    listener.set_nonblocking(true).expect("nonblocking");
-    std::thread::spawn(move || {
-        let start = Instant::now();
-        let mut served = 0;
-        while served < count && start.elapsed() < DEADLINE {
-            match listener.accept() {
-                Ok((mut conn, _)) => {
-                    let _ = conn.write_all(name.as_bytes());
-                    served += 1;
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(2)),
-            }
-        }
-        served
-    })
+/// A TCP backend on this thread's namespace that answers every connection with its name.
+fn tcp_backend(addr: &str, name: &str) -> AnswerServer {
+    AnswerServer::named(addr.parse().expect("addr"), name)
 }
 
 fn ask(to: &str) -> std::io::Result<String> {
-    let addr: SocketAddr = to.parse().expect("addr");
-    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut out = String::new();
-    conn.read_to_string(&mut out)?;
-    Ok(out)
+    testkit::net::ask(to.parse().expect("addr"), Duration::from_secs(2))
 }
 
 fn table() -> ServiceTable {
@@ -77,30 +52,8 @@ fn table() -> ServiceTable {
 }
 
 fn setup_node(variant: Variant) {
-    run(&["ip", "link", "set", "lo", "up"]);
-    // The node's interface: a veth pair inside the namespace (the host may lack `dummy`).
-    run(&[
-        "ip", "link", "add", "node0", "type", "veth", "peer", "name", "node1",
-    ]);
-    run(&["ip", "addr", "add", "198.18.200.1/24", "dev", "node0"]);
-    run(&["ip", "link", "set", "node0", "up"]);
-    run(&["ip", "link", "set", "node1", "up"]);
-    for ep in ["198.18.1.10/32", "198.18.1.11/32", "198.18.1.12/32"] {
-        run(&["ip", "addr", "add", ep, "dev", "lo"]);
-    }
-    // Service addresses need a route for the first routing decision, as on a real node.
-    run(&["ip", "route", "add", "198.19.0.0/16", "dev", "node0"]);
-    let planner = Planner::new(cases::config()).expect("valid config");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(apply_plan(
-        &CommandRunner::new(variant),
-        &planner.plan_full(&table()),
-    ))
-    .expect("apply");
-    ensure_hooks(&IptablesHooks::new(variant), &planner.hooks()).expect("hooks");
+    cases::setup_node_v4(&["198.18.1.10/32", "198.18.1.11/32", "198.18.1.12/32"]);
+    cases::apply_full_with_hooks(variant, &table());
 }
 
 #[test]
@@ -108,13 +61,13 @@ fn setup_node(variant: Variant) {
 fn real_traffic_through_cluster_ip_node_port_reject_and_udp() {
     for variant in [Variant::Legacy, Variant::Nft] {
         let ns = Netns::new(&format!("traffic-{variant}"));
-        in_netns(&ns, move || {
+        ns.run(move || {
             setup_node(variant);
 
             // Cluster IP: 40 connections reach both backends.
             const N: usize = 40;
-            let a = tcp_backend("198.18.1.10:8080", "a", N);
-            let b = tcp_backend("198.18.1.11:8080", "b", N);
+            let a = tcp_backend("198.18.1.10:8080", "a");
+            let b = tcp_backend("198.18.1.11:8080", "b");
             let mut seen = std::collections::BTreeMap::new();
             for _ in 0..N {
                 let who =
@@ -167,12 +120,8 @@ fn real_traffic_through_cluster_ip_node_port_reject_and_udp() {
                 "reply is un-NATed"
             );
 
-            // Stop the TCP backends (bounded by their deadline or count).
-            for _ in 0..N {
-                let _ = ask("198.18.1.10:8080");
-                let _ = ask("198.18.1.11:8080");
-            }
-            let served = a.join().expect("a") + b.join().expect("b");
+            // Every connection above reached a backend.
+            let served = a.stop() + b.stop();
             assert!(served >= N, "{variant}: served {served}");
         });
     }

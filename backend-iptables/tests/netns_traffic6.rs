@@ -3,42 +3,23 @@
 //! node port, and REJECT with no endpoints. Both variants. Needs root; bounded loops.
 
 mod cases;
-mod netns_util;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use backend_iptables::apply::{apply_plan, CommandRunner, Variant};
-use backend_iptables::hooks::{ensure_hooks, IptablesHooks};
-use backend_iptables::plan::Planner;
-use netns_util::{in_netns, run, Netns};
+use backend_iptables::apply::Variant;
 use proxy_core::table::Endpoint;
 use proxy_core::{Protocol, ServicePort, ServicePortName, ServiceTable};
+use testkit::net::AnswerServer;
+use testkit::netns::Netns;
+use testkit::process::run;
 
-fn backend(addr: &str, name: &'static str) {
-    let listener = TcpListener::bind(addr).expect("bind backend");
-    listener.set_nonblocking(true).expect("nonblocking");
-    std::thread::spawn(move || {
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            match listener.accept() {
-                Ok((mut conn, _)) => {
-                    let _ = conn.write_all(name.as_bytes());
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(2)),
-            }
-        }
-    });
+/// A TCP backend on this thread's namespace that answers every connection with its name.
+fn backend(addr: &str, name: &str) -> AnswerServer {
+    AnswerServer::named(addr.parse().expect("addr"), name)
 }
 
 fn ask(to: &str) -> std::io::Result<String> {
-    let addr: SocketAddr = to.parse().expect("addr");
-    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut out = String::new();
-    conn.read_to_string(&mut out)?;
-    Ok(out)
+    testkit::net::ask(to.parse().expect("addr"), Duration::from_secs(2))
 }
 
 fn table() -> ServiceTable {
@@ -69,48 +50,38 @@ fn table() -> ServiceTable {
 fn ipv6_cluster_ip_node_port_and_reject() {
     for variant in [Variant::Legacy, Variant::Nft] {
         let ns = Netns::new(&format!("v6-{variant}"));
-        in_netns(&ns, move || {
-            run(&["ip", "link", "set", "lo", "up"]);
-            run(&[
-                "ip", "link", "add", "node0", "type", "veth", "peer", "name", "node1",
-            ]);
-            run(&[
+        ns.run(move || {
+            run("ip", &["link", "set", "lo", "up"]);
+            run(
                 "ip",
-                "-6",
-                "addr",
-                "add",
-                "2001:db8:200::1/64",
-                "dev",
-                "node0",
-                "nodad",
-            ]);
-            run(&["ip", "link", "set", "node0", "up"]);
-            run(&["ip", "link", "set", "node1", "up"]);
+                &[
+                    "link", "add", "node0", "type", "veth", "peer", "name", "node1",
+                ],
+            );
+            run(
+                "ip",
+                &[
+                    "-6",
+                    "addr",
+                    "add",
+                    "2001:db8:200::1/64",
+                    "dev",
+                    "node0",
+                    "nodad",
+                ],
+            );
+            run("ip", &["link", "set", "node0", "up"]);
+            run("ip", &["link", "set", "node1", "up"]);
             for ep in ["2001:db8:18:1::10/128", "2001:db8:18:1::11/128"] {
-                run(&["ip", "-6", "addr", "add", ep, "dev", "lo"]);
+                run("ip", &["-6", "addr", "add", ep, "dev", "lo"]);
             }
-            run(&[
+            run(
                 "ip",
-                "-6",
-                "route",
-                "add",
-                "2001:db8:19::/64",
-                "dev",
-                "node0",
-            ]);
-            let planner = Planner::new(cases::config()).expect("valid config");
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(apply_plan(
-                &CommandRunner::new(variant),
-                &planner.plan_full(&table()),
-            ))
-            .expect("apply");
-            ensure_hooks(&IptablesHooks::new(variant), &planner.hooks()).expect("hooks");
-            backend("[2001:db8:18:1::10]:8080", "a");
-            backend("[2001:db8:18:1::11]:8080", "b");
+                &["-6", "route", "add", "2001:db8:19::/64", "dev", "node0"],
+            );
+            cases::apply_full_with_hooks(variant, &table());
+            let _a = backend("[2001:db8:18:1::10]:8080", "a");
+            let _b = backend("[2001:db8:18:1::11]:8080", "b");
 
             let mut seen = std::collections::BTreeSet::new();
             for _ in 0..30 {

@@ -15,21 +15,10 @@ use backend_userspace::{Config, ListenMode, UserspaceDataplane};
 use common::*;
 use proxy_core::dataplane::Dataplane;
 use proxy_core::table::{Protocol, ServicePort, ServicePortName};
+use testkit::netns::in_new_netns;
+use testkit::process::run;
 
 const CHAIN: &str = "SVCPROXY-TEST";
-
-fn run(program: &str, args: &[&str]) -> std::process::Output {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    assert!(
-        output.status.success(),
-        "{program} {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
 
 fn chain_rules() -> Option<String> {
     let output = Command::new("iptables")
@@ -42,27 +31,21 @@ fn chain_rules() -> Option<String> {
         .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// Runs `body` on a thread inside a fresh network namespace with `lo` up, 198.18.0.1 local and
-/// 198.18.0.0/15 routed.
-fn in_new_netns(body: impl FnOnce() + Send + 'static) {
-    std::thread::spawn(move || {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-            .expect("unshare(CLONE_NEWNET) needs root: run as root with --include-ignored");
-        run("ip", &["link", "set", "lo", "up"]);
-        // 198.18.0.1 is local (the client's address); the rest of 198.18.0.0/15 is only routed
-        // (a unicast route, not a local one), so the VIP is not an address of this host.
-        run("ip", &["addr", "add", "198.18.0.1/32", "dev", "lo"]);
-        run("ip", &["route", "add", "198.18.0.0/15", "dev", "lo"]);
-        body();
-    })
-    .join()
-    .expect("test thread");
+/// Sets up the namespace the test thread is in: `lo` up, 198.18.0.1 local and 198.18.0.0/15
+/// routed.
+fn setup_netns() {
+    run("ip", &["link", "set", "lo", "up"]);
+    // 198.18.0.1 is local (the client's address); the rest of 198.18.0.0/15 is only routed
+    // (a unicast route, not a local one), so the VIP is not an address of this host.
+    run("ip", &["addr", "add", "198.18.0.1/32", "dev", "lo"]);
+    run("ip", &["route", "add", "198.18.0.0/15", "dev", "lo"]);
 }
 
 #[test]
 #[ignore = "needs root: CI runs --include-ignored"]
 fn capture_mode_redirects_a_non_local_vip_to_the_proxy() {
     in_new_netns(|| {
+        setup_netns();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -128,7 +111,6 @@ async fn capture_body() {
     let report = dp.cleanup().await.expect("cleanup");
     assert_eq!(report.objects_removed, 1);
     assert_eq!(chain_rules(), None, "cleanup deletes the chain");
-    let nat =
-        String::from_utf8_lossy(&run("iptables", &["-w", "-t", "nat", "-S"]).stdout).into_owned();
+    let nat = run("iptables", &["-w", "-t", "nat", "-S"]);
     assert!(!nat.contains(CHAIN), "jumps left behind:\n{nat}");
 }

@@ -3,33 +3,25 @@
 //! Every address is on loopback (127.0.0.0/8); ports are picked free by the OS. Each wait is
 //! bounded, so a broken proxy fails the test instead of hanging it.
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use testkit::fs::{replace_file, TempDir};
+use testkit::net::AnswerServer;
+use testkit::netns::Netns;
+use testkit::process::LoggedChild;
+use testkit::wait::poll;
 
 const SVCPROXY: &str = env!("CARGO_BIN_EXE_svcproxy");
 const WAIT: Duration = Duration::from_secs(10);
 
-/// A backend that answers every connection with its name and closes.
-struct NamedBackend {
-    addr: SocketAddr,
-}
-
-impl NamedBackend {
-    /// Listens on `ip:port` (0: any free port).
-    fn start(ip: Ipv4Addr, port: u16, name: &'static str) -> Self {
-        let listener = TcpListener::bind((ip, port)).expect("bind backend");
-        let addr = listener.local_addr().expect("backend address");
-        std::thread::spawn(move || {
-            for mut stream in listener.incoming().flatten() {
-                let _ = stream.write_all(name.as_bytes());
-            }
-        });
-        Self { addr }
-    }
+/// A backend on `ip:port` (0: any free port) that answers every connection with its name and
+/// closes.
+fn named_backend(ip: Ipv4Addr, port: u16, name: &str) -> AnswerServer {
+    AnswerServer::named((ip, port).into(), name)
 }
 
 /// A free TCP port on `ip` (bound, then released: the proxy binds it right after).
@@ -41,18 +33,18 @@ fn free_port(ip: Ipv4Addr) -> u16 {
         .port()
 }
 
-fn table(vip: Ipv4Addr, port: u16, backends: &[&NamedBackend]) -> String {
+fn table(vip: Ipv4Addr, port: u16, backends: &[&AnswerServer]) -> String {
     let mut yaml = format!(
         "node: test\nservices:\n  - name: default/web\n    cluster_ips: [{vip}]\n    ports:\n      - {{name: http, port: {port}, target_port: {}}}\n    endpoints:\n",
-        backends.first().map(|b| b.addr.port()).unwrap_or(1)
+        backends.first().map(|b| b.addr().port()).unwrap_or(1)
     );
     for backend in backends {
         assert_eq!(
-            backend.addr.port(),
-            backends[0].addr.port(),
+            backend.addr().port(),
+            backends[0].addr().port(),
             "one target port per service"
         );
-        yaml.push_str(&format!("      - {{ip: {}}}\n", backend.addr.ip()));
+        yaml.push_str(&format!("      - {{ip: {}}}\n", backend.addr().ip()));
     }
     yaml
 }
@@ -67,124 +59,32 @@ fn run_to_completion(path: &Path, flags: &[&str]) -> std::process::Output {
         .expect("run svcproxy")
 }
 
-/// Writes `contents` to `path` the way editors and `sed -i` do: a new file renamed over it.
-fn replace_file(path: &Path, contents: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, contents).expect("write temp table");
-    std::fs::rename(&tmp, path).expect("rename over table");
-}
-
 /// What the service at `addr` answers, or the error.
 fn ask(addr: SocketAddr) -> std::io::Result<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer)?;
-    Ok(answer)
+    testkit::net::ask(addr, Duration::from_secs(2))
 }
 
 /// Asks until the answer is `want` (bounded by WAIT).
 fn wait_for_answer(addr: SocketAddr, want: &str) {
-    let deadline = Instant::now() + WAIT;
-    let mut last = None;
-    while Instant::now() < deadline {
-        match ask(addr) {
-            Ok(answer) if answer == want => return,
-            other => last = Some(other),
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("{addr} never answered {want:?}; last: {last:?}");
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("svcproxy-test-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+    let answered = poll(WAIT, Duration::from_millis(50), || match ask(addr) {
+        Ok(answer) if answer == want => Ok(()),
+        other => Err(other),
+    });
+    if let Err(last) = answered {
+        panic!("{addr} never answered {want:?}; last: {last:?}");
     }
 }
 
 /// A running svcproxy whose stderr is collected; killed on drop.
-struct Proxy {
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl Proxy {
-    fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(SVCPROXY)
+fn start_proxy(args: &[&str]) -> LoggedChild {
+    LoggedChild::spawn(
+        "svcproxy",
+        Command::new(SVCPROXY)
             .args(args)
             .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start svcproxy");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(Mutex::new(String::new()));
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut log = sink.lock().expect("log lock");
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        Self { child, log }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().expect("log lock").clone()
-    }
-
-    fn wait_for_log(&self, needle: &str) {
-        let deadline = Instant::now() + WAIT;
-        while Instant::now() < deadline {
-            if self.log().contains(needle) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("svcproxy never logged {needle:?}; log:\n{}", self.log());
-    }
-
-    fn terminate(mut self) -> ExitStatus {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("run kill");
-        assert!(sent.success());
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait svcproxy") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "svcproxy ignored SIGTERM; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+            .env("NO_COLOR", "1"),
+    )
+    .expect("start svcproxy")
 }
 
 #[test]
@@ -192,13 +92,13 @@ fn applies_replaced_file_keeps_table_on_invalid_change_and_stops_on_sigterm() {
     let dir = TempDir::new("watch");
     let vip = Ipv4Addr::new(127, 0, 0, 21);
     let port = free_port(vip);
-    let blue = NamedBackend::start(Ipv4Addr::new(127, 0, 0, 22), 0, "blue");
+    let blue = named_backend(Ipv4Addr::new(127, 0, 0, 22), 0, "blue");
     // The same target port on another address, so that the table can list either.
-    let green = NamedBackend::start(Ipv4Addr::new(127, 0, 0, 23), blue.addr.port(), "green");
-    let path = dir.0.join("table.yaml");
+    let green = named_backend(Ipv4Addr::new(127, 0, 0, 23), blue.addr().port(), "green");
+    let path = dir.join("table.yaml");
     std::fs::write(&path, table(vip, port, &[&blue])).expect("write table");
 
-    let proxy = Proxy::start(&[
+    let proxy = start_proxy(&[
         "--services",
         path.to_str().expect("utf-8 path"),
         "--poll-interval-ms",
@@ -208,7 +108,7 @@ fn applies_replaced_file_keeps_table_on_invalid_change_and_stops_on_sigterm() {
     wait_for_answer(service, "blue");
 
     // An editor-style replacement is picked up.
-    replace_file(&path, &table(vip, port, &[&green]));
+    replace_file(&path, table(vip, port, &[&green]));
     wait_for_answer(service, "green");
 
     // A broken change is reported with its line and column, and the running table stays.
@@ -216,7 +116,7 @@ fn applies_replaced_file_keeps_table_on_invalid_change_and_stops_on_sigterm() {
         &path,
         "services:\n  - name: default/web\n    ports: [{port: 99999}]\n",
     );
-    proxy.wait_for_log("ignoring the changed table file");
+    proxy.wait_for_log("ignoring the changed table file", WAIT);
     assert!(
         proxy.log().contains("99999 is outside 1-65535"),
         "log:\n{}",
@@ -224,7 +124,7 @@ fn applies_replaced_file_keeps_table_on_invalid_change_and_stops_on_sigterm() {
     );
     assert_eq!(ask(service).expect("still served"), "green");
 
-    let status = proxy.terminate();
+    let status = proxy.terminate(WAIT).0;
     assert!(status.success(), "exit status {status}");
 }
 
@@ -251,20 +151,20 @@ fn health_status(addr: SocketAddr) -> std::io::Result<(u16, String)> {
 fn serves_health_check_node_ports_of_local_services() {
     let dir = TempDir::new("health");
     let node_ip = Ipv4Addr::new(127, 0, 0, 41);
-    let backend = NamedBackend::start(Ipv4Addr::new(127, 0, 0, 42), 0, "local");
+    let backend = named_backend(Ipv4Addr::new(127, 0, 0, 42), 0, "local");
     let health = free_port(node_ip);
     let node_port = free_port(node_ip);
     let service_port = free_port(Ipv4Addr::new(127, 0, 0, 43));
     let table = |ready: bool| {
         format!(
             "node: node-a\nservices:\n  - name: shop/web\n    cluster_ips: [127.0.0.43]\n    ports: [{{port: {service_port}, target_port: {}, node_port: {node_port}}}]\n    external_traffic_policy: local\n    health_check_node_port: {health}\n    endpoints: [{{ip: 127.0.0.42, node: node-a, ready: {ready}, serving: true, terminating: {}}}]\n",
-            backend.addr.port(),
+            backend.addr().port(),
             !ready
         )
     };
-    let path = dir.0.join("table.yaml");
+    let path = dir.join("table.yaml");
     std::fs::write(&path, table(true)).expect("write table");
-    let proxy = Proxy::start(&[
+    let proxy = start_proxy(&[
         "--services",
         path.to_str().expect("utf-8 path"),
         "--node-address",
@@ -274,37 +174,36 @@ fn serves_health_check_node_ports_of_local_services() {
     ]);
     let addr = SocketAddr::from((node_ip, health));
     let wait_for = |want: u16| {
-        let deadline = Instant::now() + WAIT;
-        let mut last = None;
-        while Instant::now() < deadline {
+        poll(WAIT, Duration::from_millis(50), || {
             match health_status(addr) {
-                Ok((status, body)) if status == want => return body,
-                other => last = Some(other),
+                Ok((status, body)) if status == want => Ok(body),
+                other => Err(other),
             }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "{addr} never answered {want}; last: {last:?}; log:\n{}",
-            proxy.log()
-        );
+        })
+        .unwrap_or_else(|last| {
+            panic!(
+                "{addr} never answered {want}; last: {last:?}; log:\n{}",
+                proxy.log()
+            )
+        })
     };
     let body = wait_for(200);
     assert!(body.contains("\"localEndpoints\":1"), "{body}");
     assert!(body.contains("\"name\":\"web\""), "{body}");
 
     // The only local endpoint starts terminating: the node tells the load balancer to go away.
-    replace_file(&path, &table(false));
+    replace_file(&path, table(false));
     let body = wait_for(503);
     assert!(body.contains("\"localEndpoints\":0"), "{body}");
 
-    let status = proxy.terminate();
+    let status = proxy.terminate(WAIT).0;
     assert!(status.success(), "exit status {status}");
 }
 
 #[test]
 fn dry_run_prints_listeners_and_endpoints_without_binding() {
     let dir = TempDir::new("dry");
-    let path = dir.0.join("table.yaml");
+    let path = dir.join("table.yaml");
     std::fs::write(
         &path,
         "services:\n  - name: shop/web\n    cluster_ips: [127.0.0.31]\n    ports: [{name: http, port: 18080, target_port: 9080}]\n    endpoints: [{ip: 127.0.0.32}, {ip: 127.0.0.33}]\n",
@@ -332,7 +231,7 @@ fn dry_run_prints_listeners_and_endpoints_without_binding() {
 #[test]
 fn invalid_file_at_start_fails_with_file_line_and_column() {
     let dir = TempDir::new("bad");
-    let path = dir.0.join("table.yaml");
+    let path = dir.join("table.yaml");
     std::fs::write(&path, "services:\n  - name: default/web\n    portz: []\n")
         .expect("write table");
     let out = run_to_completion(&path, &["--once"]);
@@ -347,8 +246,8 @@ fn once_syncs_prints_the_report_and_exits() {
     let dir = TempDir::new("once");
     let vip = Ipv4Addr::new(127, 0, 0, 41);
     let port = free_port(vip);
-    let backend = NamedBackend::start(Ipv4Addr::new(127, 0, 0, 42), 0, "only");
-    let path = dir.0.join("table.yaml");
+    let backend = named_backend(Ipv4Addr::new(127, 0, 0, 42), 0, "only");
+    let path = dir.join("table.yaml");
     std::fs::write(&path, table(vip, port, &[&backend])).expect("write table");
     let out = run_to_completion(&path, &["--once"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -368,17 +267,17 @@ fn unbindable_address_is_reported_and_the_rest_applies() {
     let dir = TempDir::new("bind");
     let taken = TcpListener::bind("127.0.0.51:0").expect("occupy a port");
     let taken_port = taken.local_addr().expect("address").port();
-    let backend = NamedBackend::start(Ipv4Addr::new(127, 0, 0, 52), 0, "ok");
+    let backend = named_backend(Ipv4Addr::new(127, 0, 0, 52), 0, "ok");
     let free = free_port(Ipv4Addr::new(127, 0, 0, 53));
     let yaml = format!(
         "services:\n  - name: default/clash\n    cluster_ips: [127.0.0.51]\n    ports: [{{port: {taken_port}, target_port: {tp}}}]\n    endpoints: [{{ip: 127.0.0.52}}]\n  - name: default/fine\n    cluster_ips: [127.0.0.53]\n    ports: [{{port: {free}, target_port: {tp}}}]\n    endpoints: [{{ip: 127.0.0.52}}]\n",
-        tp = backend.addr.port()
+        tp = backend.addr().port()
     );
-    let path = dir.0.join("table.yaml");
+    let path = dir.join("table.yaml");
     std::fs::write(&path, yaml).expect("write table");
-    let proxy = Proxy::start(&["--services", path.to_str().expect("utf-8 path")]);
+    let proxy = start_proxy(&["--services", path.to_str().expect("utf-8 path")]);
     wait_for_answer(SocketAddr::from(([127, 0, 0, 53], free)), "ok");
-    proxy.wait_for_log(&format!("127.0.0.51:{taken_port}"));
+    proxy.wait_for_log(&format!("127.0.0.51:{taken_port}"), WAIT);
     let log = proxy.log();
     assert!(
         log.contains("Address already in use") || log.contains("address in use"),
@@ -392,12 +291,12 @@ fn metrics_and_healthz_are_served() {
     let dir = TempDir::new("metrics");
     let vip = Ipv4Addr::new(127, 0, 0, 61);
     let port = free_port(vip);
-    let backend = NamedBackend::start(Ipv4Addr::new(127, 0, 0, 62), 0, "m");
-    let path = dir.0.join("table.yaml");
+    let backend = named_backend(Ipv4Addr::new(127, 0, 0, 62), 0, "m");
+    let path = dir.join("table.yaml");
     std::fs::write(&path, table(vip, port, &[&backend])).expect("write table");
     let status_port = free_port(Ipv4Addr::LOCALHOST);
     let status_addr = format!("127.0.0.1:{status_port}");
-    let proxy = Proxy::start(&[
+    let proxy = start_proxy(&[
         "--services",
         path.to_str().expect("utf-8 path"),
         "--metrics-addr",
@@ -428,55 +327,27 @@ fn metrics_and_healthz_are_served() {
     drop(proxy);
 }
 
-/// A network namespace of our own, deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Self {
-        let name = format!("svcp-e2e-{tag}-{}", std::process::id());
-        let status = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .expect("run ip netns add");
-        assert!(status.success(), "ip netns add {name} failed: run as root");
-        Self(name)
-    }
-
-    /// `ip netns exec NAME args...`
-    fn exec(&self, args: &[&str]) -> std::process::Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.0])
-            .args(args)
-            .output()
-            .expect("run ip netns exec")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
 #[test]
 #[ignore = "needs root: CI runs --include-ignored"]
 fn iptables_backend_once_programs_our_chains_in_a_namespace() {
     let dir = TempDir::new("iptables");
-    let path = dir.0.join("table.yaml");
+    let path = dir.join("table.yaml");
     std::fs::write(
         &path,
         "services:\n  - name: default/web\n    cluster_ips: [198.19.0.10]\n    ports: [{name: http, port: 80, target_port: 8080}]\n    endpoints: [{ip: 198.18.1.10}, {ip: 198.18.1.11}]\n",
     )
     .expect("write table");
     let ns = Netns::new("once");
-    let out = ns.exec(&[
+    let out = ns.exec(
         SVCPROXY,
-        "--services",
-        path.to_str().expect("utf-8 path"),
-        "--backend",
-        "iptables",
-        "--once",
-    ]);
+        &[
+            "--services",
+            path.to_str().expect("utf-8 path"),
+            "--backend",
+            "iptables",
+            "--once",
+        ],
+    );
     assert!(
         out.status.success(),
         "svcproxy failed: {}",
@@ -488,7 +359,7 @@ fn iptables_backend_once_programs_our_chains_in_a_namespace() {
         "stdout:\n{stdout}"
     );
 
-    let save = ns.exec(&["iptables-save", "-t", "nat"]);
+    let save = ns.exec("iptables-save", &["-t", "nat"]);
     let rules = String::from_utf8_lossy(&save.stdout);
     assert!(
         rules.contains("-A PREROUTING -m comment --comment \"service portals\" -j SVCP-SERVICES"),

@@ -13,16 +13,16 @@
 //! Every test makes its own namespaces and deletes them in a `Drop` guard; every wait is bounded.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
-use nix::sched::{setns, CloneFlags};
+use testkit::fs::{replace_file, TempDir};
+use testkit::net::AnswerServer;
+use testkit::netns::Netns;
+use testkit::process::LoggedChild;
+use testkit::wait::poll;
 
 const SVCPROXY: &str = env!("CARGO_BIN_EXE_svcproxy");
 const NEEDS_VM: &str = "needs root and IPVS: scripts/vm-test runs it in a VM";
@@ -46,41 +46,34 @@ fn sa(s: &str) -> SocketAddr {
 /// The node, client and server namespaces, deleted on drop (which also removes everything
 /// svcproxy programmed in the node: IPVS, the dummy interface, ipsets, iptables).
 struct Topology {
-    node: String,
-    client: String,
-    server: String,
+    node: Netns,
+    client: Netns,
+    server: Netns,
 }
 
 impl Topology {
     fn new(tag: &str) -> Self {
-        let pid = std::process::id();
         let topo = Self {
-            node: format!("svcp-e2e-{tag}-node-{pid}"),
-            client: format!("svcp-e2e-{tag}-cli-{pid}"),
-            server: format!("svcp-e2e-{tag}-srv-{pid}"),
+            node: Netns::new(&format!("e2e-{tag}-node")),
+            client: Netns::new(&format!("e2e-{tag}-cli")),
+            server: Netns::new(&format!("e2e-{tag}-srv")),
         };
-        for ns in [&topo.node, &topo.client, &topo.server] {
-            run_ok("ip", &["netns", "add", ns]);
-        }
         // One `ip -batch` per namespace: process starts are slow in the emulated VM.
-        ip_batch(
-            &topo.node,
-            &[
-                "link set lo up".to_owned(),
-                format!(
-                    "link add n-cli type veth peer name eth0 netns {}",
-                    topo.client
-                ),
-                format!(
-                    "link add n-srv type veth peer name eth0 netns {}",
-                    topo.server
-                ),
-                "addr add 198.18.2.1/24 dev n-cli".to_owned(),
-                "addr add 198.18.1.1/24 dev n-srv".to_owned(),
-                "link set n-cli up".to_owned(),
-                "link set n-srv up".to_owned(),
-            ],
-        );
+        topo.node.ip_batch(&[
+            "link set lo up".to_owned(),
+            format!(
+                "link add n-cli type veth peer name eth0 netns {}",
+                topo.client.name()
+            ),
+            format!(
+                "link add n-srv type veth peer name eth0 netns {}",
+                topo.server.name()
+            ),
+            "addr add 198.18.2.1/24 dev n-cli".to_owned(),
+            "addr add 198.18.1.1/24 dev n-srv".to_owned(),
+            "link set n-cli up".to_owned(),
+            "link set n-srv up".to_owned(),
+        ]);
         for (ns, addrs, gateway) in [
             (&topo.client, &["198.18.2.10/24"][..], "198.18.2.1"),
             (
@@ -98,49 +91,27 @@ impl Topology {
                 "link set eth0 up".to_owned(),
                 format!("route add default via {gateway}"),
             ]);
-            ip_batch(ns, &lines);
+            ns.ip_batch(&lines);
         }
-        in_ns(&topo.node, || {
+        topo.node.run(|| {
             std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("enable ip_forward")
         });
         topo
     }
 
-    /// Runs `program args...` in the node namespace.
-    fn node_exec(&self, program: &str, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.node, program])
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("ip netns exec {} {program}: {e}; {NEEDS_VM}", self.node))
-    }
-
-    /// The stdout of `program args...` in the node namespace, which must succeed.
-    fn node_stdout(&self, program: &str, args: &[&str]) -> String {
-        let out = self.node_exec(program, args);
-        assert!(
-            out.status.success(),
-            "{program} {args:?} in {}: {}: {}",
-            self.node,
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
     /// The node's virtual servers, from `ipvsadm -Ln`.
     fn ipvs(&self) -> IpvsListing {
-        IpvsListing::parse(&self.node_stdout("ipvsadm", &["-Ln"]))
+        IpvsListing::parse(&self.node.exec_ok("ipvsadm", &["-Ln"]))
     }
 
     /// Everything of ours left in the node, by kind; empty after a cleanup.
     fn leftovers(&self) -> Vec<String> {
         let mut found = Vec::new();
-        let links = self.node_stdout("ip", &["-o", "link", "show"]);
+        let links = self.node.exec_ok("ip", &["-o", "link", "show"]);
         if links.contains("svcp-ipvs0") {
             found.push(format!("interface svcp-ipvs0: {links}"));
         }
-        let sets = self.node_stdout("ipset", &["list", "-n"]);
+        let sets = self.node.exec_ok("ipset", &["list", "-n"]);
         if sets.contains("SVCP-IPVS") {
             found.push(format!("ipsets: {sets}"));
         }
@@ -150,7 +121,7 @@ impl Topology {
             "ip6tables-legacy-save",
             "ip6tables-nft-save",
         ] {
-            let rules = self.node_stdout(save, &[]);
+            let rules = self.node.exec_ok(save, &[]);
             if rules.contains("SVCP-IPVS") {
                 found.push(format!("{save}: {rules}"));
             }
@@ -161,7 +132,7 @@ impl Topology {
     /// How many of `n` new connections to `vip` from the client each backend answered.
     fn spread(&self, vip: &str, n: usize) -> std::io::Result<BTreeMap<String, usize>> {
         let vip = sa(vip);
-        in_ns(&self.client, move || {
+        self.client.run(move || {
             let mut seen = BTreeMap::new();
             for _ in 0..n {
                 *seen.entry(ask(vip)?).or_default() += 1;
@@ -171,16 +142,14 @@ impl Topology {
     }
 
     /// Asks until `n` connections in a row to `vip` are answered by exactly `want`; bounded.
-    fn wait_for_spread(&self, vip: &str, n: usize, want: &[&str], proxy: &Proxy) {
-        let deadline = Instant::now() + WAIT;
-        let mut last = None;
-        while Instant::now() < deadline {
+    fn wait_for_spread(&self, vip: &str, n: usize, want: &[&str], proxy: &LoggedChild) {
+        let spread = poll(WAIT, Duration::from_millis(200), || {
             match self.spread(vip, n) {
-                Ok(seen) if seen.keys().map(String::as_str).eq(want.iter().copied()) => return,
-                other => last = Some(other),
+                Ok(seen) if seen.keys().map(String::as_str).eq(want.iter().copied()) => Ok(()),
+                other => Err(other),
             }
-            thread::sleep(Duration::from_millis(200));
-        }
+        });
+        let Err(last) = spread else { return };
         panic!(
             "{vip} was never answered by exactly {want:?} over {n} connections; last: {last:?}\n\
              ipvsadm:\n{}\nsvcproxy log:\n{}",
@@ -191,27 +160,32 @@ impl Topology {
 
     /// Waits until `ipvsadm -Ln` lists `want` (real servers at weight 0 are draining and left
     /// out); bounded.
-    fn wait_for_ipvs(&self, want: &BTreeMap<String, Vec<String>>, proxy: &Proxy) -> IpvsListing {
-        let deadline = Instant::now() + WAIT;
-        loop {
+    fn wait_for_ipvs(
+        &self,
+        want: &BTreeMap<String, Vec<String>>,
+        proxy: &LoggedChild,
+    ) -> IpvsListing {
+        poll(WAIT, Duration::from_millis(200), || {
             let listing = self.ipvs();
             if &listing.serving() == want {
-                return listing;
+                Ok(listing)
+            } else {
+                Err(listing)
             }
-            assert!(
-                Instant::now() < deadline,
+        })
+        .unwrap_or_else(|listing| {
+            panic!(
                 "ipvsadm never listed {want:?}; last:\n{}\nsvcproxy log:\n{}",
                 listing.text,
                 proxy.log()
-            );
-            thread::sleep(Duration::from_millis(200));
-        }
+            )
+        })
     }
 
     /// GET `path` from svcproxy's status server in the node namespace: the whole response.
     fn status_get(&self, path: &str) -> std::io::Result<String> {
         let request = format!("GET {path} HTTP/1.1\r\nHost: svcproxy\r\nConnection: close\r\n\r\n");
-        in_ns(&self.node, move || {
+        self.node.run(move || {
             let mut stream = TcpStream::connect_timeout(&sa(STATUS_ADDR), CONNECT_TIMEOUT)?;
             stream.set_read_timeout(Some(CONNECT_TIMEOUT))?;
             stream.write_all(request.as_bytes())?;
@@ -222,130 +196,28 @@ impl Topology {
     }
 }
 
-impl Drop for Topology {
-    fn drop(&mut self) {
-        for ns in [&self.client, &self.server, &self.node] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
-    }
-}
-
-/// Runs `f` on a thread inside namespace `ns` and waits for it.
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    spawn_in(ns, f)
-        .join()
-        .unwrap_or_else(|e| std::panic::resume_unwind(e))
-}
-
-/// Starts `f` on a thread inside namespace `ns` (threads it starts stay there too).
-fn spawn_in<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
-    let path = format!("/run/netns/{ns}");
-    thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-        setns(&file, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns {path}: {e}"));
-        f()
-    })
-}
-
-fn run_ok(program: &str, args: &[&str]) {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} {args:?}: {e}; {NEEDS_VM}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}: {}; {NEEDS_VM}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// `ip -n NS -batch -` with `lines` on stdin.
-fn ip_batch(ns: &str, lines: &[String]) {
-    let mut child = Command::new("ip")
-        .args(["-n", ns, "-batch", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("ip -n {ns} -batch: {e}; {NEEDS_VM}"));
-    let input = lines.join("\n") + "\n";
-    child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(input.as_bytes())
-        .expect("write ip batch");
-    let out = child.wait_with_output().expect("ip batch");
-    assert!(
-        out.status.success(),
-        "ip -n {ns} -batch with\n{input}: {}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 // === backends and clients ===
 
 /// TCP servers in the server namespace that answer each connection with their name and close.
 /// Stopped on drop.
-struct Backends {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Backends {
-    fn start(topo: &Topology, named: &[(&str, &'static str)]) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let threads = named
-            .iter()
-            .map(|&(addr, name)| {
-                let addr = sa(addr);
-                let stop = Arc::clone(&stop);
-                let ready = ready_tx.clone();
-                spawn_in(&topo.server, move || {
-                    let listener = TcpListener::bind(addr)
-                        .unwrap_or_else(|e| panic!("bind backend {addr}: {e}"));
-                    listener
-                        .set_nonblocking(true)
-                        .expect("nonblocking listener");
-                    let _ = ready.send(());
-                    while !stop.load(Ordering::Relaxed) {
-                        match listener.accept() {
-                            Ok((mut conn, _)) => {
-                                let _ = conn.set_nonblocking(false);
-                                let _ = conn.write_all(name.as_bytes());
-                            }
-                            Err(_) => thread::sleep(Duration::from_millis(5)),
-                        }
-                    }
-                })
-            })
-            .collect();
-        for _ in named {
-            ready_rx.recv_timeout(WAIT).expect("backend listening");
-        }
-        Self { stop, threads }
-    }
-}
-
-impl Drop for Backends {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
-    }
+fn start_backends(topo: &Topology, named: &[(&str, &str)]) -> Vec<AnswerServer> {
+    named
+        .iter()
+        .map(|&(addr, name)| {
+            let addr = sa(addr);
+            // Bound in the server namespace; the socket stays there, served from any thread.
+            let listener = topo.server.run(move || {
+                TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind backend {addr}: {e}"))
+            });
+            let name = name.to_owned();
+            AnswerServer::start(listener, move |_| name.clone())
+        })
+        .collect()
 }
 
 /// The name the backend behind `addr` answers with (run from the client namespace).
 fn ask(addr: SocketAddr) -> std::io::Result<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
-    stream.set_read_timeout(Some(CONNECT_TIMEOUT))?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer)?;
-    Ok(answer)
+    testkit::net::ask(addr, CONNECT_TIMEOUT)
 }
 
 /// The value of the unlabelled sample `name` in a Prometheus text exposition.
@@ -431,27 +303,6 @@ fn expected(services: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
 
 // === the table file ===
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("svcproxy-vm-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        Self(dir)
-    }
-
-    fn table(&self) -> PathBuf {
-        self.0.join("table.yaml")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A table of TCP services: (name, cluster IP:port, endpoints), all with target port 8080.
 fn table(services: &[(&str, &str, &[&str])]) -> String {
     let mut yaml = String::from("node: node-a\nservices:\n");
@@ -468,13 +319,6 @@ fn table(services: &[(&str, &str, &[&str])]) -> String {
         }
     }
     yaml
-}
-
-/// Writes `contents` to `path` the way editors and `sed -i` do: a new file renamed over it.
-fn replace_file(path: &Path, contents: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, contents).expect("write temp table");
-    std::fs::rename(&tmp, path).expect("rename over table");
 }
 
 // === svcproxy ===
@@ -496,76 +340,17 @@ fn ipvs_flags(table: &Path) -> Vec<String> {
 }
 
 /// svcproxy running in the node namespace, its stderr collected; killed on drop.
-struct Proxy {
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl Proxy {
-    fn start(topo: &Topology, args: &[String]) -> Self {
-        // `ip netns exec` execs svcproxy in place: the child's pid is svcproxy's.
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &topo.node, SVCPROXY])
+fn start_proxy(topo: &Topology, args: &[String]) -> LoggedChild {
+    // `ip netns exec` execs svcproxy in place: SIGTERM to the child reaches svcproxy itself.
+    LoggedChild::spawn(
+        "svcproxy",
+        topo.node
+            .command(SVCPROXY)
             .args(args)
             .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start svcproxy: {e}; {NEEDS_VM}"));
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(Mutex::new(String::new()));
-        let sink = Arc::clone(&log);
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut log = sink.lock().expect("log lock");
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        Self { child, log }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().expect("log lock").clone()
-    }
-
-    fn wait_for_log(&self, needle: &str) {
-        let deadline = Instant::now() + WAIT;
-        while Instant::now() < deadline {
-            if self.log().contains(needle) {
-                return;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        panic!("svcproxy never logged {needle:?}; log:\n{}", self.log());
-    }
-
-    /// Sends SIGTERM and waits (bounded) for the exit.
-    fn terminate(mut self) -> (ExitStatus, String) {
-        run_ok("kill", &["-TERM", &self.child.id().to_string()]);
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait for svcproxy") {
-                // Let the reader thread drain the last lines.
-                thread::sleep(Duration::from_millis(100));
-                return (status, self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "svcproxy ignored SIGTERM; log:\n{}",
-                self.log()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+            .env("NO_COLOR", "1"),
+    )
+    .unwrap_or_else(|e| panic!("start svcproxy: {e}; {NEEDS_VM}"))
 }
 
 // === the tests ===
@@ -574,9 +359,9 @@ impl Drop for Proxy {
 #[ignore = "needs root and IPVS: scripts/vm-test runs it in a VM"]
 fn vm_ipvs_svcproxy_serves_the_file_follows_edits_and_cleans_up_on_sigterm() {
     let topo = Topology::new("life");
-    let _backends = Backends::start(&topo, &[(EP_A, "a"), (EP_B, "b")]);
+    let _backends = start_backends(&topo, &[(EP_A, "a"), (EP_B, "b")]);
     let dir = TempDir::new("life");
-    let path = dir.table();
+    let path = dir.join("table.yaml");
     std::fs::write(&path, table(&[("web", WEB_VIP, &[EP_A, EP_B])])).expect("write table");
 
     let mut args = ipvs_flags(&path);
@@ -590,7 +375,7 @@ fn vm_ipvs_svcproxy_serves_the_file_follows_edits_and_cleans_up_on_sigterm() {
         ]
         .map(str::to_owned),
     );
-    let proxy = Proxy::start(&topo, &args);
+    let proxy = start_proxy(&topo, &args);
 
     // Both endpoints take connections to the cluster IP (round robin: half each).
     topo.wait_for_spread(WEB_VIP, 2, &["a", "b"], &proxy);
@@ -607,7 +392,9 @@ fn vm_ipvs_svcproxy_serves_the_file_follows_edits_and_cleans_up_on_sigterm() {
         "ipvsadm -Ln:\n{}",
         listing.text
     );
-    let vips = topo.node_stdout("ip", &["-o", "-4", "addr", "show", "dev", "svcp-ipvs0"]);
+    let vips = topo
+        .node
+        .exec_ok("ip", &["-o", "-4", "addr", "show", "dev", "svcp-ipvs0"]);
     assert!(vips.contains("198.19.0.10/32"), "{vips}");
     assert!(
         topo.leftovers().len() >= 2,
@@ -617,7 +404,7 @@ fn vm_ipvs_svcproxy_serves_the_file_follows_edits_and_cleans_up_on_sigterm() {
 
     // Health and metrics, from inside the node namespace, once the first sync has finished
     // (IPVS serves before the companion ipsets and rules are written).
-    proxy.wait_for_log("sync complete");
+    proxy.wait_for_log("sync complete", WAIT);
     let health = topo.status_get("/healthz").expect("GET /healthz");
     assert!(health.starts_with("HTTP/1.1 200"), "healthz: {health}");
     let metrics = topo.status_get("/metrics").expect("GET /metrics");
@@ -636,7 +423,7 @@ fn vm_ipvs_svcproxy_serves_the_file_follows_edits_and_cleans_up_on_sigterm() {
     // An edit (renamed over the file) removes endpoint b from web and adds an api service on b.
     replace_file(
         &path,
-        &table(&[("web", WEB_VIP, &[EP_A]), ("api", API_VIP, &[EP_B])]),
+        table(&[("web", WEB_VIP, &[EP_A]), ("api", API_VIP, &[EP_B])]),
     );
     topo.wait_for_ipvs(
         &expected(&[
@@ -653,7 +440,7 @@ fn vm_ipvs_svcproxy_serves_the_file_follows_edits_and_cleans_up_on_sigterm() {
         &path,
         "services:\n  - name: default/web\n    ports: [{port: 99999}]\n",
     );
-    proxy.wait_for_log("ignoring the changed table file");
+    proxy.wait_for_log("ignoring the changed table file", WAIT);
     assert!(
         proxy.log().contains("99999 is outside 1-65535"),
         "log:\n{}",
@@ -675,7 +462,7 @@ fn vm_ipvs_svcproxy_serves_the_file_follows_edits_and_cleans_up_on_sigterm() {
     assert_eq!(api, BTreeMap::from([("b".to_owned(), 4)]));
 
     // SIGTERM with --cleanup: a clean exit that leaves nothing of ours.
-    let (status, log) = proxy.terminate();
+    let (status, log) = proxy.terminate(WAIT);
     assert!(status.success(), "exit status {status}; log:\n{log}");
     let listing = topo.ipvs();
     assert!(
@@ -694,16 +481,14 @@ fn vm_ipvs_svcproxy_serves_the_file_follows_edits_and_cleans_up_on_sigterm() {
 #[ignore = "needs root and IPVS: scripts/vm-test runs it in a VM"]
 fn vm_ipvs_once_leaves_the_kernel_serving_and_a_later_cleanup_removes_only_ours() {
     let topo = Topology::new("once");
-    let _backends = Backends::start(&topo, &[(EP_A, "a"), (EP_B, "b")]);
+    let _backends = start_backends(&topo, &[(EP_A, "a"), (EP_B, "b")]);
     let dir = TempDir::new("once");
-    let path = dir.table();
+    let path = dir.join("table.yaml");
     std::fs::write(&path, table(&[("web", WEB_VIP, &[EP_A, EP_B])])).expect("write table");
 
     // --once programs the kernel and exits: the kernel serves on without svcproxy.
-    let mut once = Command::new("ip");
-    once.args(["netns", "exec", &topo.node, SVCPROXY])
-        .args(ipvs_flags(&path))
-        .arg("--once");
+    let mut once = topo.node.command(SVCPROXY);
+    once.args(ipvs_flags(&path)).arg("--once");
     let out = once
         .output()
         .unwrap_or_else(|e| panic!("run svcproxy --once: {e}; {NEEDS_VM}"));
@@ -727,8 +512,9 @@ fn vm_ipvs_once_leaves_the_kernel_serving_and_a_later_cleanup_removes_only_ours(
     );
 
     // A virtual server of someone else's, on an address that is not on our interface.
-    topo.node_stdout("ipvsadm", &["-A", "-t", "198.18.2.1:9999", "-s", "rr"]);
-    topo.node_stdout(
+    topo.node
+        .exec_ok("ipvsadm", &["-A", "-t", "198.18.2.1:9999", "-s", "rr"]);
+    topo.node.exec_ok(
         "ipvsadm",
         &["-a", "-t", "198.18.2.1:9999", "-r", EP_A, "-m"],
     );
@@ -738,14 +524,14 @@ fn vm_ipvs_once_leaves_the_kernel_serving_and_a_later_cleanup_removes_only_ours(
     std::fs::write(&path, table(&[("api", API_VIP, &[EP_B])])).expect("write table");
     let mut args = ipvs_flags(&path);
     args.push("--cleanup".to_owned());
-    let proxy = Proxy::start(&topo, &args);
+    let proxy = start_proxy(&topo, &args);
     let foreign = ("TCP 198.18.2.1:9999 rr", &[EP_A][..]);
     topo.wait_for_ipvs(
         &expected(&[("TCP 198.19.0.11:80 rr", &[EP_B]), foreign]),
         &proxy,
     );
     topo.wait_for_spread(API_VIP, 4, &["b"], &proxy);
-    let (status, log) = proxy.terminate();
+    let (status, log) = proxy.terminate(WAIT);
     assert!(status.success(), "exit status {status}; log:\n{log}");
     let listing = topo.ipvs();
     assert_eq!(

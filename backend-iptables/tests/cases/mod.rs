@@ -10,7 +10,10 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use backend_iptables::apply::{apply_plan, CommandRunner, Variant};
 use backend_iptables::config::{Config, DispatchLayout};
+use backend_iptables::hooks::{ensure_hooks, IptablesHooks};
+use backend_iptables::plan::Planner;
 use backend_iptables::testing::trace::PacketFlow;
 use proxy_core::table::{Endpoint, SessionAffinity, TrafficPolicy};
 use proxy_core::{Protocol, ServicePort, ServicePortName, ServiceTable};
@@ -687,4 +690,47 @@ pub fn scale_table(n: u32, endpoints: u32) -> ServiceTable {
         b = b.insert(p);
     }
     b.build().expect("valid scale table")
+}
+
+/// Plans `table` in full with [`config`], restores it with `variant` and installs the hooks, in
+/// the calling thread's network namespace: for namespace tests, on a thread that has entered the
+/// test's own namespace (`testkit::netns`).
+///
+/// # Panics
+///
+/// When planning, the restore or the hooks fail.
+pub fn apply_full_with_hooks(variant: Variant, table: &ServiceTable) {
+    let planner = Planner::new(config()).expect("valid config");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(apply_plan(
+        &CommandRunner::new(variant),
+        &planner.plan_full(table),
+    ))
+    .expect("apply");
+    ensure_hooks(&IptablesHooks::new(variant), &planner.hooks()).expect("hooks");
+}
+
+/// Makes the calling thread's namespace (a test's own, entered with `testkit::netns`) an IPv4
+/// node: `lo` up with `local_addrs` on it (the local endpoints), the node's interface `node0` (one
+/// end of a veth pair: the host may lack `dummy`) with [`NODE_IP`]/24, and the cluster IPs
+/// (198.19.0.0/16) routed out of it, since service addresses need a route for the first routing
+/// decision, as on a real node.
+///
+/// # Panics
+///
+/// When `ip` fails (needs root).
+pub fn setup_node_v4(local_addrs: &[&str]) {
+    let mut lines = vec![
+        "link set lo up".to_owned(),
+        "link add node0 type veth peer name node1".to_owned(),
+        format!("addr add {NODE_IP}/24 dev node0"),
+        "link set node0 up".to_owned(),
+        "link set node1 up".to_owned(),
+        "route add 198.19.0.0/16 dev node0".to_owned(),
+    ];
+    lines.extend(local_addrs.iter().map(|a| format!("addr add {a} dev lo")));
+    testkit::process::run_with_stdin("ip", &["-batch", "-"], &(lines.join("\n") + "\n"));
 }
