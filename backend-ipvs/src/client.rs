@@ -11,6 +11,7 @@ use crate::{
         socket::SocketError, AddressFamily, DestAttr, IpvsAttr, IpvsCmd, IpvsMessage, IpvsSocket,
     },
     ops::{IpvsInfo, IpvsOps, Timeouts},
+    plan::Op,
 };
 
 /// The kernel's IPVS table, reached over generic netlink.
@@ -64,19 +65,7 @@ impl NetlinkIpvs {
         } else {
             self.socket.request(msg)
         };
-        result.map_err(|e| match e {
-            SocketError::Kernel(source) => IpvsError::Kernel {
-                op,
-                target: target(),
-                source,
-            },
-            SocketError::Io(source) => IpvsError::Socket {
-                op,
-                target: target(),
-                source,
-            },
-            SocketError::Decode(source) => IpvsError::Decode { cmd, source },
-        })
+        result.map_err(|e| ipvs_error(op, target, cmd, e))
     }
 
     fn service_op(
@@ -105,6 +94,93 @@ impl NetlinkIpvs {
         );
         self.call(op, || IpvsTarget::Dest(*key, rs), msg, false)
             .map(drop)
+    }
+}
+
+/// The error of request `op` about `target`, from the socket's.
+fn ipvs_error(
+    op: IpvsOp,
+    target: impl FnOnce() -> IpvsTarget,
+    cmd: IpvsCmd,
+    e: SocketError,
+) -> IpvsError {
+    match e {
+        SocketError::Kernel(source) => IpvsError::Kernel {
+            op,
+            target: target(),
+            source,
+        },
+        SocketError::Io(source) => IpvsError::Socket {
+            op,
+            target: target(),
+            source,
+        },
+        SocketError::Decode(source) => IpvsError::Decode { cmd, source },
+    }
+}
+
+/// One state-changing request: what it is called in errors, and its message.
+struct Request {
+    op: IpvsOp,
+    target: IpvsTarget,
+    msg: IpvsMessage,
+}
+
+impl Request {
+    /// The request that does `op`.
+    fn of(op: &Op) -> Result<Self, IpvsError> {
+        let service = |op: IpvsOp, cmd: IpvsCmd, key: ServiceKey, attrs| Request {
+            op,
+            target: IpvsTarget::Service(key),
+            msg: IpvsMessage::new(cmd, vec![IpvsAttr::Service(attrs)]),
+        };
+        let dest = |op: IpvsOp, cmd: IpvsCmd, key: &ServiceKey, rs: &RealServer, attrs| Request {
+            op,
+            target: IpvsTarget::Dest(*key, rs.socket_addr()),
+            msg: IpvsMessage::new(
+                cmd,
+                vec![IpvsAttr::Service(key.to_attrs()), IpvsAttr::Dest(attrs)],
+            ),
+        };
+        Ok(match op {
+            Op::AddVirtualServer(vs) => {
+                let op = IpvsOp::AddVirtualServer;
+                let attrs = vs.to_attrs().map_err(model_err(op))?;
+                service(op, IpvsCmd::NewService, vs.key(), attrs)
+            }
+            Op::UpdateVirtualServer(vs) => {
+                let op = IpvsOp::UpdateVirtualServer;
+                let attrs = vs.to_attrs().map_err(model_err(op))?;
+                service(op, IpvsCmd::SetService, vs.key(), attrs)
+            }
+            Op::DeleteVirtualServer(key) => service(
+                IpvsOp::DeleteVirtualServer,
+                IpvsCmd::DelService,
+                *key,
+                key.to_attrs(),
+            ),
+            Op::AddRealServer(key, rs) => dest(
+                IpvsOp::AddRealServer,
+                IpvsCmd::NewDest,
+                key,
+                rs,
+                rs.to_attrs(),
+            ),
+            Op::UpdateRealServer(key, rs) => dest(
+                IpvsOp::UpdateRealServer,
+                IpvsCmd::SetDest,
+                key,
+                rs,
+                rs.to_attrs(),
+            ),
+            Op::DeleteRealServer(key, rs) => dest(
+                IpvsOp::DeleteRealServer,
+                IpvsCmd::DelDest,
+                key,
+                rs,
+                rs.key_attrs(),
+            ),
+        })
     }
 }
 
@@ -306,6 +382,30 @@ impl IpvsOps for NetlinkIpvs {
         );
         self.call(IpvsOp::SetTimeouts, || IpvsTarget::Global, msg, false)
             .map(drop)
+    }
+
+    fn run_batch(&self, ops: &[Op]) -> Vec<Result<(), IpvsError>> {
+        let mut results: Vec<Result<(), IpvsError>> = Vec::with_capacity(ops.len());
+        let mut sent = Vec::with_capacity(ops.len());
+        let mut msgs = Vec::with_capacity(ops.len());
+        for (index, op) in ops.iter().enumerate() {
+            match Request::of(op) {
+                Ok(request) => {
+                    trace!(op = %request.op, msg = ?request.msg, "IPVS request (batched)");
+                    sent.push((index, request.op, request.target, request.msg.cmd));
+                    msgs.push(request.msg);
+                    results.push(Ok(()));
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        // One result per message, in order (IpvsSocket::batch).
+        for ((index, op, target, cmd), result) in sent.into_iter().zip(self.socket.batch(msgs)) {
+            if let (Err(e), Some(slot)) = (result, results.get_mut(index)) {
+                *slot = Err(ipvs_error(op, || target, cmd, e));
+            }
+        }
+        results
     }
 
     fn flush(&self) -> Result<(), IpvsError> {
