@@ -9,7 +9,7 @@
 use std::io;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use netlink_packet_core::{
     NetlinkMessage, ParseableParametrized, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
@@ -21,10 +21,10 @@ use netlink_packet_route::address::{
 };
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use netlink_sys::protocols::NETLINK_ROUTE;
 
 use crate::error::BackendError;
-use crate::netlink::socket::{read_datagram, Progress, SocketError};
+use crate::netlink::socket::{read_datagram, Conn, Progress, SocketError};
 
 /// `RTM_NEWLINK`: the type of a link reply.
 const RTM_NEWLINK: u16 = 16;
@@ -38,9 +38,12 @@ const EADDRNOTAVAIL: i32 = 99;
 const EEXIST: i32 = 17;
 
 /// A blocking rtnetlink socket, in the network namespace of the thread that opened it.
+///
+/// Address changes go in batches: many requests per datagram, their ACKs read back by
+/// sequence number (see `crate::netlink::socket`).
 #[derive(Debug)]
 pub struct RouteSocket {
-    socket: Mutex<Socket>,
+    conn: Mutex<Conn>,
     seq: AtomicU32,
 }
 
@@ -72,21 +75,20 @@ impl RouteSocket {
     /// # Errors
     /// [`BackendError::Link`] when no netlink socket can be opened.
     pub fn connect() -> Result<Self, BackendError> {
-        let open = || -> io::Result<Socket> {
-            let mut socket = Socket::new(NETLINK_ROUTE)?;
-            socket.bind_auto()?;
-            socket.connect(&SocketAddr::new(0, 0))?;
-            Ok(socket)
-        };
-        let socket = open().map_err(|source| BackendError::Link {
+        let conn = Conn::open(NETLINK_ROUTE).map_err(|source| BackendError::Link {
             op: "open",
             object: "NETLINK_ROUTE socket".into(),
             source,
         })?;
         Ok(RouteSocket {
-            socket: Mutex::new(socket),
+            conn: Mutex::new(conn),
             seq: AtomicU32::new(1),
         })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Conn> {
+        // Stale replies of a request interrupted by a panic are skipped by sequence number.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn exchange(
@@ -102,12 +104,12 @@ impl RouteSocket {
         request.finalize();
         let mut bytes = vec![0u8; request.buffer_len()];
         request.serialize(&mut bytes);
-        let socket = self.socket.lock().unwrap_or_else(|e| e.into_inner());
-        socket.send(&bytes, 0).map_err(SocketError::Io)?;
+        let mut conn = self.lock();
+        conn.send(&bytes).map_err(SocketError::Io)?;
         let mut replies = Vec::new();
         loop {
-            let (datagram, _) = socket.recv_from_full().map_err(SocketError::Io)?;
-            let progress = read_datagram(&datagram, seq, &mut |payload| {
+            let datagram = conn.recv(0).map_err(SocketError::Io)?;
+            let progress = read_datagram(datagram, seq, &mut |payload| {
                 let reply = RouteNetlinkMessage::parse_with_param(payload, reply_type)
                     .map_err(SocketError::Decode)?;
                 replies.push(reply);
@@ -299,5 +301,62 @@ impl RouteSocket {
             Err(e) if errno_of(&e) == Some(EADDRNOTAVAIL) => Ok(()),
             Err(e) => Err(link_err("delete address", ip.to_string())(e)),
         }
+    }
+
+    /// [`RouteSocket::add_address`] for each of `ips`, batched: one result per address, in
+    /// order.
+    pub fn add_addresses(&self, index: u32, ips: &[IpAddr]) -> Vec<Result<(), BackendError>> {
+        let results = self.address_batch(
+            ips,
+            |ip| RouteNetlinkMessage::NewAddress(Self::address_message(index, ip)),
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        );
+        ips.iter()
+            .zip(results)
+            .map(|(ip, result)| match result {
+                Ok(()) => Ok(()),
+                Err(e) if errno_of(&e) == Some(EEXIST) => Ok(()),
+                Err(e) => Err(link_err("add address", ip.to_string())(e)),
+            })
+            .collect()
+    }
+
+    /// [`RouteSocket::delete_address`] for each of `ips`, batched: one result per address, in
+    /// order.
+    pub fn delete_addresses(&self, index: u32, ips: &[IpAddr]) -> Vec<Result<(), BackendError>> {
+        let results = self.address_batch(
+            ips,
+            |ip| RouteNetlinkMessage::DelAddress(Self::address_message(index, ip)),
+            NLM_F_REQUEST | NLM_F_ACK,
+        );
+        ips.iter()
+            .zip(results)
+            .map(|(ip, result)| match result {
+                Ok(()) => Ok(()),
+                Err(e) if errno_of(&e) == Some(EADDRNOTAVAIL) => Ok(()),
+                Err(e) => Err(link_err("delete address", ip.to_string())(e)),
+            })
+            .collect()
+    }
+
+    fn address_batch(
+        &self,
+        ips: &[IpAddr],
+        message: impl Fn(IpAddr) -> RouteNetlinkMessage,
+        flags: u16,
+    ) -> Vec<Result<(), SocketError>> {
+        if ips.is_empty() {
+            return Vec::new();
+        }
+        let mut conn = self.lock();
+        conn.batch(&self.seq, ips.len(), |i, out| {
+            let Some(ip) = ips.get(i) else { return };
+            let mut request = NetlinkMessage::from(message(*ip));
+            request.header.flags = flags;
+            request.finalize();
+            let start = out.len();
+            out.resize(start + request.buffer_len(), 0);
+            request.serialize(&mut out[start..]);
+        })
     }
 }
