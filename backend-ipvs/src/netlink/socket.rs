@@ -105,6 +105,14 @@ impl Conn {
         self.limits
     }
 
+    /// Shrinks the receive buffer to `rcvbuf` and batches to `limits`, whatever they allow:
+    /// for tests of lost ACKs.
+    #[cfg(test)]
+    pub(crate) fn set_limits_for_test(&mut self, rcvbuf: usize, limits: BatchLimits) {
+        setsockopt(&self.socket.as_fd(), sockopt::RcvBufForce, &rcvbuf).expect("SO_RCVBUFFORCE");
+        self.limits = limits;
+    }
+
     /// Sends one datagram.
     pub(crate) fn send(&self, bytes: &[u8]) -> io::Result<()> {
         self.socket.send(bytes, 0).map(drop)
