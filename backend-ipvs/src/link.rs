@@ -24,7 +24,8 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::protocols::NETLINK_ROUTE;
 
 use crate::error::BackendError;
-use crate::netlink::socket::{read_datagram, Conn, Progress, SocketError};
+use crate::netlink::batch::Conn;
+use crate::netlink::socket::{read_datagram, Progress, SocketError};
 
 /// `RTM_NEWLINK`: the type of a link reply.
 const RTM_NEWLINK: u16 = 16;
@@ -364,7 +365,7 @@ impl RouteSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::socket::BatchLimits;
+    use crate::netlink::batch::BatchLimits;
 
     /// A route socket in a new network namespace (this test thread's), `lo` up.
     fn route_socket_in_new_netns() -> RouteSocket {
