@@ -49,18 +49,19 @@ pub fn observe_owned(ipvs: &dyn IpvsOps, ownership: &Ownership) -> Result<IpvsSt
     let mut services = BTreeMap::new();
     let all = ipvs.virtual_servers()?;
     let services_ms = started.elapsed().as_secs_f64() * 1e3;
+    let owned: Vec<_> = all
+        .into_iter()
+        .filter(|vs| ownership.is_owned(&vs.key()))
+        .collect();
+    let keys: Vec<ServiceKey> = owned.iter().map(|vs| vs.key()).collect();
     let mut real_servers = 0;
-    for vs in all {
-        let key = vs.key();
-        if !ownership.is_owned(&key) {
-            continue;
-        }
+    for (vs, dests) in owned.into_iter().zip(ipvs.real_servers_of(&keys)?) {
         let mut service = ServiceState::new(vs);
-        for rs in ipvs.real_servers(&key)? {
+        for rs in dests {
             service.real_servers.insert(rs.socket_addr(), rs);
             real_servers += 1;
         }
-        services.insert(key, service);
+        services.insert(service.vs.key(), service);
     }
     debug!(
         services = services.len(),

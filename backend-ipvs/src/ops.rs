@@ -109,6 +109,16 @@ pub trait IpvsOps: Send + Sync + std::fmt::Debug {
     /// A kernel, socket or decoding error.
     fn real_servers(&self, key: &ServiceKey) -> Result<Vec<RealServer>, IpvsError>;
 
+    /// [`IpvsOps::real_servers`] of each of `keys`, in the same order. The default dumps them
+    /// one by one; [`crate::NetlinkIpvs`] spreads the dumps over a few sockets and threads.
+    ///
+    /// # Errors
+    ///
+    /// The first failing dump.
+    fn real_servers_of(&self, keys: &[ServiceKey]) -> Result<Vec<Vec<RealServer>>, IpvsError> {
+        keys.iter().map(|key| self.real_servers(key)).collect()
+    }
+
     /// The connection timeouts.
     ///
     /// # Errors

@@ -360,7 +360,44 @@ fn batch_maps_each_error_to_its_op(ipvs: &dyn IpvsOps) {
     ipvs.flush().expect("flush");
 }
 
+/// The real servers of 300 virtual servers at once (dumped over several sockets and threads
+/// by `NetlinkIpvs`), in the order asked, a missing one with none.
+fn real_servers_of_many_in_order(ipvs: &dyn IpvsOps) {
+    let services: Vec<VirtualServer> = (0..300u16)
+        .map(|i| {
+            let addr = IpAddr::from([198, 18, 40 + (i / 200) as u8, (i % 200) as u8 + 1]);
+            VirtualServer::new(addr, Protocol::Tcp, 80, Scheduler::RoundRobin)
+        })
+        .collect();
+    let mut ops: Vec<Op> = services.iter().cloned().map(Op::AddVirtualServer).collect();
+    for (i, vs) in services.iter().enumerate() {
+        // i % 4 real servers: some virtual servers have none.
+        ops.extend((0..i % 4).map(|j| Op::AddRealServer(vs.key(), nth_real_server(i * 4 + j))));
+    }
+    assert!(ipvs.run_batch(&ops).iter().all(Result::is_ok));
+    let missing = ServiceKey {
+        port: 81,
+        ..services[0].key()
+    };
+    let mut keys: Vec<ServiceKey> = services.iter().rev().map(VirtualServer::key).collect();
+    keys.insert(150, missing);
+    let got = ipvs.real_servers_of(&keys).expect("dumps");
+    assert_eq!(got.len(), keys.len());
+    for (key, dests) in keys.iter().zip(got) {
+        let want = ipvs.real_servers(key).expect("one dump");
+        assert_eq!(configured(dests), configured(want), "{key}");
+    }
+    assert_eq!(ipvs.real_servers_of(&[]).expect("nothing").len(), 0);
+    ipvs.flush().expect("flush");
+}
+
 // === against the kernel (in the VM) ===
+
+#[test]
+#[ignore = "needs root and IPVS: run via scripts/vm-test"]
+fn kernel_real_servers_of_many_in_order() {
+    real_servers_of_many_in_order(&kernel_ipvs());
+}
 
 #[test]
 #[ignore = "needs root and IPVS: run via scripts/vm-test"]
@@ -540,6 +577,11 @@ fn fake_batch_reports_the_failing_op_and_applies_the_rest() {
     let fake = FakeIpvs::new();
     batch_reports_the_failing_op_and_applies_the_rest(&fake);
     assert_eq!(fake.batch_sizes(), vec![1, 4_000]);
+}
+
+#[test]
+fn fake_real_servers_of_many_in_order() {
+    real_servers_of_many_in_order(&FakeIpvs::new());
 }
 
 #[test]

@@ -55,6 +55,14 @@ impl IpvsSocket {
     /// Opens a `NETLINK_GENERIC` socket and resolves the `IPVS` family id through `nlctrl`
     /// (as genetlink's `Resolver` does); the id is kept for the socket's lifetime.
     pub(crate) fn connect() -> Result<Self, SocketError> {
+        let mut this = Self::connect_family(0)?;
+        this.family_id = this.resolve_family()?;
+        Ok(this)
+    }
+
+    /// Opens another socket for the family `family_id` resolved by an earlier
+    /// [`IpvsSocket::connect`] (in the calling thread's network namespace).
+    pub(crate) fn connect_family(family_id: u16) -> Result<Self, SocketError> {
         let conn = Conn::open(NETLINK_GENERIC).map_err(SocketError::Io)?;
         let limits = conn.limits();
         debug!(
@@ -62,13 +70,11 @@ impl IpvsSocket {
             batch_bytes = limits.bytes,
             "IPVS netlink socket"
         );
-        let mut this = IpvsSocket {
+        Ok(IpvsSocket {
             conn: Mutex::new(conn),
-            family_id: 0,
+            family_id,
             seq: AtomicU32::new(1),
-        };
-        this.family_id = this.resolve_family()?;
-        Ok(this)
+        })
     }
 
     /// The resolved generic-netlink id of the `IPVS` family.
