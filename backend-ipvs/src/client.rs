@@ -11,6 +11,7 @@ use crate::{
         socket::SocketError, AddressFamily, DestAttr, IpvsAttr, IpvsCmd, IpvsMessage, IpvsSocket,
     },
     ops::{IpvsInfo, IpvsOps, Timeouts},
+    plan::Op,
 };
 
 /// The kernel's IPVS table, reached over generic netlink.
@@ -20,7 +21,15 @@ use crate::{
 #[derive(Debug)]
 pub struct NetlinkIpvs {
     socket: IpvsSocket,
+    /// More sockets, for dumping the real servers of many virtual servers in parallel
+    /// ([`IpvsOps::real_servers_of`]); may be empty.
+    dumpers: Vec<IpvsSocket>,
 }
+
+/// Most threads [`IpvsOps::real_servers_of`] dumps on (the caller's included).
+const DUMP_THREADS: usize = 4;
+/// Fewer keys than this per thread are dumped on the caller's thread alone.
+const KEYS_PER_THREAD: usize = 64;
 
 impl NetlinkIpvs {
     /// Opens the socket and resolves the `IPVS` family.
@@ -43,11 +52,17 @@ impl NetlinkIpvs {
                 source: io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
             },
         })?;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // Opened here, so they are in this thread's network namespace like the first one.
+        let dumpers: Vec<IpvsSocket> = (1..threads.min(DUMP_THREADS))
+            .map_while(|_| IpvsSocket::connect_family(socket.family_id()).ok())
+            .collect();
         debug!(
             family_id = socket.family_id(),
+            dump_sockets = 1 + dumpers.len(),
             "resolved IPVS generic netlink family"
         );
-        Ok(NetlinkIpvs { socket })
+        Ok(NetlinkIpvs { socket, dumpers })
     }
 
     fn call(
@@ -57,26 +72,7 @@ impl NetlinkIpvs {
         msg: IpvsMessage,
         dump: bool,
     ) -> Result<Vec<IpvsMessage>, IpvsError> {
-        let cmd = msg.cmd;
-        trace!(%op, ?msg, dump, "IPVS request");
-        let result = if dump {
-            self.socket.dump(msg)
-        } else {
-            self.socket.request(msg)
-        };
-        result.map_err(|e| match e {
-            SocketError::Kernel(source) => IpvsError::Kernel {
-                op,
-                target: target(),
-                source,
-            },
-            SocketError::Io(source) => IpvsError::Socket {
-                op,
-                target: target(),
-                source,
-            },
-            SocketError::Decode(source) => IpvsError::Decode { cmd, source },
-        })
+        call_on(&self.socket, op, target, msg, dump)
     }
 
     fn service_op(
@@ -105,6 +101,135 @@ impl NetlinkIpvs {
         );
         self.call(op, || IpvsTarget::Dest(*key, rs), msg, false)
             .map(drop)
+    }
+}
+
+/// One request (or dump) on `socket`.
+fn call_on(
+    socket: &IpvsSocket,
+    op: IpvsOp,
+    target: impl FnOnce() -> IpvsTarget,
+    msg: IpvsMessage,
+    dump: bool,
+) -> Result<Vec<IpvsMessage>, IpvsError> {
+    let cmd = msg.cmd;
+    trace!(%op, ?msg, dump, "IPVS request");
+    let result = if dump {
+        socket.dump(msg)
+    } else {
+        socket.request(msg)
+    };
+    result.map_err(|e| ipvs_error(op, target, cmd, e))
+}
+
+/// The real servers of `key`, dumped on `socket` (`IPVS_CMD_GET_DEST` takes one service).
+fn dump_real_servers(socket: &IpvsSocket, key: &ServiceKey) -> Result<Vec<RealServer>, IpvsError> {
+    let op = IpvsOp::GetRealServers;
+    let msg = IpvsMessage::new(IpvsCmd::GetDest, vec![IpvsAttr::Service(key.to_attrs())]);
+    let replies = call_on(socket, op, || IpvsTarget::Service(*key), msg, true)?;
+    let mut servers = Vec::with_capacity(replies.len());
+    for attr in replies.iter().flat_map(|m| &m.attrs) {
+        let IpvsAttr::Dest(attrs) = attr else {
+            continue;
+        };
+        let has_family = attrs.iter().any(|a| matches!(a, DestAttr::AddrFamily(_)));
+        let rs = if has_family {
+            RealServer::try_from(attrs.as_slice())
+        } else {
+            // Kernels before 4.3: the destination has the service's family.
+            let mut with_family = vec![DestAttr::AddrFamily(AddressFamily::of(key.addr))];
+            with_family.extend(attrs.iter().cloned());
+            RealServer::try_from(with_family.as_slice())
+        };
+        servers.push(rs.map_err(model_err(op))?);
+    }
+    Ok(servers)
+}
+
+/// The error of request `op` about `target`, from the socket's.
+fn ipvs_error(
+    op: IpvsOp,
+    target: impl FnOnce() -> IpvsTarget,
+    cmd: IpvsCmd,
+    e: SocketError,
+) -> IpvsError {
+    match e {
+        SocketError::Kernel(source) => IpvsError::Kernel {
+            op,
+            target: target(),
+            source,
+        },
+        SocketError::Io(source) => IpvsError::Socket {
+            op,
+            target: target(),
+            source,
+        },
+        SocketError::Decode(source) => IpvsError::Decode { cmd, source },
+    }
+}
+
+/// One state-changing request: what it is called in errors, and its message.
+struct Request {
+    op: IpvsOp,
+    target: IpvsTarget,
+    msg: IpvsMessage,
+}
+
+impl Request {
+    /// The request that does `op`.
+    fn of(op: &Op) -> Result<Self, IpvsError> {
+        let service = |op: IpvsOp, cmd: IpvsCmd, key: ServiceKey, attrs| Request {
+            op,
+            target: IpvsTarget::Service(key),
+            msg: IpvsMessage::new(cmd, vec![IpvsAttr::Service(attrs)]),
+        };
+        let dest = |op: IpvsOp, cmd: IpvsCmd, key: &ServiceKey, rs: &RealServer, attrs| Request {
+            op,
+            target: IpvsTarget::Dest(*key, rs.socket_addr()),
+            msg: IpvsMessage::new(
+                cmd,
+                vec![IpvsAttr::Service(key.to_attrs()), IpvsAttr::Dest(attrs)],
+            ),
+        };
+        Ok(match op {
+            Op::AddVirtualServer(vs) => {
+                let op = IpvsOp::AddVirtualServer;
+                let attrs = vs.to_attrs().map_err(model_err(op))?;
+                service(op, IpvsCmd::NewService, vs.key(), attrs)
+            }
+            Op::UpdateVirtualServer(vs) => {
+                let op = IpvsOp::UpdateVirtualServer;
+                let attrs = vs.to_attrs().map_err(model_err(op))?;
+                service(op, IpvsCmd::SetService, vs.key(), attrs)
+            }
+            Op::DeleteVirtualServer(key) => service(
+                IpvsOp::DeleteVirtualServer,
+                IpvsCmd::DelService,
+                *key,
+                key.to_attrs(),
+            ),
+            Op::AddRealServer(key, rs) => dest(
+                IpvsOp::AddRealServer,
+                IpvsCmd::NewDest,
+                key,
+                rs,
+                rs.to_attrs(),
+            ),
+            Op::UpdateRealServer(key, rs) => dest(
+                IpvsOp::UpdateRealServer,
+                IpvsCmd::SetDest,
+                key,
+                rs,
+                rs.to_attrs(),
+            ),
+            Op::DeleteRealServer(key, rs) => dest(
+                IpvsOp::DeleteRealServer,
+                IpvsCmd::DelDest,
+                key,
+                rs,
+                rs.key_attrs(),
+            ),
+        })
     }
 }
 
@@ -253,26 +378,39 @@ impl IpvsOps for NetlinkIpvs {
     }
 
     fn real_servers(&self, key: &ServiceKey) -> Result<Vec<RealServer>, IpvsError> {
-        let op = IpvsOp::GetRealServers;
-        let msg = IpvsMessage::new(IpvsCmd::GetDest, vec![IpvsAttr::Service(key.to_attrs())]);
-        let replies = self.call(op, || IpvsTarget::Service(*key), msg, true)?;
-        let mut servers = Vec::with_capacity(replies.len());
-        for attr in replies.iter().flat_map(|m| &m.attrs) {
-            let IpvsAttr::Dest(attrs) = attr else {
-                continue;
-            };
-            let has_family = attrs.iter().any(|a| matches!(a, DestAttr::AddrFamily(_)));
-            let rs = if has_family {
-                RealServer::try_from(attrs.as_slice())
-            } else {
-                // Kernels before 4.3: the destination has the service's family.
-                let mut with_family = vec![DestAttr::AddrFamily(AddressFamily::of(key.addr))];
-                with_family.extend(attrs.iter().cloned());
-                RealServer::try_from(with_family.as_slice())
-            };
-            servers.push(rs.map_err(model_err(op))?);
-        }
-        Ok(servers)
+        dump_real_servers(&self.socket, key)
+    }
+
+    fn real_servers_of(&self, keys: &[ServiceKey]) -> Result<Vec<Vec<RealServer>>, IpvsError> {
+        // One dump per virtual server, and a socket runs one dump at a time (a second one
+        // meets EBUSY until the first is read to its end): spread them over sockets.
+        let sockets: Vec<&IpvsSocket> = std::iter::once(&self.socket)
+            .chain(&self.dumpers)
+            .take(keys.len().div_ceil(KEYS_PER_THREAD).max(1))
+            .collect();
+        let chunk = keys.len().div_ceil(sockets.len()).max(1);
+        let dump_chunk = |socket: &IpvsSocket, keys: &[ServiceKey]| {
+            keys.iter()
+                .map(|key| dump_real_servers(socket, key))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let mut chunks = keys.chunks(chunk).zip(&sockets);
+        let Some((first_keys, first_socket)) = chunks.next() else {
+            return Ok(Vec::new());
+        };
+        std::thread::scope(|scope| {
+            let others: Vec<_> = chunks
+                .map(|(keys, socket)| scope.spawn(move || dump_chunk(socket, keys)))
+                .collect();
+            let mut all = dump_chunk(first_socket, first_keys)?;
+            for handle in others {
+                let part = handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+                all.extend(part);
+            }
+            Ok(all)
+        })
     }
 
     fn timeouts(&self) -> Result<Timeouts, IpvsError> {
@@ -306,6 +444,30 @@ impl IpvsOps for NetlinkIpvs {
         );
         self.call(IpvsOp::SetTimeouts, || IpvsTarget::Global, msg, false)
             .map(drop)
+    }
+
+    fn run_batch(&self, ops: &[Op]) -> Vec<Result<(), IpvsError>> {
+        let mut results: Vec<Result<(), IpvsError>> = Vec::with_capacity(ops.len());
+        let mut sent = Vec::with_capacity(ops.len());
+        let mut msgs = Vec::with_capacity(ops.len());
+        for (index, op) in ops.iter().enumerate() {
+            match Request::of(op) {
+                Ok(request) => {
+                    trace!(op = %request.op, msg = ?request.msg, "IPVS request (batched)");
+                    sent.push((index, request.op, request.target, request.msg.cmd));
+                    msgs.push(request.msg);
+                    results.push(Ok(()));
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        // One result per message, in order (IpvsSocket::batch).
+        for ((index, op, target, cmd), result) in sent.into_iter().zip(self.socket.batch(msgs)) {
+            if let (Err(e), Some(slot)) = (result, results.get_mut(index)) {
+                *slot = Err(ipvs_error(op, || target, cmd, e));
+            }
+        }
+        results
     }
 
     fn flush(&self) -> Result<(), IpvsError> {

@@ -26,7 +26,7 @@ use proxy_core::dataplane::{
 };
 use proxy_core::table::{Protocol, Scheduler, ServiceTable};
 use proxy_core::{diff, Dataplane, DataplaneError};
-use tracing::{debug, info, warn};
+use tracing::{debug, debug_span, info, warn};
 
 use crate::apply::apply_ops;
 use crate::cleanup::cleanup_owned;
@@ -281,9 +281,21 @@ impl Core {
         now: Instant,
     ) -> Result<Outcome, BackendError> {
         let partial = requested == SyncMode::Partial && !self.needs_full;
-        let (desired, touched) = self.take_desired(table, partial);
+        let started = Instant::now();
+        let (desired, touched) =
+            debug_span!("desired", partial).in_scope(|| self.take_desired(table, partial));
+        debug!(
+            partial,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            "IPVS desired state"
+        );
         let result = self.sync_desired(&desired, touched.as_ref(), now);
+        let started = Instant::now();
         self.cache = Some((table.clone(), desired));
+        debug!(
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            "IPVS table cached"
+        );
         result
     }
 
@@ -294,6 +306,7 @@ impl Core {
         now: Instant,
     ) -> Result<Outcome, BackendError> {
         let full = touched.is_none();
+        let mut phases = Phases::start();
         let mut outcome = Outcome {
             mode: if full {
                 SyncMode::Full
@@ -307,6 +320,7 @@ impl Core {
             problems: desired.problems(),
         };
         if let Some(link) = &self.link {
+            let _span = debug_span!("link").entered();
             if full || self.link_index.is_none() {
                 let (index, created) = link.ensure_dummy(&self.config.interface)?;
                 if created {
@@ -317,8 +331,10 @@ impl Core {
                 set_ipvs_sysctls();
             }
         }
+        phases.lap("link");
 
         let ipvs = Arc::clone(&self.ipvs);
+        let observe_span = debug_span!("observe", full).entered();
         if full {
             let observed = observe_owned(ipvs.as_ref(), &self.ownership)?;
             outcome.drift = count_drift(&self.applied, &observed);
@@ -332,6 +348,8 @@ impl Core {
         } else {
             refresh_services(ipvs.as_ref(), &self.draining.services(), &mut self.applied)?;
         }
+        drop(observe_span);
+        phases.lap("observe");
 
         // The addresses this sync may bind or unbind: all (full) or the touched ones.
         let candidates: BTreeSet<IpAddr> = match touched {
@@ -346,19 +364,24 @@ impl Core {
 
         // VIPs first, so a new virtual server is reachable as soon as it exists.
         if let (Some(link), Some(index)) = (&self.link, self.link_index) {
-            for ip in &candidates {
-                if desired.vips.contains_key(ip) && !self.ownership.bound.contains(ip) {
-                    match link.add_address(index, *ip) {
-                        Ok(()) => {
-                            self.ownership.bound.insert(*ip);
-                            outcome.written += 1;
-                        }
-                        Err(e) => outcome.problems.push(problem_of(desired, *ip, &e)),
+            let _span = debug_span!("bind").entered();
+            let new: Vec<IpAddr> = candidates
+                .iter()
+                .filter(|ip| desired.vips.contains_key(ip) && !self.ownership.bound.contains(ip))
+                .copied()
+                .collect();
+            for (ip, result) in new.iter().zip(link.add_addresses(index, &new)) {
+                match result {
+                    Ok(()) => {
+                        self.ownership.bound.insert(*ip);
+                        outcome.written += 1;
                     }
+                    Err(e) => outcome.problems.push(problem_of(desired, *ip, &e)),
                 }
             }
         }
 
+        phases.lap("bind");
         let grace = self.config.graceful_termination;
         let plan = match touched {
             None => plan(&desired.state, &self.applied, &self.draining, now, grace),
@@ -381,7 +404,10 @@ impl Core {
             full,
             "IPVS plan"
         );
-        let applied = apply_ops(ipvs.as_ref(), &plan.ops, &mut self.applied);
+        phases.lap("plan");
+        let applied = debug_span!("apply", ops = plan.ops.len())
+            .in_scope(|| apply_ops(ipvs.as_ref(), &plan.ops, &mut self.applied));
+        phases.lap("apply");
         outcome.written += applied.done;
         for failure in &applied.failures {
             let origin = desired
@@ -402,14 +428,17 @@ impl Core {
 
         // Unbind what no virtual server of ours uses any more.
         if let (Some(link), Some(index)) = (&self.link, self.link_index) {
-            for ip in candidates {
-                let stale = self.ownership.bound.contains(&ip)
-                    && !desired.vips.contains_key(&ip)
-                    && !has_service_on(&self.applied, ip);
-                if !stale {
-                    continue;
-                }
-                match link.delete_address(index, ip) {
+            let _span = debug_span!("unbind").entered();
+            let stale: Vec<IpAddr> = candidates
+                .into_iter()
+                .filter(|ip| {
+                    self.ownership.bound.contains(ip)
+                        && !desired.vips.contains_key(ip)
+                        && !has_service_on(&self.applied, *ip)
+                })
+                .collect();
+            for (&ip, result) in stale.iter().zip(link.delete_addresses(index, &stale)) {
+                match result {
                     Ok(()) => {
                         self.ownership.bound.remove(&ip);
                         outcome.written += 1;
@@ -422,7 +451,9 @@ impl Core {
             }
         }
 
+        phases.lap("unbind");
         if let Some(companions) = &mut self.companions {
+            let _span = debug_span!("companions").entered();
             match companions.sync(desired, touched) {
                 Ok(written) => outcome.written += written,
                 Err(e) => outcome.problems.push(SyncProblem {
@@ -431,6 +462,8 @@ impl Core {
                 }),
             }
         }
+        phases.lap("companions");
+        phases.log(full, outcome.written);
         self.needs_full = !applied.failures.is_empty();
         Ok(outcome)
     }
@@ -483,6 +516,52 @@ impl Core {
         self.ownership = Ownership::default();
         self.needs_full = true;
         result.map(|objects_removed| CleanupReport { objects_removed })
+    }
+}
+
+/// Where a sync's time goes: the wall time of each phase, logged at debug level once per sync.
+#[derive(Debug)]
+struct Phases {
+    last: Instant,
+    laps: Vec<(&'static str, std::time::Duration)>,
+}
+
+impl Phases {
+    fn start() -> Self {
+        Phases {
+            last: Instant::now(),
+            laps: Vec::with_capacity(8),
+        }
+    }
+
+    /// Ends the phase `name` (started at the previous lap).
+    fn lap(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.laps.push((name, now - self.last));
+        self.last = now;
+    }
+
+    fn ms(&self, name: &str) -> f64 {
+        self.laps
+            .iter()
+            .filter(|(n, _)| *n == name)
+            .map(|(_, d)| d.as_secs_f64() * 1e3)
+            .sum()
+    }
+
+    fn log(&self, full: bool, written: usize) {
+        debug!(
+            full,
+            written,
+            link_ms = self.ms("link"),
+            observe_ms = self.ms("observe"),
+            bind_ms = self.ms("bind"),
+            plan_ms = self.ms("plan"),
+            apply_ms = self.ms("apply"),
+            unbind_ms = self.ms("unbind"),
+            companions_ms = self.ms("companions"),
+            "IPVS sync phases"
+        );
     }
 }
 

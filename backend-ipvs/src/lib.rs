@@ -5,8 +5,10 @@
 //! [`Config::node_addresses`] entry on the node port. Each gets the port's scheduler (`rr`,
 //! `wrr`, `lc`, `wlc`, `sh`, `dh`, `sed`, `nq`, `mh`; not `random`), persistence for client-IP
 //! affinity, and a masquerading real server per selected endpoint with its weight. A sync diffs
-//! against the kernel (dumped on full syncs) and sends only the needed netlink requests; removed
-//! TCP real servers drain at weight 0 (see [`plan`]).
+//! against the kernel (dumped on full syncs) and sends only the needed netlink requests, many
+//! per datagram ([`IpvsOps::run_batch`]); removed TCP real servers drain at weight 0 (see
+//! [`plan`]). With `RUST_LOG=backend_ipvs=debug`, each sync logs where its time went
+//! (`IPVS sync phases`).
 //!
 //! **What it owns** (and [`IpvsDataplane::cleanup_now`] / `Dataplane::cleanup` removes):
 //! - the dummy interface [`Config::interface`] (`svcp-ipvs0`) and its /32 and /128 VIPs;

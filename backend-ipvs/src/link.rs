@@ -9,7 +9,7 @@
 use std::io;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use netlink_packet_core::{
     NetlinkMessage, ParseableParametrized, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
@@ -21,9 +21,10 @@ use netlink_packet_route::address::{
 };
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use netlink_sys::protocols::NETLINK_ROUTE;
 
 use crate::error::BackendError;
+use crate::netlink::batch::Conn;
 use crate::netlink::socket::{read_datagram, Progress, SocketError};
 
 /// `RTM_NEWLINK`: the type of a link reply.
@@ -38,9 +39,12 @@ const EADDRNOTAVAIL: i32 = 99;
 const EEXIST: i32 = 17;
 
 /// A blocking rtnetlink socket, in the network namespace of the thread that opened it.
+///
+/// Address changes go in batches: many requests per datagram, their ACKs read back by
+/// sequence number (see `crate::netlink::socket`).
 #[derive(Debug)]
 pub struct RouteSocket {
-    socket: Mutex<Socket>,
+    conn: Mutex<Conn>,
     seq: AtomicU32,
 }
 
@@ -72,21 +76,20 @@ impl RouteSocket {
     /// # Errors
     /// [`BackendError::Link`] when no netlink socket can be opened.
     pub fn connect() -> Result<Self, BackendError> {
-        let open = || -> io::Result<Socket> {
-            let mut socket = Socket::new(NETLINK_ROUTE)?;
-            socket.bind_auto()?;
-            socket.connect(&SocketAddr::new(0, 0))?;
-            Ok(socket)
-        };
-        let socket = open().map_err(|source| BackendError::Link {
+        let conn = Conn::open(NETLINK_ROUTE).map_err(|source| BackendError::Link {
             op: "open",
             object: "NETLINK_ROUTE socket".into(),
             source,
         })?;
         Ok(RouteSocket {
-            socket: Mutex::new(socket),
+            conn: Mutex::new(conn),
             seq: AtomicU32::new(1),
         })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Conn> {
+        // Stale replies of a request interrupted by a panic are skipped by sequence number.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn exchange(
@@ -102,12 +105,12 @@ impl RouteSocket {
         request.finalize();
         let mut bytes = vec![0u8; request.buffer_len()];
         request.serialize(&mut bytes);
-        let socket = self.socket.lock().unwrap_or_else(|e| e.into_inner());
-        socket.send(&bytes, 0).map_err(SocketError::Io)?;
+        let mut conn = self.lock();
+        conn.send(&bytes).map_err(SocketError::Io)?;
         let mut replies = Vec::new();
         loop {
-            let (datagram, _) = socket.recv_from_full().map_err(SocketError::Io)?;
-            let progress = read_datagram(&datagram, seq, &mut |payload| {
+            let datagram = conn.recv(0).map_err(SocketError::Io)?;
+            let progress = read_datagram(datagram, seq, &mut |payload| {
                 let reply = RouteNetlinkMessage::parse_with_param(payload, reply_type)
                     .map_err(SocketError::Decode)?;
                 replies.push(reply);
@@ -299,5 +302,167 @@ impl RouteSocket {
             Err(e) if errno_of(&e) == Some(EADDRNOTAVAIL) => Ok(()),
             Err(e) => Err(link_err("delete address", ip.to_string())(e)),
         }
+    }
+
+    /// [`RouteSocket::add_address`] for each of `ips`, batched: one result per address, in
+    /// order.
+    pub fn add_addresses(&self, index: u32, ips: &[IpAddr]) -> Vec<Result<(), BackendError>> {
+        let results = self.address_batch(
+            ips,
+            |ip| RouteNetlinkMessage::NewAddress(Self::address_message(index, ip)),
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        );
+        ips.iter()
+            .zip(results)
+            .map(|(ip, result)| match result {
+                Ok(()) => Ok(()),
+                Err(e) if errno_of(&e) == Some(EEXIST) => Ok(()),
+                Err(e) => Err(link_err("add address", ip.to_string())(e)),
+            })
+            .collect()
+    }
+
+    /// [`RouteSocket::delete_address`] for each of `ips`, batched: one result per address, in
+    /// order.
+    pub fn delete_addresses(&self, index: u32, ips: &[IpAddr]) -> Vec<Result<(), BackendError>> {
+        let results = self.address_batch(
+            ips,
+            |ip| RouteNetlinkMessage::DelAddress(Self::address_message(index, ip)),
+            NLM_F_REQUEST | NLM_F_ACK,
+        );
+        ips.iter()
+            .zip(results)
+            .map(|(ip, result)| match result {
+                Ok(()) => Ok(()),
+                Err(e) if errno_of(&e) == Some(EADDRNOTAVAIL) => Ok(()),
+                Err(e) => Err(link_err("delete address", ip.to_string())(e)),
+            })
+            .collect()
+    }
+
+    fn address_batch(
+        &self,
+        ips: &[IpAddr],
+        message: impl Fn(IpAddr) -> RouteNetlinkMessage,
+        flags: u16,
+    ) -> Vec<Result<(), SocketError>> {
+        if ips.is_empty() {
+            return Vec::new();
+        }
+        let mut conn = self.lock();
+        conn.batch(&self.seq, ips.len(), |i, out| {
+            let Some(ip) = ips.get(i) else { return };
+            let mut request = NetlinkMessage::from(message(*ip));
+            request.header.flags = flags;
+            request.finalize();
+            let start = out.len();
+            out.resize(start + request.buffer_len(), 0);
+            request.serialize(&mut out[start..]);
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netlink::batch::BatchLimits;
+
+    /// A route socket in a new network namespace (this test thread's), `lo` up.
+    fn route_socket_in_new_netns() -> RouteSocket {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .unwrap_or_else(|e| panic!("unshare(CLONE_NEWNET) failed ({e}): this test needs root"));
+        let socket = RouteSocket::connect().expect("rtnetlink socket");
+        let lo = socket.link_index("lo").expect("get lo").expect("lo exists");
+        let mut up = LinkMessage::default();
+        up.header.index = lo;
+        up.header.flags = LinkFlags::Up;
+        up.header.change_mask = LinkFlags::Up;
+        socket
+            .exchange(
+                RouteNetlinkMessage::SetLink(up),
+                NLM_F_REQUEST | NLM_F_ACK,
+                RTM_NEWLINK,
+            )
+            .expect("lo up");
+        socket
+    }
+
+    fn nth(i: usize) -> IpAddr {
+        let i = u16::try_from(i).expect("small test index");
+        let [hi, lo] = i.to_be_bytes();
+        IpAddr::from([198, 18, 32 + hi, lo])
+    }
+
+    #[test]
+    #[ignore = "needs root: CI runs --include-ignored"]
+    fn a_batch_whose_acks_overflow_the_buffer_reports_them_lost_and_does_not_hang() {
+        let socket = route_socket_in_new_netns();
+        let lo = socket.link_index("lo").expect("get lo").expect("lo exists");
+        // Room for a handful of ACKs only, and one datagram for all 1,000 requests.
+        socket.lock().set_limits_for_test(
+            4_096,
+            BatchLimits {
+                ops: 1_000,
+                bytes: 1 << 20,
+            },
+        );
+        let ips: Vec<IpAddr> = (0..1_000).map(nth).collect();
+        let results = socket.add_addresses(lo, &ips);
+        assert_eq!(results.len(), 1_000);
+        let lost: Vec<&BackendError> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+        assert!(!lost.is_empty(), "a 4 KiB buffer cannot hold 1,000 ACKs");
+        for e in &lost {
+            let BackendError::Link { op, source, .. } = e else {
+                panic!("want a link error, got {e:?}");
+            };
+            assert_eq!(*op, "add address");
+            assert_eq!(source.raw_os_error(), Some(105), "ENOBUFS: {e:?}");
+        }
+        // The kernel did every request, acknowledged or not.
+        let bound = socket.addresses(lo).expect("dump addresses");
+        assert_eq!(bound.iter().filter(|ip| ips.contains(ip)).count(), 1_000);
+        // The socket still works: stale state does not leak into the next request.
+        socket.lock().set_limits_for_test(
+            1 << 20,
+            BatchLimits {
+                ops: 100,
+                bytes: 1 << 20,
+            },
+        );
+        let again = socket.delete_addresses(lo, &ips);
+        assert!(
+            again.iter().all(Result::is_ok),
+            "{:?}",
+            again.iter().find(|r| r.is_err())
+        );
+        assert_eq!(socket.addresses(lo).expect("dump").len(), 0);
+    }
+
+    #[test]
+    #[ignore = "needs root: CI runs --include-ignored"]
+    fn batched_address_changes_report_each_address() {
+        let socket = route_socket_in_new_netns();
+        let lo = socket.link_index("lo").expect("get lo").expect("lo exists");
+        let ips: Vec<IpAddr> = (0..600).map(nth).collect();
+        assert!(socket.add_addresses(lo, &ips).iter().all(Result::is_ok));
+        // Adding again is fine (EEXIST), as is deleting what is gone (EADDRNOTAVAIL).
+        assert!(socket
+            .add_addresses(lo, &ips[..10])
+            .iter()
+            .all(Result::is_ok));
+        let bound = socket.addresses(lo).expect("dump");
+        assert_eq!(bound.len(), 600, "global addresses on lo: ours only");
+        assert!(socket.delete_addresses(lo, &ips).iter().all(Result::is_ok));
+        assert!(socket
+            .delete_addresses(lo, &ips[..10])
+            .iter()
+            .all(Result::is_ok));
+        // A bad interface index fails each address, naming it.
+        let results = socket.add_addresses(9_999, &ips[..3]);
+        for (ip, result) in ips.iter().zip(&results) {
+            let e = result.as_ref().expect_err("no such interface");
+            assert!(e.to_string().contains(&ip.to_string()), "{e}");
+        }
+        assert_eq!(socket.addresses(lo).expect("dump").len(), 0);
     }
 }

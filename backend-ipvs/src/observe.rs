@@ -14,6 +14,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::time::Instant;
+
+use tracing::debug;
 
 use crate::error::IpvsError;
 use crate::model::ServiceKey;
@@ -42,18 +45,31 @@ impl Ownership {
 /// # Errors
 /// The first failing dump.
 pub fn observe_owned(ipvs: &dyn IpvsOps, ownership: &Ownership) -> Result<IpvsState, IpvsError> {
+    let started = Instant::now();
     let mut services = BTreeMap::new();
-    for vs in ipvs.virtual_servers()? {
-        let key = vs.key();
-        if !ownership.is_owned(&key) {
-            continue;
-        }
+    let all = ipvs.virtual_servers()?;
+    let services_ms = started.elapsed().as_secs_f64() * 1e3;
+    let owned: Vec<_> = all
+        .into_iter()
+        .filter(|vs| ownership.is_owned(&vs.key()))
+        .collect();
+    let keys: Vec<ServiceKey> = owned.iter().map(|vs| vs.key()).collect();
+    let mut real_servers = 0;
+    for (vs, dests) in owned.into_iter().zip(ipvs.real_servers_of(&keys)?) {
         let mut service = ServiceState::new(vs);
-        for rs in ipvs.real_servers(&key)? {
+        for rs in dests {
             service.real_servers.insert(rs.socket_addr(), rs);
+            real_servers += 1;
         }
-        services.insert(key, service);
+        services.insert(service.vs.key(), service);
     }
+    debug!(
+        services = services.len(),
+        real_servers,
+        services_ms,
+        total_ms = started.elapsed().as_secs_f64() * 1e3,
+        "observed IPVS state"
+    );
     Ok(IpvsState { services })
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::{
     error::IpvsError,
     model::{RealServer, ServiceKey, VirtualServer},
+    plan::Op,
 };
 
 /// General IPVS facts (`IPVS_CMD_GET_INFO`).
@@ -30,8 +31,8 @@ pub struct Timeouts {
     pub udp: Duration,
 }
 
-/// The IPVS operations the backend needs. Each call is one kernel request and blocks; call
-/// it from `tokio::task::spawn_blocking` in async code.
+/// The IPVS operations the backend needs. Each call is one kernel request (a batch: as few
+/// datagrams as fit) and blocks; call it from `tokio::task::spawn_blocking` in async code.
 ///
 /// Errors carry the operation and the service or real server, with the kernel's errno:
 /// [`IpvsError::is_exists`] for an add of something present, [`IpvsError::is_not_found`]
@@ -108,6 +109,16 @@ pub trait IpvsOps: Send + Sync + std::fmt::Debug {
     /// A kernel, socket or decoding error.
     fn real_servers(&self, key: &ServiceKey) -> Result<Vec<RealServer>, IpvsError>;
 
+    /// [`IpvsOps::real_servers`] of each of `keys`, in the same order. The default dumps them
+    /// one by one; [`crate::NetlinkIpvs`] spreads the dumps over a few sockets and threads.
+    ///
+    /// # Errors
+    ///
+    /// The first failing dump.
+    fn real_servers_of(&self, keys: &[ServiceKey]) -> Result<Vec<Vec<RealServer>>, IpvsError> {
+        keys.iter().map(|key| self.real_servers(key)).collect()
+    }
+
     /// The connection timeouts.
     ///
     /// # Errors
@@ -128,4 +139,33 @@ pub trait IpvsOps: Send + Sync + std::fmt::Debug {
     ///
     /// A kernel or socket error.
     fn flush(&self) -> Result<(), IpvsError>;
+
+    /// Runs `ops` in order, each as its own method would ([`run_op`]), and returns one result
+    /// per operation, in the same order. A failed operation does not stop the next ones, as
+    /// in the kernel, which handles each request of a batch on its own.
+    ///
+    /// The default runs them one by one; [`crate::NetlinkIpvs`] sends many requests per
+    /// datagram and reads their acknowledgements back by sequence number. Each error names its
+    /// operation and object as the single methods' errors do. A request whose acknowledgement
+    /// was lost is an error ([`IpvsError::Socket`]) even though the kernel may have done it:
+    /// the next full sync reads the kernel again.
+    fn run_batch(&self, ops: &[Op]) -> Vec<Result<(), IpvsError>> {
+        ops.iter().map(|op| run_op(self, op)).collect()
+    }
+}
+
+/// Runs one [`Op`] through the method that does it.
+///
+/// # Errors
+///
+/// The method's error.
+pub fn run_op<I: IpvsOps + ?Sized>(ipvs: &I, op: &Op) -> Result<(), IpvsError> {
+    match op {
+        Op::AddVirtualServer(vs) => ipvs.add_virtual_server(vs),
+        Op::UpdateVirtualServer(vs) => ipvs.update_virtual_server(vs),
+        Op::DeleteVirtualServer(key) => ipvs.delete_virtual_server(key),
+        Op::AddRealServer(key, rs) => ipvs.add_real_server(key, rs),
+        Op::UpdateRealServer(key, rs) => ipvs.update_real_server(key, rs),
+        Op::DeleteRealServer(key, rs) => ipvs.delete_real_server(key, rs),
+    }
 }

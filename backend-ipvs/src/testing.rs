@@ -11,12 +11,17 @@ use std::{
 use crate::{
     error::{errno, IpvsError, IpvsOp, IpvsTarget},
     model::{ConnCounts, RealServer, ServiceKey, VirtualServer},
-    ops::{IpvsInfo, IpvsOps, Timeouts},
+    ops::{run_op, IpvsInfo, IpvsOps, Timeouts},
+    plan::Op,
 };
 
 /// An in-memory IPVS table. It keeps real servers in insertion order (as the kernel lists
 /// them) and reports the same errnos as `net/netfilter/ipvs/ip_vs_ctl.c`: `EEXIST` on a
 /// duplicate, `ESRCH` for a missing virtual server, `ENOENT` for a missing real server.
+///
+/// [`IpvsOps::run_batch`] behaves like the kernel's handling of a batch: each operation in
+/// turn, a failure does not stop the next. The fake counts batches ([`FakeIpvs::batch_sizes`])
+/// so tests can assert how many round trips a sync would cost.
 #[derive(Debug)]
 pub struct FakeIpvs {
     state: Mutex<FakeState>,
@@ -26,6 +31,7 @@ pub struct FakeIpvs {
 struct FakeState {
     services: BTreeMap<ServiceKey, (VirtualServer, Vec<RealServer>)>,
     timeouts: Timeouts,
+    batches: Vec<usize>,
 }
 
 impl Default for FakeIpvs {
@@ -39,6 +45,7 @@ impl Default for FakeIpvs {
                     tcp_fin: Duration::from_secs(120),
                     udp: Duration::from_secs(300),
                 },
+                batches: Vec::new(),
             }),
         }
     }
@@ -54,6 +61,11 @@ impl FakeIpvs {
         // A test that panicked while holding the lock left consistent data behind: every
         // mutation below is a single map operation.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The size of each [`IpvsOps::run_batch`] call so far, in order.
+    pub fn batch_sizes(&self) -> Vec<usize> {
+        self.state().batches.clone()
     }
 
     /// Sets the connection counts a later [`IpvsOps::real_servers`] reports, as traffic
@@ -225,6 +237,11 @@ impl IpvsOps for FakeIpvs {
             }
         }
         Ok(())
+    }
+
+    fn run_batch(&self, ops: &[Op]) -> Vec<Result<(), IpvsError>> {
+        self.state().batches.push(ops.len());
+        ops.iter().map(|op| run_op(self, op)).collect()
     }
 
     fn flush(&self) -> Result<(), IpvsError> {

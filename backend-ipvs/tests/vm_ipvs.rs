@@ -10,8 +10,8 @@
 use std::{net::IpAddr, time::Duration};
 
 use backend_ipvs::{
-    testing::FakeIpvs, ConnCounts, IpvsOps, NetlinkIpvs, RealServer, SchedFlags, Scheduler,
-    ServiceKey, Timeouts, VirtualServer,
+    testing::FakeIpvs, ConnCounts, IpvsError, IpvsOp, IpvsOps, IpvsTarget, NetlinkIpvs, Op,
+    RealServer, SchedFlags, Scheduler, ServiceKey, Timeouts, VirtualServer,
 };
 use proxy_core::Protocol;
 
@@ -230,7 +230,186 @@ fn timeouts_round_trip(ipvs: &dyn IpvsOps) {
     );
 }
 
+/// Real server `i` of the batch tests: distinct addresses in 198.18.16.0/20.
+fn nth_real_server(i: usize) -> RealServer {
+    let i = u16::try_from(i).expect("fewer than 4,096 in the test");
+    let [hi, lo] = i.to_be_bytes();
+    RealServer::new(IpAddr::from([198, 18, 16 + hi, lo]), 8080, 1)
+}
+
+/// The index of each failed op, with its operation, target and errno.
+fn failures(results: &[Result<(), IpvsError>]) -> Vec<(usize, IpvsOp, IpvsTarget, Option<i32>)> {
+    results
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| match r {
+            Err(IpvsError::Kernel { op, target, .. }) => {
+                Some((i, *op, target.clone(), r.as_ref().err()?.errno()))
+            }
+            Err(other) => panic!("op {i}: want a kernel error, got {other:?}"),
+            Ok(()) => None,
+        })
+        .collect()
+}
+
+/// A batch of 4,000 real-server adds, more than one datagram holds, with one add to a missing
+/// virtual server in the middle: exactly that op fails, naming itself, and the rest are done.
+fn batch_reports_the_failing_op_and_applies_the_rest(ipvs: &dyn IpvsOps) {
+    const N: usize = 4_000;
+    const BAD: usize = 2_345;
+    let vs = VirtualServer::new(ip("198.18.0.60"), Protocol::Tcp, 80, Scheduler::RoundRobin);
+    let key = vs.key();
+    let missing = ServiceKey { port: 81, ..key };
+    assert_eq!(
+        failures(&ipvs.run_batch(&[Op::AddVirtualServer(vs.clone())])),
+        vec![]
+    );
+    let ops: Vec<Op> = (0..N)
+        .map(|i| {
+            let on = if i == BAD { missing } else { key };
+            Op::AddRealServer(on, nth_real_server(i))
+        })
+        .collect();
+    let results = ipvs.run_batch(&ops);
+    assert_eq!(results.len(), N);
+    let bad_target = IpvsTarget::Dest(missing, nth_real_server(BAD).socket_addr());
+    assert_eq!(
+        failures(&results),
+        vec![(BAD, IpvsOp::AddRealServer, bad_target, Some(3))],
+        "ESRCH for the add to a missing virtual server, and only that"
+    );
+    let dumped = ipvs.real_servers(&key).expect("dump dests");
+    assert_eq!(dumped.len(), N - 1);
+    let want: Vec<RealServer> = (0..N).filter(|&i| i != BAD).map(nth_real_server).collect();
+    assert_eq!(configured(dumped), configured(want));
+    ipvs.flush().expect("flush");
+}
+
+/// Every kind of op in one batch, each error mapped back to its own op.
+fn batch_maps_each_error_to_its_op(ipvs: &dyn IpvsOps) {
+    let vs = VirtualServer::new(
+        ip("198.18.0.70"),
+        Protocol::Udp,
+        53,
+        Scheduler::LeastConnection,
+    );
+    let key = vs.key();
+    let gone = ServiceKey { port: 54, ..key };
+    let a = RealServer::new(ip("198.18.1.70"), 5353, 1);
+    let b = RealServer::new(ip("198.18.1.71"), 5353, 1);
+    let ops = vec![
+        Op::AddVirtualServer(vs.clone()),  // 0: ok
+        Op::AddVirtualServer(vs.clone()),  // 1: EEXIST
+        Op::AddRealServer(key, a.clone()), // 2: ok
+        Op::UpdateRealServer(
+            key,
+            RealServer {
+                weight: 5,
+                ..a.clone()
+            },
+        ), // 3: ok
+        Op::UpdateRealServer(key, b.clone()), // 4: ENOENT
+        Op::DeleteRealServer(key, b.clone()), // 5: ENOENT
+        Op::UpdateVirtualServer(VirtualServer {
+            port: 54,
+            ..vs.clone()
+        }), // 6: ESRCH
+        Op::DeleteVirtualServer(gone),     // 7: ESRCH
+    ];
+    let results = ipvs.run_batch(&ops);
+    assert_eq!(
+        failures(&results),
+        vec![
+            (
+                1,
+                IpvsOp::AddVirtualServer,
+                IpvsTarget::Service(key),
+                Some(17)
+            ),
+            (
+                4,
+                IpvsOp::UpdateRealServer,
+                IpvsTarget::Dest(key, b.socket_addr()),
+                Some(2)
+            ),
+            (
+                5,
+                IpvsOp::DeleteRealServer,
+                IpvsTarget::Dest(key, b.socket_addr()),
+                Some(2)
+            ),
+            (
+                6,
+                IpvsOp::UpdateVirtualServer,
+                IpvsTarget::Service(gone),
+                Some(3)
+            ),
+            (
+                7,
+                IpvsOp::DeleteVirtualServer,
+                IpvsTarget::Service(gone),
+                Some(3)
+            ),
+        ]
+    );
+    assert_eq!(
+        configured(ipvs.real_servers(&key).expect("dump")),
+        vec![RealServer { weight: 5, ..a }]
+    );
+    assert_eq!(ipvs.run_batch(&[]).len(), 0, "an empty batch sends nothing");
+    ipvs.flush().expect("flush");
+}
+
+/// The real servers of 300 virtual servers at once (dumped over several sockets and threads
+/// by `NetlinkIpvs`), in the order asked, a missing one with none.
+fn real_servers_of_many_in_order(ipvs: &dyn IpvsOps) {
+    let services: Vec<VirtualServer> = (0..300u16)
+        .map(|i| {
+            let addr = IpAddr::from([198, 18, 40 + (i / 200) as u8, (i % 200) as u8 + 1]);
+            VirtualServer::new(addr, Protocol::Tcp, 80, Scheduler::RoundRobin)
+        })
+        .collect();
+    let mut ops: Vec<Op> = services.iter().cloned().map(Op::AddVirtualServer).collect();
+    for (i, vs) in services.iter().enumerate() {
+        // i % 4 real servers: some virtual servers have none.
+        ops.extend((0..i % 4).map(|j| Op::AddRealServer(vs.key(), nth_real_server(i * 4 + j))));
+    }
+    assert!(ipvs.run_batch(&ops).iter().all(Result::is_ok));
+    let missing = ServiceKey {
+        port: 81,
+        ..services[0].key()
+    };
+    let mut keys: Vec<ServiceKey> = services.iter().rev().map(VirtualServer::key).collect();
+    keys.insert(150, missing);
+    let got = ipvs.real_servers_of(&keys).expect("dumps");
+    assert_eq!(got.len(), keys.len());
+    for (key, dests) in keys.iter().zip(got) {
+        let want = ipvs.real_servers(key).expect("one dump");
+        assert_eq!(configured(dests), configured(want), "{key}");
+    }
+    assert_eq!(ipvs.real_servers_of(&[]).expect("nothing").len(), 0);
+    ipvs.flush().expect("flush");
+}
+
 // === against the kernel (in the VM) ===
+
+#[test]
+#[ignore = "needs root and IPVS: run via scripts/vm-test"]
+fn kernel_real_servers_of_many_in_order() {
+    real_servers_of_many_in_order(&kernel_ipvs());
+}
+
+#[test]
+#[ignore = "needs root and IPVS: run via scripts/vm-test"]
+fn kernel_batch_reports_the_failing_op_and_applies_the_rest() {
+    batch_reports_the_failing_op_and_applies_the_rest(&kernel_ipvs());
+}
+
+#[test]
+#[ignore = "needs root and IPVS: run via scripts/vm-test"]
+fn kernel_batch_maps_each_error_to_its_op() {
+    batch_maps_each_error_to_its_op(&kernel_ipvs());
+}
 
 #[test]
 #[ignore = "needs root and IPVS: run via scripts/vm-test"]
@@ -391,6 +570,23 @@ fn fake_errors_name_the_errno() {
 #[test]
 fn fake_ipv6_maglev_with_flags_and_persistence() {
     ipv6_maglev_with_flags_and_persistence(&FakeIpvs::new());
+}
+
+#[test]
+fn fake_batch_reports_the_failing_op_and_applies_the_rest() {
+    let fake = FakeIpvs::new();
+    batch_reports_the_failing_op_and_applies_the_rest(&fake);
+    assert_eq!(fake.batch_sizes(), vec![1, 4_000]);
+}
+
+#[test]
+fn fake_real_servers_of_many_in_order() {
+    real_servers_of_many_in_order(&FakeIpvs::new());
+}
+
+#[test]
+fn fake_batch_maps_each_error_to_its_op() {
+    batch_maps_each_error_to_its_op(&FakeIpvs::new());
 }
 
 #[test]

@@ -11,7 +11,7 @@
 //! - [`service`], [`dest`], [`stats`]: one enum per attribute set, unknown attributes kept in
 //!   `Other(DefaultNla)`;
 //! - [`message`]: [`IpvsMessage`] (command + top-level attributes, nested ones as `Vec`s);
-//! - [`socket`]: the blocking request/ACK/dump exchange.
+//! - [`socket`]: the blocking request/ACK/dump exchange; `batch`: many requests per datagram.
 //!
 //! Nothing here panics on bytes from the kernel: every length is checked before it is read.
 //! Emitting follows `netlink-packet-core`'s contract: `emit` writes into a buffer of exactly
@@ -19,6 +19,7 @@
 //!
 //! [`Nla`]: netlink_packet_core::Nla
 
+pub(crate) mod batch;
 pub(crate) mod constants;
 pub mod dest;
 pub mod kinds;

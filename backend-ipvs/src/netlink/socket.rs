@@ -1,11 +1,12 @@
-//! A blocking generic-netlink socket that speaks IPVS: resolves the family id once, sends one
-//! request at a time and collects the replies up to the ACK or the end of the dump.
+//! A blocking generic-netlink socket that speaks IPVS: resolves the family id once, and either
+//! sends one request and collects its replies up to the ACK or the end of the dump, or sends a
+//! batch of requests in one datagram and reads their ACKs back (see `super::batch`).
 
 use std::{
     io,
     sync::{
         atomic::{AtomicU32, Ordering},
-        Mutex,
+        Mutex, MutexGuard,
     },
 };
 
@@ -19,8 +20,10 @@ use netlink_packet_generic::{
     ctrl::{nlas::GenlCtrlAttrs, GenlCtrl, GenlCtrlCmd},
     GenlFamily, GenlHeader, GenlMessage,
 };
-use netlink_sys::{protocols::NETLINK_GENERIC, Socket, SocketAddr};
+use netlink_sys::protocols::NETLINK_GENERIC;
+use tracing::debug;
 
+use super::batch::Conn;
 use super::message::IpvsMessage;
 
 /// What went wrong below the IPVS layer; `crate::client` adds the operation and object.
@@ -43,7 +46,7 @@ pub(crate) enum SocketError {
 /// the kernel has answered in full (use `tokio::task::spawn_blocking` from async code).
 #[derive(Debug)]
 pub struct IpvsSocket {
-    socket: Mutex<Socket>,
+    conn: Mutex<Conn>,
     family_id: u16,
     seq: AtomicU32,
 }
@@ -52,23 +55,37 @@ impl IpvsSocket {
     /// Opens a `NETLINK_GENERIC` socket and resolves the `IPVS` family id through `nlctrl`
     /// (as genetlink's `Resolver` does); the id is kept for the socket's lifetime.
     pub(crate) fn connect() -> Result<Self, SocketError> {
-        let mut socket = Socket::new(NETLINK_GENERIC).map_err(SocketError::Io)?;
-        socket.bind_auto().map_err(SocketError::Io)?;
-        socket
-            .connect(&SocketAddr::new(0, 0))
-            .map_err(SocketError::Io)?;
-        let mut this = IpvsSocket {
-            socket: Mutex::new(socket),
-            family_id: 0,
-            seq: AtomicU32::new(1),
-        };
+        let mut this = Self::connect_family(0)?;
         this.family_id = this.resolve_family()?;
         Ok(this)
+    }
+
+    /// Opens another socket for the family `family_id` resolved by an earlier
+    /// [`IpvsSocket::connect`] (in the calling thread's network namespace).
+    pub(crate) fn connect_family(family_id: u16) -> Result<Self, SocketError> {
+        let conn = Conn::open(NETLINK_GENERIC).map_err(SocketError::Io)?;
+        let limits = conn.limits();
+        debug!(
+            batch_ops = limits.ops,
+            batch_bytes = limits.bytes,
+            "IPVS netlink socket"
+        );
+        Ok(IpvsSocket {
+            conn: Mutex::new(conn),
+            family_id,
+            seq: AtomicU32::new(1),
+        })
     }
 
     /// The resolved generic-netlink id of the `IPVS` family.
     pub fn family_id(&self) -> u16 {
         self.family_id
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Conn> {
+        // A poisoned lock only means another request panicked mid-way; the socket itself is
+        // still usable because stale replies are skipped by sequence number.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn resolve_family(&self) -> Result<u16, SocketError> {
@@ -104,6 +121,32 @@ impl IpvsSocket {
         self.ipvs_exchange(msg, NLM_F_REQUEST | NLM_F_DUMP)
     }
 
+    /// Sends `msgs` (commands that only change state) as few datagrams as the limits allow,
+    /// each request with `NLM_F_ACK`, and returns one result per request, in order. A
+    /// request the kernel refused does not stop the others; a request whose ACK was lost
+    /// (`ENOBUFS`) or never came is an error, as if refused, though it may have been done.
+    pub(crate) fn batch(&self, msgs: Vec<IpvsMessage>) -> Vec<Result<(), SocketError>> {
+        let mut conn = self.lock();
+        conn.batch(&self.seq, msgs.len(), |i, out| {
+            if let Some(msg) = msgs.get(i) {
+                self.encode(msg.clone(), NLM_F_REQUEST | NLM_F_ACK, 0, out);
+            }
+        })
+    }
+
+    /// Appends `msg` as one request to `out`.
+    fn encode(&self, msg: IpvsMessage, flags: u16, seq: u32, out: &mut Vec<u8>) {
+        let mut genl = GenlMessage::from_payload(msg);
+        genl.set_resolved_family_id(self.family_id);
+        let mut request = NetlinkMessage::from(genl);
+        request.header.flags = flags;
+        request.header.sequence_number = seq;
+        request.finalize();
+        let start = out.len();
+        out.resize(start + request.buffer_len(), 0);
+        request.serialize(&mut out[start..]);
+    }
+
     fn ipvs_exchange(&self, msg: IpvsMessage, flags: u16) -> Result<Vec<IpvsMessage>, SocketError> {
         let mut genl = GenlMessage::from_payload(msg);
         genl.set_resolved_family_id(self.family_id);
@@ -137,17 +180,40 @@ impl IpvsSocket {
         let mut bytes = vec![0u8; request.buffer_len()];
         request.serialize(&mut bytes);
 
-        // A poisoned lock only means another request panicked mid-way; the socket itself is
-        // still usable because stale replies are skipped by sequence number.
-        let socket = self.socket.lock().unwrap_or_else(|e| e.into_inner());
-        socket.send(&bytes, 0).map_err(SocketError::Io)?;
+        let mut conn = self.lock();
+        conn.send(&bytes).map_err(SocketError::Io)?;
         loop {
-            let (datagram, _) = socket.recv_from_full().map_err(SocketError::Io)?;
-            if read_datagram(&datagram, seq, &mut each)? == Progress::Finished {
+            let datagram = conn.recv(0).map_err(SocketError::Io)?;
+            if read_datagram(datagram, seq, &mut each)? == Progress::Finished {
                 return Ok(());
             }
         }
     }
+}
+
+/// The netlink messages of one datagram, each checked; stops after the first malformed one.
+pub(crate) fn messages(
+    datagram: &[u8],
+) -> impl Iterator<Item = Result<NetlinkBuffer<&[u8]>, DecodeError>> {
+    let mut offset = 0;
+    let mut failed = false;
+    std::iter::from_fn(move || {
+        if failed || offset >= datagram.len() {
+            return None;
+        }
+        match NetlinkBuffer::new_checked(&datagram[offset..]) {
+            Ok(nl) => {
+                // Messages in one datagram are 4-byte aligned (NLMSG_ALIGN); new_checked()
+                // made sure the length is at least a header, so this always moves on.
+                offset += (nl.length() as usize + 3) & !3;
+                Some(Ok(nl))
+            }
+            Err(e) => {
+                failed = true;
+                Some(Err(e))
+            }
+        }
+    })
 }
 
 /// The `CTRL_ATTR_FAMILY_ID` of a `CTRL_CMD_GETFAMILY` reply payload (genlmsghdr included).
@@ -181,12 +247,8 @@ pub(crate) fn read_datagram(
     seq: u32,
     each: &mut impl FnMut(&[u8]) -> Result<(), SocketError>,
 ) -> Result<Progress, SocketError> {
-    let mut offset = 0;
-    while offset < datagram.len() {
-        let nl = NetlinkBuffer::new_checked(&datagram[offset..]).map_err(SocketError::Decode)?;
-        // Messages in one datagram are 4-byte aligned (NLMSG_ALIGN); new_checked() made sure
-        // the length is at least a header, so this always moves on.
-        offset += (nl.length() as usize + 3) & !3;
+    for nl in messages(datagram) {
+        let nl = nl.map_err(SocketError::Decode)?;
         if nl.sequence_number() != seq {
             continue;
         }
@@ -221,20 +283,21 @@ pub(crate) fn read_datagram(
     }
     Ok(Progress::More)
 }
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! The reply loop, on datagrams shaped like the kernel's (see the `ipvsadm -Ln` and
     //! `ipvsadm -A` captures in `tests/captures/`: ACKs are 36 bytes with `NLM_F_CAPPED`).
 
     use super::*;
 
-    const SEQ: u32 = 1_795_616_306;
-    const IPVS_FAMILY: u16 = 0x20;
+    pub(crate) const SEQ: u32 = 1_795_616_306;
+    pub(crate) const IPVS_FAMILY: u16 = 0x20;
     const NLM_F_MULTI: u16 = 0x2;
     const NLM_F_CAPPED: u16 = 0x100;
 
     /// One netlink message: nlmsghdr (len, type, flags, seq, pid) + payload, padded to 4.
-    fn nlmsg(ty: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+    pub(crate) fn nlmsg(ty: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
         let mut m = Vec::new();
         m.extend_from_slice(&(16 + payload.len() as u32).to_ne_bytes());
         m.extend_from_slice(&ty.to_ne_bytes());
@@ -247,7 +310,7 @@ mod tests {
     }
 
     /// NLMSG_ERROR with `errno` (0: ACK), echoing a 16-byte request header.
-    fn error(seq: u32, errno: i32) -> Vec<u8> {
+    pub(crate) fn error(seq: u32, errno: i32) -> Vec<u8> {
         let mut payload = (-errno).to_ne_bytes().to_vec();
         payload.extend_from_slice(&nlmsg(IPVS_FAMILY, 0x5, seq, &[])[..16]);
         nlmsg(NLMSG_ERROR, NLM_F_CAPPED, seq, &payload)

@@ -1,7 +1,8 @@
 //! `bench ipvs`: issue #5's benchmark. For each table size N (service ports of 10 endpoints) and
 //! each backend (IPVS, iptables tree, iptables flat), in a fresh client/node/server topology
 //! ([`crate::netns`]): a cold full sync, a partial sync with one endpoint changed, a partial sync
-//! with one service port added (each timed around `Dataplane::sync`), then new connections at a
+//! with one service port added, a warm full resync of the same table (each timed around
+//! `Dataplane::sync`), then new connections at a
 //! fixed rate to the last service port's VIP (p50/p99). Meant to run as root inside the IPVS
 //! VM (`scripts/bench-ipvs`); see `bench/README.md`.
 //!
@@ -10,7 +11,7 @@
 //! backend that overruns is killed and the rest of its work at that N is skipped, with the
 //! reason in the report.
 
-pub mod node; // `bench ipvs-sync`: the three timed syncs, in the node namespace
+pub mod node; // `bench ipvs-sync`: the four timed syncs, in the node namespace
 pub mod render; // markdown and SVG
 pub mod table; // the benchmark's tables and address plan
 

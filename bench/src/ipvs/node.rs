@@ -1,6 +1,6 @@
 //! The node namespace's side of `bench ipvs`: `bench ipvs-sync` (hidden) builds one dataplane,
 //! drives it through the [`Dataplane`] trait (a cold full sync, a partial sync with one endpoint
-//! changed, a partial sync with one service port added) and prints one JSON line per step as it
+//! changed, a partial sync with one service port added, a warm full resync) and prints one JSON line per step as it
 //! finishes, so the parent still has the earlier steps when it kills a slow one.
 //!
 //! The kernel state stays behind when the process exits (no backend cleans up on drop): the
@@ -77,7 +77,7 @@ impl Backend {
     }
 }
 
-/// The three timed syncs, in order.
+/// The four timed syncs, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Step {
@@ -87,10 +87,18 @@ pub enum Step {
     EndpointChange,
     /// Partial sync: one service port (10 endpoints) added.
     ServiceAdd,
+    /// Full sync of the same table again (a periodic resync): the kernel's state is dumped
+    /// and compared, and nothing needs writing.
+    Resync,
 }
 
 /// All steps, in run order.
-pub const STEPS: [Step; 3] = [Step::Full, Step::EndpointChange, Step::ServiceAdd];
+pub const STEPS: [Step; 4] = [
+    Step::Full,
+    Step::EndpointChange,
+    Step::ServiceAdd,
+    Step::Resync,
+];
 
 /// One step's measurement: the line `bench ipvs-sync` prints.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -127,7 +135,7 @@ pub fn changed_port(ports: usize) -> usize {
     ports.saturating_sub(1) / 2
 }
 
-/// Runs the three steps in this process's network namespace, printing each result.
+/// Runs the four steps in this process's network namespace, printing each result.
 ///
 /// # Errors
 /// [`BenchError::Scenario`] when the dataplane cannot be made or a sync fails.
@@ -149,7 +157,8 @@ pub async fn run_sync(args: &SyncArgs) -> Result<(), BenchError> {
             changed.clone(),
             SyncMode::Partial,
         ),
-        (Step::ServiceAdd, changed, added, SyncMode::Partial),
+        (Step::ServiceAdd, changed, added.clone(), SyncMode::Partial),
+        (Step::Resync, added.clone(), added, SyncMode::Full),
     ];
     for (step, previous, desired, mode) in tables {
         let changes = diff(&previous, &desired);

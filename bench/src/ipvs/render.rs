@@ -80,6 +80,7 @@ fn step_title(step: Step) -> &'static str {
         Step::Full => "Full sync (cold), ms",
         Step::EndpointChange => "One endpoint changed (partial sync), ms",
         Step::ServiceAdd => "One service port added (partial sync), ms",
+        Step::Resync => "Full resync, nothing changed (warm: kernel state dumped), ms",
     }
 }
 
@@ -138,7 +139,12 @@ pub fn markdown(report: &IpvsReport, svg_name: &str) -> String {
         .filter(|b| *b != Backend::Ipvs)
         .collect();
     let has_ipvs = s.backends.contains(&Backend::Ipvs);
-    for step in [Step::Full, Step::EndpointChange, Step::ServiceAdd] {
+    for step in [
+        Step::Full,
+        Step::EndpointChange,
+        Step::ServiceAdd,
+        Step::Resync,
+    ] {
         let _ = writeln!(out, "## {}\n", step_title(step));
         let mut header = "| N |".to_owned();
         let mut rule = "|---:|".to_owned();
