@@ -46,6 +46,54 @@ pub struct Config {
     /// Program the companions (ipsets and iptables rules for masquerade, source ranges and
     /// reject). Off: only IPVS and the dummy interface are touched.
     pub manage_companions: bool,
+    /// Answer ARP only for addresses of the interface asked on (`arp_ignore=1`) and announce
+    /// only such addresses (`arp_announce=2`), on every interface of the namespace: kube-proxy's
+    /// `--ipvs-strict-arp`. Without it the node answers ARP for every VIP on the dummy
+    /// interface, which breaks layer-2 load balancers (MetalLB) announcing load-balancer IPs.
+    /// Namespace-wide sysctls, not ours alone: cleanup leaves them as set.
+    pub strict_arp: bool,
+    /// IPVS connection timeouts set at each full sync (kube-proxy's `--ipvs-tcp-timeout`,
+    /// `--ipvs-tcpfin-timeout`, `--ipvs-udp-timeout`); zero leaves a timeout as the kernel has
+    /// it (the default). Namespace-wide, like the sysctls.
+    pub timeouts: ConnectionTimeouts,
+}
+
+/// IPVS connection timeouts in whole seconds; zero means "leave as it is".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionTimeouts {
+    /// Established TCP connections (kernel default 900 s).
+    pub tcp_seconds: u32,
+    /// TCP connections after a FIN (kernel default 120 s).
+    pub tcp_fin_seconds: u32,
+    /// UDP flows (kernel default 300 s).
+    pub udp_seconds: u32,
+}
+
+impl ConnectionTimeouts {
+    /// Whether any timeout is to be set.
+    pub fn any(&self) -> bool {
+        *self != ConnectionTimeouts::default()
+    }
+
+    /// As the netlink client's [`Timeouts`](crate::ops::Timeouts) (zero: unchanged).
+    pub fn to_ops(self) -> crate::ops::Timeouts {
+        let secs = |s: u32| Duration::from_secs(u64::from(s));
+        crate::ops::Timeouts {
+            tcp: secs(self.tcp_seconds),
+            tcp_fin: secs(self.tcp_fin_seconds),
+            udp: secs(self.udp_seconds),
+        }
+    }
+
+    /// Whether `current` (the kernel's) already has every timeout this asks for.
+    pub fn satisfied_by(&self, current: &crate::ops::Timeouts) -> bool {
+        let wanted = self.to_ops();
+        let ok = |want: Duration, have: Duration| want.is_zero() || want == have;
+        ok(wanted.tcp, current.tcp)
+            && ok(wanted.tcp_fin, current.tcp_fin)
+            && ok(wanted.udp, current.udp)
+    }
 }
 
 /// Which iptables binary family writes the companion rules.
@@ -75,6 +123,8 @@ impl Default for Config {
             prefix: "SVCP-IPVS-".to_owned(),
             iptables: IptablesVariant::Auto,
             manage_companions: true,
+            strict_arp: false,
+            timeouts: ConnectionTimeouts::default(),
         }
     }
 }
@@ -135,6 +185,43 @@ mod tests {
         assert_eq!(partial.interface, "svc1");
         assert_eq!(partial.iptables, IptablesVariant::Nft);
         assert_eq!(partial.graceful_termination, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn timeouts_read_from_a_file_and_zero_means_unchanged() {
+        let config: Config = serde_json::from_str(
+            r#"{"strict_arp": true, "timeouts": {"tcp_seconds": 7200, "udp_seconds": 60}}"#,
+        )
+        .expect("parse");
+        assert!(config.strict_arp);
+        assert!(config.timeouts.any());
+        let ops = config.timeouts.to_ops();
+        assert_eq!(
+            (ops.tcp, ops.tcp_fin, ops.udp),
+            (
+                Duration::from_secs(7200),
+                Duration::ZERO,
+                Duration::from_secs(60)
+            )
+        );
+        let kernel = |tcp, fin, udp| crate::ops::Timeouts {
+            tcp: Duration::from_secs(tcp),
+            tcp_fin: Duration::from_secs(fin),
+            udp: Duration::from_secs(udp),
+        };
+        assert!(
+            config.timeouts.satisfied_by(&kernel(7200, 120, 60)),
+            "fin left alone"
+        );
+        assert!(!config.timeouts.satisfied_by(&kernel(900, 120, 60)));
+        assert!(!Config::default().timeouts.any());
+        assert!(Config::default()
+            .timeouts
+            .satisfied_by(&kernel(900, 120, 300)));
+        assert!(
+            serde_json::from_str::<Config>(r#"{"timeouts": {"tcp": 5}}"#).is_err(),
+            "unknown timeout keys are errors"
+        );
     }
 
     #[test]

@@ -246,6 +246,18 @@ impl IpvsDataplane {
 }
 
 impl Core {
+    /// Sets the configured IPVS connection timeouts unless the kernel already has them (one
+    /// read, and one write only when something differs).
+    fn apply_timeouts(&self) -> Result<(), BackendError> {
+        let current = self.ipvs.timeouts()?;
+        if self.config.timeouts.satisfied_by(&current) {
+            return Ok(());
+        }
+        self.ipvs.set_timeouts(&self.config.timeouts.to_ops())?;
+        info!(timeouts = ?self.config.timeouts, "IPVS connection timeouts set");
+        Ok(())
+    }
+
     /// The desired state for `table`, and what changed since the last one: `None` when it was
     /// computed whole (first sync, full sync).
     fn take_desired(&mut self, table: &ServiceTable, partial: bool) -> (Desired, Option<Touched>) {
@@ -329,6 +341,18 @@ impl Core {
                 self.ownership.bound = link.addresses(index)?.into_iter().collect();
                 self.link_index = Some(index);
                 set_ipvs_sysctls();
+                if self.config.strict_arp {
+                    set_strict_arp();
+                }
+            }
+        }
+        if full && self.config.timeouts.any() {
+            if let Err(e) = self.apply_timeouts() {
+                warn!(error = %e, "IPVS timeouts not set");
+                outcome.problems.push(SyncProblem {
+                    object: "IPVS connection timeouts".into(),
+                    reason: e.to_string(),
+                });
             }
         }
         phases.lap("link");
@@ -562,6 +586,23 @@ impl Phases {
             companions_ms = self.ms("companions"),
             "IPVS sync phases"
         );
+    }
+}
+
+/// kube-proxy's `--ipvs-strict-arp`: answer and announce ARP only for addresses of the
+/// interface concerned, so the VIPs on the dummy interface are not answered for on the wire.
+/// Written only when different; a failure is logged, not fatal.
+fn set_strict_arp() {
+    for (name, value) in [("arp_ignore", "1"), ("arp_announce", "2")] {
+        let path = format!("/proc/sys/net/ipv4/conf/all/{name}");
+        let current = std::fs::read_to_string(&path).unwrap_or_default();
+        if current.trim() == value {
+            continue;
+        }
+        match std::fs::write(&path, value) {
+            Ok(()) => info!(path, value, "strict ARP sysctl set"),
+            Err(e) => warn!(path, error = %e, "could not set strict ARP sysctl"),
+        }
     }
 }
 

@@ -678,3 +678,55 @@ fn vm_every_scheduler_is_programmed_and_serves() {
         }
     });
 }
+
+#[test]
+#[ignore = "needs root and IPVS: run via scripts/vm-test"]
+fn vm_strict_arp_and_connection_timeouts_are_set_on_a_full_sync() {
+    use backend_ipvs::ConnectionTimeouts;
+    const ARP_IGNORE: &str = "/proc/sys/net/ipv4/conf/all/arp_ignore";
+    const ARP_ANNOUNCE: &str = "/proc/sys/net/ipv4/conf/all/arp_announce";
+    in_own_thread(|| {
+        let _topo = Topology::new("arp");
+        let read = |path: &str| {
+            std::fs::read_to_string(path)
+                .unwrap_or_else(|e| panic!("{path}: {e}"))
+                .trim()
+                .to_owned()
+        };
+        assert_eq!(
+            (read(ARP_IGNORE), read(ARP_ANNOUNCE)),
+            ("0".to_owned(), "0".to_owned()),
+            "a fresh namespace starts with the kernel's ARP defaults"
+        );
+        let dp = IpvsDataplane::new(Config {
+            strict_arp: true,
+            timeouts: ConnectionTimeouts {
+                tcp_seconds: 7200,
+                tcp_fin_seconds: 0,
+                udp_seconds: 60,
+            },
+            ..config()
+        })
+        .unwrap_or_else(|e| panic!("{e:?}: {NEEDS_VM}"));
+        let t = table(vec![port("web", Protocol::Tcp, "198.19.0.10", 80, &[EP_A])]);
+        sync(&dp, &ServiceTable::empty(), &t, SyncMode::Full);
+        assert_eq!(
+            (read(ARP_IGNORE), read(ARP_ANNOUNCE)),
+            ("1".to_owned(), "2".to_owned())
+        );
+        let timeouts = NetlinkIpvs::connect()
+            .expect("IPVS")
+            .timeouts()
+            .expect("timeouts");
+        assert_eq!(
+            (timeouts.tcp, timeouts.tcp_fin, timeouts.udp),
+            (
+                Duration::from_secs(7200),
+                Duration::from_secs(120), // zero asked: the kernel's default stays
+                Duration::from_secs(60)
+            )
+        );
+        let listing = run("ipvsadm", &["-L", "--timeout"]);
+        assert!(listing.contains("7200 120 60"), "{listing}");
+    });
+}

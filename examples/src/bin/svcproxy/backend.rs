@@ -33,6 +33,12 @@ fn ipvs_config(args: &RunArgs) -> backend_ipvs::Config {
         node_addresses: args.node_addresses.clone(),
         cluster_cidrs: args.cluster_cidrs.clone(),
         masquerade_all: args.masquerade_all,
+        strict_arp: args.ipvs_strict_arp,
+        timeouts: backend_ipvs::ConnectionTimeouts {
+            tcp_seconds: args.ipvs_tcp_timeout,
+            tcp_fin_seconds: args.ipvs_tcpfin_timeout,
+            udp_seconds: args.ipvs_udp_timeout,
+        },
         ..backend_ipvs::Config::default()
     }
 }

@@ -98,6 +98,23 @@ pub struct RunArgs {
     #[arg(long = "nodeport-addresses", value_name = "CIDR")]
     pub node_port_addresses: Vec<ipnet::IpNet>,
 
+    /// ipvs backend: answer ARP only for each interface's own addresses (kube-proxy's
+    /// --ipvs-strict-arp; needed beside layer-2 load balancers such as MetalLB).
+    #[arg(long)]
+    pub ipvs_strict_arp: bool,
+
+    /// ipvs backend: IPVS timeout of established TCP connections, in seconds (0: leave as is).
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    pub ipvs_tcp_timeout: u32,
+
+    /// ipvs backend: IPVS timeout of TCP connections after a FIN, in seconds (0: leave as is).
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    pub ipvs_tcpfin_timeout: u32,
+
+    /// ipvs backend: IPVS timeout of UDP flows, in seconds (0: leave as is).
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    pub ipvs_udp_timeout: u32,
+
     /// Do not answer on the health-check node ports of `local` external-policy services (by
     /// default they are served on the --node-address addresses, as kube-proxy does).
     #[arg(long)]

@@ -77,6 +77,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         masquerade_all: false,
         node_addresses: vec!["127.0.0.1".parse().context("loopback")?],
         node_port_addresses: Vec::new(),
+        ipvs_strict_arp: false,
+        ipvs_tcp_timeout: 0,
+        ipvs_tcpfin_timeout: 0,
+        ipvs_udp_timeout: 0,
         no_service_health: false,
     };
     let outcome = crate::run(run_args).await;
