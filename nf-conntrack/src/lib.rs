@@ -16,18 +16,21 @@
 //! ```
 //! use nf_conntrack::{delete_matching, testing::FakeConntrack, Entry, Family, IPPROTO_UDP};
 //!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let flow = Entry {
 //!     proto: IPPROTO_UDP,
-//!     src: "198.18.0.1".parse().unwrap(),
-//!     dst: "198.19.0.53".parse().unwrap(),
+//!     src: "198.18.0.1".parse()?,
+//!     dst: "198.19.0.53".parse()?,
 //!     sport: 40000,
 //!     dport: 53,
-//!     reply_src: "198.18.1.1".parse().unwrap(),
+//!     reply_src: "198.18.1.1".parse()?,
 //! };
 //! let ops = FakeConntrack::with_entries([flow]);
-//! let deleted = delete_matching(&ops, Family::V4, |e| e.reply_src == flow.reply_src).unwrap();
+//! let deleted = delete_matching(&ops, Family::V4, |e| e.reply_src == flow.reply_src)?;
 //! assert_eq!(deleted, 1);
 //! assert!(ops.entries().is_empty());
+//! # Ok(())
+//! # }
 //! ```
 #![forbid(unsafe_code)]
 
