@@ -358,54 +358,6 @@ impl Companions {
         ]
     }
 
-    /// Deletes the conntrack entries of UDP flows from `vip:port` to a real server that was just
-    /// deleted, so their next datagrams are balanced afresh (kube-proxy does the same for
-    /// removed UDP endpoints). "No entry matched" is no error.
-    ///
-    /// # Errors
-    /// [`BackendError::Command`] when `conntrack` cannot run or fails otherwise.
-    pub fn clear_udp_flows(
-        &self,
-        vip: IpAddr,
-        port: u16,
-        real_server: IpAddr,
-    ) -> Result<(), BackendError> {
-        let (vip, port, rs) = (vip.to_string(), port.to_string(), real_server.to_string());
-        let family = if real_server.is_ipv4() {
-            "ipv4"
-        } else {
-            "ipv6"
-        };
-        let args = [
-            "-D",
-            "-f",
-            family,
-            "-p",
-            "udp",
-            "--orig-dst",
-            &vip,
-            "--dport",
-            &port,
-            "--reply-src",
-            &rs,
-        ];
-        let out = self
-            .runner
-            .run("conntrack", &args, None)
-            .map_err(|e| BackendError::Command {
-                command: format!("conntrack {}", args.join(" ")),
-                status: format!("could not run: {e}"),
-                stderr: String::new(),
-                input_context: Vec::new(),
-            })?;
-        // conntrack exits 1 with "0 flow entries have been deleted" when nothing matched.
-        if out.code == Some(0) || out.stderr.contains("0 flow entries") {
-            Ok(())
-        } else {
-            Err(command_error("conntrack", &args, &out, None))
-        }
-    }
-
     /// Removes our jumps, chains and sets (each family), and nothing else. Returns how many
     /// objects went.
     ///

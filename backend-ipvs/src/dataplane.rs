@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use async_trait::async_trait;
+use nf_conntrack::{ConntrackOps, Netlink as NetlinkConntrack};
 use proxy_core::dataplane::{
     Capabilities, CleanupReport, SyncMode, SyncProblem, SyncReport, SyncRequest,
 };
@@ -33,6 +34,7 @@ use crate::cleanup::cleanup_owned;
 use crate::companions::Companions;
 use crate::config::Config;
 use crate::error::BackendError;
+use crate::flows::{clear_udp_flows, StaleUdpFlows};
 use crate::link::RouteSocket;
 use crate::metrics::{Metrics, SyncStats};
 use crate::model::ServiceKey;
@@ -58,6 +60,8 @@ struct Core {
     ipvs: Arc<dyn IpvsOps>,
     link: Option<RouteSocket>,
     companions: Option<Companions>,
+    /// Where the conntrack entries of deleted UDP real servers are deleted; `None`: not at all.
+    conntrack: Option<Arc<dyn ConntrackOps>>,
     applied: IpvsState,
     draining: Draining,
     ownership: Ownership,
@@ -94,7 +98,8 @@ impl Outcome {
 
 impl IpvsDataplane {
     /// The dataplane on the kernel of this thread's network namespace: the IPVS netlink client,
-    /// an rtnetlink socket for the dummy interface, and (if configured) the companions.
+    /// an rtnetlink socket for the dummy interface, ctnetlink for the flows of deleted UDP real
+    /// servers, and (if configured) the companions.
     ///
     /// # Errors
     /// [`BackendError::Config`] for a bad config; [`BackendError::Ipvs`] when the kernel has no
@@ -107,11 +112,13 @@ impl IpvsDataplane {
             .manage_companions
             .then(|| Companions::new(&config))
             .transpose()?;
-        Ok(Self::from_parts(config, ipvs, Some(link), companions))
+        Ok(Self::from_parts(config, ipvs, Some(link), companions)
+            .with_conntrack(Arc::new(NetlinkConntrack)))
     }
 
-    /// A dataplane over any [`IpvsOps`] (a fake in tests), with no dummy interface and no
-    /// companions: ownership then rests on what this dataplane created.
+    /// A dataplane over any [`IpvsOps`] (a fake in tests), with no dummy interface, no
+    /// companions and no conntrack clean-up: ownership then rests on what this dataplane
+    /// created.
     ///
     /// # Errors
     /// [`BackendError::Config`] for a bad config.
@@ -132,6 +139,7 @@ impl IpvsDataplane {
                 ipvs,
                 link,
                 companions,
+                conntrack: None,
                 applied: IpvsState::default(),
                 draining: Draining::default(),
                 ownership: Ownership::default(),
@@ -163,6 +171,15 @@ impl IpvsDataplane {
             node_ports: true,
             ipv6: true,
         }
+    }
+
+    /// The same dataplane, deleting the conntrack entries of deleted UDP real servers through
+    /// `ops` after each sync ([`crate::flows`]; [`IpvsDataplane::new`] uses ctnetlink, tests a
+    /// fake).
+    #[must_use]
+    pub fn with_conntrack(self, ops: Arc<dyn ConntrackOps>) -> Self {
+        self.lock().conntrack = Some(ops);
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Core> {
@@ -493,8 +510,9 @@ impl Core {
     }
 
     /// Ownership of what was created or deleted, and the conntrack entries of deleted UDP
-    /// real servers.
+    /// real servers (all of this sync's at once: one dump per family).
     fn after_apply(&mut self, ops: &[Op], outcome: &mut Outcome) {
+        let mut stale = Vec::new();
         for op in ops {
             match op {
                 Op::AddVirtualServer(vs) if self.applied.services.contains_key(&vs.key()) => {
@@ -509,21 +527,39 @@ impl Core {
                         .services
                         .get(key)
                         .is_none_or(|s| !s.real_servers.contains_key(&rs.socket_addr()));
-                    let Some(companions) = &self.companions else {
-                        continue;
-                    };
-                    if !deleted {
-                        continue;
-                    }
-                    if let Err(e) = companions.clear_udp_flows(key.addr, key.port, rs.addr) {
-                        outcome.problems.push(SyncProblem {
-                            object: format!("UDP flows {key} -> {}", rs.socket_addr()),
-                            reason: e.to_string(),
+                    if deleted {
+                        stale.push(StaleUdpFlows {
+                            vip: key.addr,
+                            port: key.port,
+                            real_server: rs.addr,
                         });
                     }
                 }
                 _ => {}
             }
+        }
+        let Some(conntrack) = &self.conntrack else {
+            return;
+        };
+        if stale.is_empty() {
+            return;
+        }
+        match clear_udp_flows(conntrack.as_ref(), &stale) {
+            Ok(entries) => debug!(
+                real_servers = stale.len(),
+                entries, "conntrack entries of deleted UDP real servers deleted"
+            ),
+            Err(e) => outcome.problems.push(SyncProblem {
+                object: format!(
+                    "conntrack entries of {}",
+                    stale
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                reason: e.to_string(),
+            }),
         }
     }
 

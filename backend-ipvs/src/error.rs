@@ -202,7 +202,7 @@ pub enum BackendError {
     /// Writing or reading the companion ipsets failed.
     #[error(transparent)]
     Ipset(#[from] crate::ipset::IpsetError),
-    /// A companion tool (`iptables-restore`, `conntrack`) failed.
+    /// A companion tool (`iptables-restore`, `iptables`) failed.
     #[error("{command}: {status}: {stderr}{}", context_lines(input_context))]
     Command {
         /// The program and arguments.

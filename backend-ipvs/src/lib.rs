@@ -27,7 +27,8 @@
 //!   the ownership rule; [`link`]: the dummy interface over rtnetlink;
 //! - [`companions`]: ipsets and iptables rules; [`ipset`]: the ipset nfnetlink client the
 //!   companions write their sets with ([`ipset::NetlinkIpset`], batched, no process);
-//!   [`cleanup`]; [`metrics`]; [`error`];
+//!   [`flows`]: the conntrack entries of deleted UDP real servers, deleted over ctnetlink
+//!   (`nf_conntrack`, no process); [`cleanup`]; [`metrics`]; [`error`];
 //! - `testing` (feature `testing`): `FakeIpvs`, an in-memory `IpvsOps`; `ipset::FakeIpset`,
 //!   an in-memory `ipset::IpsetOps`.
 //!
@@ -87,6 +88,7 @@ pub mod companions;
 pub mod config;
 mod dataplane;
 pub mod error;
+pub mod flows;
 pub mod ipset;
 pub mod link;
 pub mod metrics;

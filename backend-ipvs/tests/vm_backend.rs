@@ -88,6 +88,24 @@ fn sync(dp: &IpvsDataplane, from: &ServiceTable, to: &ServiceTable, mode: SyncMo
     report
 }
 
+/// How many UDP conntrack entries of this namespace go to `vip` and are answered by
+/// `real_server`.
+fn tracked_udp_flows(vip: &str, real_server: std::net::IpAddr) -> usize {
+    use nf_conntrack::{ConntrackOps, Family, Netlink, IPPROTO_UDP};
+    let vip = sa(vip);
+    Netlink
+        .dump(Family::of(vip.ip()))
+        .unwrap_or_else(|e| panic!("conntrack dump: {e}"))
+        .iter()
+        .filter(|e| {
+            e.proto == IPPROTO_UDP
+                && e.dst == vip.ip()
+                && e.dport == vip.port()
+                && e.reply_src == real_server
+        })
+        .count()
+}
+
 /// Runs a test body on its own thread, so the namespace it makes goes with the thread.
 fn in_own_thread(f: impl FnOnce() + Send + 'static) {
     thread::spawn(f)
@@ -470,6 +488,11 @@ fn vm_removed_udp_endpoint_goes_at_once_and_its_flow_moves_on() {
         });
         let first = first_rx.recv_timeout(TIMEOUT).expect("first answer");
         let other = if first == sa(EP_A) { EP_B } else { EP_A };
+        assert_eq!(
+            tracked_udp_flows("198.19.0.53:53", first.ip()),
+            1,
+            "the flow is tracked, answered by {first}"
+        );
         let remaining = table(vec![port(
             "dns",
             Protocol::Udp,
@@ -492,6 +515,11 @@ fn vm_removed_udp_endpoint_goes_at_once_and_its_flow_moves_on() {
             .map(RealServer::socket_addr)
             .collect();
         assert_eq!(left, [sa(other)]);
+        assert_eq!(
+            tracked_udp_flows("198.19.0.53:53", first.ip()),
+            0,
+            "the sync deleted the flow's conntrack entry (over ctnetlink)"
+        );
         go_tx.send(()).expect("signal");
         let after = client
             .join()
@@ -500,6 +528,62 @@ fn vm_removed_udp_endpoint_goes_at_once_and_its_flow_moves_on() {
             after,
             Some(sa(other)),
             "the flow moved to the remaining endpoint"
+        );
+    });
+}
+
+/// Kernels since 5.9 also drop the conntrack entries of a deleted real server's connections
+/// themselves when `expire_nodest_conn` is set (a delayed work in `net/netfilter/ipvs/
+/// ip_vs_conn.c`), so this test turns that sysctl off to see our own ctnetlink deletion alone.
+#[test]
+#[ignore = "needs root and IPVS: run via scripts/vm-test"]
+fn vm_removed_udp_real_server_loses_its_conntrack_entries_over_ctnetlink() {
+    in_own_thread(|| {
+        let topo = Topology::new("udpct");
+        let _servers = Servers::start(&topo, &[EP_A, EP_B]);
+        let dp = dataplane();
+        let both = table(vec![port(
+            "dns",
+            Protocol::Udp,
+            "198.19.0.53",
+            53,
+            &[EP_A, EP_B],
+        )]);
+        sync(&dp, &ServiceTable::empty(), &both, SyncMode::Full);
+        // Only full syncs set the sysctls; the partial sync below leaves this.
+        std::fs::write("/proc/sys/net/ipv4/vs/expire_nodest_conn", "0")
+            .expect("expire_nodest_conn");
+
+        let vip = sa("198.19.0.53:53");
+        let first = Topology::spawn_in(&topo.client, move || {
+            let socket = UdpSocket::bind("0.0.0.0:0").expect("bind client");
+            socket.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+            socket.send_to(b"hello", vip).expect("send");
+            let mut buf = [0u8; 512];
+            let (len, _) = socket.recv_from(&mut buf).expect("first answer");
+            parse_greeting(&String::from_utf8_lossy(&buf[..len])).0
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e));
+        let other = if first == sa(EP_A) { EP_B } else { EP_A };
+        assert_eq!(
+            tracked_udp_flows("198.19.0.53:53", first.ip()),
+            1,
+            "tracked"
+        );
+
+        let remaining = table(vec![port(
+            "dns",
+            Protocol::Udp,
+            "198.19.0.53",
+            53,
+            &[other],
+        )]);
+        sync(&dp, &both, &remaining, SyncMode::Partial);
+        assert_eq!(
+            tracked_udp_flows("198.19.0.53:53", first.ip()),
+            0,
+            "the sync deleted the entry answered by the removed {first}"
         );
     });
 }

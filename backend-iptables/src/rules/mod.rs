@@ -32,49 +32,9 @@ use std::net::{IpAddr, SocketAddr};
 use ipnet::IpNet;
 use proxy_core::Protocol;
 
-/// An address family: which of `iptables` / `ip6tables` a table belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Family {
-    /// IPv4 (`iptables-restore`).
-    V4,
-    /// IPv6 (`ip6tables-restore`).
-    V6,
-}
-
-impl Family {
-    /// Both families, IPv4 first.
-    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
-
-    /// The family of an address.
-    pub fn of(addr: IpAddr) -> Family {
-        match addr {
-            IpAddr::V4(_) => Family::V4,
-            IpAddr::V6(_) => Family::V6,
-        }
-    }
-
-    /// Whether `addr` belongs to this family.
-    pub fn contains(self, addr: IpAddr) -> bool {
-        Family::of(addr) == self
-    }
-
-    /// Address width in bits.
-    pub fn bits(self) -> u8 {
-        match self {
-            Family::V4 => 32,
-            Family::V6 => 128,
-        }
-    }
-}
-
-impl fmt::Display for Family {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Family::V4 => "ipv4",
-            Family::V6 => "ipv6",
-        })
-    }
-}
+/// An address family: which of `iptables` / `ip6tables` a table belongs to (shared with the
+/// conntrack client, which dumps per family).
+pub use nf_conntrack::Family;
 
 /// The iptables tables we write to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

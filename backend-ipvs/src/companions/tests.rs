@@ -1,4 +1,4 @@
-//! Companion sets and rules against a recording runner (iptables, conntrack) and the
+//! Companion sets and rules against a recording runner (iptables) and the
 //! in-memory ipset fake.
 
 use std::sync::{Arc, Mutex};

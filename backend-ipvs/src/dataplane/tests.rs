@@ -387,3 +387,106 @@ mod properties {
         }
     }
 }
+
+// === stale UDP flows ===
+
+fn dns(endpoints: &[&str]) -> ServicePort {
+    let mut port = ServicePort::new(
+        ServicePortName::new("default", "dns", "udp"),
+        Protocol::Udp,
+        53,
+    )
+    .with_cluster_ip(ip("198.19.0.53"));
+    port.endpoints = endpoints
+        .iter()
+        .map(|a| Endpoint::new(ip(a), 5353))
+        .collect();
+    port
+}
+
+/// A UDP flow from `client` through the DNS VIP, answered by `real_server`.
+fn dns_flow(client: &str, real_server: &str) -> nf_conntrack::Entry {
+    nf_conntrack::Entry {
+        proto: nf_conntrack::IPPROTO_UDP,
+        src: ip(client),
+        dst: ip("198.19.0.53"),
+        sport: 40000,
+        dport: 53,
+        reply_src: ip(real_server),
+    }
+}
+
+fn dataplane_with_conntrack(
+    fake: &Arc<FakeIpvs>,
+    conntrack: &Arc<nf_conntrack::testing::FakeConntrack>,
+) -> IpvsDataplane {
+    let ops: Arc<dyn ConntrackOps> = conntrack.clone();
+    dataplane(fake).with_conntrack(ops)
+}
+
+#[test]
+fn removed_udp_real_servers_lose_their_flows_in_one_dump() {
+    let fake = Arc::new(FakeIpvs::new());
+    let conntrack = Arc::new(nf_conntrack::testing::FakeConntrack::default());
+    let dp = dataplane_with_conntrack(&fake, &conntrack);
+    let all = table(vec![
+        dns(&["198.18.1.1", "198.18.1.2", "198.18.1.3"]),
+        web(&["198.18.1.10"]),
+    ]);
+    sync(&dp, &ServiceTable::empty(), &all, SyncMode::Full);
+    assert!(conntrack.dumps().is_empty(), "nothing was deleted yet");
+
+    let kept = dns_flow("198.18.0.3", "198.18.1.3");
+    conntrack.insert([
+        dns_flow("198.18.0.1", "198.18.1.1"),
+        dns_flow("198.18.0.2", "198.18.1.2"),
+        kept,
+    ]);
+    // Two UDP real servers and the only TCP one go in one sync.
+    let fewer = table(vec![dns(&["198.18.1.3"]), web(&[])]);
+    let report = sync(&dp, &all, &fewer, SyncMode::Partial);
+    assert!(report.is_complete(), "{report}");
+    assert_eq!(conntrack.dumps(), [nf_conntrack::Family::V4], "one dump");
+    let deleted: Vec<IpAddr> = conntrack
+        .deleted()
+        .into_iter()
+        .map(|(_, e)| e.reply_src)
+        .collect();
+    assert_eq!(deleted, [ip("198.18.1.1"), ip("198.18.1.2")]);
+    assert_eq!(conntrack.entries(), [kept]);
+
+    // A sync that deletes no UDP real server dumps nothing.
+    sync(&dp, &fewer, &fewer, SyncMode::Full);
+    assert_eq!(conntrack.dumps().len(), 1);
+}
+
+#[test]
+fn a_failed_flow_clean_up_is_a_problem_and_the_real_server_is_still_gone() {
+    let fake = Arc::new(FakeIpvs::new());
+    let conntrack = Arc::new(nf_conntrack::testing::FakeConntrack::default());
+    let dp = dataplane_with_conntrack(&fake, &conntrack);
+    let two = table(vec![dns(&["198.18.1.1", "198.18.1.2"])]);
+    sync(&dp, &ServiceTable::empty(), &two, SyncMode::Full);
+    conntrack.fail_with(1);
+    let one = table(vec![dns(&["198.18.1.2"])]);
+    let report = sync(&dp, &two, &one, SyncMode::Partial);
+    assert_eq!(report.problems.len(), 1, "{report}");
+    let problem = report.problems[0].to_string();
+    assert!(
+        problem.contains("UDP 198.19.0.53:53 -> 198.18.1.1")
+            && problem.contains("conntrack dump (ipv4)"),
+        "{problem}"
+    );
+    let key = ServiceKey {
+        addr: ip("198.19.0.53"),
+        protocol: Protocol::Udp,
+        port: 53,
+    };
+    let left: Vec<IpAddr> = fake
+        .real_servers(&key)
+        .expect("dump")
+        .iter()
+        .map(|rs| rs.addr)
+        .collect();
+    assert_eq!(left, [ip("198.18.1.2")]);
+}
