@@ -9,15 +9,15 @@
 //! ```
 //!
 //! Needs root, IPVS, ipset and iptables: run through `scripts/vm-test`, which boots a VM with
-//! them. Each test makes its namespaces and removes them with a `Drop` guard; the node
-//! namespace is the test thread's own and goes with it.
+//! them. Each test runs in a namespace of its own (testkit's `in_new_netns`), the node, which
+//! goes with the test's thread; the client and server namespaces are testkit `Netns` guards,
+//! deleted on drop.
 
 mod support;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use backend_ipvs::{Config, IptablesVariant, IpvsDataplane, IpvsOps, NetlinkIpvs};
@@ -31,9 +31,12 @@ use proxy_core::table::{
 };
 
 use support::{
-    ip, parse_greeting, run, sa, socket_from, tcp_hello, tcp_spread, udp_spread, Servers, Topology,
+    ip, parse_greeting, sa, socket_from, tcp_hello, tcp_spread, udp_spread, Servers, Topology,
     NEEDS_VM, TIMEOUT,
 };
+use testkit::netns::in_new_netns;
+use testkit::process::run;
+use testkit::wait::eventually;
 
 // === the dataplane ===
 
@@ -106,13 +109,6 @@ fn tracked_udp_flows(vip: &str, real_server: std::net::IpAddr) -> usize {
         .count()
 }
 
-/// Runs a test body on its own thread, so the namespace it makes goes with the thread.
-fn in_own_thread(f: impl FnOnce() + Send + 'static) {
-    thread::spawn(f)
-        .join()
-        .unwrap_or_else(|e| std::panic::resume_unwind(e));
-}
-
 const EP_A: &str = "198.18.1.10:8080";
 const EP_B: &str = "198.18.1.11:8080";
 
@@ -121,7 +117,7 @@ const EP_B: &str = "198.18.1.11:8080";
 #[test]
 #[ignore = "needs root and IPVS: run via scripts/vm-test"]
 fn vm_tcp_and_udp_through_a_cluster_ip_reach_both_endpoints() {
-    in_own_thread(|| {
+    in_new_netns(|| {
         let topo = Topology::new("spread");
         let _servers = Servers::start(&topo, &[EP_A, EP_B]);
         let dp = dataplane();
@@ -148,7 +144,7 @@ fn vm_tcp_and_udp_through_a_cluster_ip_reach_both_endpoints() {
 #[test]
 #[ignore = "needs root and IPVS: run via scripts/vm-test"]
 fn vm_weighted_round_robin_splits_by_weight() {
-    in_own_thread(|| {
+    in_new_netns(|| {
         let topo = Topology::new("wrr");
         let _servers = Servers::start(&topo, &[EP_A, EP_B]);
         let dp = dataplane();
@@ -164,7 +160,7 @@ fn vm_weighted_round_robin_splits_by_weight() {
 #[test]
 #[ignore = "needs root and IPVS: run via scripts/vm-test"]
 fn vm_client_ip_affinity_sticks_to_one_endpoint() {
-    in_own_thread(|| {
+    in_new_netns(|| {
         let topo = Topology::new("sticky");
         let _servers = Servers::start(&topo, &[EP_A, EP_B]);
         let dp = dataplane();
@@ -182,7 +178,7 @@ fn vm_client_ip_affinity_sticks_to_one_endpoint() {
 #[test]
 #[ignore = "needs root and IPVS: run via scripts/vm-test"]
 fn vm_graceful_termination_keeps_an_open_connection_then_deletes() {
-    in_own_thread(|| {
+    in_new_netns(|| {
         let topo = Topology::new("drain");
         let _servers = Servers::start(&topo, &[EP_A, EP_B]);
         let dp = dataplane();
@@ -200,7 +196,7 @@ fn vm_graceful_termination_keeps_an_open_connection_then_deletes() {
         let vip = sa("198.19.0.10:80");
         let (to_b_tx, to_b_rx) = std::sync::mpsc::channel::<()>();
         let (opened_tx, opened_rx) = std::sync::mpsc::channel();
-        let client = Topology::spawn_in(&topo.client, move || {
+        let client = topo.client.spawn(move || {
             let mut held = None;
             for _ in 0..4 {
                 let conn = TcpStream::connect_timeout(&vip, TIMEOUT).expect("connect");
@@ -255,8 +251,7 @@ fn vm_graceful_termination_keeps_an_open_connection_then_deletes() {
         assert_eq!(echo, "still there\n");
 
         // Closed (the client thread ended): the next sync deletes B.
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
+        eventually("B deleted", TIMEOUT, Duration::from_millis(100), || {
             sync(&dp, &only_a, &only_a, SyncMode::Partial);
             let left: Vec<SocketAddr> = ipvs
                 .real_servers(&key)
@@ -265,11 +260,11 @@ fn vm_graceful_termination_keeps_an_open_connection_then_deletes() {
                 .map(RealServer::socket_addr)
                 .collect();
             if left == [sa(EP_A)] {
-                break;
+                Ok(())
+            } else {
+                Err(left)
             }
-            assert!(Instant::now() < deadline, "B never deleted: {left:?}");
-            thread::sleep(Duration::from_millis(100));
-        }
+        });
         assert!(dp.draining().is_empty());
     });
 }
@@ -277,7 +272,7 @@ fn vm_graceful_termination_keeps_an_open_connection_then_deletes() {
 #[test]
 #[ignore = "needs root and IPVS: run via scripts/vm-test"]
 fn vm_full_sync_restores_a_virtual_server_deleted_by_hand() {
-    in_own_thread(|| {
+    in_new_netns(|| {
         let topo = Topology::new("drift");
         let _servers = Servers::start(&topo, &[EP_A]);
         let dp = dataplane();
@@ -313,7 +308,7 @@ fn vm_full_sync_restores_a_virtual_server_deleted_by_hand() {
 #[test]
 #[ignore = "needs root and IPVS: run via scripts/vm-test"]
 fn vm_foreign_virtual_server_survives_sync_and_cleanup_which_removes_all_of_ours() {
-    in_own_thread(|| {
+    in_new_netns(|| {
         let _topo = Topology::new("owner");
         let ipvs = NetlinkIpvs::connect().expect("ipvs");
         let foreign = VirtualServer::new(
@@ -371,7 +366,7 @@ fn vm_foreign_virtual_server_survives_sync_and_cleanup_which_removes_all_of_ours
 #[test]
 #[ignore = "needs root and IPVS: run via scripts/vm-test"]
 fn vm_ipv6_cluster_ip_over_tcp_and_udp() {
-    in_own_thread(|| {
+    in_new_netns(|| {
         let topo = Topology::new("ipv6");
         let a = "[2001:db8:1::10]:8080";
         let b = "[2001:db8:1::11]:8080";
@@ -399,7 +394,7 @@ fn vm_ipv6_cluster_ip_over_tcp_and_udp() {
 #[test]
 #[ignore = "needs root and IPVS: run via scripts/vm-test"]
 fn vm_node_ports_masquerade_unless_local_and_empty_services_refuse() {
-    in_own_thread(|| {
+    in_new_netns(|| {
         let topo = Topology::new("nodeport");
         let _servers = Servers::start(&topo, &[EP_A, EP_B]);
         let dp = dataplane();
@@ -453,7 +448,7 @@ fn vm_node_ports_masquerade_unless_local_and_empty_services_refuse() {
 #[test]
 #[ignore = "needs root and IPVS: run via scripts/vm-test"]
 fn vm_removed_udp_endpoint_goes_at_once_and_its_flow_moves_on() {
-    in_own_thread(|| {
+    in_new_netns(|| {
         let topo = Topology::new("udpgone");
         let _servers = Servers::start(&topo, &[EP_A, EP_B]);
         let dp = dataplane();
@@ -470,7 +465,7 @@ fn vm_removed_udp_endpoint_goes_at_once_and_its_flow_moves_on() {
         let vip = sa("198.19.0.53:53");
         let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
         let (first_tx, first_rx) = std::sync::mpsc::channel();
-        let client = Topology::spawn_in(&topo.client, move || {
+        let client = topo.client.spawn(move || {
             let socket = UdpSocket::bind("0.0.0.0:0").expect("bind client");
             let ask = |timeout| -> Option<SocketAddr> {
                 socket.set_read_timeout(Some(timeout)).expect("timeout");
@@ -538,7 +533,7 @@ fn vm_removed_udp_endpoint_goes_at_once_and_its_flow_moves_on() {
 #[test]
 #[ignore = "needs root and IPVS: run via scripts/vm-test"]
 fn vm_removed_udp_real_server_loses_its_conntrack_entries_over_ctnetlink() {
-    in_own_thread(|| {
+    in_new_netns(|| {
         let topo = Topology::new("udpct");
         let _servers = Servers::start(&topo, &[EP_A, EP_B]);
         let dp = dataplane();
@@ -555,16 +550,14 @@ fn vm_removed_udp_real_server_loses_its_conntrack_entries_over_ctnetlink() {
             .expect("expire_nodest_conn");
 
         let vip = sa("198.19.0.53:53");
-        let first = Topology::spawn_in(&topo.client, move || {
+        let first = topo.client(move || {
             let socket = UdpSocket::bind("0.0.0.0:0").expect("bind client");
             socket.set_read_timeout(Some(TIMEOUT)).expect("timeout");
             socket.send_to(b"hello", vip).expect("send");
             let mut buf = [0u8; 512];
             let (len, _) = socket.recv_from(&mut buf).expect("first answer");
             parse_greeting(&String::from_utf8_lossy(&buf[..len])).0
-        })
-        .join()
-        .unwrap_or_else(|e| std::panic::resume_unwind(e));
+        });
         let other = if first == sa(EP_A) { EP_B } else { EP_A };
         assert_eq!(
             tracked_udp_flows("198.19.0.53:53", first.ip()),
@@ -591,7 +584,7 @@ fn vm_removed_udp_real_server_loses_its_conntrack_entries_over_ctnetlink() {
 #[test]
 #[ignore = "needs root and IPVS: run via scripts/vm-test"]
 fn vm_load_balancer_source_ranges_and_local_policy_without_local_endpoints_drop() {
-    in_own_thread(|| {
+    in_new_netns(|| {
         let topo = Topology::new("ranges");
         let _servers = Servers::start(&topo, &[EP_A]);
         let dp = dataplane();
@@ -650,7 +643,7 @@ fn vm_load_balancer_source_ranges_and_local_policy_without_local_endpoints_drop(
 #[test]
 #[ignore = "needs root and IPVS: run via scripts/vm-test"]
 fn vm_an_endpoint_reaching_itself_through_its_service_is_masqueraded() {
-    in_own_thread(|| {
+    in_new_netns(|| {
         let topo = Topology::new("hairpin");
         let _servers = Servers::start(&topo, &[EP_A]);
         // The default `Auto` variant: both are empty here, so nft writes the rules.
@@ -662,15 +655,13 @@ fn vm_an_endpoint_reaching_itself_through_its_service_is_masqueraded() {
         let t = table(vec![port("web", Protocol::Tcp, "198.19.0.10", 80, &[EP_A])]);
         sync(&dp, &ServiceTable::empty(), &t, SyncMode::Full);
         // From the endpoint's own namespace and address: IPVS sends it back to itself.
-        let answer = Topology::spawn_in(&topo.server, || {
+        let answer = topo.server.run(|| {
             let conn = socket_from(sa("198.18.1.10:0"), sa("198.19.0.10:80"));
             conn.set_read_timeout(Some(TIMEOUT)).expect("timeout");
             let mut line = String::new();
             BufReader::new(conn).read_line(&mut line).expect("greeting");
             parse_greeting(&line)
-        })
-        .join()
-        .unwrap_or_else(|e| std::panic::resume_unwind(e));
+        });
         assert_eq!(answer.0, sa(EP_A));
         assert_eq!(
             answer.1.ip(),
@@ -685,7 +676,7 @@ fn vm_an_endpoint_reaching_itself_through_its_service_is_masqueraded() {
 #[test]
 #[ignore = "needs root and IPVS: run via scripts/vm-test"]
 fn vm_a_restarted_dataplane_recognises_its_vips_and_removes_stale_services() {
-    in_own_thread(|| {
+    in_new_netns(|| {
         let topo = Topology::new("restart");
         let _servers = Servers::start(&topo, &[EP_A]);
         let old = table(vec![port("old", Protocol::Tcp, "198.19.0.70", 80, &[EP_A])]);
@@ -717,7 +708,7 @@ fn vm_a_restarted_dataplane_recognises_its_vips_and_removes_stale_services() {
 #[test]
 #[ignore = "needs root and IPVS: run via scripts/vm-test"]
 fn vm_every_scheduler_is_programmed_and_serves() {
-    in_own_thread(|| {
+    in_new_netns(|| {
         let topo = Topology::new("scheds");
         let _servers = Servers::start(&topo, &[EP_A, EP_B]);
         let dp = dataplane();
@@ -769,7 +760,7 @@ fn vm_strict_arp_and_connection_timeouts_are_set_on_a_full_sync() {
     use backend_ipvs::ConnectionTimeouts;
     const ARP_IGNORE: &str = "/proc/sys/net/ipv4/conf/all/arp_ignore";
     const ARP_ANNOUNCE: &str = "/proc/sys/net/ipv4/conf/all/arp_announce";
-    in_own_thread(|| {
+    in_new_netns(|| {
         let _topo = Topology::new("arp");
         let read = |path: &str| {
             std::fs::read_to_string(path)

@@ -2,9 +2,9 @@
 //! and real servers, and the in-memory fake must behave the same way.
 //!
 //! The kernel tests need root and the `ip_vs` modules, which the development hosts lack, so
-//! they are `#[ignore]`d and run in a VM: `scripts/vm-test`. Each one moves its test thread
-//! into a fresh network namespace first (IPVS tables are per namespace), so they never touch
-//! the VM's root namespace and the namespace disappears with the thread.
+//! they are `#[ignore]`d and run in a VM: `scripts/vm-test`. Each one runs on a thread in a
+//! fresh network namespace (testkit's `in_new_netns`; IPVS tables are per namespace), so they
+//! never touch the VM's root namespace and the namespace disappears with the thread.
 //! The same contract runs against `FakeIpvs` in every plain `cargo test`.
 
 use std::{net::IpAddr, time::Duration};
@@ -14,6 +14,8 @@ use backend_ipvs::{
     RealServer, SchedFlags, Scheduler, ServiceKey, Timeouts, VirtualServer,
 };
 use proxy_core::Protocol;
+use testkit::netns::in_new_netns;
+use testkit::process::run;
 
 const NEEDS_VM: &str = "needs root and IPVS: run via scripts/vm-test";
 
@@ -21,26 +23,18 @@ fn ip(s: &str) -> IpAddr {
     s.parse().expect("test address literal")
 }
 
-/// Runs `ip ARGS...` in this thread's network namespace (children inherit it).
-fn ip_cmd(args: &[&str]) {
-    let status = std::process::Command::new("ip")
-        .args(args)
-        .status()
-        .unwrap_or_else(|e| panic!("running ip {args:?}: {e}; {NEEDS_VM}"));
-    assert!(status.success(), "ip {args:?}: {status}");
-}
-
-/// Moves this test's thread into a new network namespace and connects to its IPVS table.
-fn kernel_ipvs() -> NetlinkIpvs {
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| {
-        panic!("unshare(CLONE_NEWNET) failed ({e}): these tests need root; {NEEDS_VM}")
-    });
-    // A new namespace has no IPv4 routing tables until an address exists, and the kernel
-    // rejects an IPv4 real server whose address type it cannot tell (EINVAL from the
-    // inet_addr_type() check in net/netfilter/ipvs/ip_vs_ctl.c). `lo` up gives it a table.
-    // The child process inherits this thread's namespace.
-    ip_cmd(&["link", "set", "lo", "up"]);
-    NetlinkIpvs::connect().unwrap_or_else(|e| panic!("{e:?}: {NEEDS_VM}"))
+/// Runs `body` on a thread in a new network namespace of its own (IPVS tables are per
+/// namespace), with our netlink client connected to that namespace's IPVS table.
+fn with_kernel_ipvs<T: Send + 'static>(body: impl FnOnce(&NetlinkIpvs) -> T + Send + 'static) -> T {
+    in_new_netns(move || {
+        // A new namespace has no IPv4 routing tables until an address exists, and the kernel
+        // rejects an IPv4 real server whose address type it cannot tell (EINVAL from the
+        // inet_addr_type() check in net/netfilter/ipvs/ip_vs_ctl.c). `lo` up gives it a table.
+        // The child process inherits this thread's namespace.
+        run("ip", &["link", "set", "lo", "up"]);
+        let ipvs = NetlinkIpvs::connect().unwrap_or_else(|e| panic!("{e:?}: {NEEDS_VM}"));
+        body(&ipvs)
+    })
 }
 
 /// Sorted real servers without their connection counts: what was asked for.
@@ -396,25 +390,25 @@ fn real_servers_of_many_in_order(ipvs: &dyn IpvsOps) {
 #[test]
 #[ignore = "needs root and IPVS: run via scripts/vm-test"]
 fn kernel_real_servers_of_many_in_order() {
-    real_servers_of_many_in_order(&kernel_ipvs());
+    with_kernel_ipvs(|ipvs| real_servers_of_many_in_order(ipvs));
 }
 
 #[test]
 #[ignore = "needs root and IPVS: run via scripts/vm-test"]
 fn kernel_batch_reports_the_failing_op_and_applies_the_rest() {
-    batch_reports_the_failing_op_and_applies_the_rest(&kernel_ipvs());
+    with_kernel_ipvs(|ipvs| batch_reports_the_failing_op_and_applies_the_rest(ipvs));
 }
 
 #[test]
 #[ignore = "needs root and IPVS: run via scripts/vm-test"]
 fn kernel_batch_maps_each_error_to_its_op() {
-    batch_maps_each_error_to_its_op(&kernel_ipvs());
+    with_kernel_ipvs(|ipvs| batch_maps_each_error_to_its_op(ipvs));
 }
 
 #[test]
 #[ignore = "needs root and IPVS: run via scripts/vm-test"]
 fn kernel_info_reports_version() {
-    let info = kernel_ipvs().info().expect("get info");
+    let info = with_kernel_ipvs(|ipvs| ipvs.info().expect("get info"));
     assert_eq!(info.version, (1, 2, 1), "{info:?}");
     assert!(info.conn_tab_size >= 4096, "{info:?}");
 }
@@ -422,71 +416,71 @@ fn kernel_info_reports_version() {
 #[test]
 #[ignore = "needs root and IPVS: run via scripts/vm-test"]
 fn kernel_create_dump_update_delete() {
-    create_dump_update_delete(&kernel_ipvs());
+    with_kernel_ipvs(|ipvs| create_dump_update_delete(ipvs));
 }
 
 #[test]
 #[ignore = "needs root and IPVS: run via scripts/vm-test"]
 fn kernel_errors_name_the_errno() {
-    errors_name_the_errno(&kernel_ipvs());
+    with_kernel_ipvs(|ipvs| errors_name_the_errno(ipvs));
 }
 
 #[test]
 #[ignore = "needs root and IPVS: run via scripts/vm-test"]
 fn kernel_ipv6_maglev_with_flags_and_persistence() {
-    ipv6_maglev_with_flags_and_persistence(&kernel_ipvs());
+    with_kernel_ipvs(|ipvs| ipv6_maglev_with_flags_and_persistence(ipvs));
 }
 
 #[test]
 #[ignore = "needs root and IPVS: run via scripts/vm-test"]
 fn kernel_timeouts_round_trip() {
-    timeouts_round_trip(&kernel_ipvs());
+    with_kernel_ipvs(|ipvs| timeouts_round_trip(ipvs));
 }
 
 #[test]
 #[ignore = "needs root and IPVS: run via scripts/vm-test"]
 fn kernel_tables_are_per_namespace() {
-    let ipvs = kernel_ipvs();
-    let vs = VirtualServer::new(ip("198.18.0.40"), Protocol::Tcp, 443, Scheduler::RoundRobin);
-    ipvs.add_virtual_server(&vs).expect("add");
-    // A second namespace starts empty: our tests cannot see each other's state.
-    let other = std::thread::spawn(|| kernel_ipvs().virtual_servers().expect("dump"))
-        .join()
-        .expect("thread");
-    assert_eq!(other, vec![]);
-    assert_eq!(ipvs.virtual_servers().expect("dump"), vec![vs]);
+    with_kernel_ipvs(|ipvs| {
+        let vs = VirtualServer::new(ip("198.18.0.40"), Protocol::Tcp, 443, Scheduler::RoundRobin);
+        ipvs.add_virtual_server(&vs).expect("add");
+        // A second namespace starts empty: our tests cannot see each other's state.
+        let other = with_kernel_ipvs(|other| other.virtual_servers().expect("dump"));
+        assert_eq!(other, vec![]);
+        assert_eq!(ipvs.virtual_servers().expect("dump"), vec![vs]);
+    });
 }
 
 #[test]
 #[ignore = "needs root and IPVS: run via scripts/vm-test"]
 fn kernel_dump_of_many_services_spans_datagrams() {
-    let ipvs = kernel_ipvs();
-    // ~320 bytes per dumped service: 600 need several datagrams of the multipart reply.
-    let mut want: Vec<VirtualServer> = (0..600u16)
-        .map(|i| {
-            let addr = IpAddr::from([198, 18, (i / 200) as u8, (i % 200) as u8 + 1]);
-            VirtualServer::new(addr, Protocol::Tcp, 1000 + i, Scheduler::WeightedRoundRobin)
-        })
-        .collect();
-    for vs in &want {
-        ipvs.add_virtual_server(vs).expect("add");
-    }
-    let key = want[0].key();
-    let dests: Vec<RealServer> = (1..=200u8)
-        .map(|i| RealServer::new(IpAddr::from([198, 19, 0, i]), 8080, u32::from(i)))
-        .collect();
-    for rs in &dests {
-        ipvs.add_real_server(&key, rs).expect("add real server");
-    }
-    let mut got = ipvs.virtual_servers().expect("dump");
-    got.sort_by_key(VirtualServer::key);
-    want.sort_by_key(VirtualServer::key);
-    assert_eq!(got.len(), 600);
-    assert_eq!(got, want);
-    assert_eq!(
-        configured(ipvs.real_servers(&key).expect("dump dests")),
-        configured(dests)
-    );
+    with_kernel_ipvs(|ipvs| {
+        // ~320 bytes per dumped service: 600 need several datagrams of the multipart reply.
+        let mut want: Vec<VirtualServer> = (0..600u16)
+            .map(|i| {
+                let addr = IpAddr::from([198, 18, (i / 200) as u8, (i % 200) as u8 + 1]);
+                VirtualServer::new(addr, Protocol::Tcp, 1000 + i, Scheduler::WeightedRoundRobin)
+            })
+            .collect();
+        for vs in &want {
+            ipvs.add_virtual_server(vs).expect("add");
+        }
+        let key = want[0].key();
+        let dests: Vec<RealServer> = (1..=200u8)
+            .map(|i| RealServer::new(IpAddr::from([198, 19, 0, i]), 8080, u32::from(i)))
+            .collect();
+        for rs in &dests {
+            ipvs.add_real_server(&key, rs).expect("add real server");
+        }
+        let mut got = ipvs.virtual_servers().expect("dump");
+        got.sort_by_key(VirtualServer::key);
+        want.sort_by_key(VirtualServer::key);
+        assert_eq!(got.len(), 600);
+        assert_eq!(got, want);
+        assert_eq!(
+            configured(ipvs.real_servers(&key).expect("dump dests")),
+            configured(dests)
+        );
+    });
 }
 
 /// Real TCP through IPVS: a VIP on a dummy interface, round robin over two local listeners.
@@ -498,61 +492,62 @@ fn kernel_round_robin_reaches_both_real_servers() {
         net::{SocketAddr, TcpListener, TcpStream},
     };
 
-    let ipvs = kernel_ipvs();
-    ip_cmd(&["link", "add", "svc0", "type", "dummy"]);
-    for addr in ["198.18.0.100/32", "198.18.1.1/32", "198.18.1.2/32"] {
-        ip_cmd(&["addr", "add", addr, "dev", "svc0"]);
-    }
-    ip_cmd(&["link", "set", "svc0", "up"]);
+    with_kernel_ipvs(|ipvs| {
+        run("ip", &["link", "add", "svc0", "type", "dummy"]);
+        for addr in ["198.18.0.100/32", "198.18.1.1/32", "198.18.1.2/32"] {
+            run("ip", &["addr", "add", addr, "dev", "svc0"]);
+        }
+        run("ip", &["link", "set", "svc0", "up"]);
 
-    let backends = ["198.18.1.1:8080", "198.18.1.2:8080"];
-    for backend in backends {
-        // Bound here, in the test's namespace; served from a thread, a bounded number of times.
-        let listener = TcpListener::bind(backend).expect("bind backend");
-        std::thread::spawn(move || {
-            for conn in listener.incoming().take(4) {
-                let Ok(mut conn) = conn else { return };
-                let _ = conn.write_all(backend.as_bytes());
-            }
-        });
-    }
-    let vs = VirtualServer::new(ip("198.18.0.100"), Protocol::Tcp, 80, Scheduler::RoundRobin);
-    ipvs.add_virtual_server(&vs).expect("add");
-    for backend in backends {
-        let addr: SocketAddr = backend.parse().expect("literal");
-        ipvs.add_real_server(&vs.key(), &RealServer::new(addr.ip(), addr.port(), 1))
-            .expect("add real server");
-    }
+        let backends = ["198.18.1.1:8080", "198.18.1.2:8080"];
+        for backend in backends {
+            // Bound here, in the test's namespace; served from a thread, a bounded number of times.
+            let listener = TcpListener::bind(backend).expect("bind backend");
+            std::thread::spawn(move || {
+                for conn in listener.incoming().take(4) {
+                    let Ok(mut conn) = conn else { return };
+                    let _ = conn.write_all(backend.as_bytes());
+                }
+            });
+        }
+        let vs = VirtualServer::new(ip("198.18.0.100"), Protocol::Tcp, 80, Scheduler::RoundRobin);
+        ipvs.add_virtual_server(&vs).expect("add");
+        for backend in backends {
+            let addr: SocketAddr = backend.parse().expect("literal");
+            ipvs.add_real_server(&vs.key(), &RealServer::new(addr.ip(), addr.port(), 1))
+                .expect("add real server");
+        }
 
-    let mut answers = Vec::new();
-    for _ in 0..4 {
-        let vip: SocketAddr = "198.18.0.100:80".parse().expect("literal");
-        let mut conn =
-            TcpStream::connect_timeout(&vip, Duration::from_secs(5)).expect("connect VIP");
-        conn.set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        let mut answer = String::new();
-        conn.read_to_string(&mut answer).expect("read");
-        answers.push(answer);
-    }
-    answers.sort();
-    assert_eq!(
-        answers,
-        [
-            "198.18.1.1:8080",
-            "198.18.1.1:8080",
-            "198.18.1.2:8080",
-            "198.18.1.2:8080"
-        ],
-        "round robin alternates between the two real servers"
-    );
-    let served: u32 = ipvs
-        .real_servers(&vs.key())
-        .expect("dump")
-        .iter()
-        .map(|rs| rs.conns.map_or(0, |c| c.active + c.inactive))
-        .sum();
-    assert!(served > 0, "the dump shows the connections we made");
+        let mut answers = Vec::new();
+        for _ in 0..4 {
+            let vip: SocketAddr = "198.18.0.100:80".parse().expect("literal");
+            let mut conn =
+                TcpStream::connect_timeout(&vip, Duration::from_secs(5)).expect("connect VIP");
+            conn.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            let mut answer = String::new();
+            conn.read_to_string(&mut answer).expect("read");
+            answers.push(answer);
+        }
+        answers.sort();
+        assert_eq!(
+            answers,
+            [
+                "198.18.1.1:8080",
+                "198.18.1.1:8080",
+                "198.18.1.2:8080",
+                "198.18.1.2:8080"
+            ],
+            "round robin alternates between the two real servers"
+        );
+        let served: u32 = ipvs
+            .real_servers(&vs.key())
+            .expect("dump")
+            .iter()
+            .map(|rs| rs.conns.map_or(0, |c| c.active + c.inactive))
+            .sum();
+        assert!(served > 0, "the dump shows the connections we made");
+    });
 }
 
 // === against the fake (everywhere) ===

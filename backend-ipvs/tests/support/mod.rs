@@ -1,6 +1,6 @@
-//! Network-namespace plumbing for the VM tests: a client, a node (the test thread's own) and a
-//! server namespace joined by veth pairs, servers that say who they are, and clients that count
-//! who answered.
+//! The IPVS test topology on testkit's namespaces: a client and a server namespace joined by
+//! veth pairs to the node (the namespace of the thread that builds it), servers that say who
+//! they are and echo, and clients that count who answered.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use nix::sched::{setns, unshare, CloneFlags};
+use testkit::netns::Netns;
+use testkit::process::run_with_stdin;
 
 pub const NEEDS_VM: &str = "needs root, IPVS, ipset and iptables: run via scripts/vm-test";
 pub const TIMEOUT: Duration = Duration::from_secs(5);
@@ -23,83 +24,33 @@ pub fn sa(s: &str) -> SocketAddr {
     s.parse().expect("test socket address literal")
 }
 
-/// Runs `ip ARGS...` from this thread (so in its network namespace).
-pub fn ip_cmd(args: &[&str]) {
-    let out = std::process::Command::new("ip")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running ip {args:?}: {e}; {NEEDS_VM}"));
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Runs `ip [-n NS] -batch -` with `lines` on stdin.
-pub fn ip_batch(ns: Option<&str>, lines: &[String]) {
-    let mut args = Vec::new();
-    if let Some(ns) = ns {
-        args.extend(["-n", ns]);
-    }
-    args.extend(["-batch", "-"]);
-    let mut child = std::process::Command::new("ip")
-        .args(&args)
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("running ip {args:?}: {e}; {NEEDS_VM}"));
-    let input = lines.join("\n") + "\n";
-    child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(input.as_bytes())
-        .expect("write batch");
-    let out = child.wait_with_output().expect("ip batch");
-    assert!(
-        out.status.success(),
-        "ip {args:?} with\n{input}: {}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-pub fn run(program: &str, args: &[&str]) -> String {
-    let out = std::process::Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {program} {args:?}: {e}; {NEEDS_VM}"));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 // === the namespaces ===
 
-/// The client and server namespaces around the test thread's node namespace.
+/// The client and server namespaces around the node, deleted on drop. The node is the
+/// namespace of the thread that made the topology: a test body runs in
+/// [`testkit::netns::in_new_netns`], so its node goes with its thread.
 pub struct Topology {
-    pub client: String,
-    pub server: String,
+    pub client: Netns,
+    pub server: Netns,
 }
 
 impl Topology {
-    /// Moves this thread into a new namespace (the node) and builds the rest around it.
+    /// Builds the client and server namespaces around this thread's namespace, the node.
+    ///
+    /// # Panics
+    ///
+    /// When this thread is in the root namespace (the node is programmed: it must be a test's
+    /// own), or when `ip` fails.
     pub fn new(tag: &str) -> Self {
-        unshare(CloneFlags::CLONE_NEWNET)
-            .unwrap_or_else(|e| panic!("unshare(CLONE_NEWNET): {e}; {NEEDS_VM}"));
-        let _ = std::fs::create_dir_all("/run/netns");
+        assert_ne!(
+            testkit::netns::current(),
+            root_netns(),
+            "Topology::new programs this thread's namespace: call it inside in_new_netns"
+        );
         let topo = Topology {
-            client: format!("svcp-{tag}-cli"),
-            server: format!("svcp-{tag}-srv"),
+            client: Netns::new(&format!("{tag}-cli")),
+            server: Netns::new(&format!("{tag}-srv")),
         };
-        // Left over from an interrupted run: remove first.
-        for ns in [&topo.client, &topo.server] {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", ns])
-                .output();
-        }
-        ip_cmd(&["netns", "add", &topo.client]);
-        ip_cmd(&["netns", "add", &topo.server]);
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("ip_forward");
         std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1").expect("forwarding");
         // One `ip -batch` per namespace: process starts are slow in the emulated VM.
@@ -126,7 +77,10 @@ impl Topology {
             ),
         ] {
             node.extend([
-                format!("link add {peer} type veth peer name eth0 netns {ns}"),
+                format!(
+                    "link add {peer} type veth peer name eth0 netns {}",
+                    ns.name()
+                ),
                 format!("addr add {node4}/24 dev {peer}"),
                 format!("addr add {node6}/64 dev {peer} nodad"),
                 format!("link set {peer} up"),
@@ -145,43 +99,32 @@ impl Topology {
                 // The gateway's family makes this an IPv6 route (no `-6` in batch lines).
                 format!("route add default via {node6}"),
             ]);
-            // The veth end must exist in `ns` before its own batch runs.
-            ip_batch(None, &node);
+            node_batch(&node);
             node.clear();
-            ip_batch(Some(ns), &inside);
+            // The veth end must exist in `ns` before its own batch runs.
+            ns.ip_batch(&inside);
         }
         topo
     }
 
-    /// Runs `f` on a thread inside namespace `ns`.
-    pub fn spawn_in<T: Send + 'static>(
-        ns: &str,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> JoinHandle<T> {
-        let path = format!("/run/netns/{ns}");
-        thread::spawn(move || {
-            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-            setns(&file, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns {path}: {e}"));
-            f()
-        })
-    }
-
     /// Runs `f` in the client namespace and waits for it.
     pub fn client<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        Self::spawn_in(&self.client, f)
-            .join()
-            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+        self.client.run(f)
     }
 }
 
-impl Drop for Topology {
-    fn drop(&mut self) {
-        for ns in [&self.client, &self.server] {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", ns])
-                .output();
-        }
-    }
+/// `ip -batch -` with `lines`, in this thread's namespace (the node).
+fn node_batch(lines: &[String]) {
+    let input: String = lines.iter().map(|line| format!("{line}\n")).collect();
+    run_with_stdin("ip", &["-batch", "-"], &input);
+}
+
+/// The root network namespace as `/proc` names it (pid 1's), which a test never programs.
+fn root_netns() -> String {
+    std::fs::read_link("/proc/1/ns/net")
+        .unwrap_or_else(|e| panic!("read /proc/1/ns/net: {e}; {NEEDS_VM}"))
+        .display()
+        .to_string()
 }
 
 /// Servers in the server namespace: each TCP connection gets "<local> <peer>\n" and then an
@@ -200,7 +143,7 @@ impl Servers {
             let stop_tcp = Arc::clone(&stop);
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
             let ready_udp = ready_tx.clone();
-            threads.push(Topology::spawn_in(&topo.server, move || {
+            threads.push(topo.server.spawn(move || {
                 let listener = TcpListener::bind(addr).expect("bind TCP backend");
                 listener.set_nonblocking(true).expect("nonblocking");
                 let _ = ready_tx.send(());
@@ -214,7 +157,7 @@ impl Servers {
                 }
             }));
             let stop_udp = Arc::clone(&stop);
-            threads.push(Topology::spawn_in(&topo.server, move || {
+            threads.push(topo.server.spawn(move || {
                 let socket = UdpSocket::bind(addr).expect("bind UDP backend");
                 socket
                     .set_read_timeout(Some(Duration::from_millis(20)))
