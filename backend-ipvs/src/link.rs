@@ -367,10 +367,16 @@ mod tests {
     use super::*;
     use crate::netlink::batch::BatchLimits;
 
-    /// A route socket in a new network namespace (this test thread's), `lo` up.
-    fn route_socket_in_new_netns() -> RouteSocket {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-            .unwrap_or_else(|e| panic!("unshare(CLONE_NEWNET) failed ({e}): this test needs root"));
+    /// Runs `body` on a thread in a new network namespace of its own (testkit's
+    /// `in_new_netns`), with a route socket there and `lo` up.
+    fn with_route_socket<T: Send + 'static>(
+        body: impl FnOnce(&RouteSocket) -> T + Send + 'static,
+    ) -> T {
+        testkit::netns::in_new_netns(move || body(&route_socket_lo_up()))
+    }
+
+    /// A route socket in this thread's namespace, with `lo` up.
+    fn route_socket_lo_up() -> RouteSocket {
         let socket = RouteSocket::connect().expect("rtnetlink socket");
         let lo = socket.link_index("lo").expect("get lo").expect("lo exists");
         let mut up = LinkMessage::default();
@@ -396,73 +402,76 @@ mod tests {
     #[test]
     #[ignore = "needs root: CI runs --include-ignored"]
     fn a_batch_whose_acks_overflow_the_buffer_reports_them_lost_and_does_not_hang() {
-        let socket = route_socket_in_new_netns();
-        let lo = socket.link_index("lo").expect("get lo").expect("lo exists");
-        // Room for a handful of ACKs only, and one datagram for all 1,000 requests.
-        socket.lock().set_limits_for_test(
-            4_096,
-            BatchLimits {
-                ops: 1_000,
-                bytes: 1 << 20,
-            },
-        );
-        let ips: Vec<IpAddr> = (0..1_000).map(nth).collect();
-        let results = socket.add_addresses(lo, &ips);
-        assert_eq!(results.len(), 1_000);
-        let lost: Vec<&BackendError> = results.iter().filter_map(|r| r.as_ref().err()).collect();
-        assert!(!lost.is_empty(), "a 4 KiB buffer cannot hold 1,000 ACKs");
-        for e in &lost {
-            let BackendError::Link { op, source, .. } = e else {
-                panic!("want a link error, got {e:?}");
-            };
-            assert_eq!(*op, "add address");
-            assert_eq!(source.raw_os_error(), Some(105), "ENOBUFS: {e:?}");
-        }
-        // The kernel did every request, acknowledged or not.
-        let bound = socket.addresses(lo).expect("dump addresses");
-        assert_eq!(bound.iter().filter(|ip| ips.contains(ip)).count(), 1_000);
-        // The socket still works: stale state does not leak into the next request.
-        socket.lock().set_limits_for_test(
-            1 << 20,
-            BatchLimits {
-                ops: 100,
-                bytes: 1 << 20,
-            },
-        );
-        let again = socket.delete_addresses(lo, &ips);
-        assert!(
-            again.iter().all(Result::is_ok),
-            "{:?}",
-            again.iter().find(|r| r.is_err())
-        );
-        assert_eq!(socket.addresses(lo).expect("dump").len(), 0);
+        with_route_socket(|socket| {
+            let lo = socket.link_index("lo").expect("get lo").expect("lo exists");
+            // Room for a handful of ACKs only, and one datagram for all 1,000 requests.
+            socket.lock().set_limits_for_test(
+                4_096,
+                BatchLimits {
+                    ops: 1_000,
+                    bytes: 1 << 20,
+                },
+            );
+            let ips: Vec<IpAddr> = (0..1_000).map(nth).collect();
+            let results = socket.add_addresses(lo, &ips);
+            assert_eq!(results.len(), 1_000);
+            let lost: Vec<&BackendError> =
+                results.iter().filter_map(|r| r.as_ref().err()).collect();
+            assert!(!lost.is_empty(), "a 4 KiB buffer cannot hold 1,000 ACKs");
+            for e in &lost {
+                let BackendError::Link { op, source, .. } = e else {
+                    panic!("want a link error, got {e:?}");
+                };
+                assert_eq!(*op, "add address");
+                assert_eq!(source.raw_os_error(), Some(105), "ENOBUFS: {e:?}");
+            }
+            // The kernel did every request, acknowledged or not.
+            let bound = socket.addresses(lo).expect("dump addresses");
+            assert_eq!(bound.iter().filter(|ip| ips.contains(ip)).count(), 1_000);
+            // The socket still works: stale state does not leak into the next request.
+            socket.lock().set_limits_for_test(
+                1 << 20,
+                BatchLimits {
+                    ops: 100,
+                    bytes: 1 << 20,
+                },
+            );
+            let again = socket.delete_addresses(lo, &ips);
+            assert!(
+                again.iter().all(Result::is_ok),
+                "{:?}",
+                again.iter().find(|r| r.is_err())
+            );
+            assert_eq!(socket.addresses(lo).expect("dump").len(), 0);
+        });
     }
 
     #[test]
     #[ignore = "needs root: CI runs --include-ignored"]
     fn batched_address_changes_report_each_address() {
-        let socket = route_socket_in_new_netns();
-        let lo = socket.link_index("lo").expect("get lo").expect("lo exists");
-        let ips: Vec<IpAddr> = (0..600).map(nth).collect();
-        assert!(socket.add_addresses(lo, &ips).iter().all(Result::is_ok));
-        // Adding again is fine (EEXIST), as is deleting what is gone (EADDRNOTAVAIL).
-        assert!(socket
-            .add_addresses(lo, &ips[..10])
-            .iter()
-            .all(Result::is_ok));
-        let bound = socket.addresses(lo).expect("dump");
-        assert_eq!(bound.len(), 600, "global addresses on lo: ours only");
-        assert!(socket.delete_addresses(lo, &ips).iter().all(Result::is_ok));
-        assert!(socket
-            .delete_addresses(lo, &ips[..10])
-            .iter()
-            .all(Result::is_ok));
-        // A bad interface index fails each address, naming it.
-        let results = socket.add_addresses(9_999, &ips[..3]);
-        for (ip, result) in ips.iter().zip(&results) {
-            let e = result.as_ref().expect_err("no such interface");
-            assert!(e.to_string().contains(&ip.to_string()), "{e}");
-        }
-        assert_eq!(socket.addresses(lo).expect("dump").len(), 0);
+        with_route_socket(|socket| {
+            let lo = socket.link_index("lo").expect("get lo").expect("lo exists");
+            let ips: Vec<IpAddr> = (0..600).map(nth).collect();
+            assert!(socket.add_addresses(lo, &ips).iter().all(Result::is_ok));
+            // Adding again is fine (EEXIST), as is deleting what is gone (EADDRNOTAVAIL).
+            assert!(socket
+                .add_addresses(lo, &ips[..10])
+                .iter()
+                .all(Result::is_ok));
+            let bound = socket.addresses(lo).expect("dump");
+            assert_eq!(bound.len(), 600, "global addresses on lo: ours only");
+            assert!(socket.delete_addresses(lo, &ips).iter().all(Result::is_ok));
+            assert!(socket
+                .delete_addresses(lo, &ips[..10])
+                .iter()
+                .all(Result::is_ok));
+            // A bad interface index fails each address, naming it.
+            let results = socket.add_addresses(9_999, &ips[..3]);
+            for (ip, result) in ips.iter().zip(&results) {
+                let e = result.as_ref().expect_err("no such interface");
+                assert!(e.to_string().contains(&ip.to_string()), "{e}");
+            }
+            assert_eq!(socket.addresses(lo).expect("dump").len(), 0);
+        });
     }
 }
