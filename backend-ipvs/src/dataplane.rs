@@ -70,6 +70,9 @@ struct Core {
     cache: Option<(ServiceTable, Desired)>,
     /// The index of our dummy interface, once known.
     link_index: Option<u32>,
+    /// The clean-up of stale UDP flows started by the last sync, still running or not yet
+    /// joined: its failure is a problem of the next sync.
+    flow_cleanup: Option<std::thread::JoinHandle<Option<SyncProblem>>>,
 }
 
 /// What one blocking sync did.
@@ -106,7 +109,18 @@ impl IpvsDataplane {
     /// IPVS; [`BackendError::Link`] when no rtnetlink socket opens.
     pub fn new(config: Config) -> Result<Self, BackendError> {
         config.validate()?;
-        let ipvs = Arc::new(NetlinkIpvs::connect()?);
+        Self::with_kernel_parts(config, Arc::new(NetlinkIpvs::connect()?))
+    }
+
+    /// Everything [`IpvsDataplane::new`] programs (the dummy interface, the companions, the
+    /// conntrack clean-up) but IPVS itself, which goes through `ipvs`. With a fake, this
+    /// measures at host speed what a sync costs besides the kernel's IPVS work, on a kernel
+    /// without IPVS (`bench ipvs --backends ipvs-fake-kernel`).
+    ///
+    /// # Errors
+    /// As [`IpvsDataplane::new`], but for IPVS.
+    pub fn with_kernel_parts(config: Config, ipvs: Arc<dyn IpvsOps>) -> Result<Self, BackendError> {
+        config.validate()?;
         let link = RouteSocket::connect()?;
         let companions = config
             .manage_companions
@@ -146,6 +160,7 @@ impl IpvsDataplane {
                 needs_full: true,
                 cache: None,
                 link_index: None,
+                flow_cleanup: None,
             })),
             metrics: Metrics::default(),
         }
@@ -228,6 +243,13 @@ impl IpvsDataplane {
     /// The real servers draining now.
     pub fn draining(&self) -> Draining {
         self.lock().draining.clone()
+    }
+
+    /// Waits for the clean-up of stale UDP conntrack entries that the last sync started (it
+    /// runs off the sync's path); `Some` with the problem if it failed. The next sync waits
+    /// for it too and reports the problem itself, so only tests and shutdown need this.
+    pub fn wait_for_flow_cleanup(&self) -> Option<SyncProblem> {
+        self.lock().finish_flow_cleanup()
     }
 
     /// Syncs on this thread, at time `now` (tests pass a fake clock). [`Dataplane::sync`] runs
@@ -348,6 +370,7 @@ impl Core {
             draining: 0,
             problems: desired.problems(),
         };
+        outcome.problems.extend(self.finish_flow_cleanup());
         if let Some(link) = &self.link {
             let _span = debug_span!("link").entered();
             if full || self.link_index.is_none() {
@@ -538,32 +561,47 @@ impl Core {
                 _ => {}
             }
         }
-        let Some(conntrack) = &self.conntrack else {
+        let Some(conntrack) = self.conntrack.clone() else {
             return;
         };
         if stale.is_empty() {
             return;
         }
-        match clear_udp_flows(conntrack.as_ref(), &stale) {
-            Ok(entries) => debug!(
-                real_servers = stale.len(),
-                entries, "conntrack entries of deleted UDP real servers deleted"
-            ),
+        // Off the sync's path: a conntrack dump walks the kernel's whole conntrack hash (it is
+        // shared by every namespace), several ms on a busy host, while the real servers are
+        // already gone. The thread starts in this thread's network namespace; the next sync
+        // (or `wait_for_flow_cleanup`) joins it and reports a failure.
+        if let Some(problem) = self.finish_flow_cleanup() {
+            outcome.problems.push(problem);
+        }
+        let spawned = std::thread::Builder::new()
+            .name("svcp-ipvs-flows".into())
+            .spawn(move || clean_udp_flows(conntrack.as_ref(), &stale));
+        match spawned {
+            Ok(handle) => self.flow_cleanup = Some(handle),
             Err(e) => outcome.problems.push(SyncProblem {
-                object: format!(
-                    "conntrack entries of {}",
-                    stale
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-                reason: e.to_string(),
+                object: "stale UDP flows".into(),
+                reason: format!("cannot start the clean-up thread: {e}"),
+            }),
+        }
+    }
+
+    /// Joins the last flow clean-up, if any; its failure as a problem.
+    fn finish_flow_cleanup(&mut self) -> Option<SyncProblem> {
+        let handle = self.flow_cleanup.take()?;
+        match handle.join() {
+            Ok(problem) => problem,
+            Err(_) => Some(SyncProblem {
+                object: "stale UDP flows".into(),
+                reason: "the clean-up thread panicked".into(),
             }),
         }
     }
 
     fn cleanup(&mut self) -> Result<CleanupReport, BackendError> {
+        if let Some(problem) = self.finish_flow_cleanup() {
+            warn!(%problem, "stale UDP flows");
+        }
         let result = cleanup_owned(
             self.ipvs.as_ref(),
             self.link.as_ref(),
@@ -622,6 +660,33 @@ impl Phases {
             companions_ms = self.ms("companions"),
             "IPVS sync phases"
         );
+    }
+}
+
+/// Deletes the conntrack entries of `stale`'s flows; a failure as a problem naming them.
+fn clean_udp_flows(conntrack: &dyn ConntrackOps, stale: &[StaleUdpFlows]) -> Option<SyncProblem> {
+    match clear_udp_flows(conntrack, stale) {
+        Ok(entries) => {
+            debug!(
+                real_servers = stale.len(),
+                entries, "conntrack entries of deleted UDP real servers deleted"
+            );
+            None
+        }
+        Err(e) => {
+            warn!(error = %e, "stale UDP flows not deleted");
+            Some(SyncProblem {
+                object: format!(
+                    "conntrack entries of {}",
+                    stale
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                reason: e.to_string(),
+            })
+        }
     }
 }
 

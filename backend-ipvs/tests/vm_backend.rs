@@ -510,6 +510,7 @@ fn vm_removed_udp_endpoint_goes_at_once_and_its_flow_moves_on() {
             .map(RealServer::socket_addr)
             .collect();
         assert_eq!(left, [sa(other)]);
+        assert_eq!(dp.wait_for_flow_cleanup(), None);
         assert_eq!(
             tracked_udp_flows("198.19.0.53:53", first.ip()),
             0,
@@ -573,6 +574,8 @@ fn vm_removed_udp_real_server_loses_its_conntrack_entries_over_ctnetlink() {
             &[other],
         )]);
         sync(&dp, &both, &remaining, SyncMode::Partial);
+        // The deletion runs off the sync's path: wait for it.
+        assert_eq!(dp.wait_for_flow_cleanup(), None);
         assert_eq!(
             tracked_udp_flows("198.19.0.53:53", first.ip()),
             0,

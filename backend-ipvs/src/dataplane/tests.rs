@@ -446,6 +446,8 @@ fn removed_udp_real_servers_lose_their_flows_in_one_dump() {
     let fewer = table(vec![dns(&["198.18.1.3"]), web(&[])]);
     let report = sync(&dp, &all, &fewer, SyncMode::Partial);
     assert!(report.is_complete(), "{report}");
+    // The clean-up runs off the sync's path; wait for it.
+    assert_eq!(dp.wait_for_flow_cleanup(), None);
     assert_eq!(conntrack.dumps(), [nf_conntrack::Family::V4], "one dump");
     let deleted: Vec<IpAddr> = conntrack
         .deleted()
@@ -461,7 +463,7 @@ fn removed_udp_real_servers_lose_their_flows_in_one_dump() {
 }
 
 #[test]
-fn a_failed_flow_clean_up_is_a_problem_and_the_real_server_is_still_gone() {
+fn a_failed_flow_clean_up_is_a_problem_of_the_next_sync_and_the_real_server_is_still_gone() {
     let fake = Arc::new(FakeIpvs::new());
     let conntrack = Arc::new(nf_conntrack::testing::FakeConntrack::default());
     let dp = dataplane_with_conntrack(&fake, &conntrack);
@@ -470,6 +472,12 @@ fn a_failed_flow_clean_up_is_a_problem_and_the_real_server_is_still_gone() {
     conntrack.fail_with(1);
     let one = table(vec![dns(&["198.18.1.2"])]);
     let report = sync(&dp, &two, &one, SyncMode::Partial);
+    assert!(
+        report.is_complete(),
+        "the clean-up runs after the sync: {report}"
+    );
+    // The next sync waits for it and reports its failure.
+    let report = sync(&dp, &one, &one, SyncMode::Partial);
     assert_eq!(report.problems.len(), 1, "{report}");
     let problem = report.problems[0].to_string();
     assert!(
