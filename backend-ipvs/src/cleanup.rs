@@ -9,6 +9,7 @@
 use std::collections::BTreeSet;
 
 use crate::companions::Companions;
+use crate::config::VipBinding;
 use crate::error::BackendError;
 use crate::link::RouteSocket;
 use crate::model::ServiceKey;
@@ -34,17 +35,22 @@ pub fn cleanup_owned(
             *first = Some(e);
         }
     };
-    // Read the interface's addresses now: a previous process's VIPs count as ours too.
+    // Read the interface's VIPs now, both kinds of binding (addresses and local routes): a
+    // previous process's VIPs count as ours too, whatever it was configured with.
     let mut ownership = Ownership {
         bound: BTreeSet::new(),
         created: created.clone(),
     };
     if let Some(link) = link {
         match link.link_index(interface) {
-            Ok(Some(index)) => match link.addresses(index) {
-                Ok(addrs) => ownership.bound = addrs.into_iter().collect(),
-                Err(e) => keep(e, &mut first_error),
-            },
+            Ok(Some(index)) => {
+                for binding in [VipBinding::Addresses, VipBinding::LocalRoutes] {
+                    match link.vips(index, binding) {
+                        Ok(vips) => ownership.bound.extend(vips),
+                        Err(e) => keep(e, &mut first_error),
+                    }
+                }
+            }
             Ok(None) => {}
             Err(e) => keep(e, &mut first_error),
         }

@@ -235,7 +235,10 @@ impl IpvsDataplane {
         let core = self.lock();
         let mut ownership = core.ownership.clone();
         if let (Some(link), Some(index)) = (&core.link, core.link_index) {
-            ownership.bound = link.addresses(index)?.into_iter().collect();
+            ownership.bound = link
+                .vips(index, core.config.vip_binding)?
+                .into_iter()
+                .collect();
         }
         Ok(observe_owned(core.ipvs.as_ref(), &ownership)?)
     }
@@ -378,7 +381,10 @@ impl Core {
                 if created {
                     info!(interface = %self.config.interface, "created dummy interface");
                 }
-                self.ownership.bound = link.addresses(index)?.into_iter().collect();
+                self.ownership.bound = link
+                    .vips(index, self.config.vip_binding)?
+                    .into_iter()
+                    .collect();
                 self.link_index = Some(index);
                 set_ipvs_sysctls();
                 if self.config.strict_arp {
@@ -434,7 +440,10 @@ impl Core {
                 .filter(|ip| desired.vips.contains_key(ip) && !self.ownership.bound.contains(ip))
                 .copied()
                 .collect();
-            for (ip, result) in new.iter().zip(link.add_addresses(index, &new)) {
+            for (ip, result) in new
+                .iter()
+                .zip(link.bind_vips(index, self.config.vip_binding, &new))
+            {
                 match result {
                     Ok(()) => {
                         self.ownership.bound.insert(*ip);
@@ -501,7 +510,11 @@ impl Core {
                         && !has_service_on(&self.applied, *ip)
                 })
                 .collect();
-            for (&ip, result) in stale.iter().zip(link.delete_addresses(index, &stale)) {
+            for (&ip, result) in
+                stale
+                    .iter()
+                    .zip(link.unbind_vips(index, self.config.vip_binding, &stale))
+            {
                 match result {
                     Ok(()) => {
                         self.ownership.bound.remove(&ip);

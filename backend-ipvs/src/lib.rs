@@ -101,7 +101,7 @@ pub mod plan;
 pub mod testing;
 
 pub use client::NetlinkIpvs;
-pub use config::{Config, ConnectionTimeouts, IptablesVariant};
+pub use config::{Config, ConnectionTimeouts, IptablesVariant, VipBinding};
 pub use dataplane::{IpvsDataplane, NAME};
 pub use error::{BackendError, IpvsError, IpvsOp, IpvsTarget};
 pub use metrics::Metrics;

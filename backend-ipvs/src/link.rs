@@ -20,9 +20,13 @@ use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressScope,
 };
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::protocols::NETLINK_ROUTE;
 
+use crate::config::VipBinding;
 use crate::error::BackendError;
 use crate::netlink::batch::Conn;
 use crate::netlink::socket::{read_datagram, Progress, SocketError};
@@ -37,6 +41,12 @@ const ENODEV: i32 = 19;
 const EADDRNOTAVAIL: i32 = 99;
 /// `EEXIST`.
 const EEXIST: i32 = 17;
+/// `ESRCH`: no such route (on delete).
+const ESRCH: i32 = 3;
+/// `RTM_NEWROUTE`: the type of a route reply.
+const RTM_NEWROUTE: u16 = 24;
+/// The kernel's `local` routing table.
+const RT_TABLE_LOCAL: u8 = 255;
 
 /// A blocking rtnetlink socket, in the network namespace of the thread that opened it.
 ///
@@ -61,6 +71,17 @@ fn link_err(
             SocketError::Decode(e) => io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
         },
     }
+}
+
+/// A route's table: the `RTA_TABLE` attribute when present (tables above 255), else the header's.
+fn route_table(msg: &RouteMessage) -> u32 {
+    msg.attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(table) => Some(*table),
+            _ => None,
+        })
+        .unwrap_or(u32::from(msg.header.table))
 }
 
 fn errno_of(e: &SocketError) -> Option<i32> {
@@ -338,6 +359,147 @@ impl RouteSocket {
                 Err(e) => Err(link_err("delete address", ip.to_string())(e)),
             })
             .collect()
+    }
+
+    // === VIPs as local routes (`Config::vip_binding = LocalRoutes`) ===
+
+    fn local_route_message(index: u32, ip: IpAddr) -> RouteMessage {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = match ip {
+            IpAddr::V4(_) => AddressFamily::Inet,
+            IpAddr::V6(_) => AddressFamily::Inet6,
+        };
+        msg.header.destination_prefix_length = if ip.is_ipv4() { 32 } else { 128 };
+        msg.header.table = RT_TABLE_LOCAL;
+        // Static, so that ours are told from the kernel's own local routes (protocol kernel)
+        // for addresses on the interface, such as its IPv6 link-local one.
+        msg.header.protocol = RouteProtocol::Static;
+        msg.header.scope = RouteScope::Host;
+        msg.header.kind = RouteType::Local;
+        msg.attributes
+            .push(RouteAttribute::Destination(RouteAddress::from(ip)));
+        msg.attributes.push(RouteAttribute::Oif(index));
+        msg
+    }
+
+    /// The VIPs bound as local routes through interface `index` (`local VIP dev <it> table
+    /// local`), not counting the kernel's own routes for its addresses.
+    ///
+    /// # Errors
+    /// [`BackendError::Link`].
+    pub fn local_routes(&self, index: u32) -> Result<Vec<IpAddr>, BackendError> {
+        let mut request = RouteMessage::default();
+        request.header.table = RT_TABLE_LOCAL;
+        let replies = self
+            .exchange(
+                RouteNetlinkMessage::GetRoute(request),
+                NLM_F_REQUEST | NLM_F_DUMP,
+                RTM_NEWROUTE,
+            )
+            .map_err(link_err("dump local routes", format!("link {index}")))?;
+        let mut vips = Vec::new();
+        for reply in replies {
+            let RouteNetlinkMessage::NewRoute(msg) = reply else {
+                continue;
+            };
+            let full = match msg.header.address_family {
+                AddressFamily::Inet => 32,
+                AddressFamily::Inet6 => 128,
+                _ => continue,
+            };
+            if msg.header.kind != RouteType::Local
+                || msg.header.protocol == RouteProtocol::Kernel
+                || msg.header.destination_prefix_length != full
+                || route_table(&msg) != u32::from(RT_TABLE_LOCAL)
+                || !msg.attributes.contains(&RouteAttribute::Oif(index))
+            {
+                continue;
+            }
+            let destination = msg.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+                RouteAttribute::Destination(RouteAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
+                _ => None,
+            });
+            vips.extend(destination);
+        }
+        vips.sort();
+        vips.dedup();
+        Ok(vips)
+    }
+
+    /// Adds a local route for each of `ips` through interface `index`, batched: one result per
+    /// VIP, in order; a route already there is fine.
+    pub fn add_local_routes(&self, index: u32, ips: &[IpAddr]) -> Vec<Result<(), BackendError>> {
+        let results = self.address_batch(
+            ips,
+            |ip| RouteNetlinkMessage::NewRoute(Self::local_route_message(index, ip)),
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        );
+        ips.iter()
+            .zip(results)
+            .map(|(ip, result)| match result {
+                Ok(()) => Ok(()),
+                Err(e) if errno_of(&e) == Some(EEXIST) => Ok(()),
+                Err(e) => Err(link_err("add local route", ip.to_string())(e)),
+            })
+            .collect()
+    }
+
+    /// Deletes the local routes of `ips` through interface `index`, batched; a route already
+    /// gone is fine.
+    pub fn delete_local_routes(&self, index: u32, ips: &[IpAddr]) -> Vec<Result<(), BackendError>> {
+        let results = self.address_batch(
+            ips,
+            |ip| RouteNetlinkMessage::DelRoute(Self::local_route_message(index, ip)),
+            NLM_F_REQUEST | NLM_F_ACK,
+        );
+        ips.iter()
+            .zip(results)
+            .map(|(ip, result)| match result {
+                Ok(()) => Ok(()),
+                Err(e) if errno_of(&e) == Some(ESRCH) => Ok(()),
+                Err(e) => Err(link_err("delete local route", ip.to_string())(e)),
+            })
+            .collect()
+    }
+
+    // === either binding ===
+
+    /// The VIPs bound to interface `index` the way `binding` binds them.
+    ///
+    /// # Errors
+    /// [`BackendError::Link`].
+    pub fn vips(&self, index: u32, binding: VipBinding) -> Result<Vec<IpAddr>, BackendError> {
+        match binding {
+            VipBinding::Addresses => self.addresses(index),
+            VipBinding::LocalRoutes => self.local_routes(index),
+        }
+    }
+
+    /// Binds `ips` to interface `index` the way `binding` says, batched.
+    pub fn bind_vips(
+        &self,
+        index: u32,
+        binding: VipBinding,
+        ips: &[IpAddr],
+    ) -> Vec<Result<(), BackendError>> {
+        match binding {
+            VipBinding::Addresses => self.add_addresses(index, ips),
+            VipBinding::LocalRoutes => self.add_local_routes(index, ips),
+        }
+    }
+
+    /// Unbinds `ips` from interface `index`, batched.
+    pub fn unbind_vips(
+        &self,
+        index: u32,
+        binding: VipBinding,
+        ips: &[IpAddr],
+    ) -> Vec<Result<(), BackendError>> {
+        match binding {
+            VipBinding::Addresses => self.delete_addresses(index, ips),
+            VipBinding::LocalRoutes => self.delete_local_routes(index, ips),
+        }
     }
 
     fn address_batch(

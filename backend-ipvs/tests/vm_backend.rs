@@ -808,3 +808,79 @@ fn vm_strict_arp_and_connection_timeouts_are_set_on_a_full_sync() {
         assert!(listing.contains("7200 120 60"), "{listing}");
     });
 }
+
+#[test]
+#[ignore = "needs root and IPVS: run via scripts/vm-test"]
+fn vm_vips_bound_as_local_routes_serve_ipv4_and_ipv6_and_go_with_their_service() {
+    use backend_ipvs::VipBinding;
+    in_new_netns(|| {
+        let topo = Topology::new("routes");
+        let a6 = "[2001:db8:1::10]:8080";
+        let _servers = Servers::start(&topo, &[EP_A, EP_B, a6]);
+        let dp = IpvsDataplane::new(Config {
+            vip_binding: VipBinding::LocalRoutes,
+            ..config()
+        })
+        .unwrap_or_else(|e| panic!("{e:?}: {NEEDS_VM}"));
+        let t = table(vec![
+            port("web", Protocol::Tcp, "198.19.0.10", 80, &[EP_A, EP_B]),
+            port("web6", Protocol::Tcp, "2001:db8:19::10", 80, &[a6]),
+        ]);
+        sync(&dp, &ServiceTable::empty(), &t, SyncMode::Full);
+        let routes = run(
+            "ip",
+            &["route", "show", "table", "local", "dev", "svcp-ipvs0"],
+        );
+        assert!(routes.contains("local 198.19.0.10 "), "{routes}");
+        let routes6 = run(
+            "ip",
+            &["-6", "route", "show", "table", "local", "dev", "svcp-ipvs0"],
+        );
+        assert!(routes6.contains("local 2001:db8:19::10 "), "{routes6}");
+        let addrs = run("ip", &["-o", "addr", "show", "dev", "svcp-ipvs0"]);
+        assert!(
+            !addrs.contains("198.19.0.10") && !addrs.contains("2001:db8:19::10"),
+            "no VIP is an address: {addrs}"
+        );
+        assert_eq!(
+            tcp_spread(&topo, "198.19.0.10:80", 10),
+            BTreeMap::from([(sa(EP_A), 5), (sa(EP_B), 5)]),
+            "IPVS serves a VIP that is only a local route"
+        );
+        assert_eq!(
+            tcp_spread(&topo, "[2001:db8:19::10]:80", 2),
+            BTreeMap::from([(sa(a6), 2)])
+        );
+        // A resync reads the routes back as ours: no route is added twice or dropped.
+        sync(&dp, &t, &t, SyncMode::Full);
+        let again = run(
+            "ip",
+            &["route", "show", "table", "local", "dev", "svcp-ipvs0"],
+        );
+        assert_eq!(again, routes, "resync keeps the routes as they were");
+
+        // The IPv4 service goes: so does its route; the other stays.
+        let only6 = table(vec![port(
+            "web6",
+            Protocol::Tcp,
+            "2001:db8:19::10",
+            80,
+            &[a6],
+        )]);
+        sync(&dp, &t, &only6, SyncMode::Partial);
+        let routes = run(
+            "ip",
+            &["route", "show", "table", "local", "dev", "svcp-ipvs0"],
+        );
+        assert!(!routes.contains("198.19.0.10"), "{routes}");
+        let routes6 = run(
+            "ip",
+            &["-6", "route", "show", "table", "local", "dev", "svcp-ipvs0"],
+        );
+        assert!(routes6.contains("local 2001:db8:19::10 "), "{routes6}");
+
+        dp.cleanup_now().expect("cleanup");
+        let links = run("ip", &["-o", "link", "show"]);
+        assert!(!links.contains("svcp-ipvs0"), "{links}");
+    });
+}
