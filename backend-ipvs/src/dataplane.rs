@@ -71,7 +71,8 @@ struct Core {
     /// The index of our dummy interface, once known.
     link_index: Option<u32>,
     /// The clean-up of stale UDP flows started by the last sync, still running or not yet
-    /// joined: its failure is a problem of the next sync.
+    /// joined: its failure is a problem of the first sync after it ended (or of the sync that
+    /// starts the next one, which waits for it).
     flow_cleanup: Option<std::thread::JoinHandle<Option<SyncProblem>>>,
 }
 
@@ -373,7 +374,14 @@ impl Core {
             draining: 0,
             problems: desired.problems(),
         };
-        outcome.problems.extend(self.finish_flow_cleanup());
+        // The last flow clean-up's failure, if it has ended (a sync never waits for it here).
+        if self
+            .flow_cleanup
+            .as_ref()
+            .is_some_and(std::thread::JoinHandle::is_finished)
+        {
+            outcome.problems.extend(self.finish_flow_cleanup());
+        }
         if let Some(link) = &self.link {
             let _span = debug_span!("link").entered();
             if full || self.link_index.is_none() {

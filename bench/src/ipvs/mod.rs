@@ -234,7 +234,7 @@ fn run_one(
         &mut run.steps,
     );
     // With a fake in place of IPVS nothing forwards: there is no latency to measure.
-    if run.skipped.is_none() && backend != Backend::IpvsFakeKernel {
+    if run.skipped.is_none() && !backend.fakes_ipvs() {
         let mut spec = LoadSpec::new(
             table::last_vip(ports),
             Scenario::ConnFixed,

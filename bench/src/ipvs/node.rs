@@ -34,6 +34,10 @@ pub enum Backend {
     /// IPVS (the host), to measure at host speed everything a sync costs but the IPVS work.
     /// Nothing forwards, so no latency is measured.
     IpvsFakeKernel,
+    /// `ipvs` with its VIPs bound as local routes instead of addresses.
+    IpvsRoutes,
+    /// `ipvs-fake-kernel` with its VIPs bound as local routes instead of addresses.
+    IpvsFakeKernelRoutes,
     /// backend-iptables with its defaults (tree dispatch).
     Iptables,
     /// backend-iptables with kube-proxy's flat dispatch chain.
@@ -47,9 +51,28 @@ impl Backend {
             Backend::Ipvs => "ipvs",
             Backend::IpvsBare => "ipvs-bare",
             Backend::IpvsFakeKernel => "ipvs-fake-kernel",
+            Backend::IpvsRoutes => "ipvs-routes",
+            Backend::IpvsFakeKernelRoutes => "ipvs-fake-kernel-routes",
             Backend::Iptables => "iptables",
             Backend::IptablesFlat => "iptables-flat",
         }
+    }
+
+    fn vip_binding(self) -> backend_ipvs::VipBinding {
+        match self {
+            Backend::IpvsRoutes | Backend::IpvsFakeKernelRoutes => {
+                backend_ipvs::VipBinding::LocalRoutes
+            }
+            _ => backend_ipvs::VipBinding::Addresses,
+        }
+    }
+
+    /// Whether an in-memory fake stands in for the kernel's IPVS (nothing forwards).
+    pub fn fakes_ipvs(self) -> bool {
+        matches!(
+            self,
+            Backend::IpvsFakeKernel | Backend::IpvsFakeKernelRoutes
+        )
     }
 
     fn dataplane(self) -> Result<Box<dyn Dataplane>, BenchError> {
@@ -59,19 +82,21 @@ impl Backend {
             detail,
         };
         Ok(match self {
-            Backend::Ipvs | Backend::IpvsBare => {
+            Backend::Ipvs | Backend::IpvsBare | Backend::IpvsRoutes => {
                 let config = backend_ipvs::Config {
                     node_addresses: vec![NODE_CLIENT_SIDE.into()],
-                    manage_companions: self == Backend::Ipvs,
+                    manage_companions: self != Backend::IpvsBare,
+                    vip_binding: self.vip_binding(),
                     ..backend_ipvs::Config::default()
                 };
                 Box::new(
                     backend_ipvs::IpvsDataplane::new(config).map_err(|e| failed(e.to_string()))?,
                 )
             }
-            Backend::IpvsFakeKernel => {
+            Backend::IpvsFakeKernel | Backend::IpvsFakeKernelRoutes => {
                 let config = backend_ipvs::Config {
                     node_addresses: vec![NODE_CLIENT_SIDE.into()],
+                    vip_binding: self.vip_binding(),
                     ..backend_ipvs::Config::default()
                 };
                 // A kernel without IPVS may lack the dummy module too (these hosts do): then a
