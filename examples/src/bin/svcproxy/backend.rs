@@ -34,6 +34,7 @@ fn ipvs_config(args: &RunArgs) -> backend_ipvs::Config {
         cluster_cidrs: args.cluster_cidrs.clone(),
         masquerade_all: args.masquerade_all,
         strict_arp: args.ipvs_strict_arp,
+        vip_binding: args.ipvs_vip_binding.into(),
         timeouts: backend_ipvs::ConnectionTimeouts {
             tcp_seconds: args.ipvs_tcp_timeout,
             tcp_fin_seconds: args.ipvs_tcpfin_timeout,

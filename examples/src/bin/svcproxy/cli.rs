@@ -103,6 +103,12 @@ pub struct RunArgs {
     #[arg(long)]
     pub ipvs_strict_arp: bool,
 
+    /// ipvs backend: bind VIPs to the dummy interface as addresses (kube-proxy's way, listed by
+    /// `ip addr`) or as local routes (`ip route show table local`; much faster at thousands of
+    /// VIPs: the kernel walks the address list on every address added).
+    #[arg(long, value_enum, default_value_t = VipBindingArg::Addresses)]
+    pub ipvs_vip_binding: VipBindingArg,
+
     /// ipvs backend: IPVS timeout of established TCP connections, in seconds (0: leave as is).
     #[arg(long, value_name = "SECONDS", default_value_t = 0)]
     pub ipvs_tcp_timeout: u32,
@@ -137,4 +143,22 @@ pub struct DemoArgs {
     /// Serve metrics and health on this address.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9101")]
     pub metrics_addr: SocketAddr,
+}
+
+/// How the ipvs backend binds VIPs (`--ipvs-vip-binding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VipBindingArg {
+    /// A /32 or /128 address per VIP.
+    Addresses,
+    /// A local route per VIP.
+    LocalRoutes,
+}
+
+impl From<VipBindingArg> for backend_ipvs::VipBinding {
+    fn from(arg: VipBindingArg) -> Self {
+        match arg {
+            VipBindingArg::Addresses => backend_ipvs::VipBinding::Addresses,
+            VipBindingArg::LocalRoutes => backend_ipvs::VipBinding::LocalRoutes,
+        }
+    }
 }

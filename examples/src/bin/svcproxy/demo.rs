@@ -78,6 +78,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         node_addresses: vec!["127.0.0.1".parse().context("loopback")?],
         node_port_addresses: Vec::new(),
         ipvs_strict_arp: false,
+        ipvs_vip_binding: crate::cli::VipBindingArg::Addresses,
         ipvs_tcp_timeout: 0,
         ipvs_tcpfin_timeout: 0,
         ipvs_udp_timeout: 0,
