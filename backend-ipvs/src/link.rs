@@ -84,6 +84,14 @@ fn route_table(msg: &RouteMessage) -> u32 {
         .unwrap_or(u32::from(msg.header.table))
 }
 
+/// The only result of a batch of one.
+fn one(results: Vec<Result<(), BackendError>>) -> Result<(), BackendError> {
+    results
+        .into_iter()
+        .next()
+        .expect("a batch of one request has one result")
+}
+
 fn errno_of(e: &SocketError) -> Option<i32> {
     match e {
         SocketError::Kernel(e) => e.raw_os_error(),
@@ -298,15 +306,7 @@ impl RouteSocket {
     /// # Errors
     /// [`BackendError::Link`] naming the address.
     pub fn add_address(&self, index: u32, ip: IpAddr) -> Result<(), BackendError> {
-        match self.exchange(
-            RouteNetlinkMessage::NewAddress(Self::address_message(index, ip)),
-            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-            RTM_NEWADDR,
-        ) {
-            Ok(_) => Ok(()),
-            Err(e) if errno_of(&e) == Some(EEXIST) => Ok(()),
-            Err(e) => Err(link_err("add address", ip.to_string())(e)),
-        }
+        one(self.add_addresses(index, &[ip]))
     }
 
     /// Removes `ip` from interface `index`; an address already gone is fine.
@@ -314,51 +314,29 @@ impl RouteSocket {
     /// # Errors
     /// [`BackendError::Link`] naming the address.
     pub fn delete_address(&self, index: u32, ip: IpAddr) -> Result<(), BackendError> {
-        match self.exchange(
-            RouteNetlinkMessage::DelAddress(Self::address_message(index, ip)),
-            NLM_F_REQUEST | NLM_F_ACK,
-            RTM_NEWADDR,
-        ) {
-            Ok(_) => Ok(()),
-            Err(e) if errno_of(&e) == Some(EADDRNOTAVAIL) => Ok(()),
-            Err(e) => Err(link_err("delete address", ip.to_string())(e)),
-        }
+        one(self.delete_addresses(index, &[ip]))
     }
 
     /// [`RouteSocket::add_address`] for each of `ips`, batched: one result per address, in
     /// order.
     pub fn add_addresses(&self, index: u32, ips: &[IpAddr]) -> Vec<Result<(), BackendError>> {
-        let results = self.address_batch(
+        self.each_ip(
             ips,
             |ip| RouteNetlinkMessage::NewAddress(Self::address_message(index, ip)),
-            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-        );
-        ips.iter()
-            .zip(results)
-            .map(|(ip, result)| match result {
-                Ok(()) => Ok(()),
-                Err(e) if errno_of(&e) == Some(EEXIST) => Ok(()),
-                Err(e) => Err(link_err("add address", ip.to_string())(e)),
-            })
-            .collect()
+            NLM_F_CREATE | NLM_F_EXCL,
+            (EEXIST, "add address"),
+        )
     }
 
     /// [`RouteSocket::delete_address`] for each of `ips`, batched: one result per address, in
     /// order.
     pub fn delete_addresses(&self, index: u32, ips: &[IpAddr]) -> Vec<Result<(), BackendError>> {
-        let results = self.address_batch(
+        self.each_ip(
             ips,
             |ip| RouteNetlinkMessage::DelAddress(Self::address_message(index, ip)),
-            NLM_F_REQUEST | NLM_F_ACK,
-        );
-        ips.iter()
-            .zip(results)
-            .map(|(ip, result)| match result {
-                Ok(()) => Ok(()),
-                Err(e) if errno_of(&e) == Some(EADDRNOTAVAIL) => Ok(()),
-                Err(e) => Err(link_err("delete address", ip.to_string())(e)),
-            })
-            .collect()
+            0,
+            (EADDRNOTAVAIL, "delete address"),
+        )
     }
 
     // === VIPs as local routes (`Config::vip_binding = LocalRoutes`) ===
@@ -430,37 +408,23 @@ impl RouteSocket {
     /// Adds a local route for each of `ips` through interface `index`, batched: one result per
     /// VIP, in order; a route already there is fine.
     pub fn add_local_routes(&self, index: u32, ips: &[IpAddr]) -> Vec<Result<(), BackendError>> {
-        let results = self.address_batch(
+        self.each_ip(
             ips,
             |ip| RouteNetlinkMessage::NewRoute(Self::local_route_message(index, ip)),
-            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-        );
-        ips.iter()
-            .zip(results)
-            .map(|(ip, result)| match result {
-                Ok(()) => Ok(()),
-                Err(e) if errno_of(&e) == Some(EEXIST) => Ok(()),
-                Err(e) => Err(link_err("add local route", ip.to_string())(e)),
-            })
-            .collect()
+            NLM_F_CREATE | NLM_F_EXCL,
+            (EEXIST, "add local route"),
+        )
     }
 
     /// Deletes the local routes of `ips` through interface `index`, batched; a route already
     /// gone is fine.
     pub fn delete_local_routes(&self, index: u32, ips: &[IpAddr]) -> Vec<Result<(), BackendError>> {
-        let results = self.address_batch(
+        self.each_ip(
             ips,
             |ip| RouteNetlinkMessage::DelRoute(Self::local_route_message(index, ip)),
-            NLM_F_REQUEST | NLM_F_ACK,
-        );
-        ips.iter()
-            .zip(results)
-            .map(|(ip, result)| match result {
-                Ok(()) => Ok(()),
-                Err(e) if errno_of(&e) == Some(ESRCH) => Ok(()),
-                Err(e) => Err(link_err("delete local route", ip.to_string())(e)),
-            })
-            .collect()
+            0,
+            (ESRCH, "delete local route"),
+        )
     }
 
     // === either binding ===
@@ -502,25 +466,36 @@ impl RouteSocket {
         }
     }
 
-    fn address_batch(
+    /// One request per address of `ips` (`NLM_F_REQUEST | NLM_F_ACK | flags`), batched; one
+    /// result per address, in order. `harmless` is the errno that means "already so" (taken
+    /// as success) and the operation's name for errors.
+    fn each_ip(
         &self,
         ips: &[IpAddr],
         message: impl Fn(IpAddr) -> RouteNetlinkMessage,
         flags: u16,
-    ) -> Vec<Result<(), SocketError>> {
+        (harmless, op): (i32, &'static str),
+    ) -> Vec<Result<(), BackendError>> {
         if ips.is_empty() {
             return Vec::new();
         }
-        let mut conn = self.lock();
-        conn.batch(&self.seq, ips.len(), |i, out| {
+        let results = self.lock().batch(&self.seq, ips.len(), |i, out| {
             let Some(ip) = ips.get(i) else { return };
             let mut request = NetlinkMessage::from(message(*ip));
-            request.header.flags = flags;
+            request.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
             request.finalize();
             let start = out.len();
             out.resize(start + request.buffer_len(), 0);
             request.serialize(&mut out[start..]);
-        })
+        });
+        ips.iter()
+            .zip(results)
+            .map(|(ip, result)| match result {
+                Ok(()) => Ok(()),
+                Err(e) if errno_of(&e) == Some(harmless) => Ok(()),
+                Err(e) => Err(link_err(op, ip.to_string())(e)),
+            })
+            .collect()
     }
 }
 
