@@ -20,11 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use netlink_packet_core::{NetlinkMessage, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST};
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{LinkAttribute, LinkMessage};
-use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use backend_ipvs::link::RouteSocket;
 use serde::{Deserialize, Serialize};
 
 use crate::error::BenchError;
@@ -181,82 +177,32 @@ fn syscall_stat() -> Result<Workload, BenchError> {
     })
 }
 
-/// A netlink socket in the current namespace with a sequence counter.
-struct RouteSocket {
-    socket: Socket,
-    seq: u32,
+/// The IPVS backend's own rtnetlink socket (`backend_ipvs::link::RouteSocket`), so the
+/// calibration times the code path a sync runs.
+fn route_socket() -> Result<RouteSocket, BenchError> {
+    RouteSocket::connect().map_err(link_error("open NETLINK_ROUTE socket"))
 }
 
-impl RouteSocket {
-    fn open() -> Result<Self, BenchError> {
-        let open = || -> io::Result<Socket> {
-            let mut socket = Socket::new(NETLINK_ROUTE)?;
-            socket.bind_auto()?;
-            socket.connect(&SocketAddr::new(0, 0))?;
-            Ok(socket)
-        };
-        Ok(RouteSocket {
-            socket: open().map_err(io_err("open NETLINK_ROUTE socket".into()))?,
-            seq: 0,
-        })
-    }
-
-    /// Sends `msg` and reads until the kernel's answer to it: the first reply message
-    /// (`NLMSG_ERROR` with errno 0 is the ack) ends the exchange.
-    fn round_trip(&mut self, msg: RouteNetlinkMessage, flags: u16) -> Result<(), BenchError> {
-        self.seq = self.seq.wrapping_add(1);
-        let mut request = NetlinkMessage::from(msg);
-        request.header.flags = flags;
-        request.header.sequence_number = self.seq;
-        request.finalize();
-        let mut bytes = vec![0u8; request.buffer_len()];
-        request.serialize(&mut bytes);
-        self.socket
-            .send(&bytes, 0)
-            .map_err(io_err("netlink send".into()))?;
-        loop {
-            let (datagram, _) = self
-                .socket
-                .recv_from_full()
-                .map_err(io_err("netlink receive".into()))?;
-            // One reply per request here (no dumps): check the first message of the datagram.
-            let header = datagram.get(..20).ok_or_else(|| BenchError::Io {
-                what: "netlink receive".into(),
-                source: io::Error::new(io::ErrorKind::InvalidData, "short datagram"),
-            })?;
-            let seq = u32::from_ne_bytes([header[8], header[9], header[10], header[11]]);
-            if seq != self.seq {
-                continue; // a late answer to an earlier request
-            }
-            let ty = u16::from_ne_bytes([header[4], header[5]]);
-            // NLMSG_ERROR: errno 0 is the ack, anything else the kernel's refusal.
-            if ty == 2 {
-                let errno = i32::from_ne_bytes([header[16], header[17], header[18], header[19]]);
-                if errno != 0 {
-                    return Err(BenchError::Io {
-                        what: "netlink request".into(),
-                        source: io::Error::from_raw_os_error(-errno),
-                    });
-                }
-            }
-            return Ok(());
-        }
+fn link_error(what: &'static str) -> impl Fn(backend_ipvs::BackendError) -> BenchError {
+    move |e| BenchError::Io {
+        what: what.into(),
+        source: io::Error::other(e.to_string()),
     }
 }
 
 /// A read-only netlink round trip: `RTM_GETLINK` of `lo`.
 fn netlink_get_link() -> Result<Workload, BenchError> {
     const OPS: u64 = 2_000;
-    let mut socket = RouteSocket::open()?;
+    let socket = route_socket()?;
     measure(
         "netlink-read",
-        "RTM_GETLINK lo (request, reply)",
+        "RTM_GETLINK lo (request, reply, ack)",
         OPS,
         || {
             for _ in 0..OPS {
-                let mut msg = LinkMessage::default();
-                msg.attributes.push(LinkAttribute::IfName("lo".into()));
-                socket.round_trip(RouteNetlinkMessage::GetLink(msg), NLM_F_REQUEST)?;
+                socket
+                    .link_index("lo")
+                    .map_err(link_error("RTM_GETLINK lo"))?;
             }
             Ok(())
         },
@@ -291,31 +237,21 @@ fn netlink_address() -> Result<Workload, BenchError> {
             ),
         });
     }
-    let mut socket = RouteSocket::open()?;
-    let message = || {
-        let mut msg = AddressMessage::default();
-        msg.header.family = AddressFamily::Inet;
-        msg.header.prefix_len = 32;
-        msg.header.index = 1; // lo is always index 1 in a fresh namespace
-        let vip = std::net::IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1));
-        msg.attributes.push(AddressAttribute::Local(vip));
-        msg.attributes.push(AddressAttribute::Address(vip));
-        msg
-    };
+    let socket = route_socket()?;
+    let vip = std::net::IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1));
+    let lo = 1; // lo is always index 1 in a fresh namespace
     measure(
         "netlink-write",
         "RTM_NEWADDR or RTM_DELADDR on lo (request, ack)",
         2 * PAIRS,
         || {
             for _ in 0..PAIRS {
-                socket.round_trip(
-                    RouteNetlinkMessage::NewAddress(message()),
-                    NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-                )?;
-                socket.round_trip(
-                    RouteNetlinkMessage::DelAddress(message()),
-                    NLM_F_REQUEST | NLM_F_ACK,
-                )?;
+                socket
+                    .add_address(lo, vip)
+                    .map_err(link_error("RTM_NEWADDR"))?;
+                socket
+                    .delete_address(lo, vip)
+                    .map_err(link_error("RTM_DELADDR"))?;
             }
             Ok(())
         },
