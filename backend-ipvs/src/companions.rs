@@ -324,8 +324,7 @@ impl Companions {
             let save = self.iptables(family, "-save");
             let saved = self.run(&save, &[], None)?.stdout;
             let missing = missing_hooks(&self.names, &saved);
-            let rules =
-                with_hook_inserts(render_rules(&self.names, &self.config, family), &missing);
+            let rules = render_rules(&self.names, &self.config, family, &missing);
             let restore = self.iptables(family, "-restore");
             self.run(&restore, &["-w", "--noflush"], Some(&rules))?;
             written += rules.lines().filter(|l| l.starts_with("-A")).count();
@@ -437,31 +436,6 @@ fn missing_hooks(names: &Names, saved: &str) -> Vec<(&'static str, &'static str,
                 .any(|block| block.contains(&header) && block.lines().any(|l| l == line))
         })
         .collect()
-}
-
-/// `rules` (restore input with one block per table) with an `-I` line for each missing jump,
-/// at the end of its table's block, after our chains are declared.
-fn with_hook_inserts(rules: String, missing: &[(&'static str, &'static str, String)]) -> String {
-    if missing.is_empty() {
-        return rules;
-    }
-    let mut out = String::with_capacity(rules.len() + 96 * missing.len());
-    let mut table = "";
-    for line in rules.lines() {
-        if let Some(name) = line.strip_prefix('*') {
-            table = name;
-        }
-        if line == "COMMIT" {
-            for (_, chain, target) in missing.iter().filter(|(t, _, _)| *t == table) {
-                out.push_str(&format!(
-                    "-I {chain} -m comment --comment {HOOK_COMMENT} -j {target}\n"
-                ));
-            }
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    out
 }
 
 #[cfg(test)]

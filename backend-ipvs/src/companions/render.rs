@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use proxy_core::table::Protocol;
 
 use super::names::{Family, Names, SetKind};
-use super::MASQ_MARK;
+use super::{HOOK_COMMENT, MASQ_MARK};
 use crate::config::Config;
 use crate::ipset::{IpsetOp, SetEntry, SetSpec};
 use crate::model::ServiceKey;
@@ -197,8 +197,24 @@ pub fn hooks(names: &Names) -> Vec<(&'static str, &'static str, String)> {
     ]
 }
 
-/// `iptables-restore --noflush` input for one family: our chains and their fixed rules.
-pub fn render_rules(names: &Names, config: &Config, family: Family) -> String {
+/// `iptables-restore --noflush` input for one family: our chains and their fixed rules, and
+/// an `-I` for each jump of `insert` (from [`hooks`]: those the family's `iptables-save` lacks)
+/// at the end of its table's block, after our chains are declared.
+pub fn render_rules(
+    names: &Names,
+    config: &Config,
+    family: Family,
+    insert: &[(&'static str, &'static str, String)],
+) -> String {
+    let commit = |out: &mut String, table: &str| {
+        for (_, chain, target) in insert.iter().filter(|(t, _, _)| *t == table) {
+            let _ = writeln!(
+                out,
+                "-I {chain} -m comment --comment {HOOK_COMMENT} -j {target}"
+            );
+        }
+        let _ = writeln!(out, "COMMIT");
+    };
     let set = |kind| names.set(kind, family);
     let services = names.chain("SERVICES");
     let mark_masq = names.chain("MARK-MASQ");
@@ -247,7 +263,7 @@ pub fn render_rules(names: &Names, config: &Config, family: Family) -> String {
         out,
         "-A {postrouting} -m comment --comment \"svcp-ipvs service traffic requiring SNAT\" -j MASQUERADE --random-fully"
     );
-    let _ = writeln!(out, "COMMIT");
+    commit(&mut out, "nat");
     let _ = writeln!(out, "*filter");
     let _ = writeln!(out, ":{filter} - [0:0]");
     let _ = writeln!(
@@ -266,7 +282,7 @@ pub fn render_rules(names: &Names, config: &Config, family: Family) -> String {
         "-A {filter} -m comment --comment \"svcp-ipvs no endpoints\" -m set --match-set {} dst,dst -j REJECT",
         set(SetKind::Reject)
     );
-    let _ = writeln!(out, "COMMIT");
+    commit(&mut out, "filter");
     out
 }
 

@@ -185,7 +185,7 @@ fn rules_reference_only_our_sets_and_chains_and_never_kube() {
         .flat_map(|k| Family::ALL.map(|f| names.set(*k, f)))
         .collect();
     for family in Family::ALL {
-        let rules = render_rules(&names, &config(), family);
+        let rules = render_rules(&names, &config(), family, &[]);
         assert!(!rules.contains("KUBE-"), "{rules}");
         let chains: BTreeSet<&str> = rules
             .lines()

@@ -31,9 +31,9 @@ fn render_rules_file(desired: &Desired, config: &Config) -> String {
     let mut out = String::from("# ipset restore\n");
     out.push_str(&render_sets_full(&names, &plan_entries(desired, config)));
     out.push_str("# iptables-restore --noflush\n");
-    out.push_str(&render_rules(&names, config, Family::V4));
+    out.push_str(&render_rules(&names, config, Family::V4, &[]));
     out.push_str("# ip6tables-restore --noflush\n");
-    out.push_str(&render_rules(&names, config, Family::V6));
+    out.push_str(&render_rules(&names, config, Family::V6, &[]));
     out
 }
 
