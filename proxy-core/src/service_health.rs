@@ -37,7 +37,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::dataplane::{CleanupReport, Dataplane, SyncReport, SyncRequest};
+use crate::dataplane::{CleanupReport, Dataplane, SyncMode, SyncReport, SyncRequest};
+use crate::diff::ChangeSet;
 use crate::error::DataplaneError;
 use crate::table::{ServiceTable, TrafficPolicy};
 use crate::{Capabilities, ServicePort};
@@ -312,6 +313,16 @@ async fn answer(mut stream: TcpStream, port: u16, health: &SharedHealth) -> std:
     stream.shutdown().await
 }
 
+/// Whether `changes` adds, removes or changes a port that has (or had) a health-check port.
+fn touches_health_ports(changes: &ChangeSet) -> bool {
+    let has = |port: &ServicePort| port.health_check_node_port.is_some();
+    changes.added.iter().chain(&changes.removed).any(|p| has(p))
+        || changes
+            .changed
+            .iter()
+            .any(|c| has(&c.previous) || has(&c.current))
+}
+
 /// Any [`Dataplane`] plus a [`ServiceHealthServer`] updated after each successful sync.
 ///
 /// A health port that cannot be opened is logged (`warn`) and retried at the next sync; it
@@ -354,9 +365,15 @@ impl<D: Dataplane> Dataplane for WithServiceHealth<D> {
 
     async fn sync(&mut self, request: SyncRequest<'_>) -> Result<SyncReport, DataplaneError> {
         let desired = request.desired;
+        // A partial sync that touches no port with a health-check port leaves every answer as
+        // it was: skip the walk over the whole table. (`changes` is relative to the last
+        // successful sync, which is also when the server was last updated.)
+        let update = request.mode == SyncMode::Full || touches_health_ports(request.changes);
         let report = self.inner.sync(request).await?;
-        if let Err(err) = self.health.update(desired).await {
-            warn!(error = %err, "health-check node ports");
+        if update {
+            if let Err(err) = self.health.update(desired).await {
+                warn!(error = %err, "health-check node ports");
+            }
         }
         Ok(report)
     }

@@ -245,3 +245,67 @@ async fn a_failed_sync_leaves_the_health_ports_as_they_were() {
         .expect_err("injected failure");
     assert!(dataplane.health().open_ports().is_empty());
 }
+
+#[tokio::test]
+async fn a_partial_sync_updates_the_answers_of_the_ports_it_touches() {
+    use crate::diff::diff;
+    let port = free_port();
+    let mut dataplane =
+        WithServiceHealth::new(FakeDataplane::new(), vec![Ipv4Addr::LOCALHOST.into()]);
+    let web = |ready| {
+        local_service(
+            "web",
+            "",
+            "198.18.0.1",
+            port,
+            vec![endpoint("198.18.1.1", true, ready)],
+        )
+    };
+    let other = |n: u8| {
+        let mut p = ServicePort::new(ServicePortName::new("ns", "other", ""), Protocol::Tcp, 80)
+            .with_cluster_ip("198.18.0.2".parse().expect("ip"));
+        p.endpoints = vec![endpoint(&format!("198.18.2.{n}"), false, true)];
+        p
+    };
+    let before = table(vec![web(true), other(1)]);
+    sync_once(&mut dataplane, &before, SyncMode::Full)
+        .await
+        .expect("sync");
+    assert_eq!(
+        dataplane.health().health(port).map(|h| h.local_endpoints),
+        Some(1)
+    );
+
+    let partial = |from: &ServiceTable, to: &ServiceTable| {
+        let changes = diff(from, to);
+        (to.clone(), changes)
+    };
+    // Another service changes: the answer stays.
+    let (unrelated, changes) = partial(&before, &table(vec![web(true), other(2)]));
+    dataplane
+        .sync(SyncRequest {
+            desired: &unrelated,
+            changes: &changes,
+            mode: SyncMode::Partial,
+        })
+        .await
+        .expect("partial sync");
+    assert_eq!(
+        dataplane.health().health(port).map(|h| h.local_endpoints),
+        Some(1)
+    );
+    // The health-checked service loses its ready local endpoint: the answer follows.
+    let (draining, changes) = partial(&unrelated, &table(vec![web(false), other(2)]));
+    dataplane
+        .sync(SyncRequest {
+            desired: &draining,
+            changes: &changes,
+            mode: SyncMode::Partial,
+        })
+        .await
+        .expect("partial sync");
+    assert_eq!(
+        dataplane.health().health(port).map(|h| h.local_endpoints),
+        Some(0)
+    );
+}
