@@ -25,6 +25,9 @@
 //!     async fn cleanup(&mut self) -> Result<CleanupReport, DataplaneError> {
 //!         Ok(CleanupReport::default())
 //!     }
+//!     fn dry_run(&self, table: &proxy_core::ServiceTable) -> Result<DryRun, DataplaneError> {
+//!         Ok(DryRun::new(format!("{} service port(s)\n", table.len())))
+//!     }
 //! }
 //! ```
 
@@ -33,10 +36,13 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use prometheus_client::registry::Registry;
 
 use crate::diff::ChangeSet;
 use crate::error::{DataplaneError, UnsupportedFeatures};
-use crate::table::{Protocol, Scheduler, ServiceTable, SessionAffinity, TrafficPolicy};
+use crate::table::{
+    Protocol, Scheduler, ServicePortName, ServiceTable, SessionAffinity, TrafficPolicy,
+};
 use crate::validate::FieldError;
 
 /// Whether a sync may rely on the change set or must rewrite and verify everything.
@@ -131,10 +137,69 @@ impl fmt::Display for SyncReport {
 /// A part of the table a sync could not apply, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncProblem {
+    /// The service port it belongs to, when it belongs to one (a listener of that port, its
+    /// virtual server...); `None` for node-wide objects.
+    pub service_port: Option<ServicePortName>,
     /// What could not be applied (`default/web:http 127.0.0.1:80`).
     pub object: String,
     /// Why, with the OS error where there is one.
     pub reason: String,
+}
+
+impl SyncProblem {
+    /// A problem with a node-wide object (no service port).
+    pub fn new(object: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            service_port: None,
+            object: object.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// A problem with an object of `service_port`.
+    pub fn of_port(
+        service_port: ServicePortName,
+        object: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        Self {
+            service_port: Some(service_port),
+            object: object.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// What a sync of a table would program, rendered for people, without programming it
+/// ([`Dataplane::dry_run`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DryRun {
+    /// The backend's own notation of the desired state: `iptables-restore` input, an
+    /// `ipvsadm -Ln`-style listing, a listener list. Ends with a newline unless empty.
+    pub rendered: String,
+    /// Parts of the table the backend could not program, as a sync would report them.
+    pub problems: Vec<SyncProblem>,
+}
+
+impl DryRun {
+    /// A dry run with this rendering and no problems.
+    pub fn new(rendered: impl Into<String>) -> Self {
+        Self {
+            rendered: rendered.into(),
+            problems: Vec::new(),
+        }
+    }
+}
+
+impl fmt::Display for DryRun {
+    /// The rendering, then one `# problem: ...` line per problem.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.rendered)?;
+        for problem in &self.problems {
+            writeln!(f, "# problem: {problem}")?;
+        }
+        Ok(())
+    }
 }
 
 impl fmt::Display for SyncProblem {
@@ -297,6 +362,23 @@ pub trait Dataplane: Send {
     /// # Errors
     /// [`DataplaneError`] when something could not be removed; what could be was.
     async fn cleanup(&mut self) -> Result<CleanupReport, DataplaneError>;
+
+    /// What a full sync of `table` would program, rendered for people; changes nothing, needs
+    /// no privileges and does no I/O (only the backend's pure plan step runs). `svcproxy
+    /// --dry-run` prints it, and [`crate::sync::SyncHandle::dry_run`] asks a running loop for it.
+    ///
+    /// # Errors
+    /// [`DataplaneError`] when the backend cannot plan the table at all (a bad configuration).
+    fn dry_run(&self, table: &ServiceTable) -> Result<DryRun, DataplaneError>;
+
+    /// Registers this backend's metrics in the embedder's `registry`, once, before the first
+    /// sync. Every backend uses the same convention as the sync loop's
+    /// [`crate::metrics::SyncMetrics`]: kube-proxy's names under the `kubeproxy` prefix where
+    /// kube-proxy has the metric, our own under `svcproxy`; pass the root registry. Series of a
+    /// service port are removed when the port is. The default registers nothing.
+    fn register_metrics(&mut self, registry: &mut Registry) {
+        let _ = registry;
+    }
 }
 
 #[async_trait]
@@ -312,5 +394,11 @@ impl<D: Dataplane + ?Sized> Dataplane for Box<D> {
     }
     async fn cleanup(&mut self) -> Result<CleanupReport, DataplaneError> {
         (**self).cleanup().await
+    }
+    fn dry_run(&self, table: &ServiceTable) -> Result<DryRun, DataplaneError> {
+        (**self).dry_run(table)
+    }
+    fn register_metrics(&mut self, registry: &mut Registry) {
+        (**self).register_metrics(registry);
     }
 }

@@ -29,7 +29,21 @@ pub mod table;
 pub mod testing;
 pub mod validate;
 
-pub use dataplane::{Capabilities, Dataplane, SyncMode, SyncReport, SyncRequest};
+pub use dataplane::{
+    Capabilities, CleanupReport, Dataplane, DryRun, SyncMode, SyncProblem, SyncReport, SyncRequest,
+};
 pub use diff::{diff, ChangeSet};
 pub use error::DataplaneError;
-pub use table::{Endpoint, Protocol, ServicePort, ServicePortName, ServiceTable};
+pub use sync::{ServiceSource, SyncConfig, SyncHealth, SyncLoop};
+pub use table::{
+    Endpoint, Protocol, Scheduler, ServicePort, ServicePortName, ServiceTable, SessionAffinity,
+    TableBuilder, TrafficPolicy,
+};
+pub use validate::{FieldError, ValidationErrors};
+
+/// The `#[async_trait]` macro [`Dataplane`] and [`ServiceSource`] are written with, re-exported
+/// so that an embedder's implementation uses the same version: `#[proxy_core::async_trait]`.
+pub use async_trait::async_trait;
+/// The metrics crate whose [`Registry`](prometheus_client::registry::Registry) the sync loop and
+/// every backend register in, re-exported so that an embedder's registry is the same type.
+pub use prometheus_client;

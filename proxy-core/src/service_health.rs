@@ -37,7 +37,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::dataplane::{CleanupReport, Dataplane, SyncMode, SyncReport, SyncRequest};
+use crate::dataplane::{CleanupReport, Dataplane, DryRun, SyncMode, SyncReport, SyncRequest};
 use crate::diff::ChangeSet;
 use crate::error::DataplaneError;
 use crate::table::{ServiceTable, TrafficPolicy};
@@ -381,6 +381,21 @@ impl<D: Dataplane> Dataplane for WithServiceHealth<D> {
     async fn cleanup(&mut self) -> Result<CleanupReport, DataplaneError> {
         self.health.close();
         self.inner.cleanup().await
+    }
+
+    fn dry_run(&self, table: &ServiceTable) -> Result<DryRun, DataplaneError> {
+        let mut dry_run = self.inner.dry_run(table)?;
+        for (port, health) in desired_health(table) {
+            dry_run.rendered.push_str(&format!(
+                "# health-check node port {port}: {}/{} ({} local endpoint(s))\n",
+                health.namespace, health.name, health.local_endpoints
+            ));
+        }
+        Ok(dry_run)
+    }
+
+    fn register_metrics(&mut self, registry: &mut prometheus_client::registry::Registry) {
+        self.inner.register_metrics(registry);
     }
 }
 

@@ -30,7 +30,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::dataplane::{
-    Capabilities, CleanupReport, Dataplane, SyncMode, SyncProblem, SyncReport, SyncRequest,
+    Capabilities, CleanupReport, Dataplane, DryRun, SyncMode, SyncProblem, SyncReport,
+    SyncRequest,
 };
 use crate::diff::{apply_changes, ChangeSet};
 use crate::error::DataplaneError;
@@ -245,10 +246,10 @@ impl Dataplane for FakeDataplane {
                 }
                 FakeOutcome::Degraded => {
                     state.applied = request.desired.clone();
-                    report.problems.push(SyncProblem {
-                        object: format!("request #{index}"),
-                        reason: "injected problem".to_owned(),
-                    });
+                    report.problems.push(SyncProblem::new(
+                        format!("request #{index}"),
+                        "injected problem",
+                    ));
                     Ok(report)
                 }
                 FakeOutcome::Failed => Err(DataplaneError::backend(
@@ -259,6 +260,14 @@ impl Dataplane for FakeDataplane {
         };
         self.shared.changed.notify_waiters();
         result
+    }
+
+    fn dry_run(&self, table: &ServiceTable) -> Result<DryRun, DataplaneError> {
+        let mut rendered = String::new();
+        for port in table.iter() {
+            rendered.push_str(&format!("{} ({} endpoint(s))\n", port.name, port.endpoints.len()));
+        }
+        Ok(DryRun::new(rendered))
     }
 
     async fn cleanup(&mut self) -> Result<CleanupReport, DataplaneError> {
