@@ -41,7 +41,8 @@ use prometheus_client::registry::Registry;
 use crate::diff::ChangeSet;
 use crate::error::{DataplaneError, UnsupportedFeatures};
 use crate::table::{
-    Protocol, Scheduler, ServicePortName, ServiceTable, SessionAffinity, TrafficPolicy,
+    Protocol, Scheduler, ServicePort, ServicePortName, ServiceTable, SessionAffinity,
+    TrafficPolicy,
 };
 use crate::validate::FieldError;
 
@@ -254,80 +255,10 @@ impl Capabilities {
     /// # Errors
     /// [`UnsupportedFeatures`] naming the backend and every field that asks for too much.
     pub fn check(&self, backend: &str, table: &ServiceTable) -> Result<(), UnsupportedFeatures> {
-        let mut problems = Vec::new();
-        for port in table.iter() {
-            let path = format!(
-                "services[{}].ports[{}]",
-                port.name.service(),
-                port.name.port
-            );
-            let mut unsupported = |field: &str, message: String| {
-                problems.push(FieldError::new(format!("{path}.{field}"), message));
-            };
-            if !self.protocols.contains(&port.protocol) {
-                unsupported(
-                    "protocol",
-                    format!(
-                        "{} is not supported by the {backend} backend",
-                        port.protocol
-                    ),
-                );
-            }
-            if let Some(scheduler) = port.scheduler {
-                if !self.schedulers.contains(&scheduler) {
-                    let known: Vec<&str> = self.schedulers.iter().map(|s| s.as_str()).collect();
-                    unsupported(
-                        "scheduler",
-                        format!(
-                            "{scheduler} is not supported by the {backend} backend (it has: {})",
-                            known.join(", ")
-                        ),
-                    );
-                }
-            }
-            if !self.session_affinity && port.session_affinity != SessionAffinity::None {
-                unsupported(
-                    "session_affinity",
-                    format!("client IP affinity is not supported by the {backend} backend"),
-                );
-            }
-            if !self.local_traffic_policy {
-                if port.external_traffic_policy == TrafficPolicy::Local {
-                    unsupported(
-                        "external_traffic_policy",
-                        format!("local is not supported by the {backend} backend"),
-                    );
-                }
-                if port.internal_traffic_policy == TrafficPolicy::Local {
-                    unsupported(
-                        "internal_traffic_policy",
-                        format!("local is not supported by the {backend} backend"),
-                    );
-                }
-            }
-            if !self.load_balancer_source_ranges && !port.load_balancer_source_ranges.is_empty() {
-                unsupported(
-                    "load_balancer_source_ranges",
-                    format!("source ranges are not supported by the {backend} backend"),
-                );
-            }
-            if !self.node_ports && port.node_port.is_some() {
-                unsupported(
-                    "node_port",
-                    format!("node ports are not supported by the {backend} backend"),
-                );
-            }
-            if !self.ipv6 {
-                let has_v6 = port.service_ips().any(|ip| ip.is_ipv6())
-                    || port.endpoints.iter().any(|ep| ep.addr.is_ipv6());
-                if has_v6 {
-                    unsupported(
-                        "cluster_ips",
-                        format!("IPv6 is not supported by the {backend} backend"),
-                    );
-                }
-            }
-        }
+        let problems: Vec<FieldError> = table
+            .iter()
+            .flat_map(|port| self.check_port(backend, port))
+            .collect();
         if problems.is_empty() {
             Ok(())
         } else {
@@ -336,6 +267,79 @@ impl Capabilities {
                 problems,
             })
         }
+    }
+
+    /// Every field of `port` that asks for what this backend lacks; empty when it can run.
+    pub fn check_port(&self, backend: &str, port: &ServicePort) -> Vec<FieldError> {
+        let mut problems = Vec::new();
+        let path = crate::validate::port_path(&port.name);
+        let mut unsupported = |field: &str, message: String| {
+            problems.push(FieldError::new(format!("{path}.{field}"), message));
+        };
+        if !self.protocols.contains(&port.protocol) {
+            unsupported(
+                "protocol",
+                format!(
+                    "{} is not supported by the {backend} backend",
+                    port.protocol
+                ),
+            );
+        }
+        if let Some(scheduler) = port.scheduler {
+            if !self.schedulers.contains(&scheduler) {
+                let known: Vec<&str> = self.schedulers.iter().map(|s| s.as_str()).collect();
+                unsupported(
+                    "scheduler",
+                    format!(
+                        "{scheduler} is not supported by the {backend} backend (it has: {})",
+                        known.join(", ")
+                    ),
+                );
+            }
+        }
+        if !self.session_affinity && port.session_affinity != SessionAffinity::None {
+            unsupported(
+                "session_affinity",
+                format!("client IP affinity is not supported by the {backend} backend"),
+            );
+        }
+        if !self.local_traffic_policy {
+            if port.external_traffic_policy == TrafficPolicy::Local {
+                unsupported(
+                    "external_traffic_policy",
+                    format!("local is not supported by the {backend} backend"),
+                );
+            }
+            if port.internal_traffic_policy == TrafficPolicy::Local {
+                unsupported(
+                    "internal_traffic_policy",
+                    format!("local is not supported by the {backend} backend"),
+                );
+            }
+        }
+        if !self.load_balancer_source_ranges && !port.load_balancer_source_ranges.is_empty() {
+            unsupported(
+                "load_balancer_source_ranges",
+                format!("source ranges are not supported by the {backend} backend"),
+            );
+        }
+        if !self.node_ports && port.node_port.is_some() {
+            unsupported(
+                "node_port",
+                format!("node ports are not supported by the {backend} backend"),
+            );
+        }
+        if !self.ipv6 {
+            let has_v6 = port.service_ips().any(|ip| ip.is_ipv6())
+                || port.endpoints.iter().any(|ep| ep.addr.is_ipv6());
+            if has_v6 {
+                unsupported(
+                    "cluster_ips",
+                    format!("IPv6 is not supported by the {backend} backend"),
+                );
+            }
+        }
+        problems
     }
 }
 

@@ -27,10 +27,11 @@
 //! ```
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::table::{Endpoint, EndpointKey, ServicePort, ServicePortName, ServiceTable};
+use imbl::ordmap::DiffItem;
+
+use crate::table::{Endpoint, EndpointKey, PortMap, ServicePort, ServicePortName, ServiceTable};
 use crate::validate::ValidationErrors;
 
 /// The changes that turn one table into another.
@@ -155,7 +156,9 @@ impl ChangeSet {
 }
 
 /// The changes from `old` to `new`. `diff(t, t)` is empty; [`apply_changes`]`(old, diff(old, new))`
-/// equals `new`.
+/// equals `new`. The cost follows the change when the two tables share structure (one was made
+/// from the other by [`ServiceTable::edit`], [`share_unchanged`] or the change tracker), and is
+/// linear in the tables otherwise.
 pub fn diff(old: &ServiceTable, new: &ServiceTable) -> ChangeSet {
     let mut changes = ChangeSet::default();
     if old.ptr_eq(new) {
@@ -173,31 +176,18 @@ pub fn diff(old: &ServiceTable, new: &ServiceTable) -> ChangeSet {
             current: new.zone().map(str::to_owned),
         });
     }
-    let mut olds = old.ports().iter().peekable();
-    let mut news = new.ports().iter().peekable();
-    loop {
-        let order = match (olds.peek(), news.peek()) {
-            (None, None) => break,
-            (Some(_), None) => Ordering::Less,
-            (None, Some(_)) => Ordering::Greater,
-            (Some((old_name, _)), Some((new_name, _))) => old_name.cmp(new_name),
-        };
-        match order {
-            Ordering::Less => {
-                if let Some((_, port)) = olds.next() {
-                    changes.removed.push(Arc::clone(port));
-                }
-            }
-            Ordering::Greater => {
-                if let Some((_, port)) = news.next() {
-                    changes.added.push(Arc::clone(port));
-                }
-            }
-            Ordering::Equal => {
-                if let (Some((_, previous)), Some((_, current))) = (olds.next(), news.next()) {
-                    if let Some(change) = diff_port(previous, current) {
-                        changes.changed.push(change);
-                    }
+    // The persistent maps' own diff walks both trees in order and skips every subtree the two
+    // share by pointer, so tables derived from one another diff in O(change x log N).
+    for item in old.ports().diff(new.ports()) {
+        match item {
+            DiffItem::Remove(_, port) => changes.removed.push(Arc::clone(port)),
+            DiffItem::Add(_, port) => changes.added.push(Arc::clone(port)),
+            DiffItem::Update {
+                old: (_, previous),
+                new: (_, current),
+            } => {
+                if let Some(change) = diff_port(previous, current) {
+                    changes.changed.push(change);
                 }
             }
         }
@@ -325,7 +315,7 @@ pub fn apply_changes(
 /// Re-uses `previous`'s `Arc`s for every service port of `next` equal to the old one, so that
 /// tables parsed afresh (from a file) share unchanged entries and later diffs skip them by pointer.
 pub fn share_unchanged(previous: &ServiceTable, next: &ServiceTable) -> ServiceTable {
-    let shared: BTreeMap<ServicePortName, Arc<ServicePort>> = next
+    let shared: PortMap = next
         .ports()
         .iter()
         .map(|(name, port)| match previous.get(name) {

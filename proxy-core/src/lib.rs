@@ -27,6 +27,7 @@ pub mod sync;
 pub mod table;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod tracker;
 pub mod validate;
 
 pub use dataplane::{

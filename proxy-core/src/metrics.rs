@@ -44,6 +44,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::dataplane::SyncMode;
+use crate::sync::{SkipReason, Skipped};
 use crate::diff::ChangeSet;
 use crate::select::{select_endpoints, uses_local_endpoints, Target};
 use crate::table::{ServiceTable, TrafficPolicy};
@@ -63,6 +64,13 @@ pub struct SyncMetrics {
     endpoints: Gauge,
     failures: Family<FailureLabels, Counter>,
     syncs: Family<SyncLabels, Counter>,
+    skipped: Family<SkipLabels, Gauge>,
+}
+
+/// The label of the skipped service ports gauge.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct SkipLabels {
+    reason: SkipReason,
 }
 
 /// Which traffic policy a `no_local_endpoints_total` series counts (kube-proxy's label values).
@@ -136,7 +144,7 @@ macro_rules! label_value {
     )*};
 }
 
-label_value!(PolicyKind, FailureReason, SyncResult, ModeLabel);
+label_value!(PolicyKind, FailureReason, SyncResult, ModeLabel, SkipReason);
 
 /// [`SyncMode`] as a label value (`full`, `partial`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -188,7 +196,14 @@ impl SyncMetrics {
             endpoints: Gauge::default(),
             failures: Family::default(),
             syncs: Family::default(),
+            skipped: Family::default(),
         };
+        for reason in [SkipReason::Invalid, SkipReason::Clash, SkipReason::Unsupported] {
+            metrics
+                .skipped
+                .get_or_create(&SkipLabels { reason })
+                .set(0);
+        }
         // Both policies are always present, zero or not, as in kube-proxy.
         for kind in [PolicyKind::Internal, PolicyKind::External] {
             metrics
@@ -273,7 +288,22 @@ impl SyncMetrics {
             "Dataplane syncs, by mode and result",
             metrics.syncs.clone(),
         );
+        own.register(
+            "sync_skipped_service_ports",
+            "Service ports left out of the table or kept at their last good version, by reason",
+            metrics.skipped.clone(),
+        );
         metrics
+    }
+
+    /// The service ports skipped now, counted by reason.
+    pub(crate) fn set_skipped(&self, skipped: &Skipped) {
+        for reason in [SkipReason::Invalid, SkipReason::Clash, SkipReason::Unsupported] {
+            let n = skipped.values().filter(|s| s.reason == reason).count();
+            self.skipped
+                .get_or_create(&SkipLabels { reason })
+                .set(gauge(n));
+        }
     }
 
     /// An accepted table arrived: `seen` is its change from the previous accepted table (counted),

@@ -1,4 +1,5 @@
-//! The sync loop that feeds a [`Dataplane`] from a [`ServiceSource`], at a bounded rate.
+//! The sync loop that feeds a [`Dataplane`] from a [`ServiceSource`], at a bounded rate, and
+//! tells the embedder what each sync did through a [`SyncHandle`].
 //!
 //! [`SyncLoop`] is kube-proxy's `BoundedFrequencyRunner` plus the bookkeeping around
 //! `syncProxyRules` (`pkg/util/async/bounded_frequency_runner.go`, `pkg/proxy/iptables/proxier.go`):
@@ -15,11 +16,17 @@
 //!   dataplane keeps its last good state meanwhile. A new table is synced without waiting for the
 //!   backoff (it may fix what failed). A degraded sync (a report with problems) counts as a
 //!   success but is retried the same way.
-//! - **Capabilities.** A table asking for what the backend lacks is rejected before the dataplane
-//!   sees it: logged once with every field, counted, and the last good state kept.
+//! - **Per-port isolation.** A service port asking for what the backend lacks is left out of the
+//!   table the dataplane sees and reported as skipped (the [`crate::tracker::ChangeTracker`]
+//!   already skips those, and invalid or clashing ports, keeping their last good versions); the
+//!   rest applies. Only what is truly whole-table fails a sync (the kernel refused it).
+//! - **Feedback.** After every sync the loop publishes a [`SyncOutcome`] (the generation applied,
+//!   the backend's problems, the skipped ports, timings) on its [`SyncHandle`], which also asks
+//!   the running loop for a resync or a dry run.
 //! - **Health.** [`SyncHealth`] turns unhealthy when work has been pending (a table not yet
 //!   synced, or a failed sync not yet repaired) for longer than the health timeout, like
-//!   kube-proxy's `/healthz` (KEP-3836).
+//!   kube-proxy's `/healthz` (KEP-3836), and shows degraded, with the problems, while a sync left
+//!   something out or ports are skipped.
 //! - **Shutdown.** The shutdown future stops the loop (a sync in progress finishes first) and runs
 //!   [`Dataplane::cleanup`] if [`SyncConfig::cleanup_on_shutdown`]. When the source closes, the
 //!   newest table still queued is synced once, and the loop returns.
@@ -36,13 +43,14 @@
 //! let fake = FakeDataplane::new();
 //! let mut registry = Registry::default();
 //! let sync = SyncLoop::new(fake.clone(), SyncConfig::default(), &mut registry);
-//! let health = sync.health();
+//! let handle = sync.handle();
 //! let (tx, rx) = tokio::sync::watch::channel(ServiceTable::empty());
 //! tx.send(ServiceTable::empty()).unwrap();
 //! drop(tx); // the source closes: the loop syncs what is queued and returns
 //! let _dataplane = sync.run(rx, std::future::pending()).await.unwrap();
 //! assert_eq!(fake.requests().len(), 1);
-//! assert!(health.has_synced());
+//! assert!(handle.health().has_synced());
+//! assert_eq!(handle.latest().sequence, 1);
 //! # });
 //! # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
 //! #     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
@@ -53,6 +61,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, info, info_span, warn, Instrument as _};
 
@@ -60,15 +69,22 @@ use crate::dataplane::{Dataplane, SyncMode, SyncReport, SyncRequest};
 use crate::diff::diff;
 use crate::error::DataplaneError;
 use crate::metrics::{FailureReason, SyncMetrics, SyncResult};
-use crate::table::ServiceTable;
+use crate::table::{PortMap, ServiceTable};
 
 mod config;
+mod handle;
 mod health;
 mod source;
 
 pub use config::SyncConfig;
+pub use handle::{DryRunError, LoopStopped, SyncHandle, SyncOutcome, SyncStatus};
 pub use health::{SyncFailure, SyncHealth};
-pub use source::ServiceSource;
+pub use source::{ServiceSource, SkipReason, Skipped, SkippedPort, TableUpdate};
+
+use handle::Command;
+
+/// How many handle requests may wait for the loop.
+const COMMAND_QUEUE: usize = 16;
 
 // === SyncLoop ===
 
@@ -76,9 +92,11 @@ pub use source::ServiceSource;
 #[derive(Debug)]
 struct Attempt {
     desired: ServiceTable,
+    generation: u64,
     mode: SyncMode,
     started: Instant,
     elapsed: Duration,
+    service_ports_changed: usize,
 }
 
 /// Why [`SyncLoop::run`] ended badly.
@@ -98,6 +116,11 @@ pub struct SyncLoop<D> {
     metrics: SyncMetrics,
     health: SyncHealth,
     state: LoopState,
+    outcomes: watch::Sender<SyncOutcome>,
+    commands: mpsc::Receiver<Command>,
+    /// The sender handles clone; dropped when the loop runs, so that the channel closes with
+    /// the last handle.
+    commands_tx: Option<mpsc::Sender<Command>>,
 }
 
 /// What the loop knows between events.
@@ -105,8 +128,19 @@ pub struct SyncLoop<D> {
 struct LoopState {
     /// The table the last successful sync implemented (empty before the first).
     last_good: ServiceTable,
-    /// The newest accepted table: what the loop converges to. `None` before the first.
+    /// The generation of `last_good`.
+    good_generation: u64,
+    /// The newest table from the source, as it came (before the capability filter).
+    source: ServiceTable,
+    /// The newest accepted table, less the ports the backend cannot do: what the loop converges
+    /// to. `None` before the first.
     desired: Option<ServiceTable>,
+    /// The generation of `desired`.
+    generation: u64,
+    /// Ports the source skipped, and those the capability filter left out.
+    skipped: Skipped,
+    /// Ports of `source` the backend cannot do (a subset of `skipped`).
+    unsupported: Skipped,
     /// A table arrived since the last sync started.
     queued: bool,
     /// The next sync must be full (first sync, after a failure or degraded sync).
@@ -119,39 +153,72 @@ struct LoopState {
     retry_at: Option<Instant>,
     /// The wait before the next retry.
     backoff: Duration,
+    /// Syncs run so far.
+    sequence: u64,
 }
 
 impl<D: Dataplane> SyncLoop<D> {
-    /// A loop driving `dataplane`, registering its metrics in `registry`.
+    /// A loop driving `dataplane`. Registers in `registry` the loop's metrics and, through
+    /// [`Dataplane::register_metrics`], the dataplane's: one registry, one convention
+    /// (`kubeproxy_` for kube-proxy's names, `svcproxy_` for ours), whatever the backend.
     ///
     /// # Panics
     /// In debug builds, if `registry` already holds the sync metrics (see
     /// [`SyncMetrics::register`]).
-    pub fn new(dataplane: D, config: SyncConfig, registry: &mut Registry) -> Self {
+    pub fn new(mut dataplane: D, config: SyncConfig, registry: &mut Registry) -> Self {
         let metrics = SyncMetrics::register(registry);
+        dataplane.register_metrics(registry);
         let health = SyncHealth::new(config.health_timeout());
         let state = LoopState {
             last_good: ServiceTable::empty(),
+            good_generation: 0,
+            source: ServiceTable::empty(),
             desired: None,
+            generation: 0,
+            skipped: Skipped::new(),
+            unsupported: Skipped::new(),
             queued: false,
             need_full: true,
             last_start: None,
             next_full: None,
             retry_at: None,
             backoff: config.retry_backoff_initial,
+            sequence: 0,
         };
+        let (outcomes, _) = watch::channel(SyncOutcome::initial());
+        let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
         Self {
             dataplane,
             config,
             metrics,
             health,
             state,
+            outcomes,
+            commands,
+            commands_tx: Some(commands_tx),
         }
     }
 
     /// A handle on the loop's health, valid after the loop is moved into [`SyncLoop::run`].
     pub fn health(&self) -> SyncHealth {
         self.health.clone()
+    }
+
+    /// The embedder's handle: outcomes, waiting for a generation, resync, dry run. Valid before
+    /// and after the loop is moved into [`SyncLoop::run`].
+    pub fn handle(&self) -> SyncHandle {
+        let (commands, _) = mpsc::channel(1);
+        SyncHandle {
+            outcomes: self.outcomes.subscribe(),
+            // Before `run`, the loop always holds its sender.
+            commands: self.commands_tx.clone().unwrap_or(commands),
+            health: self.health.clone(),
+        }
+    }
+
+    /// The dataplane, before the loop runs.
+    pub fn dataplane(&self) -> &D {
+        &self.dataplane
     }
 
     /// Runs until `shutdown` completes or `source` closes, and returns the dataplane.
@@ -162,7 +229,8 @@ impl<D: Dataplane> SyncLoop<D> {
     ///
     /// # Errors
     /// [`SyncLoopError::Cleanup`] when the cleanup on shutdown failed. Sync failures are not
-    /// errors of the loop: they are retried, logged, counted and shown by [`SyncHealth`].
+    /// errors of the loop: they are retried, logged, counted and shown by [`SyncHealth`] and the
+    /// [`SyncOutcome`]s.
     pub async fn run<S, F>(mut self, mut source: S, shutdown: F) -> Result<D, SyncLoopError>
     where
         S: ServiceSource,
@@ -172,6 +240,9 @@ impl<D: Dataplane> SyncLoop<D> {
         info!(backend, "sync loop started");
         tokio::pin!(shutdown);
         let mut source_open = true;
+        // Drop our own sender, so that the command channel closes with the last handle.
+        self.commands_tx = None;
+        let mut commands_open = true;
         loop {
             let due = self.next_due(source_open);
             if !source_open && due.is_none() {
@@ -184,11 +255,32 @@ impl<D: Dataplane> SyncLoop<D> {
                     info!(backend, "shutdown requested, sync loop stopped");
                     return self.shut_down().await;
                 }
-                table = source.next_table(), if source_open => match table {
-                    Some(table) => self.accept(table),
+                command = self.commands.recv(), if commands_open => match command {
+                    Some(command) => self.command(command),
+                    None => commands_open = false,
+                },
+                update = source.next_update(), if source_open => match update {
+                    Some(update) => self.accept(update),
                     None => source_open = false,
                 },
                 () = sleep_until(due) => self.sync().await,
+            }
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Resync => {
+                if self.state.desired.is_some() {
+                    debug!("resync requested");
+                    self.state.need_full = true;
+                    self.state.queued = true;
+                }
+            }
+            Command::DryRun(reply) => {
+                let table = self.state.desired.clone().unwrap_or_default();
+                // The asker may have given up; nothing to do then.
+                let _ = reply.send(self.dataplane.dry_run(&table));
             }
         }
     }
@@ -212,45 +304,45 @@ impl<D: Dataplane> SyncLoop<D> {
         Some(earliest.map_or(wanted, |earliest| wanted.max(earliest)))
     }
 
-    /// A table arrived: check it against the backend's capabilities and queue it.
-    fn accept(&mut self, table: ServiceTable) {
+    /// An update arrived: leave out the ports the backend cannot do, and queue it.
+    fn accept(&mut self, update: TableUpdate) {
         let backend = self.dataplane.name();
         let now = Instant::now();
-        if let Err(unsupported) = self.dataplane.capabilities().check(backend, &table) {
-            error!(
+        let TableUpdate {
+            table,
+            generation,
+            skipped,
+        } = update;
+        let table = self.without_unsupported(table);
+        let state = &mut self.state;
+        state.skipped = skipped;
+        for (name, port) in state.unsupported.iter() {
+            state.skipped.insert(name.clone(), port.clone());
+        }
+        self.metrics.set_skipped(&state.skipped);
+        if !state.skipped.is_empty() {
+            let skipped: Vec<String> = state
+                .skipped
+                .iter()
+                .map(|(name, port)| format!("{name}: {port}"))
+                .collect();
+            warn!(
                 backend,
-                service_ports = table.len(),
-                error = %unsupported,
-                "table rejected, keeping the last good state"
+                generation,
+                skipped = ?skipped,
+                "service ports skipped; the rest applies"
             );
-            self.metrics.record_failure(FailureReason::UnsupportedTable);
-            self.health.record_failure(
-                SyncFailure {
-                    at: now,
-                    reason: FailureReason::UnsupportedTable,
-                    message: unsupported.to_string(),
-                },
-                false,
-            );
-            // The source has moved past any table not yet synced: converge back to the last good
-            // one. A retry already scheduled stays, as a full resync of the last good state.
-            let state = &mut self.state;
-            if state.desired.is_some() {
-                state.desired = Some(state.last_good.clone());
-            }
-            state.queued = false;
-            if state.retry_at.is_none() {
-                self.health.clear_pending();
-            }
-            self.metrics.set_pending(&Default::default());
-            return;
         }
 
-        let state = &mut self.state;
         let previous = state.desired.as_ref().unwrap_or(&state.last_good);
         let seen = diff(previous, &table);
+        state.generation = generation;
         if seen.is_empty() && state.desired.is_some() {
-            debug!(backend, "table unchanged, nothing to sync");
+            debug!(backend, generation, "table unchanged, nothing to sync");
+            if !state.queued && state.retry_at.is_none() {
+                // Nothing to sync: the generation is in place already.
+                self.publish_unchanged(generation);
+            }
             return;
         }
         let pending = if previous.ptr_eq(&state.last_good) {
@@ -261,6 +353,7 @@ impl<D: Dataplane> SyncLoop<D> {
         self.metrics.record_queued(&seen, &pending);
         debug!(
             backend,
+            generation,
             service_ports = table.len(),
             service_ports_changed = seen.service_ports_changed(),
             endpoints_changed = seen.endpoints_changed(),
@@ -269,6 +362,56 @@ impl<D: Dataplane> SyncLoop<D> {
         state.desired = Some(table);
         state.queued = true;
         self.health.mark_pending(now);
+    }
+
+    /// `table` less its ports the backend cannot do. Only the ports changed since the last
+    /// update are checked (the diff skips what the two share), so the cost follows the change;
+    /// when nothing is left out, the table is passed on as it is.
+    fn without_unsupported(&mut self, table: ServiceTable) -> ServiceTable {
+        let backend = self.dataplane.name();
+        let capabilities = self.dataplane.capabilities();
+        let state = &mut self.state;
+        let changes = diff(&state.source, &table);
+        for port in &changes.removed {
+            state.unsupported.remove(&port.name);
+        }
+        let current = changes
+            .added
+            .iter()
+            .chain(changes.changed.iter().map(|c| &c.current));
+        for port in current {
+            let problems = capabilities.check_port(backend, port);
+            if problems.is_empty() {
+                state.unsupported.remove(&port.name);
+            } else {
+                state.unsupported.insert(
+                    port.name.clone(),
+                    SkippedPort {
+                        reason: SkipReason::Unsupported,
+                        problems,
+                        runs_previous: false,
+                    },
+                );
+            }
+        }
+        state.source = table.clone();
+        if state.unsupported.is_empty() {
+            return table;
+        }
+        let mut ports: PortMap = table.ports().clone();
+        let mut endpoints = table.endpoint_count();
+        for name in state.unsupported.keys() {
+            if let Some(port) = ports.remove(name) {
+                endpoints -= port.endpoints.len();
+            }
+        }
+        // A valid table less some of its ports is valid.
+        ServiceTable::from_parts_unchecked(
+            table.node().map(str::to_owned),
+            table.zone().map(str::to_owned),
+            ports,
+            endpoints,
+        )
     }
 
     /// Runs one sync of the desired table, and schedules what follows.
@@ -288,9 +431,11 @@ impl<D: Dataplane> SyncLoop<D> {
         state.queued = false;
         state.retry_at = None;
         state.last_start = Some(started);
+        state.sequence += 1;
+        let generation = state.generation;
         let changes = diff(&state.last_good, &desired);
 
-        let span = info_span!("sync", backend, full = mode == SyncMode::Full);
+        let span = info_span!("sync", backend, full = mode == SyncMode::Full, generation);
         let request = SyncRequest {
             desired: &desired,
             changes: &changes,
@@ -299,19 +444,22 @@ impl<D: Dataplane> SyncLoop<D> {
         let result = self.dataplane.sync(request).instrument(span.clone()).await;
         let attempt = Attempt {
             desired,
+            generation,
             mode,
             started,
             elapsed: started.elapsed(),
+            service_ports_changed: changes.service_ports_changed(),
         };
         span.in_scope(|| match result {
-            Ok(report) => self.succeeded(attempt, &report),
+            Ok(report) => self.succeeded(attempt, report),
             Err(error) => self.failed(&attempt, &error),
         });
     }
 
-    fn succeeded(&mut self, attempt: Attempt, report: &SyncReport) {
+    fn succeeded(&mut self, attempt: Attempt, report: SyncReport) {
         let Attempt {
             desired,
+            generation,
             started,
             elapsed,
             ..
@@ -327,17 +475,26 @@ impl<D: Dataplane> SyncLoop<D> {
         self.metrics.record_synced(&desired);
         let state = &mut self.state;
         state.last_good = desired;
+        state.good_generation = generation;
         if mode == SyncMode::Full {
             state.next_full = Some(started + self.config.full_sync_period);
         }
         let elapsed_ms = elapsed.as_secs_f64() * 1e3;
+        let mut problems: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
+        problems.extend(
+            state
+                .skipped
+                .iter()
+                .map(|(name, port)| format!("{name}: {port}")),
+        );
         if report.is_complete() {
             self.metrics.record_sync(mode, SyncResult::Success, elapsed);
             state.need_full = false;
             state.backoff = self.config.retry_backoff_initial;
-            self.health.record_success(now, false);
+            self.health.record_success(now, problems);
             if is_news {
                 info!(
+                    generation,
                     service_ports = report.service_ports,
                     endpoints = report.endpoints,
                     service_ports_changed = report.service_ports_changed,
@@ -347,6 +504,7 @@ impl<D: Dataplane> SyncLoop<D> {
                 );
             } else {
                 debug!(
+                    generation,
                     service_ports = report.service_ports,
                     endpoints = report.endpoints,
                     objects_written = report.objects_written,
@@ -358,9 +516,10 @@ impl<D: Dataplane> SyncLoop<D> {
             self.metrics
                 .record_sync(mode, SyncResult::Degraded, elapsed);
             let retry_in = self.schedule_retry(now);
-            self.health.record_success(now, true);
+            self.health.record_success(now, problems);
             let problems: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
             warn!(
+                generation,
                 service_ports = report.service_ports,
                 endpoints = report.endpoints,
                 objects_written = report.objects_written,
@@ -370,10 +529,35 @@ impl<D: Dataplane> SyncLoop<D> {
                 "sync degraded: some objects could not be applied"
             );
         }
+        let status = if report.is_complete() {
+            SyncStatus::Applied
+        } else {
+            SyncStatus::Degraded
+        };
+        let state = &self.state;
+        self.outcomes.send_replace(SyncOutcome {
+            sequence: state.sequence,
+            generation,
+            applied_generation: generation,
+            mode,
+            status,
+            problems: report.problems,
+            skipped: state.skipped.clone(),
+            service_ports: report.service_ports,
+            endpoints: report.endpoints,
+            service_ports_changed: report.service_ports_changed,
+            objects_written: report.objects_written,
+            duration: elapsed,
+        });
     }
 
     fn failed(&mut self, attempt: &Attempt, error: &DataplaneError) {
-        let Attempt { mode, elapsed, .. } = *attempt;
+        let Attempt {
+            mode,
+            elapsed,
+            generation,
+            ..
+        } = *attempt;
         let now = Instant::now();
         self.metrics.record_sync(mode, SyncResult::Error, elapsed);
         self.metrics.record_failure(FailureReason::DataplaneError);
@@ -388,12 +572,54 @@ impl<D: Dataplane> SyncLoop<D> {
             true,
         );
         error!(
+            generation,
             error = %message,
             consecutive_failures = self.health.consecutive_failures(),
             retry_in_ms = retry_in.as_millis(),
             elapsed_ms = elapsed.as_secs_f64() * 1e3,
             "sync failed, keeping the last good state"
         );
+        let state = &self.state;
+        self.outcomes.send_replace(SyncOutcome {
+            sequence: state.sequence,
+            generation,
+            applied_generation: state.good_generation,
+            mode,
+            status: SyncStatus::Failed(message),
+            problems: Vec::new(),
+            skipped: state.skipped.clone(),
+            service_ports: attempt.desired.len(),
+            endpoints: attempt.desired.endpoint_count(),
+            service_ports_changed: attempt.service_ports_changed,
+            objects_written: 0,
+            duration: elapsed,
+        });
+    }
+
+    /// An update changed nothing the dataplane sees (only skipped ports changed, or nothing):
+    /// its generation is in place as soon as it arrives, so say so, with the skipped ports.
+    fn publish_unchanged(&mut self, generation: u64) {
+        let state = &mut self.state;
+        if state.sequence == 0 {
+            return;
+        }
+        state.good_generation = generation;
+        let skipped = state.skipped.clone();
+        let problems: Vec<String> = skipped
+            .iter()
+            .map(|(name, port)| format!("{name}: {port}"))
+            .collect();
+        let complete = self.health.consecutive_failures() == 0;
+        if complete {
+            self.health.set_skipped_problems(problems);
+        }
+        self.outcomes.send_modify(|outcome| {
+            outcome.generation = generation;
+            outcome.applied_generation = generation;
+            outcome.skipped = skipped;
+            outcome.service_ports_changed = 0;
+            outcome.objects_written = 0;
+        });
     }
 
     /// Schedules a full retry after the current backoff, doubles the backoff (capped), and

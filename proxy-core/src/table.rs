@@ -2,9 +2,11 @@
 //!
 //! The unit is the *service port*, as in kube-proxy (`ServicePortName` = namespace/name + port name):
 //! every backend programs one set of kernel objects per service port. A [`ServiceTable`] is cheap to
-//! clone (one `Arc`), and each [`ServicePort`] sits behind its own `Arc`, so an edit made with
-//! [`ServiceTable::edit`] shares every unchanged entry with the previous snapshot and
-//! [`crate::diff()`] skips those by pointer.
+//! clone (one `Arc`), its ports sit in a persistent ordered map ([`PortMap`], a B-tree whose
+//! nodes are shared between snapshots), and each [`ServicePort`] sits behind its own `Arc`. So an
+//! edit made with [`ServiceTable::edit`] or the [`crate::tracker::ChangeTracker`] copies only the
+//! path to what changed, shares everything else with the previous snapshot, and
+//! [`crate::diff()`] skips shared subtrees by pointer: a one-port change costs O(log N), not O(N).
 //!
 //! A `ServiceTable` can only be built through [`TableBuilder::build`] (or the file loader in
 //! [`crate::file`]), which validates it: a table that exists is a valid table.
@@ -21,7 +23,6 @@
 //! assert_eq!(table.endpoint_count(), 1);
 //! ```
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -29,6 +30,11 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+
+/// The map of a table's service ports: a persistent B-tree ordered by name. Cloning is O(1),
+/// an insert O(log N), and two maps that share structure diff in time proportional to what
+/// differs.
+pub type PortMap = imbl::OrdMap<ServicePortName, Arc<ServicePort>>;
 
 use crate::validate::{self, ValidationErrors};
 
@@ -364,7 +370,7 @@ pub struct NodeTopology {
 impl NodeTopology {
     /// What `endpoints`' hints read of this node: its name if any has node hints, its zone if
     /// any has zone hints; `None` when there are no hints.
-    fn read_by(
+    pub(crate) fn read_by(
         endpoints: &[Endpoint],
         node: &Option<String>,
         zone: &Option<String>,
@@ -448,7 +454,7 @@ pub struct ServiceTable {
 struct TableInner {
     node: Option<String>,
     zone: Option<String>,
-    ports: BTreeMap<ServicePortName, Arc<ServicePort>>,
+    ports: PortMap,
     endpoint_count: usize,
 }
 
@@ -520,16 +526,31 @@ impl ServiceTable {
     }
 
     /// The underlying map, ordered by name (the diff walks two of these side by side).
-    pub fn ports(&self) -> &BTreeMap<ServicePortName, Arc<ServicePort>> {
+    pub fn ports(&self) -> &PortMap {
         &self.inner.ports
+    }
+
+    /// A table from parts that the caller has validated port by port (the change tracker, the
+    /// sync loop's capability filter): no check runs here, so the cost is O(1).
+    pub(crate) fn from_parts_unchecked(
+        node: Option<String>,
+        zone: Option<String>,
+        ports: PortMap,
+        endpoint_count: usize,
+    ) -> ServiceTable {
+        ServiceTable {
+            inner: Arc::new(TableInner {
+                node,
+                zone,
+                ports,
+                endpoint_count,
+            }),
+        }
     }
 
     /// The same table with `ports` swapped for an equal map (used to share `Arc`s with an older
     /// snapshot). The caller guarantees every value equals the one it replaces, so no validation.
-    pub(crate) fn with_ports_unchecked(
-        &self,
-        ports: BTreeMap<ServicePortName, Arc<ServicePort>>,
-    ) -> ServiceTable {
+    pub(crate) fn with_ports_unchecked(&self, ports: PortMap) -> ServiceTable {
         debug_assert!(ports.len() == self.inner.ports.len());
         ServiceTable {
             inner: Arc::new(TableInner {
@@ -552,7 +573,7 @@ impl ServiceTable {
 pub struct TableBuilder {
     node: Option<String>,
     zone: Option<String>,
-    ports: BTreeMap<ServicePortName, Arc<ServicePort>>,
+    ports: PortMap,
     /// Keys inserted twice through [`TableBuilder::insert_new`]; reported by `build`.
     duplicates: Vec<ServicePortName>,
 }
@@ -622,17 +643,14 @@ impl TableBuilder {
     /// Every problem found, each naming its field path (see [`crate::validate`]).
     pub fn build(self) -> Result<ServiceTable, ValidationErrors> {
         let mut ports = self.ports;
-        for port in ports.values_mut() {
-            if !port.endpoints.is_sorted_by_key(Endpoint::key) {
-                Arc::make_mut(port).endpoints.sort_by_key(Endpoint::key);
+        let mut fixed = Vec::new();
+        for (name, port) in &ports {
+            if let Some(port) = normalized(port, &self.node, &self.zone) {
+                fixed.push((name.clone(), port));
             }
-            // Only ports with hints carry the node's topology, and only the parts their hints
-            // read (see `ServicePort::topology`); `make_mut` copies a shared port only when its
-            // stamp actually changes.
-            let wanted = NodeTopology::read_by(&port.endpoints, &self.node, &self.zone);
-            if port.topology != wanted {
-                Arc::make_mut(port).topology = wanted;
-            }
+        }
+        for (name, port) in fixed {
+            ports.insert(name, port);
         }
         validate::validate(self.node.as_deref(), &ports, &self.duplicates)?;
         let endpoint_count = ports.values().map(|p| p.endpoints.len()).sum();
@@ -645,4 +663,28 @@ impl TableBuilder {
             }),
         })
     }
+}
+
+/// `port` with its endpoints sorted by key and its [`ServicePort::topology`] stamped from this
+/// node's name and zone, or `None` when it already is so (it is then shared as it is).
+pub(crate) fn normalized(
+    port: &Arc<ServicePort>,
+    node: &Option<String>,
+    zone: &Option<String>,
+) -> Option<Arc<ServicePort>> {
+    let sorted = port.endpoints.is_sorted_by_key(Endpoint::key);
+    // Only ports with hints carry the node's topology, and only the parts their hints read (see
+    // `ServicePort::topology`): a port changes when the node's name or zone changes only if its
+    // hints read it.
+    let wanted = NodeTopology::read_by(&port.endpoints, node, zone);
+    if sorted && port.topology == wanted {
+        return None;
+    }
+    let mut port = Arc::clone(port);
+    let inner = Arc::make_mut(&mut port);
+    if !sorted {
+        inner.endpoints.sort_by_key(Endpoint::key);
+    }
+    inner.topology = wanted;
+    Some(port)
 }

@@ -34,10 +34,9 @@ use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use crate::table::{Endpoint, Protocol, ServicePort, ServicePortName, SessionAffinity};
+use crate::table::{Endpoint, PortMap, Protocol, ServicePort, ServicePortName, SessionAffinity};
 
 /// One problem, at one field: `services[default/web].ports[http].node_port: 99999 is outside 1-65535`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,7 +107,7 @@ pub const MAX_WEIGHT: u32 = i32::MAX as u32;
 /// Every problem found, in table order (see the [module docs](self) for the checks and paths).
 pub fn validate(
     node: Option<&str>,
-    ports: &BTreeMap<ServicePortName, Arc<ServicePort>>,
+    ports: &PortMap,
     duplicates: &[ServicePortName],
 ) -> Result<(), ValidationErrors> {
     // The node name does not affect validity: locality is carried by each endpoint.
@@ -154,7 +153,7 @@ impl<'a> Checker<'a> {
     /// Collects the node ports and health-check ports of the whole table first, so that a clash is
     /// found whichever entry comes first, and reported on the later one.
     fn new(
-        ports: &'a BTreeMap<ServicePortName, Arc<ServicePort>>,
+        ports: &'a PortMap,
         duplicates: &'a [ServicePortName],
     ) -> Self {
         let mut node_ports = HashMap::new();

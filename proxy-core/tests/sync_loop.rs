@@ -10,7 +10,9 @@ use proptest::prelude::*;
 use proxy_core::dataplane::{Capabilities, SyncMode};
 use proxy_core::diff::diff;
 use proxy_core::metrics::{encode_text, FailureReason};
-use proxy_core::sync::{sync_once, SyncConfig, SyncHealth, SyncLoop, SyncLoopError};
+use proxy_core::sync::{
+    sync_once, SkipReason, SyncConfig, SyncHandle, SyncHealth, SyncLoop, SyncLoopError, SyncStatus,
+};
 use proxy_core::table::{
     Endpoint, Protocol, ServicePort, ServicePortName, ServiceTable, TrafficPolicy,
 };
@@ -92,6 +94,7 @@ struct Harness {
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<FakeDataplane, SyncLoopError>>,
     health: SyncHealth,
+    handle: SyncHandle,
     registry: Registry,
     start: Instant,
 }
@@ -101,6 +104,7 @@ impl Harness {
         let mut registry = Registry::default();
         let sync = SyncLoop::new(fake.clone(), config, &mut registry);
         let health = sync.health();
+        let handle = sync.handle();
         let (tables, rx) = watch::channel(ServiceTable::empty());
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
         let task = tokio::spawn(sync.run(rx, async {
@@ -113,6 +117,7 @@ impl Harness {
             shutdown: Some(shutdown),
             task,
             health,
+            handle,
             registry,
             start: Instant::now(),
         }
@@ -399,60 +404,80 @@ async fn degraded_sync_keeps_the_table_and_retries_in_full() {
 // === capabilities ===
 
 #[tokio::test(start_paused = true)]
-async fn unsupported_table_is_rejected_before_the_dataplane_sees_it() {
+async fn unsupported_port_is_skipped_by_name_and_the_rest_applies() {
     let fake = FakeDataplane::with_capabilities(without_sctp());
     let h = Harness::start(fake.clone(), config());
     h.send(table(0));
     sleep(2 * SECOND).await;
-    h.send(with_sctp(1));
-    sleep(10 * SECOND).await;
+    h.send(with_sctp(1)); // an endpoint added to web, and an SCTP port the backend lacks
+    let requests = fake.wait_for_requests(2).await;
 
     assert_eq!(
-        fake.requests().len(),
-        1,
-        "the rejected table never reached the dataplane"
+        requests[1].desired,
+        table(1),
+        "web's change applies, without the SCTP port"
     );
-    assert_eq!(fake.applied(), table(0), "the last good state stays");
-    let rejection = h.health.last_error().expect("the rejection is recorded");
-    assert_eq!(rejection.reason, FailureReason::UnsupportedTable);
+    assert_eq!(requests[1].changes, diff(&table(0), &table(1)));
+    let outcome = h.handle.latest();
+    assert_eq!(outcome.status, SyncStatus::Applied);
+    let signal = ServicePortName::new("default", "signal", "sctp");
+    let skipped = &outcome.skipped[&signal];
+    assert_eq!(skipped.reason, SkipReason::Unsupported);
+    assert_eq!(
+        skipped.problems[0].to_string(),
+        "services[default/signal].ports[sctp].protocol: sctp is not supported by the fake backend"
+    );
+    assert!(!outcome.is_complete());
+    assert!(h.health.is_degraded(), "a skipped port degrades the node");
     assert!(
-        rejection
-            .message
-            .contains("services[default/signal].ports[sctp].protocol: sctp is not supported by the fake backend"),
-        "{rejection}"
+        h.health.problems()[0].starts_with("default/signal:sctp: skipped (unsupported)"),
+        "{:?}",
+        h.health.problems()
     );
     assert!(h.health.is_healthy(), "nothing is pending");
     assert_eq!(
         series(
             &h.metrics(),
-            "svcproxy_sync_failures_total{reason=\"unsupported_table\"}"
+            "svcproxy_sync_skipped_service_ports{reason=\"unsupported\"}"
         ),
         1.0
     );
 
     h.send(table(2));
-    let requests = fake.wait_for_requests(2).await;
-    assert_eq!(requests[1].desired, table(2));
-    assert_eq!(requests[1].changes, diff(&table(0), &table(2)));
+    let requests = fake.wait_for_requests(3).await;
+    assert_eq!(requests[2].desired, table(2));
     assert!(requests
         .iter()
         .all(|r| r.desired.iter().all(|port| port.protocol != Protocol::Sctp)));
+    assert!(h.handle.latest().skipped.is_empty());
+    assert!(!h.health.is_degraded());
+    assert_eq!(
+        series(
+            &h.metrics(),
+            "svcproxy_sync_skipped_service_ports{reason=\"unsupported\"}"
+        ),
+        0.0
+    );
     h.stop().await.expect("clean stop");
 }
 
 #[tokio::test(start_paused = true)]
-async fn rejected_table_drops_a_queued_one_and_keeps_the_last_good() {
+async fn update_that_only_adds_an_unsupported_port_needs_no_sync_but_is_reported() {
     let fake = FakeDataplane::with_capabilities(without_sctp());
     let h = Harness::start(fake.clone(), config());
     h.send(table(0));
-    sleep(SECOND / 10).await;
-    h.send(table(1)); // queued until 1 s...
-    sleep(SECOND / 10).await;
-    h.send(with_sctp(2)); // ...and superseded by a table that cannot be applied
+    sleep(2 * SECOND).await;
+    h.send(with_sctp(0));
     sleep(20 * SECOND).await;
     let requests = fake.requests();
-    assert_eq!(requests.len(), 1, "{requests:#?}");
+    assert_eq!(requests.len(), 1, "the dataplane's table did not change: {requests:#?}");
     assert_eq!(fake.applied(), table(0));
+    let outcome = h.handle.latest();
+    assert_eq!(outcome.sequence, 1);
+    assert!(outcome
+        .skipped
+        .contains_key(&ServicePortName::new("default", "signal", "sctp")));
+    assert!(h.health.is_degraded());
     h.stop().await.expect("clean stop");
 }
 

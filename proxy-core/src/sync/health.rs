@@ -20,7 +20,8 @@ struct HealthState {
     last_success: Option<Instant>,
     pending_since: Option<Instant>,
     consecutive_failures: u32,
-    degraded: bool,
+    /// What the last successful sync left out: the backend's problems and the skipped ports.
+    problems: Vec<String>,
     last_error: Option<SyncFailure>,
 }
 
@@ -77,9 +78,17 @@ impl SyncHealth {
         self.with(|s| s.consecutive_failures)
     }
 
-    /// Whether the last successful sync reported problems.
+    /// Whether the last successful sync left something out: the backend reported problems
+    /// (an address that cannot be bound), or service ports are skipped (invalid, clashing, or
+    /// asking for what the backend lacks). [`SyncHealth::problems`] says what.
     pub fn is_degraded(&self) -> bool {
-        self.with(|s| s.degraded)
+        self.with(|s| !s.problems.is_empty())
+    }
+
+    /// What the last successful sync left out, one line each (`default/web:http 127.0.0.1:80:
+    /// address in use`, `default/api:dns: skipped (unsupported): ...`); empty when nothing.
+    pub fn problems(&self) -> Vec<String> {
+        self.with(|s| s.problems.clone())
     }
 
     /// The last failed sync or rejected table, if any (kept after recovery, for diagnosis).
@@ -98,17 +107,18 @@ impl SyncHealth {
         });
     }
 
-    pub(super) fn clear_pending(&self) {
-        self.with(|s| s.pending_since = None);
-    }
-
-    pub(super) fn record_success(&self, now: Instant, degraded: bool) {
+    pub(super) fn record_success(&self, now: Instant, problems: Vec<String>) {
         self.with(|s| {
             s.last_success = Some(now);
             s.pending_since = None;
             s.consecutive_failures = 0;
-            s.degraded = degraded;
+            s.problems = problems;
         });
+    }
+
+    /// The skipped ports changed without a sync (the dataplane's table did not change).
+    pub(super) fn set_skipped_problems(&self, problems: Vec<String>) {
+        self.with(|s| s.problems = problems);
     }
 
     pub(super) fn record_failure(&self, failure: SyncFailure, counts_as_failed_sync: bool) {
