@@ -2,7 +2,8 @@
 //! is mapping a failure to an error that names the failing input line with the lines around it.
 //!
 //! The real runner ([`CommandRunner`]) spawns `iptables-restore --noflush` (or `ip6tables-restore`,
-//! legacy or nft variant) from an argument vector with the input on stdin. Tests use
+//! legacy or nft variant) from an argument vector with the input on stdin, under an optional
+//! command prefix (`ip netns exec NAME`, from [`crate::IptablesConfig::netns`]). Tests use
 //! `testing::fake::FakeRestore` (feature `testing`).
 
 use std::fmt;
@@ -36,6 +37,16 @@ impl Variant {
         }
     }
 
+    /// The rule tool for a family (`iptables-nft`...), for single-rule commands (the hooks).
+    pub fn binary(self, family: Family) -> &'static str {
+        match (self, family) {
+            (Variant::Legacy, Family::V4) => "iptables-legacy",
+            (Variant::Legacy, Family::V6) => "ip6tables-legacy",
+            (Variant::Nft, Family::V4) => "iptables-nft",
+            (Variant::Nft, Family::V6) => "ip6tables-nft",
+        }
+    }
+
     /// The save binary for a family.
     pub fn save_binary(self, family: Family) -> &'static str {
         match (self, family) {
@@ -59,25 +70,36 @@ impl Variant {
     }
 }
 
-/// Which variant plain `iptables` is on this host (`iptables --version`), as kube-proxy decides
-/// which binaries to use.
+/// Which variant plain `iptables` is (`iptables --version`, run under `prefix`: `ip netns exec
+/// NAME` or nothing), as kube-proxy decides which binaries to use. Async: the dataplane runs it
+/// at its first sync or cleanup, never while being built.
 ///
 /// # Errors
 /// [`RestoreFailure`] if `iptables` cannot run or names neither variant.
-pub fn detect_variant() -> Result<Variant, RestoreFailure> {
-    let output = std::process::Command::new("iptables")
-        .arg("--version")
+pub async fn detect_variant(prefix: &[String]) -> Result<Variant, RestoreFailure> {
+    let mut argv = prefix.to_vec();
+    argv.extend(["iptables".to_owned(), "--version".to_owned()]);
+    let command = argv.join(" ");
+    let output = tokio::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
         .output()
+        .await
         .map_err(|e| RestoreFailure {
-            command: "iptables --version".into(),
+            command: command.clone(),
             status: None,
-            stderr: e.to_string(),
+            stderr: format!("cannot start: {e}"),
         })?;
     let text = String::from_utf8_lossy(&output.stdout);
     Variant::from_version_output(&text).ok_or_else(|| RestoreFailure {
-        command: "iptables --version".into(),
+        command,
         status: output.status.code(),
-        stderr: format!("unknown variant in {:?}", text.trim()),
+        stderr: format!(
+            "unknown variant in {:?} (stderr: {:?})",
+            text.trim(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ),
     })
 }
 
@@ -135,6 +157,11 @@ impl CommandRunner {
     /// The words run before each tool.
     pub fn prefix(&self) -> &[String] {
         &self.prefix
+    }
+
+    /// Seconds each tool waits for the xtables lock (`-w`).
+    pub fn wait_secs(&self) -> u32 {
+        self.wait_secs
     }
 
     /// The argument vector for one restore.

@@ -41,7 +41,7 @@ impl Default for TreeConfig {
 /// Configuration of the iptables backend.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct Config {
+pub struct IptablesConfig {
     /// Prefix of every chain we own (at most 8 characters, not `KUBE-`).
     pub prefix: String,
     /// Flat (kube-proxy's) or tree dispatch.
@@ -76,9 +76,16 @@ pub struct Config {
     /// network in a non-empty list gets no node ports. Matched with `-d <net> -m addrtype
     /// --dst-type LOCAL`, so an address added later inside a network needs no resync.
     pub node_port_addresses: Vec<IpNet>,
+    /// The named network namespace to program (`ip netns add NAME`, a file in `/run/netns`), or
+    /// `None` for the caller's own. With a name, every command the backend runs (variant
+    /// detection, `iptables-restore`, `iptables-save`, the hooks' `iptables`) runs under
+    /// `ip netns exec NAME`, and the conntrack sockets are opened inside the namespace from a
+    /// thread of their own ([`crate::conntrack::NetnsNetlink`]): nothing touches the caller's
+    /// namespace. The namespace must exist at the first sync.
+    pub netns: Option<String>,
 }
 
-impl Default for Config {
+impl Default for IptablesConfig {
     fn default() -> Self {
         Self {
             prefix: DEFAULT_PREFIX.to_owned(),
@@ -93,11 +100,12 @@ impl Default for Config {
             hairpin_all_endpoints: false,
             comments: true,
             node_port_addresses: Vec::new(),
+            netns: None,
         }
     }
 }
 
-impl Config {
+impl IptablesConfig {
     /// Checks the configuration and makes the chain names.
     ///
     /// # Errors
@@ -140,7 +148,20 @@ impl Config {
                 reason: "loopback node ports are not supported",
             });
         }
+        if let Some(name) = &self.netns {
+            check_netns_name(name)?;
+        }
         Ok(names)
+    }
+
+    /// The words run before every command: `ip netns exec NAME` with [`Self::netns`], else none.
+    pub fn command_prefix(&self) -> Vec<String> {
+        match &self.netns {
+            Some(name) => ["ip", "netns", "exec", name.as_str()]
+                .map(str::to_owned)
+                .to_vec(),
+            None => Vec::new(),
+        }
     }
 
     /// The masquerade mark value.
@@ -162,23 +183,44 @@ impl Config {
     }
 }
 
+/// `ip netns exec` takes a name and opens `/run/netns/NAME` (iproute2's `netns_switch`): a path,
+/// or a name that walks out of that directory, is refused.
+fn check_netns_name(name: &str) -> Result<(), ConfigError> {
+    let refuse = |reason| {
+        Err(ConfigError::Netns {
+            name: name.to_owned(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return refuse("empty");
+    }
+    if name == "." || name == ".." || name.contains('/') {
+        return refuse("a name in /run/netns, not a path");
+    }
+    if name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return refuse("whitespace or control characters");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn defaults_are_valid() {
-        assert!(Config::default().validate().is_ok());
+        assert!(IptablesConfig::default().validate().is_ok());
     }
 
     #[test]
     fn two_cluster_cidrs_of_one_family_are_refused_by_name() {
-        let config = Config {
+        let config = IptablesConfig {
             cluster_cidrs: vec![
                 "198.18.0.0/17".parse().expect("cidr"),
                 "198.19.0.0/17".parse().expect("cidr"),
             ],
-            ..Config::default()
+            ..IptablesConfig::default()
         };
         let err = config.validate().expect_err("two IPv4 CIDRs");
         assert_eq!(
@@ -190,18 +232,47 @@ mod tests {
     #[test]
     fn loopback_node_port_addresses_are_refused_by_name() {
         for net in ["127.0.0.0/8", "127.0.0.1/32", "::1/128"] {
-            let config = Config {
+            let config = IptablesConfig {
                 node_port_addresses: vec![
                     "198.18.200.0/24".parse().expect("cidr"),
                     net.parse().expect("cidr"),
                 ],
-                ..Config::default()
+                ..IptablesConfig::default()
             };
             let err = config.validate().expect_err("loopback");
             assert_eq!(
                 err.to_string(),
                 format!("node_port_addresses: {net}: loopback node ports are not supported")
             );
+        }
+    }
+
+    #[test]
+    fn netns_runs_every_command_under_ip_netns_exec() {
+        assert!(IptablesConfig::default().command_prefix().is_empty());
+        let config = IptablesConfig {
+            netns: Some("node-a".into()),
+            ..IptablesConfig::default()
+        };
+        assert!(config.validate().is_ok());
+        assert_eq!(config.command_prefix(), ["ip", "netns", "exec", "node-a"]);
+    }
+
+    #[test]
+    fn netns_paths_and_empty_names_are_refused_by_name() {
+        for (name, reason) in [
+            ("", "empty"),
+            ("../etc", "a name in /run/netns, not a path"),
+            ("/proc/1/ns/net", "a name in /run/netns, not a path"),
+            ("..", "a name in /run/netns, not a path"),
+            ("a b", "whitespace or control characters"),
+        ] {
+            let config = IptablesConfig {
+                netns: Some(name.into()),
+                ..IptablesConfig::default()
+            };
+            let err = config.validate().expect_err(name);
+            assert_eq!(err.to_string(), format!("netns {name:?}: {reason}"));
         }
     }
 }

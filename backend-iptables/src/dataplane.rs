@@ -2,44 +2,107 @@
 //! is applied, applies, and records the result; a full sync first reads the kernel back
 //! ([`crate::observe`]) so drift is repaired and stale chains are deleted, then ensures the hooks.
 //! A failed apply forgets what is applied, so the next sync is full.
+//!
+//! [`IptablesDataplane::new`] does no I/O: the iptables variant (legacy or nft) is detected at
+//! the first sync or cleanup, asynchronously, and the runners are built then, all under the
+//! configured namespace ([`IptablesConfig::netns`]). [`Dataplane::dry_run`] needs none of it.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use proxy_core::dataplane::{CleanupReport, SyncProblem, SyncReport};
+use prometheus_client::registry::Registry;
+use proxy_core::dataplane::{CleanupReport, DryRun, SyncProblem, SyncReport};
 use proxy_core::table::Scheduler;
-use proxy_core::{Capabilities, Dataplane, DataplaneError, Protocol, SyncMode, SyncRequest};
+use proxy_core::{
+    Capabilities, Dataplane, DataplaneError, Protocol, ServiceTable, SyncMode, SyncRequest,
+};
 use tracing::{debug, info, warn};
 
-use crate::apply::{apply_plan, RestoreRunner};
+use crate::apply::{apply_plan, detect_variant, CommandRunner, RestoreRunner, Variant};
 use crate::cleanup::cleanup_chains;
-use crate::conntrack::{flush_stale, plan_conntrack, ConntrackOps};
+use crate::config::IptablesConfig;
+use crate::conntrack::{flush_stale, plan_conntrack, ConntrackOps, Netlink, NetnsNetlink};
 use crate::error::IptablesError;
-use crate::hooks::{canaries_present, ensure_hooks, remove_hooks, HookError, HookOps};
+use crate::hooks::{
+    canaries_present, ensure_hooks, remove_hooks, HookError, HookOps, IptablesHooks,
+};
 use crate::metrics::Metrics;
 use crate::observe::{observe, SaveRunner};
-use crate::plan::{Applied, Hook, Planner};
+use crate::plan::{Applied, Planner};
 
 /// The backend's name in logs, metrics and reports.
 pub const NAME: &str = "iptables";
 
 /// The iptables backend.
+///
+/// ```no_run
+/// use backend_iptables::{IptablesConfig, IptablesDataplane};
+/// use proxy_core::prometheus_client::registry::Registry;
+/// use proxy_core::Dataplane;
+///
+/// # fn main() -> Result<(), backend_iptables::IptablesError> {
+/// let mut registry = Registry::default();
+/// let mut dp = IptablesDataplane::new(IptablesConfig::default())?;
+/// dp.register_metrics(&mut registry);
+/// // Hand `dp` to `proxy_core::SyncLoop`; its first sync detects legacy or nft.
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct IptablesDataplane {
     planner: Planner,
-    restore: Arc<dyn RestoreRunner>,
-    save: Arc<dyn SaveRunner>,
-    hooks: Arc<dyn HookOps>,
+    /// `None` until the first sync or cleanup of a dataplane made by [`IptablesDataplane::new`].
+    runners: Option<Runners>,
+    variant: Option<Variant>,
     applied: Applied,
     hooks_ensured: bool,
     metrics: Option<Metrics>,
     conntrack: Option<Arc<dyn ConntrackOps>>,
 }
 
+/// The effects a sync goes through.
+#[derive(Debug, Clone)]
+struct Runners {
+    restore: Arc<dyn RestoreRunner>,
+    save: Arc<dyn SaveRunner>,
+    hooks: Arc<dyn HookOps>,
+}
+
 impl IptablesDataplane {
-    /// A dataplane writing through `restore`, reading through `save`, hooking through `hooks`.
-    pub fn new(
+    /// The dataplane on this host's iptables, or on the namespace [`IptablesConfig::netns`]
+    /// names. Does no I/O and needs no privileges: at the first sync or cleanup it detects legacy
+    /// or nft as kube-proxy does (`iptables --version`), then writes with that variant's
+    /// `iptables-restore`, reads back with its `iptables-save` and hooks with its `iptables`, every
+    /// command under `ip netns exec NAME` when a namespace is set; after each sync it deletes
+    /// stale UDP conntrack entries over ctnetlink, in that namespace too.
+    ///
+    /// # Errors
+    /// [`IptablesError::Config`] for a bad configuration. A host without a usable `iptables`
+    /// shows at the first sync, as [`IptablesError::Detect`] (retried at the next one).
+    pub fn new(config: IptablesConfig) -> Result<Self, IptablesError> {
+        let planner = Planner::new(config)?;
+        let conntrack: Arc<dyn ConntrackOps> = match &planner.config().netns {
+            Some(name) => Arc::new(NetnsNetlink::new(name)),
+            None => Arc::new(Netlink),
+        };
+        Ok(Self {
+            planner,
+            runners: None,
+            variant: None,
+            applied: Applied::new(),
+            hooks_ensured: false,
+            metrics: None,
+            conntrack: Some(conntrack),
+        })
+    }
+
+    /// A dataplane writing through `restore`, reading through `save`, hooking through `hooks`,
+    /// with no conntrack cleanup unless [`Self::with_conntrack`] adds it: for tests (the fakes in
+    /// `testing::fake`) and for embedders with their own runners. `planner`'s
+    /// [`IptablesConfig::netns`] is not applied to these runners: give them their own prefix.
+    pub fn with_runners(
         planner: Planner,
         restore: Arc<dyn RestoreRunner>,
         save: Arc<dyn SaveRunner>,
@@ -47,9 +110,12 @@ impl IptablesDataplane {
     ) -> Self {
         Self {
             planner,
-            restore,
-            save,
-            hooks,
+            runners: Some(Runners {
+                restore,
+                save,
+                hooks,
+            }),
+            variant: None,
             applied: Applied::new(),
             hooks_ensured: false,
             metrics: None,
@@ -57,38 +123,17 @@ impl IptablesDataplane {
         }
     }
 
-    /// A dataplane on this host's iptables: detects legacy or nft as kube-proxy does, then writes
-    /// with that variant's `iptables-restore`, reads back with its `iptables-save`, hooks with
-    /// `iptables`, and deletes stale UDP conntrack entries over ctnetlink.
-    ///
-    /// # Errors
-    /// [`IptablesError::Config`] for a bad configuration, [`IptablesError::Detect`] when no
-    /// usable `iptables` is installed.
-    pub fn system(config: crate::Config) -> Result<Self, IptablesError> {
-        let planner = Planner::new(config)?;
-        let variant = crate::apply::detect_variant().map_err(IptablesError::Detect)?;
-        let runner = Arc::new(crate::apply::CommandRunner::new(variant));
-        let hooks = Arc::new(crate::hooks::IptablesHooks::new(variant));
-        Ok(Self::new(planner, runner.clone(), runner, hooks)
-            .with_conntrack(Arc::new(crate::conntrack::Netlink)))
-    }
-
-    /// What a full sync to `table` would write (every restore input), for `--dry-run`.
-    pub fn plan_full(&self, table: &proxy_core::ServiceTable) -> crate::Plan {
-        self.planner.plan_full(table)
-    }
-
     /// The same dataplane, deleting stale UDP conntrack entries after each sync through `ops`
-    /// (usually [`crate::conntrack::Netlink`]).
+    /// (usually [`crate::conntrack::Netlink`]; [`Self::new`] sets it up already).
     pub fn with_conntrack(mut self, ops: Arc<dyn ConntrackOps>) -> Self {
         self.conntrack = Some(ops);
         self
     }
 
-    /// The same dataplane, recording into `metrics` (see [`Metrics::register`]).
-    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
-        self.metrics = Some(metrics);
-        self
+    /// What a full sync to `table` would write (every restore input), typed; see
+    /// [`Dataplane::dry_run`] for the rendered form.
+    pub fn plan_full(&self, table: &ServiceTable) -> crate::Plan {
+        self.planner.plan_full(table)
     }
 
     /// What this backend implements (also [`Dataplane::capabilities`]).
@@ -110,60 +155,54 @@ impl IptablesDataplane {
         &self.applied
     }
 
-    async fn run_hooks(
-        &self,
-        f: fn(&dyn HookOps, &[Hook]) -> Result<usize, HookError>,
-    ) -> Result<usize, IptablesError> {
-        let ops = Arc::clone(&self.hooks);
-        let hooks = self.planner.hooks();
-        // The `iptables` crate blocks (one process per call).
-        tokio::task::spawn_blocking(move || f(ops.as_ref(), &hooks))
-            .await
-            .map_err(|e| {
-                IptablesError::Hook(HookError {
-                    op: "join",
-                    family: crate::rules::Family::V4,
-                    table: String::new(),
-                    chain: String::new(),
-                    rule: String::new(),
-                    message: e.to_string(),
-                })
-            })?
-            .map_err(IptablesError::from)
+    /// The variant detected at the first sync or cleanup; `None` before it, and for a dataplane
+    /// made [`with_runners`](Self::with_runners).
+    pub fn variant(&self) -> Option<Variant> {
+        self.variant
     }
 
-    async fn canaries_present(&self) -> Result<bool, IptablesError> {
-        let ops = Arc::clone(&self.hooks);
-        let canary = self.planner.names().canary();
-        tokio::task::spawn_blocking(move || canaries_present(ops.as_ref(), &canary))
+    /// The runners, detecting the variant and building them on first use.
+    async fn runners(&mut self) -> Result<Runners, IptablesError> {
+        if let Some(runners) = &self.runners {
+            return Ok(runners.clone());
+        }
+        let config = self.planner.config();
+        let prefix = config.command_prefix();
+        let variant = detect_variant(&prefix)
             .await
-            .map_err(|e| {
-                IptablesError::Hook(HookError {
-                    op: "join",
-                    family: crate::rules::Family::V4,
-                    table: String::new(),
-                    chain: String::new(),
-                    rule: String::new(),
-                    message: e.to_string(),
-                })
-            })?
-            .map_err(IptablesError::from)
+            .map_err(IptablesError::Detect)?;
+        info!(%variant, netns = config.netns.as_deref(), "iptables variant detected");
+        let runner = CommandRunner::new(variant).with_prefix(prefix);
+        let hooks = Arc::new(IptablesHooks::like(&runner));
+        let runner = Arc::new(runner);
+        let runners = Runners {
+            restore: runner.clone(),
+            save: runner,
+            hooks,
+        };
+        self.variant = Some(variant);
+        self.runners = Some(runners.clone());
+        Ok(runners)
     }
 
     async fn sync_inner(&mut self, request: SyncRequest<'_>) -> Result<SyncReport, IptablesError> {
         let started = Instant::now();
+        let runners = self.runners().await?;
         let mut mode = if self.applied.is_empty() {
             SyncMode::Full
         } else {
             request.mode
         };
-        if mode == SyncMode::Partial && !self.canaries_present().await? {
+        let canary = self.planner.names().canary();
+        if mode == SyncMode::Partial
+            && !off_runtime(&runners.hooks, move |ops| canaries_present(ops, &canary)).await?
+        {
             info!("canary chain missing: a table was flushed behind our back, syncing fully");
             mode = SyncMode::Full;
             self.hooks_ensured = false;
         }
         if mode == SyncMode::Full {
-            let observed = observe(self.save.as_ref(), self.planner.names()).await?;
+            let observed = observe(runners.save.as_ref(), self.planner.names()).await?;
             let drift = observed.drift(&self.applied);
             if !self.applied.is_empty() && !drift.is_empty() {
                 info!(chains = drift.len(), "iptables drift found, repairing");
@@ -173,7 +212,7 @@ impl IptablesDataplane {
         let plan = self
             .planner
             .plan(request.desired, request.changes, &self.applied, mode);
-        let applied = apply_plan(self.restore.as_ref(), &plan).await;
+        let applied = apply_plan(runners.restore.as_ref(), &plan).await;
         let report = match applied {
             Ok(report) => report,
             Err(e) => {
@@ -188,7 +227,9 @@ impl IptablesDataplane {
         };
         self.applied.commit(&plan);
         if mode == SyncMode::Full || !self.hooks_ensured {
-            let inserted = self.run_hooks(ensure_hooks).await?;
+            let hooks = self.planner.hooks();
+            let inserted =
+                off_runtime(&runners.hooks, move |ops| ensure_hooks(ops, &hooks)).await?;
             if inserted > 0 {
                 info!(inserted, "iptables hooks inserted");
             }
@@ -212,15 +253,12 @@ impl IptablesDataplane {
                     ),
                     Ok(Err(e)) => {
                         warn!(error = %e, "stale UDP conntrack entries not deleted");
-                        out.problems.push(SyncProblem {
-                            object: "conntrack".into(),
-                            reason: e.to_string(),
-                        });
+                        out.problems
+                            .push(SyncProblem::new("conntrack", e.to_string()));
                     }
-                    Err(e) => out.problems.push(SyncProblem {
-                        object: "conntrack".into(),
-                        reason: e.to_string(),
-                    }),
+                    Err(e) => out
+                        .problems
+                        .push(SyncProblem::new("conntrack", e.to_string())),
                 }
             }
         }
@@ -237,6 +275,54 @@ impl IptablesDataplane {
         );
         Ok(out)
     }
+}
+
+/// Runs hook calls (one blocking process each) off the async runtime.
+async fn off_runtime<T: Send + 'static>(
+    ops: &Arc<dyn HookOps>,
+    call: impl FnOnce(&dyn HookOps) -> Result<T, HookError> + Send + 'static,
+) -> Result<T, IptablesError> {
+    let ops = Arc::clone(ops);
+    tokio::task::spawn_blocking(move || call(ops.as_ref()))
+        .await
+        .map_err(|e| {
+            IptablesError::Hook(HookError {
+                op: "join",
+                family: crate::rules::Family::V4,
+                table: String::new(),
+                chain: String::new(),
+                rule: String::new(),
+                message: e.to_string(),
+            })
+        })?
+        .map_err(IptablesError::from)
+}
+
+/// `--dry-run`'s text: a header, the full restore input of every table ([`crate::Plan::render`]),
+/// then the hooks as `# hook:` lines (they are ensured one by one, not restored). Pure.
+fn render_dry_run(planner: &Planner, table: &ServiceTable) -> String {
+    let plan = planner.plan_full(table);
+    let netns = match &planner.config().netns {
+        Some(name) => format!(" in netns {name}"),
+        None => String::new(),
+    };
+    let mut out = format!(
+        "# iptables backend{netns}: full restore input for {} service port(s), {} endpoint(s): {} rules in {} chains\n",
+        table.len(),
+        table.endpoint_count(),
+        plan.rules_written(),
+        plan.chains_written()
+    );
+    out.push_str(&plan.render());
+    for hook in planner.hooks() {
+        // Infallible: writing to a String.
+        let _ = writeln!(
+            out,
+            "# hook: -t {} -A {} {}",
+            hook.table, hook.chain, hook.rule
+        );
+    }
+    out
 }
 
 #[async_trait]
@@ -256,13 +342,17 @@ impl Dataplane for IptablesDataplane {
     }
 
     async fn cleanup(&mut self) -> Result<CleanupReport, DataplaneError> {
-        let hooks = self
-            .run_hooks(remove_hooks)
+        let runners = self
+            .runners()
+            .await
+            .map_err(IptablesError::into_dataplane)?;
+        let hooks = self.planner.hooks();
+        let hooks = off_runtime(&runners.hooks, move |ops| remove_hooks(ops, &hooks))
             .await
             .map_err(IptablesError::into_dataplane)?;
         let chains = cleanup_chains(
-            self.restore.as_ref(),
-            self.save.as_ref(),
+            runners.restore.as_ref(),
+            runners.save.as_ref(),
             self.planner.names(),
         )
         .await
@@ -272,5 +362,27 @@ impl Dataplane for IptablesDataplane {
         Ok(CleanupReport {
             objects_removed: hooks + chains,
         })
+    }
+
+    /// The header, the full restore input and the hooks (see `svcproxy --dry-run`). Touches
+    /// nothing: no variant detection, no tool, no root.
+    ///
+    /// # Errors
+    /// [`DataplaneError::Unsupported`] when the table asks for what this backend lacks (a
+    /// scheduler other than `random`).
+    fn dry_run(&self, table: &ServiceTable) -> Result<DryRun, DataplaneError> {
+        Self::supported().check(NAME, table)?;
+        Ok(DryRun::new(render_dry_run(&self.planner, table)))
+    }
+
+    /// Registers [`Metrics`] (kube-proxy's iptables series) under `kubeproxy` in the root
+    /// `registry`. Only the first call registers: `proxy_core::SyncLoop::new` calls it too, so an
+    /// embedder that already did (to drive the dataplane itself, say) gets no duplicate series.
+    fn register_metrics(&mut self, registry: &mut Registry) {
+        if self.metrics.is_some() {
+            debug!("iptables metrics already registered");
+            return;
+        }
+        self.metrics = Some(Metrics::register(registry));
     }
 }

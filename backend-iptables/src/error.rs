@@ -57,6 +57,14 @@ pub enum ConfigError {
         /// Why not.
         reason: &'static str,
     },
+    /// A network namespace name `ip netns exec` cannot take.
+    #[error("netns {name:?}: {reason}")]
+    Netns {
+        /// The name given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
 }
 
 /// Any error of this backend.

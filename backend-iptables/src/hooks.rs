@@ -1,12 +1,16 @@
 //! The bootstrap jumps from the built-in chains to ours ([`crate::plan::Planner::hooks`]). They
 //! are not part of the restore input (a restore of a built-in chain would flush other users'
-//! rules), so they are ensured one by one, idempotently, as kube-proxy's `EnsureRule` does, with
-//! the `iptables` crate. That crate runs one process per call and blocks: call these functions
-//! off the async runtime (`tokio::task::spawn_blocking`).
+//! rules), so they are ensured one by one, idempotently, as kube-proxy's `EnsureRule` does
+//! (`pkg/util/iptables/iptables.go`: `-C` to check, exit status 1 meaning "absent").
+//! [`IptablesHooks`] runs one `iptables` process per call, from an argument vector made from the
+//! typed rule ([`crate::rules::Rule::args`]), under the same command prefix as the restores
+//! (`ip netns exec NAME`). It blocks: call these functions off the async runtime
+//! (`tokio::task::spawn_blocking`).
 
 use std::fmt;
+use std::process::{Command, Stdio};
 
-use crate::apply::Variant;
+use crate::apply::{CommandRunner, Variant};
 use crate::plan::Hook;
 use crate::rules::{ChainName, Family, TableName};
 
@@ -74,51 +78,123 @@ pub fn canaries_present(ops: &dyn HookOps, canary: &ChainName) -> Result<bool, H
     Ok(true)
 }
 
-/// [`HookOps`] over the `iptables` crate, with its command set to the detected variant's binary.
+/// [`HookOps`] over the variant's `iptables`/`ip6tables` binaries, each call one process run
+/// from an argument vector: `[prefix...] iptables-nft -w 5 -t nat -C PREROUTING <rule args>`.
+#[derive(Debug, Clone)]
 pub struct IptablesHooks {
-    v4: iptables::IPTables,
-    v6: iptables::IPTables,
+    variant: Variant,
+    wait_secs: u32,
+    prefix: Vec<String>,
 }
 
-impl fmt::Debug for IptablesHooks {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("IptablesHooks")
-            .field("v4", &self.v4.cmd)
-            .field("v6", &self.v6.cmd)
-            .finish()
-    }
+/// How one tool run ended: its exit code (`None`: killed by a signal) and stderr.
+struct Ran {
+    command: String,
+    code: Option<i32>,
+    stderr: String,
 }
 
-fn tool(cmd: &'static str) -> iptables::IPTables {
-    // Every iptables we support (>= 1.4.20) has -C and -w; building the struct directly avoids the
-    // crate's `--version` probe of plain `iptables`, which may be the other variant.
-    iptables::IPTables {
-        cmd,
-        has_check: true,
-        has_wait: true,
-        is_numeric: false,
+impl Ran {
+    fn message(&self) -> String {
+        match self.code {
+            Some(code) => format!("{} exited {code}: {}", self.command, self.stderr),
+            None => format!("{} killed by a signal: {}", self.command, self.stderr),
+        }
     }
 }
 
 impl IptablesHooks {
-    /// Hooks through `iptables-legacy`/`iptables-nft` (and the `ip6tables` ones).
+    /// Hooks through `iptables-legacy`/`iptables-nft` (and the `ip6tables` ones), waiting up to
+    /// 5 s for the xtables lock, in the caller's network namespace.
     pub fn new(variant: Variant) -> Self {
-        let (v4, v6) = match variant {
-            Variant::Legacy => ("iptables-legacy", "ip6tables-legacy"),
-            Variant::Nft => ("iptables-nft", "ip6tables-nft"),
-        };
         Self {
-            v4: tool(v4),
-            v6: tool(v6),
+            variant,
+            wait_secs: 5,
+            prefix: Vec::new(),
         }
     }
 
-    fn tool(&self, family: Family) -> &iptables::IPTables {
-        match family {
-            Family::V4 => &self.v4,
-            Family::V6 => &self.v6,
+    /// Hooks through the same variant, lock wait and command prefix as `runner`: what the
+    /// dataplane uses, so that restores and hooks always reach the same namespace.
+    pub fn like(runner: &CommandRunner) -> Self {
+        Self {
+            variant: runner.variant(),
+            wait_secs: runner.wait_secs(),
+            prefix: runner.prefix().to_vec(),
         }
     }
+
+    /// The same hooks, with every command run under `prefix` (`["ip", "netns", "exec", "ns1"]`).
+    pub fn with_prefix(mut self, prefix: Vec<String>) -> Self {
+        self.prefix = prefix;
+        self
+    }
+
+    /// The argument vector of one call: prefix, tool, lock wait, `-t table`, then `args`.
+    pub fn command(&self, family: Family, table: TableName, args: &[String]) -> Vec<String> {
+        let mut argv = self.prefix.clone();
+        argv.extend([
+            self.variant.binary(family).to_owned(),
+            "-w".to_owned(),
+            self.wait_secs.to_string(),
+            "-t".to_owned(),
+            table.as_str().to_owned(),
+        ]);
+        argv.extend_from_slice(args);
+        argv
+    }
+
+    /// Runs one call. `Err` only when the process could not start (its message).
+    fn run(&self, family: Family, table: TableName, args: &[String]) -> Result<Ran, String> {
+        let argv = self.command(family, table, args);
+        let command = display_argv(&argv);
+        let output = Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("{command}: cannot start: {e}"))?;
+        Ok(Ran {
+            command,
+            code: output.status.code(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        })
+    }
+
+    /// `-C`/`-L`: exit 0 is yes, 1 is no (kube-proxy's `checkRuleUsingCheck`), anything else
+    /// (a missing namespace, a bad rule) an error.
+    fn ask(&self, family: Family, table: TableName, args: &[String]) -> Result<bool, String> {
+        let ran = self.run(family, table, args)?;
+        match ran.code {
+            Some(0) => Ok(true),
+            Some(1) => Ok(false),
+            _ => Err(ran.message()),
+        }
+    }
+
+    /// `-I`/`-D`: anything but exit 0 is an error.
+    fn change(&self, family: Family, table: TableName, args: &[String]) -> Result<(), String> {
+        let ran = self.run(family, table, args)?;
+        if ran.code == Some(0) {
+            Ok(())
+        } else {
+            Err(ran.message())
+        }
+    }
+}
+
+/// `argv` as one line for messages, words with spaces (a comment) in double quotes.
+fn display_argv(argv: &[String]) -> String {
+    let words: Vec<String> = argv
+        .iter()
+        .map(|w| {
+            if w.is_empty() || w.contains(char::is_whitespace) {
+                format!("\"{w}\"")
+            } else {
+                w.clone()
+            }
+        })
+        .collect();
+    words.join(" ")
 }
 
 fn hook_error(op: &'static str, family: Family, hook: &Hook, message: String) -> HookError {
@@ -132,37 +208,28 @@ fn hook_error(op: &'static str, family: Family, hook: &Hook, message: String) ->
     }
 }
 
+/// `-X CHAIN <rule args>`, for a hook.
+fn hook_args(op: &str, hook: &Hook, position: Option<usize>) -> Vec<String> {
+    let mut args = vec![op.to_owned(), hook.chain.to_string()];
+    args.extend(position.map(|p| p.to_string()));
+    args.extend(hook.rule.args());
+    args
+}
+
 impl HookOps for IptablesHooks {
     fn exists(&self, family: Family, hook: &Hook) -> Result<bool, HookError> {
-        self.tool(family)
-            .exists(
-                hook.table.as_str(),
-                hook.chain.as_str(),
-                &hook.rule.to_string(),
-            )
-            .map_err(|e| hook_error("check", family, hook, e.to_string()))
+        self.ask(family, hook.table, &hook_args("-C", hook, None))
+            .map_err(|e| hook_error("check", family, hook, e))
     }
 
     fn insert(&self, family: Family, hook: &Hook, position: usize) -> Result<(), HookError> {
-        let position = i32::try_from(position).unwrap_or(1);
-        self.tool(family)
-            .insert(
-                hook.table.as_str(),
-                hook.chain.as_str(),
-                &hook.rule.to_string(),
-                position,
-            )
-            .map_err(|e| hook_error("insert", family, hook, e.to_string()))
+        self.change(family, hook.table, &hook_args("-I", hook, Some(position)))
+            .map_err(|e| hook_error("insert", family, hook, e))
     }
 
     fn delete(&self, family: Family, hook: &Hook) -> Result<(), HookError> {
-        self.tool(family)
-            .delete(
-                hook.table.as_str(),
-                hook.chain.as_str(),
-                &hook.rule.to_string(),
-            )
-            .map_err(|e| hook_error("delete", family, hook, e.to_string()))
+        self.change(family, hook.table, &hook_args("-D", hook, None))
+            .map_err(|e| hook_error("delete", family, hook, e))
     }
 
     fn chain_exists(
@@ -171,16 +238,16 @@ impl HookOps for IptablesHooks {
         table: TableName,
         chain: &ChainName,
     ) -> Result<bool, HookError> {
-        self.tool(family)
-            .chain_exists(table.as_str(), chain.as_str())
-            .map_err(|e| HookError {
-                op: "check chain",
-                family,
-                table: table.to_string(),
-                chain: chain.to_string(),
-                rule: String::new(),
-                message: e.to_string(),
-            })
+        // `-n`: no DNS lookups while listing (kube-proxy's `ChainExists`).
+        let args = ["-n", "-L", chain.as_str()].map(str::to_owned);
+        self.ask(family, table, &args).map_err(|message| HookError {
+            op: "check chain",
+            family,
+            table: table.to_string(),
+            chain: chain.to_string(),
+            rule: String::new(),
+            message,
+        })
     }
 }
 
@@ -222,4 +289,35 @@ pub fn remove_hooks(ops: &dyn HookOps, hooks: &[Hook]) -> Result<usize, HookErro
         }
     }
     Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Planner;
+
+    #[test]
+    fn hook_commands_honour_the_prefix_and_keep_the_comment_whole() {
+        let planner = Planner::new(crate::IptablesConfig::default()).expect("valid");
+        let hooks = planner.hooks();
+        let ops = IptablesHooks::like(
+            &CommandRunner::new(Variant::Nft)
+                .with_prefix(["ip", "netns", "exec", "ns1"].map(str::to_owned).to_vec()),
+        );
+        let argv = ops.command(
+            Family::V6,
+            hooks[0].table,
+            &hook_args("-I", &hooks[0], Some(1)),
+        );
+        assert_eq!(
+            display_argv(&argv),
+            "ip netns exec ns1 ip6tables-nft -w 5 -t nat -I PREROUTING 1 \
+             -m comment --comment \"service portals\" -j SVCP-SERVICES"
+        );
+        assert_eq!(
+            argv.join(" | "),
+            "ip | netns | exec | ns1 | ip6tables-nft | -w | 5 | -t | nat | -I | PREROUTING | 1 | \
+             -m | comment | --comment | service portals | -j | SVCP-SERVICES"
+        );
+    }
 }

@@ -5,21 +5,53 @@
 //! It owns, in the `nat` and `filter` tables of both address families, every chain whose name
 //! [`names::Names::is_owned`] accepts (prefix `SVCP-` by default) and the jumps to them from the
 //! built-in chains ([`plan::Planner::hooks`]); [`cleanup::cleanup_chains`] and
-//! [`hooks::remove_hooks`] remove exactly those.
+//! [`hooks::remove_hooks`] remove exactly those (`Dataplane::cleanup` does both). It also deletes
+//! stale UDP conntrack entries ([`conntrack`]) but creates none.
 //!
 //! Shape: **model** ([`rules`]) → **plan** ([`plan`], pure) → **apply** ([`apply`], [`hooks`]) →
 //! **observe** ([`observe`]); [`dataplane::IptablesDataplane`] ties them into a
 //! [`proxy_core::Dataplane`].
 //!
+//! One way to build it, as every backend: a config, `new` (no I/O: legacy or nft is detected at
+//! the first sync), then the metrics in the embedder's root registry (kube-proxy's names, under
+//! `kubeproxy_`; only the first `register_metrics` call registers). [`IptablesConfig::netns`] puts everything it runs in a named network namespace.
+//! `dry_run` shows what a sync would program, without root or iptables:
+//!
 //! ```
-//! use backend_iptables::{config::Config, plan::Planner, rules::{Family, TableName}};
+//! use backend_iptables::{IptablesConfig, IptablesDataplane};
+//! use proxy_core::prometheus_client::registry::Registry;
+//! use proxy_core::table::*;
+//! use proxy_core::Dataplane;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut registry = Registry::default();
+//! let mut dp = IptablesDataplane::new(IptablesConfig::default())?;
+//! dp.register_metrics(&mut registry);
+//!
+//! let web = ServicePort::new(ServicePortName::new("default", "web", "http"), Protocol::Tcp, 80)
+//!     .with_cluster_ip("198.19.0.10".parse()?)
+//!     .with_endpoint(Endpoint::new("198.18.1.10".parse()?, 8080));
+//! let table = ServiceTable::builder().insert(web).build()?;
+//! let plan = dp.dry_run(&table)?;
+//! assert!(plan.rendered.contains("-j DNAT --to-destination 198.18.1.10:8080"));
+//! assert!(plan.rendered.contains("# hook: -t nat -A PREROUTING"));
+//! // Then hand `dp` to `proxy_core::SyncLoop::new(dp, config, &mut registry)`, which calls
+//! // `sync` (root needed from here on); its own `register_metrics` call is then a no-op.
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The planner alone, for tests and tools (restore input per family and table):
+//!
+//! ```
+//! use backend_iptables::{plan::Planner, rules::{Family, TableName}, IptablesConfig};
 //! use proxy_core::table::*;
 //!
 //! let web = ServicePort::new(ServicePortName::new("default", "web", "http"), Protocol::Tcp, 80)
 //!     .with_cluster_ip("198.19.0.10".parse().unwrap())
 //!     .with_endpoint(Endpoint::new("198.18.1.10".parse().unwrap(), 8080));
 //! let table = ServiceTable::builder().insert(web).build().unwrap();
-//! let planner = Planner::new(Config::default()).unwrap();
+//! let planner = Planner::new(IptablesConfig::default()).unwrap();
 //! let plan = planner.plan_full(&table);
 //! let nat = plan.restore(Family::V4, TableName::Nat).unwrap().input();
 //! assert!(nat.contains("-j DNAT --to-destination 198.18.1.10:8080"));
@@ -42,7 +74,7 @@ pub mod rules;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-pub use config::{Config, DispatchLayout};
+pub use config::{DispatchLayout, IptablesConfig};
 pub use dataplane::{IptablesDataplane, NAME};
 pub use error::IptablesError;
 pub use plan::{Applied, Plan, Planner};

@@ -1,7 +1,19 @@
 //! The backend's metrics, with kube-proxy's names, types, help and buckets
-//! (`pkg/proxy/metrics/metrics.go`); registered into a registry the embedder hands in (give it the
-//! prefix `kubeproxy` with `Registry::with_prefix`). Per-table series carry kube-proxy's
-//! `ip_family` label (kubernetes/kubernetes PR 129173) as well as `table`.
+//! (`pkg/proxy/metrics/metrics.go`), registered by [`Metrics::register`] in the embedder's root
+//! registry under the `kubeproxy` prefix, as [`proxy_core::metrics::SyncMetrics`] registers the
+//! sync loop's (the embedder calls [`proxy_core::Dataplane::register_metrics`]). Every series
+//! here is one kube-proxy has, so nothing goes under our own `svcproxy` prefix. Per-table series
+//! carry kube-proxy's `ip_family` label (kubernetes/kubernetes PR 129173) as well as `table`; no
+//! series is labelled by service port, so a deleted port leaves nothing behind.
+//!
+//! | series | type |
+//! |---|---|
+//! | `kubeproxy_sync_full_proxy_rules_duration_seconds` | histogram (1 ms doubling, 15 buckets) |
+//! | `kubeproxy_sync_partial_proxy_rules_duration_seconds` | histogram |
+//! | `kubeproxy_sync_proxy_rules_iptables_restore_failures_total` | counter |
+//! | `kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total` | counter |
+//! | `kubeproxy_sync_proxy_rules_iptables_total{ip_family, table}` | gauge: rules we own |
+//! | `kubeproxy_sync_proxy_rules_iptables_last{ip_family, table}` | gauge: rules the last sync wrote |
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
@@ -59,17 +71,18 @@ impl TableLabels {
 /// The iptables backend's metrics.
 #[derive(Debug, Clone)]
 pub struct Metrics {
-    /// `sync_full_proxy_rules_duration_seconds`.
+    /// `kubeproxy_sync_full_proxy_rules_duration_seconds`.
     pub full_sync_duration: Histogram,
-    /// `sync_partial_proxy_rules_duration_seconds`.
+    /// `kubeproxy_sync_partial_proxy_rules_duration_seconds`.
     pub partial_sync_duration: Histogram,
-    /// `sync_proxy_rules_iptables_restore_failures` (`_total` added on encoding).
+    /// `kubeproxy_sync_proxy_rules_iptables_restore_failures` (`_total` added on encoding).
     pub restore_failures: Counter,
-    /// `sync_proxy_rules_iptables_partial_restore_failures`.
+    /// `kubeproxy_sync_proxy_rules_iptables_partial_restore_failures`.
     pub partial_restore_failures: Counter,
-    /// `sync_proxy_rules_iptables_total{table}`: rules we own per table.
+    /// `kubeproxy_sync_proxy_rules_iptables_total{ip_family, table}`: rules we own per table.
     pub rules_total: MetricFamily<TableLabels, Gauge>,
-    /// `sync_proxy_rules_iptables_last{table}`: rules written by the last sync per table.
+    /// `kubeproxy_sync_proxy_rules_iptables_last{ip_family, table}`: rules written by the last
+    /// sync per table.
     pub rules_last: MetricFamily<TableLabels, Gauge>,
 }
 
@@ -79,7 +92,12 @@ fn sync_buckets() -> Histogram {
 }
 
 impl Metrics {
-    /// Creates the metrics and registers them in `registry`.
+    /// Creates the metrics and registers them in `registry`, the embedder's root registry, under
+    /// the `kubeproxy` prefix.
+    ///
+    /// # Panics
+    /// In debug builds, prometheus-client panics if a series of the same name is already
+    /// registered (registering twice in one registry).
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self {
             full_sync_duration: sync_buckets(),
@@ -89,6 +107,7 @@ impl Metrics {
             rules_total: MetricFamily::default(),
             rules_last: MetricFamily::default(),
         };
+        let registry = registry.sub_registry_with_prefix("kubeproxy");
         registry.register(
             "sync_full_proxy_rules_duration_seconds",
             "SyncProxyRules latency in seconds for full resyncs",
@@ -155,14 +174,15 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::config::IptablesConfig;
     use crate::plan::Planner;
     use prometheus_client::encoding::text::encode;
     use proxy_core::table::{Endpoint, Protocol, ServicePort, ServicePortName, ServiceTable};
 
     #[test]
     fn encodes_kube_proxy_names_with_family_and_table() {
-        let mut registry = Registry::with_prefix("kubeproxy");
+        // The root registry, as embedders pass it: the prefix is ours to add.
+        let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
         let table = ServiceTable::builder()
             .insert(
@@ -172,7 +192,7 @@ mod tests {
             )
             .build()
             .expect("valid");
-        let planner = Planner::new(Config::default()).expect("valid");
+        let planner = Planner::new(IptablesConfig::default()).expect("valid");
         let plan = planner.plan_full(&table);
         let mut applied = Applied::new();
         applied.commit(&plan);
@@ -191,5 +211,24 @@ mod tests {
         ] {
             assert!(text.contains(&want), "missing {want:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn beside_the_sync_loop_every_series_has_a_prefix() {
+        let mut registry = Registry::default();
+        let _loop_metrics = proxy_core::metrics::SyncMetrics::register(&mut registry);
+        let _ours = Metrics::register(&mut registry);
+        let mut text = String::new();
+        encode(&mut text, &registry).expect("encode");
+        let bare: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter(|l| !l.starts_with("kubeproxy_") && !l.starts_with("svcproxy_"))
+            .collect();
+        assert!(bare.is_empty(), "series without a prefix: {bare:?}\n{text}");
+        assert!(
+            text.contains("# TYPE kubeproxy_sync_partial_proxy_rules_duration_seconds histogram"),
+            "{text}"
+        );
     }
 }

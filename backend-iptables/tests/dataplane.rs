@@ -29,7 +29,7 @@ fn rig() -> Rig {
     let planner = Planner::new(cases::config()).expect("valid config");
     let restore = Arc::new(FakeRestore::new());
     let hooks = Arc::new(FakeHooks::new());
-    let dataplane = IptablesDataplane::new(
+    let dataplane = IptablesDataplane::with_runners(
         planner.clone(),
         restore.clone(),
         restore.clone(),
@@ -202,7 +202,7 @@ async fn a_sync_deletes_udp_entries_of_a_removed_endpoint() {
     let planner = Planner::new(cases::config()).expect("valid config");
     let restore = Arc::new(FakeRestore::new());
     let conntrack = Arc::new(FakeConntrack::default());
-    let mut dataplane = IptablesDataplane::new(
+    let mut dataplane = IptablesDataplane::with_runners(
         planner,
         restore.clone(),
         restore.clone(),
@@ -270,4 +270,120 @@ async fn a_missing_canary_turns_a_partial_sync_into_a_full_one() {
     rig.hooks.set_missing("SVCP-CANARY", false);
     let report = sync(&mut rig, &a, &a, SyncMode::Partial).await;
     assert_eq!(report.mode, SyncMode::Partial);
+}
+
+#[test]
+fn dry_run_renders_the_restore_input_and_hooks_without_touching_anything() {
+    // A namespace that does not exist: `new` and `dry_run` must not care (no I/O at all).
+    let config = backend_iptables::IptablesConfig {
+        netns: Some("svcp-t-missing".into()),
+        ..cases::config()
+    };
+    let planner = Planner::new(config.clone()).expect("valid config");
+    let dataplane = IptablesDataplane::new(config).expect("valid config");
+    assert_eq!(dataplane.variant(), None, "nothing detected before a sync");
+    let table = cases::scale_table(2, 2);
+    let dry_run = dataplane.dry_run(&table).expect("plans");
+    let plan = planner.plan_full(&table);
+    let mut want = format!(
+        "# iptables backend in netns svcp-t-missing: full restore input for 2 service port(s), \
+         4 endpoint(s): {} rules in {} chains\n",
+        plan.rules_written(),
+        plan.chains_written()
+    );
+    want.push_str(&plan.render());
+    for hook in planner.hooks() {
+        want.push_str(&format!(
+            "# hook: -t {} -A {} {}\n",
+            hook.table, hook.chain, hook.rule
+        ));
+    }
+    assert_eq!(dry_run.rendered, want);
+    assert!(dry_run.problems.is_empty(), "{:?}", dry_run.problems);
+    assert!(
+        dry_run.to_string().contains(
+            "# hook: -t nat -A PREROUTING -m comment --comment \"service portals\" -j SVCP-SERVICES\n"
+        ),
+        "{dry_run}"
+    );
+}
+
+#[test]
+fn dry_run_refuses_a_scheduler_it_lacks_by_field() {
+    let dataplane = IptablesDataplane::new(cases::config()).expect("valid config");
+    let mut port = cases::port("web", proxy_core::Protocol::Tcp, "198.19.0.1", 80);
+    port.scheduler = Some(proxy_core::Scheduler::RoundRobin);
+    let table = ServiceTable::builder().insert(port).build().expect("valid");
+    let err = dataplane.dry_run(&table).expect_err("rr is not ours");
+    assert!(
+        err.to_string().contains(
+            "services[ns/web].ports[p].scheduler: rr is not supported by the iptables backend"
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_namespace_fails_the_first_sync_at_detection_and_is_retried() {
+    let mut dataplane = IptablesDataplane::new(backend_iptables::IptablesConfig {
+        netns: Some("svcp-t-missing".into()),
+        ..cases::config()
+    })
+    .expect("valid config");
+    let table = cases::scale_table(1, 1);
+    let changes = diff(&ServiceTable::empty(), &table);
+    for attempt in 0..2 {
+        let err = dataplane
+            .sync(SyncRequest {
+                desired: &table,
+                changes: &changes,
+                mode: SyncMode::Full,
+            })
+            .await
+            .expect_err("no such namespace");
+        let text = format!("{err}: {:?}", std::error::Error::source(&err));
+        assert!(
+            text.contains("cannot detect the iptables variant")
+                && text.contains("ip netns exec svcp-t-missing iptables --version"),
+            "attempt {attempt}: {text}"
+        );
+        assert_eq!(
+            dataplane.variant(),
+            None,
+            "a failed detection is not cached"
+        );
+    }
+}
+
+#[tokio::test]
+async fn metrics_registered_in_the_root_registry_carry_the_kubeproxy_prefix() {
+    use proxy_core::prometheus_client::encoding::text::encode;
+    use proxy_core::prometheus_client::registry::Registry;
+    let mut rig = rig();
+    let mut registry = Registry::default();
+    rig.dataplane.register_metrics(&mut registry);
+    let a = cases::scale_table(3, 2);
+    sync(&mut rig, &ServiceTable::empty(), &a, SyncMode::Full).await;
+    let b = with_endpoint(&a, 1, "198.18.100.1");
+    sync(&mut rig, &a, &b, SyncMode::Partial).await;
+    let mut text = String::new();
+    encode(&mut text, &registry).expect("encode");
+    for want in [
+        "kubeproxy_sync_full_proxy_rules_duration_seconds_count 1\n",
+        "kubeproxy_sync_partial_proxy_rules_duration_seconds_count 1\n",
+        "kubeproxy_sync_proxy_rules_iptables_restore_failures_total 0\n",
+        "kubeproxy_sync_proxy_rules_iptables_last{ip_family=\"IPv4\",table=\"nat\"} ",
+        "kubeproxy_sync_proxy_rules_iptables_total{ip_family=\"IPv6\",table=\"filter\"} ",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+    assert!(
+        !text.lines().any(|l| l.starts_with("sync_")),
+        "a series without its prefix:\n{text}"
+    );
+    // The sync loop registers the dataplane's metrics too: a second call adds nothing.
+    rig.dataplane.register_metrics(&mut registry);
+    let mut again = String::new();
+    encode(&mut again, &registry).expect("encode");
+    assert_eq!(again, text, "registered twice");
 }

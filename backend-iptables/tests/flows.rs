@@ -4,13 +4,13 @@ mod cases;
 
 use std::net::SocketAddr;
 
-use backend_iptables::config::{Config, DispatchLayout};
+use backend_iptables::config::{DispatchLayout, IptablesConfig};
 use backend_iptables::plan::Planner;
 use backend_iptables::rules::Family;
 use backend_iptables::testing::trace::{run_packet_flows, Packet, Trace, Tracer};
 use proxy_core::ServiceTable;
 
-fn tracer(config: &Config, table: &ServiceTable, family: Family) -> Tracer {
+fn tracer(config: &IptablesConfig, table: &ServiceTable, family: Family) -> Tracer {
     let planner = Planner::new(config.clone()).expect("valid config");
     let plan = planner.plan_full(table);
     Tracer::from_plan(&planner, &plan, family, cases::local_addrs()).expect("our rules parse")
@@ -21,7 +21,7 @@ fn every_case_passes_its_packet_flows_in_both_layouts() {
     let mut failures = Vec::new();
     for case in cases::cases() {
         for layout in [DispatchLayout::Flat, DispatchLayout::Tree] {
-            let config = Config {
+            let config = IptablesConfig {
                 dispatch: layout,
                 ..case.config.clone()
             };
@@ -127,7 +127,7 @@ fn remote_endpoints_get_hairpin_rules_only_when_asked() {
     let packet = Packet::tcp("198.18.2.1", "198.19.0.1", 80);
     let default = trace(&c, packet.clone());
     assert_eq!(default.masq(), Some(false), "{default}");
-    let config = Config {
+    let config = IptablesConfig {
         hairpin_all_endpoints: true,
         ..c.config.clone()
     };
@@ -149,7 +149,7 @@ fn remote_endpoints_get_hairpin_rules_only_when_asked() {
 #[test]
 fn comments_can_be_left_out() {
     let c = case("etp_local");
-    let config = Config {
+    let config = IptablesConfig {
         comments: false,
         ..c.config.clone()
     };
@@ -178,7 +178,7 @@ fn tree_walks_fewer_rules_than_flat_for_the_last_service() {
     let c = case("tree_40_services");
     let packet = Packet::tcp(cases::POD, "198.19.1.39", 80);
     let walked = |layout| {
-        let config = Config {
+        let config = IptablesConfig {
             dispatch: layout,
             ..c.config.clone()
         };

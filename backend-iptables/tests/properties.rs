@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use backend_iptables::config::{Config, DispatchLayout, TreeConfig};
+use backend_iptables::config::{DispatchLayout, IptablesConfig, TreeConfig};
 use backend_iptables::plan::Planner;
 use backend_iptables::rules::{parse_restore, Family};
 use backend_iptables::testing::trace::{Packet, Trace, Tracer};
@@ -154,7 +154,7 @@ fn build(specs: &[PortSpec]) -> ServiceTable {
     b.build().expect("valid random table")
 }
 
-fn tracer(table: &ServiceTable, config: Config) -> Tracer {
+fn tracer(table: &ServiceTable, config: IptablesConfig) -> Tracer {
     let planner = Planner::new(config).expect("valid config");
     Tracer::from_plan(
         &planner,
@@ -165,8 +165,8 @@ fn tracer(table: &ServiceTable, config: Config) -> Tracer {
     .expect("our rules parse")
 }
 
-fn deep_tree() -> Config {
-    Config {
+fn deep_tree() -> IptablesConfig {
+    IptablesConfig {
         dispatch: DispatchLayout::Tree,
         tree: TreeConfig {
             leaf_rules: 2,
@@ -238,7 +238,7 @@ proptest! {
     #[test]
     fn flat_and_tree_layouts_give_the_same_verdicts(specs in prop::collection::vec(port_spec(), 1..16)) {
         let table = build(&specs);
-        let flat = tracer(&table, Config { dispatch: DispatchLayout::Flat, ..cases::config() });
+        let flat = tracer(&table, IptablesConfig { dispatch: DispatchLayout::Flat, ..cases::config() });
         let tree = tracer(&table, deep_tree());
         let srcs = [cases::POD, cases::CLIENT, cases::BLOCKED_CLIENT, "198.18.2.3", cases::NODE_IP];
         for packet in packets(&table, &srcs) {

@@ -25,7 +25,7 @@ use std::net::IpAddr;
 
 use proxy_core::{ChangeSet, ServicePort, ServicePortName, ServiceTable, SyncMode};
 
-use crate::config::Config;
+use crate::config::IptablesConfig;
 use crate::error::ConfigError;
 use crate::names::Names;
 mod port;
@@ -257,7 +257,7 @@ pub struct Hook {
 /// Plans rules for one configuration.
 #[derive(Debug, Clone)]
 pub struct Planner {
-    config: Config,
+    config: IptablesConfig,
     names: Names,
 }
 
@@ -278,13 +278,13 @@ impl Planner {
     ///
     /// # Errors
     /// [`ConfigError`] if the configuration is invalid.
-    pub fn new(config: Config) -> Result<Self, ConfigError> {
+    pub fn new(config: IptablesConfig) -> Result<Self, ConfigError> {
         let names = config.validate()?;
         Ok(Self { config, names })
     }
 
     /// The configuration.
-    pub fn config(&self) -> &Config {
+    pub fn config(&self) -> &IptablesConfig {
         &self.config
     }
 
@@ -528,7 +528,7 @@ impl Planner {
     }
 }
 
-/// Drops `-m comment` from a chain's rules (`Config::comments = false`).
+/// Drops `-m comment` from a chain's rules (`IptablesConfig::comments = false`).
 fn strip_comments(chain: &mut Chain) {
     for rule in &mut chain.rules {
         rule.matches.retain(|m| !matches!(m, Match::Comment(_)));

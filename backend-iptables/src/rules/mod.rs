@@ -496,103 +496,141 @@ impl Rule {
     }
 }
 
-impl fmt::Display for Rule {
-    /// The rule spec as after `-A CHAIN ` in restore input.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut sep = "";
-        let mut word = |f: &mut fmt::Formatter<'_>, args: fmt::Arguments<'_>| {
-            f.write_str(sep)?;
-            sep = " ";
-            f.write_fmt(args)
-        };
+/// A piece of a rule spec: words as they are, or one argument that restore syntax quotes.
+enum Chunk<'a> {
+    /// Words separated by single spaces, none of them quoted.
+    Words(fmt::Arguments<'a>),
+    /// One argument, written in double quotes (a comment: [`sanitize_comment`] keeps quotes out).
+    Quoted(&'a str),
+}
+
+impl Rule {
+    /// Hands the rule spec to `emit`, piece by piece, in `iptables-save`'s order: the one place
+    /// that knows the syntax, for both `Display` (restore input) and [`Rule::args`] (argv).
+    fn chunks(&self, mut emit: impl FnMut(Chunk<'_>) -> fmt::Result) -> fmt::Result {
+        use Chunk::Words;
         if let Some(s) = &self.source {
             let neg = if s.negated { "! " } else { "" };
-            word(f, format_args!("{neg}-s {}", s.net))?;
+            emit(Words(format_args!("{neg}-s {}", s.net)))?;
         }
         if let Some(d) = &self.destination {
             let neg = if d.negated { "! " } else { "" };
-            word(f, format_args!("{neg}-d {}", d.net))?;
+            emit(Words(format_args!("{neg}-d {}", d.net)))?;
         }
         if let Some(p) = self.protocol {
-            word(f, format_args!("-p {p}"))?;
+            emit(Words(format_args!("-p {p}")))?;
         }
         for m in &self.matches {
             match m {
-                Match::Comment(c) => word(f, format_args!("-m comment --comment \"{c}\""))?,
+                Match::Comment(c) => {
+                    emit(Words(format_args!("-m comment --comment")))?;
+                    emit(Chunk::Quoted(c))?;
+                }
                 Match::DestPort { protocol, port } => {
-                    word(f, format_args!("-m {protocol} --dport {port}"))?
+                    emit(Words(format_args!("-m {protocol} --dport {port}")))?;
                 }
                 Match::DestPortRange {
                     protocol,
                     first,
                     last,
-                } => word(f, format_args!("-m {protocol} --dport {first}:{last}"))?,
+                } => emit(Words(format_args!(
+                    "-m {protocol} --dport {first}:{last}"
+                )))?,
                 Match::AddrTypeLocal(AddrTypeDir::Src) => {
-                    word(f, format_args!("-m addrtype --src-type LOCAL"))?
+                    emit(Words(format_args!("-m addrtype --src-type LOCAL")))?;
                 }
                 Match::AddrTypeLocal(AddrTypeDir::Dst) => {
-                    word(f, format_args!("-m addrtype --dst-type LOCAL"))?
+                    emit(Words(format_args!("-m addrtype --dst-type LOCAL")))?;
                 }
-                Match::Statistic(p) => word(
-                    f,
-                    format_args!("-m statistic --mode random --probability {p}"),
-                )?,
+                Match::Statistic(p) => emit(Words(format_args!(
+                    "-m statistic --mode random --probability {p}"
+                )))?,
                 Match::Recent(Recent::Check {
                     name,
                     seconds,
                     family,
-                }) => word(
-                    f,
-                    format_args!(
-                        "-m recent --rcheck --seconds {seconds} --reap --name {name} --mask {} --rsource",
-                        full_mask(*family)
-                    ),
-                )?,
-                Match::Recent(Recent::Set { name, family }) => word(
-                    f,
-                    format_args!(
-                        "-m recent --set --name {name} --mask {} --rsource",
-                        full_mask(*family)
-                    ),
-                )?,
+                }) => emit(Words(format_args!(
+                    "-m recent --rcheck --seconds {seconds} --reap --name {name} --mask {} --rsource",
+                    full_mask(*family)
+                )))?,
+                Match::Recent(Recent::Set { name, family }) => emit(Words(format_args!(
+                    "-m recent --set --name {name} --mask {} --rsource",
+                    full_mask(*family)
+                )))?,
                 Match::Mark {
                     value,
                     mask,
                     negated,
                 } => {
                     let neg = if *negated { "! " } else { "" };
-                    word(f, format_args!("-m mark {neg}--mark {value:#x}/{mask:#x}"))?
+                    emit(Words(format_args!(
+                        "-m mark {neg}--mark {value:#x}/{mask:#x}"
+                    )))?;
                 }
                 Match::Conntrack(states) => {
                     let list: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
-                    word(
-                        f,
-                        format_args!("-m conntrack --ctstate {}", list.join(",")),
-                    )?
+                    emit(Words(format_args!(
+                        "-m conntrack --ctstate {}",
+                        list.join(",")
+                    )))?;
                 }
             }
         }
         match &self.target {
-            Target::Jump(c) => word(f, format_args!("-j {c}")),
-            Target::Goto(c) => word(f, format_args!("-g {c}")),
-            Target::Return => word(f, format_args!("-j RETURN")),
-            Target::Accept => word(f, format_args!("-j ACCEPT")),
-            Target::Drop => word(f, format_args!("-j DROP")),
-            Target::Reject(with) => {
-                word(f, format_args!("-j REJECT --reject-with {}", with.as_str()))
-            }
-            Target::Dnat(to) => word(f, format_args!("-j DNAT --to-destination {to}")),
-            Target::Mark { value, mask } => {
-                word(f, format_args!("-j MARK --set-xmark {value:#x}/{mask:#x}"))
-            }
+            Target::Jump(c) => emit(Words(format_args!("-j {c}"))),
+            Target::Goto(c) => emit(Words(format_args!("-g {c}"))),
+            Target::Return => emit(Words(format_args!("-j RETURN"))),
+            Target::Accept => emit(Words(format_args!("-j ACCEPT"))),
+            Target::Drop => emit(Words(format_args!("-j DROP"))),
+            Target::Reject(with) => emit(Words(format_args!(
+                "-j REJECT --reject-with {}",
+                with.as_str()
+            ))),
+            Target::Dnat(to) => emit(Words(format_args!("-j DNAT --to-destination {to}"))),
+            Target::Mark { value, mask } => emit(Words(format_args!(
+                "-j MARK --set-xmark {value:#x}/{mask:#x}"
+            ))),
             Target::Masquerade { random_fully } => {
                 if *random_fully {
-                    word(f, format_args!("-j MASQUERADE --random-fully"))
+                    emit(Words(format_args!("-j MASQUERADE --random-fully")))
                 } else {
-                    word(f, format_args!("-j MASQUERADE"))
+                    emit(Words(format_args!("-j MASQUERADE")))
                 }
             }
         }
+    }
+
+    /// The rule spec as an argument vector, for a command line (`iptables -t nat -C PREROUTING
+    /// <args>`): the words of `Display`, with the comment as one argument and without its
+    /// quotes.
+    pub fn args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        // Infallible: pushing to a Vec.
+        let _ = self.chunks(|chunk| {
+            match chunk {
+                Chunk::Words(words) => {
+                    args.extend(words.to_string().split(' ').map(str::to_owned));
+                }
+                Chunk::Quoted(text) => args.push(text.to_owned()),
+            }
+            Ok(())
+        });
+        args
+    }
+}
+
+impl fmt::Display for Rule {
+    /// The rule spec as after `-A CHAIN ` in restore input.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut sep = "";
+        self.chunks(|chunk| {
+            f.write_str(sep)?;
+            sep = " ";
+            match chunk {
+                Chunk::Words(words) => f.write_fmt(words),
+                Chunk::Quoted(text) => write!(f, "\"{text}\""),
+            }
+        })
     }
 }
 
@@ -693,6 +731,37 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("valid ip")
+    }
+
+    #[test]
+    fn args_are_the_display_words_with_the_comment_as_one_argument() {
+        let rule = Rule::new(Target::Jump(ChainName::new("SVCP-SERVICES")))
+            .source_net("198.18.0.0/15".parse().expect("net"), true)
+            .with(Match::Conntrack(vec![CtState::New]))
+            .comment("service portals");
+        assert_eq!(
+            rule.to_string(),
+            "! -s 198.18.0.0/15 -m conntrack --ctstate NEW \
+             -m comment --comment \"service portals\" -j SVCP-SERVICES"
+        );
+        assert_eq!(
+            rule.args(),
+            [
+                "!",
+                "-s",
+                "198.18.0.0/15",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "NEW",
+                "-m",
+                "comment",
+                "--comment",
+                "service portals",
+                "-j",
+                "SVCP-SERVICES"
+            ]
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //!
 //! ```
 //! use backend_iptables::testing::trace::{Packet, Tracer};
-//! use backend_iptables::{config::Config, plan::Planner, rules::Family};
+//! use backend_iptables::{config::IptablesConfig, plan::Planner, rules::Family};
 //! use proxy_core::table::*;
 //!
 //! let web = ServicePort::new(ServicePortName::new("default", "web", "http"), Protocol::Tcp, 80)
@@ -21,7 +21,7 @@
 //!     .with_endpoint(Endpoint::new("198.18.1.10".parse().unwrap(), 8080))
 //!     .with_endpoint(Endpoint::new("198.18.1.11".parse().unwrap(), 8080));
 //! let table = ServiceTable::builder().insert(web).build().unwrap();
-//! let planner = Planner::new(Config::default()).unwrap();
+//! let planner = Planner::new(IptablesConfig::default()).unwrap();
 //! let tracer = Tracer::from_plan(&planner, &planner.plan_full(&table), Family::V4,
 //!     vec!["198.18.200.1".parse().unwrap()]).unwrap();
 //! let trace = tracer.trace(&Packet::tcp("198.18.250.1", "198.19.0.10", 80)).unwrap();
@@ -697,7 +697,7 @@ mod tests {
     const NODE: &str = "198.18.200.1";
 
     fn hooks() -> Vec<Hook> {
-        Planner::new(crate::config::Config::default())
+        Planner::new(crate::config::IptablesConfig::default())
             .expect("default config")
             .hooks()
     }

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use backend_iptables::apply::{apply_plan, CommandRunner, Variant};
-use backend_iptables::config::{Config, DispatchLayout};
+use backend_iptables::config::{DispatchLayout, IptablesConfig};
 use backend_iptables::hooks::{ensure_hooks, IptablesHooks};
 use backend_iptables::plan::Planner;
 use backend_iptables::testing::trace::PacketFlow;
@@ -58,20 +58,20 @@ pub fn port(name: &str, proto: Protocol, cluster_ip: &str, port: u16) -> Service
 }
 
 /// The config every case uses unless it says otherwise.
-pub fn config() -> Config {
-    Config {
+pub fn config() -> IptablesConfig {
+    IptablesConfig {
         cluster_cidrs: vec![
             "198.18.0.0/17".parse().expect("cidr"),
             "2001:db8:18::/48".parse().expect("cidr"),
         ],
-        ..Config::default()
+        ..IptablesConfig::default()
     }
 }
 
 pub struct Case {
     pub name: &'static str,
     pub table: ServiceTable,
-    pub config: Config,
+    pub config: IptablesConfig,
     pub flows: Vec<PacketFlow>,
 }
 
@@ -182,7 +182,7 @@ pub fn cases() -> Vec<Case> {
             table: table(vec![port("npa", Protocol::Tcp, "198.19.0.20", 80)
                 .with_node_port(30020)
                 .with_endpoint(remote("198.18.2.20", 80))]),
-            config: Config {
+            config: IptablesConfig {
                 node_port_addresses: vec!["198.18.200.0/24".parse().expect("cidr")],
                 ..config()
             },
@@ -578,7 +578,7 @@ pub fn cases() -> Vec<Case> {
         Case {
             name: "tree_40_services",
             table: table(forty_services()),
-            config: Config {
+            config: IptablesConfig {
                 dispatch: DispatchLayout::Tree,
                 ..config()
             },

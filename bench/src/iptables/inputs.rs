@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use backend_iptables::config::{Config, DispatchLayout};
+use backend_iptables::config::{DispatchLayout, IptablesConfig};
 use backend_iptables::names::Names;
 use backend_iptables::plan::{Applied, Hook, Plan, Planner};
 use backend_iptables::rules::{ChainName, Family, Rule, Table, TableName, Target};
@@ -172,14 +172,14 @@ pub struct Walk {
 }
 
 /// The config our layouts use.
-pub fn our_config(layout: Layout) -> Config {
-    Config {
+pub fn our_config(layout: Layout) -> IptablesConfig {
+    IptablesConfig {
         dispatch: if layout == Layout::Flat {
             DispatchLayout::Flat
         } else {
             DispatchLayout::Tree
         },
-        ..Config::default()
+        ..IptablesConfig::default()
     }
 }
 
