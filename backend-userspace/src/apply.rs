@@ -1,14 +1,15 @@
 //! Apply: make the running listeners match a [`Plan`]. Closes first (freeing addresses), then
 //! swaps the routes of listeners that stay, then binds new ones. A listener that cannot be bound
 //! becomes a [`SyncProblem`] naming it and the OS error; the rest still applies, and the next
-//! plan tries to open it again (it is not in the applied set).
+//! plan tries to open it again (it is not in the applied set). After a sync, the metric series
+//! of service ports no longer in the table are removed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 
 use proxy_core::dataplane::SyncProblem;
-use proxy_core::table::{Protocol, ServicePortName};
+use proxy_core::table::{Protocol, ServicePortName, ServiceTable};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -38,12 +39,15 @@ impl Drop for LiveListener {
     }
 }
 
-/// The running listeners, and the affinity map of each service port with affinity (shared by
-/// all its listeners, and kept across syncs while the port keeps affinity).
+/// The running listeners, the affinity map of each service port with affinity (shared by all
+/// its listeners, and kept across syncs while the port keeps affinity), and the service ports
+/// that have metric series.
 #[derive(Debug, Default)]
 pub(crate) struct Live {
     listeners: BTreeMap<ListenerKey, LiveListener>,
     affinity: BTreeMap<ServicePortName, Arc<Mutex<AffinityMap>>>,
+    /// Every (service port, protocol) whose series [`Metrics::for_service_port`] has made.
+    series: BTreeSet<(ServicePortName, Protocol)>,
 }
 
 /// What an apply did.
@@ -102,6 +106,8 @@ impl Live {
                 continue;
             };
             let balancer = balancer(*key, route, &self.affinity, ctx, metrics);
+            self.series
+                .insert((route.service_port.clone(), key.protocol));
             replace(&live.slot, balancer);
             live.route = route.clone();
             outcome.written += 1;
@@ -111,6 +117,8 @@ impl Live {
                 continue;
             };
             let balancer = balancer(*key, route, &self.affinity, ctx, metrics);
+            self.series
+                .insert((route.service_port.clone(), key.protocol));
             match open(*key, balancer, ctx) {
                 Ok((bound, slot, task)) => {
                     let replaced = self.listeners.insert(
@@ -130,10 +138,11 @@ impl Live {
                 }
                 Err(error) => {
                     warn!(%error, "listener not opened");
-                    outcome.problems.push(SyncProblem {
-                        object: format!("{} {key}", route.service_port),
-                        reason: error.to_string(),
-                    });
+                    outcome.problems.push(SyncProblem::of_port(
+                        route.service_port.clone(),
+                        format!("{} {key}", route.service_port),
+                        error.to_string(),
+                    ));
                 }
             }
         }
@@ -157,10 +166,10 @@ impl Live {
             Ok(()) => outcome.written += 1,
             Err(error) => {
                 warn!(%error, "capture rules not applied");
-                outcome.problems.push(SyncProblem {
-                    object: format!("iptables nat chain {chain}"),
-                    reason: error.to_string(),
-                });
+                outcome.problems.push(SyncProblem::new(
+                    format!("iptables nat chain {chain}"),
+                    error.to_string(),
+                ));
             }
         }
     }
@@ -186,6 +195,20 @@ impl Live {
             capture::cleanup(&ctx.config.capture_chain).await?;
         }
         Ok(count)
+    }
+
+    /// Removes the metric series of every service port `table` no longer has (or has with
+    /// another protocol), so that no series outlives its service port.
+    pub fn remove_series_of_removed_ports(&mut self, table: &ServiceTable, metrics: &Metrics) {
+        self.series.retain(|(name, protocol)| {
+            let is_in_table = table
+                .get(name)
+                .is_some_and(|port| port.protocol == *protocol);
+            if !is_in_table {
+                metrics.remove_service_port(name, *protocol);
+            }
+            is_in_table
+        });
     }
 
     /// Keeps the affinity maps of ports that still have affinity (with their new timeout) and

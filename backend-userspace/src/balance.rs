@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
+use crate::config::UserspaceConfig;
 use crate::metrics::PortMetrics;
 use crate::pick::{mix64, AffinityMap, PickInput, Picker, Slot};
 use crate::plan::{ListenerKey, Route, RouteTarget};
@@ -29,7 +29,7 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// What every listener task shares.
 #[derive(Debug)]
 pub(crate) struct Context {
-    pub config: Config,
+    pub config: UserspaceConfig,
     pub health: Health,
     pub active: Arc<ActiveCounts>,
 }
@@ -64,7 +64,7 @@ impl Balancer {
         route: Route,
         affinity: Option<Arc<Mutex<AffinityMap>>>,
         metrics: PortMetrics,
-        config: &Config,
+        config: &UserspaceConfig,
     ) -> Self {
         let (names, weights): (Vec<String>, Vec<u32>) = match &route.target {
             RouteTarget::Endpoints(backends) => backends

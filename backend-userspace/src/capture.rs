@@ -1,7 +1,7 @@
 //! Transparent capture (optional, needs root): kube-proxy's old userspace mode. Instead of
 //! binding each service address, the proxy listens on an ephemeral port of
-//! [`crate::Config::capture_address`] per listener, and one iptables chain of ours, jumped to
-//! from nat `PREROUTING` and `OUTPUT`, redirects each service address there:
+//! [`crate::UserspaceConfig::capture_address`] per listener, and one iptables chain of ours,
+//! jumped to from nat `PREROUTING` and `OUTPUT`, redirects each service address there:
 //!
 //! ```text
 //! -A SVCPROXY-CAPTURE -d 198.18.0.10/32 -p tcp -m tcp --dport 80 \

@@ -11,13 +11,19 @@ use crate::error::UserspaceError;
 /// How the userspace proxy listens, connects and balances.
 ///
 /// ```
-/// use backend_userspace::Config;
-/// let config = Config { node_addresses: vec!["127.0.0.1".parse().unwrap()], ..Config::default() };
-/// config.validate().unwrap();
+/// use backend_userspace::UserspaceConfig;
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = UserspaceConfig {
+///     node_addresses: vec!["127.0.0.1".parse()?],
+///     ..UserspaceConfig::default()
+/// };
+/// config.validate()?;
+/// # Ok(())
+/// # }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Config {
+pub struct UserspaceConfig {
     /// The node's addresses: node ports are served on each of them (default `[127.0.0.1]`).
     pub node_addresses: Vec<IpAddr>,
     /// How long a connect to one endpoint may take before the next endpoint is tried.
@@ -64,16 +70,17 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ListenMode {
-    /// Bind each service address itself (it must be local, or [`Config::freebind`] set).
+    /// Bind each service address itself (it must be local, or [`UserspaceConfig::freebind`] set).
     #[default]
     Bind,
-    /// Listen on ephemeral ports of [`Config::capture_address`] and redirect each service
-    /// address there with iptables `REDIRECT` rules in [`Config::capture_chain`] (needs root and
-    /// iptables; IPv4 only). See [`crate::capture`].
+    /// Listen on ephemeral ports of [`UserspaceConfig::capture_address`] and redirect each
+    /// service address there with iptables `REDIRECT` rules in
+    /// [`UserspaceConfig::capture_chain`] (needs root and iptables; IPv4 only). See
+    /// [`crate::capture`].
     Capture,
 }
 
-impl Default for Config {
+impl Default for UserspaceConfig {
     fn default() -> Self {
         Self {
             node_addresses: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
@@ -97,7 +104,7 @@ impl Default for Config {
     }
 }
 
-impl Config {
+impl UserspaceConfig {
     /// Checks every field's range.
     ///
     /// # Errors
@@ -170,26 +177,30 @@ mod tests {
 
     #[test]
     fn default_config_is_valid() {
-        assert!(Config::default().validate().is_ok());
+        assert!(UserspaceConfig::default().validate().is_ok());
     }
 
     #[test]
     fn missing_fields_take_defaults_and_unknown_fields_are_rejected() {
-        let config: Config =
+        let config: UserspaceConfig =
             serde_json::from_str(r#"{"node_addresses": ["127.0.0.2"], "mode": "capture"}"#)
                 .expect("partial config");
         assert_eq!(config.node_addresses, [IpAddr::from([127, 0, 0, 2])]);
         assert_eq!(config.mode, ListenMode::Capture);
-        assert_eq!(config.udp_max_flows, Config::default().udp_max_flows);
-        let err = serde_json::from_str::<Config>(r#"{"node_adresses": []}"#).expect_err("typo");
+        assert_eq!(
+            config.udp_max_flows,
+            UserspaceConfig::default().udp_max_flows
+        );
+        let err =
+            serde_json::from_str::<UserspaceConfig>(r#"{"node_adresses": []}"#).expect_err("typo");
         assert!(err.to_string().contains("node_adresses"), "{err}");
     }
 
     #[test]
     fn maglev_table_size_must_be_prime() {
-        let config = Config {
+        let config = UserspaceConfig {
             maglev_table_size: 65_536,
-            ..Config::default()
+            ..UserspaceConfig::default()
         };
         let err = config.validate().expect_err("65536 is not prime");
         assert!(err.to_string().contains("maglev_table_size"), "{err}");

@@ -8,7 +8,7 @@ use crate::plan::ListenerKey;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum UserspaceError {
-    /// A [`crate::Config`] field is out of range.
+    /// A [`crate::UserspaceConfig`] field is out of range.
     #[error("invalid userspace config: {field}: {message}")]
     Config {
         /// The field's name (`maglev_table_size`).

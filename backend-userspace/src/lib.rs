@@ -8,37 +8,48 @@
 //! client-IP affinity if asked, failing over on connect errors and ejecting endpoints that keep
 //! failing. TCP bytes are read and written straight through a per-thread buffer, and a
 //! direction that carries bulk switches to `splice(2)` on Linux. The addresses must be local
-//! (loopback `127.0.0.0/8` is, on Linux) unless [`Config::freebind`] is set.
+//! (loopback `127.0.0.0/8` is, on Linux) unless [`UserspaceConfig::freebind`] is set.
 //!
 //! It owns only its sockets: [`Dataplane::cleanup`] closes every listener (connections already
 //! open finish on their own). In the optional transparent capture mode ([`ListenMode::Capture`],
-//! root) it also owns one iptables nat chain, [`Config::capture_chain`], and its two jumps;
-//! cleanup removes them (see [`capture`]).
+//! root) it also owns one iptables nat chain, [`UserspaceConfig::capture_chain`], and its two
+//! jumps; cleanup removes them (see [`capture`]).
 //!
 //! Inner shape, as every backend: **plan** ([`plan::plan`], pure: desired listeners and their
 //! routes against the applied ones) → **apply** (bind, close, swap routes) → **observe**
-//! ([`UserspaceDataplane::observe`], the same model, for tests and `--dry-run`).
+//! ([`UserspaceDataplane::observe`], the same model, for tests). [`Dataplane::dry_run`] renders
+//! the plan of a full sync without binding anything.
+//!
+//! One construction shape, as every backend: [`UserspaceDataplane::new`] takes the config and
+//! does no I/O (listeners are bound by the first sync), then [`Dataplane::register_metrics`]
+//! puts the backend's series ([`metrics`]) in the embedder's root registry.
 //!
 //! ```
-//! use backend_userspace::{Config, UserspaceDataplane};
+//! use backend_userspace::{UserspaceConfig, UserspaceDataplane};
 //! use proxy_core::dataplane::{Dataplane, SyncMode, SyncRequest};
+//! use proxy_core::prometheus_client::registry::Registry;
 //! use proxy_core::table::*;
 //! use proxy_core::diff;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() {
-//! let port = ServicePort::new(ServicePortName::new("default", "web", "http"), Protocol::Tcp, 18080)
-//!     .with_cluster_ip("127.77.0.10".parse().unwrap())
-//!     .with_endpoint(Endpoint::new("127.0.0.50".parse().unwrap(), 8080));
-//! let table = ServiceTable::builder().insert(port).build().unwrap();
-//! let mut dataplane = UserspaceDataplane::new(Config::default()).unwrap();
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut registry = Registry::default();
+//! let mut dp = UserspaceDataplane::new(UserspaceConfig::default())?;
+//! dp.register_metrics(&mut registry);
+//!
+//! let name = ServicePortName::new("default", "web", "http");
+//! let port = ServicePort::new(name, Protocol::Tcp, 18080)
+//!     .with_cluster_ip("127.77.0.10".parse()?)
+//!     .with_endpoint(Endpoint::new("127.0.0.50".parse()?, 8080));
+//! let table = ServiceTable::builder().insert(port).build()?;
+//! print!("{}", dp.dry_run(&table)?);
 //! let changes = diff(&ServiceTable::empty(), &table);
-//! let report = dataplane
+//! let report = dp
 //!     .sync(SyncRequest { desired: &table, changes: &changes, mode: SyncMode::Full })
-//!     .await
-//!     .unwrap();
+//!     .await?;
 //! assert!(report.is_complete(), "{report}");
-//! assert_eq!(dataplane.observe().len(), 1);
+//! assert_eq!(dp.observe().len(), 1);
+//! # Ok(())
 //! # }
 //! ```
 //!
@@ -59,16 +70,19 @@ pub mod plan;
 mod tcp;
 mod udp;
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use proxy_core::dataplane::{Capabilities, CleanupReport, SyncReport, SyncRequest};
+use prometheus_client::registry::Registry;
+use proxy_core::dataplane::{Capabilities, CleanupReport, DryRun, SyncReport, SyncRequest};
 use proxy_core::table::{Protocol, Scheduler, ServiceTable};
 use proxy_core::{Dataplane, DataplaneError};
 use tracing::debug;
 
-pub use config::{Config, ListenMode};
+pub use config::{ListenMode, UserspaceConfig};
 pub use error::UserspaceError;
 pub use metrics::Metrics;
 pub use plan::{ListenerKey, Listeners, Plan};
@@ -89,19 +103,13 @@ pub struct UserspaceDataplane {
 }
 
 impl UserspaceDataplane {
-    /// A dataplane with unregistered metrics.
+    /// The dataplane for `config`, with no listener yet: it binds nothing and does no I/O
+    /// (the first [`Dataplane::sync`] opens the listeners). Its metrics record from the start and
+    /// appear in a registry once [`Dataplane::register_metrics`] puts them there.
     ///
     /// # Errors
     /// [`UserspaceError::Config`] when a config field is out of range.
-    pub fn new(config: Config) -> Result<Self, UserspaceError> {
-        Self::with_metrics(config, Metrics::default())
-    }
-
-    /// A dataplane recording into `metrics` (from [`Metrics::register`]).
-    ///
-    /// # Errors
-    /// [`UserspaceError::Config`] when a config field is out of range.
-    pub fn with_metrics(config: Config, metrics: Metrics) -> Result<Self, UserspaceError> {
+    pub fn new(config: UserspaceConfig) -> Result<Self, UserspaceError> {
         config.validate()?;
         let health = Health::new(config.eject_after_failures, config.ejection_time);
         Ok(Self {
@@ -110,13 +118,13 @@ impl UserspaceDataplane {
                 health,
                 active: Arc::new(ActiveCounts::default()),
             }),
-            metrics,
+            metrics: Metrics::default(),
             live: Live::default(),
         })
     }
 
     /// The configuration.
-    pub fn config(&self) -> &Config {
+    pub fn config(&self) -> &UserspaceConfig {
         &self.ctx.config
     }
 
@@ -125,7 +133,7 @@ impl UserspaceDataplane {
         &self.metrics
     }
 
-    /// What a sync to `table` would do now, without doing it (for `--dry-run`).
+    /// What a sync to `table` would do now, from the listeners open now, without doing it.
     pub fn plan(&self, table: &ServiceTable) -> Plan {
         plan::plan(table, &self.ctx.config, &self.live.applied())
     }
@@ -137,7 +145,7 @@ impl UserspaceDataplane {
 
     /// Where each open listener's socket is bound: its service address, or in capture mode the
     /// capture address and the port the OS picked.
-    pub fn bound_addrs(&self) -> std::collections::BTreeMap<ListenerKey, std::net::SocketAddr> {
+    pub fn bound_addrs(&self) -> BTreeMap<ListenerKey, SocketAddr> {
         self.live.bound()
     }
 
@@ -170,6 +178,8 @@ impl Dataplane for UserspaceDataplane {
         let started = Instant::now();
         let plan = self.plan(request.desired);
         let outcome = self.live.apply(&plan, &self.ctx, &self.metrics).await;
+        self.live
+            .remove_series_of_removed_ports(request.desired, &self.metrics);
         let mut report = SyncReport::for_request(&request);
         report.objects_written = outcome.written;
         report.problems = plan.problems;
@@ -194,12 +204,143 @@ impl Dataplane for UserspaceDataplane {
             .map_err(|error| DataplaneError::backend(NAME, error))?;
         Ok(CleanupReport { objects_removed })
     }
+
+    /// A header line, then one line per listener a full sync would open
+    /// ([`observe::render`]); addresses claimed twice and SCTP ports go to
+    /// [`DryRun::problems`]. Never fails: the config was checked by [`UserspaceDataplane::new`].
+    fn dry_run(&self, table: &ServiceTable) -> Result<DryRun, DataplaneError> {
+        let (listeners, problems) = plan::plan_listeners(table, &self.ctx.config);
+        let mut rendered = format!(
+            "# userspace backend: {} listener(s) for {} service port(s), {} endpoint(s)\n",
+            listeners.len(),
+            table.len(),
+            table.endpoint_count()
+        );
+        rendered.push_str(&observe::render(&listeners));
+        Ok(DryRun { rendered, problems })
+    }
+
+    /// Registers [`Metrics`] (`svcproxy_userspace_*`; kube-proxy has no such series) in the root
+    /// `registry`, with what they recorded so far. Call it once per registry: prometheus-client
+    /// does not check names, so a second call would list every series twice.
+    fn register_metrics(&mut self, registry: &mut Registry) {
+        self.metrics.register_in(registry);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proxy_core::table::{ServicePort, ServicePortName};
+    use proxy_core::dataplane::SyncMode;
+    use proxy_core::diff;
+    use proxy_core::metrics::encode_text;
+    use proxy_core::table::{Endpoint, ServicePort, ServicePortName};
+
+    fn port(name: &str, protocol: Protocol, vip: &str, port: u16) -> ServicePort {
+        ServicePort::new(ServicePortName::new("test", name, "p"), protocol, port)
+            .with_cluster_ip(vip.parse().expect("valid ip"))
+            .with_endpoint(Endpoint::new("127.78.1.10".parse().expect("valid ip"), 9))
+    }
+
+    fn table(ports: impl IntoIterator<Item = ServicePort>) -> ServiceTable {
+        ports
+            .into_iter()
+            .fold(ServiceTable::builder(), |builder, port| {
+                builder.insert(port)
+            })
+            .build()
+            .expect("valid table")
+    }
+
+    /// A port of `ip` that nothing listens on (for TCP and UDP) at the time of the call.
+    fn free_port(ip: &str) -> u16 {
+        let tcp = std::net::TcpListener::bind((ip.parse::<std::net::IpAddr>().expect("ip"), 0))
+            .expect("bind a free TCP port");
+        let port = tcp.local_addr().expect("local addr").port();
+        std::net::UdpSocket::bind((ip.parse::<std::net::IpAddr>().expect("ip"), port))
+            .expect("the same UDP port is free");
+        port
+    }
+
+    async fn sync_to(dp: &mut UserspaceDataplane, from: &ServiceTable, to: &ServiceTable) {
+        let changes = diff(from, to);
+        let report = dp
+            .sync(SyncRequest {
+                desired: to,
+                changes: &changes,
+                mode: SyncMode::Partial,
+            })
+            .await
+            .expect("sync");
+        assert!(report.is_complete(), "{report}");
+    }
+
+    #[tokio::test]
+    async fn a_service_port_removed_by_a_sync_takes_its_series_with_it() {
+        let mut registry = Registry::default();
+        let mut dp = UserspaceDataplane::new(UserspaceConfig::default()).expect("valid config");
+        dp.register_metrics(&mut registry);
+        let web = port("web", Protocol::Tcp, "127.78.0.1", free_port("127.78.0.1"));
+        let dns = port("dns", Protocol::Udp, "127.78.0.2", free_port("127.78.0.2"));
+        let both = table([web, dns.clone()]);
+        sync_to(&mut dp, &ServiceTable::empty(), &both).await;
+        let text = encode_text(&registry).expect("encode");
+        for series in [
+            r#"svcproxy_userspace_connections_accepted_total{service_port="test/web:p",protocol="tcp"} 0"#,
+            r#"svcproxy_userspace_connections_active{service_port="test/web:p",protocol="tcp"} 0"#,
+            r#"svcproxy_userspace_bytes_total{service_port="test/web:p",protocol="tcp",direction="to_client"} 0"#,
+            r#"svcproxy_userspace_connections_failed_total{service_port="test/web:p",protocol="tcp",reason="no_endpoints"} 0"#,
+            r#"svcproxy_userspace_udp_flows_active{service_port="test/dns:p",protocol="udp"} 0"#,
+            "svcproxy_userspace_listeners 2",
+        ] {
+            assert!(text.contains(series), "missing {series} in:\n{text}");
+        }
+
+        let dns_only = table([dns]);
+        sync_to(&mut dp, &both, &dns_only).await;
+        let text = encode_text(&registry).expect("encode");
+        assert!(
+            !text.contains("test/web:p"),
+            "series of the removed port left:\n{text}"
+        );
+        assert!(
+            text.contains(
+                r#"svcproxy_userspace_udp_flows_active{service_port="test/dns:p",protocol="udp"} 0"#
+            ),
+            "the remaining port's series went too:\n{text}"
+        );
+        assert!(text.contains("svcproxy_userspace_listeners 1"), "{text}");
+    }
+
+    #[test]
+    fn dry_run_renders_a_header_and_the_listeners_and_reports_problems_apart() {
+        let dp = UserspaceDataplane::new(UserspaceConfig::default()).expect("valid config");
+        let t = table([
+            port("web", Protocol::Tcp, "127.78.2.1", 80).with_node_port(30080),
+            port("db", Protocol::Sctp, "127.78.2.2", 5432),
+        ]);
+        let dry_run = dp.dry_run(&t).expect("dry run");
+        assert_eq!(
+            dry_run.rendered,
+            "# userspace backend: 2 listener(s) for 2 service port(s), 2 endpoint(s)\n\
+             tcp 127.0.0.1:30080 test/web:p node-port rr -> 127.78.1.10:9\n\
+             tcp 127.78.2.1:80 test/web:p cluster-ip rr -> 127.78.1.10:9\n"
+        );
+        assert_eq!(dry_run.problems.len(), 1, "{dry_run}");
+        let problem = &dry_run.problems[0];
+        assert_eq!(
+            problem.service_port,
+            Some(ServicePortName::new("test", "db", "p"))
+        );
+        assert!(problem.reason.contains("SCTP"), "{problem}");
+        assert!(
+            dry_run
+                .to_string()
+                .ends_with(&format!("# problem: {problem}\n")),
+            "{dry_run}"
+        );
+        assert!(dp.observe().is_empty(), "a dry run opens nothing");
+    }
 
     #[test]
     fn capabilities_reject_sctp_and_accept_every_scheduler() {

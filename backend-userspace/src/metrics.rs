@@ -1,21 +1,43 @@
 //! Per-service-port metrics of the proxy: connections accepted, active and failed, bytes each
-//! way, UDP flows. kube-proxy has none of these, so they take our own prefix,
-//! `svcproxy_userspace_`.
+//! way, UDP flows. kube-proxy has none of these (its proxiers program the kernel and count no
+//! connections), so every series takes our own prefix, `svcproxy_userspace_`; the sync loop's
+//! kube-proxy-named series are [`proxy_core::metrics::SyncMetrics`]'.
+//!
+//! The dataplane records into its [`Metrics`] from the start, and
+//! [`Dataplane::register_metrics`] registers them in the embedder's root registry. The series of
+//! a service port go when a sync removes the port from the table
+//! ([`Metrics::remove_service_port`]), so that none outlives its service.
+//!
+//! [`Dataplane::register_metrics`]: proxy_core::Dataplane::register_metrics
+//!
+//! | series | type | labels |
+//! |---|---|---|
+//! | `svcproxy_userspace_connections_accepted_total` | counter | `service_port`, `protocol` |
+//! | `svcproxy_userspace_connections_active` | gauge | `service_port`, `protocol` |
+//! | `svcproxy_userspace_connections_failed_total` | counter | `service_port`, `protocol`, `reason` |
+//! | `svcproxy_userspace_bytes_total` | counter | `service_port`, `protocol`, `direction` |
+//! | `svcproxy_userspace_udp_flows_active` | gauge | `service_port`, `protocol` |
+//! | `svcproxy_userspace_endpoint_ejections_total` | counter | |
+//! | `svcproxy_userspace_listeners` | gauge | |
 //!
 //! ```
 //! use backend_userspace::metrics::Metrics;
-//! use prometheus_client::registry::Registry;
+//! use proxy_core::metrics::encode_text;
+//! use proxy_core::prometheus_client::registry::Registry;
 //! use proxy_core::table::{Protocol, ServicePortName};
 //!
+//! # fn main() -> Result<(), std::fmt::Error> {
 //! let mut registry = Registry::default();
 //! let metrics = Metrics::register(&mut registry);
 //! let name = ServicePortName::new("default", "web", "http");
 //! metrics.for_service_port(&name, Protocol::Tcp).accepted.inc();
-//! let mut text = String::new();
-//! prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-//! assert!(text.contains(
-//!     r#"svcproxy_userspace_connections_accepted_total{service_port="default/web:http",protocol="tcp"} 1"#
-//! ), "{text}");
+//! let series =
+//!     r#"svcproxy_userspace_connections_accepted_total{service_port="default/web:http",protocol="tcp"} 1"#;
+//! assert!(encode_text(&registry)?.contains(series));
+//! metrics.remove_service_port(&name, Protocol::Tcp);
+//! assert!(!encode_text(&registry)?.contains("default/web:http"));
+//! # Ok(())
+//! # }
 //! ```
 
 use std::fmt::{self, Write as _};
@@ -27,8 +49,15 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use proxy_core::table::{Protocol, ServicePortName};
 
-/// The metric name prefix.
+/// The prefix of every series name.
 pub const PREFIX: &str = "svcproxy_userspace";
+
+/// The sub-registry prefix our own series share with the sync loop's (see
+/// [`proxy_core::metrics::SyncMetrics::register`]); [`PREFIX`] is it plus [`NAME_PREFIX`].
+const OWN_PREFIX: &str = "svcproxy";
+
+/// What each series name starts with inside the [`OWN_PREFIX`] sub-registry.
+const NAME_PREFIX: &str = "userspace_";
 
 /// The protocol label's values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -64,6 +93,16 @@ pub enum FailureReason {
     FlowTableFull,
 }
 
+impl FailureReason {
+    /// Every reason, in label order.
+    pub const ALL: [FailureReason; 4] = [
+        FailureReason::ConnectFailed,
+        FailureReason::NoEndpoints,
+        FailureReason::Dropped,
+        FailureReason::FlowTableFull,
+    ];
+}
+
 /// Which way bytes went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Direction {
@@ -71,6 +110,11 @@ pub enum Direction {
     ToEndpoint,
     /// From the endpoint back to the client.
     ToClient,
+}
+
+impl Direction {
+    /// Both directions.
+    pub const ALL: [Direction; 2] = [Direction::ToEndpoint, Direction::ToClient];
 }
 
 /// Label values are snake_case strings.
@@ -150,46 +194,56 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Creates the families and registers them in `registry` under [`PREFIX`].
+    /// Creates the families and registers them in `registry` (the root registry: names get
+    /// [`PREFIX`]). A dataplane makes its own and registers them in
+    /// [`Dataplane::register_metrics`](proxy_core::Dataplane::register_metrics); this is for
+    /// code that uses [`Metrics::for_service_port`] on its own.
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Self::default();
-        let sub = registry.sub_registry_with_prefix(PREFIX);
-        sub.register(
-            "connections_accepted",
-            "TCP connections accepted and UDP flows opened, per service port",
-            metrics.connections_accepted.clone(),
-        );
-        sub.register(
-            "connections_active",
-            "TCP connections open to an endpoint, per service port",
-            metrics.connections_active.clone(),
-        );
-        sub.register(
-            "connections_failed",
-            "Flows that reached no endpoint, per service port and reason",
-            metrics.connections_failed.clone(),
-        );
-        sub.register(
-            "bytes",
-            "Bytes relayed per service port and direction",
-            metrics.bytes.clone(),
-        );
-        sub.register(
-            "udp_flows_active",
-            "UDP flows in the flow tables, per service port",
-            metrics.udp_flows_active.clone(),
-        );
-        sub.register(
-            "endpoint_ejections",
-            "Endpoints ejected after repeated connect failures",
-            metrics.endpoint_ejections.clone(),
-        );
-        sub.register(
-            "listeners",
-            "Listening sockets open",
-            metrics.listeners.clone(),
-        );
+        metrics.register_in(registry);
         metrics
+    }
+
+    /// Registers these families, with the series they already have, in `registry` (the root
+    /// registry: names get [`PREFIX`]). Handles taken before stay live.
+    pub(crate) fn register_in(&self, registry: &mut Registry) {
+        let sub = registry.sub_registry_with_prefix(OWN_PREFIX);
+        let name = |name: &str| format!("{NAME_PREFIX}{name}");
+        sub.register(
+            name("connections_accepted"),
+            "TCP connections accepted and UDP flows opened, per service port",
+            self.connections_accepted.clone(),
+        );
+        sub.register(
+            name("connections_active"),
+            "TCP connections open to an endpoint, per service port",
+            self.connections_active.clone(),
+        );
+        sub.register(
+            name("connections_failed"),
+            "Flows that reached no endpoint, per service port and reason",
+            self.connections_failed.clone(),
+        );
+        sub.register(
+            name("bytes"),
+            "Bytes relayed per service port and direction",
+            self.bytes.clone(),
+        );
+        sub.register(
+            name("udp_flows_active"),
+            "UDP flows in the flow tables, per service port",
+            self.udp_flows_active.clone(),
+        );
+        sub.register(
+            name("endpoint_ejections"),
+            "Endpoints ejected after repeated connect failures",
+            self.endpoint_ejections.clone(),
+        );
+        sub.register(
+            name("listeners"),
+            "Listening sockets open",
+            self.listeners.clone(),
+        );
     }
 
     /// The series of one service port, resolved once so that the data path touches only atomics.
@@ -223,6 +277,33 @@ impl Metrics {
             bytes_to_client: bytes(Direction::ToClient),
             udp_flows: self.udp_flows_active.get_or_create_owned(&labels),
             ejections: self.endpoint_ejections.clone(),
+        }
+    }
+
+    /// Removes every series of one service port (what [`Metrics::for_service_port`] creates),
+    /// once the port has left the table. Flows still open keep their handles and go on counting
+    /// into series no registry shows any more; if the port comes back, its series start again.
+    pub fn remove_service_port(&self, name: &ServicePortName, protocol: Protocol) {
+        let labels = ServicePortLabels {
+            service_port: name.to_string(),
+            protocol: protocol.into(),
+        };
+        self.connections_accepted.remove(&labels);
+        self.connections_active.remove(&labels);
+        self.udp_flows_active.remove(&labels);
+        for reason in FailureReason::ALL {
+            self.connections_failed.remove(&FailureLabels {
+                service_port: labels.service_port.clone(),
+                protocol: labels.protocol,
+                reason,
+            });
+        }
+        for direction in Direction::ALL {
+            self.bytes.remove(&ByteLabels {
+                service_port: labels.service_port.clone(),
+                protocol: labels.protocol,
+                direction,
+            });
         }
     }
 }

@@ -124,7 +124,7 @@ pub enum Picker {
 impl Picker {
     /// A picker for endpoints named `names` (their stable identity, such as `addr:port`, which the
     /// hashing schedulers hash) with `weights`, in the order later slots use.
-    /// `maglev_table_size` must be a prime (checked by [`crate::Config::validate`]).
+    /// `maglev_table_size` must be a prime (checked by [`crate::UserspaceConfig::validate`]).
     pub fn new(
         scheduler: Scheduler,
         names: &[impl AsRef<[u8]>],

@@ -23,7 +23,7 @@ use proxy_core::table::{
     Endpoint, Protocol, Scheduler, ServicePort, ServicePortName, ServiceTable,
 };
 
-use crate::config::Config;
+use crate::config::UserspaceConfig;
 
 /// A listening socket: protocol and local address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -138,7 +138,7 @@ impl Plan {
 }
 
 /// The plan from `applied` to what `table` asks for under `config`.
-pub fn plan(table: &ServiceTable, config: &Config, applied: &Listeners) -> Plan {
+pub fn plan(table: &ServiceTable, config: &UserspaceConfig, applied: &Listeners) -> Plan {
     let (desired, problems) = plan_listeners(table, config);
     let mut plan = Plan {
         problems,
@@ -161,23 +161,28 @@ pub fn plan(table: &ServiceTable, config: &Config, applied: &Listeners) -> Plan 
 }
 
 /// Every listener `table` asks for, and the problems that keep some from existing.
-pub fn plan_listeners(table: &ServiceTable, config: &Config) -> (Listeners, Vec<SyncProblem>) {
+pub fn plan_listeners(
+    table: &ServiceTable,
+    config: &UserspaceConfig,
+) -> (Listeners, Vec<SyncProblem>) {
     let mut listeners = Listeners::new();
     let mut problems = Vec::new();
     for port in table.iter() {
         if port.protocol == Protocol::Sctp {
-            problems.push(SyncProblem {
-                object: port.name.to_string(),
-                reason: "SCTP is not supported by the userspace backend".to_owned(),
-            });
+            problems.push(SyncProblem::of_port(
+                port.name.clone(),
+                port.name.to_string(),
+                "SCTP is not supported by the userspace backend",
+            ));
             continue;
         }
         for (key, route) in plan_service_port(port, config) {
             if let Some(existing) = listeners.get(&key) {
-                problems.push(SyncProblem {
-                    object: format!("{} {key}", port.name),
-                    reason: format!("address already claimed by {}", existing.service_port),
-                });
+                problems.push(SyncProblem::of_port(
+                    port.name.clone(),
+                    format!("{} {key}", port.name),
+                    format!("address already claimed by {}", existing.service_port),
+                ));
                 continue;
             }
             listeners.insert(key, route);
@@ -187,7 +192,10 @@ pub fn plan_listeners(table: &ServiceTable, config: &Config) -> (Listeners, Vec<
 }
 
 /// The listeners of one service port.
-pub fn plan_service_port(port: &ServicePort, config: &Config) -> Vec<(ListenerKey, Route)> {
+pub fn plan_service_port(
+    port: &ServicePort,
+    config: &UserspaceConfig,
+) -> Vec<(ListenerKey, Route)> {
     let selection = select_endpoints(port);
     let internal = route_target(selection.internal());
     let external = route_target(selection.external());
@@ -271,10 +279,10 @@ mod tests {
         .with_endpoint(Endpoint::new(ip("127.0.0.51"), 8080))
     }
 
-    fn config() -> Config {
-        Config {
+    fn config() -> UserspaceConfig {
+        UserspaceConfig {
             node_addresses: vec![ip("127.0.0.1"), ip("127.0.0.2")],
-            ..Config::default()
+            ..UserspaceConfig::default()
         }
     }
 
@@ -388,6 +396,11 @@ mod tests {
         other.node_port = None;
         let p = plan(&table(vec![web(), other]), &config(), &Listeners::new());
         assert_eq!(p.problems.len(), 1, "{:?}", p.problems);
+        assert_eq!(
+            p.problems[0].service_port,
+            Some(ServicePortName::new("default", "web", "http")),
+            "the port that did not get the address owns the problem"
+        );
         assert!(
             p.problems[0].object.contains("tcp 127.0.0.1:30080"),
             "{}",

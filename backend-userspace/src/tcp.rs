@@ -3,7 +3,7 @@
 //! Each accepted connection runs in its own task, detached from the listener: closing a listener
 //! (its service port went away) or swapping its route never cuts a connection already open.
 //! The pump propagates half-close (EOF on one side becomes a write shutdown on the other) and
-//! closes a connection idle in both directions for [`crate::Config::idle_timeout`].
+//! closes a connection idle in both directions for [`crate::UserspaceConfig::idle_timeout`].
 
 mod relay;
 #[cfg(target_os = "linux")]
@@ -20,12 +20,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
 use crate::balance::{current, now, Balancer, Context, RouteSlot};
-use crate::config::Config;
+use crate::config::UserspaceConfig;
 use crate::plan::RouteTarget;
 
 /// Binds and listens on `addr` (SO_REUSEADDR, so that a port closed with connections in
 /// TIME_WAIT can be bound again; optionally IP_FREEBIND).
-pub(crate) fn bind(addr: SocketAddr, config: &Config) -> io::Result<TcpListener> {
+pub(crate) fn bind(addr: SocketAddr, config: &UserspaceConfig) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
@@ -161,7 +161,7 @@ async fn pump(
     mut client: TcpStream,
     mut upstream: TcpStream,
     balancer: &Balancer,
-    config: &Config,
+    config: &UserspaceConfig,
 ) -> io::Result<PumpEnd> {
     let activity = Activity::new();
     let (client_read, client_write) = client.split();

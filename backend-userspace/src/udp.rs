@@ -3,9 +3,9 @@
 //! The first datagram from a client address opens a flow: an upstream socket connected to the
 //! chosen endpoint. Later datagrams from that client reuse it, and replies read from it are sent
 //! back from the listener's socket to that client, so each client gets its own replies. A flow
-//! with no datagram either way for [`crate::Config::udp_idle_timeout`] is forgotten; the table
-//! holds at most [`crate::Config::udp_max_flows`] flows, datagrams that would open more are
-//! dropped. Route swaps leave existing flows alone.
+//! with no datagram either way for [`crate::UserspaceConfig::udp_idle_timeout`] is forgotten;
+//! the table holds at most [`crate::UserspaceConfig::udp_max_flows`] flows, datagrams that would
+//! open more are dropped. Route swaps leave existing flows alone.
 //!
 //! Flow tasks live in the listener task's `JoinSet`, so closing the listener ends them too (UDP
 //! has no connection to drain; IPVS does the same).
@@ -24,12 +24,12 @@ use tracing::debug;
 mod pktinfo;
 
 use crate::balance::{current, now, ActiveGuard, Balancer, Context, RouteSlot};
-use crate::config::{Config, ListenMode};
+use crate::config::{ListenMode, UserspaceConfig};
 use crate::plan::RouteTarget;
 use crate::tcp::{set_freebind, Activity};
 
 /// Binds `addr` (no SO_REUSEADDR: for UDP it would let two sockets share the port).
-pub(crate) fn bind(addr: SocketAddr, config: &Config) -> io::Result<UdpSocket> {
+pub(crate) fn bind(addr: SocketAddr, config: &UserspaceConfig) -> io::Result<UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;

@@ -11,7 +11,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use backend_userspace::{Config, ListenMode, UserspaceDataplane};
+use backend_userspace::{ListenMode, UserspaceConfig, UserspaceDataplane};
 use common::*;
 use proxy_core::dataplane::Dataplane;
 use proxy_core::table::{Protocol, ServicePort, ServicePortName};
@@ -66,7 +66,7 @@ async fn capture_body() {
     )
     .with_cluster_ip(ip(vip));
     dns.endpoints = vec![udp_backend.endpoint()];
-    let mut dp = UserspaceDataplane::new(Config {
+    let mut dp = UserspaceDataplane::new(UserspaceConfig {
         mode: ListenMode::Capture,
         capture_chain: CHAIN.to_owned(),
         node_addresses: Vec::new(),

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use backend_userspace::{Config, UserspaceDataplane};
+use backend_userspace::{UserspaceConfig, UserspaceDataplane};
 use common::*;
 use proxy_core::table::{Endpoint, Protocol, ServicePortName, TrafficPolicy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -14,7 +14,7 @@ async fn round_trip_with(splice: bool, net: &str) {
     let backend = Whoami::start(&format!("{net}.100"), "b1").await;
     let vip = format!("{net}.10");
     let port = free_port(&vip).await;
-    let mut dp = UserspaceDataplane::new(Config { splice, ..config() }).expect("config");
+    let mut dp = UserspaceDataplane::new(UserspaceConfig { splice, ..config() }).expect("config");
     sync_ok(
         &mut dp,
         &table([service("web", &vip, port, vec![backend.endpoint()])]),
@@ -81,7 +81,7 @@ async fn tcp_round_trip_with_splice_pump_propagates_half_close() {
 async fn node_port_is_served_on_each_node_address() {
     let backend = Whoami::start("127.11.3.100", "b1").await;
     let port = free_port("127.11.3.1").await;
-    let mut dp = UserspaceDataplane::new(Config {
+    let mut dp = UserspaceDataplane::new(UserspaceConfig {
         node_addresses: vec![ip("127.11.3.1"), ip("127.11.3.2")],
         ..config()
     })
@@ -130,7 +130,7 @@ async fn connect_failure_fails_over_and_ejects_the_dead_endpoint() {
     let dead = Endpoint::new(ip("127.11.5.101"), free_port("127.11.5.101").await);
     let vip = "127.11.5.10";
     let port = free_port(vip).await;
-    let mut dp = UserspaceDataplane::new(Config {
+    let mut dp = UserspaceDataplane::new(UserspaceConfig {
         eject_after_failures: 2,
         ejection_time: Duration::from_secs(60),
         ..config()
@@ -158,7 +158,7 @@ async fn ejected_endpoint_is_retried_after_the_ejection_time() {
     let port = free_port(vip).await;
     let dead_addr = std::net::SocketAddr::new(ip("127.11.6.101"), free_port("127.11.6.101").await);
     let live = Whoami::start("127.11.6.100", "live").await;
-    let mut dp = UserspaceDataplane::new(Config {
+    let mut dp = UserspaceDataplane::new(UserspaceConfig {
         eject_after_failures: 1,
         ejection_time: Duration::from_millis(300),
         ..config()
@@ -229,6 +229,11 @@ async fn address_that_cannot_be_bound_is_reported_and_the_rest_applies() {
     ]);
     let report = sync(&mut dp, &t).await;
     assert_eq!(report.problems.len(), 1, "{report}");
+    assert_eq!(
+        report.problems[0].service_port,
+        Some(ServicePortName::new("test", "blocked", "p")),
+        "{report}"
+    );
     let problem = report.problems[0].to_string();
     assert!(
         problem.contains(&format!("tcp {taken_vip}:{taken_port}")),
@@ -262,7 +267,7 @@ async fn idle_connection_is_closed_after_the_idle_timeout() {
     let backend = Whoami::start("127.11.9.100", "b1").await;
     let vip = "127.11.9.10";
     let port = free_port(vip).await;
-    let mut dp = UserspaceDataplane::new(Config {
+    let mut dp = UserspaceDataplane::new(UserspaceConfig {
         idle_timeout: Duration::from_millis(300),
         ..config()
     })
@@ -318,7 +323,7 @@ async fn external_local_policy_without_local_endpoints_drops_node_port_traffic()
     let port = free_port(vip).await;
     let mut web = service("web", vip, port, vec![backend.endpoint()]).with_node_port(node_port);
     web.external_traffic_policy = TrafficPolicy::Local;
-    let mut dp = UserspaceDataplane::new(Config {
+    let mut dp = UserspaceDataplane::new(UserspaceConfig {
         node_addresses: vec![ip(node)],
         ..config()
     })
@@ -359,7 +364,7 @@ async fn non_local_address_needs_freebind() {
     assert!(problem.contains("assign requested address"), "{problem}");
     assert!(strict.observe().is_empty());
 
-    let mut free = UserspaceDataplane::new(Config {
+    let mut free = UserspaceDataplane::new(UserspaceConfig {
         freebind: true,
         ..config()
     })
@@ -391,7 +396,7 @@ async fn connect_timeout_fails_over_to_the_next_endpoint() {
     let live = Whoami::start("127.11.12.100", "live").await;
     let vip = "127.11.12.10";
     let port = free_port(vip).await;
-    let mut dp = UserspaceDataplane::new(Config {
+    let mut dp = UserspaceDataplane::new(UserspaceConfig {
         connect_timeout: Duration::from_millis(200),
         ..config()
     })

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use backend_userspace::{Config, UserspaceDataplane};
+use backend_userspace::{UserspaceConfig, UserspaceDataplane};
 use common::*;
 use proxy_core::table::{Protocol, ServicePort, ServicePortName};
 use tokio::net::UdpSocket;
@@ -78,7 +78,7 @@ async fn idle_flow_expires_and_the_next_datagram_opens_a_new_one() {
     let vip = "127.14.2.10";
     let port = free_port(vip).await;
     let to = (ip(vip), port).into();
-    let mut dp = UserspaceDataplane::new(Config {
+    let mut dp = UserspaceDataplane::new(UserspaceConfig {
         udp_idle_timeout: Duration::from_millis(200),
         ..config()
     })
@@ -109,7 +109,7 @@ async fn flow_table_is_bounded() {
     let vip = "127.14.3.10";
     let port = free_port(vip).await;
     let to = (ip(vip), port).into();
-    let mut dp = UserspaceDataplane::new(Config {
+    let mut dp = UserspaceDataplane::new(UserspaceConfig {
         udp_max_flows: 1,
         ..config()
     })

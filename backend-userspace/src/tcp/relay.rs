@@ -1,6 +1,6 @@
 //! One direction of the byte pump: read into a per-thread buffer and write straight through;
 //! once a read fills the whole buffer (a bulk transfer) the direction switches to `splice(2)`
-//! on Linux when [`crate::Config::splice`] is on.
+//! on Linux when [`crate::UserspaceConfig::splice`] is on.
 //!
 //! Why two modes: a short exchange (one request, one answer, or request after request on a
 //! keep-alive connection) costs one `read` and one `write` per message this way, where a pipe

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backend_userspace::{Config, UserspaceDataplane};
+use backend_userspace::{UserspaceConfig, UserspaceDataplane};
 use proxy_core::dataplane::{Dataplane, SyncMode, SyncReport, SyncRequest};
 use proxy_core::diff;
 use proxy_core::table::{Endpoint, Protocol, ServicePort, ServicePortName, ServiceTable};
@@ -23,11 +23,11 @@ pub fn ip(s: &str) -> IpAddr {
 }
 
 /// A config with short timeouts for tests.
-pub fn config() -> Config {
-    Config {
+pub fn config() -> UserspaceConfig {
+    UserspaceConfig {
         connect_timeout: Duration::from_millis(500),
         ejection_time: Duration::from_millis(500),
-        ..Config::default()
+        ..UserspaceConfig::default()
     }
 }
 
