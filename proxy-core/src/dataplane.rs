@@ -41,8 +41,7 @@ use prometheus_client::registry::Registry;
 use crate::diff::ChangeSet;
 use crate::error::{DataplaneError, UnsupportedFeatures};
 use crate::table::{
-    Protocol, Scheduler, ServicePort, ServicePortName, ServiceTable, SessionAffinity,
-    TrafficPolicy,
+    Protocol, Scheduler, ServicePort, ServicePortName, ServiceTable, SessionAffinity, TrafficPolicy,
 };
 use crate::validate::FieldError;
 

@@ -38,6 +38,7 @@
 //! found by [`crate::validate`] on the resulting table name it by key
 //! (`services[default/web].ports[http].node_port: 30080 already used by ...`).
 
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -50,6 +51,7 @@ use crate::table::{
     Endpoint, Protocol, Scheduler, ServicePort, ServicePortName, ServiceTable, SessionAffinity,
     TrafficPolicy,
 };
+use crate::tracker::{ChangeTracker, ServiceName};
 use crate::validate::{FieldError, ValidationErrors};
 
 /// The namespace of a service written without one (`name: web`).
@@ -476,6 +478,74 @@ impl TableSpec {
             }
         }
     }
+}
+
+impl TableSpec {
+    /// Feeds this file to a change tracker, the one path every source takes: each service entry
+    /// replaces its service (entries of one name together), services no longer in the file are
+    /// deleted, and the node's name and zone are set. An entry with problems in the file itself
+    /// (a number out of range: `services[3].ports[0].node_port: 99999 is outside 1-65535`) is
+    /// rejected, so its service keeps what runs; the tracker checks the rest port by port, so one
+    /// bad entry never holds back the others. Returns the tracker's generation after the last
+    /// change.
+    pub fn apply_to(&self, tracker: &mut ChangeTracker) -> u64 {
+        if tracker.table().node() != self.node.as_deref() {
+            tracker.set_node(self.node.clone());
+        }
+        if tracker.table().zone() != self.zone.as_deref() {
+            tracker.set_zone(self.zone.clone());
+        }
+        // Entries of one service, in the order their names first appear.
+        let mut order: Vec<ServiceName> = Vec::new();
+        let mut entries: HashMap<ServiceName, FileService> = HashMap::new();
+        for (index, service) in self.services.iter().enumerate() {
+            let (namespace, name) = service
+                .name
+                .split_once('/')
+                .unwrap_or((DEFAULT_NAMESPACE, &service.name));
+            let key = ServiceName::new(namespace, name);
+            let entry = entries.entry(key.clone()).or_insert_with(|| {
+                order.push(key.clone());
+                FileService::default()
+            });
+            let mut errors = Vec::new();
+            let ports = service.to_ports(
+                &format!("services[{index}]"),
+                self.node.as_deref(),
+                &mut errors,
+            );
+            entry.ports.extend(ports);
+            entry.errors.extend(errors);
+            entry
+                .port_names
+                .extend(service.ports.iter().map(|p| key.port(p.name.clone())));
+        }
+        for name in &order {
+            let Some(entry) = entries.remove(name) else {
+                continue;
+            };
+            if entry.errors.is_empty() {
+                tracker.set_service_ports(name.clone(), entry.ports);
+            } else {
+                tracker.reject_service(name.clone(), entry.port_names, entry.errors);
+            }
+        }
+        let listed: BTreeSet<ServiceName> = order.into_iter().collect();
+        for name in tracker.service_names() {
+            if !listed.contains(&name) {
+                tracker.delete_service(&name);
+            }
+        }
+        tracker.generation()
+    }
+}
+
+/// One service's entries in a file.
+#[derive(Debug, Default)]
+struct FileService {
+    ports: Vec<ServicePort>,
+    errors: Vec<FieldError>,
+    port_names: Vec<ServicePortName>,
 }
 
 /// A number of the file as a port, or an error at `path`.

@@ -44,10 +44,11 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::dataplane::SyncMode;
-use crate::sync::{SkipReason, Skipped};
 use crate::diff::ChangeSet;
 use crate::select::{select_endpoints, uses_local_endpoints, Target};
-use crate::table::{ServiceTable, TrafficPolicy};
+use crate::sync::{SkipReason, Skipped};
+use crate::table::{ServicePort, ServiceTable, TrafficPolicy};
+use std::sync::Arc;
 
 /// The metrics of one sync loop. Cheap to clone: every handle shares its series.
 #[derive(Debug, Clone)]
@@ -65,6 +66,16 @@ pub struct SyncMetrics {
     failures: Family<FailureLabels, Counter>,
     syncs: Family<SyncLabels, Counter>,
     skipped: Family<SkipLabels, Gauge>,
+    /// The service ports counted by `no_local_endpoints`, kept so that a partial sync recounts
+    /// only the ports it changed.
+    dropping: std::sync::Arc<std::sync::Mutex<Dropping>>,
+}
+
+/// Service ports whose internal or external traffic is dropped for want of a local endpoint.
+#[derive(Debug, Default)]
+struct Dropping {
+    internal: std::collections::HashSet<crate::table::ServicePortName>,
+    external: std::collections::HashSet<crate::table::ServicePortName>,
 }
 
 /// The label of the skipped service ports gauge.
@@ -197,12 +208,14 @@ impl SyncMetrics {
             failures: Family::default(),
             syncs: Family::default(),
             skipped: Family::default(),
+            dropping: Default::default(),
         };
-        for reason in [SkipReason::Invalid, SkipReason::Clash, SkipReason::Unsupported] {
-            metrics
-                .skipped
-                .get_or_create(&SkipLabels { reason })
-                .set(0);
+        for reason in [
+            SkipReason::Invalid,
+            SkipReason::Clash,
+            SkipReason::Unsupported,
+        ] {
+            metrics.skipped.get_or_create(&SkipLabels { reason }).set(0);
         }
         // Both policies are always present, zero or not, as in kube-proxy.
         for kind in [PolicyKind::Internal, PolicyKind::External] {
@@ -298,7 +311,11 @@ impl SyncMetrics {
 
     /// The service ports skipped now, counted by reason.
     pub(crate) fn set_skipped(&self, skipped: &Skipped) {
-        for reason in [SkipReason::Invalid, SkipReason::Clash, SkipReason::Unsupported] {
+        for reason in [
+            SkipReason::Invalid,
+            SkipReason::Clash,
+            SkipReason::Unsupported,
+        ] {
             let n = skipped.values().filter(|s| s.reason == reason).count();
             self.skipped
                 .get_or_create(&SkipLabels { reason })
@@ -337,17 +354,53 @@ impl SyncMetrics {
     }
 
     /// `synced` is now in place: timestamps, sizes, nothing pending, and the no-local-endpoint
-    /// gauges recounted with [`select_endpoints`].
-    pub(crate) fn record_synced(&self, synced: &ServiceTable) {
+    /// gauges recounted with [`select_endpoints`]: for the ports in `changes` when given (a
+    /// partial sync: the cost follows the change), else for the whole table.
+    pub(crate) fn record_synced(&self, synced: &ServiceTable, changes: Option<&ChangeSet>) {
         self.last_timestamp.set(unix_now());
         self.service_ports.set(gauge(synced.len()));
         self.endpoints.set(gauge(synced.endpoint_count()));
         self.service_changes_pending.set(0);
         self.endpoint_changes_pending.set(0);
-        let (internal, external) = no_local_endpoints(synced);
+        let mut dropping = self
+            .dropping
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let dropping = &mut *dropping;
+        let touched: Vec<&Arc<ServicePort>> = match changes {
+            Some(changes) if changes.node.is_none() && changes.zone.is_none() => {
+                for port in &changes.removed {
+                    dropping.internal.remove(&port.name);
+                    dropping.external.remove(&port.name);
+                }
+                changes
+                    .added
+                    .iter()
+                    .chain(changes.changed.iter().map(|c| &c.current))
+                    .collect()
+            }
+            _ => {
+                dropping.internal.clear();
+                dropping.external.clear();
+                synced.iter().collect()
+            }
+        };
+        for port in touched {
+            let (internal, external) = drops(port);
+            for (set, drops) in [
+                (&mut dropping.internal, internal),
+                (&mut dropping.external, external),
+            ] {
+                if drops {
+                    set.insert(port.name.clone());
+                } else {
+                    set.remove(&port.name);
+                }
+            }
+        }
         for (kind, n) in [
-            (PolicyKind::Internal, internal),
-            (PolicyKind::External, external),
+            (PolicyKind::Internal, dropping.internal.len()),
+            (PolicyKind::External, dropping.external.len()),
         ] {
             self.no_local_endpoints
                 .get_or_create(&PolicyLabels {
@@ -368,24 +421,24 @@ impl SyncMetrics {
 /// `serviceNoLocalEndpointsTotal{Internal,External}` (`pkg/proxy/iptables/proxier.go`). External
 /// traffic is counted only for ports reachable from outside.
 pub fn no_local_endpoints(table: &ServiceTable) -> (usize, usize) {
-    let (mut internal, mut external) = (0, 0);
-    for port in table.iter() {
-        // Skip the selection for the common all-Cluster port.
-        if !uses_local_endpoints(port) {
-            continue;
-        }
-        let is_local = |policy| policy == TrafficPolicy::Local;
-        let selection = select_endpoints(port);
-        if is_local(port.internal_traffic_policy) && selection.internal() == Target::Drop {
-            internal += 1;
-        }
-        if port.has_external_addresses()
-            && is_local(port.external_traffic_policy)
-            && selection.external() == Target::Drop
-        {
-            external += 1;
-        }
+    table.iter().fold((0, 0), |(internal, external), port| {
+        let (i, e) = drops(port);
+        (internal + usize::from(i), external + usize::from(e))
+    })
+}
+
+/// Whether `port` drops its internal, and its external, traffic for want of a local endpoint.
+fn drops(port: &ServicePort) -> (bool, bool) {
+    // Skip the selection for the common all-Cluster port.
+    if !uses_local_endpoints(port) {
+        return (false, false);
     }
+    let is_local = |policy| policy == TrafficPolicy::Local;
+    let selection = select_endpoints(port);
+    let internal = is_local(port.internal_traffic_policy) && selection.internal() == Target::Drop;
+    let external = port.has_external_addresses()
+        && is_local(port.external_traffic_policy)
+        && selection.external() == Target::Drop;
     (internal, external)
 }
 

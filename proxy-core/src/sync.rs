@@ -66,7 +66,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, info_span, warn, Instrument as _};
 
 use crate::dataplane::{Dataplane, SyncMode, SyncReport, SyncRequest};
-use crate::diff::diff;
+use crate::diff::{diff, ChangeSet};
 use crate::error::DataplaneError;
 use crate::metrics::{FailureReason, SyncMetrics, SyncResult};
 use crate::table::{PortMap, ServiceTable};
@@ -96,7 +96,7 @@ struct Attempt {
     mode: SyncMode,
     started: Instant,
     elapsed: Duration,
-    service_ports_changed: usize,
+    changes: ChangeSet,
 }
 
 /// Why [`SyncLoop::run`] ended badly.
@@ -448,7 +448,7 @@ impl<D: Dataplane> SyncLoop<D> {
             mode,
             started,
             elapsed: started.elapsed(),
-            service_ports_changed: changes.service_ports_changed(),
+            changes,
         };
         span.in_scope(|| match result {
             Ok(report) => self.succeeded(attempt, report),
@@ -462,6 +462,7 @@ impl<D: Dataplane> SyncLoop<D> {
             generation,
             started,
             elapsed,
+            changes,
             ..
         } = attempt;
         // The backend may have upgraded a partial sync to a full one.
@@ -472,7 +473,9 @@ impl<D: Dataplane> SyncLoop<D> {
             || self.health.consecutive_failures() > 0
             || self.health.is_degraded()
             || !self.state.last_good.ptr_eq(&desired);
-        self.metrics.record_synced(&desired);
+        // Relative to the last good table, so a partial sync recounts only what it changed.
+        let partial = (mode == SyncMode::Partial).then_some(&changes);
+        self.metrics.record_synced(&desired, partial);
         let state = &mut self.state;
         state.last_good = desired;
         state.good_generation = generation;
@@ -590,7 +593,7 @@ impl<D: Dataplane> SyncLoop<D> {
             skipped: state.skipped.clone(),
             service_ports: attempt.desired.len(),
             endpoints: attempt.desired.endpoint_count(),
-            service_ports_changed: attempt.service_ports_changed,
+            service_ports_changed: attempt.changes.service_ports_changed(),
             objects_written: 0,
             duration: elapsed,
         });

@@ -71,7 +71,9 @@ pub use model::{EndpointSlice, Service, ServiceName, ServicePortSpec, SliceEndpo
 
 use crate::dataplane::{Capabilities, Dataplane};
 use crate::sync::ServiceSource;
-use crate::table::{normalized, Endpoint, EndpointKey, PortMap, ServicePort, ServicePortName, ServiceTable};
+use crate::table::{
+    normalized, Endpoint, EndpointKey, PortMap, ServicePort, ServicePortName, ServiceTable,
+};
 use crate::validate::{port_path, service_path, validate, FieldError};
 use claims::Claims;
 
@@ -82,8 +84,11 @@ pub struct ChangeTracker {
     capabilities: Capabilities,
     node: Option<String>,
     zone: Option<String>,
-    services: HashMap<ServiceName, Service>,
+    services: HashMap<ServiceName, Described>,
     slices: HashMap<ServiceName, BTreeMap<String, EndpointSlice>>,
+    /// Services their source could not read: what runs stays, and these problems are reported
+    /// on the named ports until the source describes the service again.
+    rejected: HashMap<ServiceName, Rejection>,
     /// The admitted service ports: the table.
     ports: PortMap,
     endpoint_count: usize,
@@ -122,6 +127,7 @@ impl ChangeTracker {
             zone: None,
             services: HashMap::new(),
             slices: HashMap::new(),
+            rejected: HashMap::new(),
             ports: PortMap::new(),
             endpoint_count: 0,
             skipped: Skipped::new(),
@@ -154,9 +160,25 @@ impl ChangeTracker {
         self.generation
     }
 
-    /// A service as last set, if any.
+    /// A service as last set with [`ChangeTracker::set_service`], if any.
     pub fn service(&self, name: &ServiceName) -> Option<&Service> {
-        self.services.get(name)
+        match self.services.get(name) {
+            Some(Described::Service(service)) => Some(service),
+            _ => None,
+        }
+    }
+
+    /// The names of the ports the source described for a service, in the order given.
+    pub fn port_names(&self, name: &ServiceName) -> Vec<ServicePortName> {
+        match self.services.get(name) {
+            Some(Described::Service(service)) => service
+                .ports
+                .iter()
+                .map(|p| name.port(p.name.clone()))
+                .collect(),
+            Some(Described::Ports(ports)) => ports.iter().map(|p| p.name.clone()).collect(),
+            None => Vec::new(),
+        }
     }
 
     /// Sets this node's name: endpoints on this node become local. Re-reads every service (a
@@ -181,8 +203,35 @@ impl ChangeTracker {
     /// Adds or replaces a service. Returns the new generation.
     pub fn set_service(&mut self, service: Service) -> u64 {
         let name = service.name.clone();
-        if self.services.get(&name) != Some(&service) {
-            self.services.insert(name.clone(), service);
+        self.describe(name, Described::Service(service));
+        self.publish()
+    }
+
+    /// Adds or replaces a service given as ready-made service ports, endpoints included (a
+    /// table file's entries, already joined); its endpoint slices, if any, are not read. Ports
+    /// of another service than `name` are ignored. Returns the new generation.
+    pub fn set_service_ports(&mut self, name: ServiceName, ports: Vec<ServicePort>) -> u64 {
+        let ports = ports
+            .into_iter()
+            .filter(|p| ServiceName::of(&p.name) == name)
+            .map(Arc::new)
+            .collect();
+        self.describe(name, Described::Ports(ports));
+        self.publish()
+    }
+
+    /// Says that the source could not read a service (a number out of range in a file): what
+    /// runs of it stays, and `problems` are reported on each of `ports` until the service is
+    /// set or deleted again. Returns the new generation.
+    pub fn reject_service(
+        &mut self,
+        name: ServiceName,
+        ports: Vec<ServicePortName>,
+        problems: Vec<FieldError>,
+    ) -> u64 {
+        let rejection = Rejection { ports, problems };
+        if self.rejected.get(&name) != Some(&rejection) {
+            self.rejected.insert(name.clone(), rejection);
             self.refresh(name);
         }
         self.publish()
@@ -191,10 +240,20 @@ impl ChangeTracker {
     /// Deletes a service and its ports (its endpoint slices stay, as Kubernetes' outlive their
     /// service until garbage-collected). Returns the new generation.
     pub fn delete_service(&mut self, name: &ServiceName) -> u64 {
-        if self.services.remove(name).is_some() {
+        let known = self.services.remove(name).is_some();
+        let rejected = self.rejected.remove(name).is_some();
+        if known || rejected {
             self.refresh(name.clone());
         }
         self.publish()
+    }
+
+    fn describe(&mut self, name: ServiceName, described: Described) {
+        let rejected = self.rejected.remove(&name).is_some();
+        if rejected || self.services.get(&name) != Some(&described) {
+            self.services.insert(name.clone(), described);
+            self.refresh(name);
+        }
     }
 
     /// Adds or replaces an endpoint slice of a service (which need not exist yet). Returns the
@@ -231,10 +290,15 @@ impl ChangeTracker {
         let name = service.name.clone();
         let slices: BTreeMap<String, EndpointSlice> =
             slices.into_iter().map(|s| (s.name.clone(), s)).collect();
-        let same_service = self.services.get(&name) == Some(&service);
-        let same_slices = self.slices.get(&name).map_or(slices.is_empty(), |s| *s == slices);
-        if !(same_service && same_slices) {
-            self.services.insert(name.clone(), service);
+        let described = Described::Service(service);
+        let same_service = self.services.get(&name) == Some(&described);
+        let same_slices = self
+            .slices
+            .get(&name)
+            .map_or(slices.is_empty(), |s| *s == slices);
+        let rejected = self.rejected.remove(&name).is_some();
+        if rejected || !(same_service && same_slices) {
+            self.services.insert(name.clone(), described);
             if slices.is_empty() {
                 self.slices.remove(&name);
             } else {
@@ -324,7 +388,10 @@ impl ChangeTracker {
         for (port_name, port) in &by_name {
             let errors = own_errors.get(port_name).cloned().unwrap_or_default();
             if !errors.is_empty() {
-                verdicts.insert(port_name.clone(), Verdict::Skip(SkipReason::Invalid, errors));
+                verdicts.insert(
+                    port_name.clone(),
+                    Verdict::Skip(SkipReason::Invalid, errors),
+                );
                 continue;
             }
             let unsupported = self.capabilities.check_port(&self.backend, port);
@@ -385,8 +452,23 @@ impl ChangeTracker {
         for (port_name, skipped) in effective.skipped {
             self.skipped.insert(port_name, skipped);
         }
+        if let Some(rejection) = self.rejected.get(name) {
+            for port_name in &rejection.ports {
+                self.skipped.insert(
+                    port_name.clone(),
+                    SkippedPort {
+                        reason: SkipReason::Invalid,
+                        problems: rejection.problems.clone(),
+                        runs_previous: self.ports.contains_key(port_name),
+                    },
+                );
+            }
+        }
         for holder in blockers {
-            self.waiting_on.entry(holder).or_default().insert(name.clone());
+            self.waiting_on
+                .entry(holder)
+                .or_default()
+                .insert(name.clone());
         }
         released
     }
@@ -402,7 +484,10 @@ impl ChangeTracker {
         previous: &BTreeMap<ServicePortName, Arc<ServicePort>>,
     ) -> Settled {
         let settled = Self::settle_once(&verdicts, previous);
-        let mixed = settled.ports.keys().any(|n| settled.skipped.contains_key(n));
+        let mixed = settled
+            .ports
+            .keys()
+            .any(|n| settled.skipped.contains_key(n));
         if !mixed {
             return settled;
         }
@@ -418,7 +503,10 @@ impl ChangeTracker {
             if previous.get(port_name).is_some_and(|old| **old == **port) {
                 continue;
             }
-            let problems = errors.get(port_name).cloned().unwrap_or_else(|| all.clone());
+            let problems = errors
+                .get(port_name)
+                .cloned()
+                .unwrap_or_else(|| all.clone());
             *verdict = Verdict::Skip(SkipReason::Invalid, problems);
         }
         Self::settle_once(&verdicts, previous)
@@ -478,8 +566,7 @@ impl ChangeTracker {
         for error in invalid.errors {
             let owner = ports.keys().find(|n| {
                 let path = port_path(n);
-                error.path == path
-                    || error.path.starts_with(&format!("{path}."))
+                error.path == path || error.path.starts_with(&format!("{path}."))
             });
             match owner {
                 Some(owner) => by_port.entry(owner.clone()).or_default().push(error),
@@ -507,21 +594,36 @@ impl ChangeTracker {
     }
 
     /// The service's ports as its spec and slices describe them now (none when it is deleted).
+    /// A rejected service keeps the ports it runs.
     fn candidates(&self, name: &ServiceName) -> Vec<Arc<ServicePort>> {
-        let Some(service) = self.services.get(name) else {
-            return Vec::new();
+        if self.rejected.contains_key(name) {
+            return self.admitted_ports(name);
+        }
+        let service = match self.services.get(name) {
+            None => return Vec::new(),
+            Some(Described::Ports(ports)) => {
+                return ports
+                    .iter()
+                    .map(|port| {
+                        normalized(port, &self.node, &self.zone).unwrap_or_else(|| Arc::clone(port))
+                    })
+                    .collect()
+            }
+            Some(Described::Service(service)) => service,
         };
         let slices = self.slices.get(name);
         service
             .ports
             .iter()
             .map(|spec| {
-                let mut port = ServicePort::new(name.port(spec.name.clone()), spec.protocol, spec.port);
+                let mut port =
+                    ServicePort::new(name.port(spec.name.clone()), spec.protocol, spec.port);
                 port.target_port = spec.target_port;
                 port.node_port = spec.node_port;
                 port.cluster_ips.clone_from(&service.cluster_ips);
                 port.external_ips.clone_from(&service.external_ips);
-                port.load_balancer_ips.clone_from(&service.load_balancer_ips);
+                port.load_balancer_ips
+                    .clone_from(&service.load_balancer_ips);
                 port.load_balancer_source_ranges
                     .clone_from(&service.load_balancer_source_ranges);
                 port.session_affinity = service.session_affinity;
@@ -594,6 +696,22 @@ impl ChangeTracker {
             node_hints: endpoint.node_hints.clone(),
         }
     }
+}
+
+/// How a source described a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Described {
+    /// As a service whose endpoints come in slices.
+    Service(Service),
+    /// As ready-made service ports.
+    Ports(Vec<Arc<ServicePort>>),
+}
+
+/// A service its source could not read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Rejection {
+    ports: Vec<ServicePortName>,
+    problems: Vec<FieldError>,
 }
 
 /// One candidate port's verdict before the service's ports are settled together.

@@ -152,10 +152,7 @@ struct Checker<'a> {
 impl<'a> Checker<'a> {
     /// Collects the node ports and health-check ports of the whole table first, so that a clash is
     /// found whichever entry comes first, and reported on the later one.
-    fn new(
-        ports: &'a PortMap,
-        duplicates: &'a [ServicePortName],
-    ) -> Self {
+    fn new(ports: &'a PortMap, duplicates: &'a [ServicePortName]) -> Self {
         let mut node_ports = HashMap::new();
         let mut node_port_numbers = HashMap::new();
         let mut health_check_ports = HashMap::new();

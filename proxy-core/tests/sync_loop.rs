@@ -470,7 +470,11 @@ async fn update_that_only_adds_an_unsupported_port_needs_no_sync_but_is_reported
     h.send(with_sctp(0));
     sleep(20 * SECOND).await;
     let requests = fake.requests();
-    assert_eq!(requests.len(), 1, "the dataplane's table did not change: {requests:#?}");
+    assert_eq!(
+        requests.len(),
+        1,
+        "the dataplane's table did not change: {requests:#?}"
+    );
     assert_eq!(fake.applied(), table(0));
     let outcome = h.handle.latest();
     assert_eq!(outcome.sequence, 1);

@@ -30,8 +30,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::dataplane::{
-    Capabilities, CleanupReport, Dataplane, DryRun, SyncMode, SyncProblem, SyncReport,
-    SyncRequest,
+    Capabilities, CleanupReport, Dataplane, DryRun, SyncMode, SyncProblem, SyncReport, SyncRequest,
 };
 use crate::diff::{apply_changes, ChangeSet};
 use crate::error::DataplaneError;
@@ -265,7 +264,11 @@ impl Dataplane for FakeDataplane {
     fn dry_run(&self, table: &ServiceTable) -> Result<DryRun, DataplaneError> {
         let mut rendered = String::new();
         for port in table.iter() {
-            rendered.push_str(&format!("{} ({} endpoint(s))\n", port.name, port.endpoints.len()));
+            rendered.push_str(&format!(
+                "{} ({} endpoint(s))\n",
+                port.name,
+                port.endpoints.len()
+            ));
         }
         Ok(DryRun::new(rendered))
     }

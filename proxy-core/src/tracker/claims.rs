@@ -38,10 +38,7 @@ impl Claims {
     /// The clashes of `port` with ports of *other* services (the service's own ports are
     /// checked together, by [`crate::validate`]), each as validation words it, and the services
     /// holding what it asks for (to be woken when they let go).
-    pub(super) fn clashes(
-        &self,
-        port: &ServicePort,
-    ) -> (Vec<FieldError>, BTreeSet<ServiceName>) {
+    pub(super) fn clashes(&self, port: &ServicePort) -> (Vec<FieldError>, BTreeSet<ServiceName>) {
         let service = ServiceName::of(&port.name);
         let foreign = |owner: &ServicePortName| ServiceName::of(owner) != service;
         let path = port_path(&port.name);
@@ -86,7 +83,9 @@ impl Claims {
             {
                 errors.push(FieldError::new(
                     format!("{path}.node_port"),
-                    format!("{node_port} already used as health-check node port by services[{holder}]"),
+                    format!(
+                        "{node_port} already used as health-check node port by services[{holder}]"
+                    ),
                 ));
                 holders.insert(holder.clone());
             }

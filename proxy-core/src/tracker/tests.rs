@@ -96,9 +96,19 @@ fn changing_the_node_name_changes_locality() {
     let mut tracker = tracker();
     tracker.set_service(web("web", 10));
     tracker.set_endpoint_slice(slice("web", "a", &[("198.18.1.10", "node-b")]));
-    assert!(!port_of(&tracker, "web", "http").expect("admitted").endpoints[0].is_local);
+    assert!(
+        !port_of(&tracker, "web", "http")
+            .expect("admitted")
+            .endpoints[0]
+            .is_local
+    );
     tracker.set_node(Some("node-b".to_owned()));
-    assert!(port_of(&tracker, "web", "http").expect("admitted").endpoints[0].is_local);
+    assert!(
+        port_of(&tracker, "web", "http")
+            .expect("admitted")
+            .endpoints[0]
+            .is_local
+    );
 }
 
 #[test]
@@ -118,8 +128,10 @@ fn a_bad_service_among_good_ones_is_skipped_by_name_and_the_rest_applies() {
     assert!(!skipped.runs_previous);
     assert_eq!(
         problems(&tracker, "bad", "http"),
-        ["services[default/bad].ports[http].cluster_ips[1]: second IPv4 cluster IP \
-          (198.19.0.11 and 198.19.0.12): at most one per family"]
+        [
+            "services[default/bad].ports[http].cluster_ips[1]: second IPv4 cluster IP \
+          (198.19.0.11 and 198.19.0.12): at most one per family"
+        ]
     );
     assert_eq!(tracker.skipped().len(), 2, "both of bad's ports");
 }
@@ -135,7 +147,10 @@ fn an_invalid_new_version_keeps_the_last_good_one_running() {
     typo.ports[0].target_port = 0;
     tracker.set_service(typo);
     let running = port_of(&tracker, "web", "http").expect("still running");
-    assert!(Arc::ptr_eq(&running, &good), "the last good version, unchanged");
+    assert!(
+        Arc::ptr_eq(&running, &good),
+        "the last good version, unchanged"
+    );
     let skipped = &tracker.skipped()[&ServicePortName::new("default", "web", "http")];
     assert!(skipped.runs_previous);
     assert_eq!(
@@ -164,12 +179,17 @@ fn in_a_clash_the_newcomer_is_blamed_and_admitted_once_the_incumbent_goes() {
     let mut aaa = web("aaa", 10);
     aaa.ports.truncate(1);
     tracker.set_service(aaa);
-    assert!(port_of(&tracker, "api", "http").is_some(), "the incumbent keeps running");
+    assert!(
+        port_of(&tracker, "api", "http").is_some(),
+        "the incumbent keeps running"
+    );
     assert!(port_of(&tracker, "aaa", "http").is_none());
     assert_eq!(
         problems(&tracker, "aaa", "http"),
-        ["services[default/aaa].ports[http].cluster_ips[0]: 198.19.0.10:80/tcp already used by \
-          services[default/api].ports[http] (cluster_ips)"]
+        [
+            "services[default/aaa].ports[http].cluster_ips[0]: 198.19.0.10:80/tcp already used by \
+          services[default/api].ports[http] (cluster_ips)"
+        ]
     );
     assert_eq!(
         tracker.skipped()[&ServicePortName::new("default", "aaa", "http")].reason,
@@ -182,14 +202,22 @@ fn in_a_clash_the_newcomer_is_blamed_and_admitted_once_the_incumbent_goes() {
     tracker.set_service(zzz);
     assert_eq!(
         problems(&tracker, "zzz", "http"),
-        ["services[default/zzz].ports[http].node_port: 30080 already used by \
-          services[default/api].ports[http]"]
+        [
+            "services[default/zzz].ports[http].node_port: 30080 already used by \
+          services[default/api].ports[http]"
+        ]
     );
 
     tracker.delete_service(&ServiceName::new("default", "api"));
     assert!(port_of(&tracker, "api", "http").is_none());
-    assert!(port_of(&tracker, "aaa", "http").is_some(), "woken when api let go");
-    assert!(port_of(&tracker, "zzz", "http").is_some(), "woken when api let go");
+    assert!(
+        port_of(&tracker, "aaa", "http").is_some(),
+        "woken when api let go"
+    );
+    assert!(
+        port_of(&tracker, "zzz", "http").is_some(),
+        "woken when api let go"
+    );
     assert!(tracker.skipped().is_empty(), "{:?}", tracker.skipped());
 }
 
@@ -204,8 +232,10 @@ fn a_health_check_port_on_another_services_node_port_is_a_clash() {
     tracker.set_service(web);
     assert_eq!(
         problems(&tracker, "web", "http"),
-        ["services[default/web].ports[http].health_check_node_port: 30100 already used as \
-          node port by services[default/api].ports[http]"]
+        [
+            "services[default/web].ports[http].health_check_node_port: 30100 already used as \
+          node port by services[default/api].ports[http]"
+        ]
     );
 }
 
@@ -251,7 +281,11 @@ fn deleting_a_service_or_a_slice_removes_what_it_brought() {
 fn every_change_publishes_the_next_generation_to_the_source() {
     let (mut tracker, mut source) = ChangeTracker::new("test", Capabilities::everything());
     assert_eq!(tracker.set_service(web("web", 10)), 1);
-    assert_eq!(tracker.set_service(web("web", 10)), 2, "a no-op is a generation too");
+    assert_eq!(
+        tracker.set_service(web("web", 10)),
+        2,
+        "a no-op is a generation too"
+    );
     let update = futures_now(source.next_update()).expect("published");
     assert_eq!(update.generation, 2);
     assert_eq!(update.table.len(), 2);
@@ -267,7 +301,11 @@ fn one_endpoint_change_among_many_services_shares_everything_else() {
             .with_cluster_ip(IpAddr::from([198, 19, hi, lo]))
             .with_port(ServicePortSpec::tcp("http", 80));
         tracker.set_service(service);
-        tracker.set_endpoint_slice(slice(&name, "a", &[(&format!("198.18.{hi}.{lo}"), "node-a")]));
+        tracker.set_endpoint_slice(slice(
+            &name,
+            "a",
+            &[(&format!("198.18.{hi}.{lo}"), "node-a")],
+        ));
     }
     let before = tracker.table().clone();
     tracker.set_endpoint_slice(slice(
@@ -343,8 +381,8 @@ fn apply(tracker: &mut ChangeTracker, event: &Event) {
             bad,
             ports,
         } => {
-            let mut service = Service::new(service_name(*name))
-                .with_cluster_ip(IpAddr::from([198, 19, 0, *vip]));
+            let mut service =
+                Service::new(service_name(*name)).with_cluster_ip(IpAddr::from([198, 19, 0, *vip]));
             for p in 0..*ports {
                 let mut spec = ServicePortSpec::tcp(format!("p{p}"), 80 + u16::from(p));
                 spec.node_port = node_port.map(|n| n + u16::from(p) * 10);
@@ -367,7 +405,8 @@ fn apply(tracker: &mut ChangeTracker, event: &Event) {
             let mut s = EndpointSlice::new(service_name(*service), format!("l{slice}"));
             for e in endpoints {
                 s = s.with_endpoint(
-                    SliceEndpoint::new(IpAddr::from([198, 18, 0, *e])).on_node(format!("n{}", e % 3)),
+                    SliceEndpoint::new(IpAddr::from([198, 18, 0, *e]))
+                        .on_node(format!("n{}", e % 3)),
                 );
             }
             tracker.set_endpoint_slice(s);
@@ -403,9 +442,7 @@ proptest! {
             let endpoints: usize = table.iter().map(|p| p.endpoints.len()).sum();
             prop_assert_eq!(endpoints, table.endpoint_count());
             for name in tracker.service_names() {
-                let service = tracker.service(&name).expect("known").clone();
-                for spec in &service.ports {
-                    let port = name.port(spec.name.clone());
+                for port in tracker.port_names(&name) {
                     let running = table.get(&port).is_some();
                     let skipped = tracker.skipped().get(&port);
                     prop_assert!(running || skipped.is_some(), "{port} neither runs nor is skipped");
@@ -415,7 +452,7 @@ proptest! {
                 }
             }
             for (port, _) in tracker.skipped().iter() {
-                prop_assert!(tracker.service(&ServiceName::of(port)).is_some(), "{port} of no service");
+                prop_assert!(tracker.port_names(&ServiceName::of(port)).contains(port), "{port} of no service");
             }
         }
     }
