@@ -36,7 +36,7 @@ use std::process::{Command, Stdio};
 use proxy_core::table::Protocol;
 use tracing::{debug, trace};
 
-use crate::config::{Config, IptablesVariant};
+use crate::config::{IptablesVariant, IpvsConfig};
 use crate::error::BackendError;
 use crate::ipset::{IpsetOp, IpsetOps, NetlinkIpset};
 use crate::model::ServiceKey;
@@ -113,7 +113,7 @@ struct Written {
 /// The companion sets and rules, with what the last sync wrote.
 #[derive(Debug)]
 pub struct Companions {
-    config: Config,
+    config: IpvsConfig,
     names: Names,
     runner: Box<dyn Runner>,
     ipset: Box<dyn IpsetOps>,
@@ -122,6 +122,9 @@ pub struct Companions {
     written: Option<Written>,
     /// The iptables binary infix, once decided.
     variant: Option<&'static str>,
+    /// `iptables-restore` runs of full syncs that failed, ever (kube-proxy's
+    /// `sync_proxy_rules_iptables_restore_failures_total`).
+    restore_failures: usize,
 }
 
 fn command_error(
@@ -164,7 +167,7 @@ impl Companions {
     ///
     /// # Errors
     /// [`BackendError::Ipset`] when the kernel has no ipset.
-    pub fn new(config: &Config) -> Result<Self, BackendError> {
+    pub fn new(config: &IpvsConfig) -> Result<Self, BackendError> {
         let ipset = NetlinkIpset::connect()?;
         Ok(Self::with_parts(
             config,
@@ -175,7 +178,11 @@ impl Companions {
 
     /// Companions that run tools through `runner` and write sets through `ipset` (fakes in
     /// tests).
-    pub fn with_parts(config: &Config, runner: Box<dyn Runner>, ipset: Box<dyn IpsetOps>) -> Self {
+    pub fn with_parts(
+        config: &IpvsConfig,
+        runner: Box<dyn Runner>,
+        ipset: Box<dyn IpsetOps>,
+    ) -> Self {
         Companions {
             config: config.clone(),
             names: Names::new(&config.prefix),
@@ -183,7 +190,13 @@ impl Companions {
             ipset,
             written: None,
             variant: None,
+            restore_failures: 0,
         }
+    }
+
+    /// How many `iptables-restore` runs of [`Companions::sync`] have failed so far.
+    pub fn restore_failures(&self) -> usize {
+        self.restore_failures
     }
 
     /// Runs one batch of ipset steps, logged in full at trace level.
@@ -326,7 +339,10 @@ impl Companions {
             let missing = missing_hooks(&self.names, &saved);
             let rules = render_rules(&self.names, &self.config, family, &missing);
             let restore = self.iptables(family, "-restore");
-            self.run(&restore, &["-w", "--noflush"], Some(&rules))?;
+            if let Err(e) = self.run(&restore, &["-w", "--noflush"], Some(&rules)) {
+                self.restore_failures += 1;
+                return Err(e);
+            }
             written += rules.lines().filter(|l| l.starts_with("-A")).count();
             written += missing.len();
         }

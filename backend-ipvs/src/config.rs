@@ -12,14 +12,14 @@ use crate::error::BackendError;
 /// How the IPVS dataplane names, binds and drains what it programs.
 ///
 /// ```
-/// use backend_ipvs::Config;
-/// let config = Config { node_addresses: vec!["198.18.0.1".parse().unwrap()], ..Config::default() };
+/// use backend_ipvs::IpvsConfig;
+/// let config = IpvsConfig { node_addresses: vec!["198.18.0.1".parse().unwrap()], ..IpvsConfig::default() };
 /// config.validate().unwrap();
 /// assert_eq!(config.interface, "svcp-ipvs0");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Config {
+pub struct IpvsConfig {
     /// The dummy interface the service VIPs are bound to (kube-proxy's `kube-ipvs0`). It is
     /// ours alone: every address on it marks a virtual server as ours, and cleanup deletes it.
     pub interface: String,
@@ -28,7 +28,7 @@ pub struct Config {
     /// The scheduler for service ports that ask for none (`rr`, as kube-proxy).
     pub default_scheduler: Scheduler,
     /// Masquerade (SNAT to the node) every connection to a service, as kube-proxy's
-    /// `--masquerade-all`. Otherwise only connections from outside [`Config::cluster_cidrs`],
+    /// `--masquerade-all`. Otherwise only connections from outside [`IpvsConfig::cluster_cidrs`],
     /// to node ports, and hairpin connections (a pod reaching itself) are masqueraded.
     pub masquerade_all: bool,
     /// The pod networks (kube-proxy's `--cluster-cidr`): connections to a cluster IP from
@@ -52,7 +52,7 @@ pub struct Config {
     /// interface, which breaks layer-2 load balancers (MetalLB) announcing load-balancer IPs.
     /// Namespace-wide sysctls, not ours alone: cleanup leaves them as set.
     pub strict_arp: bool,
-    /// How VIPs are bound to [`Config::interface`] so the node accepts their traffic: as
+    /// How VIPs are bound to [`IpvsConfig::interface`] so the node accepts their traffic: as
     /// addresses (kube-proxy's way, the default: `ip addr show` lists them) or as local routes
     /// (`local VIP dev <interface> table local`). The kernel walks an interface's address list
     /// on every address added, so binding N addresses costs O(N²): about 2 s for 10,000 on a
@@ -65,7 +65,7 @@ pub struct Config {
     pub timeouts: ConnectionTimeouts,
 }
 
-/// How VIPs are bound to our interface; see [`Config::vip_binding`].
+/// How VIPs are bound to our interface; see [`IpvsConfig::vip_binding`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum VipBinding {
@@ -129,7 +129,7 @@ pub enum IptablesVariant {
     Nft,
 }
 
-impl Default for Config {
+impl Default for IpvsConfig {
     fn default() -> Self {
         Self {
             interface: "svcp-ipvs0".to_owned(),
@@ -148,7 +148,7 @@ impl Default for Config {
     }
 }
 
-impl Config {
+impl IpvsConfig {
     /// Checks the fields the kernel would reject later, with a clearer message now.
     ///
     /// # Errors
@@ -194,12 +194,12 @@ mod tests {
 
     #[test]
     fn defaults_are_valid_and_round_trip_through_serde() {
-        let config = Config::default();
+        let config = IpvsConfig::default();
         config.validate().expect("defaults are valid");
         let json = serde_json::to_string(&config).expect("serialize");
-        let back: Config = serde_json::from_str(&json).expect("deserialize");
+        let back: IpvsConfig = serde_json::from_str(&json).expect("deserialize");
         assert_eq!(back, config);
-        let partial: Config =
+        let partial: IpvsConfig =
             serde_json::from_str(r#"{"interface":"svc1","iptables":"nft"}"#).expect("partial");
         assert_eq!(partial.interface, "svc1");
         assert_eq!(partial.iptables, IptablesVariant::Nft);
@@ -208,7 +208,7 @@ mod tests {
 
     #[test]
     fn timeouts_read_from_a_file_and_zero_means_unchanged() {
-        let config: Config = serde_json::from_str(
+        let config: IpvsConfig = serde_json::from_str(
             r#"{"strict_arp": true, "timeouts": {"tcp_seconds": 7200, "udp_seconds": 60}}"#,
         )
         .expect("parse");
@@ -233,12 +233,12 @@ mod tests {
             "fin left alone"
         );
         assert!(!config.timeouts.satisfied_by(&kernel(900, 120, 60)));
-        assert!(!Config::default().timeouts.any());
-        assert!(Config::default()
+        assert!(!IpvsConfig::default().timeouts.any());
+        assert!(IpvsConfig::default()
             .timeouts
             .satisfied_by(&kernel(900, 120, 300)));
         assert!(
-            serde_json::from_str::<Config>(r#"{"timeouts": {"tcp": 5}}"#).is_err(),
+            serde_json::from_str::<IpvsConfig>(r#"{"timeouts": {"tcp": 5}}"#).is_err(),
             "unknown timeout keys are errors"
         );
     }
@@ -247,23 +247,23 @@ mod tests {
     fn kube_prefix_long_interface_and_random_are_rejected() {
         for (config, field) in [
             (
-                Config {
+                IpvsConfig {
                     prefix: "KUBE-X-".into(),
-                    ..Config::default()
+                    ..IpvsConfig::default()
                 },
                 "prefix",
             ),
             (
-                Config {
+                IpvsConfig {
                     interface: "a-very-long-interface".into(),
-                    ..Config::default()
+                    ..IpvsConfig::default()
                 },
                 "interface",
             ),
             (
-                Config {
+                IpvsConfig {
                     default_scheduler: Scheduler::Random,
-                    ..Config::default()
+                    ..IpvsConfig::default()
                 },
                 "default_scheduler",
             ),

@@ -2,6 +2,8 @@
 //!
 //! One sync, on a blocking thread (every kernel call blocks):
 //!
+//! 0. the first sync (or cleanup) opens the kernel connections, on its thread (see [`kernel`]);
+//!    later ones check that they run in the same network namespace;
 //! 1. the desired state: computed whole (full), or updated port by port from the difference
 //!    between the last table and this one (partial: [`Desired::update`], so a partial sync
 //!    costs what changed, whatever the table's size);
@@ -15,24 +17,25 @@
 //!
 //! A failed operation is reported as a problem and the next sync is upgraded to full.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use async_trait::async_trait;
 use nf_conntrack::{ConntrackOps, Netlink as NetlinkConntrack};
+use prometheus_client::registry::Registry;
 use proxy_core::dataplane::{
-    Capabilities, CleanupReport, SyncMode, SyncProblem, SyncReport, SyncRequest,
+    Capabilities, CleanupReport, DryRun, SyncMode, SyncProblem, SyncReport, SyncRequest,
 };
-use proxy_core::table::{Protocol, Scheduler, ServiceTable};
+use proxy_core::table::{Protocol, Scheduler, ServicePortName, ServiceTable};
 use proxy_core::{diff, Dataplane, DataplaneError};
 use tracing::{debug, debug_span, info, warn};
 
 use crate::apply::apply_ops;
 use crate::cleanup::cleanup_owned;
 use crate::companions::Companions;
-use crate::config::Config;
+use crate::config::IpvsConfig;
 use crate::error::BackendError;
 use crate::flows::{clear_udp_flows, StaleUdpFlows};
 use crate::link::RouteSocket;
@@ -40,8 +43,10 @@ use crate::metrics::{Metrics, SyncStats};
 use crate::model::ServiceKey;
 use crate::observe::{observe_owned, refresh_services, Ownership};
 use crate::ops::IpvsOps;
-use crate::plan::{plan, plan_desired, plan_keys, Desired, Draining, IpvsState, Op, Touched};
-use crate::NetlinkIpvs;
+use crate::plan::{
+    plan, plan_desired, plan_keys, render_state, Desired, Draining, IpvsState, Op, Touched,
+};
+use kernel::{check_netns, Kernel};
 
 /// The backend's name in logs, metrics and reports.
 pub const NAME: &str = "ipvs";
@@ -50,14 +55,21 @@ pub const NAME: &str = "ipvs";
 #[derive(Debug)]
 pub struct IpvsDataplane {
     core: Arc<Mutex<Core>>,
+    /// The core's config, also kept here so that a dry run never waits for a sync.
+    config: IpvsConfig,
+    /// Whether the companions are programmed (never over [`IpvsDataplane::with_ops`]).
+    has_companions: bool,
     metrics: Metrics,
 }
 
 /// Everything a sync reads and writes, moved to the blocking thread and back.
 #[derive(Debug)]
 struct Core {
-    config: Config,
-    ipvs: Arc<dyn IpvsOps>,
+    config: IpvsConfig,
+    /// The IPVS client, or how to open it (with `link` and `companions`) at first use.
+    kernel: Kernel,
+    /// Whether `companions` is to be opened with the kernel connections.
+    has_companions: bool,
     link: Option<RouteSocket>,
     companions: Option<Companions>,
     /// Where the conntrack entries of deleted UDP real servers are deleted; `None`: not at all.
@@ -84,6 +96,7 @@ struct Outcome {
     failed_ops: usize,
     drift: usize,
     draining: usize,
+    restore_failures: usize,
     problems: Vec<SyncProblem>,
 }
 
@@ -96,64 +109,69 @@ impl Outcome {
             failed_ops: self.failed_ops,
             drift: self.drift,
             draining: self.draining,
+            restore_failures: self.restore_failures,
         }
     }
 }
 
 impl IpvsDataplane {
-    /// The dataplane on the kernel of this thread's network namespace: the IPVS netlink client,
-    /// an rtnetlink socket for the dummy interface, ctnetlink for the flows of deleted UDP real
-    /// servers, and (if configured) the companions.
+    /// The dataplane on the real kernel: IPVS over generic netlink, the dummy interface over
+    /// rtnetlink, ctnetlink for the flows of deleted UDP real servers and (if configured) the
+    /// companions. Only checks `config`: nothing is opened until the first sync or cleanup,
+    /// which opens it all on the thread it runs on, so in that thread's network namespace (see
+    /// the crate docs). A dry run needs neither root nor IPVS.
     ///
     /// # Errors
-    /// [`BackendError::Config`] for a bad config; [`BackendError::Ipvs`] when the kernel has no
-    /// IPVS; [`BackendError::Link`] when no rtnetlink socket opens.
-    pub fn new(config: Config) -> Result<Self, BackendError> {
+    /// [`BackendError::Config`] for a bad config. A kernel without IPVS is reported by the
+    /// first sync ([`IpvsError::Unavailable`](crate::IpvsError::Unavailable)).
+    pub fn new(config: IpvsConfig) -> Result<Self, BackendError> {
         config.validate()?;
-        Self::with_kernel_parts(config, Arc::new(NetlinkIpvs::connect()?))
+        let has_companions = config.manage_companions;
+        Ok(
+            Self::from_parts(config, Kernel::Pending { ipvs: None }, has_companions)
+                .with_conntrack(Arc::new(NetlinkConntrack)),
+        )
     }
 
     /// Everything [`IpvsDataplane::new`] programs (the dummy interface, the companions, the
     /// conntrack clean-up) but IPVS itself, which goes through `ipvs`. With a fake, this
     /// measures at host speed what a sync costs besides the kernel's IPVS work, on a kernel
-    /// without IPVS (`bench ipvs --backends ipvs-fake-kernel`).
+    /// without IPVS (`bench ipvs --backends ipvs-fake-kernel`). Opens its sockets at first
+    /// use, as [`IpvsDataplane::new`] does.
     ///
     /// # Errors
-    /// As [`IpvsDataplane::new`], but for IPVS.
-    pub fn with_kernel_parts(config: Config, ipvs: Arc<dyn IpvsOps>) -> Result<Self, BackendError> {
+    /// [`BackendError::Config`] for a bad config.
+    pub fn with_kernel_parts(
+        config: IpvsConfig,
+        ipvs: Arc<dyn IpvsOps>,
+    ) -> Result<Self, BackendError> {
         config.validate()?;
-        let link = RouteSocket::connect()?;
-        let companions = config
-            .manage_companions
-            .then(|| Companions::new(&config))
-            .transpose()?;
-        Ok(Self::from_parts(config, ipvs, Some(link), companions)
+        let has_companions = config.manage_companions;
+        let kernel = Kernel::Pending { ipvs: Some(ipvs) };
+        Ok(Self::from_parts(config, kernel, has_companions)
             .with_conntrack(Arc::new(NetlinkConntrack)))
     }
 
     /// A dataplane over any [`IpvsOps`] (a fake in tests), with no dummy interface, no
     /// companions and no conntrack clean-up: ownership then rests on what this dataplane
-    /// created.
+    /// created. Opens nothing of its own.
     ///
     /// # Errors
     /// [`BackendError::Config`] for a bad config.
-    pub fn with_ops(config: Config, ipvs: Arc<dyn IpvsOps>) -> Result<Self, BackendError> {
+    pub fn with_ops(config: IpvsConfig, ipvs: Arc<dyn IpvsOps>) -> Result<Self, BackendError> {
         config.validate()?;
-        Ok(Self::from_parts(config, ipvs, None, None))
+        let kernel = Kernel::Open { ipvs, netns: None };
+        Ok(Self::from_parts(config, kernel, false))
     }
 
-    fn from_parts(
-        config: Config,
-        ipvs: Arc<dyn IpvsOps>,
-        link: Option<RouteSocket>,
-        companions: Option<Companions>,
-    ) -> Self {
+    fn from_parts(config: IpvsConfig, kernel: Kernel, has_companions: bool) -> Self {
         IpvsDataplane {
             core: Arc::new(Mutex::new(Core {
-                config,
-                ipvs,
-                link,
-                companions,
+                config: config.clone(),
+                kernel,
+                has_companions,
+                link: None,
+                companions: None,
                 conntrack: None,
                 applied: IpvsState::default(),
                 draining: Draining::default(),
@@ -163,13 +181,10 @@ impl IpvsDataplane {
                 link_index: None,
                 flow_cleanup: None,
             })),
+            config,
+            has_companions,
             metrics: Metrics::default(),
         }
-    }
-
-    /// Records into `metrics` (from [`Metrics::register`]) from now on.
-    pub fn set_metrics(&mut self, metrics: Metrics) {
-        self.metrics = metrics;
     }
 
     /// The capabilities of this backend (also [`Dataplane::capabilities`]). Source ranges need
@@ -205,7 +220,7 @@ impl IpvsDataplane {
 
     /// What IPVS should hold for `table` under this dataplane's config.
     pub fn desired(&self, table: &ServiceTable) -> Desired {
-        plan_desired(table, &self.lock().config)
+        plan_desired(table, &self.config)
     }
 
     /// The state our last sync left, as we recorded it.
@@ -214,7 +229,7 @@ impl IpvsDataplane {
     }
 
     /// What a full sync to `table` would do now, against the state our last sync left, without
-    /// doing it (for `--dry-run` and tests).
+    /// doing it (tests; [`Dataplane::dry_run`] renders the desired state instead).
     pub fn plan(&self, table: &ServiceTable) -> crate::plan::Plan {
         let core = self.lock();
         let desired = plan_desired(table, &core.config);
@@ -228,12 +243,14 @@ impl IpvsDataplane {
     }
 
     /// Our virtual servers as the kernel holds them now, with connection counts: compare with
-    /// [`IpvsDataplane::applied`] to see drift.
+    /// [`IpvsDataplane::applied`] to see drift. Opens the kernel connections on this thread if
+    /// no sync has yet.
     ///
     /// # Errors
     /// [`BackendError`] when the kernel or the interface cannot be read.
     pub fn observe(&self) -> Result<IpvsState, BackendError> {
-        let core = self.lock();
+        let mut core = self.lock();
+        let ipvs = core.ipvs()?;
         let mut ownership = core.ownership.clone();
         if let (Some(link), Some(index)) = (&core.link, core.link_index) {
             ownership.bound = link
@@ -241,7 +258,7 @@ impl IpvsDataplane {
                 .into_iter()
                 .collect();
         }
-        Ok(observe_owned(core.ipvs.as_ref(), &ownership)?)
+        Ok(observe_owned(ipvs.as_ref(), &ownership)?)
     }
 
     /// The real servers draining now.
@@ -257,11 +274,15 @@ impl IpvsDataplane {
     }
 
     /// Syncs on this thread, at time `now` (tests pass a fake clock). [`Dataplane::sync`] runs
-    /// this on a blocking thread with `Instant::now()`.
+    /// this on a blocking thread with `Instant::now()`. The first sync opens the kernel
+    /// connections in this thread's network namespace.
     ///
     /// # Errors
-    /// [`BackendError`] when the kernel state cannot be read or the interface cannot be set
-    /// up; failed operations are problems in the report instead.
+    /// [`BackendError`] when the kernel connections cannot be opened (no IPVS:
+    /// [`IpvsError::Unavailable`](crate::IpvsError::Unavailable)), this thread is in another
+    /// network namespace than the first sync's ([`BackendError::Namespace`]), or the kernel
+    /// state cannot be read or the interface set up; failed operations are problems in the
+    /// report instead.
     pub fn sync_at(
         &self,
         request: &SyncRequest<'_>,
@@ -279,24 +300,67 @@ impl IpvsDataplane {
         Ok(report)
     }
 
-    /// Removes every virtual server of ours, our interface, our sets and rules, on this thread.
+    /// Removes every virtual server of ours, our interface, our sets and rules, on this thread
+    /// (opening the kernel connections here if no sync has yet).
     ///
     /// # Errors
-    /// The first failure; what could be removed was.
+    /// As [`IpvsDataplane::sync_at`] for the connections; then the first failure: what could be
+    /// removed was.
     pub fn cleanup_now(&self) -> Result<CleanupReport, BackendError> {
         self.lock().cleanup()
+    }
+
+    /// [`Dataplane::dry_run`] without the capability check: the desired state as an
+    /// `ipvsadm -Ln`-style listing under a summary line, and the problems a sync would report.
+    fn render_dry_run(&self, table: &ServiceTable) -> DryRun {
+        let desired = plan_desired(table, &self.config);
+        let mut rendered = format!(
+            "# ipvs backend: {} virtual server(s) for {} service port(s), {} endpoint(s); VIPs on {}\n",
+            desired.state.services.len(),
+            table.len(),
+            table.endpoint_count(),
+            self.config.interface
+        );
+        rendered.push_str(&render_state(&desired));
+        DryRun {
+            rendered,
+            problems: desired.problems(),
+        }
     }
 }
 
 impl Core {
+    /// The IPVS client. The first call opens the kernel connections on this thread (so in its
+    /// network namespace); later ones check that this thread is still in that namespace.
+    ///
+    /// # Errors
+    /// See [`kernel::open`] and [`kernel::check_netns`].
+    fn ipvs(&mut self) -> Result<Arc<dyn IpvsOps>, BackendError> {
+        let pending = match &self.kernel {
+            Kernel::Open { ipvs, netns } => {
+                check_netns(netns.as_deref())?;
+                return Ok(Arc::clone(ipvs));
+            }
+            Kernel::Pending { ipvs } => ipvs.as_ref(),
+        };
+        let opened = kernel::open(pending, &self.config, self.has_companions)?;
+        self.link = Some(opened.link);
+        self.companions = opened.companions;
+        self.kernel = Kernel::Open {
+            ipvs: Arc::clone(&opened.ipvs),
+            netns: opened.netns,
+        };
+        Ok(opened.ipvs)
+    }
+
     /// Sets the configured IPVS connection timeouts unless the kernel already has them (one
     /// read, and one write only when something differs).
-    fn apply_timeouts(&self) -> Result<(), BackendError> {
-        let current = self.ipvs.timeouts()?;
+    fn apply_timeouts(&self, ipvs: &dyn IpvsOps) -> Result<(), BackendError> {
+        let current = ipvs.timeouts()?;
         if self.config.timeouts.satisfied_by(&current) {
             return Ok(());
         }
-        self.ipvs.set_timeouts(&self.config.timeouts.to_ops())?;
+        ipvs.set_timeouts(&self.config.timeouts.to_ops())?;
         info!(timeouts = ?self.config.timeouts, "IPVS connection timeouts set");
         Ok(())
     }
@@ -335,6 +399,7 @@ impl Core {
         requested: SyncMode,
         now: Instant,
     ) -> Result<Outcome, BackendError> {
+        let ipvs = debug_span!("connect").in_scope(|| self.ipvs())?;
         let partial = requested == SyncMode::Partial && !self.needs_full;
         let started = Instant::now();
         let (desired, touched) =
@@ -344,7 +409,7 @@ impl Core {
             elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
             "IPVS desired state"
         );
-        let result = self.sync_desired(&desired, touched.as_ref(), now);
+        let result = self.sync_desired(ipvs.as_ref(), &desired, touched.as_ref(), now);
         let started = Instant::now();
         self.cache = Some((table.clone(), desired));
         debug!(
@@ -356,6 +421,7 @@ impl Core {
 
     fn sync_desired(
         &mut self,
+        ipvs: &dyn IpvsOps,
         desired: &Desired,
         touched: Option<&Touched>,
         now: Instant,
@@ -372,6 +438,7 @@ impl Core {
             failed_ops: 0,
             drift: 0,
             draining: 0,
+            restore_failures: 0,
             problems: desired.problems(),
         };
         // The last flow clean-up's failure, if it has ended (a sync never waits for it here).
@@ -394,27 +461,25 @@ impl Core {
                     .into_iter()
                     .collect();
                 self.link_index = Some(index);
-                set_ipvs_sysctls();
+                kernel::set_ipvs_sysctls();
                 if self.config.strict_arp {
-                    set_strict_arp();
+                    kernel::set_strict_arp();
                 }
             }
         }
         if full && self.config.timeouts.any() {
-            if let Err(e) = self.apply_timeouts() {
+            if let Err(e) = self.apply_timeouts(ipvs) {
                 warn!(error = %e, "IPVS timeouts not set");
-                outcome.problems.push(SyncProblem {
-                    object: "IPVS connection timeouts".into(),
-                    reason: e.to_string(),
-                });
+                outcome
+                    .problems
+                    .push(SyncProblem::new("IPVS connection timeouts", e.to_string()));
             }
         }
         phases.lap("link");
 
-        let ipvs = Arc::clone(&self.ipvs);
         let observe_span = debug_span!("observe", full).entered();
         if full {
-            let observed = observe_owned(ipvs.as_ref(), &self.ownership)?;
+            let observed = observe_owned(ipvs, &self.ownership)?;
             outcome.drift = count_drift(&self.applied, &observed);
             if outcome.drift > 0 && !self.applied.services.is_empty() {
                 warn!(
@@ -424,7 +489,7 @@ impl Core {
             }
             self.applied = observed;
         } else {
-            refresh_services(ipvs.as_ref(), &self.draining.services(), &mut self.applied)?;
+            refresh_services(ipvs, &self.draining.services(), &mut self.applied)?;
         }
         drop(observe_span);
         phases.lap("observe");
@@ -457,7 +522,12 @@ impl Core {
                         self.ownership.bound.insert(*ip);
                         outcome.written += 1;
                     }
-                    Err(e) => outcome.problems.push(problem_of(desired, *ip, &e)),
+                    Err(e) => outcome.problems.extend(problems_of(
+                        desired,
+                        &self.config.interface,
+                        *ip,
+                        &e,
+                    )),
                 }
             }
         }
@@ -487,19 +557,20 @@ impl Core {
         );
         phases.lap("plan");
         let applied = debug_span!("apply", ops = plan.ops.len())
-            .in_scope(|| apply_ops(ipvs.as_ref(), &plan.ops, &mut self.applied));
+            .in_scope(|| apply_ops(ipvs, &plan.ops, &mut self.applied));
         phases.lap("apply");
         outcome.written += applied.done;
         for failure in &applied.failures {
-            let origin = desired
-                .origins
-                .get(&failure.op.key())
-                .map(|o| format!("{} {}: ", o.port, o.kind))
-                .unwrap_or_default();
-            outcome.problems.push(SyncProblem {
-                object: format!("{origin}{}", failure.op),
-                reason: failure.to_string(),
-            });
+            let problem = match desired.origins.get(&failure.op.key()) {
+                Some(o) => SyncProblem::of_port(
+                    o.port.clone(),
+                    format!("{} {}: {}", o.port, o.kind, failure.op),
+                    failure.to_string(),
+                ),
+                // A virtual server of no port any more (being deleted).
+                None => SyncProblem::new(failure.op.to_string(), failure.to_string()),
+            };
+            outcome.problems.push(problem);
         }
         self.after_apply(&plan.ops, &mut outcome);
         self.draining = plan.draining;
@@ -528,10 +599,10 @@ impl Core {
                         self.ownership.bound.remove(&ip);
                         outcome.written += 1;
                     }
-                    Err(e) => outcome.problems.push(SyncProblem {
-                        object: format!("{} address {ip}", self.config.interface),
-                        reason: e.to_string(),
-                    }),
+                    Err(e) => outcome.problems.push(SyncProblem::new(
+                        format!("{} address {ip}", self.config.interface),
+                        e.to_string(),
+                    )),
                 }
             }
         }
@@ -539,13 +610,15 @@ impl Core {
         phases.lap("unbind");
         if let Some(companions) = &mut self.companions {
             let _span = debug_span!("companions").entered();
+            let restore_failures = companions.restore_failures();
             match companions.sync(desired, touched) {
                 Ok(written) => outcome.written += written,
-                Err(e) => outcome.problems.push(SyncProblem {
-                    object: "companion ipsets and iptables rules".into(),
-                    reason: e.to_string(),
-                }),
+                Err(e) => outcome.problems.push(SyncProblem::new(
+                    "companion ipsets and iptables rules",
+                    e.to_string(),
+                )),
             }
+            outcome.restore_failures = companions.restore_failures() - restore_failures;
         }
         phases.lap("companions");
         phases.log(full, outcome.written);
@@ -600,10 +673,10 @@ impl Core {
             .spawn(move || clean_udp_flows(conntrack.as_ref(), &stale));
         match spawned {
             Ok(handle) => self.flow_cleanup = Some(handle),
-            Err(e) => outcome.problems.push(SyncProblem {
-                object: "stale UDP flows".into(),
-                reason: format!("cannot start the clean-up thread: {e}"),
-            }),
+            Err(e) => outcome.problems.push(SyncProblem::new(
+                "stale UDP flows",
+                format!("cannot start the clean-up thread: {e}"),
+            )),
         }
     }
 
@@ -612,19 +685,20 @@ impl Core {
         let handle = self.flow_cleanup.take()?;
         match handle.join() {
             Ok(problem) => problem,
-            Err(_) => Some(SyncProblem {
-                object: "stale UDP flows".into(),
-                reason: "the clean-up thread panicked".into(),
-            }),
+            Err(_) => Some(SyncProblem::new(
+                "stale UDP flows",
+                "the clean-up thread panicked",
+            )),
         }
     }
 
     fn cleanup(&mut self) -> Result<CleanupReport, BackendError> {
+        let ipvs = self.ipvs()?;
         if let Some(problem) = self.finish_flow_cleanup() {
             warn!(%problem, "stale UDP flows");
         }
         let result = cleanup_owned(
-            self.ipvs.as_ref(),
+            ipvs.as_ref(),
             self.link.as_ref(),
             &self.config.interface,
             self.companions.as_mut(),
@@ -696,67 +770,40 @@ fn clean_udp_flows(conntrack: &dyn ConntrackOps, stale: &[StaleUdpFlows]) -> Opt
         }
         Err(e) => {
             warn!(error = %e, "stale UDP flows not deleted");
-            Some(SyncProblem {
-                object: format!(
-                    "conntrack entries of {}",
-                    stale
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-                reason: e.to_string(),
-            })
+            let flows: Vec<String> = stale.iter().map(ToString::to_string).collect();
+            Some(SyncProblem::new(
+                format!("conntrack entries of {}", flows.join(", ")),
+                e.to_string(),
+            ))
         }
     }
 }
 
-/// kube-proxy's `--ipvs-strict-arp`: answer and announce ARP only for addresses of the
-/// interface concerned, so the VIPs on the dummy interface are not answered for on the wire.
-/// Written only when different; a failure is logged, not fatal.
-fn set_strict_arp() {
-    for (name, value) in [("arp_ignore", "1"), ("arp_announce", "2")] {
-        let path = format!("/proc/sys/net/ipv4/conf/all/{name}");
-        let current = std::fs::read_to_string(&path).unwrap_or_default();
-        if current.trim() == value {
-            continue;
-        }
-        match std::fs::write(&path, value) {
-            Ok(()) => info!(path, value, "strict ARP sysctl set"),
-            Err(e) => warn!(path, error = %e, "could not set strict ARP sysctl"),
-        }
+/// A VIP that could not be bound, as a problem of each service port with a virtual server on
+/// it (each is unreachable there).
+fn problems_of(
+    desired: &Desired,
+    interface: &str,
+    ip: IpAddr,
+    e: &BackendError,
+) -> Vec<SyncProblem> {
+    let mut kinds: BTreeMap<&ServicePortName, Vec<String>> = BTreeMap::new();
+    for (_, origin) in desired.origins.iter().filter(|(key, _)| key.addr == ip) {
+        kinds
+            .entry(&origin.port)
+            .or_default()
+            .push(origin.kind.to_string());
     }
-}
-
-/// The IPVS sysctls kube-proxy sets (`pkg/proxy/ipvs/proxier.go`), per network namespace:
-/// IPVS-forwarded packets pass through conntrack, so `POSTROUTING` can masquerade them
-/// (`conntrack`); connections to a deleted real server are expired rather than black-holed
-/// (`expire_nodest_conn`); persistence templates of a weight-0 real server expire
-/// (`expire_quiescent_template`). A missing file (no IPVS) is logged, not fatal.
-fn set_ipvs_sysctls() {
-    for name in [
-        "conntrack",
-        "expire_nodest_conn",
-        "expire_quiescent_template",
-    ] {
-        let path = format!("/proc/sys/net/ipv4/vs/{name}");
-        if let Err(e) = std::fs::write(&path, "1") {
-            debug!(path, error = %e, "could not set IPVS sysctl");
-        }
-    }
-}
-
-fn problem_of(desired: &Desired, ip: IpAddr, e: &BackendError) -> SyncProblem {
-    let ports: Vec<String> = desired
-        .origins
-        .iter()
-        .filter(|(key, _)| key.addr == ip)
-        .map(|(_, o)| o.port.to_string())
-        .collect();
-    SyncProblem {
-        object: format!("{} ({})", ip, ports.join(", ")),
-        reason: e.to_string(),
-    }
+    kinds
+        .into_iter()
+        .map(|(port, kinds)| {
+            SyncProblem::of_port(
+                port.clone(),
+                format!("{port} {} {ip} on {interface}", kinds.join(", ")),
+                e.to_string(),
+            )
+        })
+        .collect()
 }
 
 /// Whether any of our virtual servers has address `ip`.
@@ -802,12 +849,13 @@ impl Dataplane for IpvsDataplane {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Self::supported(self.lock().companions.is_some())
+        Self::supported(self.has_companions)
     }
 
     async fn sync(&mut self, request: SyncRequest<'_>) -> Result<SyncReport, DataplaneError> {
-        // The blocking thread is spawned from this one, so it starts in the same network
-        // namespace; the sockets are bound to theirs anyway.
+        // On the runtime's blocking pool, whose threads start in the network namespace of the
+        // thread that spawned them (the runtime's): the first sync opens the kernel connections
+        // there, and a later one from another namespace fails instead of mixing two.
         let started = Instant::now();
         let table = request.desired.clone();
         let core = Arc::clone(&self.core);
@@ -844,7 +892,26 @@ impl Dataplane for IpvsDataplane {
         .map_err(|e| DataplaneError::backend(NAME, BackendError::Task(e.to_string())))?
         .map_err(|e| DataplaneError::backend(NAME, e))
     }
+
+    /// The desired state as an `ipvsadm -Ln`-style listing (each virtual server's service port,
+    /// kind and verdict as a comment) under a summary line, and the VIPs to bind; pure, so it
+    /// needs neither root nor IPVS.
+    ///
+    /// # Errors
+    /// [`DataplaneError::Unsupported`] when the table asks for what this backend lacks (the
+    /// `random` scheduler; source ranges without the companions), as a sync loop would.
+    fn dry_run(&self, table: &ServiceTable) -> Result<DryRun, DataplaneError> {
+        self.capabilities().check(NAME, table)?;
+        Ok(self.render_dry_run(table))
+    }
+
+    /// Registers [`Metrics`] in `registry` (the root: kube-proxy's series under `kubeproxy`,
+    /// ours under `svcproxy`) and records into them from now on.
+    fn register_metrics(&mut self, registry: &mut Registry) {
+        self.metrics = Metrics::register(registry);
+    }
 }
 
+mod kernel;
 #[cfg(test)]
 mod tests;

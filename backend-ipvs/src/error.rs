@@ -214,6 +214,19 @@ pub enum BackendError {
         /// Our input lines around the failing one, if it named a line.
         input_context: Vec<String>,
     },
+    /// A sync, cleanup or observation ran on a thread of another network namespace than the
+    /// one the dataplane's sockets were opened in (at its first sync): its commands and sysctls
+    /// would act on one namespace and its sockets on the other.
+    #[error(
+        "this thread is in network namespace {current}, but the dataplane programs {opened} \
+         (where its first sync ran): sync and clean up from threads in that namespace"
+    )]
+    Namespace {
+        /// Where the sockets were opened (`net:[4026531840]`).
+        opened: String,
+        /// Where this thread is.
+        current: String,
+    },
     /// A blocking task was cancelled or panicked.
     #[error("blocking task: {0}")]
     Task(String),

@@ -2,7 +2,7 @@
 //!
 //! [`IpvsDataplane`] programs, for each service port of a table, a virtual server per (VIP,
 //! port, protocol): cluster, external and load-balancer IPs on the service port, each
-//! [`Config::node_addresses`] entry on the node port. Each gets the port's scheduler (`rr`,
+//! [`IpvsConfig::node_addresses`] entry on the node port. Each gets the port's scheduler (`rr`,
 //! `wrr`, `lc`, `wlc`, `sh`, `dh`, `sed`, `nq`, `mh`; not `random`), persistence for client-IP
 //! affinity, and a masquerading real server per selected endpoint with its weight. A sync diffs
 //! against the kernel (dumped on full syncs) and sends only the needed netlink requests, many
@@ -11,10 +11,10 @@
 //! (`IPVS sync phases`).
 //!
 //! **What it owns** (and [`IpvsDataplane::cleanup_now`] / `Dataplane::cleanup` removes):
-//! - the dummy interface [`Config::interface`] (`svcp-ipvs0`) and its /32 and /128 VIPs;
+//! - the dummy interface [`IpvsConfig::interface`] (`svcp-ipvs0`) and its /32 and /128 VIPs;
 //! - the virtual servers on those VIPs, and those this process created (node ports);
-//! - with [`Config::manage_companions`], the ipsets and iptables chains under
-//!   [`Config::prefix`] (`SVCP-IPVS-`) and five jumps into them (see [`companions`]).
+//! - with [`IpvsConfig::manage_companions`], the ipsets and iptables chains under
+//!   [`IpvsConfig::prefix`] (`SVCP-IPVS-`) and five jumps into them (see [`companions`]).
 //!
 //! Anything else (another tool's virtual servers, kube-proxy's `KUBE-` objects) is never
 //! touched. The module list is the inner shape, **model → plan (pure) → apply → observe**:
@@ -22,7 +22,7 @@
 //! - [`netlink`]: the IPVS generic-netlink messages, hand-written, and the socket;
 //! - [`model`]: [`VirtualServer`]/[`RealServer`], what plans and observations are made of;
 //! - [`ops`]: [`IpvsOps`], the narrow interface over the kernel table; [`client`]: [`NetlinkIpvs`];
-//! - [`config`]: [`Config`]; [`plan`]: desired state and the diff, pure;
+//! - [`config`]: [`IpvsConfig`]; [`plan`]: desired state and the diff, pure;
 //! - [`apply`]: ops through `IpvsOps`; [`observe`]: the kernel back into the plan's model, and
 //!   the ownership rule; [`link`]: the dummy interface over rtnetlink;
 //! - [`companions`]: ipsets and iptables rules; [`ipset`]: the ipset nfnetlink client the
@@ -32,12 +32,51 @@
 //! - `testing` (feature `testing`): `FakeIpvs`, an in-memory `IpvsOps`; `ipset::FakeIpset`,
 //!   an in-memory `ipset::IpsetOps`.
 //!
-//! Needs root and the `ip_vs` modules (plus the `ip_set` modules and `iptables` for the
+//! **One construction shape**, as every backend: [`IpvsDataplane::new`] with an [`IpvsConfig`],
+//! then `Dataplane::register_metrics` with the embedder's root registry (see [`metrics`]).
+//! `new` only checks the config: it opens no socket and needs neither root nor IPVS, so a dry
+//! run works anywhere. The first sync (or cleanup) opens the kernel connections; a kernel
+//! without IPVS fails it with [`IpvsError::Unavailable`].
+//!
+//! ```
+//! use backend_ipvs::{IpvsConfig, IpvsDataplane};
+//! use proxy_core::prometheus_client::registry::Registry;
+//! use proxy_core::table::*;
+//! use proxy_core::Dataplane;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut registry = Registry::default();
+//! let mut dp = IpvsDataplane::new(IpvsConfig::default())?;
+//! dp.register_metrics(&mut registry);
+//!
+//! let web = ServicePort::new(ServicePortName::new("default", "web", "http"), Protocol::Tcp, 80)
+//!     .with_cluster_ip("198.19.0.10".parse()?)
+//!     .with_endpoint(Endpoint::new("198.18.1.10".parse()?, 8080));
+//! let table = ServiceTable::builder().insert(web).build()?;
+//! // What a full sync would program; no privileges, no I/O.
+//! let plan = dp.dry_run(&table)?;
+//! assert!(plan.rendered.contains("TCP 198.19.0.10:80 rr\n  -> 198.18.1.10:8080  Masq  1\n"));
+//! assert!(plan.problems.is_empty());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! **Network namespace.** There is no namespace setting: the backend programs the network
+//! namespace of the thread its first sync (or cleanup) runs on. That sync opens every socket
+//! there (IPVS, rtnetlink, ipset; ctnetlink sockets are opened by a thread it starts), and
+//! `iptables-restore` and the sysctls run from the syncing thread. [`IpvsDataplane::sync_at`]
+//! and [`IpvsDataplane::cleanup_now`] run on the calling thread; `Dataplane::sync` and
+//! `Dataplane::cleanup` on the tokio runtime's blocking threads, which start in the namespace
+//! of the thread that spawned them. To program another namespace, enter it (`setns`) on the
+//! thread that builds the runtime, or call `sync_at` from a thread in it. A later sync from a
+//! thread of another namespace fails with [`BackendError::Namespace`] rather than program two.
+//!
+//! Syncing needs root and the `ip_vs` modules (plus the `ip_set` modules and `iptables` for the
 //! companions). The tests that need IPVS run in a VM: `scripts/vm-test`; the ipset client's
 //! root tests (`tests/netns_ipset.rs`) also run on a host without IPVS.
 //!
 //! ```no_run
-//! use backend_ipvs::{Config, IpvsDataplane};
+//! use backend_ipvs::{IpvsConfig, IpvsDataplane};
 //! use proxy_core::dataplane::{Dataplane, SyncMode, SyncRequest};
 //! use proxy_core::table::*;
 //!
@@ -47,8 +86,9 @@
 //!     .with_cluster_ip("198.19.0.10".parse()?)
 //!     .with_endpoint(Endpoint::new("198.18.1.10".parse()?, 8080));
 //! let table = ServiceTable::builder().insert(web).build()?;
-//! let mut dataplane = IpvsDataplane::new(Config::default())?;
+//! let mut dataplane = IpvsDataplane::new(IpvsConfig::default())?;
 //! let changes = proxy_core::diff(&ServiceTable::empty(), &table);
+//! // Opens the kernel connections in this thread's network namespace, then programs it.
 //! let report = dataplane
 //!     .sync(SyncRequest { desired: &table, changes: &changes, mode: SyncMode::Full })
 //!     .await?;
@@ -101,7 +141,7 @@ pub mod plan;
 pub mod testing;
 
 pub use client::NetlinkIpvs;
-pub use config::{Config, ConnectionTimeouts, IptablesVariant, VipBinding};
+pub use config::{ConnectionTimeouts, IptablesVariant, IpvsConfig, VipBinding};
 pub use dataplane::{IpvsDataplane, NAME};
 pub use error::{BackendError, IpvsError, IpvsOp, IpvsTarget};
 pub use metrics::Metrics;

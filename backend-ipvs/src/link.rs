@@ -339,7 +339,7 @@ impl RouteSocket {
         )
     }
 
-    // === VIPs as local routes (`Config::vip_binding = LocalRoutes`) ===
+    // === VIPs as local routes (`IpvsConfig::vip_binding = LocalRoutes`) ===
 
     fn local_route_message(index: u32, ip: IpAddr) -> RouteMessage {
         let mut msg = RouteMessage::default();

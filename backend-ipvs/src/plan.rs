@@ -38,7 +38,9 @@ use crate::model::{RealServer, ServiceKey, VirtualServer};
 mod desired;
 mod state;
 
-pub use desired::{plan_desired, render_listing, Desired, Origin, Touched, Verdict, VipKind};
+pub use desired::{
+    plan_desired, render_listing, render_state, Desired, Origin, Touched, Verdict, VipKind,
+};
 pub use state::{IpvsState, ServiceState};
 
 // === Plan ===

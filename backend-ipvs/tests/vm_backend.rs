@@ -20,7 +20,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use backend_ipvs::{Config, IptablesVariant, IpvsDataplane, IpvsOps, NetlinkIpvs};
+use backend_ipvs::{IptablesVariant, IpvsConfig, IpvsDataplane, IpvsOps, NetlinkIpvs};
 use backend_ipvs::{RealServer, Scheduler as KernelScheduler, ServiceKey, VirtualServer};
 use ipnet::IpNet;
 use proxy_core::dataplane::{SyncMode, SyncReport, SyncRequest};
@@ -40,13 +40,13 @@ use testkit::wait::eventually;
 
 // === the dataplane ===
 
-fn config() -> Config {
-    Config {
+fn config() -> IpvsConfig {
+    IpvsConfig {
         node_addresses: vec![ip("198.18.2.1"), ip("2001:db8:2::1")],
         cluster_cidrs: vec!["198.18.1.0/24".parse::<IpNet>().expect("cidr")],
         iptables: IptablesVariant::Legacy,
         graceful_termination: Duration::from_secs(30),
-        ..Config::default()
+        ..IpvsConfig::default()
     }
 }
 
@@ -650,7 +650,7 @@ fn vm_an_endpoint_reaching_itself_through_its_service_is_masqueraded() {
         let topo = Topology::new("hairpin");
         let _servers = Servers::start(&topo, &[EP_A]);
         // The default `Auto` variant: both are empty here, so nft writes the rules.
-        let dp = IpvsDataplane::new(Config {
+        let dp = IpvsDataplane::new(IpvsConfig {
             iptables: IptablesVariant::Auto,
             ..config()
         })
@@ -776,7 +776,7 @@ fn vm_strict_arp_and_connection_timeouts_are_set_on_a_full_sync() {
             ("0".to_owned(), "0".to_owned()),
             "a fresh namespace starts with the kernel's ARP defaults"
         );
-        let dp = IpvsDataplane::new(Config {
+        let dp = IpvsDataplane::new(IpvsConfig {
             strict_arp: true,
             timeouts: ConnectionTimeouts {
                 tcp_seconds: 7200,
@@ -817,7 +817,7 @@ fn vm_vips_bound_as_local_routes_serve_ipv4_and_ipv6_and_go_with_their_service()
         let topo = Topology::new("routes");
         let a6 = "[2001:db8:1::10]:8080";
         let _servers = Servers::start(&topo, &[EP_A, EP_B, a6]);
-        let dp = IpvsDataplane::new(Config {
+        let dp = IpvsDataplane::new(IpvsConfig {
             vip_binding: VipBinding::LocalRoutes,
             ..config()
         })
@@ -880,6 +880,112 @@ fn vm_vips_bound_as_local_routes_serve_ipv4_and_ipv6_and_go_with_their_service()
         assert!(routes6.contains("local 2001:db8:19::10 "), "{routes6}");
 
         dp.cleanup_now().expect("cleanup");
+        let links = run("ip", &["-o", "link", "show"]);
+        assert!(!links.contains("svcp-ipvs0"), "{links}");
+    });
+}
+
+// === construction: nothing opened until the first sync, in that sync's namespace ===
+
+#[test]
+#[ignore = "needs root and IPVS: run via scripts/vm-test"]
+fn vm_a_dataplane_programs_the_namespace_of_its_first_sync_and_refuses_another() {
+    use backend_ipvs::BackendError;
+    use std::sync::Arc;
+    // Made on the harness's thread, in the VM's root namespace: it opens nothing there.
+    let node = Arc::new(dataplane());
+    in_new_netns(move || {
+        let topo = Topology::new("lazy");
+        let _servers = Servers::start(&topo, &[EP_A]);
+        let t = table(vec![port("web", Protocol::Tcp, "198.19.0.10", 80, &[EP_A])]);
+        sync(&node, &ServiceTable::empty(), &t, SyncMode::Full);
+        assert_eq!(
+            tcp_spread(&topo, "198.19.0.10:80", 2),
+            BTreeMap::from([(sa(EP_A), 2)]),
+            "the first sync's namespace is programmed"
+        );
+        // A thread of another namespace: refused, nothing done there.
+        let elsewhere = Arc::clone(&node);
+        let refused = in_new_netns(move || {
+            let changes = diff(&ServiceTable::empty(), &ServiceTable::empty());
+            let request = SyncRequest {
+                desired: &ServiceTable::empty(),
+                changes: &changes,
+                mode: SyncMode::Full,
+            };
+            let result = elsewhere.sync_at(&request, Instant::now());
+            (result, run("ip", &["-o", "link", "show"]))
+        });
+        match refused {
+            (Err(BackendError::Namespace { .. }), links) => {
+                assert!(!links.contains("svcp-ipvs0"), "{links}")
+            }
+            (other, _) => panic!("expected a namespace error, got {other:?}"),
+        }
+        assert_eq!(
+            tcp_spread(&topo, "198.19.0.10:80", 2),
+            BTreeMap::from([(sa(EP_A), 2)]),
+            "the refused sync removed nothing"
+        );
+        node.cleanup_now().expect("cleanup");
+        let links = run("ip", &["-o", "link", "show"]);
+        assert!(!links.contains("svcp-ipvs0"), "{links}");
+    });
+    let root_links = run("ip", &["-o", "link", "show"]);
+    assert!(
+        !root_links.contains("svcp-ipvs0"),
+        "the root namespace was never touched: {root_links}"
+    );
+}
+
+#[test]
+#[ignore = "needs root and IPVS: run via scripts/vm-test"]
+fn vm_the_async_dataplane_connects_on_a_blocking_thread_and_records_metrics() {
+    use proxy_core::Dataplane;
+    in_new_netns(|| {
+        let topo = Topology::new("async");
+        let _servers = Servers::start(&topo, &[EP_A, EP_B]);
+        let mut registry = prometheus_client::registry::Registry::default();
+        let mut dp = dataplane();
+        dp.register_metrics(&mut registry);
+        let t = table(vec![port(
+            "web",
+            Protocol::Tcp,
+            "198.19.0.10",
+            80,
+            &[EP_A, EP_B],
+        )]);
+        let changes = diff(&ServiceTable::empty(), &t);
+        // Built on this thread: its blocking threads start in this namespace.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let report = runtime
+            .block_on(dp.sync(SyncRequest {
+                desired: &t,
+                changes: &changes,
+                mode: SyncMode::Full,
+            }))
+            .unwrap_or_else(|e| panic!("{e:?}: {NEEDS_VM}"));
+        assert!(report.is_complete(), "{report}");
+        assert_eq!(
+            tcp_spread(&topo, "198.19.0.10:80", 4),
+            BTreeMap::from([(sa(EP_A), 2), (sa(EP_B), 2)])
+        );
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        assert!(
+            text.contains("kubeproxy_sync_proxy_rules_iptables_restore_failures_total 0"),
+            "{text}"
+        );
+        let written = text
+            .lines()
+            .find_map(|l| l.strip_prefix("svcproxy_ipvs_objects_written_total "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no objects written in:\n{text}"));
+        assert!(written >= 3.0, "a virtual server, two real servers: {text}");
+        runtime.block_on(dp.cleanup()).expect("cleanup");
         let links = run("ip", &["-o", "link", "show"]);
         assert!(!links.contains("svcp-ipvs0"), "{links}");
     });

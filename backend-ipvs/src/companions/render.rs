@@ -9,7 +9,7 @@ use proxy_core::table::Protocol;
 
 use super::names::{Family, Names, SetKind};
 use super::{HOOK_COMMENT, MASQ_MARK};
-use crate::config::Config;
+use crate::config::IpvsConfig;
 use crate::ipset::{IpsetOp, SetEntry, SetSpec};
 use crate::model::ServiceKey;
 use crate::plan::{Desired, Origin, Verdict, VipKind};
@@ -74,7 +74,7 @@ pub fn endpoint_entry(&(addr, protocol, port): &(IpAddr, Protocol, u16)) -> Entr
 }
 
 /// Every set's entries for a desired state.
-pub fn plan_entries(desired: &Desired, config: &Config) -> Entries {
+pub fn plan_entries(desired: &Desired, config: &IpvsConfig) -> Entries {
     let mut sets = Entries::new();
     let entries = desired
         .origins
@@ -202,7 +202,7 @@ pub fn hooks(names: &Names) -> Vec<(&'static str, &'static str, String)> {
 /// at the end of its table's block, after our chains are declared.
 pub fn render_rules(
     names: &Names,
-    config: &Config,
+    config: &IpvsConfig,
     family: Family,
     insert: &[(&'static str, &'static str, String)],
 ) -> String {

@@ -67,7 +67,7 @@ impl Runner for Recorder {
 }
 
 /// Companions over a fresh recorder and ipset fake, with handles on both.
-fn companions(config: &Config) -> (Companions, Recorder, Arc<FakeIpset>) {
+fn companions(config: &IpvsConfig) -> (Companions, Recorder, Arc<FakeIpset>) {
     let recorder = Recorder::default();
     let ipset = Arc::new(FakeIpset::new());
     let companions = Companions::with_parts(
@@ -91,11 +91,11 @@ fn ip(s: &str) -> IpAddr {
     s.parse().expect("test address literal")
 }
 
-fn config() -> Config {
-    Config {
+fn config() -> IpvsConfig {
+    IpvsConfig {
         node_addresses: vec![ip("198.18.0.1")],
         cluster_cidrs: vec!["198.18.128.0/17".parse::<IpNet>().expect("cidr")],
-        ..Config::default()
+        ..IpvsConfig::default()
     }
 }
 
@@ -457,6 +457,11 @@ fn a_failed_restore_names_the_command_and_shows_the_input_around_the_line() {
         "{text}"
     );
     assert!(text.contains(">   6: -A SVCP-IPVS-SERVICES"), "{text}");
+    assert_eq!(
+        companions.restore_failures(),
+        1,
+        "counted for kube-proxy's restore failures metric"
+    );
 }
 
 #[test]

@@ -41,7 +41,7 @@ fn table(ports: Vec<ServicePort>) -> ServiceTable {
 
 fn dataplane(fake: &Arc<FakeIpvs>) -> IpvsDataplane {
     let ipvs: Arc<dyn IpvsOps> = fake.clone();
-    IpvsDataplane::with_ops(Config::default(), ipvs).expect("valid config")
+    IpvsDataplane::with_ops(IpvsConfig::default(), ipvs).expect("valid config")
 }
 
 fn sync_at(
@@ -212,16 +212,25 @@ fn a_failed_op_is_a_problem_naming_the_service_and_the_next_sync_is_full() {
     );
     fake.add_virtual_server(&foreign).expect("foreign");
     let mut dp = dataplane(&fake);
-    let mut registry = prometheus_client::registry::Registry::default();
-    dp.set_metrics(crate::metrics::Metrics::register(&mut registry));
+    let mut registry = Registry::default();
+    dp.register_metrics(&mut registry);
     let t = table(vec![web(&["198.18.1.10"])]);
     let report = sync(&dp, &ServiceTable::empty(), &t, SyncMode::Full);
     assert_eq!(report.problems.len(), 1, "{report}");
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
-    assert!(
-        text.contains("svcproxy_ipvs_failed_operations_total 1"),
-        "{text}"
+    for series in [
+        "svcproxy_ipvs_failed_operations_total 1",
+        "svcproxy_ipvs_objects_written_total 0",
+        "kubeproxy_sync_proxy_rules_iptables_restore_failures_total 0",
+        "svcproxy_ipvs_sync_duration_seconds_count{mode=\"full\"} 1",
+    ] {
+        assert!(text.contains(series), "{series} in:\n{text}");
+    }
+    assert_eq!(
+        report.problems[0].service_port,
+        Some(ServicePortName::new("default", "web", "http")),
+        "{report}"
     );
     let problem = report.problems[0].to_string();
     assert!(
@@ -311,6 +320,157 @@ fn capabilities_have_every_scheduler_but_random_and_source_ranges_only_with_comp
     assert_eq!(caps.protocols.len(), 3);
 }
 
+// === construction and dry runs: no kernel ===
+
+#[test]
+fn new_only_checks_the_config_and_opens_nothing() {
+    let dp = IpvsDataplane::new(IpvsConfig::default()).expect("a valid config is enough");
+    {
+        let core = dp.lock();
+        assert!(
+            matches!(core.kernel, Kernel::Pending { ipvs: None }),
+            "{:?}",
+            core.kernel
+        );
+        assert!(core.link.is_none() && core.companions.is_none());
+    }
+    assert!(
+        dp.capabilities().load_balancer_source_ranges,
+        "companions by default"
+    );
+    let bad = IpvsConfig {
+        prefix: "KUBE-X-".into(),
+        ..IpvsConfig::default()
+    };
+    match IpvsDataplane::new(bad) {
+        Err(BackendError::Config { field, .. }) => assert_eq!(field, "prefix"),
+        other => panic!("expected a config error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_dry_run_renders_the_plan_without_root_or_ipvs() {
+    let dp = IpvsDataplane::new(IpvsConfig::default()).expect("valid config");
+    let t = table(vec![web(&["198.18.1.10", "198.18.1.11"])]);
+    let dry = dp.dry_run(&t).expect("dry run");
+    assert_eq!(
+        dry.rendered,
+        "# ipvs backend: 1 virtual server(s) for 1 service port(s), 2 endpoint(s); VIPs on svcp-ipvs0\n\
+         # default/web:http cluster IP\n\
+         TCP 198.19.0.10:80 rr\n  \
+         -> 198.18.1.10:8080  Masq  1\n  \
+         -> 198.18.1.11:8080  Masq  1\n\
+         # bound to the dummy interface: 198.19.0.10\n"
+    );
+    assert!(dry.problems.is_empty(), "{dry}");
+    assert!(
+        matches!(dp.lock().kernel, Kernel::Pending { .. }),
+        "still nothing opened"
+    );
+}
+
+#[test]
+fn a_dry_run_gives_each_problem_its_port_and_refuses_what_ipvs_lacks() {
+    let config = IpvsConfig {
+        node_addresses: vec![ip("198.18.0.1")],
+        ..IpvsConfig::default()
+    };
+    let dp = IpvsDataplane::new(config).expect("valid config");
+    // api's external IP and port are web's node port on the node's address: one virtual server.
+    let mut api = ServicePort::new(
+        ServicePortName::new("default", "api", "http"),
+        Protocol::Tcp,
+        30080,
+    )
+    .with_cluster_ip(ip("198.19.0.11"));
+    api.external_ips = vec![ip("198.18.0.1")];
+    let mut clashing = web(&["198.18.1.10"]);
+    clashing.node_port = Some(30080);
+    let dry = dp.dry_run(&table(vec![api, clashing])).expect("dry run");
+    assert_eq!(dry.problems.len(), 1, "{dry}");
+    assert_eq!(
+        dry.problems[0].service_port,
+        Some(ServicePortName::new("default", "web", "http"))
+    );
+    let text = dry.to_string();
+    assert!(
+        text.ends_with(
+            "# problem: default/web:http node port TCP 198.18.0.1:30080: \
+             already served by default/api:http external IP\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        !dry.rendered.contains("# problem"),
+        "problems only once: {text}"
+    );
+
+    let mut random = web(&["198.18.1.10"]);
+    random.scheduler = Some(Scheduler::Random);
+    match dp.dry_run(&table(vec![random])) {
+        Err(DataplaneError::Unsupported(e)) => assert_eq!(e.problems.len(), 1, "{e}"),
+        other => panic!("expected the table refused, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_vip_that_cannot_be_bound_is_a_problem_of_each_port_on_it() {
+    let mut dns_tcp = ServicePort::new(
+        ServicePortName::new("kube-system", "dns", "dns-tcp"),
+        Protocol::Tcp,
+        53,
+    )
+    .with_cluster_ip(ip("198.19.0.53"));
+    dns_tcp.external_ips = vec![ip("198.19.0.10")];
+    let t = table(vec![web(&["198.18.1.10"]), dns_tcp]);
+    let desired = plan_desired(&t, &IpvsConfig::default());
+    let error = BackendError::Link {
+        op: "add address",
+        object: "198.19.0.10".into(),
+        source: std::io::Error::from_raw_os_error(1),
+    };
+    let problems = problems_of(&desired, "svcp-ipvs0", ip("198.19.0.10"), &error);
+    let got: Vec<(Option<String>, String)> = problems
+        .iter()
+        .map(|p| {
+            (
+                p.service_port.as_ref().map(ToString::to_string),
+                p.object.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                Some("default/web:http".to_owned()),
+                "default/web:http cluster IP 198.19.0.10 on svcp-ipvs0".to_owned()
+            ),
+            (
+                Some("kube-system/dns:dns-tcp".to_owned()),
+                "kube-system/dns:dns-tcp external IP 198.19.0.10 on svcp-ipvs0".to_owned()
+            ),
+        ]
+    );
+}
+
+#[test]
+fn a_use_from_another_network_namespace_is_refused() {
+    let here = std::fs::read_link("/proc/thread-self/ns/net")
+        .expect("/proc/thread-self/ns/net")
+        .display()
+        .to_string();
+    kernel::check_netns(Some(&here)).expect("same namespace");
+    kernel::check_netns(None).expect("nothing opened in a namespace");
+    match kernel::check_netns(Some("net:[1]")) {
+        Err(e @ BackendError::Namespace { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("net:[1]") && text.contains(&here), "{text}");
+        }
+        other => panic!("expected a namespace error, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn the_async_dataplane_syncs_on_a_blocking_thread() {
     let fake = Arc::new(FakeIpvs::new());
@@ -348,9 +508,9 @@ mod properties {
         #[test]
         fn partial_sync_reaches_the_desired_state((before, after) in arb_edited_pair()) {
             let fake = Arc::new(FakeIpvs::new());
-            let config = Config {
+            let config = IpvsConfig {
                 node_addresses: vec![ip("198.18.0.1"), ip("2001:db8::1")],
-                ..Config::default()
+                ..IpvsConfig::default()
             };
             let ipvs: Arc<dyn IpvsOps> = fake.clone();
             let dp = IpvsDataplane::with_ops(config, ipvs).expect("valid config");

@@ -14,7 +14,7 @@ use proxy_core::table::{
 };
 
 use super::state::{IpvsState, ServiceState};
-use crate::config::Config;
+use crate::config::IpvsConfig;
 use crate::model::{RealServer, SchedFlags, Scheduler, ServiceKey, VirtualServer};
 
 /// Which of a service port's addresses a virtual server serves.
@@ -118,7 +118,7 @@ struct PortPlan {
 }
 
 /// The desired IPVS state of `table`.
-pub fn plan_desired(table: &ServiceTable, config: &Config) -> Desired {
+pub fn plan_desired(table: &ServiceTable, config: &IpvsConfig) -> Desired {
     let mut desired = Desired::default();
     for port in table.iter() {
         desired.insert_port(port, config, &mut Touched::default());
@@ -137,7 +137,7 @@ impl Desired {
     ///
     /// The result equals [`plan_desired`] of the new table, except when two ports clash on one
     /// virtual server and the first goes: the second then waits for the next full sync.
-    pub fn update(&mut self, changes: &ChangeSet, config: &Config) -> Touched {
+    pub fn update(&mut self, changes: &ChangeSet, config: &IpvsConfig) -> Touched {
         let mut touched = Touched::default();
         // Every removal before any insertion: two ports may swap an address and port in one
         // change, and inserting one before the other left would look like a clash.
@@ -152,16 +152,17 @@ impl Desired {
         touched
     }
 
-    fn insert_port(&mut self, port: &ServicePort, config: &Config, touched: &mut Touched) {
+    fn insert_port(&mut self, port: &ServicePort, config: &IpvsConfig, touched: &mut Touched) {
         let plan = plan_port(port, config);
         let mut problems = plan.problems;
         for (service, origin) in plan.services {
             let key = service.vs.key();
             if let Some(other) = self.origins.get(&key) {
-                problems.push(SyncProblem {
-                    object: format!("{} {} {key}", port.name, origin.kind),
-                    reason: format!("already served by {} {}", other.port, other.kind),
-                });
+                problems.push(SyncProblem::of_port(
+                    port.name.clone(),
+                    format!("{} {} {key}", port.name, origin.kind),
+                    format!("already served by {} {}", other.port, other.kind),
+                ));
                 continue;
             }
             if origin.kind.is_bound() {
@@ -183,7 +184,7 @@ impl Desired {
         }
     }
 
-    fn remove_port(&mut self, port: &ServicePort, config: &Config, touched: &mut Touched) {
+    fn remove_port(&mut self, port: &ServicePort, config: &IpvsConfig, touched: &mut Touched) {
         let plan = plan_port(port, config);
         for (service, origin) in plan.services {
             let key = service.vs.key();
@@ -222,16 +223,17 @@ fn decrement<K: Ord>(counts: &mut BTreeMap<K, usize>, key: K) -> bool {
     }
 }
 
-fn plan_port(port: &ServicePort, config: &Config) -> PortPlan {
+fn plan_port(port: &ServicePort, config: &IpvsConfig) -> PortPlan {
     let mut plan = PortPlan::default();
     let asked = port.scheduler.unwrap_or(config.default_scheduler);
     let scheduler = match Scheduler::try_from(asked) {
         Ok(s) => s,
         Err(e) => {
-            plan.problems.push(SyncProblem {
-                object: port.name.to_string(),
-                reason: e.to_string(),
-            });
+            plan.problems.push(SyncProblem::of_port(
+                port.name.clone(),
+                port.name.to_string(),
+                e.to_string(),
+            ));
             return plan;
         }
     };
@@ -322,14 +324,27 @@ fn plan_port(port: &ServicePort, config: &Config) -> PortPlan {
 }
 
 /// An `ipvsadm -Ln`-style listing of a desired state, with each virtual server's service port,
-/// kind and verdict as a comment: what the golden files pin, and what `--dry-run` can print.
+/// kind and verdict as a comment, and its problems as `# problem:` lines: what the golden files
+/// pin, and what `svcproxy --dry-run` prints after its summary line.
 ///
 /// ```text
 /// # default/web:http cluster IP
 /// TCP  198.19.0.10:80 wrr
 ///   -> 198.18.1.10:8080  Masq  3
+/// # bound to the dummy interface: 198.19.0.10
 /// ```
 pub fn render_listing(desired: &Desired) -> String {
+    use std::fmt::Write as _;
+    let mut out = render_state(desired);
+    for problem in desired.problems() {
+        let _ = writeln!(out, "# problem: {problem}");
+    }
+    out
+}
+
+/// [`render_listing`] without the problems: the virtual servers and the VIPs to bind
+/// (`DryRun::rendered`; the dry run carries the problems apart, typed).
+pub fn render_state(desired: &Desired) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     for (key, service) in &desired.state.services {
@@ -369,8 +384,5 @@ pub fn render_listing(desired: &Desired) -> String {
     }
     let vips: Vec<String> = desired.vips.keys().map(IpAddr::to_string).collect();
     let _ = writeln!(out, "# bound to the dummy interface: {}", vips.join(" "));
-    for problem in desired.problems() {
-        let _ = writeln!(out, "# problem: {problem}");
-    }
     out
 }

@@ -7,16 +7,16 @@ use std::path::{Path, PathBuf};
 
 use super::*;
 use crate::companions::{plan_entries, render_rules, render_sets_full, Family, Names};
-use crate::config::Config;
+use crate::config::IpvsConfig;
 
-fn config() -> Config {
-    Config {
+fn config() -> IpvsConfig {
+    IpvsConfig {
         node_addresses: vec![
             "198.18.0.1".parse().expect("literal"),
             "2001:db8::1".parse().expect("literal"),
         ],
         cluster_cidrs: vec!["198.18.1.0/24".parse().expect("literal")],
-        ..Config::default()
+        ..IpvsConfig::default()
     }
 }
 
@@ -26,7 +26,7 @@ fn dir(sub: &str) -> PathBuf {
         .join(sub)
 }
 
-fn render_rules_file(desired: &Desired, config: &Config) -> String {
+fn render_rules_file(desired: &Desired, config: &IpvsConfig) -> String {
     let names = Names::new(&config.prefix);
     let mut out = String::from("# ipset restore\n");
     out.push_str(&render_sets_full(&names, &plan_entries(desired, config)));

@@ -12,7 +12,7 @@ use proxy_core::table::{Endpoint, Protocol, ServicePort, ServicePortName, Servic
 
 use super::*;
 use crate::apply::apply_ops;
-use crate::config::Config;
+use crate::config::IpvsConfig;
 use crate::model::ConnCounts;
 use crate::model::{SchedFlags, Scheduler};
 use crate::ops::IpvsOps;
@@ -60,10 +60,10 @@ fn table(ports: Vec<ServicePort>) -> ServiceTable {
     builder.build().expect("valid test table")
 }
 
-fn config() -> Config {
-    Config {
+fn config() -> IpvsConfig {
+    IpvsConfig {
         node_addresses: vec![ip("198.18.0.1"), ip("198.18.0.2")],
-        ..Config::default()
+        ..IpvsConfig::default()
     }
 }
 
@@ -178,9 +178,9 @@ fn external_lb_and_node_port_addresses_each_get_a_virtual_server() {
 fn node_ports_only_on_node_addresses_of_the_services_families() {
     let mut port = web(vec![endpoint("198.18.1.10", false)]);
     port.node_port = Some(30080);
-    let config = Config {
+    let config = IpvsConfig {
         node_addresses: vec![ip("198.18.0.1"), ip("2001:db8::1")],
-        ..Config::default()
+        ..IpvsConfig::default()
     };
     let desired = plan_desired(&table(vec![port]), &config);
     let keys: Vec<String> = desired
@@ -620,6 +620,10 @@ fn random_scheduler_is_a_problem_not_a_panic() {
     let problems = desired.problems();
     assert_eq!(problems.len(), 1);
     assert!(problems[0].reason.contains("random"), "{problems:?}");
+    assert_eq!(
+        problems[0].service_port,
+        Some(ServicePortName::new("default", "web", "http"))
+    );
 }
 
 mod properties {
@@ -629,10 +633,10 @@ mod properties {
 
     use super::*;
 
-    fn config() -> Config {
-        Config {
+    fn config() -> IpvsConfig {
+        IpvsConfig {
             node_addresses: vec![ip("198.18.0.1"), ip("2001:db8::1")],
-            ..Config::default()
+            ..IpvsConfig::default()
         }
     }
 

@@ -83,21 +83,21 @@ impl Backend {
         };
         Ok(match self {
             Backend::Ipvs | Backend::IpvsBare | Backend::IpvsRoutes => {
-                let config = backend_ipvs::Config {
+                let config = backend_ipvs::IpvsConfig {
                     node_addresses: vec![NODE_CLIENT_SIDE.into()],
                     manage_companions: self != Backend::IpvsBare,
                     vip_binding: self.vip_binding(),
-                    ..backend_ipvs::Config::default()
+                    ..backend_ipvs::IpvsConfig::default()
                 };
                 Box::new(
                     backend_ipvs::IpvsDataplane::new(config).map_err(|e| failed(e.to_string()))?,
                 )
             }
             Backend::IpvsFakeKernel | Backend::IpvsFakeKernelRoutes => {
-                let config = backend_ipvs::Config {
+                let config = backend_ipvs::IpvsConfig {
                     node_addresses: vec![NODE_CLIENT_SIDE.into()],
                     vip_binding: self.vip_binding(),
-                    ..backend_ipvs::Config::default()
+                    ..backend_ipvs::IpvsConfig::default()
                 };
                 // A kernel without IPVS may lack the dummy module too (these hosts do): then a
                 // bridge stands in for the dummy interface. The backend uses an existing
@@ -123,12 +123,12 @@ impl Backend {
                 )
             }
             Backend::Iptables | Backend::IptablesFlat => {
-                let mut config = backend_iptables::Config::default();
+                let mut config = backend_iptables::IptablesConfig::default();
                 if self == Backend::IptablesFlat {
                     config.dispatch = backend_iptables::DispatchLayout::Flat;
                 }
                 Box::new(
-                    backend_iptables::IptablesDataplane::system(config)
+                    backend_iptables::IptablesDataplane::new(config)
                         .map_err(|e| failed(e.to_string()))?,
                 )
             }
