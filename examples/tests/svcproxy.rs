@@ -111,14 +111,36 @@ fn applies_replaced_file_keeps_table_on_invalid_change_and_stops_on_sigterm() {
     replace_file(&path, table(vip, port, &[&green]));
     wait_for_answer(service, "green");
 
-    // A broken change is reported with its line and column, and the running table stays.
+    // A file that does not parse is reported with its line and column, and the running table
+    // stays.
     replace_file(
         &path,
-        "services:\n  - name: default/web\n    ports: [{port: 99999}]\n",
+        "services:\n  - name: default/web\n    prots: [{port: 80}]\n",
     );
     proxy.wait_for_log("ignoring the changed table file", WAIT);
     assert!(
-        proxy.log().contains("99999 is outside 1-65535"),
+        proxy.log().contains("table.yaml:3:5: unknown field"),
+        "log:\n{}",
+        proxy.log()
+    );
+    assert_eq!(ask(service).expect("still served"), "green");
+
+    // A value out of range is reported by service port and field; that service keeps its last
+    // good version running.
+    replace_file(
+        &path,
+        "services:\n  - name: default/web\n    ports: [{name: http, port: 99999}]\n",
+    );
+    proxy.wait_for_log("skipped (invalid", WAIT);
+    assert!(
+        proxy
+            .log()
+            .contains("services[0].ports[0].port: 99999 is outside 1-65535"),
+        "log:\n{}",
+        proxy.log()
+    );
+    assert!(
+        proxy.log().contains("its last good version runs"),
         "log:\n{}",
         proxy.log()
     );

@@ -679,9 +679,12 @@ pub async fn sync_once<D: Dataplane + ?Sized>(
     dataplane.sync(request).instrument(span).await
 }
 
-/// Sleeps until `due`, or forever when there is none.
+/// Sleeps until `due`, or forever when there is none. A time already reached returns at once:
+/// tokio's timer counts in whole milliseconds, so sleeping until "now" would add up to a
+/// millisecond to every sync that is due immediately.
 async fn sleep_until(due: Option<Instant>) {
     match due {
+        Some(due) if due <= Instant::now() => {}
         Some(due) => tokio::time::sleep_until(due).await,
         None => std::future::pending().await,
     }

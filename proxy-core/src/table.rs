@@ -631,6 +631,18 @@ impl TableBuilder {
         self.ports.remove(name)
     }
 
+    /// Removes every port of the service `namespace/name`, returning them in name order.
+    pub fn remove_service(&mut self, namespace: &str, name: &str) -> Vec<Arc<ServicePort>> {
+        let first = ServicePortName::new(namespace, name, "");
+        let names: Vec<ServicePortName> = self
+            .ports
+            .range(first..)
+            .take_while(|(n, _)| n.namespace == namespace && n.name == name)
+            .map(|(n, _)| n.clone())
+            .collect();
+        names.iter().filter_map(|n| self.ports.remove(n)).collect()
+    }
+
     /// One service port by name.
     pub fn get(&self, name: &ServicePortName) -> Option<&Arc<ServicePort>> {
         self.ports.get(name)

@@ -725,6 +725,25 @@ mod tests {
     }
 
     #[test]
+    fn remove_service_takes_every_port_of_that_service_only() {
+        let table = ServiceTable::builder()
+            .insert(port("default/web", "http", 80))
+            .insert(port("default/web", "https", 443))
+            .insert(port("default/webx", "http", 80))
+            .build()
+            .expect("valid");
+        let mut builder = table.edit();
+        let removed: Vec<String> = builder
+            .remove_service("default", "web")
+            .iter()
+            .map(|p| p.name.to_string())
+            .collect();
+        assert_eq!(removed, ["default/web:http", "default/web:https"]);
+        let left = builder.build().expect("valid");
+        assert_eq!(left.len(), 1);
+    }
+
+    #[test]
     fn second_cluster_ip_of_a_family_is_reported() {
         let bad = port("default/web", "http", 80)
             .with_cluster_ip(ip("198.19.0.10"))

@@ -134,8 +134,16 @@ pub async fn serve_status(listener: TcpListener, registry: Arc<Registry>, health
                     unix_seconds(SystemTime::now() - age)
                 })
                 .unwrap_or(0.0);
+            // What the node runs without: the backend's problems and the skipped service ports.
+            let problems: Vec<String> = health
+                .problems()
+                .iter()
+                .map(|p| json_string(p))
+                .collect();
             let body = format!(
-                "{{\"healthy\": {healthy}, \"lastUpdated\": {last_updated:.3}, \"currentTime\": {:.3}}}\n",
+                "{{\"healthy\": {healthy}, \"degraded\": {}, \"problems\": [{}], \"lastUpdated\": {last_updated:.3}, \"currentTime\": {:.3}}}\n",
+                !problems.is_empty(),
+                problems.join(", "),
                 unix_seconds(SystemTime::now())
             );
             Response::new(if healthy { 200 } else { 503 }, "application/json", body)
@@ -143,4 +151,20 @@ pub async fn serve_status(listener: TcpListener, registry: Arc<Registry>, health
         _ => Response::new(404, "text/plain", "try /metrics or /healthz\n".to_owned()),
     })
     .await;
+}
+
+/// `text` as a JSON string literal.
+fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }

@@ -22,9 +22,10 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use prometheus_client::registry::Registry;
-use proxy_core::sync::{sync_once, SyncConfig, SyncLoop};
-use proxy_core::SyncMode;
+use proxy_core::prometheus_client::registry::Registry;
+use proxy_core::sync::sync_once;
+use proxy_core::tracker::ChangeTracker;
+use proxy_core::{Dataplane as _, SyncConfig, SyncLoop, SyncMode};
 use tracing::{error, info};
 
 use crate::cli::{Cli, Command, RunArgs};
@@ -85,72 +86,82 @@ fn raise_open_file_limit() {
     }
 }
 
-/// Runs the proxy: load, then dry-run, once, or the sync loop until a signal.
+/// Runs the proxy: load, then dry-run, once, or the sync loop until a signal. Every path goes
+/// through the one embedding API: the backend built by [`backend::build`], the file fed to a
+/// [`ChangeTracker`], the [`SyncLoop`] (or one sync), and the backend's own dry run.
 pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let Some(path) = args.services.clone() else {
         anyhow::bail!("--services FILE is required (or run `svcproxy demo`); see --help");
     };
-    let table = watch::load(&path, args.node_name.as_deref())
+    let spec = watch::load(&path, args.node_name.as_deref())
         .with_context(|| format!("cannot start with {}", path.display()))?;
+    let dataplane = backend::build(args.backend, &args)?;
+    let (mut tracker, source) = ChangeTracker::for_dataplane(&dataplane);
+    spec.apply_to(&mut tracker);
+    let table = tracker.table().clone();
     info!(
         file = %path.display(),
         service_ports = table.len(),
         endpoints = table.endpoint_count(),
+        skipped = tracker.skipped().len(),
         "table loaded"
     );
+    watch::log_skipped(&path, tracker.skipped());
 
-    let mut registry = Registry::default();
     if args.dry_run {
-        print!("{}", backend::dry_run(args.backend, &args, &table)?);
+        let dry_run = dataplane
+            .dry_run(&table)
+            .context("the backend cannot plan this table")?;
+        print!("{dry_run}");
+        for (name, skipped) in tracker.skipped() {
+            println!("# {name}: {skipped}");
+        }
         return Ok(ExitCode::SUCCESS);
     }
-    let mut dataplane = backend::build(args.backend, &args, &mut registry)?;
+    let mut dataplane = dataplane;
     if args.once {
         let report = sync_once(dataplane.as_mut(), &table, SyncMode::Full).await?;
         println!("{report}");
-        return Ok(if report.is_complete() {
+        for (name, skipped) in tracker.skipped() {
+            println!("  {name}: {skipped}");
+        }
+        let complete = report.is_complete() && tracker.skipped().is_empty();
+        return Ok(if complete {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE
         });
     }
 
-    let (tx, mut rx) = tokio::sync::watch::channel(table);
-    rx.mark_changed();
-    let watcher = tokio::spawn(watch::watch_file(
-        path,
-        args.node_name.clone(),
-        args.poll_interval(),
-        tx,
-    ));
-
     let config = SyncConfig {
         cleanup_on_shutdown: args.cleanup,
         ..SyncConfig::default()
     };
+    let mut registry = Registry::default();
     let sync_loop = SyncLoop::new(dataplane, config, &mut registry);
     let health = sync_loop.health();
     let registry = Arc::new(registry);
-    if let Some(addr) = args.metrics_addr {
-        let listener = http::bind(addr).await.context("--metrics-addr")?;
-        info!(%addr, "serving /metrics");
+    for (flag, addr) in [
+        ("--metrics-addr", args.metrics_addr),
+        ("--healthz-addr", args.healthz_addr),
+    ] {
+        let Some(addr) = addr else { continue };
+        let listener = http::bind(addr).await.context(flag)?;
+        info!(%addr, "serving /metrics and /healthz");
         tokio::spawn(http::serve_status(
             listener,
             Arc::clone(&registry),
             health.clone(),
         ));
     }
-    if let Some(addr) = args.healthz_addr {
-        let listener = http::bind(addr).await.context("--healthz-addr")?;
-        info!(%addr, "serving /healthz");
-        tokio::spawn(http::serve_status(
-            listener,
-            Arc::clone(&registry),
-            health.clone(),
-        ));
-    }
+    let watcher = tokio::spawn(watch::watch_file(
+        path,
+        args.node_name.clone(),
+        args.poll_interval(),
+        tracker,
+    ));
 
-    let result = sync_loop.run(rx, shutdown_signal()).await;
+    let result = sync_loop.run(source, shutdown_signal()).await;
     watcher.abort();
     match result {
         Ok(_dataplane) => {

@@ -1,4 +1,5 @@
-//! The table file as a service source: load it, then poll it for changes.
+//! The table file as a service source: load it, then poll it for changes, feeding each version to
+//! the change tracker (the same path an embedder's controller takes, object by object).
 //!
 //! Polling the file's identity (device, inode, size, mtime) rather than watching the directory
 //! keeps this simple and correct for every way a file gets replaced: written in place, renamed
@@ -9,20 +10,20 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use proxy_core::diff::share_unchanged;
-use proxy_core::file::{parse_spec, LoadError};
-use proxy_core::ServiceTable;
-use tokio::sync::watch;
-use tracing::{error, info};
+use proxy_core::file::{parse_spec, LoadError, TableSpec};
+use proxy_core::tracker::{ChangeTracker, Skipped};
+use tracing::{error, info, warn};
 
 /// How long a changed file must stay unchanged before it is read.
 const SETTLE: Duration = Duration::from_millis(50);
 
-/// Reads and validates the table file, with `node` overriding the file's `node:`.
+/// Reads and parses the table file, with `node` overriding the file's `node:`. Values are
+/// checked by the tracker the spec is applied to, service port by service port.
 ///
 /// # Errors
-/// [`LoadError`] with the file, line and column of a parse error, or every validation problem.
-pub fn load(path: &Path, node: Option<&str>) -> Result<ServiceTable, LoadError> {
+/// [`LoadError`] when the file cannot be read, or with the file, line and column of a syntax
+/// error, a wrong type or an unknown field: then nothing of it can be trusted.
+pub fn load(path: &Path, node: Option<&str>) -> Result<TableSpec, LoadError> {
     let origin = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
         path: path.to_owned(),
@@ -32,8 +33,14 @@ pub fn load(path: &Path, node: Option<&str>) -> Result<ServiceTable, LoadError> 
     if let Some(node) = node {
         spec.node = Some(node.to_owned());
     }
-    spec.into_table()
-        .map_err(|errors| LoadError::Invalid { origin, errors })
+    Ok(spec)
+}
+
+/// Logs the service ports the tracker skips, once per change of the set.
+pub fn log_skipped(file: &Path, skipped: &Skipped) {
+    for (name, port) in skipped {
+        warn!(file = %file.display(), service_port = %name, "{port}");
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,22 +61,21 @@ fn fingerprint(path: &Path) -> Option<Fingerprint> {
     })
 }
 
-/// Polls `path` every `interval` and sends each new valid table; logs invalid ones and keeps the
-/// running table. Ends when every receiver is gone.
+/// Polls `path` every `interval` and applies each change to `tracker`: a file that parses is
+/// applied (each service port checked on its own, a bad one skipped and reported, its last good
+/// version kept); one that does not parse is logged and the running table stays. Runs until
+/// aborted.
 pub async fn watch_file(
     path: PathBuf,
     node: Option<String>,
     interval: Duration,
-    tx: watch::Sender<ServiceTable>,
+    mut tracker: ChangeTracker,
 ) {
     let mut seen = fingerprint(&path);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        if tx.is_closed() {
-            return;
-        }
         let now = fingerprint(&path);
         if now == seen {
             continue;
@@ -86,18 +92,23 @@ pub async fn watch_file(
             continue;
         }
         match load(&path, node.as_deref()) {
-            Ok(table) => {
-                let running = tx.borrow().clone();
-                let table = share_unchanged(&running, &table);
-                if table != running {
+            Ok(spec) => {
+                let before = tracker.generation();
+                let skipped_before = tracker.skipped().clone();
+                let running = tracker.table().clone();
+                let generation = spec.apply_to(&mut tracker);
+                if !tracker.table().ptr_eq(&running) || generation != before {
                     info!(
                         file = %path.display(),
-                        service_ports = table.len(),
-                        endpoints = table.endpoint_count(),
-                        "table changed"
+                        generation,
+                        service_ports = tracker.table().len(),
+                        endpoints = tracker.table().endpoint_count(),
+                        skipped = tracker.skipped().len(),
+                        "table file applied"
                     );
-                    // Only fails when every receiver is gone, and then the next tick returns.
-                    let _ = tx.send(table);
+                }
+                if *tracker.skipped() != skipped_before {
+                    log_skipped(&path, tracker.skipped());
                 }
             }
             Err(err) => {
