@@ -161,7 +161,8 @@ async fn after_a_failed_restore_the_next_sync_is_full() {
         })
         .await
         .expect_err("restore fails");
-    assert!(err.to_string().contains("line 2"), "{err}");
+    let chain = error_chain(&err);
+    assert!(chain.contains("line 2"), "{chain}");
     assert_eq!(
         rig.summary("198.19.0.1"),
         "198.18.0.2:8080, 198.18.0.3:8080",
@@ -341,7 +342,7 @@ async fn a_missing_namespace_fails_the_first_sync_at_detection_and_is_retried() 
             })
             .await
             .expect_err("no such namespace");
-        let text = format!("{err}: {:?}", std::error::Error::source(&err));
+        let text = error_chain(&err);
         assert!(
             text.contains("cannot detect the iptables variant")
                 && text.contains("ip netns exec svcp-t-missing iptables --version"),
@@ -386,4 +387,16 @@ async fn metrics_registered_in_the_root_registry_carry_the_kubeproxy_prefix() {
     let mut again = String::new();
     encode(&mut again, &registry).expect("encode");
     assert_eq!(again, text, "registered twice");
+}
+
+/// An error and every cause under it, on one line.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

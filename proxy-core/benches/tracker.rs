@@ -174,4 +174,209 @@ fn main() {
     let mut criterion = Criterion::default().configure_from_args();
     bench_tracker(&mut criterion);
     criterion.final_summary();
+    report::write();
+}
+
+/// The run as a markdown table and an SVG chart, from criterion's estimates: printed, and
+/// written to `$BENCH_RESULTS_DIR/tracker-<UTC time>.{md,svg}` when that is set (the README
+/// shows `bench/results/`).
+mod report {
+    use std::fmt::Write as _;
+    use std::path::PathBuf;
+
+    use super::SIZES;
+
+    const SERIES: [(&str, &str, &str); 3] = [
+        ("tracker", "tracker call alone", "#2ca02c"),
+        (
+            "tracker_to_sync_request",
+            "tracker call to the dataplane's SyncRequest (SyncLoop)",
+            "#ff7f0e",
+        ),
+        (
+            "edit_build_diff",
+            "before: ServiceTable::edit + build + diff",
+            "#1f77b4",
+        ),
+    ];
+
+    /// criterion's directory: `target/criterion`, beside the profile directory of this binary.
+    fn criterion_dir() -> Option<PathBuf> {
+        let exe = std::env::current_exe().ok()?;
+        Some(exe.parent()?.parent()?.parent()?.join("criterion"))
+    }
+
+    /// The median of one benchmark, in nanoseconds.
+    fn median_ns(series: &str, size: usize) -> Option<f64> {
+        let path = criterion_dir()?
+            .join("one_endpoint_change")
+            .join(series)
+            .join(size.to_string())
+            .join("new/estimates.json");
+        let text = std::fs::read_to_string(path).ok()?;
+        let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+        json["median"]["point_estimate"].as_f64()
+    }
+
+    fn shown(ns: f64) -> String {
+        if ns >= 1e6 {
+            format!("{:.2} ms", ns / 1e6)
+        } else {
+            format!("{:.1} µs", ns / 1e3)
+        }
+    }
+
+    fn machine() -> String {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split(':').nth(1))
+                    .map(|m| m.trim().to_owned())
+            })
+            .unwrap_or_else(|| "unknown CPU".to_owned());
+        let cores = std::thread::available_parallelism().map_or(0, usize::from);
+        format!("{cores} CPUs, {cpu}")
+    }
+
+    fn utc_now() -> String {
+        std::process::Command::new("date")
+            .args(["-u", "+%Y%m%dT%H%M%SZ"])
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .map_or_else(|| "unknown".to_owned(), |s| s.trim().to_owned())
+    }
+
+    pub(super) fn write() {
+        let medians: Vec<Vec<Option<f64>>> = SERIES
+            .iter()
+            .map(|(series, _, _)| SIZES.iter().map(|size| median_ns(series, *size)).collect())
+            .collect();
+        if medians.iter().flatten().any(Option::is_none) {
+            // A filtered run (`cargo bench -- tracker/1000`) measured only part: no report.
+            return;
+        }
+        let stamp = utc_now();
+        let mut md = String::new();
+        let _ = writeln!(md, "# One endpoint change, by table size ({stamp})\n");
+        let _ = writeln!(
+            md,
+            "`cargo bench -p proxy-core --bench tracker`: criterion's median. Service ports x 10 \
+             endpoints; one endpoint of the middle service port flips between ready and \
+             terminating. Machine: {}.\n",
+            machine()
+        );
+        let _ = write!(md, "| service ports |");
+        for (_, label, _) in SERIES {
+            let _ = write!(md, " {label} |");
+        }
+        let _ = writeln!(md, " before / SyncLoop |");
+        let _ = writeln!(md, "|---:|---:|---:|---:|---:|");
+        for (column, size) in SIZES.iter().enumerate() {
+            let value = |row: usize| medians[row][column].unwrap_or(f64::NAN);
+            let _ = writeln!(
+                md,
+                "| {size} | {} | {} | {} | {:.0}x |",
+                shown(value(0)),
+                shown(value(1)),
+                shown(value(2)),
+                value(2) / value(1)
+            );
+        }
+        let svg = chart(&medians, &stamp);
+        print!("\n{md}");
+        let Some(dir) = std::env::var_os("BENCH_RESULTS_DIR") else {
+            return;
+        };
+        let dir = PathBuf::from(dir);
+        let stem = format!("tracker-{stamp}");
+        let md = md.replace("\n# One", "# One")
+            + &format!("\n![one endpoint change by table size]({stem}.svg)\n");
+        for (ext, text) in [("md", md), ("svg", svg)] {
+            let path = dir.join(format!("{stem}.{ext}"));
+            match std::fs::write(&path, text) {
+                Ok(()) => println!("wrote {}", path.display()),
+                Err(err) => eprintln!("cannot write {}: {err}", path.display()),
+            }
+        }
+    }
+
+    /// Grouped bars per table size on a log scale from 1 µs to 100 ms.
+    fn chart(medians: &[Vec<Option<f64>>], stamp: &str) -> String {
+        let (width, height) = (640.0, 360.0);
+        let (left, right, top, bottom) = (70.0, 20.0, 60.0, 70.0);
+        let plot_h = height - top - bottom;
+        let (lo, hi) = (3.0_f64, 8.0_f64); // log10 ns: 1 µs .. 100 ms
+        let y = |ns: f64| {
+            top + plot_h * (1.0 - ((ns.max(1.0).log10() - lo) / (hi - lo)).clamp(0.0, 1.0))
+        };
+        let mut svg = String::new();
+        let _ = writeln!(
+            svg,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">"#
+        );
+        let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+        let _ = writeln!(
+            svg,
+            r#"<text x="10" y="20" font-size="14" font-weight="bold">One endpoint change: cost by table size (log scale)</text>"#
+        );
+        let _ = writeln!(
+            svg,
+            r##"<text x="10" y="38" fill="#555">{stamp} · {}</text>"##,
+            machine()
+        );
+        for (exp, label) in [
+            (3, "1 µs"),
+            (4, "10 µs"),
+            (5, "100 µs"),
+            (6, "1 ms"),
+            (7, "10 ms"),
+            (8, "100 ms"),
+        ] {
+            let yy = y(10f64.powi(exp));
+            let _ = writeln!(
+                svg,
+                r##"<line x1="{left}" x2="{}" y1="{yy:.1}" y2="{yy:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{label}</text>"##,
+                width - right,
+                left - 6.0,
+                yy + 4.0
+            );
+        }
+        let group_w = (width - left - right) / SIZES.len() as f64;
+        let bar_w = group_w / (SERIES.len() as f64 + 1.5);
+        for (column, size) in SIZES.iter().enumerate() {
+            let x0 = left + group_w * column as f64 + bar_w * 0.75;
+            for (row, (_, _, colour)) in SERIES.iter().enumerate() {
+                let ns = medians[row][column].unwrap_or(1.0);
+                let (x, yy) = (x0 + bar_w * row as f64, y(ns));
+                let _ = writeln!(
+                    svg,
+                    r#"<rect x="{x:.1}" y="{yy:.1}" width="{:.1}" height="{:.1}" fill="{colour}"><title>{}</title></rect>"#,
+                    bar_w * 0.9,
+                    top + plot_h - yy,
+                    shown(ns)
+                );
+            }
+            let _ = writeln!(
+                svg,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{size} ports x 10</text>"#,
+                left + group_w * (column as f64 + 0.5),
+                top + plot_h + 16.0
+            );
+        }
+        for (row, (_, label, colour)) in SERIES.iter().enumerate() {
+            let yy = height - bottom + 34.0 + 12.0 * row as f64;
+            let _ = writeln!(
+                svg,
+                r#"<rect x="{left}" y="{:.1}" width="10" height="10" fill="{colour}"/><text x="{}" y="{:.1}">{label}</text>"#,
+                yy - 9.0,
+                left + 14.0,
+                yy
+            );
+        }
+        svg.push_str("</svg>\n");
+        svg
+    }
 }

@@ -37,7 +37,9 @@ pub enum DataplaneError {
     #[error(transparent)]
     Unsupported(#[from] UnsupportedFeatures),
     /// The backend failed; `source` is its own typed error.
-    #[error("{backend} backend: {source}")]
+    // The source is printed by whoever walks the chain (`{:#}`, the sync loop's log), not here,
+    // so that no cause is printed twice.
+    #[error("{backend} backend")]
     Backend {
         /// The backend's name.
         backend: &'static str,

@@ -720,7 +720,7 @@ mod tests {
             DataplaneError::backend("iptables", Restore(std::io::Error::other("resource busy")));
         assert_eq!(
             error_chain(&error),
-            "iptables backend: exit status 1: iptables-restore: line 3 failed\n  caused by: resource busy"
+            "iptables backend\n  caused by: exit status 1: iptables-restore: line 3 failed\n  caused by: resource busy"
         );
     }
 }
