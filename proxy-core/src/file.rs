@@ -157,8 +157,24 @@ pub fn parse_spec(text: &str, origin: &str) -> Result<TableSpec, LoadError> {
     if is_json {
         serde_json::from_str(text).map_err(|error| json_error(&error, origin))
     } else {
-        serde_saphyr::from_str(text).map_err(|error| yaml_error(&error, origin))
+        serde_saphyr::from_str_with_options(text, yaml_options(text.len()))
+            .map_err(|error| yaml_error(&error, origin))
     }
+}
+
+/// The YAML parser's limits for a text of `len` bytes. serde-saphyr's defaults (250,000 nodes,
+/// 1,000,000 events) stop a table file near 3,000 services × 10 endpoints; every YAML node
+/// takes at least two bytes of text, so limits that grow with the text admit any table that is
+/// really written out, while aliases and anchors, the way a small file expands into a huge one,
+/// keep their default caps.
+fn yaml_options(len: usize) -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = budget.max_nodes.max(len / 2);
+    budget.max_events = budget.max_events.max(len);
+    budget.max_total_scalar_bytes = budget.max_total_scalar_bytes.max(len);
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options
 }
 
 /// Reads and parses a table file (see [`parse_table`]).
@@ -489,6 +505,12 @@ impl TableSpec {
     /// bad entry never holds back the others. Returns the tracker's generation after the last
     /// change.
     pub fn apply_to(&self, tracker: &mut ChangeTracker) -> u64 {
+        // One file, one generation.
+        self.apply_each(&mut tracker.batch());
+        tracker.generation()
+    }
+
+    fn apply_each(&self, tracker: &mut ChangeTracker) {
         if tracker.table().node() != self.node.as_deref() {
             tracker.set_node(self.node.clone());
         }
@@ -536,7 +558,6 @@ impl TableSpec {
                 tracker.delete_service(&name);
             }
         }
-        tracker.generation()
     }
 }
 

@@ -99,6 +99,37 @@ pub struct ChangeTracker {
     generation: u64,
     table: ServiceTable,
     publish: watch::Sender<TableUpdate>,
+    /// Inside a [`Batch`]: changes wait for its end.
+    holding: bool,
+    /// Something changed since the last publish.
+    dirty: bool,
+}
+
+/// A run of changes published as one generation when dropped ([`ChangeTracker::batch`]).
+#[derive(Debug)]
+pub struct Batch<'a> {
+    tracker: &'a mut ChangeTracker,
+}
+
+impl std::ops::Deref for Batch<'_> {
+    type Target = ChangeTracker;
+
+    fn deref(&self) -> &ChangeTracker {
+        self.tracker
+    }
+}
+
+impl std::ops::DerefMut for Batch<'_> {
+    fn deref_mut(&mut self) -> &mut ChangeTracker {
+        self.tracker
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        self.tracker.holding = false;
+        self.tracker.publish();
+    }
 }
 
 /// The [`ServiceSource`] of a [`ChangeTracker`]: hand it to [`crate::SyncLoop::run`].
@@ -136,6 +167,8 @@ impl ChangeTracker {
             generation: 0,
             table: ServiceTable::empty(),
             publish,
+            holding: false,
+            dirty: false,
         };
         (tracker, TrackerSource { updates })
     }
@@ -145,7 +178,8 @@ impl ChangeTracker {
         Self::new(dataplane.name(), dataplane.capabilities())
     }
 
-    /// The current table (every admitted service port).
+    /// The table as last published (every admitted service port); inside a [`Batch`], as it
+    /// was before the batch.
     pub fn table(&self) -> &ServiceTable {
         &self.table
     }
@@ -314,8 +348,50 @@ impl ChangeTracker {
         self.services.keys().cloned().collect()
     }
 
-    /// Publishes the current state as the next generation.
+    /// Holds back publishing until the returned guard drops: every change made through it
+    /// becomes one generation, published once (a table file's reload, a controller's resync
+    /// after a reconnect). Each call inside returns that coming generation.
+    ///
+    /// ```
+    /// use proxy_core::tracker::*;
+    /// use proxy_core::Capabilities;
+    ///
+    /// let (mut tracker, _source) = ChangeTracker::new("any", Capabilities::everything());
+    /// let mut batch = tracker.batch();
+    /// for i in 0..3u8 {
+    ///     batch.set_service(
+    ///         Service::new(ServiceName::new("default", format!("svc-{i}")))
+    ///             .with_cluster_ip([198, 19, 0, i].into())
+    ///             .with_port(ServicePortSpec::tcp("http", 80)),
+    ///     );
+    /// }
+    /// drop(batch);
+    /// assert_eq!(tracker.generation(), 1);
+    /// assert_eq!(tracker.table().len(), 3);
+    /// ```
+    pub fn batch(&mut self) -> Batch<'_> {
+        self.holding = true;
+        Batch { tracker: self }
+    }
+
+    /// Publishes the current state as a new generation even if nothing changed, and returns it.
+    /// Call it once the source has caught up (its first full list, as kube-proxy waits for its
+    /// informers): the sync loop syncs nothing before the first generation, and an empty first
+    /// generation is a full sync that removes what a previous run left.
+    pub fn flush(&mut self) -> u64 {
+        self.dirty = true;
+        self.publish()
+    }
+
+    /// Publishes the current state as the next generation if anything changed, and returns the
+    /// generation that holds the latest change: inside a batch, the one its end publishes.
     fn publish(&mut self) -> u64 {
+        if self.holding {
+            return self.generation + u64::from(self.dirty);
+        }
+        if !std::mem::take(&mut self.dirty) {
+            return self.generation;
+        }
         self.generation += 1;
         self.table = ServiceTable::from_parts_unchecked(
             self.node.clone(),
@@ -333,6 +409,7 @@ impl ChangeTracker {
     }
 
     fn refresh_all(&mut self) {
+        self.dirty = true;
         let mut names: BTreeSet<ServiceName> = self.services.keys().cloned().collect();
         names.extend(self.ports.keys().map(ServiceName::of));
         for name in names {
@@ -344,6 +421,7 @@ impl ChangeTracker {
     /// left to wake. Each wake re-reads a service whose clash may be gone; a service is woken
     /// at most once per service re-read, so this ends.
     fn refresh(&mut self, name: ServiceName) {
+        self.dirty = true;
         let mut queue = vec![name];
         let mut budget = self.services.len() + 1;
         while let Some(name) = queue.pop() {

@@ -101,3 +101,43 @@ fn a_service_gone_from_the_file_is_deleted() {
     assert_eq!(tracker.table().len(), 1);
     assert!(tracker.table().get(&name("api", "http")).is_none());
 }
+
+#[test]
+fn a_file_is_one_generation_and_an_unchanged_file_is_none() {
+    let (mut tracker, _source) = ChangeTracker::new("any", Capabilities::everything());
+    let spec = parse_spec(GOOD, "table.yaml").expect("parses");
+    assert_eq!(
+        spec.apply_to(&mut tracker),
+        1,
+        "node and two services: one generation"
+    );
+    assert_eq!(tracker.table().len(), 2);
+    assert_eq!(
+        spec.apply_to(&mut tracker),
+        1,
+        "nothing changed, nothing published"
+    );
+}
+
+/// More YAML nodes than serde-saphyr's default budget (250,000): a table written out in full is
+/// not a hostile file, whatever its size.
+#[test]
+fn a_table_of_thousands_of_services_parses() {
+    let mut yaml = String::from("node: node-0\nservices:\n");
+    for i in 0..4_000u32 {
+        let [_, _, hi, lo] = i.to_be_bytes();
+        yaml.push_str(&format!(
+            "  - name: ns/svc-{i}\n    cluster_ips: [198.19.{hi}.{lo}]\n    ports: [{{name: http, port: 80}}]\n    endpoints:\n"
+        ));
+        for j in 0..10u32 {
+            let [_, _, hi, lo] = (i * 10 + j).to_be_bytes();
+            yaml.push_str(&format!(
+                "      - {{ip: 198.18.{hi}.{lo}, node: node-{}}}\n",
+                j % 3
+            ));
+        }
+    }
+    let table = proxy_core::file::parse_table(&yaml, "big.yaml").expect("parses");
+    assert_eq!(table.len(), 4_000);
+    assert_eq!(table.endpoint_count(), 40_000);
+}

@@ -12,6 +12,7 @@ use proxy_core::diff::diff;
 use proxy_core::metrics::{encode_text, FailureReason};
 use proxy_core::sync::{
     sync_once, SkipReason, SyncConfig, SyncHandle, SyncHealth, SyncLoop, SyncLoopError, SyncStatus,
+    TableUpdate,
 };
 use proxy_core::table::{
     Endpoint, Protocol, ServicePort, ServicePortName, ServiceTable, TrafficPolicy,
@@ -827,4 +828,99 @@ fn protocols_helper_sanity() {
     assert_eq!(caps.protocols, want);
     assert!(caps.check("fake", &table(0)).is_ok());
     assert!(caps.check("fake", &with_sctp(0)).is_err());
+}
+
+// === the handle: outcomes by generation, resync, dry run ===
+
+/// A loop fed `TableUpdate`s with generations, as a tracker feeds it.
+fn start_with_generations(
+    fake: &FakeDataplane,
+) -> (
+    watch::Sender<TableUpdate>,
+    SyncHandle,
+    JoinHandle<Result<FakeDataplane, SyncLoopError>>,
+) {
+    let sync = SyncLoop::new(fake.clone(), config(), &mut Registry::default());
+    let handle = sync.handle();
+    let (updates, rx) = watch::channel(TableUpdate::default());
+    let task = tokio::spawn(sync.run(rx, std::future::pending()));
+    (updates, handle, task)
+}
+
+fn update(table: ServiceTable, generation: u64) -> TableUpdate {
+    TableUpdate {
+        table,
+        generation,
+        ..TableUpdate::default()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_outcome_names_its_generation_and_a_failure_keeps_the_applied_one() {
+    let fake = FakeDataplane::new();
+    let (updates, handle, task) = start_with_generations(&fake);
+    updates.send_replace(update(table(0), 7));
+    let outcome = handle.wait_for(7).await.expect("the loop runs");
+    assert_eq!(
+        (
+            outcome.sequence,
+            outcome.generation,
+            outcome.applied_generation
+        ),
+        (1, 7, 7)
+    );
+    assert_eq!(outcome.status, SyncStatus::Applied);
+
+    fake.fail_next(1);
+    updates.send_replace(update(table(1), 8));
+    let mut outcomes = handle.outcomes();
+    let failed = outcomes
+        .wait_for(|o| o.sequence == 2)
+        .await
+        .expect("the loop runs")
+        .clone();
+    assert_eq!(failed.generation, 8);
+    assert_eq!(failed.applied_generation, 7, "generation 7 stays in place");
+    assert!(
+        matches!(&failed.status, SyncStatus::Failed(e) if e.contains("injected failure")),
+        "{failed}"
+    );
+    // The retry (a full sync after the backoff) puts generation 8 in place.
+    let outcome = handle.wait_for(8).await.expect("the loop runs");
+    assert_eq!(outcome.sequence, 3);
+    assert_eq!(outcome.mode, SyncMode::Full);
+    assert_eq!(fake.applied(), table(1));
+    task.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resync_through_the_handle_is_full_and_waits_only_for_the_min_period() {
+    let fake = FakeDataplane::new();
+    let (updates, handle, task) = start_with_generations(&fake);
+    updates.send_replace(update(table(0), 1));
+    handle.wait_for(1).await.expect("the loop runs");
+    sleep(5 * SECOND).await;
+    let asked = Instant::now();
+    handle.resync().expect("the loop runs");
+    let requests = fake.wait_for_requests(2).await;
+    assert_eq!(requests[1].mode, SyncMode::Full);
+    assert!(requests[1].changes.is_empty());
+    assert_eq!(requests[1].at, asked, "not at the periodic 30 s resync");
+    task.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dry_run_through_the_handle_renders_the_desired_table_and_changes_nothing() {
+    let fake = FakeDataplane::new();
+    let (updates, handle, task) = start_with_generations(&fake);
+    let before = handle.dry_run().await.expect("the loop answers");
+    assert_eq!(before.rendered, "", "nothing desired yet");
+    updates.send_replace(update(table(2), 1));
+    handle.wait_for(1).await.expect("the loop runs");
+    let dry_run = handle.dry_run().await.expect("the loop answers");
+    assert_eq!(dry_run.rendered, "default/web:http (3 endpoint(s))\n");
+    assert_eq!(fake.requests().len(), 1, "a dry run is no sync");
+    task.abort();
+    let _ = task.await;
+    assert!(handle.dry_run().await.is_err(), "the loop is gone");
 }

@@ -283,12 +283,24 @@ fn every_change_publishes_the_next_generation_to_the_source() {
     assert_eq!(tracker.set_service(web("web", 10)), 1);
     assert_eq!(
         tracker.set_service(web("web", 10)),
-        2,
-        "a no-op is a generation too"
+        1,
+        "a no-op publishes nothing"
     );
+    assert_eq!(tracker.flush(), 2, "a flush publishes anyway");
     let update = futures_now(source.next_update()).expect("published");
     assert_eq!(update.generation, 2);
     assert_eq!(update.table.len(), 2);
+    let mut batch = tracker.batch();
+    assert_eq!(batch.set_service(web("api", 11)), 3);
+    assert_eq!(
+        batch.set_service(web("db", 12)),
+        3,
+        "one generation for the batch"
+    );
+    assert_eq!(batch.table().len(), 2, "not yet published");
+    drop(batch);
+    assert_eq!(tracker.generation(), 3);
+    assert_eq!(tracker.table().len(), 6);
 }
 
 #[test]

@@ -69,20 +69,34 @@ fn init_logging() {
         .init();
 }
 
-/// The userspace backend holds two descriptors per proxied connection (its two sockets) and up to
-/// eight more while a connection moves bulk both ways (two splice pipes per direction), so the
-/// usual soft limit of 1,024 would cap it near 500 connections or fewer: raise the soft limit to
-/// the hard one, as servers commonly do.
+/// The userspace backend holds one descriptor per listener and two per proxied connection (its
+/// two sockets), and up to eight more while a connection moves bulk both ways (two splice pipes
+/// per direction), so the usual soft limit of 1,024 would cap it near 500 connections, and a
+/// hard limit of some thousands below the listeners of a large table. Raise the soft limit to the
+/// hard one, as servers commonly do; with the privilege to (root), raise both to the kernel's
+/// ceiling (`fs.nr_open`) first.
 fn raise_open_file_limit() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => {
-            if let Err(err) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-                tracing::warn!(soft, hard, error = %err, "cannot raise the open-file limit");
-            }
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(limits) => limits,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot read the open-file limit");
+            return;
         }
-        Ok(_) => {}
-        Err(err) => tracing::warn!(error = %err, "cannot read the open-file limit"),
+    };
+    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok());
+    if let Some(ceiling) = ceiling.filter(|c| *c > hard) {
+        // Fails without CAP_SYS_RESOURCE: then the hard limit is what we have.
+        if setrlimit(Resource::RLIMIT_NOFILE, ceiling, ceiling).is_ok() {
+            return;
+        }
+    }
+    if soft < hard {
+        if let Err(err) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            tracing::warn!(soft, hard, error = %err, "cannot raise the open-file limit");
+        }
     }
 }
 
@@ -98,6 +112,11 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let dataplane = backend::build(args.backend, &args)?;
     let (mut tracker, source) = ChangeTracker::for_dataplane(&dataplane);
     spec.apply_to(&mut tracker);
+    if tracker.generation() == 0 {
+        // An empty file changes nothing, but the first sync must still run (a full sync that
+        // removes what a previous run left).
+        tracker.flush();
+    }
     let table = tracker.table().clone();
     info!(
         file = %path.display(),
