@@ -346,6 +346,41 @@ fn metrics_and_healthz_are_served() {
         metrics.contains("service_port=\"default/web:http\""),
         "metrics:\n{metrics}"
     );
+    assert!(health.contains("\"degraded\": false"), "healthz: {health}");
+
+    // A second service on web's VIP and port: skipped by name, shown by /healthz and counted.
+    let mut clashing = table(vip, port, &[&backend]);
+    clashing.push_str(&format!(
+        "  - name: default/copy\n    cluster_ips: [{vip}]\n    ports: [{{name: http, port: {port}}}]\n"
+    ));
+    replace_file(&path, clashing);
+    proxy.wait_for_log("skipped (clash)", WAIT);
+    let degraded = poll(WAIT, Duration::from_millis(50), || {
+        let health = get("/healthz");
+        if health.contains("\"degraded\": true") {
+            Ok(health)
+        } else {
+            Err(health)
+        }
+    })
+    .expect("healthz shows the skipped port");
+    assert!(
+        degraded.starts_with("HTTP/1.1 200"),
+        "still healthy: {degraded}"
+    );
+    assert!(
+        degraded.contains("default/copy:http: skipped (clash)"),
+        "healthz: {degraded}"
+    );
+    let metrics = get("/metrics");
+    assert!(
+        metrics.contains("svcproxy_sync_skipped_service_ports{reason=\"clash\"} 1"),
+        "metrics:\n{metrics}"
+    );
+    assert_eq!(
+        ask(SocketAddr::from((vip, port))).expect("web still served"),
+        "m"
+    );
     drop(proxy);
 }
 
