@@ -30,6 +30,14 @@
 //! its `node` is the table's `node`. `hints` are the EndpointSlice's topology hints (`forZones`,
 //! `forNodes`); [`crate::select`] says how they narrow the endpoints.
 //!
+//! # Two ways in
+//!
+//! [`parse_table`] and [`load_table`] read a file whole into a validated [`ServiceTable`]: any
+//! problem rejects it. [`TableSpec::apply_to`] feeds a parsed file to a
+//! [`ChangeTracker`], the path `svcproxy` takes: only text that
+//! does not parse is rejected whole, and each service port is checked on its own, so a bad entry
+//! is skipped (keeping its last good version) while the rest applies.
+//!
 //! # Errors and paths
 //!
 //! Syntax and type errors ([`LoadError::Parse`]) give the file, line and column. Problems in the

@@ -41,7 +41,7 @@
 //!    timings), [`SyncHandle::outcomes`] streams them, [`SyncHandle::resync`] and
 //!    [`SyncHandle::dry_run`] act on the running loop, and [`SyncHealth`] answers `/healthz`.
 //!
-//! Here with the in-memory [`testing::fake::FakeDataplane`] (feature `testing`) standing in for
+//! Here with the in-memory `testing::fake::FakeDataplane` (feature `testing`) standing in for
 //! a backend; `examples/src/bin/embed.rs` is the same with the userspace backend and real
 //! connections.
 //!
