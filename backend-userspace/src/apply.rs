@@ -1,10 +1,15 @@
 //! Apply: make the running listeners match a [`Plan`]. Closes first (freeing addresses), then
 //! swaps the routes of listeners that stay, then binds new ones. A listener that cannot be bound
 //! becomes a [`SyncProblem`] naming it and the OS error; the rest still applies, and the next
-//! plan tries to open it again (it is not in the applied set). After a sync, the metric series
-//! of service ports no longer in the table are removed.
+//! plan tries to open it again (it is not in the applied set, and its port is left with a
+//! problem). After a sync, the metric series of service ports no longer in the table are
+//! removed.
+//!
+//! Everything here follows the plan's [`Scope`]: a partial plan touches the affinity maps,
+//! series and health state of its own service ports and endpoints only, so that applying it
+//! costs what planning it did.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -14,18 +19,17 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::balance::{lock, replace, Balancer, Context, RouteSlot};
-use crate::capture;
+use crate::capture::{self, Redirect};
 use crate::config::ListenMode;
 use crate::error::UserspaceError;
 use crate::metrics::Metrics;
 use crate::pick::AffinityMap;
-use crate::plan::{ListenerKey, Listeners, Plan, Route, RouteTarget};
+use crate::plan::{ListenerKey, Listeners, Plan, Route, RouteTarget, Scope};
 use crate::{tcp, udp};
 
-/// One open listener: its route and the task serving it.
+/// One open listener's socket: where it is bound and the task serving it.
 #[derive(Debug)]
-struct LiveListener {
-    route: Route,
+struct Socket {
     /// The address the socket is bound to: the service address, or in capture mode the capture
     /// address and the port the OS picked.
     bound: SocketAddr,
@@ -33,21 +37,31 @@ struct LiveListener {
     task: JoinHandle<()>,
 }
 
-impl Drop for LiveListener {
+impl Drop for Socket {
     fn drop(&mut self) {
         self.task.abort();
     }
 }
 
-/// The running listeners, the affinity map of each service port with affinity (shared by all
-/// its listeners, and kept across syncs while the port keeps affinity), and the service ports
-/// that have metric series.
+/// The running listeners (their routes, the applied state plans compare with, and their
+/// sockets, under the same keys), the affinity map of each service port with affinity (shared by
+/// all its listeners, and kept across syncs while the port keeps affinity), the service ports
+/// that have metric series, and what the next partial sync must plan again.
 #[derive(Debug, Default)]
 pub(crate) struct Live {
-    listeners: BTreeMap<ListenerKey, LiveListener>,
+    routes: Listeners,
+    sockets: BTreeMap<ListenerKey, Socket>,
     affinity: BTreeMap<ServicePortName, Arc<Mutex<AffinityMap>>>,
     /// Every (service port, protocol) whose series [`Metrics::for_service_port`] has made.
     series: BTreeSet<(ServicePortName, Protocol)>,
+    /// How many open listeners' routes send flows to each endpoint: the health state of an
+    /// endpoint no route names is forgotten.
+    endpoint_uses: HashMap<SocketAddr, usize>,
+    /// The service ports the last sync reported problems for (see [`crate::plan::plan_partial`]).
+    ports_with_problems: BTreeSet<ServicePortName>,
+    /// Whether the capture chain holds exactly the open listeners' redirects (its last write
+    /// succeeded), so that a partial sync may edit it rule by rule.
+    is_capture_chain_current: bool,
 }
 
 /// What an apply did.
@@ -59,25 +73,76 @@ pub(crate) struct ApplyOutcome {
     pub problems: Vec<SyncProblem>,
 }
 
+/// Capture rules to delete and append (capture mode, partial sync).
+#[derive(Debug, Default)]
+struct RedirectEdits {
+    deleted: Vec<Redirect>,
+    appended: Vec<Redirect>,
+}
+
 impl Live {
-    /// The routes of the open listeners. A listener whose task has ended (it cannot, short of
-    /// a bug) is left out, so that the next plan opens it again: drift repair.
-    pub fn applied(&self) -> Listeners {
-        self.listeners
+    /// The route of every listener applied: what plans compare with. Includes a listener whose
+    /// task has ended (it cannot, short of a bug) until [`Live::forget_ended`] drops it.
+    pub fn applied(&self) -> &Listeners {
+        &self.routes
+    }
+
+    /// The routes of the listeners serving now (a listener whose task has ended is left out).
+    pub fn observe(&self) -> Listeners {
+        self.routes
             .iter()
-            .filter(|(_, live)| !live.task.is_finished())
-            .map(|(key, live)| (*key, live.route.clone()))
+            .filter(|(key, _)| self.sockets.get(key).is_some_and(|s| !s.task.is_finished()))
+            .map(|(key, route)| (*key, route.clone()))
             .collect()
     }
 
     /// Where each open listener's socket is bound.
     pub fn bound(&self) -> BTreeMap<ListenerKey, SocketAddr> {
-        self.listeners
+        self.sockets
             .iter()
-            .map(|(key, live)| (*key, live.bound))
+            .map(|(key, socket)| (*key, socket.bound))
             .collect()
     }
 
+    /// How many listeners are open.
+    pub fn len(&self) -> usize {
+        self.sockets.len()
+    }
+
+    /// The service ports the last sync reported problems for.
+    pub fn ports_with_problems(&self) -> &BTreeSet<ServicePortName> {
+        &self.ports_with_problems
+    }
+
+    /// Records the problems of a sync: their service ports are planned again by the next
+    /// partial sync.
+    pub fn set_problems(&mut self, problems: &[SyncProblem]) {
+        self.ports_with_problems = problems
+            .iter()
+            .filter_map(|problem| problem.service_port.clone())
+            .collect();
+    }
+
+    /// Drops the listeners whose task has ended, so that the next full plan opens them again:
+    /// drift repair, for full syncs (it walks every listener).
+    pub fn forget_ended(&mut self, metrics: &Metrics) {
+        let ended: Vec<ListenerKey> = self
+            .sockets
+            .iter()
+            .filter(|(_, socket)| socket.task.is_finished())
+            .map(|(key, _)| *key)
+            .collect();
+        for key in ended {
+            warn!(listener = %key, "listener task ended; reopening it");
+            self.sockets.remove(&key);
+            self.remove_route(&key);
+            metrics.listeners.dec();
+        }
+    }
+
+    /// Applies `plan`: closes, swaps routes, binds, then (capture mode) writes the redirects.
+    /// Touches only the listeners the plan names, and the affinity maps and endpoint health of
+    /// its [`Scope`].
     pub async fn apply(
         &mut self,
         plan: &Plan,
@@ -85,31 +150,38 @@ impl Live {
         metrics: &Metrics,
     ) -> ApplyOutcome {
         let mut outcome = ApplyOutcome::default();
-        self.plan_affinity(&plan.desired);
-        ctx.health.retain(|endpoint| {
-            plan.desired.values().any(|route| match &route.target {
-                RouteTarget::Endpoints(backends) => backends.iter().any(|b| b.addr == endpoint),
-                RouteTarget::Reject | RouteTarget::Drop => false,
-            })
-        });
+        let mut edits = RedirectEdits::default();
+        let mut unused = Vec::new();
+        self.apply_affinity(plan);
         for key in &plan.close {
-            if let Some(live) = self.listeners.remove(key) {
-                close(live).await;
-                metrics.listeners.dec();
-                outcome.written += 1;
-                info!(listener = %key, "listener closed");
+            let Some(socket) = self.sockets.remove(key) else {
+                continue;
+            };
+            if let Some(route) = self.remove_route(key) {
+                unused.extend(route_endpoints(&route));
+                edits.deleted.push((*key, route, socket.bound));
             }
+            close(socket).await;
+            metrics.listeners.dec();
+            outcome.written += 1;
+            info!(listener = %key, "listener closed");
         }
         for key in &plan.update {
-            let (Some(route), Some(live)) = (plan.desired.get(key), self.listeners.get_mut(key))
-            else {
+            let (Some(route), Some(socket)) = (plan.desired.get(key), self.sockets.get(key)) else {
                 continue;
             };
             let balancer = balancer(*key, route, &self.affinity, ctx, metrics);
+            replace(&socket.slot, balancer);
+            let bound = socket.bound;
             self.series
                 .insert((route.service_port.clone(), key.protocol));
-            replace(&live.slot, balancer);
-            live.route = route.clone();
+            if let Some(old) = self.set_route(*key, route.clone()) {
+                unused.extend(route_endpoints(&old));
+                if (&old.service_port, old.kind) != (&route.service_port, route.kind) {
+                    edits.deleted.push((*key, old, bound));
+                    edits.appended.push((*key, route.clone(), bound));
+                }
+            }
             outcome.written += 1;
         }
         for key in &plan.open {
@@ -120,18 +192,13 @@ impl Live {
             self.series
                 .insert((route.service_port.clone(), key.protocol));
             match open(*key, balancer, ctx) {
-                Ok((bound, slot, task)) => {
-                    let replaced = self.listeners.insert(
-                        *key,
-                        LiveListener {
-                            route: route.clone(),
-                            bound,
-                            slot,
-                            task,
-                        },
-                    );
-                    if replaced.is_none() {
+                Ok(socket) => {
+                    edits.appended.push((*key, route.clone(), socket.bound));
+                    if self.sockets.insert(*key, socket).is_none() {
                         metrics.listeners.inc();
+                    }
+                    if let Some(old) = self.set_route(*key, route.clone()) {
+                        unused.extend(route_endpoints(&old));
                     }
                     outcome.written += 1;
                     info!(listener = %key, service_port = %route.service_port, "listener opened");
@@ -146,23 +213,90 @@ impl Live {
                 }
             }
         }
+        self.forget_unused_endpoints(&plan.scope, unused, ctx);
         if ctx.config.mode == ListenMode::Capture {
-            self.apply_capture_rules(&ctx.config.capture_chain, &mut outcome)
+            self.apply_capture_rules(&plan.scope, edits, &ctx.config.capture_chain, &mut outcome)
                 .await;
         }
         outcome
     }
 
-    /// Rewrites the capture chain for the open listeners (every sync: the chain is small, and
-    /// this repairs an outside flush).
-    async fn apply_capture_rules(&self, chain: &str, outcome: &mut ApplyOutcome) {
-        let redirects = self
-            .listeners
-            .iter()
-            .map(|(key, live)| (*key, (live.route.clone(), live.bound)))
-            .collect();
-        let input = capture::render_rules(chain, &redirects);
-        match capture::apply_rules(chain, &input).await {
+    /// Sets the route of `key`, counting the endpoints it uses; returns the route it replaced.
+    fn set_route(&mut self, key: ListenerKey, route: Route) -> Option<Route> {
+        for endpoint in route_endpoints(&route) {
+            *self.endpoint_uses.entry(endpoint).or_default() += 1;
+        }
+        let old = self.routes.insert(key, route);
+        if let Some(old) = &old {
+            self.release_endpoints(old);
+        }
+        old
+    }
+
+    /// Removes the route of `key`; returns it.
+    fn remove_route(&mut self, key: &ListenerKey) -> Option<Route> {
+        let old = self.routes.remove(key);
+        if let Some(old) = &old {
+            self.release_endpoints(old);
+        }
+        old
+    }
+
+    fn release_endpoints(&mut self, route: &Route) {
+        for endpoint in route_endpoints(route) {
+            if let Some(uses) = self.endpoint_uses.get_mut(&endpoint) {
+                *uses -= 1;
+                if *uses == 0 {
+                    self.endpoint_uses.remove(&endpoint);
+                }
+            }
+        }
+    }
+
+    /// Forgets the health state of endpoints no route uses any more: those the partial plan's
+    /// routes stopped using (`unused`), or for a full plan every one (which also drops state a
+    /// flow recorded after its endpoint left).
+    fn forget_unused_endpoints(&self, scope: &Scope, unused: Vec<SocketAddr>, ctx: &Context) {
+        match scope {
+            Scope::Table => ctx
+                .health
+                .retain(|endpoint| self.endpoint_uses.contains_key(&endpoint)),
+            Scope::Ports(_) => ctx.health.forget(
+                unused
+                    .into_iter()
+                    .filter(|endpoint| !self.endpoint_uses.contains_key(endpoint)),
+            ),
+        }
+    }
+
+    /// Brings the capture chain in line with the open listeners: rewritten whole for a full
+    /// plan (this repairs an outside flush) or when the last write failed, edited rule by rule
+    /// for a partial one (route updates within a service port change no rule).
+    async fn apply_capture_rules(
+        &mut self,
+        scope: &Scope,
+        edits: RedirectEdits,
+        chain: &str,
+        outcome: &mut ApplyOutcome,
+    ) {
+        let result = if *scope == Scope::Table || !self.is_capture_chain_current {
+            let redirects = self
+                .sockets
+                .iter()
+                .filter_map(|(key, socket)| {
+                    let route = self.routes.get(key)?;
+                    Some((*key, (route.clone(), socket.bound)))
+                })
+                .collect();
+            let input = capture::render_rules(chain, &redirects);
+            capture::apply_rules(chain, &input).await
+        } else if let Some(input) = capture::render_edits(chain, &edits.deleted, &edits.appended) {
+            capture::apply_edits(&input).await
+        } else {
+            return;
+        };
+        self.is_capture_chain_current = result.is_ok();
+        match result {
             Ok(()) => outcome.written += 1,
             Err(error) => {
                 warn!(%error, "capture rules not applied");
@@ -184,13 +318,17 @@ impl Live {
         ctx: &Context,
         metrics: &Metrics,
     ) -> Result<usize, UserspaceError> {
-        let listeners = std::mem::take(&mut self.listeners);
-        let count = listeners.len();
-        for (_, live) in listeners {
-            close(live).await;
+        let sockets = std::mem::take(&mut self.sockets);
+        let count = sockets.len();
+        for (_, socket) in sockets {
+            close(socket).await;
             metrics.listeners.dec();
         }
+        self.routes.clear();
+        self.endpoint_uses.clear();
         self.affinity.clear();
+        self.ports_with_problems.clear();
+        self.is_capture_chain_current = false;
         if ctx.config.mode == ListenMode::Capture {
             capture::cleanup(&ctx.config.capture_chain).await?;
         }
@@ -198,37 +336,75 @@ impl Live {
     }
 
     /// Removes the metric series of every service port `table` no longer has (or has with
-    /// another protocol), so that no series outlives its service port.
-    pub fn remove_series_of_removed_ports(&mut self, table: &ServiceTable, metrics: &Metrics) {
-        self.series.retain(|(name, protocol)| {
-            let is_in_table = table
+    /// another protocol), so that no series outlives its service port: of every port with
+    /// series ([`Scope::Table`]) or of the plan's ports only.
+    pub fn remove_series_of_removed_ports(
+        &mut self,
+        table: &ServiceTable,
+        scope: &Scope,
+        metrics: &Metrics,
+    ) {
+        let is_in_table = |name: &ServicePortName, protocol: Protocol| {
+            table
                 .get(name)
-                .is_some_and(|port| port.protocol == *protocol);
-            if !is_in_table {
-                metrics.remove_service_port(name, *protocol);
-            }
-            is_in_table
-        });
+                .is_some_and(|port| port.protocol == protocol)
+        };
+        let gone: Vec<(ServicePortName, Protocol)> = match scope {
+            Scope::Table => self
+                .series
+                .iter()
+                .filter(|(name, protocol)| !is_in_table(name, *protocol))
+                .cloned()
+                .collect(),
+            Scope::Ports(names) => names
+                .iter()
+                .flat_map(|name| Protocol::ALL.map(|protocol| (name.clone(), protocol)))
+                .filter(|(name, protocol)| !is_in_table(name, *protocol))
+                .filter(|series| self.series.contains(series))
+                .collect(),
+        };
+        for (name, protocol) in gone {
+            metrics.remove_service_port(&name, protocol);
+            self.series.remove(&(name, protocol));
+        }
     }
 
     /// Keeps the affinity maps of ports that still have affinity (with their new timeout) and
-    /// forgets the rest.
-    fn plan_affinity(&mut self, desired: &Listeners) {
-        let mut wanted: BTreeMap<ServicePortName, std::time::Duration> = BTreeMap::new();
-        for route in desired.values() {
+    /// forgets the rest: of every port ([`Scope::Table`]) or of the plan's ports only.
+    fn apply_affinity(&mut self, plan: &Plan) {
+        let mut wanted: BTreeMap<&ServicePortName, std::time::Duration> = BTreeMap::new();
+        for route in plan.desired.values() {
             if let Some(timeout) = route.affinity_timeout {
-                wanted.insert(route.service_port.clone(), timeout);
+                if plan.scope.covers(&route.service_port) {
+                    wanted.insert(&route.service_port, timeout);
+                }
             }
         }
-        self.affinity.retain(|name, _| wanted.contains_key(name));
+        match &plan.scope {
+            Scope::Table => self.affinity.retain(|name, _| wanted.contains_key(name)),
+            Scope::Ports(names) => {
+                for name in names.iter().filter(|name| !wanted.contains_key(name)) {
+                    self.affinity.remove(name);
+                }
+            }
+        }
         for (name, timeout) in wanted {
             let map = self
                 .affinity
-                .entry(name)
+                .entry(name.clone())
                 .or_insert_with(|| Arc::new(Mutex::new(AffinityMap::new(timeout))));
             lock(map).set_timeout(timeout);
         }
     }
+}
+
+/// The endpoints a route sends new flows to.
+fn route_endpoints(route: &Route) -> impl Iterator<Item = SocketAddr> + '_ {
+    let backends = match &route.target {
+        RouteTarget::Endpoints(backends) => backends.as_slice(),
+        RouteTarget::Reject | RouteTarget::Drop => &[],
+    };
+    backends.iter().map(|backend| backend.addr)
 }
 
 fn balancer(
@@ -255,7 +431,7 @@ fn open(
     key: ListenerKey,
     balancer: Arc<Balancer>,
     ctx: &Arc<Context>,
-) -> Result<(SocketAddr, RouteSlot, JoinHandle<()>), UserspaceError> {
+) -> Result<Socket, UserspaceError> {
     let bind_error = |source| UserspaceError::Bind {
         listener: key,
         source,
@@ -295,13 +471,13 @@ fn open(
             ))
         }
     };
-    Ok((bound, slot, task))
+    Ok(Socket { bound, slot, task })
 }
 
 /// Stops the listener's task and waits until its socket is closed, so that the address can be
 /// bound again at once. Connections it accepted run in their own tasks and go on.
-async fn close(mut live: LiveListener) {
-    live.task.abort();
+async fn close(mut socket: Socket) {
+    socket.task.abort();
     // Resolves once the task's future, and with it the socket, has been dropped.
-    let _ = (&mut live.task).await;
+    let _ = (&mut socket.task).await;
 }

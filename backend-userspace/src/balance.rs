@@ -240,8 +240,18 @@ impl Health {
     }
 
     /// Forgets endpoints `keep` rejects (no longer in the table), so the map stays bounded.
+    /// Cost: the endpoints with failures on record (a full sync).
     pub fn retain(&self, keep: impl Fn(SocketAddr) -> bool) {
         lock(&self.state).retain(|endpoint, _| keep(*endpoint));
+    }
+
+    /// Forgets these endpoints (no route names them any more). Cost: the endpoints given (a
+    /// partial sync).
+    pub fn forget(&self, endpoints: impl IntoIterator<Item = SocketAddr>) {
+        let mut state = lock(&self.state);
+        for endpoint in endpoints {
+            state.remove(&endpoint);
+        }
     }
 
     /// Records a successful connect: the failure streak ends.

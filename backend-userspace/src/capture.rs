@@ -12,8 +12,11 @@
 //! nat `OUTPUT`). The per-listener port tells the proxy which service address a connection was
 //! for, which is why `SO_ORIGINAL_DST` is not needed. IPv4 only (iptables, not ip6tables).
 //!
-//! The chain is rewritten whole on every sync with `iptables-restore --noflush` (only our chain
-//! is named, so nothing else is touched); [`cleanup`] removes the jumps and the chain. Dropping
+//! A full sync rewrites the chain whole with `iptables-restore --noflush` (only our chain is
+//! named, so nothing else is touched), which also repairs an outside flush; a partial sync
+//! deletes and appends the rules of the listeners it closed, opened or gave to another service
+//! port ([`render_edits`]), so its cost follows the change. [`cleanup`] removes the jumps and
+//! the chain. Dropping
 //! the dataplane closes its sockets but leaves the chain, like the kernel backends' state: run
 //! `Dataplane::cleanup` on exit.
 //! Ref: kube-proxy's userspace proxier (`pkg/proxy/userspace/proxier.go`, removed in 1.26),
@@ -37,27 +40,57 @@ const JUMP_COMMENT: &str = "svcproxy userspace capture";
 /// host.
 const HOOKS: [&str; 2] = ["PREROUTING", "OUTPUT"];
 
+/// One listener's redirect: its key, its route (for the comment) and where its capture socket
+/// is bound.
+pub type Redirect = (ListenerKey, Route, SocketAddr);
+
 /// The `iptables-restore` input that makes `chain` redirect every listener's service address to
 /// the port its capture socket is bound to. Byte-stable: listeners in key order.
 pub fn render_rules(chain: &str, redirects: &BTreeMap<ListenerKey, (Route, SocketAddr)>) -> String {
     let mut out = format!("*nat\n:{chain} - [0:0]\n");
     for (key, (route, bound)) in redirects {
-        if key.addr.is_ipv6() {
-            continue;
+        if let Some(rule) = rule_spec(*key, route, *bound) {
+            let _ = writeln!(out, "-A {chain} {rule}");
         }
-        let _ = writeln!(
-            out,
-            "-A {chain} -d {}/32 -p {proto} -m {proto} --dport {} -m comment --comment \"{} {}\" -j REDIRECT --to-ports {}",
-            key.addr.ip(),
-            key.addr.port(),
-            route.service_port,
-            route.kind.as_str(),
-            bound.port(),
-            proto = key.protocol,
-        );
     }
     out.push_str("COMMIT\n");
     out
+}
+
+/// The `iptables-restore --noflush` input that deletes the rules of `deleted` and appends those
+/// of `appended` in `chain`, leaving its other rules alone (no chain line, which would flush
+/// it). `None` when there is nothing to write. A rule to delete that is not there fails the
+/// whole input, and the next sync rewrites the chain.
+pub fn render_edits(chain: &str, deleted: &[Redirect], appended: &[Redirect]) -> Option<String> {
+    let mut lines = String::new();
+    for (op, redirects) in [("-D", deleted), ("-A", appended)] {
+        for (key, route, bound) in redirects {
+            if let Some(rule) = rule_spec(*key, route, *bound) {
+                let _ = writeln!(lines, "{op} {chain} {rule}");
+            }
+        }
+    }
+    (!lines.is_empty()).then(|| format!("*nat\n{lines}COMMIT\n"))
+}
+
+/// The rule of one listener after `-A chain`, or `None` for IPv6 (iptables is IPv4 only).
+fn rule_spec(key: ListenerKey, route: &Route, bound: SocketAddr) -> Option<String> {
+    if key.addr.is_ipv6() {
+        return None;
+    }
+    Some(format!(
+        "-d {}/32 -p {proto} -m {proto} --dport {} -m comment --comment \"{}\" -j REDIRECT --to-ports {}",
+        key.addr.ip(),
+        key.addr.port(),
+        comment(route),
+        bound.port(),
+        proto = key.protocol,
+    ))
+}
+
+/// The comment on a listener's rule: its service port and address kind.
+fn comment(route: &Route) -> String {
+    format!("{} {}", route.service_port, route.kind.as_str())
 }
 
 /// Loads `input` with `iptables-restore --noflush`, then makes sure both hooks jump to `chain`.
@@ -73,6 +106,15 @@ pub async fn apply_rules(chain: &str, input: &str) -> Result<(), UserspaceError>
         }
     }
     Ok(())
+}
+
+/// Loads rule edits from [`render_edits`] with `iptables-restore --noflush`; the jumps were
+/// checked by the last full rewrite.
+///
+/// # Errors
+/// [`UserspaceError::Iptables`] with the command, its status, stderr and the input.
+pub async fn apply_edits(input: &str) -> Result<(), UserspaceError> {
+    restore(input).await
 }
 
 /// Deletes our jumps and our chain. Missing ones are fine.
@@ -224,6 +266,32 @@ mod tests {
              :SVCPROXY-CAPTURE - [0:0]\n\
              -A SVCPROXY-CAPTURE -d 198.18.0.10/32 -p tcp -m tcp --dport 80 -m comment --comment \"default/web:http cluster-ip\" -j REDIRECT --to-ports 40001\n\
              -A SVCPROXY-CAPTURE -d 198.18.0.10/32 -p udp -m udp --dport 53 -m comment --comment \"default/web:http cluster-ip\" -j REDIRECT --to-ports 40002\n\
+             COMMIT\n"
+        );
+    }
+
+    #[test]
+    fn edits_delete_then_append_single_rules_without_naming_the_chain() {
+        let route = |service: &str| Route {
+            service_port: ServicePortName::new("default", service, "http"),
+            kind: AddressKind::ClusterIp,
+            target: RouteTarget::Reject,
+            scheduler: Scheduler::RoundRobin,
+            affinity_timeout: None,
+            source_ranges: Vec::new(),
+        };
+        let key = ListenerKey {
+            protocol: Protocol::Tcp,
+            addr: "198.18.0.10:80".parse().expect("addr"),
+        };
+        let bound = SocketAddr::from(([0, 0, 0, 0], 40001));
+        assert_eq!(render_edits("C", &[], &[]), None);
+        assert_eq!(
+            render_edits("C", &[(key, route("old"), bound)], &[(key, route("new"), bound)])
+                .expect("two edits"),
+            "*nat\n\
+             -D C -d 198.18.0.10/32 -p tcp -m tcp --dport 80 -m comment --comment \"default/old:http cluster-ip\" -j REDIRECT --to-ports 40001\n\
+             -A C -d 198.18.0.10/32 -p tcp -m tcp --dport 80 -m comment --comment \"default/new:http cluster-ip\" -j REDIRECT --to-ports 40001\n\
              COMMIT\n"
         );
     }

@@ -15,8 +15,10 @@
 //! root) it also owns one iptables nat chain, [`UserspaceConfig::capture_chain`], and its two
 //! jumps; cleanup removes them (see [`capture`]).
 //!
-//! Inner shape, as every backend: **plan** ([`plan::plan`], pure: desired listeners and their
-//! routes against the applied ones) → **apply** (bind, close, swap routes) → **observe**
+//! Inner shape, as every backend: **plan** ([`plan::plan`] for a full sync,
+//! [`plan::plan_partial`] for the service ports a partial sync's change set names; pure: desired
+//! listeners and their routes against the applied ones) → **apply** (bind, close, swap routes)
+//! → **observe**
 //! ([`UserspaceDataplane::observe`], the same model, for tests). [`Dataplane::dry_run`] renders
 //! the plan of a full sync without binding anything.
 //!
@@ -77,7 +79,10 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use prometheus_client::registry::Registry;
-use proxy_core::dataplane::{Capabilities, CleanupReport, DryRun, SyncReport, SyncRequest};
+use proxy_core::dataplane::{
+    Capabilities, CleanupReport, DryRun, SyncMode, SyncReport, SyncRequest,
+};
+use proxy_core::diff::ChangeSet;
 use proxy_core::table::{Protocol, Scheduler, ServiceTable};
 use proxy_core::{Dataplane, DataplaneError};
 use tracing::debug;
@@ -85,7 +90,7 @@ use tracing::debug;
 pub use config::{ListenMode, UserspaceConfig};
 pub use error::UserspaceError;
 pub use metrics::Metrics;
-pub use plan::{ListenerKey, Listeners, Plan};
+pub use plan::{ListenerKey, Listeners, Plan, Scope};
 
 use apply::Live;
 use balance::{ActiveCounts, Context, Health};
@@ -133,14 +138,26 @@ impl UserspaceDataplane {
         &self.metrics
     }
 
-    /// What a sync to `table` would do now, from the listeners open now, without doing it.
+    /// What a full sync to `table` would do now, from the listeners open now, without doing it.
     pub fn plan(&self, table: &ServiceTable) -> Plan {
-        plan::plan(table, &self.ctx.config, &self.live.applied())
+        plan::plan(table, &self.ctx.config, &self.live.observe())
+    }
+
+    /// What a partial sync to `table` with `changes` (from the table of the last sync) would do
+    /// now, without doing it: the listeners of the changed service ports only.
+    pub fn plan_partial(&self, table: &ServiceTable, changes: &ChangeSet) -> Plan {
+        plan::plan_partial(
+            table,
+            changes,
+            &self.ctx.config,
+            self.live.applied(),
+            self.live.ports_with_problems(),
+        )
     }
 
     /// The listeners open now, with the route each applies to new flows.
     pub fn observe(&self) -> Listeners {
-        self.live.applied()
+        self.live.observe()
     }
 
     /// Where each open listener's socket is bound: its service address, or in capture mode the
@@ -173,20 +190,38 @@ impl Dataplane for UserspaceDataplane {
         Self::supported()
     }
 
+    /// A [`SyncMode::Full`] request plans every listener of the table against the open ones
+    /// (and reopens a listener whose task ended); a [`SyncMode::Partial`] one plans only the
+    /// listeners of the service ports its change set names, and of those the last sync left
+    /// with problems ([`plan::plan_partial`]), so that its cost follows the change.
     async fn sync(&mut self, request: SyncRequest<'_>) -> Result<SyncReport, DataplaneError> {
         // The caller (proxy-core's sync loop) runs this inside the `sync{backend, full}` span.
         let started = Instant::now();
-        let plan = self.plan(request.desired);
+        let plan = match request.mode {
+            SyncMode::Full => {
+                self.live.forget_ended(&self.metrics);
+                plan::plan(request.desired, &self.ctx.config, self.live.applied())
+            }
+            SyncMode::Partial => plan::plan_partial(
+                request.desired,
+                request.changes,
+                &self.ctx.config,
+                self.live.applied(),
+                self.live.ports_with_problems(),
+            ),
+        };
         let outcome = self.live.apply(&plan, &self.ctx, &self.metrics).await;
         self.live
-            .remove_series_of_removed_ports(request.desired, &self.metrics);
+            .remove_series_of_removed_ports(request.desired, &plan.scope, &self.metrics);
         let mut report = SyncReport::for_request(&request);
         report.objects_written = outcome.written;
         report.problems = plan.problems;
         report.problems.extend(outcome.problems);
+        self.live.set_problems(&report.problems);
         report.duration = started.elapsed();
         debug!(
-            listeners = plan.desired.len(),
+            listeners = self.live.len(),
+            planned = plan.desired.len(),
             opened = plan.open.len(),
             updated = plan.update.len(),
             closed = plan.close.len(),
@@ -231,7 +266,6 @@ impl Dataplane for UserspaceDataplane {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proxy_core::dataplane::SyncMode;
     use proxy_core::diff;
     use proxy_core::metrics::encode_text;
     use proxy_core::table::{Endpoint, ServicePort, ServicePortName};
@@ -262,17 +296,133 @@ mod tests {
         port
     }
 
-    async fn sync_to(dp: &mut UserspaceDataplane, from: &ServiceTable, to: &ServiceTable) {
+    async fn sync_partial(
+        dp: &mut UserspaceDataplane,
+        from: &ServiceTable,
+        to: &ServiceTable,
+    ) -> SyncReport {
         let changes = diff(from, to);
+        dp.sync(SyncRequest {
+            desired: to,
+            changes: &changes,
+            mode: SyncMode::Partial,
+        })
+        .await
+        .expect("sync")
+    }
+
+    async fn sync_to(dp: &mut UserspaceDataplane, from: &ServiceTable, to: &ServiceTable) {
+        let report = sync_partial(dp, from, to).await;
+        assert!(report.is_complete(), "{report}");
+    }
+
+    fn problems(problems: &[proxy_core::dataplane::SyncProblem]) -> Vec<String> {
+        problems.iter().map(ToString::to_string).collect()
+    }
+
+    /// Partial syncs through clashing addresses (a node port on a node address that another
+    /// port's cluster IP takes) leave the listeners and problems one full sync would, and a full
+    /// sync afterwards writes nothing.
+    #[tokio::test]
+    async fn partial_syncs_end_where_a_full_sync_does() {
+        let node = "127.78.4.1";
+        let shared = free_port(node);
+        let mut dp = UserspaceDataplane::new(UserspaceConfig {
+            node_addresses: vec![node.parse().expect("ip")],
+            ..UserspaceConfig::default()
+        })
+        .expect("valid config");
+        let web = port(
+            "web",
+            Protocol::Tcp,
+            "127.78.4.10",
+            free_port("127.78.4.10"),
+        )
+        .with_node_port(shared);
+        let mut api = port(
+            "api",
+            Protocol::Udp,
+            "127.78.4.11",
+            free_port("127.78.4.11"),
+        );
+        api.session_affinity = proxy_core::table::SessionAffinity::ClientIp {
+            timeout: std::time::Duration::from_secs(30),
+        };
+        let db = port("db", Protocol::Tcp, node, shared);
+        let mut api_changed = api.clone();
+        api_changed.endpoints[0].ready = false;
+        let steps = [
+            table([web.clone(), api.clone()]),
+            table([web.clone(), api.clone(), db.clone()]),
+            table([web.clone(), api_changed, db]),
+            table([web.clone(), api]),
+        ];
+        let mut previous = ServiceTable::empty();
+        for (step, next) in steps.iter().enumerate() {
+            let report = sync_partial(&mut dp, &previous, next).await;
+            let clashes = [0, 1, 1, 0][step];
+            assert_eq!(report.problems.len(), clashes, "step {step}: {report}");
+            let full = dp.plan(next);
+            assert_eq!(dp.observe(), full.desired, "step {step}");
+            assert!(full.is_noop(), "step {step}: {full:?}");
+            assert_eq!(
+                problems(&report.problems),
+                problems(&full.problems),
+                "step {step}: {report}"
+            );
+            previous = next.clone();
+        }
+        let changes = diff(&previous, &previous);
         let report = dp
             .sync(SyncRequest {
-                desired: to,
+                desired: &previous,
                 changes: &changes,
-                mode: SyncMode::Partial,
+                mode: SyncMode::Full,
             })
             .await
             .expect("sync");
         assert!(report.is_complete(), "{report}");
+        assert_eq!(report.objects_written, 0, "{report}");
+    }
+
+    /// A listener that could not be bound is retried by the next partial sync, even one that
+    /// changes nothing.
+    #[tokio::test]
+    async fn a_partial_sync_retries_the_listeners_the_last_one_could_not_bind() {
+        let vip = "127.78.5.1";
+        let busy = std::net::TcpListener::bind((vip, 0)).expect("bind");
+        let web = port(
+            "web",
+            Protocol::Tcp,
+            vip,
+            busy.local_addr().expect("addr").port(),
+        );
+        let other = port(
+            "other",
+            Protocol::Tcp,
+            "127.78.5.2",
+            free_port("127.78.5.2"),
+        );
+        let mut dp = UserspaceDataplane::new(UserspaceConfig::default()).expect("valid config");
+        let t = table([web, other]);
+        let report = sync_partial(&mut dp, &ServiceTable::empty(), &t).await;
+        assert_eq!(report.problems.len(), 1, "{report}");
+        assert_eq!(dp.observe().len(), 1);
+
+        let report = sync_partial(&mut dp, &t, &t).await;
+        assert_eq!(
+            report.problems.len(),
+            1,
+            "still busy, still reported: {report}"
+        );
+        drop(busy);
+        let report = sync_partial(&mut dp, &t, &t).await;
+        assert!(report.is_complete(), "{report}");
+        assert_eq!(
+            report.objects_written, 1,
+            "only the retried listener: {report}"
+        );
+        assert_eq!(dp.observe(), dp.plan(&t).desired);
     }
 
     #[tokio::test]

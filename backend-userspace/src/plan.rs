@@ -8,10 +8,12 @@
 //! external one for the rest), the scheduler and the affinity timeout.
 //!
 //! [`plan`] compares that desired map with what is applied and sorts the listeners into open,
-//! update (new route, same socket), keep and close. No I/O, clock or randomness: same input, same
-//! plan.
+//! update (new route, same socket), keep and close: a full sync, which also repairs drift.
+//! [`plan_partial`] does the same for the listeners of the service ports a change set names
+//! only, so that its cost follows the change, not the table. No I/O, clock or randomness: same
+//! input, same plan.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -24,6 +26,10 @@ use proxy_core::table::{
 };
 
 use crate::config::UserspaceConfig;
+
+mod partial;
+
+pub use partial::plan_partial;
 
 /// A listening socket: protocol and local address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -113,10 +119,34 @@ impl Route {
 /// The listeners, by key: desired (from [`plan`]) or applied (from [`crate::observe`]).
 pub type Listeners = BTreeMap<ListenerKey, Route>;
 
+/// Which service ports a [`Plan`] covers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Scope {
+    /// Every service port of the table ([`plan`]): listeners it leaves out are closed.
+    #[default]
+    Table,
+    /// Only these service ports ([`plan_partial`]): every listener they claim, owned or lost,
+    /// is in the plan; listeners of other ports are left as they are.
+    Ports(BTreeSet<ServicePortName>),
+}
+
+impl Scope {
+    /// Whether the plan covers `service_port` (all of its listeners are planned).
+    pub fn covers(&self, service_port: &ServicePortName) -> bool {
+        match self {
+            Scope::Table => true,
+            Scope::Ports(ports) => ports.contains(service_port),
+        }
+    }
+}
+
 /// The steps from the applied listeners to the desired ones.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
-    /// Every listener the table asks for.
+    /// The service ports planned: the whole table, or those a change set names.
+    pub scope: Scope,
+    /// Every listener the table asks for ([`Scope::Table`]), or every listener the scope's
+    /// ports claim, with the route of the port that owns it ([`Scope::Ports`]).
     pub desired: Listeners,
     /// Listeners to bind (not applied yet).
     pub open: Vec<ListenerKey>,
@@ -126,7 +156,9 @@ pub struct Plan {
     pub keep: Vec<ListenerKey>,
     /// Listeners to close (no longer in the table).
     pub close: Vec<ListenerKey>,
-    /// Parts of the table that cannot be planned (an address claimed twice, SCTP).
+    /// Parts of the table that cannot be planned (an address claimed twice, SCTP), in service
+    /// port order: all of them ([`Scope::Table`]), or those of the ports that claim a listener
+    /// of the plan ([`Scope::Ports`]).
     pub problems: Vec<SyncProblem>,
 }
 
@@ -135,9 +167,16 @@ impl Plan {
     pub fn is_noop(&self) -> bool {
         self.open.is_empty() && self.update.is_empty() && self.close.is_empty()
     }
+
+    /// How many listeners the plan looks at (open, update, keep and close): the measure of its
+    /// cost, which for [`plan_partial`] follows the change.
+    pub fn listeners_planned(&self) -> usize {
+        self.open.len() + self.update.len() + self.keep.len() + self.close.len()
+    }
 }
 
-/// The plan from `applied` to what `table` asks for under `config`.
+/// The full plan from `applied` to what `table` asks for under `config`: every listener of the
+/// table is planned, and every applied listener it does not ask for is closed. Cost: the table.
 pub fn plan(table: &ServiceTable, config: &UserspaceConfig, applied: &Listeners) -> Plan {
     let (desired, problems) = plan_listeners(table, config);
     let mut plan = Plan {
@@ -169,20 +208,14 @@ pub fn plan_listeners(
     let mut problems = Vec::new();
     for port in table.iter() {
         if port.protocol == Protocol::Sctp {
-            problems.push(SyncProblem::of_port(
-                port.name.clone(),
-                port.name.to_string(),
-                "SCTP is not supported by the userspace backend",
-            ));
+            problems.push(sctp_problem(&port.name));
             continue;
         }
+        // The first claim of an address wins, in service port order (then in the port's own
+        // order of addresses); the others are problems of the ports that lost.
         for (key, route) in plan_service_port(port, config) {
             if let Some(existing) = listeners.get(&key) {
-                problems.push(SyncProblem::of_port(
-                    port.name.clone(),
-                    format!("{} {key}", port.name),
-                    format!("address already claimed by {}", existing.service_port),
-                ));
+                problems.push(clash_problem(&port.name, key, &existing.service_port));
                 continue;
             }
             listeners.insert(key, route);
@@ -191,7 +224,30 @@ pub fn plan_listeners(
     (listeners, problems)
 }
 
-/// The listeners of one service port.
+/// The problem of a service port the userspace backend cannot serve at all.
+fn sctp_problem(service_port: &ServicePortName) -> SyncProblem {
+    SyncProblem::of_port(
+        service_port.clone(),
+        service_port.to_string(),
+        "SCTP is not supported by the userspace backend",
+    )
+}
+
+/// The problem of `service_port`, whose claim on `key` lost to `owner`'s.
+fn clash_problem(
+    service_port: &ServicePortName,
+    key: ListenerKey,
+    owner: &ServicePortName,
+) -> SyncProblem {
+    SyncProblem::of_port(
+        service_port.clone(),
+        format!("{service_port} {key}"),
+        format!("address already claimed by {owner}"),
+    )
+}
+
+/// The listeners of one service port, in claim order: cluster IPs, external IPs,
+/// load-balancer IPs, then the node port on each node address.
 pub fn plan_service_port(
     port: &ServicePort,
     config: &UserspaceConfig,
@@ -199,10 +255,14 @@ pub fn plan_service_port(
     let selection = select_endpoints(port);
     let internal = route_target(selection.internal());
     let external = route_target(selection.external());
-    let route = |kind: AddressKind, target: &RouteTarget| Route {
+    let route = |kind: AddressKind| Route {
         service_port: port.name.clone(),
         kind,
-        target: target.clone(),
+        target: if kind == AddressKind::ClusterIp {
+            internal.clone()
+        } else {
+            external.clone()
+        },
         scheduler: port.scheduler.unwrap_or(config.default_scheduler),
         affinity_timeout: port.session_affinity.timeout(),
         source_ranges: if kind == AddressKind::LoadBalancerIp {
@@ -211,29 +271,32 @@ pub fn plan_service_port(
             Vec::new()
         },
     };
+    listener_keys(port, config)
+        .into_iter()
+        .map(|(key, kind)| (key, route(kind)))
+        .collect()
+}
+
+/// The listener keys one service port claims, in claim order (see [`plan_service_port`]),
+/// without working out routes: cheap enough for the old value of a changed port.
+fn listener_keys(port: &ServicePort, config: &UserspaceConfig) -> Vec<(ListenerKey, AddressKind)> {
     let key = |ip: IpAddr, p: u16| ListenerKey {
         protocol: port.protocol,
         addr: SocketAddr::new(ip, p),
     };
     let mut out = Vec::new();
     for &ip in &port.cluster_ips {
-        out.push((key(ip, port.port), route(AddressKind::ClusterIp, &internal)));
+        out.push((key(ip, port.port), AddressKind::ClusterIp));
     }
     for &ip in &port.external_ips {
-        out.push((
-            key(ip, port.port),
-            route(AddressKind::ExternalIp, &external),
-        ));
+        out.push((key(ip, port.port), AddressKind::ExternalIp));
     }
     for &ip in &port.load_balancer_ips {
-        out.push((
-            key(ip, port.port),
-            route(AddressKind::LoadBalancerIp, &external),
-        ));
+        out.push((key(ip, port.port), AddressKind::LoadBalancerIp));
     }
     if let Some(node_port) = port.node_port {
         for &ip in &config.node_addresses {
-            out.push((key(ip, node_port), route(AddressKind::NodePort, &external)));
+            out.push((key(ip, node_port), AddressKind::NodePort));
         }
     }
     out

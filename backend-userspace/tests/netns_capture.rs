@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use backend_userspace::{ListenMode, UserspaceConfig, UserspaceDataplane};
 use common::*;
-use proxy_core::dataplane::Dataplane;
-use proxy_core::table::{Protocol, ServicePort, ServicePortName};
+use proxy_core::dataplane::{Dataplane, SyncMode, SyncRequest};
+use proxy_core::diff::diff;
+use proxy_core::table::{Protocol, ServicePort, ServicePortName, ServiceTable};
 use testkit::netns::in_new_netns;
 use testkit::process::run;
 
@@ -29,6 +30,26 @@ fn chain_rules() -> Option<String> {
         .status
         .success()
         .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn sorted_lines(text: &str) -> Vec<&str> {
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.sort_unstable();
+    lines
+}
+
+/// A partial sync from `from` to `to` that applies everything.
+async fn sync_partial_ok(dp: &mut UserspaceDataplane, from: &ServiceTable, to: &ServiceTable) {
+    let changes = diff(from, to);
+    let report = dp
+        .sync(SyncRequest {
+            desired: to,
+            changes: &changes,
+            mode: SyncMode::Partial,
+        })
+        .await
+        .expect("sync never fails as a whole");
+    assert!(report.is_complete(), "{report}");
 }
 
 /// Sets up the namespace the test thread is in: `lo` up, 198.18.0.1 local and 198.18.0.0/15
@@ -100,12 +121,37 @@ async fn capture_body() {
     );
 
     // Removing the UDP port removes its rule; the TCP one stays and still works.
-    sync_ok(&mut dp, &table([web])).await;
+    sync_ok(&mut dp, &table([web.clone()])).await;
     let rules = chain_rules().expect("our chain exists");
     assert!(!rules.contains("-p udp"), "{rules}");
     assert_eq!(
         ask((ip(vip), 80).into()).await.expect("TCP after update"),
         "b1"
+    );
+
+    // Partial syncs edit the chain rule by rule: a second port's rule is appended, then the
+    // first one's deleted, and the chain holds what a full rewrite writes.
+    let web2 = service("web2", vip, 81, vec![tcp_backend.endpoint()]);
+    let both = table([web.clone(), web2.clone()]);
+    sync_partial_ok(&mut dp, &table([web]), &both).await;
+    let rules = chain_rules().expect("our chain exists");
+    assert!(rules.contains("--dport 81 "), "{rules}");
+    assert_eq!(
+        ask((ip(vip), 81).into())
+            .await
+            .expect("TCP to the port a partial sync added"),
+        "b1"
+    );
+    let web2_only = table([web2]);
+    sync_partial_ok(&mut dp, &both, &web2_only).await;
+    let partial = chain_rules().expect("our chain exists");
+    assert!(!partial.contains("--dport 80 "), "{partial}");
+    sync_ok(&mut dp, &web2_only).await;
+    let full = chain_rules().expect("our chain exists");
+    assert_eq!(
+        sorted_lines(&partial),
+        sorted_lines(&full),
+        "partial:\n{partial}\nfull:\n{full}"
     );
 
     let report = dp.cleanup().await.expect("cleanup");
