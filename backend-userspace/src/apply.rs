@@ -184,6 +184,8 @@ impl Live {
             }
             outcome.written += 1;
         }
+        let limit = ctx.config.listener_limit(open_file_limit());
+        let mut over_limit = 0usize;
         for key in &plan.open {
             let Some(route) = plan.desired.get(key) else {
                 continue;
@@ -191,7 +193,15 @@ impl Live {
             let balancer = balancer(*key, route, &self.affinity, ctx, metrics);
             self.series
                 .insert((route.service_port.clone(), key.protocol));
-            match open(*key, balancer, ctx) {
+            let opened = if self.sockets.len() >= limit {
+                Err(UserspaceError::ListenerLimit {
+                    listener: *key,
+                    open: self.sockets.len(),
+                })
+            } else {
+                open(*key, balancer, ctx)
+            };
+            match opened {
                 Ok(socket) => {
                     edits.appended.push((*key, route.clone(), socket.bound));
                     if self.sockets.insert(*key, socket).is_none() {
@@ -204,7 +214,12 @@ impl Live {
                     info!(listener = %key, service_port = %route.service_port, "listener opened");
                 }
                 Err(error) => {
-                    warn!(%error, "listener not opened");
+                    if matches!(error, UserspaceError::ListenerLimit { .. }) {
+                        // One line for all of them below, not one per listener.
+                        over_limit += 1;
+                    } else {
+                        warn!(%error, "listener not opened");
+                    }
                     outcome.problems.push(SyncProblem::of_port(
                         route.service_port.clone(),
                         format!("{} {key}", route.service_port),
@@ -212,6 +227,15 @@ impl Live {
                     ));
                 }
             }
+        }
+        if over_limit > 0 {
+            warn!(
+                not_opened = over_limit,
+                open = self.sockets.len(),
+                limit,
+                "listeners not opened: the listener limit is reached (max_listeners, or the \
+                 open-file limit less what connections need)"
+            );
         }
         self.forget_unused_endpoints(&plan.scope, unused, ctx);
         if ctx.config.mode == ListenMode::Capture {
@@ -480,4 +504,10 @@ async fn close(mut socket: Socket) {
     socket.task.abort();
     // Resolves once the task's future, and with it the socket, has been dropped.
     let _ = (&mut socket.task).await;
+}
+
+/// The process's soft open-file limit (`RLIMIT_NOFILE`); unlimited when it cannot be read.
+fn open_file_limit() -> u64 {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(u64::MAX, |(soft, _)| soft)
 }

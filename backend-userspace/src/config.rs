@@ -64,6 +64,12 @@ pub struct UserspaceConfig {
     pub capture_address: IpAddr,
     /// Capture mode: our nat chain (it must be ours alone; cleanup deletes it).
     pub capture_chain: String,
+    /// The most listeners this backend keeps open. `None` (the default): the process's open-file
+    /// limit (`RLIMIT_NOFILE`) less what connections need, an eighth of it and at least 256;
+    /// see [`UserspaceConfig::listener_limit`]. Listeners past it are reported, not opened, so
+    /// that a table with more addresses than the process may open leaves room to accept
+    /// connections, read files and answer health checks.
+    pub max_listeners: Option<usize>,
 }
 
 /// How traffic for a service address reaches the proxy.
@@ -100,11 +106,22 @@ impl Default for UserspaceConfig {
             mode: ListenMode::Bind,
             capture_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             capture_chain: "SVCPROXY-CAPTURE".to_owned(),
+            max_listeners: None,
         }
     }
 }
 
 impl UserspaceConfig {
+    /// The most listeners to keep open: [`UserspaceConfig::max_listeners`], or else the
+    /// open-file limit `open_files` less an eighth of it (at least 256) kept for connections.
+    pub fn listener_limit(&self, open_files: u64) -> usize {
+        self.max_listeners.unwrap_or_else(|| {
+            let open_files = usize::try_from(open_files).unwrap_or(usize::MAX);
+            let reserve = (open_files / 8).max(256);
+            open_files.saturating_sub(reserve)
+        })
+    }
+
     /// Checks every field's range.
     ///
     /// # Errors

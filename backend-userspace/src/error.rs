@@ -16,6 +16,17 @@ pub enum UserspaceError {
         /// What is wrong with it.
         message: String,
     },
+    /// Opening the listener would pass [`crate::UserspaceConfig::listener_limit`].
+    #[error(
+        "cannot listen on {listener}: {open} listeners are open, the most allowed \
+         (max_listeners, or the open-file limit less what connections need)"
+    )]
+    ListenerLimit {
+        /// The listener not opened.
+        listener: ListenerKey,
+        /// How many are open.
+        open: usize,
+    },
     /// A listening socket could not be created or bound.
     #[error("cannot listen on {listener}: {source}")]
     Bind {

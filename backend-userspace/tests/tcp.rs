@@ -347,6 +347,64 @@ async fn external_local_policy_without_local_endpoints_drops_node_port_traffic()
 }
 
 #[tokio::test]
+async fn listeners_past_the_limit_are_reported_not_opened_and_open_when_room_is_made() {
+    let backend = Whoami::start("127.11.9.100", "b1").await;
+    let (first, second) = ("127.11.9.10", "127.11.9.11");
+    let (first_port, second_port) = (free_port(first).await, free_port(second).await);
+    let mut dp = UserspaceDataplane::new(UserspaceConfig {
+        max_listeners: Some(1),
+        ..config()
+    })
+    .expect("config");
+    let both = table([
+        service("a", first, first_port, vec![backend.endpoint()]),
+        service("b", second, second_port, vec![backend.endpoint()]),
+    ]);
+    let report = sync(&mut dp, &both).await;
+    assert_eq!(dp.observe().len(), 1, "{report}");
+    assert_eq!(report.problems.len(), 1, "{report}");
+    assert_eq!(
+        report.problems[0].service_port,
+        Some(ServicePortName::new("test", "b", "p"))
+    );
+    let problem = report.problems[0].to_string();
+    assert!(
+        problem.contains("1 listeners are open, the most allowed"),
+        "{problem}"
+    );
+    assert_eq!(
+        ask((ip(first), first_port).into())
+            .await
+            .expect("the first is served"),
+        "b1"
+    );
+
+    // Without `a`, `b` fits.
+    let only_b = table([service("b", second, second_port, vec![backend.endpoint()])]);
+    let report = sync(&mut dp, &only_b).await;
+    assert!(report.problems.is_empty(), "{report}");
+    assert_eq!(
+        ask((ip(second), second_port).into())
+            .await
+            .expect("the second is served"),
+        "b1"
+    );
+}
+
+#[test]
+fn the_default_listener_limit_keeps_an_eighth_of_the_open_files_for_connections() {
+    let config = UserspaceConfig::default();
+    assert_eq!(config.listener_limit(20_000), 17_500);
+    assert_eq!(config.listener_limit(1_024), 768, "at least 256 kept");
+    assert_eq!(config.listener_limit(100), 0);
+    let capped = UserspaceConfig {
+        max_listeners: Some(5),
+        ..config
+    };
+    assert_eq!(capped.listener_limit(20_000), 5);
+}
+
+#[tokio::test]
 async fn non_local_address_needs_freebind() {
     // 198.18.0.0/15 is a benchmarking range no host here owns; nothing is sent to it.
     let vip = "198.18.77.10";
