@@ -435,3 +435,366 @@ fn iptables_backend_once_programs_our_chains_in_a_namespace() {
         "{rules}"
     );
 }
+
+// === Hostile files (issue #10) ===
+
+/// Makes a FIFO at `path`.
+fn mkfifo(path: &Path) {
+    let status = Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("run mkfifo");
+    assert!(status.success(), "mkfifo {}: {status}", path.display());
+}
+
+/// Runs svcproxy with `args` to its exit and returns its status and stderr; fails the test (and
+/// kills it) if it runs longer than WAIT: a proxy frozen on its table file must fail, not hang
+/// the suite.
+fn run_bounded(dir: &TempDir, args: &[&str]) -> (std::process::ExitStatus, String) {
+    let log_path = dir.join("stderr.log");
+    let log = std::fs::File::create(&log_path).expect("create log");
+    let mut child = Command::new(SVCPROXY)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start svcproxy");
+    let exited = poll(WAIT, Duration::from_millis(20), || match child.try_wait() {
+        Ok(Some(status)) => Ok(status),
+        other => Err(other.err()),
+    });
+    let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    match exited {
+        Ok(status) => (status, read_log()),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "svcproxy {args:?} still ran after {WAIT:?}; log:\n{}",
+                read_log()
+            );
+        }
+    }
+}
+
+#[test]
+fn fifo_or_device_at_the_table_path_fails_at_start_with_a_clear_error() {
+    let dir = TempDir::new("fifo-start");
+    let fifo = dir.join("table.yaml");
+    mkfifo(&fifo);
+    let zero = dir.join("zero.yaml");
+    std::os::unix::fs::symlink("/dev/zero", &zero).expect("symlink");
+    let logs = TempDir::new("fifo-start-logs");
+    for (path, kind) in [
+        (&fifo, "a FIFO"),
+        (&zero, "a character device"),
+        (&dir.join(""), "a directory"),
+    ] {
+        // Bounded: a proxy that opened the FIFO would block forever, one that read /dev/zero
+        // would grow until killed.
+        let (status, log) = run_bounded(
+            &logs,
+            &[
+                "--services",
+                path.to_str().expect("utf-8 path"),
+                "--dry-run",
+            ],
+        );
+        assert!(!status.success(), "{}: exit {status}", path.display());
+        assert!(
+            log.contains(&format!("is {kind}, not a regular file")),
+            "{}: log:\n{log}",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn table_above_the_size_limit_is_refused_naming_the_flag() {
+    let dir = TempDir::new("limit");
+    let path = dir.join("table.yaml");
+    let backend = named_backend(Ipv4Addr::new(127, 0, 0, 72), 0, "big");
+    std::fs::write(&path, table(Ipv4Addr::new(127, 0, 0, 71), 80, &[&backend])).expect("write");
+    let out = run_to_completion(&path, &["--dry-run", "--max-table-bytes", "100"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "stderr:\n{stderr}");
+    assert!(
+        stderr.contains("larger than the limit of 100 bytes")
+            && stderr.contains("raise it with --max-table-bytes"),
+        "stderr:\n{stderr}"
+    );
+    let out = run_to_completion(&path, &["--dry-run", "--max-table-bytes", "100000"]);
+    assert!(
+        out.status.success(),
+        "stderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn fifo_swapped_in_while_running_is_refused_the_table_stays_and_sigterm_stops_it() {
+    let dir = TempDir::new("fifo-run");
+    let vip = Ipv4Addr::new(127, 0, 0, 73);
+    let port = free_port(vip);
+    let backend = named_backend(Ipv4Addr::new(127, 0, 0, 74), 0, "steady");
+    let path = dir.join("table.yaml");
+    std::fs::write(&path, table(vip, port, &[&backend])).expect("write table");
+    let proxy = start_proxy(&[
+        "--services",
+        path.to_str().expect("utf-8 path"),
+        "--poll-interval-ms",
+        "50",
+    ]);
+    let service = SocketAddr::from((vip, port));
+    wait_for_answer(service, "steady");
+
+    // A FIFO renamed over the table: no writer ever opens it.
+    let fifo = dir.join("fifo");
+    mkfifo(&fifo);
+    std::fs::rename(&fifo, &path).expect("rename the FIFO over the table");
+    proxy.wait_for_log("is a FIFO, not a regular file", WAIT);
+    assert_eq!(ask(service).expect("still served"), "steady");
+    // Logged once, not at every poll.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        proxy.log().matches("is a FIFO").count(),
+        1,
+        "log:\n{}",
+        proxy.log()
+    );
+
+    // A good file again is applied.
+    replace_file(
+        &path,
+        table(vip, port, &[&backend]).replace("node: test", "node: other"),
+    );
+    proxy.wait_for_log("table file applied", WAIT);
+
+    let started = std::time::Instant::now();
+    let status = proxy.terminate(Duration::from_secs(5)).0;
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "slow stop: {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn half_written_table_is_not_applied_while_the_writer_pauses() {
+    let dir = TempDir::new("half");
+    let (web_vip, api_vip) = (Ipv4Addr::new(127, 0, 0, 75), Ipv4Addr::new(127, 0, 0, 76));
+    let (web_port, api_port) = (free_port(web_vip), free_port(api_vip));
+    let blue = named_backend(Ipv4Addr::new(127, 0, 0, 77), 0, "blue");
+    let green = named_backend(Ipv4Addr::new(127, 0, 0, 78), blue.addr().port(), "green");
+    let api = named_backend(Ipv4Addr::new(127, 0, 0, 79), 0, "api");
+    let service = |name: &str, vip: Ipv4Addr, port: u16, backend: &AnswerServer| {
+        format!(
+            "  - name: default/{name}\n    cluster_ips: [{vip}]\n    ports: [{{port: {port}, target_port: {}}}]\n    endpoints: [{{ip: {}}}]\n",
+            backend.addr().port(),
+            backend.addr().ip()
+        )
+    };
+    let head = "node: test\nservices:\n";
+    let path = dir.join("table.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "{head}{}{}",
+            service("web", web_vip, web_port, &blue),
+            service("api", api_vip, api_port, &api)
+        ),
+    )
+    .expect("write table");
+    let proxy = start_proxy(&[
+        "--services",
+        path.to_str().expect("utf-8 path"),
+        "--poll-interval-ms",
+        "50",
+    ]);
+    let (web, api_addr) = (
+        SocketAddr::from((web_vip, web_port)),
+        SocketAddr::from((api_vip, api_port)),
+    );
+    wait_for_answer(web, "blue");
+    wait_for_answer(api_addr, "api");
+
+    // Written in place, in two parts: the first (web moved to green, api not yet written) is a
+    // valid table on its own. The writer pauses for ten settle periods in between.
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&path)
+        .expect("open the table in place");
+    file.write_all(format!("{head}{}", service("web", web_vip, web_port, &green)).as_bytes())
+        .expect("write the first part");
+    file.flush().expect("flush");
+    let pause = std::time::Instant::now();
+    while pause.elapsed() < Duration::from_millis(500) {
+        assert_eq!(
+            ask(api_addr).ok().as_deref(),
+            Some("api"),
+            "the half-written table was applied; log:\n{}",
+            proxy.log()
+        );
+        assert_eq!(
+            ask(web).ok().as_deref(),
+            Some("blue"),
+            "log:\n{}",
+            proxy.log()
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    file.write_all(service("api", api_vip, api_port, &api).as_bytes())
+        .expect("write the rest");
+    drop(file);
+
+    wait_for_answer(web, "green");
+    assert_eq!(ask(api_addr).expect("api still served"), "api");
+    assert!(
+        !proxy.log().contains("service_ports=1"),
+        "a one-service table was applied; log:\n{}",
+        proxy.log()
+    );
+    let status = proxy.terminate(WAIT).0;
+    assert!(status.success(), "exit status {status}");
+}
+
+#[test]
+fn file_renamed_into_place_applies_without_waiting_for_the_settle_time() {
+    let dir = TempDir::new("rename");
+    let vip = Ipv4Addr::new(127, 0, 0, 83);
+    let port = free_port(vip);
+    let blue = named_backend(Ipv4Addr::new(127, 0, 0, 84), 0, "blue");
+    let green = named_backend(Ipv4Addr::new(127, 0, 0, 85), blue.addr().port(), "green");
+    let path = dir.join("table.yaml");
+    std::fs::write(&path, table(vip, port, &[&blue])).expect("write table");
+    let proxy = start_proxy(&[
+        "--services",
+        path.to_str().expect("utf-8 path"),
+        "--poll-interval-ms",
+        "50",
+        "--settle-ms",
+        "60000",
+    ]);
+    let service = SocketAddr::from((vip, port));
+    wait_for_answer(service, "blue");
+
+    // The safe way to write: a temporary file, then a rename. The rename comes a little after
+    // the last write, so the inode's change time (the rename) is after its mtime.
+    let tmp = dir.join(".table.yaml.tmp");
+    std::fs::write(&tmp, table(vip, port, &[&green])).expect("write the temporary file");
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::rename(&tmp, &path).expect("rename over the table");
+    wait_for_answer(service, "green");
+
+    // Written in place, the same change waits for the settle time (a minute here).
+    std::fs::write(&path, table(vip, port, &[&blue])).expect("write in place");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        ask(service).expect("served"),
+        "green",
+        "log:\n{}",
+        proxy.log()
+    );
+    let status = proxy.terminate(WAIT).0;
+    assert!(status.success(), "exit status {status}");
+}
+
+#[test]
+fn control_characters_in_names_are_rejected_and_printed_escaped() {
+    let dir = TempDir::new("control");
+    let path = dir.join("table.yaml");
+    std::fs::write(
+        &path,
+        "services:\n  - name: \"shop/we\\eb\\nFAKE LOG LINE\"\n    cluster_ips: [127.0.0.80]\n    ports: [{name: http, port: 18081}]\n    endpoints: [{ip: 127.0.0.81}]\n  - name: shop/fine\n    cluster_ips: [127.0.0.82]\n    ports: [{name: http, port: 18082}]\n    endpoints: [{ip: 127.0.0.81}]\n",
+    )
+    .expect("write table");
+    let out = Command::new(SVCPROXY)
+        .arg("--services")
+        .arg(&path)
+        .arg("--dry-run")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run svcproxy");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "stderr:\n{stderr}");
+    assert!(stdout.contains("shop/fine:http"), "stdout:\n{stdout}");
+    assert!(
+        stdout.contains("# shop/we\\u{1b}b\\nFAKE LOG LINE:http: skipped (invalid)"),
+        "stdout:\n{stdout}"
+    );
+    for (what, text) in [("stdout", &stdout), ("stderr", &stderr)] {
+        assert!(!text.contains('\u{1b}'), "raw ESC in {what}:\n{text:?}");
+        assert!(
+            !text.lines().any(|line| line.starts_with("FAKE LOG LINE")),
+            "forged line in {what}:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn demo_writes_its_table_in_a_private_directory_and_follows_no_planted_symlink() {
+    let tmp = TempDir::new("demo-tmp");
+    let victim = tmp.join("victim");
+    let demo = LoggedChild::spawn(
+        "svcproxy demo",
+        Command::new(SVCPROXY)
+            .args(["demo", "--metrics-addr", "127.0.0.1:0"])
+            .env("TMPDIR", tmp.path())
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1"),
+    )
+    .expect("start the demo");
+    // The old name was `$TMPDIR/svcproxy-demo-<pid>.yaml`: plant a symlink there at once, before
+    // the demo gets to write its table.
+    let planted = tmp.join(format!("svcproxy-demo-{}.yaml", demo.id()));
+    std::os::unix::fs::symlink(&victim, &planted).expect("plant the symlink");
+    demo.wait_for_log("sync loop started", WAIT);
+
+    assert!(
+        !victim.exists(),
+        "the demo wrote through the planted symlink"
+    );
+    let private: Vec<_> = std::fs::read_dir(tmp.path())
+        .expect("list TMPDIR")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.is_dir())
+        .collect();
+    assert_eq!(private.len(), 1, "{private:?}");
+    let dir = &private[0];
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("utf-8 name");
+    assert!(
+        name.starts_with("svcproxy-demo-") && name.len() >= 14 + 16,
+        "{name}"
+    );
+    let mode = std::fs::metadata(dir).expect("stat").permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o700,
+        "{}",
+        dir.display()
+    );
+    let table = dir.join("demo.yaml");
+    assert!(
+        std::fs::symlink_metadata(&table)
+            .expect("the demo table")
+            .is_file(),
+        "{}",
+        table.display()
+    );
+
+    // The signal handler is installed once the loop polls for shutdown.
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, log) = demo.terminate(WAIT);
+    assert!(status.success(), "exit {status}; log:\n{log}");
+    assert!(!dir.exists(), "{} left behind", dir.display());
+}

@@ -38,6 +38,17 @@
 //! does not parse is rejected whole, and each service port is checked on its own, so a bad entry
 //! is skipped (keeping its last good version) while the rest applies.
 //!
+//! # Hostile files
+//!
+//! [`load_table`] and [`read_table_text`] read only a regular file (symlinks followed), checked
+//! before it is opened, and at most a size limit ([`DEFAULT_MAX_TABLE_BYTES`]): `/dev/zero`, a
+//! FIFO or a directory is refused with [`LoadError::NotRegular`], a huge file with
+//! [`LoadError::TooLarge`]. A reader that must never block opens the file itself with
+//! `O_NONBLOCK` and hands it to [`read_table_from`]. Parse errors quote the file's own text at
+//! most a few characters at a time, with control characters escaped, and not at all when the
+//! file fails on its first line or does not start with a table's key: a path symlinked to the
+//! wrong file (a password file) must not end up in a log.
+//!
 //! # Errors and paths
 //!
 //! Syntax and type errors ([`LoadError::Parse`]) give the file, line and column. Problems in the
@@ -60,7 +71,13 @@ use crate::table::{
     TrafficPolicy,
 };
 use crate::tracker::{ChangeTracker, ServiceName};
-use crate::validate::{FieldError, ValidationErrors};
+use crate::validate::{control_character_problem, FieldError, ValidationErrors};
+
+mod parse_error;
+mod read;
+
+use parse_error::{json_error, quote_safely, yaml_error};
+pub use read::{check_table_file, read_table_from, read_table_text, DEFAULT_MAX_TABLE_BYTES};
 
 /// The namespace of a service written without one (`name: web`).
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -89,6 +106,27 @@ pub enum LoadError {
         column: Option<usize>,
         /// What is wrong there.
         message: String,
+    },
+    /// The path is not a regular file (after following symlinks): a device such as `/dev/zero`
+    /// would be read forever, a FIFO would block the reader, a directory holds no table.
+    #[error("table file {} is {kind}, not a regular file", path.display())]
+    NotRegular {
+        /// The file.
+        path: PathBuf,
+        /// What it is instead: `a FIFO`, `a character device`, `a directory`...
+        kind: &'static str,
+    },
+    /// The file is larger than the reader allows.
+    #[error(
+        "table file {} is larger than the limit of {limit} bytes ({} MiB)",
+        path.display(),
+        limit / (1024 * 1024)
+    )]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The limit in bytes.
+        limit: u64,
     },
     /// The table is well-formed but its values are not valid.
     #[error("{origin}: {errors}")]
@@ -150,7 +188,8 @@ pub fn parse_table(text: &str, origin: &str) -> Result<ServiceTable, LoadError> 
 /// Parses the text into its spec, without building the table.
 ///
 /// # Errors
-/// [`LoadError::Parse`], as [`parse_table`].
+/// [`LoadError::Parse`], as [`parse_table`]; [`LoadError::Invalid`] when the node's name or
+/// zone holds a control character.
 pub fn parse_spec(text: &str, origin: &str) -> Result<TableSpec, LoadError> {
     if is_blank(text) {
         // The parser would say "unexpected end of input"; say what it means here.
@@ -162,11 +201,28 @@ pub fn parse_spec(text: &str, origin: &str) -> Result<TableSpec, LoadError> {
         });
     }
     let is_json = origin.ends_with(".json") || text.trim_start().starts_with('{');
-    if is_json {
+    let parsed = if is_json {
         serde_json::from_str(text).map_err(|error| json_error(&error, origin))
     } else {
         serde_saphyr::from_str_with_options(text, yaml_options(text.len()))
             .map_err(|error| yaml_error(&error, origin))
+    };
+    let spec: TableSpec = parsed.map_err(|error| quote_safely(error, text))?;
+    // The node's name and zone are the file's own: a control character in them rejects it whole.
+    let errors: Vec<FieldError> = [("node", &spec.node), ("zone", &spec.zone)]
+        .into_iter()
+        .filter_map(|(field, value)| {
+            let problem = value.as_deref().and_then(control_character_problem)?;
+            Some(FieldError::new(field, problem))
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(spec)
+    } else {
+        Err(LoadError::Invalid {
+            origin: origin.to_owned(),
+            errors: ValidationErrors { errors },
+        })
     }
 }
 
@@ -185,15 +241,14 @@ fn yaml_options(len: usize) -> serde_saphyr::Options {
     options
 }
 
-/// Reads and parses a table file (see [`parse_table`]).
+/// Reads and parses a table file (see [`parse_table`]), at most [`DEFAULT_MAX_TABLE_BYTES`] of
+/// it, and only a regular file (see [`read_table_text`]).
 ///
 /// # Errors
-/// [`LoadError::Io`] when the file cannot be read, otherwise as [`parse_table`].
+/// [`LoadError::Io`], [`LoadError::NotRegular`] or [`LoadError::TooLarge`] when the file cannot
+/// be read, otherwise as [`parse_table`].
 pub fn load_table(path: &Path) -> Result<ServiceTable, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text = read_table_text(path, DEFAULT_MAX_TABLE_BYTES)?;
     parse_table(&text, &path.display().to_string())
 }
 
@@ -214,41 +269,6 @@ fn is_blank(text: &str) -> bool {
         let line = line.trim();
         line.is_empty() || line.starts_with('#') || line == "---" || line == "..."
     })
-}
-
-fn yaml_error(error: &serde_saphyr::Error, origin: &str) -> LoadError {
-    use serde_saphyr::MessageFormatter as _;
-    let location = error.location();
-    let message = serde_saphyr::DefaultMessageFormatter.format_message(error.without_snippet());
-    LoadError::Parse {
-        origin: origin.to_owned(),
-        line: location.map(|l| l.line() as usize).filter(|l| *l > 0),
-        column: location.map(|l| l.column() as usize).filter(|c| *c > 0),
-        // The message may quote the input: keep control characters off the terminal.
-        message: message.chars().flat_map(escape_control).collect(),
-    }
-}
-
-fn json_error(error: &serde_json::Error, origin: &str) -> LoadError {
-    let (line, column) = (error.line(), error.column());
-    let text = error.to_string();
-    // serde_json appends " at line L column C"; the location goes in its own fields.
-    let suffix = format!(" at line {line} column {column}");
-    let message = text.strip_suffix(&suffix).unwrap_or(&text);
-    LoadError::Parse {
-        origin: origin.to_owned(),
-        line: Some(line).filter(|l| *l > 0),
-        column: Some(column).filter(|c| *c > 0),
-        message: message.chars().flat_map(escape_control).collect(),
-    }
-}
-
-fn escape_control(c: char) -> Vec<char> {
-    if c.is_control() {
-        c.escape_debug().collect()
-    } else {
-        vec![c]
-    }
 }
 
 // === Spec types ===

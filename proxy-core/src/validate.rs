@@ -5,6 +5,10 @@
 //!
 //! - names: empty namespace or name, or one with a `/`; an empty port name on a service with several ports;
 //!   a service port inserted twice ([`crate::table::TableBuilder::insert_new`]);
+//! - text: a control character (newline, NUL, ESC...) in any name or string: the namespace, name
+//!   and port name, this node's name, and endpoints' node, zone and hint names. They end up in
+//!   logs, rule comments and dry-run output, where a newline forges a line and ESC drives the
+//!   terminal;
 //! - ports: `port`, `target_port`, `node_port`, `health_check_node_port` and endpoint ports of 0;
 //! - addresses: at most one cluster IP per family and none twice; no unspecified (`0.0.0.0`, `::`)
 //!   or multicast address anywhere (loopback is allowed); endpoints, external and load-balancer IPs
@@ -85,13 +89,45 @@ impl fmt::Display for ValidationErrors {
 }
 
 /// The path of a service port: `services[default/web].ports[http]` (`ports[]` when unnamed).
+/// Control characters in the names are escaped (`\n`, `\u{1b}`).
 pub fn port_path(name: &ServicePortName) -> String {
-    format!("services[{}].ports[{}]", name.service(), name.port)
+    format!(
+        "services[{}].ports[{}]",
+        escape_control(&name.service()),
+        escape_control(&name.port)
+    )
 }
 
-/// The path of a service: `services[default/web]`.
+/// The path of a service: `services[default/web]`, control characters escaped.
 pub fn service_path(name: &ServicePortName) -> String {
-    format!("services[{}]", name.service())
+    format!("services[{}]", escape_control(&name.service()))
+}
+
+/// `text` with each control character escaped as Rust writes it (`\n`, `\0`, `\u{1b}`), so
+/// that a name printed in a log line, an error or a terminal stays one harmless line.
+pub fn escape_control(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            escaped.extend(c.escape_debug());
+        } else {
+            escaped.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(escaped)
+}
+
+/// The problem with a name or string of the table holding a control character, if it does.
+/// Used for every text field of the model, and by the file reader for its own fields.
+pub fn control_character_problem(value: &str) -> Option<String> {
+    let c = value.chars().find(|c| c.is_control())?;
+    Some(format!(
+        "{value:?} contains the control character U+{:04X}",
+        u32::from(c)
+    ))
 }
 
 /// The highest endpoint weight IPVS accepts (`IPVS_DEST_ATTR_WEIGHT` is a signed 32-bit int).
@@ -110,9 +146,12 @@ pub fn validate(
     ports: &PortMap,
     duplicates: &[ServicePortName],
 ) -> Result<(), ValidationErrors> {
-    // The node name does not affect validity: locality is carried by each endpoint.
-    let _ = node;
+    // The node name does not affect validity (locality is carried by each endpoint), but it is
+    // printed.
     let mut checker = Checker::new(ports, duplicates);
+    if let Some(problem) = node.and_then(control_character_problem) {
+        checker.error("node".to_owned(), problem);
+    }
     let mut service_start = 0;
     let all: Vec<&ServicePort> = ports.values().map(|p| &**p).collect();
     while service_start < all.len() {
@@ -231,6 +270,9 @@ impl<'a> Checker<'a> {
                     format!("{value:?} must not contain '/'"),
                 );
             }
+            if let Some(problem) = control_character_problem(value) {
+                self.error(format!("{}.{field}", service_path(&first.name)), problem);
+            }
         }
         let mut reported_health_checks: Vec<u16> = Vec::new();
         for port in service {
@@ -239,6 +281,9 @@ impl<'a> Checker<'a> {
                     format!("{}.name", port_path(&port.name)),
                     format!("must not be empty: the service has {} ports", service.len()),
                 );
+            }
+            if let Some(problem) = control_character_problem(&port.name.port) {
+                self.error(format!("{}.name", port_path(&port.name)), problem);
             }
             if let Some(extra) = self.duplicates.remove(&port.name) {
                 self.error(port_path(&port.name), duplicate_message(extra));
@@ -430,7 +475,8 @@ impl<'a> Checker<'a> {
                 && endpoint.weight <= MAX_WEIGHT
                 && !is_copy
                 && families.is_none_or(|f| f.has(endpoint.addr))
-                && unusable_address(endpoint.addr).is_none();
+                && unusable_address(endpoint.addr).is_none()
+                && !has_control_characters(endpoint);
             if cheap_ok {
                 continue;
             }
@@ -460,6 +506,7 @@ impl<'a> Checker<'a> {
             if endpoint.port == 0 {
                 self.error(format!("{path}.port"), "0 is outside 1-65535".to_owned());
             }
+            self.check_endpoint_text(&path, endpoint);
             if endpoint.weight > MAX_WEIGHT {
                 self.error(
                     format!("{path}.weight"),
@@ -471,6 +518,38 @@ impl<'a> Checker<'a> {
             }
         }
     }
+}
+
+impl Checker<'_> {
+    /// Control characters in an endpoint's node, zone and hint names.
+    fn check_endpoint_text(&mut self, path: &str, endpoint: &Endpoint) {
+        let single = [("node", &endpoint.node), ("zone", &endpoint.zone)];
+        for (field, value) in single {
+            if let Some(problem) = value.as_deref().and_then(control_character_problem) {
+                self.error(format!("{path}.{field}"), problem);
+            }
+        }
+        let lists = [
+            ("hints.zones", &endpoint.zone_hints),
+            ("hints.nodes", &endpoint.node_hints),
+        ];
+        for (field, values) in lists {
+            for (index, value) in values.iter().enumerate() {
+                if let Some(problem) = control_character_problem(value) {
+                    self.error(format!("{path}.{field}[{index}]"), problem);
+                }
+            }
+        }
+    }
+}
+
+/// Whether any string of the endpoint holds a control character.
+fn has_control_characters(endpoint: &Endpoint) -> bool {
+    let has = |text: &str| text.chars().any(char::is_control);
+    endpoint.node.as_deref().is_some_and(has)
+        || endpoint.zone.as_deref().is_some_and(has)
+        || endpoint.zone_hints.iter().any(|t| has(t))
+        || endpoint.node_hints.iter().any(|t| has(t))
 }
 
 fn duplicate_message(extra: usize) -> String {
@@ -1019,6 +1098,85 @@ mod tests {
               is above 2147483647, the most IPVS accepts"
             ]
         );
+    }
+
+    /// Newline, NUL and ESC: a forged log line, a cut C string, a terminal escape.
+    const CONTROL_CHARACTERS: [(char, &str); 3] =
+        [('\n', "\\n"), ('\0', "\\0"), ('\u{1b}', "\\u{1b}")];
+
+    #[test]
+    fn control_characters_in_service_and_port_names_are_reported_escaped() {
+        for (c, escaped) in CONTROL_CHARACTERS {
+            let bad = format!("we{c}b");
+            let ports = [
+                port(&format!("default/{bad}"), "http", 80),
+                port(&format!("ns{c}/api"), "http", 81),
+                port("default/db", &format!("sql{c}"), 82),
+            ];
+            let problems = problems_of(ports);
+            assert_eq!(
+                problems,
+                [
+                    format!(
+                        "services[default/db].ports[sql{escaped}].name: \"sql{escaped}\" contains \
+                         the control character U+{:04X}",
+                        u32::from(c)
+                    ),
+                    format!(
+                        "services[default/we{escaped}b].name: \"we{escaped}b\" contains the \
+                         control character U+{:04X}",
+                        u32::from(c)
+                    ),
+                    format!(
+                        "services[ns{escaped}/api].namespace: \"ns{escaped}\" contains the \
+                         control character U+{:04X}",
+                        u32::from(c)
+                    ),
+                ],
+                "{c:?}"
+            );
+            for problem in &problems {
+                assert!(!problem.contains(c), "raw {c:?} in {problem:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn control_characters_in_node_zone_and_hint_names_are_reported_escaped() {
+        for (c, escaped) in CONTROL_CHARACTERS {
+            let mut on_node = endpoint("198.18.1.10", 8080);
+            on_node.node = Some(format!("node-b{c}"));
+            on_node.zone = Some(format!("zone{c}"));
+            on_node.zone_hints = vec!["zone-a".to_owned(), format!("z{c}")];
+            on_node.node_hints = vec![format!("n{c}")];
+            let web = port("default/web", "http", 80).with_endpoint(on_node);
+            let problems = problems(
+                ServiceTable::builder()
+                    .node(format!("node-a{c}"))
+                    .insert(web),
+            );
+            let at = "services[default/web].ports[http].endpoints[198.18.1.10:8080]";
+            let code = format!("the control character U+{:04X}", u32::from(c));
+            assert_eq!(
+                problems,
+                [
+                    format!("node: \"node-a{escaped}\" contains {code}"),
+                    format!("{at}.node: \"node-b{escaped}\" contains {code}"),
+                    format!("{at}.zone: \"zone{escaped}\" contains {code}"),
+                    format!("{at}.hints.zones[1]: \"z{escaped}\" contains {code}"),
+                    format!("{at}.hints.nodes[0]: \"n{escaped}\" contains {code}"),
+                ],
+                "{c:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn printable_unicode_names_are_allowed() {
+        let mut ep = endpoint("198.18.1.10", 8080);
+        ep.node = Some("nœud-ä".to_owned());
+        let web = port("défaut/wéb", "http-ü", 80).with_endpoint(ep);
+        assert_eq!(problems_of([web]), Vec::<String>::new());
     }
 
     #[test]

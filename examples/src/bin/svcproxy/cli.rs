@@ -78,6 +78,17 @@ pub struct RunArgs {
     #[arg(long, value_name = "MS", default_value_t = 500)]
     pub poll_interval_ms: u64,
 
+    /// How long a change written in place must hold still (size, mtime and content) before it
+    /// applies, in milliseconds. A file renamed over FILE (temp file + rename: the safe way to
+    /// write it) applies at once.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub settle_ms: u64,
+
+    /// The largest table file read, in bytes (a 50,000-service x 10-endpoint table is about
+    /// 34 MB). Larger files, and anything but a regular file, are refused.
+    #[arg(long, value_name = "BYTES", default_value_t = proxy_core::file::DEFAULT_MAX_TABLE_BYTES)]
+    pub max_table_bytes: u64,
+
     /// iptables and ipvs backends: the pod network (at most one per family). Traffic from outside it to a
     /// cluster IP is masqueraded (kube-proxy's --cluster-cidr). Repeatable.
     #[arg(long = "cluster-cidr", value_name = "CIDR")]
@@ -130,6 +141,10 @@ pub struct RunArgs {
 impl RunArgs {
     pub fn poll_interval(&self) -> Duration {
         Duration::from_millis(self.poll_interval_ms.max(10))
+    }
+
+    pub fn settle(&self) -> Duration {
+        Duration::from_millis(self.settle_ms)
     }
 }
 

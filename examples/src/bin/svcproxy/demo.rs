@@ -5,7 +5,7 @@
 //! the user may edit live, and runs the userspace backend on it.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -40,11 +40,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         tokio::spawn(udp_echo(socket, addr));
     }
 
-    let table_path = args.table.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("svcproxy-demo-{}.yaml", std::process::id()))
-    });
-    std::fs::write(&table_path, DEMO_TABLE)
-        .with_context(|| format!("cannot write the demo table to {}", table_path.display()))?;
+    let (table_path, private_dir) = match args.table.clone() {
+        Some(path) => {
+            std::fs::write(&path, DEMO_TABLE)
+                .with_context(|| format!("cannot write the demo table to {}", path.display()))?;
+            (path, None)
+        }
+        None => {
+            let dir = private_temp_dir()?;
+            let path = dir.join("demo.yaml");
+            write_new_file(&path, DEMO_TABLE)?;
+            (path, Some(dir))
+        }
+    };
 
     println!(
         "svcproxy demo: backends on {} (HTTP) and {} (UDP echo)",
@@ -73,6 +81,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         metrics_addr: Some(args.metrics_addr),
         healthz_addr: None,
         poll_interval_ms: 500,
+        settle_ms: 1000,
+        max_table_bytes: proxy_core::file::DEFAULT_MAX_TABLE_BYTES,
         cluster_cidrs: Vec::new(),
         masquerade_all: false,
         node_addresses: vec!["127.0.0.1".parse().context("loopback")?],
@@ -85,14 +95,64 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         no_service_health: false,
     };
     let outcome = crate::run(run_args).await;
-    if args.table.is_none() {
-        remove_quietly(table_path);
+    if let Some(dir) = private_dir {
+        remove_quietly(&table_path, &dir);
     }
     outcome
 }
 
-fn remove_quietly(path: PathBuf) {
-    if let Err(err) = std::fs::remove_file(&path) {
+/// A new directory in the system's temporary directory, with an unpredictable name and mode
+/// 0700 (as `mkdtemp(3)`): a predictable name there is a place another user can plant a symlink
+/// first, and a plain write would follow it onto any file we may write.
+fn private_temp_dir() -> anyhow::Result<PathBuf> {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    use std::os::unix::fs::DirBuilderExt as _;
+    let base = std::env::temp_dir();
+    let mut attempts = 0;
+    loop {
+        // std seeds each `RandomState` from the OS's random source: 64 unpredictable bits.
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let dir = base.join(format!("svcproxy-demo-{random:016x}"));
+        // mkdir never follows a symlink at its last component, and fails if anything is there.
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists && attempts < 8 => {
+                attempts += 1;
+            }
+            Err(err) => {
+                return Err(err).with_context(|| {
+                    format!(
+                        "cannot create a private directory for the demo table in {}",
+                        base.display()
+                    )
+                })
+            }
+        }
+    }
+}
+
+/// Creates `path` (mode 0600) and writes `text` to it; never opens an existing file and never
+/// follows a symlink (`O_CREAT | O_EXCL | O_NOFOLLOW`).
+fn write_new_file(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(path)
+        .and_then(|mut file| file.write_all(text.as_bytes()).map(|()| file))
+        .with_context(|| format!("cannot write the demo table to {}", path.display()))?;
+    file.flush()
+        .with_context(|| format!("cannot write the demo table to {}", path.display()))
+}
+
+fn remove_quietly(path: &Path, dir: &Path) {
+    let removed = std::fs::remove_file(path).and_then(|()| std::fs::remove_dir(dir));
+    if let Err(err) = removed {
         debug!(file = %path.display(), error = %err, "demo table not removed");
     }
 }

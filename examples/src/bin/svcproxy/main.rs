@@ -25,6 +25,7 @@ use clap::Parser as _;
 use proxy_core::prometheus_client::registry::Registry;
 use proxy_core::sync::sync_once;
 use proxy_core::tracker::ChangeTracker;
+use proxy_core::validate::escape_control;
 use proxy_core::{Dataplane as _, SyncConfig, SyncLoop, SyncMode};
 use tracing::{error, info};
 
@@ -107,7 +108,15 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let Some(path) = args.services.clone() else {
         anyhow::bail!("--services FILE is required (or run `svcproxy demo`); see --help");
     };
-    let spec = watch::load(&path, args.node_name.as_deref())
+    let file = watch::FileOptions {
+        path: path.clone(),
+        node: args.node_name.clone(),
+        max_bytes: args.max_table_bytes,
+        settle: args.settle(),
+    };
+    // Off the runtime and bounded in time: a FIFO or a hung file system cannot freeze the start.
+    let (spec, version) = watch::load(&file)
+        .await
         .with_context(|| format!("cannot start with {}", path.display()))?;
     let dataplane = backend::build(args.backend, &args)?;
     let (mut tracker, source) = ChangeTracker::for_dataplane(&dataplane);
@@ -133,7 +142,12 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .context("the backend cannot plan this table")?;
         print!("{dry_run}");
         for (name, skipped) in tracker.skipped() {
-            println!("# {name}: {skipped}");
+            // Names and messages come from the file: no raw control characters on the terminal.
+            println!(
+                "# {}: {}",
+                escape_control(&name.to_string()),
+                escape_control(&skipped.to_string())
+            );
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -142,7 +156,11 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let report = sync_once(dataplane.as_mut(), &table, SyncMode::Full).await?;
         println!("{report}");
         for (name, skipped) in tracker.skipped() {
-            println!("  {name}: {skipped}");
+            println!(
+                "  {}: {}",
+                escape_control(&name.to_string()),
+                escape_control(&skipped.to_string())
+            );
         }
         let complete = report.is_complete() && tracker.skipped().is_empty();
         return Ok(if complete {
@@ -174,9 +192,9 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ));
     }
     let watcher = tokio::spawn(watch::watch_file(
-        path,
-        args.node_name.clone(),
+        file,
         args.poll_interval(),
+        version,
         tracker,
     ));
 
