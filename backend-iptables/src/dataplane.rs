@@ -6,14 +6,27 @@
 //! [`IptablesDataplane::new`] does no I/O: the iptables variant (legacy or nft) is detected at
 //! the first sync or cleanup, asynchronously, and the runners are built then, all under the
 //! configured namespace ([`IptablesConfig::netns`]). [`Dataplane::dry_run`] needs none of it.
+//!
+//! **One owner.** Right after detection, before it changes anything, the first sync or cleanup
+//! takes the [`proxy_core::lock::DataplaneLock`] of (network namespace, `iptables`, prefix), and
+//! the dataplane keeps it until dropped: a second instance with the same prefix in the same
+//! namespace would delete our chains at each full sync (and all of them at its cleanup), so its
+//! syncs fail instead with [`IptablesError::Lock`], naming our pid, until we are gone.
+//!
+//! **Drift.** [`Dataplane::check_drift`] runs [`find_drift`] (canary chains and the first hook of
+//! each table: eight short `iptables` processes, off the async threads), so the sync loop repairs
+//! a flushed table or deleted chains within its drift-check period; rules edited inside our chains
+//! are repaired by the periodic full sync, which reads them back.
 
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
 use prometheus_client::registry::Registry;
 use proxy_core::dataplane::{CleanupReport, DryRun, SyncProblem, SyncReport};
+use proxy_core::lock::{DataplaneLock, LockError, LockKey, NetnsId, DEFAULT_LOCK_DIR};
 use proxy_core::table::Scheduler;
 use proxy_core::{
     Capabilities, Dataplane, DataplaneError, Protocol, ServiceTable, SyncMode, SyncRequest,
@@ -26,7 +39,7 @@ use crate::config::IptablesConfig;
 use crate::conntrack::{flush_stale, plan_conntrack, ConntrackOps, Netlink, NetnsNetlink};
 use crate::error::IptablesError;
 use crate::hooks::{
-    canaries_present, ensure_hooks, remove_hooks, HookError, HookOps, IptablesHooks,
+    canaries_present, ensure_hooks, find_drift, remove_hooks, HookError, HookOps, IptablesHooks,
 };
 use crate::metrics::Metrics;
 use crate::observe::{observe, SaveRunner};
@@ -60,6 +73,16 @@ pub struct IptablesDataplane {
     hooks_ensured: bool,
     metrics: Option<Metrics>,
     conntrack: Option<Arc<dyn ConntrackOps>>,
+    owner: OwnerLock,
+}
+
+/// The one-owner lock: not taken (runners given by the caller), to be taken in a directory at
+/// the first sync or cleanup, or held for the dataplane's life.
+#[derive(Debug)]
+enum OwnerLock {
+    Off,
+    Pending { dir: PathBuf },
+    Held(DataplaneLock),
 }
 
 /// The effects a sync goes through.
@@ -95,6 +118,9 @@ impl IptablesDataplane {
             hooks_ensured: false,
             metrics: None,
             conntrack: Some(conntrack),
+            owner: OwnerLock::Pending {
+                dir: PathBuf::from(DEFAULT_LOCK_DIR),
+            },
         })
     }
 
@@ -120,7 +146,55 @@ impl IptablesDataplane {
             hooks_ensured: false,
             metrics: None,
             conntrack: None,
+            owner: OwnerLock::Off,
         }
+    }
+
+    /// The same dataplane, taking its one-owner lock in `dir` rather than
+    /// [`DEFAULT_LOCK_DIR`] (`/run/svcproxy`); on a dataplane made
+    /// [`with_runners`](Self::with_runners), which takes none by default, this turns it on. The
+    /// lock is keyed by the network namespace ([`IptablesConfig::netns`], else the calling
+    /// thread's), this backend and the prefix.
+    #[must_use]
+    pub fn with_lock_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.owner = OwnerLock::Pending { dir: dir.into() };
+        self
+    }
+
+    /// The lock file this dataplane holds, once its first sync or cleanup took it.
+    pub fn lock_path(&self) -> Option<&Path> {
+        match &self.owner {
+            OwnerLock::Held(lock) => Some(lock.path()),
+            OwnerLock::Off | OwnerLock::Pending { .. } => None,
+        }
+    }
+
+    /// Takes the one-owner lock if it is due and not yet held.
+    ///
+    /// # Errors
+    /// [`IptablesError::Lock`]: held by another instance (named), or not takeable.
+    fn ensure_owner(&mut self) -> Result<(), IptablesError> {
+        let OwnerLock::Pending { dir } = &self.owner else {
+            return Ok(());
+        };
+        let config = self.planner.config();
+        let (netns_path, netns) = match &config.netns {
+            Some(name) => (Path::new("/run/netns").join(name), NetnsId::named(name)),
+            None => (
+                PathBuf::from("/proc/thread-self/ns/net"),
+                NetnsId::current(),
+            ),
+        };
+        let netns = netns.map_err(|source| LockError::Io {
+            path: netns_path,
+            op: "identify the network namespace",
+            source,
+        })?;
+        let key = LockKey::new(netns, NAME, self.planner.names().prefix());
+        let lock = DataplaneLock::acquire_in(dir, &key)?;
+        info!(lock = %lock.path().display(), %netns, prefix = %key.scope, "iptables owner lock taken");
+        self.owner = OwnerLock::Held(lock);
+        Ok(())
     }
 
     /// The same dataplane, deleting stale UDP conntrack entries after each sync through `ops`
@@ -188,6 +262,7 @@ impl IptablesDataplane {
     async fn sync_inner(&mut self, request: SyncRequest<'_>) -> Result<SyncReport, IptablesError> {
         let started = Instant::now();
         let runners = self.runners().await?;
+        self.ensure_owner()?;
         let mut mode = if self.applied.is_empty() {
             SyncMode::Full
         } else {
@@ -346,6 +421,7 @@ impl Dataplane for IptablesDataplane {
             .runners()
             .await
             .map_err(IptablesError::into_dataplane)?;
+        self.ensure_owner().map_err(IptablesError::into_dataplane)?;
         let hooks = self.planner.hooks();
         let hooks = off_runtime(&runners.hooks, move |ops| remove_hooks(ops, &hooks))
             .await
@@ -373,6 +449,34 @@ impl Dataplane for IptablesDataplane {
     fn dry_run(&self, table: &ServiceTable) -> Result<DryRun, DataplaneError> {
         Self::supported().check(NAME, table)?;
         Ok(DryRun::new(render_dry_run(&self.planner, table)))
+    }
+
+    /// The canary chains and the first hook of each table, in both families ([`find_drift`]),
+    /// off the async threads. `false` before anything is programmed, and while the next sync is
+    /// full anyway (after a failure).
+    ///
+    /// # Errors
+    /// [`DataplaneError::Backend`] when `iptables` could not run.
+    async fn check_drift(&mut self) -> Result<bool, DataplaneError> {
+        let Some(runners) = self.runners.clone() else {
+            return Ok(false);
+        };
+        if self.applied.is_empty() || !self.hooks_ensured {
+            return Ok(false);
+        }
+        let canary = self.planner.names().canary();
+        let hooks = self.planner.hooks();
+        let found = off_runtime(&runners.hooks, move |ops| find_drift(ops, &canary, &hooks))
+            .await
+            .map_err(IptablesError::into_dataplane)?;
+        let Some(found) = found else {
+            return Ok(false);
+        };
+        // The sync loop logs the drift at warn; what it was is this backend's detail.
+        info!(%found, "iptables drift");
+        // The full sync the loop now runs reads our chains back; the hooks go in again too.
+        self.hooks_ensured = false;
+        Ok(true)
     }
 
     /// Registers [`Metrics`] (kube-proxy's iptables series) under `kubeproxy` in the root

@@ -99,6 +99,11 @@ pub enum IptablesError {
     /// Ensuring or removing a hook failed.
     #[error(transparent)]
     Hook(#[from] crate::hooks::HookError),
+    /// Another instance owns the chains of this prefix in this network namespace (its pid and
+    /// command line are in the message), or the lock could not be taken
+    /// ([`proxy_core::lock`]).
+    #[error(transparent)]
+    Lock(#[from] proxy_core::lock::LockError),
     /// `iptables-save` failed.
     #[error("{family} {table}: {failure}")]
     Save {

@@ -78,6 +78,50 @@ pub fn canaries_present(ops: &dyn HookOps, canary: &ChainName) -> Result<bool, H
     Ok(true)
 }
 
+/// The cheap drift check ([`proxy_core::Dataplane::check_drift`]): per family and table, that
+/// the canary chain exists (`-L`: gone when someone deleted the table's chains, `-X`, or a
+/// firewall reload replaced the table) and that the table's first hook does (`-C`: gone when
+/// someone flushed the table's rules, `-F`). Four processes per family, never a dump of a
+/// table. Returns what it found first, for the log; `None` when all is in place.
+///
+/// What it cannot see (a hook deleted by hand from another built-in chain, a rule deleted from
+/// or inserted into one of our chains, one of our chains deleted once nothing jumps to it) is
+/// found and repaired by the periodic full sync, which reads our chains back with
+/// `iptables-save`.
+///
+/// # Errors
+/// The first [`HookError`] of a canary check (the tool could not run).
+pub fn find_drift(
+    ops: &dyn HookOps,
+    canary: &ChainName,
+    hooks: &[Hook],
+) -> Result<Option<String>, HookError> {
+    for family in Family::ALL {
+        for table in [TableName::Nat, TableName::Filter] {
+            if !ops.chain_exists(family, table, canary)? {
+                return Ok(Some(format!(
+                    "{family} {table}: canary chain {canary} missing (our chains were deleted)"
+                )));
+            }
+            let Some(hook) = hooks.iter().find(|h| h.table == table) else {
+                continue;
+            };
+            let missing = format!(
+                "{family} {table}: hook -A {} {} missing (the table was flushed)",
+                hook.chain, hook.rule
+            );
+            match ops.exists(family, hook) {
+                Ok(true) => {}
+                Ok(false) => return Ok(Some(missing)),
+                // The canary check just ran, so the tool works: a check that fails means the
+                // jump's target chain is gone.
+                Err(e) => return Ok(Some(format!("{missing}: {}", e.message))),
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// [`HookOps`] over the variant's `iptables`/`ip6tables` binaries, each call one process run
 /// from an argument vector: `[prefix...] iptables-nft -w 5 -t nat -C PREROUTING <rule args>`.
 #[derive(Debug, Clone)]

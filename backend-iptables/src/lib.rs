@@ -6,7 +6,12 @@
 //! [`names::Names::is_owned`] accepts (prefix `SVCP-` by default) and the jumps to them from the
 //! built-in chains ([`plan::Planner::hooks`]); [`cleanup::cleanup_chains`] and
 //! [`hooks::remove_hooks`] remove exactly those (`Dataplane::cleanup` does both). It also deletes
-//! stale UDP conntrack entries ([`conntrack`]) but creates none.
+//! stale UDP conntrack entries ([`conntrack`]) but creates none. From its first sync or cleanup
+//! until it is dropped, a dataplane holds a lock file under `/run/svcproxy`
+//! ([`proxy_core::lock`]) keyed by network namespace and prefix: a second instance that would
+//! own the same chains is refused by name instead of deleting ours at each full sync. Between
+//! syncs, its drift check ([`hooks::find_drift`]: canary chains and one hook per table) lets the
+//! sync loop repair a flushed table within seconds.
 //!
 //! Shape: **model** ([`rules`]) → **plan** ([`plan`], pure) → **apply** ([`apply`], [`hooks`]) →
 //! **observe** ([`observe`]); [`dataplane::IptablesDataplane`] ties them into a

@@ -15,7 +15,8 @@ use backend_iptables::testing::trace::{Packet, Tracer};
 use backend_iptables::IptablesDataplane;
 use proxy_core::table::Endpoint;
 use proxy_core::{
-    diff, Dataplane, ServicePort, ServicePortName, ServiceTable, SyncMode, SyncRequest,
+    diff, Dataplane, DataplaneError, ServicePort, ServicePortName, ServiceTable, SyncMode,
+    SyncReport, SyncRequest,
 };
 
 struct Rig {
@@ -399,4 +400,133 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+// === one owner ===
+
+/// A dataplane over fakes of its own, taking its owner lock in `dir`.
+fn locked_rig(prefix: &str, dir: &std::path::Path) -> Rig {
+    let planner = Planner::new(backend_iptables::IptablesConfig {
+        prefix: prefix.to_owned(),
+        ..cases::config()
+    })
+    .expect("valid config");
+    let restore = Arc::new(FakeRestore::new());
+    let hooks = Arc::new(FakeHooks::new());
+    let dataplane = IptablesDataplane::with_runners(
+        planner.clone(),
+        restore.clone(),
+        restore.clone(),
+        hooks.clone(),
+    )
+    .with_lock_dir(dir);
+    Rig {
+        restore,
+        hooks,
+        dataplane,
+        planner,
+    }
+}
+
+async fn try_sync(rig: &mut Rig, table: &ServiceTable) -> Result<SyncReport, DataplaneError> {
+    let changes = diff(&ServiceTable::empty(), table);
+    rig.dataplane
+        .sync(SyncRequest {
+            desired: table,
+            changes: &changes,
+            mode: SyncMode::Full,
+        })
+        .await
+}
+
+#[tokio::test]
+async fn a_second_dataplane_on_the_same_prefix_is_refused_by_name_until_the_first_is_gone() {
+    let dir = testkit::fs::TempDir::new("iptables-owner");
+    let table = cases::scale_table(2, 1);
+    let mut first = locked_rig("SVCP-", dir.path());
+    assert_eq!(first.dataplane.lock_path(), None, "taken at the first sync");
+    try_sync(&mut first, &table).await.expect("free");
+    let lock = first.dataplane.lock_path().expect("held").to_owned();
+
+    let mut second = locked_rig("SVCP-", dir.path());
+    for attempt in 0..2 {
+        let err = try_sync(&mut second, &table).await.expect_err("owned");
+        let text = error_chain(&err);
+        assert!(
+            text.contains(&format!("pid {}", std::process::id()))
+                && text.contains("iptables objects under \"SVCP-\"")
+                && text.contains(&lock.display().to_string()),
+            "attempt {attempt}: {text}"
+        );
+        assert!(
+            second.restore.calls().is_empty(),
+            "nothing written before the lock"
+        );
+    }
+    let err = second.dataplane.cleanup().await.expect_err("owned");
+    assert!(
+        error_chain(&err).contains("already managed by"),
+        "{}",
+        error_chain(&err)
+    );
+    assert!(
+        second
+            .hooks
+            .chain(Family::V4, "nat", "PREROUTING")
+            .is_empty(),
+        "a refused cleanup removes nothing either"
+    );
+
+    let mut other = locked_rig("OTHER-", dir.path());
+    try_sync(&mut other, &table)
+        .await
+        .expect("another prefix owns other chains");
+
+    drop(first);
+    assert!(!lock.exists(), "the lock file goes with its holder");
+    try_sync(&mut second, &table)
+        .await
+        .expect("free once the first is gone");
+}
+
+// === drift check ===
+
+#[tokio::test]
+async fn the_drift_check_finds_deleted_chains_and_flushed_hooks_and_a_full_sync_clears_it() {
+    let mut rig = rig();
+    assert!(
+        !rig.dataplane.check_drift().await.expect("runs"),
+        "nothing programmed, nothing to drift"
+    );
+    let a = cases::scale_table(3, 1);
+    sync(&mut rig, &ServiceTable::empty(), &a, SyncMode::Full).await;
+    assert!(!rig.dataplane.check_drift().await.expect("runs"));
+
+    // Chains deleted (`-X`): the canary is gone.
+    rig.hooks.set_missing("SVCP-CANARY", true);
+    assert!(rig.dataplane.check_drift().await.expect("runs"));
+    rig.hooks.set_missing("SVCP-CANARY", false);
+    sync(&mut rig, &a, &a, SyncMode::Full).await;
+    assert!(!rig.dataplane.check_drift().await.expect("runs"));
+
+    // Rules flushed (`-F`) in the IPv6 filter table: its first hook is gone.
+    let filter_hook = rig
+        .planner
+        .hooks()
+        .into_iter()
+        .find(|h| h.table == backend_iptables::rules::TableName::Filter)
+        .expect("a filter hook");
+    backend_iptables::hooks::HookOps::delete(rig.hooks.as_ref(), Family::V6, &filter_hook)
+        .expect("fake");
+    assert!(rig.dataplane.check_drift().await.expect("runs"));
+    let report = sync(&mut rig, &a, &a, SyncMode::Full).await;
+    assert_eq!(report.mode, SyncMode::Full);
+    assert_eq!(
+        rig.hooks
+            .chain(Family::V6, "filter", filter_hook.chain.as_str()),
+        rig.hooks
+            .chain(Family::V4, "filter", filter_hook.chain.as_str()),
+        "the full sync put the hook back"
+    );
+    assert!(!rig.dataplane.check_drift().await.expect("runs"));
 }

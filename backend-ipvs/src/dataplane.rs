@@ -82,6 +82,9 @@ struct Core {
     cache: Option<(ServiceTable, Desired)>,
     /// The index of our dummy interface, once known.
     link_index: Option<u32>,
+    /// The one-owner locks taken when the kernel connections were opened, held until the
+    /// dataplane is dropped (see [`kernel`]).
+    owner: Vec<proxy_core::lock::DataplaneLock>,
     /// The clean-up of stale UDP flows started by the last sync, still running or not yet
     /// joined: its failure is a problem of the first sync after it ended (or of the sync that
     /// starts the next one, which waits for it).
@@ -179,6 +182,7 @@ impl IpvsDataplane {
                 needs_full: true,
                 cache: None,
                 link_index: None,
+                owner: Vec::new(),
                 flow_cleanup: None,
             })),
             config,
@@ -346,6 +350,7 @@ impl Core {
         let opened = kernel::open(pending, &self.config, self.has_companions)?;
         self.link = Some(opened.link);
         self.companions = opened.companions;
+        self.owner = opened.owner;
         self.kernel = Kernel::Open {
             ipvs: Arc::clone(&opened.ipvs),
             netns: opened.netns,

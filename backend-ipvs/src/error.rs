@@ -227,6 +227,11 @@ pub enum BackendError {
         /// Where this thread is.
         current: String,
     },
+    /// Another instance owns our prefix or our interface in this network namespace (its pid
+    /// and command line are in the message), or the lock could not be taken
+    /// ([`proxy_core::lock`]).
+    #[error(transparent)]
+    Lock(#[from] proxy_core::lock::LockError),
     /// A blocking task was cancelled or panicked.
     #[error("blocking task: {0}")]
     Task(String),

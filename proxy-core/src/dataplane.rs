@@ -382,6 +382,21 @@ pub trait Dataplane: Send {
     fn register_metrics(&mut self, registry: &mut Registry) {
         let _ = registry;
     }
+
+    /// Checks, cheaply, whether what the last successful sync programmed is still in place:
+    /// `true` when someone changed it behind our back (a flushed table, a deleted chain or
+    /// hook), so that the sync loop runs a full sync now rather than at the next periodic
+    /// resync. The loop calls it every [`crate::SyncConfig::drift_check_period`] while idle,
+    /// never during a sync and never before the first success. It must cost little (a few
+    /// kernel reads, no dump of the whole state) and must not block the async runtime. What it
+    /// cannot see cheaply is left to the periodic full sync. The default sees nothing.
+    ///
+    /// # Errors
+    /// [`DataplaneError`] when the check itself could not run; the loop logs it and checks
+    /// again at the next period.
+    async fn check_drift(&mut self) -> Result<bool, DataplaneError> {
+        Ok(false)
+    }
 }
 
 #[async_trait]
@@ -403,5 +418,8 @@ impl<D: Dataplane + ?Sized> Dataplane for Box<D> {
     }
     fn register_metrics(&mut self, registry: &mut Registry) {
         (**self).register_metrics(registry);
+    }
+    async fn check_drift(&mut self) -> Result<bool, DataplaneError> {
+        (**self).check_drift().await
     }
 }

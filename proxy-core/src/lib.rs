@@ -92,6 +92,7 @@ pub mod dataplane;
 pub mod diff;
 pub mod error;
 pub mod file;
+pub mod lock;
 pub mod metrics;
 pub mod select;
 pub mod service_health;

@@ -18,6 +18,7 @@
 //! | `svcproxy_sync_endpoints` | gauge | endpoints in the last synced table |
 //! | `svcproxy_sync_failures_total{reason}` | counter | syncs that did not converge: `dataplane_error`, `unsupported_table` |
 //! | `svcproxy_syncs_total{mode, result}` | counter | dataplane syncs by `full`/`partial` and `success`/`degraded`/`error` |
+//! | `svcproxy_sync_drift_detected_total` | counter | drift checks that found the dataplane changed behind our back (each forces a full sync) |
 //!
 //! kube-proxy's `no_local_endpoints_total` is a gauge despite its name, recounted on each sync; so
 //! is ours. kube-proxy runs one proxier per IP family and labels some series `ip_family`; the sync
@@ -66,6 +67,7 @@ pub struct SyncMetrics {
     failures: Family<FailureLabels, Counter>,
     syncs: Family<SyncLabels, Counter>,
     skipped: Family<SkipLabels, Gauge>,
+    drift_detected: Counter,
     /// The service ports counted by `no_local_endpoints`, kept so that a partial sync recounts
     /// only the ports it changed.
     dropping: std::sync::Arc<std::sync::Mutex<Dropping>>,
@@ -208,6 +210,7 @@ impl SyncMetrics {
             failures: Family::default(),
             syncs: Family::default(),
             skipped: Family::default(),
+            drift_detected: Counter::default(),
             dropping: Default::default(),
         };
         for reason in [
@@ -306,7 +309,18 @@ impl SyncMetrics {
             "Service ports left out of the table or kept at their last good version, by reason",
             metrics.skipped.clone(),
         );
+        // kube-proxy has no such series: its canary only forces the next sync to be full.
+        own.register(
+            "sync_drift_detected",
+            "Drift checks that found the dataplane changed behind our back, each forcing a full sync",
+            metrics.drift_detected.clone(),
+        );
         metrics
+    }
+
+    /// A drift check found the dataplane changed behind our back.
+    pub(crate) fn record_drift(&self) {
+        self.drift_detected.inc();
     }
 
     /// The service ports skipped now, counted by reason.
@@ -543,6 +557,7 @@ mod tests {
             "svcproxy_sync_failures_total{reason=\"unsupported_table\"} 1",
             "svcproxy_sync_failures_total{reason=\"dataplane_error\"} 0",
             "svcproxy_syncs_total{mode=\"full\",result=\"success\"} 1",
+            "svcproxy_sync_drift_detected_total 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -11,6 +11,12 @@
 //! - **Modes.** The first sync, every retry after a failure or degraded sync, and the periodic
 //!   resync every [`SyncConfig::full_sync_period`] (which repairs drift) are [`SyncMode::Full`];
 //!   the others [`SyncMode::Partial`].
+//! - **Drift checks.** While idle after a successful sync, the loop asks the dataplane every
+//!   [`SyncConfig::drift_check_period`] whether its state is still in place
+//!   ([`Dataplane::check_drift`], cheap: a flushed table, a deleted chain). Drift found forces a
+//!   full sync at once (within the minimum period), is counted
+//!   (`svcproxy_sync_drift_detected_total`), logged at warn and shown by [`SyncHealth`] until
+//!   repaired. What a cheap check cannot see is repaired by the periodic resync.
 //! - **Retries.** A failed sync is retried in full after a bounded exponential backoff
 //!   ([`SyncConfig::retry_backoff_initial`] doubling up to [`SyncConfig::retry_backoff_max`]); the
 //!   dataplane keeps its last good state meanwhile. A new table is synced without waiting for the
@@ -63,7 +69,7 @@ use std::time::Duration;
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tracing::{debug, error, info, info_span, warn, Instrument as _};
+use tracing::{debug, debug_span, error, info, info_span, warn, Instrument as _};
 
 use crate::dataplane::{Dataplane, SyncMode, SyncReport, SyncRequest};
 use crate::diff::{diff, ChangeSet};
@@ -151,6 +157,8 @@ struct LoopState {
     next_full: Option<Instant>,
     /// When a failed or degraded sync is retried.
     retry_at: Option<Instant>,
+    /// When the dataplane is next asked whether its state drifted (set by each sync and check).
+    next_drift_check: Option<Instant>,
     /// The wait before the next retry.
     backoff: Duration,
     /// Syncs run so far.
@@ -182,6 +190,7 @@ impl<D: Dataplane> SyncLoop<D> {
             last_start: None,
             next_full: None,
             retry_at: None,
+            next_drift_check: None,
             backoff: config.retry_backoff_initial,
             sequence: 0,
         };
@@ -245,6 +254,7 @@ impl<D: Dataplane> SyncLoop<D> {
         let mut commands_open = true;
         loop {
             let due = self.next_due(source_open);
+            let drift_due = self.next_drift_check();
             if !source_open && due.is_none() {
                 info!(backend, "service source closed, sync loop stopped");
                 return Ok(self.dataplane);
@@ -264,6 +274,9 @@ impl<D: Dataplane> SyncLoop<D> {
                     None => source_open = false,
                 },
                 () = sleep_until(due) => self.sync().await,
+                // After the sync branch: when both are due, the sync goes first and the check
+                // moves a period later.
+                () = sleep_until(drift_due) => self.check_drift().await,
             }
         }
     }
@@ -302,6 +315,52 @@ impl<D: Dataplane> SyncLoop<D> {
             .last_start
             .map(|start| start + self.config.min_sync_period);
         Some(earliest.map_or(wanted, |earliest| wanted.max(earliest)))
+    }
+
+    /// When the dataplane should next be checked for drift, or `None`: checks are off, nothing
+    /// has synced yet, or a sync is queued or a retry pending (those are full or coming anyway).
+    fn next_drift_check(&self) -> Option<Instant> {
+        let state = &self.state;
+        if self.config.drift_check_period.is_zero()
+            || state.queued
+            || state.retry_at.is_some()
+            || !self.health.has_synced()
+        {
+            return None;
+        }
+        state.next_drift_check
+    }
+
+    /// Asks the dataplane whether what it programmed is still in place; if not, queues a full
+    /// sync (which still waits for the minimum period).
+    async fn check_drift(&mut self) {
+        let backend = self.dataplane.name();
+        let started = Instant::now();
+        let span = debug_span!("drift_check", backend);
+        let result = self.dataplane.check_drift().instrument(span).await;
+        let now = Instant::now();
+        let elapsed_ms = now.saturating_duration_since(started).as_secs_f64() * 1e3;
+        self.state.next_drift_check = Some(now + self.config.drift_check_period);
+        match result {
+            Ok(false) => {}
+            Ok(true) => {
+                warn!(
+                    backend,
+                    elapsed_ms, "dataplane changed behind our back (drift check), syncing fully"
+                );
+                self.metrics.record_drift();
+                self.health.record_drift(now);
+                self.state.need_full = true;
+                self.state.queued = true;
+            }
+            // Handled here: the next check, or the periodic resync, runs anyway.
+            Err(error) => warn!(
+                backend,
+                error = %error_chain(&error),
+                elapsed_ms,
+                "drift check failed, checking again next period"
+            ),
+        }
     }
 
     /// An update arrived: leave out the ports the backend cannot do, and queue it.
@@ -442,6 +501,8 @@ impl<D: Dataplane> SyncLoop<D> {
             mode,
         };
         let result = self.dataplane.sync(request).instrument(span.clone()).await;
+        // A sync has just looked at (and, if full, repaired) the dataplane: check a period on.
+        self.state.next_drift_check = Some(Instant::now() + self.config.drift_check_period);
         let attempt = Attempt {
             desired,
             generation,

@@ -3,11 +3,14 @@
 //! closing, health and metrics.
 
 use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use proptest::prelude::*;
-use proxy_core::dataplane::{Capabilities, SyncMode};
+use proxy_core::dataplane::{
+    Capabilities, CleanupReport, Dataplane, DryRun, SyncMode, SyncReport, SyncRequest,
+};
 use proxy_core::diff::diff;
 use proxy_core::metrics::{encode_text, FailureReason};
 use proxy_core::sync::{
@@ -81,6 +84,7 @@ fn config() -> SyncConfig {
     SyncConfig {
         min_sync_period: SECOND,
         full_sync_period: 30 * SECOND,
+        drift_check_period: 2 * SECOND,
         retry_backoff_initial: SECOND,
         retry_backoff_max: 8 * SECOND,
         health_timeout: Some(10 * SECOND),
@@ -796,11 +800,14 @@ fn config_defaults_match_kube_proxy_and_read_seconds() {
     assert_eq!(defaults.retry_backoff_initial, SECOND);
     assert_eq!(defaults.retry_backoff_max, 30 * SECOND);
     assert_eq!(defaults.health_timeout(), 60 * SECOND);
+    assert_eq!(defaults.drift_check_period, 2 * SECOND);
     assert!(!defaults.cleanup_on_shutdown);
 
-    let parsed: SyncConfig =
-        serde_json::from_str(r#"{"min_sync_period_seconds": 0.5, "health_timeout_seconds": 12}"#)
-            .expect("valid config");
+    let parsed: SyncConfig = serde_json::from_str(
+        r#"{"min_sync_period_seconds": 0.5, "health_timeout_seconds": 12, "drift_check_period_seconds": 0}"#,
+    )
+    .expect("valid config");
+    assert_eq!(parsed.drift_check_period, Duration::ZERO, "checks off");
     assert_eq!(parsed.min_sync_period, SECOND / 2);
     assert_eq!(parsed.health_timeout(), 12 * SECOND);
     assert_eq!(
@@ -923,4 +930,191 @@ async fn a_dry_run_through_the_handle_renders_the_desired_table_and_changes_noth
     task.abort();
     let _ = task.await;
     assert!(handle.dry_run().await.is_err(), "the loop is gone");
+}
+
+// === drift checks ===
+
+/// The fake dataplane with a scripted drift check: it reports drift from the moment a test says
+/// so until a full sync repairs it, and records when each check and each sync ran.
+#[derive(Debug, Clone)]
+struct Drifting {
+    fake: FakeDataplane,
+    script: Arc<Mutex<DriftScript>>,
+}
+
+#[derive(Debug, Default)]
+struct DriftScript {
+    drifted: bool,
+    syncing: bool,
+    /// When each check ran.
+    checks: Vec<Instant>,
+    /// Checks that ran while a sync was in progress.
+    checks_during_sync: usize,
+    /// Each sync's start and end.
+    syncs: Vec<(Instant, Instant)>,
+}
+
+impl Drifting {
+    fn new(fake: FakeDataplane) -> Self {
+        Self {
+            fake,
+            script: Arc::default(),
+        }
+    }
+
+    fn script(&self) -> MutexGuard<'_, DriftScript> {
+        self.script.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[proxy_core::async_trait]
+impl Dataplane for Drifting {
+    fn name(&self) -> &'static str {
+        self.fake.name()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.fake.capabilities()
+    }
+    async fn sync(&mut self, request: SyncRequest<'_>) -> Result<SyncReport, DataplaneError> {
+        let started = Instant::now();
+        self.script().syncing = true;
+        let result = self.fake.sync(request).await;
+        let mut script = self.script();
+        script.syncing = false;
+        script.syncs.push((started, Instant::now()));
+        if result.is_ok() && request.mode == SyncMode::Full {
+            script.drifted = false;
+        }
+        result
+    }
+    async fn cleanup(&mut self) -> Result<CleanupReport, DataplaneError> {
+        self.fake.cleanup().await
+    }
+    fn dry_run(&self, table: &ServiceTable) -> Result<DryRun, DataplaneError> {
+        self.fake.dry_run(table)
+    }
+    async fn check_drift(&mut self) -> Result<bool, DataplaneError> {
+        let mut script = self.script();
+        script.checks.push(Instant::now());
+        if script.syncing {
+            script.checks_during_sync += 1;
+        }
+        Ok(script.drifted)
+    }
+}
+
+/// A loop over `dataplane` fed by a watch channel; returns the sender, the loop's health, its
+/// registry and the task.
+fn start_drifting(
+    dataplane: Drifting,
+    config: SyncConfig,
+) -> (
+    watch::Sender<ServiceTable>,
+    SyncHealth,
+    Registry,
+    JoinHandle<Result<Drifting, SyncLoopError>>,
+) {
+    let mut registry = Registry::default();
+    let sync = SyncLoop::new(dataplane, config, &mut registry);
+    let health = sync.health();
+    let (tables, rx) = watch::channel(ServiceTable::empty());
+    let task = tokio::spawn(sync.run(rx, std::future::pending()));
+    (tables, health, registry, task)
+}
+
+#[tokio::test(start_paused = true)]
+async fn drift_found_by_a_check_forces_a_full_sync_within_the_min_period_and_is_reported() {
+    let fake = FakeDataplane::new();
+    let dataplane = Drifting::new(fake.clone());
+    let config = SyncConfig {
+        min_sync_period: 3 * SECOND,
+        ..config()
+    };
+    let start = Instant::now();
+    let at = |secs: f64| start + Duration::from_secs_f64(secs);
+    let (tables, health, registry, task) = start_drifting(dataplane.clone(), config);
+    tables.send(table(0)).expect("the loop runs");
+    sleep_until(at(5.5)).await;
+    tables.send(table(1)).expect("the loop runs");
+    sleep_until(at(6.0)).await;
+    // Someone flushes our rules at 6 s; the next check is a period after the 5.5 s sync.
+    dataplane.script().drifted = true;
+    sleep_until(at(8.0)).await;
+    assert!(
+        health.is_degraded()
+            && health
+                .problems()
+                .iter()
+                .any(|p| p.contains("changed behind our back")),
+        "drift found at 7.5 s, repair waits for the min period (8.5 s): {:?}",
+        health.problems()
+    );
+    assert_eq!(health.drifts_detected(), 1);
+    assert_eq!(health.last_drift(), Some(at(7.5)));
+    sleep_until(at(9.0)).await;
+
+    let requests = fake.requests();
+    let times: Vec<f64> = requests
+        .iter()
+        .map(|r| r.at.duration_since(start).as_secs_f64())
+        .collect();
+    assert_eq!(times, [0.0, 5.5, 8.5], "{requests:#?}");
+    let modes: Vec<SyncMode> = requests.iter().map(|r| r.mode).collect();
+    assert_eq!(modes, [SyncMode::Full, SyncMode::Partial, SyncMode::Full]);
+    assert!(requests[2].changes.is_empty(), "a repair, not a change");
+    assert!(!health.is_degraded(), "{:?}", health.problems());
+    let text = encode_text(&registry).expect("encodes");
+    assert_eq!(series(&text, "svcproxy_sync_drift_detected_total"), 1.0);
+    let checks: Vec<f64> = dataplane
+        .script()
+        .checks
+        .iter()
+        .map(|t| t.duration_since(start).as_secs_f64())
+        .collect();
+    assert_eq!(
+        checks,
+        [2.0, 4.0, 7.5],
+        "every period while idle, a period after each sync"
+    );
+    task.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_drift_check_runs_before_the_first_sync_or_during_one() {
+    let fake = FakeDataplane::new();
+    fake.set_sync_delay(5 * SECOND);
+    let dataplane = Drifting::new(fake.clone());
+    let config = SyncConfig {
+        drift_check_period: SECOND,
+        ..config()
+    };
+    let start = Instant::now();
+    let (tables, _health, _registry, task) = start_drifting(dataplane.clone(), config);
+    sleep(3 * SECOND).await;
+    assert!(dataplane.script().checks.is_empty(), "nothing synced yet");
+    tables.send(table(0)).expect("the loop runs");
+    // Off the checks' whole seconds, so that no two events share an instant.
+    sleep_until(start + Duration::from_millis(11_500)).await;
+    tables.send(table(1)).expect("the loop runs");
+    sleep_until(start + Duration::from_millis(19_200)).await;
+
+    let script = dataplane.script();
+    assert_eq!(script.syncs.len(), 2, "{script:#?}");
+    assert_eq!(script.checks_during_sync, 0, "{script:#?}");
+    for check in &script.checks {
+        assert!(
+            script
+                .syncs
+                .iter()
+                .all(|(from, to)| check < from || check >= to),
+            "check at {:?} inside a sync: {script:#?}",
+            check.duration_since(start)
+        );
+    }
+    let secs = |t: &Instant| t.duration_since(start).as_secs_f64();
+    let checks: Vec<f64> = script.checks.iter().map(secs).collect();
+    // Syncs 3-8 s and 11.5-16.5 s; a check each second after each.
+    assert_eq!(checks, [9.0, 10.0, 11.0, 17.5, 18.5], "{script:#?}");
+    drop(script);
+    task.abort();
 }

@@ -9,10 +9,15 @@
 //! opened in, but `iptables-restore`, the sysctls and the conntrack clean-up thread act in the
 //! namespace of the thread that runs them; so every later use checks that its thread is still
 //! in the namespace the sockets were opened in, and fails with
-//! [`BackendError::Namespace`] rather than program two namespaces at once.
+//! [`BackendError::Namespace`] rather than program two namespaces at once. Before it opens
+//! anything, the first use takes the one-owner locks of that namespace (our prefix, our
+//! interface) and the dataplane keeps them for its life, so a second instance is refused by
+//! name rather than fight over the same objects.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
+use proxy_core::lock::{DataplaneLock, LockError, LockKey, NetnsId, DEFAULT_LOCK_DIR};
 use tracing::{debug, info, warn};
 
 use crate::client::NetlinkIpvs;
@@ -44,6 +49,30 @@ pub(super) struct Opened {
     pub link: RouteSocket,
     pub companions: Option<Companions>,
     pub netns: Option<String>,
+    /// The one-owner locks, held for the dataplane's life (see [`take_owner_locks`]).
+    pub owner: Vec<DataplaneLock>,
+}
+
+/// Takes, in [`DEFAULT_LOCK_DIR`], the one-owner locks of this thread's network namespace
+/// ([`proxy_core::lock`]): one on our prefix (the companion sets and chains) and one on our
+/// interface (whose addresses say which virtual servers are ours). A second instance sharing
+/// either would delete the other's objects at each full sync and all of them at cleanup.
+///
+/// # Errors
+/// [`BackendError::Lock`], naming the holder when another instance has either.
+fn take_owner_locks(config: &IpvsConfig) -> Result<Vec<DataplaneLock>, BackendError> {
+    let netns = NetnsId::current().map_err(|source| LockError::Io {
+        path: PathBuf::from("/proc/thread-self/ns/net"),
+        op: "identify the network namespace",
+        source,
+    })?;
+    let dir = std::path::Path::new(DEFAULT_LOCK_DIR);
+    let prefix = DataplaneLock::acquire_in(dir, &LockKey::new(netns, "ipvs", &config.prefix))?;
+    let interface = DataplaneLock::acquire_in(
+        dir,
+        &LockKey::new(netns, "ipvs-interface", &config.interface),
+    )?;
+    Ok(vec![prefix, interface])
 }
 
 /// Opens, on this thread and so in its network namespace: the IPVS client (unless `ipvs` stands
@@ -58,6 +87,8 @@ pub(super) fn open(
     config: &IpvsConfig,
     companions: bool,
 ) -> Result<Opened, BackendError> {
+    // Before anything is opened or changed.
+    let owner = take_owner_locks(config)?;
     let ipvs: Arc<dyn IpvsOps> = match ipvs {
         Some(ipvs) => Arc::clone(ipvs),
         None => Arc::new(NetlinkIpvs::connect()?),
@@ -75,6 +106,7 @@ pub(super) fn open(
         link,
         companions,
         netns,
+        owner,
     })
 }
 
@@ -135,5 +167,54 @@ pub(super) fn set_ipvs_sysctls() {
         if let Err(e) = std::fs::write(&path, "1") {
             debug!(path, error = %e, "could not set IPVS sysctl");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proxy_core::lock::LockError;
+
+    use super::*;
+    use crate::testing::FakeIpvs;
+    use crate::IpvsDataplane;
+
+    fn config(prefix: &str, interface: &str) -> IpvsConfig {
+        IpvsConfig {
+            prefix: prefix.to_owned(),
+            interface: interface.to_owned(),
+            manage_companions: false,
+            ..IpvsConfig::default()
+        }
+    }
+
+    fn held_by_us(result: Result<impl std::fmt::Debug, BackendError>) {
+        match result {
+            Err(BackendError::Lock(LockError::Held { holder, .. })) => {
+                assert_eq!(holder.pid, Some(std::process::id()), "{holder}");
+            }
+            other => panic!("expected a lock held by this process, got {other:?}"),
+        }
+    }
+
+    #[test]
+    #[ignore = "needs root (a namespace of its own, /run/svcproxy): scripts/vm-test runs it"]
+    fn a_second_instance_sharing_our_prefix_or_interface_is_refused_until_the_first_is_gone() {
+        testkit::netns::in_new_netns(|| {
+            let ours = config("SVCP-IPVS-", "svcp-ipvs0");
+            let first = IpvsDataplane::with_kernel_parts(ours.clone(), Arc::new(FakeIpvs::new()))
+                .expect("valid config");
+            first.observe().expect("the first use opens and locks");
+            let second = IpvsDataplane::with_kernel_parts(ours.clone(), Arc::new(FakeIpvs::new()))
+                .expect("valid config");
+            held_by_us(second.observe());
+            held_by_us(second.cleanup_now());
+            held_by_us(take_owner_locks(&config("SVCP-IPVS-", "svcp-other0")));
+            held_by_us(take_owner_locks(&config("SVCP-OTHER-", "svcp-ipvs0")));
+            let apart =
+                take_owner_locks(&config("SVCP-OTHER-", "svcp-other0")).expect("nothing shared");
+            drop(first);
+            second.observe().expect("free once the first is gone");
+            drop(apart);
+        });
     }
 }

@@ -17,6 +17,12 @@ pub struct SyncConfig {
     /// (kube-proxy's `syncPeriod`, default 30 s).
     #[serde(rename = "full_sync_period_seconds", with = "seconds")]
     pub full_sync_period: Duration,
+    /// While the loop is idle, the dataplane checks this often whether what it programmed is
+    /// still in place ([`crate::Dataplane::check_drift`]: a flushed table, a deleted chain); if
+    /// not, a full sync runs at once (within the minimum period) rather than at the next
+    /// periodic resync. Default 2 s; zero turns the checks off.
+    #[serde(rename = "drift_check_period_seconds", with = "seconds")]
+    pub drift_check_period: Duration,
     /// Wait before the first retry of a failed or degraded sync (default 1 s); it doubles on each
     /// further failure.
     #[serde(rename = "retry_backoff_initial_seconds", with = "seconds")]
@@ -42,6 +48,7 @@ impl Default for SyncConfig {
         Self {
             min_sync_period: Duration::from_secs(1),
             full_sync_period: Duration::from_secs(30),
+            drift_check_period: Duration::from_secs(2),
             retry_backoff_initial: Duration::from_secs(1),
             retry_backoff_max: Duration::from_secs(30),
             health_timeout: None,

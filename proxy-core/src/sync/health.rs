@@ -8,6 +8,10 @@ use tokio::time::Instant;
 
 use crate::metrics::FailureReason;
 
+/// The problem line shown while drift found by a check is not yet repaired.
+const DRIFT_PROBLEM: &str =
+    "dataplane changed behind our back (drift check): a full sync is repairing it";
+
 /// A shared view of the loop's health, for a `/healthz` endpoint. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct SyncHealth {
@@ -23,6 +27,12 @@ struct HealthState {
     /// What the last successful sync left out: the backend's problems and the skipped ports.
     problems: Vec<String>,
     last_error: Option<SyncFailure>,
+    /// A drift check found our state changed behind our back, and no sync has repaired it yet.
+    drift_pending: bool,
+    /// Drift checks that found drift, since the loop started.
+    drifts_detected: u64,
+    /// When the last of them did.
+    last_drift: Option<Instant>,
 }
 
 /// The last thing that went wrong.
@@ -82,13 +92,30 @@ impl SyncHealth {
     /// (an address that cannot be bound), or service ports are skipped (invalid, clashing, or
     /// asking for what the backend lacks). [`SyncHealth::problems`] says what.
     pub fn is_degraded(&self) -> bool {
-        self.with(|s| !s.problems.is_empty())
+        self.with(|s| s.drift_pending || !s.problems.is_empty())
     }
 
     /// What the last successful sync left out, one line each (`default/web:http 127.0.0.1:80:
     /// address in use`, `default/api:dns: skipped (unsupported): ...`); empty when nothing.
     pub fn problems(&self) -> Vec<String> {
-        self.with(|s| s.problems.clone())
+        self.with(|s| {
+            let mut problems = s.problems.clone();
+            if s.drift_pending {
+                problems.push(DRIFT_PROBLEM.to_owned());
+            }
+            problems
+        })
+    }
+
+    /// How many drift checks found the dataplane changed behind our back
+    /// ([`crate::Dataplane::check_drift`]), since the loop started.
+    pub fn drifts_detected(&self) -> u64 {
+        self.with(|s| s.drifts_detected)
+    }
+
+    /// When a drift check last found the dataplane changed behind our back.
+    pub fn last_drift(&self) -> Option<Instant> {
+        self.with(|s| s.last_drift)
     }
 
     /// The last failed sync or rejected table, if any (kept after recovery, for diagnosis).
@@ -107,8 +134,19 @@ impl SyncHealth {
         });
     }
 
+    /// A drift check found drift: degraded, and work pending, until a sync repairs it.
+    pub(super) fn record_drift(&self, now: Instant) {
+        self.with(|s| {
+            s.drift_pending = true;
+            s.drifts_detected = s.drifts_detected.saturating_add(1);
+            s.last_drift = Some(now);
+            s.pending_since.get_or_insert(now);
+        });
+    }
+
     pub(super) fn record_success(&self, now: Instant, problems: Vec<String>) {
         self.with(|s| {
+            s.drift_pending = false;
             s.last_success = Some(now);
             s.pending_since = None;
             s.consecutive_failures = 0;
