@@ -262,11 +262,8 @@ proptest! {
             } else {
                 ready
             };
-            let weighted: Vec<&Endpoint> = if usable.iter().any(|e| e.weight > 0) {
-                usable.into_iter().filter(|e| e.weight > 0).collect()
-            } else {
-                usable
-            };
+            // Weight 0 takes no new connections; all weight 0 is no endpoint (REJECT).
+            let weighted: Vec<&Endpoint> = usable.into_iter().filter(|e| e.weight > 0).collect();
             let total: f64 = weighted.iter().map(|e| f64::from(e.weight.max(1))).sum();
             let packet = Packet {
                 src: cases::ip(cases::POD),

@@ -22,6 +22,7 @@ use crate::balance::{lock, replace, Balancer, Context, RouteSlot};
 use crate::capture::{self, Redirect};
 use crate::config::ListenMode;
 use crate::error::UserspaceError;
+use crate::limits::PortGate;
 use crate::metrics::Metrics;
 use crate::pick::AffinityMap;
 use crate::plan::{ListenerKey, Listeners, Plan, Route, RouteTarget, Scope};
@@ -52,6 +53,9 @@ pub(crate) struct Live {
     routes: Listeners,
     sockets: BTreeMap<ListenerKey, Socket>,
     affinity: BTreeMap<ServicePortName, Arc<Mutex<AffinityMap>>>,
+    /// The connection count of each (service port, protocol) with a listener, for its limit;
+    /// shared by the port's listeners, forgotten with its metric series.
+    port_gates: BTreeMap<(ServicePortName, Protocol), PortGate>,
     /// Every (service port, protocol) whose series [`Metrics::for_service_port`] has made.
     series: BTreeSet<(ServicePortName, Protocol)>,
     /// How many open listeners' routes send flows to each endpoint: the health state of an
@@ -167,10 +171,17 @@ impl Live {
             info!(listener = %key, "listener closed");
         }
         for key in &plan.update {
-            let (Some(route), Some(socket)) = (plan.desired.get(key), self.sockets.get(key)) else {
+            let Some(route) = plan.desired.get(key) else {
                 continue;
             };
-            let balancer = balancer(*key, route, &self.affinity, ctx, metrics);
+            if !self.sockets.contains_key(key) {
+                continue;
+            }
+            let gate = self.port_gate(route, key.protocol);
+            let balancer = balancer(*key, route, &self.affinity, gate, ctx, metrics);
+            let Some(socket) = self.sockets.get(key) else {
+                continue;
+            };
             replace(&socket.slot, balancer);
             let bound = socket.bound;
             self.series
@@ -190,7 +201,8 @@ impl Live {
             let Some(route) = plan.desired.get(key) else {
                 continue;
             };
-            let balancer = balancer(*key, route, &self.affinity, ctx, metrics);
+            let gate = self.port_gate(route, key.protocol);
+            let balancer = balancer(*key, route, &self.affinity, gate, ctx, metrics);
             self.series
                 .insert((route.service_port.clone(), key.protocol));
             let opened = if self.sockets.len() >= limit {
@@ -228,6 +240,8 @@ impl Live {
                 }
             }
         }
+        ctx.limits
+            .update(&ctx.config, open_file_limit(), self.sockets.len());
         if over_limit > 0 {
             warn!(
                 not_opened = over_limit,
@@ -243,6 +257,15 @@ impl Live {
                 .await;
         }
         outcome
+    }
+
+    /// The connection count of a service port, made on first use.
+    fn port_gate(&mut self, route: &Route, protocol: Protocol) -> PortGate {
+        Arc::clone(
+            self.port_gates
+                .entry((route.service_port.clone(), protocol))
+                .or_default(),
+        )
     }
 
     /// Sets the route of `key`, counting the endpoints it uses; returns the route it replaced.
@@ -351,6 +374,7 @@ impl Live {
         self.routes.clear();
         self.endpoint_uses.clear();
         self.affinity.clear();
+        self.port_gates.clear();
         self.ports_with_problems.clear();
         self.is_capture_chain_current = false;
         if ctx.config.mode == ListenMode::Capture {
@@ -389,6 +413,7 @@ impl Live {
         };
         for (name, protocol) in gone {
             metrics.remove_service_port(&name, protocol);
+            self.port_gates.remove(&(name.clone(), protocol));
             self.series.remove(&(name, protocol));
         }
     }
@@ -435,6 +460,7 @@ fn balancer(
     key: ListenerKey,
     route: &Route,
     affinity: &BTreeMap<ServicePortName, Arc<Mutex<AffinityMap>>>,
+    port_gate: PortGate,
     ctx: &Context,
     metrics: &Metrics,
 ) -> Arc<Balancer> {
@@ -447,6 +473,7 @@ fn balancer(
         route.clone(),
         affinity,
         port_metrics,
+        port_gate,
         &ctx.config,
     ))
 }

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::config::UserspaceConfig;
+use crate::limits::{Limits, PortGate};
 use crate::metrics::PortMetrics;
 use crate::pick::{mix64, AffinityMap, PickInput, Picker, Slot};
 use crate::plan::{ListenerKey, Route, RouteTarget};
@@ -32,6 +33,8 @@ pub(crate) struct Context {
     pub config: UserspaceConfig,
     pub health: Health,
     pub active: Arc<ActiveCounts>,
+    /// Connections and flows held, and their limits.
+    pub limits: Limits,
 }
 
 /// A listener's current balancer; a sync replaces the `Arc` inside.
@@ -53,6 +56,8 @@ pub(crate) struct Balancer {
     pub key: ListenerKey,
     pub route: Route,
     pub metrics: PortMetrics,
+    /// The connections of this listener's service port (shared by its listeners).
+    pub port_gate: PortGate,
     picker: Mutex<Picker>,
     affinity: Option<Arc<Mutex<AffinityMap>>>,
     rng: AtomicU64,
@@ -64,6 +69,7 @@ impl Balancer {
         route: Route,
         affinity: Option<Arc<Mutex<AffinityMap>>>,
         metrics: PortMetrics,
+        port_gate: PortGate,
         config: &UserspaceConfig,
     ) -> Self {
         let (names, weights): (Vec<String>, Vec<u32>) = match &route.target {
@@ -80,6 +86,7 @@ impl Balancer {
             key,
             route,
             metrics,
+            port_gate,
             picker: Mutex::new(picker),
             affinity,
             rng: AtomicU64::new(seed),

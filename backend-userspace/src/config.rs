@@ -70,6 +70,19 @@ pub struct UserspaceConfig {
     /// that a table with more addresses than the process may open leaves room to accept
     /// connections, read files and answer health checks.
     pub max_listeners: Option<usize>,
+    /// The most TCP connections proxied at once, over all service ports; more are reset at once
+    /// and counted (`connections_failed_total{reason="global_limit"}`). `None` (the default):
+    /// derived from the open-file limit at each sync, see [`crate::ConnectionLimits::derive`].
+    pub max_connections: Option<usize>,
+    /// The most TCP connections proxied at once to one service port (all its listeners
+    /// together), so that one service's connections cannot starve the others; more are reset
+    /// and counted (`reason="service_port_limit"`). `None` (the default): half of the global
+    /// limit.
+    pub max_connections_per_port: Option<usize>,
+    /// The most UDP flows over all listeners (each holds a socket); datagrams that would open
+    /// more are dropped and counted (`reason="global_limit"`). `None` (the default): derived from
+    /// the open-file limit at each sync, see [`crate::ConnectionLimits::derive`].
+    pub udp_max_flows_total: Option<usize>,
 }
 
 /// How traffic for a service address reaches the proxy.
@@ -107,6 +120,9 @@ impl Default for UserspaceConfig {
             capture_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             capture_chain: "SVCPROXY-CAPTURE".to_owned(),
             max_listeners: None,
+            max_connections: None,
+            max_connections_per_port: None,
+            udp_max_flows_total: None,
         }
     }
 }
@@ -150,6 +166,16 @@ impl UserspaceConfig {
         }
         if self.udp_idle_timeout.is_zero() {
             return bad("udp_idle_timeout", "must be above zero");
+        }
+        let is_zero = |limit: Option<usize>| limit == Some(0);
+        if is_zero(self.max_connections) || is_zero(self.max_connections_per_port) {
+            return bad(
+                "max_connections/max_connections_per_port",
+                "must be at least 1",
+            );
+        }
+        if is_zero(self.udp_max_flows_total) {
+            return bad("udp_max_flows_total", "must be at least 1");
         }
         if self.udp_max_flows == 0 {
             return bad("udp_max_flows", "must be at least 1");
@@ -211,6 +237,35 @@ mod tests {
         let err =
             serde_json::from_str::<UserspaceConfig>(r#"{"node_adresses": []}"#).expect_err("typo");
         assert!(err.to_string().contains("node_adresses"), "{err}");
+    }
+
+    #[test]
+    fn connection_limits_must_admit_one() {
+        for config in [
+            UserspaceConfig {
+                max_connections: Some(0),
+                ..UserspaceConfig::default()
+            },
+            UserspaceConfig {
+                max_connections_per_port: Some(0),
+                ..UserspaceConfig::default()
+            },
+            UserspaceConfig {
+                udp_max_flows_total: Some(0),
+                ..UserspaceConfig::default()
+            },
+        ] {
+            let err = config.validate().expect_err("a limit of 0");
+            assert!(err.to_string().contains("max_"), "{err}");
+        }
+        let config: UserspaceConfig =
+            serde_json::from_str(r#"{"max_connections": 100, "max_connections_per_port": 10}"#)
+                .expect("limits in a config file");
+        assert_eq!(
+            (config.max_connections, config.max_connections_per_port),
+            (Some(100), Some(10))
+        );
+        assert!(config.validate().is_ok());
     }
 
     #[test]

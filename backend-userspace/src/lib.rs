@@ -65,6 +65,7 @@ mod balance;
 pub mod capture;
 pub mod config;
 pub mod error;
+mod limits;
 pub mod metrics;
 pub mod observe;
 pub mod pick;
@@ -89,11 +90,13 @@ use tracing::debug;
 
 pub use config::{ListenMode, UserspaceConfig};
 pub use error::UserspaceError;
+pub use limits::ConnectionLimits;
 pub use metrics::Metrics;
 pub use plan::{ListenerKey, Listeners, Plan, Scope};
 
 use apply::Live;
 use balance::{ActiveCounts, Context, Health};
+use limits::Limits;
 
 /// The backend's name in logs, metrics and reports.
 pub const NAME: &str = "userspace";
@@ -122,6 +125,7 @@ impl UserspaceDataplane {
                 config,
                 health,
                 active: Arc::new(ActiveCounts::default()),
+                limits: Limits::default(),
             }),
             metrics: Metrics::default(),
             live: Live::default(),
@@ -152,6 +156,20 @@ impl UserspaceDataplane {
             &self.ctx.config,
             self.live.applied(),
             self.live.ports_with_problems(),
+        )
+    }
+
+    /// The limits on TCP connections and UDP flows in force now (set by each sync, see
+    /// [`ConnectionLimits::derive`]; unlimited before the first).
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        self.ctx.limits.current()
+    }
+
+    /// TCP connections and UDP flows held now (within [`Self::connection_limits`]).
+    pub fn connections_held(&self) -> (usize, usize) {
+        (
+            self.ctx.limits.tcp_connections(),
+            self.ctx.limits.udp_flows(),
         )
     }
 

@@ -19,6 +19,11 @@
 //! | `svcproxy_userspace_udp_flows_active` | gauge | `service_port`, `protocol` |
 //! | `svcproxy_userspace_endpoint_ejections_total` | counter | |
 //! | `svcproxy_userspace_listeners` | gauge | |
+//! | `svcproxy_userspace_accept_errors_total` | counter | |
+//!
+//! `reason` is `connect_failed`, `no_endpoints`, `dropped`, `flow_table_full` (a listener's UDP
+//! flows), `service_port_limit` or `global_limit` (the connection limits of
+//! [`crate::ConnectionLimits`]).
 //!
 //! ```
 //! use backend_userspace::metrics::Metrics;
@@ -91,15 +96,23 @@ pub enum FailureReason {
     Dropped,
     /// The UDP flow table was full.
     FlowTableFull,
+    /// The service port held its most TCP connections
+    /// ([`crate::UserspaceConfig::max_connections_per_port`]).
+    ServicePortLimit,
+    /// The proxy held its most TCP connections or UDP flows in all
+    /// ([`crate::UserspaceConfig::max_connections`], [`crate::UserspaceConfig::udp_max_flows_total`]).
+    GlobalLimit,
 }
 
 impl FailureReason {
     /// Every reason, in label order.
-    pub const ALL: [FailureReason; 4] = [
+    pub const ALL: [FailureReason; 6] = [
         FailureReason::ConnectFailed,
         FailureReason::NoEndpoints,
         FailureReason::Dropped,
         FailureReason::FlowTableFull,
+        FailureReason::ServicePortLimit,
+        FailureReason::GlobalLimit,
     ];
 }
 
@@ -140,6 +153,8 @@ label_values!(FailureReason {
     NoEndpoints => "no_endpoints",
     Dropped => "dropped",
     FlowTableFull => "flow_table_full",
+    ServicePortLimit => "service_port_limit",
+    GlobalLimit => "global_limit",
 });
 label_values!(Direction { ToEndpoint => "to_endpoint", ToClient => "to_client" });
 
@@ -191,6 +206,9 @@ pub struct Metrics {
     pub endpoint_ejections: Counter,
     /// Listening sockets open now.
     pub listeners: Gauge,
+    /// `accept` calls that failed and made the listener back off (descriptors, buffers or
+    /// memory ran out).
+    pub accept_errors: Counter,
 }
 
 impl Metrics {
@@ -244,6 +262,11 @@ impl Metrics {
             "Listening sockets open",
             self.listeners.clone(),
         );
+        sub.register(
+            name("accept_errors"),
+            "Failed accepts (descriptors, buffers or memory ran out); the listener backs off",
+            self.accept_errors.clone(),
+        );
     }
 
     /// The series of one service port, resolved once so that the data path touches only atomics.
@@ -273,10 +296,13 @@ impl Metrics {
             no_endpoints: failed(FailureReason::NoEndpoints),
             dropped: failed(FailureReason::Dropped),
             flow_table_full: failed(FailureReason::FlowTableFull),
+            port_limit: failed(FailureReason::ServicePortLimit),
+            global_limit: failed(FailureReason::GlobalLimit),
             bytes_to_endpoint: bytes(Direction::ToEndpoint),
             bytes_to_client: bytes(Direction::ToClient),
             udp_flows: self.udp_flows_active.get_or_create_owned(&labels),
             ejections: self.endpoint_ejections.clone(),
+            accept_errors: self.accept_errors.clone(),
         }
     }
 
@@ -323,6 +349,10 @@ pub struct PortMetrics {
     pub dropped: Counter,
     /// UDP flow table full.
     pub flow_table_full: Counter,
+    /// Refused: the service port's connection limit.
+    pub port_limit: Counter,
+    /// Refused: the proxy's connection (or UDP flow) limit.
+    pub global_limit: Counter,
     /// Bytes client → endpoint.
     pub bytes_to_endpoint: Counter,
     /// Bytes endpoint → client.
@@ -331,4 +361,6 @@ pub struct PortMetrics {
     pub udp_flows: Gauge,
     /// Endpoint ejections (shared by all ports).
     pub ejections: Counter,
+    /// Failed accepts (shared by all ports).
+    pub accept_errors: Counter,
 }

@@ -253,8 +253,10 @@ pub fn plan_service_port(
     config: &UserspaceConfig,
 ) -> Vec<(ListenerKey, Route)> {
     let selection = select_endpoints(port);
-    let internal = route_target(selection.internal());
-    let external = route_target(selection.external());
+    // New flows only: endpoints of weight 0 drain (flows open to them go on) and take none; a
+    // port whose endpoints all have weight 0 rejects (proxy_core::select's one meaning).
+    let internal = route_target(selection.internal_new());
+    let external = route_target(selection.external_new());
     let route = |kind: AddressKind| Route {
         service_port: port.name.clone(),
         kind,
@@ -425,6 +427,35 @@ mod tests {
             RouteTarget::Reject
         );
         assert_eq!(p.desired[&key("127.0.0.20:8000")].target, RouteTarget::Drop);
+    }
+
+    #[test]
+    fn weight_zero_endpoints_get_no_new_flows_and_all_weight_zero_rejects() {
+        let mut drained = web();
+        drained.endpoints[0].weight = 0;
+        let mut quiesced = web();
+        quiesced.name = ServicePortName::new("default", "quiesced", "http");
+        quiesced.cluster_ips = vec![ip("127.0.0.20")];
+        quiesced.node_port = None;
+        for endpoint in &mut quiesced.endpoints {
+            endpoint.weight = 0;
+        }
+        let p = plan(
+            &table(vec![drained, quiesced]),
+            &config(),
+            &Listeners::new(),
+        );
+        let backends = |k: &str| match &p.desired[&key(k)].target {
+            RouteTarget::Endpoints(b) => b.iter().map(|b| b.addr.to_string()).collect::<Vec<_>>(),
+            other => panic!("{k}: {other:?}"),
+        };
+        assert_eq!(backends("127.0.0.10:8000"), ["127.0.0.51:8080"]);
+        assert_eq!(backends("127.0.0.1:30080"), ["127.0.0.51:8080"]);
+        assert_eq!(
+            p.desired[&key("127.0.0.20:8000")].target,
+            RouteTarget::Reject,
+            "every endpoint of weight 0: no endpoint for new flows"
+        );
     }
 
     #[test]

@@ -4,12 +4,15 @@
 //! chosen endpoint. Later datagrams from that client reuse it, and replies read from it are sent
 //! back from the listener's socket to that client, so each client gets its own replies. A flow
 //! with no datagram either way for [`crate::UserspaceConfig::udp_idle_timeout`] is forgotten;
-//! the table holds at most [`crate::UserspaceConfig::udp_max_flows`] flows, datagrams that would
-//! open more are dropped. Route swaps leave existing flows alone.
+//! the table holds at most [`crate::UserspaceConfig::udp_max_flows`] flows, and all listeners
+//! together at most [`crate::UserspaceConfig::udp_max_flows_total`]; datagrams that would open
+//! more are dropped. A flow holds its upstream socket and its task, no buffer (see `replies`).
+//! Route swaps leave existing flows alone.
 //!
 //! Flow tasks live in the listener task's `JoinSet`, so closing the listener ends them too (UDP
 //! has no connection to drain; IPVS does the same).
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -25,6 +28,7 @@ mod pktinfo;
 
 use crate::balance::{current, now, ActiveGuard, Balancer, Context, RouteSlot};
 use crate::config::{ListenMode, UserspaceConfig};
+use crate::limits::{is_local_resource_error, Permit};
 use crate::plan::RouteTarget;
 use crate::tcp::{set_freebind, Activity};
 
@@ -44,6 +48,8 @@ struct Flow {
     upstream: Arc<UdpSocket>,
     activity: Arc<Activity>,
     balancer: Arc<Balancer>,
+    /// The flow's place within [`crate::UserspaceConfig::udp_max_flows_total`].
+    _permit: Permit,
 }
 
 /// Relays datagrams until the task is aborted.
@@ -70,6 +76,10 @@ pub(crate) async fn serve(socket: UdpSocket, slot: RouteSlot, ctx: Arc<Context>)
                 if let Ok(client) = ended {
                     if let Some(flow) = flows.remove(&client) {
                         flow.balancer.metrics.udp_flows.dec();
+                    }
+                    // Give back what a burst of flows grew the table to.
+                    if flows.capacity() > 64 && flows.len() < flows.capacity() / 4 {
+                        flows.shrink_to(flows.len() * 2);
                     }
                 }
             }
@@ -169,6 +179,10 @@ async fn datagram(
         balancer.metrics.flow_table_full.inc();
         return;
     }
+    let Ok(permit) = ctx.limits.admit_udp() else {
+        balancer.metrics.global_limit.inc();
+        return;
+    };
     let Some(endpoint) = balancer.choose(client.ip(), &[], ctx) else {
         balancer.metrics.no_endpoints.inc();
         return;
@@ -208,6 +222,7 @@ async fn datagram(
             upstream,
             activity,
             balancer,
+            _permit: permit,
         },
     );
 }
@@ -224,6 +239,10 @@ async fn open_upstream(endpoint: SocketAddr) -> io::Result<UdpSocket> {
 
 /// Sends the endpoint's replies to `client` until the flow is idle; returns the client so the
 /// listener can forget the flow.
+///
+/// A flow keeps no receive buffer of its own: a reply is read into the worker thread's buffer
+/// and copied out at its own size only to be sent, so an idle flow costs its socket and this
+/// task, not [`crate::UserspaceConfig::udp_max_datagram_bytes`].
 #[allow(clippy::too_many_arguments)]
 async fn replies(
     client: SocketAddr,
@@ -236,30 +255,51 @@ async fn replies(
     ctx: Arc<Context>,
     _active: ActiveGuard,
 ) -> SocketAddr {
-    let mut buf = vec![0u8; ctx.config.udp_max_datagram_bytes];
+    let max = ctx.config.udp_max_datagram_bytes;
     loop {
-        tokio::select! {
-            received = upstream.recv(&mut buf) => match received {
-                Ok(len) => {
-                    activity.touch();
-                    let Some(listener) = listener.upgrade() else { return client };
-                    match send_to(&listener, &buf[..len], client, reply_source).await {
-                        Ok(sent) => {
-                balancer.metrics.bytes_to_client.inc_by(sent as u64);
-            }
-                        Err(error) => debug!(%client, %error, "UDP reply to client failed"),
-                    }
-                }
-                Err(error) => {
-                    // ECONNREFUSED: the endpoint answered with ICMP port unreachable.
-                    if ctx.health.record_failure(endpoint, now()) {
-                        balancer.metrics.ejections.inc();
-                    }
-                    debug!(%client, %endpoint, %error, "UDP flow ended by an error");
-                    return client;
-                }
-            },
+        let received = tokio::select! {
+            ready = upstream.readable() => ready.and_then(|()| receive(&upstream, max)),
             () = activity.idle(ctx.config.udp_idle_timeout) => return client,
+        };
+        match received {
+            Ok(reply) => {
+                activity.touch();
+                let Some(listener) = listener.upgrade() else {
+                    return client;
+                };
+                match send_to(&listener, &reply, client, reply_source).await {
+                    Ok(sent) => {
+                        balancer.metrics.bytes_to_client.inc_by(sent as u64);
+                    }
+                    Err(error) => debug!(%client, %error, "UDP reply to client failed"),
+                }
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            Err(error) => {
+                // ECONNREFUSED: the endpoint answered with ICMP port unreachable. Our own
+                // shortage of buffers or memory is not the endpoint's fault.
+                if !is_local_resource_error(&error) && ctx.health.record_failure(endpoint, now()) {
+                    balancer.metrics.ejections.inc();
+                }
+                debug!(%client, %endpoint, %error, "UDP flow ended by an error");
+                return client;
+            }
         }
     }
+}
+
+thread_local! {
+    /// The reply buffer of this worker thread (see [`replies`]).
+    static REPLY_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Reads one datagram (of at most `max` bytes) without waiting; `WouldBlock` when none is there.
+fn receive(upstream: &UdpSocket, max: usize) -> io::Result<Vec<u8>> {
+    REPLY_BUFFER.with_borrow_mut(|buffer| {
+        if buffer.len() < max {
+            buffer.resize(max, 0);
+        }
+        let len = upstream.try_recv(&mut buffer[..max])?;
+        Ok(buffer[..len].to_vec())
+    })
 }

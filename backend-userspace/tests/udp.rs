@@ -152,3 +152,58 @@ async fn service_without_endpoints_answers_nothing() {
         .get();
     assert_eq!(rejected, 1);
 }
+
+#[tokio::test]
+async fn flows_are_bounded_across_listeners_and_expired_ones_make_room() {
+    let b0 = UdpEcho::start("127.14.5.100", "b0").await;
+    let (vip_a, vip_b) = ("127.14.5.10", "127.14.5.11");
+    let (port_a, port_b) = (free_port(vip_a).await, free_port(vip_b).await);
+    let (to_a, to_b) = ((ip(vip_a), port_a).into(), (ip(vip_b), port_b).into());
+    let mut dp = UserspaceDataplane::new(UserspaceConfig {
+        udp_max_flows_total: Some(2),
+        udp_idle_timeout: Duration::from_secs(1),
+        ..config()
+    })
+    .expect("config");
+    let mut b = udp_service(vip_b, port_b, vec![b0.endpoint()]);
+    b.name = ServicePortName::new("test", "dns-b", "udp");
+    sync_ok(
+        &mut dp,
+        &table([udp_service(vip_a, port_a, vec![b0.endpoint()]), b]),
+    )
+    .await;
+    let clients = [
+        client("127.14.5.1").await,
+        client("127.14.5.2").await,
+        client("127.14.5.3").await,
+    ];
+    assert_eq!(
+        udp_ask(&clients[0], to_a, "1", WAIT).await.as_deref(),
+        Some("b0:1")
+    );
+    assert_eq!(
+        udp_ask(&clients[1], to_b, "2", WAIT).await.as_deref(),
+        Some("b0:2")
+    );
+    // A third flow, on either listener, is over the limit across listeners.
+    assert_eq!(
+        udp_ask(&clients[2], to_a, "3", Duration::from_millis(200)).await,
+        None
+    );
+    let metrics = dp
+        .metrics()
+        .for_service_port(&ServicePortName::new("test", "dns", "udp"), Protocol::Udp);
+    assert_eq!(metrics.global_limit.get(), 1, "refusal counted");
+    assert_eq!(dp.connections_held().1, 2);
+    // Once the two flows expire, their places are free again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        dp.connections_held().1,
+        0,
+        "expired flows give their places back"
+    );
+    assert_eq!(
+        udp_ask(&clients[2], to_a, "4", WAIT).await.as_deref(),
+        Some("b0:4")
+    );
+}

@@ -10,6 +10,15 @@
 //! - [`EndpointSelection::has_any_endpoints`] tells "no usable endpoint anywhere" (the backend
 //!   rejects: ICMP port unreachable or TCP reset) from "usable endpoints, but none local for a
 //!   `Local` policy" (the backend drops).
+//! - **Weight 0** means "no new connections", as in IPVS (`ipvsadm -w 0` quiesces a real server)
+//!   and HAProxy (`weight 0` drains a server): such an endpoint stays in `cluster`, `local` and
+//!   `all_reachable` (its open connections and flows drain; IPVS keeps it as a real server of
+//!   weight 0), but it is no candidate for a *new* connection:
+//!   [`EndpointSelection::internal_new`] and [`EndpointSelection::external_new`] leave it out, and
+//!   when every candidate of a policy has weight 0 the port has no usable endpoint for new
+//!   connections: the same as no endpoints (reject), or for a `Local` policy with candidates
+//!   elsewhere, none local (drop). Backends that choose the endpoint of each new connection
+//!   themselves (userspace) or in their rules (iptables) use these.
 //!
 //! - **Topology hints** narrow the *cluster* list (never the local one, never the fallback), as
 //!   kube-proxy's `topologyModeFromHints` does, from the ready endpoints: if every one has a node
@@ -57,6 +66,14 @@ pub struct EndpointSelection<'a> {
     /// Whether any endpoint anywhere is usable (ready, or serving+terminating). False means
     /// "reject"; true with an empty list for a policy means "drop".
     pub has_any_endpoints: bool,
+    /// `cluster` without weight-0 endpoints: the candidates for new connections.
+    cluster_new: Vec<&'a Endpoint>,
+    /// `local` without weight-0 endpoints.
+    local_new: Vec<&'a Endpoint>,
+    /// Whether new connections have somewhere to go: a candidate of weight above 0 in
+    /// `cluster_new` or `local_new`, or for a port of `Local` policies only, a usable endpoint
+    /// of weight above 0 anywhere (then a `Local` policy without local candidates drops).
+    has_any_new_endpoints: bool,
     internal_policy: TrafficPolicy,
     external_policy: TrafficPolicy,
 }
@@ -95,11 +112,42 @@ impl<'a> EndpointSelection<'a> {
         }
     }
 
+    /// Where *new* internal connections go: [`EndpointSelection::internal`] without the
+    /// endpoints of weight 0 (see the module docs); `Reject` when every candidate has weight 0.
+    pub fn internal_new(&self) -> Target<'_, 'a> {
+        self.new_target(self.internal_policy)
+    }
+
+    /// Where *new* external connections go: [`EndpointSelection::external`] without the
+    /// endpoints of weight 0.
+    pub fn external_new(&self) -> Target<'_, 'a> {
+        self.new_target(self.external_policy)
+    }
+
+    /// The endpoints a policy sends new connections to: [`EndpointSelection::for_policy`]
+    /// without those of weight 0 (possibly empty).
+    pub fn for_policy_new(&self, policy: TrafficPolicy) -> &[&'a Endpoint] {
+        match policy {
+            TrafficPolicy::Cluster => &self.cluster_new,
+            TrafficPolicy::Local => &self.local_new,
+        }
+    }
+
     fn target(&self, policy: TrafficPolicy) -> Target<'_, 'a> {
-        let endpoints = self.for_policy(policy);
+        Self::target_of(self.for_policy(policy), self.has_any_endpoints)
+    }
+
+    fn new_target(&self, policy: TrafficPolicy) -> Target<'_, 'a> {
+        // `Cluster`: the cluster list holds every candidate, so none of weight above 0 is none
+        // at all (reject), even with a local fallback endpoint of weight above 0 elsewhere.
+        let has_any = policy == TrafficPolicy::Local && self.has_any_new_endpoints;
+        Self::target_of(self.for_policy_new(policy), has_any)
+    }
+
+    fn target_of<'s>(endpoints: &'s [&'a Endpoint], has_any: bool) -> Target<'s, 'a> {
         if !endpoints.is_empty() {
             Target::Endpoints(endpoints)
-        } else if self.has_any_endpoints {
+        } else if has_any {
             Target::Drop
         } else {
             Target::Reject
@@ -240,11 +288,24 @@ pub fn select_endpoints(port: &ServicePort) -> EndpointSelection<'_> {
             .collect()
     };
 
+    let takes_new = |ep: &&&Endpoint| ep.weight > 0;
+    let cluster_new: Vec<&Endpoint> = cluster.iter().filter(takes_new).copied().collect();
+    let local_new: Vec<&Endpoint> = local.iter().filter(takes_new).copied().collect();
+    let has_any_new_endpoints = !cluster_new.is_empty()
+        || !local_new.is_empty()
+        || (!uses_cluster_endpoints(port)
+            && endpoints
+                .iter()
+                .any(|ep| ep.weight > 0 && (ep.ready || is_serving_terminating(ep))));
+
     EndpointSelection {
         cluster,
         local,
         all_reachable,
         has_any_endpoints,
+        cluster_new,
+        local_new,
+        has_any_new_endpoints,
         internal_policy: port.internal_traffic_policy,
         external_policy: port.external_traffic_policy,
     }
@@ -537,5 +598,74 @@ mod tests {
         ]);
         assert_eq!(p.topology, None);
         assert_eq!(lasts(&select_endpoints(&p).cluster), [1, 2]);
+    }
+
+    fn weighted(mut endpoint: Endpoint, weight: u32) -> Endpoint {
+        endpoint.weight = weight;
+        endpoint
+    }
+
+    fn new_lasts<'s, 'a>(target: Target<'s, 'a>) -> Result<Vec<u8>, Target<'s, 'a>> {
+        match target {
+            Target::Endpoints(eps) => Ok(lasts(eps)),
+            other => Err(other),
+        }
+    }
+
+    #[test]
+    fn weight_zero_endpoints_take_no_new_connections_but_stay_reachable() {
+        let port = port(vec![weighted(ready(1, false), 0), ready(2, false)]);
+        let selection = select_endpoints(&port);
+        assert_eq!(new_lasts(selection.internal_new()), Ok(vec![2]));
+        assert_eq!(new_lasts(selection.external_new()), Ok(vec![2]));
+        // Open connections to the weight-0 endpoint drain: it stays in every list.
+        assert_eq!(lasts(&selection.cluster), [1, 2]);
+        assert_eq!(lasts(&selection.all_reachable), [1, 2]);
+        assert_eq!(new_lasts(selection.internal()), Ok(vec![1, 2]));
+    }
+
+    #[test]
+    fn every_endpoint_of_weight_zero_rejects_new_connections() {
+        let port = port(vec![
+            weighted(ready(1, false), 0),
+            weighted(ready(2, true), 0),
+        ]);
+        let selection = select_endpoints(&port);
+        assert_eq!(selection.internal_new(), Target::Reject);
+        assert_eq!(selection.external_new(), Target::Reject);
+        assert!(selection.has_any_endpoints, "they still drain");
+        assert_eq!(lasts(&selection.all_reachable), [1, 2]);
+    }
+
+    #[test]
+    fn cluster_policy_whose_candidates_all_have_weight_zero_rejects_despite_a_local_fallback() {
+        // Ready (remote, weight 0) and a local terminating endpoint of weight 1: the cluster list
+        // is the ready one, so internal Cluster traffic has no candidate; external Local traffic
+        // uses the local fallback.
+        let mut port = port(vec![weighted(ready(1, false), 0), terminating(2, true)]);
+        port.external_ips = vec!["198.19.0.1".parse().expect("ip")];
+        port.external_traffic_policy = TrafficPolicy::Local;
+        let selection = select_endpoints(&port);
+        assert_eq!(selection.internal_new(), Target::Reject);
+        assert_eq!(new_lasts(selection.external_new()), Ok(vec![2]));
+    }
+
+    #[test]
+    fn local_policy_with_only_weight_zero_local_endpoints_drops_new_connections() {
+        let mut port = port(vec![weighted(ready(1, true), 0), ready(2, false)]);
+        port.internal_traffic_policy = TrafficPolicy::Local;
+        let selection = select_endpoints(&port);
+        assert_eq!(
+            selection.internal_new(),
+            Target::Drop,
+            "usable endpoints elsewhere"
+        );
+        assert_eq!(
+            lasts(selection.for_policy_new(TrafficPolicy::Local)),
+            [] as [u8; 0]
+        );
+        assert_eq!(lasts(selection.for_policy(TrafficPolicy::Local)), [1]);
+        port.endpoints[1].weight = 0;
+        assert_eq!(select_endpoints(&port).internal_new(), Target::Reject);
     }
 }

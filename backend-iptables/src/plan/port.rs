@@ -28,8 +28,9 @@ impl Planner {
         let name = &port.name;
         let proto = port.protocol;
         let selection = select_endpoints(port);
-        let cluster = usable(&selection.cluster);
-        let local = usable(&selection.local);
+        // New connections only: weight-0 endpoints take none (proxy_core::select).
+        let cluster = selection.for_policy_new(TrafficPolicy::Cluster).to_vec();
+        let local = selection.for_policy_new(TrafficPolicy::Local).to_vec();
 
         let svc = (!cluster.is_empty()).then(|| n.service_cluster(name, proto));
         let svl = (!local.is_empty()).then(|| n.service_local(name, proto));
@@ -40,7 +41,10 @@ impl Planner {
         let internal_chain = policy_chain(port.internal_traffic_policy);
         let external_chain = policy_chain(port.external_traffic_policy);
         let has_external = port.has_external_addresses();
-        let ext = (selection.has_any_endpoints && has_external).then(|| n.external(name, proto));
+        // An EXT chain unless external traffic is rejected (same as "has endpoints" before
+        // weights: a Cluster policy with no candidate of weight above 0 rejects).
+        let ext = (has_external && selection.external_new() != SelTarget::Reject)
+            .then(|| n.external(name, proto));
         let ranges = &port.load_balancer_source_ranges;
         let fw = (ext.is_some() && !ranges.is_empty() && !port.load_balancer_ips.is_empty())
             .then(|| n.firewall_lb(name, proto));
@@ -58,7 +62,7 @@ impl Planner {
 
         // Dispatch: cluster IPs.
         for &ip in &port.cluster_ips {
-            match (&internal_chain, filter_rule(selection.internal())) {
+            match (&internal_chain, filter_rule(selection.internal_new())) {
                 (Some(chain), _) => shared.dispatch.push((
                     ip,
                     Rule::new(Target::Jump(chain.clone()))
@@ -74,12 +78,12 @@ impl Planner {
                         .comment(format!("{name} {why}"))
                         .dport(proto, port.port),
                 ),
-                // Endpoints selected but filtered out (all weight 0 is handled in `usable`).
+                // Unreachable: no chain means no endpoint for new connections, a filter rule.
                 (None, None) => {}
             }
         }
         // External destinations.
-        let external_filter = filter_rule(selection.external());
+        let external_filter = filter_rule(selection.external_new());
         let external_ips = port
             .external_ips
             .iter()
@@ -376,18 +380,10 @@ impl Planner {
     }
 }
 
-/// An endpoint's weight; weight 0 only when every endpoint has weight 0 (then all count as 1).
+/// An endpoint's weight. Endpoints of weight 0 never reach a service chain (they take no new
+/// connections: `EndpointSelection::for_policy_new`); the floor only guards the arithmetic.
 fn weight(ep: &Endpoint) -> u32 {
     ep.weight.max(1)
-}
-
-/// Endpoints that take new connections: weight 0 ones are left out unless all have weight 0.
-fn usable<'a>(endpoints: &[&'a Endpoint]) -> Vec<&'a Endpoint> {
-    if endpoints.iter().any(|e| e.weight > 0) {
-        endpoints.iter().copied().filter(|e| e.weight > 0).collect()
-    } else {
-        endpoints.to_vec()
-    }
 }
 
 fn reject_with(family: Family, protocol: Protocol) -> RejectWith {

@@ -148,34 +148,57 @@ pub fn cases() -> Vec<Case> {
         ),
         case(
             "weights",
-            vec![port("weighted", Protocol::Tcp, "198.19.0.2", 80)
-                .with_endpoint({
-                    let mut e = remote("198.18.2.21", 80);
-                    e.weight = 1;
-                    e
-                })
-                .with_endpoint({
-                    let mut e = remote("198.18.2.22", 80);
-                    e.weight = 2;
-                    e
-                })
-                .with_endpoint({
-                    let mut e = remote("198.18.2.23", 80);
-                    e.weight = 3;
-                    e
-                })
-                .with_endpoint({
-                    let mut e = remote("198.18.2.24", 80);
-                    e.weight = 0;
-                    e
-                })],
-            vec![tcp(
-                "weight 0 takes no new connections",
-                POD,
-                "198.19.0.2",
-                80,
-                "198.18.2.21:80, 198.18.2.22:80, 198.18.2.23:80",
-            )],
+            vec![
+                port("weighted", Protocol::Tcp, "198.19.0.2", 80)
+                    .with_endpoint({
+                        let mut e = remote("198.18.2.21", 80);
+                        e.weight = 1;
+                        e
+                    })
+                    .with_endpoint({
+                        let mut e = remote("198.18.2.22", 80);
+                        e.weight = 2;
+                        e
+                    })
+                    .with_endpoint({
+                        let mut e = remote("198.18.2.23", 80);
+                        e.weight = 3;
+                        e
+                    })
+                    .with_endpoint({
+                        let mut e = remote("198.18.2.24", 80);
+                        e.weight = 0;
+                        e
+                    }),
+                // Every endpoint of weight 0: no endpoint for new connections (proxy_core::select).
+                port("quiesced", Protocol::Tcp, "198.19.0.3", 80)
+                    .with_endpoint({
+                        let mut e = remote("198.18.2.25", 80);
+                        e.weight = 0;
+                        e
+                    })
+                    .with_endpoint({
+                        let mut e = remote("198.18.2.26", 80);
+                        e.weight = 0;
+                        e
+                    }),
+            ],
+            vec![
+                tcp(
+                    "weight 0 takes no new connections",
+                    POD,
+                    "198.19.0.2",
+                    80,
+                    "198.18.2.21:80, 198.18.2.22:80, 198.18.2.23:80",
+                ),
+                tcp(
+                    "every endpoint of weight 0 rejects",
+                    POD,
+                    "198.19.0.3",
+                    80,
+                    "REJECT",
+                ),
+            ],
         ),
         Case {
             name: "node_port_addresses",

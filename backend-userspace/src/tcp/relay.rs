@@ -20,7 +20,7 @@ use std::future::poll_fn;
 use std::io;
 use std::net::Shutdown;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use prometheus_client::metrics::counter::Counter;
@@ -38,12 +38,52 @@ thread_local! {
     static BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_BUFFER].into_boxed_slice());
 }
 
+/// Counts one direction's bytes: into the service port's counter, and for this connection
+/// (whose first byte back from the endpoint ends the endpoint's failure streak).
+pub(crate) struct Tally<'a> {
+    counter: &'a Counter,
+    bytes: AtomicU64,
+    on_first: Option<&'a (dyn Fn() + Sync)>,
+}
+
+impl std::fmt::Debug for Tally<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tally").field("bytes", &self.bytes).finish()
+    }
+}
+
+impl<'a> Tally<'a> {
+    /// Counts into `counter`; calls `on_first` when the first bytes pass.
+    pub(crate) fn new(counter: &'a Counter, on_first: Option<&'a (dyn Fn() + Sync)>) -> Self {
+        Self {
+            counter,
+            bytes: AtomicU64::new(0),
+            on_first,
+        }
+    }
+
+    /// Counts `n` bytes moved.
+    pub(crate) fn add(&self, n: u64) {
+        self.counter.inc_by(n);
+        if self.bytes.fetch_add(n, Ordering::Relaxed) == 0 && n > 0 {
+            if let Some(on_first) = self.on_first {
+                on_first();
+            }
+        }
+    }
+
+    /// Bytes moved so far.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
 /// Moves bytes from `from` to `to` until EOF, then shuts down writing on `to` (half-close)
 /// unless the other direction (sharing `one_ended`) ended before.
 pub(super) async fn one_way(
     mut from: ReadHalf<'_>,
     mut to: WriteHalf<'_>,
-    counter: &Counter,
+    counter: &Tally<'_>,
     activity: &Activity,
     splice: bool,
     one_ended: &AtomicBool,
@@ -60,9 +100,9 @@ pub(super) async fn one_way(
 async fn moved(
     from: &mut ReadHalf<'_>,
     to: &mut WriteHalf<'_>,
-    counter: &Counter,
+    counter: &Tally<'_>,
     activity: &Activity,
-    splice: bool,
+    mut splice: bool,
 ) -> io::Result<()> {
     // Bytes read but not written yet (the peer's buffer was full).
     let mut pending = Vec::new();
@@ -77,16 +117,26 @@ async fn moved(
         if read == 0 {
             return Ok(());
         }
-        counter.inc_by(read as u64);
+        counter.add(read as u64);
         activity.touch();
         #[cfg(target_os = "linux")]
         if full && splice {
+            // Out of descriptors (EMFILE) the direction goes on copying rather than failing.
+            let pipes = match super::splice::Pipes::new() {
+                Ok(pipes) => pipes,
+                Err(error) => {
+                    tracing::debug!(%error, "no pipes to splice through; copying");
+                    splice = false;
+                    continue;
+                }
+            };
             if !pending.is_empty() {
                 to.write_all(&pending).await?;
                 activity.touch();
             }
             // Boxed: only bulk directions pay for the splice state.
             return Box::pin(super::splice::one_way(
+                pipes,
                 from.as_ref(),
                 to.as_ref(),
                 counter,

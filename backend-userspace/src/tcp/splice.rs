@@ -7,11 +7,11 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
 use nix::unistd::pipe2;
-use prometheus_client::metrics::counter::Counter;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tracing::debug;
 
+use super::relay::Tally;
 use super::Activity;
 
 /// The pipe size asked for with `F_SETPIPE_SZ` (the unprivileged maximum by default, see
@@ -46,6 +46,19 @@ impl Pipe {
     }
 }
 
+/// The two pipes of a spliced direction.
+pub(super) struct Pipes([Pipe; 2]);
+
+impl Pipes {
+    /// Two new pipes (four descriptors).
+    ///
+    /// # Errors
+    /// `pipe2` failed (`EMFILE`: the process is out of descriptors).
+    pub(super) fn new() -> io::Result<Self> {
+        Ok(Self([Pipe::new()?, Pipe::new()?]))
+    }
+}
+
 /// Moves bytes from `from` to `to` until EOF on `from`. Used once a direction carries bulk (see
 /// [`super::relay`]), which passes the half-close on.
 ///
@@ -55,12 +68,13 @@ impl Pipe {
 /// means `from` has nothing (a partly full pipe could also refuse for lack of room, and the
 /// socket's readiness would be lost).
 pub(super) async fn one_way(
+    pipes: Pipes,
     from: &TcpStream,
     to: &TcpStream,
-    counter: &Counter,
+    counter: &Tally<'_>,
     activity: &Activity,
 ) -> io::Result<()> {
-    let mut pipes = [Pipe::new()?, Pipe::new()?];
+    let mut pipes = pipes.0;
     // The pipe whose bytes go out first.
     let mut head = 0;
     let mut eof = false;
@@ -89,7 +103,7 @@ pub(super) async fn one_way(
                 Ok(0) => eof = true,
                 Ok(n) => {
                     pipe.len = n;
-                    counter.inc_by(n as u64);
+                    counter.add(n as u64);
                     activity.touch();
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
