@@ -211,6 +211,12 @@ impl IptablesDataplane {
     }
 
     /// What this backend implements (also [`Dataplane::capabilities`]).
+    ///
+    /// A service port's idle timeout ([`proxy_core::table::ServicePort::idle_timeout`]) is
+    /// ignored, not refused: NATed connections live as long as conntrack keeps them, and
+    /// conntrack's timeouts (`net.netfilter.nf_conntrack_tcp_timeout_established`,
+    /// `nf_conntrack_udp_timeout`...) are per network namespace, not per rule. (A per-service
+    /// `-j CT --timeout` policy would need `nfct` timeout objects; kube-proxy sets none either.)
     pub fn supported() -> Capabilities {
         Capabilities {
             protocols: Protocol::ALL.into_iter().collect(),

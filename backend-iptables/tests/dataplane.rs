@@ -275,6 +275,28 @@ async fn a_missing_canary_turns_a_partial_sync_into_a_full_one() {
 }
 
 #[test]
+fn a_ports_idle_timeout_is_accepted_and_changes_no_rule() {
+    // Conntrack's timeouts are per namespace, none per rule: the port runs with them.
+    let dataplane = IptablesDataplane::new(cases::config()).expect("valid config");
+    let plain = cases::scale_table(2, 2);
+    let mut idle = plain.edit();
+    for port in plain.iter() {
+        idle.upsert(ServicePort::clone(port).with_idle_timeout(std::time::Duration::from_secs(5)));
+    }
+    let idle = idle.build().expect("valid table");
+    assert!(idle.iter().all(|p| p.idle_timeout.is_some()));
+    let with = dataplane.dry_run(&idle).expect("plans");
+    assert!(with.problems.is_empty(), "{:?}", with.problems);
+    assert_eq!(
+        with.rendered,
+        dataplane.dry_run(&plain).expect("plans").rendered
+    );
+    assert!(IptablesDataplane::supported()
+        .check("iptables", &idle)
+        .is_ok());
+}
+
+#[test]
 fn dry_run_renders_the_restore_input_and_hooks_without_touching_anything() {
     // A namespace that does not exist: `new` and `dry_run` must not care (no I/O at all).
     let config = backend_iptables::IptablesConfig {

@@ -193,6 +193,11 @@ impl IpvsDataplane {
 
     /// The capabilities of this backend (also [`Dataplane::capabilities`]). Source ranges need
     /// the companion rules.
+    ///
+    /// A service port's idle timeout ([`proxy_core::table::ServicePort::idle_timeout`]) is
+    /// ignored, not refused: IPVS keeps one set of connection timeouts per network namespace
+    /// (`ipvsadm --set tcp tcpfin udp`, `IPVS_CMD_SET_TIMEOUT` in `net/netfilter/ipvs/ip_vs_ctl.c`),
+    /// none per virtual server; [`crate::IpvsConfig::timeouts`] sets them.
     pub fn supported(manage_companions: bool) -> Capabilities {
         Capabilities {
             protocols: Protocol::ALL.into_iter().collect(),

@@ -240,6 +240,7 @@ mod tests {
             target: RouteTarget::Reject,
             scheduler: Scheduler::RoundRobin,
             affinity_timeout: None,
+            port_idle_timeout: None,
             source_ranges: Vec::new(),
         };
         let mut redirects = BTreeMap::new();
@@ -278,6 +279,7 @@ mod tests {
             target: RouteTarget::Reject,
             scheduler: Scheduler::RoundRobin,
             affinity_timeout: None,
+            port_idle_timeout: None,
             source_ranges: Vec::new(),
         };
         let key = ListenerKey {

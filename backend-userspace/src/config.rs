@@ -28,7 +28,8 @@ pub struct UserspaceConfig {
     pub node_addresses: Vec<IpAddr>,
     /// How long a connect to one endpoint may take before the next endpoint is tried.
     pub connect_timeout: Duration,
-    /// A TCP connection with no byte in either direction for this long is closed.
+    /// A TCP connection with no byte in either direction for this long is closed, unless its
+    /// service port sets its own ([`proxy_core::table::ServicePort::idle_timeout`]).
     pub idle_timeout: Duration,
     /// Endpoints tried for one new connection before it is given up (at least 1).
     pub connect_attempts: usize,
@@ -40,7 +41,8 @@ pub struct UserspaceConfig {
     pub default_scheduler: Scheduler,
     /// Slots in each Maglev lookup table: a prime (the paper uses 65,537).
     pub maglev_table_size: usize,
-    /// A UDP flow (client address ↔ endpoint) with no datagram for this long is forgotten.
+    /// A UDP flow (client address ↔ endpoint) with no datagram for this long is forgotten,
+    /// unless its service port sets its own ([`proxy_core::table::ServicePort::idle_timeout`]).
     pub udp_idle_timeout: Duration,
     /// Most UDP flows per listener; datagrams opening more are dropped.
     pub udp_max_flows: usize,

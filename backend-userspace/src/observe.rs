@@ -7,7 +7,8 @@ use std::fmt::Write as _;
 use crate::plan::{Listeners, RouteTarget};
 
 /// One line per listener, in key order:
-/// `tcp 127.0.0.10:8000 default/web:http cluster-ip rr -> 127.0.0.50:8080, 127.0.0.51:8080 w2`.
+/// `tcp 127.0.0.10:8000 default/web:http cluster-ip rr -> 127.0.0.50:8080, 127.0.0.51:8080 w2`
+/// (with ` affinity=10800s` and ` idle=60s` when the port sets them).
 pub fn render(listeners: &Listeners) -> String {
     let mut out = String::new();
     for (key, route) in listeners {
@@ -20,6 +21,9 @@ pub fn render(listeners: &Listeners) -> String {
         );
         if let Some(timeout) = route.affinity_timeout {
             let _ = write!(out, " affinity={}s", timeout.as_secs());
+        }
+        if let Some(timeout) = route.port_idle_timeout {
+            let _ = write!(out, " idle={}s", timeout.as_secs());
         }
         if !route.source_ranges.is_empty() {
             let ranges: Vec<String> = route
@@ -65,6 +69,7 @@ mod tests {
             target,
             scheduler: Scheduler::RoundRobin,
             affinity_timeout: Some(std::time::Duration::from_secs(10)),
+            port_idle_timeout: None,
             source_ranges: Vec::new(),
         };
         listeners.insert(
@@ -88,12 +93,15 @@ mod tests {
                 protocol: Protocol::Udp,
                 addr: "127.0.0.10:53".parse().expect("addr"),
             },
-            route(RouteTarget::Reject),
+            Route {
+                port_idle_timeout: Some(std::time::Duration::from_secs(60)),
+                ..route(RouteTarget::Reject)
+            },
         );
         assert_eq!(
             render(&listeners),
             "tcp 127.0.0.10:8000 default/web:http cluster-ip rr affinity=10s -> 127.0.0.50:8080, 127.0.0.51:8080 w2\n\
-             udp 127.0.0.10:53 default/web:http cluster-ip rr affinity=10s -> reject (no endpoints)\n"
+             udp 127.0.0.10:53 default/web:http cluster-ip rr affinity=10s idle=60s -> reject (no endpoints)\n"
         );
     }
 }

@@ -105,6 +105,10 @@ pub struct Route {
     pub scheduler: Scheduler,
     /// Client-IP affinity timeout, if the port has affinity.
     pub affinity_timeout: Option<Duration>,
+    /// The port's own idle timeout ([`proxy_core::table::ServicePort::idle_timeout`]); `None`
+    /// uses [`UserspaceConfig::idle_timeout`] for TCP and
+    /// [`UserspaceConfig::udp_idle_timeout`] for UDP (see [`Route::idle_timeout`]).
+    pub port_idle_timeout: Option<Duration>,
     /// Allowed client ranges (load-balancer IPs only; empty allows all).
     pub source_ranges: Vec<IpNet>,
 }
@@ -113,6 +117,17 @@ impl Route {
     /// Whether a client at `ip` may use this listener (load-balancer source ranges).
     pub fn allows_source(&self, ip: IpAddr) -> bool {
         self.source_ranges.is_empty() || self.source_ranges.iter().any(|net| net.contains(&ip))
+    }
+
+    /// How long a connection (TCP) or flow (UDP) of this listener may stay idle: the service
+    /// port's own timeout, else the config's for the protocol. A connection keeps the timeout
+    /// of the route it was accepted under (a route swap applies to new connections, as it does
+    /// for endpoints); a UDP flow likewise.
+    pub fn idle_timeout(&self, protocol: Protocol, config: &UserspaceConfig) -> Duration {
+        self.port_idle_timeout.unwrap_or(match protocol {
+            Protocol::Udp => config.udp_idle_timeout,
+            Protocol::Tcp | Protocol::Sctp => config.idle_timeout,
+        })
     }
 }
 
@@ -267,6 +282,7 @@ pub fn plan_service_port(
         },
         scheduler: port.scheduler.unwrap_or(config.default_scheduler),
         affinity_timeout: port.session_affinity.timeout(),
+        port_idle_timeout: port.idle_timeout,
         source_ranges: if kind == AddressKind::LoadBalancerIp {
             port.load_balancer_source_ranges.clone()
         } else {
@@ -479,6 +495,39 @@ mod tests {
         assert!(p.keep.is_empty());
         let route = &p.desired[&key("127.0.0.10:8000")];
         assert_eq!(route.affinity_timeout, Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_ports_idle_timeout_updates_its_routes_and_overrides_the_configs_default() {
+        let first = plan(&table(vec![web()]), &config(), &Listeners::new());
+        let route = &first.desired[&key("127.0.0.10:8000")];
+        assert_eq!(route.port_idle_timeout, None);
+        assert_eq!(
+            route.idle_timeout(Protocol::Tcp, &config()),
+            config().idle_timeout
+        );
+        assert_eq!(
+            route.idle_timeout(Protocol::Udp, &config()),
+            config().udp_idle_timeout
+        );
+
+        let short = web().with_idle_timeout(Duration::from_secs(7));
+        let p = plan(&table(vec![short]), &config(), &first.desired);
+        assert_eq!(
+            p.update.len(),
+            3,
+            "every listener's route is swapped: {p:?}"
+        );
+        assert!(p.open.is_empty() && p.close.is_empty(), "{p:?}");
+        for route in p.desired.values() {
+            assert_eq!(route.port_idle_timeout, Some(Duration::from_secs(7)));
+            for protocol in [Protocol::Tcp, Protocol::Udp] {
+                assert_eq!(
+                    route.idle_timeout(protocol, &config()),
+                    Duration::from_secs(7)
+                );
+            }
+        }
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! Each accepted connection runs in its own task, detached from the listener: closing a listener
 //! (its service port went away) or swapping its route never cuts a connection already open.
 //! The pump propagates half-close (EOF on one side becomes a write shutdown on the other) and
-//! closes a connection idle in both directions for [`crate::UserspaceConfig::idle_timeout`].
+//! closes a connection idle in both directions for its service port's idle timeout, else
+//! [`crate::UserspaceConfig::idle_timeout`] ([`crate::plan::Route::idle_timeout`]).
 //! A connection is proxied only within the connection limits ([`crate::limits`]); an `accept`
 //! that fails for want of descriptors backs off instead of spinning.
 
@@ -322,9 +323,10 @@ async fn pump(
         ended(if result.is_ok() { 2 } else { 3 });
         result
     };
+    let idle_timeout = balancer.route.idle_timeout(balancer.key.protocol, config);
     let result = tokio::select! {
         result = async { tokio::try_join!(forward, backward) } => result.map(|_| PumpEnd::Done),
-        () = activity.idle(config.idle_timeout) => Ok(PumpEnd::Idle),
+        () = activity.idle(idle_timeout) => Ok(PumpEnd::Idle),
     };
     Pumped {
         result,

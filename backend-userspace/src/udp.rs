@@ -3,7 +3,8 @@
 //! The first datagram from a client address opens a flow: an upstream socket connected to the
 //! chosen endpoint. Later datagrams from that client reuse it, and replies read from it are sent
 //! back from the listener's socket to that client, so each client gets its own replies. A flow
-//! with no datagram either way for [`crate::UserspaceConfig::udp_idle_timeout`] is forgotten;
+//! with no datagram either way for its service port's idle timeout, else
+//! [`crate::UserspaceConfig::udp_idle_timeout`], is forgotten;
 //! the table holds at most [`crate::UserspaceConfig::udp_max_flows`] flows, and all listeners
 //! together at most [`crate::UserspaceConfig::udp_max_flows_total`]; datagrams that would open
 //! more are dropped. A flow holds its upstream socket and its task, no buffer (see `replies`).
@@ -256,10 +257,13 @@ async fn replies(
     _active: ActiveGuard,
 ) -> SocketAddr {
     let max = ctx.config.udp_max_datagram_bytes;
+    let idle_timeout = balancer
+        .route
+        .idle_timeout(balancer.key.protocol, &ctx.config);
     loop {
         let received = tokio::select! {
             ready = upstream.readable() => ready.and_then(|()| receive(&upstream, max)),
-            () = activity.idle(ctx.config.udp_idle_timeout) => return client,
+            () = activity.idle(idle_timeout) => return client,
         };
         match received {
             Ok(reply) => {

@@ -1,5 +1,5 @@
 //! Real TCP through the proxy on loopback: round trips, half-close, node ports, reject,
-//! failover and ejection, bind problems, idle timeout.
+//! failover and ejection, bind problems, idle timeouts (the config's and a service port's).
 
 mod common;
 
@@ -293,6 +293,50 @@ async fn idle_connection_is_closed_after_the_idle_timeout() {
         "closed too early: {:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test]
+async fn a_service_ports_own_idle_timeout_closes_its_connections_and_no_others() {
+    let backend = Whoami::start("127.11.13.100", "b1").await;
+    let (short_vip, long_vip) = ("127.11.13.10", "127.11.13.11");
+    let (short_port, long_port) = (free_port(short_vip).await, free_port(long_vip).await);
+    let short = service("short", short_vip, short_port, vec![backend.endpoint()])
+        .with_idle_timeout(Duration::from_secs(1));
+    let long = service("long", long_vip, long_port, vec![backend.endpoint()]);
+    // The backend's default (an hour) for every port that sets none.
+    let mut dp = UserspaceDataplane::new(config()).expect("config");
+    sync_ok(&mut dp, &table([short, long])).await;
+
+    let mut to_short = connect_from(None, (ip(short_vip), short_port).into())
+        .await
+        .expect("connect short");
+    let mut to_long = connect_from(None, (ip(long_vip), long_port).into())
+        .await
+        .expect("connect long");
+    assert_eq!(greeting(&mut to_short).await, "b1");
+    assert_eq!(greeting(&mut to_long).await, "b1");
+    let started = std::time::Instant::now();
+
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(STEP, to_short.read(&mut buf))
+        .await
+        .expect("the 1 s port's idle connection is closed within 5 s")
+        .unwrap_or(0);
+    let closed_after = started.elapsed();
+    assert_eq!(n, 0, "the idle connection of the 1 s port must be closed");
+    assert!(
+        closed_after >= Duration::from_millis(900),
+        "closed too early: {closed_after:?}"
+    );
+
+    // The other port's connection, idle as long, is still proxied both ways.
+    to_long.write_all(b"ping").await.expect("write to long");
+    let mut echo = [0u8; 4];
+    tokio::time::timeout(STEP, to_long.read_exact(&mut echo))
+        .await
+        .expect("echo in time")
+        .expect("the default port's connection stays open");
+    assert_eq!(&echo, b"ping");
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
-//! Real UDP through the proxy: replies reach the right client, flows stick and expire, the flow
-//! table is bounded, and a service without endpoints answers nothing.
+//! Real UDP through the proxy: replies reach the right client, flows stick and expire (after the
+//! config's idle timeout or a service port's own), the flow table is bounded, and a service
+//! without endpoints answers nothing.
 
 mod common;
 
@@ -206,4 +207,53 @@ async fn flows_are_bounded_across_listeners_and_expired_ones_make_room() {
         udp_ask(&clients[2], to_a, "4", WAIT).await.as_deref(),
         Some("b0:4")
     );
+}
+
+#[tokio::test]
+async fn a_service_ports_own_idle_timeout_expires_its_flows_and_no_others() {
+    let b0 = UdpEcho::start("127.14.6.100", "b0").await;
+    let (short_vip, long_vip) = ("127.14.6.10", "127.14.6.11");
+    let (short_port, long_port) = (free_port(short_vip).await, free_port(long_vip).await);
+    let mut short = udp_service(short_vip, short_port, vec![b0.endpoint()])
+        .with_idle_timeout(Duration::from_secs(1));
+    short.name = ServicePortName::new("test", "short", "udp");
+    let mut long = udp_service(long_vip, long_port, vec![b0.endpoint()]);
+    long.name = ServicePortName::new("test", "long", "udp");
+    // The config's UDP default (30 s) for the port that sets none.
+    let mut dp = UserspaceDataplane::new(config()).expect("config");
+    sync_ok(&mut dp, &table([short, long])).await;
+    let client = client("127.14.6.1").await;
+    let to_short = (ip(short_vip), short_port).into();
+    let to_long = (ip(long_vip), long_port).into();
+    assert_eq!(
+        udp_ask(&client, to_short, "1", WAIT).await.as_deref(),
+        Some("b0:1")
+    );
+    assert_eq!(
+        udp_ask(&client, to_long, "2", WAIT).await.as_deref(),
+        Some("b0:2")
+    );
+    let flows = |name: &str| {
+        dp.metrics()
+            .for_service_port(&ServicePortName::new("test", name, "udp"), Protocol::Udp)
+            .udp_flows
+            .get()
+    };
+    assert_eq!((flows("short"), flows("long")), (1, 1));
+    let started = std::time::Instant::now();
+    // Bounded: 50 polls of 100 ms.
+    for _ in 0..50 {
+        if flows("short") == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let expired_after = started.elapsed();
+    assert_eq!(flows("short"), 0, "the 1 s port's flow must expire");
+    assert!(
+        expired_after >= Duration::from_millis(800),
+        "expired too early: {expired_after:?}"
+    );
+    assert_eq!(flows("long"), 1, "the default port's flow stays");
+    assert_eq!(dp.connections_held().1, 1);
 }

@@ -251,6 +251,43 @@ fn dry_run_prints_listeners_and_endpoints_without_binding() {
 }
 
 #[test]
+fn dry_run_warns_of_a_port_whose_endpoints_all_have_weight_zero() {
+    let dir = TempDir::new("dry-weight");
+    let path = dir.join("table.yaml");
+    std::fs::write(
+        &path,
+        "services:\n  - name: shop/drained\n    cluster_ips: [127.0.0.34]\n    ports: [{name: http, port: 18081}]\n    endpoints: [{ip: 127.0.0.35, weight: 0}, {ip: 127.0.0.36, weight: 0}]\n  - name: shop/web\n    cluster_ips: [127.0.0.37]\n    ports: [{name: http, port: 18082}]\n    endpoints: [{ip: 127.0.0.35, weight: 0}, {ip: 127.0.0.36}]\n",
+    )
+    .expect("write table");
+    let out = run_to_completion(&path, &["--dry-run"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "a warning is no error; stderr: {stderr}"
+    );
+    let warnings: Vec<&str> = stdout
+        .lines()
+        .filter(|line| line.starts_with("# warning: "))
+        .collect();
+    assert_eq!(
+        warnings,
+        ["# warning: services[shop/drained].ports[http].endpoints: every endpoint has weight 0: \
+          new connections are rejected (open ones drain)"],
+        "stdout:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("tcp 127.0.0.34:18081 shop/drained:http cluster-ip rr -> reject"),
+        "the port still runs, rejecting; stdout:\n{stdout}"
+    );
+    // The tracker logged it too, naming the service port.
+    assert!(
+        stderr.contains("WARN") && stderr.contains("shop/drained:http"),
+        "stderr:\n{stderr}"
+    );
+}
+
+#[test]
 fn invalid_file_at_start_fails_with_file_line_and_column() {
     let dir = TempDir::new("bad");
     let path = dir.join("table.yaml");

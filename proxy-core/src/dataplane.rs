@@ -217,6 +217,10 @@ pub struct CleanupReport {
 
 /// What a backend can implement. The sync loop checks every table against it and rejects one that
 /// asks for more, naming each field, before the dataplane sees it.
+///
+/// Tuning a backend may ignore has no flag: [`ServicePort::idle_timeout`] is read by the
+/// userspace backend, while the kernel backends' timeouts are per network namespace and a port
+/// asking for its own still runs there, with the namespace's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Capabilities {
     /// Protocols it can balance.

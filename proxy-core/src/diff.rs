@@ -231,6 +231,7 @@ fn same_service(a: &ServicePort, b: &ServicePort) -> bool {
         internal_traffic_policy,
         scheduler,
         health_check_node_port,
+        idle_timeout,
         endpoints: _,
         topology,
     } = a;
@@ -248,6 +249,7 @@ fn same_service(a: &ServicePort, b: &ServicePort) -> bool {
         && *internal_traffic_policy == b.internal_traffic_policy
         && *scheduler == b.scheduler
         && *health_check_node_port == b.health_check_node_port
+        && *idle_timeout == b.idle_timeout
         // Where this node is changes which endpoints the hints select: treat it as a service
         // change, so backends re-plan the whole port.
         && *topology == b.topology

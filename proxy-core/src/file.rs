@@ -20,6 +20,7 @@
 //!     internal_traffic_policy: cluster  # or local
 //!     scheduler: rr                     # optional hint: rr wrr lc wlc sh dh sed nq mh random
 //!     health_check_node_port: 30100     # optional
+//!     idle_timeout_seconds: 600         # optional (1-86400): idle connections and UDP flows close
 //!     endpoints:                        # ready: true; serving: = ready; terminating: false;
 //!       - {ip: 198.18.1.10, node: node-a, ready: true}         # weight: 1; zone, port, local
 //!       - {ip: 198.18.1.11, node: node-b, ready: false, serving: true, terminating: true}
@@ -343,6 +344,10 @@ pub struct ServiceSpec {
     /// The node port answering health checks (1-65535).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check_node_port: Option<u32>,
+    /// How long a connection or UDP flow may stay idle before it is closed (1-86400); the
+    /// backend's default when absent. Only the userspace backend reads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_seconds: Option<u64>,
     /// The endpoints, shared by every port.
     #[serde(
         default,
@@ -655,6 +660,7 @@ impl ServiceSpec {
         let health_check_node_port = self.health_check_node_port.and_then(|port| {
             port_number(port, format_args!("{path}.health_check_node_port"), errors)
         });
+        let idle_timeout = self.idle_timeout(path, errors);
         // Endpoint port overrides, checked once for all ports: `None` leaves an endpoint out.
         let endpoint_ports: Vec<Option<Option<u16>>> = self
             .endpoints
@@ -693,6 +699,7 @@ impl ServiceSpec {
             port.internal_traffic_policy = self.internal_traffic_policy;
             port.scheduler = self.scheduler;
             port.health_check_node_port = health_check_node_port;
+            port.idle_timeout = idle_timeout;
             port.endpoints = self
                 .endpoints
                 .iter()
@@ -724,6 +731,22 @@ impl ServiceSpec {
         SessionAffinity::ClientIp {
             timeout: Duration::from_secs(timeout_seconds.clamp(1, max)),
         }
+    }
+}
+
+impl ServiceSpec {
+    /// The idle timeout, if set; one out of range is reported here, once for the service, and
+    /// clamped so that the table check does not report it again for every port.
+    fn idle_timeout(&self, path: &str, errors: &mut Vec<FieldError>) -> Option<Duration> {
+        let seconds = self.idle_timeout_seconds?;
+        let max = ServicePort::MAX_IDLE_TIMEOUT.as_secs();
+        if !(1..=max).contains(&seconds) {
+            errors.push(FieldError::new(
+                format!("{path}.idle_timeout_seconds"),
+                format!("{seconds} is outside 1-{max}"),
+            ));
+        }
+        Some(Duration::from_secs(seconds.clamp(1, max)))
     }
 }
 
@@ -820,6 +843,8 @@ impl From<&ServiceTable> for TableSpec {
                 internal_traffic_policy: port.internal_traffic_policy,
                 scheduler: port.scheduler,
                 health_check_node_port: port.health_check_node_port.map(u32::from),
+                // Validation keeps idle timeouts in whole seconds.
+                idle_timeout_seconds: port.idle_timeout.map(|t| t.as_secs()),
                 endpoints: port
                     .endpoints
                     .iter()
@@ -864,6 +889,7 @@ fn same_but_ports(a: &ServiceSpec, b: &ServiceSpec) -> bool {
         internal_traffic_policy,
         scheduler,
         health_check_node_port,
+        idle_timeout_seconds,
         endpoints,
     } = a;
     *name == b.name
@@ -876,5 +902,6 @@ fn same_but_ports(a: &ServiceSpec, b: &ServiceSpec) -> bool {
         && *internal_traffic_policy == b.internal_traffic_policy
         && *scheduler == b.scheduler
         && *health_check_node_port == b.health_check_node_port
+        && *idle_timeout_seconds == b.idle_timeout_seconds
         && *endpoints == b.endpoints
 }

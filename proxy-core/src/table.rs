@@ -346,6 +346,14 @@ pub struct ServicePort {
     pub scheduler: Option<Scheduler>,
     /// The node port on which a health check answers for `Local` external policies.
     pub health_check_node_port: Option<u16>,
+    /// How long a proxied connection (TCP) or flow (UDP) of this port may stay idle, with no
+    /// byte either way, before it is closed; `None` leaves it to the backend's default. Whole
+    /// seconds, 1 s to [`ServicePort::MAX_IDLE_TIMEOUT`] (kube-proxy's userspace mode had one
+    /// `--udp-timeout` for every service; HAProxy's `timeout client`/`timeout server` are set per
+    /// frontend and backend). Only the userspace backend reads it: the kernel backends' timeouts
+    /// (IPVS `--set`, conntrack's `nf_conntrack_tcp_timeout_*`) are per network namespace, not
+    /// per service, so iptables and IPVS ignore it.
+    pub idle_timeout: Option<Duration>,
     /// The endpoints, in a stable order (sorted by [`EndpointKey`] when built).
     pub endpoints: Vec<Endpoint>,
     /// This node's name and zone, against which the endpoints' topology hints are read.
@@ -403,10 +411,15 @@ impl ServicePort {
             internal_traffic_policy: TrafficPolicy::Cluster,
             scheduler: None,
             health_check_node_port: None,
+            idle_timeout: None,
             endpoints: Vec::new(),
             topology: None,
         }
     }
+
+    /// The longest idle timeout a port may ask for: one day (as Kubernetes' longest affinity
+    /// timeout).
+    pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(86_400);
 
     /// Adds a cluster IP.
     pub fn with_cluster_ip(mut self, ip: IpAddr) -> Self {
@@ -417,6 +430,12 @@ impl ServicePort {
     /// Sets the node port.
     pub fn with_node_port(mut self, node_port: u16) -> Self {
         self.node_port = Some(node_port);
+        self
+    }
+
+    /// Sets the idle timeout of this port's connections and flows.
+    pub fn with_idle_timeout(mut self, idle_timeout: Duration) -> Self {
+        self.idle_timeout = Some(idle_timeout);
         self
     }
 

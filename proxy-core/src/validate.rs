@@ -16,8 +16,8 @@
 //! - clashes: two service ports on the same (IP, port, protocol) over cluster, external and
 //!   load-balancer IPs; two node ports on the same (port, protocol); a health-check node port equal
 //!   to a node port or to another service's health-check node port;
-//! - policies: a client-IP affinity timeout outside 1-86,400 s (Kubernetes' limits) or not in
-//!   whole seconds;
+//! - policies: a client-IP affinity timeout or an idle timeout outside 1-86,400 s (Kubernetes'
+//!   limits for the first) or not in whole seconds;
 //! - endpoints: the same `addr:port` twice in a service port; a weight above `i32::MAX` (IPVS
 //!   stores weights as a signed 32-bit int: `net/netfilter/ipvs/ip_vs_ctl.c`, `IPVS_DEST_ATTR_WEIGHT`).
 //!
@@ -166,6 +166,38 @@ pub fn validate(
     checker.finish()
 }
 
+/// What is valid but probably not meant, in one service port: each a [`FieldError`] naming
+/// the field, for the operator to see (the change tracker logs them when it admits a new or
+/// changed port; `svcproxy --dry-run` prints them). Never a reason to reject a table.
+///
+/// - every endpoint has weight 0: weight 0 means "no new connections" on every backend
+///   ([`crate::select`]), so the port rejects every new connection while open ones drain.
+///
+/// ```
+/// use proxy_core::table::*;
+/// use proxy_core::validate::warnings;
+///
+/// let mut drained = Endpoint::new("198.18.1.10".parse().unwrap(), 8080);
+/// drained.weight = 0;
+/// let web = ServicePort::new(ServicePortName::new("default", "web", "http"), Protocol::Tcp, 80)
+///     .with_endpoint(drained);
+/// assert_eq!(
+///     warnings(&web)[0].to_string(),
+///     "services[default/web].ports[http].endpoints: every endpoint has weight 0: \
+///      new connections are rejected (open ones drain)"
+/// );
+/// ```
+pub fn warnings(port: &ServicePort) -> Vec<FieldError> {
+    let mut warnings = Vec::new();
+    if !port.endpoints.is_empty() && port.endpoints.iter().all(|e| e.weight == 0) {
+        warnings.push(FieldError::new(
+            format!("{}.endpoints", port_path(&port.name)),
+            "every endpoint has weight 0: new connections are rejected (open ones drain)",
+        ));
+    }
+    warnings
+}
+
 /// Who holds a virtual address: a service port, and through which field.
 #[derive(Clone, Copy)]
 struct Claim<'a> {
@@ -296,6 +328,7 @@ impl<'a> Checker<'a> {
                 }
             }
             self.check_affinity(port);
+            self.check_idle_timeout(port);
             self.check_cluster_ips(port);
             self.check_service_ips(port, "external_ips", &port.external_ips);
             self.check_service_ips(port, "load_balancer_ips", &port.load_balancer_ips);
@@ -358,31 +391,28 @@ impl<'a> Checker<'a> {
         let SessionAffinity::ClientIp { timeout } = port.session_affinity else {
             return;
         };
-        let path = || {
-            format!(
-                "{}.session_affinity.client_ip.timeout_seconds",
-                port_path(&port.name)
-            )
-        };
-        if timeout < Duration::from_secs(1) || timeout > SessionAffinity::MAX_TIMEOUT {
-            let shown = if timeout.subsec_nanos() == 0 {
-                timeout.as_secs().to_string()
-            } else {
-                format!("{}", timeout.as_secs_f64())
-            };
+        // Every backend counts affinity in whole seconds (`-m recent --seconds`, IPVS
+        // persistence timeout), as does Kubernetes' `timeoutSeconds`.
+        if let Some(problem) = whole_seconds_problem(timeout, SessionAffinity::MAX_TIMEOUT) {
             self.error(
-                path(),
                 format!(
-                    "{shown} is outside 1-{}",
-                    SessionAffinity::MAX_TIMEOUT.as_secs()
+                    "{}.session_affinity.client_ip.timeout_seconds",
+                    port_path(&port.name)
                 ),
+                problem,
             );
-        } else if timeout.subsec_nanos() != 0 {
-            // Every backend counts affinity in whole seconds (`-m recent --seconds`, IPVS
-            // persistence timeout), as does Kubernetes' `timeoutSeconds`.
+        }
+    }
+
+    /// The idle timeout, when set: whole seconds, 1 s to a day (the table file's unit).
+    fn check_idle_timeout(&mut self, port: &ServicePort) {
+        let Some(timeout) = port.idle_timeout else {
+            return;
+        };
+        if let Some(problem) = whole_seconds_problem(timeout, ServicePort::MAX_IDLE_TIMEOUT) {
             self.error(
-                path(),
-                format!("{} is not a whole number of seconds", timeout.as_secs_f64()),
+                format!("{}.idle_timeout_seconds", port_path(&port.name)),
+                problem,
             );
         }
     }
@@ -550,6 +580,25 @@ fn has_control_characters(endpoint: &Endpoint) -> bool {
         || endpoint.zone.as_deref().is_some_and(has)
         || endpoint.zone_hints.iter().any(|t| has(t))
         || endpoint.node_hints.iter().any(|t| has(t))
+}
+
+/// Why `timeout` is not a whole number of seconds from 1 to `max`, if it is not.
+fn whole_seconds_problem(timeout: Duration, max: Duration) -> Option<String> {
+    if timeout < Duration::from_secs(1) || timeout > max {
+        let shown = if timeout.subsec_nanos() == 0 {
+            timeout.as_secs().to_string()
+        } else {
+            format!("{}", timeout.as_secs_f64())
+        };
+        Some(format!("{shown} is outside 1-{}", max.as_secs()))
+    } else if timeout.subsec_nanos() != 0 {
+        Some(format!(
+            "{} is not a whole number of seconds",
+            timeout.as_secs_f64()
+        ))
+    } else {
+        None
+    }
 }
 
 fn duplicate_message(extra: usize) -> String {
@@ -1065,6 +1114,61 @@ mod tests {
                 "services[default/f].ports[http].session_affinity.client_ip.timeout_seconds: 1.5 \
                  is not a whole number of seconds",
             ]
+        );
+    }
+
+    #[test]
+    fn idle_timeout_outside_one_second_to_one_day_or_fractional_is_reported() {
+        let with_idle =
+            |name: &str, timeout: Duration| port(name, "http", 80).with_idle_timeout(timeout);
+        assert_eq!(
+            problems_of([
+                with_idle("default/a", Duration::ZERO),
+                with_idle("default/b", Duration::from_millis(500)),
+                with_idle("default/c", Duration::from_secs(1)),
+                with_idle("default/d", Duration::from_secs(86_400)),
+                with_idle("default/e", Duration::from_secs(86_401)),
+                with_idle("default/f", Duration::from_millis(1_500)),
+                port("default/g", "http", 80),
+            ]),
+            [
+                "services[default/a].ports[http].idle_timeout_seconds: 0 is outside 1-86400",
+                "services[default/b].ports[http].idle_timeout_seconds: 0.5 is outside 1-86400",
+                "services[default/e].ports[http].idle_timeout_seconds: 86401 is outside 1-86400",
+                "services[default/f].ports[http].idle_timeout_seconds: 1.5 is not a whole number \
+                 of seconds",
+            ]
+        );
+    }
+
+    #[test]
+    fn every_endpoint_of_weight_zero_is_a_warning_not_an_error() {
+        let weighted = |addr: &str, weight: u32| {
+            let mut e = endpoint(addr, 8080);
+            e.weight = weight;
+            e
+        };
+        let drained = port("default/web", "http", 80)
+            .with_endpoint(weighted("198.18.1.10", 0))
+            .with_endpoint(weighted("198.18.1.11", 0));
+        let shown: Vec<String> = warnings(&drained).iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "services[default/web].ports[http].endpoints: every endpoint has weight 0: new \
+              connections are rejected (open ones drain)"
+            ]
+        );
+        assert_eq!(problems_of([drained]), Vec::<String>::new());
+
+        let one_left = port("default/web", "http", 80)
+            .with_endpoint(weighted("198.18.1.10", 0))
+            .with_endpoint(weighted("198.18.1.11", 3));
+        assert_eq!(warnings(&one_left), []);
+        assert_eq!(
+            warnings(&port("default/empty", "http", 80)),
+            [],
+            "no endpoints: none"
         );
     }
 

@@ -334,6 +334,56 @@ fn missing_file_is_an_io_error_naming_the_path() {
     );
 }
 
+#[test]
+fn idle_timeout_applies_to_every_port_of_its_service_and_renders_back() {
+    let text = "
+services:
+  - name: web
+    ports: [{name: http, port: 80}, {name: dns, protocol: udp, port: 53}]
+    idle_timeout_seconds: 5
+  - name: api
+    ports: [{port: 80}]
+    cluster_ips: [198.19.0.11]
+";
+    let table = parse_table(text, "t.yaml").expect("valid");
+    for name in ["http", "dns"] {
+        let web = port(&table, "default", "web", name);
+        assert_eq!(web.idle_timeout, Some(Duration::from_secs(5)), "{name}");
+    }
+    assert_eq!(port(&table, "default", "api", "").idle_timeout, None);
+    let rendered = render_table_yaml(&table);
+    assert_eq!(
+        rendered.matches("idle_timeout_seconds: 5").count(),
+        1,
+        "one service entry, one field:\n{rendered}"
+    );
+    assert_eq!(
+        parse_table(&rendered, "rendered.yaml").expect("renders parse"),
+        table
+    );
+}
+
+#[test]
+fn idle_timeout_out_of_range_is_reported_once_per_service() {
+    let text = "
+services:
+  - name: web
+    ports: [{name: a, port: 80}, {name: b, port: 81}]
+    idle_timeout_seconds: 0
+  - name: api
+    ports: [{port: 80}]
+    idle_timeout_seconds: 86401
+";
+    let error = parse_table(text, "t.yaml").expect_err("out of range");
+    assert_eq!(
+        problems(error),
+        [
+            "services[0].idle_timeout_seconds: 0 is outside 1-86400",
+            "services[1].idle_timeout_seconds: 86401 is outside 1-86400",
+        ]
+    );
+}
+
 // === Validation errors ===
 
 #[test]
@@ -529,6 +579,7 @@ fn demo_commented_full_example_is_valid_when_uncommented() {
         .unwrap_or_else(|error| panic!("{error}\n{uncommented}"));
     let http = port(&table, "shop", "web", "http");
     assert_eq!(http.scheduler, Some(Scheduler::WeightedRoundRobin));
+    assert_eq!(http.idle_timeout, Some(Duration::from_secs(600)));
     assert_eq!(http.endpoints.len(), 4);
     assert_round_trip(&table);
 }

@@ -88,10 +88,11 @@ fn service(index: u8) -> impl Strategy<Value = Vec<ServicePort>> {
             prop::option::of(prop::sample::select(Scheduler::ALL.to_vec())),
             prop::option::of(40_000..=40_009u16),
             prop::collection::vec(endpoint(), 0..4),
+            prop::option::of(prop_oneof![Just(1u64), Just(86_400u64), 1u64..=86_400]),
         ),
     )
         .prop_map(
-            move |(names, numbers, policies, (scheduler, health, endpoints))| {
+            move |(names, numbers, policies, (scheduler, health, endpoints, idle))| {
                 let (has_ipv6, timeout, external, internal) = policies;
                 names
                     .into_iter()
@@ -125,6 +126,9 @@ fn service(index: u8) -> impl Strategy<Value = Vec<ServicePort>> {
                         p.internal_traffic_policy = internal;
                         p.scheduler = scheduler;
                         p.health_check_node_port = health.map(|h| h + u16::from(index) * 10);
+                        // Ports that vary get their own idle timeout, so they render apart.
+                        p.idle_timeout =
+                            idle.map(|s| Duration::from_secs(s.max(2) - u64::from(vary)));
                         // A per-port endpoint port now and then, through the `port` override.
                         p.endpoints = endpoints
                             .iter()

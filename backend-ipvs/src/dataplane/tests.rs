@@ -370,6 +370,19 @@ fn a_dry_run_renders_the_plan_without_root_or_ipvs() {
 }
 
 #[test]
+fn a_ports_idle_timeout_is_accepted_and_changes_nothing_ipvs_programs() {
+    // IPVS connection timeouts are per namespace (`ipvsadm --set`), none per virtual server.
+    let dp = IpvsDataplane::new(IpvsConfig::default()).expect("valid config");
+    let plain = table(vec![web(&["198.18.1.10"])]);
+    let idle = table(vec![
+        web(&["198.18.1.10"]).with_idle_timeout(Duration::from_secs(5))
+    ]);
+    let with = dp.dry_run(&idle).expect("dry run");
+    assert!(with.problems.is_empty(), "{with}");
+    assert_eq!(with.rendered, dp.dry_run(&plain).expect("dry run").rendered);
+}
+
+#[test]
 fn a_dry_run_gives_each_problem_its_port_and_refuses_what_ipvs_lacks() {
     let config = IpvsConfig {
         node_addresses: vec![ip("198.18.0.1")],

@@ -291,6 +291,8 @@ fn plan_port(port: &ServicePort, config: &IpvsConfig) -> PortPlan {
                 ..SchedFlags::default()
             },
             persistence: port.session_affinity.timeout(),
+            // `port.idle_timeout` has no virtual-server attribute: IPVS connection timeouts are
+            // per namespace (see `IpvsDataplane::supported`).
             ..VirtualServer::new(addr, port.protocol, vport, scheduler.clone())
         };
         let (verdict, endpoints): (Verdict, &[&Endpoint]) = match target {

@@ -19,6 +19,7 @@ const FIELD_NAMES: &[&str] = &[
     "internal_traffic_policy",
     "scheduler",
     "health_check_node_port",
+    "idle_timeout_seconds",
     "endpoints",
     "protocol",
     "port",

@@ -239,6 +239,7 @@ struct PortSettings {
     external_policy: TrafficPolicy,
     internal_policy: TrafficPolicy,
     scheduler: Option<Scheduler>,
+    idle_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -307,6 +308,7 @@ fn port_settings() -> impl Strategy<Value = PortSettings> {
         policy(),
         policy(),
         prop::option::of(select(Scheduler::ALL.to_vec())),
+        prop::option::weighted(0.2, 1u64..=86_400),
     )
         .prop_map(
             |(
@@ -320,6 +322,7 @@ fn port_settings() -> impl Strategy<Value = PortSettings> {
                 external_policy,
                 internal_policy,
                 scheduler,
+                idle_secs,
             )| PortSettings {
                 protocol,
                 target_port,
@@ -331,6 +334,7 @@ fn port_settings() -> impl Strategy<Value = PortSettings> {
                 external_policy,
                 internal_policy,
                 scheduler,
+                idle_secs,
             },
         )
 }
@@ -464,6 +468,7 @@ fn apply_settings(port: &mut ServicePort, index: u16, slot: u16, settings: &Port
     port.external_traffic_policy = settings.external_policy;
     port.internal_traffic_policy = settings.internal_policy;
     port.scheduler = settings.scheduler;
+    port.idle_timeout = settings.idle_secs.map(Duration::from_secs);
     // As in Kubernetes: a health check only for a `Local` external policy on a port reachable from
     // outside.
     port.health_check_node_port = (port.external_traffic_policy == TrafficPolicy::Local

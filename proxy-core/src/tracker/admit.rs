@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::{ChangeTracker, ServiceName, SkipReason, SkippedPort};
 use crate::table::{PortMap, ServicePort, ServicePortName};
-use crate::validate::{port_path, service_path, validate, FieldError};
+use crate::validate::{port_path, service_path, validate, warnings, FieldError};
 
 impl ChangeTracker {
     pub(super) fn refresh_all(&mut self) {
@@ -118,6 +118,7 @@ impl ChangeTracker {
             }
             self.endpoint_count += port.endpoints.len();
             self.ports.insert(port_name.clone(), Arc::clone(port));
+            warn_of(port);
         }
         let stale: Vec<ServicePortName> = self
             .skipped
@@ -270,6 +271,19 @@ impl ChangeTracker {
             .take_while(|(n, _)| n.namespace == name.namespace && n.name == name.name)
             .map(|(_, p)| Arc::clone(p))
             .collect()
+    }
+}
+
+/// Logs what is valid in a port just admitted (new or changed) but probably not meant, such as
+/// every endpoint of weight 0: `warn`, the port runs, degraded.
+fn warn_of(port: &ServicePort) {
+    for warning in warnings(port) {
+        tracing::warn!(
+            service_port = %port.name,
+            field = %warning.path,
+            warning = %warning.message,
+            "service port admitted with a warning"
+        );
     }
 }
 

@@ -46,6 +46,7 @@ impl ChangeTracker {
                 port.internal_traffic_policy = service.internal_traffic_policy;
                 port.scheduler = service.scheduler;
                 port.health_check_node_port = service.health_check_node_port;
+                port.idle_timeout = service.idle_timeout;
                 port.endpoints = self.endpoints_of(spec, slices);
                 let port = Arc::new(port);
                 normalized(&port, &self.node, &self.zone).unwrap_or(port)

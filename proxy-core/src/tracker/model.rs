@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::time::Duration;
 
 use ipnet::IpNet;
 
@@ -127,6 +128,10 @@ pub struct Service {
     pub scheduler: Option<Scheduler>,
     /// The health-check node port of a `Local` external policy.
     pub health_check_node_port: Option<u16>,
+    /// How long a connection or UDP flow of any of its ports may stay idle before it is closed
+    /// (whole seconds, 1 s to a day); `None`: the backend's default. See
+    /// [`crate::table::ServicePort::idle_timeout`] for which backends read it.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Service {
@@ -144,6 +149,7 @@ impl Service {
             internal_traffic_policy: TrafficPolicy::Cluster,
             scheduler: None,
             health_check_node_port: None,
+            idle_timeout: None,
         }
     }
 
@@ -158,6 +164,13 @@ impl Service {
     #[must_use]
     pub fn with_port(mut self, port: ServicePortSpec) -> Self {
         self.ports.push(port);
+        self
+    }
+
+    /// The same service, closing connections and flows idle for `idle_timeout`.
+    #[must_use]
+    pub fn with_idle_timeout(mut self, idle_timeout: Duration) -> Self {
+        self.idle_timeout = Some(idle_timeout);
         self
     }
 }

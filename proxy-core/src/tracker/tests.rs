@@ -48,6 +48,46 @@ fn problems(tracker: &ChangeTracker, service: &str, port: &str) -> Vec<String> {
 }
 
 #[test]
+fn a_services_idle_timeout_reaches_each_of_its_ports_and_a_bad_one_is_skipped() {
+    let mut tracker = tracker();
+    let five = std::time::Duration::from_secs(5);
+    tracker.set_service(web("web", 10).with_idle_timeout(five));
+    tracker.set_service(web("api", 11));
+    for port in ["http", "https"] {
+        let web = port_of(&tracker, "web", port).expect("admitted");
+        assert_eq!(web.idle_timeout, Some(five), "{port}");
+    }
+    assert_eq!(
+        port_of(&tracker, "api", "http")
+            .expect("admitted")
+            .idle_timeout,
+        None
+    );
+
+    let before = tracker.table().clone();
+    tracker.set_service(web("web", 10).with_idle_timeout(std::time::Duration::ZERO));
+    assert_eq!(
+        problems(&tracker, "web", "http"),
+        ["services[default/web].ports[http].idle_timeout_seconds: 0 is outside 1-86400"]
+    );
+    assert_eq!(
+        port_of(&tracker, "web", "http")
+            .expect("keeps its last good version")
+            .idle_timeout,
+        Some(five)
+    );
+    assert!(diff(&before, tracker.table()).is_empty());
+
+    tracker.set_service(web("web", 10));
+    let changes = diff(&before, tracker.table());
+    assert_eq!(changes.changed.len(), 2);
+    assert!(changes
+        .changed
+        .iter()
+        .all(|c| c.service_changed && c.endpoints.is_empty()));
+}
+
+#[test]
 fn service_and_slices_join_by_port_name_with_locality_from_the_node_name() {
     let mut tracker = tracker();
     tracker.set_service(web("web", 10));

@@ -378,6 +378,7 @@ fn random_port(rng: &mut Rng, slot: usize) -> ServicePort {
         Some(Scheduler::Maglev),
         Some(Scheduler::LeastConnection),
     ]);
+    port.idle_timeout = rng.pick(&[None, None, Some(Duration::from_secs(60))]);
     port
 }
 

@@ -25,7 +25,7 @@ use clap::Parser as _;
 use proxy_core::prometheus_client::registry::Registry;
 use proxy_core::sync::sync_once;
 use proxy_core::tracker::ChangeTracker;
-use proxy_core::validate::escape_control;
+use proxy_core::validate::{escape_control, warnings};
 use proxy_core::{Dataplane as _, SyncConfig, SyncLoop, SyncMode};
 use tracing::{error, info};
 
@@ -141,6 +141,11 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .dry_run(&table)
             .context("the backend cannot plan this table")?;
         print!("{dry_run}");
+        // Valid, but probably not meant (every endpoint of weight 0...): the operator sees it
+        // here as the tracker logged it.
+        for warning in table.iter().flat_map(|port| warnings(port)) {
+            println!("# warning: {}", escape_control(&warning.to_string()));
+        }
         for (name, skipped) in tracker.skipped() {
             // Names and messages come from the file: no raw control characters on the terminal.
             println!(
