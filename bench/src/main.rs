@@ -7,6 +7,7 @@
 //! ```text
 //! bench userspace [--svcproxy target/release/svcproxy] [--quick] [--out bench/results]
 //! bench report bench/results/userspace-....json      # re-render the table and chart
+//! bench limits [--quick]                             # memory per connection/flow, rate at the fd limit
 //! bench netns-selftest                               # as root: namespaces up, load through, down
 //! bench serve --listen ADDR... / bench load --target ADDR --scenario ...   # building blocks
 //! ```
@@ -16,6 +17,7 @@ mod calibrate; // how much slower the IPVS VM is than the host
 mod error; // BenchError
 mod iptables; // issue #4's suite: iptables sync costs and data path vs kube-proxy's layout
 mod ipvs; // issue #5's suite: IPVS vs iptables by table size, in the VM
+mod limits; // issue #10's suite: memory per connection and flow, rate at the descriptor limit
 mod load; // the load generator's scenarios
 mod netns; // client/node/server namespaces for the kernel backends
 mod procfs; // RSS and CPU time of a process, the machine
@@ -55,6 +57,10 @@ enum Cmd {
     /// Issue #4's suite (as root): sync costs and data-path latency of our iptables layouts
     /// (tree, flat) and kube-proxy's, per N and variant, each in fresh namespaces.
     Iptables(IptablesArgs),
+    /// Issue #10's suite: svcproxy's memory per idle TCP connection (HAProxy beside it) and per
+    /// UDP flow, and one service's connection rate while others are held past their limits
+    /// under a low open-file limit (`prlimit`).
+    Limits(LimitsArgs),
     /// Re-renders the markdown table and SVG chart of a results JSON file.
     Report {
         /// The run's JSON file.
@@ -131,6 +137,54 @@ struct UserspaceArgs {
     /// The backends' port (0: any free port). Set it when measuring a --running proxy.
     #[arg(long, default_value_t = 0)]
     backend_port: u16,
+}
+
+#[derive(Debug, clap::Args)]
+struct LimitsArgs {
+    /// The svcproxy binary.
+    #[arg(long, default_value = "target/release/svcproxy")]
+    svcproxy: PathBuf,
+    /// The haproxy binary, measured beside svcproxy for idle TCP memory.
+    #[arg(long, default_value = "haproxy")]
+    haproxy: PathBuf,
+    /// Leave HAProxy out.
+    #[arg(long)]
+    no_haproxy: bool,
+    /// Which scenarios to run.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = limits::Scenario::ALL)]
+    scenarios: Vec<limits::Scenario>,
+    /// Idle TCP connections measured (preset: 2,000 full, 200 quick).
+    #[arg(long)]
+    idle: Option<usize>,
+    /// UDP flows measured (preset: 4,000 full, 200 quick).
+    #[arg(long)]
+    udp_flows: Option<usize>,
+    /// Longest wait, in seconds, for the UDP flows to expire (svcproxy's UDP idle timeout is
+    /// 30 s); 0 skips it (preset: 45 full, 0 quick).
+    #[arg(long)]
+    udp_expiry_wait: Option<f64>,
+    /// svcproxy's open-file limit in the descriptor-limit scenario (preset: 4,096 full, 1,024
+    /// quick).
+    #[arg(long)]
+    nofile: Option<u64>,
+    /// Connections tried on each hog service (preset: 1,500 full, 400 quick).
+    #[arg(long)]
+    hog_attempts: Option<usize>,
+    /// Seconds of each measurement of the other service (preset: 2 full, 0.5 quick).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// New connections per second to the other service in the fixed-rate measurement.
+    #[arg(long)]
+    rate: Option<u32>,
+    /// A short smoke run.
+    #[arg(long)]
+    quick: bool,
+    /// Where the results go.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+    /// The run's label in titles.
+    #[arg(long)]
+    label: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -241,11 +295,27 @@ async fn run(command: Cmd) -> Result<(), BenchError> {
             }
             Ok(())
         }
+        Cmd::Limits(args) => {
+            let report = limits::run_limits(&limits_config(&args)).await?;
+            for path in report.write(&args.out)? {
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
         Cmd::Report { json, out } => {
             let dir = out.unwrap_or_else(|| {
                 json.parent()
                     .map_or_else(|| PathBuf::from("."), Path::to_owned)
             });
+            let is_limits = json
+                .file_name()
+                .is_some_and(|name| name.to_string_lossy().starts_with("limits-"));
+            if is_limits {
+                for path in limits::report::LimitsReport::read(&json)?.write_rendered(&dir)? {
+                    println!("{}", path.display());
+                }
+                return Ok(());
+            }
             let is_iptables = json
                 .file_name()
                 .is_some_and(|name| name.to_string_lossy().starts_with("iptables-"));
@@ -279,6 +349,42 @@ async fn run(command: Cmd) -> Result<(), BenchError> {
             Ok(())
         }
     }
+}
+
+fn limits_config(args: &LimitsArgs) -> limits::LimitsConfig {
+    let mut config = if args.quick {
+        limits::LimitsConfig::quick()
+    } else {
+        limits::LimitsConfig::full()
+    };
+    config.svcproxy = args.svcproxy.clone();
+    config.haproxy = (!args.no_haproxy).then(|| args.haproxy.clone());
+    config.scenarios = args.scenarios.clone();
+    if let Some(label) = &args.label {
+        config.label = label.clone();
+    }
+    if let Some(idle) = args.idle {
+        config.idle_connections = idle.max(1);
+    }
+    if let Some(flows) = args.udp_flows {
+        config.udp_flows = flows.max(1);
+    }
+    if let Some(secs) = args.udp_expiry_wait {
+        config.udp_expiry_wait = Duration::from_secs_f64(secs.clamp(0.0, 600.0));
+    }
+    if let Some(nofile) = args.nofile {
+        config.nofile = nofile.max(128);
+    }
+    if let Some(attempts) = args.hog_attempts {
+        config.hog_attempts = attempts.max(1);
+    }
+    if let Some(secs) = args.duration {
+        config.duration = Duration::from_secs_f64(secs.clamp(0.1, 60.0));
+    }
+    if let Some(rate) = args.rate {
+        config.fixed_rate = rate.max(1);
+    }
+    config
 }
 
 fn iptables_config(args: &IptablesArgs) -> iptables::IptablesConfig {

@@ -109,7 +109,28 @@ pub(crate) fn clock_ticks_per_second() -> u64 {
 /// This process's soft limit on open files (`Max open files` of `/proc/self/limits`); children
 /// such as the proxies inherit it. `None` when unreadable or unlimited.
 pub fn open_file_limit() -> Option<u64> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    parse_open_file_limit(&std::fs::read_to_string("/proc/self/limits").ok()?)
+}
+
+/// Descriptors a process has open (entries of `/proc/PID/fd`; another user's process needs root).
+///
+/// # Errors
+///
+/// [`BenchError::Io`] when the directory cannot be read.
+pub fn open_fds(pid: u32) -> Result<usize, BenchError> {
+    let path = format!("/proc/{pid}/fd");
+    let entries =
+        std::fs::read_dir(&path).map_err(|e| BenchError::io(format!("read {path}"), e))?;
+    Ok(entries.filter(Result::is_ok).count())
+}
+
+/// Another process's soft limit on open files (`/proc/PID/limits`), as [`open_file_limit`].
+pub fn open_file_limit_of(pid: u32) -> Option<u64> {
+    parse_open_file_limit(&std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?)
+}
+
+/// The soft limit of the `Max open files` line of a `limits` file.
+fn parse_open_file_limit(limits: &str) -> Option<u64> {
     let line = limits
         .lines()
         .find(|line| line.starts_with("Max open files"))?;
@@ -220,6 +241,15 @@ mod tests {
     #[test]
     fn open_file_limit_is_read() {
         assert!(open_file_limit().is_some_and(|limit| limit > 0));
+        assert_eq!(open_file_limit_of(std::process::id()), open_file_limit());
+        assert!(open_fds(std::process::id()).expect("own fds") >= 3);
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max processes             unlimited            unlimited            processes \n\
+                      Max open files            4096                 8192                 files     \n";
+        assert_eq!(parse_open_file_limit(limits), Some(4096));
+        let unlimited =
+            "Max open files            unlimited            unlimited            files\n";
+        assert_eq!(parse_open_file_limit(unlimited), None);
     }
 
     #[test]

@@ -240,7 +240,7 @@ pub fn haproxy_maxconn() -> u64 {
 }
 
 /// A port free right now on `ip` (the kernel's choice; taken again by the proxy a moment later).
-fn free_port_on(ip: [u8; 4]) -> Result<SocketAddr, BenchError> {
+pub(crate) fn free_port_on(ip: [u8; 4]) -> Result<SocketAddr, BenchError> {
     let listener = TcpListener::bind((std::net::Ipv4Addr::from(ip), 0))
         .map_err(|e| BenchError::io(format!("find a free port on {ip:?}"), e))?;
     listener
@@ -248,7 +248,7 @@ fn free_port_on(ip: [u8; 4]) -> Result<SocketAddr, BenchError> {
         .map_err(|e| BenchError::io("local address", e))
 }
 
-fn write_file(dir: &Path, name: &str, text: &str) -> Result<PathBuf, BenchError> {
+pub(crate) fn write_file(dir: &Path, name: &str, text: &str) -> Result<PathBuf, BenchError> {
     let path = dir.join(name);
     std::fs::write(&path, text)
         .map_err(|e| BenchError::io(format!("write {}", path.display()), e))?;
@@ -256,7 +256,7 @@ fn write_file(dir: &Path, name: &str, text: &str) -> Result<PathBuf, BenchError>
 }
 
 /// The first non-empty line a program prints for `flag`, or empty.
-fn version_line(program: &Path, flag: &str) -> String {
+pub(crate) fn version_line(program: &Path, flag: &str) -> String {
     Command::new(program)
         .arg(flag)
         .output()
@@ -278,7 +278,7 @@ fn version_line(program: &Path, flag: &str) -> String {
 }
 
 /// Starts `command` with its output in a log file, and waits until `listen` accepts.
-fn spawn_and_wait(
+pub(crate) fn spawn_and_wait(
     name: &str,
     mut command: Command,
     listen: SocketAddr,

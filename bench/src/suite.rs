@@ -449,10 +449,10 @@ pub(crate) fn git_commit() -> String {
 
 /// A scratch directory for generated configurations and proxy logs, removed on drop.
 #[derive(Debug)]
-struct WorkDir(PathBuf);
+pub(crate) struct WorkDir(pub(crate) PathBuf);
 
 impl WorkDir {
-    fn create() -> Result<WorkDir, BenchError> {
+    pub(crate) fn create() -> Result<WorkDir, BenchError> {
         let path = std::env::temp_dir().join(format!("bench-{}", std::process::id()));
         std::fs::create_dir_all(&path)
             .map_err(|e| BenchError::io(format!("create {}", path.display()), e))?;

@@ -1,4 +1,5 @@
-//! The `bench` binary end to end: a quick userspace run writes its three files, and (as root)
+//! The `bench` binary end to end: a quick userspace run writes its three files, a quick limits
+//! run its two (and, with the release svcproxy, measures it), and (as root)
 //! the namespace self-test builds, uses and removes its namespaces.
 
 use std::path::PathBuf;
@@ -181,4 +182,79 @@ fn quick_iptables_run_measures_every_layout_and_leaves_no_namespace() {
     .collect();
     assert!(left.is_empty(), "namespaces left behind: {left:?}");
     let _ = std::fs::remove_dir_all(&out_dir);
+}
+
+#[test]
+fn quick_limits_run_without_svcproxy_says_why_each_scenario_was_not_measured() {
+    let out_dir = std::env::temp_dir().join(format!("bench-cli-limits-{}", std::process::id()));
+    let (json, markdown) = limits_run(&out_dir, "/nonexistent/svcproxy");
+    assert_eq!(json["skipped"][0]["name"], "svcproxy", "{json}");
+    let errors: Vec<&str> = json["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .filter_map(|e| e.as_str())
+        .collect();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(errors[0].starts_with("UDP flow memory:"), "{errors:?}");
+    assert!(
+        errors[1].starts_with("rate at the descriptor limit:"),
+        "{errors:?}"
+    );
+    assert!(markdown.contains("## Not measured"), "{markdown}");
+}
+
+#[test]
+#[ignore = "needs the release svcproxy (cargo build --release -p examples --bin svcproxy) and prlimit: CI runs --include-ignored"]
+fn quick_limits_run_measures_svcproxy_under_a_low_descriptor_limit() {
+    let svcproxy = std::env::var("BENCH_SVCPROXY").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/svcproxy").to_owned()
+    });
+    let out_dir = std::env::temp_dir().join(format!("bench-cli-limits-sv-{}", std::process::id()));
+    let (json, markdown) = limits_run(&out_dir, &svcproxy);
+    assert_eq!(json["errors"].as_array().map(Vec::len), Some(0), "{json}");
+    let idle = &json["tcp_idle"][0];
+    assert_eq!(idle["opened"], idle["connections"], "{idle}");
+    let udp = &json["udp"];
+    assert_eq!(udp["answered"], udp["flows"], "{udp}");
+    let phases = json["fd_limit"]["phases"].as_array().expect("phases");
+    assert_eq!(phases.len(), 5, "{json}");
+    assert_eq!(json["fd_limit"]["nofile_read_back"], 1024, "{json}");
+    // The other service is served whatever the hogs hold, and never waits seconds.
+    for phase in phases {
+        assert!(phase["fixed"]["ops"].as_u64().expect("ops") > 0, "{phase}");
+        let p50 = phase["fixed"]["latency"]["p50_us"].as_f64().expect("p50");
+        assert!(p50 < 100_000.0, "{phase}");
+    }
+    assert!(
+        markdown.contains("## Connection rate at the descriptor limit"),
+        "{markdown}"
+    );
+}
+
+/// `bench limits --quick --no-haproxy` with `svcproxy`; returns the JSON and the markdown.
+fn limits_run(out_dir: &std::path::Path, svcproxy: &str) -> (serde_json::Value, String) {
+    let output = bench()
+        .args(["limits", "--quick", "--no-haproxy", "--svcproxy", svcproxy])
+        .arg("--out")
+        .arg(out_dir)
+        .output()
+        .expect("run bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "bench failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let files: Vec<PathBuf> = stdout.lines().map(PathBuf::from).collect();
+    let extensions: Vec<_> = files
+        .iter()
+        .filter_map(|f| f.extension().map(|e| e.to_string_lossy().into_owned()))
+        .collect();
+    assert_eq!(extensions, ["json", "md"], "{stdout}");
+    let json = serde_json::from_str(&std::fs::read_to_string(&files[0]).expect("read json"))
+        .expect("parse json");
+    let markdown = std::fs::read_to_string(&files[1]).expect("read md");
+    let _ = std::fs::remove_dir_all(out_dir);
+    (json, markdown)
 }
