@@ -205,11 +205,23 @@ fn quick_limits_run_without_svcproxy_says_why_each_scenario_was_not_measured() {
 }
 
 #[test]
-#[ignore = "needs the release svcproxy (cargo build --release -p examples --bin svcproxy) and prlimit: CI runs --include-ignored"]
+#[ignore = "needs svcproxy built (cargo test --workspace builds it) and prlimit: CI runs --include-ignored"]
 fn quick_limits_run_measures_svcproxy_under_a_low_descriptor_limit() {
+    // BENCH_SVCPROXY, else the release build if there is one, else the debug build that
+    // `cargo test --workspace` makes for the examples' tests (a fresh clone has no release one).
     let svcproxy = std::env::var("BENCH_SVCPROXY").unwrap_or_else(|_| {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/svcproxy").to_owned()
+        let target = concat!(env!("CARGO_MANIFEST_DIR"), "/../target");
+        let release = format!("{target}/release/svcproxy");
+        if std::path::Path::new(&release).exists() {
+            release
+        } else {
+            format!("{target}/debug/svcproxy")
+        }
     });
+    assert!(
+        std::path::Path::new(&svcproxy).exists(),
+        "no svcproxy at {svcproxy}: build it (cargo build -p examples --bin svcproxy) or set BENCH_SVCPROXY"
+    );
     let out_dir = std::env::temp_dir().join(format!("bench-cli-limits-sv-{}", std::process::id()));
     let (json, markdown) = limits_run(&out_dir, &svcproxy);
     assert_eq!(json["errors"].as_array().map(Vec::len), Some(0), "{json}");
