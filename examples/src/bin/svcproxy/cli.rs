@@ -8,8 +8,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Runs a service table from a file on a load-balancing backend.
 ///
-/// Watches FILE and applies every valid change (also when an editor or `sed -i` replaces the
-/// file); an invalid change is logged with its errors and the running table stays.
+/// Watches FILE and applies its changes (also when an editor or `sed -i` replaces the file): a
+/// file that does not parse is logged and the running table stays; in one that parses, a bad
+/// service port is skipped and reported by name (its last good version keeps running) and the
+/// rest applies.
 /// SIGINT/SIGTERM stop it cleanly. Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more.
 #[derive(Debug, Parser)]
 #[command(name = "svcproxy", version, args_conflicts_with_subcommands = true)]
@@ -53,7 +55,8 @@ pub struct RunArgs {
     pub node_name: Option<String>,
 
     /// Print what the backend would program (userspace: the listeners and the endpoint choice
-    /// per service), then exit without changing anything.
+    /// per service; iptables: the restore input and hooks; ipvs: an ipvsadm-style listing) and
+    /// the skipped service ports, then exit without changing anything.
     #[arg(long, conflicts_with = "once")]
     pub dry_run: bool,
 

@@ -7,8 +7,9 @@
 //! ```
 //!
 //! It watches FILE (also when an editor or `sed -i` replaces it rather than writing in place) and
-//! applies every valid change; an invalid change is logged with its errors and the running table
-//! stays. SIGINT/SIGTERM stop it cleanly. Built on the public API of `proxy-core` and the backend
+//! applies its changes through the change tracker: a file that does not parse is logged and the
+//! running table stays; a bad service port is skipped by name and the rest applies.
+//! SIGINT/SIGTERM stop it cleanly. Built on the public API of `proxy-core` and the backend
 //! crates only.
 
 mod backend;
