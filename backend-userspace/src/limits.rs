@@ -87,6 +87,7 @@ pub(crate) type PortGate = Arc<Gate>;
 pub(crate) struct Limits {
     tcp: Arc<Gate>,
     tcp_per_port: AtomicUsize,
+    tcp_reserve: AtomicUsize,
     udp: Arc<Gate>,
 }
 
@@ -95,6 +96,7 @@ impl Default for Limits {
         Self {
             tcp: Gate::with_limit(usize::MAX),
             tcp_per_port: AtomicUsize::new(usize::MAX),
+            tcp_reserve: AtomicUsize::new(0),
             udp: Gate::with_limit(usize::MAX),
         }
     }
@@ -116,6 +118,8 @@ impl Limits {
         self.tcp.limit.store(derived.tcp, Ordering::Release);
         self.tcp_per_port
             .store(derived.tcp_per_port, Ordering::Release);
+        self.tcp_reserve
+            .store(derived.tcp_reserve, Ordering::Release);
         self.udp.limit.store(derived.udp, Ordering::Release);
     }
 
@@ -124,19 +128,28 @@ impl Limits {
         ConnectionLimits {
             tcp: self.tcp.limit.load(Ordering::Acquire),
             tcp_per_port: self.tcp_per_port.load(Ordering::Acquire),
+            tcp_reserve: self.tcp_reserve.load(Ordering::Acquire),
             udp: self.udp.limit.load(Ordering::Acquire),
         }
     }
 
-    /// A place for a new TCP connection to a service port whose connections `port` counts.
+    /// A place for a new TCP connection to a service port whose connections `port` counts. The
+    /// last [`ConnectionLimits::tcp_reserve`] places in all go only to service ports holding
+    /// fewer than that many connections, so that busy ports at their own limits never shut out
+    /// a quiet one.
     pub(crate) fn admit_tcp(&self, port: &PortGate) -> Result<Permit, Refusal> {
+        let reserve = self.tcp_reserve.load(Ordering::Acquire);
+        let held_by_port = port.used();
         let port = port
             .try_take(self.tcp_per_port.load(Ordering::Acquire))
             .ok_or(Refusal::ServicePort)?;
-        let global = self
-            .tcp
-            .try_take(self.tcp.limit.load(Ordering::Acquire))
-            .ok_or(Refusal::Global)?;
+        let limit = self.tcp.limit.load(Ordering::Acquire);
+        let limit = if held_by_port >= reserve {
+            limit.saturating_sub(reserve).max(1)
+        } else {
+            limit
+        };
+        let global = self.tcp.try_take(limit).ok_or(Refusal::Global)?;
         Ok(Permit {
             _global: global,
             _port: Some(port),
@@ -173,6 +186,9 @@ pub struct ConnectionLimits {
     pub tcp: usize,
     /// TCP connections per service port (and protocol).
     pub tcp_per_port: usize,
+    /// Of `tcp`, the last places kept for service ports that hold fewer connections than this:
+    /// an eighth of `tcp` when the per-port limit is derived, 0 when it is configured.
+    pub tcp_reserve: usize,
     /// UDP flows in all.
     pub udp: usize,
 }
@@ -181,8 +197,9 @@ impl ConnectionLimits {
     /// The limits `config` names, and for those it leaves `None` the default: of the `open_files`
     /// descriptors, less the `listeners` open and a headroom of a sixteenth (at least 64) for
     /// files, the sync loop and splice pipes, half go to TCP connections (two descriptors each)
-    /// and half to UDP flows (one each); a service port may take half of the TCP connections.
-    /// Every limit is at least 1.
+    /// and half to UDP flows (one each); a service port may take half of the TCP connections,
+    /// and an eighth of them is kept for service ports holding fewer than that. Every limit is
+    /// at least 1.
     pub fn derive(config: &UserspaceConfig, open_files: u64, listeners: usize) -> Self {
         let open_files = usize::try_from(open_files).unwrap_or(usize::MAX);
         let headroom = (open_files / 16).max(64);
@@ -190,9 +207,17 @@ impl ConnectionLimits {
             .saturating_sub(listeners)
             .saturating_sub(headroom);
         let tcp = config.max_connections.unwrap_or(spare / 4).max(1);
+        // Two ports at a derived per-port limit (half of `tcp`) would fill `tcp`: keep an eighth
+        // for the quiet ones. Limits an operator set are taken as they are.
+        let tcp_reserve = if config.max_connections_per_port.is_none() {
+            tcp / 8
+        } else {
+            0
+        };
         Self {
             tcp,
             tcp_per_port: config.max_connections_per_port.unwrap_or(tcp / 2).max(1),
+            tcp_reserve,
             udp: config.udp_max_flows_total.unwrap_or(spare / 2).max(1),
         }
     }
@@ -292,6 +317,49 @@ mod tests {
         assert_eq!(limits.tcp_connections(), 3);
         drop(a1);
         assert!(limits.admit_tcp(&b).is_ok(), "a freed place is taken again");
+    }
+
+    #[test]
+    fn busy_ports_at_their_derived_limits_leave_a_reserve_for_a_quiet_one() {
+        // 64 TCP connections in all (spare 256 / 4), 32 per port, the last 8 for quiet ports.
+        let limits = Limits::new(&config(None, None), 256 + 64 + 100, 100);
+        let current = limits.current();
+        assert_eq!(
+            (current.tcp, current.tcp_per_port, current.tcp_reserve),
+            (64, 32, 8)
+        );
+        let (hog_a, hog_b, quiet) = (
+            PortGate::default(),
+            PortGate::default(),
+            PortGate::default(),
+        );
+        let mut held = Vec::new();
+        while let Ok(permit) = limits.admit_tcp(&hog_a) {
+            held.push(permit);
+        }
+        while let Ok(permit) = limits.admit_tcp(&hog_b) {
+            held.push(permit);
+        }
+        assert_eq!((hog_a.used(), hog_b.used()), (32, 24), "b stops at 64 - 8");
+        assert_eq!(limits.admit_tcp(&hog_b).err(), Some(Refusal::Global));
+        for i in 0..8 {
+            held.push(
+                limits
+                    .admit_tcp(&quiet)
+                    .unwrap_or_else(|e| panic!("quiet #{i}: {e:?}")),
+            );
+        }
+        assert_eq!(
+            limits.admit_tcp(&quiet).err(),
+            Some(Refusal::Global),
+            "64 in all"
+        );
+        let named = Limits::new(&config(None, Some(32)), 256 + 64 + 100, 100);
+        assert_eq!(
+            named.current().tcp_reserve,
+            0,
+            "a configured per-port limit as it is"
+        );
     }
 
     #[test]
