@@ -363,6 +363,36 @@ impl Core {
         Ok(opened.ipvs)
     }
 
+    /// Whether what our last sync left is visibly gone, cheaply: the first and the last of our
+    /// virtual servers (two `IPVS_CMD_GET_SERVICE` requests, whatever the table's size: an
+    /// `ipvsadm -C` or a deleted service) and our interface (one rtnetlink request). A real
+    /// server changed by hand is left to the periodic full resync, which dumps everything. Before
+    /// the first sync (nothing opened, nothing applied) there is nothing to lose.
+    ///
+    /// # Errors
+    /// A request that could not be made.
+    fn find_drift(&mut self) -> Result<bool, BackendError> {
+        if self.applied.services.is_empty() || matches!(self.kernel, Kernel::Pending { .. }) {
+            return Ok(false);
+        }
+        let ipvs = self.ipvs()?;
+        let probes = [
+            self.applied.services.keys().next(),
+            self.applied.services.keys().next_back(),
+        ];
+        for key in probes.into_iter().flatten() {
+            if ipvs.virtual_server(key)?.is_none() {
+                return Ok(true);
+            }
+        }
+        if let (Some(link), Some(index)) = (&self.link, self.link_index) {
+            if link.link_index(&self.config.interface)? != Some(index) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Sets the configured IPVS connection timeouts unless the kernel already has them (one
     /// read, and one write only when something differs).
     fn apply_timeouts(&self, ipvs: &dyn IpvsOps) -> Result<(), BackendError> {
@@ -891,6 +921,18 @@ impl Dataplane for IpvsDataplane {
             "sync complete"
         );
         Ok(report)
+    }
+
+    /// See [`Core::find_drift`]: two virtual-server lookups and one link lookup, on the
+    /// blocking pool as the syncs.
+    async fn check_drift(&mut self) -> Result<bool, DataplaneError> {
+        let core = Arc::clone(&self.core);
+        tokio::task::spawn_blocking(move || {
+            core.lock().unwrap_or_else(|e| e.into_inner()).find_drift()
+        })
+        .await
+        .map_err(|e| DataplaneError::backend(NAME, BackendError::Task(e.to_string())))?
+        .map_err(|e| DataplaneError::backend(NAME, e))
     }
 
     async fn cleanup(&mut self) -> Result<CleanupReport, DataplaneError> {

@@ -397,6 +397,10 @@ impl<D: Dataplane> Dataplane for WithServiceHealth<D> {
     fn register_metrics(&mut self, registry: &mut prometheus_client::registry::Registry) {
         self.inner.register_metrics(registry);
     }
+
+    async fn check_drift(&mut self) -> Result<bool, DataplaneError> {
+        self.inner.check_drift().await
+    }
 }
 
 #[cfg(test)]

@@ -678,3 +678,31 @@ fn a_failed_flow_clean_up_is_a_problem_of_the_next_sync_and_the_real_server_is_s
         .collect();
     assert_eq!(left, [ip("198.18.1.2")]);
 }
+
+#[tokio::test]
+async fn the_drift_check_sees_a_deleted_virtual_server_and_a_flush() {
+    let fake = Arc::new(FakeIpvs::new());
+    let mut dp = dataplane(&fake);
+    assert!(
+        !dp.check_drift().await.expect("check"),
+        "nothing applied, nothing to lose"
+    );
+    let mut api = web(&["198.18.1.20"]);
+    api.name = ServicePortName::new("default", "api", "http");
+    api.cluster_ips = vec![ip("198.19.0.11")];
+    let t = table(vec![web(&["198.18.1.10"]), api]);
+    sync(&dp, &ServiceTable::empty(), &t, SyncMode::Full);
+    assert!(!dp.check_drift().await.expect("check"), "all there");
+
+    fake.delete_virtual_server(&web_key())
+        .expect("delete by hand");
+    assert!(
+        dp.check_drift().await.expect("check"),
+        "one of ours is gone"
+    );
+    sync(&dp, &t, &t, SyncMode::Full);
+    assert!(!dp.check_drift().await.expect("check"), "repaired");
+
+    fake.flush().expect("ipvsadm -C");
+    assert!(dp.check_drift().await.expect("check"), "all gone");
+}

@@ -309,3 +309,37 @@ async fn a_partial_sync_updates_the_answers_of_the_ports_it_touches() {
         Some(0)
     );
 }
+
+/// A dataplane whose state is always found drifted.
+#[derive(Debug)]
+struct AlwaysDrifted;
+
+#[async_trait]
+impl Dataplane for AlwaysDrifted {
+    fn name(&self) -> &'static str {
+        "drifted"
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::everything()
+    }
+    async fn sync(&mut self, request: SyncRequest<'_>) -> Result<SyncReport, DataplaneError> {
+        Ok(SyncReport::for_request(&request))
+    }
+    async fn cleanup(&mut self) -> Result<CleanupReport, DataplaneError> {
+        Ok(CleanupReport::default())
+    }
+    fn dry_run(&self, _table: &ServiceTable) -> Result<DryRun, DataplaneError> {
+        Ok(DryRun::default())
+    }
+    async fn check_drift(&mut self) -> Result<bool, DataplaneError> {
+        Ok(true)
+    }
+}
+
+#[tokio::test]
+async fn the_wrapper_passes_the_drift_check_through() {
+    // svcproxy wraps every backend: a wrapper answering the trait's default `false` would hide
+    // every drift its backend finds.
+    let mut wrapped = WithServiceHealth::new(AlwaysDrifted, vec![Ipv4Addr::LOCALHOST.into()]);
+    assert!(wrapped.check_drift().await.expect("check"));
+}
