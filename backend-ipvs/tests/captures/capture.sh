@@ -1,9 +1,9 @@
 #!/bin/bash
 # Captures the generic-netlink messages ipvsadm exchanges with the kernel.
-# Runs INSIDE the vmtest guest (the host kernel has no IPVS):
+# Runs INSIDE the VM guest (the host kernel has no IPVS):
 #
 #   VMTEST_EXTRA_BINS=/usr/bin/strace \
-#     /work/shared/vmtest/run-in-vm --share "$PWD" -- ./capture.sh
+#     ../../../scripts/vm/run-in-vm --share "$PWD" -- ./capture.sh
 #
 # Each command's sendmsg/recvmsg calls are written, as strace prints them
 # (-xx: every byte in hex), to <name>.strace next to this script.
