@@ -76,6 +76,7 @@ use crate::diff::{diff, ChangeSet};
 use crate::error::DataplaneError;
 use crate::metrics::{FailureReason, SyncMetrics, SyncResult};
 use crate::table::{PortMap, ServiceTable};
+use imbl::ordmap::DiffItem;
 
 mod config;
 mod handle;
@@ -374,23 +375,30 @@ impl<D: Dataplane> SyncLoop<D> {
         } = update;
         let table = self.without_unsupported(table);
         let state = &mut self.state;
-        state.skipped = skipped;
+        let mut skipped = skipped;
         for (name, port) in state.unsupported.iter() {
-            state.skipped.insert(name.clone(), port.clone());
+            skipped.insert(name.clone(), port.clone());
         }
-        self.metrics.set_skipped(&state.skipped);
-        if !state.skipped.is_empty() {
-            let skipped: Vec<String> = state
-                .skipped
-                .iter()
-                .map(|(name, port)| format!("{name}: {port}"))
-                .collect();
-            warn!(
-                backend,
-                generation,
-                skipped = ?skipped,
-                "service ports skipped; the rest applies"
-            );
+        let before = std::mem::replace(&mut state.skipped, skipped);
+        // Said once, when a port's verdict changes, not at every update: the maps share their
+        // structure, so the diff costs what changed.
+        let mut skipped_changed = false;
+        for item in before.diff(&state.skipped) {
+            skipped_changed = true;
+            match item {
+                DiffItem::Add(name, port)
+                | DiffItem::Update {
+                    new: (name, port), ..
+                } => {
+                    warn!(backend, generation, service_port = %name, "{port}; the rest applies");
+                }
+                DiffItem::Remove(name, _) => {
+                    info!(backend, generation, service_port = %name, "no longer skipped");
+                }
+            }
+        }
+        if skipped_changed {
+            self.metrics.set_skipped(&state.skipped);
         }
 
         let previous = state.desired.as_ref().unwrap_or(&state.last_good);
@@ -544,18 +552,13 @@ impl<D: Dataplane> SyncLoop<D> {
             state.next_full = Some(started + self.config.full_sync_period);
         }
         let elapsed_ms = elapsed.as_secs_f64() * 1e3;
-        let mut problems: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
-        problems.extend(
-            state
-                .skipped
-                .iter()
-                .map(|(name, port)| format!("{name}: {port}")),
-        );
+        let problems: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
         if report.is_complete() {
             self.metrics.record_sync(mode, SyncResult::Success, elapsed);
             state.need_full = false;
             state.backoff = self.config.retry_backoff_initial;
-            self.health.record_success(now, problems);
+            self.health
+                .record_success(now, problems, state.skipped.clone());
             if is_news {
                 info!(
                     generation,
@@ -580,8 +583,8 @@ impl<D: Dataplane> SyncLoop<D> {
             self.metrics
                 .record_sync(mode, SyncResult::Degraded, elapsed);
             let retry_in = self.schedule_retry(now);
-            self.health.record_success(now, problems);
-            let problems: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
+            self.health
+                .record_success(now, problems.clone(), self.state.skipped.clone());
             warn!(
                 generation,
                 service_ports = report.service_ports,
@@ -669,13 +672,8 @@ impl<D: Dataplane> SyncLoop<D> {
         }
         state.good_generation = generation;
         let skipped = state.skipped.clone();
-        let problems: Vec<String> = skipped
-            .iter()
-            .map(|(name, port)| format!("{name}: {port}"))
-            .collect();
-        let complete = self.health.consecutive_failures() == 0;
-        if complete {
-            self.health.set_skipped_problems(problems);
+        if self.health.consecutive_failures() == 0 {
+            self.health.set_skipped(skipped.clone());
         }
         self.outcomes.send_modify(|outcome| {
             outcome.generation = generation;

@@ -73,12 +73,15 @@ impl ServicePortName {
 
 impl fmt::Display for ServicePortName {
     /// `namespace/name:port`, or `namespace/name` when the port has no name: kube-proxy's form,
-    /// used in rule comments and logs.
+    /// used in rule comments and logs. Control characters (which validation rejects, but a name
+    /// is printed before it is validated too) are escaped, so that a name never forges a log line.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use crate::validate::escape_control;
+        let (namespace, name) = (escape_control(&self.namespace), escape_control(&self.name));
         if self.port.is_empty() {
-            write!(f, "{}/{}", self.namespace, self.name)
+            write!(f, "{namespace}/{name}")
         } else {
-            write!(f, "{}/{}:{}", self.namespace, self.name, self.port)
+            write!(f, "{namespace}/{name}:{}", escape_control(&self.port))
         }
     }
 }

@@ -2,6 +2,7 @@
 //! the file.
 
 use super::LoadError;
+use crate::validate::escape_control;
 
 /// Every field name of the format: a parse error may quote these whatever the file holds.
 const FIELD_NAMES: &[&str] = &[
@@ -67,7 +68,7 @@ pub(super) fn quote_safely(error: LoadError, text: &str) -> LoadError {
     let mut chars = quoting.chars();
     while let Some(c) = chars.next() {
         if c != '`' && c != '"' {
-            safe.extend(escape_control(c));
+            safe.push_str(&escape_control(c.encode_utf8(&mut [0; 4])));
             continue;
         }
         let mut fragment = String::new();
@@ -86,19 +87,15 @@ pub(super) fn quote_safely(error: LoadError, text: &str) -> LoadError {
         } else if at_first_token {
             safe.push('…');
         } else {
-            safe.extend(
-                fragment
-                    .chars()
-                    .take(MAX_EXCERPT_CHARS)
-                    .flat_map(escape_control),
-            );
+            let excerpt: String = fragment.chars().take(MAX_EXCERPT_CHARS).collect();
+            safe.push_str(&escape_control(&excerpt));
             if fragment.chars().count() > MAX_EXCERPT_CHARS {
                 safe.push('…');
             }
         }
         safe.push(c);
     }
-    safe.extend(schema.chars().flat_map(escape_control));
+    safe.push_str(&escape_control(schema));
     if at_first_token && safe != message {
         safe.push_str(" (the file's text is not quoted: it may not be a table)");
     }
@@ -152,7 +149,7 @@ pub(super) fn yaml_error(error: &serde_saphyr::Error, origin: &str) -> LoadError
         line: location.map(|l| l.line() as usize).filter(|l| *l > 0),
         column: location.map(|l| l.column() as usize).filter(|c| *c > 0),
         // The message may quote the input: keep control characters off the terminal.
-        message: message.chars().flat_map(escape_control).collect(),
+        message: escape_control(&message).into_owned(),
     }
 }
 
@@ -166,14 +163,6 @@ pub(super) fn json_error(error: &serde_json::Error, origin: &str) -> LoadError {
         origin: origin.to_owned(),
         line: Some(line).filter(|l| *l > 0),
         column: Some(column).filter(|c| *c > 0),
-        message: message.chars().flat_map(escape_control).collect(),
-    }
-}
-
-fn escape_control(c: char) -> Vec<char> {
-    if c.is_control() {
-        c.escape_debug().collect()
-    } else {
-        vec![c]
+        message: escape_control(message).into_owned(),
     }
 }

@@ -8,6 +8,8 @@ use tokio::time::Instant;
 
 use crate::metrics::FailureReason;
 
+use super::source::Skipped;
+
 /// The problem line shown while drift found by a check is not yet repaired.
 const DRIFT_PROBLEM: &str =
     "dataplane changed behind our back (drift check): a full sync is repairing it";
@@ -24,8 +26,10 @@ struct HealthState {
     last_success: Option<Instant>,
     pending_since: Option<Instant>,
     consecutive_failures: u32,
-    /// What the last successful sync left out: the backend's problems and the skipped ports.
-    problems: Vec<String>,
+    /// What the backend could not apply at the last successful sync.
+    backend_problems: Vec<String>,
+    /// The service ports skipped now (a persistent map: kept in O(1), written out when asked).
+    skipped: Skipped,
     last_error: Option<SyncFailure>,
     /// A drift check found our state changed behind our back, and no sync has repaired it yet.
     drift_pending: bool,
@@ -92,14 +96,19 @@ impl SyncHealth {
     /// (an address that cannot be bound), or service ports are skipped (invalid, clashing, or
     /// asking for what the backend lacks). [`SyncHealth::problems`] says what.
     pub fn is_degraded(&self) -> bool {
-        self.with(|s| s.drift_pending || !s.problems.is_empty())
+        self.with(|s| s.drift_pending || !s.backend_problems.is_empty() || !s.skipped.is_empty())
     }
 
     /// What the last successful sync left out, one line each (`default/web:http 127.0.0.1:80:
     /// address in use`, `default/api:dns: skipped (unsupported): ...`); empty when nothing.
     pub fn problems(&self) -> Vec<String> {
         self.with(|s| {
-            let mut problems = s.problems.clone();
+            let mut problems = s.backend_problems.clone();
+            problems.extend(
+                s.skipped
+                    .iter()
+                    .map(|(name, port)| format!("{name}: {port}")),
+            );
             if s.drift_pending {
                 problems.push(DRIFT_PROBLEM.to_owned());
             }
@@ -144,19 +153,25 @@ impl SyncHealth {
         });
     }
 
-    pub(super) fn record_success(&self, now: Instant, problems: Vec<String>) {
+    pub(super) fn record_success(
+        &self,
+        now: Instant,
+        backend_problems: Vec<String>,
+        skipped: Skipped,
+    ) {
         self.with(|s| {
             s.drift_pending = false;
             s.last_success = Some(now);
             s.pending_since = None;
             s.consecutive_failures = 0;
-            s.problems = problems;
+            s.backend_problems = backend_problems;
+            s.skipped = skipped;
         });
     }
 
     /// The skipped ports changed without a sync (the dataplane's table did not change).
-    pub(super) fn set_skipped_problems(&self, problems: Vec<String>) {
-        self.with(|s| s.problems = problems);
+    pub(super) fn set_skipped(&self, skipped: Skipped) {
+        self.with(|s| s.skipped = skipped);
     }
 
     pub(super) fn record_failure(&self, failure: SyncFailure, counts_as_failed_sync: bool) {

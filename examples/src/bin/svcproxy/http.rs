@@ -138,7 +138,7 @@ pub async fn serve_status(listener: TcpListener, registry: Arc<Registry>, health
             let problems: Vec<String> = health
                 .problems()
                 .iter()
-                .map(|p| json_string(p))
+                .map(|p| serde_json::Value::from(p.as_str()).to_string())
                 .collect();
             let body = format!(
                 "{{\"healthy\": {healthy}, \"degraded\": {}, \"problems\": [{}], \"lastUpdated\": {last_updated:.3}, \"currentTime\": {:.3}}}\n",
@@ -151,20 +151,4 @@ pub async fn serve_status(listener: TcpListener, registry: Arc<Registry>, health
         _ => Response::new(404, "text/plain", "try /metrics or /healthz\n".to_owned()),
     })
     .await;
-}
-
-/// `text` as a JSON string literal.
-fn json_string(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }

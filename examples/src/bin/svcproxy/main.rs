@@ -135,7 +135,6 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         skipped = tracker.skipped().len(),
         "table loaded"
     );
-    watch::log_skipped(&path, tracker.skipped());
 
     if args.dry_run {
         let dry_run = dataplane

@@ -34,10 +34,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use proxy_core::file::{check_table_file, parse_spec, read_table_from, LoadError, TableSpec};
-use proxy_core::tracker::{ChangeTracker, Skipped};
-use proxy_core::validate::{control_character_problem, escape_control};
+use proxy_core::tracker::ChangeTracker;
+use proxy_core::validate::control_character_problem;
 use proxy_core::{FieldError, ValidationErrors};
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 /// How long a changed file must hold still (size, mtime) before it is read at all.
 pub const SETTLE: Duration = Duration::from_millis(50);
@@ -362,19 +362,6 @@ pub async fn load(options: &FileOptions) -> Result<(TableSpec, Version), ReadErr
     Ok((spec, snapshot.version))
 }
 
-/// Logs the service ports the tracker skips, once per change of the set. Names and messages come
-/// from the file: control characters are escaped.
-pub fn log_skipped(file: &Path, skipped: &Skipped) {
-    for (name, port) in skipped {
-        warn!(
-            file = %file.display(),
-            service_port = %escape_control(&name.to_string()),
-            "{}",
-            escape_control(&port.to_string())
-        );
-    }
-}
-
 /// A changed version seen in place, waiting to hold still for the settle time.
 #[derive(Debug, Clone, Copy)]
 struct Candidate {
@@ -523,7 +510,6 @@ async fn apply(
         .parse(path, snapshot.text, options.node.clone())
         .await?;
     let before = tracker.generation();
-    let skipped_before = tracker.skipped().clone();
     let running = tracker.table().clone();
     let generation = spec.apply_to(tracker);
     if !tracker.table().ptr_eq(&running) || generation != before {
@@ -535,9 +521,6 @@ async fn apply(
             skipped = tracker.skipped().len(),
             "table file applied"
         );
-    }
-    if *tracker.skipped() != skipped_before {
-        log_skipped(path, tracker.skipped());
     }
     Ok(())
 }
