@@ -60,8 +60,42 @@ pub struct Settings {
     pub backends: Vec<String>,
 }
 
-fn write_file(path: &Path, text: String) -> Result<(), BenchError> {
+/// Writes `text` to `path`.
+pub(crate) fn write_file(path: &Path, text: String) -> Result<(), BenchError> {
     std::fs::write(path, text).map_err(|e| BenchError::io(format!("write {}", path.display()), e))
+}
+
+/// The file stem of a suite's run: `<suite>-<date without separators>`.
+pub(crate) fn run_stem(suite: &str, date: &str) -> String {
+    let stamp: String = date.chars().filter(char::is_ascii_alphanumeric).collect();
+    format!("{suite}-{stamp}")
+}
+
+/// Writes `report` as pretty JSON to `<dir>/<stem>.json`, creating `dir`; returns the path.
+pub(crate) fn write_json(
+    dir: &Path,
+    stem: &str,
+    report: &impl Serialize,
+) -> Result<PathBuf, BenchError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| BenchError::io(format!("create {}", dir.display()), e))?;
+    let path = dir.join(format!("{stem}.json"));
+    let json = serde_json::to_string_pretty(report).map_err(|source| BenchError::Json {
+        path: path.clone(),
+        source,
+    })?;
+    write_file(&path, json + "\n")?;
+    Ok(path)
+}
+
+/// Reads a run back from its JSON file.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, BenchError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| BenchError::io(format!("read {}", path.display()), e))?;
+    serde_json::from_str(&text).map_err(|source| BenchError::Json {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn one() -> usize {
@@ -156,12 +190,7 @@ pub struct IdleResult {
 impl RunReport {
     /// The file stem of this run: `<suite>-<date without separators>`.
     pub fn stem(&self) -> String {
-        let stamp: String = self
-            .date
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric())
-            .collect();
-        format!("{}-{stamp}", self.suite)
+        run_stem(&self.suite, &self.date)
     }
 
     /// Writes `<stem>.json`, `<stem>.md` and `<stem>.svg` into `dir`; returns their paths.
@@ -170,15 +199,7 @@ impl RunReport {
     ///
     /// [`BenchError::Io`] or [`BenchError::Json`] when a file cannot be written.
     pub fn write(&self, dir: &Path) -> Result<Vec<PathBuf>, BenchError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| BenchError::io(format!("create {}", dir.display()), e))?;
-        let json_path = dir.join(format!("{}.json", self.stem()));
-        let json = serde_json::to_string_pretty(self).map_err(|source| BenchError::Json {
-            path: json_path.clone(),
-            source,
-        })?;
-        write_file(&json_path, json + "\n")?;
-        let mut written = vec![json_path];
+        let mut written = vec![write_json(dir, &self.stem(), self)?];
         written.extend(self.write_rendered(dir)?);
         Ok(written)
     }
@@ -209,12 +230,7 @@ impl RunReport {
     ///
     /// [`BenchError::Io`] or [`BenchError::Json`].
     pub fn read(path: &Path) -> Result<RunReport, BenchError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| BenchError::io(format!("read {}", path.display()), e))?;
-        serde_json::from_str(&text).map_err(|source| BenchError::Json {
-            path: path.to_owned(),
-            source,
-        })
+        read_json(path)
     }
 
     pub(crate) fn proxy(&self, name: &str) -> Option<&ProxyResult> {

@@ -172,12 +172,7 @@ const LAYOUTS: [Layout; 3] = [Layout::Tree, Layout::Flat, Layout::Kube];
 impl IptablesReport {
     /// `iptables-<stamp>`.
     pub fn stem(&self) -> String {
-        let stamp: String = self
-            .date
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric())
-            .collect();
-        format!("{}-{stamp}", self.suite)
+        crate::report::run_stem(&self.suite, &self.date)
     }
 
     fn cell(&self, n: usize, variant: &str, layout: Layout) -> Option<&Cell> {

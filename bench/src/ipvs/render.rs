@@ -11,12 +11,7 @@ use crate::ipvs::{BackendRun, IpvsReport};
 
 /// The file stem: `ipvs-<stamp>` from the run's date.
 pub fn stem(report: &IpvsReport) -> String {
-    let stamp: String = report
-        .date
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .collect();
-    format!("{}-{stamp}", report.suite)
+    crate::report::run_stem(&report.suite, &report.date)
 }
 
 /// Writes `<stem>.json`, `.md` and `.svg` into `dir`.

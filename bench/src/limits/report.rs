@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::BenchError;
 use crate::load::RateResult;
 use crate::procfs::Machine;
-use crate::report::SkippedProxy;
+use crate::report::{read_json, run_stem, write_file, write_json, SkippedProxy};
 
 /// Everything one `bench limits` run measured, as written to `<out>/limits-<stamp>.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -184,12 +184,7 @@ fn per_unit(before_kib: u64, after_kib: u64, units: usize) -> Option<f64> {
 impl LimitsReport {
     /// `limits-<date without separators>`.
     pub fn stem(&self) -> String {
-        let stamp: String = self
-            .date
-            .chars()
-            .filter(char::is_ascii_alphanumeric)
-            .collect();
-        format!("{}-{stamp}", self.suite)
+        run_stem(&self.suite, &self.date)
     }
 
     /// Writes `<stem>.json` and `<stem>.md` into `dir`; returns their paths.
@@ -198,15 +193,7 @@ impl LimitsReport {
     ///
     /// [`BenchError::Io`] or [`BenchError::Json`] when a file cannot be written.
     pub fn write(&self, dir: &Path) -> Result<Vec<PathBuf>, BenchError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| BenchError::io(format!("create {}", dir.display()), e))?;
-        let json_path = dir.join(format!("{}.json", self.stem()));
-        let json = serde_json::to_string_pretty(self).map_err(|source| BenchError::Json {
-            path: json_path.clone(),
-            source,
-        })?;
-        write(&json_path, json + "\n")?;
-        let mut written = vec![json_path];
+        let mut written = vec![write_json(dir, &self.stem(), self)?];
         written.extend(self.write_rendered(dir)?);
         Ok(written)
     }
@@ -218,7 +205,7 @@ impl LimitsReport {
     /// [`BenchError::Io`] when the file cannot be written.
     pub fn write_rendered(&self, dir: &Path) -> Result<Vec<PathBuf>, BenchError> {
         let md_path = dir.join(format!("{}.md", self.stem()));
-        write(&md_path, self.render_markdown())?;
+        write_file(&md_path, self.render_markdown())?;
         Ok(vec![md_path])
     }
 
@@ -228,17 +215,8 @@ impl LimitsReport {
     ///
     /// [`BenchError::Io`] or [`BenchError::Json`].
     pub fn read(path: &Path) -> Result<Self, BenchError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| BenchError::io(format!("read {}", path.display()), e))?;
-        serde_json::from_str(&text).map_err(|source| BenchError::Json {
-            path: path.to_owned(),
-            source,
-        })
+        read_json(path)
     }
-}
-
-fn write(path: &Path, text: String) -> Result<(), BenchError> {
-    std::fs::write(path, text).map_err(|e| BenchError::io(format!("write {}", path.display()), e))
 }
 
 #[cfg(test)]
