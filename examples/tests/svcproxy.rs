@@ -5,7 +5,7 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -87,25 +87,40 @@ fn start_proxy(args: &[&str]) -> LoggedChild {
     .expect("start svcproxy")
 }
 
-#[test]
-fn applies_replaced_file_keeps_table_on_invalid_change_and_stops_on_sigterm() {
-    let dir = TempDir::new("watch");
-    let vip = Ipv4Addr::new(127, 0, 0, 21);
-    let port = free_port(vip);
-    let blue = named_backend(Ipv4Addr::new(127, 0, 0, 22), 0, "blue");
-    // The same target port on another address, so that the table can list either.
-    let green = named_backend(Ipv4Addr::new(127, 0, 0, 23), blue.addr().port(), "green");
+/// svcproxy watching `dir/table.yaml` (polled every 50 ms, plus `flags`), which serves
+/// `default/web` on `vip` (a free port) from `backend`; returns once the service answers with the
+/// backend's `name`, with the proxy, the table's path and the service's address.
+fn watching(
+    dir: &TempDir,
+    vip: Ipv4Addr,
+    backend: &AnswerServer,
+    name: &str,
+    flags: &[&str],
+) -> (LoggedChild, PathBuf, SocketAddr) {
+    let service = SocketAddr::from((vip, free_port(vip)));
     let path = dir.join("table.yaml");
-    std::fs::write(&path, table(vip, port, &[&blue])).expect("write table");
-
-    let proxy = start_proxy(&[
+    std::fs::write(&path, table(vip, service.port(), &[backend])).expect("write table");
+    let mut args = vec![
         "--services",
         path.to_str().expect("utf-8 path"),
         "--poll-interval-ms",
         "50",
-    ]);
-    let service = SocketAddr::from((vip, port));
-    wait_for_answer(service, "blue");
+    ];
+    args.extend_from_slice(flags);
+    let proxy = start_proxy(&args);
+    wait_for_answer(service, name);
+    (proxy, path, service)
+}
+
+#[test]
+fn applies_replaced_file_keeps_table_on_invalid_change_and_stops_on_sigterm() {
+    let dir = TempDir::new("watch");
+    let vip = Ipv4Addr::new(127, 0, 0, 21);
+    let blue = named_backend(Ipv4Addr::new(127, 0, 0, 22), 0, "blue");
+    // The same target port on another address, so that the table can list either.
+    let green = named_backend(Ipv4Addr::new(127, 0, 0, 23), blue.addr().port(), "green");
+    let (proxy, path, service) = watching(&dir, vip, &blue, "blue", &[]);
+    let port = service.port();
 
     // An editor-style replacement is picked up.
     replace_file(&path, table(vip, port, &[&green]));
@@ -349,19 +364,12 @@ fn unbindable_address_is_reported_and_the_rest_applies() {
 fn metrics_and_healthz_are_served() {
     let dir = TempDir::new("metrics");
     let vip = Ipv4Addr::new(127, 0, 0, 61);
-    let port = free_port(vip);
     let backend = named_backend(Ipv4Addr::new(127, 0, 0, 62), 0, "m");
-    let path = dir.join("table.yaml");
-    std::fs::write(&path, table(vip, port, &[&backend])).expect("write table");
     let status_port = free_port(Ipv4Addr::LOCALHOST);
     let status_addr = format!("127.0.0.1:{status_port}");
-    let proxy = start_proxy(&[
-        "--services",
-        path.to_str().expect("utf-8 path"),
-        "--metrics-addr",
-        &status_addr,
-    ]);
-    wait_for_answer(SocketAddr::from((vip, port)), "m");
+    let (proxy, path, service) =
+        watching(&dir, vip, &backend, "m", &["--metrics-addr", &status_addr]);
+    let port = service.port();
     let get = |path: &str| -> String {
         let mut stream = TcpStream::connect(&status_addr).expect("connect status server");
         stream
@@ -574,18 +582,9 @@ fn table_above_the_size_limit_is_refused_naming_the_flag() {
 fn fifo_swapped_in_while_running_is_refused_the_table_stays_and_sigterm_stops_it() {
     let dir = TempDir::new("fifo-run");
     let vip = Ipv4Addr::new(127, 0, 0, 73);
-    let port = free_port(vip);
     let backend = named_backend(Ipv4Addr::new(127, 0, 0, 74), 0, "steady");
-    let path = dir.join("table.yaml");
-    std::fs::write(&path, table(vip, port, &[&backend])).expect("write table");
-    let proxy = start_proxy(&[
-        "--services",
-        path.to_str().expect("utf-8 path"),
-        "--poll-interval-ms",
-        "50",
-    ]);
-    let service = SocketAddr::from((vip, port));
-    wait_for_answer(service, "steady");
+    let (proxy, path, service) = watching(&dir, vip, &backend, "steady", &[]);
+    let port = service.port();
 
     // A FIFO renamed over the table: no writer ever opens it.
     let fifo = dir.join("fifo");
@@ -703,21 +702,10 @@ fn half_written_table_is_not_applied_while_the_writer_pauses() {
 fn file_renamed_into_place_applies_without_waiting_for_the_settle_time() {
     let dir = TempDir::new("rename");
     let vip = Ipv4Addr::new(127, 0, 0, 83);
-    let port = free_port(vip);
     let blue = named_backend(Ipv4Addr::new(127, 0, 0, 84), 0, "blue");
     let green = named_backend(Ipv4Addr::new(127, 0, 0, 85), blue.addr().port(), "green");
-    let path = dir.join("table.yaml");
-    std::fs::write(&path, table(vip, port, &[&blue])).expect("write table");
-    let proxy = start_proxy(&[
-        "--services",
-        path.to_str().expect("utf-8 path"),
-        "--poll-interval-ms",
-        "50",
-        "--settle-ms",
-        "60000",
-    ]);
-    let service = SocketAddr::from((vip, port));
-    wait_for_answer(service, "blue");
+    let (proxy, path, service) = watching(&dir, vip, &blue, "blue", &["--settle-ms", "60000"]);
+    let port = service.port();
 
     // The safe way to write: a temporary file, then a rename. The rename comes a little after
     // the last write, so the inode's change time (the rename) is after its mtime.
