@@ -373,7 +373,8 @@ impl<D: Dataplane> SyncLoop<D> {
             generation,
             skipped,
         } = update;
-        let table = self.without_unsupported(table);
+        let old_source = self.state.source.clone();
+        let (table, source_changes) = self.without_unsupported(table);
         let state = &mut self.state;
         let mut skipped = skipped;
         for (name, port) in state.unsupported.iter() {
@@ -402,7 +403,13 @@ impl<D: Dataplane> SyncLoop<D> {
         }
 
         let previous = state.desired.as_ref().unwrap_or(&state.last_good);
-        let seen = diff(previous, &table);
+        // When nothing was left out, before or now, the desired tables are the source's own and
+        // the capability filter's diff is this one: no second walk.
+        let seen = if previous.ptr_eq(&old_source) && table.ptr_eq(&state.source) {
+            source_changes
+        } else {
+            diff(previous, &table)
+        };
         state.generation = generation;
         if seen.is_empty() && state.desired.is_some() {
             debug!(backend, generation, "table unchanged, nothing to sync");
@@ -434,7 +441,8 @@ impl<D: Dataplane> SyncLoop<D> {
     /// `table` less its ports the backend cannot do. Only the ports changed since the last
     /// update are checked (the diff skips what the two share), so the cost follows the change;
     /// when nothing is left out, the table is passed on as it is.
-    fn without_unsupported(&mut self, table: ServiceTable) -> ServiceTable {
+    /// Returns the table to converge to and the source's changes since its last update.
+    fn without_unsupported(&mut self, table: ServiceTable) -> (ServiceTable, ChangeSet) {
         let backend = self.dataplane.name();
         let capabilities = self.dataplane.capabilities();
         let state = &mut self.state;
@@ -463,7 +471,7 @@ impl<D: Dataplane> SyncLoop<D> {
         }
         state.source = table.clone();
         if state.unsupported.is_empty() {
-            return table;
+            return (table, changes);
         }
         let mut ports: PortMap = table.ports().clone();
         let mut endpoints = table.endpoint_count();
@@ -473,12 +481,13 @@ impl<D: Dataplane> SyncLoop<D> {
             }
         }
         // A valid table less some of its ports is valid.
-        ServiceTable::from_parts_unchecked(
+        let filtered = ServiceTable::from_parts_unchecked(
             table.node().map(str::to_owned),
             table.zone().map(str::to_owned),
             ports,
             endpoints,
-        )
+        );
+        (filtered, changes)
     }
 
     /// Runs one sync of the desired table, and schedules what follows.
