@@ -130,6 +130,40 @@ pub fn control_character_problem(value: &str) -> Option<String> {
     ))
 }
 
+// === the clash messages, shared with the change tracker's index ===
+
+/// `ip`:`port`/`protocol` is claimed by `owner`'s `owner_field`.
+pub(crate) fn vip_clash(
+    ip: IpAddr,
+    port: u16,
+    protocol: Protocol,
+    owner: &ServicePortName,
+    owner_field: &str,
+) -> String {
+    format!(
+        "{ip}:{port}/{protocol} already used by {} ({owner_field})",
+        port_path(owner)
+    )
+}
+
+/// `node_port` is `owner`'s node port (same protocol).
+pub(crate) fn node_port_clash(node_port: u16, owner: &ServicePortName) -> String {
+    format!("{node_port} already used by {}", port_path(owner))
+}
+
+/// `number` is `owner`'s node port (any protocol).
+pub(crate) fn used_as_node_port(number: u16, owner: &ServicePortName) -> String {
+    format!("{number} already used as node port by {}", port_path(owner))
+}
+
+/// `number` is the health-check node port of the service `owner` belongs to.
+pub(crate) fn used_as_health_check_port(number: u16, owner: &ServicePortName) -> String {
+    format!(
+        "{number} already used as health-check node port by {}",
+        service_path(owner)
+    )
+}
+
 /// The highest endpoint weight IPVS accepts (`IPVS_DEST_ATTR_WEIGHT` is a signed 32-bit int).
 pub const MAX_WEIGHT: u32 = i32::MAX as u32;
 
@@ -357,7 +391,7 @@ impl<'a> Checker<'a> {
             if let Some(owner) = owner.filter(|owner| *owner != &port.name) {
                 self.error(
                     format!("{}.node_port", port_path(&port.name)),
-                    format!("{node_port} already used by {}", port_path(owner)),
+                    node_port_clash(node_port, owner),
                 );
             }
         }
@@ -367,23 +401,11 @@ impl<'a> Checker<'a> {
     fn check_health_check_port(&mut self, port: &'a ServicePort, health_check: u16) {
         let path = format!("{}.health_check_node_port", port_path(&port.name));
         if let Some(owner) = self.node_port_numbers.get(&health_check).copied() {
-            self.error(
-                path.clone(),
-                format!(
-                    "{health_check} already used as node port by {}",
-                    port_path(owner)
-                ),
-            );
+            self.error(path.clone(), used_as_node_port(health_check, owner));
         }
         let owner = self.health_check_ports.get(&health_check).copied();
         if let Some(owner) = owner.filter(|owner| !same_service(owner, &port.name)) {
-            self.error(
-                path,
-                format!(
-                    "{health_check} already used as health-check node port by {}",
-                    service_path(owner)
-                ),
-            );
+            self.error(path, used_as_health_check_port(health_check, owner));
         }
     }
 
@@ -479,13 +501,7 @@ impl<'a> Checker<'a> {
         let message = if earlier.owner == &port.name {
             format!("{ip} is listed twice (also in {})", earlier.field)
         } else {
-            format!(
-                "{ip}:{}/{} already used by {} ({})",
-                port.port,
-                port.protocol,
-                port_path(earlier.owner),
-                earlier.field
-            )
+            vip_clash(ip, port.port, port.protocol, earlier.owner, earlier.field)
         };
         self.error(path, message);
     }

@@ -6,7 +6,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use crate::table::{Protocol, ServicePort, ServicePortName};
-use crate::validate::{port_path, FieldError};
+use crate::validate::{
+    node_port_clash, port_path, used_as_health_check_port, used_as_node_port, vip_clash, FieldError,
+};
 
 use super::model::ServiceName;
 
@@ -53,12 +55,7 @@ impl Claims {
                 if foreign(owner) {
                     errors.push(FieldError::new(
                         format!("{path}.{field}[{index}]"),
-                        format!(
-                            "{ip}:{}/{} already used by {} ({owner_field})",
-                            port.port,
-                            port.protocol,
-                            port_path(owner)
-                        ),
+                        vip_clash(*ip, port.port, port.protocol, owner, owner_field),
                     ));
                     holders.insert(ServiceName::of(owner));
                 }
@@ -72,7 +69,7 @@ impl Claims {
             {
                 errors.push(FieldError::new(
                     format!("{path}.node_port"),
-                    format!("{node_port} already used by {}", port_path(owner)),
+                    node_port_clash(node_port, owner),
                 ));
                 holders.insert(ServiceName::of(owner));
             }
@@ -83,9 +80,7 @@ impl Claims {
             {
                 errors.push(FieldError::new(
                     format!("{path}.node_port"),
-                    format!(
-                        "{node_port} already used as health-check node port by services[{holder}]"
-                    ),
+                    used_as_health_check_port(node_port, &holder.port("")),
                 ));
                 holders.insert(holder.clone());
             }
@@ -95,10 +90,7 @@ impl Claims {
             if let Some(owner) = owners.and_then(|o| o.iter().find(|o| foreign(o))) {
                 errors.push(FieldError::new(
                     format!("{path}.health_check_node_port"),
-                    format!(
-                        "{health_check} already used as node port by {}",
-                        port_path(owner)
-                    ),
+                    used_as_node_port(health_check, owner),
                 ));
                 holders.insert(ServiceName::of(owner));
             }
@@ -109,9 +101,7 @@ impl Claims {
             {
                 errors.push(FieldError::new(
                     format!("{path}.health_check_node_port"),
-                    format!(
-                        "{health_check} already used as health-check node port by services[{holder}]"
-                    ),
+                    used_as_health_check_port(health_check, &holder.port("")),
                 ));
                 holders.insert(holder.clone());
             }
