@@ -195,7 +195,8 @@ impl Live {
             }
             outcome.written += 1;
         }
-        let limit = ctx.config.listener_limit(open_file_limit());
+        let open_files = open_file_limit();
+        let limit = ctx.config.listener_limit(open_files);
         let mut over_limit = 0usize;
         for key in &plan.open {
             let Some(route) = plan.desired.get(key) else {
@@ -241,7 +242,7 @@ impl Live {
             }
         }
         ctx.limits
-            .update(&ctx.config, open_file_limit(), self.sockets.len());
+            .update(&ctx.config, open_files, self.sockets.len());
         if over_limit > 0 {
             warn!(
                 not_opened = over_limit,
