@@ -990,3 +990,59 @@ fn vm_the_async_dataplane_connects_on_a_blocking_thread_and_records_metrics() {
         assert!(!links.contains("svcp-ipvs0"), "{links}");
     });
 }
+
+#[test]
+#[ignore = "needs root and IPVS: run via scripts/vm-test"]
+fn vm_the_drift_check_sees_a_real_server_edited_by_hand_and_nothing_when_untouched() {
+    use proxy_core::Dataplane;
+    in_new_netns(|| {
+        let topo = Topology::new("audit");
+        let _servers = Servers::start(&topo, &[EP_A, EP_B]);
+        let mut dp = dataplane();
+        let t = table(vec![
+            port("web", Protocol::Tcp, "198.19.0.10", 80, &[EP_A, EP_B]),
+            port("dns", Protocol::Udp, "198.19.0.53", 53, &[EP_A]),
+        ]);
+        sync(&dp, &ServiceTable::empty(), &t, SyncMode::Full);
+        // Built on this thread: its blocking threads start in this namespace.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        // What the kernel reports back must compare equal to what we applied, or every check
+        // would repair a healthy table.
+        assert!(
+            !runtime.block_on(dp.check_drift()).expect("drift check"),
+            "untouched: no drift"
+        );
+        assert!(
+            !runtime.block_on(dp.check_drift()).expect("drift check"),
+            "untouched: still no drift"
+        );
+
+        run(
+            "ipvsadm",
+            &["-e", "-t", "198.19.0.10:80", "-r", EP_A, "-m", "-w", "0"],
+        );
+        assert!(
+            runtime.block_on(dp.check_drift()).expect("drift check"),
+            "a weight edited by ipvsadm -e is drift"
+        );
+        sync(&dp, &t, &t, SyncMode::Full);
+        assert!(
+            !runtime.block_on(dp.check_drift()).expect("drift check"),
+            "repaired by the full sync"
+        );
+        run("ipvsadm", &["-d", "-t", "198.19.0.10:80", "-r", EP_B]);
+        assert!(
+            runtime.block_on(dp.check_drift()).expect("drift check"),
+            "a real server deleted by ipvsadm -d is drift"
+        );
+        sync(&dp, &t, &t, SyncMode::Full);
+        assert_eq!(
+            tcp_spread(&topo, "198.19.0.10:80", 4),
+            BTreeMap::from([(sa(EP_A), 2), (sa(EP_B), 2)]),
+            "both real servers serve again, at their weights"
+        );
+    });
+}

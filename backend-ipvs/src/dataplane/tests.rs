@@ -706,3 +706,84 @@ async fn the_drift_check_sees_a_deleted_virtual_server_and_a_flush() {
     fake.flush().expect("ipvsadm -C");
     assert!(dp.check_drift().await.expect("check"), "all gone");
 }
+
+#[tokio::test]
+async fn the_drift_check_sees_a_real_server_changed_added_or_deleted_by_hand() {
+    let fake = Arc::new(FakeIpvs::new());
+    let mut dp = dataplane(&fake);
+    let t = table(vec![web(&["198.18.1.10", "198.18.1.11"])]);
+    sync(&dp, &ServiceTable::empty(), &t, SyncMode::Full);
+    assert!(!dp.check_drift().await.expect("check"), "all there");
+    let ours = fake.real_servers(&web_key()).expect("dump");
+
+    // `ipvsadm -e ... -w 0`: the weight of one of ours changed.
+    let mut drained = ours[0].clone();
+    drained.weight = 0;
+    fake.update_real_server(&web_key(), &drained)
+        .expect("edit by hand");
+    assert!(dp.check_drift().await.expect("check"), "weight changed");
+    sync(&dp, &t, &t, SyncMode::Full);
+    assert!(!dp.check_drift().await.expect("check"), "repaired");
+
+    // `ipvsadm -d`: one of ours deleted.
+    fake.delete_real_server(&web_key(), &ours[1])
+        .expect("delete by hand");
+    assert!(dp.check_drift().await.expect("check"), "real server gone");
+    sync(&dp, &t, &t, SyncMode::Full);
+    assert!(!dp.check_drift().await.expect("check"), "repaired");
+
+    // `ipvsadm -a`: a stranger added to our virtual server.
+    let mut stranger = ours[0].clone();
+    stranger.addr = ip("198.18.1.99");
+    fake.add_real_server(&web_key(), &stranger)
+        .expect("add by hand");
+    assert!(dp.check_drift().await.expect("check"), "stranger added");
+    sync(&dp, &t, &t, SyncMode::Full);
+    assert!(!dp.check_drift().await.expect("check"), "repaired");
+}
+
+#[test]
+fn the_drift_audit_sweeps_every_virtual_server_in_slices_and_wraps_around() {
+    let mut applied = IpvsState::default();
+    for port in 1..=10u16 {
+        let vs = VirtualServer::new(
+            ip("198.19.0.10"),
+            Protocol::Tcp,
+            port,
+            KernelScheduler::RoundRobin,
+        );
+        applied
+            .services
+            .insert(vs.key(), crate::plan::ServiceState::new(vs));
+    }
+    let mut audit = DriftAudit {
+        next: None,
+        batch: 4,
+    };
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let (keys, next) = audit.slice(&applied);
+        assert_eq!(keys.len(), 4, "a full slice every time, wrapping around");
+        seen.extend(keys.iter().map(|k| k.port));
+        audit.next = next;
+    }
+    // 1-4, 5-8, then 9, 10 and the wrap to 1, 2.
+    assert_eq!(seen, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 1, 2]);
+
+    // A table smaller than the slice: each key once.
+    audit.batch = 100;
+    audit.next = Some(ServiceKey {
+        addr: ip("198.19.0.10"),
+        protocol: Protocol::Tcp,
+        port: 7,
+    });
+    let (keys, _) = audit.slice(&applied);
+    let ports: Vec<u16> = keys.iter().map(|k| k.port).collect();
+    assert_eq!(ports, [7, 8, 9, 10, 1, 2, 3, 4, 5, 6]);
+
+    // Sized to the budget: 10 µs a key fits 4,000 in 40 ms; never below the floor.
+    audit.measured(100, Duration::from_millis(1));
+    assert_eq!(audit.batch, 4_000);
+    audit.measured(10, Duration::from_secs(1));
+    assert_eq!(audit.batch, DriftAudit::MIN_BATCH);
+}
