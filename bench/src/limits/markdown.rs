@@ -75,10 +75,18 @@ impl LimitsReport {
              One client socket (one source port on loopback) per flow, one datagram echoed each; \
              {} warm-up flows under the baseline. Flows expire after the backend's UDP idle \
              timeout (30 s by default; svcproxy has no flag for it).\n\n\
-             | flows answered / held | RSS, warm-up only | RSS with them | per flow | after they expired (kept) | a second wave as large |\n\
-             |---:|---:|---:|---:|---:|---:|\n",
-            self.settings.warmup
+             | flows answered / held | RSS, warm-up only | RSS with them | per flow | after they expired (kept) | {settled} s later | a second wave as large |\n\
+             |---:|---:|---:|---:|---:|---:|---:|\n",
+            self.settings.warmup,
+            settled = super::report::SETTLED_AFTER_S,
         );
+        let settled = udp.rss_settled_kib.map_or_else(dash, |rss| {
+            format!(
+                "{} (+{})",
+                kib(rss),
+                kib(rss.saturating_sub(udp.rss_base_kib))
+            )
+        });
         let expired = match (udp.rss_expired_kib, udp.expired_after_s) {
             (Some(rss), Some(after)) => format!(
                 "{} (+{}) after {after:.0} s",
@@ -101,13 +109,14 @@ impl LimitsReport {
         };
         let _ = writeln!(
             out,
-            "| {} / {} | {} | {} | {} | {} | {} |",
+            "| {} / {} | {} | {} | {} | {} | {} | {} |",
             thousands(udp.answered as u64),
             udp.held.map_or_else(dash, |h| thousands(h as u64)),
             kib(udp.rss_base_kib),
             kib(udp.rss_with_kib),
             udp.bytes_per_flow().map_or_else(dash, bytes),
             expired,
+            settled,
             second,
         );
     }
@@ -260,7 +269,7 @@ mod tests {
         let md = report().render_markdown();
         for want in [
             "| svcproxy | 2,000 of 2,000 | 7.8 MiB | 11.7 MiB | 2.0 KiB | 10.7 MiB |",
-            "| 4,000 / 4,050 | 7.8 MiB | 14.6 MiB | 1.8 KiB | 8.8 MiB (+1000 KiB) after 31 s | 9.3 MiB (+500 KiB) |",
+            "| 4,000 / 4,050 | 7.8 MiB | 14.6 MiB | 1.8 KiB | 8.8 MiB (+1000 KiB) after 31 s | 7.8 MiB (+0 KiB) | 9.3 MiB (+500 KiB) |",
             "prlimit --nofile=4096:4096` (read back from `/proc/PID/limits`: 4,096)",
             "959 TCP connections, 479 per service port, 1,918 UDP flows",
             "| no idle load | 0 / 0 | 120 of 4,096 (–) | 1,000 (0) | 100 µs | 400 µs | 2,000 (0) | 300 µs | 900 µs | 0 / 0, 0 |",

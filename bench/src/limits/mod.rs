@@ -343,6 +343,7 @@ async fn measure_udp_flows(
         rss_expired_kib: None,
         expired_after_s: None,
         held_after_wait: None,
+        rss_settled_kib: None,
         rss_second_wave_kib: None,
         second_wave_answered: None,
     };
@@ -364,6 +365,8 @@ async fn measure_udp_flows(
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_expired_kib = procfs::rss_kib(pid)?;
     udp.rss_expired_kib = Some(rss_expired_kib);
+    tokio::time::sleep(Duration::from_secs(report::SETTLED_AFTER_S)).await;
+    udp.rss_settled_kib = Some(procfs::rss_kib(pid)?);
     udp.second_wave_answered = Some(udp::open_flows(to, measured, Duration::from_secs(30)).await);
     tokio::time::sleep(SETTLE).await;
     udp.rss_second_wave_kib = Some(procfs::rss_kib(pid)?);

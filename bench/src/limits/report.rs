@@ -90,6 +90,9 @@ impl TcpIdle {
     }
 }
 
+/// Seconds between the reading of `VmRSS` as the flows expired and the settled one.
+pub const SETTLED_AFTER_S: u64 = 15;
+
 /// svcproxy's memory with UDP flows in its table, and after they expired.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UdpFlows {
@@ -109,6 +112,10 @@ pub struct UdpFlows {
     pub expired_after_s: Option<f64>,
     /// Flows still held when the wait ended.
     pub held_after_wait: Option<f64>,
+    /// `VmRSS` [`SETTLED_AFTER_S`] later: what the allocator has given back by then (an
+    /// allocator returns freed pages lazily: jemalloc decays them over 10 s), KiB.
+    #[serde(default)]
+    pub rss_settled_kib: Option<u64>,
     /// `VmRSS` after a second wave of as many flows (reusing what the first freed), KiB.
     pub rss_second_wave_kib: Option<u64>,
     /// Clients answered in the second wave.
@@ -304,6 +311,7 @@ pub(crate) mod tests {
                 rss_with_kib: 15000,
                 rss_expired_kib: Some(9000),
                 expired_after_s: Some(31.0),
+                rss_settled_kib: Some(8000),
                 held_after_wait: Some(0.0),
                 rss_second_wave_kib: Some(9500),
                 second_wave_answered: Some(4000),
