@@ -1,15 +1,15 @@
 //! [`NetlinkIpvs`]: [`IpvsOps`] over a generic-netlink socket.
 
-use std::{io, net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
+use netlink_packet_core::DecodeError;
+use netlink_transport::NetlinkError;
 use tracing::{debug, trace};
 
 use crate::{
     error::{IpvsError, IpvsOp, IpvsTarget},
     model::{ModelError, RealServer, ServiceKey, VirtualServer},
-    netlink::{
-        socket::SocketError, AddressFamily, DestAttr, IpvsAttr, IpvsCmd, IpvsMessage, IpvsSocket,
-    },
+    netlink::{AddressFamily, DestAttr, IpvsAttr, IpvsCmd, IpvsMessage, IpvsSocket},
     ops::{IpvsInfo, IpvsOps, Timeouts},
     plan::Op,
 };
@@ -40,16 +40,14 @@ impl NetlinkIpvs {
     /// no netlink socket can be opened.
     pub fn connect() -> Result<Self, IpvsError> {
         let socket = IpvsSocket::connect().map_err(|e| match e {
-            SocketError::Kernel(source) => IpvsError::Unavailable { source },
-            SocketError::Io(source) => IpvsError::Socket {
-                op: IpvsOp::Connect,
-                target: IpvsTarget::Global,
-                source,
+            // nlctrl refused the family lookup: no IPVS in this kernel.
+            NetlinkError::Kernel { errno, .. } => IpvsError::Unavailable {
+                source: errno.to_io(),
             },
-            SocketError::Decode(e) => IpvsError::Socket {
+            other => IpvsError::Socket {
                 op: IpvsOp::Connect,
                 target: IpvsTarget::Global,
-                source: io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
+                source: other.into_io(),
             },
         })?;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -151,20 +149,26 @@ fn ipvs_error(
     op: IpvsOp,
     target: impl FnOnce() -> IpvsTarget,
     cmd: IpvsCmd,
-    e: SocketError,
+    e: NetlinkError,
 ) -> IpvsError {
     match e {
-        SocketError::Kernel(source) => IpvsError::Kernel {
+        NetlinkError::Kernel { errno, .. } => IpvsError::Kernel {
             op,
             target: target(),
-            source,
+            source: errno.to_io(),
         },
-        SocketError::Io(source) => IpvsError::Socket {
+        NetlinkError::Malformed { source, .. } => IpvsError::Decode { cmd, source },
+        // The kernel dropped part of a reply: what came cannot be trusted to be whole.
+        e @ NetlinkError::Overrun { .. } => IpvsError::Decode {
+            cmd,
+            source: DecodeError::from(e.to_string()),
+        },
+        // A socket call, a lost ACK (ENOBUFS, outcome unknown), a timeout.
+        other => IpvsError::Socket {
             op,
             target: target(),
-            source,
+            source: other.into_io(),
         },
-        SocketError::Decode(source) => IpvsError::Decode { cmd, source },
     }
 }
 

@@ -9,14 +9,16 @@ use crate::{
     netlink::IpvsCmd,
 };
 
-/// errno values the kernel answers IPVS requests with (`net/netfilter/ipvs/ip_vs_ctl.c`).
+/// errno values the kernel answers IPVS requests with (`net/netfilter/ipvs/ip_vs_ctl.c`), as
+/// raw numbers, from the one errno table of the workspace (`netlink_transport::errno`).
 pub(crate) mod errno {
+    use netlink_transport::errno as table;
     /// `ENOENT`: no such destination (or the IPVS family is missing).
-    pub const ENOENT: i32 = 2;
+    pub const ENOENT: i32 = table::ENOENT.raw();
     /// `ESRCH`: no such service.
-    pub const ESRCH: i32 = 3;
+    pub const ESRCH: i32 = table::ESRCH.raw();
     /// `EEXIST`: the service or destination already exists.
-    pub const EEXIST: i32 = 17;
+    pub const EEXIST: i32 = table::EEXIST.raw();
 }
 
 /// An IPVS operation, as named in errors and logs.

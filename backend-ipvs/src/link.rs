@@ -6,9 +6,7 @@
 //! or /128. IPv6 addresses are added with `IFA_F_NODAD`: duplicate address detection would keep
 //! them tentative (unusable) for a second or more, and a VIP is on every node by design.
 
-use std::io;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use netlink_packet_core::{
@@ -24,25 +22,16 @@ use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_sys::protocols::NETLINK_ROUTE;
+use netlink_transport::errno::{Errno, EADDRNOTAVAIL, EEXIST, ENODEV, ESRCH};
+use netlink_transport::{Connection, NetlinkError, Protocol, Reply};
 
 use crate::config::VipBinding;
 use crate::error::BackendError;
-use crate::netlink::batch::Conn;
-use crate::netlink::socket::{read_datagram, Progress, SocketError};
 
 /// `RTM_NEWLINK`: the type of a link reply.
 const RTM_NEWLINK: u16 = 16;
 /// `RTM_NEWADDR`: the type of an address reply.
 const RTM_NEWADDR: u16 = 20;
-/// `ENODEV`: no such interface.
-const ENODEV: i32 = 19;
-/// `EADDRNOTAVAIL`: no such address (on delete).
-const EADDRNOTAVAIL: i32 = 99;
-/// `EEXIST`.
-const EEXIST: i32 = 17;
-/// `ESRCH`: no such route (on delete).
-const ESRCH: i32 = 3;
 /// `RTM_NEWROUTE`: the type of a route reply.
 const RTM_NEWROUTE: u16 = 24;
 /// The kernel's `local` routing table.
@@ -50,26 +39,23 @@ const RT_TABLE_LOCAL: u8 = 255;
 
 /// A blocking rtnetlink socket, in the network namespace of the thread that opened it.
 ///
-/// Address changes go in batches: many requests per datagram, their ACKs read back by
-/// sequence number (see `crate::netlink::socket`).
+/// Messages are `netlink-packet-route`'s, sent on the workspace's one netlink transport
+/// (`netlink-transport`). Address changes go in batches: many requests per datagram, their
+/// ACKs read back by sequence number, a result per request.
 #[derive(Debug)]
 pub struct RouteSocket {
-    conn: Mutex<Conn>,
-    seq: AtomicU32,
+    conn: Mutex<Connection>,
 }
 
 fn link_err(
     op: &'static str,
     object: impl Into<String>,
-) -> impl FnOnce(SocketError) -> BackendError {
+) -> impl FnOnce(NetlinkError) -> BackendError {
     let object = object.into();
     move |e| BackendError::Link {
         op,
         object,
-        source: match e {
-            SocketError::Io(e) | SocketError::Kernel(e) => e,
-            SocketError::Decode(e) => io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
-        },
+        source: e.into_io(),
     }
 }
 
@@ -92,11 +78,8 @@ fn one(results: Vec<Result<(), BackendError>>) -> Result<(), BackendError> {
         .expect("a batch of one request has one result")
 }
 
-fn errno_of(e: &SocketError) -> Option<i32> {
-    match e {
-        SocketError::Kernel(e) => e.raw_os_error(),
-        _ => None,
-    }
+fn errno_of(e: &NetlinkError) -> Option<Errno> {
+    e.kernel_errno()
 }
 
 impl RouteSocket {
@@ -105,18 +88,17 @@ impl RouteSocket {
     /// # Errors
     /// [`BackendError::Link`] when no netlink socket can be opened.
     pub fn connect() -> Result<Self, BackendError> {
-        let conn = Conn::open(NETLINK_ROUTE).map_err(|source| BackendError::Link {
+        let conn = Connection::open(Protocol::Route).map_err(|e| BackendError::Link {
             op: "open",
             object: "NETLINK_ROUTE socket".into(),
-            source,
+            source: e.into_io(),
         })?;
         Ok(RouteSocket {
             conn: Mutex::new(conn),
-            seq: AtomicU32::new(1),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Conn> {
+    fn lock(&self) -> MutexGuard<'_, Connection> {
         // Stale replies of a request interrupted by a panic are skipped by sequence number.
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -126,29 +108,27 @@ impl RouteSocket {
         msg: RouteNetlinkMessage,
         flags: u16,
         reply_type: u16,
-    ) -> Result<Vec<RouteNetlinkMessage>, SocketError> {
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+    ) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
+        let is_dump = flags & NLM_F_DUMP == NLM_F_DUMP;
         let mut request = NetlinkMessage::from(msg);
-        request.header.flags = flags;
-        request.header.sequence_number = seq;
-        request.finalize();
-        let mut bytes = vec![0u8; request.buffer_len()];
-        request.serialize(&mut bytes);
-        let mut conn = self.lock();
-        conn.send(&bytes).map_err(SocketError::Io)?;
+        // The transport adds NLM_F_REQUEST, and NLM_F_ACK or NLM_F_DUMP; the rest
+        // (NLM_F_CREATE, NLM_F_EXCL) is the request's own.
+        request.header.flags = flags & !(NLM_F_REQUEST | NLM_F_ACK | NLM_F_DUMP);
         let mut replies = Vec::new();
-        loop {
-            let datagram = conn.recv(0).map_err(SocketError::Io)?;
-            let progress = read_datagram(datagram, seq, &mut |payload| {
-                let reply = RouteNetlinkMessage::parse_with_param(payload, reply_type)
-                    .map_err(SocketError::Decode)?;
-                replies.push(reply);
-                Ok(())
-            })?;
-            if progress == Progress::Finished {
-                return Ok(replies);
-            }
+        let each = |reply: Reply<'_>| {
+            replies.push(RouteNetlinkMessage::parse_with_param(
+                reply.payload,
+                reply_type,
+            )?);
+            Ok(())
+        };
+        let mut conn = self.lock();
+        if is_dump {
+            conn.dump(&request, each)?;
+        } else {
+            conn.request(&request, each)?;
         }
+        Ok(replies)
     }
 
     /// The index of the interface `name`, `None` if there is none.
@@ -201,7 +181,7 @@ impl RouteSocket {
         let index = self.link_index(name)?.ok_or_else(|| BackendError::Link {
             op: "get link",
             object: name.to_owned(),
-            source: io::Error::from_raw_os_error(ENODEV),
+            source: ENODEV.to_io(),
         })?;
         // Up, in case someone set it down (a down dummy still accepts local traffic, but
         // IPv6 addresses on it would not be usable).
@@ -474,20 +454,20 @@ impl RouteSocket {
         ips: &[IpAddr],
         message: impl Fn(IpAddr) -> RouteNetlinkMessage,
         flags: u16,
-        (harmless, op): (i32, &'static str),
+        (harmless, op): (Errno, &'static str),
     ) -> Vec<Result<(), BackendError>> {
         if ips.is_empty() {
             return Vec::new();
         }
-        let results = self.lock().batch(&self.seq, ips.len(), |i, out| {
-            let Some(ip) = ips.get(i) else { return };
-            let mut request = NetlinkMessage::from(message(*ip));
-            request.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
-            request.finalize();
-            let start = out.len();
-            out.resize(start + request.buffer_len(), 0);
-            request.serialize(&mut out[start..]);
-        });
+        let requests: Vec<NetlinkMessage<RouteNetlinkMessage>> = ips
+            .iter()
+            .map(|ip| {
+                let mut request = NetlinkMessage::from(message(*ip));
+                request.header.flags = flags;
+                request
+            })
+            .collect();
+        let results = self.lock().batch(&requests);
         ips.iter()
             .zip(results)
             .map(|(ip, result)| match result {
@@ -502,7 +482,15 @@ impl RouteSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::batch::BatchLimits;
+    use netlink_transport::BatchLimits;
+
+    /// Shrinks the receive buffer to `rcvbuf` bytes and sets the batch limits, whatever the
+    /// buffer allows: for tests of lost ACKs.
+    fn set_limits_for_test(socket: &RouteSocket, rcvbuf: usize, limits: BatchLimits) {
+        let mut conn = socket.lock();
+        conn.io_mut().force_rcvbuf(rcvbuf).expect("SO_RCVBUFFORCE");
+        conn.set_limits(limits);
+    }
 
     /// Runs `body` on a thread in a new network namespace of its own (testkit's
     /// `in_new_netns`), with a route socket there and `lo` up.
@@ -542,7 +530,8 @@ mod tests {
         with_route_socket(|socket| {
             let lo = socket.link_index("lo").expect("get lo").expect("lo exists");
             // Room for a handful of ACKs only, and one datagram for all 1,000 requests.
-            socket.lock().set_limits_for_test(
+            set_limits_for_test(
+                socket,
                 4_096,
                 BatchLimits {
                     ops: 1_000,
@@ -566,7 +555,8 @@ mod tests {
             let bound = socket.addresses(lo).expect("dump addresses");
             assert_eq!(bound.iter().filter(|ip| ips.contains(ip)).count(), 1_000);
             // The socket still works: stale state does not leak into the next request.
-            socket.lock().set_limits_for_test(
+            set_limits_for_test(
+                socket,
                 1 << 20,
                 BatchLimits {
                     ops: 100,

@@ -9,8 +9,10 @@
 //! it (backend-iptables: kube-proxy's stale UDP entries; backend-ipvs: flows to a deleted UDP
 //! real server).
 //!
-//! The messages ([`encode_dump`], [`encode_delete`], [`parse_entry`]) are hand-written over
-//! `netlink-sys`, as no rust-netlink crate covers ctnetlink; constants are named as in
+//! The messages ([`encode_dump`], [`encode_delete`], [`parse_entry`]) are hand-written: the
+//! released `netlink-packet-netfilter` (0.4) has nflog and nf_tables messages but no ctnetlink
+//! ones. They travel on the workspace's one transport, `netlink-transport`, as a message
+//! family of `NETLINK_NETFILTER`; constants are named as in
 //! `include/uapi/linux/netfilter/nfnetlink_conntrack.h`. This crate owns no kernel object.
 //!
 //! ```
@@ -135,6 +137,17 @@ pub trait ConntrackOps: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// [`ConntrackError`] if the delete failed.
     fn delete(&self, family: Family, entry: &Entry) -> Result<(), ConntrackError>;
+    /// Deletes `entries` in order, as [`ConntrackOps::delete`] does each, and returns how
+    /// many; [`Netlink`] sends them all on one socket.
+    ///
+    /// # Errors
+    /// The first [`ConntrackError`]; the entries after it are left.
+    fn delete_all(&self, family: Family, entries: &[Entry]) -> Result<usize, ConntrackError> {
+        for entry in entries {
+            self.delete(family, entry)?;
+        }
+        Ok(entries.len())
+    }
 }
 
 /// Dumps `family` once and deletes every entry `matches` picks; returns how many. Nothing
@@ -147,14 +160,9 @@ pub fn delete_matching(
     family: Family,
     mut matches: impl FnMut(&Entry) -> bool,
 ) -> Result<usize, ConntrackError> {
-    let mut deleted = 0;
-    for entry in ops.dump(family)? {
-        if matches(&entry) {
-            ops.delete(family, &entry)?;
-            deleted += 1;
-        }
-    }
-    Ok(deleted)
+    let mut picked = ops.dump(family)?;
+    picked.retain(|entry| matches(entry));
+    ops.delete_all(family, &picked)
 }
 
 #[cfg(test)]
@@ -209,16 +217,12 @@ mod tests {
     #[test]
     fn a_failed_dump_is_reported_with_its_family() {
         let ops = FakeConntrack::default();
-        ops.fail_with(libc_eperm());
+        ops.fail_with(netlink_transport::errno::EPERM.raw());
         let e = delete_matching(&ops, Family::V6, |_| true).expect_err("fails");
         assert_eq!((e.op, e.family), ("dump", Family::V6));
         assert_eq!(
             e.to_string(),
             "conntrack dump (ipv6): Operation not permitted (os error 1)"
         );
-    }
-
-    const fn libc_eperm() -> i32 {
-        1
     }
 }

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::sync::Mutex;
 
+use netlink_transport::NetlinkError;
 use tracing::{debug, trace};
 
 use super::attr::DataAttr;
@@ -12,7 +13,7 @@ use super::error::IpsetError;
 use super::message::{IpsetAttr, IpsetCmd, IpsetMessage};
 use super::model::{Family, SetEntry, SetListing, SetType};
 use super::ops::{IpsetOp, IpsetOps};
-use super::socket::{Answer, IpsetSocket, SocketError};
+use super::socket::IpsetSocket;
 
 /// The most bytes of entries in one add or del message. Small enough that the kernel's copy
 /// of a failed message (see [`super::socket`]) fits the receive buffer many times over; big
@@ -43,23 +44,24 @@ impl NetlinkIpset {
             reason: reason.to_owned(),
             source,
         };
-        let socket =
-            IpsetSocket::connect().map_err(|e| unavailable("NETLINK_NETFILTER socket", Some(e)))?;
+        let socket = IpsetSocket::connect()
+            .map_err(|e| unavailable("NETLINK_NETFILTER socket", Some(e.into_io())))?;
         let query = IpsetMessage::new(
             IpsetCmd::Protocol,
             vec![IpsetAttr::Protocol(IPSET_PROTOCOL)],
         );
-        let answer = socket
-            .batch(&[(query, 0)])
-            .map_err(|e| unavailable("protocol query", Some(socket_io(e))))?
-            .pop()
-            .unwrap_or_default();
-        if let Some(refusal) = answer.refusal {
+        let Some(answer) = socket.batch(&[(query, 0)]).pop() else {
+            return Err(unavailable("protocol query unanswered", None));
+        };
+        if let Some(refusal) = answer.refusal() {
             return Err(unavailable(
                 "protocol query refused",
                 Some(io::Error::from_raw_os_error(refusal.errno)),
             ));
         }
+        answer
+            .result
+            .map_err(|e| unavailable("protocol query", Some(e.into_io())))?;
         let (mut theirs, mut min) = (None, None);
         for attr in answer.replies.iter().flat_map(|m| &m.attrs) {
             match attr {
@@ -108,20 +110,15 @@ impl NetlinkIpset {
             ],
         );
         let set = format!("{set_type} family {}", family.name());
-        let answer = self
-            .socket
-            .batch(&[(query, 0)])
-            .map_err(|e| socket_error(IpsetCmd::Type, &set, e))?
-            .pop()
-            .unwrap_or_default();
-        if let Some(refusal) = answer.refusal {
-            return Err(IpsetError::Kernel {
+        let Some(answer) = self.socket.batch(&[(query, 0)]).pop() else {
+            return Err(IpsetError::Decode {
                 cmd: IpsetCmd::Type,
-                set,
-                entry: None,
-                errno: refusal.errno,
+                source: "no answer to the type query".into(),
             });
-        }
+        };
+        answer
+            .result
+            .map_err(|e| socket_error(IpsetCmd::Type, &set, e))?;
         let rev = answer
             .replies
             .iter()
@@ -252,28 +249,20 @@ fn adt_chunks(entries: &[SetEntry]) -> Vec<(usize, Vec<Vec<DataAttr>>)> {
     chunks
 }
 
-fn socket_io(e: SocketError) -> io::Error {
+fn socket_error(cmd: IpsetCmd, set: &str, e: NetlinkError) -> IpsetError {
     match e {
-        SocketError::Io(e) => e,
-        SocketError::Kernel(r) => io::Error::from_raw_os_error(r.errno),
-        SocketError::Decode(d) => io::Error::new(io::ErrorKind::InvalidData, d.to_string()),
-    }
-}
-
-fn socket_error(cmd: IpsetCmd, set: &str, e: SocketError) -> IpsetError {
-    match e {
-        SocketError::Io(source) => IpsetError::Socket {
-            cmd,
-            set: set.to_owned(),
-            source,
-        },
-        SocketError::Kernel(r) => IpsetError::Kernel {
+        NetlinkError::Kernel { errno, .. } => IpsetError::Kernel {
             cmd,
             set: set.to_owned(),
             entry: None,
-            errno: r.errno,
+            errno: errno.raw(),
         },
-        SocketError::Decode(source) => IpsetError::Decode { cmd, source },
+        NetlinkError::Malformed { source, .. } => IpsetError::Decode { cmd, source },
+        other => IpsetError::Socket {
+            cmd,
+            set: set.to_owned(),
+            source: other.into_io(),
+        },
     }
 }
 
@@ -293,35 +282,37 @@ impl IpsetOps for NetlinkIpset {
         let wire: Vec<(IpsetMessage, u16)> =
             requests.iter().map(|r| (r.msg.clone(), r.flags)).collect();
         trace!(messages = wire.len(), "ipset batch");
-        let answers = self.socket.batch(&wire).map_err(|e| {
-            let first = ops.first().map(op_target).unwrap_or_default();
-            socket_error(requests[0].msg.cmd, &first, e)
-        })?;
+        let answers = self.socket.batch(&wire);
         let mut first_error = None;
         let mut refused = 0;
         for (request, answer) in requests.iter().zip(answers) {
-            let Answer {
-                refusal: Some(refusal),
-                ..
-            } = answer
-            else {
+            let refusal = answer.refusal();
+            let Err(failure) = answer.result else {
                 continue;
             };
             refused += 1;
             let op = &ops[request.step];
-            let entry = match (op, refusal.lineno) {
-                (IpsetOp::Add(_, entries) | IpsetOp::Del(_, entries), Some(line)) if line > 0 => {
-                    entries
-                        .get(request.first_entry + line as usize - 1)
-                        .map(ToString::to_string)
+            let error = match refusal {
+                Some(refusal) => {
+                    let entry = match (op, refusal.lineno) {
+                        (IpsetOp::Add(_, entries) | IpsetOp::Del(_, entries), Some(line))
+                            if line > 0 =>
+                        {
+                            entries
+                                .get(request.first_entry + line as usize - 1)
+                                .map(ToString::to_string)
+                        }
+                        _ => None,
+                    };
+                    IpsetError::Kernel {
+                        cmd: request.msg.cmd,
+                        set: op_target(op),
+                        entry,
+                        errno: refusal.errno,
+                    }
                 }
-                _ => None,
-            };
-            let error = IpsetError::Kernel {
-                cmd: request.msg.cmd,
-                set: op_target(op),
-                entry,
-                errno: refusal.errno,
+                // A lost ACK or a bad reply: this request's outcome is unknown.
+                None => socket_error(request.msg.cmd, &op_target(op), failure),
             };
             if first_error.is_none() {
                 first_error = Some(error);

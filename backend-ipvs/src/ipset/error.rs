@@ -9,11 +9,11 @@ use super::constants::*;
 use super::message::IpsetCmd;
 
 /// `ENOENT`: the set does not exist.
-pub const ENOENT: i32 = 2;
+pub const ENOENT: i32 = netlink_transport::errno::ENOENT.raw();
 /// `EEXIST`: a set of that name exists, and differs.
-pub const EEXIST: i32 = 17;
+pub const EEXIST: i32 = netlink_transport::errno::EEXIST.raw();
 /// `EPERM`: not allowed (needs `CAP_NET_ADMIN` in the namespace's user namespace).
-pub const EPERM: i32 = 1;
+pub const EPERM: i32 = netlink_transport::errno::EPERM.raw();
 
 /// What an errno means for ipset, for the system codes the kernel uses there and every
 /// `IPSET_ERR_*` (`include/uapi/linux/netfilter/ipset/ip_set.h`, `ip_set_hash.h`).

@@ -1,6 +1,7 @@
-//! A blocking `NETLINK_NETFILTER` socket that speaks ipset: many requests per `sendmsg`, each
-//! with `NLM_F_ACK` and its own sequence number, so every answer (ACK, error, reply) is matched
-//! to its request; and dumps.
+//! A blocking `NETLINK_NETFILTER` socket that speaks ipset, on the workspace's one netlink
+//! transport (`netlink-transport`): many requests per `sendmsg`, each with `NLM_F_ACK` and its
+//! own sequence number, so every answer (ACK, error, reply) is matched to its request and
+//! each request gets its own result; and dumps.
 //!
 //! Batching is the point: a partial sync sends its few add/del messages in one `sendmsg` and
 //! reads the ACKs back, where the `ipset` tool would have been a process start plus a
@@ -13,30 +14,18 @@
 //! `net/netfilter/ipset/ip_set_core.c`); [`Refusal::lineno`] carries it up, so the error
 //! names the entry. Entries before it were applied, entries after it were not.
 
-use std::io;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use netlink_packet_core::{
-    parse_i32, parse_u32_be, DecodeError, Emitable, ErrorBuffer, NetlinkBuffer, NlasIterator,
-    ParseableParametrized, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, NLMSG_OVERRUN, NLM_F_ACK,
-    NLM_F_DUMP, NLM_F_REQUEST,
+    parse_u32_be, DecodeError, Emitable, NlasIterator, ParseableParametrized,
 };
-use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
+use netlink_transport::{Connection, Datagrams, NetlinkError, Protocol, Reply, Request, SysSocket};
 
 use super::constants::*;
 use super::message::{IpsetCmd, IpsetMessage, NFGENMSG_LEN};
 
-/// The most bytes we put in one `sendmsg`: well under the default socket send buffer
-/// (`net.core.wmem_default`, 208 KiB), past which `netlink_sendmsg()` answers `EMSGSIZE`.
-pub(crate) const SEND_LIMIT: usize = 64 * 1024;
-/// The most messages per `sendmsg`: each is ACKed, and the ACKs must fit in the receive
-/// buffer before we read them (an overflow drops them: `ENOBUFS`).
-pub(crate) const MESSAGES_PER_SEND: usize = 64;
 /// `sizeof(struct nlmsghdr)`.
 const NLMSG_HDRLEN: usize = 16;
-/// The receive buffer we ask for (capped by `net.core.rmem_max`).
-const RECV_BUFFER: usize = 1 << 20;
 
 /// The kernel's refusal of one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,37 +36,27 @@ pub(crate) struct Refusal {
     pub lineno: Option<u32>,
 }
 
-/// What one request got back.
-#[derive(Debug, Default)]
+/// What one request of a batch got back.
+#[derive(Debug)]
 pub(crate) struct Answer {
     /// Replies before the ACK (protocol and type queries have one).
     pub replies: Vec<IpsetMessage>,
-    /// The refusal, if it was refused.
-    pub refusal: Option<Refusal>,
+    /// The ACK (`Ok`), the kernel's refusal ([`NetlinkError::Kernel`], see
+    /// [`Answer::refusal`]), or why its outcome is unknown (a lost ACK, a bad reply).
+    pub result: Result<(), NetlinkError>,
 }
 
-/// What went wrong below the ipset layer; [`super::client`] adds the operation and set.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum SocketError {
-    /// A socket call failed.
-    #[error("netlink socket")]
-    Io(#[source] io::Error),
-    /// The kernel refused a dump.
-    #[error("refused with errno {}", .0.errno)]
-    Kernel(Refusal),
-    /// A reply did not decode.
-    #[error("undecodable reply")]
-    Decode(#[source] DecodeError),
-}
-
-/// A netlink socket for the ipset subsystem of nfnetlink.
-///
-/// Calls are serialized by a mutex, so it can be shared; each blocks until the kernel has
-/// answered in full.
-#[derive(Debug)]
-pub(crate) struct IpsetSocket {
-    socket: Mutex<Socket>,
-    seq: AtomicU32,
+impl Answer {
+    /// The kernel's refusal, with the failing entry's line number when the kernel named it.
+    pub(crate) fn refusal(&self) -> Option<Refusal> {
+        match &self.result {
+            Err(NetlinkError::Kernel { errno, echo, .. }) => Some(Refusal {
+                errno: errno.raw(),
+                lineno: echo.as_deref().and_then(echoed_lineno),
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// Writes `msg` as one netlink message (header, payload, padding) at the end of `out`.
@@ -95,184 +74,98 @@ pub(crate) fn push_message(out: &mut Vec<u8>, msg: &IpsetMessage, flags: u16, se
     msg.emit(&mut out[start + NLMSG_HDRLEN..start + len]);
 }
 
-impl IpsetSocket {
-    /// Opens and connects a `NETLINK_NETFILTER` socket.
-    pub(crate) fn connect() -> io::Result<Self> {
-        let mut socket = Socket::new(NETLINK_NETFILTER)?;
-        socket.bind_auto()?;
-        socket.connect(&SocketAddr::new(0, 0))?;
-        // ACKs of big add messages need not echo them (errors with a line number still do).
-        socket.set_cap_ack(true)?;
-        // Best effort: the kernel caps it at net.core.rmem_max.
-        let _ = socket.set_rx_buf_sz(RECV_BUFFER);
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.subsec_nanos() | 1);
-        Ok(IpsetSocket {
-            socket: Mutex::new(socket),
-            seq: AtomicU32::new(seed),
-        })
+/// An ipset message with its own flags, as the transport sends it.
+struct Wire<'a> {
+    msg: &'a IpsetMessage,
+    flags: u16,
+}
+
+impl Request for Wire<'_> {
+    fn emit_message(&self, out: &mut Vec<u8>) {
+        push_message(out, self.msg, self.flags, 0);
     }
 
-    /// Sends every request with `NLM_F_REQUEST | NLM_F_ACK | flags`, in order, in as few
-    /// `sendmsg` calls as [`SEND_LIMIT`] and [`MESSAGES_PER_SEND`] allow, and returns one
-    /// [`Answer`] per request.
-    pub(crate) fn batch(
-        &self,
-        requests: &[(IpsetMessage, u16)],
-    ) -> Result<Vec<Answer>, SocketError> {
-        let mut answers: Vec<Answer> = requests.iter().map(|_| Answer::default()).collect();
-        // A poisoned lock only means another call panicked mid-way; stale replies are
-        // skipped by sequence number.
-        let socket = self.socket.lock().unwrap_or_else(|e| e.into_inner());
-        let mut next = 0;
-        while next < requests.len() {
-            let first = next;
-            let base = self
-                .seq
-                .fetch_add(MESSAGES_PER_SEND as u32, Ordering::Relaxed);
-            let mut bytes = Vec::new();
-            while next < requests.len() && next - first < MESSAGES_PER_SEND {
-                let (msg, flags) = &requests[next];
-                let size = NLMSG_HDRLEN + msg.buffer_len();
-                if next > first && bytes.len() + size > SEND_LIMIT {
-                    break;
-                }
-                let seq = base.wrapping_add((next - first) as u32);
-                push_message(&mut bytes, msg, NLM_F_REQUEST | NLM_F_ACK | flags, seq);
-                next += 1;
-            }
-            socket.send(&bytes, 0).map_err(SocketError::Io)?;
-            let mut pending = next - first;
-            while pending > 0 {
-                let (datagram, _) = socket.recv_from_full().map_err(SocketError::Io)?;
-                read_answers(&datagram, base, &mut answers[first..next], &mut pending)?;
-            }
-        }
-        Ok(answers)
-    }
-
-    /// Sends `msg` as a dump request and returns every message of the multipart reply.
-    pub(crate) fn dump(&self, msg: &IpsetMessage) -> Result<Vec<IpsetMessage>, SocketError> {
-        let socket = self.socket.lock().unwrap_or_else(|e| e.into_inner());
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let mut bytes = Vec::new();
-        push_message(&mut bytes, msg, NLM_F_REQUEST | NLM_F_DUMP, seq);
-        socket.send(&bytes, 0).map_err(SocketError::Io)?;
-        let mut replies = Vec::new();
-        loop {
-            let (datagram, _) = socket.recv_from_full().map_err(SocketError::Io)?;
-            if read_dump(&datagram, seq, &mut replies)? {
-                return Ok(replies);
-            }
-        }
+    fn describe(&self) -> String {
+        format!("ipset {}", self.msg.cmd)
     }
 }
 
-/// The `IPSET_ATTR_LINENO` in the copy of our request that an error carries (after the errno
-/// and the request's `nlmsghdr`), if any.
-fn echoed_lineno(error_payload: &[u8]) -> Option<u32> {
-    let attrs = error_payload.get(4 + NLMSG_HDRLEN + NFGENMSG_LEN..)?;
+/// The `IpsetMessage` of a reply (its command is the low byte of the message type).
+fn parse_reply(reply: Reply<'_>) -> Result<IpsetMessage, DecodeError> {
+    let cmd = IpsetCmd::from((reply.message_type & 0xff) as u8);
+    IpsetMessage::parse_with_param(reply.payload, cmd)
+}
+
+/// A netlink socket for the ipset subsystem of nfnetlink.
+///
+/// Calls are serialized by a mutex, so it can be shared; each blocks until the kernel has
+/// answered in full or the receive timeout passed.
+#[derive(Debug)]
+pub(crate) struct IpsetSocket<D = SysSocket> {
+    conn: Mutex<Connection<D>>,
+}
+
+impl IpsetSocket {
+    /// Opens and connects a `NETLINK_NETFILTER` socket.
+    pub(crate) fn connect() -> Result<Self, NetlinkError> {
+        Ok(IpsetSocket::over(Connection::open(Protocol::Netfilter)?))
+    }
+}
+
+impl<D: Datagrams> IpsetSocket<D> {
+    /// The ipset exchanges over `conn` (a fake kernel's, in tests).
+    pub(crate) fn over(conn: Connection<D>) -> Self {
+        IpsetSocket {
+            conn: Mutex::new(conn),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection<D>> {
+        // A poisoned lock only means another call panicked mid-way; stale replies are
+        // skipped by sequence number.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends every request with `NLM_F_REQUEST | NLM_F_ACK | flags`, in order, in as few
+    /// `sendmsg` calls as the socket's buffers allow, and returns one [`Answer`] per request.
+    /// A refused request does not stop the others.
+    pub(crate) fn batch(&self, requests: &[(IpsetMessage, u16)]) -> Vec<Answer> {
+        let wire: Vec<Wire<'_>> = requests
+            .iter()
+            .map(|(msg, flags)| Wire { msg, flags: *flags })
+            .collect();
+        let mut replies: Vec<Vec<IpsetMessage>> = requests.iter().map(|_| Vec::new()).collect();
+        let results = self.lock().batch_with_replies(&wire, |i, reply| {
+            let msg = parse_reply(reply)?;
+            if let Some(replies) = replies.get_mut(i) {
+                replies.push(msg);
+            }
+            Ok(())
+        });
+        replies
+            .into_iter()
+            .zip(results)
+            .map(|(replies, result)| Answer { replies, result })
+            .collect()
+    }
+
+    /// Sends `msg` as a dump request and returns every message of the multipart reply.
+    pub(crate) fn dump(&self, msg: &IpsetMessage) -> Result<Vec<IpsetMessage>, NetlinkError> {
+        let mut replies = Vec::new();
+        self.lock().dump(&Wire { msg, flags: 0 }, |reply| {
+            replies.push(parse_reply(reply)?);
+            Ok(())
+        })?;
+        Ok(replies)
+    }
+}
+
+/// The `IPSET_ATTR_LINENO` in the copy of our request that an error carries (the request's
+/// `nlmsghdr`, then its payload), if any.
+fn echoed_lineno(echo: &[u8]) -> Option<u32> {
+    let attrs = echo.get(NLMSG_HDRLEN + NFGENMSG_LEN..)?;
     NlasIterator::new(attrs)
         .filter_map(Result::ok)
         .find(|nla| nla.kind() == IPSET_ATTR_LINENO)
         .and_then(|nla| parse_u32_be(nla.value()).ok())
-}
-
-/// Walks the netlink messages of one datagram, filing each answer under its request
-/// (`answers[seq - base]`) and counting down `pending` at each ACK or error.
-pub(crate) fn read_answers(
-    datagram: &[u8],
-    base: u32,
-    answers: &mut [Answer],
-    pending: &mut usize,
-) -> Result<(), SocketError> {
-    let mut offset = 0;
-    while offset < datagram.len() {
-        let nl = NetlinkBuffer::new_checked(&datagram[offset..]).map_err(SocketError::Decode)?;
-        // new_checked() made sure the length is at least a header, so this always moves on.
-        offset += (nl.length() as usize + 3) & !3;
-        let index = nl.sequence_number().wrapping_sub(base) as usize;
-        let Some(answer) = answers.get_mut(index) else {
-            continue; // left over from an earlier, interrupted call
-        };
-        match nl.message_type() {
-            NLMSG_ERROR => {
-                let err = ErrorBuffer::new_checked(nl.payload()).map_err(SocketError::Decode)?;
-                if let Some(code) = err.code() {
-                    answer.refusal = Some(Refusal {
-                        errno: code.get().saturating_abs(),
-                        lineno: echoed_lineno(nl.payload()),
-                    });
-                }
-                *pending = pending.saturating_sub(1);
-            }
-            NLMSG_NOOP | NLMSG_DONE => {}
-            NLMSG_OVERRUN => {
-                return Err(SocketError::Decode(DecodeError::from(
-                    "NLMSG_OVERRUN: the kernel dropped part of the reply",
-                )))
-            }
-            ty => {
-                let cmd = IpsetCmd::from((ty & 0xff) as u8);
-                let reply = IpsetMessage::parse_with_param(nl.payload(), cmd)
-                    .map_err(SocketError::Decode)?;
-                answer.replies.push(reply);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Walks one datagram of a dump for request `seq`; true once the dump is complete.
-pub(crate) fn read_dump(
-    datagram: &[u8],
-    seq: u32,
-    replies: &mut Vec<IpsetMessage>,
-) -> Result<bool, SocketError> {
-    let mut offset = 0;
-    while offset < datagram.len() {
-        let nl = NetlinkBuffer::new_checked(&datagram[offset..]).map_err(SocketError::Decode)?;
-        offset += (nl.length() as usize + 3) & !3;
-        if nl.sequence_number() != seq {
-            continue;
-        }
-        match nl.message_type() {
-            NLMSG_ERROR => {
-                let err = ErrorBuffer::new_checked(nl.payload()).map_err(SocketError::Decode)?;
-                return match err.code() {
-                    None => Ok(true),
-                    Some(code) => Err(SocketError::Kernel(Refusal {
-                        errno: code.get().saturating_abs(),
-                        lineno: None,
-                    })),
-                };
-            }
-            NLMSG_DONE => {
-                // A dump that failed half-way ends with a negative errno here.
-                let code = nl.payload().get(..4).map(parse_i32).transpose();
-                return match code.map_err(SocketError::Decode)? {
-                    Some(code) if code < 0 => Err(SocketError::Kernel(Refusal {
-                        errno: code.saturating_abs(),
-                        lineno: None,
-                    })),
-                    _ => Ok(true),
-                };
-            }
-            NLMSG_NOOP => {}
-            NLMSG_OVERRUN => {
-                return Err(SocketError::Decode(DecodeError::from(
-                    "NLMSG_OVERRUN: the kernel dropped part of the reply",
-                )))
-            }
-            ty => {
-                let cmd = IpsetCmd::from((ty & 0xff) as u8);
-                replies.push(
-                    IpsetMessage::parse_with_param(nl.payload(), cmd)
-                        .map_err(SocketError::Decode)?,
-                );
-            }
-        }
-    }
-    Ok(false)
 }

@@ -1,94 +1,108 @@
-//! A blocking generic-netlink socket that speaks IPVS: resolves the family id once, and either
-//! sends one request and collects its replies up to the ACK or the end of the dump, or sends a
-//! batch of requests in one datagram and reads their ACKs back (see `super::batch`).
+//! A blocking generic-netlink socket that speaks IPVS, on the workspace's one netlink
+//! transport (`netlink-transport`): resolves the family id once, and sends one request and
+//! collects its replies up to the ACK or the end of the dump, or a batch of requests with a
+//! result per request.
 
-use std::{
-    io,
-    sync::{
-        atomic::{AtomicU32, Ordering},
-        Mutex, MutexGuard,
-    },
-};
+use std::sync::{Mutex, MutexGuard};
 
 use netlink_packet_core::{
-    parse_i32, parse_u16, DecodeError, Emitable, ErrorBuffer, ErrorContext, NetlinkBuffer,
-    NetlinkMessage, NetlinkSerializable, NlasIterator, ParseableParametrized, NLMSG_DONE,
-    NLMSG_ERROR, NLMSG_NOOP, NLMSG_OVERRUN, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+    parse_u16, DecodeError, Emitable, ErrorContext, NetlinkHeader, NetlinkMessage, NlasIterator,
+    ParseableParametrized,
 };
 use netlink_packet_generic::{
     constants::{CTRL_ATTR_FAMILY_ID, GENL_HDRLEN},
     ctrl::{nlas::GenlCtrlAttrs, GenlCtrl, GenlCtrlCmd},
     GenlFamily, GenlHeader, GenlMessage,
 };
-use netlink_sys::protocols::NETLINK_GENERIC;
+use netlink_transport::{Connection, Datagrams, NetlinkError, Protocol, Reply, Request, SysSocket};
 use tracing::debug;
 
-use super::batch::Conn;
 use super::message::IpvsMessage;
 
-/// What went wrong below the IPVS layer; `crate::client` adds the operation and object.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum SocketError {
-    /// A socket call failed.
-    #[error("netlink socket")]
-    Io(#[source] io::Error),
-    /// The kernel answered with an error (the errno, as an `io::Error`).
-    #[error("kernel error")]
-    Kernel(#[source] io::Error),
-    /// A reply did not decode.
-    #[error("undecodable reply")]
-    Decode(#[source] DecodeError),
-}
+/// `sizeof(struct nlmsghdr)`.
+const NLMSG_HDRLEN: usize = 16;
 
 /// A netlink socket bound to the `IPVS` generic-netlink family.
 ///
 /// Requests are serialized by a mutex, so the socket can be shared; each call blocks until
-/// the kernel has answered in full (use `tokio::task::spawn_blocking` from async code).
+/// the kernel has answered in full or the receive timeout passed (use
+/// `tokio::task::spawn_blocking` from async code).
 #[derive(Debug)]
-pub struct IpvsSocket {
-    conn: Mutex<Conn>,
+pub struct IpvsSocket<D = SysSocket> {
+    conn: Mutex<Connection<D>>,
     family_id: u16,
-    seq: AtomicU32,
 }
 
 impl IpvsSocket {
     /// Opens a `NETLINK_GENERIC` socket and resolves the `IPVS` family id through `nlctrl`
     /// (as genetlink's `Resolver` does); the id is kept for the socket's lifetime.
-    pub(crate) fn connect() -> Result<Self, SocketError> {
-        let mut this = Self::connect_family(0)?;
-        this.family_id = this.resolve_family()?;
-        Ok(this)
+    pub(crate) fn connect() -> Result<Self, NetlinkError> {
+        IpvsSocket::resolve(Connection::open(Protocol::Generic)?)
     }
 
     /// Opens another socket for the family `family_id` resolved by an earlier
     /// [`IpvsSocket::connect`] (in the calling thread's network namespace).
-    pub(crate) fn connect_family(family_id: u16) -> Result<Self, SocketError> {
-        let conn = Conn::open(NETLINK_GENERIC).map_err(SocketError::Io)?;
+    pub(crate) fn connect_family(family_id: u16) -> Result<Self, NetlinkError> {
+        Ok(IpvsSocket::over(
+            Connection::open(Protocol::Generic)?,
+            family_id,
+        ))
+    }
+}
+
+/// An IPVS message as the transport sends it: `nlmsghdr`, `genlmsghdr`, attributes. It is
+/// written in place, so a batch does not copy its messages.
+struct IpvsRequest<'a> {
+    msg: &'a IpvsMessage,
+    family_id: u16,
+}
+
+impl Request for IpvsRequest<'_> {
+    fn emit_message(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        let len = NLMSG_HDRLEN + GENL_HDRLEN + self.msg.buffer_len();
+        out.resize(start + len, 0);
+        let mut header = NetlinkHeader::default();
+        header.length = u32::try_from(len).unwrap_or(u32::MAX);
+        header.message_type = self.family_id;
+        header.emit(&mut out[start..start + NLMSG_HDRLEN]);
+        let genl = GenlHeader {
+            cmd: self.msg.command(),
+            version: self.msg.version(),
+        };
+        genl.emit(&mut out[start + NLMSG_HDRLEN..start + NLMSG_HDRLEN + GENL_HDRLEN]);
+        self.msg
+            .emit(&mut out[start + NLMSG_HDRLEN + GENL_HDRLEN..start + len]);
+    }
+
+    fn describe(&self) -> String {
+        format!("IPVS {:?}", self.msg.cmd)
+    }
+}
+
+/// The `IpvsMessage` of a reply payload (`genlmsghdr` and attributes).
+fn parse_reply(reply: Reply<'_>) -> Result<IpvsMessage, DecodeError> {
+    let header = GenlHeader::parse(reply.payload)?;
+    IpvsMessage::parse_with_param(&reply.payload[GENL_HDRLEN..], header)
+}
+
+impl<D: Datagrams> IpvsSocket<D> {
+    /// The IPVS exchanges over `conn`, for the already resolved `family_id`.
+    pub(crate) fn over(conn: Connection<D>, family_id: u16) -> Self {
         let limits = conn.limits();
         debug!(
             batch_ops = limits.ops,
             batch_bytes = limits.bytes,
             "IPVS netlink socket"
         );
-        Ok(IpvsSocket {
+        IpvsSocket {
             conn: Mutex::new(conn),
             family_id,
-            seq: AtomicU32::new(1),
-        })
+        }
     }
 
-    /// The resolved generic-netlink id of the `IPVS` family.
-    pub fn family_id(&self) -> u16 {
-        self.family_id
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Conn> {
-        // A poisoned lock only means another request panicked mid-way; the socket itself is
-        // still usable because stale replies are skipped by sequence number.
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn resolve_family(&self) -> Result<u16, SocketError> {
+    /// Resolves the `IPVS` family id on `conn` (`CTRL_CMD_GETFAMILY`).
+    pub(crate) fn resolve(mut conn: Connection<D>) -> Result<Self, NetlinkError> {
         let ctrl = GenlCtrl {
             cmd: GenlCtrlCmd::GetFamily,
             nlas: vec![GenlCtrlAttrs::FamilyName(
@@ -99,121 +113,70 @@ impl IpvsSocket {
         let mut family_id = None;
         // The reply is walked by hand rather than parsed as `GenlCtrl`, which rejects
         // attributes it does not know and would break on a newer kernel.
-        self.exchange(request, NLM_F_REQUEST | NLM_F_ACK, |payload| {
-            family_id = family_id.or(family_id_in(payload).map_err(SocketError::Decode)?);
+        conn.request(&request, |reply| {
+            family_id = family_id.or(family_id_in(reply.payload)?);
             Ok(())
         })?;
-        family_id.ok_or_else(|| {
-            SocketError::Decode(DecodeError::from(
-                "CTRL_CMD_GETFAMILY reply without CTRL_ATTR_FAMILY_ID",
-            ))
-        })
+        match family_id {
+            Some(id) => Ok(IpvsSocket::over(conn, id)),
+            None => Err(NetlinkError::Malformed {
+                request: netlink_transport::RequestId {
+                    index: 0,
+                    seq: 0,
+                    description: "CTRL_CMD_GETFAMILY IPVS".to_owned(),
+                },
+                source: DecodeError::from("CTRL_CMD_GETFAMILY reply without CTRL_ATTR_FAMILY_ID"),
+            }),
+        }
+    }
+
+    /// The resolved generic-netlink id of the `IPVS` family.
+    pub fn family_id(&self) -> u16 {
+        self.family_id
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection<D>> {
+        // A poisoned lock only means another request panicked mid-way; the socket itself is
+        // still usable because stale replies are skipped by sequence number.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn request_of<'a>(&self, msg: &'a IpvsMessage) -> IpvsRequest<'a> {
+        IpvsRequest {
+            msg,
+            family_id: self.family_id,
+        }
     }
 
     /// Sends `msg` with `NLM_F_ACK` and returns the replies that came before the ACK
     /// (none for commands that only change state).
-    pub(crate) fn request(&self, msg: IpvsMessage) -> Result<Vec<IpvsMessage>, SocketError> {
-        self.ipvs_exchange(msg, NLM_F_REQUEST | NLM_F_ACK)
-    }
-
-    /// Sends `msg` with `NLM_F_DUMP` and returns every message of the multipart reply.
-    pub(crate) fn dump(&self, msg: IpvsMessage) -> Result<Vec<IpvsMessage>, SocketError> {
-        self.ipvs_exchange(msg, NLM_F_REQUEST | NLM_F_DUMP)
-    }
-
-    /// Sends `msgs` (commands that only change state) as few datagrams as the limits allow,
-    /// each request with `NLM_F_ACK`, and returns one result per request, in order. A
-    /// request the kernel refused does not stop the others; a request whose ACK was lost
-    /// (`ENOBUFS`) or never came is an error, as if refused, though it may have been done.
-    pub(crate) fn batch(&self, msgs: Vec<IpvsMessage>) -> Vec<Result<(), SocketError>> {
-        let mut conn = self.lock();
-        conn.batch(&self.seq, msgs.len(), |i, out| {
-            if let Some(msg) = msgs.get(i) {
-                self.encode(msg.clone(), NLM_F_REQUEST | NLM_F_ACK, 0, out);
-            }
-        })
-    }
-
-    /// Appends `msg` as one request to `out`.
-    fn encode(&self, msg: IpvsMessage, flags: u16, seq: u32, out: &mut Vec<u8>) {
-        let mut genl = GenlMessage::from_payload(msg);
-        genl.set_resolved_family_id(self.family_id);
-        let mut request = NetlinkMessage::from(genl);
-        request.header.flags = flags;
-        request.header.sequence_number = seq;
-        request.finalize();
-        let start = out.len();
-        out.resize(start + request.buffer_len(), 0);
-        request.serialize(&mut out[start..]);
-    }
-
-    fn ipvs_exchange(&self, msg: IpvsMessage, flags: u16) -> Result<Vec<IpvsMessage>, SocketError> {
-        let mut genl = GenlMessage::from_payload(msg);
-        genl.set_resolved_family_id(self.family_id);
+    pub(crate) fn request(&self, msg: IpvsMessage) -> Result<Vec<IpvsMessage>, NetlinkError> {
         let mut replies = Vec::new();
-        self.exchange(NetlinkMessage::from(genl), flags, |payload| {
-            let header = GenlHeader::parse(payload).map_err(SocketError::Decode)?;
-            let reply = IpvsMessage::parse_with_param(&payload[GENL_HDRLEN..], header)
-                .map_err(SocketError::Decode)?;
-            replies.push(reply);
+        self.lock().request(&self.request_of(&msg), |reply| {
+            replies.push(parse_reply(reply)?);
             Ok(())
         })?;
         Ok(replies)
     }
 
-    /// Sends one request and feeds the payload of every reply message to `each`, until the
-    /// ACK, the end of a dump, or an error.
-    fn exchange<F>(
-        &self,
-        mut request: NetlinkMessage<GenlMessage<F>>,
-        flags: u16,
-        mut each: impl FnMut(&[u8]) -> Result<(), SocketError>,
-    ) -> Result<(), SocketError>
-    where
-        F: GenlFamily + Emitable + std::fmt::Debug,
-        GenlMessage<F>: NetlinkSerializable,
-    {
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        request.header.flags = flags;
-        request.header.sequence_number = seq;
-        request.finalize();
-        let mut bytes = vec![0u8; request.buffer_len()];
-        request.serialize(&mut bytes);
-
-        let mut conn = self.lock();
-        conn.send(&bytes).map_err(SocketError::Io)?;
-        loop {
-            let datagram = conn.recv(0).map_err(SocketError::Io)?;
-            if read_datagram(datagram, seq, &mut each)? == Progress::Finished {
-                return Ok(());
-            }
-        }
+    /// Sends `msg` with `NLM_F_DUMP` and returns every message of the multipart reply.
+    pub(crate) fn dump(&self, msg: IpvsMessage) -> Result<Vec<IpvsMessage>, NetlinkError> {
+        let mut replies = Vec::new();
+        self.lock().dump(&self.request_of(&msg), |reply| {
+            replies.push(parse_reply(reply)?);
+            Ok(())
+        })?;
+        Ok(replies)
     }
-}
 
-/// The netlink messages of one datagram, each checked; stops after the first malformed one.
-pub(crate) fn messages(
-    datagram: &[u8],
-) -> impl Iterator<Item = Result<NetlinkBuffer<&[u8]>, DecodeError>> {
-    let mut offset = 0;
-    let mut failed = false;
-    std::iter::from_fn(move || {
-        if failed || offset >= datagram.len() {
-            return None;
-        }
-        match NetlinkBuffer::new_checked(&datagram[offset..]) {
-            Ok(nl) => {
-                // Messages in one datagram are 4-byte aligned (NLMSG_ALIGN); new_checked()
-                // made sure the length is at least a header, so this always moves on.
-                offset += (nl.length() as usize + 3) & !3;
-                Some(Ok(nl))
-            }
-            Err(e) => {
-                failed = true;
-                Some(Err(e))
-            }
-        }
-    })
+    /// Sends `msgs` (commands that only change state) in as few datagrams as the socket's
+    /// buffers allow, each request with `NLM_F_ACK`, and returns one result per request, in
+    /// order. A request the kernel refused does not stop the others; a request whose ACK was
+    /// lost (`ENOBUFS`) or never came is [`NetlinkError::AckLost`]: it may have been done.
+    pub(crate) fn batch(&self, msgs: Vec<IpvsMessage>) -> Vec<Result<(), NetlinkError>> {
+        let requests: Vec<IpvsRequest<'_>> = msgs.iter().map(|m| self.request_of(m)).collect();
+        self.lock().batch(&requests)
+    }
 }
 
 /// The `CTRL_ATTR_FAMILY_ID` of a `CTRL_CMD_GETFAMILY` reply payload (genlmsghdr included).
@@ -230,100 +193,22 @@ fn family_id_in(payload: &[u8]) -> Result<Option<u16>, DecodeError> {
     Ok(None)
 }
 
-/// Whether the reply to a request is complete.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Progress {
-    /// More datagrams follow.
-    More,
-    /// The ACK or the end of the dump arrived.
-    Finished,
-}
-
-/// Walks the netlink messages of one datagram (a dump packs many into one), feeding the
-/// payloads of the replies to request `seq` to `each`. Replies to other sequence numbers
-/// (left over from an earlier, interrupted request) are skipped.
-pub(crate) fn read_datagram(
-    datagram: &[u8],
-    seq: u32,
-    each: &mut impl FnMut(&[u8]) -> Result<(), SocketError>,
-) -> Result<Progress, SocketError> {
-    for nl in messages(datagram) {
-        let nl = nl.map_err(SocketError::Decode)?;
-        if nl.sequence_number() != seq {
-            continue;
-        }
-        match nl.message_type() {
-            NLMSG_ERROR => {
-                let err = ErrorBuffer::new_checked(nl.payload()).map_err(SocketError::Decode)?;
-                return match err.code() {
-                    None => Ok(Progress::Finished),
-                    Some(code) => Err(SocketError::Kernel(io::Error::from_raw_os_error(
-                        code.get().saturating_abs(),
-                    ))),
-                };
-            }
-            NLMSG_DONE => {
-                // A dump that failed half-way ends with a negative errno here.
-                let code = nl.payload().get(..4).map(parse_i32).transpose();
-                return match code.map_err(SocketError::Decode)? {
-                    Some(code) if code < 0 => Err(SocketError::Kernel(
-                        io::Error::from_raw_os_error(code.saturating_abs()),
-                    )),
-                    _ => Ok(Progress::Finished),
-                };
-            }
-            NLMSG_NOOP => {}
-            NLMSG_OVERRUN => {
-                return Err(SocketError::Decode(DecodeError::from(
-                    "NLMSG_OVERRUN: the kernel dropped part of the reply",
-                )))
-            }
-            _ => each(nl.payload())?,
-        }
-    }
-    Ok(Progress::More)
-}
-
 #[cfg(test)]
-pub(crate) mod tests {
-    //! The reply loop, on datagrams shaped like the kernel's (see the `ipvsadm -Ln` and
-    //! `ipvsadm -A` captures in `tests/captures/`: ACKs are 36 bytes with `NLM_F_CAPPED`).
+mod tests {
+    //! Family resolution and the IPVS exchanges against the transport's fake kernel, with
+    //! datagrams shaped like the kernel's (see the `ipvsadm -Ln` and `ipvsadm -A` captures
+    //! in `tests/captures/`).
+
+    use netlink_transport::errno::EEXIST;
+    use netlink_transport::fake::{ack, done, nlmsg, FakeKernel};
 
     use super::*;
+    use crate::netlink::IpvsCmd;
 
-    pub(crate) const SEQ: u32 = 1_795_616_306;
-    pub(crate) const IPVS_FAMILY: u16 = 0x20;
+    const IPVS_FAMILY: u16 = 0x20;
+    /// `GENL_ID_CTRL`: nlctrl's fixed id.
+    const GENL_ID_CTRL: u16 = 0x10;
     const NLM_F_MULTI: u16 = 0x2;
-    const NLM_F_CAPPED: u16 = 0x100;
-
-    /// One netlink message: nlmsghdr (len, type, flags, seq, pid) + payload, padded to 4.
-    pub(crate) fn nlmsg(ty: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
-        let mut m = Vec::new();
-        m.extend_from_slice(&(16 + payload.len() as u32).to_ne_bytes());
-        m.extend_from_slice(&ty.to_ne_bytes());
-        m.extend_from_slice(&flags.to_ne_bytes());
-        m.extend_from_slice(&seq.to_ne_bytes());
-        m.extend_from_slice(&570_425_464u32.to_ne_bytes());
-        m.extend_from_slice(payload);
-        m.resize((m.len() + 3) & !3, 0);
-        m
-    }
-
-    /// NLMSG_ERROR with `errno` (0: ACK), echoing a 16-byte request header.
-    pub(crate) fn error(seq: u32, errno: i32) -> Vec<u8> {
-        let mut payload = (-errno).to_ne_bytes().to_vec();
-        payload.extend_from_slice(&nlmsg(IPVS_FAMILY, 0x5, seq, &[])[..16]);
-        nlmsg(NLMSG_ERROR, NLM_F_CAPPED, seq, &payload)
-    }
-
-    fn read(datagram: &[u8]) -> (Result<Progress, SocketError>, Vec<Vec<u8>>) {
-        let mut seen = Vec::new();
-        let result = read_datagram(datagram, SEQ, &mut |payload: &[u8]| {
-            seen.push(payload.to_vec());
-            Ok(())
-        });
-        (result, seen)
-    }
 
     /// The kernel's reply to `CTRL_CMD_GETFAMILY` for "IPVS", as libnl received it in the
     /// `ipvsadm -A -t 198.18.0.10:80 -s rr` capture.
@@ -391,93 +276,77 @@ pub(crate) mod tests {
         );
     }
 
-    #[test]
-    fn ack_finishes_the_request() {
-        let (result, seen) = read(&error(SEQ, 0));
-        assert_eq!(result.expect("ack"), Progress::Finished);
-        assert!(seen.is_empty());
-    }
-
-    #[test]
-    fn kernel_error_carries_the_errno() {
-        let (result, _) = read(&error(SEQ, 17));
-        match result {
-            Err(SocketError::Kernel(e)) => assert_eq!(e.raw_os_error(), Some(17)),
-            other => panic!("want EEXIST, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn reply_then_ack_in_two_datagrams() {
-        // GET_INFO: the reply (IPVS_CMD_SET_INFO), then the ACK in the next datagram.
-        let reply = [
-            0x0e, 0x01, 0x00, 0x00, 0x08, 0x00, 0x01, 0x00, 0x01, 0x02, 0x01, 0x00,
-        ];
-        let (result, seen) = read(&nlmsg(IPVS_FAMILY, 0, SEQ, &reply));
-        assert_eq!(result.expect("reply"), Progress::More);
-        assert_eq!(seen, vec![reply.to_vec()]);
-    }
-
-    #[test]
-    fn multipart_dump_until_done() {
-        let datagram = [
-            nlmsg(IPVS_FAMILY, NLM_F_MULTI, SEQ, &[0x01, 0x01, 0x00, 0x00]),
-            nlmsg(
-                IPVS_FAMILY,
-                NLM_F_MULTI,
-                SEQ,
-                &[0x01, 0x01, 0x00, 0x00, 0xaa],
-            ),
-            nlmsg(NLMSG_DONE, NLM_F_MULTI, SEQ, &0i32.to_ne_bytes()),
-            // Anything after DONE is not ours to read.
-            nlmsg(IPVS_FAMILY, NLM_F_MULTI, SEQ, &[0x02, 0x01, 0x00, 0x00]),
-        ]
-        .concat();
-        let (result, seen) = read(&datagram);
-        assert_eq!(result.expect("dump"), Progress::Finished);
-        assert_eq!(
-            seen,
-            vec![
-                vec![0x01, 0x01, 0x00, 0x00],
-                vec![0x01, 0x01, 0x00, 0x00, 0xaa]
+    /// A kernel with IPVS at [`IPVS_FAMILY`]: nlctrl answers the family query, and IPVS
+    /// requests get `answer(seq, cmd)`.
+    fn kernel(answer: impl Fn(u32, u8) -> Vec<Vec<u8>> + Send + 'static) -> FakeKernel {
+        FakeKernel::new(move |m| match m.message_type {
+            GENL_ID_CTRL => vec![
+                nlmsg(GENL_ID_CTRL, 0, m.seq, &getfamily_reply()),
+                ack(m.seq, 0),
             ],
-            "the padding of an odd-sized message is not part of its payload"
-        );
+            IPVS_FAMILY => answer(m.seq, m.payload[0]),
+            other => panic!("a request to family {other:#x}"),
+        })
     }
 
     #[test]
-    fn dump_interrupted_by_an_error_in_done() {
-        let (result, _) = read(&nlmsg(NLMSG_DONE, NLM_F_MULTI, SEQ, &(-4i32).to_ne_bytes()));
-        match result {
-            Err(SocketError::Kernel(e)) => assert_eq!(e.raw_os_error(), Some(4)),
-            other => panic!("want EINTR, got {other:?}"),
-        }
+    fn connecting_resolves_the_family_and_requests_go_to_it() {
+        let fake = kernel(|seq, _| vec![ack(seq, 0)]);
+        let socket = IpvsSocket::resolve(Connection::new(fake.clone())).expect("resolved");
+        assert_eq!(socket.family_id(), IPVS_FAMILY);
+        socket
+            .request(IpvsMessage::new(IpvsCmd::Flush, vec![]))
+            .expect("acked");
+        let sent = fake.received();
+        assert_eq!(sent[1].message_type, IPVS_FAMILY);
+        // genlmsghdr: IPVS_CMD_FLUSH (17), IPVS_GENL_VERSION 1.
+        assert_eq!(&sent[1].payload[..2], &[17, 1]);
     }
 
     #[test]
-    fn stale_replies_are_skipped() {
-        let datagram = [
-            error(SEQ - 1, 17),
-            nlmsg(IPVS_FAMILY, 0, SEQ, &[0x0e, 0x01, 0, 0]),
-        ]
-        .concat();
-        let (result, seen) = read(&datagram);
+    fn a_family_reply_without_an_id_is_an_error() {
+        let fake = FakeKernel::new(|m| {
+            vec![
+                nlmsg(GENL_ID_CTRL, 0, m.seq, &getfamily_reply()[..16]),
+                ack(m.seq, 0),
+            ]
+        });
+        let error = IpvsSocket::resolve(Connection::new(fake)).expect_err("no id");
+        assert!(matches!(error, NetlinkError::Malformed { .. }), "{error:?}");
+    }
+
+    #[test]
+    fn a_dump_collects_every_reply() {
+        // Two IPVS_CMD_NEW_SERVICE replies without attributes, then DONE.
+        let fake = kernel(|seq, _| {
+            vec![[
+                nlmsg(IPVS_FAMILY, NLM_F_MULTI, seq, &[4, 1, 0, 0]),
+                nlmsg(IPVS_FAMILY, NLM_F_MULTI, seq, &[4, 1, 0, 0]),
+                done(seq, 0),
+            ]
+            .concat()]
+        });
+        let socket = IpvsSocket::resolve(Connection::new(fake)).expect("resolved");
+        let replies = socket
+            .dump(IpvsMessage::new(IpvsCmd::GetService, vec![]))
+            .expect("dump");
+        assert_eq!(replies.len(), 2);
+    }
+
+    #[test]
+    fn a_batch_has_a_result_per_request() {
+        // The second of three is refused (EEXIST); one datagram carries all three.
+        let fake = kernel(|seq, _| vec![ack(seq, if seq == 3 { 17 } else { 0 })]);
+        let socket = IpvsSocket::resolve(Connection::new(fake.clone())).expect("resolved");
+        let msgs = vec![IpvsMessage::new(IpvsCmd::Flush, vec![]); 3];
+        let results = socket.batch(msgs);
+        assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+        let refused = results[1].as_ref().expect_err("EEXIST");
+        assert_eq!(refused.kernel_errno(), Some(EEXIST));
         assert_eq!(
-            result.expect("the stale EEXIST is not ours"),
-            Progress::More
+            refused.request().map(|r| (r.index, r.description.as_str())),
+            Some((1, "IPVS Flush"))
         );
-        assert_eq!(seen.len(), 1);
-    }
-
-    #[test]
-    fn truncated_datagram_is_an_error_not_a_panic() {
-        let mut datagram = error(SEQ, 0);
-        datagram.truncate(20);
-        assert!(matches!(read(&datagram).0, Err(SocketError::Decode(_))));
-        assert!(matches!(read(&[0u8; 7]).0, Err(SocketError::Decode(_))));
-        // A length field below the header size must not loop forever.
-        let mut zero_len = error(SEQ, 0);
-        zero_len[..4].copy_from_slice(&0u32.to_ne_bytes());
-        assert!(matches!(read(&zero_len).0, Err(SocketError::Decode(_))));
+        assert_eq!(fake.sends(), 2, "the family query, then one batch datagram");
     }
 }

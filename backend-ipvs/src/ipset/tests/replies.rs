@@ -1,26 +1,32 @@
-//! The kernel's answers: protocol, list dumps, ACKs and refusals, read the way the socket
-//! reads them.
+//! The kernel's answers: protocol, list dumps, ACKs and refusals, read by [`IpsetSocket`] from
+//! the transport's fake kernel.
 
 use proxy_core::table::Protocol;
 
 use super::*;
 use crate::ipset::client::listing;
 use crate::ipset::model::{Family, SetEntry, SetListing, SetType};
-use crate::ipset::socket::{read_answers, read_dump, Answer, Refusal};
+use crate::ipset::socket::{Answer, IpsetSocket, Refusal};
+use netlink_transport::fake::{nlmsg, FakeKernel};
+use netlink_transport::{Connection, NetlinkError};
 
-const SEQ: u32 = 1_795_626_124;
+/// A socket whose kernel answers each request (by its sequence number) with `answer`.
+fn socket(answer: impl Fn(u32) -> Vec<Vec<u8>> + Send + 'static) -> IpsetSocket<FakeKernel> {
+    IpsetSocket::over(Connection::new(FakeKernel::new(move |m| answer(m.seq))))
+}
 
-/// One netlink message: nlmsghdr (len, type, flags, seq, pid) + payload, padded to 4.
-fn nlmsg(ty: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
-    let mut m = Vec::new();
-    m.extend_from_slice(&(16 + payload.len() as u32).to_ne_bytes());
-    m.extend_from_slice(&ty.to_ne_bytes());
-    m.extend_from_slice(&flags.to_ne_bytes());
-    m.extend_from_slice(&seq.to_ne_bytes());
-    m.extend_from_slice(&3_469u32.to_ne_bytes());
-    m.extend_from_slice(payload);
-    m.resize((m.len() + 3) & !3, 0);
-    m
+/// The answers to `n` protocol queries sent as one batch.
+fn answers(answer: impl Fn(u32) -> Vec<Vec<u8>> + Send + 'static, n: usize) -> Vec<Answer> {
+    let query = IpsetMessage::new(IpsetCmd::Protocol, vec![IpsetAttr::Protocol(7)]);
+    socket(answer).batch(&vec![(query, 0); n])
+}
+
+/// The messages of a list dump answered by `answer`.
+fn dump(
+    answer: impl Fn(u32) -> Vec<Vec<u8>> + Send + 'static,
+) -> Result<Vec<IpsetMessage>, NetlinkError> {
+    let list = IpsetMessage::new(IpsetCmd::List, vec![IpsetAttr::Protocol(7)]);
+    socket(answer).dump(&list)
 }
 
 const NLMSG_ERROR: u16 = 2;
@@ -68,16 +74,14 @@ const LIST_IPPORT: &[&str] = &[
 #[test]
 fn a_list_dump_folds_into_a_typed_listing() {
     let raw = hex(&LIST_IPPORT.join(" "));
-    let datagram = [
-        nlmsg(LIST, NLM_F_MULTI, SEQ, &raw),
-        nlmsg(NLMSG_DONE, NLM_F_MULTI, SEQ, &0i32.to_ne_bytes()),
-    ]
-    .concat();
-    let mut replies = Vec::new();
-    assert!(
-        read_dump(&datagram, SEQ, &mut replies).expect("dump"),
-        "DONE ends it"
-    );
+    let replies = dump(move |seq| {
+        vec![[
+            nlmsg(LIST, NLM_F_MULTI, seq, &raw),
+            nlmsg(NLMSG_DONE, NLM_F_MULTI, seq, &0i32.to_ne_bytes()),
+        ]
+        .concat()]
+    })
+    .expect("DONE ends it");
     assert_eq!(replies.len(), 1);
     let port = |last: u8, protocol, port| SetEntry::IpPort {
         addr: v4(&format!("198.18.0.{last}")),
@@ -118,18 +122,18 @@ fn a_set_listed_in_two_messages_keeps_all_its_entries() {
         "20000780 0c000180 08000100 c6120009 06000440 00010000 05000700 11000000",
     ]
     .join(" "));
-    let datagram = [
-        nlmsg(LIST, NLM_F_MULTI, SEQ, &first),
-        nlmsg(LIST, NLM_F_MULTI, SEQ, &more),
-    ]
-    .concat();
-    let mut replies = Vec::new();
-    assert!(
-        !read_dump(&datagram, SEQ, &mut replies).expect("dump"),
-        "no DONE yet"
-    );
-    let done = nlmsg(NLMSG_DONE, NLM_F_MULTI, SEQ, &0i32.to_ne_bytes());
-    assert!(read_dump(&done, SEQ, &mut replies).expect("done"));
+    // The DONE comes in a datagram of its own.
+    let replies = dump(move |seq| {
+        vec![
+            [
+                nlmsg(LIST, NLM_F_MULTI, seq, &first),
+                nlmsg(LIST, NLM_F_MULTI, seq, &more),
+            ]
+            .concat(),
+            nlmsg(NLMSG_DONE, NLM_F_MULTI, seq, &0i32.to_ne_bytes()),
+        ]
+    })
+    .expect("dump");
     let listed = listing("SVCP-T-IPPORT", &replies).expect("listing");
     assert_eq!(listed.entries.len(), 4);
     assert_eq!(listed.entries[3].to_string(), "198.18.0.9,udp:1");
@@ -148,28 +152,24 @@ fn list_names_reply() {
     );
 }
 
-fn answers(datagram: &[u8], n: usize) -> (Vec<Answer>, usize) {
-    let mut answers: Vec<Answer> = (0..n).map(|_| Answer::default()).collect();
-    let mut pending = n;
-    read_answers(datagram, SEQ, &mut answers, &mut pending).expect("answers read");
-    (answers, pending)
+/// The kernel's ACK of request `seq`: error 0, the request's header only (NLM_F_CAPPED).
+fn ack(seq: u32) -> Vec<u8> {
+    let mut payload = 0i32.to_ne_bytes().to_vec();
+    payload.extend_from_slice(&hex("58000000 09060502 8d14076b 00000000"));
+    nlmsg(NLMSG_ERROR, NLM_F_CAPPED, seq, &payload)
 }
 
 #[test]
-fn acks_in_one_datagram_are_filed_by_sequence_number() {
-    // The kernel's ACK: error 0, the request's header only (NLM_F_CAPPED).
-    let ack = |seq| {
-        let mut payload = 0i32.to_ne_bytes().to_vec();
-        payload.extend_from_slice(&hex("58000000 09060502 8d14076b 00000000"));
-        nlmsg(NLMSG_ERROR, NLM_F_CAPPED, seq, &payload)
-    };
-    let datagram = [ack(SEQ + 1), ack(SEQ + 7), ack(SEQ)].concat();
-    let (answers, pending) = answers(&datagram, 3);
-    assert_eq!(
-        pending, 1,
-        "the ACK of SEQ + 7 is not ours: one request still waits"
+fn acks_are_filed_by_sequence_number() {
+    // Each ACK comes after one of another request (seq + 7), which is not ours to count.
+    let answers = answers(|seq| vec![[ack(seq + 7), ack(seq)].concat()], 3);
+    assert_eq!(answers.len(), 3);
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.result.is_ok() && a.refusal().is_none()),
+        "{answers:?}"
     );
-    assert!(answers.iter().all(|a| a.refusal.is_none()));
 }
 
 #[test]
@@ -183,10 +183,9 @@ fn a_missing_set_is_enoent() {
         "02000000 05000100 07000000 10000200 53564350 2d542d4e 4f4e4500",
     ]
     .join(" "));
-    let (answers, pending) = answers(&nlmsg(NLMSG_ERROR, 0, SEQ, &payload), 1);
-    assert_eq!(pending, 0);
+    let answers = answers(move |seq| vec![nlmsg(NLMSG_ERROR, 0, seq, &payload)], 1);
     assert_eq!(
-        answers[0].refusal,
+        answers[0].refusal(),
         Some(Refusal {
             errno: 2,
             lineno: None
@@ -212,31 +211,45 @@ fn a_failed_entry_in_a_list_is_named_by_its_line_number() {
         "28000780 0c000180 08000140 c6120006 06000440 00010000 05000700 06000000 08000940 00000003",
     ]
     .join(" "));
-    let (answers, pending) = answers(&nlmsg(NLMSG_ERROR, 0, SEQ, &payload), 1);
-    assert_eq!(pending, 0, "this error is the only answer (no ACK follows)");
+    // This error is the only answer (no ACK follows), and the next request is answered.
+    let answers = answers(
+        move |seq| {
+            if seq == 1 {
+                vec![nlmsg(NLMSG_ERROR, 0, seq, &payload)]
+            } else {
+                vec![ack(seq)]
+            }
+        },
+        2,
+    );
     assert_eq!(
-        answers[0].refusal,
+        answers[0].refusal(),
         Some(Refusal {
             errno: 4103,
             lineno: Some(2)
         })
     );
+    assert!(answers[1].result.is_ok(), "{:?}", answers[1]);
 }
 
 #[test]
 fn replies_before_the_ack_belong_to_their_request() {
     let reply = hex("02000000 05000100 07000000 05000a00 06000000");
-    let mut ack = 0i32.to_ne_bytes().to_vec();
-    ack.extend_from_slice(&hex("1c000000 01060500 8c14076b 00000000"));
-    let datagram = [
-        nlmsg(0x0601, 0, SEQ, &reply),
-        nlmsg(NLMSG_ERROR, NLM_F_CAPPED, SEQ, &ack),
-    ]
-    .concat();
-    let (answers, pending) = answers(&datagram, 1);
-    assert_eq!(pending, 0);
+    let answers = answers(
+        move |seq| {
+            let mine = if seq == 2 { &reply[..] } else { &[][..] };
+            let mut datagram = Vec::new();
+            if !mine.is_empty() {
+                datagram.extend(nlmsg(0x0601, 0, seq, mine));
+            }
+            datagram.extend(ack(seq));
+            vec![datagram]
+        },
+        3,
+    );
+    assert!(answers[0].replies.is_empty() && answers[2].replies.is_empty());
     assert_eq!(
-        answers[0].replies,
+        answers[1].replies,
         [IpsetMessage::new(
             IpsetCmd::Protocol,
             vec![IpsetAttr::Protocol(7), IpsetAttr::ProtocolMin(6)]
@@ -245,14 +258,45 @@ fn replies_before_the_ack_belong_to_their_request() {
 }
 
 #[test]
-fn truncated_and_garbled_datagrams_are_errors_not_panics() {
-    let mut ack = nlmsg(NLMSG_ERROR, NLM_F_CAPPED, SEQ, &[0; 20]);
-    ack.truncate(18);
-    let mut answers = vec![Answer::default()];
-    let mut pending = 1;
-    assert!(read_answers(&ack, SEQ, &mut answers, &mut pending).is_err());
-    assert!(read_answers(&[0u8; 7], SEQ, &mut answers, &mut pending).is_err());
+fn a_lost_ack_fails_its_request_only() {
+    // The kernel sends nothing for request 2 (of 3): its outcome is unknown.
+    let answers = answers(|seq| if seq == 2 { vec![] } else { vec![ack(seq)] }, 3);
+    assert!(answers[0].result.is_ok() && answers[2].result.is_ok());
+    assert!(
+        matches!(answers[1].result, Err(NetlinkError::AckLost { .. })),
+        "{:?}",
+        answers[1]
+    );
+    assert_eq!(answers[1].refusal(), None);
+}
+
+#[test]
+fn truncated_and_garbled_replies_are_errors_not_panics() {
+    let answers = answers(
+        |seq| {
+            let mut short = nlmsg(NLMSG_ERROR, NLM_F_CAPPED, seq, &[0; 20]);
+            short[..4].copy_from_slice(&18u32.to_ne_bytes());
+            short.truncate(18);
+            vec![short]
+        },
+        1,
+    );
+    assert!(
+        matches!(answers[0].result, Err(NetlinkError::Malformed { .. })),
+        "{:?}",
+        answers[0]
+    );
     // A reply whose attribute runs past its end.
-    let bad = nlmsg(LIST, NLM_F_MULTI, SEQ, &hex("02000000 ff000200 53564350"));
-    assert!(read_dump(&bad, SEQ, &mut Vec::new()).is_err());
+    let garbled = dump(|seq| {
+        vec![nlmsg(
+            LIST,
+            NLM_F_MULTI,
+            seq,
+            &hex("02000000 ff000200 53564350"),
+        )]
+    });
+    assert!(
+        matches!(garbled, Err(NetlinkError::Malformed { .. })),
+        "{garbled:?}"
+    );
 }
