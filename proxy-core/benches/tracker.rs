@@ -58,7 +58,9 @@ fn slice(i: usize, variant: bool) -> EndpointSlice {
 
 fn loaded_tracker(size: usize) -> (ChangeTracker, proxy_core::tracker::TrackerSource) {
     let (mut tracker, source) = ChangeTracker::new("bench", Capabilities::everything());
-    tracker.set_node(Some("node-0".to_owned()));
+    tracker
+        .set_node(Some("node-0".to_owned()))
+        .expect("a plain node name");
     for i in 0..size {
         tracker.set_service(service(i));
         tracker.set_endpoint_slice(slice(i, false));

@@ -401,6 +401,14 @@ pub trait Dataplane: Send {
     async fn check_drift(&mut self) -> Result<bool, DataplaneError> {
         Ok(false)
     }
+
+    /// Where this dataplane reads the node's addresses from, when they may change while it
+    /// runs ([`crate::node_addresses`]): the sync loop waits on it and runs a partial sync after
+    /// each change, in which the backend re-plans only what depends on the addresses (its node
+    /// ports). `None` (the default): nothing outside the table changes what it programs.
+    fn node_addresses(&self) -> Option<crate::node_addresses::NodeAddresses> {
+        None
+    }
 }
 
 #[async_trait]
@@ -425,5 +433,8 @@ impl<D: Dataplane + ?Sized> Dataplane for Box<D> {
     }
     async fn check_drift(&mut self) -> Result<bool, DataplaneError> {
         (**self).check_drift().await
+    }
+    fn node_addresses(&self) -> Option<crate::node_addresses::NodeAddresses> {
+        (**self).node_addresses()
     }
 }

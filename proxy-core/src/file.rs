@@ -74,9 +74,11 @@ use crate::table::{
 use crate::tracker::{ChangeTracker, ServiceName};
 use crate::validate::{control_character_problem, FieldError, ValidationErrors};
 
+mod incremental;
 mod parse_error;
 mod read;
 
+pub use incremental::SpecCache;
 use parse_error::{json_error, quote_safely, yaml_error};
 pub use read::{check_table_file, read_table_from, read_table_text, DEFAULT_MAX_TABLE_BYTES};
 
@@ -544,11 +546,16 @@ impl TableSpec {
     }
 
     fn apply_each(&self, tracker: &mut ChangeTracker) {
+        // Parsing refused control characters in both already; a refusal here keeps the last.
         if tracker.table().node() != self.node.as_deref() {
-            tracker.set_node(self.node.clone());
+            if let Err(error) = tracker.set_node(self.node.clone()) {
+                tracing::warn!(%error, "node name refused");
+            }
         }
         if tracker.table().zone() != self.zone.as_deref() {
-            tracker.set_zone(self.zone.clone());
+            if let Err(error) = tracker.set_zone(self.zone.clone()) {
+                tracing::warn!(%error, "zone refused");
+            }
         }
         // Entries of one service, in the order their names first appear.
         let mut order: Vec<ServiceName> = Vec::new();

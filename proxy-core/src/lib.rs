@@ -60,7 +60,7 @@
 //! tokio::spawn(sync_loop.run(source, std::future::pending()));
 //!
 //! // What your controller saw: a service, its endpoints, and a service clashing with it.
-//! tracker.set_node(Some("node-a".into()));
+//! tracker.set_node(Some("node-a".into())).expect("no control characters");
 //! let web = ServiceName::new("default", "web");
 //! tracker.set_service(
 //!     Service::new(web.clone())
@@ -94,6 +94,7 @@ pub mod error;
 pub mod file;
 pub mod lock;
 pub mod metrics;
+pub mod node_addresses;
 pub mod select;
 pub mod service_health;
 pub mod sync;

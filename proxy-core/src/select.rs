@@ -74,6 +74,9 @@ pub struct EndpointSelection<'a> {
     /// `cluster_new` or `local_new`, or for a port of `Local` policies only, a usable endpoint
     /// of weight above 0 anywhere (then a `Local` policy without local candidates drops).
     has_any_new_endpoints: bool,
+    /// For a port with external addresses and an external `Local` policy: the cluster-wide
+    /// candidates (weight above 0) that pod and node traffic to those addresses goes to.
+    short_circuit_new: Option<Vec<&'a Endpoint>>,
     internal_policy: TrafficPolicy,
     external_policy: TrafficPolicy,
 }
@@ -98,8 +101,9 @@ impl<'a> EndpointSelection<'a> {
     }
 
     /// Where traffic to node ports, external IPs and load-balancer IPs goes (external traffic
-    /// policy). Traffic from inside the cluster to those addresses is short-circuited to
-    /// [`EndpointSelection::cluster`] by backends that can tell it apart, as kube-proxy does.
+    /// policy). Traffic from pods and from the node itself to those addresses is
+    /// short-circuited to every endpoint by backends that can tell it apart, as kube-proxy does
+    /// ([`EndpointSelection::short_circuit_new`]).
     pub fn external(&self) -> Target<'_, 'a> {
         self.target(self.external_policy)
     }
@@ -131,6 +135,20 @@ impl<'a> EndpointSelection<'a> {
             TrafficPolicy::Cluster => &self.cluster_new,
             TrafficPolicy::Local => &self.local_new,
         }
+    }
+
+    /// Where *new* connections from pods (the cluster CIDR) or from the node itself to an
+    /// external address (node port, external IP, load-balancer IP) go when the external policy
+    /// is `Local`: every endpoint, as for a `Cluster` policy, whether or not one is local
+    /// (kube-proxy's short-circuit: the `"pod traffic for ... external destinations"` and
+    /// `--src-type LOCAL` rules of the external chain in `pkg/proxy/iptables/proxier.go`, which
+    /// jump to the cluster chain). `Reject` when no endpoint takes new connections; `None` when
+    /// the port has no such short-circuit (external policy `Cluster`, or no external address):
+    /// such traffic follows [`EndpointSelection::external_new`] like any other.
+    pub fn short_circuit_new(&self) -> Option<Target<'_, 'a>> {
+        self.short_circuit_new
+            .as_deref()
+            .map(|endpoints| Self::target_of(endpoints, false))
     }
 
     fn target(&self, policy: TrafficPolicy) -> Target<'_, 'a> {
@@ -165,6 +183,27 @@ pub fn uses_cluster_endpoints(port: &ServicePort) -> bool {
 pub fn uses_local_endpoints(port: &ServicePort) -> bool {
     port.internal_traffic_policy == TrafficPolicy::Local
         || (port.has_external_addresses() && port.external_traffic_policy == TrafficPolicy::Local)
+}
+
+/// Whether pod and node traffic to `port`'s external addresses is short-circuited to the
+/// cluster-wide endpoints ([`EndpointSelection::short_circuit_new`]).
+pub fn uses_short_circuit(port: &ServicePort) -> bool {
+    port.has_external_addresses() && port.external_traffic_policy == TrafficPolicy::Local
+}
+
+/// The cluster-wide candidates: ready endpoints (narrowed by topology hints), else the serving
+/// and terminating ones.
+fn cluster_candidates(port: &ServicePort) -> Vec<&Endpoint> {
+    let endpoints = &port.endpoints;
+    let topology = topology_filter(port);
+    let mut cluster: Vec<&Endpoint> = endpoints
+        .iter()
+        .filter(|ep| ep.ready && topology.admits(ep))
+        .collect();
+    if cluster.is_empty() {
+        cluster.extend(endpoints.iter().filter(|ep| is_serving_terminating(ep)));
+    }
+    cluster
 }
 
 fn is_serving_terminating(endpoint: &Endpoint) -> bool {
@@ -234,15 +273,7 @@ pub fn select_endpoints(port: &ServicePort) -> EndpointSelection<'_> {
 
     let mut cluster = Vec::new();
     if uses_cluster_endpoints(port) {
-        let topology = topology_filter(port);
-        cluster.extend(
-            endpoints
-                .iter()
-                .filter(|ep| ep.ready && topology.admits(ep)),
-        );
-        if cluster.is_empty() {
-            cluster.extend(endpoints.iter().filter(|ep| is_serving_terminating(ep)));
-        }
+        cluster = cluster_candidates(port);
         // Any ready endpoint anywhere lands in `cluster`, so non-empty means "has endpoints".
         has_any_endpoints = !cluster.is_empty();
     }
@@ -290,6 +321,22 @@ pub fn select_endpoints(port: &ServicePort) -> EndpointSelection<'_> {
 
     let takes_new = |ep: &&&Endpoint| ep.weight > 0;
     let cluster_new: Vec<&Endpoint> = cluster.iter().filter(takes_new).copied().collect();
+    let short_circuit_new = if !uses_short_circuit(port) {
+        None
+    } else if uses_cluster_endpoints(port) {
+        Some(cluster_new.clone())
+    } else {
+        // Internal `Local` too: the cluster list was not needed for a policy, but the
+        // short-circuit uses it (kube-proxy's `UsesClusterEndpoints` is true for every
+        // externally reachable port for this reason).
+        Some(
+            cluster_candidates(port)
+                .iter()
+                .filter(takes_new)
+                .copied()
+                .collect(),
+        )
+    };
     let local_new: Vec<&Endpoint> = local.iter().filter(takes_new).copied().collect();
     let has_any_new_endpoints = !cluster_new.is_empty()
         || !local_new.is_empty()
@@ -306,6 +353,7 @@ pub fn select_endpoints(port: &ServicePort) -> EndpointSelection<'_> {
         cluster_new,
         local_new,
         has_any_new_endpoints,
+        short_circuit_new,
         internal_policy: port.internal_traffic_policy,
         external_policy: port.external_traffic_policy,
     }
@@ -460,6 +508,60 @@ mod tests {
         let s = select_endpoints(&p);
         assert_eq!(s.external(), Target::Drop);
         assert_eq!(s.internal(), Target::Endpoints(&s.cluster));
+    }
+
+    #[test]
+    fn short_circuit_sends_pod_and_node_traffic_of_a_local_service_to_every_endpoint() {
+        let mut p = port(vec![
+            ready(1, false),
+            ready(2, true),
+            weighted(ready(3, false), 0),
+        ]);
+        p.external_traffic_policy = TrafficPolicy::Local;
+        p.node_port = Some(30080);
+        let s = select_endpoints(&p);
+        assert_eq!(new_lasts(s.external_new()), Ok(vec![2]));
+        let short = s
+            .short_circuit_new()
+            .expect("a Local service with a node port");
+        assert_eq!(
+            new_lasts(short),
+            Ok(vec![1, 2]),
+            "weight 0 takes no new flows"
+        );
+
+        // No local endpoint: external traffic drops, pod and node traffic still goes through.
+        let mut remote_only = port(vec![ready(1, false)]);
+        remote_only.external_traffic_policy = TrafficPolicy::Local;
+        remote_only.internal_traffic_policy = TrafficPolicy::Local;
+        remote_only.external_ips = vec!["198.19.5.5".parse().expect("valid ip")];
+        let s = select_endpoints(&remote_only);
+        assert_eq!(s.external_new(), Target::Drop);
+        assert_eq!(s.internal_new(), Target::Drop);
+        assert_eq!(
+            s.short_circuit_new().map(new_lasts),
+            Some(Ok(vec![1])),
+            "computed even when no policy uses the cluster list"
+        );
+        assert!(s.cluster.is_empty() && lasts(&s.all_reachable).is_empty());
+
+        let mut none = port(vec![]);
+        none.external_traffic_policy = TrafficPolicy::Local;
+        none.node_port = Some(30081);
+        assert_eq!(
+            select_endpoints(&none).short_circuit_new(),
+            Some(Target::Reject)
+        );
+    }
+
+    #[test]
+    fn no_short_circuit_for_cluster_policies_or_ports_without_external_addresses() {
+        let mut cluster = port(vec![ready(1, false)]);
+        cluster.node_port = Some(30080);
+        assert_eq!(select_endpoints(&cluster).short_circuit_new(), None);
+        let mut internal_only = port(vec![ready(1, false)]);
+        internal_only.external_traffic_policy = TrafficPolicy::Local;
+        assert_eq!(select_endpoints(&internal_only).short_circuit_new(), None);
     }
 
     #[test]

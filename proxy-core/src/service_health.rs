@@ -401,6 +401,10 @@ impl<D: Dataplane> Dataplane for WithServiceHealth<D> {
     async fn check_drift(&mut self) -> Result<bool, DataplaneError> {
         self.inner.check_drift().await
     }
+
+    fn node_addresses(&self) -> Option<crate::node_addresses::NodeAddresses> {
+        self.inner.node_addresses()
+    }
 }
 
 #[cfg(test)]

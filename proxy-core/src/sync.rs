@@ -17,6 +17,9 @@
 //!   full sync at once (within the minimum period), is counted
 //!   (`svcproxy_sync_drift_detected_total`), logged at warn and shown by [`SyncHealth`] until
 //!   repaired. What a cheap check cannot see is repaired by the periodic resync.
+//! - **Node addresses.** When the dataplane follows the node's addresses
+//!   ([`Dataplane::node_addresses`]), each change queues a partial sync (within the minimum
+//!   period) in which the backend re-plans only what depends on them (its node ports).
 //! - **Retries.** A failed sync is retried in full after a bounded exponential backoff
 //!   ([`SyncConfig::retry_backoff_initial`] doubling up to [`SyncConfig::retry_backoff_max`]); the
 //!   dataplane keeps its last good state meanwhile. A new table is synced without waiting for the
@@ -75,6 +78,7 @@ use crate::dataplane::{Dataplane, SyncMode, SyncReport, SyncRequest};
 use crate::diff::{diff, ChangeSet};
 use crate::error::DataplaneError;
 use crate::metrics::{FailureReason, SyncMetrics, SyncResult};
+use crate::node_addresses::NodeAddresses;
 use crate::table::{PortMap, ServiceTable};
 use imbl::ordmap::DiffItem;
 
@@ -104,6 +108,15 @@ struct Attempt {
     started: Instant,
     elapsed: Duration,
     changes: ChangeSet,
+}
+
+/// Waits for the next change of `source`; `false` when it will change no more. Never ready
+/// without a source. Cancel-safe, as [`NodeAddresses::changed`] is.
+async fn node_addresses_changed(source: &mut Option<NodeAddresses>) -> bool {
+    match source {
+        Some(source) => source.changed().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Why [`SyncLoop::run`] ended badly.
@@ -253,6 +266,8 @@ impl<D: Dataplane> SyncLoop<D> {
         // Drop our own sender, so that the command channel closes with the last handle.
         self.commands_tx = None;
         let mut commands_open = true;
+        // The node's addresses, when the backend follows them: a change runs a partial sync.
+        let mut node_addresses = self.dataplane.node_addresses();
         loop {
             let due = self.next_due(source_open);
             let drift_due = self.next_drift_check();
@@ -274,6 +289,13 @@ impl<D: Dataplane> SyncLoop<D> {
                     Some(update) => self.accept(update),
                     None => source_open = false,
                 },
+                changed = node_addresses_changed(&mut node_addresses) => {
+                    if changed {
+                        self.node_addresses_changed();
+                    } else {
+                        node_addresses = None;
+                    }
+                }
                 () = sleep_until(due) => self.sync().await,
                 // After the sync branch: when both are due, the sync goes first and the check
                 // moves a period later.
@@ -296,6 +318,16 @@ impl<D: Dataplane> SyncLoop<D> {
                 // The asker may have given up; nothing to do then.
                 let _ = reply.send(self.dataplane.dry_run(&table));
             }
+        }
+    }
+
+    /// The node's addresses changed: queue a sync (partial unless one is due anyway), in which
+    /// the backend re-plans what depends on them. Before the first table there is nothing to
+    /// re-plan: the first sync reads the addresses as they are then.
+    fn node_addresses_changed(&mut self) {
+        if self.state.desired.is_some() {
+            debug!("node addresses changed");
+            self.state.queued = true;
         }
     }
 

@@ -29,7 +29,7 @@
 //! use proxy_core::Capabilities;
 //!
 //! let (mut tracker, _source) = ChangeTracker::new("any", Capabilities::everything());
-//! tracker.set_node(Some("node-a".into()));
+//! tracker.set_node(Some("node-a".into())).expect("no control characters");
 //! let web = ServiceName::new("default", "web");
 //! tracker.set_service(
 //!     Service::new(web.clone())
@@ -217,21 +217,30 @@ impl ChangeTracker {
 
     /// Sets this node's name: endpoints on this node become local. Re-reads every service (a
     /// node's name rarely changes). Returns the new generation.
-    pub fn set_node(&mut self, node: Option<String>) -> u64 {
+    ///
+    /// # Errors
+    /// A name holding a control character (a newline, NUL, ESC...: no Kubernetes name does, and
+    /// it would forge log lines) is refused by name, and the node keeps its name.
+    pub fn set_node(&mut self, node: Option<String>) -> Result<u64, FieldError> {
+        refuse_control_characters("node", node.as_deref())?;
         if self.node != node {
             self.node = node;
             self.refresh_all();
         }
-        self.publish()
+        Ok(self.publish())
     }
 
     /// Sets this node's zone, read by endpoints' zone hints. Returns the new generation.
-    pub fn set_zone(&mut self, zone: Option<String>) -> u64 {
+    ///
+    /// # Errors
+    /// As [`ChangeTracker::set_node`]: a zone holding a control character is refused.
+    pub fn set_zone(&mut self, zone: Option<String>) -> Result<u64, FieldError> {
+        refuse_control_characters("zone", zone.as_deref())?;
         if self.zone != zone {
             self.zone = zone;
             self.refresh_all();
         }
-        self.publish()
+        Ok(self.publish())
     }
 
     /// Adds or replaces a service. Returns the new generation.
@@ -423,4 +432,12 @@ enum Described {
 struct Rejection {
     ports: Vec<ServicePortName>,
     problems: Vec<FieldError>,
+}
+
+/// The problem with a node name or zone that holds a control character, by field.
+fn refuse_control_characters(field: &str, value: Option<&str>) -> Result<(), FieldError> {
+    match value.and_then(crate::validate::control_character_problem) {
+        Some(problem) => Err(FieldError::new(field, problem)),
+        None => Ok(()),
+    }
 }

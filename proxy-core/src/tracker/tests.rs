@@ -12,7 +12,9 @@ fn ip(text: &str) -> IpAddr {
 
 fn tracker() -> ChangeTracker {
     let (mut tracker, _source) = ChangeTracker::new("test", Capabilities::everything());
-    tracker.set_node(Some("node-a".to_owned()));
+    tracker
+        .set_node(Some("node-a".to_owned()))
+        .expect("plain name");
     tracker
 }
 
@@ -142,7 +144,9 @@ fn changing_the_node_name_changes_locality() {
             .endpoints[0]
             .is_local
     );
-    tracker.set_node(Some("node-b".to_owned()));
+    tracker
+        .set_node(Some("node-b".to_owned()))
+        .expect("plain name");
     assert!(
         port_of(&tracker, "web", "http")
             .expect("admitted")
@@ -467,7 +471,7 @@ fn apply(tracker: &mut ChangeTracker, event: &Event) {
             tracker.delete_endpoint_slice(&service_name(*service), &format!("l{slice}"));
         }
         Event::SetNode(n) => {
-            tracker.set_node(Some(format!("n{n}")));
+            tracker.set_node(Some(format!("n{n}"))).expect("plain name");
         }
     }
 }
@@ -508,4 +512,29 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn a_node_name_or_zone_with_a_control_character_is_refused_and_the_old_one_kept() {
+    let (mut tracker, _source) = ChangeTracker::new("test", Capabilities::everything());
+    tracker
+        .set_node(Some("node-a".to_owned()))
+        .expect("plain name");
+    let before = tracker.generation();
+    let error = tracker
+        .set_node(Some("node-a\nFORGED log line".to_owned()))
+        .expect_err("a newline is refused");
+    assert_eq!(error.path, "node");
+    assert!(error.message.contains("U+000A"), "{error}");
+    assert_eq!(
+        tracker.table().node(),
+        Some("node-a"),
+        "the old name is kept"
+    );
+    assert_eq!(tracker.generation(), before, "nothing published");
+    let error = tracker
+        .set_zone(Some("zone\u{1b}[31m".to_owned()))
+        .expect_err("an ESC is refused");
+    assert_eq!(error.path, "zone");
+    assert_eq!(tracker.table().zone(), None);
 }
