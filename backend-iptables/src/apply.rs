@@ -1,5 +1,7 @@
-//! Apply: runs a [`Plan`]'s restores, in order, through a [`RestoreRunner`]. Thin: its only logic
-//! is mapping a failure to an error that names the failing input line with the lines around it.
+//! Apply: runs a [`Plan`]'s restores, in order, through a [`RestoreRunner`], one process per
+//! family (its `filter` and `nat` blocks in one input), with the hook lines of a
+//! [`BuiltinEdits`] in the same input. Thin: its other logic is mapping a failure to an error
+//! that names the failing input line, its table and the lines around it.
 //!
 //! The real runner ([`CommandRunner`]) spawns `iptables-restore --noflush` (or `ip6tables-restore`,
 //! legacy or nft variant) from an argument vector with the input on stdin, under an optional
@@ -14,8 +16,9 @@ use tokio::io::AsyncWriteExt;
 use tracing::{debug, trace};
 
 use crate::error::{IptablesError, RestoreFailure};
-use crate::plan::Plan;
-use crate::rules::Family;
+use crate::hooks::BuiltinEdits;
+use crate::plan::{Plan, Restore};
+use crate::rules::{Family, Table, TableName};
 
 /// Which iptables backend the `iptables` binaries drive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -221,7 +224,7 @@ impl RestoreRunner for CommandRunner {
 /// What an apply did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ApplyReport {
-    /// Restores run.
+    /// Restore processes run (one per family with something to write).
     pub restores: usize,
     /// Rules written.
     pub rules_written: usize,
@@ -229,41 +232,125 @@ pub struct ApplyReport {
     pub chains_written: usize,
     /// Chains deleted.
     pub chains_deleted: usize,
+    /// Hooks inserted into built-in chains.
+    pub hooks_inserted: usize,
+    /// Hooks deleted from built-in chains.
+    pub hooks_deleted: usize,
 }
 
-/// Runs every restore of `plan` in order, stopping at the first failure.
+/// Runs every restore of `plan`, one restore process per family (its tables one after the
+/// other in one input), stopping at the first failure.
 ///
 /// # Errors
-/// [`IptablesError::Restore`] for the first failing restore, with our input lines around the line
-/// the tool named. Earlier restores of the plan did apply, so after an error the caller must treat
-/// what is applied as unknown (`Applied::new()`) and plan a full sync next.
+/// See [`apply_restores`].
 pub async fn apply_plan(
     runner: &dyn RestoreRunner,
     plan: &Plan,
 ) -> Result<ApplyReport, IptablesError> {
+    apply_restores(runner, plan.restores.iter(), &BuiltinEdits::new()).await
+}
+
+/// Runs `restores` with `edits` (hook lines for the built-in chains) in one restore process per
+/// family: IPv4 first, each family's tables in the order given, a table with edits but nothing
+/// of ours to write getting a block of its own. Restore is atomic per table (`COMMIT`), not per
+/// process: a failing table leaves the tables before it applied.
+///
+/// # Errors
+/// [`IptablesError::Restore`] for the first failing family, naming the table the failing line
+/// belongs to, with our input lines around it. Earlier tables did apply, so after an error the
+/// caller must treat what is applied as unknown (`Applied::new()`) and plan a full sync next.
+pub async fn apply_restores<'a>(
+    runner: &dyn RestoreRunner,
+    restores: impl IntoIterator<Item = &'a Restore>,
+    edits: &BuiltinEdits,
+) -> Result<ApplyReport, IptablesError> {
+    let restores: Vec<&Restore> = restores.into_iter().collect();
     let mut report = ApplyReport::default();
-    for restore in &plan.restores {
-        let input = restore.input();
-        trace!(family = %restore.family, table = %restore.table.name, %input, "restore input");
-        if let Err(failure) = runner.restore(restore.family, &input).await {
+    for family in Family::ALL {
+        let mut tables: Vec<(TableName, Option<&Table>)> = restores
+            .iter()
+            .filter(|r| r.family == family)
+            .map(|r| (r.table.name, Some(&r.table)))
+            .collect();
+        for (f, name) in edits.tables() {
+            if f == family && !tables.iter().any(|(t, _)| *t == name) {
+                tables.push((name, None));
+            }
+        }
+        if tables.is_empty() {
+            continue;
+        }
+        let (input, blocks) = family_input(family, &tables, edits);
+        trace!(%family, %input, "restore input");
+        if let Err(failure) = runner.restore(family, &input).await {
             let line = failing_line(&failure.stderr);
             let context = line
                 .map(|l| extract_lines(&input, l, 2))
                 .unwrap_or_default();
+            // The table whose block holds the blamed line (the first one if none was named).
+            let table = line
+                .and_then(|l| blocks.iter().rev().find(|(start, _)| *start <= l))
+                .or(blocks.first())
+                .map_or(TableName::Nat, |(_, t)| *t);
             return Err(IptablesError::Restore {
-                family: restore.family,
-                table: restore.table.name,
+                family,
+                table,
                 failure,
                 line,
                 context,
             });
         }
         report.restores += 1;
-        report.rules_written += restore.table.rule_count();
-        report.chains_written += restore.table.chains.len();
-        report.chains_deleted += restore.table.deleted.len();
+        for (name, table) in &tables {
+            if let Some(table) = table {
+                report.rules_written += table.rule_count();
+                report.chains_written += table.chains.len();
+                report.chains_deleted += table.deleted.len();
+            }
+            report.hooks_inserted += edits.tail(family, *name).len();
+            report.hooks_deleted += edits.head(family, *name).len();
+        }
     }
     Ok(report)
+}
+
+/// One family's restore input: per table, `*table`, the edits' head lines, our chains (the
+/// table's own restore text), the edits' tail lines, `COMMIT`. Also the 1-based line each
+/// table's block starts at, to name the table of a failing line.
+fn family_input(
+    family: Family,
+    tables: &[(TableName, Option<&Table>)],
+    edits: &BuiltinEdits,
+) -> (String, Vec<(usize, TableName)>) {
+    let mut input = String::new();
+    let mut blocks = Vec::with_capacity(tables.len());
+    let mut line = 1;
+    for (name, table) in tables {
+        blocks.push((line, *name));
+        let header = format!("*{name}\n");
+        let rendered = table.map(ToString::to_string).unwrap_or_default();
+        // `Table`'s text is `*name`, its lines, `COMMIT`: keep the lines between.
+        let body = rendered
+            .strip_prefix(header.as_str())
+            .and_then(|b| b.strip_suffix("COMMIT\n"))
+            .unwrap_or("");
+        input.push_str(&header);
+        for edit in edits.head(family, *name) {
+            input.push_str(edit);
+            input.push('\n');
+        }
+        input.push_str(body);
+        for edit in edits.tail(family, *name) {
+            input.push_str(edit);
+            input.push('\n');
+        }
+        input.push_str("COMMIT\n");
+        line += 2
+            + edits.head(family, *name).len()
+            + edits.tail(family, *name).len()
+            + body.lines().count();
+    }
+    (input, blocks)
 }
 
 /// The input line a restore tool blamed: `Error occurred at line: N` (1.8) or `line N failed`.

@@ -104,6 +104,15 @@ pub enum IptablesError {
     /// ([`proxy_core::lock`]).
     #[error(transparent)]
     Lock(#[from] proxy_core::lock::LockError),
+    /// `iptables-save` of every table of a family failed.
+    #[error("{family}: {failure}")]
+    SaveFamily {
+        /// Address family.
+        family: crate::rules::Family,
+        /// What the tool said.
+        #[source]
+        failure: RestoreFailure,
+    },
     /// `iptables-save` failed.
     #[error("{family} {table}: {failure}")]
     Save {
@@ -133,12 +142,22 @@ fn context_suffix(line: &Option<usize>, context: &str) -> String {
 
 /// A restore command that failed to run or exited non-zero.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{command} failed (exit status {status:?}): {stderr}")]
+#[error("{command} failed ({}): {stderr}", exit_text(*.status))]
 pub struct RestoreFailure {
     /// The command line.
     pub command: String,
-    /// Exit status, if it ran and exited.
+    /// Its exit code, if it ran and exited; a negative value `-N` means it was killed by signal
+    /// `N`; `None` when it did not run or no status is known (`stderr` says why).
     pub status: Option<i32>,
     /// Its standard error, or the spawn error.
     pub stderr: String,
+}
+
+/// How a command ended, for people: `exit code 4`, `killed by signal 9`.
+fn exit_text(status: Option<i32>) -> String {
+    match status {
+        Some(code) if code >= 0 => format!("exit code {code}"),
+        Some(signal) => format!("killed by signal {}", signal.unsigned_abs()),
+        None => "no exit code".to_owned(),
+    }
 }

@@ -1,12 +1,21 @@
-//! The bootstrap jumps from the built-in chains to ours ([`crate::plan::Planner::hooks`]). They
-//! are not part of the restore input (a restore of a built-in chain would flush other users'
-//! rules), so they are ensured one by one, idempotently, as kube-proxy's `EnsureRule` does
-//! (`pkg/util/iptables/iptables.go`: `-C` to check, exit status 1 meaning "absent").
-//! [`IptablesHooks`] runs one `iptables` process per call, from an argument vector made from the
-//! typed rule ([`crate::rules::Rule::args`]), under the same command prefix as the restores
-//! (`ip netns exec NAME`). It blocks: call these functions off the async runtime
+//! The bootstrap jumps from the built-in chains to ours ([`crate::plan::Planner::hooks`]).
+//!
+//! A sync adds them **in its restore input**: the full sync's `iptables-save` (one per family)
+//! shows which are there ([`saved_hooks`], [`missing_hooks`]), and the missing ones become `-I
+//! CHAIN 1` lines of the same `iptables-restore --noflush` ([`BuiltinEdits`]), which declares
+//! only our chains, so the built-in chains keep everyone else's rules. Cleanup deletes them the
+//! same way (`-D` lines). A full sync therefore runs two processes per family, whatever the
+//! number of hooks.
+//!
+//! [`HookOps`] / [`IptablesHooks`] check, insert and delete one rule per `iptables` process
+//! (kube-proxy's `EnsureRule`: `-C` to check, exit status 1 meaning "absent"), from an argument
+//! vector made from the typed rule ([`crate::rules::Rule::args`]), under the same command prefix
+//! as the restores (`ip netns exec NAME`). The dataplane uses them only for the canary check
+//! between syncs ([`find_drift`], [`canaries_present`]); [`ensure_hooks`] and [`remove_hooks`]
+//! remain for tools and tests. They block: call them off the async runtime
 //! (`tokio::task::spawn_blocking`).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::process::{Command, Stdio};
 
@@ -62,13 +71,17 @@ pub trait HookOps: Send + Sync + fmt::Debug {
     ) -> Result<bool, HookError>;
 }
 
-/// Whether every canary chain is still there (both tables, both families). `false` means
-/// someone flushed a table behind our back: the next sync must be full.
+/// Whether every canary chain is still there (both tables of each of `families`: those we
+/// program). `false` means someone flushed a table behind our back: the next sync must be full.
 ///
 /// # Errors
 /// The first [`HookError`].
-pub fn canaries_present(ops: &dyn HookOps, canary: &ChainName) -> Result<bool, HookError> {
-    for family in Family::ALL {
+pub fn canaries_present(
+    ops: &dyn HookOps,
+    canary: &ChainName,
+    families: &[Family],
+) -> Result<bool, HookError> {
+    for &family in families {
         for table in [TableName::Nat, TableName::Filter] {
             if !ops.chain_exists(family, table, canary)? {
                 return Ok(false);
@@ -82,12 +95,13 @@ pub fn canaries_present(ops: &dyn HookOps, canary: &ChainName) -> Result<bool, H
 /// the canary chain exists (`-L`: gone when someone deleted the table's chains, `-X`, or a
 /// firewall reload replaced the table) and that the table's first hook does (`-C`: gone when
 /// someone flushed the table's rules, `-F`). Four processes per family, never a dump of a
-/// table. Returns what it found first, for the log; `None` when all is in place.
+/// table, in each of `families` (those we program). Returns what it found first, for the log;
+/// `None` when all is in place.
 ///
 /// What it cannot see (a hook deleted by hand from another built-in chain, a rule deleted from
-/// or inserted into one of our chains, one of our chains deleted once nothing jumps to it) is
-/// found and repaired by the periodic full sync, which reads our chains back with
-/// `iptables-save`.
+/// or inserted into one of our chains) the dataplane's save-based check finds
+/// ([`crate::observe::Fingerprint`]); this one runs between those when they are too costly to
+/// run every period.
 ///
 /// # Errors
 /// The first [`HookError`] of a canary check (the tool could not run).
@@ -95,8 +109,9 @@ pub fn find_drift(
     ops: &dyn HookOps,
     canary: &ChainName,
     hooks: &[Hook],
+    families: &[Family],
 ) -> Result<Option<String>, HookError> {
-    for family in Family::ALL {
+    for &family in families {
         for table in [TableName::Nat, TableName::Filter] {
             if !ops.chain_exists(family, table, canary)? {
                 return Ok(Some(format!(
@@ -312,6 +327,145 @@ pub fn ensure_hooks(ops: &dyn HookOps, hooks: &[Hook]) -> Result<usize, HookErro
         }
     }
     Ok(inserted)
+}
+
+// === hooks in the restore input ===
+
+/// Lines for the built-in chains of one restore input, per family and table: `-D` lines go
+/// right after the table's `*table` line (before our chains are flushed or deleted, which a
+/// reference from a built-in chain would forbid), `-I` lines right before its `COMMIT` (after our
+/// chains are declared, which a jump needs). Only the lines given are touched: the built-in chains
+/// keep every other rule, since the restore runs with `--noflush` and declares none of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BuiltinEdits {
+    head: BTreeMap<(Family, TableName), Vec<String>>,
+    tail: BTreeMap<(Family, TableName), Vec<String>>,
+}
+
+impl BuiltinEdits {
+    /// No edits.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Inserts each of `hooks` at the top of its built-in chain. Hooks of one chain are inserted
+    /// in reverse, so a chain missing all of them ends up in the planned order before anyone
+    /// else's rules (as [`ensure_hooks`] does one process at a time).
+    pub fn insert(&mut self, family: Family, hooks: &[&Hook]) {
+        for hook in hooks.iter().rev() {
+            // `Rule`'s display is restore input (the comment quoted).
+            self.tail
+                .entry((family, hook.table))
+                .or_default()
+                .push(format!("-I {} 1 {}", hook.chain, hook.rule));
+        }
+    }
+
+    /// Deletes `copies` copies of `hook` (as many as the save showed).
+    pub fn delete(&mut self, family: Family, hook: &Hook, copies: usize) {
+        let line = format!("-D {} {}", hook.chain, hook.rule);
+        let lines = self.head.entry((family, hook.table)).or_default();
+        lines.extend(std::iter::repeat_n(line, copies));
+    }
+
+    /// Adds `other`'s edits after this one's.
+    pub fn extend(&mut self, other: BuiltinEdits) {
+        for (key, lines) in other.head {
+            self.head.entry(key).or_default().extend(lines);
+        }
+        for (key, lines) in other.tail {
+            self.tail.entry(key).or_default().extend(lines);
+        }
+    }
+
+    /// Lines to put right after `*table`.
+    pub fn head(&self, family: Family, table: TableName) -> &[String] {
+        self.head.get(&(family, table)).map_or(&[], Vec::as_slice)
+    }
+
+    /// Lines to put right before `COMMIT`.
+    pub fn tail(&self, family: Family, table: TableName) -> &[String] {
+        self.tail.get(&(family, table)).map_or(&[], Vec::as_slice)
+    }
+
+    /// The tables with edits, in family then table order.
+    pub fn tables(&self) -> BTreeSet<(Family, TableName)> {
+        self.head.keys().chain(self.tail.keys()).copied().collect()
+    }
+
+    /// How many lines in all.
+    pub fn len(&self) -> usize {
+        self.head
+            .values()
+            .chain(self.tail.values())
+            .map(Vec::len)
+            .sum()
+    }
+
+    /// Whether there is no edit.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many `-I` lines.
+    pub fn inserted(&self) -> usize {
+        self.tail.values().map(Vec::len).sum()
+    }
+
+    /// How many `-D` lines.
+    pub fn deleted(&self) -> usize {
+        self.head.values().map(Vec::len).sum()
+    }
+}
+
+/// How many copies of each of `hooks` (same index) one family's `iptables-save` output shows in
+/// its built-in chains. A saved line counts when it reads back as the hook's rule (or prints
+/// exactly as it), in the hook's table and chain; foreign rules never do.
+pub fn saved_hooks(saved: &str, hooks: &[Hook]) -> Vec<usize> {
+    let mut copies = vec![0; hooks.len()];
+    let mut table = None;
+    let rendered: Vec<String> = hooks.iter().map(|h| h.rule.to_string()).collect();
+    for line in saved.lines() {
+        if let Some(name) = line.strip_prefix('*') {
+            table = match name.trim() {
+                "nat" => Some(TableName::Nat),
+                "filter" => Some(TableName::Filter),
+                _ => None,
+            };
+            continue;
+        }
+        let Some(table) = table else { continue };
+        let Some(rest) = line.strip_prefix("-A ") else {
+            continue;
+        };
+        let (chain, spec) = rest.split_once(' ').unwrap_or((rest, ""));
+        let mut parsed = None;
+        for (i, hook) in hooks.iter().enumerate() {
+            if hook.table != table || hook.chain.as_str() != chain {
+                continue;
+            }
+            // Cheap first: most saved lines are not ours, and ours print as we render them.
+            if spec == rendered[i] {
+                copies[i] += 1;
+                continue;
+            }
+            let rule = parsed.get_or_insert_with(|| crate::rules::parse_rule_spec(spec).ok());
+            if rule.as_ref() == Some(&hook.rule) {
+                copies[i] += 1;
+            }
+        }
+    }
+    copies
+}
+
+/// The hooks `saved` (one family's `iptables-save`) lacks, in planned order.
+pub fn missing_hooks<'a>(saved: &str, hooks: &'a [Hook]) -> Vec<&'a Hook> {
+    saved_hooks(saved, hooks)
+        .into_iter()
+        .zip(hooks)
+        .filter(|(n, _)| *n == 0)
+        .map(|(_, h)| h)
+        .collect()
 }
 
 /// Deletes every copy of every hook, in both families. Returns how many were deleted.

@@ -2,16 +2,20 @@
 //! `iptables-restore --noflush`, with a layout whose chain count does not grow with endpoints and
 //! whose dispatch walk grows with log N (see `README.md` beside this crate for the design note).
 //!
-//! It owns, in the `nat` and `filter` tables of both address families, every chain whose name
-//! [`names::Names::is_owned`] accepts (prefix `SVCP-` by default) and the jumps to them from the
-//! built-in chains ([`plan::Planner::hooks`]); [`cleanup::cleanup_chains`] and
-//! [`hooks::remove_hooks`] remove exactly those (`Dataplane::cleanup` does both). It also deletes
-//! stale UDP conntrack entries ([`conntrack`]) but creates none. From its first sync or cleanup
-//! until it is dropped, a dataplane holds a lock file under `/run/svcproxy`
-//! ([`proxy_core::lock`]) keyed by network namespace and prefix: a second instance that would
-//! own the same chains is refused by name instead of deleting ours at each full sync. Between
-//! syncs, its drift check ([`hooks::find_drift`]: canary chains and one hook per table) lets the
-//! sync loop repair a flushed table within seconds.
+//! It owns, in the `nat` and `filter` tables of each address family the service table uses, every
+//! chain whose name [`names::Names::is_owned`] accepts (prefix `SVCP-` by default) and the jumps
+//! to them from the built-in chains ([`plan::Planner::hooks`]), written together: one
+//! `iptables-save` and one `iptables-restore --noflush` per family and full sync, the missing
+//! jumps as lines of that restore ([`hooks::BuiltinEdits`]). A family the table does not use is
+//! not touched (once what an earlier run left there is removed). [`cleanup::cleanup`] removes
+//! exactly what it owns, in both families (`Dataplane::cleanup`). It also deletes stale UDP
+//! conntrack entries ([`conntrack`]) but creates none. From its first sync or cleanup until it is
+//! dropped, a dataplane holds a lock file under `/run/svcproxy` ([`proxy_core::lock`]) keyed by
+//! network namespace and prefix: a second instance that would own the same chains is refused by
+//! name instead of deleting ours at each full sync. Between syncs, its drift check (a save and a
+//! [`observe::Fingerprint`] of what it owns, within a CPU budget; [`hooks::find_drift`] between)
+//! lets the sync loop repair a flushed table, a deleted chain or a rule edited inside our chains
+//! within seconds.
 //!
 //! Shape: **model** ([`rules`]) → **plan** ([`plan`], pure) → **apply** ([`apply`], [`hooks`]) →
 //! **observe** ([`observe`]); [`dataplane::IptablesDataplane`] ties them into a

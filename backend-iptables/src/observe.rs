@@ -4,16 +4,14 @@
 //! Rules are written in `iptables-save`'s canonical form (see [`crate::rules`]), so a chain read
 //! back compares equal to the one we wrote; probabilities compare by the kernel's value.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use async_trait::async_trait;
+use tracing::warn;
 
 use crate::error::{IptablesError, RestoreFailure};
 use crate::names::Names;
 use crate::plan::{Applied, ChainKey};
-use std::collections::BTreeSet;
-
-use tracing::warn;
 
 use crate::rules::{parse_rule_spec, ChainName, Family, Rule, TableName};
 
@@ -90,7 +88,7 @@ impl Observed {
     }
 }
 
-/// Reads one table of one family (`iptables-save -t TABLE`).
+/// Reads one table of one family (`iptables-save -t TABLE`), or all of them.
 #[async_trait]
 pub trait SaveRunner: Send + Sync + std::fmt::Debug {
     /// The save output.
@@ -98,6 +96,42 @@ pub trait SaveRunner: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// [`RestoreFailure`] (the command, status and stderr) if the tool failed.
     async fn save(&self, family: Family, table: TableName) -> Result<String, RestoreFailure>;
+
+    /// The save output of every table of `family` (`iptables-save`, no `-t`): what a full sync
+    /// and the drift check read, one process per family. By default the `filter` and `nat`
+    /// saves, concatenated (two calls).
+    ///
+    /// # Errors
+    /// [`RestoreFailure`] if the tool failed.
+    async fn save_family(&self, family: Family) -> Result<String, RestoreFailure> {
+        let mut text = self.save(family, TableName::Filter).await?;
+        text.push_str(&self.save(family, TableName::Nat).await?);
+        Ok(text)
+    }
+}
+
+/// Runs `argv` and returns its standard output, or how it failed.
+async fn run_save(argv: Vec<String>) -> Result<String, RestoreFailure> {
+    let command = argv.join(" ");
+    let output = tokio::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| RestoreFailure {
+            command: command.clone(),
+            status: None,
+            stderr: format!("cannot run: {e}"),
+        })?;
+    if !output.status.success() {
+        return Err(RestoreFailure {
+            command,
+            status: output.status.code(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 #[async_trait]
@@ -109,48 +143,101 @@ impl SaveRunner for crate::apply::CommandRunner {
             "-t".to_owned(),
             table.as_str().to_owned(),
         ]);
-        let command = argv.join(" ");
-        let output = tokio::process::Command::new(&argv[0])
-            .args(&argv[1..])
-            .kill_on_drop(true)
-            .output()
-            .await
-            .map_err(|e| RestoreFailure {
-                command: command.clone(),
-                status: None,
-                stderr: format!("cannot run: {e}"),
-            })?;
-        if !output.status.success() {
-            return Err(RestoreFailure {
-                command,
-                status: output.status.code(),
-                stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-            });
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        run_save(argv).await
+    }
+
+    async fn save_family(&self, family: Family) -> Result<String, RestoreFailure> {
+        let mut argv = self.prefix().to_vec();
+        argv.push(self.variant().save_binary(family).to_owned());
+        run_save(argv).await
     }
 }
 
-/// Reads every table of every family we write.
+/// One family's `iptables-save` output (every table), as a full sync or a drift check read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Saved {
+    /// The family.
+    pub family: Family,
+    /// The tool's output.
+    pub text: String,
+}
+
+/// Reads every table of each of `families`: one [`SaveRunner::save_family`] each.
 ///
 /// # Errors
-/// [`IptablesError::Save`] if a save failed.
-pub async fn observe(runner: &dyn SaveRunner, names: &Names) -> Result<Observed, IptablesError> {
-    let mut observed = Observed::default();
-    for family in Family::ALL {
-        for table in [TableName::Filter, TableName::Nat] {
-            let text = runner
-                .save(family, table)
-                .await
-                .map_err(|failure| IptablesError::Save {
-                    family,
-                    table,
-                    failure,
-                })?;
-            observed.add_save_output(family, &text, names);
-        }
+/// [`IptablesError::SaveFamily`] if a save failed.
+pub async fn save_families(
+    runner: &dyn SaveRunner,
+    families: &[Family],
+) -> Result<Vec<Saved>, IptablesError> {
+    let mut out = Vec::with_capacity(families.len());
+    for &family in families {
+        let text = runner
+            .save_family(family)
+            .await
+            .map_err(|failure| IptablesError::SaveFamily { family, failure })?;
+        out.push(Saved { family, text });
     }
-    Ok(observed)
+    Ok(out)
+}
+
+/// Our chains in `saved`.
+pub fn observe_saved(saved: &[Saved], names: &Names) -> Observed {
+    let mut observed = Observed::default();
+    for s in saved {
+        observed.add_save_output(s.family, &s.text, names);
+    }
+    observed
+}
+
+/// Reads every table of both families we write (one save per family).
+///
+/// # Errors
+/// [`IptablesError::SaveFamily`] if a save failed.
+pub async fn observe(runner: &dyn SaveRunner, names: &Names) -> Result<Observed, IptablesError> {
+    let saved = save_families(runner, &Family::ALL).await?;
+    Ok(observe_saved(&saved, names))
+}
+
+/// A hash of what we own in one family's `iptables-save` output, as printed: our chains'
+/// declarations (counters stripped) and rules, and the rules of the built-in chains that jump to
+/// our chains (the hooks), each with its table. Foreign chains and foreign rules of the built-in
+/// chains are left out, so their changes do not count. Cheap next to parsing: no rule is parsed,
+/// so the drift check compares this first and parses only when it changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint(u64);
+
+impl Fingerprint {
+    /// The fingerprint of `saved` (one family's output, every table).
+    pub fn of(saved: &Saved, names: &Names) -> Self {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        saved.family.hash(&mut hasher);
+        let mut table: Option<&str> = None;
+        for line in saved.text.lines() {
+            if let Some(name) = line.strip_prefix('*') {
+                table = matches!(name, "nat" | "filter").then_some(name);
+                continue;
+            }
+            let Some(table) = table else { continue };
+            if let Some(decl) = line.strip_prefix(':') {
+                let chain = decl.split_whitespace().next().unwrap_or("");
+                if names.is_owned(chain) {
+                    (table, ':', chain).hash(&mut hasher);
+                }
+            } else if let Some(rest) = line.strip_prefix("-A ") {
+                let chain = rest.split(' ').next().unwrap_or("");
+                let ours = names.is_owned(chain)
+                    || rest
+                        .split_once(" -j ")
+                        .is_some_and(|(_, target)| names.is_owned(target.trim()));
+                if ours {
+                    (table, rest).hash(&mut hasher);
+                }
+            }
+        }
+        Self(hasher.finish())
+    }
 }
 
 #[cfg(test)]

@@ -95,20 +95,25 @@ async fn full_then_partial_sync_then_cleanup() {
         rig.summary("198.19.0.3"),
         "198.18.0.6:8080, 198.18.0.7:8080"
     );
-    let hooked = rig.hooks.chain(Family::V4, "nat", "PREROUTING");
+    let hooked = rig.restore.builtin(Family::V4, "nat", "PREROUTING");
     assert_eq!(hooked.len(), 1, "{hooked:?}");
 
     let b = with_endpoint(&a, 3, "198.18.100.3");
     let calls_before = rig.restore.calls().len();
     let report = sync(&mut rig, &a, &b, SyncMode::Partial).await;
     assert_eq!(report.mode, SyncMode::Partial);
-    assert!(report.objects_written <= 3, "{report}");
+    // The dispatch leaf holding the port (inline balancing: up to 16 ports of 3 rules).
+    assert!(report.objects_written <= 3 * 16, "{report}");
     assert_eq!(rig.restore.calls().len(), calls_before + 1, "one restore");
     assert_eq!(rig.summary("198.19.0.3"), "198.18.100.3:8080");
 
     let removed = rig.dataplane.cleanup().await.expect("cleanup");
-    assert!(removed.objects_removed > 50, "{removed:?}");
-    assert!(rig.hooks.chain(Family::V4, "nat", "PREROUTING").is_empty());
+    // The fixed chains and the dispatch leaves (inline balancing: the 50 ports have no chains).
+    assert!(removed.objects_removed > 10, "{removed:?}");
+    assert!(rig
+        .restore
+        .builtin(Family::V4, "nat", "PREROUTING")
+        .is_empty());
     let left = observe(rig.restore.as_ref(), rig.planner.names())
         .await
         .expect("observe");
@@ -493,8 +498,8 @@ async fn a_second_dataplane_on_the_same_prefix_is_refused_by_name_until_the_firs
     );
     assert!(
         second
-            .hooks
-            .chain(Family::V4, "nat", "PREROUTING")
+            .restore
+            .builtin(Family::V4, "nat", "PREROUTING")
             .is_empty(),
         "a refused cleanup removes nothing either"
     );
@@ -513,42 +518,317 @@ async fn a_second_dataplane_on_the_same_prefix_is_refused_by_name_until_the_firs
 
 // === drift check ===
 
+/// `rig`'s first nat chain holding a service port's rules (`SVCP-SVC-...`, or with inline
+/// balancing a dispatch leaf `SVCP-DT-...`) in `family`.
+fn a_service_chain(rig: &Rig, family: Family) -> String {
+    rig.restore
+        .state(family)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(':')
+                .filter(|c| c.starts_with("SVCP-SVC-") || c.starts_with("SVCP-DT-"))
+                .map(|c| c.split(' ').next().unwrap_or("").to_owned())
+        })
+        .expect("a service chain")
+}
+
 #[tokio::test]
-async fn the_drift_check_finds_deleted_chains_and_flushed_hooks_and_a_full_sync_clears_it() {
+async fn the_drift_check_finds_deleted_chains_flushed_hooks_and_edited_chains() {
     let mut rig = rig();
     assert!(
         !rig.dataplane.check_drift().await.expect("runs"),
         "nothing programmed, nothing to drift"
     );
-    let a = cases::scale_table(3, 1);
+    // 40 ports: more than a leaf of 16, so the dispatch tree has leaves.
+    let a = cases::scale_table(40, 1);
     sync(&mut rig, &ServiceTable::empty(), &a, SyncMode::Full).await;
     assert!(!rig.dataplane.check_drift().await.expect("runs"));
 
     // Chains deleted (`-X`): the canary is gone.
-    rig.hooks.set_missing("SVCP-CANARY", true);
+    rig.restore
+        .restore(
+            Family::V4,
+            "*nat\n:SVCP-CANARY - [0:0]\n-X SVCP-CANARY\nCOMMIT\n",
+        )
+        .await
+        .expect("vandal");
     assert!(rig.dataplane.check_drift().await.expect("runs"));
-    rig.hooks.set_missing("SVCP-CANARY", false);
     sync(&mut rig, &a, &a, SyncMode::Full).await;
     assert!(!rig.dataplane.check_drift().await.expect("runs"));
 
-    // Rules flushed (`-F`) in the IPv6 filter table: its first hook is gone.
-    let filter_hook = rig
+    // A hook deleted by hand from the IPv4 filter table (not its first one).
+    let hook = rig
         .planner
         .hooks()
         .into_iter()
-        .find(|h| h.table == backend_iptables::rules::TableName::Filter)
+        .filter(|h| h.table == backend_iptables::rules::TableName::Filter)
+        .nth(2)
         .expect("a filter hook");
-    backend_iptables::hooks::HookOps::delete(rig.hooks.as_ref(), Family::V6, &filter_hook)
-        .expect("fake");
+    rig.restore
+        .restore(
+            Family::V4,
+            &format!("*filter\n-D {} {}\nCOMMIT\n", hook.chain, hook.rule),
+        )
+        .await
+        .expect("vandal");
     assert!(rig.dataplane.check_drift().await.expect("runs"));
     let report = sync(&mut rig, &a, &a, SyncMode::Full).await;
     assert_eq!(report.mode, SyncMode::Full);
-    assert_eq!(
-        rig.hooks
-            .chain(Family::V6, "filter", filter_hook.chain.as_str()),
-        rig.hooks
-            .chain(Family::V4, "filter", filter_hook.chain.as_str()),
+    assert!(
+        rig.restore
+            .builtin(Family::V4, "filter", hook.chain.as_str())
+            .contains(&hook.rule.to_string()),
         "the full sync put the hook back"
     );
     assert!(!rig.dataplane.check_drift().await.expect("runs"));
+
+    // A rule added by hand to one of our service chains (issue #10): found by the next check,
+    // not only by the periodic full sync.
+    let chain = a_service_chain(&rig, Family::V4);
+    rig.restore
+        .restore(
+            Family::V4,
+            &format!("*nat\n-A {chain} -s 198.18.99.0/24 -j RETURN\nCOMMIT\n"),
+        )
+        .await
+        .expect("vandal");
+    assert!(rig.dataplane.check_drift().await.expect("runs"));
+    sync(&mut rig, &a, &a, SyncMode::Full).await;
+    assert!(
+        !rig.restore
+            .state(Family::V4)
+            .rsplit(&format!(":{chain} "))
+            .next()
+            .expect("declared")
+            .contains("198.18.99.0/24"),
+        "the full sync rewrote the chain"
+    );
+    assert!(!rig.dataplane.check_drift().await.expect("runs"));
+}
+
+#[tokio::test]
+async fn an_unchanged_ruleset_is_checked_with_one_save_and_never_rewritten() {
+    let mut rig = rig();
+    let a = cases::scale_table(5, 2);
+    sync(&mut rig, &ServiceTable::empty(), &a, SyncMode::Full).await;
+    let restores = rig.restore.calls().len();
+    let processes = rig.restore.processes().len();
+    for _ in 0..5 {
+        assert!(!rig.dataplane.check_drift().await.expect("runs"));
+    }
+    assert_eq!(rig.restore.calls().len(), restores, "nothing written");
+    let checks = &rig.restore.processes()[processes..];
+    assert_eq!(
+        checks,
+        vec![backend_iptables::testing::fake::Process::Save(Family::V4, None); 5],
+        "one save of the one family we program per check"
+    );
+    assert_eq!(rig.hooks.calls(), 0, "no per-rule iptables call");
+}
+
+// === fixed cost (issue #11) ===
+
+/// Processes a sync ran per family: (saves, restores), plus single-rule `iptables` calls.
+fn processes_since(rig: &Rig, from: usize, family: Family) -> (usize, usize) {
+    use backend_iptables::testing::fake::Process;
+    let all = rig.restore.processes();
+    let of = all[from..].iter().filter(|p| p.family() == family);
+    let saves = of
+        .clone()
+        .filter(|p| matches!(p, Process::Save(..)))
+        .count();
+    (saves, of.count() - saves)
+}
+
+#[tokio::test]
+async fn a_full_sync_of_one_service_runs_at_most_two_processes_per_family() {
+    let mut rig = rig();
+    let one = cases::scale_table(1, 1);
+    sync(&mut rig, &ServiceTable::empty(), &one, SyncMode::Full).await;
+    assert_eq!(
+        processes_since(&rig, 0, Family::V4),
+        (1, 1),
+        "one save and one restore"
+    );
+    assert_eq!(
+        processes_since(&rig, 0, Family::V6),
+        (1, 0),
+        "IPv6 read once for leftovers of ours, nothing written"
+    );
+    assert_eq!(rig.hooks.calls(), 0, "hooks go in the restore");
+    let hooked = rig.restore.builtin(Family::V4, "filter", "FORWARD");
+    assert_eq!(hooked.len(), 4, "{hooked:?}");
+    assert!(rig
+        .restore
+        .builtin(Family::V6, "nat", "PREROUTING")
+        .is_empty());
+
+    // The periodic full sync: IPv6 is known to hold nothing of ours, and stays untouched.
+    let from = rig.restore.processes().len();
+    sync(&mut rig, &one, &one, SyncMode::Full).await;
+    assert_eq!(processes_since(&rig, from, Family::V4), (1, 1));
+    assert_eq!(processes_since(&rig, from, Family::V6), (0, 0));
+    assert_eq!(rig.hooks.calls(), 0);
+    assert!(
+        !rig.restore
+            .calls()
+            .last()
+            .expect("a restore")
+            .1
+            .contains("-I "),
+        "hooks in place are not inserted again"
+    );
+    assert_eq!(rig.summary("198.19.0.0"), "198.18.0.0:8080");
+}
+
+#[tokio::test]
+async fn missing_hooks_go_first_in_planned_order_and_foreign_rules_stay() {
+    let mut rig = rig();
+    rig.restore.append_builtin(
+        Family::V4,
+        "filter",
+        "FORWARD",
+        "-p tcp -m tcp --dport 9 -j ACCEPT",
+    );
+    rig.restore.append_builtin(
+        Family::V4,
+        "nat",
+        "PREROUTING",
+        "-p udp -m udp --dport 9 -j RETURN",
+    );
+    let a = cases::scale_table(2, 1);
+    sync(&mut rig, &ServiceTable::empty(), &a, SyncMode::Full).await;
+    let planned: Vec<String> = rig
+        .planner
+        .hooks()
+        .iter()
+        .filter(|h| h.chain.as_str() == "FORWARD")
+        .map(|h| h.rule.to_string())
+        .collect();
+    let mut want = planned.clone();
+    want.push("-p tcp -m tcp --dport 9 -j ACCEPT".to_owned());
+    assert_eq!(rig.restore.builtin(Family::V4, "filter", "FORWARD"), want);
+    assert_eq!(
+        rig.restore.builtin(Family::V4, "nat", "PREROUTING").last(),
+        Some(&"-p udp -m udp --dport 9 -j RETURN".to_owned())
+    );
+
+    // One hook deleted by hand: the next full sync puts it back at the top, and only it.
+    rig.restore
+        .restore(
+            Family::V4,
+            &format!("*filter\n-D FORWARD {}\nCOMMIT\n", planned[1]),
+        )
+        .await
+        .expect("vandal");
+    sync(&mut rig, &a, &a, SyncMode::Full).await;
+    let calls = rig.restore.calls();
+    let input = &calls.last().expect("a restore").1;
+    let inserts: Vec<&str> = input.lines().filter(|l| l.starts_with("-I ")).collect();
+    assert_eq!(inserts, [format!("-I FORWARD 1 {}", planned[1])]);
+
+    // Cleanup takes exactly ours away, with one save and at most one restore per family.
+    let from = rig.restore.processes().len();
+    rig.dataplane.cleanup().await.expect("cleanup");
+    assert_eq!(processes_since(&rig, from, Family::V4), (1, 1));
+    assert_eq!(
+        processes_since(&rig, from, Family::V6),
+        (1, 0),
+        "nothing of ours there"
+    );
+    assert_eq!(
+        rig.restore.builtin(Family::V4, "filter", "FORWARD"),
+        ["-p tcp -m tcp --dport 9 -j ACCEPT"]
+    );
+    assert_eq!(
+        rig.restore.builtin(Family::V4, "nat", "PREROUTING"),
+        ["-p udp -m udp --dport 9 -j RETURN"]
+    );
+    assert_eq!(rig.hooks.calls(), 0);
+}
+
+#[tokio::test]
+async fn a_family_the_table_stops_using_is_emptied_then_left_alone() {
+    let mut rig = rig();
+    let dual = cases::cases()
+        .into_iter()
+        .find(|c| c.name == "dual_stack")
+        .expect("case")
+        .table;
+    sync(&mut rig, &ServiceTable::empty(), &dual, SyncMode::Full).await;
+    assert!(!rig
+        .restore
+        .builtin(Family::V6, "nat", "PREROUTING")
+        .is_empty());
+    let v6_chains = |rig: &Rig| {
+        let names = rig.planner.names().clone();
+        let restore = rig.restore.clone();
+        async move {
+            observe(restore.as_ref(), &names)
+                .await
+                .expect("observe")
+                .chains
+                .keys()
+                .filter(|k| k.0 == Family::V6)
+                .count()
+        }
+    };
+    assert!(v6_chains(&rig).await > 5);
+
+    // The IPv6 side goes: a partial sync deletes its chains, the next full sync the rest.
+    let v4 = cases::scale_table(2, 1);
+    sync(&mut rig, &dual, &v4, SyncMode::Partial).await;
+    sync(&mut rig, &v4, &v4, SyncMode::Full).await;
+    assert_eq!(v6_chains(&rig).await, 0);
+    for chain in ["PREROUTING", "OUTPUT", "POSTROUTING"] {
+        assert!(rig.restore.builtin(Family::V6, "nat", chain).is_empty());
+    }
+    assert!(!rig.dataplane.check_drift().await.expect("runs"));
+    let from = rig.restore.processes().len();
+    sync(&mut rig, &v4, &v4, SyncMode::Full).await;
+    assert!(!rig.dataplane.check_drift().await.expect("runs"));
+    assert_eq!(processes_since(&rig, from, Family::V6), (0, 0));
+
+    // An IPv6 service port again: its first sync is full, and hooks IPv6 again.
+    let report = sync(&mut rig, &v4, &dual, SyncMode::Partial).await;
+    assert_eq!(report.mode, SyncMode::Full);
+    assert_eq!(
+        rig.restore.builtin(Family::V6, "nat", "PREROUTING").len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn leftovers_of_an_earlier_run_in_an_unused_family_are_removed_at_the_first_sync() {
+    let mut earlier = rig();
+    let dual = cases::cases()
+        .into_iter()
+        .find(|c| c.name == "dual_stack")
+        .expect("case")
+        .table;
+    sync(&mut earlier, &ServiceTable::empty(), &dual, SyncMode::Full).await;
+    // A new process on the same kernel, with an IPv4-only table.
+    let mut rig = Rig {
+        dataplane: IptablesDataplane::with_runners(
+            earlier.planner.clone(),
+            earlier.restore.clone(),
+            earlier.restore.clone(),
+            earlier.hooks.clone(),
+        ),
+        restore: earlier.restore.clone(),
+        hooks: earlier.hooks.clone(),
+        planner: earlier.planner.clone(),
+    };
+    let from = rig.restore.processes().len();
+    let v4 = cases::scale_table(2, 1);
+    sync(&mut rig, &ServiceTable::empty(), &v4, SyncMode::Full).await;
+    assert_eq!(processes_since(&rig, from, Family::V6), (1, 1));
+    let left = observe(rig.restore.as_ref(), rig.planner.names())
+        .await
+        .expect("observe");
+    assert!(left.chains.keys().all(|k| k.0 == Family::V4));
+    assert!(rig
+        .restore
+        .builtin(Family::V6, "filter", "FORWARD")
+        .is_empty());
 }

@@ -1,10 +1,10 @@
-//! Packet flows through the rendered rules, per case, in both dispatch layouts.
+//! Packet flows through the rendered rules, per case, in every dispatch layout.
 
 mod cases;
 
 use std::net::SocketAddr;
 
-use backend_iptables::config::{DispatchLayout, IptablesConfig};
+use backend_iptables::config::{DispatchLayout, InlineBalancing, IptablesConfig, TreeConfig};
 use backend_iptables::plan::Planner;
 use backend_iptables::rules::Family;
 use backend_iptables::testing::trace::{run_packet_flows, Packet, Trace, Tracer};
@@ -16,15 +16,35 @@ fn tracer(config: &IptablesConfig, table: &ServiceTable, family: Family) -> Trac
     Tracer::from_plan(&planner, &plan, family, cases::local_addrs()).expect("our rules parse")
 }
 
+/// The layouts every case is traced in: flat dispatch, the tree with a chain per service port,
+/// and the tree with inline balancing (the default), each with the case's other settings.
+fn layouts(config: &IptablesConfig) -> Vec<(&'static str, IptablesConfig)> {
+    let with = |dispatch, inline_balancing| IptablesConfig {
+        dispatch,
+        tree: TreeConfig {
+            inline_balancing,
+            ..config.tree
+        },
+        ..config.clone()
+    };
+    vec![
+        ("flat", with(DispatchLayout::Flat, InlineBalancing::Never)),
+        (
+            "tree, per-port chains",
+            with(DispatchLayout::Tree, InlineBalancing::Never),
+        ),
+        (
+            "tree, inline balancing",
+            with(DispatchLayout::Tree, InlineBalancing::Always),
+        ),
+    ]
+}
+
 #[test]
-fn every_case_passes_its_packet_flows_in_both_layouts() {
+fn every_case_passes_its_packet_flows_in_every_layout() {
     let mut failures = Vec::new();
     for case in cases::cases() {
-        for layout in [DispatchLayout::Flat, DispatchLayout::Tree] {
-            let config = IptablesConfig {
-                dispatch: layout,
-                ..case.config.clone()
-            };
+        for (layout, config) in layouts(&case.config) {
             for family in Family::ALL {
                 let flows: Vec<_> = case
                     .flows
@@ -37,7 +57,7 @@ fn every_case_passes_its_packet_flows_in_both_layouts() {
                 }
                 let tracer = tracer(&config, &case.table, family);
                 for failure in run_packet_flows(&tracer, &flows) {
-                    failures.push(format!("{} ({layout:?}, {family}): {failure}", case.name));
+                    failures.push(format!("{} ({layout}, {family}): {failure}", case.name));
                 }
             }
         }
@@ -231,4 +251,78 @@ fn zone_hints_steer_cluster_traffic_to_this_zone() {
             addr("198.18.2.3:8080")
         ]
     );
+}
+
+#[test]
+fn hairpin_in_a_shared_leaf_is_masqueraded_only_when_the_endpoint_picks_itself() {
+    let c = case("tree_inline_leaves");
+    // 198.18.1.3 is port 3's local endpoint; port 3's rules sit in a leaf after port 2's.
+    let t = trace(&c, Packet::tcp("198.18.1.3", "198.19.2.3", 80));
+    for o in &t.outcomes {
+        let to_self = o.verdict.to_string() == "198.18.1.3:80";
+        assert_eq!(o.masq, to_self, "{t}");
+    }
+    for (to, p) in t.destinations() {
+        assert!((p - 1.0 / 3.0).abs() < 1e-9, "{to}: {p}\n{t}");
+    }
+}
+
+#[test]
+fn only_ports_that_need_a_chain_get_one() {
+    let c = case("tree_inline_leaves");
+    let planner = Planner::new(c.config.clone()).expect("valid config");
+    let plan = planner.plan_full(&c.table);
+    let nat = plan
+        .restore(Family::V4, backend_iptables::rules::TableName::Nat)
+        .expect("nat");
+    let service_chains: Vec<&str> = nat
+        .table
+        .chains
+        .iter()
+        .map(|chain| chain.name.as_str())
+        .filter(|name| name.contains("-SVC-") || name.contains("-SVL-"))
+        .collect();
+    // Port 5's 10 endpoints do not fit in a leaf of 10 rules (with its masquerade rule): its
+    // own chain; every other port is inline, two to a leaf.
+    let port5 = planner.names().service_cluster(
+        &proxy_core::ServicePortName::new("ns", "c05", "p"),
+        proxy_core::Protocol::Tcp,
+    );
+    assert_eq!(service_chains, [port5.as_str()]);
+    let leaves: Vec<_> = nat
+        .table
+        .chains
+        .iter()
+        .filter(|c| c.name.as_str().contains("-DT-"))
+        .collect();
+    assert_eq!(leaves.len(), 6, "{}", plan.render());
+    for chain in leaves {
+        assert!(
+            chain.rules.len() <= 10,
+            "{}: {} rules",
+            chain.name,
+            chain.rules.len()
+        );
+    }
+    // And the same ports, inline balancing off: a chain each.
+    let config = IptablesConfig {
+        tree: TreeConfig {
+            inline_balancing: InlineBalancing::Never,
+            ..c.config.tree
+        },
+        ..c.config.clone()
+    };
+    let plan = Planner::new(config)
+        .expect("valid config")
+        .plan_full(&c.table);
+    let nat = plan
+        .restore(Family::V4, backend_iptables::rules::TableName::Nat)
+        .expect("nat");
+    let count = nat
+        .table
+        .chains
+        .iter()
+        .filter(|chain| chain.name.as_str().contains("-SVC-"))
+        .count();
+    assert_eq!(count, 12);
 }

@@ -118,7 +118,7 @@ fn hooks_then_cleanup_leave_the_namespace_as_it_was() {
 
             let canary = planner.names().canary();
             assert!(
-                canaries_present(&hooks, &canary).expect("check"),
+                canaries_present(&hooks, &canary, &Family::ALL).expect("check"),
                 "{variant}: canaries written"
             );
 

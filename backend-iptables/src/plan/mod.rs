@@ -25,7 +25,8 @@ use std::net::IpAddr;
 
 use proxy_core::{ChangeSet, ServicePort, ServicePortName, ServiceTable, SyncMode};
 
-use crate::config::IptablesConfig;
+use crate::apply::Variant;
+use crate::config::{InlineBalancing, IptablesConfig};
 use crate::error::ConfigError;
 use crate::names::Names;
 mod port;
@@ -195,12 +196,15 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// A plan that only deletes chains (cleanup); it changes no recorded state.
-    pub(crate) fn deletions(restores: Vec<Restore>) -> Self {
-        Self {
-            mode: SyncMode::Full,
-            restores,
-            delta: AppliedDelta::default(),
+    /// Keeps only what the plan writes, deletes and records in the families `keep` accepts: the
+    /// dataplane leaves a family with nothing to program alone, and must not record its fixed
+    /// chains as applied there.
+    pub fn retain_families(&mut self, keep: impl Fn(Family) -> bool) {
+        self.restores.retain(|r| keep(r.family));
+        self.delta.written.retain(|(k, _)| keep(k.0));
+        self.delta.deleted.retain(|k| keep(k.0));
+        for set in self.delta.ports.iter_mut().filter_map(|(_, s)| s.as_mut()) {
+            set.retain(|k| keep(k.0));
         }
     }
 
@@ -264,8 +268,9 @@ pub struct Planner {
 /// What the dispatch and filter chains get from each service port, per family.
 #[derive(Default)]
 struct Shared {
-    /// (destination, rule) for the services dispatch chain, in port order.
-    dispatch: Vec<(IpAddr, Rule)>,
+    /// (destination, rules) for the services dispatch chain, in port order: one jump, or a
+    /// port's inline balancing rules (`TreeConfig::inline_balancing`).
+    dispatch: Vec<(IpAddr, Vec<Rule>)>,
     /// (protocol, node port, rule) for the node-ports chain.
     node_ports: Vec<(proxy_core::Protocol, u16, Rule)>,
     filter_services: Vec<Rule>,
@@ -286,6 +291,21 @@ impl Planner {
     /// The configuration.
     pub fn config(&self) -> &IptablesConfig {
         &self.config
+    }
+
+    /// This planner for `variant`: resolves [`InlineBalancing::Nft`] to inline balancing with
+    /// iptables-nft and to a chain per port with iptables-legacy (the layout each restores
+    /// faster; README "Inline balancing"). Other settings are kept as they are.
+    #[must_use]
+    pub fn for_variant(&self, variant: Variant) -> Self {
+        let mut planner = self.clone();
+        if planner.config.tree.inline_balancing == InlineBalancing::Nft {
+            planner.config.tree.inline_balancing = match variant {
+                Variant::Nft => InlineBalancing::Always,
+                Variant::Legacy => InlineBalancing::Never,
+            };
+        }
+        planner
     }
 
     /// The chain names.

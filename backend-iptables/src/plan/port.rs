@@ -10,6 +10,7 @@ use proxy_core::table::{Endpoint, SessionAffinity, TrafficPolicy};
 use proxy_core::{Protocol, ServicePort};
 
 use super::{Planner, Shared};
+use crate::config::{DispatchLayout, InlineBalancing};
 use crate::rules::{
     AddrTypeDir, Chain, ChainName, Family, Match, Probability, Recent, RejectWith, Rule, Target,
 };
@@ -60,16 +61,39 @@ impl Planner {
             }
         };
 
+        let affinity = match port.session_affinity {
+            SessionAffinity::None => None,
+            SessionAffinity::ClientIp { timeout } => {
+                Some(u32::try_from(timeout.as_secs()).unwrap_or(u32::MAX))
+            }
+        };
+        // Inline balancing: the internal chain's rules, guarded, go into the dispatch leaf.
+        let inline = match (&internal_chain, &port.cluster_ips[..]) {
+            (Some(chain), &[ip]) if ext.is_none() && affinity.is_none() => {
+                let endpoints = if Some(chain) == svc.as_ref() {
+                    &cluster
+                } else {
+                    &local
+                };
+                self.inline_rules(port, family, ip, chain, endpoints)
+            }
+            _ => None,
+        };
+
         // Dispatch: cluster IPs.
         for &ip in &port.cluster_ips {
+            if let Some(rules) = &inline {
+                shared.dispatch.push((ip, rules.clone()));
+                continue;
+            }
             match (&internal_chain, filter_rule(selection.internal_new())) {
                 (Some(chain), _) => shared.dispatch.push((
                     ip,
-                    Rule::new(Target::Jump(chain.clone()))
+                    vec![Rule::new(Target::Jump(chain.clone()))
                         .destination(ip)
                         .protocol(proto)
                         .comment(format!("{name} cluster IP"))
-                        .dport(proto, port.port),
+                        .dport(proto, port.port)],
                 )),
                 (None, Some((target, why))) => shared.filter_services.push(
                     Rule::new(target)
@@ -101,11 +125,11 @@ impl Planner {
                 };
                 shared.dispatch.push((
                     ip,
-                    Rule::new(Target::Jump(to))
+                    vec![Rule::new(Target::Jump(to))
                         .destination(ip)
                         .protocol(proto)
                         .comment(format!("{name} {kind}"))
-                        .dport(proto, port.port),
+                        .dport(proto, port.port)],
                 ));
             }
             if let Some((target, why)) = &external_filter {
@@ -151,16 +175,11 @@ impl Planner {
             }
         }
 
-        if !render {
+        if !render || inline.is_some() {
+            // An inline port has no chain of its own: its only referrer was the dispatch rule.
             return Vec::new();
         }
         let mut chains = Vec::new();
-        let affinity = match port.session_affinity {
-            SessionAffinity::None => None,
-            SessionAffinity::ClientIp { timeout } => {
-                Some(u32::try_from(timeout.as_secs()).unwrap_or(u32::MAX))
-            }
-        };
         let internal_is = |chain: &Option<ChainName>| chain.is_some() && *chain == internal_chain;
         if let Some(svc) = &svc {
             chains.push(self.balance_chain(
@@ -224,12 +243,35 @@ impl Planner {
         }
         if let (Some(fw), Some(ext)) = (&fw, &ext) {
             let mut chain = Chain::new(fw.clone());
-            for range in ranges.iter().filter(|r| family.contains(r.addr())) {
+            let ranges: Vec<&IpNet> = ranges
+                .iter()
+                .filter(|r| family.contains(r.addr()))
+                .collect();
+            for range in &ranges {
                 chain.push(
                     Rule::new(Target::Jump(ext.clone()))
-                        .source_net(*range, false)
+                        .source_net(**range, false)
                         .comment(format!("{name} loadbalancer IP")),
                 );
+            }
+            // kube-proxy's allowFromNode: a node reaching a load-balancer IP it holds locally
+            // (a VIP-like load balancer adds it, or routes it, to the node) sends from that IP,
+            // which no range names; let it in when a range lets the node in.
+            let allows_node = ranges
+                .iter()
+                .any(|range| self.config.node_ips.iter().any(|ip| range.contains(ip)));
+            if allows_node {
+                for &ip in port
+                    .load_balancer_ips
+                    .iter()
+                    .filter(|ip| family.contains(**ip))
+                {
+                    chain.push(
+                        Rule::new(Target::Jump(ext.clone()))
+                            .source(ip)
+                            .comment(format!("{name} loadbalancer IP")),
+                    );
+                }
             }
             chains.push(chain);
         }
@@ -259,6 +301,70 @@ impl Planner {
             }
         }
         chains
+    }
+
+    /// The rules of a port's balancing chain `chain`, each guarded by `-d ip -p proto --dport
+    /// port`, for a dispatch leaf; `None` when inline balancing is off or they would not fit.
+    ///
+    /// The caller only asks for a port whose balancing chain would have a single referrer, the
+    /// dispatch rule of its one cluster IP in this family: no EXT chain (no node port, external or
+    /// load-balancer IP with a usable policy: EXT would jump to the chain, and for eTP=Local
+    /// to both SVC and SVL), no session affinity (its SEP chains are `-m recent` targets), one
+    /// cluster IP. Everything the chain decides is then per packet and needs no state between
+    /// its rules but the hairpin pair's select mark, which stays valid: the port's rules keep
+    /// their order and are contiguous, and each ends the walk (DNAT) or falls to the next rule
+    /// of the same port (MARK), which the guard lets through alike.
+    fn inline_rules(
+        &self,
+        port: &ServicePort,
+        family: Family,
+        ip: std::net::IpAddr,
+        chain: &ChainName,
+        endpoints: &[&Endpoint],
+    ) -> Option<Vec<Rule>> {
+        let tree = &self.config.tree;
+        if self.config.dispatch != DispatchLayout::Tree
+            || tree.inline_balancing == InlineBalancing::Never
+        {
+            return None;
+        }
+        let rules = self
+            .balance_chain(port, family, chain, endpoints, true, None)
+            .rules;
+        if rules.len() > tree.leaf_max_rules.max(1) {
+            return None;
+        }
+        let proto = port.protocol;
+        Some(
+            rules
+                .into_iter()
+                .map(|mut rule| {
+                    if rule.destination.is_none() {
+                        rule = rule.destination(ip);
+                    }
+                    if rule.protocol.is_none() {
+                        rule = rule.protocol(proto);
+                    }
+                    let has_port = rule
+                        .matches
+                        .iter()
+                        .any(|m| matches!(m, Match::DestPort { .. }));
+                    if !has_port {
+                        // After the comment, as the dispatch rules write it.
+                        let at =
+                            usize::from(matches!(rule.matches.first(), Some(Match::Comment(_))));
+                        rule.matches.insert(
+                            at,
+                            Match::DestPort {
+                                protocol: proto,
+                                port: port.port,
+                            },
+                        );
+                    }
+                    rule
+                })
+                .collect(),
+        )
     }
 
     /// A service port's balancing chain (SVC- or SVL-) over `endpoints` (never empty).

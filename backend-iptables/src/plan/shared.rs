@@ -25,10 +25,10 @@ impl Planner {
             DispatchLayout::Flat => {
                 services
                     .rules
-                    .extend(shared.dispatch.into_iter().map(|(_, r)| r));
+                    .extend(shared.dispatch.into_iter().flat_map(|(_, r)| r));
             }
             DispatchLayout::Tree => {
-                let mut entries: Vec<(u128, Rule)> = shared
+                let mut entries: Vec<(u128, Vec<Rule>)> = shared
                     .dispatch
                     .into_iter()
                     .map(|(a, r)| (addr_bits(a), r))
@@ -150,15 +150,15 @@ impl Planner {
 
     /// One node of a dispatch tree: returns the node's rules, pushing child chains.
     ///
-    /// Entries are sorted by key (an address, or a port) of `key.width` bits. A node with few rules
-    /// (or one key) keeps them inline; otherwise entries are grouped by the fewest bits (up to
-    /// `stride_bits`) after their common prefix that make every group a leaf, each group
-    /// becoming `<key.group match> -g child` (or its single rule inline). Groups are disjoint, so
-    /// at most one can match.
+    /// Entries are sorted by key (an address, or a port) of `key.width` bits; each holds one
+    /// rule, or a port's inline balancing rules. A node with few entries and rules (or one key)
+    /// keeps them inline; otherwise entries are grouped by the fewest bits (up to `stride_bits`)
+    /// after their common prefix that make every group a leaf, each group becoming `<key.group
+    /// match> -g child` (or its single rule inline). Groups are disjoint, so at most one can match.
     fn tree_node(
         &self,
         key: &TreeKey<'_>,
-        entries: Vec<(u128, Rule)>,
+        entries: Vec<(u128, Vec<Rule>)>,
         link: fn(ChainName) -> Target,
         chains: &mut Vec<Chain>,
     ) -> Vec<Rule> {
@@ -167,36 +167,41 @@ impl Planner {
             (Some(f), Some(l)) => (f.0, l.0),
             _ => return Vec::new(),
         };
-        let leaf = self.config.tree.leaf_rules.max(1);
-        if entries.len() <= leaf || first == last {
-            return entries.into_iter().map(|(_, r)| r).collect();
+        let limits = Limits {
+            entries: self.config.tree.leaf_rules.max(1),
+            rules: self.config.tree.leaf_max_rules.max(1),
+        };
+        if limits.fit(entries.len(), rule_count(&entries)) || first == last {
+            return entries.into_iter().flat_map(|(_, r)| r).collect();
         }
         // Common prefix length of the whole (sorted) set = that of its extremes.
         let common = ((first ^ last) << (128 - width)).leading_zeros().min(width);
         let stride = u32::from(self.config.tree.stride_bits.clamp(1, 8));
         let split = (1..=stride)
             .map(|bits| (common + bits).min(width))
-            .find(|&split| max_group(&entries, width - split) <= leaf)
+            .find(|&split| groups_fit(&entries, width - split, limits))
             .unwrap_or((common + stride).min(width));
         let shift = width - split;
         let mut rules = Vec::new();
-        let mut group: Vec<(u128, Rule)> = Vec::new();
-        let flush = |group: Vec<(u128, Rule)>, rules: &mut Vec<Rule>, chains: &mut Vec<Chain>| {
-            let Some(&(value, _)) = group.first() else {
-                return;
+        let mut group: Vec<(u128, Vec<Rule>)> = Vec::new();
+        let flush =
+            |group: Vec<(u128, Vec<Rule>)>, rules: &mut Vec<Rule>, chains: &mut Vec<Chain>| {
+                let Some(&(value, _)) = group.first() else {
+                    return;
+                };
+                // A single rule costs the parent's walk no more than the jump to a child would.
+                if rule_count(&group) == 1 {
+                    rules.extend(group.into_iter().flat_map(|(_, r)| r));
+                    return;
+                }
+                let prefix = (value >> shift) << shift;
+                let (name, mut rule) = (key.group)(prefix, split);
+                let mut child = Chain::new(name.clone());
+                child.rules = self.tree_node(key, group, Target::Goto, chains);
+                chains.push(child);
+                rule.target = link(name);
+                rules.push(rule);
             };
-            if group.len() == 1 {
-                rules.extend(group.into_iter().map(|(_, r)| r));
-                return;
-            }
-            let prefix = (value >> shift) << shift;
-            let (name, mut rule) = (key.group)(prefix, split);
-            let mut child = Chain::new(name.clone());
-            child.rules = self.tree_node(key, group, Target::Goto, chains);
-            chains.push(child);
-            rule.target = link(name);
-            rules.push(rule);
-        };
         for entry in entries {
             let same = group
                 .first()
@@ -222,10 +227,10 @@ impl Planner {
         }
         let mut rules = Vec::new();
         for protocol in Protocol::ALL {
-            let mut group: Vec<(u128, Rule)> = entries
+            let mut group: Vec<(u128, Vec<Rule>)> = entries
                 .iter()
                 .filter(|(p, _, _)| *p == protocol)
-                .map(|(_, port, r)| (u128::from(*port), r.clone()))
+                .map(|(_, port, r)| (u128::from(*port), vec![r.clone()]))
                 .collect();
             group.sort_by_key(|(p, _)| *p);
             let names = &self.names;
@@ -263,22 +268,43 @@ struct TreeKey<'a> {
     group: &'a dyn Fn(u128, u32) -> (ChainName, Rule),
 }
 
-/// The largest run of entries sharing `addr >> shift` (entries are sorted by address).
-fn max_group(entries: &[(u128, Rule)], shift: u32) -> usize {
-    let mut best = 0;
-    let mut run = 0;
-    let mut prev = None;
-    for (addr, _) in entries {
-        let key = addr >> shift;
-        if prev == Some(key) {
-            run += 1;
-        } else {
-            run = 1;
-            prev = Some(key);
-        }
-        best = best.max(run);
+/// How much a leaf may hold.
+#[derive(Clone, Copy)]
+struct Limits {
+    /// Entries (`TreeConfig::leaf_rules`).
+    entries: usize,
+    /// Rules, inline balancing rules counted (`TreeConfig::leaf_max_rules`).
+    rules: usize,
+}
+
+impl Limits {
+    fn fit(self, entries: usize, rules: usize) -> bool {
+        entries <= self.entries && rules <= self.rules
     }
-    best
+}
+
+fn rule_count(entries: &[(u128, Vec<Rule>)]) -> usize {
+    entries.iter().map(|(_, r)| r.len()).sum()
+}
+
+/// Whether every run of entries sharing `addr >> shift` (entries are sorted by address) fits in
+/// a leaf, or is a single address (which no split divides).
+fn groups_fit(entries: &[(u128, Vec<Rule>)], shift: u32, limits: Limits) -> bool {
+    let mut start = 0;
+    while start < entries.len() {
+        let key = entries[start].0 >> shift;
+        let len = entries[start..]
+            .iter()
+            .take_while(|(a, _)| a >> shift == key)
+            .count();
+        let run = &entries[start..start + len];
+        let single_address = run.first().map(|e| e.0) == run.last().map(|e| e.0);
+        if !single_address && !limits.fit(len, rule_count(run)) {
+            return false;
+        }
+        start += len;
+    }
+    true
 }
 
 fn addr_bits(addr: IpAddr) -> u128 {

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use backend_iptables::apply::{apply_plan, CommandRunner, Variant};
-use backend_iptables::config::{DispatchLayout, IptablesConfig};
+use backend_iptables::config::{DispatchLayout, InlineBalancing, IptablesConfig, TreeConfig};
 use backend_iptables::hooks::{ensure_hooks, IptablesHooks};
 use backend_iptables::plan::Planner;
 use backend_iptables::testing::trace::PacketFlow;
@@ -351,6 +351,82 @@ pub fn cases() -> Vec<Case> {
                 .masq(),
             ],
         ),
+        Case {
+            name: "lb_source_ranges_from_node",
+            table: table(vec![
+                {
+                    // A range holds this node's address: the node may reach the LB IP from
+                    // the LB IP itself (kube-proxy's allowFromNode).
+                    let mut p = port("lbnode", Protocol::Tcp, "198.19.0.15", 80)
+                        .with_endpoint(remote("198.18.2.15", 80));
+                    p.load_balancer_ips = vec![ip("198.19.101.15")];
+                    p.load_balancer_source_ranges = vec![
+                        "198.18.200.0/24".parse().expect("range"),
+                        "198.18.250.0/24".parse().expect("range"),
+                    ];
+                    p
+                },
+                {
+                    // No range holds a node address: its LB IP is no source of its own.
+                    let mut p = port("lbfar", Protocol::Tcp, "198.19.0.16", 80)
+                        .with_endpoint(remote("198.18.2.16", 80));
+                    p.load_balancer_ips = vec![ip("198.19.101.16")];
+                    p.load_balancer_source_ranges = vec!["198.18.250.0/24".parse().expect("range")];
+                    p
+                },
+            ]),
+            config: IptablesConfig {
+                node_ips: vec![ip(NODE_IP), ip(NODE_IP6)],
+                ..config()
+            },
+            flows: vec![
+                tcp(
+                    "the node to its LB IP, from the LB IP",
+                    "198.19.101.15",
+                    "198.19.101.15",
+                    80,
+                    "198.18.2.15:80",
+                )
+                .masq(),
+                tcp(
+                    "the node from its own address",
+                    NODE_IP,
+                    "198.19.101.15",
+                    80,
+                    "198.18.2.15:80",
+                )
+                .masq(),
+                tcp(
+                    "a client in a range",
+                    CLIENT,
+                    "198.19.101.15",
+                    80,
+                    "198.18.2.15:80",
+                )
+                .masq(),
+                tcp(
+                    "a client outside the ranges is dropped",
+                    BLOCKED_CLIENT,
+                    "198.19.101.15",
+                    80,
+                    "DROP",
+                ),
+                tcp(
+                    "the LB IP as source, no range holding the node: dropped",
+                    "198.19.101.16",
+                    "198.19.101.16",
+                    80,
+                    "DROP",
+                ),
+                tcp(
+                    "another LB IP as source is no exception",
+                    "198.19.101.16",
+                    "198.19.101.15",
+                    80,
+                    "DROP",
+                ),
+            ],
+        },
         case(
             "affinity",
             vec![{
@@ -652,7 +728,112 @@ pub fn cases() -> Vec<Case> {
                 .masq(),
             ],
         },
+        Case {
+            name: "tree_40_services_port_chains",
+            table: table(forty_services()),
+            config: IptablesConfig {
+                dispatch: DispatchLayout::Tree,
+                tree: TreeConfig {
+                    inline_balancing: InlineBalancing::Never,
+                    ..TreeConfig::default()
+                },
+                ..config()
+            },
+            flows: vec![tcp(
+                "its udp port on the same VIP, through its own chain",
+                POD,
+                "198.19.1.20",
+                53,
+                "198.18.10.20:53",
+            )
+            .proto(Protocol::Udp)],
+        },
+        Case {
+            name: "tree_inline_leaves",
+            table: table(inline_leaves()),
+            config: IptablesConfig {
+                dispatch: DispatchLayout::Tree,
+                // Small leaves, so 12 ports make a tree and one port does not fit in a leaf.
+                tree: TreeConfig {
+                    leaf_max_rules: 10,
+                    ..TreeConfig::default()
+                },
+                ..config()
+            },
+            flows: vec![
+                tcp(
+                    "the first port, whose leaf it shares with its neighbour",
+                    POD,
+                    "198.19.2.0",
+                    80,
+                    "198.18.2.0:80, 198.18.3.0:80, 198.18.4.0:80",
+                ),
+                tcp(
+                    "a port with a hairpin endpoint, behind a neighbour in its leaf",
+                    POD,
+                    "198.19.2.3",
+                    80,
+                    "198.18.1.3:80, 198.18.3.3:80, 198.18.4.3:80",
+                ),
+                tcp(
+                    "the port too large for a leaf, through its own chain",
+                    POD,
+                    "198.19.2.5",
+                    80,
+                    "198.18.2.5:80, 198.18.3.5:80, 198.18.4.5:80, 198.18.5.5:80, 198.18.6.5:80, 198.18.7.5:80, 198.18.8.5:80, 198.18.9.5:80, 198.18.10.5:80, 198.18.11.5:80",
+                ),
+                tcp(
+                    "the last port",
+                    POD,
+                    "198.19.2.11",
+                    80,
+                    "198.18.2.11:80, 198.18.3.11:80, 198.18.4.11:80",
+                ),
+                tcp(
+                    "its port number only: another port of a VIP is not its",
+                    POD,
+                    "198.19.2.11",
+                    81,
+                    "ACCEPT",
+                ),
+                tcp(
+                    "from outside the cluster: masqueraded in the leaf",
+                    CLIENT,
+                    "198.19.2.7",
+                    80,
+                    "198.18.2.7:80, 198.18.3.7:80, 198.18.4.7:80",
+                )
+                .masq(),
+            ],
+        },
     ]
+}
+
+/// 12 cluster-IP-only ports on 198.19.2.0..198.19.2.11 with 3 remote endpoints each
+/// (198.18.{2,3,4}.i), except port 3, whose first endpoint is on this node (198.18.1.3: hairpin
+/// rules), and port 5, with 10 endpoints (198.18.{2..11}.5: more rules than a leaf of
+/// `tree_inline_leaves` holds).
+fn inline_leaves() -> Vec<ServicePort> {
+    (0..12u8)
+        .map(|i| {
+            let count = if i == 5 { 10 } else { 3 };
+            let mut p = port(
+                &format!("c{i:02}"),
+                Protocol::Tcp,
+                &format!("198.19.2.{i}"),
+                80,
+            );
+            p.target_port = 80;
+            for net in 2..2 + count {
+                p = if i == 3 && net == 2 {
+                    p.with_endpoint(local("198.18.1.3", 80))
+                } else {
+                    p.with_endpoint(remote(&format!("198.18.{net}.{i}"), 80))
+                };
+            }
+            p
+        })
+        .collect()
 }
 
 /// 40 services of 2 endpoints on 198.19.1.0..198.19.1.39 (node ports 30000 + i), every fifth with a
