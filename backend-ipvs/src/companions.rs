@@ -10,7 +10,9 @@
 //!                                      marked 0x4000 ─▶ clear the bit, MASQUERADE
 //!  filter INPUT ───┐
 //!  filter FORWARD ─┴─▶ {P}FILTER: LB IP:port with source ranges, source not in them ─▶ DROP
-//!                                 eTP=Local with no local endpoint ({P}DROP) ─▶ DROP
+//!                                 no local endpoint for a Local policy ({P}DROP) ─▶ DROP
+//!                                 same, external address, source outside the cluster CIDRs
+//!                                   ({P}DROP-OUTSIDE: pods reach the cluster endpoints) ─▶ DROP
 //!                                 no endpoint at all ({P}REJECT) ─▶ REJECT
 //! ```
 //!

@@ -23,8 +23,16 @@ pub struct IpvsConfig {
     /// The dummy interface the service VIPs are bound to (kube-proxy's `kube-ipvs0`). It is
     /// ours alone: every address on it marks a virtual server as ours, and cleanup deletes it.
     pub interface: String,
-    /// The node's addresses: each node port gets a virtual server on each of them.
+    /// The node's addresses, a fixed list: each node port gets a virtual server on each of
+    /// them. Empty (the default): every address of the node but loopback, IPv6 link-local and
+    /// those on [`IpvsConfig::interface`] (the VIPs), as kube-proxy does, followed as they come
+    /// and go (rtnetlink, in the namespace of the first sync;
+    /// [`proxy_core::node_addresses::NodeAddresses::kernel`]). An embedder can feed its own
+    /// instead ([`crate::IpvsDataplane::with_node_addresses`]).
     pub node_addresses: Vec<IpAddr>,
+    /// Serve node ports only on the node addresses within these networks (kube-proxy's
+    /// `--nodeport-addresses`); empty: on all of them.
+    pub node_port_addresses: Vec<IpNet>,
     /// The scheduler for service ports that ask for none (`rr`, as kube-proxy).
     pub default_scheduler: Scheduler,
     /// Masquerade (SNAT to the node) every connection to a service, as kube-proxy's
@@ -33,7 +41,10 @@ pub struct IpvsConfig {
     pub masquerade_all: bool,
     /// The pod networks (kube-proxy's `--cluster-cidr`): connections to a cluster IP from
     /// sources outside them are masqueraded. Empty (and no `masquerade_all`): cluster-IP
-    /// traffic is not masqueraded, as in kube-proxy.
+    /// traffic is not masqueraded, as in kube-proxy. Sources in them also keep reaching a node
+    /// port, external or load-balancer IP of an `externalTrafficPolicy: Local` service with no
+    /// endpoint on this node (over the cluster-wide endpoints, as in kube-proxy's IPVS mode),
+    /// which everyone else finds dropped; empty: dropped for everyone.
     pub cluster_cidrs: Vec<IpNet>,
     /// How long a removed TCP real server keeps its open connections (at weight 0) before it is
     /// deleted anyway. kube-proxy has no limit but the connections' own timeouts; we bound it.
@@ -134,6 +145,7 @@ impl Default for IpvsConfig {
         Self {
             interface: "svcp-ipvs0".to_owned(),
             node_addresses: Vec::new(),
+            node_port_addresses: Vec::new(),
             default_scheduler: Scheduler::RoundRobin,
             masquerade_all: false,
             cluster_cidrs: Vec::new(),

@@ -28,6 +28,7 @@ use prometheus_client::registry::Registry;
 use proxy_core::dataplane::{
     Capabilities, CleanupReport, DryRun, SyncMode, SyncProblem, SyncReport, SyncRequest,
 };
+use proxy_core::node_addresses::{node_port_ips, NodeAddresses};
 use proxy_core::table::{Protocol, Scheduler, ServicePortName, ServiceTable};
 use proxy_core::{diff, Dataplane, DataplaneError};
 use tracing::{debug, debug_span, info, warn};
@@ -44,7 +45,8 @@ use crate::model::{RealServer, ServiceKey};
 use crate::observe::{observe_owned, refresh_services, Ownership};
 use crate::ops::IpvsOps;
 use crate::plan::{
-    plan, plan_desired, plan_keys, render_state, Desired, Draining, IpvsState, Op, Touched,
+    plan, plan_desired, plan_desired_on, plan_keys, render_state, Desired, Draining, IpvsState, Op,
+    Touched,
 };
 use kernel::{check_netns, Kernel};
 
@@ -60,6 +62,8 @@ pub struct IpvsDataplane {
     /// Whether the companions are programmed (never over [`IpvsDataplane::with_ops`]).
     has_companions: bool,
     metrics: Metrics,
+    /// Where the node's addresses come from (also in the core, which plans with them).
+    node_addresses: NodeAddresses,
 }
 
 /// Everything a sync reads and writes, moved to the blocking thread and back.
@@ -91,6 +95,8 @@ struct Core {
     flow_cleanup: Option<std::thread::JoinHandle<Option<SyncProblem>>>,
     /// Where the drift check's rolling audit of real servers goes on (see [`DriftAudit`]).
     audit: DriftAudit,
+    /// Where the node's addresses come from: node ports are planned on them.
+    node_addresses: NodeAddresses,
 }
 
 /// The drift check's rolling audit: each check compares a slice of our virtual servers (their
@@ -246,6 +252,14 @@ impl IpvsDataplane {
     }
 
     fn from_parts(config: IpvsConfig, kernel: Kernel, has_companions: bool) -> Self {
+        // No list configured: the node's own addresses, followed; but over a fake IPVS
+        // (`with_ops`, which opens nothing of its own) the configured list, empty or not.
+        let is_fake = matches!(kernel, Kernel::Open { .. });
+        let node_addresses = if config.node_addresses.is_empty() && !is_fake {
+            NodeAddresses::kernel()
+        } else {
+            NodeAddresses::fixed(config.node_addresses.iter().copied())
+        };
         IpvsDataplane {
             core: Arc::new(Mutex::new(Core {
                 config: config.clone(),
@@ -263,11 +277,25 @@ impl IpvsDataplane {
                 owner: Vec::new(),
                 flow_cleanup: None,
                 audit: DriftAudit::new(),
+                node_addresses: node_addresses.clone(),
             })),
             config,
             has_companions,
             metrics: Metrics::default(),
+            node_addresses,
         }
+    }
+
+    /// The same dataplane, with node ports on the addresses of `source` (filtered by
+    /// [`IpvsConfig::node_port_addresses`], less those on our interface) instead of those the
+    /// config names: an embedder feeds them by hand with [`NodeAddresses::manual`]. The sync
+    /// loop follows the source ([`Dataplane::node_addresses`]): each change plans again only
+    /// the service ports that depend on the addresses ([`Desired::readdress`]).
+    #[must_use]
+    pub fn with_node_addresses(mut self, source: NodeAddresses) -> Self {
+        self.lock().node_addresses = source.clone();
+        self.node_addresses = source;
+        self
     }
 
     /// The capabilities of this backend (also [`Dataplane::capabilities`]). Source ranges need
@@ -401,7 +429,13 @@ impl IpvsDataplane {
     /// [`Dataplane::dry_run`] without the capability check: the desired state as an
     /// `ipvsadm -Ln`-style listing under a summary line, and the problems a sync would report.
     fn render_dry_run(&self, table: &ServiceTable) -> DryRun {
-        let desired = plan_desired(table, &self.config);
+        // The addresses known now (no I/O: a source not started yet has none).
+        let node_ips = node_port_ips(
+            &self.node_addresses.current(),
+            &self.config.node_port_addresses,
+            None,
+        );
+        let desired = plan_desired_on(table, &self.config, node_ips);
         let mut rendered = format!(
             "# ipvs backend: {} virtual server(s) for {} service port(s), {} endpoint(s); VIPs on {}\n",
             desired.state.services.len(),
@@ -523,16 +557,40 @@ impl Core {
     /// The desired state for `table`, and what changed since the last one: `None` when it was
     /// computed whole (first sync, full sync).
     fn take_desired(&mut self, table: &ServiceTable, partial: bool) -> (Desired, Option<Touched>) {
+        let node_ips = self.node_ips();
         match (partial, self.cache.take()) {
             (true, Some((last, mut desired))) => {
                 // Our own diff against the table we last computed for: proxy-core's diff skips
                 // shared entries by pointer, so it costs what changed. A node name change alone
                 // needs nothing: locality is each endpoint's `is_local`.
-                let touched = desired.update(&diff(&last, table), &self.config);
+                let mut touched = desired.update(&diff(&last, table), &self.config);
+                // Then the node's addresses: only the ports that depend on them, if they moved.
+                let moved = desired.readdress(table, node_ips, &self.config);
+                touched.keys.extend(moved.keys);
+                touched.endpoints.extend(moved.endpoints);
                 (desired, Some(touched))
             }
-            _ => (plan_desired(table, &self.config), None),
+            _ => (plan_desired_on(table, &self.config, node_ips), None),
         }
+    }
+
+    /// The node addresses node ports go on now: the source's, within
+    /// [`IpvsConfig::node_port_addresses`], less those on our interface (VIPs we bound; before
+    /// the first sync has found the interface, asked for by name).
+    fn node_ips(&self) -> std::collections::BTreeSet<IpAddr> {
+        let ours = self.link_index.or_else(|| {
+            let link = self.link.as_ref()?;
+            link.link_index(&self.config.interface).ok().flatten()
+        });
+        if let Some(index) = ours {
+            // Our VIPs then cost the watcher nothing (no wake-up, no place in the set).
+            self.node_addresses.exclude_link(index);
+        }
+        node_port_ips(
+            &self.node_addresses.current(),
+            &self.config.node_port_addresses,
+            ours,
+        )
     }
 
     fn sync(
@@ -555,6 +613,14 @@ impl Core {
         now: Instant,
     ) -> Result<Outcome, BackendError> {
         let ipvs = debug_span!("connect").in_scope(|| self.ipvs())?;
+        // The first sync of a source that follows the kernel dumps the node's addresses (in
+        // this thread's namespace); if it cannot, node ports wait for a later sync.
+        let address_problem = self.node_addresses.start().err().map(|e| {
+            let cause = std::error::Error::source(&e)
+                .map(|source| format!(": {source}"))
+                .unwrap_or_default();
+            SyncProblem::new("node addresses", format!("{e}{cause}"))
+        });
         let partial = requested == SyncMode::Partial && !self.needs_full;
         let started = Instant::now();
         let (desired, touched) =
@@ -564,7 +630,12 @@ impl Core {
             elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
             "IPVS desired state"
         );
-        let result = self.sync_desired(ipvs.as_ref(), &desired, touched.as_ref(), now);
+        let result = self
+            .sync_desired(ipvs.as_ref(), &desired, touched.as_ref(), now)
+            .map(|mut outcome| {
+                outcome.problems.extend(address_problem);
+                outcome
+            });
         let started = Instant::now();
         self.cache = Some((table.clone(), desired));
         debug!(
@@ -1076,6 +1147,11 @@ impl Dataplane for IpvsDataplane {
     /// ours under `svcproxy`) and records into them from now on.
     fn register_metrics(&mut self, registry: &mut Registry) {
         self.metrics = Metrics::register(registry);
+    }
+
+    /// The source node ports follow: the sync loop runs a partial sync after each change.
+    fn node_addresses(&self) -> Option<NodeAddresses> {
+        Some(self.node_addresses.clone())
     }
 }
 

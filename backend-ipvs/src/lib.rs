@@ -1,8 +1,9 @@
 //! backend-ipvs: the kernel's IPVS load balancer as a [`proxy_core::Dataplane`].
 //!
 //! [`IpvsDataplane`] programs, for each service port of a table, a virtual server per (VIP,
-//! port, protocol): cluster, external and load-balancer IPs on the service port, each
-//! [`IpvsConfig::node_addresses`] entry on the node port. Each gets the port's scheduler (`rr`,
+//! port, protocol): cluster, external and load-balancer IPs on the service port, each node
+//! address on the node port (by default the node's own, followed as they come and go; see
+//! [`IpvsConfig::node_addresses`]). Each gets the port's scheduler (`rr`,
 //! `wrr`, `lc`, `wlc`, `sh`, `dh`, `sed`, `nq`, `mh`; not `random`), persistence for client-IP
 //! affinity, and a masquerading real server per selected endpoint with its weight. A sync diffs
 //! against the kernel (dumped on full syncs) and sends only the needed netlink requests, many

@@ -8,15 +8,19 @@
 //!
 //! A virtual server per (VIP, port, protocol):
 //! - each cluster IP on the service port, with the *internal* endpoints;
-//! - each external and load-balancer IP on the service port, and each configured node address of
-//!   the service's families on the node port, with the *external* endpoints (`Local`: only this
-//!   node's);
+//! - each external and load-balancer IP on the service port, and each node address of the
+//!   service's families on the node port, with the *external* endpoints (`Local`: only this
+//!   node's). The node addresses are the configured ones, or the node's own as they come and go
+//!   ([`Desired::readdress`] plans again only the ports that depend on them);
 //!
 //! with the port's scheduler (or the configured default; `mh` also gets the `mh-port` flag, as
 //! kube-proxy sets it), persistence for client-IP affinity, and a masquerading real server per
 //! selected endpoint of the VIP's family, with the endpoint's weight. A port whose traffic must
 //! be refused or dropped ([`Verdict`]) keeps a virtual server with no real servers: IPVS answers
-//! ICMP port unreachable, and the companion rules drop where the policy says drop.
+//! ICMP port unreachable, and the companion rules drop where the policy says drop. The exception,
+//! kube-proxy's IPVS mode's: an external address of a `Local` external policy with no local
+//! endpoint keeps the cluster-wide endpoints for pods ([`Verdict::DropOutsideCluster`]), and
+//! the companions drop every other source.
 //!
 //! # Graceful termination
 //!
@@ -39,7 +43,8 @@ mod desired;
 mod state;
 
 pub use desired::{
-    plan_desired, render_listing, render_state, Desired, Origin, Touched, Verdict, VipKind,
+    configured_node_ips, depends_on_node_ips, plan_desired, plan_desired_on, render_listing,
+    render_state, Desired, Origin, Touched, Verdict, VipKind,
 };
 pub use state::{IpvsState, ServiceState};
 

@@ -1046,3 +1046,127 @@ fn vm_the_drift_check_sees_a_real_server_edited_by_hand_and_nothing_when_untouch
         );
     });
 }
+
+#[test]
+#[ignore = "needs root and IPVS: run via scripts/vm-test"]
+fn vm_node_ports_follow_the_nodes_addresses_but_not_our_vips() {
+    in_new_netns(|| {
+        let topo = Topology::new("follow");
+        let _servers = Servers::start(&topo, &[EP_A]);
+        // No node_addresses: the node's own, followed (kube-proxy's default).
+        let config = IpvsConfig {
+            node_addresses: Vec::new(),
+            ..config()
+        };
+        let dp = IpvsDataplane::new(config).unwrap_or_else(|e| panic!("{e:?}: {NEEDS_VM}"));
+        let mut web = port("web", Protocol::Tcp, "198.19.0.50", 80, &[EP_A]);
+        web.node_port = Some(30090);
+        web.external_ips = vec![ip("198.19.6.50")];
+        let t = table(vec![web]);
+        sync(&dp, &ServiceTable::empty(), &t, SyncMode::Full);
+        let node_port_vips = || -> Vec<String> {
+            dp.applied()
+                .services
+                .keys()
+                .filter(|k| k.port == 30090)
+                .map(|k| k.addr.to_string())
+                .collect()
+        };
+        // The node's IPv4 addresses (the service is IPv4 only), not the VIPs bound to our
+        // interface, nor loopback.
+        assert_eq!(node_port_vips(), ["198.18.1.1", "198.18.2.1"]);
+        let (server, _) = topo
+            .client(|| tcp_hello(sa("198.18.2.1:30090")))
+            .expect("node port on the node's address");
+        assert_eq!(server, sa(EP_A));
+
+        // An address added while running: a partial sync (the sync loop runs one when the
+        // source changes) puts a virtual server on it.
+        run("ip", &["addr", "add", "198.18.2.2/24", "dev", "n-cli"]);
+        let started = Instant::now();
+        eventually(
+            "node port on the added address",
+            Duration::from_secs(3),
+            Duration::from_millis(50),
+            || {
+                let report = sync(&dp, &t, &t, SyncMode::Partial);
+                let vips = node_port_vips();
+                if vips.contains(&"198.18.2.2".to_owned()) {
+                    Ok(report)
+                } else {
+                    Err(vips)
+                }
+            },
+        );
+        eprintln!(
+            "node port on an added address after {:?}",
+            started.elapsed()
+        );
+        let (server, _) = topo
+            .client(|| tcp_hello(sa("198.18.2.2:30090")))
+            .expect("node port on the added address");
+        assert_eq!(server, sa(EP_A));
+
+        run("ip", &["addr", "del", "198.18.2.2/24", "dev", "n-cli"]);
+        eventually(
+            "node port gone with its address",
+            Duration::from_secs(3),
+            Duration::from_millis(50),
+            || {
+                sync(&dp, &t, &t, SyncMode::Partial);
+                let vips = node_port_vips();
+                if vips == ["198.18.1.1", "198.18.2.1"] {
+                    Ok(())
+                } else {
+                    Err(vips)
+                }
+            },
+        );
+    });
+}
+
+/// kube-proxy's IPVS mode (`syncEndpoint`, k/k#97081): an external IP or node port of an
+/// eTP=Local service with no local endpoint keeps the cluster-wide endpoints, so pods still
+/// reach it, unmasqueraded, while sources outside the cluster CIDRs find it dropped. Here the
+/// client's network is the cluster CIDR (the client is a pod), then, on the same table, not.
+#[test]
+#[ignore = "needs root and IPVS: run via scripts/vm-test"]
+fn vm_pods_reach_a_local_policy_address_without_local_endpoints_and_others_are_dropped() {
+    in_new_netns(|| {
+        let topo = Topology::new("podlocal");
+        let _servers = Servers::start(&topo, &[EP_A]);
+        let mut remote = port("remote", Protocol::Tcp, "198.19.0.43", 80, &[EP_A]);
+        remote.external_ips = vec![ip("198.19.6.2")];
+        remote.node_port = Some(30043);
+        remote.external_traffic_policy = TrafficPolicy::Local;
+        let t = table(vec![remote]);
+        let pods = IpvsDataplane::new(IpvsConfig {
+            cluster_cidrs: vec!["198.18.2.0/24".parse::<IpNet>().expect("cidr")],
+            ..config()
+        })
+        .expect("dataplane");
+        sync(&pods, &ServiceTable::empty(), &t, SyncMode::Full);
+        for vip in ["198.19.6.2:80", "198.18.2.1:30043"] {
+            let (server, peer) = topo
+                .client(move || tcp_hello(sa(vip)))
+                .unwrap_or_else(|e| panic!("{vip}: a pod reaches the remote endpoint: {e}"));
+            assert_eq!(server, sa(EP_A), "{vip}");
+            assert_eq!(peer.ip(), ip("198.18.2.10"), "{vip}: not masqueraded");
+        }
+        pods.cleanup_now().expect("cleanup");
+        // One dataplane per namespace: the next one takes the lock this one holds.
+        drop(pods);
+
+        let others = dataplane();
+        sync(&others, &ServiceTable::empty(), &t, SyncMode::Full);
+        for vip in ["198.19.6.2:80", "198.18.2.1:30043"] {
+            let got = topo.client(move || {
+                match TcpStream::connect_timeout(&sa(vip), Duration::from_millis(700)) {
+                    Ok(_) => "connected".to_owned(),
+                    Err(e) => format!("{:?}", e.kind()),
+                }
+            });
+            assert_eq!(got, "TimedOut", "{vip}: from outside the cluster: dropped");
+        }
+    });
+}

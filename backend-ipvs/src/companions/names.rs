@@ -22,13 +22,16 @@ pub enum SetKind {
     LbSource,
     /// IP, protocol:port to drop.
     Drop,
+    /// IP, protocol:port to drop unless the source is in the cluster CIDRs (an external address
+    /// of a `Local` policy with no local endpoint, whose pods reach the cluster endpoints).
+    DropOutside,
     /// IP, protocol:port to reject.
     Reject,
 }
 
 impl SetKind {
     /// Every kind.
-    pub const ALL: [SetKind; 8] = [
+    pub const ALL: [SetKind; 9] = [
         SetKind::ClusterIp,
         SetKind::ExternalMasq,
         SetKind::LoopBack,
@@ -36,6 +39,7 @@ impl SetKind {
         SetKind::LbFirewall,
         SetKind::LbSource,
         SetKind::Drop,
+        SetKind::DropOutside,
         SetKind::Reject,
     ];
 
@@ -48,6 +52,7 @@ impl SetKind {
             SetKind::LbFirewall => "LB-FW",
             SetKind::LbSource => "LB-SRC",
             SetKind::Drop => "DROP",
+            SetKind::DropOutside => "DROP-OUTSIDE",
             SetKind::Reject => "REJECT",
         }
     }

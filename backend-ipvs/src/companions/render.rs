@@ -57,6 +57,7 @@ pub fn key_entries(key: &ServiceKey, origin: &Origin) -> Vec<Entry> {
     match origin.verdict {
         Verdict::Forward => {}
         Verdict::Drop => entries.push((SetKind::Drop, family, ip_port)),
+        Verdict::DropOutsideCluster => entries.push((SetKind::DropOutside, family, ip_port)),
         Verdict::Reject => entries.push((SetKind::Reject, family, ip_port)),
     }
     entries
@@ -220,6 +221,10 @@ pub fn render_rules(
     let mark_masq = names.chain("MARK-MASQ");
     let postrouting = names.chain("POSTROUTING");
     let filter = names.chain("FILTER");
+    let has_cluster_cidr = config
+        .cluster_cidrs
+        .iter()
+        .any(|n| Family::of(n.addr()) == family);
     let mut out = String::new();
     let _ = writeln!(out, "*nat");
     for chain in [&services, &mark_masq, &postrouting] {
@@ -232,11 +237,7 @@ pub fn render_rules(
             "-A {services} -m comment --comment \"svcp-ipvs cluster IP, masquerade all\" -m set --match-set {} dst,dst -j {mark_masq}",
             set(SetKind::ClusterIp)
         );
-    } else if config
-        .cluster_cidrs
-        .iter()
-        .any(|n| Family::of(n.addr()) == family)
-    {
+    } else if has_cluster_cidr {
         let _ = writeln!(
             out,
             "-A {services} -m comment --comment \"svcp-ipvs cluster IP from outside the cluster\" -m set --match-set {} dst,dst -m set ! --match-set {} src -j {mark_masq}",
@@ -276,6 +277,19 @@ pub fn render_rules(
         out,
         "-A {filter} -m comment --comment \"svcp-ipvs no local endpoints\" -m set --match-set {} dst,dst -j DROP",
         set(SetKind::Drop)
+    );
+    // Pods keep reaching an eTP=Local address with no local endpoint (its virtual server
+    // holds the cluster endpoints, as kube-proxy's IPVS mode has it); without a cluster CIDR
+    // of the family nothing tells pods apart, and everyone is dropped.
+    let from_outside = if has_cluster_cidr {
+        format!(" -m set ! --match-set {} src", set(SetKind::ClusterCidr))
+    } else {
+        String::new()
+    };
+    let _ = writeln!(
+        out,
+        "-A {filter} -m comment --comment \"svcp-ipvs no local endpoints, from outside the cluster\" -m set --match-set {} dst,dst{from_outside} -j DROP",
+        set(SetKind::DropOutside)
     );
     let _ = writeln!(
         out,

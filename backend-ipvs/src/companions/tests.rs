@@ -177,6 +177,97 @@ fn set_entries_follow_the_roles_of_each_address() {
     assert_eq!(get(SetKind::ClusterCidr, Family::V4), ["198.18.128.0/17"]);
 }
 
+/// An eTP=Local node port with no local endpoint: its virtual server keeps the cluster
+/// endpoints (kube-proxy's IPVS mode), so the drop must spare the cluster CIDRs, and only
+/// them; an ITP=Local cluster IP with no local endpoint stays dropped for everyone.
+#[test]
+fn no_local_endpoint_on_an_external_address_drops_only_sources_outside_the_cluster() {
+    let mut remote = ServicePort::new(ServicePortName::new("ns", "remote", "p"), Protocol::Tcp, 80)
+        .with_cluster_ip(ip("198.19.0.2"))
+        .with_endpoint(Endpoint::new(ip("198.18.129.1"), 8080))
+        .with_node_port(30002);
+    remote.external_traffic_policy = TrafficPolicy::Local;
+    let mut internal = ServicePort::new(ServicePortName::new("ns", "itp", "p"), Protocol::Tcp, 80)
+        .with_cluster_ip(ip("198.19.0.3"))
+        .with_endpoint(Endpoint::new(ip("198.18.129.2"), 8080));
+    internal.internal_traffic_policy = TrafficPolicy::Local;
+    let table = ServiceTable::builder()
+        .node("node-a")
+        .insert(remote)
+        .insert(internal)
+        .build()
+        .expect("valid table");
+    let entries = plan_entries(&plan_desired(&table, &config()), &config());
+    let get = |kind| -> Vec<String> {
+        entries
+            .get(&(kind, Family::V4))
+            .map(|s| s.iter().map(ToString::to_string).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(get(SetKind::DropOutside), ["198.18.0.1,tcp:30002"]);
+    assert_eq!(get(SetKind::Drop), ["198.19.0.3,tcp:80"]);
+    assert!(
+        get(SetKind::ExternalMasq).is_empty(),
+        "Local: not masqueraded"
+    );
+
+    let names = Names::new("SVCP-IPVS-");
+    let rule = |config: &IpvsConfig| -> String {
+        render_rules(&names, config, Family::V4, &[])
+            .lines()
+            .find(|l| l.contains("--match-set SVCP-IPVS-DROP-OUTSIDE "))
+            .expect("a rule for the set")
+            .to_owned()
+    };
+    assert_eq!(
+        rule(&config()),
+        "-A SVCP-IPVS-FILTER -m comment --comment \"svcp-ipvs no local endpoints, from outside \
+         the cluster\" -m set --match-set SVCP-IPVS-DROP-OUTSIDE dst,dst -m set ! --match-set \
+         SVCP-IPVS-CLUSTER-CIDR src -j DROP"
+    );
+    let no_cidr = IpvsConfig {
+        cluster_cidrs: Vec::new(),
+        ..config()
+    };
+    assert!(
+        rule(&no_cidr).ends_with("--match-set SVCP-IPVS-DROP-OUTSIDE dst,dst -j DROP"),
+        "without a cluster CIDR nothing tells pods apart: {}",
+        rule(&no_cidr)
+    );
+}
+
+#[test]
+fn a_source_range_holding_a_node_address_admits_the_load_balancer_ip_itself() {
+    // kube-proxy's allowFromNode (its KUBE-LOAD-BALANCER-SOURCE-IP entries): the node reaching
+    // a load-balancer IP it holds locally sends from that IP. 198.18.0.0/24 holds the node
+    // address 198.18.0.1.
+    let mut lb = ServicePort::new(ServicePortName::new("ns", "lb", "p"), Protocol::Tcp, 443)
+        .with_cluster_ip(ip("198.19.0.4"))
+        .with_endpoint(Endpoint::new(ip("198.18.1.4"), 8443));
+    lb.load_balancer_ips = vec![ip("198.18.7.1")];
+    lb.load_balancer_source_ranges = vec!["198.18.0.0/24".parse().expect("net")];
+    let sources = |port: &ServicePort| -> Vec<String> {
+        let table = ServiceTable::builder()
+            .insert(port.clone())
+            .build()
+            .expect("valid table");
+        let entries = plan_entries(&plan_desired(&table, &config()), &config());
+        entries
+            .get(&(SetKind::LbSource, Family::V4))
+            .map(|s| s.iter().map(ToString::to_string).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        sources(&lb),
+        [
+            "198.18.7.1,tcp:443,198.18.0.0/24",
+            "198.18.7.1,tcp:443,198.18.7.1/32"
+        ]
+    );
+    lb.load_balancer_source_ranges = vec!["198.18.9.0/24".parse().expect("net")];
+    assert_eq!(sources(&lb), ["198.18.7.1,tcp:443,198.18.9.0/24"]);
+}
+
 #[test]
 fn rules_reference_only_our_sets_and_chains_and_never_kube() {
     let names = Names::new("SVCP-IPVS-");
@@ -228,8 +319,9 @@ fn the_rule_count_is_the_same_for_one_and_a_thousand_services() {
     let (rules_1, entries_1) = count(1);
     let (rules_1000, entries_1000) = count(1000);
     assert_eq!(rules_1, rules_1000);
-    // 9 per family, plus the cluster-CIDR masquerade rule for IPv4 (the only family with a CIDR).
-    assert_eq!(rules_1, 9 + 10);
+    // 10 per family, plus the cluster-CIDR masquerade rule for IPv4 (the only family with a
+    // CIDR).
+    assert_eq!(rules_1, 10 + 11);
     assert_eq!(
         entries_1000 - entries_1,
         999,
@@ -264,8 +356,8 @@ fn a_full_sync_swaps_sets_writes_rules_and_inserts_missing_jumps_once() {
     assert_eq!(sets[live], ["198.19.0.1,tcp:80", "198.19.0.2,tcp:80"]);
     assert_eq!(
         sets.len(),
-        16,
-        "8 kinds x 2 families, no temporary set left: {sets:#?}"
+        18,
+        "9 kinds x 2 families, no temporary set left: {sets:#?}"
     );
     assert!(
         recorder.calls().iter().all(|(p, _, _)| p != "ipset"),

@@ -62,6 +62,12 @@ pub enum Verdict {
     Reject,
     /// Endpoints exist, but none on this node for a `Local` policy: dropped.
     Drop,
+    /// Endpoints exist, but none on this node for the `Local` external policy of a node port,
+    /// external or load-balancer IP: traffic from outside the cluster CIDRs is dropped, and the
+    /// virtual server keeps the cluster-wide endpoints, so that pods on this node still reach
+    /// the service. kube-proxy's IPVS mode (`syncEndpoint` in `pkg/proxy/ipvs/proxier.go`,
+    /// k/k#97081) falls back to the cluster endpoints in the same case.
+    DropOutsideCluster,
 }
 
 /// Where a desired virtual server comes from, for errors and the companion rules.
@@ -97,6 +103,37 @@ pub struct Desired {
     pub endpoints: BTreeMap<(IpAddr, Protocol, u16), usize>,
     /// Per service port, what could not be planned (a scheduler IPVS lacks, a clashing address).
     pub problems: BTreeMap<ServicePortName, Vec<SyncProblem>>,
+    /// The node addresses the node ports were planned on (after the `node_port_addresses`
+    /// filter); they also decide whether a load-balancer IP's source ranges let the node in.
+    pub node_ips: BTreeSet<IpAddr>,
+    /// The service ports whose virtual servers or entries depend on `node_ips`
+    /// ([`depends_on_node_ips`]): what [`Desired::readdress`] plans again.
+    pub dependent: BTreeSet<ServicePortName>,
+}
+
+/// Whether what `port` plans depends on the node's addresses: a node port (a virtual server
+/// per address), or load-balancer source ranges (the node is let in when a range holds one of
+/// its addresses).
+pub fn depends_on_node_ips(port: &ServicePort) -> bool {
+    port.node_port.is_some()
+        || (!port.load_balancer_ips.is_empty() && !port.load_balancer_source_ranges.is_empty())
+}
+
+/// The node addresses a fixed `config` serves node ports on: [`IpvsConfig::node_addresses`]
+/// within [`IpvsConfig::node_port_addresses`].
+pub fn configured_node_ips(config: &IpvsConfig) -> BTreeSet<IpAddr> {
+    config
+        .node_addresses
+        .iter()
+        .copied()
+        .filter(|ip| {
+            config.node_port_addresses.is_empty()
+                || config
+                    .node_port_addresses
+                    .iter()
+                    .any(|net| net.contains(ip))
+        })
+        .collect()
 }
 
 /// What an incremental [`Desired::update`] touched: the virtual servers to plan again and the
@@ -117,9 +154,22 @@ struct PortPlan {
     problems: Vec<SyncProblem>,
 }
 
-/// The desired IPVS state of `table`.
+/// The desired IPVS state of `table`, with node ports on the configured node addresses
+/// ([`configured_node_ips`]).
 pub fn plan_desired(table: &ServiceTable, config: &IpvsConfig) -> Desired {
-    let mut desired = Desired::default();
+    plan_desired_on(table, config, configured_node_ips(config))
+}
+
+/// The desired IPVS state of `table`, with node ports on `node_ips`.
+pub fn plan_desired_on(
+    table: &ServiceTable,
+    config: &IpvsConfig,
+    node_ips: BTreeSet<IpAddr>,
+) -> Desired {
+    let mut desired = Desired {
+        node_ips,
+        ..Desired::default()
+    };
     for port in table.iter() {
         desired.insert_port(port, config, &mut Touched::default());
     }
@@ -130,6 +180,92 @@ impl Desired {
     /// Every problem, in service port order.
     pub fn problems(&self) -> Vec<SyncProblem> {
         self.problems.values().flatten().cloned().collect()
+    }
+
+    /// Moves the node ports to `node_ips`. Of the ports that depend on the node's addresses
+    /// ([`Desired::dependent`]) only what the change moves is planned: the node-port virtual
+    /// servers on the addresses that went are deleted and those on the addresses that came are
+    /// added, so the cost follows the addresses changed times the node ports, not the table. A
+    /// port whose load-balancer source ranges change verdict (one holds a node address now, or
+    /// no longer), or that has problems (a clash that may be gone), is planned again whole.
+    /// `table` is the table the desired state was last built or updated for. Returns what was
+    /// touched (nothing when the addresses are the same).
+    ///
+    /// As with [`Desired::update`], the result equals [`plan_desired_on`] of the new addresses
+    /// except in a clash: a node port on an address that came loses to a virtual server already
+    /// there (another port's cluster IP on it), whatever their order, until the next full sync.
+    pub fn readdress(
+        &mut self,
+        table: &ServiceTable,
+        node_ips: BTreeSet<IpAddr>,
+        config: &IpvsConfig,
+    ) -> Touched {
+        let mut touched = Touched::default();
+        if node_ips == self.node_ips {
+            return touched;
+        }
+        let came: BTreeSet<IpAddr> = node_ips.difference(&self.node_ips).copied().collect();
+        let went: BTreeSet<IpAddr> = self.node_ips.difference(&node_ips).copied().collect();
+        let mut whole: Vec<&ServicePort> = Vec::new();
+        let mut moved: Vec<&ServicePort> = Vec::new();
+        for port in self.dependent.iter().filter_map(|name| table.get(name)) {
+            let verdict_changes = allows_node(port, &self.node_ips) != allows_node(port, &node_ips);
+            if verdict_changes || self.problems.contains_key(&port.name) {
+                whole.push(port);
+            } else if port.node_port.is_some() {
+                moved.push(port);
+            }
+        }
+        // As in `update`: every removal (on the old addresses) before any insertion.
+        for port in &whole {
+            self.remove_port(port, config, &mut touched);
+        }
+        for port in &moved {
+            let Some(node_port) = port.node_port else {
+                continue;
+            };
+            for &ip in &went {
+                let key = ServiceKey {
+                    addr: ip,
+                    protocol: port.protocol,
+                    port: node_port,
+                };
+                let owned = self
+                    .origins
+                    .get(&key)
+                    .is_some_and(|o| o.port == port.name && o.kind == VipKind::NodePort);
+                if owned {
+                    self.origins.remove(&key);
+                    self.state.services.remove(&key);
+                    touched.keys.insert(key);
+                }
+            }
+        }
+        self.node_ips = node_ips;
+        for port in &whole {
+            self.insert_port(port, config, &mut touched);
+        }
+        if came.is_empty() {
+            return touched;
+        }
+        for port in &moved {
+            let plan = plan_port(port, config, &came);
+            let mut problems = Vec::new();
+            let node_ports = plan
+                .services
+                .into_iter()
+                .filter(|(_, origin)| origin.kind == VipKind::NodePort);
+            for (service, origin) in node_ports {
+                self.insert_service(port, service, origin, &mut problems, &mut touched);
+            }
+            if !problems.is_empty() {
+                self.problems
+                    .entry(port.name.clone())
+                    .or_default()
+                    .extend(problems);
+            }
+        }
+        touched
     }
 
     /// Follows a table change port by port: each removed or changed port's old contribution
@@ -153,24 +289,13 @@ impl Desired {
     }
 
     fn insert_port(&mut self, port: &ServicePort, config: &IpvsConfig, touched: &mut Touched) {
-        let plan = plan_port(port, config);
+        if depends_on_node_ips(port) {
+            self.dependent.insert(port.name.clone());
+        }
+        let plan = plan_port(port, config, &self.node_ips);
         let mut problems = plan.problems;
         for (service, origin) in plan.services {
-            let key = service.vs.key();
-            if let Some(other) = self.origins.get(&key) {
-                problems.push(SyncProblem::of_port(
-                    port.name.clone(),
-                    format!("{} {} {key}", port.name, origin.kind),
-                    format!("already served by {} {}", other.port, other.kind),
-                ));
-                continue;
-            }
-            if origin.kind.is_bound() {
-                *self.vips.entry(key.addr).or_default() += 1;
-            }
-            self.origins.insert(key, origin);
-            self.state.services.insert(key, service);
-            touched.keys.insert(key);
+            self.insert_service(port, service, origin, &mut problems, touched);
         }
         for ep in plan.endpoints {
             let count = self.endpoints.entry(ep).or_default();
@@ -184,8 +309,36 @@ impl Desired {
         }
     }
 
+    /// Adds one virtual server of `port`, unless another port's already serves its key (then
+    /// a problem of `port`).
+    fn insert_service(
+        &mut self,
+        port: &ServicePort,
+        service: ServiceState,
+        origin: Origin,
+        problems: &mut Vec<SyncProblem>,
+        touched: &mut Touched,
+    ) {
+        let key = service.vs.key();
+        if let Some(other) = self.origins.get(&key) {
+            problems.push(SyncProblem::of_port(
+                port.name.clone(),
+                format!("{} {} {key}", port.name, origin.kind),
+                format!("already served by {} {}", other.port, other.kind),
+            ));
+            return;
+        }
+        if origin.kind.is_bound() {
+            *self.vips.entry(key.addr).or_default() += 1;
+        }
+        self.origins.insert(key, origin);
+        self.state.services.insert(key, service);
+        touched.keys.insert(key);
+    }
+
     fn remove_port(&mut self, port: &ServicePort, config: &IpvsConfig, touched: &mut Touched) {
-        let plan = plan_port(port, config);
+        self.dependent.remove(&port.name);
+        let plan = plan_port(port, config, &self.node_ips);
         for (service, origin) in plan.services {
             let key = service.vs.key();
             // Only what this port holds: a clashing key belongs to the other port.
@@ -223,7 +376,7 @@ fn decrement<K: Ord>(counts: &mut BTreeMap<K, usize>, key: K) -> bool {
     }
 }
 
-fn plan_port(port: &ServicePort, config: &IpvsConfig) -> PortPlan {
+fn plan_port(port: &ServicePort, config: &IpvsConfig, node_ips: &BTreeSet<IpAddr>) -> PortPlan {
     let mut plan = PortPlan::default();
     let asked = port.scheduler.unwrap_or(config.default_scheduler);
     let scheduler = match Scheduler::try_from(asked) {
@@ -241,6 +394,7 @@ fn plan_port(port: &ServicePort, config: &IpvsConfig) -> PortPlan {
     let internal = selection.internal();
     let external = selection.external();
     let is_local_policy = port.external_traffic_policy == TrafficPolicy::Local;
+    let source_ranges = load_balancer_sources(port, node_ips);
 
     let mut vips: Vec<(IpAddr, u16, VipKind, Target<'_, '_>)> = Vec::new();
     vips.extend(
@@ -267,8 +421,7 @@ fn plan_port(port: &ServicePort, config: &IpvsConfig) -> PortPlan {
             families.extend(port.endpoints.iter().map(|ep| ep.addr.is_ipv4()));
         }
         vips.extend(
-            config
-                .node_addresses
+            node_ips
                 .iter()
                 .filter(|ip| families.contains(&ip.is_ipv4()))
                 .map(|ip| (*ip, node_port, VipKind::NodePort, external)),
@@ -298,6 +451,13 @@ fn plan_port(port: &ServicePort, config: &IpvsConfig) -> PortPlan {
         let (verdict, endpoints): (Verdict, &[&Endpoint]) = match target {
             Target::Endpoints(eps) => (Verdict::Forward, eps),
             Target::Reject => (Verdict::Reject, &[]),
+            // kube-proxy's IPVS mode gives such an address the cluster-wide endpoints (its
+            // virtual servers cannot tell pods from outside clients); the companions keep the
+            // policy's drop for sources outside the cluster CIDRs. Without cluster-wide
+            // endpoints (both policies `Local`) there is nothing to fall back to: drop.
+            Target::Drop if kind.is_external() && !selection.cluster.is_empty() => {
+                (Verdict::DropOutsideCluster, &selection.cluster[..])
+            }
             Target::Drop => (Verdict::Drop, &[]),
         };
         let mut service = ServiceState::new(vs);
@@ -315,7 +475,7 @@ fn plan_port(port: &ServicePort, config: &IpvsConfig) -> PortPlan {
             verdict,
             is_local_policy: is_local_policy && kind.is_external(),
             source_ranges: if kind == VipKind::LoadBalancerIp {
-                port.load_balancer_source_ranges.clone()
+                source_ranges.clone()
             } else {
                 Vec::new()
             },
@@ -323,6 +483,25 @@ fn plan_port(port: &ServicePort, config: &IpvsConfig) -> PortPlan {
         plan.services.push((service, origin));
     }
     plan
+}
+
+/// The sources a load-balancer IP of `port` admits: its source ranges, and when one of them
+/// holds a node address, each of its load-balancer IPs as a host network. kube-proxy's
+/// `allowFromNode` (`pkg/proxy/ipvs/proxier.go`, the `KUBE-LOAD-BALANCER-SOURCE-IP` entries): a
+/// node reaching a load-balancer IP it holds locally sends from that IP, which no range names.
+fn load_balancer_sources(port: &ServicePort, node_ips: &BTreeSet<IpAddr>) -> Vec<IpNet> {
+    let mut sources = port.load_balancer_source_ranges.clone();
+    if allows_node(port, node_ips) {
+        sources.extend(port.load_balancer_ips.iter().map(|ip| IpNet::from(*ip)));
+    }
+    sources
+}
+
+/// Whether one of `port`'s load-balancer source ranges holds a node address.
+fn allows_node(port: &ServicePort, node_ips: &BTreeSet<IpAddr>) -> bool {
+    port.load_balancer_source_ranges
+        .iter()
+        .any(|net| node_ips.iter().any(|ip| net.contains(ip)))
 }
 
 /// An `ipvsadm -Ln`-style listing of a desired state, with each virtual server's service port,
@@ -355,6 +534,9 @@ pub fn render_state(desired: &Desired) -> String {
                 Verdict::Forward => "",
                 Verdict::Reject => ", no endpoints: reject",
                 Verdict::Drop => ", no local endpoints: drop",
+                Verdict::DropOutsideCluster => {
+                    ", no local endpoints: drop from outside the cluster, pods reach these"
+                }
             };
             let local = if origin.is_local_policy {
                 ", local"

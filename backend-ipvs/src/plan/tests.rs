@@ -222,7 +222,8 @@ fn scheduler_affinity_weights_and_maglev_flags_come_from_the_table() {
 }
 
 #[test]
-fn no_endpoints_rejects_and_no_local_endpoints_drops_with_empty_virtual_servers() {
+fn no_endpoints_rejects_and_internal_local_without_local_endpoints_drops_with_empty_virtual_servers(
+) {
     let empty = web(vec![]);
     let mut remote_only = ServicePort::new(
         ServicePortName::new("default", "api", "https"),
@@ -231,19 +232,65 @@ fn no_endpoints_rejects_and_no_local_endpoints_drops_with_empty_virtual_servers(
     )
     .with_cluster_ip(ip("198.19.0.20"))
     .with_endpoint(endpoint("198.18.1.20", false));
-    remote_only.external_ips = vec![ip("198.19.1.20")];
-    remote_only.external_traffic_policy = TrafficPolicy::Local;
+    remote_only.internal_traffic_policy = TrafficPolicy::Local;
     let desired = plan_desired(&table(vec![empty, remote_only]), &config());
 
     let rejected = key(Protocol::Tcp, "198.19.0.10:80");
     assert_eq!(desired.origins[&rejected].verdict, Verdict::Reject);
     assert!(desired.state.services[&rejected].real_servers.is_empty());
-    let dropped = key(Protocol::Tcp, "198.19.1.20:443");
+    let dropped = key(Protocol::Tcp, "198.19.0.20:443");
     assert_eq!(desired.origins[&dropped].verdict, Verdict::Drop);
     assert!(desired.state.services[&dropped].real_servers.is_empty());
-    let served = key(Protocol::Tcp, "198.19.0.20:443");
-    assert_eq!(desired.origins[&served].verdict, Verdict::Forward);
-    assert_eq!(real_servers(&desired, &served).len(), 1);
+}
+
+/// kube-proxy's IPVS mode (`syncEndpoint`, k/k#97081): an external address of an eTP=Local
+/// service with no local endpoint keeps the cluster-wide endpoints, so that pods on this node
+/// still reach it (the companions drop everyone else); its cluster IP is untouched.
+#[test]
+fn external_local_without_local_endpoints_keeps_the_cluster_endpoints_for_pods() {
+    let mut remote_only = ServicePort::new(
+        ServicePortName::new("default", "api", "https"),
+        Protocol::Tcp,
+        443,
+    )
+    .with_cluster_ip(ip("198.19.0.20"))
+    .with_node_port(30443)
+    .with_endpoint(endpoint("198.18.1.20", false))
+    .with_endpoint(endpoint("198.18.1.21", false));
+    remote_only.external_ips = vec![ip("198.19.1.20")];
+    remote_only.load_balancer_ips = vec![ip("198.19.2.20")];
+    remote_only.external_traffic_policy = TrafficPolicy::Local;
+    let desired = plan_desired(&table(vec![remote_only.clone()]), &config());
+
+    let cluster = [(sa("198.18.1.20:8080"), 1), (sa("198.18.1.21:8080"), 1)];
+    for addr in [
+        "198.19.1.20:443",
+        "198.19.2.20:443",
+        "198.18.0.1:30443",
+        "198.18.0.2:30443",
+    ] {
+        let k = key(Protocol::Tcp, addr);
+        assert_eq!(
+            desired.origins[&k].verdict,
+            Verdict::DropOutsideCluster,
+            "{addr}"
+        );
+        assert!(
+            desired.origins[&k].is_local_policy,
+            "{addr}: not masqueraded"
+        );
+        assert_eq!(real_servers(&desired, &k), cluster, "{addr}");
+    }
+    let vip = key(Protocol::Tcp, "198.19.0.20:443");
+    assert_eq!(desired.origins[&vip].verdict, Verdict::Forward);
+    assert_eq!(real_servers(&desired, &vip), cluster);
+
+    // Both policies Local: no cluster-wide list to fall back to, so a plain drop.
+    remote_only.internal_traffic_policy = TrafficPolicy::Local;
+    let desired = plan_desired(&table(vec![remote_only]), &config());
+    let k = key(Protocol::Tcp, "198.19.1.20:443");
+    assert_eq!(desired.origins[&k].verdict, Verdict::Drop);
+    assert!(desired.state.services[&k].real_servers.is_empty());
 }
 
 #[test]
@@ -626,6 +673,139 @@ fn random_scheduler_is_a_problem_not_a_panic() {
     );
 }
 
+// === Node addresses ===
+
+/// 10,000 service ports, every fifth with a node port (`large_table`'s shape).
+fn node_port_table() -> ServiceTable {
+    proxy_core::testing::generate::large_table(10_000, 2)
+}
+
+#[test]
+fn a_node_address_added_and_one_removed_touch_only_their_node_port_virtual_servers() {
+    let t = node_port_table();
+    let before: std::collections::BTreeSet<IpAddr> = [ip("198.18.0.1"), ip("198.18.0.2")].into();
+    let after: std::collections::BTreeSet<IpAddr> = [ip("198.18.0.1"), ip("198.18.0.3")].into();
+    let mut desired = plan_desired_on(&t, &config(), before);
+    let node_ports = t.iter().filter(|p| p.node_port.is_some()).count();
+    assert_eq!(node_ports, 2_000);
+    assert_eq!(desired.dependent.len(), node_ports);
+
+    let touched = desired.readdress(&t, after.clone(), &config());
+    let whole = plan_desired_on(&t, &config(), after.clone());
+    assert_eq!(desired.state, whole.state);
+    assert_eq!(desired.origins, whole.origins);
+    assert_eq!(desired.vips, whole.vips);
+    assert_eq!(desired.node_ips, after);
+
+    // Only the dependent ports were planned again: their node-port and cluster-IP virtual
+    // servers, never another port's.
+    let mut owners = std::collections::BTreeSet::new();
+    for k in &touched.keys {
+        let owner = match whole.origins.get(k) {
+            Some(origin) => origin.port.clone(),
+            None => {
+                // A removed node-port virtual server (198.18.0.2): owned by a dependent port.
+                assert_eq!(k.addr, ip("198.18.0.2"), "{k}");
+                let port = t.iter().find(|p| p.node_port == Some(k.port));
+                port.expect("its port").name.clone()
+            }
+        };
+        owners.insert(owner);
+    }
+    assert!(owners.len() <= node_ports);
+    assert!(owners.iter().all(|name| desired.dependent.contains(name)));
+
+    // Converging the fake from the old state plans exactly the moved node ports.
+    let plan = plan_keys(
+        &whole.state,
+        &plan_desired_on(&t, &config(), [ip("198.18.0.1"), ip("198.18.0.2")].into()).state,
+        &touched.keys,
+        &Draining::default(),
+        Instant::now(),
+        Duration::from_secs(30),
+    );
+    let adds = plan
+        .ops
+        .iter()
+        .filter(|op| matches!(op, Op::AddVirtualServer(vs) if vs.key().addr == ip("198.18.0.3")))
+        .count();
+    let deletes = plan
+        .ops
+        .iter()
+        .filter(|op| matches!(op, Op::DeleteVirtualServer(k) if k.addr == ip("198.18.0.2")))
+        .count();
+    assert_eq!((adds, deletes), (node_ports, node_ports));
+    assert!(
+        plan.ops.iter().all(|op| {
+            let addr = op.key().addr;
+            addr == ip("198.18.0.2") || addr == ip("198.18.0.3")
+        }),
+        "only the moved addresses' virtual servers change"
+    );
+
+    // Only the node ports of the addresses that came and went were touched.
+    assert_eq!(touched.keys.len(), 2 * node_ports);
+    assert!(touched
+        .keys
+        .iter()
+        .all(|k| k.addr == ip("198.18.0.2") || k.addr == ip("198.18.0.3")));
+
+    // The same addresses again touch nothing.
+    let again = desired.readdress(&t, after, &config());
+    assert!(again.keys.is_empty() && again.endpoints.is_empty());
+}
+
+#[test]
+fn node_port_addresses_restrict_the_configured_node_addresses() {
+    let config = IpvsConfig {
+        node_addresses: vec![ip("198.18.0.1"), ip("198.18.5.1"), ip("2001:db8::1")],
+        node_port_addresses: vec!["198.18.5.0/24".parse().expect("net")],
+        ..IpvsConfig::default()
+    };
+    assert_eq!(
+        configured_node_ips(&config),
+        [ip("198.18.5.1")].into_iter().collect()
+    );
+    let mut port = web(vec![endpoint("198.18.1.10", false)]);
+    port.node_port = Some(30080);
+    let desired = plan_desired(&table(vec![port]), &config);
+    let node_port_keys: Vec<String> = desired
+        .origins
+        .iter()
+        .filter(|(_, o)| o.kind == VipKind::NodePort)
+        .map(|(k, _)| k.to_string())
+        .collect();
+    assert_eq!(node_port_keys, ["TCP 198.18.5.1:30080"]);
+}
+
+#[test]
+fn a_source_range_holding_a_node_address_lets_the_node_in_from_the_load_balancer_ip() {
+    // kube-proxy's allowFromNode: traffic from this node to a load-balancer IP it holds
+    // locally comes from that IP, which no range names.
+    let mut port = web(vec![endpoint("198.18.1.10", false)]);
+    port.load_balancer_ips = vec![ip("198.18.7.1")];
+    port.load_balancer_source_ranges = vec!["198.18.0.0/24".parse().expect("net")];
+    let t = table(vec![port.clone()]);
+    let desired = plan_desired(&t, &config());
+    let lb = &desired.origins[&key(Protocol::Tcp, "198.18.7.1:80")];
+    let sources: Vec<String> = lb.source_ranges.iter().map(ToString::to_string).collect();
+    assert_eq!(sources, ["198.18.0.0/24", "198.18.7.1/32"]);
+
+    // No range holds a node address: only the ranges.
+    port.load_balancer_source_ranges = vec!["198.18.9.0/24".parse().expect("net")];
+    let desired = plan_desired(&table(vec![port]), &config());
+    let lb = &desired.origins[&key(Protocol::Tcp, "198.18.7.1:80")];
+    let sources: Vec<String> = lb.source_ranges.iter().map(ToString::to_string).collect();
+    assert_eq!(sources, ["198.18.9.0/24"]);
+
+    // The verdict follows the addresses: moving the node out of every range drops it.
+    let mut desired = plan_desired(&t, &config());
+    let touched = desired.readdress(&t, [ip("198.18.50.1")].into(), &config());
+    assert!(touched.keys.contains(&key(Protocol::Tcp, "198.18.7.1:80")));
+    let lb = &desired.origins[&key(Protocol::Tcp, "198.18.7.1:80")];
+    assert_eq!(lb.source_ranges.len(), 1, "{:?}", lb.source_ranges);
+}
+
 mod properties {
     use proptest::prelude::*;
     use proxy_core::diff::diff;
@@ -654,6 +834,37 @@ mod properties {
             for key in whole.state.services.keys().chain(plan_desired(&before, &config()).state.services.keys()) {
                 let old = plan_desired(&before, &config());
                 if old.state.services.get(key) != whole.state.services.get(key) {
+                    prop_assert!(touched.keys.contains(key), "{key} changed but was not touched");
+                }
+            }
+        }
+
+        /// Moving the node addresses gives what planning the table on the new ones gives, and
+        /// touches every virtual server that differs.
+        #[test]
+        fn readdressing_equals_planning_on_the_new_addresses(
+            table in arb_table(),
+            before in 0_usize..4,
+            after in 0_usize..4,
+        ) {
+            let sets: [Vec<IpAddr>; 4] = [
+                vec![ip("198.18.0.1"), ip("2001:db8::1")],
+                vec![ip("198.18.0.2"), ip("2001:db8::1")],
+                vec![],
+                vec![ip("198.18.0.1"), ip("198.18.0.2"), ip("2001:db8::2")],
+            ];
+            let ips = |i: usize| -> std::collections::BTreeSet<IpAddr> {
+                sets[i].iter().copied().collect()
+            };
+            let old = plan_desired_on(&table, &config(), ips(before));
+            let mut desired = old.clone();
+            let touched = desired.readdress(&table, ips(after), &config());
+            let whole = plan_desired_on(&table, &config(), ips(after));
+            prop_assert_eq!(&desired, &whole);
+            for key in whole.state.services.keys().chain(old.state.services.keys()) {
+                if old.state.services.get(key) != whole.state.services.get(key)
+                    || old.origins.get(key) != whole.origins.get(key)
+                {
                     prop_assert!(touched.keys.contains(key), "{key} changed but was not touched");
                 }
             }
