@@ -20,7 +20,7 @@ use tracing::{info, warn};
 
 use crate::balance::{lock, replace, Balancer, Context, RouteSlot};
 use crate::capture::{self, Redirect};
-use crate::config::ListenMode;
+use crate::config::{ListenMode, UserspaceConfig};
 use crate::error::UserspaceError;
 use crate::limits::PortGate;
 use crate::metrics::Metrics;
@@ -91,11 +91,15 @@ impl Live {
         &self.routes
     }
 
-    /// The routes of the listeners serving now (a listener whose task has ended is left out).
+    /// The routes of the listeners serving now (a listener whose task has ended is left out;
+    /// one that rejects every client without a socket, in bind mode, is in).
     pub fn observe(&self) -> Listeners {
         self.routes
             .iter()
-            .filter(|(key, _)| self.sockets.get(key).is_some_and(|s| !s.task.is_finished()))
+            .filter(|(key, route)| match self.sockets.get(key) {
+                Some(socket) => !socket.task.is_finished(),
+                None => rejects_everyone(route),
+            })
             .map(|(key, route)| (*key, route.clone()))
             .collect()
     }
@@ -158,24 +162,50 @@ impl Live {
         let mut unused = Vec::new();
         self.apply_affinity(plan);
         for key in &plan.close {
-            let Some(socket) = self.sockets.remove(key) else {
-                continue;
-            };
-            if let Some(route) = self.remove_route(key) {
+            let socket = self.sockets.remove(key);
+            let route = self.remove_route(key);
+            if let Some(route) = route {
                 unused.extend(route_endpoints(&route));
-                edits.deleted.push((*key, route, socket.bound));
+                if let Some(socket) = &socket {
+                    edits.deleted.push((*key, route, socket.bound));
+                }
+                outcome.written += 1;
             }
-            close(socket).await;
-            metrics.listeners.dec();
-            outcome.written += 1;
-            info!(listener = %key, "listener closed");
+            if let Some(socket) = socket {
+                close(socket).await;
+                metrics.listeners.dec();
+                info!(listener = %key, "listener closed");
+            }
         }
+        // Bind mode: listeners that get a socket again (their port has endpoints again).
+        let mut reopen = Vec::new();
         for key in &plan.update {
             let Some(route) = plan.desired.get(key) else {
                 continue;
             };
-            if !self.sockets.contains_key(key) {
-                continue;
+            let needs_socket = needs_socket(route, ctx.config.mode);
+            match (self.sockets.contains_key(key), needs_socket) {
+                (true, true) => {}
+                (false, true) => {
+                    reopen.push(*key);
+                    continue;
+                }
+                (has_socket, false) => {
+                    if has_socket {
+                        if let Some(socket) = self.sockets.remove(key) {
+                            close(socket).await;
+                            metrics.listeners.dec();
+                            info!(listener = %key, "listener closed: no endpoints, the kernel refuses");
+                        }
+                    }
+                    self.series
+                        .insert((route.service_port.clone(), key.protocol));
+                    if let Some(old) = self.set_route(*key, route.clone()) {
+                        unused.extend(route_endpoints(&old));
+                    }
+                    outcome.written += 1;
+                    continue;
+                }
             }
             let gate = self.port_gate(route, key.protocol);
             let balancer = balancer(*key, route, &self.affinity, gate, ctx, metrics);
@@ -188,7 +218,14 @@ impl Live {
                 .insert((route.service_port.clone(), key.protocol));
             if let Some(old) = self.set_route(*key, route.clone()) {
                 unused.extend(route_endpoints(&old));
-                if (&old.service_port, old.kind) != (&route.service_port, route.kind) {
+                // The rules follow the route's comment, verdict, source ranges and
+                // short-circuit: a port whose endpoints go to zero and back edits its own
+                // listeners' rules, and an update of endpoints alone edits none.
+                let cidrs = &ctx.config.cluster_cidrs;
+                if ctx.config.mode == ListenMode::Capture
+                    && capture::ListenerRules::of(*key, &old, bound, cidrs)
+                        != capture::ListenerRules::of(*key, route, bound, cidrs)
+                {
                     edits.deleted.push((*key, old, bound));
                     edits.appended.push((*key, route.clone(), bound));
                 }
@@ -198,10 +235,21 @@ impl Live {
         let open_files = open_file_limit();
         let limit = ctx.config.listener_limit(open_files);
         let mut over_limit = 0usize;
-        for key in &plan.open {
+        for key in plan.open.iter().chain(&reopen) {
             let Some(route) = plan.desired.get(key) else {
                 continue;
             };
+            if !needs_socket(route, ctx.config.mode) {
+                // Bind mode, no endpoint: no socket, so that the kernel refuses the
+                // connection (RST) or datagram (ICMP port unreachable) as kube-proxy's REJECT.
+                self.series
+                    .insert((route.service_port.clone(), key.protocol));
+                if let Some(old) = self.set_route(*key, route.clone()) {
+                    unused.extend(route_endpoints(&old));
+                }
+                outcome.written += 1;
+                continue;
+            }
             let gate = self.port_gate(route, key.protocol);
             let balancer = balancer(*key, route, &self.affinity, gate, ctx, metrics);
             self.series
@@ -231,7 +279,7 @@ impl Live {
                         // One line for all of them below, not one per listener.
                         over_limit += 1;
                     } else {
-                        warn!(%error, "listener not opened");
+                        warn!(service_port = %route.service_port, %error, "listener not opened");
                     }
                     outcome.problems.push(SyncProblem::of_port(
                         route.service_port.clone(),
@@ -254,7 +302,7 @@ impl Live {
         }
         self.forget_unused_endpoints(&plan.scope, unused, ctx);
         if ctx.config.mode == ListenMode::Capture {
-            self.apply_capture_rules(&plan.scope, edits, &ctx.config.capture_chain, &mut outcome)
+            self.apply_capture_rules(&plan.scope, edits, &ctx.config, &mut outcome)
                 .await;
         }
         outcome
@@ -324,9 +372,10 @@ impl Live {
         &mut self,
         scope: &Scope,
         edits: RedirectEdits,
-        chain: &str,
+        config: &UserspaceConfig,
         outcome: &mut ApplyOutcome,
     ) {
+        let (chain, cidrs) = (config.capture_chain.as_str(), &config.cluster_cidrs);
         let result = if *scope == Scope::Table || !self.is_capture_chain_current {
             let redirects = self
                 .sockets
@@ -336,9 +385,11 @@ impl Live {
                     Some((*key, (route.clone(), socket.bound)))
                 })
                 .collect();
-            let input = capture::render_rules(chain, &redirects);
+            let input = capture::render_rules(chain, cidrs, &redirects);
             capture::apply_rules(chain, &input).await
-        } else if let Some(input) = capture::render_edits(chain, &edits.deleted, &edits.appended) {
+        } else if let Some(input) =
+            capture::render_edits(chain, cidrs, &edits.deleted, &edits.appended)
+        {
             capture::apply_edits(&input).await
         } else {
             return;
@@ -448,6 +499,21 @@ impl Live {
     }
 }
 
+/// Whether a route refuses every new flow: no usable endpoint for any client.
+fn rejects_everyone(route: &Route) -> bool {
+    route.target == RouteTarget::Reject
+        && matches!(route.short_circuit, None | Some(RouteTarget::Reject))
+}
+
+/// Whether a listener with `route` needs a socket. In bind mode, one that rejects everyone
+/// has none: the kernel then refuses each connection with a RST and each datagram with ICMP
+/// port unreachable, which is kube-proxy's REJECT; a socket would have to accept first. In
+/// capture mode the capture chain rejects before any socket sees the flow, and the socket stays
+/// bound so that the listener keeps its capture port.
+fn needs_socket(route: &Route, mode: ListenMode) -> bool {
+    mode == ListenMode::Capture || !rejects_everyone(route)
+}
+
 /// The endpoints a route sends new flows to.
 fn route_endpoints(route: &Route) -> impl Iterator<Item = SocketAddr> + '_ {
     let backends = match &route.target {
@@ -484,9 +550,21 @@ fn open(
     balancer: Arc<Balancer>,
     ctx: &Arc<Context>,
 ) -> Result<Socket, UserspaceError> {
-    let bind_error = |source| UserspaceError::Bind {
-        listener: key,
-        source,
+    let bind_error = |source: std::io::Error| {
+        // Binding the service address itself: say what to do when it is not local.
+        if ctx.config.mode == ListenMode::Bind
+            && source.kind() == std::io::ErrorKind::AddrNotAvailable
+        {
+            UserspaceError::AddressNotLocal {
+                listener: key,
+                error: source,
+            }
+        } else {
+            UserspaceError::Bind {
+                listener: key,
+                source,
+            }
+        }
     };
     let unsupported = |message: &str| {
         bind_error(std::io::Error::new(

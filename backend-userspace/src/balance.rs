@@ -4,7 +4,7 @@
 //! failures ([`Health`]). A sync swaps a listener's `Balancer` as a whole ([`RouteSlot`]); flows
 //! already open never look at it again, which is what lets removed endpoints drain.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -15,6 +15,36 @@ use crate::limits::{Limits, PortGate};
 use crate::metrics::PortMetrics;
 use crate::pick::{mix64, AffinityMap, PickInput, Picker, Slot};
 use crate::plan::{ListenerKey, Route, RouteTarget};
+
+impl Context {
+    /// Whether a new flow from `client` is short-circuited to every endpoint on a route that
+    /// has a short-circuit ([`Route::short_circuit`]): the client is a pod
+    /// ([`UserspaceConfig::cluster_cidrs`]) or the node itself.
+    pub fn is_pod_or_node(&self, client: IpAddr) -> bool {
+        client.is_loopback()
+            || self
+                .config
+                .cluster_cidrs
+                .iter()
+                .any(|net| net.contains(&client))
+            || self
+                .local_ips
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(&client)
+    }
+
+    /// Sets the node's own addresses (each sync).
+    pub fn set_local_ips(&self, ips: BTreeSet<IpAddr>) {
+        let mut current = self
+            .local_ips
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if **current != ips {
+            *current = Arc::new(ips);
+        }
+    }
+}
 
 /// The time, from tokio's clock so that tests may pause it.
 pub(crate) fn now() -> Instant {
@@ -31,6 +61,9 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[derive(Debug)]
 pub(crate) struct Context {
     pub config: UserspaceConfig,
+    /// The node's own addresses (all of them, as the last sync saw them): a client at one of
+    /// these, or at a loopback address, is the node itself (kube-proxy's `--src-type LOCAL`).
+    pub local_ips: RwLock<Arc<BTreeSet<IpAddr>>>,
     pub health: Health,
     pub active: Arc<ActiveCounts>,
     /// Connections and flows held, and their limits.
@@ -59,6 +92,8 @@ pub(crate) struct Balancer {
     /// The connections of this listener's service port (shared by its listeners).
     pub port_gate: PortGate,
     picker: Mutex<Picker>,
+    /// The scheduler state of the short-circuit's endpoints, when the route has one.
+    short_circuit_picker: Option<Mutex<Picker>>,
     affinity: Option<Arc<Mutex<AffinityMap>>>,
     rng: AtomicU64,
 }
@@ -72,14 +107,21 @@ impl Balancer {
         port_gate: PortGate,
         config: &UserspaceConfig,
     ) -> Self {
-        let (names, weights): (Vec<String>, Vec<u32>) = match &route.target {
-            RouteTarget::Endpoints(backends) => backends
-                .iter()
-                .map(|b| (b.addr.to_string(), b.weight))
-                .unzip(),
-            RouteTarget::Reject | RouteTarget::Drop => (Vec::new(), Vec::new()),
+        let picker_for = |target: &RouteTarget| {
+            let (names, weights): (Vec<String>, Vec<u32>) = match target {
+                RouteTarget::Endpoints(backends) => backends
+                    .iter()
+                    .map(|b| (b.addr.to_string(), b.weight))
+                    .unzip(),
+                RouteTarget::Reject | RouteTarget::Drop => (Vec::new(), Vec::new()),
+            };
+            Picker::new(route.scheduler, &names, &weights, config.maglev_table_size)
         };
-        let picker = Picker::new(route.scheduler, &names, &weights, config.maglev_table_size);
+        let picker = picker_for(&route.target);
+        let short_circuit_picker = route
+            .short_circuit
+            .as_ref()
+            .map(|target| Mutex::new(picker_for(target)));
         let seed =
             std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), key);
         Self {
@@ -88,8 +130,18 @@ impl Balancer {
             metrics,
             port_gate,
             picker: Mutex::new(picker),
+            short_circuit_picker,
             affinity,
             rng: AtomicU64::new(seed),
+        }
+    }
+
+    /// What the route does with a new flow from `client`: its short-circuit for a pod or the
+    /// node itself when it has one, else its target.
+    pub fn target_for(&self, client: IpAddr, ctx: &Context) -> &RouteTarget {
+        match &self.route.short_circuit {
+            Some(short_circuit) if ctx.is_pod_or_node(client) => short_circuit,
+            _ => &self.route.target,
         }
     }
 
@@ -101,8 +153,13 @@ impl Balancer {
         tried: &[SocketAddr],
         ctx: &Context,
     ) -> Option<SocketAddr> {
-        let RouteTarget::Endpoints(backends) = &self.route.target else {
+        let target = self.target_for(client, ctx);
+        let RouteTarget::Endpoints(backends) = target else {
             return None;
+        };
+        let picker = match &self.short_circuit_picker {
+            Some(short_circuit) if !std::ptr::eq(target, &self.route.target) => short_circuit,
+            _ => &self.picker,
         };
         let now = now();
         if let Some(affinity) = &self.affinity {
@@ -132,7 +189,7 @@ impl Balancer {
             dest: self.key.addr.ip(),
             random: mix64(self.rng.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)),
         };
-        let mut picker = lock(&self.picker);
+        let mut picker = lock(picker);
         let mut chosen = picker.pick(&slots, &input);
         if chosen.is_none() {
             // Everything left is ejected: trying one beats refusing the client.
@@ -304,6 +361,61 @@ mod tests {
         health.record_failure(ep, t0);
         health.record_success(ep);
         assert!(!health.record_failure(ep, t0));
+    }
+
+    #[test]
+    fn pods_and_the_node_take_the_short_circuit_and_other_clients_the_local_policy() {
+        use crate::plan::{AddressKind, Backend};
+        use proxy_core::table::{Protocol, Scheduler, ServicePortName};
+
+        let remote: SocketAddr = "198.18.2.10:8080".parse().expect("addr");
+        let name = ServicePortName::new("default", "web", "http");
+        let route = Route {
+            service_port: name.clone(),
+            kind: AddressKind::NodePort,
+            target: RouteTarget::Drop,
+            short_circuit: Some(RouteTarget::Endpoints(vec![Backend {
+                addr: remote,
+                weight: 1,
+            }])),
+            scheduler: Scheduler::RoundRobin,
+            affinity_timeout: None,
+            port_idle_timeout: None,
+            source_ranges: Vec::new(),
+        };
+        let config = UserspaceConfig {
+            cluster_cidrs: vec!["198.18.0.0/17".parse().expect("net")],
+            ..UserspaceConfig::default()
+        };
+        let ctx = Context {
+            local_ips: RwLock::default(),
+            health: Health::new(3, Duration::from_secs(1)),
+            active: Arc::default(),
+            limits: Limits::default(),
+            config: config.clone(),
+        };
+        ctx.set_local_ips(BTreeSet::from(["198.18.250.254".parse().expect("ip")]));
+        let key = ListenerKey {
+            protocol: Protocol::Tcp,
+            addr: "198.18.250.254:30502".parse().expect("addr"),
+        };
+        let metrics = crate::Metrics::default().for_service_port(&name, Protocol::Tcp);
+        let balancer = Balancer::new(key, route, None, metrics, PortGate::default(), &config);
+        for (client, short_circuited) in [
+            ("198.18.3.10", true),    // a pod
+            ("198.18.250.254", true), // the node, from its own address
+            ("127.0.0.1", true),      // the node, from loopback
+            ("198.18.250.1", false),  // outside: the Local policy, no local endpoint
+        ] {
+            let client: IpAddr = client.parse().expect("ip");
+            let chosen = balancer.choose(client, &[], &ctx);
+            if short_circuited {
+                assert_eq!(chosen, Some(remote), "{client}");
+            } else {
+                assert_eq!(balancer.target_for(client, &ctx), &RouteTarget::Drop);
+                assert_eq!(chosen, None, "{client}");
+            }
+        }
     }
 
     #[test]

@@ -12,26 +12,36 @@
 //! nat `OUTPUT`). The per-listener port tells the proxy which service address a connection was
 //! for, which is why `SO_ORIGINAL_DST` is not needed. IPv4 only (iptables, not ip6tables).
 //!
-//! A full sync rewrites the chain whole with `iptables-restore --noflush` (only our chain is
-//! named, so nothing else is touched), which also repairs an outside flush; a partial sync
-//! deletes and appends the rules of the listeners it closed, opened or gave to another service
-//! port ([`render_edits`]), so its cost follows the change. [`cleanup`] removes the jumps and
-//! the chain. Dropping
-//! the dataplane closes its sockets but leaves the chain, like the kernel backends' state: run
+//! A filter chain of the same name, jumped to from `INPUT`, `FORWARD` and `OUTPUT` for new
+//! connections, holds kube-proxy's verdicts for what is not redirected ([`ListenerRules`]):
+//! sources outside the load-balancer source ranges are dropped, a port with no endpoint is
+//! rejected, and external traffic to a `Local` port with no local endpoint is dropped (pods and
+//! the node itself are redirected past it: the short-circuit). No socket ever accepts a flow
+//! kube-proxy would refuse.
+//!
+//! A full sync rewrites both chains whole with `iptables-restore --noflush` (only our chains
+//! are named, so nothing else is touched), which also repairs an outside flush; a partial sync
+//! deletes and appends the rules of the listeners it closed, opened, gave to another service
+//! port or whose rules changed (endpoints gone or back: [`render_edits`]), so its cost follows
+//! the change. [`cleanup`] removes the jumps and the chains. Dropping
+//! the dataplane closes its sockets but leaves the chains, like the kernel backends' state: run
 //! `Dataplane::cleanup` on exit.
 //! Ref: kube-proxy's userspace proxier (`pkg/proxy/userspace/proxier.go`, removed in 1.26),
 //! which installed `REDIRECT --to-ports` rules in `KUBE-PORTALS-CONTAINER`/`-HOST`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::process::Stdio;
 
+use ipnet::{IpNet, Ipv4Net};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
+use proxy_core::table::Protocol;
+
 use crate::error::UserspaceError;
-use crate::plan::{ListenerKey, Route};
+use crate::plan::{ListenerKey, Route, RouteTarget};
 
 /// The comment on our jump rules, so we can find and delete exactly them.
 const JUMP_COMMENT: &str = "svcproxy userspace capture";
@@ -40,55 +50,211 @@ const JUMP_COMMENT: &str = "svcproxy userspace capture";
 /// host.
 const HOOKS: [&str; 2] = ["PREROUTING", "OUTPUT"];
 
+/// Built-in filter chains that jump to our filter chain (new connections only, as
+/// kube-proxy's `KUBE-PROXY-FIREWALL` and `KUBE-EXTERNAL-SERVICES` jumps): traffic to this
+/// host, through it, and from it.
+const FILTER_HOOKS: [&str; 3] = ["INPUT", "FORWARD", "OUTPUT"];
+
 /// One listener's redirect: its key, its route (for the comment) and where its capture socket
 /// is bound.
 pub type Redirect = (ListenerKey, Route, SocketAddr);
 
-/// The `iptables-restore` input that makes `chain` redirect every listener's service address to
-/// the port its capture socket is bound to. Byte-stable: listeners in key order.
-pub fn render_rules(chain: &str, redirects: &BTreeMap<ListenerKey, (Route, SocketAddr)>) -> String {
-    let mut out = format!("*nat\n:{chain} - [0:0]\n");
-    for (key, (route, bound)) in redirects {
-        if let Some(rule) = rule_spec(*key, route, *bound) {
-            let _ = writeln!(out, "-A {chain} {rule}");
+/// The rules of one listener, after `-A chain`: in our nat chain (the `REDIRECT`s to its capture
+/// socket) and in our filter chain of the same name (kube-proxy's verdicts for what was not
+/// redirected). Empty for IPv6 (iptables is IPv4 only).
+///
+/// The verdicts sit in the filter table, as kube-proxy's do (`REJECT` is a filter target and the
+/// nat table refuses `DROP`), and match the *service* address: nat runs first on every path
+/// (`PREROUTING` before `INPUT`/`FORWARD`, nat `OUTPUT` before filter `OUTPUT`), so a packet that
+/// is still addressed to the service there was not redirected. Ref: kube-proxy's
+/// `pkg/proxy/iptables/proxier.go` (`KUBE-FW-*` accepts the source ranges in nat and
+/// `KUBE-PROXY-FIREWALL` drops the rest in filter; `"has no endpoints"` REJECT and `"has no
+/// local endpoints"` DROP in `KUBE-SERVICES`/`KUBE-EXTERNAL-SERVICES`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListenerRules {
+    /// Rules of our nat chain.
+    pub nat: Vec<String>,
+    /// Rules of our filter chain, in order (an accepted source range's verdict comes before the
+    /// drop of every other source).
+    pub filter: Vec<String>,
+}
+
+impl ListenerRules {
+    /// The rules of the listener `key` with `route`, whose capture socket is bound at `bound`;
+    /// `cluster_cidrs` is the pod network (for the short-circuit of pod traffic).
+    pub fn of(key: ListenerKey, route: &Route, bound: SocketAddr, cluster_cidrs: &[IpNet]) -> Self {
+        let mut rules = ListenerRules::default();
+        let IpAddr::V4(ip) = key.addr.ip() else {
+            return rules;
+        };
+        let base = format!(
+            "-d {ip}/32 -p {proto} -m {proto} --dport {}",
+            key.addr.port(),
+            proto = key.protocol,
+        );
+        let name = comment(route);
+        let redirect = format!(
+            "-m comment --comment \"{name}\" -j REDIRECT --to-ports {}",
+            bound.port()
+        );
+        // `None`: every source; else the IPv4 ranges allowed (possibly none).
+        let allowed: Option<Vec<Ipv4Net>> = (!route.source_ranges.is_empty()).then(|| {
+            route
+                .source_ranges
+                .iter()
+                .filter_map(|net| match net {
+                    IpNet::V4(v4) => Some(*v4),
+                    IpNet::V6(_) => None,
+                })
+                .collect()
+        });
+        let sources: Vec<String> = match &allowed {
+            None => vec![String::new()],
+            Some(nets) => nets.iter().map(|net| format!(" -s {net}")).collect(),
+        };
+        let verdict = match &route.target {
+            RouteTarget::Endpoints(_) => None,
+            // A TCP reset rather than ICMP for TCP, as backend-iptables does: the kernel
+            // rate-limits ICMP errors per destination (`net.ipv4.icmp_ratelimit`), a RST is
+            // not, so a client that retries is refused every time.
+            RouteTarget::Reject if key.protocol == Protocol::Tcp => {
+                Some(("has no endpoints", "REJECT --reject-with tcp-reset"))
+            }
+            RouteTarget::Reject => Some((
+                "has no endpoints",
+                "REJECT --reject-with icmp-port-unreachable",
+            )),
+            RouteTarget::Drop => Some(("has no local endpoints", "DROP")),
+        };
+        match verdict {
+            None => {
+                for source in &sources {
+                    rules.nat.push(format!("{base}{source} {redirect}"));
+                }
+            }
+            Some((why, target)) => {
+                // Traffic from pods and from the node itself to an external address of a
+                // `Local` service goes to every endpoint (kube-proxy's short-circuit), even when
+                // none is local: redirected here, it never meets the verdict. Source ranges
+                // still come first (kube-proxy's firewall chain precedes it): only the pods and
+                // the node within them.
+                if matches!(route.short_circuit, Some(RouteTarget::Endpoints(_))) {
+                    let cidrs = cluster_cidrs.iter().filter_map(|cidr| match cidr {
+                        IpNet::V4(cidr) => Some(*cidr),
+                        IpNet::V6(_) => None,
+                    });
+                    let (pods, node): (Vec<Ipv4Net>, Vec<String>) = match &allowed {
+                        None => (cidrs.collect(), vec![String::new()]),
+                        Some(ranges) => (
+                            cidrs
+                                .flat_map(|cidr| {
+                                    ranges
+                                        .iter()
+                                        .filter_map(move |range| narrower(cidr, *range))
+                                })
+                                .collect(),
+                            ranges.iter().map(|range| format!(" -s {range}")).collect(),
+                        ),
+                    };
+                    for pods in pods {
+                        rules.nat.push(format!("{base} -s {pods} {redirect}"));
+                    }
+                    for source in node {
+                        rules.nat.push(format!(
+                            "{base}{source} -m addrtype --src-type LOCAL {redirect}"
+                        ));
+                    }
+                }
+                for source in &sources {
+                    rules.filter.push(format!(
+                        "{base}{source} -m comment --comment \"{name} {why}\" -j {target}"
+                    ));
+                }
+            }
         }
+        if allowed.is_some() {
+            rules.filter.push(format!(
+                "{base} -m comment --comment \"{name} traffic not accepted by its source ranges\" -j DROP"
+            ));
+        }
+        rules
+    }
+}
+
+/// The intersection of two networks: the narrower when one holds the other, else none.
+fn narrower(a: Ipv4Net, b: Ipv4Net) -> Option<Ipv4Net> {
+    if a.contains(&b) {
+        Some(b)
+    } else if b.contains(&a) {
+        Some(a)
+    } else {
+        None
+    }
+}
+
+/// The `iptables-restore` input that makes `chain` redirect every listener's service address to
+/// the port its capture socket is bound to, and our filter chain of the same name hold the
+/// verdicts for what is not redirected ([`ListenerRules`]). Byte-stable: listeners in key order.
+pub fn render_rules(
+    chain: &str,
+    cluster_cidrs: &[IpNet],
+    redirects: &BTreeMap<ListenerKey, (Route, SocketAddr)>,
+) -> String {
+    let rules: Vec<ListenerRules> = redirects
+        .iter()
+        .map(|(key, (route, bound))| ListenerRules::of(*key, route, *bound, cluster_cidrs))
+        .collect();
+    let mut out = format!("*nat\n:{chain} - [0:0]\n");
+    for rule in rules.iter().flat_map(|rules| &rules.nat) {
+        let _ = writeln!(out, "-A {chain} {rule}");
+    }
+    let _ = write!(out, "COMMIT\n*filter\n:{chain} - [0:0]\n");
+    for rule in rules.iter().flat_map(|rules| &rules.filter) {
+        let _ = writeln!(out, "-A {chain} {rule}");
     }
     out.push_str("COMMIT\n");
     out
 }
 
 /// The `iptables-restore --noflush` input that deletes the rules of `deleted` and appends those
-/// of `appended` in `chain`, leaving its other rules alone (no chain line, which would flush
-/// it). `None` when there is nothing to write. A rule to delete that is not there fails the
-/// whole input, and the next sync rewrites the chain.
-pub fn render_edits(chain: &str, deleted: &[Redirect], appended: &[Redirect]) -> Option<String> {
-    let mut lines = String::new();
-    for (op, redirects) in [("-D", deleted), ("-A", appended)] {
-        for (key, route, bound) in redirects {
-            if let Some(rule) = rule_spec(*key, route, *bound) {
+/// of `appended` in `chain` (nat and filter), leaving its other rules alone (no chain line,
+/// which would flush it). `None` when there is nothing to write. A rule to delete that is not
+/// there fails the whole input, and the next sync rewrites the chain.
+pub fn render_edits(
+    chain: &str,
+    cluster_cidrs: &[IpNet],
+    deleted: &[Redirect],
+    appended: &[Redirect],
+) -> Option<String> {
+    let rules = |redirects: &[Redirect]| -> Vec<ListenerRules> {
+        redirects
+            .iter()
+            .map(|(key, route, bound)| ListenerRules::of(*key, route, *bound, cluster_cidrs))
+            .collect()
+    };
+    let (deleted, appended) = (rules(deleted), rules(appended));
+    let mut out = String::new();
+    for (table, of) in [
+        (
+            "nat",
+            (|r: &ListenerRules| r.nat.clone()) as fn(&ListenerRules) -> Vec<String>,
+        ),
+        ("filter", |r: &ListenerRules| r.filter.clone()),
+    ] {
+        let mut lines = String::new();
+        for (op, rules) in [("-D", &deleted), ("-A", &appended)] {
+            for rule in rules.iter().flat_map(of) {
                 let _ = writeln!(lines, "{op} {chain} {rule}");
             }
         }
+        if !lines.is_empty() {
+            let _ = write!(out, "*{table}\n{lines}COMMIT\n");
+        }
     }
-    (!lines.is_empty()).then(|| format!("*nat\n{lines}COMMIT\n"))
+    (!out.is_empty()).then_some(out)
 }
 
-/// The rule of one listener after `-A chain`, or `None` for IPv6 (iptables is IPv4 only).
-fn rule_spec(key: ListenerKey, route: &Route, bound: SocketAddr) -> Option<String> {
-    if key.addr.is_ipv6() {
-        return None;
-    }
-    Some(format!(
-        "-d {}/32 -p {proto} -m {proto} --dport {} -m comment --comment \"{}\" -j REDIRECT --to-ports {}",
-        key.addr.ip(),
-        key.addr.port(),
-        comment(route),
-        bound.port(),
-        proto = key.protocol,
-    ))
-}
-
-/// The comment on a listener's rule: its service port and address kind.
+/// The comment on a listener's rules: its service port and address kind.
 fn comment(route: &Route) -> String {
     format!("{} {}", route.service_port, route.kind.as_str())
 }
@@ -99,10 +265,9 @@ fn comment(route: &Route) -> String {
 /// [`UserspaceError::Iptables`] with the command, its status and stderr.
 pub async fn apply_rules(chain: &str, input: &str) -> Result<(), UserspaceError> {
     restore(input).await?;
-    for hook in HOOKS {
-        let rule = jump_rule(hook, chain);
-        if run("iptables", &with_op("-C", &rule)).await.is_err() {
-            run("iptables", &with_op("-I", &rule)).await?;
+    for (table, rule) in jump_rules(chain) {
+        if run("iptables", &with_op(table, "-C", &rule)).await.is_err() {
+            run("iptables", &with_op(table, "-I", &rule)).await?;
         }
     }
     Ok(())
@@ -117,46 +282,52 @@ pub async fn apply_edits(input: &str) -> Result<(), UserspaceError> {
     restore(input).await
 }
 
-/// Deletes our jumps and our chain. Missing ones are fine.
+/// Deletes our jumps and our chains (nat and filter). Missing ones are fine.
 ///
 /// # Errors
 /// [`UserspaceError::Iptables`] when the chain exists but cannot be deleted.
 pub async fn cleanup(chain: &str) -> Result<(), UserspaceError> {
-    for hook in HOOKS {
-        let rule = jump_rule(hook, chain);
+    for (table, rule) in jump_rules(chain) {
         // Bounded: one jump per hook is all we insert; a few more covers manual duplicates.
         for _ in 0..8 {
-            if run("iptables", &with_op("-D", &rule)).await.is_err() {
+            if run("iptables", &with_op(table, "-D", &rule)).await.is_err() {
                 break;
             }
         }
     }
-    if run("iptables", &["-w", "-t", "nat", "-L", chain, "-n"])
-        .await
-        .is_ok()
-    {
-        run("iptables", &["-w", "-t", "nat", "-F", chain]).await?;
-        run("iptables", &["-w", "-t", "nat", "-X", chain]).await?;
+    for table in ["nat", "filter"] {
+        if run("iptables", &["-w", "-t", table, "-L", chain, "-n"])
+            .await
+            .is_ok()
+        {
+            run("iptables", &["-w", "-t", table, "-F", chain]).await?;
+            run("iptables", &["-w", "-t", table, "-X", chain]).await?;
+        }
     }
     Ok(())
 }
 
-fn jump_rule(hook: &str, chain: &str) -> Vec<String> {
-    [
-        hook,
-        "-m",
-        "comment",
-        "--comment",
-        JUMP_COMMENT,
-        "-j",
-        chain,
-    ]
-    .map(str::to_owned)
-    .to_vec()
+/// Our jumps, by table: nat `PREROUTING`/`OUTPUT` to the redirects, filter
+/// `INPUT`/`FORWARD`/`OUTPUT` (new connections) to the verdicts.
+fn jump_rules(chain: &str) -> Vec<(&'static str, Vec<String>)> {
+    let jump = |hook: &str, state: &[&str]| {
+        let mut rule = vec![hook.to_owned()];
+        rule.extend(state.iter().map(|arg| (*arg).to_owned()));
+        rule.extend(["-m", "comment", "--comment", JUMP_COMMENT, "-j", chain].map(str::to_owned));
+        rule
+    };
+    let nat = HOOKS.iter().map(|hook| ("nat", jump(hook, &[])));
+    let filter = FILTER_HOOKS.iter().map(|hook| {
+        (
+            "filter",
+            jump(hook, &["-m", "conntrack", "--ctstate", "NEW"]),
+        )
+    });
+    nat.chain(filter).collect()
 }
 
-fn with_op(op: &str, rule: &[String]) -> Vec<String> {
-    let mut args: Vec<String> = ["-w", "-t", "nat", op].map(str::to_owned).to_vec();
+fn with_op(table: &str, op: &str, rule: &[String]) -> Vec<String> {
+    let mut args: Vec<String> = ["-w", "-t", table, op].map(str::to_owned).to_vec();
     args.extend(rule.iter().cloned());
     args
 }
@@ -229,71 +400,227 @@ async fn restore(input: &str) -> Result<(), UserspaceError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{AddressKind, RouteTarget};
-    use proxy_core::table::{Protocol, Scheduler, ServicePortName};
+    use crate::plan::{AddressKind, Backend, RouteTarget};
+    use proxy_core::table::{Scheduler, ServicePortName};
 
-    #[test]
-    fn rules_redirect_each_service_address_to_its_capture_port() {
-        let route = |kind| Route {
+    fn endpoints() -> RouteTarget {
+        RouteTarget::Endpoints(vec![Backend {
+            addr: "198.18.2.10:8080".parse().expect("addr"),
+            weight: 1,
+        }])
+    }
+
+    fn route(kind: AddressKind, target: RouteTarget) -> Route {
+        Route {
             service_port: ServicePortName::new("default", "web", "http"),
             kind,
-            target: RouteTarget::Reject,
+            target,
+            short_circuit: None,
             scheduler: Scheduler::RoundRobin,
             affinity_timeout: None,
             port_idle_timeout: None,
             source_ranges: Vec::new(),
-        };
-        let mut redirects = BTreeMap::new();
-        let key = |proto, addr: &str| ListenerKey {
-            protocol: proto,
+        }
+    }
+
+    fn key(protocol: Protocol, addr: &str) -> ListenerKey {
+        ListenerKey {
+            protocol,
             addr: addr.parse().expect("addr"),
-        };
-        let bound = |port| SocketAddr::from(([0, 0, 0, 0], port));
+        }
+    }
+
+    fn bound(port: u16) -> SocketAddr {
+        SocketAddr::from(([0, 0, 0, 0], port))
+    }
+
+    fn net(text: &str) -> IpNet {
+        text.parse().expect("net")
+    }
+
+    #[test]
+    fn rules_redirect_each_service_address_to_its_capture_port() {
+        let mut redirects = BTreeMap::new();
         redirects.insert(
             key(Protocol::Tcp, "198.18.0.10:80"),
-            (route(AddressKind::ClusterIp), bound(40001)),
+            (route(AddressKind::ClusterIp, endpoints()), bound(40001)),
         );
         redirects.insert(
             key(Protocol::Udp, "198.18.0.10:53"),
-            (route(AddressKind::ClusterIp), bound(40002)),
+            (route(AddressKind::ClusterIp, endpoints()), bound(40002)),
         );
         redirects.insert(
             key(Protocol::Tcp, "[2001:db8::1]:80"),
-            (route(AddressKind::ClusterIp), bound(40003)),
+            (route(AddressKind::ClusterIp, endpoints()), bound(40003)),
         );
         assert_eq!(
-            render_rules("SVCPROXY-CAPTURE", &redirects),
+            render_rules("SVCPROXY-CAPTURE", &[], &redirects),
             "*nat\n\
              :SVCPROXY-CAPTURE - [0:0]\n\
              -A SVCPROXY-CAPTURE -d 198.18.0.10/32 -p tcp -m tcp --dport 80 -m comment --comment \"default/web:http cluster-ip\" -j REDIRECT --to-ports 40001\n\
              -A SVCPROXY-CAPTURE -d 198.18.0.10/32 -p udp -m udp --dport 53 -m comment --comment \"default/web:http cluster-ip\" -j REDIRECT --to-ports 40002\n\
+             COMMIT\n\
+             *filter\n\
+             :SVCPROXY-CAPTURE - [0:0]\n\
              COMMIT\n"
         );
     }
 
     #[test]
-    fn edits_delete_then_append_single_rules_without_naming_the_chain() {
-        let route = |service: &str| Route {
-            service_port: ServicePortName::new("default", service, "http"),
-            kind: AddressKind::ClusterIp,
-            target: RouteTarget::Reject,
-            scheduler: Scheduler::RoundRobin,
-            affinity_timeout: None,
-            port_idle_timeout: None,
-            source_ranges: Vec::new(),
-        };
-        let key = ListenerKey {
-            protocol: Protocol::Tcp,
-            addr: "198.18.0.10:80".parse().expect("addr"),
-        };
-        let bound = SocketAddr::from(([0, 0, 0, 0], 40001));
-        assert_eq!(render_edits("C", &[], &[]), None);
+    fn a_port_without_endpoints_is_rejected_and_one_without_local_endpoints_dropped() {
+        let mut redirects = BTreeMap::new();
+        redirects.insert(
+            key(Protocol::Tcp, "198.18.0.10:80"),
+            (
+                route(AddressKind::ClusterIp, RouteTarget::Reject),
+                bound(40001),
+            ),
+        );
+        redirects.insert(
+            key(Protocol::Udp, "198.18.0.10:53"),
+            (
+                route(AddressKind::ClusterIp, RouteTarget::Reject),
+                bound(40002),
+            ),
+        );
+        redirects.insert(
+            key(Protocol::Tcp, "198.18.0.11:80"),
+            (
+                route(AddressKind::ClusterIp, RouteTarget::Drop),
+                bound(40003),
+            ),
+        );
         assert_eq!(
-            render_edits("C", &[(key, route("old"), bound)], &[(key, route("new"), bound)])
+            render_rules("C", &[], &redirects),
+            "*nat\n\
+             :C - [0:0]\n\
+             COMMIT\n\
+             *filter\n\
+             :C - [0:0]\n\
+             -A C -d 198.18.0.10/32 -p tcp -m tcp --dport 80 -m comment --comment \"default/web:http cluster-ip has no endpoints\" -j REJECT --reject-with tcp-reset\n\
+             -A C -d 198.18.0.11/32 -p tcp -m tcp --dport 80 -m comment --comment \"default/web:http cluster-ip has no local endpoints\" -j DROP\n\
+             -A C -d 198.18.0.10/32 -p udp -m udp --dport 53 -m comment --comment \"default/web:http cluster-ip has no endpoints\" -j REJECT --reject-with icmp-port-unreachable\n\
+             COMMIT\n",
+            "no redirect: nothing accepts the connection before the verdict"
+        );
+    }
+
+    #[test]
+    fn source_ranges_redirect_the_allowed_sources_and_drop_the_rest() {
+        let lb = key(Protocol::Tcp, "198.19.102.1:80");
+        let mut allowed = route(AddressKind::LoadBalancerIp, endpoints());
+        allowed.source_ranges = vec![
+            net("198.18.250.0/24"),
+            net("2001:db8::/64"),
+            net("198.19.102.1/32"),
+        ];
+        let rules = ListenerRules::of(lb, &allowed, bound(40001), &[]);
+        let base = "-d 198.19.102.1/32 -p tcp -m tcp --dport 80";
+        let comment = "-m comment --comment \"default/web:http load-balancer-ip";
+        assert_eq!(
+            rules.nat,
+            [
+                format!("{base} -s 198.18.250.0/24 {comment}\" -j REDIRECT --to-ports 40001"),
+                format!("{base} -s 198.19.102.1/32 {comment}\" -j REDIRECT --to-ports 40001"),
+            ]
+        );
+        assert_eq!(
+            rules.filter,
+            [format!(
+                "{base} {comment} traffic not accepted by its source ranges\" -j DROP"
+            )]
+        );
+        // No endpoints: the allowed sources are rejected, the others still dropped, in order.
+        allowed.target = RouteTarget::Reject;
+        let rules = ListenerRules::of(lb, &allowed, bound(40001), &[]);
+        assert!(rules.nat.is_empty(), "{rules:?}");
+        assert_eq!(
+            rules.filter,
+            [
+                format!("{base} -s 198.18.250.0/24 {comment} has no endpoints\" -j REJECT --reject-with tcp-reset"),
+                format!("{base} -s 198.19.102.1/32 {comment} has no endpoints\" -j REJECT --reject-with tcp-reset"),
+                format!("{base} {comment} traffic not accepted by its source ranges\" -j DROP"),
+            ]
+        );
+    }
+
+    #[test]
+    fn pods_and_the_node_are_short_circuited_past_the_drop_of_a_local_service() {
+        let node_port = key(Protocol::Tcp, "198.18.250.254:30502");
+        let mut local = route(AddressKind::NodePort, RouteTarget::Drop);
+        local.short_circuit = Some(endpoints());
+        let rules = ListenerRules::of(node_port, &local, bound(40001), &[net("198.18.0.0/17")]);
+        let base = "-d 198.18.250.254/32 -p tcp -m tcp --dport 30502";
+        let comment = "-m comment --comment \"default/web:http node-port";
+        assert_eq!(
+            rules.nat,
+            [
+                format!("{base} -s 198.18.0.0/17 {comment}\" -j REDIRECT --to-ports 40001"),
+                format!(
+                    "{base} -m addrtype --src-type LOCAL {comment}\" -j REDIRECT --to-ports 40001"
+                ),
+            ]
+        );
+        assert_eq!(
+            rules.filter,
+            [format!("{base} {comment} has no local endpoints\" -j DROP")]
+        );
+        // With source ranges, only the pods and the node within them.
+        let mut ranged = local.clone();
+        ranged.kind = AddressKind::LoadBalancerIp;
+        ranged.source_ranges = vec![net("198.18.3.0/24"), net("198.18.250.0/24")];
+        let cidrs = [net("198.18.0.0/17")];
+        let rules = ListenerRules::of(node_port, &ranged, bound(40001), &cidrs);
+        let comment = "-m comment --comment \"default/web:http load-balancer-ip";
+        assert_eq!(
+            rules.nat,
+            [
+                format!("{base} -s 198.18.3.0/24 {comment}\" -j REDIRECT --to-ports 40001"),
+                format!(
+                    "{base} -s 198.18.3.0/24 -m addrtype --src-type LOCAL {comment}\" -j REDIRECT --to-ports 40001"
+                ),
+                format!(
+                    "{base} -s 198.18.250.0/24 -m addrtype --src-type LOCAL {comment}\" -j REDIRECT --to-ports 40001"
+                ),
+            ]
+        );
+        assert_eq!(rules.filter.len(), 3, "{rules:?}");
+        // Nowhere to short-circuit to: every source gets the verdict.
+        local.short_circuit = Some(RouteTarget::Reject);
+        let rules = ListenerRules::of(node_port, &local, bound(40001), &[net("198.18.0.0/17")]);
+        assert!(rules.nat.is_empty(), "{rules:?}");
+    }
+
+    #[test]
+    fn edits_delete_then_append_single_rules_without_naming_the_chain() {
+        let named = |service: &str| Route {
+            service_port: ServicePortName::new("default", service, "http"),
+            ..route(AddressKind::ClusterIp, endpoints())
+        };
+        let key = key(Protocol::Tcp, "198.18.0.10:80");
+        let bound = bound(40001);
+        assert_eq!(render_edits("C", &[], &[], &[]), None);
+        assert_eq!(
+            render_edits("C", &[], &[(key, named("old"), bound)], &[(key, named("new"), bound)])
                 .expect("two edits"),
             "*nat\n\
              -D C -d 198.18.0.10/32 -p tcp -m tcp --dport 80 -m comment --comment \"default/old:http cluster-ip\" -j REDIRECT --to-ports 40001\n\
              -A C -d 198.18.0.10/32 -p tcp -m tcp --dport 80 -m comment --comment \"default/new:http cluster-ip\" -j REDIRECT --to-ports 40001\n\
+             COMMIT\n"
+        );
+        // The endpoints went: the redirect goes, the reject comes, in their own tables.
+        let rejecting = Route {
+            target: RouteTarget::Reject,
+            ..named("old")
+        };
+        assert_eq!(
+            render_edits("C", &[], &[(key, named("old"), bound)], &[(key, rejecting, bound)])
+                .expect("two edits"),
+            "*nat\n\
+             -D C -d 198.18.0.10/32 -p tcp -m tcp --dport 80 -m comment --comment \"default/old:http cluster-ip\" -j REDIRECT --to-ports 40001\n\
+             COMMIT\n\
+             *filter\n\
+             -A C -d 198.18.0.10/32 -p tcp -m tcp --dport 80 -m comment --comment \"default/old:http cluster-ip has no endpoints\" -j REJECT --reject-with tcp-reset\n\
              COMMIT\n"
         );
     }

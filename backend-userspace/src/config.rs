@@ -3,6 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
+use ipnet::IpNet;
 use proxy_core::table::Scheduler;
 use serde::{Deserialize, Serialize};
 
@@ -24,8 +25,21 @@ use crate::error::UserspaceError;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UserspaceConfig {
-    /// The node's addresses: node ports are served on each of them (default `[127.0.0.1]`).
+    /// The node's addresses, on which node ports are served: a fixed list (loopback included
+    /// when listed). Empty (the default): every address of the node but loopback and IPv6
+    /// link-local, as kube-proxy does, followed as they come and go (rtnetlink, in the network
+    /// namespace of the first sync; [`proxy_core::node_addresses::NodeAddresses::kernel`]).
+    /// An embedder can feed its own instead
+    /// ([`crate::UserspaceDataplane::with_node_addresses`]).
     pub node_addresses: Vec<IpAddr>,
+    /// Serve node ports only on the node addresses within these networks (kube-proxy's
+    /// `--nodeport-addresses`); empty: on all of them.
+    pub node_port_addresses: Vec<IpNet>,
+    /// The pod network (kube-proxy's `--cluster-cidr`): clients in it reaching an external
+    /// address (node port, external or load-balancer IP) of a service whose external traffic
+    /// policy is `Local` go to every endpoint, as clients on the node itself do (kube-proxy's
+    /// short-circuit). Empty: only the node's own traffic is short-circuited.
+    pub cluster_cidrs: Vec<IpNet>,
     /// How long a connect to one endpoint may take before the next endpoint is tried.
     pub connect_timeout: Duration,
     /// A TCP connection with no byte in either direction for this long is closed, unless its
@@ -64,7 +78,8 @@ pub struct UserspaceConfig {
     /// `0.0.0.0` receives both REDIRECTed flows from `PREROUTING` (sent to the incoming
     /// interface's address) and from `OUTPUT` (sent to 127.0.0.1).
     pub capture_address: IpAddr,
-    /// Capture mode: our nat chain (it must be ours alone; cleanup deletes it).
+    /// Capture mode: our nat chain (the redirects) and our filter chain (the verdicts), both of
+    /// this name (they must be ours alone; cleanup deletes them).
     pub capture_chain: String,
     /// The most listeners this backend keeps open. `None` (the default): the process's open-file
     /// limit (`RLIMIT_NOFILE`) less what connections need, an eighth of it and at least 256;
@@ -104,7 +119,9 @@ pub enum ListenMode {
 impl Default for UserspaceConfig {
     fn default() -> Self {
         Self {
-            node_addresses: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+            node_addresses: Vec::new(),
+            node_port_addresses: Vec::new(),
+            cluster_cidrs: Vec::new(),
             connect_timeout: Duration::from_secs(3),
             idle_timeout: Duration::from_secs(3600),
             connect_attempts: 3,

@@ -36,6 +36,25 @@ pub enum UserspaceError {
         #[source]
         source: io::Error,
     },
+    /// A service address is not an address of this host, so it cannot be bound
+    /// (`EADDRNOTAVAIL`). The message says what to do: add the address, capture its traffic
+    /// instead of binding it ([`crate::ListenMode::Capture`]), or bind it anyway
+    /// ([`crate::UserspaceConfig::freebind`]); with svcproxy's flags for the last two.
+    #[error(
+        "cannot listen on {listener}: {ip} is not an address of this host ({error}): add it \
+         (ip addr add {ip}/{prefix_len} dev lo), or capture its traffic instead of binding it \
+         (mode: capture; svcproxy --userspace-capture, root), or bind it before it is local \
+         (freebind; svcproxy --freebind)",
+        ip = listener.addr.ip(),
+        prefix_len = if listener.addr.is_ipv4() { 32 } else { 128 }
+    )]
+    AddressNotLocal {
+        /// The protocol and address that could not be bound.
+        listener: ListenerKey,
+        /// The OS error (`EADDRNOTAVAIL`), in the message: not a `source`, so that a chain of
+        /// causes prints it once.
+        error: io::Error,
+    },
     /// A command could not be started (capture mode).
     #[error("cannot run {command}: {source}")]
     Spawn {

@@ -2,7 +2,9 @@
 //! ordinary sockets, so it needs no root and no kernel state.
 //!
 //! Every service port gets a listener on each of its addresses (cluster, external and
-//! load-balancer IPs on the service port; each configured node address on the node port). A new
+//! load-balancer IPs on the service port; each node address on the node port: by default every
+//! address of the node but loopback, followed as addresses come and go, see
+//! [`UserspaceConfig::node_addresses`] and [`UserspaceDataplane::with_node_addresses`]). A new
 //! TCP connection or UDP flow is sent to an endpoint chosen by the port's scheduler (IPVS's
 //! `rr`, `wrr`, `lc`, `wlc`, `sed`, `nq`, `sh`, `dh`, `mh`, and `random`; see [`pick`]), with
 //! client-IP affinity if asked, failing over on connect errors and ejecting endpoints that keep
@@ -12,8 +14,9 @@
 //!
 //! It owns only its sockets: [`Dataplane::cleanup`] closes every listener (connections already
 //! open finish on their own). In the optional transparent capture mode ([`ListenMode::Capture`],
-//! root) it also owns one iptables nat chain, [`UserspaceConfig::capture_chain`], and its two
-//! jumps; cleanup removes them (see [`capture`]).
+//! root) it also owns two iptables chains named [`UserspaceConfig::capture_chain`], one in nat
+//! (the redirects) and one in filter (kube-proxy's drop and reject verdicts), and their jumps;
+//! cleanup removes them (see [`capture`]).
 //!
 //! Inner shape, as every backend: **plan** ([`plan::plan`] for a full sync,
 //! [`plan::plan_partial`] for the service ports a partial sync's change set names; pure: desired
@@ -73,18 +76,20 @@ pub mod plan;
 mod tcp;
 mod udp;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
 use prometheus_client::registry::Registry;
+use proxy_core::dataplane::SyncProblem;
 use proxy_core::dataplane::{
     Capabilities, CleanupReport, DryRun, SyncMode, SyncReport, SyncRequest,
 };
 use proxy_core::diff::ChangeSet;
-use proxy_core::table::{Protocol, Scheduler, ServiceTable};
+use proxy_core::node_addresses::{node_port_ips, NodeAddresses};
+use proxy_core::table::{Protocol, Scheduler, ServicePortName, ServiceTable};
 use proxy_core::{Dataplane, DataplaneError};
 use tracing::debug;
 
@@ -92,7 +97,7 @@ pub use config::{ListenMode, UserspaceConfig};
 pub use error::UserspaceError;
 pub use limits::ConnectionLimits;
 pub use metrics::Metrics;
-pub use plan::{ListenerKey, Listeners, Plan, Scope};
+pub use plan::{ListenerKey, Listeners, NodeIps, Plan, Scope};
 
 use apply::Live;
 use balance::{ActiveCounts, Context, Health};
@@ -108,6 +113,13 @@ pub struct UserspaceDataplane {
     ctx: Arc<Context>,
     metrics: Metrics,
     live: Live,
+    /// Where the node's addresses come from.
+    node_addresses: NodeAddresses,
+    /// The node addresses the last sync planned node ports on.
+    node_ips: NodeIps,
+    /// The service ports of the last table whose listeners depend on the node's addresses
+    /// ([`plan::depends_on_node_ips`]): what a change of addresses plans again.
+    dependent: BTreeSet<ServicePortName>,
 }
 
 impl UserspaceDataplane {
@@ -120,9 +132,18 @@ impl UserspaceDataplane {
     pub fn new(config: UserspaceConfig) -> Result<Self, UserspaceError> {
         config.validate()?;
         let health = Health::new(config.eject_after_failures, config.ejection_time);
+        let node_addresses = if config.node_addresses.is_empty() {
+            NodeAddresses::kernel()
+        } else {
+            NodeAddresses::fixed(config.node_addresses.iter().copied())
+        };
         Ok(Self {
+            node_addresses,
+            node_ips: NodeIps::new(),
+            dependent: BTreeSet::new(),
             ctx: Arc::new(Context {
                 config,
+                local_ips: std::sync::RwLock::default(),
                 health,
                 active: Arc::new(ActiveCounts::default()),
                 limits: Limits::default(),
@@ -130,6 +151,27 @@ impl UserspaceDataplane {
             metrics: Metrics::default(),
             live: Live::default(),
         })
+    }
+
+    /// The same dataplane, serving node ports on the addresses of `source` (filtered by
+    /// [`UserspaceConfig::node_port_addresses`]) instead of those the config names: an
+    /// embedder feeds them by hand with [`NodeAddresses::manual`]. The sync loop follows the
+    /// source ([`Dataplane::node_addresses`]): each change re-plans only the listeners of the
+    /// service ports that depend on the addresses.
+    #[must_use]
+    pub fn with_node_addresses(mut self, source: NodeAddresses) -> Self {
+        self.node_addresses = source;
+        self
+    }
+
+    /// The node addresses node ports are served on now (after the
+    /// [`UserspaceConfig::node_port_addresses`] filter).
+    pub fn node_ips(&self) -> NodeIps {
+        node_port_ips(
+            &self.node_addresses.current(),
+            &self.ctx.config.node_port_addresses,
+            None,
+        )
     }
 
     /// The configuration.
@@ -144,19 +186,59 @@ impl UserspaceDataplane {
 
     /// What a full sync to `table` would do now, from the listeners open now, without doing it.
     pub fn plan(&self, table: &ServiceTable) -> Plan {
-        plan::plan(table, &self.ctx.config, &self.live.observe())
+        plan::plan(
+            table,
+            &self.ctx.config,
+            &self.node_ips(),
+            &self.live.observe(),
+        )
     }
 
     /// What a partial sync to `table` with `changes` (from the table of the last sync) would do
     /// now, without doing it: the listeners of the changed service ports only.
     pub fn plan_partial(&self, table: &ServiceTable, changes: &ChangeSet) -> Plan {
+        let current = self.node_ips();
+        let node_ips = plan::NodeIpsChange {
+            previous: &self.node_ips,
+            current: &current,
+            dependent: &self.dependent,
+        };
         plan::plan_partial(
             table,
             changes,
             &self.ctx.config,
+            node_ips,
             self.live.applied(),
             self.live.ports_with_problems(),
         )
+    }
+
+    /// Keeps [`UserspaceDataplane::dependent`] in step with the table a sync planned.
+    fn track_dependent(&mut self, request: &SyncRequest<'_>) {
+        match request.mode {
+            SyncMode::Full => {
+                self.dependent = request
+                    .desired
+                    .iter()
+                    .filter(|port| plan::depends_on_node_ips(port))
+                    .map(|port| port.name.clone())
+                    .collect();
+            }
+            SyncMode::Partial => {
+                let changes = request.changes;
+                for port in &changes.removed {
+                    self.dependent.remove(&port.name);
+                }
+                let current = changes.changed.iter().map(|c| &c.current);
+                for port in changes.added.iter().chain(current) {
+                    if plan::depends_on_node_ips(port) {
+                        self.dependent.insert(port.name.clone());
+                    } else {
+                        self.dependent.remove(&port.name);
+                    }
+                }
+            }
+        }
     }
 
     /// The limits on TCP connections and UDP flows in force now (set by each sync, see
@@ -215,19 +297,49 @@ impl Dataplane for UserspaceDataplane {
     async fn sync(&mut self, request: SyncRequest<'_>) -> Result<SyncReport, DataplaneError> {
         // The caller (proxy-core's sync loop) runs this inside the `sync{backend, full}` span.
         let started = Instant::now();
+        // The first sync of a source that follows the kernel dumps its addresses (blocking for
+        // one rtnetlink request); without them, node ports wait for the next sync.
+        let address_problem = self.node_addresses.start().err().map(|error| {
+            let cause = std::error::Error::source(&error)
+                .map(|source| format!(": {source}"))
+                .unwrap_or_default();
+            SyncProblem::new("node addresses", format!("{error}{cause}"))
+        });
+        let node_ips = self.node_ips();
+        self.ctx
+            .set_local_ips(self.node_addresses.current().iter().map(|a| a.ip).collect());
         let plan = match request.mode {
             SyncMode::Full => {
                 self.live.forget_ended(&self.metrics);
-                plan::plan(request.desired, &self.ctx.config, self.live.applied())
+                plan::plan(
+                    request.desired,
+                    &self.ctx.config,
+                    &node_ips,
+                    self.live.applied(),
+                )
             }
             SyncMode::Partial => plan::plan_partial(
                 request.desired,
                 request.changes,
                 &self.ctx.config,
+                plan::NodeIpsChange {
+                    previous: &self.node_ips,
+                    current: &node_ips,
+                    dependent: &self.dependent,
+                },
                 self.live.applied(),
                 self.live.ports_with_problems(),
             ),
         };
+        if node_ips != self.node_ips {
+            debug!(
+                node_addresses = node_ips.len(),
+                service_ports = self.dependent.len(),
+                "node addresses changed: their service ports planned again"
+            );
+        }
+        self.node_ips = node_ips;
+        self.track_dependent(&request);
         let outcome = self.live.apply(&plan, &self.ctx, &self.metrics).await;
         self.live
             .remove_series_of_removed_ports(request.desired, &plan.scope, &self.metrics);
@@ -235,6 +347,7 @@ impl Dataplane for UserspaceDataplane {
         report.objects_written = outcome.written;
         report.problems = plan.problems;
         report.problems.extend(outcome.problems);
+        report.problems.extend(address_problem);
         self.live.set_problems(&report.problems);
         report.duration = started.elapsed();
         debug!(
@@ -262,7 +375,7 @@ impl Dataplane for UserspaceDataplane {
     /// ([`observe::render`]); addresses claimed twice and SCTP ports go to
     /// [`DryRun::problems`]. Never fails: the config was checked by [`UserspaceDataplane::new`].
     fn dry_run(&self, table: &ServiceTable) -> Result<DryRun, DataplaneError> {
-        let (listeners, problems) = plan::plan_listeners(table, &self.ctx.config);
+        let (listeners, problems) = plan::plan_listeners(table, &self.ctx.config, &self.node_ips());
         let mut rendered = format!(
             "# userspace backend: {} listener(s) for {} service port(s), {} endpoint(s)\n",
             listeners.len(),
@@ -278,6 +391,11 @@ impl Dataplane for UserspaceDataplane {
     /// does not check names, so a second call would list every series twice.
     fn register_metrics(&mut self, registry: &mut Registry) {
         self.metrics.register_in(registry);
+    }
+
+    /// The source node ports follow: the sync loop runs a partial sync after each change.
+    fn node_addresses(&self) -> Option<NodeAddresses> {
+        Some(self.node_addresses.clone())
     }
 }
 
@@ -482,7 +600,11 @@ mod tests {
 
     #[test]
     fn dry_run_renders_a_header_and_the_listeners_and_reports_problems_apart() {
-        let dp = UserspaceDataplane::new(UserspaceConfig::default()).expect("valid config");
+        let config = UserspaceConfig {
+            node_addresses: vec!["127.0.0.1".parse().expect("ip")],
+            ..UserspaceConfig::default()
+        };
+        let dp = UserspaceDataplane::new(config).expect("valid config");
         let t = table([
             port("web", Protocol::Tcp, "127.78.2.1", 80).with_node_port(30080),
             port("db", Protocol::Sctp, "127.78.2.2", 5432),

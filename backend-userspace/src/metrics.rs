@@ -13,10 +13,10 @@
 //! | series | type | labels |
 //! |---|---|---|
 //! | `svcproxy_userspace_connections_accepted_total` | counter | `service_port`, `protocol` |
-//! | `svcproxy_userspace_connections_active` | gauge | `service_port`, `protocol` |
+//! | `svcproxy_userspace_connections_active` | gauge | `service_port`, `protocol` (TCP ports) |
 //! | `svcproxy_userspace_connections_failed_total` | counter | `service_port`, `protocol`, `reason` |
 //! | `svcproxy_userspace_bytes_total` | counter | `service_port`, `protocol`, `direction` |
-//! | `svcproxy_userspace_udp_flows_active` | gauge | `service_port`, `protocol` |
+//! | `svcproxy_userspace_udp_flows_active` | gauge | `service_port`, `protocol` (UDP ports) |
 //! | `svcproxy_userspace_endpoint_ejections_total` | counter | |
 //! | `svcproxy_userspace_listeners` | gauge | |
 //! | `svcproxy_userspace_accept_errors_total` | counter | |
@@ -24,6 +24,11 @@
 //! `reason` is `connect_failed`, `no_endpoints`, `dropped`, `flow_table_full` (a listener's UDP
 //! flows), `service_port_limit` or `global_limit` (the connection limits of
 //! [`crate::ConnectionLimits`]).
+//!
+//! A port has only the series its protocol can move: a TCP port no `udp_flows_active` and no
+//! `flow_table_full` reason, a UDP port no `connections_active` and no `service_port_limit`
+//! reason (a series stuck at 0 that can never change reads as a measurement, and dashboards sum
+//! it). [`FailureReason::applies_to`] says which reasons apply.
 //!
 //! ```
 //! use backend_userspace::metrics::Metrics;
@@ -105,6 +110,19 @@ pub enum FailureReason {
 }
 
 impl FailureReason {
+    /// Whether flows of `protocol` can fail for this reason: the UDP flow table is UDP's, the
+    /// per-service-port connection limit TCP's.
+    pub fn applies_to(self, protocol: Protocol) -> bool {
+        match self {
+            FailureReason::FlowTableFull => protocol == Protocol::Udp,
+            FailureReason::ServicePortLimit => protocol == Protocol::Tcp,
+            FailureReason::ConnectFailed
+            | FailureReason::NoEndpoints
+            | FailureReason::Dropped
+            | FailureReason::GlobalLimit => true,
+        }
+    }
+
     /// Every reason, in label order.
     pub const ALL: [FailureReason; 6] = [
         FailureReason::ConnectFailed,
@@ -270,17 +288,29 @@ impl Metrics {
     }
 
     /// The series of one service port, resolved once so that the data path touches only atomics.
+    /// Only the series `protocol` can move are created (see the [module docs](self)); the
+    /// handles of the others count into nothing a registry shows.
     pub fn for_service_port(&self, name: &ServicePortName, protocol: Protocol) -> PortMetrics {
         let labels = ServicePortLabels {
             service_port: name.to_string(),
             protocol: protocol.into(),
         };
-        let failed = |reason| {
+        let failed = |reason: FailureReason| {
+            if !reason.applies_to(protocol) {
+                return Counter::default();
+            }
             self.connections_failed.get_or_create_owned(&FailureLabels {
                 service_port: labels.service_port.clone(),
                 protocol: labels.protocol,
                 reason,
             })
+        };
+        let gauge_if = |family: &Family<ServicePortLabels, Gauge>, applies: bool| {
+            if applies {
+                family.get_or_create_owned(&labels)
+            } else {
+                Gauge::default()
+            }
         };
         let bytes = |direction| {
             self.bytes.get_or_create_owned(&ByteLabels {
@@ -291,7 +321,7 @@ impl Metrics {
         };
         PortMetrics {
             accepted: self.connections_accepted.get_or_create_owned(&labels),
-            active: self.connections_active.get_or_create_owned(&labels),
+            active: gauge_if(&self.connections_active, protocol == Protocol::Tcp),
             connect_failed: failed(FailureReason::ConnectFailed),
             no_endpoints: failed(FailureReason::NoEndpoints),
             dropped: failed(FailureReason::Dropped),
@@ -300,7 +330,7 @@ impl Metrics {
             global_limit: failed(FailureReason::GlobalLimit),
             bytes_to_endpoint: bytes(Direction::ToEndpoint),
             bytes_to_client: bytes(Direction::ToClient),
-            udp_flows: self.udp_flows_active.get_or_create_owned(&labels),
+            udp_flows: gauge_if(&self.udp_flows_active, protocol == Protocol::Udp),
             ejections: self.endpoint_ejections.clone(),
             accept_errors: self.accept_errors.clone(),
         }
@@ -363,4 +393,66 @@ pub struct PortMetrics {
     pub ejections: Counter,
     /// Failed accepts (shared by all ports).
     pub accept_errors: Counter,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proxy_core::metrics::encode_text;
+
+    #[test]
+    fn a_port_has_only_the_series_its_protocol_moves() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let web = ServicePortName::new("default", "web", "http");
+        let dns = ServicePortName::new("default", "dns", "dns");
+        let _web = metrics.for_service_port(&web, Protocol::Tcp);
+        let _dns = metrics.for_service_port(&dns, Protocol::Udp);
+        let text = encode_text(&registry).expect("encode");
+        let series = |name: &str, port: &str| {
+            text.lines()
+                .filter(|line| line.starts_with(name) && line.contains(port))
+                .count()
+        };
+        let (web, dns) = ("\"default/web:http\"", "\"default/dns:dns\"");
+        assert_eq!(
+            series("svcproxy_userspace_udp_flows_active", web),
+            0,
+            "{text}"
+        );
+        assert_eq!(
+            series("svcproxy_userspace_udp_flows_active", dns),
+            1,
+            "{text}"
+        );
+        assert_eq!(
+            series("svcproxy_userspace_connections_active", web),
+            1,
+            "{text}"
+        );
+        assert_eq!(
+            series("svcproxy_userspace_connections_active", dns),
+            0,
+            "{text}"
+        );
+        assert!(
+            !text.contains("protocol=\"tcp\",reason=\"flow_table_full\""),
+            "{text}"
+        );
+        assert!(
+            !text.contains("protocol=\"udp\",reason=\"service_port_limit\""),
+            "{text}"
+        );
+        // Four reasons apply to both, one more to each.
+        assert_eq!(
+            series("svcproxy_userspace_connections_failed_total", web),
+            5,
+            "{text}"
+        );
+        assert_eq!(
+            series("svcproxy_userspace_connections_failed_total", dns),
+            5,
+            "{text}"
+        );
+    }
 }

@@ -67,6 +67,7 @@ mod tests {
             service_port: ServicePortName::new("default", "web", "http"),
             kind: AddressKind::ClusterIp,
             target,
+            short_circuit: None,
             scheduler: Scheduler::RoundRobin,
             affinity_timeout: Some(std::time::Duration::from_secs(10)),
             port_idle_timeout: None,

@@ -2,7 +2,7 @@
 //! a new connection.
 //!
 //! Every service port gets one listener per (address, port): its cluster, external and
-//! load-balancer IPs on the service port, and each configured node address on the node port.
+//! load-balancer IPs on the service port, and each node address ([`NodeIps`]) on the node port.
 //! Each listener carries a [`Route`]: the endpoints new flows may use (chosen by
 //! [`proxy_core::select::select_endpoints`] with the internal policy for cluster IPs and the
 //! external one for the rest), the scheduler and the affinity timeout.
@@ -10,8 +10,9 @@
 //! [`plan`] compares that desired map with what is applied and sorts the listeners into open,
 //! update (new route, same socket), keep and close: a full sync, which also repairs drift.
 //! [`plan_partial`] does the same for the listeners of the service ports a change set names
-//! only, so that its cost follows the change, not the table. No I/O, clock or randomness: same
-//! input, same plan.
+//! only (and, when the node's addresses changed, those of the ports that depend on them:
+//! [`depends_on_node_ips`]), so that its cost follows the change, not the table. No I/O, clock
+//! or randomness: same input, same plan.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -29,7 +30,20 @@ use crate::config::UserspaceConfig;
 
 mod partial;
 
-pub use partial::plan_partial;
+pub use partial::{plan_partial, NodeIpsChange};
+
+/// The node addresses node ports are served on, after the `node_port_addresses` filter
+/// ([`proxy_core::node_addresses::node_port_ips`]). They also decide whether a load-balancer
+/// IP with source ranges lets the node in from the IP itself (see [`Route::source_ranges`]).
+pub type NodeIps = BTreeSet<IpAddr>;
+
+/// Whether what `port` plans depends on the node's addresses: a node port (a listener per
+/// address), or load-balancer source ranges (the node is let in when a range holds one of its
+/// addresses). Only these ports are planned again when the addresses change.
+pub fn depends_on_node_ips(port: &ServicePort) -> bool {
+    port.node_port.is_some()
+        || (!port.load_balancer_ips.is_empty() && !port.load_balancer_source_ranges.is_empty())
+}
 
 /// A listening socket: protocol and local address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -101,6 +115,12 @@ pub struct Route {
     pub kind: AddressKind,
     /// Where new flows go.
     pub target: RouteTarget,
+    /// Where new flows from pods ([`UserspaceConfig::cluster_cidrs`]) or from the node itself
+    /// go instead, for an external address (node port, external or load-balancer IP) of a
+    /// service whose external traffic policy is `Local`: every endpoint (kube-proxy's
+    /// short-circuit, [`proxy_core::select::EndpointSelection::short_circuit_new`]). `None`:
+    /// every client gets [`Route::target`].
+    pub short_circuit: Option<RouteTarget>,
     /// The scheduler (the port's hint, else the config's default).
     pub scheduler: Scheduler,
     /// Client-IP affinity timeout, if the port has affinity.
@@ -109,7 +129,10 @@ pub struct Route {
     /// uses [`UserspaceConfig::idle_timeout`] for TCP and
     /// [`UserspaceConfig::udp_idle_timeout`] for UDP (see [`Route::idle_timeout`]).
     pub port_idle_timeout: Option<Duration>,
-    /// Allowed client ranges (load-balancer IPs only; empty allows all).
+    /// Allowed client ranges (load-balancer IPs only; empty allows all). When a range holds a
+    /// node address, the port's load-balancer IPs themselves are allowed too: traffic from
+    /// this node to a load-balancer IP it holds locally comes from that IP (kube-proxy's
+    /// `allowFromNode`, `pkg/proxy/iptables/proxier.go`).
     pub source_ranges: Vec<IpNet>,
 }
 
@@ -190,10 +213,16 @@ impl Plan {
     }
 }
 
-/// The full plan from `applied` to what `table` asks for under `config`: every listener of the
-/// table is planned, and every applied listener it does not ask for is closed. Cost: the table.
-pub fn plan(table: &ServiceTable, config: &UserspaceConfig, applied: &Listeners) -> Plan {
-    let (desired, problems) = plan_listeners(table, config);
+/// The full plan from `applied` to what `table` asks for under `config`, with node ports on
+/// `node_ips`: every listener of the table is planned, and every applied listener it does not
+/// ask for is closed. Cost: the table.
+pub fn plan(
+    table: &ServiceTable,
+    config: &UserspaceConfig,
+    node_ips: &NodeIps,
+    applied: &Listeners,
+) -> Plan {
+    let (desired, problems) = plan_listeners(table, config, node_ips);
     let mut plan = Plan {
         problems,
         ..Plan::default()
@@ -218,6 +247,7 @@ pub fn plan(table: &ServiceTable, config: &UserspaceConfig, applied: &Listeners)
 pub fn plan_listeners(
     table: &ServiceTable,
     config: &UserspaceConfig,
+    node_ips: &NodeIps,
 ) -> (Listeners, Vec<SyncProblem>) {
     let mut listeners = Listeners::new();
     let mut problems = Vec::new();
@@ -228,7 +258,7 @@ pub fn plan_listeners(
         }
         // The first claim of an address wins, in service port order (then in the port's own
         // order of addresses); the others are problems of the ports that lost.
-        for (key, route) in plan_service_port(port, config) {
+        for (key, route) in plan_service_port(port, config, node_ips) {
             if let Some(existing) = listeners.get(&key) {
                 problems.push(clash_problem(&port.name, key, &existing.service_port));
                 continue;
@@ -266,12 +296,15 @@ fn clash_problem(
 pub fn plan_service_port(
     port: &ServicePort,
     config: &UserspaceConfig,
+    node_ips: &NodeIps,
 ) -> Vec<(ListenerKey, Route)> {
     let selection = select_endpoints(port);
     // New flows only: endpoints of weight 0 drain (flows open to them go on) and take none; a
     // port whose endpoints all have weight 0 rejects (proxy_core::select's one meaning).
     let internal = route_target(selection.internal_new());
     let external = route_target(selection.external_new());
+    let short_circuit = selection.short_circuit_new().map(route_target);
+    let source_ranges = load_balancer_sources(port, node_ips);
     let route = |kind: AddressKind| Route {
         service_port: port.name.clone(),
         kind,
@@ -280,24 +313,47 @@ pub fn plan_service_port(
         } else {
             external.clone()
         },
+        short_circuit: if kind == AddressKind::ClusterIp {
+            None
+        } else {
+            short_circuit.clone()
+        },
         scheduler: port.scheduler.unwrap_or(config.default_scheduler),
         affinity_timeout: port.session_affinity.timeout(),
         port_idle_timeout: port.idle_timeout,
         source_ranges: if kind == AddressKind::LoadBalancerIp {
-            port.load_balancer_source_ranges.clone()
+            source_ranges.clone()
         } else {
             Vec::new()
         },
     };
-    listener_keys(port, config)
+    listener_keys(port, node_ips)
         .into_iter()
         .map(|(key, kind)| (key, route(kind)))
         .collect()
 }
 
+/// The sources a load-balancer IP of `port` admits: its source ranges, and when one of them
+/// holds a node address, each of its load-balancer IPs (kube-proxy's `allowFromNode`: a
+/// node reaching a load-balancer IP it holds locally sends from that IP). Empty: everyone.
+fn load_balancer_sources(port: &ServicePort, node_ips: &NodeIps) -> Vec<IpNet> {
+    let mut sources = port.load_balancer_source_ranges.clone();
+    if allows_node(port, node_ips) {
+        sources.extend(port.load_balancer_ips.iter().map(|ip| IpNet::from(*ip)));
+    }
+    sources
+}
+
+/// Whether one of `port`'s load-balancer source ranges holds a node address.
+fn allows_node(port: &ServicePort, node_ips: &NodeIps) -> bool {
+    port.load_balancer_source_ranges
+        .iter()
+        .any(|net| node_ips.iter().any(|ip| net.contains(ip)))
+}
+
 /// The listener keys one service port claims, in claim order (see [`plan_service_port`]),
 /// without working out routes: cheap enough for the old value of a changed port.
-fn listener_keys(port: &ServicePort, config: &UserspaceConfig) -> Vec<(ListenerKey, AddressKind)> {
+fn listener_keys(port: &ServicePort, node_ips: &NodeIps) -> Vec<(ListenerKey, AddressKind)> {
     let key = |ip: IpAddr, p: u16| ListenerKey {
         protocol: port.protocol,
         addr: SocketAddr::new(ip, p),
@@ -313,7 +369,7 @@ fn listener_keys(port: &ServicePort, config: &UserspaceConfig) -> Vec<(ListenerK
         out.push((key(ip, port.port), AddressKind::LoadBalancerIp));
     }
     if let Some(node_port) = port.node_port {
-        for &ip in &config.node_addresses {
+        for &ip in node_ips {
             out.push((key(ip, node_port), AddressKind::NodePort));
         }
     }
@@ -367,6 +423,10 @@ mod tests {
         }
     }
 
+    fn ips() -> NodeIps {
+        config().node_addresses.into_iter().collect()
+    }
+
     fn table(ports: Vec<ServicePort>) -> ServiceTable {
         let mut builder = ServiceTable::builder().node("node-a");
         for p in ports {
@@ -383,12 +443,65 @@ mod tests {
     }
 
     #[test]
+    fn pods_and_the_node_reach_every_endpoint_through_an_external_address_of_a_local_service() {
+        let mut port = web();
+        port.external_traffic_policy = TrafficPolicy::Local;
+        port.external_ips = vec![ip("127.0.0.11")];
+        let p = plan(
+            &table(vec![port.clone()]),
+            &config(),
+            &ips(),
+            &Listeners::new(),
+        );
+        let both = RouteTarget::Endpoints(vec![
+            Backend {
+                addr: "127.0.0.50:8080".parse().expect("addr"),
+                weight: 1,
+            },
+            Backend {
+                addr: "127.0.0.51:8080".parse().expect("addr"),
+                weight: 1,
+            },
+        ]);
+        for listener in ["127.0.0.11:8000", "127.0.0.1:30080"] {
+            let route = &p.desired[&key(listener)];
+            let RouteTarget::Endpoints(local) = &route.target else {
+                panic!("{listener}: {route:?}");
+            };
+            assert_eq!(local.len(), 1, "{listener}: others get the local endpoint");
+            assert_eq!(route.short_circuit.as_ref(), Some(&both), "{listener}");
+        }
+        let cluster_ip = &p.desired[&key("127.0.0.10:8000")];
+        assert_eq!(cluster_ip.target, both);
+        assert_eq!(
+            cluster_ip.short_circuit, None,
+            "the internal policy decides"
+        );
+
+        // No local endpoint: others are dropped, pods and the node still get through.
+        port.endpoints.retain(|endpoint| !endpoint.is_local);
+        let p = plan(&table(vec![port]), &config(), &ips(), &Listeners::new());
+        let route = &p.desired[&key("127.0.0.1:30080")];
+        assert_eq!(route.target, RouteTarget::Drop);
+        assert!(
+            matches!(&route.short_circuit, Some(RouteTarget::Endpoints(remote)) if remote.len() == 1),
+            "{route:?}"
+        );
+        // A Cluster policy has no short-circuit.
+        let p = plan(&table(vec![web()]), &config(), &ips(), &Listeners::new());
+        assert!(p
+            .desired
+            .values()
+            .all(|route| route.short_circuit.is_none()));
+    }
+
+    #[test]
     fn one_listener_per_address_and_node_address() {
         let mut port = web();
         port.external_ips = vec![ip("127.0.0.11")];
         port.load_balancer_ips = vec![ip("127.0.0.12")];
         port.load_balancer_source_ranges = vec!["127.0.0.0/24".parse().expect("net")];
-        let p = plan(&table(vec![port]), &config(), &Listeners::new());
+        let p = plan(&table(vec![port]), &config(), &ips(), &Listeners::new());
         let keys: Vec<String> = p.open.iter().map(ToString::to_string).collect();
         assert_eq!(
             keys,
@@ -408,10 +521,41 @@ mod tests {
     }
 
     #[test]
+    fn a_source_range_holding_a_node_address_lets_the_node_in_from_the_load_balancer_ip() {
+        // kube-proxy's allowFromNode: the node reaching a load-balancer IP it holds locally
+        // sends from that IP, which no range names.
+        let mut port = web();
+        port.load_balancer_ips = vec![ip("198.18.7.1"), ip("198.18.7.2")];
+        port.load_balancer_source_ranges = vec!["127.0.0.0/30".parse().expect("net")];
+        let p = plan(
+            &table(vec![port.clone()]),
+            &config(),
+            &ips(),
+            &Listeners::new(),
+        );
+        let lb = &p.desired[&key("198.18.7.1:8000")];
+        assert!(lb.allows_source(ip("127.0.0.2")), "inside the range");
+        assert!(lb.allows_source(ip("198.18.7.1")), "{:?}", lb.source_ranges);
+        assert!(lb.allows_source(ip("198.18.7.2")), "{:?}", lb.source_ranges);
+        assert!(!lb.allows_source(ip("198.18.7.3")));
+
+        // No range holds a node address: the load-balancer IP is no source of its own.
+        port.load_balancer_source_ranges = vec!["198.18.9.0/24".parse().expect("net")];
+        let p = plan(&table(vec![port]), &config(), &ips(), &Listeners::new());
+        let lb = &p.desired[&key("198.18.7.1:8000")];
+        assert!(lb.allows_source(ip("198.18.9.9")));
+        assert!(
+            !lb.allows_source(ip("198.18.7.1")),
+            "{:?}",
+            lb.source_ranges
+        );
+    }
+
+    #[test]
     fn policies_choose_endpoints_per_address_kind() {
         let mut port = web();
         port.external_traffic_policy = TrafficPolicy::Local;
-        let p = plan(&table(vec![port]), &config(), &Listeners::new());
+        let p = plan(&table(vec![port]), &config(), &ips(), &Listeners::new());
         let addrs = |k: &str| match &p.desired[&key(k)].target {
             RouteTarget::Endpoints(b) => b.iter().map(|b| b.addr.to_string()).collect::<Vec<_>>(),
             other => panic!("{k}: {other:?}"),
@@ -437,7 +581,12 @@ mod tests {
         remote.node_port = None;
         remote.internal_traffic_policy = TrafficPolicy::Local;
         remote.endpoints.retain(|ep| !ep.is_local);
-        let p = plan(&table(vec![empty, remote]), &config(), &Listeners::new());
+        let p = plan(
+            &table(vec![empty, remote]),
+            &config(),
+            &ips(),
+            &Listeners::new(),
+        );
         assert_eq!(
             p.desired[&key("127.0.0.10:8000")].target,
             RouteTarget::Reject
@@ -459,6 +608,7 @@ mod tests {
         let p = plan(
             &table(vec![drained, quiesced]),
             &config(),
+            &ips(),
             &Listeners::new(),
         );
         let backends = |k: &str| match &p.desired[&key(k)].target {
@@ -476,9 +626,9 @@ mod tests {
 
     #[test]
     fn replan_keeps_updates_opens_and_closes() {
-        let first = plan(&table(vec![web()]), &config(), &Listeners::new());
+        let first = plan(&table(vec![web()]), &config(), &ips(), &Listeners::new());
         let applied = first.desired.clone();
-        let same = plan(&table(vec![web()]), &config(), &applied);
+        let same = plan(&table(vec![web()]), &config(), &ips(), &applied);
         assert!(same.is_noop(), "{same:?}");
         assert_eq!(same.keep.len(), 3);
 
@@ -488,7 +638,7 @@ mod tests {
         changed.session_affinity = SessionAffinity::ClientIp {
             timeout: Duration::from_secs(5),
         };
-        let p = plan(&table(vec![changed]), &config(), &applied);
+        let p = plan(&table(vec![changed]), &config(), &ips(), &applied);
         assert_eq!(p.update, [key("127.0.0.10:8000")]);
         assert_eq!(p.open, [key("127.0.0.1:30081"), key("127.0.0.2:30081")]);
         assert_eq!(p.close, [key("127.0.0.1:30080"), key("127.0.0.2:30080")]);
@@ -499,7 +649,7 @@ mod tests {
 
     #[test]
     fn a_ports_idle_timeout_updates_its_routes_and_overrides_the_configs_default() {
-        let first = plan(&table(vec![web()]), &config(), &Listeners::new());
+        let first = plan(&table(vec![web()]), &config(), &ips(), &Listeners::new());
         let route = &first.desired[&key("127.0.0.10:8000")];
         assert_eq!(route.port_idle_timeout, None);
         assert_eq!(
@@ -512,7 +662,7 @@ mod tests {
         );
 
         let short = web().with_idle_timeout(Duration::from_secs(7));
-        let p = plan(&table(vec![short]), &config(), &first.desired);
+        let p = plan(&table(vec![short]), &config(), &ips(), &first.desired);
         assert_eq!(
             p.update.len(),
             3,
@@ -537,7 +687,12 @@ mod tests {
         other.cluster_ips = vec![ip("127.0.0.1")];
         other.port = 30080;
         other.node_port = None;
-        let p = plan(&table(vec![web(), other]), &config(), &Listeners::new());
+        let p = plan(
+            &table(vec![web(), other]),
+            &config(),
+            &ips(),
+            &Listeners::new(),
+        );
         assert_eq!(p.problems.len(), 1, "{:?}", p.problems);
         assert_eq!(
             p.problems[0].service_port,
@@ -560,9 +715,9 @@ mod tests {
     fn scheduler_hint_overrides_default() {
         let mut port = web();
         port.scheduler = Some(Scheduler::Maglev);
-        let p = plan(&table(vec![port]), &config(), &Listeners::new());
+        let p = plan(&table(vec![port]), &config(), &ips(), &Listeners::new());
         assert!(p.desired.values().all(|r| r.scheduler == Scheduler::Maglev));
-        let p = plan(&table(vec![web()]), &config(), &Listeners::new());
+        let p = plan(&table(vec![web()]), &config(), &ips(), &Listeners::new());
         assert!(p
             .desired
             .values()

@@ -80,7 +80,7 @@ pub(crate) async fn serve(listener: TcpListener, slot: RouteSlot, ctx: Arc<Conte
             debug!(%peer, listener = %balancer.key, "source outside load-balancer ranges");
             continue;
         }
-        match &balancer.route.target {
+        match balancer.target_for(peer.ip(), &ctx) {
             RouteTarget::Endpoints(_) => match ctx.limits.admit_tcp(&balancer.port_gate) {
                 Ok(permit) => {
                     tokio::spawn(proxy(client, peer, balancer, Arc::clone(&ctx), permit));

@@ -164,9 +164,10 @@ async fn datagram(
         balancer.metrics.dropped.inc();
         return;
     }
-    match balancer.route.target {
+    match balancer.target_for(client.ip(), ctx) {
         RouteTarget::Endpoints(_) => {}
         // Userspace cannot send the ICMP port unreachable a kernel REJECT would; both discard.
+        // (In capture mode the datagram never gets here: iptables rejects it.)
         RouteTarget::Reject => {
             balancer.metrics.no_endpoints.inc();
             return;

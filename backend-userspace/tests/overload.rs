@@ -315,15 +315,19 @@ async fn weight_zero_endpoints_take_no_new_connections_and_all_weight_zero_rejec
         0
     );
 
-    // Every endpoint of weight 0: no usable endpoint, rejected as with none at all.
-    assert!(is_refused((ip(quiet_vip), quiet_port).into()).await);
+    // Every endpoint of weight 0: no usable endpoint, rejected as with none at all: nothing
+    // listens, so the kernel refuses the SYN (kube-proxy's REJECT), before any accept.
+    let refused = connect_from(None, (ip(quiet_vip), quiet_port).into())
+        .await
+        .expect_err("nothing listens");
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
     let quiet = dp
         .metrics()
         .for_service_port(&ServicePortName::new("test", "quiet", "p"), Protocol::Tcp);
     assert_eq!(
-        quiet.no_endpoints.get(),
-        1,
-        "rejected for want of endpoints"
+        quiet.accepted.get(),
+        0,
+        "refused by the kernel, never accepted"
     );
     assert_eq!(quiet.connect_failed.get(), 0, "no connect was tried");
     assert_eq!(live.accepted.load(std::sync::atomic::Ordering::SeqCst), 6);

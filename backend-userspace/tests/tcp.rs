@@ -105,22 +105,24 @@ async fn node_port_is_served_on_each_node_address() {
 }
 
 #[tokio::test]
-async fn service_without_endpoints_resets_connections() {
+async fn service_without_endpoints_is_refused_by_the_kernel_until_it_has_one() {
+    let backend = Whoami::start("127.11.4.100", "b1").await;
     let vip = "127.11.4.10";
     let port = free_port(vip).await;
+    let to = (ip(vip), port).into();
     let mut dp = UserspaceDataplane::new(config()).expect("config");
     sync_ok(&mut dp, &table([service("empty", vip, port, vec![])])).await;
-    let mut stream = connect_from(None, (ip(vip), port).into())
-        .await
-        .expect("kernel accepts");
-    let mut buf = [0u8; 16];
-    let read = tokio::time::timeout(STEP, stream.read(&mut buf))
-        .await
-        .expect("answer in time");
-    match read {
-        Err(error) => assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}"),
-        Ok(n) => panic!("expected a reset, read {n} bytes"),
-    }
+    // Nothing listens, so the SYN is answered with a RST (kube-proxy's REJECT), never accepted.
+    let refused = connect_from(None, to).await.expect_err("refused");
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+
+    let with_endpoint = table([service("empty", vip, port, vec![backend.endpoint()])]);
+    sync_ok(&mut dp, &with_endpoint).await;
+    assert_eq!(ask(to).await.expect("served again"), "b1");
+
+    sync_ok(&mut dp, &table([service("empty", vip, port, vec![])])).await;
+    let refused = connect_from(None, to).await.expect_err("refused again");
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
 }
 
 #[tokio::test]
@@ -358,8 +360,12 @@ async fn load_balancer_source_ranges_admit_only_listed_clients() {
     );
 }
 
+/// A client on loopback is the node itself, which kube-proxy short-circuits to every endpoint
+/// (`--src-type LOCAL`); clients elsewhere are dropped (unit test
+/// `balance::tests::pods_and_the_node_take_the_short_circuit_and_other_clients_the_local_policy`,
+/// and the conformance suite's `external_traffic_policy_local` flows, through namespaces).
 #[tokio::test]
-async fn external_local_policy_without_local_endpoints_drops_node_port_traffic() {
+async fn external_local_policy_without_local_endpoints_short_circuits_the_node_itself() {
     let backend = Whoami::start("127.11.11.100", "remote").await;
     let node = "127.11.11.1";
     let node_port = free_port(node).await;
@@ -379,14 +385,15 @@ async fn external_local_policy_without_local_endpoints_drops_node_port_traffic()
             .expect("cluster IP uses all endpoints"),
         "remote"
     );
-    let dropped = ask((ip(node), node_port).into()).await;
-    assert!(
-        dropped.is_err(),
-        "node port with no local endpoint answered: {dropped:?}"
+    assert_eq!(
+        ask((ip(node), node_port).into())
+            .await
+            .expect("the node reaches every endpoint through its node port"),
+        "remote"
     );
     assert_eq!(
         backend.accepted.load(std::sync::atomic::Ordering::SeqCst),
-        1
+        2
     );
 }
 

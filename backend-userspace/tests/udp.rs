@@ -1,6 +1,6 @@
 //! Real UDP through the proxy: replies reach the right client, flows stick and expire (after the
 //! config's idle timeout or a service port's own), the flow table is bounded, and a service
-//! without endpoints answers nothing.
+//! without endpoints is refused (ICMP port unreachable: nothing listens).
 
 mod common;
 
@@ -135,23 +135,50 @@ async fn flow_table_is_bounded() {
     assert_eq!(full, 1);
 }
 
+/// What a connected client gets for one datagram: the answer, or the error the kernel
+/// reported (ICMP port unreachable is `ConnectionRefused`).
+async fn connected_ask(c: &UdpSocket, payload: &str) -> std::io::Result<String> {
+    c.send(payload.as_bytes()).await?;
+    let mut buf = [0u8; 512];
+    let n = tokio::time::timeout(WAIT, c.recv(&mut buf))
+        .await
+        .expect("an answer or an error within the wait")?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
 #[tokio::test]
-async fn service_without_endpoints_answers_nothing() {
+async fn service_without_endpoints_is_refused_until_it_has_one_again() {
+    let b0 = UdpEcho::start("127.14.4.100", "b0").await;
     let vip = "127.14.4.10";
     let port = free_port(vip).await;
     let mut dp = UserspaceDataplane::new(config()).expect("config");
     sync_ok(&mut dp, &table([udp_service(vip, port, vec![])])).await;
     let c = client("127.14.4.1").await;
-    assert_eq!(
-        udp_ask(&c, (ip(vip), port).into(), "q", Duration::from_millis(300)).await,
-        None
+    c.connect((ip(vip), port)).await.expect("connect");
+    // Nothing listens: the kernel answers ICMP port unreachable, as kube-proxy's REJECT.
+    let refused = connected_ask(&c, "q").await.expect_err("no endpoints");
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    assert!(
+        dp.bound_addrs().is_empty(),
+        "no socket: {:?}",
+        dp.bound_addrs()
     );
-    let rejected = dp
-        .metrics()
-        .for_service_port(&ServicePortName::new("test", "dns", "udp"), Protocol::Udp)
-        .no_endpoints
-        .get();
-    assert_eq!(rejected, 1);
+    assert_eq!(dp.observe().len(), 1, "the listener is there, rejecting");
+
+    sync_ok(
+        &mut dp,
+        &table([udp_service(vip, port, vec![b0.endpoint()])]),
+    )
+    .await;
+    assert_eq!(connected_ask(&c, "a").await.expect("served"), "b0:a");
+
+    sync_ok(&mut dp, &table([udp_service(vip, port, vec![])])).await;
+    let c = client("127.14.4.2").await;
+    c.connect((ip(vip), port)).await.expect("connect");
+    let refused = connected_ask(&c, "q")
+        .await
+        .expect_err("no endpoints again");
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
 }
 
 #[tokio::test]

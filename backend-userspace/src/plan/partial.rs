@@ -20,6 +20,17 @@
 //! one wins, as in the full plan; a key nobody claims any more is closed. A port outside the
 //! scope that loses its key here (a port of the scope with a smaller name now claims it) is
 //! reported like any other loser, and so is planned again by the next partial plan.
+//!
+//! # When the node's addresses change
+//!
+//! Only the ports whose listeners or routes depend on the node's addresses
+//! ([`super::depends_on_node_ips`]) are looked at, and of those only what the change moves: the
+//! node-port keys on the addresses that came (claimed, with the node-port route) or went (closed
+//! unless someone else claims them). Their applied owner is not counted as a claimant there:
+//! its claim is the one being planned. A port whose load-balancer source ranges change verdict
+//! (one of them holds a node address now, or no longer) joins the scope whole, with the keys it
+//! claimed on the previous addresses. Every other claim does not depend on the addresses, so the
+//! reasoning above holds.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -28,10 +39,39 @@ use proxy_core::diff::ChangeSet;
 use proxy_core::table::{Protocol, ServicePortName, ServiceTable};
 
 use super::{
-    clash_problem, listener_keys, plan_service_port, sctp_problem, ListenerKey, Listeners, Plan,
-    Route, Scope,
+    allows_node, clash_problem, listener_keys, plan_service_port, sctp_problem, AddressKind,
+    ListenerKey, Listeners, NodeIps, Plan, Route, Scope,
 };
 use crate::config::UserspaceConfig;
+
+/// The node addresses of a partial plan: those the last sync planned with, those to plan with
+/// now, and the service ports that depend on them.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeIpsChange<'a> {
+    /// The addresses the last sync planned node ports on.
+    pub previous: &'a NodeIps,
+    /// The addresses to plan node ports on now.
+    pub current: &'a NodeIps,
+    /// The service ports of the last table (and of this one, for those it adds or changes)
+    /// that depend on the node's addresses ([`super::depends_on_node_ips`]): planned again
+    /// when the addresses differ. A superset does no harm.
+    pub dependent: &'a BTreeSet<ServicePortName>,
+}
+
+impl<'a> NodeIpsChange<'a> {
+    /// Addresses that stay as they are (no port is planned for them).
+    pub fn unchanged(ips: &'a NodeIps, dependent: &'a BTreeSet<ServicePortName>) -> Self {
+        NodeIpsChange {
+            previous: ips,
+            current: ips,
+            dependent,
+        }
+    }
+
+    fn changed(&self) -> bool {
+        self.previous != self.current
+    }
+}
 
 /// One claim on a listener key.
 struct Claim<'a> {
@@ -68,11 +108,45 @@ pub fn plan_partial(
     table: &ServiceTable,
     changes: &ChangeSet,
     config: &UserspaceConfig,
+    node_ips: NodeIpsChange<'_>,
     applied: &Listeners,
     with_problems: &BTreeSet<ServicePortName>,
 ) -> Plan {
-    let scope: BTreeSet<ServicePortName> =
+    let readdress = node_ips.changed();
+    let mut scope: BTreeSet<ServicePortName> =
         changes.touched().chain(with_problems).cloned().collect();
+    // Readdressed: the dependent ports outside the scope whose node ports move, and those
+    // (rare) whose source ranges change verdict, planned whole.
+    let mut moved = Vec::new();
+    let mut whole = Vec::new();
+    if readdress {
+        for name in node_ips
+            .dependent
+            .iter()
+            .filter(|name| !scope.contains(*name))
+        {
+            let Some(port) = table.get(name) else {
+                continue;
+            };
+            if allows_node(port, node_ips.previous) != allows_node(port, node_ips.current) {
+                whole.push(port);
+            } else if port.node_port.is_some() {
+                moved.push(port);
+            }
+        }
+        scope.extend(whole.iter().map(|port| port.name.clone()));
+    }
+    let came: NodeIps = node_ips
+        .current
+        .difference(node_ips.previous)
+        .copied()
+        .collect();
+    let went: NodeIps = node_ips
+        .previous
+        .difference(node_ips.current)
+        .copied()
+        .collect();
+    let current_ips = node_ips.current;
     let mut problems: Vec<((&ServicePortName, usize), SyncProblem)> = Vec::new();
     let mut claims: BTreeMap<ListenerKey, Vec<Claim<'_>>> = BTreeMap::new();
     for name in &scope {
@@ -83,7 +157,10 @@ pub fn plan_partial(
             problems.push(((name, 0), sctp_problem(name)));
             continue;
         }
-        for (index, (key, route)) in plan_service_port(port, config).into_iter().enumerate() {
+        for (index, (key, route)) in plan_service_port(port, config, current_ips)
+            .into_iter()
+            .enumerate()
+        {
             claims.entry(key).or_default().push(Claim {
                 service_port: name,
                 index,
@@ -94,18 +171,71 @@ pub fn plan_partial(
     // The keys the changed and removed ports held before: closed unless someone claims them.
     let previous = changes.changed.iter().map(|change| &change.previous);
     for port in changes.removed.iter().chain(previous) {
-        for (key, _) in listener_keys(port, config) {
+        for (key, _) in listener_keys(port, node_ips.previous) {
             claims.entry(key).or_default();
+        }
+    }
+    // Readdressed: the keys the dependent ports of the scope (planned whole, changed, or left
+    // with problems) held on the previous addresses.
+    if readdress {
+        let in_scope = node_ips
+            .dependent
+            .iter()
+            .filter(|name| scope.contains(*name));
+        for port in in_scope.filter_map(|name| table.get(name)) {
+            for (key, _) in listener_keys(port, node_ips.previous) {
+                claims.entry(key).or_default();
+            }
+        }
+    }
+    // Readdressed, node ports moved: their keys on the addresses that went, and their claims on
+    // those that came.
+    for port in &moved {
+        let (Some(node_port), false) = (port.node_port, port.protocol == Protocol::Sctp) else {
+            continue;
+        };
+        for &ip in &went {
+            let key = ListenerKey {
+                protocol: port.protocol,
+                addr: std::net::SocketAddr::new(ip, node_port),
+            };
+            claims.entry(key).or_default();
+        }
+        if came.is_empty() {
+            continue;
+        }
+        let node_port_routes = plan_service_port(port, config, &came)
+            .into_iter()
+            .filter(|(_, route)| route.kind == AddressKind::NodePort);
+        // Each claim's place among the port's own: its node-port claim, which may come after
+        // a claim of the port's on the same key (a cluster IP that is now a node address).
+        let order = listener_keys(port, current_ips);
+        for (key, route) in node_port_routes {
+            let index = order
+                .iter()
+                .position(|claimed| *claimed == (key, AddressKind::NodePort))
+                .unwrap_or(0);
+            claims.entry(key).or_default().push(Claim {
+                service_port: &port.name,
+                index,
+                route: Some(route),
+            });
         }
     }
 
     let mut plan = Plan::default();
     for (key, mut claims) in claims {
         let applied_route = applied.get(&key);
-        if let Some(route) = applied_route.filter(|route| !scope.contains(&route.service_port)) {
+        // A node-port listener on an address that came or went is claimed above, or not at all.
+        let is_moved = |route: &Route| {
+            route.kind == AddressKind::NodePort
+                && (came.contains(&key.addr.ip()) || went.contains(&key.addr.ip()))
+        };
+        let outside = |route: &&Route| !scope.contains(&route.service_port) && !is_moved(route);
+        if let Some(route) = applied_route.filter(outside) {
             claims.push(Claim {
                 service_port: &route.service_port,
-                index: claim_index(table, config, &route.service_port, key),
+                index: claim_index(table, current_ips, &route.service_port, key),
                 route: None,
             });
         }
@@ -145,14 +275,14 @@ pub fn plan_partial(
 /// orders the problems of a port that loses several keys as the full plan does.
 fn claim_index(
     table: &ServiceTable,
-    config: &UserspaceConfig,
+    node_ips: &NodeIps,
     service_port: &ServicePortName,
     key: ListenerKey,
 ) -> usize {
     table
         .get(service_port)
         .and_then(|port| {
-            listener_keys(port, config)
+            listener_keys(port, node_ips)
                 .iter()
                 .position(|(claimed, _)| *claimed == key)
         })

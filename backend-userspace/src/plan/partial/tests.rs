@@ -9,7 +9,7 @@ use proxy_core::testing::generate::{
 };
 
 use super::*;
-use crate::plan::plan;
+use crate::plan::{plan, RouteTarget};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("valid ip")
@@ -42,6 +42,11 @@ fn ports_of(problems: &[SyncProblem]) -> BTreeSet<ServicePortName> {
         .collect()
 }
 
+/// The fixed node addresses of `config`.
+fn ips(config: &UserspaceConfig) -> NodeIps {
+    config.node_addresses.iter().copied().collect()
+}
+
 fn render(problems: &[SyncProblem]) -> Vec<String> {
     problems.iter().map(ToString::to_string).collect()
 }
@@ -55,7 +60,7 @@ fn at_scale() -> (ServiceTable, UserspaceConfig, Listeners) {
         node_addresses: vec![ip("198.19.255.255"), ip("2001:db8::1")],
         ..UserspaceConfig::default()
     };
-    let full = plan(&table, &config, &Listeners::new());
+    let full = plan(&table, &config, &ips(&config), &Listeners::new());
     assert_eq!(
         full.desired.len(),
         14_000,
@@ -70,7 +75,14 @@ fn one_endpoint_changed_among_10_000_service_ports_plans_one_listener() {
     let (table, config, applied) = at_scale();
     let edited = with_endpoint_changed(&table, 42);
     let changes = diff(&table, &edited);
-    let p = plan_partial(&edited, &changes, &config, &applied, &BTreeSet::new());
+    let p = plan_partial(
+        &edited,
+        &changes,
+        &config,
+        NodeIpsChange::unchanged(&ips(&config), &BTreeSet::new()),
+        &applied,
+        &BTreeSet::new(),
+    );
     let name = edited.iter().nth(42).expect("port 42").name.clone();
     assert_eq!(p.listeners_planned(), 1, "{p:?}");
     assert_eq!(p.update, [key(Protocol::Tcp, "198.18.0.43:80")]);
@@ -79,7 +91,176 @@ fn one_endpoint_changed_among_10_000_service_ports_plans_one_listener() {
     assert!(p.problems.is_empty(), "{:?}", render(&p.problems));
     assert_eq!(
         applied_after(&applied, &p),
-        plan(&edited, &config, &Listeners::new()).desired
+        plan(&edited, &config, &ips(&config), &Listeners::new()).desired
+    );
+}
+
+#[test]
+fn a_port_whose_endpoints_go_to_zero_and_back_plans_its_own_listener_only() {
+    let (table, config, applied) = at_scale();
+    let mut emptied = ServicePort::clone(table.iter().nth(42).expect("port 42"));
+    emptied.endpoints.clear();
+    let without = table.edit().insert(emptied).build().expect("valid table");
+    let (node_ips, none) = (ips(&config), BTreeSet::new());
+    let unchanged = NodeIpsChange::unchanged(&node_ips, &none);
+    let to_zero = plan_partial(
+        &without,
+        &diff(&table, &without),
+        &config,
+        unchanged,
+        &applied,
+        &none,
+    );
+    let listener = key(Protocol::Tcp, "198.18.0.43:80");
+    assert_eq!(to_zero.listeners_planned(), 1, "{to_zero:?}");
+    assert_eq!(
+        to_zero.update,
+        [listener],
+        "the socket stays; its route rejects"
+    );
+    assert_eq!(to_zero.desired[&listener].target, RouteTarget::Reject);
+    let applied_without = applied_after(&applied, &to_zero);
+
+    let back = plan_partial(
+        &table,
+        &diff(&without, &table),
+        &config,
+        unchanged,
+        &applied_without,
+        &none,
+    );
+    assert_eq!(back.listeners_planned(), 1, "{back:?}");
+    assert_eq!(back.update, [listener]);
+    assert!(matches!(
+        back.desired[&listener].target,
+        RouteTarget::Endpoints(_)
+    ));
+    assert_eq!(applied_after(&applied_without, &back), applied);
+}
+
+#[test]
+fn a_node_address_added_and_one_removed_plan_only_the_node_port_listeners() {
+    let (table, config, applied) = at_scale();
+    let dependent: BTreeSet<ServicePortName> = table
+        .iter()
+        .filter(|port| crate::plan::depends_on_node_ips(port))
+        .map(|port| port.name.clone())
+        .collect();
+    assert_eq!(dependent.len(), 2_000);
+    let previous = ips(&config);
+    // 198.19.255.255 goes, 198.19.255.254 comes; 2001:db8::1 stays.
+    let current: NodeIps = [ip("198.19.255.254"), ip("2001:db8::1")].into();
+    let p = plan_partial(
+        &table,
+        &diff(&table, &table),
+        &config,
+        NodeIpsChange {
+            previous: &previous,
+            current: &current,
+            dependent: &dependent,
+        },
+        &applied,
+        &BTreeSet::new(),
+    );
+    assert!(p.problems.is_empty(), "{:?}", render(&p.problems));
+    assert_eq!(
+        p.open.len(),
+        2_000,
+        "a listener per node port on the new address"
+    );
+    assert_eq!(p.close.len(), 2_000, "and none left on the old one");
+    assert!(
+        p.update.is_empty(),
+        "{:?}",
+        &p.update[..p.update.len().min(3)]
+    );
+    assert!(p.open.iter().all(|k| k.addr.ip() == ip("198.19.255.254")));
+    assert!(p.close.iter().all(|k| k.addr.ip() == ip("198.19.255.255")));
+    // Only the node ports on the two addresses that changed were planned: not their ports'
+    // cluster IPs or node ports on the address that stayed, nor the 8,000 other ports.
+    assert_eq!(p.listeners_planned(), 2_000 * 2);
+    assert_eq!(p.scope, Scope::Ports(BTreeSet::new()));
+    let full = plan(&table, &config, &current, &Listeners::new());
+    assert_eq!(applied_after(&applied, &p), full.desired);
+
+    // Unchanged addresses plan nothing at all.
+    let p = plan_partial(
+        &table,
+        &diff(&table, &table),
+        &config,
+        NodeIpsChange::unchanged(&current, &dependent),
+        &full.desired,
+        &BTreeSet::new(),
+    );
+    assert_eq!(p.listeners_planned(), 0, "{p:?}");
+}
+
+#[test]
+fn a_node_address_that_is_a_cluster_ip_of_another_port_goes_to_the_first_claim() {
+    // `db` (first by name) has cluster IP 198.18.0.1 on port 30080; `web`'s node port is
+    // 30080. When 198.18.0.1 becomes a node address, `db` keeps the key and `web` loses it, as
+    // in the full plan; when it goes, `db` still holds it.
+    let db = ServicePort::new(
+        ServicePortName::new("default", "db", "sql"),
+        Protocol::Tcp,
+        30080,
+    )
+    .with_cluster_ip(ip("198.18.0.1"))
+    .with_endpoint(Endpoint::new(ip("198.18.9.1"), 5432));
+    let web = ServicePort::new(
+        ServicePortName::new("default", "web", "http"),
+        Protocol::Tcp,
+        80,
+    )
+    .with_cluster_ip(ip("198.18.0.10"))
+    .with_node_port(30080)
+    .with_endpoint(Endpoint::new(ip("198.18.9.2"), 8080));
+    let t = ServiceTable::builder()
+        .insert(db.clone())
+        .insert(web.clone())
+        .build()
+        .expect("valid");
+    let config = UserspaceConfig::default();
+    let dependent = BTreeSet::from([web.name.clone()]);
+    let before: NodeIps = [ip("198.18.0.2")].into();
+    let after: NodeIps = [ip("198.18.0.1"), ip("198.18.0.2")].into();
+    let applied = plan(&t, &config, &before, &Listeners::new()).desired;
+    let change = NodeIpsChange {
+        previous: &before,
+        current: &after,
+        dependent: &dependent,
+    };
+    let p = plan_partial(
+        &t,
+        &diff(&t, &t),
+        &config,
+        change,
+        &applied,
+        &BTreeSet::new(),
+    );
+    let full = plan(&t, &config, &after, &Listeners::new());
+    assert_eq!(render(&p.problems), render(&full.problems));
+    assert_eq!(ports_of(&p.problems), BTreeSet::from([web.name.clone()]));
+    let applied = applied_after(&applied, &p);
+    assert_eq!(applied, full.desired);
+
+    let back = NodeIpsChange {
+        previous: &after,
+        current: &before,
+        dependent: &dependent,
+    };
+    let p = plan_partial(
+        &t,
+        &diff(&t, &t),
+        &config,
+        back,
+        &applied,
+        &ports_of(&p.problems),
+    );
+    assert!(p.problems.is_empty(), "{:?}", render(&p.problems));
+    assert_eq!(
+        applied_after(&applied, &p),
+        plan(&t, &config, &before, &Listeners::new()).desired
     );
 }
 
@@ -91,6 +272,7 @@ fn a_node_port_service_plans_its_cluster_ip_and_one_listener_per_node_address() 
         &edited,
         &diff(&table, &edited),
         &config,
+        NodeIpsChange::unchanged(&ips(&config), &BTreeSet::new()),
         &applied,
         &BTreeSet::new(),
     );
@@ -110,6 +292,7 @@ fn adding_and_removing_a_service_port_at_10_000_opens_or_closes_only_its_listene
         &smaller,
         &diff(&table, &smaller),
         &config,
+        NodeIpsChange::unchanged(&ips(&config), &BTreeSet::new()),
         &applied,
         &BTreeSet::new(),
     );
@@ -121,6 +304,7 @@ fn adding_and_removing_a_service_port_at_10_000_opens_or_closes_only_its_listene
         &bigger,
         &diff(&table, &bigger),
         &config,
+        NodeIpsChange::unchanged(&ips(&config), &BTreeSet::new()),
         &applied,
         &BTreeSet::new(),
     );
@@ -134,6 +318,7 @@ fn an_unchanged_table_plans_nothing_but_the_ports_left_with_problems() {
         &table,
         &diff(&table, &table),
         &config,
+        NodeIpsChange::unchanged(&ips(&config), &BTreeSet::new()),
         &applied,
         &BTreeSet::new(),
     );
@@ -149,6 +334,7 @@ fn an_unchanged_table_plans_nothing_but_the_ports_left_with_problems() {
         &table,
         &diff(&table, &table),
         &config,
+        NodeIpsChange::unchanged(&ips(&config), &BTreeSet::new()),
         &without,
         &BTreeSet::from([name]),
     );
@@ -197,7 +383,7 @@ fn removing_the_owner_of_a_shared_address_hands_it_to_the_port_that_lost_it() {
     let (web, db, config) = clash();
     let shared = key(Protocol::Tcp, "127.0.0.1:30080");
     let both = table_of([web.clone(), db]);
-    let first = plan(&both, &config, &Listeners::new());
+    let first = plan(&both, &config, &ips(&config), &Listeners::new());
     assert_eq!(
         first.desired[&shared].service_port,
         ServicePortName::new("default", "db", "sql")
@@ -210,6 +396,7 @@ fn removing_the_owner_of_a_shared_address_hands_it_to_the_port_that_lost_it() {
         &web_only,
         &diff(&both, &web_only),
         &config,
+        NodeIpsChange::unchanged(&ips(&config), &BTreeSet::new()),
         &first.desired,
         &with_problems,
     );
@@ -218,7 +405,7 @@ fn removing_the_owner_of_a_shared_address_hands_it_to_the_port_that_lost_it() {
     assert!(p.problems.is_empty(), "{:?}", render(&p.problems));
     assert_eq!(
         applied_after(&first.desired, &p),
-        plan(&web_only, &config, &Listeners::new()).desired
+        plan(&web_only, &config, &ips(&config), &Listeners::new()).desired
     );
 }
 
@@ -229,7 +416,7 @@ fn a_changed_port_that_takes_an_address_reports_the_unchanged_port_that_lost_it(
     let mut db_elsewhere = db.clone();
     db_elsewhere.port = 5432;
     let before = table_of([web.clone(), db_elsewhere]);
-    let applied = plan(&before, &config, &Listeners::new()).desired;
+    let applied = plan(&before, &config, &ips(&config), &Listeners::new()).desired;
     assert_eq!(applied[&shared].service_port, web.name);
 
     // `db` moves to port 30080: its name comes first, so it takes the address from `web`,
@@ -237,11 +424,18 @@ fn a_changed_port_that_takes_an_address_reports_the_unchanged_port_that_lost_it(
     let after = table_of([web.clone(), db.clone()]);
     let changes = diff(&before, &after);
     assert_eq!(changes.touched().collect::<Vec<_>>(), [&db.name]);
-    let p = plan_partial(&after, &changes, &config, &applied, &BTreeSet::new());
+    let p = plan_partial(
+        &after,
+        &changes,
+        &config,
+        NodeIpsChange::unchanged(&ips(&config), &BTreeSet::new()),
+        &applied,
+        &BTreeSet::new(),
+    );
     assert!(p.update.contains(&shared), "{p:?}");
     assert_eq!(p.desired[&shared].service_port, db.name);
     assert_eq!(ports_of(&p.problems), BTreeSet::from([web.name.clone()]));
-    let full = plan(&after, &config, &Listeners::new());
+    let full = plan(&after, &config, &ips(&config), &Listeners::new());
     assert_eq!(render(&p.problems), render(&full.problems));
     assert_eq!(applied_after(&applied, &p), full.desired);
 }
@@ -253,12 +447,13 @@ fn an_unchanged_owner_keeps_its_address_against_a_later_claim() {
     let mut web_without = web.clone();
     web_without.node_port = None;
     let before = table_of([web_without, db.clone()]);
-    let applied = plan(&before, &config, &Listeners::new()).desired;
+    let applied = plan(&before, &config, &ips(&config), &Listeners::new()).desired;
     let after = table_of([web.clone(), db.clone()]);
     let p = plan_partial(
         &after,
         &diff(&before, &after),
         &config,
+        NodeIpsChange::unchanged(&ips(&config), &BTreeSet::new()),
         &applied,
         &BTreeSet::new(),
     );
@@ -269,7 +464,7 @@ fn an_unchanged_owner_keeps_its_address_against_a_later_claim() {
     assert!(p.keep.contains(&shared) && p.is_noop(), "{p:?}");
     assert_eq!(
         render(&p.problems),
-        render(&plan(&after, &config, &applied).problems)
+        render(&plan(&after, &config, &ips(&config), &applied).problems)
     );
     assert_eq!(ports_of(&p.problems), BTreeSet::from([web.name.clone()]));
 
@@ -284,6 +479,7 @@ fn an_unchanged_owner_keeps_its_address_against_a_later_claim() {
         &later,
         &diff(&after, &later),
         &config,
+        NodeIpsChange::unchanged(&ips(&config), &BTreeSet::new()),
         &applied,
         &ports_of(&p.problems),
     );
@@ -433,14 +629,17 @@ fn clashing_config() -> UserspaceConfig {
     }
 }
 
-/// Every step: a random change, a partial plan applied with some listeners failing to bind.
-/// After each step the listeners equal the full plan's, less those that failed, and the problems
-/// are the full plan's; one more partial plan with no change then binds the failed ones.
+/// Every step: a random change (of the table, and now and then of the node's addresses), a
+/// partial plan applied with some listeners failing to bind. After each step the listeners
+/// equal the full plan's, less those that failed, and the problems are the full plan's; one
+/// more partial plan with no change then binds the failed ones.
 #[test]
 fn a_series_of_partial_plans_ends_where_one_full_plan_does() {
     let config = clashing_config();
+    let pool = [ip("198.18.0.1"), ip("198.18.0.2"), ip("198.18.0.3")];
     let mut steps_with_clashes = 0;
     let mut steps_with_bind_failures = 0;
+    let mut steps_readdressed = 0;
     for seed in 1..=300_u64 {
         let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
         let mut ports = BTreeMap::new();
@@ -448,11 +647,40 @@ fn a_series_of_partial_plans_ends_where_one_full_plan_does() {
         let mut applied = Listeners::new();
         let mut with_problems = BTreeSet::new();
         let mut history = Vec::new();
+        let mut node_ips = ips(&config);
         for step in 0..12 {
             let (next, kept) = valid_table(&mutate(&mut rng, &ports));
             ports = kept;
             let changes = diff(&table, &next);
-            let p = plan_partial(&next, &changes, &config, &applied, &with_problems);
+            let mut next_ips = node_ips.clone();
+            if rng.one_in(3) {
+                next_ips.clear();
+                for ip in pool {
+                    if !rng.one_in(2) {
+                        next_ips.insert(ip);
+                    }
+                }
+            }
+            steps_readdressed += usize::from(next_ips != node_ips);
+            // What the dataplane passes: the dependent ports of the table the last sync planned.
+            let dependent: BTreeSet<ServicePortName> = table
+                .iter()
+                .filter(|port| crate::plan::depends_on_node_ips(port))
+                .map(|port| port.name.clone())
+                .collect();
+            let p = plan_partial(
+                &next,
+                &changes,
+                &config,
+                NodeIpsChange {
+                    previous: &node_ips,
+                    current: &next_ips,
+                    dependent: &dependent,
+                },
+                &applied,
+                &with_problems,
+            );
+            node_ips = next_ips;
             // Some listeners fail to bind: not applied, and a problem of their port.
             let failed: Vec<ListenerKey> =
                 p.open.iter().copied().filter(|_| rng.one_in(6)).collect();
@@ -463,9 +691,9 @@ fn a_series_of_partial_plans_ends_where_one_full_plan_does() {
                 applied.remove(key);
             }
             table = next;
-            history.push(format!("{changes:?}"));
+            history.push(format!("{changes:?} on {node_ips:?}"));
 
-            let full = plan(&table, &config, &Listeners::new());
+            let full = plan(&table, &config, &node_ips, &Listeners::new());
             let mut expected = full.desired.clone();
             for key in &failed {
                 expected.remove(key);
@@ -482,11 +710,12 @@ fn a_series_of_partial_plans_ends_where_one_full_plan_does() {
             &table,
             &diff(&table, &table),
             &config,
+            NodeIpsChange::unchanged(&node_ips, &BTreeSet::new()),
             &applied,
             &with_problems,
         );
         applied = applied_after(&applied, &p);
-        let full = plan(&table, &config, &applied);
+        let full = plan(&table, &config, &node_ips, &applied);
         assert!(
             full.is_noop(),
             "seed {seed}: a full sync after the series would change {full:?}"
@@ -500,5 +729,9 @@ fn a_series_of_partial_plans_ends_where_one_full_plan_does() {
     assert!(
         steps_with_bind_failures > 100,
         "too few bind failures tried: {steps_with_bind_failures}"
+    );
+    assert!(
+        steps_readdressed > 100,
+        "too few changes of node addresses tried: {steps_readdressed}"
     );
 }
