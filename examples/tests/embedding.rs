@@ -101,7 +101,9 @@ async fn an_agent_feeds_objects_and_reads_back_what_applied() {
     let web = ServiceName::new("default", "web");
     let api = ServiceName::new("default", "api");
     let bad = ServiceName::new("default", "bad");
-    tracker.set_node(Some("node-a".to_owned()));
+    tracker
+        .set_node(Some("node-a".to_owned()))
+        .expect("a plain node name");
     tracker.set_service(service(&web, WEB_VIP, web_port, pod_port));
     tracker.set_service(service(&api, API_VIP, api_port, pod_port));
     let mut broken = service(&bad, BAD_VIP, 80, pod_port);

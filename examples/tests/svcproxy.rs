@@ -467,8 +467,13 @@ fn iptables_backend_once_programs_our_chains_in_a_namespace() {
         rules.contains("-A PREROUTING -m comment --comment \"service portals\" -j SVCP-SERVICES"),
         "{rules}"
     );
+    // The service's rules, by name: in a chain of its own (iptables-legacy) or inline in the
+    // dispatch chain, guarded by its VIP and port (iptables-nft's default layout).
     assert!(
-        rules.contains("--comment \"default/web:http cluster IP\""),
+        rules.contains("--comment \"default/web:http cluster IP\"")
+            || rules.contains(
+                "-A SVCP-SERVICES -d 198.19.0.10/32 -p tcp -m comment --comment \"default/web:http"
+            ),
         "{rules}"
     );
     assert!(
@@ -715,15 +720,25 @@ fn file_renamed_into_place_applies_without_waiting_for_the_settle_time() {
     std::fs::rename(&tmp, &path).expect("rename over the table");
     wait_for_answer(service, "green");
 
-    // Written in place, the same change waits for the settle time (a minute here).
-    std::fs::write(&path, table(vip, port, &[&blue])).expect("write in place");
-    std::thread::sleep(Duration::from_millis(500));
+    // Written in place and not closed, the same change waits for the settle time (a minute
+    // here); longer than the sync loop's 1 s minimum period, so a sync would have run. (Closed
+    // after the write, it applies at once: tests/watch_inotify.rs.)
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&path)
+        .expect("open the table in place");
+    file.write_all(table(vip, port, &[&blue]).as_bytes())
+        .expect("write in place");
+    file.flush().expect("flush");
+    std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
         ask(service).expect("served"),
         "green",
         "log:\n{}",
         proxy.log()
     );
+    drop(file);
     let status = proxy.terminate(WAIT).0;
     assert!(status.success(), "exit status {status}");
 }

@@ -367,7 +367,7 @@ fn vm_ipvs_svcproxy_serves_the_file_follows_edits_and_cleans_up_on_sigterm() {
     let mut args = ipvs_flags(&path);
     args.extend(
         [
-            "--cleanup",
+            "--cleanup-on-exit",
             "--poll-interval-ms",
             "100",
             "--metrics-addr",
@@ -462,7 +462,7 @@ fn vm_ipvs_svcproxy_serves_the_file_follows_edits_and_cleans_up_on_sigterm() {
     assert_eq!(web, BTreeMap::from([("a".to_owned(), 4)]));
     assert_eq!(api, BTreeMap::from([("b".to_owned(), 4)]));
 
-    // SIGTERM with --cleanup: a clean exit that leaves nothing of ours.
+    // SIGTERM with --cleanup-on-exit: a clean exit that leaves nothing of ours.
     let (status, log) = proxy.terminate(WAIT);
     assert!(status.success(), "exit status {status}; log:\n{log}");
     let listing = topo.ipvs();
@@ -520,11 +520,11 @@ fn vm_ipvs_once_leaves_the_kernel_serving_and_a_later_cleanup_removes_only_ours(
         &["-a", "-t", "198.18.2.1:9999", "-r", EP_A, "-m"],
     );
 
-    // A later run with another table and --cleanup removes the first run's service too (its
+    // A later run with another table and --cleanup-on-exit removes the first run's service too (its
     // VIP is on our interface), and leaves the foreign one.
     std::fs::write(&path, table(&[("api", API_VIP, &[EP_B])])).expect("write table");
     let mut args = ipvs_flags(&path);
-    args.push("--cleanup".to_owned());
+    args.push("--cleanup-on-exit".to_owned());
     let proxy = start_proxy(&topo, &args);
     let foreign = ("TCP 198.18.2.1:9999 rr", &[EP_A][..]);
     topo.wait_for_ipvs(
@@ -542,4 +542,61 @@ fn vm_ipvs_once_leaves_the_kernel_serving_and_a_later_cleanup_removes_only_ours(
         listing.text
     );
     assert_eq!(topo.leftovers(), Vec::<String>::new(), "log:\n{log}");
+}
+
+#[test]
+#[ignore = "needs root and IPVS: scripts/vm-test runs it in a VM"]
+fn vm_ipvs_cleanup_removes_what_once_left_and_keeps_the_foreign_virtual_server() {
+    let topo = Topology::new("cleanup");
+    let _backends = start_backends(&topo, &[(EP_A, "a")]);
+    let dir = TempDir::new("cleanup");
+    let path = dir.join("table.yaml");
+    std::fs::write(&path, table(&[("web", WEB_VIP, &[EP_A])])).expect("write table");
+    let mut once = topo.node.command(SVCPROXY);
+    once.args(ipvs_flags(&path)).arg("--once");
+    let out = once
+        .output()
+        .unwrap_or_else(|e| panic!("run svcproxy --once: {e}; {NEEDS_VM}"));
+    assert!(
+        out.status.success(),
+        "svcproxy --once: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    topo.node
+        .exec_ok("ipvsadm", &["-A", "-t", "198.18.2.1:9999", "-s", "rr"]);
+
+    // kube-proxy's --cleanup: no table, no running proxy; every kernel backend here.
+    let cleanup = |backend: Option<&str>| {
+        let mut command = topo.node.command(SVCPROXY);
+        command.arg("--cleanup").env("NO_COLOR", "1");
+        if let Some(backend) = backend {
+            command.args(["--backend", backend]);
+        }
+        let out = command.output().expect("run svcproxy --cleanup");
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert!(
+            out.status.success(),
+            "--cleanup: {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+            out.status
+        );
+        stdout
+    };
+    let stdout = cleanup(None);
+    assert!(stdout.contains("ipvs: removed "), "stdout:\n{stdout}");
+    let listing = topo.ipvs();
+    assert_eq!(
+        listing.services,
+        expected(&[("TCP 198.18.2.1:9999 rr", &[][..])]),
+        "only the foreign virtual server may stay:\n{}",
+        listing.text
+    );
+    assert_eq!(topo.leftovers(), Vec::<String>::new());
+    let stdout = cleanup(Some("ipvs"));
+    assert!(
+        stdout.contains("ipvs: nothing of ours"),
+        "stdout:\n{stdout}"
+    );
 }

@@ -3,31 +3,63 @@
 use anyhow::Context as _;
 use backend_iptables::{IptablesConfig, IptablesDataplane};
 use backend_ipvs::{IpvsConfig, IpvsDataplane};
-use backend_userspace::{UserspaceConfig, UserspaceDataplane};
+use backend_userspace::{ListenMode, UserspaceConfig, UserspaceDataplane};
 use proxy_core::service_health::WithServiceHealth;
 use proxy_core::Dataplane;
 
 use crate::cli::{BackendKind, RunArgs};
 
-fn userspace_config(args: &RunArgs) -> UserspaceConfig {
+pub(crate) fn userspace_config(args: &RunArgs) -> UserspaceConfig {
     UserspaceConfig {
         node_addresses: args.node_addresses.clone(),
+        node_port_addresses: args.node_port_addresses.clone(),
+        cluster_cidrs: args.cluster_cidrs.clone(),
+        mode: if args.userspace_capture {
+            ListenMode::Capture
+        } else {
+            ListenMode::Bind
+        },
+        capture_address: args.userspace_capture_address,
+        capture_chain: args.userspace_capture_chain.clone(),
+        freebind: args.freebind,
         ..UserspaceConfig::default()
     }
 }
 
-fn iptables_config(args: &RunArgs) -> IptablesConfig {
+pub(crate) fn iptables_config(args: &RunArgs) -> IptablesConfig {
     IptablesConfig {
         cluster_cidrs: args.cluster_cidrs.clone(),
         masquerade_all: args.masquerade_all,
         node_port_addresses: args.node_port_addresses.clone(),
+        node_ips: iptables_node_ips(args),
         ..IptablesConfig::default()
     }
 }
 
-fn ipvs_config(args: &RunArgs) -> IpvsConfig {
+/// This node's addresses for the iptables backend's load-balancer source ranges: the listed
+/// ones, or those the node has now (kube-proxy, too, reads its node IP once, at start). Node
+/// ports need none: `-m addrtype --dst-type LOCAL` finds the addresses at packet time.
+fn iptables_node_ips(args: &RunArgs) -> Vec<std::net::IpAddr> {
+    if !args.node_addresses.is_empty() {
+        return args.node_addresses.clone();
+    }
+    let source = proxy_core::node_addresses::NodeAddresses::kernel();
+    match source.start() {
+        Ok(()) => source.current().iter().map(|address| address.ip).collect(),
+        Err(error) => {
+            tracing::warn!(
+                error = %error,
+                "cannot read the node's addresses: no load-balancer source range lets the node in from its load-balancer IPs"
+            );
+            Vec::new()
+        }
+    }
+}
+
+pub(crate) fn ipvs_config(args: &RunArgs) -> IpvsConfig {
     IpvsConfig {
         node_addresses: args.node_addresses.clone(),
+        node_port_addresses: args.node_port_addresses.clone(),
         cluster_cidrs: args.cluster_cidrs.clone(),
         masquerade_all: args.masquerade_all,
         strict_arp: args.ipvs_strict_arp,
@@ -63,8 +95,14 @@ pub fn build(kind: BackendKind, args: &RunArgs) -> anyhow::Result<Box<dyn Datapl
     if args.no_service_health {
         return Ok(dataplane);
     }
+    // Without a list, the node's addresses: all of them, as kube-proxy's health server.
+    let health_addresses = if args.node_addresses.is_empty() {
+        vec![std::net::IpAddr::from([0, 0, 0, 0])]
+    } else {
+        args.node_addresses.clone()
+    };
     Ok(Box::new(WithServiceHealth::new(
         dataplane,
-        args.node_addresses.clone(),
+        health_addresses,
     )))
 }

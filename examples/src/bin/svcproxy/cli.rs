@@ -46,9 +46,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub services: Option<PathBuf>,
 
-    /// The backend that implements the table.
-    #[arg(long, value_enum, default_value_t = BackendKind::Userspace)]
-    pub backend: BackendKind,
+    /// The backend that implements the table [default: userspace]. With --cleanup, the backend
+    /// whose state to remove; without --backend, --cleanup removes that of every kernel backend
+    /// whose tools this host has.
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendKind>,
 
     /// This node's name (overrides the file's `node:`), for local traffic policies.
     #[arg(long, value_name = "N")]
@@ -60,9 +62,16 @@ pub struct RunArgs {
     #[arg(long, conflicts_with = "once")]
     pub dry_run: bool,
 
-    /// Remove everything this proxy programmed when it exits.
-    #[arg(long)]
+    /// Remove everything an earlier run programmed on this node (kube-proxy's --cleanup): the
+    /// state of the --backend given, or else of every kernel backend whose tools are present;
+    /// print what was removed and exit (0 when clean). Needs no --services; refuses while a
+    /// running instance owns that state.
+    #[arg(long, conflicts_with_all = ["once", "dry_run", "cleanup_on_exit"])]
     pub cleanup: bool,
+
+    /// Remove everything this proxy programmed when it stops (SIGINT/SIGTERM).
+    #[arg(long)]
+    pub cleanup_on_exit: bool,
 
     /// Sync once, print the sync report and exit (kernel backends leave their state in place).
     #[arg(long)]
@@ -77,13 +86,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "ADDR")]
     pub healthz_addr: Option<SocketAddr>,
 
-    /// How often FILE is checked for changes, in milliseconds.
+    /// Fallback: how often FILE is checked for changes while inotify cannot watch it (no
+    /// inotify, a directory on the way gone, or SVCPROXY_WATCH=poll), in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 500)]
     pub poll_interval_ms: u64,
 
     /// How long a change written in place must hold still (size, mtime and content) before it
-    /// applies, in milliseconds. A file renamed over FILE (temp file + rename: the safe way to
-    /// write it) applies at once.
+    /// applies, in milliseconds, unless inotify sees the writer close the file. A file renamed
+    /// over FILE (temp file + rename: the safe way to write it) applies at once.
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub settle_ms: u64,
 
@@ -92,8 +102,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "BYTES", default_value_t = proxy_core::file::DEFAULT_MAX_TABLE_BYTES)]
     pub max_table_bytes: u64,
 
-    /// iptables and ipvs backends: the pod network (at most one per family). Traffic from outside it to a
-    /// cluster IP is masqueraded (kube-proxy's --cluster-cidr). Repeatable.
+    /// The pod network (kube-proxy's --cluster-cidr; iptables and ipvs: at most one per family).
+    /// iptables and ipvs: traffic from outside it to a cluster IP is masqueraded. iptables and
+    /// userspace: pods reaching a node port, external or LB IP of an externalTrafficPolicy Local
+    /// service go to every endpoint (kube-proxy's short-circuit). Repeatable.
     #[arg(long = "cluster-cidr", value_name = "CIDR")]
     pub cluster_cidrs: Vec<ipnet::IpNet>,
 
@@ -101,14 +113,17 @@ pub struct RunArgs {
     #[arg(long)]
     pub masquerade_all: bool,
 
-    /// userspace and ipvs backends: the node's addresses, on which node ports are served
-    /// (repeatable).
-    #[arg(long = "node-address", value_name = "IP", default_value = "127.0.0.1")]
+    /// The node's addresses, a fixed list (repeatable; loopback allowed): userspace and ipvs
+    /// serve node ports on them, iptables lets the node reach a load-balancer IP from that IP
+    /// when a source range holds one of them, health-check node ports answer on them. Default:
+    /// every address of the node but loopback and IPv6 link-local, as kube-proxy; userspace
+    /// and ipvs follow them as they come and go, iptables reads them once at start, and
+    /// health-check node ports answer on 0.0.0.0.
+    #[arg(long = "node-address", value_name = "IP")]
     pub node_addresses: Vec<std::net::IpAddr>,
 
-    /// iptables backend: serve node ports only on this node's addresses within these networks
-    /// (kube-proxy's --nodeport-addresses; repeatable). Default: every local address but
-    /// loopback.
+    /// Every backend: serve node ports only on this node's addresses within these networks
+    /// (kube-proxy's --nodeport-addresses; repeatable). Default: on all of them.
     #[arg(long = "nodeport-addresses", value_name = "CIDR")]
     pub node_port_addresses: Vec<ipnet::IpNet>,
 
@@ -135,13 +150,40 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 0)]
     pub ipvs_udp_timeout: u32,
 
+    /// userspace backend: do not bind the service addresses; listen on ephemeral ports of
+    /// --userspace-capture-address and redirect each service address there with iptables
+    /// REDIRECT rules in --userspace-capture-chain (kube-proxy's old userspace mode: VIPs need
+    /// not be local addresses; root, iptables, IPv4 only).
+    #[arg(long)]
+    pub userspace_capture: bool,
+
+    /// userspace backend, with --userspace-capture: the address the capture sockets bind.
+    #[arg(long, value_name = "IP", default_value = "0.0.0.0")]
+    pub userspace_capture_address: std::net::IpAddr,
+
+    /// userspace backend, with --userspace-capture: our nat chain (ours alone: --cleanup and
+    /// --cleanup-on-exit delete it).
+    #[arg(long, value_name = "CHAIN", default_value = "SVCPROXY-CAPTURE")]
+    pub userspace_capture_chain: String,
+
+    /// userspace backend: bind service addresses that are not (yet) local addresses of this host
+    /// (IP_FREEBIND); traffic reaches them once the address is added or routed here.
+    #[arg(long)]
+    pub freebind: bool,
+
     /// Do not answer on the health-check node ports of `local` external-policy services (by
-    /// default they are served on the --node-address addresses, as kube-proxy does).
+    /// default they are served on the --node-address addresses, or 0.0.0.0 without any, as
+    /// kube-proxy does).
     #[arg(long)]
     pub no_service_health: bool,
 }
 
 impl RunArgs {
+    /// The backend to run: --backend, else userspace.
+    pub fn backend(&self) -> BackendKind {
+        self.backend.unwrap_or(BackendKind::Userspace)
+    }
+
     pub fn poll_interval(&self) -> Duration {
         Duration::from_millis(self.poll_interval_ms.max(10))
     }

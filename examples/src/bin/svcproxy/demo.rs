@@ -4,15 +4,17 @@
 //! (:9053 on the same addresses), writes `examples/tables/demo.yaml` (VIP 127.0.0.10) to a file
 //! the user may edit live, and runs the userspace backend on it.
 
+use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use clap::Parser as _;
 use tokio::net::UdpSocket;
 use tracing::debug;
 
-use crate::cli::{BackendKind, DemoArgs, RunArgs};
+use crate::cli::{Cli, DemoArgs};
 use crate::http::{self, Response};
 
 /// The demo table: the same file the README and the tests use.
@@ -71,29 +73,22 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     );
     println!("  stop:    Ctrl-C");
 
-    let run_args = RunArgs {
-        services: Some(table_path.clone()),
-        backend: BackendKind::Userspace,
-        node_name: None,
-        dry_run: false,
-        cleanup: true,
-        once: false,
-        metrics_addr: Some(args.metrics_addr),
-        healthz_addr: None,
-        poll_interval_ms: 500,
-        settle_ms: 1000,
-        max_table_bytes: proxy_core::file::DEFAULT_MAX_TABLE_BYTES,
-        cluster_cidrs: Vec::new(),
-        masquerade_all: false,
-        node_addresses: vec!["127.0.0.1".parse().context("loopback")?],
-        node_port_addresses: Vec::new(),
-        ipvs_strict_arp: false,
-        ipvs_vip_binding: crate::cli::VipBindingArg::Addresses,
-        ipvs_tcp_timeout: 0,
-        ipvs_tcpfin_timeout: 0,
-        ipvs_udp_timeout: 0,
-        no_service_health: false,
-    };
+    // Parsed like a command line, so every flag not given here takes its documented default.
+    let metrics_addr = args.metrics_addr.to_string();
+    let run_args = Cli::try_parse_from([
+        OsStr::new("svcproxy"),
+        OsStr::new("--services"),
+        table_path.as_os_str(),
+        OsStr::new("--backend"),
+        OsStr::new("userspace"),
+        OsStr::new("--cleanup-on-exit"),
+        OsStr::new("--metrics-addr"),
+        OsStr::new(&metrics_addr),
+        OsStr::new("--node-address"),
+        OsStr::new("127.0.0.1"),
+    ])
+    .context("demo flags")?
+    .run;
     let outcome = crate::run(run_args).await;
     if let Some(dir) = private_dir {
         remove_quietly(&table_path, &dir);

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! svcproxy --services FILE [--backend userspace|iptables|ipvs] [--node-name N]
-//!          [--dry-run] [--cleanup] [--once] [--metrics-addr ADDR] [--healthz-addr ADDR]
+//!          [--dry-run] [--once] [--cleanup-on-exit] [--metrics-addr ADDR] [--healthz-addr ADDR]
+//! svcproxy --cleanup [--backend userspace|iptables|ipvs]   # remove what earlier runs left
 //! svcproxy demo        # tiny loopback backends + a table fronting them; prints a curl line
 //! ```
 //!
@@ -12,10 +13,13 @@
 //! SIGINT/SIGTERM stop it cleanly. Built on the public API of `proxy-core` and the backend
 //! crates only.
 
+mod alloc;
 mod backend;
+mod cleanup;
 mod cli;
 mod demo;
 mod http;
+mod preflight;
 mod watch;
 
 use std::process::ExitCode;
@@ -49,17 +53,37 @@ fn main() -> ExitCode {
     let outcome = runtime.block_on(async {
         match cli.command {
             Some(Command::Demo(demo)) => demo::run(demo).await,
+            None if cli.run.cleanup => cleanup::run(&cli.run).await,
             None => run(cli.run).await,
         }
     });
     match outcome {
         Ok(code) => code,
         Err(err) => {
-            // `{:#}` prints the whole chain of causes on one line.
-            eprintln!("svcproxy: {err:#}");
+            eprintln!("svcproxy: {}", error_chain(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, `a: b: c`, each part once. Many errors print their
+/// source in their own message and also return it from `source()` (so that a log shows it even
+/// when only the top is printed); `{:#}` would then print that part twice, or three times
+/// through two such layers. A cause whose text is already shown is left out.
+pub(crate) fn error_chain(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        let part = part.trim();
+        if part.is_empty() || text.contains(part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(part);
+    }
+    text
 }
 
 fn init_logging() {
@@ -68,7 +92,16 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(use_colour())
         .init();
+}
+
+/// Colour only on a terminal, and not when `NO_COLOR` is set to anything non-empty
+/// (<https://no-color.org>): escape codes in a log file or a journal are noise.
+fn use_colour() -> bool {
+    use std::io::IsTerminal as _;
+    let no_colour = std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty());
+    !no_colour && std::io::stderr().is_terminal()
 }
 
 /// The userspace backend holds one descriptor per listener and two per proxied connection (its
@@ -107,8 +140,15 @@ fn raise_open_file_limit() {
 /// [`ChangeTracker`], the [`SyncLoop`] (or one sync), and the backend's own dry run.
 pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let Some(path) = args.services.clone() else {
-        anyhow::bail!("--services FILE is required (or run `svcproxy demo`); see --help");
+        anyhow::bail!(
+            "--services FILE is required (or run `svcproxy demo`, or `svcproxy --cleanup`); see --help"
+        );
     };
+    if !args.dry_run {
+        // Once, before anything: without the privilege or the tools, every sync would fail the
+        // same way and the loop would retry forever.
+        preflight::check(&args)?;
+    }
     let file = watch::FileOptions {
         path: path.clone(),
         node: args.node_name.clone(),
@@ -119,7 +159,15 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let (spec, version) = watch::load(&file)
         .await
         .with_context(|| format!("cannot start with {}", path.display()))?;
-    let dataplane = backend::build(args.backend, &args)?;
+    let dataplane = backend::build(args.backend(), &args)?;
+    // The userspace backend takes no owner lock of its own: in capture mode, hold one on its
+    // chain, so that `--cleanup` elsewhere refuses rather than delete it from under us.
+    let captures = args.backend() == cli::BackendKind::Userspace && args.userspace_capture;
+    let _capture_lock = if captures && !args.dry_run {
+        Some(cleanup::capture_lock(&args.userspace_capture_chain)?)
+    } else {
+        None
+    };
     let (mut tracker, source) = ChangeTracker::for_dataplane(&dataplane);
     spec.apply_to(&mut tracker);
     if tracker.generation() == 0 {
@@ -176,7 +224,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
 
     let config = SyncConfig {
-        cleanup_on_shutdown: args.cleanup,
+        cleanup_on_shutdown: args.cleanup_on_exit,
         ..SyncConfig::default()
     };
     let mut registry = Registry::default();
@@ -207,13 +255,11 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     watcher.abort();
     match result {
         Ok(_dataplane) => {
-            info!(cleanup = args.cleanup, "stopped");
+            info!(cleanup = args.cleanup_on_exit, "stopped");
             Ok(ExitCode::SUCCESS)
         }
-        Err(err) => {
-            error!(error = %err, "stopped with an error");
-            Err(err.into())
-        }
+        // Printed once, by `main`, with its causes: not logged here too.
+        Err(err) => Err(anyhow::Error::new(err).context("stopped with an error")),
     }
 }
 
@@ -231,5 +277,39 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => info!(signal = "SIGINT", "stopping"),
         _ = term.recv() => info!(signal = "SIGTERM", "stopping"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backend_iptables::error::{IptablesError, RestoreFailure};
+    use backend_iptables::rules::{Family, TableName};
+
+    #[test]
+    fn error_chain_prints_each_part_once() {
+        // What an unprivileged iptables-save gave: the failure is in the message of each layer
+        // and again the source of each.
+        let save = IptablesError::Save {
+            family: Family::V4,
+            table: TableName::Filter,
+            failure: RestoreFailure {
+                command: "iptables-nft-save -t filter".to_owned(),
+                status: Some(4),
+                stderr: "Permission denied (you must be root)".to_owned(),
+            },
+        };
+        let error = anyhow::Error::new(save.into_dataplane()).context("cannot sync");
+        assert_eq!(
+            error_chain(&error),
+            "cannot sync: iptables backend: ipv4 filter: iptables-nft-save -t filter failed \
+             (exit code 4): Permission denied (you must be root)"
+        );
+        let io = std::io::Error::from_raw_os_error(13);
+        let error = anyhow::Error::new(io).context("cannot read table file t.yaml");
+        assert_eq!(
+            error_chain(&error),
+            "cannot read table file t.yaml: Permission denied (os error 13)"
+        );
     }
 }

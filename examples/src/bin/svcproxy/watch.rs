@@ -1,48 +1,74 @@
-//! The table file as a service source: load it, then poll it for changes, feeding each version to
-//! the change tracker (the same path an embedder's controller takes, object by object).
+//! The table file as a service source: load it, then watch it for changes, feeding each version
+//! to the change tracker (the same path an embedder's controller takes, object by object).
 //!
-//! Polling the file's identity (device, inode, size, mtime) rather than watching the directory
-//! keeps this simple and correct for every way a file gets replaced: written in place, renamed
-//! over by an editor or `sed -i`, or swapped through a symlink.
+//! # How changes are seen
+//!
+//! inotify watches the file's directory, and the directory of every symlink on the way to it
+//! ([`dirwatch`]), for events on those names only. That sees every way a file gets replaced:
+//! written in place, renamed over by an editor or `sed -i`, or swapped through a symlink, such as
+//! the `..data` link of a Kubernetes ConfigMap volume. After a name on the way changes, or a
+//! watched directory goes away, the watches are set up again for the path as it resolves then.
+//!
+//! Polling the file's identity (device, inode, size, mtime) every `--poll-interval-ms` is the
+//! fallback: while inotify cannot cover the path (a directory on the way is gone; each poll tries
+//! again), when the kernel gives no inotify instance, or when `SVCPROXY_WATCH=poll` asks for it
+//! (a file system whose changes inotify does not see, such as one written from another host, or
+//! to compare with the old behaviour).
 //!
 //! # When a change applies
 //!
-//! - A file **renamed into place** (a new inode whose change time is after its last write: the
-//!   rename) is complete, since a rename is atomic: it applies at the next poll, once it has held
-//!   still for [`SETTLE`].
-//! - Any other change (written in place, or a new file written under the name) applies only once
-//!   its size, mtime **and** content hash have stayed the same for the settle time
-//!   (`--settle-ms`), checked at two polls at least that far apart. A writer that pauses longer
-//!   than that in the middle of a write can still get its first part applied when that part is a
-//!   valid table: by polling, such a pause cannot be told from the end of the write. Writing a
-//!   temporary file and renaming it over the table is the one safe way.
+//! - A **complete write** applies at once: a file renamed into place, itself or a symlink on the
+//!   way to it (`IN_MOVED_TO`; by polling: a new inode whose change time is after its last write),
+//!   a file closed after writing (`IN_CLOSE_WRITE`, unless the last event on it is a write again),
+//!   or a symlink created.
+//! - Any other change (written in place and not closed, seen by `IN_MODIFY` or a poll; also an
+//!   emptied file, which is what a truncation before a write leaves) applies only once its size,
+//!   mtime **and** content hash have stayed the same for the settle time (`--settle-ms`),
+//!   checked at two looks at least that far apart. A writer that pauses longer than that in the
+//!   middle of a write can still get its first part applied when that part is a valid table, and
+//!   so can one that closes the file between parts. Writing a temporary file and renaming it over
+//!   the table is the one safe way.
+//!
+//! A version that applies is parsed service by service ([`SpecCache`]): only the services whose
+//! text changed since the last version go to the parser, which at a thousand services is most of
+//! the time from an edit to the dataplane otherwise.
 //!
 //! # Hostile files
 //!
 //! Only a regular file is read (a symlink is followed first): `/dev/zero`, a FIFO, a socket or a
 //! directory is refused before it is opened, and the open itself uses `O_NONBLOCK`, so a FIFO
 //! swapped in between cannot block it. At most `--max-table-bytes` are read. Every stat, open,
-//! read and parse runs on a thread of its own, bounded by a timeout, never on the runtime: a file
-//! system that hangs stalls only that thread, while signals, the sync loop and health keep
-//! working. (A plain thread rather than `spawn_blocking`: the runtime waits for its blocking pool
-//! on shutdown, so a read stuck there would hold up the exit.)
+//! read and parse, and the resolving of the path for the watches, runs on a thread of its own,
+//! bounded by a timeout, never on the runtime ([`worker`]): a file system that hangs stalls only
+//! that thread, while signals, the sync loop and health keep working. (A plain thread rather
+//! than `spawn_blocking`: the runtime waits for its blocking pool on shutdown, so a read stuck
+//! there would hold up the exit.)
+
+mod check; // when a change applies: the settle rule and complete writes
+mod dirwatch; // inotify watches on the directories on the way to the file
+mod worker; // file work on a thread of its own, with a timeout
 
 use std::hash::{Hash as _, Hasher as _};
 use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use proxy_core::file::{check_table_file, parse_spec, read_table_from, LoadError, TableSpec};
+use proxy_core::file::{check_table_file, read_table_from, LoadError, SpecCache, TableSpec};
 use proxy_core::tracker::ChangeTracker;
 use proxy_core::validate::control_character_problem;
 use proxy_core::{FieldError, ValidationErrors};
-use tracing::{error, info};
+use tracing::{error, info, warn};
+
+use self::check::{check, Candidate, Check};
+use self::dirwatch::{DirWatch, WatchError};
+use self::worker::FileWorker;
 
 /// How long a changed file must hold still (size, mtime) before it is read at all.
 pub const SETTLE: Duration = Duration::from_millis(50);
 /// The longest a stat, or an open and read, of the table file may take.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Set to `poll` to watch the table file by polling only (see the module docs).
+pub const WATCH_MODE_ENV: &str = "SVCPROXY_WATCH";
 /// The longest a parse may take (a 34 MB table parses in about 3 s in a release build).
 const PARSE_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -239,97 +265,6 @@ fn read_snapshot(path: &Path, max_bytes: u64) -> Result<Snapshot, ReadError> {
     })
 }
 
-/// Runs file work on a thread of its own, at most one at a time, bounded by a timeout.
-#[derive(Debug, Default)]
-struct FileWorker {
-    /// The thread of the last job that timed out, until it ends.
-    stuck: Option<JoinHandle<()>>,
-}
-
-impl FileWorker {
-    async fn run<T: Send + 'static>(
-        &mut self,
-        path: &Path,
-        what: &'static str,
-        timeout: Duration,
-        work: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, ReadError> {
-        // Only a thread whose wait timed out is kept: it may still be stuck.
-        if self.stuck.as_ref().is_some_and(|r| !r.is_finished()) {
-            return Err(ReadError::Busy {
-                path: path.to_owned(),
-            });
-        }
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let thread = std::thread::Builder::new()
-            .name("svcproxy-file".to_owned())
-            .spawn(move || {
-                // The receiver is gone only when the wait timed out; the result is no use then.
-                let _ = tx.send(work());
-            })
-            .map_err(|source| ReadError::Thread {
-                path: path.to_owned(),
-                source,
-            })?;
-        self.stuck = None;
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(value)) => Ok(value),
-            // The thread ended without sending: it panicked.
-            Ok(Err(_)) => Err(ReadError::Panicked {
-                path: path.to_owned(),
-                what,
-            }),
-            Err(_) => {
-                self.stuck = Some(thread);
-                Err(ReadError::TimedOut {
-                    path: path.to_owned(),
-                    what,
-                    timeout,
-                })
-            }
-        }
-    }
-
-    async fn stat(&mut self, path: &Path) -> Result<Option<Stat>, ReadError> {
-        let owned = path.to_owned();
-        let stat = self
-            .run(path, "stat", IO_TIMEOUT, move || std::fs::metadata(owned))
-            .await?;
-        match stat {
-            Ok(meta) => Ok(Some(Stat::of(&meta))),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(LoadError::Io {
-                path: path.to_owned(),
-                source,
-            }
-            .into()),
-        }
-    }
-
-    async fn read(&mut self, path: &Path, max_bytes: u64) -> Result<Snapshot, ReadError> {
-        let owned = path.to_owned();
-        self.run(path, "reading", IO_TIMEOUT, move || {
-            read_snapshot(&owned, max_bytes)
-        })
-        .await?
-    }
-
-    async fn parse(
-        &mut self,
-        path: &Path,
-        text: String,
-        node: Option<String>,
-    ) -> Result<TableSpec, ReadError> {
-        let origin = path.display().to_string();
-        let spec = self
-            .run(path, "parsing", PARSE_TIMEOUT, move || {
-                parse_spec(&text, &origin)
-            })
-            .await??;
-        Ok(with_node(spec, node.as_deref()))
-    }
-}
-
 fn with_node(mut spec: TableSpec, node: Option<&str>) -> TableSpec {
     if let Some(node) = node {
         spec.node = Some(node.to_owned());
@@ -344,7 +279,7 @@ fn with_node(mut spec: TableSpec, node: Option<&str>) -> TableSpec {
 /// # Errors
 /// [`ReadError`] when the file is no regular file, too large, cannot be read in time, or does
 /// not parse (with the file, line and column): then nothing of it can be trusted.
-pub async fn load(options: &FileOptions) -> Result<(TableSpec, Version), ReadError> {
+pub async fn load(options: &FileOptions) -> Result<(TableSpec, Loaded), ReadError> {
     if let Some(problem) = options.node.as_deref().and_then(control_character_problem) {
         return Err(LoadError::Invalid {
             origin: "--node-name".to_owned(),
@@ -356,62 +291,338 @@ pub async fn load(options: &FileOptions) -> Result<(TableSpec, Version), ReadErr
     }
     let mut worker = FileWorker::default();
     let snapshot = worker.read(&options.path, options.max_bytes).await?;
+    let mut cache = SpecCache::default();
     let spec = worker
-        .parse(&options.path, snapshot.text, options.node.clone())
+        .parse(
+            &options.path,
+            snapshot.text,
+            options.node.clone(),
+            &mut cache,
+        )
         .await?;
-    Ok((spec, snapshot.version))
+    let loaded = Loaded {
+        version: snapshot.version,
+        cache,
+    };
+    Ok((spec, loaded))
 }
 
-/// A changed version seen in place, waiting to hold still for the settle time.
-#[derive(Debug, Clone, Copy)]
-struct Candidate {
+/// What [`load`] read, for [`watch_file`] to start from: the version, and its services parsed,
+/// so that an edit parses only the services it changed.
+#[derive(Debug)]
+pub struct Loaded {
     version: Version,
-    since: Instant,
+    cache: SpecCache,
 }
 
-/// Polls the table file every `interval` and applies each complete change to `tracker` (see the
-/// module docs for when a change is complete): a file that parses is applied (each service port
-/// checked on its own, a bad one skipped and reported, its last good version kept); one that
-/// does not parse, is no regular file or is too large is logged once and the running table
-/// stays. Runs until aborted.
+/// What made the watcher look at the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Wake {
+    /// A poll, a settle deadline, a metadata change, a removal or lost events: only a version
+    /// renamed into place, or one that held still for the settle time, applies.
+    Poll,
+    /// inotify saw the file written in place, not (yet) closed: look again once it pauses.
+    Modified,
+    /// A complete write: the file closed after writing (`IN_CLOSE_WRITE`), or renamed into
+    /// place, itself or a symlink on the way to it (`IN_MOVED_TO`): it applies at once.
+    Completed,
+    /// This entry on the way to the file was created: complete if it is a symlink (made whole
+    /// in one call), written in place otherwise (a file is created empty, then written).
+    Created(PathBuf),
+}
+
+/// Watches the table file and applies each complete change to `tracker` (see the module docs for
+/// when a change is complete): a file that parses is applied (each service port checked on its
+/// own, a bad one skipped and reported, its last good version kept); one that does not parse,
+/// is no regular file or is too large is logged once and the running table stays. inotify
+/// wakes it; it polls every `interval` only while inotify cannot cover the path. Runs until
+/// aborted.
 pub async fn watch_file(
     options: FileOptions,
     interval: Duration,
-    loaded: Version,
-    mut tracker: ChangeTracker,
+    loaded: Loaded,
+    tracker: ChangeTracker,
 ) {
-    let path = options.path.clone();
-    let mut worker = FileWorker::default();
-    // The version applied last; `None` once the file is gone.
-    let mut seen: Option<Version> = Some(loaded);
-    let mut candidate: Option<Candidate> = None;
-    let mut last_problem: Option<String> = None;
+    let mut watcher = Watcher {
+        worker: FileWorker::default(),
+        seen: Some(loaded.version),
+        cache: loaded.cache,
+        candidate: None,
+        last_problem: None,
+        options,
+        tracker,
+    };
+    let mut notify = Notify::start(&mut watcher, interval).await;
+    if notify.as_ref().is_some_and(|n| n.covered) {
+        // A change made between the load and the watches is in no event.
+        watcher.look(false).await;
+    }
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When to look at a file written in place that inotify saw no close of.
+    let mut modified_check: Option<Instant> = None;
     loop {
-        ticker.tick().await;
-        let step = poll_once(&options, &mut worker, seen.as_ref(), &mut candidate).await;
-        let snapshot = match step {
-            Ok(Poll::Unchanged) => continue,
-            Ok(Poll::Gone) => {
-                if seen.take().is_some() {
-                    error!(file = %path.display(), "table file is gone; keeping the running table");
+        let polling = notify.as_ref().is_none_or(|n| !n.covered);
+        // While inotify covers the path, nothing polls: a change waiting to settle needs a timer.
+        let settle_due = watcher
+            .candidate
+            .filter(|_| !polling)
+            .map(|c| c.since + watcher.options.settle);
+        let due = [modified_check, settle_due].into_iter().flatten().min();
+        let woke = tokio::select! {
+            batch = next_batch(&mut notify) => Woke::Events(batch),
+            _ = ticker.tick(), if polling => Woke::Tick,
+            () = sleep_until(due), if due.is_some() => Woke::Due,
+        };
+        match woke {
+            Woke::Tick => {
+                if let Some(n) = notify.as_mut() {
+                    // Back as soon as the directories are: the next event is not missed.
+                    n.rewatch(&mut watcher, interval).await;
                 }
-                candidate = None;
-                continue;
+                watcher.look(false).await;
             }
-            Ok(Poll::Complete(snapshot)) => snapshot,
-            Err(problem) => {
-                report_once(&mut last_problem, &problem);
-                continue;
+            Woke::Due => {
+                modified_check = None;
+                watcher.look(false).await;
+            }
+            Woke::Events(Ok(Some(batch))) => {
+                if batch.rewatch {
+                    if let Some(n) = notify.as_mut() {
+                        n.rewatch(&mut watcher, interval).await;
+                    }
+                }
+                let wake = match batch.wake {
+                    Some(Wake::Created(entry)) => watcher.created(entry).await,
+                    other => other,
+                };
+                match wake {
+                    None => {}
+                    Some(Wake::Modified | Wake::Created(_)) => {
+                        // Each write pushes the look back: it comes once the writer pauses.
+                        modified_check = Some(Instant::now() + SETTLE);
+                    }
+                    Some(Wake::Completed) => {
+                        modified_check = None;
+                        watcher.look(true).await;
+                    }
+                    Some(Wake::Poll) => watcher.look(false).await,
+                }
+            }
+            Woke::Events(ended) => {
+                let error = match ended {
+                    Err(err) => err.to_string(),
+                    _ => "no more events".to_owned(),
+                };
+                warn!(
+                    file = %watcher.options.path.display(),
+                    %error,
+                    poll_interval_ms = interval.as_millis(),
+                    "inotify failed; polling the table file from now on"
+                );
+                notify = None;
+            }
+        }
+    }
+}
+
+/// What the watch loop woke for.
+enum Woke {
+    Events(std::io::Result<Option<dirwatch::Batch>>),
+    Tick,
+    Due,
+}
+
+async fn next_batch(notify: &mut Option<Notify>) -> std::io::Result<Option<dirwatch::Batch>> {
+    match notify {
+        Some(notify) => notify.watch.next_batch().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether `SVCPROXY_WATCH` asks for polling only.
+fn poll_only() -> bool {
+    match std::env::var(WATCH_MODE_ENV) {
+        Ok(mode) if mode == "poll" => true,
+        Ok(mode) if mode == "inotify" || mode.is_empty() => false,
+        Ok(mode) => {
+            warn!(
+                variable = WATCH_MODE_ENV,
+                value = %mode,
+                "unknown watch mode (expected poll or inotify); using inotify"
+            );
+            false
+        }
+        Err(_) => false,
+    }
+}
+
+/// The inotify side of the watcher: its watches, and whether they cover the path now.
+#[derive(Debug)]
+struct Notify {
+    watch: DirWatch,
+    covered: bool,
+    /// The last reason the path could not be watched, logged once.
+    last_error: Option<String>,
+}
+
+impl Notify {
+    /// Starts inotify and watches the path; `None` (logged) when inotify is unavailable or
+    /// turned off, and the watcher polls.
+    async fn start(watcher: &mut Watcher, interval: Duration) -> Option<Notify> {
+        let file = watcher.options.path.display().to_string();
+        if poll_only() {
+            info!(
+                %file,
+                poll_interval_ms = interval.as_millis(),
+                "{WATCH_MODE_ENV}=poll: polling the table file"
+            );
+            return None;
+        }
+        let watch = match DirWatch::start() {
+            Ok(watch) => watch,
+            Err(err) => {
+                warn!(
+                    %file,
+                    error = %err,
+                    poll_interval_ms = interval.as_millis(),
+                    "polling the table file"
+                );
+                return None;
             }
         };
-        candidate = None;
-        seen = Some(snapshot.version);
-        match apply(&options, &mut worker, snapshot, &mut tracker).await {
-            Ok(()) => last_problem = None,
-            Err(problem) => report_once(&mut last_problem, &problem),
+        let mut notify = Notify {
+            watch,
+            covered: false,
+            last_error: None,
+        };
+        notify.rewatch(watcher, interval).await;
+        Some(notify)
+    }
+
+    /// Sets up the watches for the path as it resolves now; on failure (a directory gone), the
+    /// watcher polls until a later call succeeds.
+    async fn rewatch(&mut self, watcher: &mut Watcher, interval: Duration) {
+        let path = watcher.options.path.clone();
+        let job = self.watch.rewatch_job(&path);
+        let result = match watcher.worker.run(&path, "watching", IO_TIMEOUT, job).await {
+            Ok(result) => result,
+            Err(err) => Err(WatchError::Worker(err)),
+        };
+        match result {
+            Ok(watched) => {
+                self.watch.set_watched(watched);
+                if !self.covered {
+                    info!(
+                        file = %path.display(),
+                        dirs = ?self.watch.dirs(),
+                        "watching the table file with inotify"
+                    );
+                }
+                self.covered = true;
+                self.last_error = None;
+            }
+            Err(err) => {
+                let error = err.to_string();
+                if self.covered || self.last_error.as_ref() != Some(&error) {
+                    warn!(
+                        file = %path.display(),
+                        %error,
+                        poll_interval_ms = interval.as_millis(),
+                        "cannot watch the table file with inotify; polling it until it can"
+                    );
+                }
+                self.covered = false;
+                self.last_error = Some(error);
+            }
         }
+    }
+}
+
+/// The watcher's state between looks at the file.
+#[derive(Debug)]
+struct Watcher {
+    options: FileOptions,
+    worker: FileWorker,
+    /// The version applied last; `None` once the file is gone.
+    seen: Option<Version>,
+    /// The services of the version applied last, parsed.
+    cache: SpecCache,
+    candidate: Option<Candidate>,
+    last_problem: Option<String>,
+    tracker: ChangeTracker,
+}
+
+impl Watcher {
+    /// Looks at the file and applies a complete new version; `complete` when inotify saw a
+    /// complete write.
+    async fn look(&mut self, complete: bool) {
+        let looked = Instant::now();
+        let step = check(
+            &self.options,
+            &mut self.worker,
+            self.seen.as_ref(),
+            &mut self.candidate,
+            complete,
+        )
+        .await;
+        let snapshot = match step {
+            Ok(Check::Unchanged) => return,
+            Ok(Check::Gone) => {
+                if self.seen.take().is_some() {
+                    error!(
+                        file = %self.options.path.display(),
+                        "table file is gone; keeping the running table"
+                    );
+                }
+                self.candidate = None;
+                return;
+            }
+            Ok(Check::Complete(snapshot)) => snapshot,
+            Err(problem) => {
+                report_once(&mut self.last_problem, &problem);
+                return;
+            }
+        };
+        self.candidate = None;
+        self.seen = Some(snapshot.version);
+        let applied = apply(
+            &self.options,
+            &mut self.worker,
+            snapshot,
+            &mut self.cache,
+            &mut self.tracker,
+            looked,
+        );
+        match applied.await {
+            Ok(()) => self.last_problem = None,
+            Err(problem) => report_once(&mut self.last_problem, &problem),
+        }
+    }
+
+    /// How to take the creation of `entry`: a symlink is whole at once, anything else is
+    /// written after it is created.
+    async fn created(&mut self, entry: PathBuf) -> Option<Wake> {
+        let path = self.options.path.clone();
+        let is_symlink = self
+            .worker
+            .run(&path, "stat", IO_TIMEOUT, move || {
+                std::fs::symlink_metadata(entry).is_ok_and(|meta| meta.file_type().is_symlink())
+            })
+            .await
+            .unwrap_or(false);
+        Some(if is_symlink {
+            Wake::Completed
+        } else {
+            Wake::Modified
+        })
     }
 }
 
@@ -425,100 +636,37 @@ fn report_once(last_problem: &mut Option<String>, problem: &ReadError) {
     }
 }
 
-/// What one poll found.
-#[derive(Debug)]
-enum Poll {
-    /// Nothing to apply (yet).
-    Unchanged,
-    /// The path names nothing.
-    Gone,
-    /// A complete new version.
-    Complete(Snapshot),
-}
-
-/// One poll: stat, and when the file changed, settle, read and decide whether the change is
-/// complete (renamed in, or held still for the settle time).
-async fn poll_once(
-    options: &FileOptions,
-    worker: &mut FileWorker,
-    seen: Option<&Version>,
-    candidate: &mut Option<Candidate>,
-) -> Result<Poll, ReadError> {
-    let path = &options.path;
-    let Some(stat) = worker.stat(path).await? else {
-        return Ok(Poll::Gone);
-    };
-    let fingerprint = stat.fingerprint;
-    if candidate.is_none() && seen.is_some_and(|s| s.fingerprint == fingerprint) {
-        return Ok(Poll::Unchanged);
-    }
-    if let Some(waiting) = candidate.filter(|c| c.version.fingerprint == fingerprint) {
-        if waiting.since.elapsed() < options.settle {
-            return Ok(Poll::Unchanged);
-        }
-    }
-    // Wait until the writer is done: the identity must hold still for SETTLE.
-    tokio::time::sleep(SETTLE).await;
-    let settled = worker.stat(path).await?;
-    if settled.map(|s| s.fingerprint) != Some(fingerprint) {
-        *candidate = None;
-        return Ok(Poll::Unchanged);
-    }
-    let snapshot = match worker.read(path, options.max_bytes).await {
-        Ok(snapshot) => snapshot,
-        Err(ReadError::Changed { .. }) => {
-            *candidate = None;
-            return Ok(Poll::Unchanged);
-        }
-        Err(other) => return Err(other),
-    };
-    let version = snapshot.version;
-    if seen == Some(&version) {
-        // Touched, or written back the same: nothing to apply.
-        *candidate = None;
-        return Ok(Poll::Unchanged);
-    }
-    if snapshot.stat.is_renamed_in(seen) {
-        return Ok(Poll::Complete(snapshot));
-    }
-    match candidate {
-        Some(waiting)
-            if waiting.version == version && waiting.since.elapsed() >= options.settle =>
-        {
-            Ok(Poll::Complete(snapshot))
-        }
-        Some(waiting) if waiting.version == version => Ok(Poll::Unchanged),
-        _ => {
-            *candidate = Some(Candidate {
-                version,
-                since: Instant::now(),
-            });
-            Ok(Poll::Unchanged)
-        }
-    }
-}
-
-/// Parses a complete version and applies it to the tracker.
+/// Parses a complete version and applies it to the tracker; `looked` is when the look that read
+/// it began, for the log's timings.
 async fn apply(
     options: &FileOptions,
     worker: &mut FileWorker,
     snapshot: Snapshot,
+    cache: &mut SpecCache,
     tracker: &mut ChangeTracker,
+    looked: Instant,
 ) -> Result<(), ReadError> {
     let path = &options.path;
+    let parsing = Instant::now();
     let spec = worker
-        .parse(path, snapshot.text, options.node.clone())
+        .parse(path, snapshot.text, options.node.clone(), cache)
         .await?;
+    let parsed = Instant::now();
     let before = tracker.generation();
     let running = tracker.table().clone();
     let generation = spec.apply_to(tracker);
     if !tracker.table().ptr_eq(&running) || generation != before {
+        let ms = |from: Instant, to: Instant| (to - from).as_secs_f64() * 1e3;
+        let now = Instant::now();
         info!(
             file = %path.display(),
             generation,
             service_ports = tracker.table().len(),
             endpoints = tracker.table().endpoint_count(),
             skipped = tracker.skipped().len(),
+            read_ms = ms(looked, parsing),
+            parse_ms = ms(parsing, parsed),
+            apply_ms = ms(parsed, now),
             "table file applied"
         );
     }
