@@ -8,6 +8,8 @@
 //! bench userspace [--svcproxy target/release/svcproxy] [--quick] [--out bench/results]
 //! bench report bench/results/userspace-....json      # re-render the table and chart
 //! bench limits [--quick]                             # memory per connection/flow, rate at the fd limit
+//! bench first-sync [--sizes 1000,10000,50000]         # table file -> first sync through svcproxy
+//! bench watch [--quick] [--services N]                # table edit -> applied: inotify vs polling
 //! bench netns-selftest                               # as root: namespaces up, load through, down
 //! bench serve --listen ADDR... / bench load --target ADDR --scenario ...   # building blocks
 //! ```
@@ -15,6 +17,7 @@
 
 mod calibrate; // how much slower the IPVS VM is than the host
 mod error; // BenchError
+mod first_sync; // issue #11: file -> first sync through svcproxy, YAML and JSON, by table size
 mod iptables; // issue #4's suite: iptables sync costs and data path vs kube-proxy's layout
 mod ipvs; // issue #5's suite: IPVS vs iptables by table size, in the VM
 mod limits; // issue #10's suite: memory per connection and flow, rate at the descriptor limit
@@ -28,6 +31,7 @@ mod stats; // latency samples, percentiles
 mod suite; // the userspace suite: every scenario against every proxy, one run
 mod svg; // the chart
 mod table; // the figures and the markdown table with ratios
+mod watch; // issue #11's suite: table edit -> applied, inotify vs polling
 mod wire; // the request/response protocol and the backend servers
 
 use std::net::{IpAddr, SocketAddr};
@@ -61,6 +65,9 @@ enum Cmd {
     /// UDP flow, and one service's connection rate while others are held past their limits
     /// under a low open-file limit (`prlimit`).
     Limits(LimitsArgs),
+    /// Issue #11: file -> first sync through svcproxy (`--dry-run`, and as root `--once` in a
+    /// fresh namespace) for YAML and JSON tables of each size.
+    FirstSync(first_sync::FirstSyncArgs),
     /// Re-renders the markdown table and SVG chart of a results JSON file.
     Report {
         /// The run's JSON file.
@@ -91,6 +98,13 @@ enum Cmd {
     /// `bench ipvs`'s node-namespace side: the three timed syncs, one JSON line each.
     #[command(hide = true)]
     IpvsSync(ipvs::node::SyncArgs),
+    /// Issue #11's suite: how long an edit to svcproxy's table file (N services) takes to reach
+    /// the dataplane, with inotify and with polling, on userspace and (as root, in a namespace)
+    /// iptables.
+    Watch(watch::WatchArgs),
+    /// `bench watch`'s measuring side, run where the dataplane is: one JSON line of series.
+    #[command(hide = true)]
+    WatchRun(watch::run::RunArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -295,6 +309,15 @@ async fn run(command: Cmd) -> Result<(), BenchError> {
             }
             Ok(())
         }
+        Cmd::FirstSync(args) => {
+            let paths = tokio::task::spawn_blocking(move || first_sync::run_first_sync(&args))
+                .await
+                .map_err(|e| BenchError::io("first-sync suite", std::io::Error::other(e)))??;
+            for path in paths {
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
         Cmd::Limits(args) => {
             let report = limits::run_limits(&limits_config(&args)).await?;
             for path in report.write(&args.out)? {
@@ -307,6 +330,15 @@ async fn run(command: Cmd) -> Result<(), BenchError> {
                 json.parent()
                     .map_or_else(|| PathBuf::from("."), Path::to_owned)
             });
+            let is_watch = json
+                .file_name()
+                .is_some_and(|name| name.to_string_lossy().starts_with("watch-"));
+            if is_watch {
+                for path in watch::WatchReport::read(&json)?.write_rendered(&dir)? {
+                    println!("{}", path.display());
+                }
+                return Ok(());
+            }
             let is_limits = json
                 .file_name()
                 .is_some_and(|name| name.to_string_lossy().starts_with("limits-"));
@@ -338,6 +370,17 @@ async fn run(command: Cmd) -> Result<(), BenchError> {
         Cmd::Calibrate(args) => calibrate::run(&args)
             .map(|paths| paths.iter().for_each(|p| println!("{}", p.display()))),
         Cmd::IpvsSync(args) => ipvs::node::run_sync(&args).await,
+        Cmd::Watch(args) => {
+            let out = args.out.clone();
+            let report = tokio::task::spawn_blocking(move || watch::run_watch(&args))
+                .await
+                .map_err(|e| BenchError::io("watch suite", std::io::Error::other(e)))??;
+            for path in report.write(&out)? {
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
+        Cmd::WatchRun(args) => watch::run::run(&args),
         Cmd::Serve { listen, for_secs } => serve(&listen, Duration::from_secs_f64(for_secs)).await,
         Cmd::Load(spec) => {
             let outcome = spec.run().await?;

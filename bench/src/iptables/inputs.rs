@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use backend_iptables::config::{DispatchLayout, IptablesConfig};
+use backend_iptables::config::{DispatchLayout, InlineBalancing, IptablesConfig, TreeConfig};
 use backend_iptables::names::Names;
 use backend_iptables::plan::{Applied, Hook, Plan, Planner};
 use backend_iptables::rules::{ChainName, Family, Rule, Table, TableName, Target};
@@ -35,8 +35,11 @@ pub const KUBE_PREFIX: &str = "KPL-";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Layout {
-    /// Our backend, tree dispatch (the default).
+    /// Our backend, tree dispatch with inline balancing (the default).
     Tree,
+    /// Our backend, tree dispatch with a chain per service port (`TreeConfig::inline_balancing`
+    /// off: the layout before issue #11).
+    TreePortChains,
     /// Our backend, `DispatchLayout::Flat` (kube-proxy's list, our chains).
     Flat,
     /// Exactly kube-proxy's layout (`testing::kube_layout`).
@@ -48,6 +51,7 @@ impl Layout {
     pub fn label(self) -> &'static str {
         match self {
             Layout::Tree => "ours (tree)",
+            Layout::TreePortChains => "ours (tree, per-port chains)",
             Layout::Flat => "ours (flat)",
             Layout::Kube => "kube-proxy",
         }
@@ -108,7 +112,8 @@ pub fn bench_table(n: usize, endpoints: usize) -> ServiceTable {
     }
 }
 
-/// One sync step: the restores as the backend runs them (one per table, in order).
+/// One sync step: the restores as the backend runs them (ours: one per family, both tables in
+/// one input; kube-proxy's generated layout: nat only).
 #[derive(Debug, Clone, Default)]
 pub struct Step {
     /// Each restore's input.
@@ -121,13 +126,19 @@ pub struct Step {
 
 impl Step {
     fn from_plan(plan: &Plan) -> Step {
+        // One process per family, both tables in one input: as `apply_plan` runs it.
+        let input: String = plan
+            .restores
+            .iter()
+            .filter(|r| r.family == Family::V4)
+            .map(|r| r.input())
+            .collect();
         Step {
-            inputs: plan
-                .restores
-                .iter()
-                .filter(|r| r.family == Family::V4)
-                .map(|r| r.input())
-                .collect(),
+            inputs: if input.is_empty() {
+                Vec::new()
+            } else {
+                vec![input]
+            },
             rules: plan.rules_written(),
             chains: plan.chains_written(),
         }
@@ -173,13 +184,24 @@ pub struct Walk {
 
 /// The config our layouts use.
 pub fn our_config(layout: Layout) -> IptablesConfig {
+    let default = IptablesConfig::default();
     IptablesConfig {
         dispatch: if layout == Layout::Flat {
             DispatchLayout::Flat
         } else {
             DispatchLayout::Tree
         },
-        ..IptablesConfig::default()
+        tree: TreeConfig {
+            // Explicit, whatever the variant: the backend's default picks inline with nft and a
+            // chain per port with legacy (`InlineBalancing::Nft`).
+            inline_balancing: if layout == Layout::Tree {
+                InlineBalancing::Always
+            } else {
+                InlineBalancing::Never
+            },
+            ..default.tree
+        },
+        ..default
     }
 }
 
@@ -202,7 +224,7 @@ pub fn inputs(table: &ServiceTable, layout: Layout) -> Inputs {
     let changed = with_endpoint_changed(table, table.len() / 2);
     let added = with_service_added(&changed);
     match layout {
-        Layout::Tree | Layout::Flat => {
+        Layout::Tree | Layout::TreePortChains | Layout::Flat => {
             let planner = Planner::new(our_config(layout)).expect("the default config is valid");
             let full = planner.plan_full(table);
             let mut applied = Applied::new();
@@ -347,13 +369,46 @@ mod tests {
             "{}",
             kube.endpoint_change.rules
         );
-        assert!(tree.endpoint_change.rules < kube.endpoint_change.rules / 5);
+        // Ours: one chain, the port's (a chain per port) or the leaf holding it (inline, at most
+        // `leaf_max_rules`, 80).
+        let per_port = inputs(&table, Layout::TreePortChains);
+        assert!(per_port.endpoint_change.rules < kube.endpoint_change.rules / 5);
+        assert!(
+            tree.endpoint_change.rules <= 80,
+            "{}",
+            tree.endpoint_change.rules
+        );
         assert!(
             kube.hooks.contains("-A PREROUTING -j KPL-SERVICES"),
             "{}",
             kube.hooks
         );
         assert!(tree.hooks.starts_with("*filter\n"), "{}", tree.hooks);
+    }
+
+    #[test]
+    fn inline_balancing_writes_fewer_chains_than_a_chain_per_port() {
+        let table = bench_table(1_000, 10);
+        let inline = inputs(&table, Layout::Tree);
+        let per_port = inputs(&table, Layout::TreePortChains);
+        // 1,000 service chains become ~250 leaves (4 ports of 10 endpoints, 4 of them on this
+        // node with their hairpin rules: ~18 rules a port).
+        assert!(
+            inline.full.chains * 3 < per_port.full.chains,
+            "{} vs {}",
+            inline.full.chains,
+            per_port.full.chains
+        );
+        // One endpoint change: one chain either way (the leaf, or the port's chain).
+        assert_eq!(inline.endpoint_change.chains, 1);
+        assert_eq!(per_port.endpoint_change.chains, 1);
+        assert!(
+            inline.endpoint_change.rules <= 80,
+            "{}",
+            inline.endpoint_change.rules
+        );
+        assert_eq!(inline.walk.method, "tracer");
+        assert!(inline.walk.nat_rules < 100, "{:?}", inline.walk);
     }
 
     #[test]

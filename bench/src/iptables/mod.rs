@@ -3,7 +3,8 @@
 //! kube-proxy's), in a fresh client/node/server topology:
 //!
 //! 1. sync costs: the cold full sync, one endpoint change and one service added, each timed as
-//!    the backend runs it (`iptables-restore -w 5 --noflush` per table, in the node namespace),
+//!    the backend runs it (one `iptables-restore -w 5 --noflush` per family, both tables in one
+//!    input; kube-proxy's layout: its nat table), in the node namespace,
 //!    with a per-step timeout after which the restore is killed and the cell abandoned;
 //! 2. the data path: the hooks are added, backends start in the server namespace, and the
 //!    client opens 1,000 connections/s (and, separately, sends 1,000 requests/s over keep-alive

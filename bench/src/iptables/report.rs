@@ -167,7 +167,12 @@ impl DataPath {
     }
 }
 
-const LAYOUTS: [Layout; 3] = [Layout::Tree, Layout::Flat, Layout::Kube];
+const LAYOUTS: [Layout; 4] = [
+    Layout::Tree,
+    Layout::TreePortChains,
+    Layout::Flat,
+    Layout::Kube,
+];
 
 impl IptablesReport {
     /// `iptables-<stamp>`.
@@ -311,7 +316,7 @@ impl IptablesReport {
         );
         let _ = writeln!(
             md,
-            "N service ports x {} endpoints; each (N, variant, layout) in fresh namespaces. Sync steps: cold full sync, then one endpoint changed, then one service added, each timed as the backend runs it (`iptables-restore -w 5 --noflush` per table; timeout {:.0} s). Data path: client -> node (rules) -> backends, {} new connections/s and {} requests/s over {} keep-alive connections, {:.1} s each ({} rounds, the median round by p50 shown), to {}. The table is `large_table(N, {})` reduced to cluster IPs (what the kube-proxy layout generator models: no node ports, affinity or `Local` policies), its VIPs renumbered into one dense block.\n",
+            "N service ports x {} endpoints; each (N, variant, layout) in fresh namespaces. Sync steps: cold full sync, then one endpoint changed, then one service added, each timed as the backend runs it (one `iptables-restore -w 5 --noflush` per family, both tables in one input; kube-proxy's layout: nat; timeout {:.0} s). Data path: client -> node (rules) -> backends, {} new connections/s and {} requests/s over {} keep-alive connections, {:.1} s each ({} rounds, the median round by p50 shown), to {}. The table is `large_table(N, {})` reduced to cluster IPs (what the kube-proxy layout generator models: no node ports, affinity or `Local` policies), its VIPs renumbered into one dense block.\n",
             s.endpoints, s.restore_timeout_s, s.rate, s.rate, s.keepalive_connections, s.duration_s, s.rounds, s.target, s.endpoints
         );
         md.push_str("## Targets\n\n| target | measured | met |\n|---|---|---|\n");
@@ -326,14 +331,25 @@ impl IptablesReport {
         md.push_str(
             "\n## Sync time\n\nSeconds of restore wall time; ratio = kube-proxy / ours (tree).\n\n",
         );
-        md.push_str("| N | variant | step | ours (tree) | ours (flat) | kube-proxy | kube-proxy/tree |\n|---:|---|---|---:|---:|---:|---:|\n");
+        // The per-port-chains columns only when that layout ran (it is not in the default set).
+        let port_chains = self
+            .cells
+            .iter()
+            .any(|c| c.layout == Layout::TreePortChains);
+        md.push_str(if port_chains {
+            "| N | variant | step | ours (tree) | ours (tree, per-port chains) | ours (flat) | kube-proxy | kube-proxy/tree | kube-proxy/per-port chains | per-port chains/tree |\n|---:|---|---|---:|---:|---:|---:|---:|---:|---:|\n"
+        } else {
+            "| N | variant | step | ours (tree) | ours (flat) | kube-proxy | kube-proxy/tree |\n|---:|---|---|---:|---:|---:|---:|\n"
+        });
         for &n in &s.sizes {
             for variant in &s.variants {
                 for (step, pick) in steps() {
                     let get = |l| self.cell(n, variant, l).map(pick);
                     let text = |l| get(l).map_or("-".to_owned(), StepResult::display);
-                    let ratio = match (get(Layout::Kube), get(Layout::Tree).and_then(|s| s.seconds))
-                    {
+                    let ratio = |num: Layout, den: Layout| match (
+                        get(num),
+                        get(den).and_then(|s| s.seconds),
+                    ) {
                         (Some(k), Some(o)) => match k.seconds {
                             Some(k) => format!("{:.1}x", k / o),
                             None if k.outcome.starts_with('>') => {
@@ -343,13 +359,28 @@ impl IptablesReport {
                         },
                         _ => "-".to_owned(),
                     };
-                    let _ = writeln!(
-                        md,
-                        "| {n} | {variant} | {step} | {} | {} | {} | {ratio} |",
-                        text(Layout::Tree),
-                        text(Layout::Flat),
-                        text(Layout::Kube)
-                    );
+                    let _ = if port_chains {
+                        writeln!(
+                            md,
+                            "| {n} | {variant} | {step} | {} | {} | {} | {} | {} | {} | {} |",
+                            text(Layout::Tree),
+                            text(Layout::TreePortChains),
+                            text(Layout::Flat),
+                            text(Layout::Kube),
+                            ratio(Layout::Kube, Layout::Tree),
+                            ratio(Layout::Kube, Layout::TreePortChains),
+                            ratio(Layout::TreePortChains, Layout::Tree),
+                        )
+                    } else {
+                        writeln!(
+                            md,
+                            "| {n} | {variant} | {step} | {} | {} | {} | {} |",
+                            text(Layout::Tree),
+                            text(Layout::Flat),
+                            text(Layout::Kube),
+                            ratio(Layout::Kube, Layout::Tree),
+                        )
+                    };
                 }
             }
         }
@@ -513,6 +544,7 @@ fn cpu(d: &DataPath) -> String {
 fn colour(layout: Layout) -> &'static str {
     match layout {
         Layout::Tree => "#1b7837",
+        Layout::TreePortChains => "#762a83",
         Layout::Flat => "#2166ac",
         Layout::Kube => "#b2182b",
     }
