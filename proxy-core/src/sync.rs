@@ -796,8 +796,9 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut source = error.source();
     while let Some(cause) = source {
         let cause_text = cause.to_string();
-        // Wrappers such as `DataplaneError::Backend` already print their source.
-        if !text.ends_with(&cause_text) {
+        // Wrappers such as `DataplaneError::Backend` already print their source, at the end or
+        // followed by context (a restore failure's input lines): each cause once.
+        if !text.contains(cause_text.trim()) {
             text.push_str("\n  caused by: ");
             text.push_str(&cause_text);
         }
@@ -822,5 +823,21 @@ mod tests {
             error_chain(&error),
             "iptables backend\n  caused by: exit status 1: iptables-restore: line 3 failed\n  caused by: resource busy"
         );
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("ipv4 nat: {0}\n  input line 3: -A SVCP-SERVICES ...")]
+    struct WithContext(#[source] Restore);
+
+    #[test]
+    fn a_cause_printed_inside_its_wrapper_is_not_repeated() {
+        let error = WithContext(Restore(std::io::Error::other("resource busy")));
+        let text = error_chain(&error);
+        assert_eq!(
+            text.matches("line 3 failed").count(),
+            1,
+            "the restore failure once, before the wrapper's context:\n{text}"
+        );
+        assert!(text.ends_with("caused by: resource busy"), "{text}");
     }
 }
