@@ -9,111 +9,19 @@
 //! `testing::fake::FakeRestore` (feature `testing`).
 
 use std::fmt;
-use std::process::Stdio;
 
 use async_trait::async_trait;
-use tokio::io::AsyncWriteExt;
-use tracing::{debug, trace};
+use iptables_runner::Iptables;
+use tracing::trace;
 
 use crate::error::{IptablesError, RestoreFailure};
 use crate::hooks::BuiltinEdits;
 use crate::plan::{Plan, Restore};
 use crate::rules::{Family, Table, TableName};
 
-/// Which iptables backend the `iptables` binaries drive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Variant {
-    /// `iptables-legacy` (x_tables).
-    Legacy,
-    /// `iptables-nft` (nf_tables, iptables-compatible rules).
-    Nft,
-}
-
-impl Variant {
-    /// The restore binary for a family.
-    pub fn restore_binary(self, family: Family) -> &'static str {
-        match (self, family) {
-            (Variant::Legacy, Family::V4) => "iptables-legacy-restore",
-            (Variant::Legacy, Family::V6) => "ip6tables-legacy-restore",
-            (Variant::Nft, Family::V4) => "iptables-nft-restore",
-            (Variant::Nft, Family::V6) => "ip6tables-nft-restore",
-        }
-    }
-
-    /// The rule tool for a family (`iptables-nft`...), for single-rule commands (the hooks).
-    pub fn binary(self, family: Family) -> &'static str {
-        match (self, family) {
-            (Variant::Legacy, Family::V4) => "iptables-legacy",
-            (Variant::Legacy, Family::V6) => "ip6tables-legacy",
-            (Variant::Nft, Family::V4) => "iptables-nft",
-            (Variant::Nft, Family::V6) => "ip6tables-nft",
-        }
-    }
-
-    /// The save binary for a family.
-    pub fn save_binary(self, family: Family) -> &'static str {
-        match (self, family) {
-            (Variant::Legacy, Family::V4) => "iptables-legacy-save",
-            (Variant::Legacy, Family::V6) => "ip6tables-legacy-save",
-            (Variant::Nft, Family::V4) => "iptables-nft-save",
-            (Variant::Nft, Family::V6) => "ip6tables-nft-save",
-        }
-    }
-
-    /// The variant named by `iptables --version` output (`iptables v1.8.9 (nf_tables)` or
-    /// `(legacy)`), as kube-proxy's `pkg/util/iptables` reads it.
-    pub fn from_version_output(output: &str) -> Option<Variant> {
-        if output.contains("(nf_tables)") {
-            Some(Variant::Nft)
-        } else if output.contains("(legacy)") {
-            Some(Variant::Legacy)
-        } else {
-            None
-        }
-    }
-}
-
-/// Which variant plain `iptables` is (`iptables --version`, run under `prefix`: `ip netns exec
-/// NAME` or nothing), as kube-proxy decides which binaries to use. Async: the dataplane runs it
-/// at its first sync or cleanup, never while being built.
-///
-/// # Errors
-/// [`RestoreFailure`] if `iptables` cannot run or names neither variant.
-pub async fn detect_variant(prefix: &[String]) -> Result<Variant, RestoreFailure> {
-    let mut argv = prefix.to_vec();
-    argv.extend(["iptables".to_owned(), "--version".to_owned()]);
-    let command = argv.join(" ");
-    let output = tokio::process::Command::new(&argv[0])
-        .args(&argv[1..])
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|e| RestoreFailure {
-            command: command.clone(),
-            status: None,
-            stderr: format!("cannot start: {e}"),
-        })?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    Variant::from_version_output(&text).ok_or_else(|| RestoreFailure {
-        command,
-        status: output.status.code(),
-        stderr: format!(
-            "unknown variant in {:?} (stderr: {:?})",
-            text.trim(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        ),
-    })
-}
-
-impl fmt::Display for Variant {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Variant::Legacy => "legacy",
-            Variant::Nft => "nft",
-        })
-    }
-}
+/// Which iptables backend the `iptables` binaries drive, and how plain `iptables` is probed
+/// for it: the shared runner's, re-exported where this crate has always had them.
+pub use iptables_runner::{detect_variant, Variant};
 
 /// Runs one restore: input on stdin, `--noflush`.
 #[async_trait]
@@ -125,99 +33,59 @@ pub trait RestoreRunner: Send + Sync + fmt::Debug {
     async fn restore(&self, family: Family, input: &str) -> Result<(), RestoreFailure>;
 }
 
-/// The real runner: spawns the variant's restore binary.
+/// The real runner: spawns the variant's restore binary through the shared
+/// [`iptables_runner::Iptables`]. A wrapper rather than the shared type itself so that
+/// [`RestoreRunner`] (the seam the fakes implement) stays this crate's.
 #[derive(Debug, Clone)]
 pub struct CommandRunner {
-    variant: Variant,
-    /// Seconds to wait for the xtables lock (`-w`).
-    wait_secs: u32,
-    /// Words run before the tool (`ip netns exec NAME`), for namespaces.
-    prefix: Vec<String>,
+    tools: Iptables,
 }
 
 impl CommandRunner {
     /// A runner for `variant`, waiting up to 5 s for the xtables lock (kube-proxy's default).
     pub fn new(variant: Variant) -> Self {
         Self {
-            variant,
-            wait_secs: 5,
-            prefix: Vec::new(),
+            tools: Iptables::new(variant),
         }
     }
 
     /// The same runner, with every command run under `prefix` (e.g. `["ip", "netns", "exec",
     /// "ns1"]`), so tests and embedders can program another network namespace.
     pub fn with_prefix(mut self, prefix: Vec<String>) -> Self {
-        self.prefix = prefix;
+        self.tools = self.tools.with_prefix(prefix);
         self
+    }
+
+    /// The shared runner underneath.
+    pub fn tools(&self) -> &Iptables {
+        &self.tools
     }
 
     /// The variant.
     pub fn variant(&self) -> Variant {
-        self.variant
+        self.tools.variant()
     }
 
     /// The words run before each tool.
     pub fn prefix(&self) -> &[String] {
-        &self.prefix
+        self.tools.prefix()
     }
 
     /// Seconds each tool waits for the xtables lock (`-w`).
     pub fn wait_secs(&self) -> u32 {
-        self.wait_secs
+        self.tools.wait_secs()
     }
 
     /// The argument vector for one restore.
     pub fn command(&self, family: Family) -> Vec<String> {
-        let mut argv = self.prefix.clone();
-        argv.extend([
-            self.variant.restore_binary(family).to_owned(),
-            "-w".to_owned(),
-            self.wait_secs.to_string(),
-            "--noflush".to_owned(),
-        ]);
-        argv
+        self.tools.restore_command(family)
     }
 }
 
 #[async_trait]
 impl RestoreRunner for CommandRunner {
     async fn restore(&self, family: Family, input: &str) -> Result<(), RestoreFailure> {
-        let argv = self.command(family);
-        let command = argv.join(" ");
-        let fail = |status, stderr: String| RestoreFailure {
-            command: command.clone(),
-            status,
-            stderr,
-        };
-        let mut child = tokio::process::Command::new(&argv[0])
-            .args(&argv[1..])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| fail(None, format!("cannot start: {e}")))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            // A write error means the tool exited early; its status and stderr say why.
-            let written = stdin.write_all(input.as_bytes()).await;
-            drop(stdin);
-            if let Err(e) = written {
-                debug!(error = %e, "restore closed its stdin early");
-            }
-        }
-        let output = child
-            .wait_with_output()
-            .await
-            .map_err(|e| fail(None, format!("cannot wait: {e}")))?;
-        if output.status.success() {
-            Ok(())
-        } else {
-            Err(fail(
-                output.status.code(),
-                String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-            ))
-        }
+        self.tools.restore(family, input).await
     }
 }
 

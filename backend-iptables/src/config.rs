@@ -198,9 +198,7 @@ impl IptablesConfig {
     /// The words run before every command: `ip netns exec NAME` with [`Self::netns`], else none.
     pub fn command_prefix(&self) -> Vec<String> {
         match &self.netns {
-            Some(name) => ["ip", "netns", "exec", name.as_str()]
-                .map(str::to_owned)
-                .to_vec(),
+            Some(name) => iptables_runner::netns_prefix(name),
             None => Vec::new(),
         }
     }

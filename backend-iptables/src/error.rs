@@ -140,24 +140,6 @@ fn context_suffix(line: &Option<usize>, context: &str) -> String {
     }
 }
 
-/// A restore command that failed to run or exited non-zero.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{command} failed ({}): {stderr}", exit_text(*.status))]
-pub struct RestoreFailure {
-    /// The command line.
-    pub command: String,
-    /// Its exit code, if it ran and exited; a negative value `-N` means it was killed by signal
-    /// `N`; `None` when it did not run or no status is known (`stderr` says why).
-    pub status: Option<i32>,
-    /// Its standard error, or the spawn error.
-    pub stderr: String,
-}
-
-/// How a command ended, for people: `exit code 4`, `killed by signal 9`.
-fn exit_text(status: Option<i32>) -> String {
-    match status {
-        Some(code) if code >= 0 => format!("exit code {code}"),
-        Some(signal) => format!("killed by signal {}", signal.unsigned_abs()),
-        None => "no exit code".to_owned(),
-    }
-}
+/// A restore (or save, or variant probe) command that failed to run or exited non-zero: the
+/// shared runner's error, under the name this crate has always given it.
+pub use iptables_runner::CommandFailure as RestoreFailure;

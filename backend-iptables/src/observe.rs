@@ -110,46 +110,14 @@ pub trait SaveRunner: Send + Sync + std::fmt::Debug {
     }
 }
 
-/// Runs `argv` and returns its standard output, or how it failed.
-async fn run_save(argv: Vec<String>) -> Result<String, RestoreFailure> {
-    let command = argv.join(" ");
-    let output = tokio::process::Command::new(&argv[0])
-        .args(&argv[1..])
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|e| RestoreFailure {
-            command: command.clone(),
-            status: None,
-            stderr: format!("cannot run: {e}"),
-        })?;
-    if !output.status.success() {
-        return Err(RestoreFailure {
-            command,
-            status: output.status.code(),
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
 #[async_trait]
 impl SaveRunner for crate::apply::CommandRunner {
     async fn save(&self, family: Family, table: TableName) -> Result<String, RestoreFailure> {
-        let mut argv = self.prefix().to_vec();
-        argv.extend([
-            self.variant().save_binary(family).to_owned(),
-            "-t".to_owned(),
-            table.as_str().to_owned(),
-        ]);
-        run_save(argv).await
+        self.tools().save(family, Some(table.as_str())).await
     }
 
     async fn save_family(&self, family: Family) -> Result<String, RestoreFailure> {
-        let mut argv = self.prefix().to_vec();
-        argv.push(self.variant().save_binary(family).to_owned());
-        run_save(argv).await
+        self.tools().save(family, None).await
     }
 }
 

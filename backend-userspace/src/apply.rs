@@ -66,6 +66,9 @@ pub(crate) struct Live {
     /// Whether the capture chain holds exactly the open listeners' redirects (its last write
     /// succeeded), so that a partial sync may edit it rule by rule.
     is_capture_chain_current: bool,
+    /// The iptables tools capture mode writes with, once their variant is detected (at the
+    /// first capture write), so later syncs run no `iptables --version`.
+    capture_tools: Option<iptables_runner::Iptables>,
 }
 
 /// What an apply did.
@@ -386,11 +389,17 @@ impl Live {
                 })
                 .collect();
             let input = capture::render_rules(chain, cidrs, &redirects);
-            capture::apply_rules(chain, &input).await
+            match self.capture_tools().await {
+                Ok(tools) => capture::apply_rules_with(&tools, chain, &input).await,
+                Err(error) => Err(error),
+            }
         } else if let Some(input) =
             capture::render_edits(chain, cidrs, &edits.deleted, &edits.appended)
         {
-            capture::apply_edits(&input).await
+            match self.capture_tools().await {
+                Ok(tools) => capture::apply_edits_with(&tools, &input).await,
+                Err(error) => Err(error),
+            }
         } else {
             return;
         };
@@ -405,6 +414,17 @@ impl Live {
                 ));
             }
         }
+    }
+
+    /// The capture tools, detecting their variant on first use (a failed detection is tried
+    /// again at the next call).
+    async fn capture_tools(&mut self) -> Result<iptables_runner::Iptables, UserspaceError> {
+        if let Some(tools) = &self.capture_tools {
+            return Ok(tools.clone());
+        }
+        let tools = capture::detect_tools().await?;
+        self.capture_tools = Some(tools.clone());
+        Ok(tools)
     }
 
     /// Closes every listener (and in capture mode removes our chain); returns how many
@@ -430,7 +450,8 @@ impl Live {
         self.ports_with_problems.clear();
         self.is_capture_chain_current = false;
         if ctx.config.mode == ListenMode::Capture {
-            capture::cleanup(&ctx.config.capture_chain).await?;
+            let tools = self.capture_tools().await?;
+            capture::cleanup_with(&tools, &ctx.config.capture_chain).await?;
         }
         Ok(count)
     }

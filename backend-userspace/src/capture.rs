@@ -32,11 +32,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
-use std::process::Stdio;
 
 use ipnet::{IpNet, Ipv4Net};
-use tokio::io::AsyncWriteExt;
-use tokio::process::Command;
+use iptables_runner::{CommandFailure, Family, Iptables};
 
 use proxy_core::table::Protocol;
 
@@ -259,49 +257,89 @@ fn comment(route: &Route) -> String {
     format!("{} {}", route.service_port, route.kind.as_str())
 }
 
+/// The iptables tools capture runs: plain `iptables`'s variant (`iptables --version`, as the
+/// other backends decide it), so the chains land in the tables the node's iptables uses.
+///
+/// # Errors
+/// [`UserspaceError::Iptables`] when `iptables` cannot run or names neither variant.
+pub async fn detect_tools() -> Result<Iptables, UserspaceError> {
+    let variant = iptables_runner::detect_variant(&[]).await.map_err(failed)?;
+    Ok(Iptables::new(variant))
+}
+
 /// Loads `input` with `iptables-restore --noflush`, then makes sure both hooks jump to `chain`.
+/// Detects the variant first ([`detect_tools`]); [`apply_rules_with`] reuses a detected one.
 ///
 /// # Errors
 /// [`UserspaceError::Iptables`] with the command, its status and stderr.
 pub async fn apply_rules(chain: &str, input: &str) -> Result<(), UserspaceError> {
-    restore(input).await?;
+    apply_rules_with(&detect_tools().await?, chain, input).await
+}
+
+/// [`apply_rules`] through `tools`.
+///
+/// # Errors
+/// As [`apply_rules`].
+pub async fn apply_rules_with(
+    tools: &Iptables,
+    chain: &str,
+    input: &str,
+) -> Result<(), UserspaceError> {
+    restore(tools, input).await?;
     for (table, rule) in jump_rules(chain) {
-        if run("iptables", &with_op(table, "-C", &rule)).await.is_err() {
-            run("iptables", &with_op(table, "-I", &rule)).await?;
+        if run(tools, &with_op(table, "-C", &rule)).await.is_err() {
+            run(tools, &with_op(table, "-I", &rule)).await?;
         }
     }
     Ok(())
 }
 
 /// Loads rule edits from [`render_edits`] with `iptables-restore --noflush`; the jumps were
-/// checked by the last full rewrite.
+/// checked by the last full rewrite. Detects the variant first ([`detect_tools`]).
 ///
 /// # Errors
 /// [`UserspaceError::Iptables`] with the command, its status, stderr and the input.
 pub async fn apply_edits(input: &str) -> Result<(), UserspaceError> {
-    restore(input).await
+    apply_edits_with(&detect_tools().await?, input).await
 }
 
-/// Deletes our jumps and our chains (nat and filter). Missing ones are fine.
+/// [`apply_edits`] through `tools`.
+///
+/// # Errors
+/// As [`apply_edits`].
+pub async fn apply_edits_with(tools: &Iptables, input: &str) -> Result<(), UserspaceError> {
+    restore(tools, input).await
+}
+
+/// Deletes our jumps and our chains (nat and filter). Missing ones are fine. Detects the
+/// variant first ([`detect_tools`]).
 ///
 /// # Errors
 /// [`UserspaceError::Iptables`] when the chain exists but cannot be deleted.
 pub async fn cleanup(chain: &str) -> Result<(), UserspaceError> {
+    cleanup_with(&detect_tools().await?, chain).await
+}
+
+/// [`cleanup`] through `tools`.
+///
+/// # Errors
+/// As [`cleanup`].
+pub async fn cleanup_with(tools: &Iptables, chain: &str) -> Result<(), UserspaceError> {
     for (table, rule) in jump_rules(chain) {
         // Bounded: one jump per hook is all we insert; a few more covers manual duplicates.
         for _ in 0..8 {
-            if run("iptables", &with_op(table, "-D", &rule)).await.is_err() {
+            if run(tools, &with_op(table, "-D", &rule)).await.is_err() {
                 break;
             }
         }
     }
     for table in ["nat", "filter"] {
-        if run("iptables", &["-w", "-t", table, "-L", chain, "-n"])
+        if run(tools, &args(&["-t", table, "-L", chain, "-n"]))
             .await
             .is_ok()
         {
-            run("iptables", &["-w", "-t", table, "-F", chain]).await?;
-            run("iptables", &["-w", "-t", table, "-X", chain]).await?;
+            run(tools, &args(&["-t", table, "-F", chain])).await?;
+            run(tools, &args(&["-t", table, "-X", chain])).await?;
         }
     }
     Ok(())
@@ -326,75 +364,41 @@ fn jump_rules(chain: &str) -> Vec<(&'static str, Vec<String>)> {
     nat.chain(filter).collect()
 }
 
+/// `-t TABLE OP` and the rule; the runner adds the tool and its lock wait (`-w`).
 fn with_op(table: &str, op: &str, rule: &[String]) -> Vec<String> {
-    let mut args: Vec<String> = ["-w", "-t", table, op].map(str::to_owned).to_vec();
+    let mut args = args(&["-t", table, op]);
     args.extend(rule.iter().cloned());
     args
 }
 
-async fn run(program: &str, args: &[impl AsRef<str>]) -> Result<(), UserspaceError> {
-    let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
-    let command = format!("{program} {}", args.join(" "));
-    let output = Command::new(program)
-        .args(&args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|source| UserspaceError::Spawn {
-            command: command.clone(),
-            source,
-        })?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(UserspaceError::Iptables {
-            command,
-            status: output.status.to_string(),
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        })
+fn args(words: &[&str]) -> Vec<String> {
+    words.iter().map(|word| (*word).to_owned()).collect()
+}
+
+/// A runner failure as this crate has always reported iptables failures.
+fn failed(failure: CommandFailure) -> UserspaceError {
+    UserspaceError::Iptables {
+        status: failure.exit_text(),
+        command: failure.command,
+        stderr: failure.stderr,
     }
 }
 
-async fn restore(input: &str) -> Result<(), UserspaceError> {
-    let command = "iptables-restore -w --noflush".to_owned();
-    let mut child = Command::new("iptables-restore")
-        .args(["-w", "--noflush"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| UserspaceError::Spawn {
-            command: command.clone(),
-            source,
-        })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(input.as_bytes())
-            .await
-            .map_err(|source| UserspaceError::Spawn {
-                command: command.clone(),
-                source,
-            })?;
-    }
-    let output = child
-        .wait_with_output()
+/// Runs the IPv4 rule tool (capture is IPv4 only) with `args`.
+async fn run(tools: &Iptables, args: &[String]) -> Result<(), UserspaceError> {
+    tools.rule(Family::V4, args).await.map_err(failed)
+}
+
+/// Loads `input` with the IPv4 restore tool, `--noflush`; a failure carries the input.
+async fn restore(tools: &Iptables, input: &str) -> Result<(), UserspaceError> {
+    tools
+        .restore(Family::V4, input)
         .await
-        .map_err(|source| UserspaceError::Spawn {
-            command: command.clone(),
-            source,
-        })?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(UserspaceError::Iptables {
-            command,
-            status: output.status.to_string(),
-            stderr: format!(
-                "{}\ninput:\n{input}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            ),
+        .map_err(|failure| UserspaceError::Iptables {
+            status: failure.exit_text(),
+            command: failure.command,
+            stderr: format!("{}\ninput:\n{input}", failure.stderr),
         })
-    }
 }
 
 #[cfg(test)]
