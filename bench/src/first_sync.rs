@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use proxy_core::testing::generate::table_file_text;
+
 use crate::error::BenchError;
 use crate::procfs::{self, Machine};
 use crate::suite::{git_commit, WorkDir};
@@ -113,10 +115,7 @@ pub fn run_first_sync(args: &FirstSyncArgs) -> Result<Vec<PathBuf>, BenchError> 
     for &services in &sizes {
         for format in ["yaml", "json"] {
             let path = workdir.0.join(format!("table-{services}.{format}"));
-            let text = match format {
-                "yaml" => yaml_table(services, args.endpoints),
-                _ => json_table(services, args.endpoints),
-            };
+            let text = table_file_text(services, args.endpoints, format == "json");
             std::fs::write(&path, &text)
                 .map_err(|e| BenchError::io(format!("write {}", path.display()), e))?;
             drop(text);
@@ -315,66 +314,6 @@ fn tail(text: &str) -> String {
     lines[lines.len().saturating_sub(5)..].join("\n")
 }
 
-/// The YAML table, written out in full: cluster IPs from 198.19.0.0/16 (and 198.18.128.0/17
-/// past 65,536), endpoints from 198.18.0.0/17.
-pub fn yaml_table(services: u32, endpoints: u32) -> String {
-    let mut text = String::with_capacity(services as usize * (80 + 45 * endpoints as usize));
-    text.push_str("node: node-0\nservices:\n");
-    for i in 0..services {
-        text.push_str(&format!(
-            "  - name: ns-{}/svc-{i}\n    cluster_ips: [{}]\n    ports: [{{name: http, port: 80, target_port: 8080}}]\n    endpoints:\n",
-            i % 100,
-            cluster_ip(i)
-        ));
-        for j in 0..endpoints {
-            text.push_str(&format!(
-                "      - {{ip: {}, node: node-{}}}\n",
-                endpoint_ip(i, j, endpoints),
-                j % 3
-            ));
-        }
-    }
-    text
-}
-
-/// The same table in JSON.
-pub fn json_table(services: u32, endpoints: u32) -> String {
-    let services: Vec<serde_json::Value> = (0..services)
-        .map(|i| {
-            let eps: Vec<serde_json::Value> = (0..endpoints)
-                .map(|j| {
-                    serde_json::json!({
-                        "ip": endpoint_ip(i, j, endpoints),
-                        "node": format!("node-{}", j % 3),
-                    })
-                })
-                .collect();
-            serde_json::json!({
-                "name": format!("ns-{}/svc-{i}", i % 100),
-                "cluster_ips": [cluster_ip(i)],
-                "ports": [{"name": "http", "port": 80, "target_port": 8080}],
-                "endpoints": eps,
-            })
-        })
-        .collect();
-    serde_json::json!({"node": "node-0", "services": services}).to_string()
-}
-
-fn cluster_ip(i: u32) -> String {
-    let [_, hi_extra, hi, lo] = i.to_be_bytes();
-    if hi_extra == 0 {
-        format!("198.19.{hi}.{lo}")
-    } else {
-        // Past 65,536 services: the upper half of 198.18.0.0/16.
-        format!("198.18.{}.{lo}", 128 + (hi & 0x7f))
-    }
-}
-
-fn endpoint_ip(service: u32, endpoint: u32, per_service: u32) -> String {
-    let [_, _, hi, lo] = ((service * per_service + endpoint) % 32_768).to_be_bytes();
-    format!("198.18.{hi}.{lo}")
-}
-
 impl FirstSyncReport {
     /// Writes the JSON and the markdown; their paths.
     ///
@@ -437,24 +376,6 @@ impl FirstSyncReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_yaml_and_json_tables_are_the_same_table() {
-        let yaml = proxy_core::file::parse_table(&yaml_table(300, 3), "t.yaml").expect("yaml");
-        let json = proxy_core::file::parse_table(&json_table(300, 3), "t.json").expect("json");
-        assert_eq!(yaml, json);
-        assert_eq!(yaml.len(), 300);
-        assert_eq!(yaml.endpoint_count(), 900);
-    }
-
-    #[test]
-    fn cluster_ips_stay_unique_and_in_the_benchmarking_range_past_65536() {
-        let ips: std::collections::BTreeSet<String> = (0..70_000).map(cluster_ip).collect();
-        assert_eq!(ips.len(), 70_000);
-        assert!(ips
-            .iter()
-            .all(|ip| ip.starts_with("198.18.") || ip.starts_with("198.19.")));
-    }
 
     #[test]
     fn the_markdown_has_a_row_per_file() {

@@ -5,54 +5,12 @@
 use std::process::Command;
 use std::time::Instant;
 
+use proxy_core::testing::generate::{file_cluster_ip, table_file_text};
 use testkit::fs::TempDir;
 
 const SVCPROXY: &str = env!("CARGO_BIN_EXE_svcproxy");
 const SERVICES: u32 = 50_000;
 const ENDPOINTS: u32 = 10;
-
-/// The table written out in full, as a generator or an operator would write it: one service per
-/// entry, no anchors. Cluster IPs from 198.19.0.0/16, endpoints from 198.18.0.0/16.
-fn yaml_table() -> String {
-    let mut text = String::with_capacity(40 << 20);
-    text.push_str("node: node-0\nservices:\n");
-    for i in 0..SERVICES {
-        let [_, _, hi, lo] = i.to_be_bytes();
-        text.push_str(&format!(
-            "  - name: ns-{}/svc-{i}\n    cluster_ips: [198.19.{hi}.{lo}]\n    ports: [{{name: http, port: 80, target_port: 8080}}]\n    endpoints:\n",
-            i % 100
-        ));
-        for j in 0..ENDPOINTS {
-            let [_, _, hi, lo] = ((i * ENDPOINTS + j) % 65_536).to_be_bytes();
-            text.push_str(&format!(
-                "      - {{ip: 198.18.{hi}.{lo}, node: node-{}}}\n",
-                j % 3
-            ));
-        }
-    }
-    text
-}
-
-fn json_table() -> String {
-    let services: Vec<serde_json::Value> = (0..SERVICES)
-        .map(|i| {
-            let [_, _, hi, lo] = i.to_be_bytes();
-            let endpoints: Vec<serde_json::Value> = (0..ENDPOINTS)
-                .map(|j| {
-                    let [_, _, hi, lo] = ((i * ENDPOINTS + j) % 65_536).to_be_bytes();
-                    serde_json::json!({"ip": format!("198.18.{hi}.{lo}"), "node": format!("node-{}", j % 3)})
-                })
-                .collect();
-            serde_json::json!({
-                "name": format!("ns-{}/svc-{i}", i % 100),
-                "cluster_ips": [format!("198.19.{hi}.{lo}")],
-                "ports": [{"name": "http", "port": 80, "target_port": 8080}],
-                "endpoints": endpoints,
-            })
-        })
-        .collect();
-    serde_json::json!({"node": "node-0", "services": services}).to_string()
-}
 
 fn dry_run(path: &std::path::Path) -> String {
     let started = Instant::now();
@@ -82,9 +40,9 @@ fn dry_run(path: &std::path::Path) -> String {
 fn a_table_of_50000_services_by_10_endpoints_loads_in_yaml_and_in_json() {
     let dir = TempDir::new("svcproxy-scale");
     let yaml = dir.join("table.yaml");
-    std::fs::write(&yaml, yaml_table()).expect("write yaml");
+    std::fs::write(&yaml, table_file_text(SERVICES, ENDPOINTS, false)).expect("write yaml");
     let json = dir.join("table.json");
-    std::fs::write(&json, json_table()).expect("write json");
+    std::fs::write(&json, table_file_text(SERVICES, ENDPOINTS, true)).expect("write json");
     for path in [&yaml, &json] {
         let size = std::fs::metadata(path).expect("stat").len();
         assert!(
@@ -95,9 +53,7 @@ fn a_table_of_50000_services_by_10_endpoints_loads_in_yaml_and_in_json() {
         let rendered = dry_run(path);
         // Every service port made it into the plan: the first and the last cluster IP are
         // dispatched to.
-        let last = SERVICES - 1;
-        let [_, _, hi, lo] = last.to_be_bytes();
-        for vip in ["198.19.0.0".to_owned(), format!("198.19.{hi}.{lo}")] {
+        for vip in [file_cluster_ip(0), file_cluster_ip(SERVICES - 1)] {
             assert!(
                 rendered.contains(&format!("{vip}/32")) || rendered.contains(&format!("{vip} ")),
                 "{}: no rule for {vip} in the dry run",

@@ -196,8 +196,8 @@ fn load_balancer() -> Scenario {
         .with_node_port(30201)
         .with_endpoint(remote(POD_R1, 8080));
     port.load_balancer_ips = vec![lb1, lb2];
-    // The client's network, which holds the node's own address too (as kube-proxy's
-    // 192.168.0.0/24 holds testNodeIP).
+    // The client's network, which holds the node's own address too (as the source range in
+    // kube-proxy's test holds its testNodeIP).
     port.load_balancer_source_ranges = vec![net("198.18.250.0/24")];
     let ep = answer(&[(POD_R1, 8080)], Seen::Node);
     Scenario {

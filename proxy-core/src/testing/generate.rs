@@ -367,3 +367,87 @@ mod tests {
         assert_eq!(changes.service_ports_changed(), 1);
     }
 }
+
+/// A table file's text, written out in full as a generator or an operator writes it (one entry
+/// per service, one port each, no anchors), for tables too large for [`large_table`]'s unique
+/// addresses: `services` cluster IPs (198.19.0.0/16, then 198.18.128.0/17 past 65,536) and
+/// `endpoints` per service drawn from 198.18.0.0/17, reused across services. YAML, or JSON when
+/// `json` is set; both parse to the same table.
+///
+/// ```
+/// use proxy_core::file::parse_table;
+/// use proxy_core::testing::generate::table_file_text;
+///
+/// let yaml = parse_table(&table_file_text(300, 3, false), "t.yaml").unwrap();
+/// let json = parse_table(&table_file_text(300, 3, true), "t.json").unwrap();
+/// assert_eq!(yaml, json);
+/// assert_eq!((yaml.len(), yaml.endpoint_count()), (300, 900));
+/// ```
+pub fn table_file_text(services: u32, endpoints: u32, json: bool) -> String {
+    if json {
+        let services: Vec<serde_json::Value> = (0..services)
+            .map(|i| {
+                let eps: Vec<serde_json::Value> = (0..endpoints)
+                    .map(|j| {
+                        serde_json::json!({
+                            "ip": file_endpoint_ip(i, j, endpoints),
+                            "node": format!("node-{}", j % 3),
+                        })
+                    })
+                    .collect();
+                serde_json::json!({
+                    "name": format!("ns-{}/svc-{i}", i % 100),
+                    "cluster_ips": [file_cluster_ip(i)],
+                    "ports": [{"name": "http", "port": 80, "target_port": 8080}],
+                    "endpoints": eps,
+                })
+            })
+            .collect();
+        return serde_json::json!({"node": "node-0", "services": services}).to_string();
+    }
+    let mut text = String::with_capacity(services as usize * (120 + 45 * endpoints as usize));
+    text.push_str("node: node-0\nservices:\n");
+    for i in 0..services {
+        text.push_str(&format!(
+            "  - name: ns-{}/svc-{i}\n    cluster_ips: [{}]\n    ports: [{{name: http, port: 80, target_port: 8080}}]\n    endpoints:\n",
+            i % 100,
+            file_cluster_ip(i)
+        ));
+        for j in 0..endpoints {
+            text.push_str(&format!(
+                "      - {{ip: {}, node: node-{}}}\n",
+                file_endpoint_ip(i, j, endpoints),
+                j % 3
+            ));
+        }
+    }
+    text
+}
+
+/// The `i`-th service's cluster IP in [`table_file_text`]'s tables (unique up to 98,304).
+pub fn file_cluster_ip(i: u32) -> IpAddr {
+    let [_, hi_extra, hi, lo] = i.to_be_bytes();
+    if hi_extra == 0 {
+        Ipv4Addr::new(198, 19, hi, lo).into()
+    } else {
+        Ipv4Addr::new(198, 18, 128 + (hi & 0x7f), lo).into()
+    }
+}
+
+fn file_endpoint_ip(service: u32, endpoint: u32, per_service: u32) -> IpAddr {
+    let [_, _, hi, lo] = ((service * per_service + endpoint) % 32_768).to_be_bytes();
+    Ipv4Addr::new(198, 18, hi, lo).into()
+}
+
+#[cfg(test)]
+mod file_text_tests {
+    use super::*;
+
+    #[test]
+    fn file_cluster_ips_stay_unique_and_in_the_benchmarking_range_past_65536() {
+        let ips: HashSet<IpAddr> = (0..70_000).map(file_cluster_ip).collect();
+        assert_eq!(ips.len(), 70_000);
+        let range: ipnet::IpNet = "198.18.0.0/15".parse().expect("range");
+        assert!(ips.iter().all(|ip| range.contains(ip)));
+    }
+}
