@@ -311,6 +311,36 @@ pub async fn apply_edits_with(tools: &Iptables, input: &str) -> Result<(), Users
     restore(tools, input).await
 }
 
+/// What of ours an earlier run left: whether `chain` exists in nat or filter, and how many
+/// rules of the built-in chains jump to it (the hooks [`cleanup`] deletes). One
+/// `iptables-save` of every table, with the detected variant's tool.
+///
+/// # Errors
+/// [`UserspaceError::Iptables`] when the save fails.
+pub async fn leftovers(chain: &str) -> Result<(bool, usize), UserspaceError> {
+    let tools = detect_tools().await?;
+    let saved = tools.save(Family::V4, None).await.map_err(failed)?;
+    Ok(leftovers_in(&saved, chain))
+}
+
+/// [`leftovers`] read from `saved` (`iptables-save` output, every table).
+fn leftovers_in(saved: &str, chain: &str) -> (bool, usize) {
+    let declared = format!(":{chain} ");
+    let jump = format!(" -j {chain}");
+    let has_chain = saved.lines().any(|line| line.starts_with(&declared));
+    let jumps = saved
+        .lines()
+        .filter(|line| {
+            HOOKS
+                .iter()
+                .chain(&FILTER_HOOKS)
+                .any(|hook| line.starts_with(&format!("-A {hook} ")))
+                && line.trim_end().ends_with(&jump)
+        })
+        .count();
+    (has_chain, jumps)
+}
+
 /// Deletes our jumps and our chains (nat and filter). Missing ones are fine. Detects the
 /// variant first ([`detect_tools`]).
 ///
@@ -403,6 +433,21 @@ async fn restore(tools: &Iptables, input: &str) -> Result<(), UserspaceError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn leftovers_count_our_chain_and_its_jumps_only() {
+        let saved = "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+                     :SVCPROXY-CAPTURE - [0:0]\n:SVCPROXY-CAPTURE2 - [0:0]\n\
+                     -A PREROUTING -m comment --comment \"svcproxy userspace capture\" -j SVCPROXY-CAPTURE\n\
+                     -A OUTPUT -m comment --comment \"svcproxy userspace capture\" -j SVCPROXY-CAPTURE\n\
+                     -A OUTPUT -j SVCPROXY-CAPTURE2\nCOMMIT\n";
+        assert_eq!(leftovers_in(saved, "SVCPROXY-CAPTURE"), (true, 2));
+        assert_eq!(leftovers_in(saved, "OTHER"), (false, 0));
+        // Only the filter chain left (the verdicts): still ours to remove.
+        let filter_only = "*filter\n:INPUT ACCEPT [0:0]\n:SVCPROXY-CAPTURE - [0:0]\n\
+                           -A INPUT -m conntrack --ctstate NEW -j SVCPROXY-CAPTURE\nCOMMIT\n";
+        assert_eq!(leftovers_in(filter_only, "SVCPROXY-CAPTURE"), (true, 1));
+    }
+
     use super::*;
     use crate::plan::{AddressKind, Backend, RouteTarget};
     use proxy_core::table::{Scheduler, ServicePortName};

@@ -16,7 +16,6 @@
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use backend_iptables::apply::{detect_variant, CommandRunner};
 use backend_iptables::observe::observe;
 use backend_iptables::{IptablesDataplane, IptablesError, Planner};
@@ -191,8 +190,7 @@ async fn clean_userspace_capture(args: &RunArgs) -> anyhow::Result<String> {
     config.validate()?;
     let chain = config.capture_chain;
     let _lock = capture_lock(&chain)?;
-    let saved = iptables_save().await?;
-    let (has_chain, jumps) = capture_state(&saved, &chain);
+    let (has_chain, jumps) = backend_userspace::capture::leftovers(&chain).await?;
     if !has_chain && jumps == 0 {
         return Ok(format!(
             "userspace capture: nothing of ours (chain {chain})\n"
@@ -217,60 +215,4 @@ pub fn capture_lock(chain: &str) -> Result<DataplaneLock, LockError> {
         source,
     })?;
     DataplaneLock::acquire(&LockKey::new(netns, "userspace-capture", chain))
-}
-
-/// `iptables-save`'s output, every table: the capture chain lives in nat (the redirects) and in
-/// filter (the verdicts: drop, reject).
-async fn iptables_save() -> anyhow::Result<String> {
-    let output = tokio::process::Command::new("iptables-save")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .context("cannot run iptables-save")?;
-    anyhow::ensure!(
-        output.status.success(),
-        "iptables-save failed ({}): {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-/// Whether `saved` (every table) declares `chain` in any table, and how many rules of the
-/// built-in chains jump to it.
-fn capture_state(saved: &str, chain: &str) -> (bool, usize) {
-    let declared = format!(":{chain} ");
-    let jump = format!(" -j {chain}");
-    let has_chain = saved.lines().any(|line| line.starts_with(&declared));
-    let jumps = saved
-        .lines()
-        .filter(|line| {
-            ["PREROUTING", "INPUT", "FORWARD", "OUTPUT"]
-                .iter()
-                .any(|hook| line.starts_with(&format!("-A {hook} ")))
-                && line.trim_end().ends_with(&jump)
-        })
-        .count();
-    (has_chain, jumps)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn capture_state_counts_our_chain_and_its_jumps_only() {
-        let saved = "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
-                     :SVCPROXY-CAPTURE - [0:0]\n:SVCPROXY-CAPTURE2 - [0:0]\n\
-                     -A PREROUTING -m comment --comment \"svcproxy userspace capture\" -j SVCPROXY-CAPTURE\n\
-                     -A OUTPUT -m comment --comment \"svcproxy userspace capture\" -j SVCPROXY-CAPTURE\n\
-                     -A OUTPUT -j SVCPROXY-CAPTURE2\nCOMMIT\n";
-        assert_eq!(capture_state(saved, "SVCPROXY-CAPTURE"), (true, 2));
-        assert_eq!(capture_state(saved, "OTHER"), (false, 0));
-        // Only the filter chain left (the verdicts): still ours to remove.
-        let filter_only = "*filter\n:INPUT ACCEPT [0:0]\n:SVCPROXY-CAPTURE - [0:0]\n\
-                           -A INPUT -m conntrack --ctstate NEW -j SVCPROXY-CAPTURE\nCOMMIT\n";
-        assert_eq!(capture_state(filter_only, "SVCPROXY-CAPTURE"), (true, 1));
-    }
 }
