@@ -7,6 +7,7 @@
 
 mod cases;
 mod counting;
+mod saved;
 
 use std::process::Command;
 use std::time::Duration;
@@ -17,34 +18,9 @@ use backend_iptables::rules::Family;
 use backend_iptables::IptablesDataplane;
 use counting::{Counting, Ran};
 use proxy_core::{diff, Dataplane, Protocol, ServiceTable, SyncMode, SyncRequest};
+use saved::save_all;
 use testkit::net::AnswerServer;
 use testkit::netns::Netns;
-
-/// Every rule and user chain both families' saves show, without counters or built-in policies.
-fn save_all(variant: Variant) -> String {
-    let mut out = Vec::new();
-    for family in Family::ALL {
-        let o = Command::new(variant.save_binary(family))
-            .output()
-            .expect("save");
-        let mut table = String::new();
-        for line in String::from_utf8_lossy(&o.stdout).lines() {
-            if let Some(name) = line.strip_prefix('*') {
-                table = name.to_owned();
-            } else if line.starts_with("-A") {
-                out.push(format!("{family} {table} {line}"));
-            } else if let Some(decl) = line.strip_prefix(':') {
-                let mut words = decl.split_whitespace();
-                let (chain, policy) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-                if policy != "ACCEPT" {
-                    out.push(format!("{family} {table} :{chain} {policy}"));
-                }
-            }
-        }
-    }
-    out.sort();
-    out.join("\n")
-}
 
 /// The rules of one built-in chain, as `iptables-save` lists them (`-A CHAIN` stripped).
 fn chain_rules(variant: Variant, family: Family, table: &str, chain: &str) -> Vec<String> {

@@ -3,6 +3,7 @@
 //! root namespace.
 
 mod cases;
+mod saved;
 use std::process::Command;
 
 use backend_iptables::apply::{apply_plan, CommandRunner, Variant};
@@ -11,35 +12,8 @@ use backend_iptables::hooks::{canaries_present, ensure_hooks, remove_hooks, Ipta
 use backend_iptables::plan::Planner;
 use backend_iptables::rules::Family;
 use backend_iptables::testing::trace::{Packet, Tracer};
+use saved::save_all;
 use testkit::netns::Netns;
-
-/// Every rule and user chain iptables-save shows, per family and table, without counters. Empty
-/// tables (which legacy ip6tables creates on first use) and ACCEPT policies of built-in chains
-/// carry no state, so they are left out.
-fn save_all(variant: Variant) -> String {
-    let mut out = Vec::new();
-    for family in Family::ALL {
-        let o = Command::new(variant.save_binary(family))
-            .output()
-            .expect("save");
-        let mut table = String::new();
-        for line in String::from_utf8_lossy(&o.stdout).lines() {
-            if let Some(name) = line.strip_prefix('*') {
-                table = name.to_owned();
-            } else if line.starts_with("-A") {
-                out.push(format!("{family} {table} {line}"));
-            } else if let Some(decl) = line.strip_prefix(':') {
-                let mut words = decl.split_whitespace();
-                let (chain, policy) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-                if policy != "ACCEPT" {
-                    out.push(format!("{family} {table} :{chain} {policy}"));
-                }
-            }
-        }
-    }
-    out.sort();
-    out.join("\n")
-}
 
 #[test]
 #[ignore = "needs root: CI runs --include-ignored"]
