@@ -21,6 +21,7 @@ use proxy_core::testing::generate::table_file_text;
 
 use crate::error::BenchError;
 use crate::procfs::{self, Machine};
+use crate::report::{run_stem, write_file, write_json};
 use crate::suite::{git_commit, WorkDir};
 
 /// `bench first-sync`'s flags.
@@ -320,20 +321,10 @@ impl FirstSyncReport {
     /// # Errors
     /// A file that could not be written.
     pub fn write(&self, dir: &Path) -> Result<Vec<PathBuf>, BenchError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| BenchError::io(format!("create {}", dir.display()), e))?;
-        let stamp = self.started.replace(['-', ':'], "");
-        let stamp = stamp.split('.').next().unwrap_or(&stamp).to_owned();
-        let json = dir.join(format!("first-sync-{stamp}.json"));
-        let text = serde_json::to_string_pretty(self).map_err(|source| BenchError::Json {
-            path: json.clone(),
-            source,
-        })?;
-        std::fs::write(&json, text)
-            .map_err(|e| BenchError::io(format!("write {}", json.display()), e))?;
-        let md = dir.join(format!("first-sync-{stamp}.md"));
-        std::fs::write(&md, self.markdown())
-            .map_err(|e| BenchError::io(format!("write {}", md.display()), e))?;
+        let stem = run_stem("first-sync", &self.started);
+        let json = write_json(dir, &stem, self)?;
+        let md = dir.join(format!("{stem}.md"));
+        write_file(&md, self.markdown())?;
         Ok(vec![json, md])
     }
 
@@ -394,6 +385,25 @@ mod tests {
                 once_nft_s: None,
             }],
         };
+        let dir = std::env::temp_dir().join(format!("first-sync-test-{}", std::process::id()));
+        let written = report.write(&dir).expect("write");
+        let names: Vec<String> = written
+            .iter()
+            .map(|p| {
+                p.file_name()
+                    .expect("a file name")
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "first-sync-20261201T200000Z.json",
+                "first-sync-20261201T200000Z.md"
+            ]
+        );
+        std::fs::remove_dir_all(&dir).expect("remove");
         let md = report.markdown();
         assert!(
             md.contains("| 10000 × 10 | yaml | 6.8 MB | 1.23 s | 2.50 s | – |"),
