@@ -1,0 +1,1 @@
+//! The objects of our nf_tables table.

@@ -1,0 +1,1 @@
+//! nf_tables netlink messages (NFNL_SUBSYS_NFTABLES), hand-written.

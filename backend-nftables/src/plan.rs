@@ -1,0 +1,1 @@
+//! Planning, pure: the desired table and the difference from the observed one.
