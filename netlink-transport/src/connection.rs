@@ -13,6 +13,7 @@ use crate::batch::{parse_error, Ack, BatchAcks, BatchFault, BatchLimits, Datagra
 use crate::errno::{Errno, ENOBUFS};
 use crate::error::{NetlinkError, RequestId};
 use crate::message::{messages, stamp, Reply, Request};
+use crate::notify::Subscription;
 use crate::socket::{Datagrams, Protocol, SocketOptions, SysSocket};
 
 /// The user buffer for one datagram. The kernel builds dump datagrams of at most 32 KiB
@@ -30,14 +31,16 @@ const DRAIN_LIMIT: usize = 4096;
 /// over from an earlier, abandoned request are skipped (and drained before the next one).
 #[derive(Debug)]
 pub struct Connection<D = SysSocket> {
-    io: D,
-    buf: Vec<u8>,
+    pub(crate) io: D,
+    pub(crate) buf: Vec<u8>,
     out: Vec<u8>,
     datagram: Datagram,
     limits: BatchLimits,
     next_seq: u32,
     /// Replies of an exchange we stopped reading may still be queued.
     unread: bool,
+    /// The groups joined, and notifications kept while requests ran (`crate::notify`).
+    pub(crate) subscription: Subscription,
 }
 
 impl Connection<SysSocket> {
@@ -141,7 +144,17 @@ impl RecvError {
 
 /// What to do about `fault` in a request (`is_dump` false) or dump, `dropped` when `ENOBUFS`
 /// was seen already.
-fn after_recv_fault(fault: RecvFault, is_dump: bool, dropped: bool) -> AfterRecv {
+fn after_recv_fault(
+    fault: RecvFault,
+    is_dump: bool,
+    dropped: bool,
+    subscription: &mut Subscription,
+) -> AfterRecv {
+    match &fault {
+        RecvFault::Io(e) => subscription.note_error(e),
+        // It may have been a notification.
+        RecvFault::Truncated { .. } => subscription.note_loss(),
+    }
     match fault {
         RecvFault::Io(e) if e.kind() == io::ErrorKind::Interrupted => AfterRecv::Retry,
         RecvFault::Io(e) if Errno::of(&e) == Some(ENOBUFS) => {
@@ -174,6 +187,7 @@ impl<D: Datagrams> Connection<D> {
             limits: BatchLimits::for_buffers(rcvbuf, sndbuf),
             next_seq: 1,
             unread: false,
+            subscription: Subscription::default(),
         }
     }
 
@@ -300,6 +314,7 @@ impl<D: Datagrams> Connection<D> {
         while !acks.is_complete() {
             match recv(&mut self.io, &mut self.buf, false) {
                 Ok(datagram) => {
+                    self.subscription.keep(datagram, self.io.port());
                     let mut reply = |i: usize, r: Reply<'_>| on_reply(base + i, r);
                     match acks.read_datagram(datagram, &mut reply) {
                         Ok(()) => {}
@@ -310,6 +325,7 @@ impl<D: Datagrams> Connection<D> {
                 Err(RecvFault::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(RecvFault::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(RecvFault::Io(e)) if Errno::of(&e) == Some(ENOBUFS) => {
+                    self.subscription.note_error(&e);
                     lost = Some(BatchError::Lost(Some(ENOBUFS)));
                 }
                 Err(RecvFault::Io(e)) => {
@@ -317,6 +333,7 @@ impl<D: Datagrams> Connection<D> {
                     break;
                 }
                 Err(RecvFault::Truncated { len, kept }) => {
+                    self.subscription.note_loss();
                     lost = Some(BatchError::Truncated { len, kept });
                 }
             }
@@ -345,6 +362,11 @@ impl<D: Datagrams> Connection<D> {
         mut each: impl FnMut(Reply<'_>) -> Result<(), DecodeError>,
     ) -> Result<(), NetlinkError> {
         self.drain();
+        let is_dump = flags & NLM_F_DUMP == NLM_F_DUMP;
+        if is_dump && self.subscription.is_lost() {
+            // Notifications queued before the loss would undo what the dump finds.
+            self.drop_queued();
+        }
         let seq = self.take_seq(1);
         self.out.clear();
         request.emit_message(&mut self.out);
@@ -360,28 +382,36 @@ impl<D: Datagrams> Connection<D> {
                 source,
             });
         }
-        let is_dump = flags & NLM_F_DUMP == NLM_F_DUMP;
         let port = self.io.port();
         // Whether ENOBUFS was seen (see `AfterRecv::ReadOn`).
         let mut dropped = false;
         loop {
             let datagram = match recv(&mut self.io, &mut self.buf, !dropped) {
                 Ok(datagram) => datagram,
-                Err(fault) => match after_recv_fault(fault, is_dump, dropped) {
-                    AfterRecv::Retry => continue,
-                    AfterRecv::ReadOn => {
-                        dropped = true;
-                        continue;
+                Err(fault) => {
+                    match after_recv_fault(fault, is_dump, dropped, &mut self.subscription) {
+                        AfterRecv::Retry => continue,
+                        AfterRecv::ReadOn => {
+                            dropped = true;
+                            continue;
+                        }
+                        AfterRecv::Fail(error) => {
+                            self.unread = true;
+                            return Err(error.into_error(id(), self.io.recv_timeout()));
+                        }
                     }
-                    AfterRecv::Fail(error) => {
-                        self.unread = true;
-                        return Err(error.into_error(id(), self.io.recv_timeout()));
-                    }
-                },
+                }
             };
+            self.subscription.keep(datagram, port);
             match read_replies(datagram, seq, port, &mut each) {
                 Ok(Progress::More) => {}
-                Ok(Progress::Finished) => return Ok(()),
+                Ok(Progress::Finished) => {
+                    if is_dump {
+                        // ENOBUFS would have failed it: it covers any loss before it.
+                        self.subscription.dumped();
+                    }
+                    return Ok(());
+                }
                 Err(fault) => {
                     // A refusal ends the exchange; anything else may leave replies queued.
                     self.unread = !matches!(fault, Fault::Kernel(..));
@@ -399,9 +429,13 @@ impl<D: Datagrams> Connection<D> {
         self.unread = false;
         for dropped in 0..DRAIN_LIMIT {
             match recv(&mut self.io, &mut self.buf, false) {
-                Ok(_) | Err(RecvFault::Truncated { .. }) => {}
+                // Notifications among the stale replies are kept.
+                Ok(datagram) => self.subscription.keep(datagram, self.io.port()),
+                Err(RecvFault::Truncated { .. }) => self.subscription.note_loss(),
                 Err(RecvFault::Io(e))
-                    if e.kind() == io::ErrorKind::Interrupted || Errno::of(&e) == Some(ENOBUFS) => {
+                    if e.kind() == io::ErrorKind::Interrupted || Errno::of(&e) == Some(ENOBUFS) =>
+                {
+                    self.subscription.note_error(&e);
                 }
                 Err(RecvFault::Io(_)) => {
                     trace!(dropped, "netlink: stale replies drained");
@@ -415,14 +449,14 @@ impl<D: Datagrams> Connection<D> {
 }
 
 /// Why `recv` gave no datagram.
-enum RecvFault {
+pub(crate) enum RecvFault {
     Io(io::Error),
     Truncated { len: usize, kept: usize },
 }
 
 /// Receives one datagram into `buf`. A datagram larger than the buffer is an error (its rest
 /// is lost), and the buffer grows so that the next one fits.
-fn recv<'b>(
+pub(crate) fn recv<'b>(
     io: &mut impl Datagrams,
     buf: &'b mut Vec<u8>,
     wait: bool,

@@ -33,6 +33,18 @@ pub fn nlmsg(message_type: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8>
     m
 }
 
+/// The port id a notification carries in the fake: another process's (the one that made the
+/// change), never ours.
+pub const NOTIFIER_PORT: u32 = 4242;
+
+/// A notification message: `nlmsghdr` (len, type, no flags, seq 0, [`NOTIFIER_PORT`]) and
+/// `payload`, padded to 4 bytes.
+pub fn notification(message_type: u16, payload: &[u8]) -> Vec<u8> {
+    let mut m = nlmsg(message_type, 0, 0, payload);
+    m[12..16].copy_from_slice(&NOTIFIER_PORT.to_ne_bytes());
+    m
+}
+
 /// `NLMSG_ERROR` for request `seq`: an ACK when `errno` is 0, else the refusal; the echoed
 /// request header is capped, as with `NETLINK_CAP_ACK`.
 pub fn ack(seq: u32, errno: i32) -> Vec<u8> {
@@ -70,6 +82,7 @@ struct State {
     overflowed: bool,
     received: Vec<Received>,
     sends: usize,
+    groups: Vec<u32>,
 }
 
 /// An in-memory kernel: each message sent is handed to a handler, whose datagrams are queued
@@ -103,6 +116,7 @@ impl FakeKernel {
                 overflowed: false,
                 received: Vec::new(),
                 sends: 0,
+                groups: Vec::new(),
             })),
         }
     }
@@ -122,6 +136,23 @@ impl FakeKernel {
     /// Queues `datagram` as if the kernel had sent it (a stale or malformed reply).
     pub fn push_datagram(&self, datagram: Vec<u8>) {
         self.lock().queue.push_back(datagram);
+    }
+
+    /// Queues a notification datagram (messages from another port, see [`notification`]), as
+    /// the kernel does for a multicast group the socket joined: subject to the queue limit,
+    /// so that a burst past it fails the next `recv` with `ENOBUFS`.
+    pub fn notify(&self, datagram: Vec<u8>) {
+        let mut state = self.lock();
+        if state.queue.len() >= state.queue_limit {
+            state.overflowed = true;
+        } else {
+            state.queue.push_back(datagram);
+        }
+    }
+
+    /// The multicast groups joined, in order.
+    pub fn groups(&self) -> Vec<u32> {
+        self.lock().groups.clone()
     }
 
     /// Every request message received so far, in order.
@@ -195,5 +226,10 @@ impl Datagrams for FakeKernel {
 
     fn recv_timeout(&self) -> Duration {
         Duration::from_secs(10)
+    }
+
+    fn join_group(&mut self, group: u32) -> io::Result<()> {
+        self.lock().groups.push(group);
+        Ok(())
     }
 }

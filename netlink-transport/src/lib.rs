@@ -15,6 +15,10 @@
 //! - [`NetlinkError`]: one error type, naming the request ([`RequestId`]: index in the batch,
 //!   sequence number, description) and carrying the errno ([`Errno`], with its name). A lost
 //!   ACK ([`NetlinkError::AckLost`]) says the outcome is unknown, never success.
+//! - Notifications ([`Connection::join_group`], [`Connection::recv_notifications`]): the
+//!   kernel's change messages of multicast groups (rtnetlink's address changes...), kept in
+//!   order while requests and dumps run; a queue overflow (`ENOBUFS`) is
+//!   [`Notifications::Lost`]: dump again.
 //! - [`errno`]: the errno constants, in one place.
 //! - `fake::FakeKernel` (feature `testing`): an in-memory kernel behind the same
 //!   [`Datagrams`] trait.
@@ -46,6 +50,7 @@ mod error;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
 mod message;
+mod notify;
 mod socket;
 #[cfg(test)]
 mod tests;
@@ -55,4 +60,5 @@ pub use connection::Connection;
 pub use errno::Errno;
 pub use error::{NetlinkError, RequestId};
 pub use message::{messages, RawRequest, Reply, Request};
+pub use notify::Notifications;
 pub use socket::{Datagrams, Protocol, SocketOptions, SysSocket};

@@ -81,6 +81,16 @@ pub trait Datagrams: Send + std::fmt::Debug {
 
     /// The receive timeout, for errors.
     fn recv_timeout(&self) -> Duration;
+
+    /// Joins multicast group `group` (a group number, `NETLINK_ADD_MEMBERSHIP`), whose
+    /// notifications `recv` then returns too.
+    ///
+    /// # Errors
+    /// The OS error of `setsockopt`; `Unsupported` where there are no groups.
+    fn join_group(&mut self, group: u32) -> io::Result<()> {
+        let _ = group;
+        Err(io::ErrorKind::Unsupported.into())
+    }
 }
 
 /// A real netlink socket, connected to the kernel, with `NETLINK_CAP_ACK` (error ACKs do not
@@ -167,5 +177,9 @@ impl Datagrams for SysSocket {
 
     fn recv_timeout(&self) -> Duration {
         self.timeout
+    }
+
+    fn join_group(&mut self, group: u32) -> io::Result<()> {
+        self.socket.add_membership(group)
     }
 }

@@ -1,6 +1,7 @@
 //! The transport over a real `NETLINK_ROUTE` socket, in a fresh network namespace per test
 //! (testkit's `in_new_netns`): a dump, a refused request, a batch with one refusal among
-//! five, and a batch whose ACKs overflow the receive buffer.
+//! five, a batch whose ACKs overflow the receive buffer, and address notifications, received
+//! and lost.
 
 use std::net::Ipv4Addr;
 
@@ -14,8 +15,11 @@ use netlink_packet_route::{
 };
 use netlink_transport::{
     errno::{EEXIST, ENOBUFS, ENODEV},
-    BatchLimits, Connection, NetlinkError, Protocol, Reply,
+    BatchLimits, Connection, NetlinkError, Notifications, Protocol, Reply,
 };
+
+/// `RTNLGRP_IPV4_IFADDR` (`include/uapi/linux/rtnetlink.h`).
+const RTNLGRP_IPV4_IFADDR: u32 = 5;
 
 fn route(message: RouteNetlinkMessage, flags: u16) -> NetlinkMessage<RouteNetlinkMessage> {
     let mut message = NetlinkMessage::from(message);
@@ -178,5 +182,85 @@ fn acks_dropped_by_a_full_buffer_are_lost_not_successes_and_nothing_hangs() {
         conn.io_mut().force_rcvbuf(1 << 20).expect("SO_RCVBUFFORCE");
         // The kernel did every request, acknowledged or not, and the socket still works.
         assert_eq!(addresses(&mut conn), 1_000);
+    });
+}
+
+/// The IPv4 `IFA_LOCAL` addresses of the `RTM_NEWADDR` notifications one receive gets.
+fn new_addresses(conn: &mut Connection, wait: bool) -> (Notifications, Vec<String>) {
+    let mut added = Vec::new();
+    let outcome = conn
+        .recv_notifications(wait, |reply| {
+            if let RouteNetlinkMessage::NewAddress(a) = parse(reply) {
+                added.extend(a.attributes.iter().filter_map(|attr| match attr {
+                    AddressAttribute::Local(ip) => Some(ip.to_string()),
+                    _ => None,
+                }));
+            }
+            Ok(())
+        })
+        .expect("notifications");
+    (outcome, added)
+}
+
+#[test]
+#[ignore = "needs root: CI runs --include-ignored"]
+fn a_subscribed_connection_receives_the_changes_another_makes() {
+    testkit::netns::in_new_netns(|| {
+        let mut changer = Connection::open(Protocol::Route).expect("rtnetlink socket");
+        let lo = lo_up(&mut changer);
+        let mut watcher = Connection::open(Protocol::Route).expect("rtnetlink socket");
+        watcher.join_group(RTNLGRP_IPV4_IFADDR).expect("join");
+        assert_eq!(new_addresses(&mut watcher, false).0, Notifications::Idle);
+        changer
+            .request(&add_address(lo, nth(7)), |_| Ok(()))
+            .expect("add");
+        let (outcome, added) = new_addresses(&mut watcher, true);
+        assert_eq!(outcome, Notifications::Received(1));
+        assert_eq!(added, vec![nth(7).to_string()]);
+        // A change during a dump on the watcher's own socket is kept for after it.
+        changer
+            .request(&add_address(lo, nth(8)), |_| Ok(()))
+            .expect("add");
+        assert_eq!(addresses(&mut watcher), 2);
+        let (outcome, added) = new_addresses(&mut watcher, true);
+        assert_eq!(outcome, Notifications::Received(1));
+        assert_eq!(added, vec![nth(8).to_string()]);
+        assert_eq!(new_addresses(&mut watcher, false).0, Notifications::Idle);
+    });
+}
+
+#[test]
+#[ignore = "needs root: CI runs --include-ignored"]
+fn notifications_past_a_full_buffer_are_lost_once_and_a_dump_resumes() {
+    testkit::netns::in_new_netns(|| {
+        let mut changer = Connection::open(Protocol::Route).expect("rtnetlink socket");
+        let lo = lo_up(&mut changer);
+        let mut watcher = Connection::open(Protocol::Route).expect("rtnetlink socket");
+        watcher.join_group(RTNLGRP_IPV4_IFADDR).expect("join");
+        // Room for a handful of notifications; 300 changes overflow it.
+        watcher
+            .io_mut()
+            .force_rcvbuf(4_096)
+            .expect("SO_RCVBUFFORCE");
+        let requests: Vec<_> = (0..300).map(|i| add_address(lo, nth(i))).collect();
+        assert!(changer.batch(&requests).iter().all(Result::is_ok));
+        let (outcome, added) = new_addresses(&mut watcher, true);
+        assert_eq!(outcome, Notifications::Lost, "{} came first", added.len());
+        assert_eq!(
+            new_addresses(&mut watcher, false).0,
+            Notifications::Idle,
+            "reported once, the queue discarded"
+        );
+        watcher
+            .io_mut()
+            .force_rcvbuf(1 << 20)
+            .expect("SO_RCVBUFFORCE");
+        assert_eq!(addresses(&mut watcher), 300, "the dump again");
+        changer
+            .request(&add_address(lo, nth(300)), |_| Ok(()))
+            .expect("add");
+        let (outcome, added) = new_addresses(&mut watcher, true);
+        assert_eq!(outcome, Notifications::Received(1));
+        assert_eq!(added, vec![nth(300).to_string()]);
     });
 }

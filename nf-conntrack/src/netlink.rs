@@ -7,7 +7,7 @@ use netlink_transport::{
     errno::ENOENT, Connection, Datagrams, NetlinkError, Protocol, RawRequest, Reply,
 };
 
-use crate::message::{encode_delete, encode_dump, parse_entry, NFGENMSG_LEN};
+use crate::message::{encode_delete, encode_dump, entry_of, parse_message};
 use crate::{ConntrackError, ConntrackOps, Entry, Family};
 
 /// The real [`ConntrackOps`]: a ctnetlink socket per call in the caller's network namespace
@@ -34,7 +34,8 @@ fn connect(op: &'static str, family: Family) -> Result<Connection, ConntrackErro
 }
 
 /// Dumps every entry of `family` on `conn`. Messages that are not an entry we match on
-/// (no ports: ICMP...) are skipped.
+/// (no ports: ICMP...) are skipped; one that does not parse fails the dump (the kernel's
+/// messages always parse: an error means a bug, ours or the kernel's, to see, not to hide).
 pub(crate) fn dump_on<D: Datagrams>(
     conn: &mut Connection<D>,
     family: Family,
@@ -45,9 +46,8 @@ pub(crate) fn dump_on<D: Datagrams>(
     };
     let mut entries = Vec::new();
     conn.dump(&request, |reply: Reply<'_>| {
-        if let Some(entry) = reply.payload.get(NFGENMSG_LEN..).and_then(parse_entry) {
-            entries.push(entry);
-        }
+        let message = parse_message(reply.message_type, reply.payload)?;
+        entries.extend(entry_of(&message));
         Ok(())
     })
     .map_err(conntrack_error("dump", family))?;
@@ -102,6 +102,7 @@ mod tests {
     use netlink_transport::fake::{ack, done, nlmsg, FakeKernel};
 
     use super::*;
+    use crate::message::NFGENMSG_LEN;
     use crate::IPPROTO_UDP;
 
     /// `IPCTNL_MSG_CT_NEW` as a dump carries it.

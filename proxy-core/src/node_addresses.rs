@@ -34,28 +34,14 @@ use std::fmt;
 use std::io;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use ipnet::IpNet;
-use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::RouteNetlinkMessage;
-use netlink_sys::protocols::NETLINK_ROUTE;
-use netlink_sys::{Socket, SocketAddr};
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::info;
 
-/// `RTNLGRP_IPV4_IFADDR` (`include/uapi/linux/rtnetlink.h`): IPv4 address changes.
-const RTNLGRP_IPV4_IFADDR: u32 = 5;
-/// `RTNLGRP_IPV6_IFADDR`: IPv6 address changes.
-const RTNLGRP_IPV6_IFADDR: u32 = 9;
-/// `ENOBUFS`: the socket's queue overflowed and notifications were lost: dump again.
-const ENOBUFS: i32 = 105;
-/// How often the watcher thread wakes without news, to notice that nobody listens any more.
-const IDLE_WAKE: Duration = Duration::from_secs(1);
-/// The receive buffer asked for: a burst of address changes (thousands of VIPs bound by a
-/// backend) should not overflow it; if it does, the watcher dumps again.
-const RECV_BUFFER_BYTES: usize = 4 << 20;
+mod watcher;
+
+use watcher::Watcher;
 
 /// One address of the node, and the interface (link index) it is on; `link` is 0 when the
 /// source does not know it (addresses fed by hand or configured).
@@ -268,15 +254,6 @@ pub fn node_port_ips(
         .collect()
 }
 
-/// Whether the kernel watcher keeps `ip`: not loopback (node ports are for other hosts) and not
-/// IPv6 link-local (it cannot be bound without naming its interface).
-fn is_node_port_candidate(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => !v4.is_loopback(),
-        IpAddr::V6(v6) => !v6.is_loopback() && (v6.segments()[0] & 0xffc0) != 0xfe80,
-    }
-}
-
 fn publish(tx: &watch::Sender<Arc<AddressSet>>, addresses: &AddressSet) {
     tx.send_if_modified(|current| {
         if **current == *addresses {
@@ -287,226 +264,11 @@ fn publish(tx: &watch::Sender<Arc<AddressSet>>, addresses: &AddressSet) {
     });
 }
 
-/// The rtnetlink socket subscribed to address changes, and the addresses seen so far.
-struct Watcher {
-    socket: Socket,
-    addresses: AddressSet,
-    seq: u32,
-    excluded: Arc<Mutex<BTreeSet<u32>>>,
-}
-
-impl Watcher {
-    fn open(excluded: Arc<Mutex<BTreeSet<u32>>>) -> Result<Self, NodeAddressError> {
-        let mut socket = Socket::new(NETLINK_ROUTE).map_err(NodeAddressError::Open)?;
-        socket
-            .bind(&SocketAddr::new(0, 0))
-            .map_err(NodeAddressError::Open)?;
-        for group in [RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV6_IFADDR] {
-            socket
-                .add_membership(group)
-                .map_err(NodeAddressError::Open)?;
-        }
-        let sock = socket2::SockRef::from(&socket);
-        // Best effort: the default still works, an overflow only costs a dump.
-        let _ = sock.set_recv_buffer_size(RECV_BUFFER_BYTES);
-        sock.set_read_timeout(Some(IDLE_WAKE))
-            .map_err(NodeAddressError::Open)?;
-        Ok(Watcher {
-            socket,
-            addresses: AddressSet::new(),
-            seq: 0,
-            excluded,
-        })
-    }
-
-    /// Dumps every address, replacing what was known. Notifications that arrive meanwhile
-    /// are applied in order with the dump's messages.
-    fn dump(&mut self) -> Result<(), NodeAddressError> {
-        self.seq = self.seq.wrapping_add(1);
-        let mut request =
-            NetlinkMessage::from(RouteNetlinkMessage::GetAddress(AddressMessage::default()));
-        request.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-        request.header.sequence_number = self.seq;
-        request.finalize();
-        let mut bytes = vec![0u8; request.buffer_len()];
-        request.serialize(&mut bytes);
-        self.socket
-            .send(&bytes, 0)
-            .map_err(NodeAddressError::Dump)?;
-        let mut fresh = AddressSet::new();
-        let mut buf = Vec::with_capacity(64 * 1024);
-        loop {
-            buf.clear();
-            match self.socket.recv(&mut buf, 0) {
-                Ok(_) => {}
-                Err(e)
-                    if e.kind() == io::ErrorKind::WouldBlock
-                        || e.kind() == io::ErrorKind::TimedOut =>
-                {
-                    return Err(NodeAddressError::Dump(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "no answer to the address dump",
-                    )));
-                }
-                Err(e) => return Err(NodeAddressError::Dump(e)),
-            }
-            let mut done = false;
-            for message in messages(&buf) {
-                let is_dump = message.header.sequence_number == self.seq;
-                match message.payload {
-                    NetlinkPayload::Done(_) if is_dump => done = true,
-                    NetlinkPayload::Error(e) if is_dump => {
-                        return Err(NodeAddressError::Dump(e.to_io()));
-                    }
-                    NetlinkPayload::InnerMessage(msg) => {
-                        let target = if is_dump {
-                            &mut fresh
-                        } else {
-                            &mut self.addresses
-                        };
-                        apply(target, &msg);
-                        // A notification during the dump applies to the new set too.
-                        if !is_dump {
-                            apply(&mut fresh, &msg);
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            if done {
-                self.addresses = fresh;
-                self.forget_excluded();
-                return Ok(());
-            }
-        }
-    }
-
-    /// Drops the addresses of excluded links.
-    fn forget_excluded(&mut self) {
-        let excluded = self.excluded.lock().unwrap_or_else(|e| e.into_inner());
-        if !excluded.is_empty() {
-            self.addresses.retain(|a| !excluded.contains(&a.link));
-        }
-    }
-
-    /// Follows notifications until nobody listens any more.
-    fn run(mut self, tx: &watch::Sender<Arc<AddressSet>>) {
-        let mut buf = Vec::with_capacity(64 * 1024);
-        loop {
-            if tx.is_closed() {
-                debug!("nobody follows the node's addresses any more; watcher stopped");
-                return;
-            }
-            buf.clear();
-            match self.socket.recv(&mut buf, 0) {
-                Ok(_) => {
-                    for message in messages(&buf) {
-                        if let NetlinkPayload::InnerMessage(msg) = message.payload {
-                            apply(&mut self.addresses, &msg);
-                        }
-                    }
-                    // Publish once a burst is read: the next read would block.
-                    if !self.has_pending() {
-                        self.forget_excluded();
-                        publish(tx, &self.addresses);
-                    }
-                }
-                Err(e)
-                    if e.kind() == io::ErrorKind::WouldBlock
-                        || e.kind() == io::ErrorKind::TimedOut =>
-                {
-                    self.forget_excluded();
-                    publish(tx, &self.addresses);
-                }
-                Err(e) if e.raw_os_error() == Some(ENOBUFS) => {
-                    warn!("node address notifications overflowed; dumping the addresses again");
-                    if let Err(e) = self.dump() {
-                        warn!(error = %e, "node address dump failed; trying again");
-                        std::thread::sleep(IDLE_WAKE);
-                        continue;
-                    }
-                    publish(tx, &self.addresses);
-                }
-                Err(e) => {
-                    warn!(error = %e, "node address watcher stopped: cannot read notifications");
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Whether another datagram waits (a non-blocking peek).
-    fn has_pending(&self) -> bool {
-        let mut probe = Vec::with_capacity(16);
-        self.socket
-            .recv(&mut probe, libc_flags::MSG_PEEK | libc_flags::MSG_DONTWAIT)
-            .is_ok()
-    }
-}
-
-/// Flags of `recv(2)`, spelled here to avoid a direct `libc` dependency.
-mod libc_flags {
-    /// `MSG_PEEK`.
-    pub const MSG_PEEK: i32 = 0x02;
-    /// `MSG_DONTWAIT`.
-    pub const MSG_DONTWAIT: i32 = 0x40;
-}
-
-/// The messages of one datagram; a malformed one ends the walk (logged).
-fn messages(mut buf: &[u8]) -> Vec<NetlinkMessage<RouteNetlinkMessage>> {
-    let mut out = Vec::new();
-    while buf.len() >= 16 {
-        let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-        if len < 16 || len > buf.len() {
-            break;
-        }
-        match NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[..len]) {
-            Ok(message) => out.push(message),
-            Err(e) => debug!(error = %e, "undecodable rtnetlink message skipped"),
-        }
-        // Messages are 4-byte aligned (NLMSG_ALIGN).
-        let next = (len + 3) & !3;
-        buf = buf.get(next..).unwrap_or_default();
-    }
-    out
-}
-
-/// Applies one address message to `set`.
-fn apply(set: &mut AddressSet, msg: &RouteNetlinkMessage) {
-    let (msg, add) = match msg {
-        RouteNetlinkMessage::NewAddress(m) => (m, true),
-        RouteNetlinkMessage::DelAddress(m) => (m, false),
-        _ => return,
-    };
-    // IPv4 reports the interface's own address as IFA_LOCAL (IFA_ADDRESS is the peer's on a
-    // point-to-point link); IPv6 only as IFA_ADDRESS.
-    let local = msg.attributes.iter().find_map(|a| match a {
-        AddressAttribute::Local(ip) => Some(*ip),
-        _ => None,
-    });
-    let address = msg.attributes.iter().find_map(|a| match a {
-        AddressAttribute::Address(ip) => Some(*ip),
-        _ => None,
-    });
-    let Some(ip) = local.or(address) else {
-        return;
-    };
-    if !is_node_port_candidate(ip) {
-        return;
-    }
-    let entry = NodeAddress {
-        ip,
-        link: msg.header.index,
-    };
-    if add {
-        set.insert(entry);
-    } else {
-        set.remove(&entry);
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use super::watcher::is_node_port_candidate;
     use super::*;
 
     fn ip(s: &str) -> IpAddr {
