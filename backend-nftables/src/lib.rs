@@ -13,9 +13,15 @@
 //!   numgen, nat and map data; see the module docs), carried by `netlink-transport`;
 //! - [`model`]: the objects of our table, what plans and observations are made of;
 //! - [`plan`]: the desired table for a [`proxy_core::ServiceTable`] and the difference from
-//!   what the kernel holds, pure; rendered in `nft` syntax for dry runs and golden tests.
+//!   what the kernel holds, pure (the layout and each design choice are in its docs);
+//! - [`render`]: the table in `nft` syntax, as `nft list table` prints it, for dry runs and
+//!   golden tests;
+//! - [`config`] and [`names`]: the configuration, and the names of our chains and sets.
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod model;
+pub mod names;
 pub mod netlink;
 pub mod plan;
+pub mod render;
