@@ -8,7 +8,9 @@
 //!   sends many requests per datagram, each with `NLM_F_ACK`, and returns a result per
 //!   request. Replies are checked against the sequence number and our port, stale ones are
 //!   skipped, and a receive timeout bounds every wait: a malformed or missing reply is an
-//!   error, never a hang.
+//!   error, never a hang. [`Connection::transaction`] sends an nfnetlink transaction (`BATCH_BEGIN`,
+//!   the messages, `BATCH_END`) as ONE datagram, never cut, since nfnetlink commits or aborts a
+//!   batch per datagram (nf_tables).
 //! - [`Request`]: what a message family implements to be sent ([`RawRequest`] for bytes
 //!   already framed; `netlink-packet-core`'s `NetlinkMessage` implements it). Replies come back
 //!   as [`Reply`] (type, flags, payload) for the family to parse.
@@ -52,6 +54,7 @@ pub mod fake;
 mod message;
 mod notify;
 mod socket;
+mod transaction;
 #[cfg(test)]
 mod tests;
 
@@ -62,3 +65,4 @@ pub use error::{NetlinkError, RequestId};
 pub use message::{messages, RawRequest, Reply, Request};
 pub use notify::Notifications;
 pub use socket::{Datagrams, Protocol, SocketOptions, SysSocket};
+pub use transaction::{Acks, TransactionOutcome};

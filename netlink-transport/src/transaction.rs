@@ -16,7 +16,13 @@
 //! before 6.10 never answer them. The kernel handles the whole batch inside our `sendmsg`,
 //! so every reply is queued when it returns (or was dropped: `ENOBUFS`).
 //!
-//! Wiring (in `lib.rs`): `mod transaction;` and `pub use transaction::TransactionOutcome;`.
+//! Without `NLM_F_ACK` ([`Acks::ErrorsOnly`], as `nft` sends), nfnetlink still answers
+//! every failed request and a failed commit, so silence means success unless replies were
+//! dropped: for transactions of more requests than the receive buffer holds ACKs (each
+//! holds about [`crate::ACK_CHARGE`] bytes until read).
+//!
+//! Wiring (in `lib.rs`): `mod transaction;` and
+//! `pub use transaction::{Acks, TransactionOutcome};`.
 
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -36,6 +42,16 @@ use crate::Connection;
 /// all of them back.
 pub type TransactionOutcome = Vec<Result<(), NetlinkError>>;
 
+/// Which requests of a transaction ask for an ACK.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acks {
+    /// Every request carries `NLM_F_ACK`: each gets 0 or its errno.
+    Each,
+    /// None does: only failures are answered; silence is success unless replies were
+    /// dropped (`ENOBUFS`), when every unanswered request is [`NetlinkError::AckLost`].
+    ErrorsOnly,
+}
+
 /// Sequence numbers of transactions, away from [`Connection`]'s own (which start at 1), so
 /// that a reply left over from one never matches the other. Process-wide, so that two
 /// connections never share a number either.
@@ -47,8 +63,9 @@ const SNDBUF_RESERVED: usize = 32;
 const RECV_BUF_BYTES: usize = 64 * 1024;
 
 impl<D: Datagrams> Connection<D> {
-    /// Sends `begin`, `requests` (each with `NLM_F_ACK`) and `end` in one datagram, and
-    /// returns one result per request: see the `transaction` module's docs.
+    /// Sends `begin`, `requests` (each with `NLM_F_ACK` if `acks` is [`Acks::Each`]) and
+    /// `end` in one datagram, and returns one result per request: see the `transaction`
+    /// module's docs.
     ///
     /// # Errors
     /// The outer error fails the transaction as a whole, naming the begin message: the
@@ -63,7 +80,12 @@ impl<D: Datagrams> Connection<D> {
         begin: &B,
         requests: &[R],
         end: &B,
+        acks: Acks,
     ) -> Result<TransactionOutcome, NetlinkError> {
+        let ack_flag = match acks {
+            Acks::Each => NLM_F_ACK,
+            Acks::ErrorsOnly => 0,
+        };
         let count = u32::try_from(requests.len()).unwrap_or(u32::MAX - 2);
         let first = NEXT_SEQ.fetch_add(count + 2, Ordering::Relaxed);
         let begin_id = |note: String| RequestId {
@@ -81,7 +103,7 @@ impl<D: Datagrams> Connection<D> {
         };
         put(&mut out, begin, first, 0);
         for (k, request) in (1u32..).zip(requests) {
-            put(&mut out, request, first.wrapping_add(k), NLM_F_ACK);
+            put(&mut out, request, first.wrapping_add(k), ack_flag);
         }
         put(&mut out, end, first.wrapping_add(count + 1), 0);
 
@@ -103,6 +125,7 @@ impl<D: Datagrams> Connection<D> {
         })?;
 
         let port = io.port();
+        let ack_each = acks == Acks::Each;
         let mut acks = BatchAcks::new(first.wrapping_add(1), requests.len(), port);
         let mut commit: Option<Errno> = None;
         let mut dropped = false;
@@ -110,7 +133,7 @@ impl<D: Datagrams> Connection<D> {
         while !acks.is_complete() {
             // Wait only while no reply is known to be lost and the commit did not fail
             // (after a failed commit, the kernel may answer nothing more).
-            let wait = !dropped && commit.is_none();
+            let wait = ack_each && !dropped && commit.is_none();
             match io.recv(&mut buf, wait) {
                 Ok(len) if len <= buf.len() => {
                     commit = commit.or(begin_errno(&buf, first, port));
@@ -167,6 +190,7 @@ impl<D: Datagrams> Connection<D> {
                         errno,
                         echo,
                     }),
+                    None if !ack_each && !dropped => Ok(()),
                     None => Err(NetlinkError::AckLost {
                         request: id(),
                         errno: dropped.then_some(ENOBUFS),
@@ -195,6 +219,7 @@ fn begin_errno(datagram: &[u8], seq: u32, port: u32) -> Option<Errno> {
 
 #[cfg(test)]
 mod tests {
+    use super::Acks;
     use crate::errno::{EMSGSIZE, ENOBUFS, ENOENT};
     use crate::fake::{ack, nlmsg, FakeKernel};
     use crate::{Connection, NetlinkError, RawRequest};
@@ -223,7 +248,7 @@ mod tests {
         let mut conn = Connection::new(fake.clone());
         let requests = [raw(0x0a00), raw(0x0a0c), raw(0x0a03)];
         let results = conn
-            .transaction(&raw(0x10), &requests, &raw(0x11))
+            .transaction(&raw(0x10), &requests, &raw(0x11), Acks::Each)
             .expect("sent");
         assert_eq!(fake.sends(), 1);
         let got = fake.received();
@@ -241,6 +266,22 @@ mod tests {
     }
 
     #[test]
+    fn without_acks_silence_is_success_and_errors_still_name_their_request() {
+        let fake = kernel();
+        let mut conn = Connection::new(fake.clone());
+        let requests = [raw(0x0a00), raw(0x0a0c)];
+        let results = conn
+            .transaction(&raw(0x10), &requests, &raw(0x11), Acks::ErrorsOnly)
+            .expect("sent");
+        assert!(fake.received().iter().all(|m| m.flags & NLM_F_ACK == 0));
+        assert!(results[0].is_ok());
+        assert!(matches!(
+            &results[1],
+            Err(NetlinkError::Kernel { errno, .. }) if *errno == ENOENT
+        ));
+    }
+
+    #[test]
     fn a_failed_commit_and_lost_acks_and_an_oversized_datagram() {
         let commit = FakeKernel::new(|m| match m.message_type {
             0x10 => vec![ack(m.seq, 12)],
@@ -248,14 +289,19 @@ mod tests {
             _ => vec![ack(m.seq, 0)],
         });
         let mut conn = Connection::new(commit);
-        match conn.transaction(&raw(0x10), &[raw(0x0a00)], &raw(0x11)) {
+        match conn.transaction(&raw(0x10), &[raw(0x0a00)], &raw(0x11), Acks::Each) {
             Err(NetlinkError::Kernel { errno, .. }) => assert_eq!(errno.raw(), 12),
             other => panic!("want the commit's ENOMEM, got {other:?}"),
         }
 
         let mut conn = Connection::new(kernel().with_queue_limit(1));
         let results = conn
-            .transaction(&raw(0x10), &[raw(0x0a00), raw(0x0a03)], &raw(0x11))
+            .transaction(
+                &raw(0x10),
+                &[raw(0x0a00), raw(0x0a03)],
+                &raw(0x11),
+                Acks::Each,
+            )
             .expect("sent");
         assert!(results[0].is_ok());
         assert!(matches!(
@@ -269,7 +315,7 @@ mod tests {
             bytes: nlmsg(0x0a0c, 0x1, 0, &vec![0; 2 << 20]),
             description: "big".into(),
         };
-        match conn.transaction(&raw(0x10), &[big], &raw(0x11)) {
+        match conn.transaction(&raw(0x10), &[big], &raw(0x11), Acks::Each) {
             Err(NetlinkError::Send { source, .. }) => {
                 assert_eq!(source.raw_os_error(), Some(EMSGSIZE.raw()));
             }
