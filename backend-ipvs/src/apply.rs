@@ -5,16 +5,91 @@
 //!
 //! A failed operation does not stop the others: it is reported, and the next full sync (which
 //! reads the kernel again) converges.
+//!
+//! The other effects of a sync ([`crate::plan::Effects`]) go through the handles here too:
+//! [`LinkOps`] (the dummy interface and the namespace's sysctls) and [`CompanionOps`] (the
+//! companion ipsets and rules), which the dataplane's tests fake.
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::net::IpAddr;
 
 use tracing::trace;
 
-use crate::error::IpvsError;
+use crate::config::VipBinding;
+use crate::error::{BackendError, IpvsError};
 use crate::model::ServiceKey;
 use crate::ops::IpvsOps;
-use crate::plan::{IpvsState, Op};
+use crate::plan::{Desired, IpvsState, Op, Touched};
+
+/// The dummy interface that holds our VIPs, and the namespace-wide settings that go with it:
+/// [`crate::link::RouteSocket`] and `/proc/sys` on the real kernel.
+pub trait LinkOps: Send + fmt::Debug {
+    /// The index of interface `name`, `None` if there is none.
+    ///
+    /// # Errors
+    /// [`BackendError::Link`].
+    fn link_index(&self, name: &str) -> Result<Option<u32>, BackendError>;
+
+    /// Makes sure the dummy interface `name` exists and is up: its index, and whether it was
+    /// created.
+    ///
+    /// # Errors
+    /// [`BackendError::Link`].
+    fn ensure_dummy(&self, name: &str) -> Result<(u32, bool), BackendError>;
+
+    /// Deletes interface `name`; whether it existed.
+    ///
+    /// # Errors
+    /// [`BackendError::Link`].
+    fn delete_link(&self, name: &str) -> Result<bool, BackendError>;
+
+    /// The VIPs bound to interface `index` the way `binding` binds them.
+    ///
+    /// # Errors
+    /// [`BackendError::Link`].
+    fn vips(&self, index: u32, binding: VipBinding) -> Result<Vec<IpAddr>, BackendError>;
+
+    /// Binds `ips` to interface `index`: one result per address, in order.
+    fn bind_vips(
+        &self,
+        index: u32,
+        binding: VipBinding,
+        ips: &[IpAddr],
+    ) -> Vec<Result<(), BackendError>>;
+
+    /// Unbinds `ips` from interface `index`: one result per address, in order.
+    fn unbind_vips(
+        &self,
+        index: u32,
+        binding: VipBinding,
+        ips: &[IpAddr],
+    ) -> Vec<Result<(), BackendError>>;
+
+    /// Writes the namespace's IPVS sysctls, and the strict ARP ones if `strict_arp`. A failure
+    /// is logged, not fatal.
+    fn set_sysctls(&self, strict_arp: bool);
+}
+
+/// The companion ipsets and iptables rules ([`crate::companions::Companions`]).
+pub trait CompanionOps: Send + fmt::Debug {
+    /// Writes the companions of `desired`: all, or the entries `touched` names. Returns how
+    /// many objects were written.
+    ///
+    /// # Errors
+    /// What could not be written.
+    fn sync(&mut self, desired: &Desired, touched: Option<&Touched>)
+        -> Result<usize, BackendError>;
+
+    /// How many restores have failed so far.
+    fn restore_failures(&self) -> usize;
+
+    /// Removes every companion of ours; how many objects went.
+    ///
+    /// # Errors
+    /// The first failure.
+    fn cleanup(&mut self) -> Result<usize, BackendError>;
+}
 
 /// One operation that failed.
 #[derive(Debug)]

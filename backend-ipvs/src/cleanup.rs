@@ -8,10 +8,9 @@
 
 use std::collections::BTreeSet;
 
-use crate::companions::Companions;
+use crate::apply::{CompanionOps, LinkOps};
 use crate::config::VipBinding;
 use crate::error::BackendError;
-use crate::link::RouteSocket;
 use crate::model::ServiceKey;
 use crate::observe::Ownership;
 use crate::ops::IpvsOps;
@@ -23,9 +22,9 @@ use crate::ops::IpvsOps;
 /// The first failure; what could be removed was.
 pub fn cleanup_owned(
     ipvs: &dyn IpvsOps,
-    link: Option<&RouteSocket>,
+    link: Option<&dyn LinkOps>,
     interface: &str,
-    companions: Option<&mut Companions>,
+    companions: Option<&mut dyn CompanionOps>,
     created: &BTreeSet<ServiceKey>,
 ) -> Result<usize, BackendError> {
     let mut removed = 0;

@@ -23,9 +23,12 @@
 //! - [`netlink`]: the IPVS generic-netlink messages, hand-written, and the socket;
 //! - [`model`]: [`VirtualServer`]/[`RealServer`], what plans and observations are made of;
 //! - [`ops`]: [`IpvsOps`], the narrow interface over the kernel table; [`client`]: [`NetlinkIpvs`];
-//! - [`config`]: [`IpvsConfig`]; [`plan`]: desired state and the diff, pure;
-//! - [`apply`]: ops through `IpvsOps`; [`observe`]: the kernel back into the plan's model, and
-//!   the ownership rule; [`link`]: the dummy interface over rtnetlink;
+//! - [`config`]: [`IpvsConfig`]; [`plan`]: desired state, the diff and every effect of a sync
+//!   ([`plan::plan_sync`]: VIP binds and unbinds, IPVS operations, companions, flows to clean),
+//!   pure;
+//! - [`apply`]: ops through `IpvsOps`, and the other effects' handles ([`apply::LinkOps`],
+//!   [`apply::CompanionOps`]); [`observe`]: the kernel back into the plan's model, and the
+//!   ownership rule; [`link`]: the dummy interface over rtnetlink;
 //! - [`companions`]: ipsets and iptables rules; [`ipset`]: the ipset nfnetlink client the
 //!   companions write their sets with ([`ipset::NetlinkIpset`], batched, no process);
 //!   [`flows`]: the conntrack entries of deleted UDP real servers, deleted over ctnetlink

@@ -549,7 +549,11 @@ mod tests {
                     panic!("want a link error, got {e:?}");
                 };
                 assert_eq!(*op, "add address");
-                assert_eq!(source.raw_os_error(), Some(105), "ENOBUFS: {e:?}");
+                assert_eq!(
+                    source.raw_os_error(),
+                    Some(netlink_transport::errno::ENOBUFS.raw()),
+                    "ENOBUFS: {e:?}"
+                );
             }
             // The kernel did every request, acknowledged or not.
             let bound = socket.addresses(lo).expect("dump addresses");

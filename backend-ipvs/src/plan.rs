@@ -40,11 +40,15 @@ use proxy_core::table::Protocol;
 use crate::model::{RealServer, ServiceKey, VirtualServer};
 
 mod desired;
+mod effects;
 mod state;
 
 pub use desired::{
     configured_node_ips, depends_on_node_ips, plan_desired, plan_desired_on, render_listing,
     render_state, Desired, Origin, Touched, Verdict, VipKind,
+};
+pub use effects::{
+    plan_setup, plan_sync, services_on, CompanionScope, DeletedUdp, Effects, Observed, Setup,
 };
 pub use state::{IpvsState, ServiceState};
 
@@ -119,6 +123,11 @@ impl Draining {
     /// The deadline of one real server, if it drains.
     pub fn deadline(&self, key: &ServiceKey, rs: SocketAddr) -> Option<Instant> {
         self.deadlines.get(&(*key, rs)).copied()
+    }
+
+    /// Every draining real server with its deadline, in key order.
+    pub fn entries(&self) -> impl Iterator<Item = ((ServiceKey, SocketAddr), Instant)> + '_ {
+        self.deadlines.iter().map(|(k, d)| (*k, *d))
     }
 
     /// The virtual servers with a draining real server (whose connection counts a sync reads).

@@ -14,18 +14,21 @@
 //! interface) and the dataplane keeps them for its life, so a second instance is refused by
 //! name rather than fight over the same objects.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use proxy_core::lock::{DataplaneLock, LockError, LockKey, NetnsId, DEFAULT_LOCK_DIR};
 use tracing::{debug, info, warn};
 
+use crate::apply::{CompanionOps, LinkOps};
 use crate::client::NetlinkIpvs;
 use crate::companions::Companions;
-use crate::config::IpvsConfig;
+use crate::config::{IpvsConfig, VipBinding};
 use crate::error::BackendError;
 use crate::link::RouteSocket;
 use crate::ops::IpvsOps;
+use crate::plan::{Desired, Touched};
 
 /// How a dataplane reaches the kernel.
 #[derive(Debug)]
@@ -135,10 +138,71 @@ pub(super) fn check_netns(opened: Option<&str>) -> Result<(), BackendError> {
     })
 }
 
+impl LinkOps for RouteSocket {
+    fn link_index(&self, name: &str) -> Result<Option<u32>, BackendError> {
+        RouteSocket::link_index(self, name)
+    }
+
+    fn ensure_dummy(&self, name: &str) -> Result<(u32, bool), BackendError> {
+        RouteSocket::ensure_dummy(self, name)
+    }
+
+    fn delete_link(&self, name: &str) -> Result<bool, BackendError> {
+        RouteSocket::delete_link(self, name)
+    }
+
+    fn vips(&self, index: u32, binding: VipBinding) -> Result<Vec<IpAddr>, BackendError> {
+        RouteSocket::vips(self, index, binding)
+    }
+
+    fn bind_vips(
+        &self,
+        index: u32,
+        binding: VipBinding,
+        ips: &[IpAddr],
+    ) -> Vec<Result<(), BackendError>> {
+        RouteSocket::bind_vips(self, index, binding, ips)
+    }
+
+    fn unbind_vips(
+        &self,
+        index: u32,
+        binding: VipBinding,
+        ips: &[IpAddr],
+    ) -> Vec<Result<(), BackendError>> {
+        RouteSocket::unbind_vips(self, index, binding, ips)
+    }
+
+    fn set_sysctls(&self, strict_arp: bool) {
+        set_ipvs_sysctls();
+        if strict_arp {
+            set_strict_arp();
+        }
+    }
+}
+
+impl CompanionOps for Companions {
+    fn sync(
+        &mut self,
+        desired: &Desired,
+        touched: Option<&Touched>,
+    ) -> Result<usize, BackendError> {
+        Companions::sync(self, desired, touched)
+    }
+
+    fn restore_failures(&self) -> usize {
+        Companions::restore_failures(self)
+    }
+
+    fn cleanup(&mut self) -> Result<usize, BackendError> {
+        Companions::cleanup(self)
+    }
+}
+
 /// kube-proxy's `--ipvs-strict-arp`: answer and announce ARP only for addresses of the
 /// interface concerned, so the VIPs on the dummy interface are not answered for on the wire.
 /// Written only when different; a failure is logged, not fatal.
-pub(super) fn set_strict_arp() {
+fn set_strict_arp() {
     for (name, value) in [("arp_ignore", "1"), ("arp_announce", "2")] {
         let path = format!("/proc/sys/net/ipv4/conf/all/{name}");
         let current = std::fs::read_to_string(&path).unwrap_or_default();
@@ -157,7 +221,7 @@ pub(super) fn set_strict_arp() {
 /// (`conntrack`); connections to a deleted real server are expired rather than black-holed
 /// (`expire_nodest_conn`); persistence templates of a weight-0 real server expire
 /// (`expire_quiescent_template`). A missing file (no IPVS) is logged, not fatal.
-pub(super) fn set_ipvs_sysctls() {
+fn set_ipvs_sysctls() {
     for name in [
         "conntrack",
         "expire_nodest_conn",

@@ -7,10 +7,12 @@ use std::time::Duration;
 use proxy_core::diff::diff;
 use proxy_core::table::{Endpoint, ServicePort, ServicePortName};
 
+use super::run::problems_of;
 use super::*;
 use crate::model::{
     ConnCounts, RealServer, Scheduler as KernelScheduler, ServiceKey, VirtualServer,
 };
+use crate::plan::{Op, Touched};
 use crate::testing::FakeIpvs;
 
 fn ip(s: &str) -> IpAddr {
@@ -328,11 +330,11 @@ fn new_only_checks_the_config_and_opens_nothing() {
     {
         let core = dp.lock();
         assert!(
-            matches!(core.kernel, Kernel::Pending { ipvs: None }),
+            matches!(core.handles.kernel, Kernel::Pending { ipvs: None }),
             "{:?}",
-            core.kernel
+            core.handles.kernel
         );
-        assert!(core.link.is_none() && core.companions.is_none());
+        assert!(core.handles.link.is_none() && core.handles.companions.is_none());
     }
     assert!(
         dp.capabilities().load_balancer_source_ranges,
@@ -364,7 +366,7 @@ fn a_dry_run_renders_the_plan_without_root_or_ipvs() {
     );
     assert!(dry.problems.is_empty(), "{dry}");
     assert!(
-        matches!(dp.lock().kernel, Kernel::Pending { .. }),
+        matches!(dp.lock().handles.kernel, Kernel::Pending { .. }),
         "still nothing opened"
     );
 }
@@ -786,4 +788,198 @@ fn the_drift_audit_sweeps_every_virtual_server_in_slices_and_wraps_around() {
     assert_eq!(audit.batch, 4_000);
     audit.measured(10, Duration::from_secs(1));
     assert_eq!(audit.batch, DriftAudit::MIN_BATCH);
+}
+
+// === every effect through its handle (fake interface, fake companions) ===
+
+/// A dummy interface in memory. At each bind and unbind it notes how many virtual servers the
+/// fake IPVS holds on the address, so a test sees what ran before what.
+#[derive(Debug)]
+struct FakeLink {
+    ipvs: Arc<FakeIpvs>,
+    log: Arc<Mutex<Vec<String>>>,
+    vips: Mutex<BTreeSet<IpAddr>>,
+}
+
+impl FakeLink {
+    fn services_on(&self, ip: IpAddr) -> usize {
+        let all = self.ipvs.virtual_servers().expect("dump");
+        all.iter().filter(|vs| vs.addr == ip).count()
+    }
+
+    fn note(&self, line: String) {
+        self.log.lock().expect("log").push(line);
+    }
+}
+
+impl crate::apply::LinkOps for FakeLink {
+    fn link_index(&self, _: &str) -> Result<Option<u32>, BackendError> {
+        Ok(Some(7))
+    }
+
+    fn ensure_dummy(&self, name: &str) -> Result<(u32, bool), BackendError> {
+        self.note(format!("ensure {name}"));
+        Ok((7, false))
+    }
+
+    fn delete_link(&self, _: &str) -> Result<bool, BackendError> {
+        Ok(true)
+    }
+
+    fn vips(&self, _: u32, _: crate::config::VipBinding) -> Result<Vec<IpAddr>, BackendError> {
+        Ok(self.vips.lock().expect("vips").iter().copied().collect())
+    }
+
+    fn bind_vips(
+        &self,
+        _: u32,
+        _: crate::config::VipBinding,
+        ips: &[IpAddr],
+    ) -> Vec<Result<(), BackendError>> {
+        for ip in ips {
+            self.note(format!("bind {ip} ({} there)", self.services_on(*ip)));
+            self.vips.lock().expect("vips").insert(*ip);
+        }
+        ips.iter().map(|_| Ok(())).collect()
+    }
+
+    fn unbind_vips(
+        &self,
+        _: u32,
+        _: crate::config::VipBinding,
+        ips: &[IpAddr],
+    ) -> Vec<Result<(), BackendError>> {
+        for ip in ips {
+            self.note(format!("unbind {ip} ({} there)", self.services_on(*ip)));
+            self.vips.lock().expect("vips").remove(ip);
+        }
+        ips.iter().map(|_| Ok(())).collect()
+    }
+
+    fn set_sysctls(&self, strict_arp: bool) {
+        self.note(format!("sysctls (strict ARP {strict_arp})"));
+    }
+}
+
+/// Companions that note each sync's scope and write one object per touched key.
+#[derive(Debug)]
+struct FakeCompanions {
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl crate::apply::CompanionOps for FakeCompanions {
+    fn sync(
+        &mut self,
+        desired: &Desired,
+        touched: Option<&Touched>,
+    ) -> Result<usize, BackendError> {
+        let (scope, written) = match touched {
+            None => ("all".to_owned(), desired.state.services.len()),
+            Some(t) => (format!("{} key(s)", t.keys.len()), t.keys.len()),
+        };
+        self.log
+            .lock()
+            .expect("log")
+            .push(format!("companions {scope}"));
+        Ok(written)
+    }
+
+    fn restore_failures(&self) -> usize {
+        0
+    }
+
+    fn cleanup(&mut self) -> Result<usize, BackendError> {
+        Ok(0)
+    }
+}
+
+/// A dataplane over `fake` with a fake interface and fake companions, and their shared log.
+fn dataplane_with_handles(fake: &Arc<FakeIpvs>) -> (IpvsDataplane, Arc<Mutex<Vec<String>>>) {
+    let dp = dataplane(fake);
+    let log = Arc::new(Mutex::new(Vec::new()));
+    {
+        let mut core = dp.lock();
+        core.handles.link = Some(Box::new(FakeLink {
+            ipvs: Arc::clone(fake),
+            log: Arc::clone(&log),
+            vips: Mutex::new(BTreeSet::new()),
+        }));
+        core.handles.companions = Some(Box::new(FakeCompanions {
+            log: Arc::clone(&log),
+        }));
+    }
+    (dp, log)
+}
+
+fn take_log(log: &Mutex<Vec<String>>) -> Vec<String> {
+    std::mem::take(&mut *log.lock().expect("log"))
+}
+
+fn api(endpoints: &[&str]) -> ServicePort {
+    let mut port = web(endpoints);
+    port.name = ServicePortName::new("default", "api", "http");
+    port.cluster_ips = vec![ip("198.19.0.11")];
+    port
+}
+
+#[test]
+fn each_effect_runs_through_its_handle_binds_first_unbinds_last() {
+    let fake = Arc::new(FakeIpvs::new());
+    let (dp, log) = dataplane_with_handles(&fake);
+    let first = table(vec![web(&["198.18.1.10"])]);
+    let report = sync(&dp, &ServiceTable::empty(), &first, SyncMode::Full);
+    assert_eq!(
+        take_log(&log),
+        [
+            "ensure svcp-ipvs0",
+            "sysctls (strict ARP false)",
+            "bind 198.19.0.10 (0 there)",
+            "companions all",
+        ]
+    );
+    // A bind, the virtual server and its real server, one companion object.
+    assert_eq!(report.objects_written, 4, "{report}");
+
+    // web goes, api comes: api's VIP is bound before its virtual server exists, web's is
+    // unbound once its virtual server is gone; no setup on a partial sync.
+    let second = table(vec![api(&["198.18.1.10"])]);
+    let report = sync(&dp, &first, &second, SyncMode::Partial);
+    assert_eq!(report.mode, SyncMode::Partial);
+    assert_eq!(
+        take_log(&log),
+        [
+            "bind 198.19.0.11 (0 there)",
+            "unbind 198.19.0.10 (0 there)",
+            "companions 2 key(s)",
+        ]
+    );
+    assert_eq!(report.objects_written, 1 + 3 + 1 + 2, "{report}");
+}
+
+#[test]
+fn changes_that_do_not_lead_from_the_last_table_make_the_sync_full() {
+    let fake = Arc::new(FakeIpvs::new());
+    let (dp, log) = dataplane_with_handles(&fake);
+    let first = table(vec![web(&["198.18.1.10"])]);
+    sync(&dp, &ServiceTable::empty(), &first, SyncMode::Full);
+    let second = table(vec![web(&["198.18.1.10"]), api(&["198.18.1.11"])]);
+    take_log(&log);
+    // Changes from the empty table, though the last sync was of `first`.
+    let report = sync(&dp, &ServiceTable::empty(), &second, SyncMode::Partial);
+    assert_eq!(report.mode, SyncMode::Full, "{report}");
+    assert_eq!(
+        take_log(&log),
+        [
+            "ensure svcp-ipvs0",
+            "sysctls (strict ARP false)",
+            "bind 198.19.0.11 (0 there)",
+            "companions all",
+        ]
+    );
+    assert_eq!(dp.applied().without_conns(), dp.desired(&second).state);
+    // Back on track: the next partial sync follows its changes.
+    let third = table(vec![api(&["198.18.1.11"])]);
+    let report = sync(&dp, &second, &third, SyncMode::Partial);
+    assert_eq!(report.mode, SyncMode::Partial, "{report}");
+    assert_eq!(dp.applied().without_conns(), dp.desired(&third).state);
 }

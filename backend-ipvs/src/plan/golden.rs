@@ -20,7 +20,7 @@ fn config() -> IpvsConfig {
     }
 }
 
-fn dir(sub: &str) -> PathBuf {
+pub(super) fn dir(sub: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests")
         .join(sub)
@@ -37,7 +37,7 @@ fn render_rules_file(desired: &Desired, config: &IpvsConfig) -> String {
     out
 }
 
-fn check(path: &Path, got: &str) -> Result<(), String> {
+pub(super) fn check(path: &Path, got: &str) -> Result<(), String> {
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(path, got).map_err(|e| format!("{}: {e}", path.display()))?;
         return Ok(());
