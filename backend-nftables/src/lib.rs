@@ -16,12 +16,28 @@
 //!   what the kernel holds, pure (the layout and each design choice are in its docs);
 //! - [`render`]: the table in `nft` syntax, as `nft list table` prints it, for dry runs and
 //!   golden tests;
-//! - [`config`] and [`names`]: the configuration, and the names of our chains and sets.
+//! - [`apply`]: a plan as one nf_tables transaction ([`apply::encode`]: our objects as the
+//!   messages `nft` sends for the same text), errors mapped back to the change and service
+//!   port; [`observe`]: our table read back over netlink dumps into the model;
+//! - [`dataplane`]: [`NftablesDataplane`], the [`proxy_core::Dataplane`] (full sync = observe,
+//!   plan, apply; partial = plan from the change set; cleanup deletes our table only), with
+//!   stale UDP conntrack cleanup ([`conntrack`]);
+//! - [`config`], [`names`] and [`error`]: the configuration, the names of our chains and sets,
+//!   and the errors.
 #![forbid(unsafe_code)]
 
+pub use config::NftablesConfig;
+pub use dataplane::NftablesDataplane;
+pub use error::NftablesError;
+
+pub mod apply;
 pub mod config;
+pub mod conntrack;
+pub mod dataplane;
+pub mod error;
 pub mod model;
 pub mod names;
 pub mod netlink;
+pub mod observe;
 pub mod plan;
 pub mod render;

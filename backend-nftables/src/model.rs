@@ -421,6 +421,10 @@ pub enum Rule {
         /// Family.
         family: Family,
     },
+    /// A rule in one of our chains that is none of ours (observed only, never planned): someone
+    /// else wrote it, or an older version of us. A chain holding one differs from every
+    /// desired chain, so the planner rewrites it.
+    Foreign,
 }
 
 impl Rule {

@@ -126,6 +126,74 @@ impl ChainName {
     }
 }
 
+impl ChainName {
+    /// The fixed (not shared) chains, in declaration order.
+    pub const FIXED: [ChainName; 15] = [
+        ChainName::FilterPreroutingPreDnat,
+        ChainName::FilterOutputPreDnat,
+        ChainName::NatPrerouting,
+        ChainName::NatOutput,
+        ChainName::FilterInput,
+        ChainName::FilterForward,
+        ChainName::FilterOutput,
+        ChainName::NatPostrouting,
+        ChainName::FirewallCheck,
+        ChainName::Services,
+        ChainName::ServiceEndpointsCheck,
+        ChainName::NodePortEndpointsCheck,
+        ChainName::MarkForMasquerade,
+        ChainName::Masquerading,
+        ChainName::RejectChain,
+    ];
+
+    /// The chain of this name, if it is one of ours (the inverse of `Display`).
+    pub fn parse(name: &str) -> Option<ChainName> {
+        if let Some(c) = ChainName::FIXED.iter().find(|c| c.to_string() == name) {
+            return Some(*c);
+        }
+        let numbers = |rest: &str| -> Option<Vec<u32>> {
+            rest.split('-')
+                .map(|p| {
+                    (!p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+                        .then(|| p.parse().ok())
+                        .flatten()
+                })
+                .collect()
+        };
+        type One = fn(u32) -> ChainName;
+        type Two = fn(u32, u32) -> ChainName;
+        // Longest prefixes first: `nodeport-local-` before `nodeport-`.
+        let two: [(&str, Two); 2] = [
+            ("external-local-", ChainName::ExternalLocal),
+            ("nodeport-local-", ChainName::NodePortLocal),
+        ];
+        let one: [(&str, One); 7] = [
+            ("nodeport-short-circuit-", ChainName::NodePortShortCircuit),
+            ("nodeport-external-", ChainName::NodePortExternal),
+            ("short-circuit-", ChainName::ShortCircuit),
+            ("external-", ChainName::External),
+            ("nodeport-", ChainName::NodePort),
+            ("service-", ChainName::Service),
+            ("affinity-", ChainName::Affinity),
+        ];
+        for (prefix, make) in two {
+            if let Some(n) = name.strip_prefix(prefix).and_then(numbers) {
+                if let [k, j] = n[..] {
+                    return Some(make(k, j));
+                }
+            }
+        }
+        for (prefix, make) in one {
+            if let Some(n) = name.strip_prefix(prefix).and_then(numbers) {
+                if let [k] = n[..] {
+                    return Some(make(k));
+                }
+            }
+        }
+        None
+    }
+}
+
 impl fmt::Display for ChainName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -233,6 +301,37 @@ impl SetName {
             SetName::AffinityNodePorts(_) => "affinity-nodeports",
             SetName::Affinity(_) => "affinity",
         }
+    }
+}
+
+impl SetName {
+    /// Every set and map of one family, in declaration order.
+    pub fn all(family: Family) -> [SetName; 15] {
+        [
+            SetName::ClusterCidrs(family),
+            SetName::ClusterIps(family),
+            SetName::NodePortIps(family),
+            SetName::ServiceIps(family),
+            SetName::ServiceNodePorts(family),
+            SetName::NoEndpointServices(family),
+            SetName::NoEndpointNodePorts(family),
+            SetName::FirewallIps(family),
+            SetName::FirewallAllow(family),
+            SetName::Endpoints(family),
+            SetName::NodePortEndpoints(family),
+            SetName::Hairpin(family),
+            SetName::AffinityServices(family),
+            SetName::AffinityNodePorts(family),
+            SetName::Affinity(family),
+        ]
+    }
+
+    /// The set of this name, if it is one of ours (the inverse of `Display`).
+    pub fn parse(name: &str) -> Option<SetName> {
+        Family::ALL
+            .iter()
+            .flat_map(|f| SetName::all(*f))
+            .find(|s| s.to_string() == name)
     }
 }
 

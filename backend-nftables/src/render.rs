@@ -341,6 +341,7 @@ impl fmt::Display for Rule {
             Rule::Jump(c) => write!(f, "jump {c}"),
             Rule::Goto(c) => write!(f, "goto {c}"),
             Rule::NewJump(c) => write!(f, "ct state new jump {c}"),
+            Rule::Foreign => f.write_str("# a rule svcproxy did not write"),
             Rule::DispatchVmap { family, map } => write!(f, "{} vmap @{map}", dispatch(family)),
             Rule::NodePortVmap { family, scope, map } => {
                 let kw = family.keyword();

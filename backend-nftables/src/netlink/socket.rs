@@ -16,17 +16,13 @@
 //! the whole batch if any failed. A failed commit is reported against the BEGIN message.
 //! BEGIN and END carry no `NLM_F_ACK`, as with `nft`: kernels before 6.10 never answer them.
 //!
-//! TODO(#13): the sending belongs in `netlink-transport` (one transport):
-//! `netlink-transport/src/transaction.rs` has it as `Connection::transaction`; once `lib.rs`
-//! declares that module, [`NftSocket::transaction`] becomes a call to it.
+//! The sending and the reading of replies are `netlink-transport`'s
+//! ([`Connection::transaction`]): one transport in the workspace.
 
-use std::io;
-
-use netlink_packet_core::{ErrorBuffer, NLMSG_ERROR, NLMSG_OVERRUN, NLM_F_ACK};
-use netlink_transport::errno::{EMSGSIZE, ENOBUFS};
+use netlink_transport::errno::EMSGSIZE;
 use netlink_transport::{
-    messages, Connection, Datagrams, Errno, NetlinkError, Protocol, Reply, Request, RequestId,
-    SocketOptions, SysSocket,
+    Acks, Connection, Datagrams, NetlinkError, Protocol, Reply, Request, RequestId, SocketOptions,
+    SysSocket,
 };
 use tracing::debug;
 
@@ -37,19 +33,10 @@ use super::set::SetAttr;
 use super::set_elem::{SetElemAttr, SetElemListAttr};
 use super::table::TableAttr;
 
-/// Sequence numbers of transactions start here, away from the [`Connection`]'s own (which
-/// start at 1), so that a reply left over from one never matches the other.
-const FIRST_TRANSACTION_SEQ: u32 = 0x4000_0000;
-/// What `netlink_sendmsg` keeps of `SO_SNDBUF` for itself.
-const SNDBUF_RESERVED: usize = 32;
-
 /// An nf_tables netlink socket: transactions and dumps, one at a time.
 #[derive(Debug)]
 pub struct NftSocket<D = SysSocket> {
     conn: Connection<D>,
-    next_seq: u32,
-    out: Vec<u8>,
-    buf: Vec<u8>,
 }
 
 impl NftSocket<SysSocket> {
@@ -73,122 +60,11 @@ impl NftSocket<SysSocket> {
     }
 }
 
-/// How one message of a transaction ended, as far as the replies tell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ack {
-    Done,
-    Refused(i32),
-}
-
-/// The replies to one transaction datagram.
-#[derive(Debug)]
-struct Acks {
-    /// The BEGIN message's sequence number; message `i` has `begin + 1 + i`.
-    begin: u32,
-    port: u32,
-    acks: Vec<Option<Ack>>,
-    missing: usize,
-    /// The errno the kernel answered against BEGIN: the commit failed (or the batch could
-    /// not be processed at all).
-    commit: Option<i32>,
-    /// `ENOBUFS` or `NLMSG_OVERRUN`: replies were dropped.
-    dropped: bool,
-}
-
-impl Acks {
-    fn read_datagram(&mut self, datagram: &[u8]) -> Result<(), netlink_packet_core::DecodeError> {
-        for nl in messages(datagram) {
-            let nl = nl?;
-            if nl.message_type() == NLMSG_OVERRUN {
-                self.dropped = true;
-                continue;
-            }
-            let port = nl.port_number();
-            if nl.message_type() != NLMSG_ERROR || (port != self.port && port != 0) {
-                continue;
-            }
-            let code = ErrorBuffer::new_checked(nl.payload())?
-                .code()
-                .map_or(0, |c| -c.get());
-            let offset = nl.sequence_number().wrapping_sub(self.begin) as usize;
-            if offset == 0 {
-                if code != 0 {
-                    self.commit = Some(code);
-                }
-                continue;
-            }
-            if let Some(slot) = self.acks.get_mut(offset - 1) {
-                if slot.is_none() {
-                    *slot = Some(if code == 0 {
-                        Ack::Done
-                    } else {
-                        Ack::Refused(code)
-                    });
-                    self.missing -= 1;
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Acks {
-    /// One result per message: see [`NftSocket::transaction`].
-    fn results(&self, messages: &[NftMessage], ack_each: bool) -> Vec<Result<(), NetlinkError>> {
-        self.acks
-            .iter()
-            .zip(messages)
-            .enumerate()
-            .map(|(index, (ack, message))| {
-                let request = || RequestId {
-                    index,
-                    seq: self
-                        .begin
-                        .wrapping_add(1 + u32::try_from(index).unwrap_or(0)),
-                    description: message.describe(),
-                };
-                match ack {
-                    Some(Ack::Done) => Ok(()),
-                    Some(Ack::Refused(code)) => Err(NetlinkError::Kernel {
-                        request: request(),
-                        errno: Errno::new(*code),
-                        echo: None,
-                    }),
-                    // Without NLM_F_ACK, silence is success unless replies were dropped.
-                    None if !ack_each && !self.dropped => Ok(()),
-                    None => Err(NetlinkError::AckLost {
-                        request: request(),
-                        errno: self.dropped.then_some(ENOBUFS),
-                    }),
-                }
-            })
-            .collect()
-    }
-}
-
-/// Why reading a transaction's replies stopped, before the request is named.
-enum ReadFault {
-    Malformed(netlink_packet_core::DecodeError),
-    Recv(io::Error),
-}
-
-impl ReadFault {
-    fn into_error(self, request: RequestId) -> NetlinkError {
-        match self {
-            ReadFault::Malformed(source) => NetlinkError::Malformed { request, source },
-            ReadFault::Recv(source) => NetlinkError::Recv { request, source },
-        }
-    }
-}
-
 impl<D: Datagrams> NftSocket<D> {
     /// An nf_tables socket over `io` (a [`SysSocket`], or a fake kernel in tests).
     pub fn new(io: D) -> Self {
         NftSocket {
             conn: Connection::new(io),
-            next_seq: FIRST_TRANSACTION_SEQ,
-            out: Vec::new(),
-            buf: Vec::with_capacity(64 * 1024),
         }
     }
 
@@ -216,7 +92,7 @@ impl<D: Datagrams> NftSocket<D> {
         &mut self,
         messages: &[NftMessage],
     ) -> Result<Vec<Result<(), NetlinkError>>, NetlinkError> {
-        self.run_transaction(messages, true)
+        self.run_transaction(messages, Acks::Each)
     }
 
     /// [`NftSocket::transaction`] without `NLM_F_ACK` on the messages, as `nft` sends them:
@@ -231,141 +107,49 @@ impl<D: Datagrams> NftSocket<D> {
         &mut self,
         messages: &[NftMessage],
     ) -> Result<Vec<Result<(), NetlinkError>>, NetlinkError> {
-        self.run_transaction(messages, false)
+        self.run_transaction(messages, Acks::ErrorsOnly)
     }
 
     fn run_transaction(
         &mut self,
         messages: &[NftMessage],
-        ack_each: bool,
+        acks: Acks,
     ) -> Result<Vec<Result<(), NetlinkError>>, NetlinkError> {
-        let count = u32::try_from(messages.len()).unwrap_or(u32::MAX - 2);
-        let begin = self.next_seq;
-        self.next_seq = self.next_seq.wrapping_add(count + 2);
-        let begin_id = |note: &str| RequestId {
-            index: 0,
-            seq: begin,
-            description: format!("nf_tables transaction of {count} messages ({note})"),
-        };
-        self.encode_checked(messages, begin, ack_each)
-            .map_err(|note| NetlinkError::Send {
-                request: begin_id(&note),
-                source: EMSGSIZE.to_io(),
-            })?;
-        let io = self.conn.io_mut();
-        io.send(&self.out).map_err(|source| NetlinkError::Send {
-            request: begin_id("batch begin"),
-            source,
-        })?;
-        let mut acks = Acks {
-            begin,
-            port: io.port(),
-            acks: vec![None; messages.len()],
-            missing: messages.len(),
-            commit: None,
-            dropped: false,
-        };
-        self.read_replies(&mut acks, ack_each)
-            .map_err(|e| e.into_error(begin_id("its replies")))?;
-        if let Some(code) = acks.commit {
-            return Err(NetlinkError::Kernel {
-                request: begin_id("the commit"),
-                errno: Errno::new(code),
-                echo: None,
-            });
-        }
-        debug!(
-            messages = messages.len(),
-            bytes = self.out.len(),
-            missing = acks.missing,
-            ack_each,
-            "nf_tables transaction"
-        );
-        Ok(acks.results(messages, ack_each))
-    }
-
-    /// Encodes the transaction into `self.out` if it can be sent: no attribute over 64 KiB,
-    /// and the datagram within the send buffer; else says why.
-    fn encode_checked(
-        &mut self,
-        messages: &[NftMessage],
-        begin: u32,
-        ack_each: bool,
-    ) -> Result<(), String> {
+        // An attribute over 64 KiB cannot be encoded (`nla_len` is 16 bits): refuse before
+        // sending anything.
         if let Some((index, (kind, len))) = messages
             .iter()
             .enumerate()
             .find_map(|(i, m)| m.oversized_attribute().map(|o| (i, o)))
         {
-            return Err(format!(
-                "message {index}, {}: attribute {kind} of {len} bytes exceeds the 65535 an \
-                 attribute can hold (split element lists with NftMessage::set_elements)",
-                messages[index].describe()
-            ));
+            return Err(NetlinkError::Send {
+                request: RequestId {
+                    index,
+                    seq: 0,
+                    description: format!(
+                        "nf_tables transaction of {} messages (message {index}, {}: attribute \
+                         {kind} of {len} bytes exceeds the 65535 an attribute can hold; split \
+                         element lists with NftMessage::set_elements)",
+                        messages.len(),
+                        messages[index].describe()
+                    ),
+                },
+                source: EMSGSIZE.to_io(),
+            });
         }
-        self.encode(messages, begin, ack_each);
-        let (_, sndbuf) = self.conn.io_mut().buffer_sizes();
-        if self.out.len() > sndbuf.saturating_sub(SNDBUF_RESERVED) {
-            return Err(format!(
-                "{} bytes: more than the socket send buffer ({sndbuf} bytes) allows",
-                self.out.len()
-            ));
-        }
-        Ok(())
-    }
-
-    /// Reads the replies of the transaction just sent into `acks`. The kernel handles the
-    /// whole batch inside our sendmsg, so every reply is queued now (or was dropped, which
-    /// recv reports as ENOBUFS): wait only for ACKs that must come and none is known lost.
-    fn read_replies(&mut self, acks: &mut Acks, ack_each: bool) -> Result<(), ReadFault> {
-        let io = self.conn.io_mut();
-        while acks.missing > 0 {
-            let wait = ack_each && !acks.dropped && acks.commit.is_none();
-            match io.recv(&mut self.buf, wait) {
-                Ok(len) if len <= self.buf.len() => {
-                    acks.read_datagram(&self.buf)
-                        .map_err(ReadFault::Malformed)?;
-                }
-                Ok(len) => {
-                    // Truncated: grow the buffer; what it held is lost.
-                    self.buf.reserve(len);
-                    acks.dropped = true;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if Errno::of(&e) == Some(ENOBUFS) => acks.dropped = true,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(ReadFault::Recv(e)),
-            }
-        }
-        Ok(())
-    }
-
-    /// Writes the transaction's datagram into `self.out`: BEGIN with sequence number
-    /// `begin`, message `i` with `begin + 1 + i` (and `NLM_F_ACK` if `ack_each`), END last.
-    fn encode(&mut self, messages: &[NftMessage], begin: u32, ack_each: bool) {
-        self.out.clear();
-        let put = |out: &mut Vec<u8>, message: &NftMessage, seq: u32, ack: bool| {
-            let start = out.len();
-            message.emit_message(out);
-            out.resize((out.len() + 3) & !3, 0);
-            if ack {
-                let flags = u16::from_ne_bytes([out[start + 6], out[start + 7]]) | NLM_F_ACK;
-                out[start + 6..start + 8].copy_from_slice(&flags.to_ne_bytes());
-            }
-            out[start + 8..start + 12].copy_from_slice(&seq.to_ne_bytes());
-        };
-        put(&mut self.out, &NftMessage::batch_begin(), begin, false);
-        let mut seq = begin;
-        for message in messages {
-            seq = seq.wrapping_add(1);
-            put(&mut self.out, message, seq, ack_each);
-        }
-        put(
-            &mut self.out,
+        let outcome = self.conn.transaction(
+            &NftMessage::batch_begin(),
+            messages,
             &NftMessage::batch_end(),
-            seq.wrapping_add(1),
-            false,
+            acks,
         );
+        debug!(
+            messages = messages.len(),
+            ?acks,
+            ok = outcome.is_ok(),
+            "nf_tables transaction"
+        );
+        outcome
     }
 
     /// Dumps with `request` (a `GET*` message with `NLM_F_DUMP`) and parses every reply.

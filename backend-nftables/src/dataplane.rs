@@ -1,0 +1,378 @@
+//! [`NftablesDataplane`]: the [`Dataplane`] the sync loop drives.
+//!
+//! - **Full sync** (the first, the periodic one, and any after a failure): plan the desired
+//!   table from scratch, read our table back ([`crate::observe`]), send the difference in one
+//!   transaction. With the rules in place (a restart) nothing is sent. A set or base chain
+//!   someone redeclared cannot be repaired in place: the table is deleted first and programmed
+//!   whole.
+//! - **Partial sync**: the desired table follows the change set port by port and the plan
+//!   compares only those ports' keys and chains against what we last applied (kept in memory,
+//!   updated by the changes we send): cost ∝ change, no read of the kernel.
+//! - After a failed transaction (nothing of it committed) the next sync is full.
+//! - After each successful sync, stale UDP conntrack entries of the change set are deleted
+//!   ([`crate::conntrack`]); a failure there is a [`SyncProblem`], not a failed sync.
+//! - [`Dataplane::check_drift`] reads the ruleset generation (one request); when it moved,
+//!   it compares the number of our chains and sets with ours (two dumps of names): a deleted
+//!   chain, set or table is seen at once, a deleted element at the next full sync.
+//! - [`Dataplane::cleanup`] deletes our table, and nothing else.
+//!
+//! The netlink calls are made on the calling thread (the runtime's), each a few kernel round
+//! trips; the socket is opened at the first sync or cleanup, in that thread's namespace.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use netlink_transport::{Datagrams, SysSocket};
+use proxy_core::dataplane::{CleanupReport, DryRun, SyncProblem, SyncReport};
+use proxy_core::error::error_chain;
+use proxy_core::{
+    async_trait, Capabilities, Dataplane, DataplaneError, ServiceTable, SyncMode, SyncRequest,
+};
+use tracing::{debug, warn};
+
+use crate::apply::{apply, ApplyError, Encoder};
+use crate::config::NftablesConfig;
+use crate::conntrack::{flush_stale, plan_conntrack, ConntrackOps, Netlink};
+use crate::error::NftablesError;
+use crate::model::Table;
+use crate::netlink::{NftSocket, ProtoFamily, TableAttr};
+use crate::observe::observe;
+use crate::plan::{apply_changes, desired, plan, DesiredTable};
+use crate::render::render_table;
+
+/// The backend's name in logs and metrics.
+pub const NAME: &str = "nftables";
+
+/// How the dataplane gets its socket: opened at first use, or given.
+type Opener<D> = Box<dyn Fn() -> Result<NftSocket<D>, netlink_transport::NetlinkError> + Send>;
+
+/// The nftables dataplane: one `inet` table, programmed over netlink.
+pub struct NftablesDataplane<D: Datagrams = SysSocket> {
+    config: NftablesConfig,
+    open: Opener<D>,
+    socket: Option<NftSocket<D>>,
+    /// The desired table of the last successful sync, followed by partial syncs.
+    desired: Option<DesiredTable>,
+    /// What the kernel holds, as far as we know: the observed table of the last full sync
+    /// with every change we sent since applied.
+    kernel: Table,
+    needs_full: bool,
+    /// The ruleset generation and our object count after our last transaction.
+    verified: Option<(u32, usize)>,
+    conntrack: Option<Arc<dyn ConntrackOps>>,
+}
+
+impl<D: Datagrams> std::fmt::Debug for NftablesDataplane<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NftablesDataplane")
+            .field("table", &self.config.table)
+            .field("needs_full", &self.needs_full)
+            .field("elements", &self.kernel.element_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl NftablesDataplane<SysSocket> {
+    /// A dataplane for `config`; no I/O until the first sync or cleanup.
+    pub fn new(config: NftablesConfig) -> Self {
+        Self::with_opener(config, Box::new(NftSocket::open)).with_conntrack(Arc::new(Netlink))
+    }
+}
+
+impl<D: Datagrams> NftablesDataplane<D> {
+    /// A dataplane whose socket `open` makes (a fake kernel in tests). No conntrack cleanup
+    /// unless [`NftablesDataplane::with_conntrack`].
+    pub fn with_opener(config: NftablesConfig, open: Opener<D>) -> Self {
+        let kernel = Table::new(config.table.clone());
+        Self {
+            config,
+            open,
+            socket: None,
+            desired: None,
+            kernel,
+            needs_full: true,
+            verified: None,
+            conntrack: None,
+        }
+    }
+
+    /// Deletes stale UDP conntrack entries through `ops` after each sync.
+    #[must_use]
+    pub fn with_conntrack(mut self, ops: Arc<dyn ConntrackOps>) -> Self {
+        self.conntrack = Some(ops);
+        self
+    }
+
+    /// What this backend implements: everything but schedulers other than random (weights
+    /// are respected).
+    pub fn supported() -> Capabilities {
+        Capabilities {
+            schedulers: [proxy_core::Scheduler::Random].into_iter().collect(),
+            ..Capabilities::everything()
+        }
+    }
+
+    /// What we believe the kernel holds (tests compare it with an observation).
+    pub fn kernel(&self) -> &Table {
+        &self.kernel
+    }
+
+    fn node_ips(&self) -> BTreeSet<IpAddr> {
+        self.config.node_addresses.iter().copied().collect()
+    }
+
+    fn socket(&mut self) -> Result<&mut NftSocket<D>, NftablesError> {
+        if self.socket.is_none() {
+            self.socket = Some((self.open)().map_err(|e| NftablesError::Socket(Box::new(e)))?);
+        }
+        Ok(self.socket.as_mut().expect("opened above"))
+    }
+
+    fn observe_err(&self, source: netlink_transport::NetlinkError) -> NftablesError {
+        NftablesError::Observe {
+            table: self.config.table.clone(),
+            source: Box::new(source),
+        }
+    }
+
+    /// One sync; returns (mode run, messages sent).
+    fn sync_inner(
+        &mut self,
+        request: &SyncRequest<'_>,
+    ) -> Result<(SyncMode, usize), NftablesError> {
+        let name = self.config.table.clone();
+        let partial = request.mode == SyncMode::Partial && !self.needs_full;
+        if let (true, Some(mut desired)) = (partial, self.desired.take()) {
+            desired.update(request.changes);
+            let changes = plan(&desired, Some(&self.kernel), Some(request.changes));
+            let sent = apply(self.socket()?, &name, &changes)?;
+            apply_changes(&mut self.kernel, &changes);
+            self.desired = Some(desired);
+            return Ok((SyncMode::Partial, sent));
+        }
+        let desired = desired(request.desired, &self.config, &self.node_ips());
+        let observed =
+            observe(self.socket()?, &name, &desired.table).map_err(|e| self.observe_err(e))?;
+        let mut sent = 0;
+        let base = match observed {
+            Some(o) if o.needs_rebuild() => {
+                warn!(
+                    table = %name,
+                    redeclare = ?o.redeclare,
+                    rehook = ?o.rehook,
+                    "objects of ours were redeclared by someone else: deleting the table to program it whole"
+                );
+                let delete = Encoder::new(name.clone()).delete_table();
+                let socket = self.socket()?;
+                let outcome = socket.transaction(std::slice::from_ref(&delete));
+                match outcome.map(|r| r.into_iter().find_map(Result::err)) {
+                    Ok(None) => {}
+                    Ok(Some(source)) | Err(source) => {
+                        return Err(ApplyError::Transaction {
+                            table: name,
+                            changes: 1,
+                            source: Box::new(source),
+                        }
+                        .into())
+                    }
+                }
+                sent += 1;
+                None
+            }
+            Some(o) => Some(o.table),
+            None => None,
+        };
+        let changes = plan(&desired, base.as_ref(), None);
+        sent += apply(self.socket()?, &name, &changes)?;
+        let mut kernel = base.unwrap_or_else(|| Table::new(name.clone()));
+        apply_changes(&mut kernel, &changes);
+        self.kernel = kernel;
+        self.desired = Some(desired);
+        Ok((SyncMode::Full, sent))
+    }
+
+    /// The generation and our object count, now.
+    fn fingerprint(&mut self) -> Result<(u32, usize), NftablesError> {
+        let name = self.config.table.clone();
+        let socket = self.socket()?;
+        let generation = socket
+            .generation()
+            .map_err(|source| NftablesError::Observe {
+                table: name.clone(),
+                source: Box::new(source),
+            })?;
+        let count =
+            Self::count_objects(socket, &name).map_err(|source| NftablesError::Observe {
+                table: name.clone(),
+                source: Box::new(source),
+            })?;
+        Ok((generation, count))
+    }
+
+    /// Our chains and named sets, counted (0 without the table).
+    fn count_objects(
+        socket: &mut NftSocket<D>,
+        name: &str,
+    ) -> Result<usize, netlink_transport::NetlinkError> {
+        let exists = socket
+            .list_tables(ProtoFamily::Inet)?
+            .iter()
+            .any(|t| t.contains(&TableAttr::Name(name.to_owned())));
+        if !exists {
+            return Ok(0);
+        }
+        let chains = socket.list_chains(ProtoFamily::Inet, name)?.len();
+        let sets = socket
+            .list_sets(ProtoFamily::Inet, name)?
+            .iter()
+            .filter(|s| {
+                !s.iter().any(
+                    |a| matches!(a, crate::netlink::SetAttr::Name(n) if n.starts_with("__set")),
+                )
+            })
+            .count();
+        Ok(chains + sets)
+    }
+
+    fn expected_objects(&self) -> usize {
+        self.kernel.chains.len() + self.kernel.sets.len()
+    }
+}
+
+#[async_trait]
+impl<D: Datagrams + Send + 'static> Dataplane for NftablesDataplane<D> {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Self::supported()
+    }
+
+    async fn sync(&mut self, request: SyncRequest<'_>) -> Result<SyncReport, DataplaneError> {
+        let started = Instant::now();
+        let mut report = SyncReport::for_request(&request);
+        let outcome = self.sync_inner(&request);
+        let (mode, sent) = match outcome {
+            Ok(done) => done,
+            Err(e) => {
+                self.needs_full = true;
+                self.verified = None;
+                return Err(DataplaneError::backend(NAME, e));
+            }
+        };
+        self.needs_full = false;
+        report.mode = mode;
+        report.objects_written = sent;
+        report.problems = self
+            .desired
+            .as_ref()
+            .map(DesiredTable::problems)
+            .unwrap_or_default();
+        if let Some(ops) = &self.conntrack {
+            let flushes = plan_conntrack(request.changes);
+            if !flushes.is_empty() {
+                if let Err(e) = flush_stale(ops.as_ref(), &flushes) {
+                    report.problems.push(SyncProblem::new(
+                        "stale UDP conntrack entries",
+                        error_chain(&e),
+                    ));
+                }
+            }
+        }
+        self.verified = match self.fingerprint() {
+            Ok((generation, count)) if count == self.expected_objects() => {
+                Some((generation, count))
+            }
+            _ => None,
+        };
+        report.duration = started.elapsed();
+        debug!(%report, "nftables sync");
+        Ok(report)
+    }
+
+    async fn cleanup(&mut self) -> Result<CleanupReport, DataplaneError> {
+        let name = self.config.table.clone();
+        let result = (|| {
+            let socket = self.socket()?;
+            let exists = socket
+                .list_tables(ProtoFamily::Inet)
+                .map_err(|source| NftablesError::Observe {
+                    table: name.clone(),
+                    source: Box::new(source),
+                })?
+                .iter()
+                .any(|t| t.contains(&TableAttr::Name(name.clone())));
+            if !exists {
+                return Ok(0);
+            }
+            let delete = Encoder::new(name.clone()).delete_table();
+            let outcome = socket.transaction(std::slice::from_ref(&delete));
+            match outcome.map(|r| r.into_iter().find_map(Result::err)) {
+                Ok(None) => Ok(1),
+                Ok(Some(source)) | Err(source) => {
+                    Err(NftablesError::from(ApplyError::Transaction {
+                        table: name.clone(),
+                        changes: 1,
+                        source: Box::new(source),
+                    }))
+                }
+            }
+        })();
+        self.needs_full = true;
+        self.verified = None;
+        self.desired = None;
+        self.kernel = Table::new(name);
+        let removed = result.map_err(|e| DataplaneError::backend(NAME, e))?;
+        Ok(CleanupReport {
+            objects_removed: removed,
+        })
+    }
+
+    fn dry_run(&self, table: &ServiceTable) -> Result<DryRun, DataplaneError> {
+        let desired = desired(table, &self.config, &self.node_ips());
+        Ok(DryRun {
+            rendered: render_table(&desired.table),
+            problems: desired.problems(),
+        })
+    }
+
+    async fn check_drift(&mut self) -> Result<bool, DataplaneError> {
+        let Some((generation, count)) = self.verified else {
+            return Ok(false);
+        };
+        let name = self.config.table.clone();
+        let socket = self
+            .socket()
+            .map_err(|e| DataplaneError::backend(NAME, e))?;
+        let now = socket.generation().map_err(|source| {
+            DataplaneError::backend(
+                NAME,
+                NftablesError::Observe {
+                    table: name.clone(),
+                    source: Box::new(source),
+                },
+            )
+        })?;
+        if now == generation {
+            return Ok(false);
+        }
+        let objects = Self::count_objects(socket, &name).map_err(|source| {
+            DataplaneError::backend(
+                NAME,
+                NftablesError::Observe {
+                    table: name,
+                    source: Box::new(source),
+                },
+            )
+        })?;
+        if objects == count {
+            // Someone else's change (another table), or elements: left to the full sync.
+            self.verified = Some((now, count));
+            return Ok(false);
+        }
+        Ok(true)
+    }
+}
