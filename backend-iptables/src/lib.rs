@@ -79,7 +79,8 @@ pub mod metrics;
 pub mod names;
 pub mod observe;
 pub mod plan;
-pub mod rules;
+/// The typed rule model, shared with the other backends that write iptables rules.
+pub use iptables_runner::rules;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 

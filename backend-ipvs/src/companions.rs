@@ -24,17 +24,22 @@
 //!
 //! Sets are written over netlink ([`crate::ipset`], no process): a full sync fills a temporary
 //! set and swaps it in, a partial one adds and deletes only the changed entries, all in one
-//! batch of messages. Rules are written with `iptables-restore --noflush`, declaring only our
-//! chains (which flushes and refills them); the jumps from the built-in chains that the
-//! family's `iptables-save` lacks are inserted (`-I`) by the same restore. A full sync runs
-//! two processes per family; a partial one runs none.
-//! Everything is per family: IPv6 sets end in `6`, and `ip6tables` carries their rules.
+//! batch of messages. Rules are built in the shared typed model ([`iptables_runner::rules`],
+//! the iptables backend's) and written with `iptables-restore --noflush` through the shared
+//! runner ([`iptables_runner::BlockingRunner`]), declaring only our chains (which flushes and
+//! refills them); the jumps from the built-in chains that the family's `iptables-save` lacks
+//! are inserted (`-I`) by the same restore. A full sync runs two processes per family; a
+//! partial one runs none. Which iptables (legacy or nft) is decided once, as every backend
+//! decides it: [`IptablesVariant::Auto`] asks plain `iptables --version`. Cleanup is the same
+//! shape: one save per family shows our jumps and chains, one restore deletes them (`-D`, then
+//! `-X`). Everything is per family: IPv6 sets end in `6`, and `ip6tables` carries their rules.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write as _;
 use std::net::IpAddr;
-use std::process::{Command, Stdio};
 
+use iptables_runner::{
+    extract_lines, failing_line, BlockingRunner, CommandFailure, Iptables, ProcessRunner, Variant,
+};
 use proxy_core::table::Protocol;
 use tracing::{debug, trace};
 
@@ -44,65 +49,8 @@ use crate::ipset::{IpsetOp, IpsetOps, NetlinkIpset};
 use crate::model::ServiceKey;
 use crate::plan::{Desired, Touched};
 
-/// The masquerade mark bit, kube-proxy's (`--iptables-masquerade-bit` 14). Sharing it with a
-/// kube-proxy on the same node is harmless: both mean "SNAT this".
-pub const MASQ_MARK: &str = "0x4000";
-
-/// The comment on our jumps from the built-in chains (one word: `iptables-save` prints it
-/// unquoted, so the saved line matches what we insert).
-const HOOK_COMMENT: &str = "svcp-ipvs";
-
-// === running tools ===
-
-/// What a tool run gave back.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct RunOutput {
-    /// Exit code (`None`: killed by a signal).
-    pub code: Option<i32>,
-    /// Standard output.
-    pub stdout: String,
-    /// Standard error.
-    pub stderr: String,
-}
-
-/// Runs a program from an argument vector (no shell), with optional standard input.
-pub trait Runner: Send + Sync + std::fmt::Debug {
-    /// Runs `program args...`, feeding `stdin`.
-    ///
-    /// # Errors
-    /// When the program cannot be started or its pipes fail.
-    fn run(&self, program: &str, args: &[&str], stdin: Option<&str>) -> std::io::Result<RunOutput>;
-}
-
-/// The real thing: `std::process::Command`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemRunner;
-
-impl Runner for SystemRunner {
-    fn run(&self, program: &str, args: &[&str], stdin: Option<&str>) -> std::io::Result<RunOutput> {
-        let mut child = Command::new(program)
-            .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            pipe.write_all(input.as_bytes())?;
-        }
-        let out = child.wait_with_output()?;
-        Ok(RunOutput {
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        })
-    }
-}
-
-// === Companions ===
+/// Input lines shown on each side of the line a failed restore blames.
+const CONTEXT_LINES: usize = 2;
 
 /// The set entries the last syncs wrote: per virtual server, and the endpoints with a hairpin
 /// entry, so a partial sync sends only what really changed.
@@ -117,55 +65,39 @@ struct Written {
 pub struct Companions {
     config: IpvsConfig,
     names: Names,
-    runner: Box<dyn Runner>,
+    runner: Box<dyn BlockingRunner>,
     ipset: Box<dyn IpsetOps>,
     /// What the sets hold, as we wrote them; `None` until a full sync succeeded (and after a
     /// failure, so the next sync is full).
     written: Option<Written>,
-    /// The iptables binary infix, once decided.
-    variant: Option<&'static str>,
+    /// The iptables tools, once the variant is decided.
+    tools: Option<Iptables>,
     /// `iptables-restore` runs of full syncs that failed, ever (kube-proxy's
     /// `sync_proxy_rules_iptables_restore_failures_total`).
     restore_failures: usize,
 }
 
-fn command_error(
-    program: &str,
-    args: &[&str],
-    out: &RunOutput,
-    input: Option<&str>,
-) -> BackendError {
-    // iptables-restore and ipset name the failing line: "line 7 failed", "Error in line 7:".
-    let line = out
-        .stderr
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|s| !s.is_empty())
-        .find_map(|s| s.parse::<usize>().ok())
-        .filter(|_| out.stderr.contains("line"));
-    let input_context = match (input, line) {
-        (Some(input), Some(line)) if line > 0 => input
+/// A failed tool as the backend's error, with our input lines around the one a restore blames
+/// (kube-proxy's `ExtractLines`).
+fn command_error(failure: CommandFailure, input: Option<&str>) -> BackendError {
+    let input_context = match (input, failing_line(&failure.stderr)) {
+        (Some(input), Some(line)) if line > 0 => extract_lines(input, line, CONTEXT_LINES)
             .lines()
-            .enumerate()
-            .skip(line.saturating_sub(3))
-            .take(5)
-            .map(|(i, l)| format!("{}{:>4}: {l}", if i + 1 == line { ">" } else { " " }, i + 1))
+            .map(str::to_owned)
             .collect(),
         _ => Vec::new(),
     };
     BackendError::Command {
-        command: format!("{program} {}", args.join(" ")),
-        status: out.code.map_or_else(
-            || "killed by a signal".to_owned(),
-            |c| format!("exit status {c}"),
-        ),
-        stderr: out.stderr.clone(),
+        status: failure.exit_text(),
+        command: failure.command,
+        stderr: failure.stderr,
         input_context,
     }
 }
 
 impl Companions {
     /// Companions on this network namespace's kernel: ipsets over netlink, iptables with the
-    /// system's tools (looked up when first run).
+    /// system's tools (the variant decided at the first full sync or cleanup).
     ///
     /// # Errors
     /// [`BackendError::Ipset`] when the kernel has no ipset.
@@ -173,16 +105,16 @@ impl Companions {
         let ipset = NetlinkIpset::connect()?;
         Ok(Self::with_parts(
             config,
-            Box::new(SystemRunner),
+            Box::new(ProcessRunner),
             Box::new(ipset),
         ))
     }
 
-    /// Companions that run tools through `runner` and write sets through `ipset` (fakes in
-    /// tests).
+    /// Companions that run the iptables tools through `runner` and write sets through `ipset`
+    /// (fakes in tests: `iptables_runner::testing::FakeTools`, `ipset::FakeIpset`).
     pub fn with_parts(
         config: &IpvsConfig,
-        runner: Box<dyn Runner>,
+        runner: Box<dyn BlockingRunner>,
         ipset: Box<dyn IpsetOps>,
     ) -> Self {
         Companions {
@@ -191,7 +123,7 @@ impl Companions {
             runner,
             ipset,
             written: None,
-            variant: None,
+            tools: None,
             restore_failures: 0,
         }
     }
@@ -214,67 +146,43 @@ impl Companions {
         Ok(self.ipset.apply(ops)?)
     }
 
-    /// The binary infix (`-legacy`, `-nft` or none) for the configured variant, deciding `Auto`
-    /// once by which variant lists more rules.
-    fn variant(&mut self) -> &'static str {
-        if let Some(infix) = self.variant {
-            return infix;
+    /// The iptables tools of the configured variant, deciding `Auto` once, as every backend
+    /// does (`iptables --version`, kube-proxy's way). A failed probe is not remembered: the
+    /// next sync asks again.
+    fn tools(&mut self) -> Result<Iptables, BackendError> {
+        if let Some(tools) = &self.tools {
+            return Ok(tools.clone());
         }
-        let infix = match self.config.iptables {
-            IptablesVariant::Legacy => "-legacy",
-            IptablesVariant::Nft => "-nft",
-            IptablesVariant::Auto => {
-                let rules = |program: &str| {
-                    self.runner
-                        .run(program, &[], None)
-                        .ok()
-                        .filter(|out| out.code == Some(0))
-                        .map(|out| out.stdout.lines().filter(|l| l.starts_with("-A")).count())
-                };
-                match (rules("iptables-legacy-save"), rules("iptables-nft-save")) {
-                    (Some(legacy), Some(nft)) if legacy > nft => "-legacy",
-                    (_, Some(_)) => "-nft",
-                    (Some(_), None) => "-legacy",
-                    (None, None) => "",
-                }
-            }
+        let variant = match self.config.iptables {
+            IptablesVariant::Legacy => Variant::Legacy,
+            IptablesVariant::Nft => Variant::Nft,
+            IptablesVariant::Auto => self
+                .runner
+                .detect_variant(&[])
+                .map_err(|e| command_error(e, None))?,
         };
-        debug!(infix, "iptables variant");
-        self.variant = Some(infix);
-        infix
+        debug!(%variant, "iptables variant");
+        let tools = Iptables::new(variant);
+        self.tools = Some(tools.clone());
+        Ok(tools)
     }
 
-    fn iptables(&self, family: Family, suffix: &str) -> String {
-        let base = match family {
-            Family::V4 => "iptables",
-            Family::V6 => "ip6tables",
-        };
-        format!("{base}{}{suffix}", self.variant.unwrap_or(""))
-    }
-
-    fn run(
+    fn save(
         &self,
-        program: &str,
-        args: &[&str],
-        stdin: Option<&str>,
-    ) -> Result<RunOutput, BackendError> {
-        if let Some(input) = stdin {
-            trace!(program, ?args, input, "running");
-        }
-        let out = self
-            .runner
-            .run(program, args, stdin)
-            .map_err(|e| BackendError::Command {
-                command: format!("{program} {}", args.join(" ")),
-                status: format!("could not run: {e}"),
-                stderr: String::new(),
-                input_context: Vec::new(),
-            })?;
-        if out.code == Some(0) {
-            Ok(out)
-        } else {
-            Err(command_error(program, args, &out, stdin))
-        }
+        tools: &Iptables,
+        family: Family,
+        table: Option<&str>,
+    ) -> Result<String, BackendError> {
+        self.runner
+            .save(tools, family, table)
+            .map_err(|e| command_error(e, None))
+    }
+
+    fn restore(&self, tools: &Iptables, family: Family, input: &str) -> Result<(), BackendError> {
+        trace!(%family, input, "iptables-restore");
+        self.runner
+            .restore(tools, family, input)
+            .map_err(|e| command_error(e, Some(input)))
     }
 
     /// Writes the sets and, on a full sync (`touched` is `None`), the rules and their jumps:
@@ -328,25 +236,29 @@ impl Companions {
     }
 
     fn sync_full(&mut self, desired: &Desired) -> Result<usize, BackendError> {
-        self.variant();
+        let tools = self.tools()?;
         let entries = plan_entries(desired, &self.config);
         self.apply_sets(&plan_sets_full(&self.names, &entries))?;
         let mut written = entries.values().map(BTreeSet::len).sum::<usize>();
+        let hooks = hooks(&self.names);
         for family in Family::ALL {
             // One save per family tells which jumps from the built-in chains exist; the missing
             // ones go into the same restore as our chains, so a sync runs two processes per
             // family (each costs more than the work under emulation: tens of ms).
-            let save = self.iptables(family, "-save");
-            let saved = self.run(&save, &[], None)?.stdout;
-            let missing = missing_hooks(&self.names, &saved);
-            let rules = render_rules(&self.names, &self.config, family, &missing);
-            let restore = self.iptables(family, "-restore");
-            if let Err(e) = self.run(&restore, &["-w", "--noflush"], Some(&rules)) {
+            let saved = self.save(&tools, family, None)?;
+            let missing: Vec<Hook> = saved_hooks(&saved, &hooks)
+                .into_iter()
+                .zip(&hooks)
+                .filter(|(copies, _)| *copies == 0)
+                .map(|(_, hook)| hook.clone())
+                .collect();
+            let tables = plan_rules(&self.names, &self.config, family);
+            let input = render_rules(&self.names, &self.config, family, &missing);
+            if let Err(e) = self.restore(&tools, family, &input) {
                 self.restore_failures += 1;
                 return Err(e);
             }
-            written += rules.lines().filter(|l| l.starts_with("-A")).count();
-            written += missing.len();
+            written += tables.iter().map(|t| t.rule_count()).sum::<usize>() + missing.len();
         }
         self.written = Some(Written {
             by_key: desired
@@ -359,65 +271,15 @@ impl Companions {
         Ok(written)
     }
 
-    fn hook_args<'a>(table: &'a str, op: &'a str, chain: &'a str, target: &'a str) -> Vec<&'a str> {
-        vec![
-            "-w",
-            "-t",
-            table,
-            op,
-            chain,
-            "-m",
-            "comment",
-            "--comment",
-            HOOK_COMMENT,
-            "-j",
-            target,
-        ]
-    }
-
-    /// Removes our jumps, chains and sets (each family), and nothing else. Returns how many
-    /// objects went.
+    /// Removes our jumps, chains and sets (each family), and nothing else: per family, one
+    /// save shows what is there and one restore deletes it (none if nothing is ours). Returns
+    /// how many objects went.
     ///
     /// # Errors
     /// The first failure that is not "already gone".
     pub fn cleanup(&mut self) -> Result<usize, BackendError> {
         self.written = None;
-        self.variant();
-        let mut removed = 0;
-        for family in Family::ALL {
-            let iptables = self.iptables(family, "");
-            for (table, chain, target) in hooks(&self.names) {
-                // A jump may have been inserted more than once by hand; delete until none.
-                for _ in 0..16 {
-                    let delete = Self::hook_args(table, "-D", chain, &target);
-                    match self.runner.run(&iptables, &delete, None) {
-                        Ok(out) if out.code == Some(0) => removed += 1,
-                        _ => break,
-                    }
-                }
-            }
-            // Only if our chains exist: restore fails on -X of a missing chain otherwise.
-            let save = self.iptables(family, "-save");
-            let has_chains = ["nat", "filter"].iter().any(|table| {
-                self.runner
-                    .run(&save, &["-t", table], None)
-                    .map(|out| {
-                        out.stdout
-                            .lines()
-                            .any(|l| l.strip_prefix(':').is_some_and(|c| self.names.is_owned(c)))
-                    })
-                    .unwrap_or(false)
-            });
-            if has_chains {
-                let restore = self.iptables(family, "-restore");
-                self.run(
-                    &restore,
-                    &["-w", "--noflush"],
-                    Some(&render_delete_chains(&self.names)),
-                )?;
-                removed += 4;
-            }
-        }
+        let mut removed = self.cleanup_rules()?;
         let destroy: Vec<IpsetOp> = self
             .ipset
             .list_names()?
@@ -426,35 +288,55 @@ impl Companions {
             .map(IpsetOp::Destroy)
             .collect();
         self.apply_sets(&destroy)?;
-        Ok(removed + destroy.len())
+        removed += destroy.len();
+        Ok(removed)
+    }
+
+    /// The rules part of [`Companions::cleanup`]. Where iptables cannot tell what it holds (no
+    /// tools, or a save that fails) nothing of ours can be found, so there is nothing to remove.
+    fn cleanup_rules(&mut self) -> Result<usize, BackendError> {
+        let tools = match self.tools() {
+            Ok(tools) => tools,
+            Err(error) => {
+                debug!(%error, "no iptables: no companion rules to remove");
+                return Ok(0);
+            }
+        };
+        let hooks = hooks(&self.names);
+        let mut removed = 0;
+        for family in Family::ALL {
+            let saved = match self.save(&tools, family, None) {
+                Ok(saved) => saved,
+                Err(error) => {
+                    debug!(%family, %error, "no iptables-save: no companion rules to remove");
+                    continue;
+                }
+            };
+            let copies = saved_hooks(&saved, &hooks);
+            let chains = saved_chains(&self.names, &saved);
+            if chains == 0 && copies.iter().all(|n| *n == 0) {
+                continue;
+            }
+            let delete: Vec<(&Hook, usize)> = hooks.iter().zip(copies).collect();
+            self.restore(&tools, family, &render_cleanup(&self.names, &delete))?;
+            removed += chains + delete.iter().map(|(_, n)| n).sum::<usize>();
+        }
+        Ok(removed)
     }
 }
 
 mod names;
 mod render;
+mod rules;
 
-pub use names::{Family, Names, SetKind};
-use render::render_delete_chains;
+pub use names::{ipset_family, Family, Names, SetKind};
 pub use render::{
-    endpoint_entry, entries_written, hooks, key_entries, plan_entries, plan_sets_diff,
-    plan_sets_full, render_rules, render_sets_full, set_spec, Entries, Entry, MAX_SET_ELEMENTS,
+    endpoint_entry, entries_written, key_entries, plan_entries, plan_sets_diff, plan_sets_full,
+    render_sets_full, set_spec, Entries, Entry, MAX_SET_ELEMENTS,
 };
-
-/// The jumps from the built-in chains (`hooks`) that `saved` (one family's `iptables-save`)
-/// lacks, as (table, built-in chain, our chain).
-fn missing_hooks(names: &Names, saved: &str) -> Vec<(&'static str, &'static str, String)> {
-    hooks(names)
-        .into_iter()
-        .filter(|(table, chain, target)| {
-            let line = format!("-A {chain} -m comment --comment {HOOK_COMMENT} -j {target}");
-            let header = format!("*{table}\n");
-            // Tables are told apart: the same line in another table's block does not count.
-            !saved
-                .split("COMMIT")
-                .any(|block| block.contains(&header) && block.lines().any(|l| l == line))
-        })
-        .collect()
-}
+pub use rules::{
+    hooks, plan_rules, render_cleanup, render_rules, saved_chains, saved_hooks, Hook, MASQ_MARK,
+};
 
 #[cfg(test)]
 mod tests;

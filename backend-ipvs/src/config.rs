@@ -129,9 +129,10 @@ impl ConnectionTimeouts {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IptablesVariant {
-    /// Whichever the node already uses (kube-proxy's `iptables-wrapper` heuristic, simplified):
-    /// the one of `iptables-legacy-save` and `iptables-nft-save` that lists more rules, nft on
-    /// a tie; plain `iptables` when neither runs. Decided once, at the first full sync.
+    /// Whichever plain `iptables` is, as `iptables --version` names it (`(nf_tables)` or
+    /// `(legacy)`): kube-proxy's way, and every backend's here
+    /// ([`iptables_runner::detect_variant`]). Decided once, at the first full sync or cleanup; a
+    /// sync fails while `iptables` cannot run or names neither.
     #[default]
     Auto,
     /// `iptables-legacy-restore`.

@@ -649,7 +649,7 @@ fn vm_an_endpoint_reaching_itself_through_its_service_is_masqueraded() {
     in_new_netns(|| {
         let topo = Topology::new("hairpin");
         let _servers = Servers::start(&topo, &[EP_A]);
-        // The default `Auto` variant: both are empty here, so nft writes the rules.
+        // The default `Auto` variant: plain `iptables` in the VM is the nft one (`iptables --version`).
         let dp = IpvsDataplane::new(IpvsConfig {
             iptables: IptablesVariant::Auto,
             ..config()

@@ -10,7 +10,15 @@
 //! mapping of a finished process to a result, so they cannot drift apart.
 //!
 //! Every failure is one [`CommandFailure`]: the command line, how it ended (`exit code N`,
-//! `killed by signal N`) and its standard error.
+//! `killed by signal N`) and its standard error; [`failing_line`] and [`extract_lines`] turn a
+//! failed restore into our input lines around the one it blames.
+//!
+//! Modules:
+//! - [`rules`]: the typed rule model (`Table` → `Chain` → `Rule`, `Match`, `SetMatch`,
+//!   `Target`) whose `Display` is restore input, and its parser. Every backend that writes
+//!   iptables rules builds them with it.
+//! - [`BlockingRunner`] / [`ProcessRunner`]: the blocking calls behind a trait, with an
+//!   in-memory fake in `testing` (feature `testing`).
 
 use std::fmt;
 use std::io::Write as _;
@@ -18,6 +26,15 @@ use std::process::{Output, Stdio};
 
 use tokio::io::AsyncWriteExt;
 use tracing::debug;
+
+mod blocking;
+mod lines;
+pub mod rules;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+pub use blocking::{BlockingRunner, ProcessRunner};
+pub use lines::{extract_lines, failing_line};
 
 /// The address family: `iptables` or `ip6tables`. The conntrack crate's type, so that the
 /// backends, which already use it, pass theirs unchanged.

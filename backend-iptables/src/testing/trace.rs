@@ -47,6 +47,15 @@ pub enum TraceError {
     /// The restore text has a shape we do not emit.
     #[error("parse: {0}")]
     Parse(#[from] ParseError),
+    /// A rule matches on an ipset (`-m set`): the iptables backend never writes one, so the
+    /// tracer does not follow it.
+    #[error("{table}: {chain} matches an ipset, a shape the iptables backend does not emit")]
+    SetMatch {
+        /// The table.
+        table: TableName,
+        /// The chain holding the rule.
+        chain: ChainName,
+    },
     /// A rule jumps to a chain nobody declared.
     #[error("{table}: jump to undeclared chain {chain} from {from}")]
     UndeclaredChain {
@@ -288,6 +297,12 @@ impl Tracer {
         for (table, chains) in &tables {
             for (from, rules) in chains {
                 for rule in rules {
+                    if !rule.sets.is_empty() {
+                        return Err(TraceError::SetMatch {
+                            table: *table,
+                            chain: from.clone(),
+                        });
+                    }
                     if let Some(to) = rule.target_chain() {
                         if !chains.contains_key(to) {
                             return Err(TraceError::UndeclaredChain {
@@ -855,6 +870,12 @@ COMMIT
         assert!(matches!(
             Tracer::new(Family::V4, unknown, &[], vec![]),
             Err(TraceError::Parse(_))
+        ));
+        let set = "*nat\n:SVCP-SERVICES - [0:0]\n\
+                   -A SVCP-SERVICES -m set --match-set SVCP-X dst,dst -j RETURN\nCOMMIT\n";
+        assert!(matches!(
+            Tracer::new(Family::V4, set, &[], vec![]),
+            Err(TraceError::SetMatch { .. })
         ));
     }
 

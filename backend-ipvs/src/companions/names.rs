@@ -1,8 +1,6 @@
 //! Our names: the kinds of set, the families, and one [`Names`] that makes every set and chain
 //! name under the configured prefix and tells whether a name is ours.
 
-use std::net::IpAddr;
-
 use crate::ipset::{self, SetType};
 
 /// The kinds of set we keep, each per family.
@@ -68,34 +66,14 @@ impl SetKind {
     }
 }
 
-/// IPv4 or IPv6.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Family {
-    /// IPv4: `iptables`, `family inet`.
-    V4,
-    /// IPv6: `ip6tables`, `family inet6`.
-    V6,
-}
+/// IPv4 or IPv6: `iptables` or `ip6tables`, `family inet` or `inet6` (the runner's type).
+pub use iptables_runner::Family;
 
-impl Family {
-    /// Both families.
-    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
-
-    /// The family of an address.
-    pub fn of(ip: IpAddr) -> Self {
-        if ip.is_ipv4() {
-            Family::V4
-        } else {
-            Family::V6
-        }
-    }
-
-    /// The ipset family of the family's sets.
-    pub fn ipset_family(self) -> ipset::Family {
-        match self {
-            Family::V4 => ipset::Family::Inet,
-            Family::V6 => ipset::Family::Inet6,
-        }
+/// The ipset family of `family`'s sets.
+pub fn ipset_family(family: Family) -> ipset::Family {
+    match family {
+        Family::V4 => ipset::Family::Inet,
+        Family::V6 => ipset::Family::Inet6,
     }
 }
 

@@ -1,14 +1,12 @@
-//! Rendering, pure: the set entries of a desired state, the ipset steps that write them (full
-//! or the difference) and the fixed `iptables-restore` input of our chains.
+//! Rendering the sets, pure: the set entries of a desired state and the ipset steps that write
+//! them (full or the difference). The rules are in `rules.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use proxy_core::table::Protocol;
 
-use super::names::{Family, Names, SetKind};
-use super::{HOOK_COMMENT, MASQ_MARK};
+use super::names::{ipset_family, Family, Names, SetKind};
 use crate::config::IpvsConfig;
 use crate::ipset::{IpsetOp, SetEntry, SetSpec};
 use crate::model::ServiceKey;
@@ -107,7 +105,7 @@ pub fn set_spec(name: String, kind: SetKind, family: Family) -> SetSpec {
     SetSpec {
         name,
         set_type: kind.set_type(),
-        family: family.ipset_family(),
+        family: ipset_family(family),
         max_elements: MAX_SET_ELEMENTS,
         hash_size: None,
     }
@@ -183,137 +181,4 @@ pub fn entries_written(ops: &[IpsetOp]) -> usize {
             _ => 0,
         })
         .sum()
-}
-
-// === rules ===
-
-/// The jumps from built-in chains into ours: (table, built-in chain, our chain).
-pub fn hooks(names: &Names) -> Vec<(&'static str, &'static str, String)> {
-    vec![
-        ("nat", "PREROUTING", names.chain("SERVICES")),
-        ("nat", "OUTPUT", names.chain("SERVICES")),
-        ("nat", "POSTROUTING", names.chain("POSTROUTING")),
-        ("filter", "INPUT", names.chain("FILTER")),
-        ("filter", "FORWARD", names.chain("FILTER")),
-    ]
-}
-
-/// `iptables-restore --noflush` input for one family: our chains and their fixed rules, and
-/// an `-I` for each jump of `insert` (from [`hooks`]: those the family's `iptables-save` lacks)
-/// at the end of its table's block, after our chains are declared.
-pub fn render_rules(
-    names: &Names,
-    config: &IpvsConfig,
-    family: Family,
-    insert: &[(&'static str, &'static str, String)],
-) -> String {
-    let commit = |out: &mut String, table: &str| {
-        for (_, chain, target) in insert.iter().filter(|(t, _, _)| *t == table) {
-            let _ = writeln!(
-                out,
-                "-I {chain} -m comment --comment {HOOK_COMMENT} -j {target}"
-            );
-        }
-        let _ = writeln!(out, "COMMIT");
-    };
-    let set = |kind| names.set(kind, family);
-    let services = names.chain("SERVICES");
-    let mark_masq = names.chain("MARK-MASQ");
-    let postrouting = names.chain("POSTROUTING");
-    let filter = names.chain("FILTER");
-    let has_cluster_cidr = config
-        .cluster_cidrs
-        .iter()
-        .any(|n| Family::of(n.addr()) == family);
-    let mut out = String::new();
-    let _ = writeln!(out, "*nat");
-    for chain in [&services, &mark_masq, &postrouting] {
-        let _ = writeln!(out, ":{chain} - [0:0]");
-    }
-    let _ = writeln!(out, "-A {mark_masq} -j MARK --or-mark {MASQ_MARK}");
-    if config.masquerade_all {
-        let _ = writeln!(
-            out,
-            "-A {services} -m comment --comment \"svcp-ipvs cluster IP, masquerade all\" -m set --match-set {} dst,dst -j {mark_masq}",
-            set(SetKind::ClusterIp)
-        );
-    } else if has_cluster_cidr {
-        let _ = writeln!(
-            out,
-            "-A {services} -m comment --comment \"svcp-ipvs cluster IP from outside the cluster\" -m set --match-set {} dst,dst -m set ! --match-set {} src -j {mark_masq}",
-            set(SetKind::ClusterIp),
-            set(SetKind::ClusterCidr)
-        );
-    }
-    let _ = writeln!(
-        out,
-        "-A {services} -m comment --comment \"svcp-ipvs node port, external and LB IP\" -m set --match-set {} dst,dst -j {mark_masq}",
-        set(SetKind::ExternalMasq)
-    );
-    let _ = writeln!(
-        out,
-        "-A {postrouting} -m comment --comment \"svcp-ipvs endpoint reaching itself\" -m set --match-set {} dst,dst,src -j MASQUERADE",
-        set(SetKind::LoopBack)
-    );
-    let _ = writeln!(
-        out,
-        "-A {postrouting} -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN"
-    );
-    let _ = writeln!(out, "-A {postrouting} -j MARK --xor-mark {MASQ_MARK}");
-    let _ = writeln!(
-        out,
-        "-A {postrouting} -m comment --comment \"svcp-ipvs service traffic requiring SNAT\" -j MASQUERADE --random-fully"
-    );
-    commit(&mut out, "nat");
-    let _ = writeln!(out, "*filter");
-    let _ = writeln!(out, ":{filter} - [0:0]");
-    let _ = writeln!(
-        out,
-        "-A {filter} -m comment --comment \"svcp-ipvs LB source ranges\" -m set --match-set {} dst,dst -m set ! --match-set {} dst,dst,src -j DROP",
-        set(SetKind::LbFirewall),
-        set(SetKind::LbSource)
-    );
-    let _ = writeln!(
-        out,
-        "-A {filter} -m comment --comment \"svcp-ipvs no local endpoints\" -m set --match-set {} dst,dst -j DROP",
-        set(SetKind::Drop)
-    );
-    // Pods keep reaching an eTP=Local address with no local endpoint (its virtual server
-    // holds the cluster endpoints, as kube-proxy's IPVS mode has it); without a cluster CIDR
-    // of the family nothing tells pods apart, and everyone is dropped.
-    let from_outside = if has_cluster_cidr {
-        format!(" -m set ! --match-set {} src", set(SetKind::ClusterCidr))
-    } else {
-        String::new()
-    };
-    let _ = writeln!(
-        out,
-        "-A {filter} -m comment --comment \"svcp-ipvs no local endpoints, from outside the cluster\" -m set --match-set {} dst,dst{from_outside} -j DROP",
-        set(SetKind::DropOutside)
-    );
-    let _ = writeln!(
-        out,
-        "-A {filter} -m comment --comment \"svcp-ipvs no endpoints\" -m set --match-set {} dst,dst -j REJECT",
-        set(SetKind::Reject)
-    );
-    commit(&mut out, "filter");
-    out
-}
-
-/// `iptables-restore --noflush` input that empties and deletes our chains.
-pub(super) fn render_delete_chains(names: &Names) -> String {
-    let mut out = String::from("*nat\n");
-    let nat = ["SERVICES", "MARK-MASQ", "POSTROUTING"].map(|c| names.chain(c));
-    for chain in &nat {
-        let _ = writeln!(out, ":{chain} - [0:0]");
-    }
-    for chain in &nat {
-        let _ = writeln!(out, "-X {chain}");
-    }
-    let filter = names.chain("FILTER");
-    let _ = write!(
-        out,
-        "COMMIT\n*filter\n:{filter} - [0:0]\n-X {filter}\nCOMMIT\n"
-    );
-    out
 }

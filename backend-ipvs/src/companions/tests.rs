@@ -1,9 +1,10 @@
-//! Companion sets and rules against a recording runner (iptables) and the
+//! Companion sets and rules against the shared runner's fake tools (iptables) and the
 //! in-memory ipset fake.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use ipnet::IpNet;
+use iptables_runner::testing::FakeTools;
 use proxy_core::table::{
     Endpoint, Protocol, ServicePort, ServicePortName, ServiceTable, TrafficPolicy,
 };
@@ -12,70 +13,25 @@ use super::*;
 use crate::ipset::{FakeIpset, SetEntry};
 use crate::plan::plan_desired;
 
-/// One recorded call: program, arguments, standard input.
-type Call = (String, Vec<String>, Option<String>);
-
-/// Records every call; answers `code` (0 unless a program is told to fail) and canned stdout.
-#[derive(Debug, Default, Clone)]
-struct Recorder {
-    calls: Arc<Mutex<Vec<Call>>>,
-    fail: Arc<Mutex<Option<(String, RunOutput)>>>,
-    stdout: Arc<Mutex<BTreeMap<String, String>>>,
-}
-
-impl Recorder {
-    fn calls(&self) -> Vec<Call> {
-        self.calls.lock().expect("lock").clone()
-    }
-
-    fn inputs_of(&self, program: &str) -> Vec<String> {
-        self.calls()
-            .into_iter()
-            .filter(|(p, _, _)| p == program)
-            .filter_map(|(_, _, input)| input)
-            .collect()
-    }
-}
-
-impl Runner for Recorder {
-    fn run(&self, program: &str, args: &[&str], stdin: Option<&str>) -> std::io::Result<RunOutput> {
-        self.calls.lock().expect("lock").push((
-            program.to_owned(),
-            args.iter().map(|s| s.to_string()).collect(),
-            stdin.map(str::to_owned),
-        ));
-        if let Some((p, out)) = self.fail.lock().expect("lock").clone() {
-            if p == program {
-                return Ok(out);
-            }
-        }
-        let code = 0;
-        let key = format!("{program} {}", args.join(" "));
-        let canned = self.stdout.lock().expect("lock").get(&key).cloned();
-        // Unless a test says otherwise, the host has only plain `iptables`.
-        let variant_save = program == "iptables-legacy-save" || program == "iptables-nft-save";
-        if variant_save && canned.is_none() {
-            return Err(std::io::Error::from(std::io::ErrorKind::NotFound));
-        }
-        let stdout = canned.unwrap_or_default();
-        Ok(RunOutput {
-            code: Some(code),
-            stdout,
-            stderr: String::new(),
-        })
-    }
-}
-
-/// Companions over a fresh recorder and ipset fake, with handles on both.
-fn companions(config: &IpvsConfig) -> (Companions, Recorder, Arc<FakeIpset>) {
-    let recorder = Recorder::default();
+/// Companions over fresh fake tools (nft, empty tables) and ipset fake, with handles on both.
+fn companions(config: &IpvsConfig) -> (Companions, FakeTools, Arc<FakeIpset>) {
+    let tools = FakeTools::new();
     let ipset = Arc::new(FakeIpset::new());
     let companions = Companions::with_parts(
         config,
-        Box::new(recorder.clone()),
+        Box::new(tools.clone()),
         Box::new(Arc::clone(&ipset)),
     );
-    (companions, recorder, ipset)
+    (companions, tools, ipset)
+}
+
+/// The tools run, in order.
+fn tools_run(tools: &FakeTools) -> Vec<String> {
+    tools
+        .calls()
+        .iter()
+        .map(|c| c.tool(&[]).to_owned())
+        .collect()
 }
 
 /// The sets' entries in `ipset` syntax, by set name.
@@ -304,13 +260,13 @@ fn rules_reference_only_our_sets_and_chains_and_never_kube() {
 #[test]
 fn the_rule_count_is_the_same_for_one_and_a_thousand_services() {
     let count = |n| {
-        let (mut companions, recorder, ipset) = companions(&config());
+        let (mut companions, tools, ipset) = companions(&config());
         let desired = plan_desired(&services(n), &config());
         companions.sync(&desired, None).expect("sync");
-        let rules: usize = recorder
-            .inputs_of("iptables-restore")
+        let rules: usize = tools
+            .inputs_of("iptables-nft-restore")
             .iter()
-            .chain(&recorder.inputs_of("ip6tables-restore"))
+            .chain(&tools.inputs_of("ip6tables-nft-restore"))
             .map(|input| input.lines().filter(|l| l.starts_with("-A")).count())
             .sum();
         let entries: usize = ipset.sets().values().map(BTreeSet::len).sum();
@@ -331,7 +287,7 @@ fn the_rule_count_is_the_same_for_one_and_a_thousand_services() {
 
 #[test]
 fn a_full_sync_swaps_sets_writes_rules_and_inserts_missing_jumps_once() {
-    let (mut companions, recorder, ipset) = companions(&config());
+    let (mut companions, tools, ipset) = companions(&config());
     let desired = plan_desired(&services(2), &config());
     companions.sync(&desired, None).expect("sync");
     let batches = ipset.batches();
@@ -360,11 +316,11 @@ fn a_full_sync_swaps_sets_writes_rules_and_inserts_missing_jumps_once() {
         "9 kinds x 2 families, no temporary set left: {sets:#?}"
     );
     assert!(
-        recorder.calls().iter().all(|(p, _, _)| p != "ipset"),
+        tools_run(&tools).iter().all(|p| p != "ipset"),
         "no ipset process"
     );
     // The missing jumps ride in the same restore as our chains, inside their table's block.
-    let restores = recorder.inputs_of("iptables-restore");
+    let restores = tools.inputs_of("iptables-nft-restore");
     assert_eq!(restores.len(), 1, "one IPv4 restore");
     let inserted: Vec<&str> = restores[0]
         .lines()
@@ -373,11 +329,11 @@ fn a_full_sync_swaps_sets_writes_rules_and_inserts_missing_jumps_once() {
     assert_eq!(
         inserted,
         [
-            "-I PREROUTING -m comment --comment svcp-ipvs -j SVCP-IPVS-SERVICES",
-            "-I OUTPUT -m comment --comment svcp-ipvs -j SVCP-IPVS-SERVICES",
-            "-I POSTROUTING -m comment --comment svcp-ipvs -j SVCP-IPVS-POSTROUTING",
-            "-I INPUT -m comment --comment svcp-ipvs -j SVCP-IPVS-FILTER",
-            "-I FORWARD -m comment --comment svcp-ipvs -j SVCP-IPVS-FILTER",
+            "-I PREROUTING -m comment --comment \"svcp-ipvs\" -j SVCP-IPVS-SERVICES",
+            "-I OUTPUT -m comment --comment \"svcp-ipvs\" -j SVCP-IPVS-SERVICES",
+            "-I POSTROUTING -m comment --comment \"svcp-ipvs\" -j SVCP-IPVS-POSTROUTING",
+            "-I INPUT -m comment --comment \"svcp-ipvs\" -j SVCP-IPVS-FILTER",
+            "-I FORWARD -m comment --comment \"svcp-ipvs\" -j SVCP-IPVS-FILTER",
         ]
     );
     let nat = restores[0].split("COMMIT").next().expect("nat block");
@@ -386,43 +342,42 @@ fn a_full_sync_swaps_sets_writes_rules_and_inserts_missing_jumps_once() {
         "{nat}"
     );
     assert_eq!(
-        recorder.inputs_of("ip6tables-restore")[0]
+        tools.inputs_of("ip6tables-nft-restore")[0]
             .lines()
             .filter(|l| l.starts_with("-I "))
             .count(),
         5
     );
-    // Per family one save and one restore; nothing else (the variant probe is two saves).
-    let programs: Vec<String> = recorder.calls().into_iter().map(|(p, _, _)| p).collect();
+    // The variant probe, then per family one save and one restore; nothing else.
     assert_eq!(
-        programs,
+        tools_run(&tools),
         [
-            "iptables-legacy-save",
+            "iptables",
             "iptables-nft-save",
-            "iptables-save",
-            "iptables-restore",
-            "ip6tables-save",
-            "ip6tables-restore"
+            "iptables-nft-restore",
+            "ip6tables-nft-save",
+            "ip6tables-nft-restore"
         ]
+    );
+    assert_eq!(tools.calls()[0].argv, ["iptables", "--version"]);
+    assert_eq!(
+        tools.calls()[2].argv,
+        ["iptables-nft-restore", "-w", "5", "--noflush"]
     );
 }
 
 #[test]
 fn a_partial_sync_writes_only_changed_entries() {
-    let (mut companions, recorder, ipset) = companions(&config());
+    let (mut companions, tools, ipset) = companions(&config());
     let (three, two) = (services(3), services(2));
     let mut desired = plan_desired(&three, &config());
     companions.sync(&desired, None).expect("full");
-    let calls_after_full = recorder.calls().len();
+    let calls_after_full = tools.calls().len();
 
     let touched = desired.update(&proxy_core::diff(&three, &two), &config());
     let written = companions.sync(&desired, Some(&touched)).expect("partial");
     assert_eq!(written, 1);
-    assert_eq!(
-        recorder.calls().len(),
-        calls_after_full,
-        "no process at all"
-    );
+    assert_eq!(tools.calls().len(), calls_after_full, "no process at all");
     let batches = ipset.batches();
     assert_eq!(batches.len(), 2, "one batch for the partial sync");
     assert_eq!(
@@ -445,7 +400,7 @@ fn a_partial_sync_writes_only_changed_entries() {
 
 #[test]
 fn an_endpoint_replaced_writes_only_its_own_hairpin_entry() {
-    let (mut companions, _recorder, ipset) = companions(&config());
+    let (mut companions, _tools, ipset) = companions(&config());
     let before = services(2);
     let mut desired = plan_desired(&before, &config());
     companions.sync(&desired, None).expect("full");
@@ -470,7 +425,7 @@ fn an_endpoint_replaced_writes_only_its_own_hairpin_entry() {
 
 #[test]
 fn a_refused_set_write_names_the_set_and_makes_the_next_sync_full() {
-    let (mut companions, _recorder, ipset) = companions(&config());
+    let (mut companions, _tools, ipset) = companions(&config());
     let (three, two) = (services(3), services(2));
     let mut desired = plan_desired(&three, &config());
     companions.sync(&desired, None).expect("full");
@@ -501,11 +456,11 @@ fn a_refused_set_write_names_the_set_and_makes_the_next_sync_full() {
 
 #[test]
 fn an_endpoint_change_that_keeps_every_set_runs_no_process() {
-    let (mut companions, recorder, ipset) = companions(&config());
+    let (mut companions, tools, ipset) = companions(&config());
     let before = services(2);
     let mut desired = plan_desired(&before, &config());
     companions.sync(&desired, None).expect("full");
-    let calls_after_full = recorder.calls().len();
+    let calls_after_full = tools.calls().len();
 
     // A new weight keeps the endpoint in use: the real server changes, no set entry does.
     let name = ServicePortName::new("ns", "svc-0", "p");
@@ -520,7 +475,7 @@ fn an_endpoint_change_that_keeps_every_set_runs_no_process() {
     let written = companions.sync(&desired, Some(&touched)).expect("partial");
     assert_eq!(written, 0);
     assert_eq!(
-        recorder.calls().len(),
+        tools.calls().len(),
         calls_after_full,
         "no iptables process ran"
     );
@@ -529,26 +484,17 @@ fn an_endpoint_change_that_keeps_every_set_runs_no_process() {
 
 #[test]
 fn a_failed_restore_names_the_command_and_shows_the_input_around_the_line() {
-    let recorder = Recorder::default();
-    *recorder.fail.lock().expect("lock") = Some((
-        "iptables-restore".into(),
-        RunOutput {
-            code: Some(2),
-            stdout: String::new(),
-            stderr: "iptables-restore: line 6 failed".into(),
-        },
-    ));
-    let mut companions =
-        Companions::with_parts(&config(), Box::new(recorder), Box::new(FakeIpset::new()));
+    let (mut companions, tools, _ipset) = companions(&config());
+    tools.fail("iptables-nft-restore", 2, "iptables-restore: line 6 failed");
     let err = companions
         .sync(&plan_desired(&services(1), &config()), None)
         .expect_err("restore fails");
     let text = err.to_string();
     assert!(
-        text.contains("iptables-restore -w --noflush: exit status 2"),
+        text.contains("iptables-nft-restore -w 5 --noflush: exit code 2"),
         "{text}"
     );
-    assert!(text.contains(">   6: -A SVCP-IPVS-SERVICES"), "{text}");
+    assert!(text.contains(">     6 -A SVCP-IPVS-SERVICES"), "{text}");
     assert_eq!(
         companions.restore_failures(),
         1,
@@ -558,10 +504,14 @@ fn a_failed_restore_names_the_command_and_shows_the_input_around_the_line() {
 
 #[test]
 fn cleanup_removes_our_jumps_chains_and_sets_and_nothing_else() {
-    let (mut companions, recorder, ipset) = companions(&config());
-    recorder.stdout.lock().expect("lock").insert(
-        "iptables-save -t nat".to_owned(),
-        "*nat\n:KUBE-SERVICES - [0:0]\n:SVCP-IPVS-SERVICES - [0:0]\nCOMMIT\n".to_owned(),
+    let (mut companions, tools, ipset) = companions(&config());
+    // As iptables-nft-save prints them: a one-word comment unquoted, a foreign jump beside ours.
+    tools.set_saved(
+        Family::V4,
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n:SVCP-IPVS-SERVICES - [0:0]\n\
+         -A PREROUTING -m comment --comment svcp-ipvs -j SVCP-IPVS-SERVICES\n\
+         -A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+         COMMIT\n",
     );
     for name in [
         "KUBE-CLUSTER-IP",
@@ -574,48 +524,75 @@ fn cleanup_removes_our_jumps_chains_and_sets_and_nothing_else() {
             [],
         );
     }
-    companions.cleanup().expect("cleanup");
+    let removed = companions.cleanup().expect("cleanup");
+    assert_eq!(removed, 1 + 1 + 2, "one jump, one chain, two sets");
     assert_eq!(
         ipset.sets().into_keys().collect::<Vec<_>>(),
         ["KUBE-CLUSTER-IP", "other"]
     );
-    let restores = recorder.inputs_of("iptables-restore");
+    let restores = tools.inputs_of("iptables-nft-restore");
     assert_eq!(restores.len(), 1, "only the family that has our chains");
-    assert!(
-        restores[0].contains("-X SVCP-IPVS-SERVICES"),
-        "{}",
-        restores[0]
+    assert_eq!(
+        restores[0],
+        "*nat\n:SVCP-IPVS-SERVICES - [0:0]\n:SVCP-IPVS-MARK-MASQ - [0:0]\n\
+         :SVCP-IPVS-POSTROUTING - [0:0]\n\
+         -D PREROUTING -m comment --comment \"svcp-ipvs\" -j SVCP-IPVS-SERVICES\n\
+         -X SVCP-IPVS-SERVICES\n-X SVCP-IPVS-MARK-MASQ\n-X SVCP-IPVS-POSTROUTING\nCOMMIT\n\
+         *filter\n:SVCP-IPVS-FILTER - [0:0]\n-X SVCP-IPVS-FILTER\nCOMMIT\n"
     );
-    assert!(!restores[0].contains("KUBE"), "{}", restores[0]);
-    assert!(recorder.inputs_of("ip6tables-restore").is_empty());
+    assert!(tools.inputs_of("ip6tables-nft-restore").is_empty());
+    assert_eq!(
+        tools_run(&tools),
+        [
+            "iptables",
+            "iptables-nft-save",
+            "iptables-nft-restore",
+            "ip6tables-nft-save"
+        ],
+        "one save per family, one restore where something is ours"
+    );
+}
+
+#[test]
+fn cleanup_without_iptables_still_removes_our_sets() {
+    let (mut companions, tools, ipset) = companions(&config());
+    tools.set_variant(None);
+    ipset.insert(
+        set_spec("SVCP-IPVS-REJECT".to_owned(), SetKind::Reject, Family::V4),
+        [],
+    );
+    assert_eq!(companions.cleanup().expect("cleanup"), 1);
+    assert!(ipset.sets().is_empty());
+    assert_eq!(tools_run(&tools), ["iptables"], "only the probe ran");
 }
 
 #[test]
 fn jumps_already_in_iptables_save_are_not_inserted_again() {
-    let (mut companions, recorder, _ipset) = companions(&config());
-    recorder.stdout.lock().expect("lock").insert(
-        "iptables-save ".to_owned(),
+    let (mut companions, tools, _ipset) = companions(&config());
+    tools.set_saved(
+        Family::V4,
         "# Generated by iptables-save\n*nat\n:PREROUTING ACCEPT [0:0]\n\
          -A PREROUTING -m comment --comment svcp-ipvs -j SVCP-IPVS-SERVICES\n\
-         -A OUTPUT -m comment --comment svcp-ipvs -j SVCP-IPVS-SERVICES\nCOMMIT\n\
+         -A OUTPUT -m comment --comment \"svcp-ipvs\" -j SVCP-IPVS-SERVICES\nCOMMIT\n\
          *filter\n-A INPUT -m comment --comment svcp-ipvs -j SVCP-IPVS-FILTER\n\
-         -A OUTPUT -m comment --comment svcp-ipvs -j SVCP-IPVS-SERVICES\nCOMMIT\n"
-            .to_owned(),
+         -A OUTPUT -m comment --comment svcp-ipvs -j SVCP-IPVS-SERVICES\n\
+         -A FORWARD -m comment --comment other -j SVCP-IPVS-FILTER\nCOMMIT\n",
     );
     companions
         .sync(&plan_desired(&services(1), &config()), None)
         .expect("sync");
-    let restores = recorder.inputs_of("iptables-restore");
+    let restores = tools.inputs_of("iptables-nft-restore");
     let inserted: Vec<&str> = restores[0]
         .lines()
         .filter(|l| l.starts_with("-I "))
         .collect();
-    // The filter table's OUTPUT line is no nat OUTPUT jump: tables are told apart.
+    // The filter table's OUTPUT line is no nat OUTPUT jump: tables are told apart; a jump
+    // with another comment is not ours.
     assert_eq!(
         inserted,
         [
-            "-I POSTROUTING -m comment --comment svcp-ipvs -j SVCP-IPVS-POSTROUTING",
-            "-I FORWARD -m comment --comment svcp-ipvs -j SVCP-IPVS-FILTER",
+            "-I POSTROUTING -m comment --comment \"svcp-ipvs\" -j SVCP-IPVS-POSTROUTING",
+            "-I FORWARD -m comment --comment \"svcp-ipvs\" -j SVCP-IPVS-FILTER",
         ]
     );
 }
@@ -648,7 +625,7 @@ mod properties {
         fn partial_set_writes_reach_the_full_contents((before, after) in arb_edited_pair()) {
             let config = config();
             let names = Names::new(&config.prefix);
-            let (mut companions, _recorder, ipset) = companions(&config);
+            let (mut companions, _tools, ipset) = companions(&config);
             let mut desired = plan_desired(&before, &config);
             companions.sync(&desired, None).expect("full");
             let touched = desired.update(&proxy_core::diff(&before, &after), &config);
@@ -661,30 +638,65 @@ mod properties {
 }
 
 #[test]
-fn auto_picks_the_iptables_variant_that_has_rules() {
-    for (legacy, nft, want) in [
-        (
-            "-A INPUT -j ACCEPT\n-A FORWARD -j DROP\n",
-            "",
-            "iptables-legacy-restore",
-        ),
-        ("", "-A INPUT -j ACCEPT\n", "iptables-nft-restore"),
-        ("", "", "iptables-nft-restore"),
+fn auto_asks_plain_iptables_its_variant_once() {
+    for (variant, want) in [
+        (Variant::Legacy, "iptables-legacy-restore"),
+        (Variant::Nft, "iptables-nft-restore"),
     ] {
-        let (mut companions, recorder, _ipset) = companions(&config());
-        recorder.stdout.lock().expect("lock").extend([
-            ("iptables-legacy-save ".to_owned(), legacy.to_owned()),
-            ("iptables-nft-save ".to_owned(), nft.to_owned()),
-        ]);
-        companions
-            .sync(&plan_desired(&services(1), &config()), None)
-            .expect("sync");
-        let restores: Vec<String> = recorder
-            .calls()
-            .into_iter()
-            .map(|(p, _, _)| p)
-            .filter(|p| p.starts_with("iptables") && p.ends_with("-restore"))
-            .collect();
-        assert_eq!(restores, [want], "legacy {legacy:?}, nft {nft:?}");
+        let (mut companions, tools, _ipset) = companions(&config());
+        tools.set_variant(Some(variant));
+        let desired = plan_desired(&services(1), &config());
+        companions.sync(&desired, None).expect("sync");
+        companions.sync(&desired, None).expect("sync");
+        let run = tools_run(&tools);
+        assert_eq!(
+            run.iter().filter(|t| *t == "iptables").count(),
+            1,
+            "probed once: {run:?}"
+        );
+        assert_eq!(
+            run.iter().filter(|t| *t == want).count(),
+            2,
+            "{variant}: {run:?}"
+        );
     }
+}
+
+#[test]
+fn a_configured_variant_is_not_probed() {
+    let (mut companions, tools, _ipset) = companions(&IpvsConfig {
+        iptables: IptablesVariant::Legacy,
+        ..config()
+    });
+    companions
+        .sync(&plan_desired(&services(1), &config()), None)
+        .expect("sync");
+    assert_eq!(
+        tools_run(&tools),
+        [
+            "iptables-legacy-save",
+            "iptables-legacy-restore",
+            "ip6tables-legacy-save",
+            "ip6tables-legacy-restore"
+        ]
+    );
+}
+
+#[test]
+fn an_iptables_that_names_no_variant_fails_the_sync_until_it_does() {
+    let (mut companions, tools, ipset) = companions(&config());
+    tools.set_variant(None);
+    let desired = plan_desired(&services(1), &config());
+    let err = companions.sync(&desired, None).expect_err("no variant");
+    assert!(
+        matches!(&err, BackendError::Command { command, .. } if command == "iptables --version"),
+        "{err:?}"
+    );
+    assert!(
+        ipset.batches().is_empty(),
+        "nothing written before the probe"
+    );
+    tools.set_variant(Some(Variant::Nft));
+    companions.sync(&desired, None).expect("probed again");
+    assert_eq!(tools.inputs_of("iptables-nft-restore").len(), 1);
 }

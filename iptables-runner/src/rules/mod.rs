@@ -1,15 +1,18 @@
-//! The typed model of the rules we write: [`Table`] → [`Chain`] → [`Rule`] (base matches, [`Match`]es,
-//! one [`Target`]). `Display` writes exact `iptables-restore` syntax and does all quoting;
-//! [`parse_restore`] reads *our* rule shapes back (for the tracer, the round-trip property test and,
-//! later, `observe`). A shape we do not emit is an error, never silently skipped, as kube-proxy's
+//! The typed model of the rules we write, shared by every backend that writes iptables rules
+//! (the iptables backend's chains, the IPVS backend's companion rules): [`Table`] → [`Chain`] →
+//! [`Rule`] (base matches, [`Match`]es, ipset [`SetMatch`]es, one [`Target`]). `Display` writes
+//! exact `iptables-restore` syntax and does all quoting; [`parse_restore`] reads *our* rule shapes
+//! back (for the tracer, the round-trip property test, `observe` and the hook checks). A shape we
+//! do not emit is an error, never silently skipped, as kube-proxy's
 //! `pkg/util/iptables/testing/parse.go` and `pkg/proxy/nftables/helpers_test.go` do.
 //!
 //! Rules are written in `iptables-save`'s own order (`-s`, `-d`, `-p`, then `-m` modules in rule
-//! order, then `-j`), with host addresses as `/32` or `/128` and marks as `--set-xmark value/mask`,
-//! so that what `iptables-save` prints back compares equal to what we wrote.
+//! order, then `-j`), with host addresses as `/32` or `/128` and marks as `--set-xmark value/mask`
+//! (`--or-mark X` is `X/X`, `--xor-mark X` is `X/0x0`), so that what `iptables-save` prints back
+//! compares equal to what we wrote.
 //!
 //! ```
-//! use backend_iptables::rules::*;
+//! use iptables_runner::rules::*;
 //! use proxy_core::Protocol;
 //!
 //! let rule = Rule::new(Target::Jump(ChainName::new("SVCP-SVC-ABCDEFGHIJKLMNOP")))
@@ -70,7 +73,8 @@ impl ChainName {
     pub const BUILTINS: [&'static str; 5] =
         ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"];
 
-    /// A chain name as given (no checks; names we create come from [`crate::names::Names`]).
+    /// A chain name as given (no checks; each backend makes the names it creates under its own
+    /// prefix).
     pub fn new(name: impl Into<String>) -> Self {
         Self(name.into())
     }
@@ -315,6 +319,63 @@ pub enum Match {
     Conntrack(Vec<CtState>),
 }
 
+/// One dimension of an ipset lookup: the packet's source or destination (address, or port for a
+/// port dimension).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SetDir {
+    /// `src`.
+    Src,
+    /// `dst`.
+    Dst,
+}
+
+impl SetDir {
+    fn as_str(self) -> &'static str {
+        match self {
+            SetDir::Src => "src",
+            SetDir::Dst => "dst",
+        }
+    }
+}
+
+/// `-m set [!] --match-set NAME dst,dst,src`: whether the packet's fields, in the set's dimension
+/// order (`hash:ip,port,ip`: destination address, destination port, source address), are in the
+/// ipset `NAME` (kube-proxy's IPVS mode rules, `pkg/proxy/ipvs/proxier.go`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SetMatch {
+    /// The ipset's name.
+    pub name: String,
+    /// The packet field looked up for each dimension of the set, in order (1 to 6).
+    pub dirs: Vec<SetDir>,
+    /// `!`: the packet is *not* in the set.
+    pub negated: bool,
+}
+
+impl SetMatch {
+    /// The packet is in set `name`, its dimensions taken from `dirs`.
+    pub fn new(name: impl Into<String>, dirs: &[SetDir]) -> Self {
+        Self {
+            name: name.into(),
+            dirs: dirs.to_vec(),
+            negated: false,
+        }
+    }
+
+    /// The packet is not in set `name`.
+    pub fn not(name: impl Into<String>, dirs: &[SetDir]) -> Self {
+        Self {
+            negated: true,
+            ..Self::new(name, dirs)
+        }
+    }
+
+    /// The dimension list as written after the set name: `dst,dst,src`.
+    pub fn dirs_text(&self) -> String {
+        let dirs: Vec<&str> = self.dirs.iter().map(|d| d.as_str()).collect();
+        dirs.join(",")
+    }
+}
+
 /// Why a REJECT rejects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RejectWith {
@@ -378,6 +439,9 @@ pub struct Rule {
     pub protocol: Option<Protocol>,
     /// `-m` modules, in order.
     pub matches: Vec<Match>,
+    /// `-m set` modules, in order, written after [`Rule::matches`] (our rules with set matches
+    /// put them last).
+    pub sets: Vec<SetMatch>,
     /// `-j`/`-g`.
     pub target: Target,
 }
@@ -420,6 +484,7 @@ impl Rule {
             destination: None,
             protocol: None,
             matches: Vec::new(),
+            sets: Vec::new(),
             target,
         }
     }
@@ -476,6 +541,12 @@ impl Rule {
     /// Any other match module.
     pub fn with(mut self, m: Match) -> Self {
         self.matches.push(m);
+        self
+    }
+
+    /// `-m set [!] --match-set NAME DIRS`, after the other modules.
+    pub fn match_set(mut self, set: SetMatch) -> Self {
+        self.sets.push(set);
         self
     }
 
@@ -576,6 +647,14 @@ impl Rule {
                 }
             }
         }
+        for set in &self.sets {
+            let neg = if set.negated { "! " } else { "" };
+            emit(Words(format_args!(
+                "-m set {neg}--match-set {} {}",
+                set.name,
+                set.dirs_text()
+            )))?;
+        }
         match &self.target {
             Target::Jump(c) => emit(Words(format_args!("-j {c}"))),
             Target::Goto(c) => emit(Words(format_args!("-g {c}"))),
@@ -658,17 +737,50 @@ impl Chain {
     }
 }
 
-/// One table's worth of restore input: chains to (re)write, and chains to delete.
+/// A change to a chain we do not declare (a built-in one, which keeps everyone else's rules).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Edit {
+    /// `-I CHAIN RULE`: the rule at the top of the chain.
+    Insert {
+        /// The built-in chain.
+        chain: ChainName,
+        /// The rule.
+        rule: Rule,
+    },
+    /// `-D CHAIN RULE`: one copy of the rule deleted (the restore fails if there is none).
+    Delete {
+        /// The built-in chain.
+        chain: ChainName,
+        /// The rule.
+        rule: Rule,
+    },
+}
+
+impl fmt::Display for Edit {
+    /// The restore line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Edit::Insert { chain, rule } => write!(f, "-I {chain} {rule}"),
+            Edit::Delete { chain, rule } => write!(f, "-D {chain} {rule}"),
+        }
+    }
+}
+
+/// One table's worth of restore input: chains to (re)write, edits of built-in chains, and chains
+/// to delete.
 ///
 /// Written with `--noflush`: each declared chain (`:NAME - [0:0]`) is created or flushed and gets
-/// exactly the rules listed; chains not mentioned are left alone; `-X NAME` (after its own `:NAME`
-/// line, which flushes it) deletes a chain.
+/// exactly the rules listed; chains not mentioned are left alone; the [`Edit`]s follow our rules
+/// (a jump needs its target declared) and precede the deletions (a jump left in place would
+/// forbid them); `-X NAME` (after its own `:NAME` line, which flushes it) deletes a chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Table {
     /// `nat` or `filter`.
     pub name: TableName,
     /// Chains to write, in output order.
     pub chains: Vec<Chain>,
+    /// Rules inserted into or deleted from built-in chains, in order.
+    pub edits: Vec<Edit>,
     /// Chains to flush and delete.
     pub deleted: Vec<ChainName>,
 }
@@ -679,6 +791,7 @@ impl Table {
         Self {
             name,
             chains: Vec::new(),
+            edits: Vec::new(),
             deleted: Vec::new(),
         }
     }
@@ -688,9 +801,9 @@ impl Table {
         self.chains.iter().map(|c| c.rules.len()).sum()
     }
 
-    /// Whether there is nothing to write or delete.
+    /// Whether there is nothing to write, edit or delete.
     pub fn is_empty(&self) -> bool {
-        self.chains.is_empty() && self.deleted.is_empty()
+        self.chains.is_empty() && self.edits.is_empty() && self.deleted.is_empty()
     }
 
     /// One chain by name.
@@ -700,7 +813,7 @@ impl Table {
 }
 
 impl fmt::Display for Table {
-    /// `*table`, chain lines, rules, deletions, `COMMIT`.
+    /// `*table`, chain lines, rules, edits of built-in chains, deletions, `COMMIT`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "*{}", self.name)?;
         for chain in &self.chains {
@@ -714,6 +827,9 @@ impl fmt::Display for Table {
                 writeln!(f, "-A {} {rule}", chain.name)?;
             }
         }
+        for edit in &self.edits {
+            writeln!(f, "{edit}")?;
+        }
         for name in &self.deleted {
             writeln!(f, "-X {name}")?;
         }
@@ -723,7 +839,7 @@ impl fmt::Display for Table {
 
 mod parse;
 
-pub use parse::{parse_restore, parse_rule_spec, parse_save};
+pub use parse::{parse_restore, parse_rule_spec, parse_save, saved_copies, ParseError};
 
 #[cfg(test)]
 mod tests {
@@ -761,6 +877,45 @@ mod tests {
                 "-j",
                 "SVCP-SERVICES"
             ]
+        );
+    }
+
+    #[test]
+    fn set_matches_print_as_iptables_save_does_and_come_last() {
+        let rule = Rule::new(Target::Drop)
+            .match_set(SetMatch::new(
+                "SVCP-IPVS-LB-FW",
+                &[SetDir::Dst, SetDir::Dst],
+            ))
+            .comment("svcp-ipvs LB source ranges")
+            .match_set(SetMatch::not(
+                "SVCP-IPVS-LB-SRC",
+                &[SetDir::Dst, SetDir::Dst, SetDir::Src],
+            ));
+        assert_eq!(
+            rule.to_string(),
+            "-m comment --comment \"svcp-ipvs LB source ranges\" \
+             -m set --match-set SVCP-IPVS-LB-FW dst,dst \
+             -m set ! --match-set SVCP-IPVS-LB-SRC dst,dst,src -j DROP"
+        );
+        assert_eq!(
+            rule.args()[9..],
+            [
+                "-m",
+                "set",
+                "!",
+                "--match-set",
+                "SVCP-IPVS-LB-SRC",
+                "dst,dst,src",
+                "-j",
+                "DROP"
+            ]
+        );
+        // iptables-save prints a one-word comment unquoted; it reads back the same.
+        let saved = "-m comment --comment svcp-ipvs -j SVCP-IPVS-FILTER";
+        assert_eq!(
+            parse_rule_spec(saved),
+            Ok(Rule::new(Target::Jump(ChainName::new("SVCP-IPVS-FILTER"))).comment("svcp-ipvs"))
         );
     }
 
@@ -834,6 +989,21 @@ mod tests {
                 name: "SEP".into(),
                 family: Family::V4,
             })),
+            Rule::new(Target::Jump(ChainName::new("SVCP-IPVS-MARK-MASQ")))
+                .comment("svcp-ipvs cluster IP from outside the cluster")
+                .match_set(SetMatch::new(
+                    "SVCP-IPVS-CLUSTER-IP",
+                    &[SetDir::Dst, SetDir::Dst],
+                ))
+                .match_set(SetMatch::not("SVCP-IPVS-CLUSTER-CIDR", &[SetDir::Src])),
+            Rule::new(Target::Mark {
+                value: 0x4000,
+                mask: 0,
+            })
+            .match_set(SetMatch::new(
+                "SVCP-IPVS-LOOP-BACK6",
+                &[SetDir::Dst, SetDir::Dst, SetDir::Src],
+            )),
         ];
         for rule in rules {
             let text = rule.to_string();
@@ -851,9 +1021,31 @@ mod tests {
             "-j ACCEPT -j DROP",
             "-m comment --comment \"open",
             "-s 198.18.0.1",
+            "-m set --match-set A dst -m comment --comment x -j DROP",
+            "-m set --match-set A dst,port -j DROP",
+            "-m set --match-set A -j DROP",
+            "-m set ! ! --match-set A dst -j DROP",
         ] {
             assert!(parse_rule_spec(spec).is_err(), "{spec} should not parse");
         }
+    }
+
+    #[test]
+    fn saved_copies_count_our_rules_in_their_table_and_chain_only() {
+        let hook = Rule::new(Target::Jump(ChainName::new("SVCP-FILTER"))).comment("svcp");
+        let input = ChainName::new("INPUT");
+        let saved = "*nat\n-A INPUT -m comment --comment svcp -j SVCP-FILTER\nCOMMIT\n\
+                     *filter\n:INPUT ACCEPT [0:0]\n\
+                     -A INPUT -m comment --comment svcp -j SVCP-FILTER\n\
+                     -A INPUT -m comment --comment \"svcp\" -j SVCP-FILTER\n\
+                     -A INPUT -m comment --comment other -j SVCP-FILTER\n\
+                     -A INPUT -m multiport --dports 1,2 -j ACCEPT\n\
+                     -A FORWARD -m comment --comment svcp -j SVCP-FILTER\nCOMMIT\n";
+        assert_eq!(
+            parse::saved_copies(saved, &[(TableName::Filter, &input, &hook)]),
+            [2],
+            "both spellings in filter INPUT; not nat's, not FORWARD's, not another comment"
+        );
     }
 
     #[test]
@@ -870,11 +1062,22 @@ mod tests {
         t.chains.push(c);
         t.chains.push(Chain::new(ChainName::new("SVCP-B")));
         t.deleted.push(ChainName::new("SVCP-OLD"));
+        let hook = Rule::new(Target::Jump(ChainName::new("SVCP-A"))).comment("svcp");
+        t.edits.push(Edit::Insert {
+            chain: ChainName::new("PREROUTING"),
+            rule: hook.clone(),
+        });
+        t.edits.push(Edit::Delete {
+            chain: ChainName::new("OUTPUT"),
+            rule: hook,
+        });
         let text = t.to_string();
         assert_eq!(
             text,
             "*nat\n:SVCP-A - [0:0]\n:SVCP-B - [0:0]\n:SVCP-OLD - [0:0]\n\
-             -A SVCP-A -m comment --comment \"x y\" -j SVCP-B\n-X SVCP-OLD\nCOMMIT\n"
+             -A SVCP-A -m comment --comment \"x y\" -j SVCP-B\n\
+             -I PREROUTING -m comment --comment \"svcp\" -j SVCP-A\n\
+             -D OUTPUT -m comment --comment \"svcp\" -j SVCP-A\n-X SVCP-OLD\nCOMMIT\n"
         );
         assert_eq!(parse_restore(&text), Ok(vec![t]));
     }

@@ -2,16 +2,33 @@
 //! Anything else is an error, never silently skipped.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 use proxy_core::Protocol;
 
 use super::{
-    full_mask, AddrMatch, AddrTypeDir, Chain, ChainName, CtState, Family, Match, Probability,
-    Recent, RejectWith, Rule, Table, TableName, Target,
+    full_mask, AddrMatch, AddrTypeDir, Chain, ChainName, CtState, Edit, Family, Match, Probability,
+    Recent, RejectWith, Rule, SetDir, SetMatch, Table, TableName, Target,
 };
-use crate::error::ParseError;
+
+/// Restore text that is not one of our shapes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ParseError {
+    /// 1-based line number.
+    pub line: usize,
+    /// The offending line.
+    pub text: String,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}: {:?}", self.line, self.reason, self.text)
+    }
+}
 
 /// Splits a line into words, honouring double quotes (no escapes: we never write any).
 fn tokenize(line: &str) -> Result<Vec<String>, String> {
@@ -111,7 +128,45 @@ fn family_of_mask(mask: &str) -> Result<Family, String> {
         .ok_or_else(|| format!("unsupported recent mask {mask:?}"))
 }
 
+/// `[!] --match-set NAME DIRS` after `-m set`.
+fn parse_set(words: &mut Words) -> Result<SetMatch, String> {
+    let negated = match words.next() {
+        Some("!") => {
+            words.expect("--match-set")?;
+            true
+        }
+        Some("--match-set") => false,
+        other => return Err(format!("unsupported set option {other:?}")),
+    };
+    let name = words.value("set name")?;
+    let list = words.value("set dimensions")?;
+    let dirs = list
+        .split(',')
+        .map(|d| match d {
+            "src" => Ok(SetDir::Src),
+            "dst" => Ok(SetDir::Dst),
+            other => Err(format!("unknown set dimension {other:?}")),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if dirs.len() > 6 {
+        return Err(format!("more than 6 set dimensions in {list:?}"));
+    }
+    Ok(SetMatch {
+        name,
+        dirs,
+        negated,
+    })
+}
+
 fn parse_module(words: &mut Words, module: &str, rule: &mut Rule) -> Result<(), String> {
+    if module == "set" {
+        rule.sets.push(parse_set(words)?);
+        return Ok(());
+    }
+    if !rule.sets.is_empty() {
+        // We write set matches last; anything else would not print back as parsed.
+        return Err(format!("match module {module:?} after a set match"));
+    }
     let m = match module {
         "comment" => {
             words.expect("--comment")?;
@@ -317,8 +372,9 @@ pub fn parse_rule_spec(spec: &str) -> Result<Rule, String> {
 
 /// Parses restore input (or `iptables-save` output of our chains) into tables.
 ///
-/// Accepts `#` comments, `*table`, `:CHAIN POLICY [counters]`, `-A CHAIN spec`, `-X CHAIN` and
-/// `COMMIT`. Rules of one chain are gathered in order; chains are kept in declaration order.
+/// Accepts `#` comments, `*table`, `:CHAIN POLICY [counters]`, `-A CHAIN spec`, `-I`/`-D
+/// BUILTIN spec` ([`Edit`]s), `-X CHAIN` and `COMMIT`. Rules of one chain are gathered in order;
+/// chains are kept in declaration order.
 ///
 /// # Errors
 /// [`ParseError`] with the line number, the line and why it is not one of our shapes.
@@ -400,6 +456,24 @@ fn parse_tables(text: &str, keep: &dyn Fn(&str) -> bool) -> Result<Vec<Table>, P
                 }
                 None => return Err(err(format!("rule for undeclared chain {chain}"))),
             }
+        } else if let Some((op, rest)) = trimmed
+            .strip_prefix("-I ")
+            .map(|rest| ("-I", rest))
+            .or_else(|| trimmed.strip_prefix("-D ").map(|rest| ("-D", rest)))
+        {
+            let (chain, spec) = rest
+                .split_once(' ')
+                .ok_or_else(|| err("edit without a spec".into()))?;
+            let chain = ChainName::new(chain);
+            if !chain.is_builtin() {
+                return Err(err(format!("{op} of chain {chain}, not a built-in one")));
+            }
+            let rule = parse_rule_spec(spec).map_err(err)?;
+            table.edits.push(if op == "-I" {
+                Edit::Insert { chain, rule }
+            } else {
+                Edit::Delete { chain, rule }
+            });
         } else if let Some(name) = trimmed.strip_prefix("-X ") {
             let name = ChainName::new(name.trim());
             if index_of.remove(&name).is_some() {
@@ -424,4 +498,44 @@ fn parse_tables(text: &str, keep: &dyn Fn(&str) -> bool) -> Result<Vec<Table>, P
         });
     }
     Ok(tables)
+}
+
+/// How many copies of each of `wanted` (table, chain, rule; same index) one family's
+/// `iptables-save` output shows: a saved `-A` line of that table and chain that prints exactly as
+/// the rule, or reads back as it (`iptables-save` prints a one-word comment unquoted). Foreign
+/// rules, whatever their shape, never count; nothing is an error.
+pub fn saved_copies(saved: &str, wanted: &[(TableName, &ChainName, &Rule)]) -> Vec<usize> {
+    let mut copies = vec![0; wanted.len()];
+    let rendered: Vec<String> = wanted.iter().map(|(_, _, rule)| rule.to_string()).collect();
+    let mut table = None;
+    for line in saved.lines() {
+        if let Some(name) = line.strip_prefix('*') {
+            table = match name.trim() {
+                "nat" => Some(TableName::Nat),
+                "filter" => Some(TableName::Filter),
+                _ => None,
+            };
+            continue;
+        }
+        let (Some(table), Some(rest)) = (table, line.strip_prefix("-A ")) else {
+            continue;
+        };
+        let (chain, spec) = rest.split_once(' ').unwrap_or((rest, ""));
+        let mut parsed = None;
+        for (i, (want_table, want_chain, rule)) in wanted.iter().enumerate() {
+            if *want_table != table || want_chain.as_str() != chain {
+                continue;
+            }
+            // Cheap first: most saved lines are not ours, and ours mostly print as we render.
+            if spec == rendered[i] {
+                copies[i] += 1;
+                continue;
+            }
+            let parsed = parsed.get_or_insert_with(|| parse_rule_spec(spec).ok());
+            if parsed.as_ref() == Some(*rule) {
+                copies[i] += 1;
+            }
+        }
+    }
+    copies
 }
