@@ -15,8 +15,7 @@ use iptables_runner::Iptables;
 use tracing::trace;
 
 use crate::error::{IptablesError, RestoreFailure};
-use crate::hooks::BuiltinEdits;
-use crate::plan::{Plan, Restore};
+use crate::plan::{BuiltinEdits, Plan, Restore};
 use crate::rules::{Family, Table, TableName};
 
 /// Which iptables backend the `iptables` binaries drive, and how plain `iptables` is probed
@@ -272,6 +271,26 @@ mod tests {
             "        2 b\n  >     3 c\n        4 d\n"
         );
         assert_eq!(extract_lines(input, 1, 1), "  >     1 a\n        2 b\n");
+    }
+
+    #[test]
+    fn a_failed_restore_prints_the_tools_words_once() {
+        let failure = RestoreFailure {
+            command: "iptables-restore -w 5 --noflush".to_owned(),
+            status: Some(1),
+            stderr: "iptables-restore: line 3 failed".to_owned(),
+        };
+        let error = IptablesError::Restore {
+            family: Family::V4,
+            table: TableName::Nat,
+            failure,
+            line: Some(3),
+            context: extract_lines("*nat\n:A - [0:0]\n-A A -j B\nCOMMIT\n", 3, 1),
+        };
+        assert!(std::error::Error::source(&error).is_none(), "{error:?}");
+        let text = proxy_core::error::error_chain(&error.into_dataplane());
+        assert_eq!(text.matches("line 3 failed").count(), 1, "{text}");
+        assert!(text.contains(">     3 -A A -j B"), "{text}");
     }
 
     #[test]

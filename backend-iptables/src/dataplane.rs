@@ -37,12 +37,13 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use prometheus_client::registry::Registry;
 use proxy_core::dataplane::{CleanupReport, DryRun, SyncProblem, SyncReport};
+use proxy_core::error::error_chain;
 use proxy_core::lock::{DataplaneLock, LockError, LockKey, NetnsId, DEFAULT_LOCK_DIR};
 use proxy_core::table::Scheduler;
 use proxy_core::{
     Capabilities, Dataplane, DataplaneError, Protocol, ServiceTable, SyncMode, SyncRequest,
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::apply::{apply_restores, detect_variant, CommandRunner, RestoreRunner, Variant};
 use crate::cleanup::{cleanup, removal};
@@ -525,11 +526,10 @@ impl IptablesDataplane {
                         flushes = count,
                         deleted, "stale UDP conntrack entries deleted"
                     ),
-                    Ok(Err(e)) => {
-                        warn!(error = %e, "stale UDP conntrack entries not deleted");
-                        out.problems
-                            .push(SyncProblem::new("conntrack", e.to_string()));
-                    }
+                    // A problem, which the sync loop logs: not logged here too.
+                    Ok(Err(e)) => out
+                        .problems
+                        .push(SyncProblem::new("conntrack", error_chain(&e))),
                     Err(e) => out
                         .problems
                         .push(SyncProblem::new("conntrack", e.to_string())),

@@ -1,23 +1,7 @@
 //! The crate's errors.
 
-use std::fmt;
-
-/// Restore text that is not one of our shapes.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct ParseError {
-    /// 1-based line number.
-    pub line: usize,
-    /// The offending line.
-    pub text: String,
-    /// Why it was refused.
-    pub reason: String,
-}
-
-impl fmt::Display for ParseError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "line {}: {}: {:?}", self.line, self.reason, self.text)
-    }
-}
+/// Restore text that is not one of our shapes (the shared rule model's parser error).
+pub use iptables_runner::rules::ParseError;
 
 /// A configuration the backend cannot use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,6 +51,24 @@ pub enum ConfigError {
     },
 }
 
+/// A hook operation that failed ([`crate::hooks::HookOps`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{op} {family} {table} {chain} {rule}: {message}")]
+pub struct HookError {
+    /// `check`, `insert` or `delete`.
+    pub op: &'static str,
+    /// Address family.
+    pub family: crate::rules::Family,
+    /// Table.
+    pub table: String,
+    /// Built-in chain.
+    pub chain: String,
+    /// The rule spec.
+    pub rule: String,
+    /// What the tool said.
+    pub message: String,
+}
+
 /// Any error of this backend.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -85,8 +87,8 @@ pub enum IptablesError {
         family: crate::rules::Family,
         /// Table.
         table: crate::rules::TableName,
-        /// What the tool said.
-        #[source]
+        /// What the tool said: printed in the message, followed by our input lines, so not also
+        /// a `source` (a chain of causes prints it once).
         failure: RestoreFailure,
         /// The failing line of our input, when the tool named one.
         line: Option<usize>,
@@ -94,11 +96,12 @@ pub enum IptablesError {
         context: String,
     },
     /// No usable `iptables` on this host (neither variant could be detected).
+    /// What the probe said is in the message, not a `source`: printed once.
     #[error("cannot detect the iptables variant: {0}")]
-    Detect(#[source] RestoreFailure),
+    Detect(RestoreFailure),
     /// Ensuring or removing a hook failed.
     #[error(transparent)]
-    Hook(#[from] crate::hooks::HookError),
+    Hook(#[from] HookError),
     /// Another instance owns the chains of this prefix in this network namespace (its pid and
     /// command line are in the message), or the lock could not be taken
     /// ([`proxy_core::lock`]).
@@ -109,8 +112,7 @@ pub enum IptablesError {
     SaveFamily {
         /// Address family.
         family: crate::rules::Family,
-        /// What the tool said.
-        #[source]
+        /// What the tool said (in the message, not a `source`: printed once).
         failure: RestoreFailure,
     },
     /// `iptables-save` failed.
@@ -120,8 +122,7 @@ pub enum IptablesError {
         family: crate::rules::Family,
         /// Table.
         table: crate::rules::TableName,
-        /// What the tool said.
-        #[source]
+        /// What the tool said (in the message, not a `source`: printed once).
         failure: RestoreFailure,
     },
 }

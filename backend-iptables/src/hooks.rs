@@ -15,31 +15,17 @@
 //! remain for tools and tests. They block: call them off the async runtime
 //! (`tokio::task::spawn_blocking`).
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::process::{Command, Stdio};
 
-use crate::apply::{CommandRunner, Variant};
+use iptables_runner::Variant;
+
+use crate::apply::CommandRunner;
+/// The hook errors, defined with the crate's others (so that `error` needs nothing of this
+/// module), under the path they have always had.
+pub use crate::error::HookError;
 use crate::plan::Hook;
 use crate::rules::{ChainName, Family, TableName};
-
-/// A hook operation that failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{op} {family} {table} {chain} {rule}: {message}")]
-pub struct HookError {
-    /// `check`, `insert` or `delete`.
-    pub op: &'static str,
-    /// Address family.
-    pub family: Family,
-    /// Table.
-    pub table: String,
-    /// Built-in chain.
-    pub chain: String,
-    /// The rule spec.
-    pub rule: String,
-    /// What the tool said.
-    pub message: String,
-}
 
 /// Checks, inserts and deletes single rules in built-in chains.
 pub trait HookOps: Send + Sync + fmt::Debug {
@@ -331,92 +317,9 @@ pub fn ensure_hooks(ops: &dyn HookOps, hooks: &[Hook]) -> Result<usize, HookErro
 
 // === hooks in the restore input ===
 
-/// Lines for the built-in chains of one restore input, per family and table: `-D` lines go
-/// right after the table's `*table` line (before our chains are flushed or deleted, which a
-/// reference from a built-in chain would forbid), `-I` lines right before its `COMMIT` (after our
-/// chains are declared, which a jump needs). Only the lines given are touched: the built-in chains
-/// keep every other rule, since the restore runs with `--noflush` and declares none of them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BuiltinEdits {
-    head: BTreeMap<(Family, TableName), Vec<String>>,
-    tail: BTreeMap<(Family, TableName), Vec<String>>,
-}
-
-impl BuiltinEdits {
-    /// No edits.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Inserts each of `hooks` at the top of its built-in chain. Hooks of one chain are inserted
-    /// in reverse, so a chain missing all of them ends up in the planned order before anyone
-    /// else's rules (as [`ensure_hooks`] does one process at a time).
-    pub fn insert(&mut self, family: Family, hooks: &[&Hook]) {
-        for hook in hooks.iter().rev() {
-            // `Rule`'s display is restore input (the comment quoted).
-            self.tail
-                .entry((family, hook.table))
-                .or_default()
-                .push(format!("-I {} 1 {}", hook.chain, hook.rule));
-        }
-    }
-
-    /// Deletes `copies` copies of `hook` (as many as the save showed).
-    pub fn delete(&mut self, family: Family, hook: &Hook, copies: usize) {
-        let line = format!("-D {} {}", hook.chain, hook.rule);
-        let lines = self.head.entry((family, hook.table)).or_default();
-        lines.extend(std::iter::repeat_n(line, copies));
-    }
-
-    /// Adds `other`'s edits after this one's.
-    pub fn extend(&mut self, other: BuiltinEdits) {
-        for (key, lines) in other.head {
-            self.head.entry(key).or_default().extend(lines);
-        }
-        for (key, lines) in other.tail {
-            self.tail.entry(key).or_default().extend(lines);
-        }
-    }
-
-    /// Lines to put right after `*table`.
-    pub fn head(&self, family: Family, table: TableName) -> &[String] {
-        self.head.get(&(family, table)).map_or(&[], Vec::as_slice)
-    }
-
-    /// Lines to put right before `COMMIT`.
-    pub fn tail(&self, family: Family, table: TableName) -> &[String] {
-        self.tail.get(&(family, table)).map_or(&[], Vec::as_slice)
-    }
-
-    /// The tables with edits, in family then table order.
-    pub fn tables(&self) -> BTreeSet<(Family, TableName)> {
-        self.head.keys().chain(self.tail.keys()).copied().collect()
-    }
-
-    /// How many lines in all.
-    pub fn len(&self) -> usize {
-        self.head
-            .values()
-            .chain(self.tail.values())
-            .map(Vec::len)
-            .sum()
-    }
-
-    /// Whether there is no edit.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// How many `-I` lines.
-    pub fn inserted(&self) -> usize {
-        self.tail.values().map(Vec::len).sum()
-    }
-
-    /// How many `-D` lines.
-    pub fn deleted(&self) -> usize {
-        self.head.values().map(Vec::len).sum()
-    }
-}
+/// The restore-input edits of the built-in chains, defined with the plan (which [`crate::apply`]
+/// reads, and which needs nothing of this module) under the path they have always had.
+pub use crate::plan::BuiltinEdits;
 
 /// How many copies of each of `hooks` (same index) one family's `iptables-save` output shows in
 /// its built-in chains. A saved line counts when it reads back as the hook's rule (or prints

@@ -278,11 +278,10 @@ impl Live {
                     info!(listener = %key, service_port = %route.service_port, "listener opened");
                 }
                 Err(error) => {
+                    // Returned as a problem, which the sync loop logs: not logged here too. Over
+                    // the limit, one line below says why for all of them.
                     if matches!(error, UserspaceError::ListenerLimit { .. }) {
-                        // One line for all of them below, not one per listener.
                         over_limit += 1;
-                    } else {
-                        warn!(service_port = %route.service_port, %error, "listener not opened");
                     }
                     outcome.problems.push(SyncProblem::of_port(
                         route.service_port.clone(),
@@ -406,8 +405,8 @@ impl Live {
         self.is_capture_chain_current = result.is_ok();
         match result {
             Ok(()) => outcome.written += 1,
+            // A problem, which the sync loop logs: not logged here too.
             Err(error) => {
-                warn!(%error, "capture rules not applied");
                 outcome.problems.push(SyncProblem::new(
                     format!("iptables nat chain {chain}"),
                     error.to_string(),
@@ -583,7 +582,7 @@ fn open(
         } else {
             UserspaceError::Bind {
                 listener: key,
-                source,
+                error: source,
             }
         }
     };

@@ -2,7 +2,7 @@
 
 use std::io;
 
-use crate::plan::ListenerKey;
+use crate::listener::ListenerKey;
 
 /// Why the userspace backend could not be built or could not open a listener.
 #[derive(Debug, thiserror::Error)]
@@ -28,13 +28,13 @@ pub enum UserspaceError {
         open: usize,
     },
     /// A listening socket could not be created or bound.
-    #[error("cannot listen on {listener}: {source}")]
+    #[error("cannot listen on {listener}: {error}")]
     Bind {
         /// The protocol and address that could not be bound.
         listener: ListenerKey,
-        /// The OS error.
-        #[source]
-        source: io::Error,
+        /// The OS error, in the message (a sync reports this error as a problem's text): not a
+        /// `source`, so that a chain of causes prints it once.
+        error: io::Error,
     },
     /// A service address is not an address of this host, so it cannot be bound
     /// (`EADDRNOTAVAIL`). The message says what to do: add the address, capture its traffic
@@ -56,13 +56,12 @@ pub enum UserspaceError {
         error: io::Error,
     },
     /// A command could not be started (capture mode).
-    #[error("cannot run {command}: {source}")]
+    #[error("cannot run {command}: {error}")]
     Spawn {
         /// The command line.
         command: String,
-        /// The OS error.
-        #[source]
-        source: io::Error,
+        /// The OS error, in the message: not a `source`, so that it prints once.
+        error: io::Error,
     },
     /// An iptables command failed (capture mode).
     #[error("{command} failed ({status}): {stderr}")]
@@ -74,4 +73,34 @@ pub enum UserspaceError {
         /// Its standard error (and, for a restore, our input).
         stderr: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use proxy_core::table::Protocol;
+
+    use super::*;
+
+    #[test]
+    fn a_bind_error_prints_the_os_error_once_whoever_prints_it() {
+        let error = UserspaceError::Bind {
+            listener: ListenerKey {
+                protocol: Protocol::Tcp,
+                addr: SocketAddr::from(([198, 18, 0, 1], 80)),
+            },
+            error: io::Error::from(io::ErrorKind::AddrInUse),
+        };
+        // A sync reports it as a problem's text (`to_string`), the loop logs chains: both whole,
+        // the OS error once.
+        let text = error.to_string();
+        assert!(
+            text.starts_with("cannot listen on tcp 198.18.0.1:80: "),
+            "{text}"
+        );
+        assert!(std::error::Error::source(&error).is_none(), "{error:?}");
+        let chain = proxy_core::error::error_chain(&error);
+        assert_eq!(chain, text);
+    }
 }

@@ -69,6 +69,7 @@ pub mod capture;
 pub mod config;
 pub mod error;
 mod limits;
+mod listener;
 pub mod metrics;
 pub mod observe;
 pub mod pick;

@@ -15,7 +15,6 @@
 //! or randomness: same input, same plan.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -27,6 +26,9 @@ use proxy_core::table::{
 };
 
 use crate::config::UserspaceConfig;
+/// The key of a listener, defined below both this module and [`crate::error`] (whose errors name
+/// listeners), under its public path here.
+pub use crate::listener::ListenerKey;
 
 mod partial;
 
@@ -43,22 +45,6 @@ pub type NodeIps = BTreeSet<IpAddr>;
 pub fn depends_on_node_ips(port: &ServicePort) -> bool {
     port.node_port.is_some()
         || (!port.load_balancer_ips.is_empty() && !port.load_balancer_source_ranges.is_empty())
-}
-
-/// A listening socket: protocol and local address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ListenerKey {
-    /// TCP or UDP.
-    pub protocol: Protocol,
-    /// The address and port bound.
-    pub addr: SocketAddr,
-}
-
-impl fmt::Display for ListenerKey {
-    /// `tcp 127.0.0.1:8080`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.protocol, self.addr)
-    }
 }
 
 /// Which of a service port's addresses a listener serves; decides the traffic policy.

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
 use socket2::{Domain, SockRef, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
@@ -283,8 +284,8 @@ async fn pump(
     let (client_read, client_write) = client.split();
     let (upstream_read, upstream_write) = upstream.split();
     let one_ended = AtomicBool::new(false);
-    let to_endpoint = relay::Tally::new(&balancer.metrics.bytes_to_endpoint, None);
-    let to_client = relay::Tally::new(&balancer.metrics.bytes_to_client, Some(first_reply));
+    let to_endpoint = Tally::new(&balancer.metrics.bytes_to_endpoint, None);
+    let to_client = Tally::new(&balancer.metrics.bytes_to_client, Some(first_reply));
     // Which direction ended first: 0 none yet, 1 the client's, 2 the endpoint's (EOF), 3 the
     // endpoint's (error).
     let first_end = AtomicU8::new(0);
@@ -375,5 +376,45 @@ impl Activity {
             }
             tokio::time::sleep(deadline - now).await;
         }
+    }
+}
+
+/// Counts one direction's bytes: into the service port's counter, and for this connection
+/// (whose first byte back from the endpoint ends the endpoint's failure streak).
+pub(crate) struct Tally<'a> {
+    counter: &'a Counter,
+    bytes: AtomicU64,
+    on_first: Option<&'a (dyn Fn() + Sync)>,
+}
+
+impl std::fmt::Debug for Tally<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tally").field("bytes", &self.bytes).finish()
+    }
+}
+
+impl<'a> Tally<'a> {
+    /// Counts into `counter`; calls `on_first` when the first bytes pass.
+    pub(crate) fn new(counter: &'a Counter, on_first: Option<&'a (dyn Fn() + Sync)>) -> Self {
+        Self {
+            counter,
+            bytes: AtomicU64::new(0),
+            on_first,
+        }
+    }
+
+    /// Counts `n` bytes moved.
+    pub(crate) fn add(&self, n: u64) {
+        self.counter.inc_by(n);
+        if self.bytes.fetch_add(n, Ordering::Relaxed) == 0 && n > 0 {
+            if let Some(on_first) = self.on_first {
+                on_first();
+            }
+        }
+    }
+
+    /// Bytes moved so far.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
     }
 }

@@ -61,3 +61,23 @@ impl DataplaneError {
         }
     }
 }
+
+/// `error`, then each of its sources on a `caused by:` line of its own, so that one log event or
+/// one problem's text carries every cause. A cause whose text is already there (a wrapper that
+/// prints its source) is not repeated. The sync loop logs each failure with it; a backend that
+/// reports an error as a [`crate::SyncProblem`] can render it with it too.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // A wrapper that prints its source in its own text (at the end, or followed by context)
+        // must not show it twice.
+        if !text.contains(cause_text.trim()) {
+            text.push_str("\n  caused by: ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -90,13 +90,13 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 #[non_exhaustive]
 pub enum LoadError {
     /// The file could not be read.
-    #[error("cannot read table file {}: {source}", path.display())]
+    #[error("cannot read table file {}: {error}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
-        /// What the OS said.
-        #[source]
-        source: std::io::Error,
+        /// What the OS said: in the message (which the file watcher shows alone), not a
+        /// `source`, so that a chain of causes prints it once.
+        error: std::io::Error,
     },
     /// The text is not a well-formed table: bad syntax, a wrong type, an unknown field.
     #[error("{origin}{}: {message}", location(*line, *column))]

@@ -94,9 +94,11 @@ pub mod error;
 pub mod file;
 pub mod lock;
 pub mod metrics;
+mod model;
 pub mod node_addresses;
 pub mod select;
 pub mod service_health;
+mod source;
 pub mod sync;
 pub mod table;
 #[cfg(any(test, feature = "testing"))]

@@ -47,7 +47,7 @@ use prometheus_client::registry::Registry;
 use crate::dataplane::SyncMode;
 use crate::diff::ChangeSet;
 use crate::select::{select_endpoints, uses_local_endpoints, Target};
-use crate::sync::{SkipReason, Skipped};
+use crate::source::{SkipReason, Skipped};
 use crate::table::{ServicePort, ServiceTable, TrafficPolicy};
 use std::sync::Arc;
 

@@ -102,7 +102,7 @@ fn answers_health_checks(port: &ServicePort) -> bool {
 
 /// A health-check port that could not be opened.
 #[derive(Debug, thiserror::Error)]
-#[error("health-check node port {addr} of {namespace}/{name}: {source}")]
+#[error("health-check node port {addr} of {namespace}/{name}: {error}")]
 pub struct BindError {
     /// The address and port.
     pub addr: SocketAddr,
@@ -110,9 +110,9 @@ pub struct BindError {
     pub namespace: String,
     /// The service's name.
     pub name: String,
-    /// Why.
-    #[source]
-    pub source: std::io::Error,
+    /// Why: in the message, not a `source`, so that a chain of causes prints it once (this
+    /// error is also summed up in [`ServiceHealthError`]'s message, which has no source).
+    pub error: std::io::Error,
 }
 
 /// Why [`ServiceHealthServer::update`] did not open every port; the others are serving.
@@ -190,11 +190,11 @@ impl ServiceHealthServer {
                         let health = Arc::clone(&self.health);
                         tasks.push(tokio::spawn(serve(listener, *port, health)));
                     }
-                    Err(source) => failures.push(BindError {
+                    Err(error) => failures.push(BindError {
                         addr,
                         namespace: service.namespace.clone(),
                         name: service.name.clone(),
-                        source,
+                        error,
                     }),
                 }
             }

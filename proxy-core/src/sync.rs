@@ -76,7 +76,7 @@ use tracing::{debug, debug_span, error, info, info_span, warn, Instrument as _};
 
 use crate::dataplane::{Dataplane, SyncMode, SyncReport, SyncRequest};
 use crate::diff::{diff, ChangeSet};
-use crate::error::DataplaneError;
+use crate::error::{error_chain, DataplaneError};
 use crate::metrics::{FailureReason, SyncMetrics, SyncResult};
 use crate::node_addresses::NodeAddresses;
 use crate::table::{PortMap, ServiceTable};
@@ -85,12 +85,11 @@ use imbl::ordmap::DiffItem;
 mod config;
 mod handle;
 mod health;
-mod source;
 
+pub use crate::source::{ServiceSource, SkipReason, Skipped, SkippedPort, TableUpdate};
 pub use config::SyncConfig;
 pub use handle::{DryRunError, LoopStopped, SyncHandle, SyncOutcome, SyncStatus};
 pub use health::{SyncFailure, SyncHealth};
-pub use source::{ServiceSource, SkipReason, Skipped, SkippedPort, TableUpdate};
 
 use handle::Command;
 
@@ -788,23 +787,6 @@ async fn sleep_until(due: Option<Instant>) {
         Some(due) => tokio::time::sleep_until(due).await,
         None => std::future::pending().await,
     }
-}
-
-/// `error: source: source...` on one line per level, so one log event carries every cause.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        // Wrappers such as `DataplaneError::Backend` already print their source, at the end or
-        // followed by context (a restore failure's input lines): each cause once.
-        if !text.contains(cause_text.trim()) {
-            text.push_str("\n  caused by: ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -68,11 +68,11 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-pub use crate::sync::{SkipReason, Skipped, SkippedPort, TableUpdate};
+pub use crate::source::{SkipReason, Skipped, SkippedPort, TableUpdate};
 pub use model::{EndpointSlice, Service, ServiceName, ServicePortSpec, SliceEndpoint, SlicePort};
 
 use crate::dataplane::{Capabilities, Dataplane};
-use crate::sync::ServiceSource;
+use crate::source::ServiceSource;
 use crate::table::{PortMap, ServicePort, ServicePortName, ServiceTable};
 use crate::validate::FieldError;
 use claims::Claims;

@@ -40,7 +40,9 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::table::{Endpoint, PortMap, Protocol, ServicePort, ServicePortName, SessionAffinity};
+/// Kept at its old path: it now sits with the model, whose names it escapes.
+pub use crate::model::escape_control;
+use crate::model::{Endpoint, PortMap, Protocol, ServicePort, ServicePortName, SessionAffinity};
 
 /// One problem, at one field: `services[default/web].ports[http].node_port: 99999 is outside 1-65535`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,23 +105,6 @@ pub fn port_path(name: &ServicePortName) -> String {
 /// The path of a service: `services[default/web]`, control characters escaped.
 pub fn service_path(name: &ServicePortName) -> String {
     format!("services[{}]", escape_control(&name.service()))
-}
-
-/// `text` with each control character escaped as Rust writes it (`\n`, `\0`, `\u{1b}`), so
-/// that a name printed in a log line, an error or a terminal stays one harmless line.
-pub fn escape_control(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
-        return std::borrow::Cow::Borrowed(text);
-    }
-    let mut escaped = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        if c.is_control() {
-            escaped.extend(c.escape_debug());
-        } else {
-            escaped.push(c);
-        }
-    }
-    std::borrow::Cow::Owned(escaped)
 }
 
 /// The problem with a name or string of the table holding a control character, if it does.

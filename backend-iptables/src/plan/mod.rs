@@ -23,16 +23,19 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 
+use iptables_runner::Variant;
 use proxy_core::{ChangeSet, ServicePort, ServicePortName, ServiceTable, SyncMode};
 
-use crate::apply::Variant;
 use crate::config::{InlineBalancing, IptablesConfig};
 use crate::error::ConfigError;
 use crate::names::Names;
+use crate::rules::{Chain, ChainName, CtState, Family, Match, Rule, Table, TableName, Target};
+
+mod edits;
 mod port;
 mod shared;
 
-use crate::rules::{Chain, ChainName, CtState, Family, Match, Rule, Table, TableName, Target};
+pub use edits::BuiltinEdits;
 
 /// A chain's identity in the kernel: family, table, name.
 pub type ChainKey = (Family, TableName, ChainName);
@@ -418,97 +421,39 @@ impl Planner {
         let full = mode == SyncMode::Full || applied.is_empty() || changes.node.is_some();
         let touched: Option<BTreeSet<&ServicePortName>> =
             (!full).then(|| changes.touched().collect());
+        let mut writer = ChainWriter {
+            full,
+            applied,
+            delta: AppliedDelta::default(),
+        };
         let mut restores = Vec::new();
-        let mut delta = AppliedDelta::default();
         let mut port_chains: BTreeMap<ServicePortName, BTreeSet<ChainKey>> = BTreeMap::new();
-
         for family in Family::ALL {
-            let mut shared = Shared::default();
-            let mut per_port: BTreeMap<&ServicePortName, Vec<Chain>> = BTreeMap::new();
-            for port in table.iter() {
-                let Some(view) = family_view(port, family) else {
-                    continue;
-                };
-                let render = touched.as_ref().is_none_or(|t| t.contains(&port.name));
-                let chains = self.plan_port(&view, family, &mut shared, render);
-                if render {
-                    per_port.insert(&port.name, chains);
-                }
-            }
-            let (mut nat_shared, mut filter_shared) = self.plan_shared(family, shared);
-            if !self.config.comments {
-                nat_shared
-                    .iter_mut()
-                    .chain(filter_shared.iter_mut())
-                    .for_each(strip_comments);
-            }
-
-            // Filter: all chains are shared.
+            let rendered = self.render_family(table, family, touched.as_ref());
             let mut filter = Table::new(TableName::Filter);
             let mut nat = Table::new(TableName::Nat);
+            // Filter: all chains are shared.
             let mut desired_shared: BTreeSet<ChainKey> = BTreeSet::new();
             for (tname, chains, out) in [
-                (TableName::Filter, filter_shared, &mut filter),
-                (TableName::Nat, nat_shared, &mut nat),
+                (TableName::Filter, rendered.filter_shared, &mut filter),
+                (TableName::Nat, rendered.nat_shared, &mut nat),
             ] {
                 for chain in chains {
-                    let key = (family, tname, chain.name.clone());
-                    let state = ChainState::of(&chain);
-                    desired_shared.insert(key.clone());
-                    if full || applied.chains.get(&key) != Some(&state) {
-                        delta.written.push((key, state));
-                        out.chains.push(chain);
-                    }
+                    desired_shared.insert(writer.write(family, tname, chain, out));
                 }
             }
             // Port chains (nat only).
-            if !self.config.comments {
-                per_port.values_mut().flatten().for_each(strip_comments);
-            }
-            for (name, chains) in per_port {
+            for (name, chains) in rendered.per_port {
                 let set = port_chains.entry(name.clone()).or_default();
                 for chain in chains {
-                    let key = (family, TableName::Nat, chain.name.clone());
-                    let state = ChainState::of(&chain);
-                    set.insert(key.clone());
-                    if full || applied.chains.get(&key) != Some(&state) {
-                        delta.written.push((key, state));
-                        nat.chains.push(chain);
-                    }
+                    set.insert(writer.write(family, TableName::Nat, chain, &mut nat));
                 }
             }
-            // Deletions.
-            let stale: Vec<ChainKey> = if full {
-                applied
-                    .chains
-                    .keys()
-                    .filter(|k| k.0 == family)
-                    .filter(|k| {
-                        !desired_shared.contains(*k)
-                            && !port_chains.values().any(|set| set.contains(*k))
-                    })
-                    .cloned()
-                    .collect()
+            let stale = if full {
+                stale_after_full(family, applied, &desired_shared, &port_chains)
             } else {
-                let owned_by_ports: BTreeSet<&ChainKey> =
-                    applied.ports.values().flatten().collect();
-                let mut stale: Vec<ChainKey> = applied
-                    .chains
-                    .keys()
-                    .filter(|k| k.0 == family && !owned_by_ports.contains(k))
-                    .filter(|k| !desired_shared.contains(*k))
-                    .cloned()
-                    .collect();
-                for name in touched.iter().flatten() {
-                    let old = applied.ports.get(*name).into_iter().flatten();
-                    let new = port_chains.get(*name);
-                    stale.extend(
-                        old.filter(|k| k.0 == family)
-                            .filter(|k| new.is_none_or(|set| !set.contains(*k)))
-                            .cloned(),
-                    );
-                }
-                stale
+                let touched = touched.iter().flatten().copied();
+                stale_after_partial(family, applied, &desired_shared, &port_chains, touched)
             };
             for key in stale {
                 let out = match key.1 {
@@ -516,7 +461,7 @@ impl Planner {
                     TableName::Nat => &mut nat,
                 };
                 out.deleted.push(key.2.clone());
-                delta.deleted.push(key);
+                writer.delta.deleted.push(key);
             }
             for t in [filter, nat] {
                 if !t.is_empty() {
@@ -524,18 +469,8 @@ impl Planner {
                 }
             }
         }
-        // Port ownership: touched (or all) ports get their new chain set; removed ports none.
-        match &touched {
-            None => {
-                delta.ports = port_chains.into_iter().map(|(n, s)| (n, Some(s))).collect();
-            }
-            Some(touched) => {
-                for name in touched {
-                    let set = port_chains.remove(*name);
-                    delta.ports.push(((*name).clone(), set));
-                }
-            }
-        }
+        let mut delta = writer.delta;
+        delta.ports = port_ownership(touched.as_ref(), port_chains);
         Plan {
             mode: if full {
                 SyncMode::Full
@@ -545,6 +480,140 @@ impl Planner {
             restores,
             delta,
         }
+    }
+
+    /// One family's chains: the shared ones (nat, filter) from every port, and the own chains
+    /// of the ports in `touched` (of every port when `None`), without comments if the config
+    /// says so.
+    fn render_family<'t>(
+        &self,
+        table: &'t ServiceTable,
+        family: Family,
+        touched: Option<&BTreeSet<&ServicePortName>>,
+    ) -> FamilyChains<'t> {
+        let mut shared = Shared::default();
+        let mut per_port: BTreeMap<&ServicePortName, Vec<Chain>> = BTreeMap::new();
+        for port in table.iter() {
+            let Some(view) = family_view(port, family) else {
+                continue;
+            };
+            let render = touched.is_none_or(|t| t.contains(&port.name));
+            let chains = self.plan_port(&view, family, &mut shared, render);
+            if render {
+                per_port.insert(&port.name, chains);
+            }
+        }
+        let (mut nat_shared, mut filter_shared) = self.plan_shared(family, shared);
+        if !self.config.comments {
+            nat_shared
+                .iter_mut()
+                .chain(filter_shared.iter_mut())
+                .chain(per_port.values_mut().flatten())
+                .for_each(strip_comments);
+        }
+        FamilyChains {
+            nat_shared,
+            filter_shared,
+            per_port,
+        }
+    }
+}
+
+/// One family's rendered chains ([`Planner::render_family`]).
+struct FamilyChains<'t> {
+    nat_shared: Vec<Chain>,
+    filter_shared: Vec<Chain>,
+    /// Each rendered port's own chains (nat), by port.
+    per_port: BTreeMap<&'t ServicePortName, Vec<Chain>>,
+}
+
+/// Puts chains into a plan's tables: every chain in a full plan, else only those whose state
+/// differs from what is applied; records what it wrote.
+struct ChainWriter<'a> {
+    full: bool,
+    applied: &'a Applied,
+    delta: AppliedDelta,
+}
+
+impl ChainWriter<'_> {
+    /// Writes `chain` into `out` unless it is applied as it is; returns its key either way.
+    fn write(
+        &mut self,
+        family: Family,
+        table: TableName,
+        chain: Chain,
+        out: &mut Table,
+    ) -> ChainKey {
+        let key = (family, table, chain.name.clone());
+        let state = ChainState::of(&chain);
+        if self.full || self.applied.chains.get(&key) != Some(&state) {
+            self.delta.written.push((key.clone(), state));
+            out.chains.push(chain);
+        }
+        key
+    }
+}
+
+/// After a full plan: every applied chain of `family` that is neither a desired shared chain
+/// nor a chain of a port.
+fn stale_after_full(
+    family: Family,
+    applied: &Applied,
+    desired_shared: &BTreeSet<ChainKey>,
+    port_chains: &BTreeMap<ServicePortName, BTreeSet<ChainKey>>,
+) -> Vec<ChainKey> {
+    applied
+        .chains
+        .keys()
+        .filter(|k| k.0 == family)
+        .filter(|k| {
+            !desired_shared.contains(*k) && !port_chains.values().any(|set| set.contains(*k))
+        })
+        .cloned()
+        .collect()
+}
+
+/// After a partial plan: the applied shared chains of `family` no longer desired, and the
+/// applied chains of each touched port that it no longer has.
+fn stale_after_partial<'n>(
+    family: Family,
+    applied: &Applied,
+    desired_shared: &BTreeSet<ChainKey>,
+    port_chains: &BTreeMap<ServicePortName, BTreeSet<ChainKey>>,
+    touched: impl Iterator<Item = &'n ServicePortName>,
+) -> Vec<ChainKey> {
+    let owned_by_ports: BTreeSet<&ChainKey> = applied.ports.values().flatten().collect();
+    let mut stale: Vec<ChainKey> = applied
+        .chains
+        .keys()
+        .filter(|k| k.0 == family && !owned_by_ports.contains(k))
+        .filter(|k| !desired_shared.contains(*k))
+        .cloned()
+        .collect();
+    for name in touched {
+        let old = applied.ports.get(name).into_iter().flatten();
+        let new = port_chains.get(name);
+        stale.extend(
+            old.filter(|k| k.0 == family)
+                .filter(|k| new.is_none_or(|set| !set.contains(*k)))
+                .cloned(),
+        );
+    }
+    stale
+}
+
+/// Port ownership after a plan: touched (or, when `None`, all) ports get their new chain set;
+/// removed ports none.
+fn port_ownership(
+    touched: Option<&BTreeSet<&ServicePortName>>,
+    mut port_chains: BTreeMap<ServicePortName, BTreeSet<ChainKey>>,
+) -> Vec<(ServicePortName, Option<BTreeSet<ChainKey>>)> {
+    match touched {
+        None => port_chains.into_iter().map(|(n, s)| (n, Some(s))).collect(),
+        Some(touched) => touched
+            .iter()
+            .map(|name| ((*name).clone(), port_chains.remove(*name)))
+            .collect(),
     }
 }
 

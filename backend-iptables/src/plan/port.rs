@@ -15,6 +15,35 @@ use crate::rules::{
     AddrTypeDir, Chain, ChainName, Family, Match, Probability, Recent, RejectWith, Rule, Target,
 };
 
+/// One service port in one family, as its rules see it: the endpoints new connections may use
+/// under each policy, and the names of the chains the port gets (`None`: no such chain).
+struct PortLayout<'p> {
+    port: &'p ServicePort,
+    family: Family,
+    /// Endpoints for `Cluster` policies (new connections only).
+    cluster: Vec<&'p Endpoint>,
+    /// Endpoints for `Local` policies (new connections only).
+    local: Vec<&'p Endpoint>,
+    /// SVC-: balances over `cluster`, when it is not empty.
+    svc: Option<ChainName>,
+    /// SVL-: balances over `local`, when it is not empty.
+    svl: Option<ChainName>,
+    /// The chain of the internal policy (SVC- or SVL-), if it has endpoints.
+    internal_chain: Option<ChainName>,
+    /// The chain of the external policy, if it has endpoints.
+    external_chain: Option<ChainName>,
+    /// EXT-: unless external traffic is rejected, when the port has external addresses.
+    ext: Option<ChainName>,
+    /// FW-: with EXT-, for load-balancer IPs with source ranges.
+    fw: Option<ChainName>,
+    /// The client-IP affinity timeout in seconds, if any.
+    affinity: Option<u32>,
+    /// The filter rule for internal traffic with no endpoint to go to (target, comment).
+    internal_filter: Option<(Target, &'static str)>,
+    /// The filter rule for external traffic with no endpoint to go to.
+    external_filter: Option<(Target, &'static str)>,
+}
+
 impl Planner {
     /// Plans one service port in one family: pushes its dispatch and filter rules into `shared`
     /// and, when `render`, returns its own chains.
@@ -25,6 +54,25 @@ impl Planner {
         shared: &mut Shared,
         render: bool,
     ) -> Vec<Chain> {
+        let layout = self.port_layout(port, family);
+        let inline = self.inline_balancing(&layout);
+        push_cluster_ip_entries(&layout, inline.as_deref(), shared);
+        push_external_ip_entries(&layout, shared);
+        push_node_port_entries(&layout, shared);
+        push_firewall_drops(&layout, shared);
+        if !render || inline.is_some() {
+            // An inline port has no chain of its own: its only referrer was the dispatch rule.
+            return Vec::new();
+        }
+        let mut chains = self.balance_chains(&layout);
+        chains.extend(self.external_chain(&layout));
+        chains.extend(self.firewall_chain(&layout));
+        chains.extend(self.affinity_chains(&layout));
+        chains
+    }
+
+    /// Which endpoints and chains `port` has in `family`.
+    fn port_layout<'p>(&self, port: &'p ServicePort, family: Family) -> PortLayout<'p> {
         let n = &self.names;
         let name = &port.name;
         let proto = port.protocol;
@@ -32,7 +80,6 @@ impl Planner {
         // New connections only: weight-0 endpoints take none (proxy_core::select).
         let cluster = selection.for_policy_new(TrafficPolicy::Cluster).to_vec();
         let local = selection.for_policy_new(TrafficPolicy::Local).to_vec();
-
         let svc = (!cluster.is_empty()).then(|| n.service_cluster(name, proto));
         let svl = (!local.is_empty()).then(|| n.service_local(name, proto));
         let policy_chain = |policy| match policy {
@@ -41,264 +88,202 @@ impl Planner {
         };
         let internal_chain = policy_chain(port.internal_traffic_policy);
         let external_chain = policy_chain(port.external_traffic_policy);
-        let has_external = port.has_external_addresses();
         // An EXT chain unless external traffic is rejected (same as "has endpoints" before
         // weights: a Cluster policy with no candidate of weight above 0 rejects).
-        let ext = (has_external && selection.external_new() != SelTarget::Reject)
+        let ext = (port.has_external_addresses() && selection.external_new() != SelTarget::Reject)
             .then(|| n.external(name, proto));
-        let ranges = &port.load_balancer_source_ranges;
-        let fw = (ext.is_some() && !ranges.is_empty() && !port.load_balancer_ips.is_empty())
-            .then(|| n.firewall_lb(name, proto));
-
-        let filter_rule = |target: SelTarget<'_, '_>| -> Option<(Target, &'static str)> {
-            match target {
-                SelTarget::Endpoints(_) => None,
-                SelTarget::Reject => Some((
-                    Target::Reject(reject_with(family, proto)),
-                    "has no endpoints",
-                )),
-                SelTarget::Drop => Some((Target::Drop, "has no local endpoints")),
-            }
-        };
-
+        let fw = (ext.is_some()
+            && !port.load_balancer_source_ranges.is_empty()
+            && !port.load_balancer_ips.is_empty())
+        .then(|| n.firewall_lb(name, proto));
         let affinity = match port.session_affinity {
             SessionAffinity::None => None,
             SessionAffinity::ClientIp { timeout } => {
                 Some(u32::try_from(timeout.as_secs()).unwrap_or(u32::MAX))
             }
         };
-        // Inline balancing: the internal chain's rules, guarded, go into the dispatch leaf.
-        let inline = match (&internal_chain, &port.cluster_ips[..]) {
-            (Some(chain), &[ip]) if ext.is_none() && affinity.is_none() => {
-                let endpoints = if Some(chain) == svc.as_ref() {
-                    &cluster
+        PortLayout {
+            port,
+            family,
+            internal_filter: filter_rule(selection.internal_new(), family, proto),
+            external_filter: filter_rule(selection.external_new(), family, proto),
+            cluster,
+            local,
+            svc,
+            svl,
+            internal_chain,
+            external_chain,
+            ext,
+            fw,
+            affinity,
+        }
+    }
+
+    /// The dispatch rules that balance the port inline (the internal chain's rules, guarded, in
+    /// the dispatch leaf), for a port with one cluster IP, no EXT chain and no affinity, when
+    /// the config allows it ([`Planner::inline_rules`]); `None` otherwise.
+    fn inline_balancing(&self, l: &PortLayout<'_>) -> Option<Vec<Rule>> {
+        match (&l.internal_chain, &l.port.cluster_ips[..]) {
+            (Some(chain), &[ip]) if l.ext.is_none() && l.affinity.is_none() => {
+                let endpoints = if Some(chain) == l.svc.as_ref() {
+                    &l.cluster
                 } else {
-                    &local
+                    &l.local
                 };
-                self.inline_rules(port, family, ip, chain, endpoints)
+                self.inline_rules(l.port, l.family, ip, chain, endpoints)
             }
             _ => None,
-        };
+        }
+    }
 
-        // Dispatch: cluster IPs.
-        for &ip in &port.cluster_ips {
-            if let Some(rules) = &inline {
-                shared.dispatch.push((ip, rules.clone()));
-                continue;
-            }
-            match (&internal_chain, filter_rule(selection.internal_new())) {
-                (Some(chain), _) => shared.dispatch.push((
-                    ip,
-                    vec![Rule::new(Target::Jump(chain.clone()))
-                        .destination(ip)
-                        .protocol(proto)
-                        .comment(format!("{name} cluster IP"))
-                        .dport(proto, port.port)],
-                )),
-                (None, Some((target, why))) => shared.filter_services.push(
-                    Rule::new(target)
-                        .destination(ip)
-                        .protocol(proto)
-                        .comment(format!("{name} {why}"))
-                        .dport(proto, port.port),
-                ),
-                // Unreachable: no chain means no endpoint for new connections, a filter rule.
-                (None, None) => {}
-            }
-        }
-        // External destinations.
-        let external_filter = filter_rule(selection.external_new());
-        let external_ips = port
-            .external_ips
-            .iter()
-            .map(|ip| (*ip, "external IP", false))
-            .chain(
-                port.load_balancer_ips
-                    .iter()
-                    .map(|ip| (*ip, "loadbalancer IP", true)),
-            );
-        for (ip, kind, is_lb) in external_ips {
-            if let Some(ext) = &ext {
-                let to = match (&fw, is_lb) {
-                    (Some(fw), true) => fw.clone(),
-                    _ => ext.clone(),
-                };
-                shared.dispatch.push((
-                    ip,
-                    vec![Rule::new(Target::Jump(to))
-                        .destination(ip)
-                        .protocol(proto)
-                        .comment(format!("{name} {kind}"))
-                        .dport(proto, port.port)],
-                ));
-            }
-            if let Some((target, why)) = &external_filter {
-                shared.filter_external.push(
-                    Rule::new(target.clone())
-                        .destination(ip)
-                        .protocol(proto)
-                        .comment(format!("{name} {why}"))
-                        .dport(proto, port.port),
-                );
-            }
-        }
-        if let Some(node_port) = port.node_port {
-            if let Some(ext) = &ext {
-                shared.node_ports.push((
-                    proto,
-                    node_port,
-                    Rule::new(Target::Jump(ext.clone()))
-                        .protocol(proto)
-                        .comment(name.to_string())
-                        .dport(proto, node_port),
-                ));
-            }
-            if let Some((target, why)) = &external_filter {
-                shared.filter_external.push(
-                    Rule::new(target.clone())
-                        .protocol(proto)
-                        .comment(format!("{name} {why}"))
-                        .with(Match::AddrTypeLocal(AddrTypeDir::Dst))
-                        .dport(proto, node_port),
-                );
-            }
-        }
-        if let Some(fw) = &fw {
-            for &ip in &port.load_balancer_ips {
-                shared.filter_firewall.push(
-                    Rule::new(Target::Drop)
-                        .destination(ip)
-                        .protocol(proto)
-                        .comment(format!("{name} traffic not accepted by {fw}"))
-                        .dport(proto, port.port),
-                );
-            }
-        }
-
-        if !render || inline.is_some() {
-            // An inline port has no chain of its own: its only referrer was the dispatch rule.
-            return Vec::new();
-        }
+    /// The port's balancing chains: SVC- over the cluster endpoints, SVL- over the local ones.
+    fn balance_chains(&self, l: &PortLayout<'_>) -> Vec<Chain> {
+        let internal_is = |chain: &ChainName| l.internal_chain.as_ref() == Some(chain);
         let mut chains = Vec::new();
-        let internal_is = |chain: &Option<ChainName>| chain.is_some() && *chain == internal_chain;
-        if let Some(svc) = &svc {
+        if let Some(svc) = &l.svc {
             chains.push(self.balance_chain(
-                port,
-                family,
+                l.port,
+                l.family,
                 svc,
-                &cluster,
-                internal_is(&Some(svc.clone())),
-                affinity,
+                &l.cluster,
+                internal_is(svc),
+                l.affinity,
             ));
         }
-        if let Some(svl) = &svl {
+        if let Some(svl) = &l.svl {
             chains.push(self.balance_chain(
-                port,
-                family,
+                l.port,
+                l.family,
                 svl,
-                &local,
-                internal_is(&Some(svl.clone())),
-                affinity,
+                &l.local,
+                internal_is(svl),
+                l.affinity,
             ));
         }
-        if let Some(ext) = &ext {
-            let mut chain = Chain::new(ext.clone());
-            let masq = Target::Jump(n.mark_masq());
-            match port.external_traffic_policy {
-                TrafficPolicy::Cluster => {
-                    chain.push(Rule::new(masq).comment(format!(
-                        "masquerade traffic for {name} external destinations"
-                    )));
-                }
-                TrafficPolicy::Local => {
-                    if let (Some(cidr), Some(svc)) = (self.config.cluster_cidr(family), &svc) {
-                        chain.push(
-                            Rule::new(Target::Jump(svc.clone()))
-                                .source_net(cidr, false)
-                                .comment(format!("pod traffic for {name} external destinations")),
-                        );
-                    }
+        chains
+    }
+
+    /// The EXT- chain: masquerade as the external policy asks, then jump to its chain.
+    fn external_chain(&self, l: &PortLayout<'_>) -> Option<Chain> {
+        let ext = l.ext.as_ref()?;
+        let name = &l.port.name;
+        let mut chain = Chain::new(ext.clone());
+        let masq = Target::Jump(self.names.mark_masq());
+        match l.port.external_traffic_policy {
+            TrafficPolicy::Cluster => {
+                chain.push(Rule::new(masq).comment(format!(
+                    "masquerade traffic for {name} external destinations"
+                )));
+            }
+            TrafficPolicy::Local => {
+                if let (Some(cidr), Some(svc)) = (self.config.cluster_cidr(l.family), &l.svc) {
                     chain.push(
-                        Rule::new(masq)
+                        Rule::new(Target::Jump(svc.clone()))
+                            .source_net(cidr, false)
+                            .comment(format!("pod traffic for {name} external destinations")),
+                    );
+                }
+                chain.push(
+                    Rule::new(masq)
+                        .comment(format!(
+                            "masquerade LOCAL traffic for {name} external destinations"
+                        ))
+                        .with(Match::AddrTypeLocal(AddrTypeDir::Src)),
+                );
+                if let Some(svc) = &l.svc {
+                    chain.push(
+                        Rule::new(Target::Jump(svc.clone()))
                             .comment(format!(
-                                "masquerade LOCAL traffic for {name} external destinations"
+                                "route LOCAL traffic for {name} external destinations"
                             ))
                             .with(Match::AddrTypeLocal(AddrTypeDir::Src)),
                     );
-                    if let Some(svc) = &svc {
-                        chain.push(
-                            Rule::new(Target::Jump(svc.clone()))
-                                .comment(format!(
-                                    "route LOCAL traffic for {name} external destinations"
-                                ))
-                                .with(Match::AddrTypeLocal(AddrTypeDir::Src)),
-                        );
-                    }
                 }
             }
-            if let Some(to) = &external_chain {
-                chain.push(Rule::new(Target::Jump(to.clone())));
-            }
-            chains.push(chain);
         }
-        if let (Some(fw), Some(ext)) = (&fw, &ext) {
-            let mut chain = Chain::new(fw.clone());
-            let ranges: Vec<&IpNet> = ranges
+        if let Some(to) = &l.external_chain {
+            chain.push(Rule::new(Target::Jump(to.clone())));
+        }
+        Some(chain)
+    }
+
+    /// The FW- chain: to EXT- from the allowed source ranges of this family (and from the
+    /// load-balancer IPs themselves when a range lets the node in).
+    fn firewall_chain(&self, l: &PortLayout<'_>) -> Option<Chain> {
+        let (Some(fw), Some(ext)) = (&l.fw, &l.ext) else {
+            return None;
+        };
+        let name = &l.port.name;
+        let family = l.family;
+        let mut chain = Chain::new(fw.clone());
+        let ranges: Vec<&IpNet> = l
+            .port
+            .load_balancer_source_ranges
+            .iter()
+            .filter(|r| family.contains(r.addr()))
+            .collect();
+        for range in &ranges {
+            chain.push(
+                Rule::new(Target::Jump(ext.clone()))
+                    .source_net(**range, false)
+                    .comment(format!("{name} loadbalancer IP")),
+            );
+        }
+        // kube-proxy's allowFromNode: a node reaching a load-balancer IP it holds locally
+        // (a VIP-like load balancer adds it, or routes it, to the node) sends from that IP,
+        // which no range names; let it in when a range lets the node in.
+        let allows_node = ranges
+            .iter()
+            .any(|range| self.config.node_ips.iter().any(|ip| range.contains(ip)));
+        if allows_node {
+            for &ip in l
+                .port
+                .load_balancer_ips
                 .iter()
-                .filter(|r| family.contains(r.addr()))
-                .collect();
-            for range in &ranges {
+                .filter(|ip| family.contains(**ip))
+            {
                 chain.push(
                     Rule::new(Target::Jump(ext.clone()))
-                        .source_net(**range, false)
+                        .source(ip)
                         .comment(format!("{name} loadbalancer IP")),
                 );
             }
-            // kube-proxy's allowFromNode: a node reaching a load-balancer IP it holds locally
-            // (a VIP-like load balancer adds it, or routes it, to the node) sends from that IP,
-            // which no range names; let it in when a range lets the node in.
-            let allows_node = ranges
-                .iter()
-                .any(|range| self.config.node_ips.iter().any(|ip| range.contains(ip)));
-            if allows_node {
-                for &ip in port
-                    .load_balancer_ips
-                    .iter()
-                    .filter(|ip| family.contains(**ip))
-                {
-                    chain.push(
-                        Rule::new(Target::Jump(ext.clone()))
-                            .source(ip)
-                            .comment(format!("{name} loadbalancer IP")),
-                    );
-                }
-            }
-            chains.push(chain);
         }
-        if affinity.is_some() {
-            let mut seen = BTreeSet::new();
-            for ep in cluster.iter().chain(&local) {
-                if !seen.insert(ep.key()) {
-                    continue;
-                }
-                let sep = n.endpoint(name, proto, &ep.key());
-                let mut chain = Chain::new(sep.clone());
-                chain.push(
-                    Rule::new(Target::Jump(n.mark_masq()))
-                        .source(ep.addr)
-                        .comment(name.to_string()),
-                );
-                chain.push(
-                    Rule::new(Target::Dnat(SocketAddr::new(ep.addr, ep.port)))
-                        .protocol(proto)
-                        .comment(name.to_string())
-                        .with(Match::Recent(Recent::Set {
-                            name: sep.to_string(),
-                            family,
-                        })),
-                );
-                chains.push(chain);
+        Some(chain)
+    }
+
+    /// With client-IP affinity, one SEP- chain per endpoint (of either policy, once each):
+    /// masquerade hairpin traffic, then DNAT and remember the client (`-m recent --set`).
+    fn affinity_chains(&self, l: &PortLayout<'_>) -> Vec<Chain> {
+        if l.affinity.is_none() {
+            return Vec::new();
+        }
+        let n = &self.names;
+        let name = &l.port.name;
+        let proto = l.port.protocol;
+        let mut chains = Vec::new();
+        let mut seen = BTreeSet::new();
+        for ep in l.cluster.iter().chain(&l.local) {
+            if !seen.insert(ep.key()) {
+                continue;
             }
+            let sep = n.endpoint(name, proto, &ep.key());
+            let mut chain = Chain::new(sep.clone());
+            chain.push(
+                Rule::new(Target::Jump(n.mark_masq()))
+                    .source(ep.addr)
+                    .comment(name.to_string()),
+            );
+            chain.push(
+                Rule::new(Target::Dnat(SocketAddr::new(ep.addr, ep.port)))
+                    .protocol(proto)
+                    .comment(name.to_string())
+                    .with(Match::Recent(Recent::Set {
+                        name: sep.to_string(),
+                        family: l.family,
+                    })),
+            );
+            chains.push(chain);
         }
         chains
     }
@@ -388,101 +373,136 @@ impl Planner {
         is_internal_chain: bool,
         affinity: Option<u32>,
     ) -> Chain {
-        let n = &self.names;
-        let name = &port.name;
-        let proto = port.protocol;
         let mut chain = Chain::new(chain_name.clone());
         if is_internal_chain {
-            for &ip in &port.cluster_ips {
-                let rule = Rule::new(Target::Jump(n.mark_masq()));
-                let rule = if self.config.masquerade_all {
-                    rule
-                } else if let Some(cidr) = self.config.cluster_cidr(family) {
-                    rule.source_net(cidr, true)
-                } else {
-                    continue;
-                };
-                chain.push(
-                    rule.destination(ip)
-                        .protocol(proto)
-                        .comment(format!("{name} cluster IP"))
-                        .dport(proto, port.port),
-                );
-            }
+            chain
+                .rules
+                .extend(self.masquerade_off_cluster(port, family));
         }
-        if affinity.is_some() {
-            for ep in endpoints {
-                let sep = n.endpoint(name, proto, &ep.key());
-                chain.push(
-                    Rule::new(Target::Jump(sep.clone()))
-                        .comment(format!("{name} -> {}", ep.key()))
-                        .with(Match::Recent(Recent::Check {
-                            name: sep.to_string(),
-                            seconds: affinity.unwrap_or_default(),
-                            family,
-                        })),
-                );
-            }
+        if let Some(seconds) = affinity {
+            chain
+                .rules
+                .extend(self.affinity_checks(port, family, endpoints, seconds));
         }
         let total: u64 = endpoints.iter().map(|e| u64::from(weight(e))).sum();
         let mut remaining = total;
-        let masq = self.config.masquerade_mark();
-        let select = self.config.select_mark();
         for (i, ep) in endpoints.iter().enumerate() {
             let is_last = i + 1 == endpoints.len();
             let w = u64::from(weight(ep));
             let stat = (!is_last).then(|| Match::Statistic(Probability::ratio(w, remaining)));
             remaining -= w;
-            let to = SocketAddr::new(ep.addr, ep.port);
-            let comment = format!("{name} -> {}", ep.key());
             if affinity.is_some() {
-                let mut rule =
-                    Rule::new(Target::Jump(n.endpoint(name, proto, &ep.key()))).comment(&comment);
+                let mut rule = Rule::new(Target::Jump(self.names.endpoint(
+                    &port.name,
+                    port.protocol,
+                    &ep.key(),
+                )))
+                .comment(format!("{} -> {}", port.name, ep.key()));
                 rule.matches.extend(stat);
                 chain.push(rule);
-                continue;
-            }
-            let needs_hairpin = ep.is_local || self.config.hairpin_all_endpoints;
-            let mut direct = Rule::new(Target::Dnat(to))
-                .protocol(proto)
-                .comment(&comment);
-            if needs_hairpin {
-                direct = direct.source_net(IpNet::from(ep.addr), true);
-            }
-            direct.matches.extend(stat.clone());
-            chain.push(direct);
-            if !needs_hairpin {
-                continue;
-            }
-            match stat {
-                Some(stat) => {
-                    chain.push(
-                        Rule::new(Target::Mark {
-                            value: masq | select,
-                            mask: masq | select,
-                        })
-                        .source(ep.addr)
-                        .with(stat),
-                    );
-                    chain.push(
-                        Rule::new(Target::Dnat(to))
-                            .source(ep.addr)
-                            .protocol(proto)
-                            .with(Match::Mark {
-                                value: select,
-                                mask: select,
-                                negated: false,
-                            }),
-                    );
-                }
-                None => {
-                    // Only the endpoint itself gets here: the rule above took everyone else.
-                    chain.push(Rule::new(Target::Jump(n.mark_masq())));
-                    chain.push(Rule::new(Target::Dnat(to)).protocol(proto));
-                }
+            } else {
+                chain.rules.extend(self.endpoint_rules(port, ep, stat));
             }
         }
         chain
+    }
+
+    /// The internal chain's first rules: mark for masquerading what reaches a cluster IP from
+    /// outside the cluster CIDR (from anywhere with `masquerade_all`; nothing without a CIDR).
+    fn masquerade_off_cluster(&self, port: &ServicePort, family: Family) -> Vec<Rule> {
+        let name = &port.name;
+        let proto = port.protocol;
+        let mut rules = Vec::new();
+        for &ip in &port.cluster_ips {
+            let rule = Rule::new(Target::Jump(self.names.mark_masq()));
+            let rule = if self.config.masquerade_all {
+                rule
+            } else if let Some(cidr) = self.config.cluster_cidr(family) {
+                rule.source_net(cidr, true)
+            } else {
+                continue;
+            };
+            rules.push(
+                rule.destination(ip)
+                    .protocol(proto)
+                    .comment(format!("{name} cluster IP"))
+                    .dport(proto, port.port),
+            );
+        }
+        rules
+    }
+
+    /// With client-IP affinity: to an endpoint's SEP- chain when the client was sent there
+    /// within `seconds` (`-m recent --rcheck`).
+    fn affinity_checks(
+        &self,
+        port: &ServicePort,
+        family: Family,
+        endpoints: &[&Endpoint],
+        seconds: u32,
+    ) -> Vec<Rule> {
+        let name = &port.name;
+        endpoints
+            .iter()
+            .map(|ep| {
+                let sep = self.names.endpoint(name, port.protocol, &ep.key());
+                Rule::new(Target::Jump(sep.clone()))
+                    .comment(format!("{name} -> {}", ep.key()))
+                    .with(Match::Recent(Recent::Check {
+                        name: sep.to_string(),
+                        seconds,
+                        family,
+                    }))
+            })
+            .collect()
+    }
+
+    /// One endpoint's rules without affinity, `stat` its draw (`None` for the last endpoint):
+    /// the DNAT, and for an endpoint that may call itself the hairpin pair (see
+    /// [`Planner::balance_chain`]).
+    fn endpoint_rules(&self, port: &ServicePort, ep: &Endpoint, stat: Option<Match>) -> Vec<Rule> {
+        let proto = port.protocol;
+        let to = SocketAddr::new(ep.addr, ep.port);
+        let needs_hairpin = ep.is_local || self.config.hairpin_all_endpoints;
+        let mut direct = Rule::new(Target::Dnat(to)).protocol(proto).comment(format!(
+            "{} -> {}",
+            port.name,
+            ep.key()
+        ));
+        if needs_hairpin {
+            direct = direct.source_net(IpNet::from(ep.addr), true);
+        }
+        direct.matches.extend(stat.clone());
+        if !needs_hairpin {
+            return vec![direct];
+        }
+        let masq = self.config.masquerade_mark();
+        let select = self.config.select_mark();
+        match stat {
+            Some(stat) => vec![
+                direct,
+                Rule::new(Target::Mark {
+                    value: masq | select,
+                    mask: masq | select,
+                })
+                .source(ep.addr)
+                .with(stat),
+                Rule::new(Target::Dnat(to))
+                    .source(ep.addr)
+                    .protocol(proto)
+                    .with(Match::Mark {
+                        value: select,
+                        mask: select,
+                        negated: false,
+                    }),
+            ],
+            // Only the endpoint itself gets here: the rule above took everyone else.
+            None => vec![
+                direct,
+                Rule::new(Target::Jump(self.names.mark_masq())),
+                Rule::new(Target::Dnat(to)).protocol(proto),
+            ],
+        }
     }
 }
 
@@ -497,5 +517,143 @@ fn reject_with(family: Family, protocol: Protocol) -> RejectWith {
         (Protocol::Tcp, _) => RejectWith::TcpReset,
         (_, Family::V4) => RejectWith::IcmpPortUnreachable,
         (_, Family::V6) => RejectWith::Icmp6PortUnreachable,
+    }
+}
+
+/// The filter rule for traffic `target` sends nowhere (no endpoint for it): a reject or a drop,
+/// with the comment's reason; `None` when there are endpoints.
+fn filter_rule(
+    target: SelTarget<'_, '_>,
+    family: Family,
+    protocol: Protocol,
+) -> Option<(Target, &'static str)> {
+    match target {
+        SelTarget::Endpoints(_) => None,
+        SelTarget::Reject => Some((
+            Target::Reject(reject_with(family, protocol)),
+            "has no endpoints",
+        )),
+        SelTarget::Drop => Some((Target::Drop, "has no local endpoints")),
+    }
+}
+
+/// The cluster IPs' entries: a dispatch rule to the internal chain (or the inline rules), or a
+/// filter rule when internal traffic has nowhere to go.
+fn push_cluster_ip_entries(l: &PortLayout<'_>, inline: Option<&[Rule]>, shared: &mut Shared) {
+    let port = l.port;
+    let (name, proto) = (&port.name, port.protocol);
+    for &ip in &port.cluster_ips {
+        if let Some(rules) = inline {
+            shared.dispatch.push((ip, rules.to_vec()));
+            continue;
+        }
+        match (&l.internal_chain, &l.internal_filter) {
+            (Some(chain), _) => shared.dispatch.push((
+                ip,
+                vec![Rule::new(Target::Jump(chain.clone()))
+                    .destination(ip)
+                    .protocol(proto)
+                    .comment(format!("{name} cluster IP"))
+                    .dport(proto, port.port)],
+            )),
+            (None, Some((target, why))) => shared.filter_services.push(
+                Rule::new(target.clone())
+                    .destination(ip)
+                    .protocol(proto)
+                    .comment(format!("{name} {why}"))
+                    .dport(proto, port.port),
+            ),
+            // Unreachable: no chain means no endpoint for new connections, a filter rule.
+            (None, None) => {}
+        }
+    }
+}
+
+/// The external and load-balancer IPs' entries: a dispatch rule to EXT- (FW- for a
+/// load-balancer IP with source ranges), and a filter rule when external traffic has nowhere
+/// to go.
+fn push_external_ip_entries(l: &PortLayout<'_>, shared: &mut Shared) {
+    let port = l.port;
+    let (name, proto) = (&port.name, port.protocol);
+    let external_ips = port
+        .external_ips
+        .iter()
+        .map(|ip| (*ip, "external IP", false))
+        .chain(
+            port.load_balancer_ips
+                .iter()
+                .map(|ip| (*ip, "loadbalancer IP", true)),
+        );
+    for (ip, kind, is_lb) in external_ips {
+        if let Some(ext) = &l.ext {
+            let to = match (&l.fw, is_lb) {
+                (Some(fw), true) => fw.clone(),
+                _ => ext.clone(),
+            };
+            shared.dispatch.push((
+                ip,
+                vec![Rule::new(Target::Jump(to))
+                    .destination(ip)
+                    .protocol(proto)
+                    .comment(format!("{name} {kind}"))
+                    .dport(proto, port.port)],
+            ));
+        }
+        if let Some((target, why)) = &l.external_filter {
+            shared.filter_external.push(
+                Rule::new(target.clone())
+                    .destination(ip)
+                    .protocol(proto)
+                    .comment(format!("{name} {why}"))
+                    .dport(proto, port.port),
+            );
+        }
+    }
+}
+
+/// The node port's entries: a node-port rule to EXT-, and a filter rule (local destinations)
+/// when external traffic has nowhere to go.
+fn push_node_port_entries(l: &PortLayout<'_>, shared: &mut Shared) {
+    let port = l.port;
+    let (name, proto) = (&port.name, port.protocol);
+    let Some(node_port) = port.node_port else {
+        return;
+    };
+    if let Some(ext) = &l.ext {
+        shared.node_ports.push((
+            proto,
+            node_port,
+            Rule::new(Target::Jump(ext.clone()))
+                .protocol(proto)
+                .comment(name.to_string())
+                .dport(proto, node_port),
+        ));
+    }
+    if let Some((target, why)) = &l.external_filter {
+        shared.filter_external.push(
+            Rule::new(target.clone())
+                .protocol(proto)
+                .comment(format!("{name} {why}"))
+                .with(Match::AddrTypeLocal(AddrTypeDir::Dst))
+                .dport(proto, node_port),
+        );
+    }
+}
+
+/// With FW-: the filter rules that drop what it did not accept, per load-balancer IP.
+fn push_firewall_drops(l: &PortLayout<'_>, shared: &mut Shared) {
+    let Some(fw) = &l.fw else {
+        return;
+    };
+    let port = l.port;
+    let (name, proto) = (&port.name, port.protocol);
+    for &ip in &port.load_balancer_ips {
+        shared.filter_firewall.push(
+            Rule::new(Target::Drop)
+                .destination(ip)
+                .protocol(proto)
+                .comment(format!("{name} traffic not accepted by {fw}"))
+                .dport(proto, port.port),
+        );
     }
 }

@@ -15,21 +15,50 @@ impl Planner {
     /// The fixed and dispatch chains of one family: (nat, filter).
     pub(super) fn plan_shared(&self, family: Family, shared: Shared) -> (Vec<Chain>, Vec<Chain>) {
         let n = &self.names;
-        let cfg = &self.config;
-        let masq = cfg.masquerade_mark();
-        let both = masq | cfg.select_mark();
-
-        let mut services = Chain::new(n.services());
         let mut tree_chains = Vec::new();
-        match cfg.dispatch {
-            DispatchLayout::Flat => {
-                services
-                    .rules
-                    .extend(shared.dispatch.into_iter().flat_map(|(_, r)| r));
-            }
+        let mut services = Chain::new(n.services());
+        services.rules = self.dispatch_rules(family, shared.dispatch, &mut tree_chains);
+        services.rules.extend(self.node_ports_jumps(family));
+        let mut node_ports = Chain::new(n.node_ports());
+        node_ports.rules = self.node_ports_rules(family, shared.node_ports, &mut tree_chains);
+        tree_chains.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut nat = vec![
+            services,
+            node_ports,
+            self.mark_masq_chain(),
+            self.postrouting_chain(),
+            Chain::new(n.canary()),
+        ];
+        nat.extend(tree_chains);
+
+        let mut f_services = Chain::new(n.services());
+        f_services.rules = shared.filter_services;
+        let mut f_external = Chain::new(n.external_services());
+        f_external.rules = shared.filter_external;
+        let mut f_firewall = Chain::new(n.firewall());
+        f_firewall.rules = shared.filter_firewall;
+        let filter = vec![
+            f_services,
+            f_external,
+            self.forward_chain(),
+            f_firewall,
+            Chain::new(n.canary()),
+        ];
+        (nat, filter)
+    }
+
+    /// The services chain's dispatch rules, in table order (flat) or as a tree over the
+    /// destination address whose inner chains go into `tree_chains`.
+    fn dispatch_rules(
+        &self,
+        family: Family,
+        dispatch: Vec<(IpAddr, Vec<Rule>)>,
+        tree_chains: &mut Vec<Chain>,
+    ) -> Vec<Rule> {
+        match self.config.dispatch {
+            DispatchLayout::Flat => dispatch.into_iter().flat_map(|(_, r)| r).collect(),
             DispatchLayout::Tree => {
-                let mut entries: Vec<(u128, Vec<Rule>)> = shared
-                    .dispatch
+                let mut entries: Vec<(u128, Vec<Rule>)> = dispatch
                     .into_iter()
                     .map(|(a, r)| (addr_bits(a), r))
                     .collect();
@@ -49,41 +78,55 @@ impl Planner {
                     width: u32::from(family.bits()),
                     group: &by_address,
                 };
-                services.rules = self.tree_node(&key, entries, Target::Jump, &mut tree_chains);
+                self.tree_node(&key, entries, Target::Jump, tree_chains)
             }
         }
-        let loopback: IpNet = match family {
-            Family::V4 => "127.0.0.0/8",
-            Family::V6 => "::1/128",
-        }
-        .parse()
-        .expect("constant network");
+    }
+
+    /// The services chain's last rules: to the node-ports chain for local destinations, on
+    /// every address but loopback, or (kube-proxy's `--nodeport-addresses`) on each configured
+    /// network of this family.
+    fn node_ports_jumps(&self, family: Family) -> Vec<Rule> {
         let node_ports_jump = |net: IpNet, negated: bool| {
-            Rule::new(Target::Jump(n.node_ports()))
+            Rule::new(Target::Jump(self.names.node_ports()))
                 .destination_net(net, negated)
                 .comment("service nodeports; NOTE: this must be the last rule in this chain")
                 .with(Match::AddrTypeLocal(AddrTypeDir::Dst))
         };
-        if cfg.node_port_addresses.is_empty() {
-            services.push(node_ports_jump(loopback, true));
-        } else {
-            // kube-proxy's --nodeport-addresses: one jump per network of this family.
-            for net in cfg
-                .node_port_addresses
-                .iter()
-                .filter(|net| family.contains(net.addr()))
-            {
-                services.push(node_ports_jump(net.trunc(), false));
+        let addresses = &self.config.node_port_addresses;
+        if addresses.is_empty() {
+            let loopback: IpNet = match family {
+                Family::V4 => "127.0.0.0/8",
+                Family::V6 => "::1/128",
             }
+            .parse()
+            .expect("constant network");
+            return vec![node_ports_jump(loopback, true)];
         }
-        let mut node_ports = Chain::new(n.node_ports());
-        node_ports.rules = self.node_ports_rules(family, shared.node_ports, &mut tree_chains);
-        let mut mark_masq = Chain::new(n.mark_masq());
+        addresses
+            .iter()
+            .filter(|net| family.contains(net.addr()))
+            .map(|net| node_ports_jump(net.trunc(), false))
+            .collect()
+    }
+
+    /// The chain that marks a packet for masquerading.
+    fn mark_masq_chain(&self) -> Chain {
+        let masq = self.config.masquerade_mark();
+        let mut mark_masq = Chain::new(self.names.mark_masq());
         mark_masq.push(Rule::new(Target::Mark {
             value: masq,
             mask: masq,
         }));
-        let mut post = Chain::new(n.postrouting());
+        mark_masq
+    }
+
+    /// The nat POSTROUTING chain of ours: masquerade marked packets, clearing the marks.
+    fn postrouting_chain(&self) -> Chain {
+        let cfg = &self.config;
+        let masq = cfg.masquerade_mark();
+        let both = masq | cfg.select_mark();
+        let mut post = Chain::new(self.names.postrouting());
         post.push(Rule::new(Target::Return).with(Match::Mark {
             value: masq,
             mask: masq,
@@ -100,24 +143,15 @@ impl Planner {
             })
             .comment("service traffic requiring SNAT"),
         );
-        tree_chains.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut nat = vec![
-            services,
-            node_ports,
-            mark_masq,
-            post,
-            Chain::new(n.canary()),
-        ];
-        nat.extend(tree_chains);
+        post
+    }
 
-        let mut f_services = Chain::new(n.services());
-        f_services.rules = shared.filter_services;
-        let mut f_external = Chain::new(n.external_services());
-        f_external.rules = shared.filter_external;
-        let mut f_firewall = Chain::new(n.firewall());
-        f_firewall.rules = shared.filter_firewall;
-        let mut f_forward = Chain::new(n.forward());
-        if cfg.drop_invalid {
+    /// The filter FORWARD chain of ours: drop invalid packets (if configured), accept marked
+    /// and established traffic.
+    fn forward_chain(&self) -> Chain {
+        let masq = self.config.masquerade_mark();
+        let mut f_forward = Chain::new(self.names.forward());
+        if self.config.drop_invalid {
             f_forward.push(
                 Rule::new(Target::Drop)
                     .comment("drop invalid packets")
@@ -141,11 +175,7 @@ impl Planner {
                     CtState::Established,
                 ])),
         );
-        let canary = Chain::new(n.canary());
-        (
-            nat,
-            vec![f_services, f_external, f_forward, f_firewall, canary],
-        )
+        f_forward
     }
 
     /// One node of a dispatch tree: returns the node's rules, pushing child chains.

@@ -20,15 +20,14 @@ use std::future::poll_fn;
 use std::io;
 use std::net::Shutdown;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
-use prometheus_client::metrics::counter::Counter;
 use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 
-use super::Activity;
+use super::{Activity, Tally};
 
 /// Bytes read per call. A read that fills it marks the direction as bulk.
 pub(super) const READ_BUFFER: usize = 64 * 1024;
@@ -36,46 +35,6 @@ pub(super) const READ_BUFFER: usize = 64 * 1024;
 thread_local! {
     /// The read buffer of this worker thread (see the module docs).
     static BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_BUFFER].into_boxed_slice());
-}
-
-/// Counts one direction's bytes: into the service port's counter, and for this connection
-/// (whose first byte back from the endpoint ends the endpoint's failure streak).
-pub(crate) struct Tally<'a> {
-    counter: &'a Counter,
-    bytes: AtomicU64,
-    on_first: Option<&'a (dyn Fn() + Sync)>,
-}
-
-impl std::fmt::Debug for Tally<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tally").field("bytes", &self.bytes).finish()
-    }
-}
-
-impl<'a> Tally<'a> {
-    /// Counts into `counter`; calls `on_first` when the first bytes pass.
-    pub(crate) fn new(counter: &'a Counter, on_first: Option<&'a (dyn Fn() + Sync)>) -> Self {
-        Self {
-            counter,
-            bytes: AtomicU64::new(0),
-            on_first,
-        }
-    }
-
-    /// Counts `n` bytes moved.
-    pub(crate) fn add(&self, n: u64) {
-        self.counter.inc_by(n);
-        if self.bytes.fetch_add(n, Ordering::Relaxed) == 0 && n > 0 {
-            if let Some(on_first) = self.on_first {
-                on_first();
-            }
-        }
-    }
-
-    /// Bytes moved so far.
-    pub(crate) fn bytes(&self) -> u64 {
-        self.bytes.load(Ordering::Relaxed)
-    }
 }
 
 /// Moves bytes from `from` to `to` until EOF, then shuts down writing on `to` (half-close)

@@ -11,8 +11,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::relay::Tally;
-use super::Activity;
+use super::{Activity, Tally};
 
 /// The pipe size asked for with `F_SETPIPE_SZ` (the unprivileged maximum by default, see
 /// `/proc/sys/fs/pipe-max-size`): fewer, larger splices per bulk transfer. Measured on loopback

@@ -20,9 +20,9 @@ pub const DEFAULT_MAX_TABLE_BYTES: u64 = 256 * 1024 * 1024;
 /// [`LoadError::NotRegular`] for a device, FIFO, socket or directory; [`LoadError::TooLarge`]
 /// past `max_bytes`; [`LoadError::Io`] when it cannot be read or is not UTF-8.
 pub fn read_table_text(path: &Path, max_bytes: u64) -> Result<String, LoadError> {
-    let io = |source| LoadError::Io {
+    let io = |error| LoadError::Io {
         path: path.to_owned(),
-        source,
+        error,
     };
     let meta = std::fs::metadata(path).map_err(io)?;
     check_table_file(path, &meta, max_bytes)?;
@@ -41,9 +41,9 @@ pub fn read_table_from(
     max_bytes: u64,
 ) -> Result<String, LoadError> {
     use std::io::Read as _;
-    let io = |source| LoadError::Io {
+    let io = |error| LoadError::Io {
         path: path.to_owned(),
-        source,
+        error,
     };
     let meta = file.metadata().map_err(io)?;
     check_table_file(path, &meta, max_bytes)?;

@@ -10,7 +10,7 @@ use crate::dataplane::{DryRun, SyncMode, SyncProblem};
 use crate::error::DataplaneError;
 
 use super::health::SyncHealth;
-use super::source::Skipped;
+use crate::source::Skipped;
 
 /// How one sync ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

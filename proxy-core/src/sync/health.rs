@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use crate::metrics::FailureReason;
 
-use super::source::Skipped;
+use crate::source::Skipped;
 
 /// The problem line shown while drift found by a check is not yet repaired.
 const DRIFT_PROBLEM: &str =

@@ -66,10 +66,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// The error and its causes on one line, `a: b: c`, each part once. Many errors print their
-/// source in their own message and also return it from `source()` (so that a log shows it even
-/// when only the top is printed); `{:#}` would then print that part twice, or three times
-/// through two such layers. A cause whose text is already shown is left out.
+/// The error and its causes on one line, `a: b: c`, each part once. Our errors print a cause
+/// either in their message or as their `source()`, not both; an error of another crate may do
+/// both, which `{:#}` would print twice, so a cause whose text is already shown is left out.
 pub(crate) fn error_chain(error: &anyhow::Error) -> String {
     let mut text = String::new();
     for cause in error.chain() {

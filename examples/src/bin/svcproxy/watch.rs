@@ -235,9 +235,9 @@ fn text_hash(text: &str) -> u64 {
 /// Stats, opens and reads the file, off the runtime: only a regular file, with `O_NONBLOCK`,
 /// at most `max_bytes`, and only if it did not change while read.
 fn read_snapshot(path: &Path, max_bytes: u64) -> Result<Snapshot, ReadError> {
-    let io = |source| LoadError::Io {
+    let io = |error| LoadError::Io {
         path: path.to_owned(),
-        source,
+        error,
     };
     let before = std::fs::metadata(path).map_err(io)?;
     check_table_file(path, &before, max_bytes)?;

@@ -94,8 +94,8 @@ async fn check_complete(
         Ok(snapshot) => snapshot,
         // Written again while read: that write's own events follow.
         Err(ReadError::Changed { .. }) => return Ok(Check::Unchanged),
-        Err(ReadError::Load(LoadError::Io { source, .. }))
-            if source.kind() == std::io::ErrorKind::NotFound =>
+        Err(ReadError::Load(LoadError::Io { error, .. }))
+            if error.kind() == std::io::ErrorKind::NotFound =>
         {
             return Ok(Check::Gone)
         }

@@ -39,33 +39,34 @@ const MASK: WatchMask = WatchMask::CLOSE_WRITE
     .union(WatchMask::ONLYDIR);
 
 /// Why the table path cannot be watched with inotify; the watcher polls meanwhile.
+///
+/// Each message carries its cause, and none is also a `source`: the watcher logs these alone
+/// (`%error`), and a chain of causes would print the cause twice.
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
     /// The kernel gave no inotify instance (disabled, or `fs.inotify.max_user_instances` used up).
     #[error("cannot start inotify: {0}")]
-    Init(#[source] std::io::Error),
+    Init(std::io::Error),
     /// A directory or symlink on the way to the table could not be read (often: a directory is
     /// gone).
-    #[error("cannot resolve {path}: {source}")]
+    #[error("cannot resolve {path}: {error}")]
     Resolve {
         /// The entry that could not be read.
         path: PathBuf,
         /// The operating system's error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A directory could not be watched (gone, or `fs.inotify.max_user_watches` used up).
-    #[error("cannot watch directory {dir}: {source}")]
+    #[error("cannot watch directory {dir}: {error}")]
     Add {
         /// The directory.
         dir: PathBuf,
         /// The operating system's error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The work did not finish (it runs on a thread with a timeout, like every file access).
     #[error("{0}")]
-    Worker(#[source] super::ReadError),
+    Worker(super::ReadError),
 }
 
 /// A watched directory and the names in it that matter for the table.
@@ -234,9 +235,9 @@ fn rewatch(
     for entry in by_dir {
         let wd = watches
             .add(&entry.dir, MASK)
-            .map_err(|source| WatchError::Add {
+            .map_err(|error| WatchError::Add {
                 dir: entry.dir.clone(),
-                source,
+                error,
             })?;
         // Two paths to one directory (a symlinked directory) share one watch: merge the names.
         match watched.get_mut(&wd) {
@@ -281,9 +282,9 @@ fn steps(path: &Path) -> VecDeque<Step> {
 /// [`WatchError::Resolve`] when a directory on the way is missing or unreadable, or there are
 /// more than [`MAX_SYMLINKS`] symlinks.
 pub fn watch_points(path: &Path) -> Result<Vec<(PathBuf, OsString)>, WatchError> {
-    let resolve_error = |path: &Path, source| WatchError::Resolve {
+    let resolve_error = |path: &Path, error| WatchError::Resolve {
         path: path.to_owned(),
-        source,
+        error,
     };
     let absolute = std::path::absolute(path).map_err(|e| resolve_error(path, e))?;
     let mut pending = steps(&absolute);

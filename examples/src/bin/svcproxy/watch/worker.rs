@@ -68,9 +68,9 @@ impl FileWorker {
         match stat {
             Ok(meta) => Ok(Some(Stat::of(&meta))),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(LoadError::Io {
+            Err(error) => Err(LoadError::Io {
                 path: path.to_owned(),
-                source,
+                error,
             }
             .into()),
         }

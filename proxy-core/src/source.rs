@@ -1,6 +1,7 @@
 //! [`ServiceSource`]: where the sync loop gets its tables, what a source hands it
 //! ([`TableUpdate`]: a table, its generation, the service ports the source skipped), and the
-//! trait's implementations for channels.
+//! trait's implementations for channels. Public as [`crate::sync`]'s; a module of its own, below
+//! the sync loop, the tracker and the metrics, so that none of them imports another for it.
 
 use std::fmt;
 
