@@ -22,6 +22,10 @@ use crate::rules::{Family, Table, TableName};
 /// for it: the shared runner's, re-exported where this crate has always had them.
 pub use iptables_runner::{detect_variant, Variant};
 
+/// The input line a restore tool blamed, and our input lines around it: the shared runner's,
+/// re-exported for callers of this module.
+pub use iptables_runner::{extract_lines, failing_line};
+
 /// Runs one restore: input on stdin, `--noflush`.
 #[async_trait]
 pub trait RestoreRunner: Send + Sync + fmt::Debug {
@@ -220,58 +224,9 @@ fn family_input(
     (input, blocks)
 }
 
-/// The input line a restore tool blamed: `Error occurred at line: N` (1.8) or `line N failed`.
-pub fn failing_line(stderr: &str) -> Option<usize> {
-    for line in stderr.lines() {
-        if let Some(rest) = line.split("Error occurred at line:").nth(1) {
-            return rest.trim().parse().ok();
-        }
-        if let Some(rest) = line.split(": line ").nth(1) {
-            if let Some(n) = rest.strip_suffix(" failed") {
-                return n.trim().parse().ok();
-            }
-        }
-    }
-    None
-}
-
-/// `input`'s lines within `around` of 1-based `line`, numbered, the blamed one marked `>`.
-pub fn extract_lines(input: &str, line: usize, around: usize) -> String {
-    let first = line.saturating_sub(around).max(1);
-    input
-        .lines()
-        .enumerate()
-        .map(|(i, text)| (i + 1, text))
-        .filter(|(n, _)| *n >= first && *n <= line + around)
-        .map(|(n, text)| {
-            let mark = if n == line { '>' } else { ' ' };
-            format!("  {mark} {n:>5} {text}\n")
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn failing_line_reads_both_formats() {
-        let nft = "iptables-nft-restore v1.8.9 (nf_tables): Chain 'X' does not exist\n\
-                   Error occurred at line: 4\nTry `iptables-nft-restore -h'";
-        assert_eq!(failing_line(nft), Some(4));
-        assert_eq!(failing_line("iptables-restore: line 12 failed"), Some(12));
-        assert_eq!(failing_line("something else"), None);
-    }
-
-    #[test]
-    fn extract_lines_marks_the_failing_one() {
-        let input = "a\nb\nc\nd\ne\n";
-        assert_eq!(
-            extract_lines(input, 3, 1),
-            "        2 b\n  >     3 c\n        4 d\n"
-        );
-        assert_eq!(extract_lines(input, 1, 1), "  >     1 a\n        2 b\n");
-    }
 
     #[test]
     fn a_failed_restore_prints_the_tools_words_once() {

@@ -325,40 +325,8 @@ pub use crate::plan::BuiltinEdits;
 /// its built-in chains. A saved line counts when it reads back as the hook's rule (or prints
 /// exactly as it), in the hook's table and chain; foreign rules never do.
 pub fn saved_hooks(saved: &str, hooks: &[Hook]) -> Vec<usize> {
-    let mut copies = vec![0; hooks.len()];
-    let mut table = None;
-    let rendered: Vec<String> = hooks.iter().map(|h| h.rule.to_string()).collect();
-    for line in saved.lines() {
-        if let Some(name) = line.strip_prefix('*') {
-            table = match name.trim() {
-                "nat" => Some(TableName::Nat),
-                "filter" => Some(TableName::Filter),
-                _ => None,
-            };
-            continue;
-        }
-        let Some(table) = table else { continue };
-        let Some(rest) = line.strip_prefix("-A ") else {
-            continue;
-        };
-        let (chain, spec) = rest.split_once(' ').unwrap_or((rest, ""));
-        let mut parsed = None;
-        for (i, hook) in hooks.iter().enumerate() {
-            if hook.table != table || hook.chain.as_str() != chain {
-                continue;
-            }
-            // Cheap first: most saved lines are not ours, and ours print as we render them.
-            if spec == rendered[i] {
-                copies[i] += 1;
-                continue;
-            }
-            let rule = parsed.get_or_insert_with(|| crate::rules::parse_rule_spec(spec).ok());
-            if rule.as_ref() == Some(&hook.rule) {
-                copies[i] += 1;
-            }
-        }
-    }
-    copies
+    let wanted: Vec<_> = hooks.iter().map(|h| (h.table, &h.chain, &h.rule)).collect();
+    crate::rules::saved_copies(saved, &wanted)
 }
 
 /// The hooks `saved` (one family's `iptables-save`) lacks, in planned order.

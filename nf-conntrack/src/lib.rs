@@ -5,9 +5,10 @@
 //! [`ConntrackOps`] is the narrow interface (dump a family, delete an entry), [`Netlink`] the
 //! real implementation in the caller's network namespace, and
 //! `testing::FakeConntrack` (feature `testing`) an in-memory one. [`delete_matching`] dumps a
-//! family once and deletes each entry a predicate picks: both backends build their flushes on
-//! it (backend-iptables: kube-proxy's stale UDP entries; backend-ipvs: flows to a deleted UDP
-//! real server).
+//! family once and deletes each entry a predicate picks: the backends build their flushes on
+//! it. [`stale`] plans and deletes kube-proxy's stale UDP entries from a sync's change set, for
+//! the NAT backends (iptables, nftables); backend-ipvs deletes the flows to a deleted UDP real
+//! server.
 //!
 //! The messages ([`encode_dump`], [`encode_delete`], [`parse_entry`]) are
 //! `netlink-packet-netfilter`'s ctnetlink types (its `conntrack` module, 0.4, on the same
@@ -46,6 +47,7 @@ use std::net::IpAddr;
 
 mod message;
 mod netlink;
+pub mod stale;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
@@ -119,15 +121,14 @@ pub struct Entry {
 
 /// A conntrack failure: the operation and the OS error.
 #[derive(Debug, thiserror::Error)]
-#[error("conntrack {op} ({family}): {source}")]
+#[error("conntrack {op} ({family}): {error}")]
 pub struct ConntrackError {
     /// `dump` or `delete`.
     pub op: &'static str,
     /// Address family.
     pub family: Family,
-    /// The OS or protocol error.
-    #[source]
-    pub source: std::io::Error,
+    /// The OS or protocol error, printed in the message (so not also a `source`).
+    pub error: std::io::Error,
 }
 
 /// Dumps and deletes conntrack entries.

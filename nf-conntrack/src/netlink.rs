@@ -17,7 +17,7 @@ use crate::{ConntrackError, ConntrackOps, Entry, Family};
 pub struct Netlink;
 
 /// A [`ConntrackError`] from a transport error: the errno as the OS error where there is
-/// one, else the transport's error itself as the source.
+/// one, else the transport's error itself.
 fn conntrack_error(
     op: &'static str,
     family: Family,
@@ -25,7 +25,7 @@ fn conntrack_error(
     move |error| ConntrackError {
         op,
         family,
-        source: error.into_io(),
+        error: error.into_io(),
     }
 }
 
@@ -173,7 +173,7 @@ mod tests {
             vec![bad]
         });
         let e = dump_on(&mut Connection::new(malformed), Family::V4).expect_err("malformed");
-        assert_eq!(e.source.kind(), std::io::ErrorKind::InvalidData, "{e}");
+        assert_eq!(e.error.kind(), std::io::ErrorKind::InvalidData, "{e}");
     }
 
     #[test]

@@ -65,7 +65,7 @@ impl FakeConntrack {
             Some(errno) => Err(ConntrackError {
                 op,
                 family,
-                source: std::io::Error::from_raw_os_error(errno),
+                error: std::io::Error::from_raw_os_error(errno),
             }),
             None => Ok(()),
         }

@@ -45,7 +45,7 @@ use crate::rules::{
 #[non_exhaustive]
 pub enum TraceError {
     /// The restore text has a shape we do not emit.
-    #[error("parse: {0}")]
+    #[error(transparent)]
     Parse(#[from] ParseError),
     /// A rule matches on an ipset (`-m set`): the iptables backend never writes one, so the
     /// tracer does not follow it.

@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 use nf_conntrack::ConntrackOps;
 use proxy_core::dataplane::SyncProblem;
 use proxy_core::lock::DataplaneLock;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::kernel::{self, check_netns, Kernel};
 use crate::apply::{CompanionOps, LinkOps};
@@ -145,11 +145,10 @@ fn clean_udp_flows(conntrack: &dyn ConntrackOps, stale: &[StaleUdpFlows]) -> Opt
             None
         }
         Err(e) => {
-            warn!(error = %e, "stale UDP flows not deleted");
             let flows: Vec<String> = stale.iter().map(ToString::to_string).collect();
             Some(SyncProblem::new(
                 format!("conntrack entries of {}", flows.join(", ")),
-                e.to_string(),
+                proxy_core::error::error_chain(&e),
             ))
         }
     }

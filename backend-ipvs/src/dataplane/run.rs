@@ -129,10 +129,10 @@ impl Core {
         }
         if setup.timeouts {
             if let Err(e) = apply_timeouts(&self.config, ipvs) {
-                warn!(error = %e, "IPVS timeouts not set");
-                outcome
-                    .problems
-                    .push(SyncProblem::new("IPVS connection timeouts", e.to_string()));
+                outcome.problems.push(SyncProblem::new(
+                    "IPVS connection timeouts",
+                    proxy_core::error::error_chain(&e),
+                ));
             }
         }
         Ok(())
