@@ -54,9 +54,9 @@ pub mod fake;
 mod message;
 mod notify;
 mod socket;
-mod transaction;
 #[cfg(test)]
 mod tests;
+mod transaction;
 
 pub use batch::{BatchLimits, ACK_CHARGE, BATCH_BYTES};
 pub use connection::Connection;

@@ -91,6 +91,16 @@ pub trait Datagrams: Send + std::fmt::Debug {
         let _ = group;
         Err(io::ErrorKind::Unsupported.into())
     }
+
+    /// Grows the send buffer so that one datagram of `datagram_bytes` fits (an nfnetlink
+    /// transaction cannot be cut), and returns the new `SO_SNDBUF`.
+    ///
+    /// # Errors
+    /// The OS error of `setsockopt`; `Unsupported` where the buffer is fixed.
+    fn grow_sndbuf(&mut self, datagram_bytes: usize) -> io::Result<usize> {
+        let _ = datagram_bytes;
+        Err(io::ErrorKind::Unsupported.into())
+    }
 }
 
 /// A real netlink socket, connected to the kernel, with `NETLINK_CAP_ACK` (error ACKs do not
@@ -181,5 +191,17 @@ impl Datagrams for SysSocket {
 
     fn join_group(&mut self, group: u32) -> io::Result<()> {
         self.socket.add_membership(group)
+    }
+
+    fn grow_sndbuf(&mut self, datagram_bytes: usize) -> io::Result<usize> {
+        // `netlink_sendmsg` refuses a datagram above `sk_sndbuf - 32`, and the kernel doubles
+        // the value given (socket(7)); `SO_SNDBUFFORCE` (CAP_NET_ADMIN) passes `wmem_max`, as
+        // `nft` does for its batches (`mnl_set_sndbuffer`).
+        let wanted = (datagram_bytes + 64).div_ceil(2);
+        let fd = self.socket.as_fd();
+        setsockopt(&fd, sockopt::SndBufForce, &wanted).map_err(io::Error::from)?;
+        let sndbuf = getsockopt(&fd, sockopt::SndBuf).map_err(io::Error::from)?;
+        self.buffers.1 = sndbuf;
+        Ok(sndbuf)
     }
 }

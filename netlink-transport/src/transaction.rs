@@ -5,9 +5,9 @@
 //! (`nfnetlink_rcv_batch`, `net/netfilter/nfnetlink.c`) and commits or aborts it whole at the
 //! end message. Cut into several datagrams, each piece would need its own begin/end and the
 //! whole would lose atomicity; so a transaction is never split, and must fit the socket's
-//! send buffer (`netlink_sendmsg` refuses a datagram above `SO_SNDBUF - 32` with `EMSGSIZE`:
-//! size [`crate::SocketOptions::sndbuf_bytes`] for the largest transaction; it is set with
-//! `SO_SNDBUFFORCE`, as `nft` does).
+//! send buffer (`netlink_sendmsg` refuses a datagram above `SO_SNDBUF - 32` with `EMSGSIZE`):
+//! a transaction larger than the buffer grows it first ([`Datagrams::grow_sndbuf`],
+//! `SO_SNDBUFFORCE`, as `nft` does), and is refused with `EMSGSIZE` only where it cannot grow.
 //!
 //! Replies: every request carries `NLM_F_ACK` and its own sequence number; nfnetlink answers
 //! each one (0, or the errno of the request that failed; it goes on after a failure, so one
@@ -20,14 +20,12 @@
 //! every failed request and a failed commit, so silence means success unless replies were
 //! dropped: for transactions of more requests than the receive buffer holds ACKs (each
 //! holds about [`crate::ACK_CHARGE`] bytes until read).
-//!
-//! Wiring (in `lib.rs`): `mod transaction;` and
-//! `pub use transaction::{Acks, TransactionOutcome};`.
 
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use netlink_packet_core::{NLMSG_ERROR, NLM_F_ACK};
+use tracing::debug;
 
 use crate::batch::{parse_error, Ack, BatchAcks, BatchFault};
 use crate::errno::{Errno, EMSGSIZE, ENOBUFS};
@@ -108,7 +106,18 @@ impl<D: Datagrams> Connection<D> {
         put(&mut out, end, first.wrapping_add(count + 1), 0);
 
         let io = self.io_mut();
-        let (_, sndbuf) = io.buffer_sizes();
+        let (_, mut sndbuf) = io.buffer_sizes();
+        if out.len() > sndbuf.saturating_sub(SNDBUF_RESERVED) {
+            // Grown only for the transaction that needs it: most are small.
+            if let Ok(grown) = io.grow_sndbuf(out.len() + SNDBUF_RESERVED) {
+                debug!(
+                    bytes = out.len(),
+                    sndbuf = grown,
+                    "send buffer grown for a transaction"
+                );
+                sndbuf = grown;
+            }
+        }
         if out.len() > sndbuf.saturating_sub(SNDBUF_RESERVED) {
             return Err(NetlinkError::Send {
                 request: begin_id(format!(

@@ -7,8 +7,8 @@
 //! BEGIN/END per piece and lose atomicity. So a transaction is never split (unlike
 //! [`netlink_transport::Connection::batch`], which cuts at 256 KiB), and must fit the socket's
 //! send buffer (`netlink_sendmsg` refuses a datagram above `SO_SNDBUF - 32` with `EMSGSIZE`):
-//! open the socket with [`SocketOptions::sndbuf_bytes`] sized for the largest transaction
-//! (set with `SO_SNDBUFFORCE`, as `nft` does).
+//! the transport grows the buffer for a transaction that needs it (`SO_SNDBUFFORCE`, as `nft`
+//! does).
 //!
 //! Errors map back to messages: every message carries `NLM_F_ACK` and its own sequence
 //! number, and nfnetlink answers each one (0, or the errno of the message that failed; it
@@ -82,8 +82,8 @@ impl<D: Datagrams> NftSocket<D> {
     ///
     /// # Errors
     /// The outer error fails the transaction as a whole: a message cannot be encoded (an
-    /// attribute over 64 KiB) or the datagram exceeds the send buffer (`EMSGSIZE`; nothing
-    /// was sent), sending failed, or the kernel refused the commit (its errno, against
+    /// attribute over 64 KiB) or the datagram exceeds a send buffer that cannot grow
+    /// (`EMSGSIZE`; nothing was sent), sending failed, or the kernel refused the commit (its errno, against
     /// BEGIN). Inner errors name their message ([`Request::describe`]):
     /// [`NetlinkError::Kernel`] with the errno of the message that failed, or
     /// [`NetlinkError::AckLost`] when its reply was dropped (`ENOBUFS`: the outcome is then
