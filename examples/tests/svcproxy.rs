@@ -486,6 +486,87 @@ fn iptables_backend_once_programs_our_chains_in_a_namespace() {
     );
 }
 
+#[test]
+#[ignore = "needs root: CI runs --include-ignored"]
+fn nftables_backend_once_programs_our_table_and_cleanup_removes_only_it() {
+    let dir = TempDir::new("nftables");
+    let path = dir.join("table.yaml");
+    std::fs::write(
+        &path,
+        "services:\n  - name: default/web\n    cluster_ips: [198.19.0.10]\n    ports: [{name: http, port: 80, target_port: 8080}]\n    endpoints: [{ip: 198.18.1.10}, {ip: 198.18.1.11}]\n",
+    )
+    .expect("write table");
+    let ns = Netns::new("nft-once");
+    // A table of someone else's, which our cleanup must leave as it is.
+    let foreign =
+        "table ip kube-proxy {\n\tchain services {\n\t\tip daddr 198.19.0.99 drop\n\t}\n}\n";
+    let foreign_file = dir.join("foreign.nft");
+    std::fs::write(&foreign_file, foreign).expect("write foreign table");
+    let loaded = ns.exec("nft", &["-f", foreign_file.to_str().expect("utf-8 path")]);
+    assert!(
+        loaded.status.success(),
+        "nft -f: {}",
+        String::from_utf8_lossy(&loaded.stderr)
+    );
+    let table = path.to_str().expect("utf-8 path");
+
+    let out = ns.exec(
+        SVCPROXY,
+        &["--services", table, "--backend", "nftables", "--once"],
+    );
+    assert!(
+        out.status.success(),
+        "svcproxy failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("full sync: 1 service ports, 2 endpoints"),
+        "stdout:\n{stdout}"
+    );
+    let listed = ns.exec("nft", &["list", "table", "inet", "svcproxy"]);
+    let rules = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        rules.contains("198.19.0.10 . tcp . 80 : goto service-2"),
+        "{rules}"
+    );
+    assert!(rules.contains(": 198.18.1.10 . 8080"), "{rules}");
+    assert!(rules.contains(": 198.18.1.11 . 8080"), "{rules}");
+
+    // A second --once over the table in place writes nothing new and still succeeds.
+    let again = ns.exec(
+        SVCPROXY,
+        &["--services", table, "--backend", "nftables", "--once"],
+    );
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let relisted = ns.exec("nft", &["list", "table", "inet", "svcproxy"]);
+    assert_eq!(String::from_utf8_lossy(&relisted.stdout), rules);
+
+    let cleaned = ns.exec(SVCPROXY, &["--cleanup", "--backend", "nftables"]);
+    assert!(
+        cleaned.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cleaned.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&cleaned.stdout),
+        "nftables: removed table inet svcproxy\n"
+    );
+    let ruleset = ns.exec("nft", &["list", "ruleset"]);
+    let ruleset = String::from_utf8_lossy(&ruleset.stdout);
+    assert!(!ruleset.contains("svcproxy"), "{ruleset}");
+    assert!(ruleset.contains("ip daddr 198.19.0.99 drop"), "{ruleset}");
+    let again = ns.exec(SVCPROXY, &["--cleanup", "--backend", "nftables"]);
+    assert_eq!(
+        String::from_utf8_lossy(&again.stdout),
+        "nftables: nothing of ours (table inet svcproxy)\n"
+    );
+}
+
 // === Hostile files (issue #10) ===
 
 /// Makes a FIFO at `path`.

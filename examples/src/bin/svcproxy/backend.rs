@@ -1,8 +1,9 @@
-//! Choosing and building a backend: one constructor shape for all three.
+//! Choosing and building a backend: one constructor shape for all four.
 
 use anyhow::Context as _;
 use backend_iptables::{IptablesConfig, IptablesDataplane};
 use backend_ipvs::{IpvsConfig, IpvsDataplane};
+use backend_nftables::{NftablesConfig, NftablesDataplane};
 use backend_userspace::{ListenMode, UserspaceConfig, UserspaceDataplane};
 use proxy_core::service_health::WithServiceHealth;
 use proxy_core::Dataplane;
@@ -31,15 +32,26 @@ pub(crate) fn iptables_config(args: &RunArgs) -> IptablesConfig {
         cluster_cidrs: args.cluster_cidrs.clone(),
         masquerade_all: args.masquerade_all,
         node_port_addresses: args.node_port_addresses.clone(),
-        node_ips: iptables_node_ips(args),
+        node_ips: node_ips_once(args),
         ..IptablesConfig::default()
     }
 }
 
-/// This node's addresses for the iptables backend's load-balancer source ranges: the listed
-/// ones, or those the node has now (kube-proxy, too, reads its node IP once, at start). Node
-/// ports need none: `-m addrtype --dst-type LOCAL` finds the addresses at packet time.
-fn iptables_node_ips(args: &RunArgs) -> Vec<std::net::IpAddr> {
+pub(crate) fn nftables_config(args: &RunArgs) -> NftablesConfig {
+    NftablesConfig {
+        cluster_cidrs: args.cluster_cidrs.clone(),
+        node_addresses: node_ips_once(args),
+        node_port_addresses: args.node_port_addresses.clone(),
+        masquerade_all: args.masquerade_all,
+        ..NftablesConfig::default()
+    }
+}
+
+/// This node's addresses for the iptables and nftables backends' load-balancer source ranges:
+/// the listed ones, or those the node has now (kube-proxy, too, reads its node IP once, at
+/// start). Node ports need none: `-m addrtype --dst-type LOCAL` and `fib daddr type local` find
+/// the addresses at packet time.
+fn node_ips_once(args: &RunArgs) -> Vec<std::net::IpAddr> {
     if !args.node_addresses.is_empty() {
         return args.node_addresses.clone();
     }
@@ -91,6 +103,7 @@ pub fn build(kind: BackendKind, args: &RunArgs) -> anyhow::Result<Box<dyn Datapl
         BackendKind::Ipvs => {
             Box::new(IpvsDataplane::new(ipvs_config(args)).context("ipvs backend")?)
         }
+        BackendKind::Nftables => Box::new(NftablesDataplane::new(nftables_config(args))),
     };
     if args.no_service_health {
         return Ok(dataplane);

@@ -3,7 +3,7 @@
 //!
 //! Each backend's own cleanup does the work (`Dataplane::cleanup`: the iptables backend's hooks
 //! and chains under its prefix; the ipvs backend's virtual servers on its interface, the
-//! interface, its companion chains and sets), so exactly what the backend calls its own goes and
+//! interface, its companion chains and sets; the nftables backend's table), so exactly what the backend calls its own goes and
 //! nothing else. Each takes the backend's one-owner lock first ([`proxy_core::lock`]): while a
 //! running instance holds it, its state is refused by name rather than pulled from under it. The
 //! userspace backend's only kernel state is its capture chain (`--userspace-capture`); svcproxy
@@ -32,16 +32,23 @@ use crate::preflight::{self, PreflightError};
 enum Target {
     Iptables,
     Ipvs,
+    Nftables,
     UserspaceCapture,
 }
 
 impl Target {
-    const ALL: [Target; 3] = [Target::Iptables, Target::Ipvs, Target::UserspaceCapture];
+    const ALL: [Target; 4] = [
+        Target::Iptables,
+        Target::Ipvs,
+        Target::Nftables,
+        Target::UserspaceCapture,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Target::Iptables => "iptables",
             Target::Ipvs => "ipvs",
+            Target::Nftables => "nftables",
             Target::UserspaceCapture => "userspace capture",
         }
     }
@@ -51,6 +58,8 @@ impl Target {
         match self {
             Target::Iptables => preflight::check_iptables_tools("the iptables backend"),
             Target::Ipvs => preflight::check_ipvs(),
+            // Netlink from this process: nothing to find on PATH.
+            Target::Nftables => Ok(()),
             Target::UserspaceCapture => {
                 preflight::check_iptables_tools("the userspace backend's capture mode")
             }
@@ -68,6 +77,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let (targets, chosen): (Vec<Target>, bool) = match args.backend {
         Some(BackendKind::Iptables) => (vec![Target::Iptables], true),
         Some(BackendKind::Ipvs) => (vec![Target::Ipvs], true),
+        Some(BackendKind::Nftables) => (vec![Target::Nftables], true),
         Some(BackendKind::Userspace) => (vec![Target::UserspaceCapture], true),
         None => (Target::ALL.to_vec(), false),
     };
@@ -98,6 +108,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         let removed = match target {
             Target::Iptables => clean_iptables(args).await,
             Target::Ipvs => clean_ipvs(args).await,
+            Target::Nftables => clean_nftables(args).await,
             Target::UserspaceCapture => clean_userspace_capture(args).await,
         };
         match removed {
@@ -180,6 +191,19 @@ async fn clean_ipvs(args: &RunArgs) -> anyhow::Result<String> {
             "ipvs: removed {n} objects: virtual servers on {interface}, the interface and its \
              addresses, companion chains and sets\n"
         ),
+    })
+}
+
+/// The nftables backend's table (`inet svcproxy` by default): it holds everything the backend
+/// programs, so deleting it is the whole cleanup; no other table is read or touched.
+async fn clean_nftables(args: &RunArgs) -> anyhow::Result<String> {
+    let config = backend::nftables_config(args);
+    let table = config.table.clone();
+    let mut dataplane = backend_nftables::NftablesDataplane::new(config);
+    let report = dataplane.cleanup().await?;
+    Ok(match report.objects_removed {
+        0 => format!("nftables: nothing of ours (table inet {table})\n"),
+        _ => format!("nftables: removed table inet {table}\n"),
     })
 }
 

@@ -38,6 +38,8 @@ pub enum BackendKind {
     Iptables,
     /// The kernel's IPVS load balancer (root, a kernel with IPVS).
     Ipvs,
+    /// An nf_tables table of global maps, programmed over netlink (root).
+    Nftables,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -57,8 +59,9 @@ pub struct RunArgs {
     pub node_name: Option<String>,
 
     /// Print what the backend would program (userspace: the listeners and the endpoint choice
-    /// per service; iptables: the restore input and hooks; ipvs: an ipvsadm-style listing) and
-    /// the skipped service ports, then exit without changing anything.
+    /// per service; iptables: the restore input and hooks; ipvs: an ipvsadm-style listing;
+    /// nftables: the table as `nft list table` prints it) and the skipped service ports, then
+    /// exit without changing anything.
     #[arg(long, conflicts_with = "once")]
     pub dry_run: bool,
 

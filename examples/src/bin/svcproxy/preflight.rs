@@ -101,6 +101,8 @@ pub fn check(args: &RunArgs) -> Result<(), PreflightError> {
             check_net_admin("the ipvs backend", DRY_RUN_HINT)?;
             check_ipvs()
         }
+        // nf_tables is programmed over netlink from this process: no tool to find.
+        BackendKind::Nftables => check_net_admin("the nftables backend", DRY_RUN_HINT),
     }
 }
 
