@@ -8,7 +8,8 @@
 //! node's namespace, and sends real TCP and UDP. Endpoints answer with their own address and
 //! the peer they saw, so a case checks which endpoints answer, whether the connection was
 //! masqueraded, and whether a refused connection is rejected fast or dropped. One case list
-//! ([`cases`]) runs against every backend; each backend's test binary is a few lines:
+//! ([`cases`]) runs against every backend (iptables-legacy, iptables-nft, userspace, IPVS in a
+//! VM, nftables); each backend's test binary is a few lines:
 //!
 //! ```no_run
 //! use conformance::{cases, driver::NodeDriver, runner, topology::Topology};

@@ -392,6 +392,7 @@ where
         Backend::IptablesNft => "cf-ipt-nft",
         Backend::Userspace => "cf-user",
         Backend::Ipvs => "cf-ipvs",
+        Backend::Nftables => "cf-nft",
         Backend::KubeProxyLayout => "cf-kube",
     };
     let topology = Topology::new(tag);

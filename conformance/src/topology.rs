@@ -205,6 +205,13 @@ impl Topology {
         ]);
         // The node routes between its links; reverse-path filtering would drop the replies of
         // the other node's pods (their addresses sit on its lo) and the hairpin's.
+        //
+        // No ICMP redirects from the node: an un-DNATed packet from the client to a service
+        // address leaves by `c0`, the link it came in on (the service range is routed there),
+        // so the kernel would redirect the client; a redirect restarts the client's ICMP
+        // rate-limit bucket (`inet_peer`'s `rate_last`, shared with `icmp_ratelimit`), and the
+        // `reject` that follows (an ICMP port unreachable, kube-proxy's nftables `reject-chain`)
+        // would then be swallowed: a refused flow would look dropped.
         for (ns, settings) in [
             (
                 &self.node,
@@ -212,6 +219,12 @@ impl Topology {
                     "net.ipv4.ip_forward=1",
                     "net.ipv4.conf.all.rp_filter=0",
                     "net.ipv4.conf.default.rp_filter=0",
+                    "net.ipv4.conf.all.send_redirects=0",
+                    "net.ipv4.conf.default.send_redirects=0",
+                    "net.ipv4.conf.c0.send_redirects=0",
+                    "net.ipv4.conf.l1.send_redirects=0",
+                    "net.ipv4.conf.l2.send_redirects=0",
+                    "net.ipv4.conf.n0.send_redirects=0",
                 ][..],
             ),
             (

@@ -38,6 +38,8 @@ pub enum Backend {
     Userspace,
     /// backend-ipvs.
     Ipvs,
+    /// backend-nftables (one nf_tables table programmed over netlink).
+    Nftables,
     /// kube-proxy's own rule layout for cluster IPs (`backend_iptables::testing::kube_layout`),
     /// the reference that proves the harness.
     KubeProxyLayout,
@@ -45,11 +47,12 @@ pub enum Backend {
 
 impl Backend {
     /// Every backend, in the order of the README's table.
-    pub const ALL: [Backend; 5] = [
+    pub const ALL: [Backend; 6] = [
         Backend::IptablesLegacy,
         Backend::IptablesNft,
         Backend::Userspace,
         Backend::Ipvs,
+        Backend::Nftables,
         Backend::KubeProxyLayout,
     ];
 
@@ -60,6 +63,7 @@ impl Backend {
             Backend::IptablesNft => "iptables-nft",
             Backend::Userspace => "userspace",
             Backend::Ipvs => "ipvs",
+            Backend::Nftables => "nftables",
             Backend::KubeProxyLayout => "kube-proxy-layout",
         }
     }
@@ -313,7 +317,9 @@ pub fn plan(backend: Backend, scenario: &Scenario, flow: &Flow) -> Plan {
             } => Plan::RunWithoutSourceCheck(USERSPACE_SOURCE),
             _ => Plan::Run,
         },
-        Backend::IptablesLegacy | Backend::IptablesNft | Backend::Ipvs => Plan::Run,
+        Backend::IptablesLegacy | Backend::IptablesNft | Backend::Ipvs | Backend::Nftables => {
+            Plan::Run
+        }
     }
 }
 
