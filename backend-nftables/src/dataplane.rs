@@ -15,6 +15,14 @@
 //!   it compares the number of our chains and sets with ours (two dumps of names): a deleted
 //!   chain, set or table is seen at once, a deleted element at the next full sync.
 //! - [`Dataplane::cleanup`] deletes our table, and nothing else.
+//! - **Node addresses** ([`Dataplane::node_addresses`]): the configured list, or, when it is
+//!   empty, the node's own, followed through rtnetlink ([`NodeAddresses::kernel`], started at
+//!   the first sync in that thread's namespace). The sync loop runs a partial sync after each
+//!   change, and it plans again only what depends on them ([`DesiredTable::readdress`]): the
+//!   `nodeport-ips` elements (with `node_port_addresses`; without, node ports follow `fib
+//!   daddr type local` and need no address) and the source-range elements that admit a
+//!   load-balancer IP itself when a range holds a node address.
+//! - **Metrics** ([`crate::metrics`]), once [`Dataplane::register_metrics`] has run.
 //!
 //! The netlink calls are made on the calling thread (the runtime's), each a few kernel round
 //! trips; the socket is opened at the first sync or cleanup, in that thread's namespace.
@@ -24,22 +32,27 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use netlink_packet_core::Emitable;
 use netlink_transport::{Datagrams, SysSocket};
 use proxy_core::dataplane::{CleanupReport, DryRun, SyncProblem, SyncReport};
 use proxy_core::error::error_chain;
+use proxy_core::node_addresses::NodeAddresses;
+use proxy_core::prometheus_client::registry::Registry;
 use proxy_core::{
     async_trait, Capabilities, Dataplane, DataplaneError, ServiceTable, SyncMode, SyncRequest,
 };
 use tracing::{debug, warn};
 
-use crate::apply::{apply, ApplyError, Encoder};
+use crate::apply::{apply, transaction_messages, ApplyError, Encoder};
 use crate::config::NftablesConfig;
 use crate::conntrack::{flush_stale, plan_conntrack, ConntrackOps, Netlink};
 use crate::error::NftablesError;
-use crate::model::Table;
-use crate::netlink::{NftSocket, ProtoFamily, TableAttr};
+use crate::metrics::{Metrics, SyncStats};
+use crate::model::{Key, Table};
+use crate::names::SetName;
+use crate::netlink::{NftMessage, NftSocket, ProtoFamily, TableAttr};
 use crate::observe::observe;
-use crate::plan::{apply_changes, desired, plan, DesiredTable};
+use crate::plan::{apply_changes, desired, plan, Change, DesiredTable};
 use crate::render::render_table;
 
 /// The backend's name in logs and metrics.
@@ -62,6 +75,33 @@ pub struct NftablesDataplane<D: Datagrams = SysSocket> {
     /// The ruleset generation and our object count after our last transaction.
     verified: Option<(u32, usize)>,
     conntrack: Option<Arc<dyn ConntrackOps>>,
+    /// Where the node's addresses come from.
+    node_addresses: NodeAddresses,
+    metrics: Metrics,
+}
+
+/// What one sync sent.
+#[derive(Debug)]
+struct Outcome {
+    mode: SyncMode,
+    /// Messages sent (transactions and affinity purges).
+    messages: usize,
+    elements: usize,
+    objects: usize,
+    /// Each transaction's size, when measured (registered metrics).
+    bytes: Vec<usize>,
+}
+
+impl Outcome {
+    fn new(mode: SyncMode) -> Self {
+        Outcome {
+            mode,
+            messages: 0,
+            elements: 0,
+            objects: 0,
+            bytes: Vec::new(),
+        }
+    }
 }
 
 impl<D: Datagrams> std::fmt::Debug for NftablesDataplane<D> {
@@ -75,17 +115,30 @@ impl<D: Datagrams> std::fmt::Debug for NftablesDataplane<D> {
 }
 
 impl NftablesDataplane<SysSocket> {
-    /// A dataplane for `config`; no I/O until the first sync or cleanup.
+    /// A dataplane for `config`; no I/O until the first sync or cleanup. With no
+    /// [`NftablesConfig::node_addresses`], it follows the node's own addresses
+    /// ([`NodeAddresses::kernel`], read from the first sync on).
     pub fn new(config: NftablesConfig) -> Self {
-        Self::with_opener(config, Box::new(NftSocket::open)).with_conntrack(Arc::new(Netlink))
+        let follow = config.node_addresses.is_empty();
+        let dp =
+            Self::with_opener(config, Box::new(NftSocket::open)).with_conntrack(Arc::new(Netlink));
+        if follow {
+            dp.with_node_addresses(NodeAddresses::kernel())
+        } else {
+            dp
+        }
     }
 }
 
 impl<D: Datagrams> NftablesDataplane<D> {
     /// A dataplane whose socket `open` makes (a fake kernel in tests). No conntrack cleanup
     /// unless [`NftablesDataplane::with_conntrack`].
+    ///
+    /// The node's addresses are the configured ones only (empty or not): a fake kernel has
+    /// none to follow; see [`NftablesDataplane::with_node_addresses`].
     pub fn with_opener(config: NftablesConfig, open: Opener<D>) -> Self {
         let kernel = Table::new(config.table.clone());
+        let node_addresses = NodeAddresses::fixed(config.node_addresses.iter().copied());
         Self {
             config,
             open,
@@ -95,7 +148,20 @@ impl<D: Datagrams> NftablesDataplane<D> {
             needs_full: true,
             verified: None,
             conntrack: None,
+            node_addresses,
+            metrics: Metrics::default(),
         }
+    }
+
+    /// The same dataplane, with the node's addresses from `source` (with the configured
+    /// ones): [`NodeAddresses::kernel`] follows the node's, [`NodeAddresses::manual`] is fed
+    /// by the embedder. The sync loop follows the source ([`Dataplane::node_addresses`]):
+    /// each change is a partial sync that plans again only what depends on the addresses
+    /// ([`DesiredTable::readdress`]).
+    #[must_use]
+    pub fn with_node_addresses(mut self, source: NodeAddresses) -> Self {
+        self.node_addresses = source;
+        self
     }
 
     /// Deletes stale UDP conntrack entries through `ops` after each sync.
@@ -119,8 +185,29 @@ impl<D: Datagrams> NftablesDataplane<D> {
         &self.kernel
     }
 
+    /// The node's addresses now (the planner adds the configured ones).
     fn node_ips(&self) -> BTreeSet<IpAddr> {
-        self.config.node_addresses.iter().copied().collect()
+        self.node_addresses.current().iter().map(|a| a.ip).collect()
+    }
+
+    /// Sends `changes` (one transaction, then the affinity purges) and counts them in `out`.
+    fn send(&mut self, changes: &[Change], out: &mut Outcome) -> Result<(), NftablesError> {
+        let name = self.config.table.clone();
+        if self.metrics.is_registered() {
+            let (messages, _) = transaction_messages(&mut Encoder::new(name.clone()), changes);
+            if !messages.is_empty() {
+                out.bytes.push(datagram_bytes(&messages));
+            }
+        }
+        let elements = changes.iter().filter(|c| c.is_element()).count();
+        let purges = changes
+            .iter()
+            .filter(|c| matches!(c, Change::PurgeAffinity(..)))
+            .count();
+        out.messages += apply(self.socket()?, &name, changes)?;
+        out.elements += elements;
+        out.objects += changes.len() - elements - purges;
+        Ok(())
     }
 
     fn socket(&mut self) -> Result<&mut NftSocket<D>, NftablesError> {
@@ -137,25 +224,29 @@ impl<D: Datagrams> NftablesDataplane<D> {
         }
     }
 
-    /// One sync; returns (mode run, messages sent).
-    fn sync_inner(
-        &mut self,
-        request: &SyncRequest<'_>,
-    ) -> Result<(SyncMode, usize), NftablesError> {
+    /// One sync: what it ran and sent.
+    fn sync_inner(&mut self, request: &SyncRequest<'_>) -> Result<Outcome, NftablesError> {
         let name = self.config.table.clone();
+        let node_ips = self.node_ips();
         let partial = request.mode == SyncMode::Partial && !self.needs_full;
         if let (true, Some(mut desired)) = (partial, self.desired.take()) {
+            let mut out = Outcome::new(SyncMode::Partial);
             desired.update(request.changes);
-            let changes = plan(&desired, Some(&self.kernel), Some(request.changes));
-            let sent = apply(self.socket()?, &name, &changes)?;
+            let mut changes = plan(&desired, Some(&self.kernel), Some(request.changes));
+            let moved = desired.readdress(request.desired, &node_ips);
+            if !moved.is_empty() {
+                debug!(elements = moved.len(), "node addresses changed");
+                changes = with_elements(&desired, &self.kernel, changes, moved);
+            }
+            self.send(&changes, &mut out)?;
             apply_changes(&mut self.kernel, &changes);
             self.desired = Some(desired);
-            return Ok((SyncMode::Partial, sent));
+            return Ok(out);
         }
-        let desired = desired(request.desired, &self.config, &self.node_ips());
+        let mut out = Outcome::new(SyncMode::Full);
+        let desired = desired(request.desired, &self.config, &node_ips);
         let observed =
             observe(self.socket()?, &name, &desired.table).map_err(|e| self.observe_err(e))?;
-        let mut sent = 0;
         let base = match observed {
             Some(o) if o.needs_rebuild() => {
                 warn!(
@@ -165,6 +256,10 @@ impl<D: Datagrams> NftablesDataplane<D> {
                     "objects of ours were redeclared by someone else: deleting the table to program it whole"
                 );
                 let delete = Encoder::new(name.clone()).delete_table();
+                if self.metrics.is_registered() {
+                    out.bytes
+                        .push(datagram_bytes(std::slice::from_ref(&delete)));
+                }
                 let socket = self.socket()?;
                 let outcome = socket.transaction(std::slice::from_ref(&delete));
                 match outcome.map(|r| r.into_iter().find_map(Result::err)) {
@@ -178,19 +273,20 @@ impl<D: Datagrams> NftablesDataplane<D> {
                         .into())
                     }
                 }
-                sent += 1;
+                out.messages += 1;
+                out.objects += 1;
                 None
             }
             Some(o) => Some(o.table),
             None => None,
         };
         let changes = plan(&desired, base.as_ref(), None);
-        sent += apply(self.socket()?, &name, &changes)?;
+        self.send(&changes, &mut out)?;
         let mut kernel = base.unwrap_or_else(|| Table::new(name.clone()));
         apply_changes(&mut kernel, &changes);
         self.kernel = kernel;
         self.desired = Some(desired);
-        Ok((SyncMode::Full, sent))
+        Ok(out)
     }
 
     /// The generation and our object count, now.
@@ -254,23 +350,30 @@ impl<D: Datagrams + Send + 'static> Dataplane for NftablesDataplane<D> {
     async fn sync(&mut self, request: SyncRequest<'_>) -> Result<SyncReport, DataplaneError> {
         let started = Instant::now();
         let mut report = SyncReport::for_request(&request);
-        let outcome = self.sync_inner(&request);
-        let (mode, sent) = match outcome {
+        // A source following the kernel reads the node's addresses at the first sync, in
+        // this thread's namespace; if it cannot, they wait for a later sync.
+        let address_problem = self.node_addresses.start().err().map(|e| {
+            warn!(error = %error_chain(&e), "cannot follow the node's addresses");
+            SyncProblem::new("node addresses", error_chain(&e))
+        });
+        let outcome = match self.sync_inner(&request) {
             Ok(done) => done,
             Err(e) => {
                 self.needs_full = true;
                 self.verified = None;
+                self.metrics.record_sync_failure();
                 return Err(DataplaneError::backend(NAME, e));
             }
         };
         self.needs_full = false;
-        report.mode = mode;
-        report.objects_written = sent;
+        report.mode = outcome.mode;
+        report.objects_written = outcome.messages;
         report.problems = self
             .desired
             .as_ref()
             .map(DesiredTable::problems)
             .unwrap_or_default();
+        report.problems.extend(address_problem);
         if let Some(ops) = &self.conntrack {
             let flushes = plan_conntrack(request.changes);
             if !flushes.is_empty() {
@@ -289,6 +392,14 @@ impl<D: Datagrams + Send + 'static> Dataplane for NftablesDataplane<D> {
             _ => None,
         };
         report.duration = started.elapsed();
+        self.metrics.record_sync(&SyncStats {
+            mode: outcome.mode,
+            duration: report.duration,
+            elements_written: outcome.elements,
+            objects_written: outcome.objects,
+            transaction_bytes: outcome.bytes,
+            elements: self.kernel.element_count(),
+        });
         debug!(%report, "nftables sync");
         Ok(report)
     }
@@ -325,12 +436,17 @@ impl<D: Datagrams + Send + 'static> Dataplane for NftablesDataplane<D> {
         self.verified = None;
         self.desired = None;
         self.kernel = Table::new(name);
+        if result.is_err() {
+            self.metrics.record_cleanup_failure();
+        }
         let removed = result.map_err(|e| DataplaneError::backend(NAME, e))?;
         Ok(CleanupReport {
             objects_removed: removed,
         })
     }
 
+    /// The desired table with the node addresses known now (no I/O: a source that follows
+    /// the kernel has none before the first sync).
     fn dry_run(&self, table: &ServiceTable) -> Result<DryRun, DataplaneError> {
         let desired = desired(table, &self.config, &self.node_ips());
         Ok(DryRun {
@@ -375,4 +491,78 @@ impl<D: Datagrams + Send + 'static> Dataplane for NftablesDataplane<D> {
         }
         Ok(true)
     }
+
+    /// Registers [`Metrics`] in `registry` (the root: kube-proxy's series under `kubeproxy`,
+    /// ours under `svcproxy`) and records into them from now on.
+    fn register_metrics(&mut self, registry: &mut Registry) {
+        self.metrics = Metrics::register(registry);
+    }
+
+    /// The source of the node's addresses: the sync loop runs a partial sync after each
+    /// change.
+    fn node_addresses(&self) -> Option<NodeAddresses> {
+        Some(self.node_addresses.clone())
+    }
+}
+
+/// `changes` (a partial plan) with the element changes redone over their keys and `extra`:
+/// every element of either compared between `desired` and `kernel`, in the plan's order
+/// (definitions and rules, element deletes, element adds, then the rest).
+fn with_elements(
+    desired: &DesiredTable,
+    kernel: &Table,
+    changes: Vec<Change>,
+    mut extra: BTreeSet<(SetName, Key)>,
+) -> Vec<Change> {
+    let (elements, others): (Vec<Change>, Vec<Change>) =
+        changes.into_iter().partition(Change::is_element);
+    extra.extend(elements.iter().filter_map(|c| match c {
+        Change::AddElement(s, k, _) | Change::DeleteElement(s, k) => Some((*s, *k)),
+        _ => None,
+    }));
+    let (mut deletes, mut adds) = (Vec::new(), Vec::new());
+    for (set, key) in extra {
+        let want = desired
+            .table
+            .sets
+            .get(&set)
+            .and_then(|s| s.elements.get(&key));
+        let have = kernel.sets.get(&set).and_then(|s| s.elements.get(&key));
+        match (want, have) {
+            (Some(w), Some(h)) if w == h => {}
+            (Some(w), have) => {
+                if have.is_some() {
+                    deletes.push(Change::DeleteElement(set, key));
+                }
+                adds.push(Change::AddElement(set, key, *w));
+            }
+            (None, Some(_)) => deletes.push(Change::DeleteElement(set, key)),
+            (None, None) => {}
+        }
+    }
+    let (before, after): (Vec<Change>, Vec<Change>) = others.into_iter().partition(|c| {
+        matches!(
+            c,
+            Change::AddTable
+                | Change::AddSet(_)
+                | Change::AddChain(..)
+                | Change::FlushChain(_)
+                | Change::AddRule(..)
+        )
+    });
+    before
+        .into_iter()
+        .chain(deletes)
+        .chain(adds)
+        .chain(after)
+        .collect()
+}
+
+/// The size of the datagram that carries `messages` as one transaction: BEGIN, the messages,
+/// END, each a 16-byte `nlmsghdr` and its payload, padded to 4 bytes.
+fn datagram_bytes(messages: &[NftMessage]) -> usize {
+    const NLMSG_HDRLEN: usize = 16;
+    let one = |m: &NftMessage| (NLMSG_HDRLEN + m.buffer_len() + 3) & !3;
+    let ends = one(&NftMessage::batch_begin()) + one(&NftMessage::batch_end());
+    ends + messages.iter().map(one).sum::<usize>()
 }

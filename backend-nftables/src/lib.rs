@@ -40,6 +40,7 @@
 //! | observe | [`observe`] | [`observe::observe`]: our table read back over dumps into the model; rules recognised by their expressions, anything else [`model::Rule::Foreign`]; sets or base chains declared otherwise force a rebuild |
 //! | | [`dataplane`] | [`NftablesDataplane`], the [`proxy_core::Dataplane`]: full and partial syncs, drift check, cleanup, dry run |
 //! | | [`conntrack`] | stale UDP entries after a sync, over the shared ctnetlink client (`nf-conntrack`) |
+//! | | [`metrics`] | [`metrics::Metrics`]: kube-proxy's nftables series and ours |
 //! | | [`config`], [`error`] | [`NftablesConfig`] (serde, `Default`); [`NftablesError`] |
 //!
 //! # Embedding
@@ -73,12 +74,24 @@
 //! # }
 //! ```
 //!
-//! `Dataplane::register_metrics` registers nothing yet (the trait's default): the sync loop's
-//! `kubeproxy_sync_proxy_rules_*` series are all there is for this backend. The other known
-//! limits (no IPv6 session affinity yet, reported as a problem; node-port affinity keyed by
-//! `proto . port`; node addresses from [`NftablesConfig::node_addresses`] only; a transaction
-//! bounded by the socket's send buffer, 1 MiB with [`NftablesDataplane::new`]) are in the
-//! design note.
+//! **Metrics**: `Dataplane::register_metrics` with the embedder's root registry registers
+//! [`metrics::Metrics`]: kube-proxy's nftables series (`kubeproxy_sync_proxy_rules_nftables_
+//! {sync,cleanup}_failures_total`, full and partial sync durations) and ours
+//! (`svcproxy_nftables_*`: elements and objects written, transactions and their bytes).
+//!
+//! **Node addresses** (which addresses serve node ports with
+//! [`NftablesConfig::node_port_addresses`], and whether a load-balancer source range holding
+//! one admits the load-balancer IP itself): [`NftablesConfig::node_addresses`], or, when it is
+//! empty, the node's own, followed through rtnetlink from the first sync on
+//! ([`proxy_core::node_addresses::NodeAddresses::kernel`]; another source with
+//! [`NftablesDataplane::with_node_addresses`]). `Dataplane::node_addresses` hands the source to
+//! the sync loop, whose partial sync on a change rewrites only the elements that depend on the
+//! addresses ([`plan::DesiredTable::readdress`]). Without `node_port_addresses`, node ports
+//! follow `fib daddr type local` and need no address.
+//!
+//! The known limits (no IPv6 session affinity yet, reported as a problem; node-port affinity
+//! keyed by `proto . port`; a transaction bounded by what the socket's send buffer can grow
+//! to) are in the design note.
 #![forbid(unsafe_code)]
 
 pub use config::NftablesConfig;
@@ -90,6 +103,7 @@ pub mod config;
 pub mod conntrack;
 pub mod dataplane;
 pub mod error;
+pub mod metrics;
 pub mod model;
 pub mod names;
 pub mod netlink;

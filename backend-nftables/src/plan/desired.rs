@@ -51,6 +51,14 @@ pub struct PortObjects {
     pub problems: Vec<SyncProblem>,
 }
 
+impl PortObjects {
+    /// Every element key the port writes, its own and shared.
+    pub fn keys(&self) -> impl Iterator<Item = (SetName, Key)> + '_ {
+        let own = self.elements.iter().map(|(s, k, _)| (*s, *k));
+        own.chain(self.shared.iter().copied())
+    }
+}
+
 /// The desired table of `table`: [`DesiredTable`] built whole. `node_ips` are the node's
 /// addresses (node ports are served on those within `node_port_addresses`; a load-balancer
 /// source range holding one lets the load-balancer IP itself in).
@@ -101,6 +109,49 @@ impl DesiredTable {
         for new in current.chain(&changes.added) {
             self.insert_port(new);
         }
+    }
+
+    /// Follows a change of the node's addresses (`node_ips`, plus the configured ones): only
+    /// what depends on them is planned again, the `nodeport-ips` elements and the ports of
+    /// `table` whose load-balancer source ranges now admit the node, or no longer do
+    /// ([`allows_node`]). Returns every element that may have changed, for a partial plan.
+    pub fn readdress(
+        &mut self,
+        table: &ServiceTable,
+        node_ips: &BTreeSet<IpAddr>,
+    ) -> BTreeSet<(SetName, Key)> {
+        let node_ips: BTreeSet<IpAddr> = node_ips
+            .iter()
+            .chain(&self.config.node_addresses)
+            .copied()
+            .collect();
+        let mut touched = BTreeSet::new();
+        if node_ips == self.node_ips {
+            return touched;
+        }
+        let moved: Vec<&ServicePort> = table
+            .iter()
+            .map(AsRef::as_ref)
+            .filter(|p| allows_node(p, &self.node_ips) != allows_node(p, &node_ips))
+            .collect();
+        for port in &moved {
+            touched.extend(self.port_objects(port).keys());
+            self.remove_port(port);
+        }
+        let fresh = skeleton(&self.config, &node_ips);
+        for (name, set) in fresh.sets {
+            if let (SetName::NodePortIps(_), Some(have)) = (name, self.table.sets.get_mut(&name)) {
+                touched.extend(have.elements.keys().map(|k| (name, *k)));
+                touched.extend(set.elements.keys().map(|k| (name, *k)));
+                have.elements = set.elements;
+            }
+        }
+        self.node_ips = node_ips;
+        for port in &moved {
+            touched.extend(self.port_objects(port).keys());
+            self.insert_port(port);
+        }
+        touched
     }
 
     /// What `port` contributes under this table's configuration and node addresses.
