@@ -109,7 +109,7 @@ pub fn run(args: &CalibrateArgs) -> Result<Vec<PathBuf>, BenchError> {
     ));
     let json = serde_json::to_string_pretty(&report).map_err(|e| BenchError::Io {
         what: "encode calibrate report".into(),
-        source: io::Error::new(io::ErrorKind::InvalidData, e),
+        error: io::Error::new(io::ErrorKind::InvalidData, e),
     })?;
     std::fs::write(&path, json + "\n").map_err(io_err(format!("write {}", path.display())))?;
     for w in &report.workloads {
@@ -122,7 +122,7 @@ pub fn run(args: &CalibrateArgs) -> Result<Vec<PathBuf>, BenchError> {
 }
 
 fn io_err(what: String) -> impl FnOnce(io::Error) -> BenchError {
-    move |source| BenchError::Io { what, source }
+    move |error| BenchError::Io { what, error }
 }
 
 /// Times `ROUNDS` rounds of `ops` operations and keeps the median per-operation time.
@@ -186,7 +186,7 @@ fn route_socket() -> Result<RouteSocket, BenchError> {
 fn link_error(what: &'static str) -> impl Fn(backend_ipvs::BackendError) -> BenchError {
     move |e| BenchError::Io {
         what: what.into(),
-        source: io::Error::other(e.to_string()),
+        error: io::Error::other(e.to_string()),
     }
 }
 
@@ -231,7 +231,7 @@ fn netlink_address() -> Result<Workload, BenchError> {
     if namespace_in_use() {
         return Err(BenchError::Io {
             what: "netlink address workload refused".into(),
-            source: io::Error::new(
+            error: io::Error::new(
                 io::ErrorKind::PermissionDenied,
                 "this network namespace has interfaces besides lo: run under `unshare -n`",
             ),
@@ -269,9 +269,9 @@ fn spawn_true() -> Result<Workload, BenchError> {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()
-                .map_err(|source| BenchError::Spawn {
+                .map_err(|error| BenchError::Spawn {
                     program: "true".into(),
-                    source,
+                    error,
                 })?;
             std::hint::black_box(status);
         }
@@ -283,7 +283,7 @@ fn read_report(path: &Path) -> Result<CalibrateReport, BenchError> {
     let text = std::fs::read_to_string(path).map_err(io_err(format!("read {}", path.display())))?;
     serde_json::from_str(&text).map_err(|e| BenchError::Io {
         what: format!("parse {}", path.display()),
-        source: io::Error::new(io::ErrorKind::InvalidData, e),
+        error: io::Error::new(io::ErrorKind::InvalidData, e),
     })
 }
 

@@ -9,22 +9,20 @@ use std::time::Duration;
 #[non_exhaustive]
 pub enum BenchError {
     /// A socket or file operation failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {error}")]
     Io {
         /// What we were doing, with the object (`"bind backend 127.0.0.2:0"`).
         what: String,
-        /// The operating system's error.
-        #[source]
-        source: std::io::Error,
+        /// The operating system's error, printed in the message (so not also a `source`).
+        error: std::io::Error,
     },
     /// A program could not be started.
-    #[error("cannot start {program}: {source}")]
+    #[error("cannot start {program}: {error}")]
     Spawn {
         /// The program, as given.
         program: String,
-        /// Why it did not start.
-        #[source]
-        source: std::io::Error,
+        /// Why it did not start, printed in the message (so not also a `source`).
+        error: std::io::Error,
     },
     /// A command ran and failed.
     #[error("`{command}` failed with {status}: {stderr}")]
@@ -57,7 +55,7 @@ pub enum BenchError {
         detail: String,
     },
     /// A results file could not be read or written as JSON.
-    #[error("results JSON {path}: {source}")]
+    #[error("results JSON {path}")]
     Json {
         /// The file.
         path: PathBuf,
@@ -79,10 +77,10 @@ pub enum BenchError {
 
 impl BenchError {
     /// An I/O error with its context.
-    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+    pub fn io(what: impl Into<String>, error: std::io::Error) -> Self {
         BenchError::Io {
             what: what.into(),
-            source,
+            error,
         }
     }
 }

@@ -288,9 +288,9 @@ fn time_once_in_netns(
 fn timed(mut command: Command, what: &str) -> Result<(Duration, String), BenchError> {
     command.stderr(Stdio::piped());
     let started = Instant::now();
-    let output = command.output().map_err(|source| BenchError::Spawn {
+    let output = command.output().map_err(|error| BenchError::Spawn {
         program: what.to_owned(),
-        source,
+        error,
     })?;
     let took = started.elapsed();
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();

@@ -10,6 +10,7 @@
 //! bench limits [--quick]                             # memory per connection/flow, rate at the fd limit
 //! bench first-sync [--sizes 1000,10000,50000]         # table file -> first sync through svcproxy
 //! bench watch [--quick] [--services N]                # table edit -> applied: inotify vs polling
+//! bench nftables [--quick] [--sizes 1,1000,10000]     # as root: nftables sync costs vs kube-proxy's layout
 //! bench netns-selftest                               # as root: namespaces up, load through, down
 //! bench serve --listen ADDR... / bench load --target ADDR --scenario ...   # building blocks
 //! ```
@@ -23,6 +24,7 @@ mod ipvs; // issue #5's suite: IPVS vs iptables by table size, in the VM
 mod limits; // issue #10's suite: memory per connection and flow, rate at the descriptor limit
 mod load; // the load generator's scenarios
 mod netns; // client/node/server namespaces for the kernel backends
+mod nftables; // issue #13's suite: our nftables backend vs kube-proxy's nftables layout and iptables
 mod procfs; // RSS and CPU time of a process, the machine
 mod proxy; // proxies under test: direct, haproxy, svcproxy, an already-running one
 mod report; // the run's JSON document
@@ -105,6 +107,13 @@ enum Cmd {
     /// `bench watch`'s measuring side, run where the dataplane is: one JSON line of series.
     #[command(hide = true)]
     WatchRun(watch::run::RunArgs),
+    /// Issue #13's suite (as root): cold full sync of our nftables backend (in process and
+    /// through `nft -f`), kube-proxy's nftables layout and our iptables backend by N, each step
+    /// in a fresh namespace; our partial syncs, restart and memory.
+    Nftables(nftables::NftablesArgs),
+    /// `bench nftables`'s namespace side: one contender's syncs, one JSON line each.
+    #[command(hide = true)]
+    NftablesSync(nftables::node::SyncArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -348,6 +357,15 @@ async fn run(command: Cmd) -> Result<(), BenchError> {
                 }
                 return Ok(());
             }
+            let is_nftables = json
+                .file_name()
+                .is_some_and(|name| name.to_string_lossy().starts_with("nftables-"));
+            if is_nftables {
+                for path in nftables::report::NftablesReport::read(&json)?.write(&dir)? {
+                    println!("{}", path.display());
+                }
+                return Ok(());
+            }
             let is_iptables = json
                 .file_name()
                 .is_some_and(|name| name.to_string_lossy().starts_with("iptables-"));
@@ -381,6 +399,16 @@ async fn run(command: Cmd) -> Result<(), BenchError> {
             Ok(())
         }
         Cmd::WatchRun(args) => watch::run::run(&args),
+        Cmd::Nftables(args) => {
+            let paths = tokio::task::spawn_blocking(move || nftables::run_cli(&args))
+                .await
+                .map_err(|e| BenchError::io("nftables suite", std::io::Error::other(e)))??;
+            for path in paths {
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
+        Cmd::NftablesSync(args) => nftables::node::run_sync(&args).await,
         Cmd::Serve { listen, for_secs } => serve(&listen, Duration::from_secs_f64(for_secs)).await,
         Cmd::Load(spec) => {
             let outcome = spec.run().await?;

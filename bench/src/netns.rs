@@ -231,9 +231,9 @@ impl Topology {
             ])
             .args(addrs.iter().map(ToString::to_string))
             .stdout(Stdio::piped());
-        let mut child = NsProcess(command.spawn().map_err(|source| BenchError::Spawn {
+        let mut child = NsProcess(command.spawn().map_err(|error| BenchError::Spawn {
             program: format!("{} serve in {}", exe.display(), self.name(Role::Server)),
-            source,
+            error,
         })?);
         let stdout = child.0.stdout.take().ok_or_else(|| {
             BenchError::io("backends' stdout", std::io::ErrorKind::BrokenPipe.into())
@@ -319,9 +319,9 @@ fn run_ip(args: &[&str]) -> Result<String, BenchError> {
 /// Runs a command to completion; its stdout on success.
 fn run(command: &mut Command) -> Result<String, BenchError> {
     let line = format!("{command:?}").replace('"', "");
-    let out = command.output().map_err(|source| BenchError::Spawn {
+    let out = command.output().map_err(|error| BenchError::Spawn {
         program: line.clone(),
-        source,
+        error,
     })?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())

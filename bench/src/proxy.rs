@@ -296,7 +296,7 @@ pub(crate) fn spawn_and_wait(
     let program = command.get_program().to_string_lossy().into_owned();
     let child = command
         .spawn()
-        .map_err(|source| BenchError::Spawn { program, source })?;
+        .map_err(|error| BenchError::Spawn { program, error })?;
     let mut proxy = RunningProxy {
         name: name.to_owned(),
         listen,

@@ -40,9 +40,9 @@ pub fn netns_selftest() -> Result<(), BenchError> {
         .command(Role::Node, "sysctl")
         .args(["-n", "net.ipv4.ip_forward"])
         .output()
-        .map_err(|source| BenchError::Spawn {
+        .map_err(|error| BenchError::Spawn {
             program: "sysctl".to_owned(),
-            source,
+            error,
         })?;
     println!(
         "node ns forwarding: {}",

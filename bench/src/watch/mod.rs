@@ -236,9 +236,9 @@ fn run_one(exe: &Path, spec: &run::RunArgs) -> Result<Vec<Series>, BenchError> {
         .args(["--edits", &spec.edits.to_string()])
         .arg("--workdir")
         .arg(&spec.workdir);
-    let output = command.output().map_err(|source| BenchError::Spawn {
+    let output = command.output().map_err(|error| BenchError::Spawn {
         program: format!("{} watch-run", exe.display()),
-        source,
+        error,
     })?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);

@@ -203,9 +203,9 @@ impl Proxy {
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
-            .map_err(|source| BenchError::Spawn {
+            .map_err(|error| BenchError::Spawn {
                 program: args.svcproxy.display().to_string(),
-                source,
+                error,
             })?;
         Ok(Proxy { child, log })
     }
