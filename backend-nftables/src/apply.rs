@@ -17,6 +17,7 @@ pub mod encode;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
 
 use netlink_transport::errno::ENOENT;
 use netlink_transport::{Datagrams, NetlinkError};
@@ -29,15 +30,16 @@ use crate::netlink::data::value_of;
 use crate::netlink::{MsgType, NftMessage, NftSocket, ProtoFamily, SetElemAttr};
 use crate::plan::Change;
 
-/// The messages of one transaction for `changes`, and for each message the indices of the
-/// changes it carries. [`Change::PurgeAffinity`] is left out (see [`purge_affinity`]).
+/// The messages of one transaction for `changes`, and for each message the range of the
+/// changes it comes from (an element list split over several messages: each names the
+/// whole run). [`Change::PurgeAffinity`] is left out (see [`purge_affinity`]).
 pub fn transaction_messages(
     encoder: &mut Encoder,
     changes: &[Change],
-) -> (Vec<NftMessage>, Vec<Vec<usize>>) {
+) -> (Vec<NftMessage>, Vec<Range<usize>>) {
     let mut messages = Vec::new();
     let mut origins = Vec::new();
-    let mut push = |ms: Vec<NftMessage>, from: Vec<usize>| {
+    let mut push = |ms: Vec<NftMessage>, from: Range<usize>| {
         for m in ms {
             messages.push(m);
             origins.push(from.clone());
@@ -49,7 +51,7 @@ pub fn transaction_messages(
             Change::AddElement(set, ..) | Change::DeleteElement(set, _) => {
                 let add = matches!(changes[i], Change::AddElement(..));
                 let mut elements = Vec::new();
-                let mut from = Vec::new();
+                let start = i;
                 while let Some(c) = changes.get(i) {
                     match c {
                         Change::AddElement(s, k, v) if add && s == set => {
@@ -60,7 +62,6 @@ pub fn transaction_messages(
                         }
                         _ => break,
                     }
-                    from.push(i);
                     i += 1;
                 }
                 let msg_type = if add {
@@ -68,17 +69,17 @@ pub fn transaction_messages(
                 } else {
                     MsgType::DelSetElem
                 };
-                push(encoder.elements(msg_type, *set, &elements), from);
+                push(encoder.elements(msg_type, *set, &elements), start..i);
                 continue;
             }
-            Change::AddTable => push(vec![encoder.add_table()], vec![i]),
-            Change::AddSet(name) => push(vec![encoder.add_set(*name)], vec![i]),
-            Change::AddChain(name, hook) => push(vec![encoder.add_chain(*name, *hook)], vec![i]),
-            Change::FlushChain(name) => push(vec![encoder.flush_chain(*name)], vec![i]),
-            Change::AddRule(chain, rule) => push(encoder.add_rule(*chain, rule), vec![i]),
+            Change::AddTable => push(vec![encoder.add_table()], i..i + 1),
+            Change::AddSet(name) => push(vec![encoder.add_set(*name)], i..i + 1),
+            Change::AddChain(name, hook) => push(vec![encoder.add_chain(*name, *hook)], i..i + 1),
+            Change::FlushChain(name) => push(vec![encoder.flush_chain(*name)], i..i + 1),
+            Change::AddRule(chain, rule) => push(encoder.add_rule(*chain, rule), i..i + 1),
             Change::PurgeAffinity(..) => {}
-            Change::DeleteChain(name) => push(vec![encoder.delete_chain(*name)], vec![i]),
-            Change::DeleteSet(name) => push(vec![encoder.delete_set(*name)], vec![i]),
+            Change::DeleteChain(name) => push(vec![encoder.delete_chain(*name)], i..i + 1),
+            Change::DeleteSet(name) => push(vec![encoder.delete_set(*name)], i..i + 1),
         }
         i += 1;
     }
@@ -159,7 +160,7 @@ pub fn apply<D: Datagrams>(
     table: &str,
     changes: &[Change],
 ) -> Result<usize, ApplyError> {
-    let mut encoder = Encoder::new(table);
+    let mut encoder = Encoder::new(table).with_encoded_elements();
     let (messages, origins) = transaction_messages(&mut encoder, changes);
     let mut sent = 0;
     if !messages.is_empty() {
@@ -176,7 +177,7 @@ pub fn apply<D: Datagrams>(
             .enumerate()
             .find_map(|(i, r)| r.err().map(|e| (i, e)))
         {
-            let change = &changes[origins[index][0]];
+            let change = &changes[origins[index].start];
             return Err(ApplyError::Change {
                 table: table.to_owned(),
                 change: Shown(table, change).to_string(),

@@ -10,7 +10,11 @@
 //!   updated by the changes we send): cost ∝ change, no read of the kernel.
 //! - After a failed transaction (nothing of it committed) the next sync is full.
 //! - After each successful sync, stale UDP conntrack entries of the change set are deleted
-//!   ([`crate::conntrack`]); a failure there is a [`SyncProblem`], not a failed sync.
+//!   ([`crate::conntrack`]) on a thread of their own, off the sync's path (a conntrack dump
+//!   walks the kernel's whole conntrack hash, shared by every namespace: 10-25 ms here, more
+//!   on a busy node, while the rules are already committed), one clean-up at a time; a failure
+//!   is a [`SyncProblem`] of the next sync (or of
+//!   [`NftablesDataplane::wait_for_conntrack_cleanup`]), not a failed sync.
 //! - [`Dataplane::check_drift`] reads the ruleset generation (one request); when it moved,
 //!   it compares the number of our chains and sets with ours (two dumps of names): a deleted
 //!   chain, set or table is seen at once, a deleted element at the next full sync.
@@ -30,6 +34,7 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Instant;
 
 use netlink_packet_core::Emitable;
@@ -75,6 +80,8 @@ pub struct NftablesDataplane<D: Datagrams = SysSocket> {
     /// The ruleset generation and our object count after our last transaction.
     verified: Option<(u32, usize)>,
     conntrack: Option<Arc<dyn ConntrackOps>>,
+    /// The last stale-entry clean-up, while it runs or until joined: its failure, if any.
+    conntrack_cleanup: Option<JoinHandle<Option<SyncProblem>>>,
     /// Where the node's addresses come from.
     node_addresses: NodeAddresses,
     metrics: Metrics,
@@ -148,6 +155,7 @@ impl<D: Datagrams> NftablesDataplane<D> {
             needs_full: true,
             verified: None,
             conntrack: None,
+            conntrack_cleanup: None,
             node_addresses,
             metrics: Metrics::default(),
         }
@@ -180,6 +188,63 @@ impl<D: Datagrams> NftablesDataplane<D> {
         }
     }
 
+    /// Waits for the last stale UDP conntrack clean-up to end: its failure, if any (tests,
+    /// and embedders that need the entries gone before they go on).
+    pub fn wait_for_conntrack_cleanup(&mut self) -> Option<SyncProblem> {
+        let handle = self.conntrack_cleanup.take()?;
+        handle.join().unwrap_or_else(|_| {
+            Some(SyncProblem::new(
+                "stale UDP conntrack entries",
+                "the clean-up thread panicked",
+            ))
+        })
+    }
+
+    /// The last clean-up's failure if it has ended (never waits).
+    fn ended_conntrack_cleanup(&mut self) -> Option<SyncProblem> {
+        if self
+            .conntrack_cleanup
+            .as_ref()
+            .is_some_and(JoinHandle::is_finished)
+        {
+            return self.wait_for_conntrack_cleanup();
+        }
+        None
+    }
+
+    /// Starts deleting the stale UDP entries of `changes` (nothing without a conntrack client
+    /// or entries to delete), after the last clean-up has ended: the problems to report now.
+    /// The thread starts in this thread's network namespace.
+    fn start_conntrack_cleanup(
+        &mut self,
+        changes: &proxy_core::diff::ChangeSet,
+    ) -> Vec<SyncProblem> {
+        let Some(ops) = self.conntrack.clone() else {
+            return Vec::new();
+        };
+        let flushes = plan_conntrack(changes);
+        if flushes.is_empty() {
+            return Vec::new();
+        }
+        let mut problems: Vec<SyncProblem> =
+            self.wait_for_conntrack_cleanup().into_iter().collect();
+        let spawned = std::thread::Builder::new()
+            .name("svcp-nft-conntrack".into())
+            .spawn(move || {
+                flush_stale(ops.as_ref(), &flushes)
+                    .err()
+                    .map(|e| SyncProblem::new("stale UDP conntrack entries", error_chain(&e)))
+            });
+        match spawned {
+            Ok(handle) => self.conntrack_cleanup = Some(handle),
+            Err(e) => problems.push(SyncProblem::new(
+                "stale UDP conntrack entries",
+                format!("cannot start the clean-up thread: {e}"),
+            )),
+        }
+        problems
+    }
+
     /// What we believe the kernel holds (tests compare it with an observation).
     pub fn kernel(&self) -> &Table {
         &self.kernel
@@ -194,7 +259,8 @@ impl<D: Datagrams> NftablesDataplane<D> {
     fn send(&mut self, changes: &[Change], out: &mut Outcome) -> Result<(), NftablesError> {
         let name = self.config.table.clone();
         if self.metrics.is_registered() {
-            let (messages, _) = transaction_messages(&mut Encoder::new(name.clone()), changes);
+            let mut encoder = Encoder::new(name.clone()).with_encoded_elements();
+            let (messages, _) = transaction_messages(&mut encoder, changes);
             if !messages.is_empty() {
                 out.bytes.push(datagram_bytes(&messages));
             }
@@ -374,17 +440,9 @@ impl<D: Datagrams + Send + 'static> Dataplane for NftablesDataplane<D> {
             .map(DesiredTable::problems)
             .unwrap_or_default();
         report.problems.extend(address_problem);
-        if let Some(ops) = &self.conntrack {
-            let flushes = plan_conntrack(request.changes);
-            if !flushes.is_empty() {
-                if let Err(e) = flush_stale(ops.as_ref(), &flushes) {
-                    report.problems.push(SyncProblem::new(
-                        "stale UDP conntrack entries",
-                        error_chain(&e),
-                    ));
-                }
-            }
-        }
+        report.problems.extend(self.ended_conntrack_cleanup());
+        let cleanup = self.start_conntrack_cleanup(request.changes);
+        report.problems.extend(cleanup);
         self.verified = match self.fingerprint() {
             Ok((generation, count)) if count == self.expected_objects() => {
                 Some((generation, count))

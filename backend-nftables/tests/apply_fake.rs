@@ -65,7 +65,7 @@ fn element_changes_of_one_set_share_one_message_and_map_back_to_their_changes() 
     assert_eq!(messages.len(), 2, "{messages:?}");
     assert_eq!(messages[0].msg_type, MsgType::NewSetElem);
     assert_eq!(messages[1].msg_type, MsgType::DelSetElem);
-    assert_eq!(origins, vec![vec![0, 1, 2], vec![3]]);
+    assert_eq!(origins, vec![0..3, 3..4]);
 }
 
 #[test]
@@ -164,4 +164,48 @@ fn purge_lists_the_affinity_map_only_when_asked() {
     .expect("nothing to purge");
     assert_eq!(sent, 0);
     assert_eq!(fake.sends(), 1, "one dump, no transaction");
+}
+
+#[test]
+fn encoded_element_lists_are_the_attribute_form_byte_for_byte() {
+    use netlink_packet_core::Emitable;
+    // 3,000 services x 4 endpoints: the endpoints map's additions span several messages
+    // (each list stays under the 64 KiB attribute limit), and a delete run follows.
+    let mut table = ServiceTable::builder().node("node-a");
+    for i in 0..3_000 {
+        table = table.insert(service(i, 4));
+    }
+    let table = table.build().expect("valid");
+    let mut changes = plan(
+        &desired(&table, &NftablesConfig::default(), &BTreeSet::new()),
+        None,
+        None,
+    );
+    changes.extend((0..50).map(|i| {
+        Change::DeleteElement(
+            SetName::ClusterIps(Family::V4),
+            Key::Addr(v4(198, 19, 0, i)),
+        )
+    }));
+    let (plain, plain_origins) = transaction_messages(&mut Encoder::new("svcproxy"), &changes);
+    let (encoded, encoded_origins) = transaction_messages(
+        &mut Encoder::new("svcproxy").with_encoded_elements(),
+        &changes,
+    );
+    assert!(
+        plain.len() > 4,
+        "the endpoints run is split: {} messages",
+        plain.len()
+    );
+    assert_eq!(plain.len(), encoded.len());
+    assert_eq!(plain_origins, encoded_origins);
+    let bytes = |m: &backend_nftables::netlink::NftMessage| {
+        let mut b = vec![0; m.buffer_len()];
+        m.emit(&mut b);
+        b
+    };
+    for (i, (p, e)) in plain.iter().zip(&encoded).enumerate() {
+        assert_eq!(p.msg_type, e.msg_type, "message {i}");
+        assert_eq!(bytes(p), bytes(e), "message {i} ({:?})", p.msg_type);
+    }
 }

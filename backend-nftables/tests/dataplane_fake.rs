@@ -480,3 +480,67 @@ fn a_node_address_change_rewrites_exactly_the_elements_that_depend_on_it() {
         "both ranges still hold the node: only nodeport-ips moves"
     );
 }
+
+#[test]
+fn stale_udp_entries_are_deleted_off_the_sync_path_and_a_failure_is_reported() {
+    use nf_conntrack::testing::FakeConntrack;
+    use nf_conntrack::{Entry, IPPROTO_UDP};
+    let vip = ip("198.19.0.53");
+    let dns = |endpoints: &[&str]| {
+        let mut p = ServicePort::new(ServicePortName::new("ns", "dns", "p"), Protocol::Udp, 53)
+            .with_cluster_ip(vip);
+        for e in endpoints {
+            p = p.with_endpoint(Endpoint::new(ip(e), 5353));
+        }
+        ServiceTable::builder().insert(p).build().expect("valid")
+    };
+    // A client's flow DNATed to 198.18.1.1, which then goes.
+    let flow = Entry {
+        proto: IPPROTO_UDP,
+        src: ip("198.18.0.10"),
+        dst: vip,
+        sport: 40000,
+        dport: 53,
+        reply_src: ip("198.18.1.1"),
+    };
+    let conntrack = Arc::new(FakeConntrack::with_entries([flow]));
+    let (_fake, dp) = fake_dataplane(NftablesConfig::default(), Arc::new(AtomicBool::new(false)));
+    let mut dp = dp.with_conntrack(conntrack.clone());
+    let before = dns(&["198.18.1.1", "198.18.1.2"]);
+    sync(
+        &mut dp,
+        &before,
+        &diff(&ServiceTable::empty(), &before),
+        SyncMode::Full,
+    )
+    .expect("full");
+    assert_eq!(dp.wait_for_conntrack_cleanup(), None);
+    let after = dns(&["198.18.1.2"]);
+    let report = sync(&mut dp, &after, &diff(&before, &after), SyncMode::Partial).expect("partial");
+    assert!(report.problems.is_empty(), "{report}");
+    assert_eq!(
+        dp.wait_for_conntrack_cleanup(),
+        None,
+        "the clean-up succeeded"
+    );
+    assert!(conntrack.entries().is_empty(), "the stale flow is gone");
+    assert_eq!(conntrack.deleted().len(), 1);
+
+    // A clean-up that fails is reported by the next sync, which is not failed for it.
+    conntrack.fail_with(libc_eperm());
+    let moved = dns(&["198.18.1.3"]);
+    let report = sync(&mut dp, &moved, &diff(&after, &moved), SyncMode::Partial).expect("partial");
+    let problem = dp
+        .wait_for_conntrack_cleanup()
+        .map(|p| p.to_string())
+        .or_else(|| report.problems.first().map(ToString::to_string))
+        .expect("the failure is reported");
+    assert!(problem.contains("stale UDP conntrack entries"), "{problem}");
+    let again = sync(&mut dp, &moved, &ChangeSet::default(), SyncMode::Partial).expect("quiet");
+    assert!(again.problems.is_empty(), "reported once: {again}");
+}
+
+/// `EPERM`, as the fake conntrack fails.
+fn libc_eperm() -> i32 {
+    1
+}

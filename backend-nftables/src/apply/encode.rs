@@ -70,6 +70,9 @@ pub fn proto_number(proto: Protocol) -> u8 {
 pub struct Encoder {
     table: String,
     next_set_id: u32,
+    /// Element lists written out into bytes as they are built
+    /// ([`NftMessage::set_elements_encoded`]) rather than kept as attributes.
+    encoded_elements: bool,
 }
 
 fn msg(msg_type: MsgType, object: NftObject) -> NftMessage {
@@ -82,7 +85,18 @@ impl Encoder {
         Encoder {
             table: table.into(),
             next_set_id: 1,
+            encoded_elements: false,
         }
+    }
+
+    /// The same encoder, writing element lists out into bytes as it builds them: the same
+    /// messages on the wire, a fraction of the memory for large transactions (what
+    /// [`crate::apply::apply`] sends). Element lists are then [`SetElemListAttr::Other`]
+    /// attributes, not [`SetElemListAttr::Elements`].
+    #[must_use]
+    pub fn with_encoded_elements(mut self) -> Self {
+        self.encoded_elements = true;
+        self
     }
 
     /// The table's name.
@@ -241,17 +255,15 @@ impl Encoder {
         elements: &[(Key, Value)],
     ) -> Vec<NftMessage> {
         let delete = msg_type == MsgType::DelSetElem;
-        let list: Vec<Vec<SetElemAttr>> = elements
+        let list = elements
             .iter()
-            .flat_map(|(k, v)| element_attrs(*k, if delete { &Value::None } else { v }))
-            .collect();
-        NftMessage::set_elements(
-            msg_type,
-            ProtoFamily::Inet,
-            &self.table,
-            &set.to_string(),
-            list,
-        )
+            .flat_map(|(k, v)| element_attrs(*k, if delete { &Value::None } else { v }));
+        let (table, set) = (&self.table, &set.to_string());
+        if self.encoded_elements {
+            NftMessage::set_elements_encoded(msg_type, ProtoFamily::Inet, table, set, list)
+        } else {
+            NftMessage::set_elements(msg_type, ProtoFamily::Inet, table, set, list.collect())
+        }
     }
 
     /// `add rule <chain> <rule>`: the rule, preceded by the anonymous set it binds, if any

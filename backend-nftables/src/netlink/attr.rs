@@ -172,7 +172,7 @@ impl<T: Nested> NlaValue for Vec<Vec<T>> {
 }
 
 /// Item `.1` of a numbered list, as attribute type `.0`.
-struct Numbered<'a, T>(u16, &'a [T]);
+pub(crate) struct Numbered<'a, T>(pub(crate) u16, pub(crate) &'a [T]);
 
 impl<T: Nla> Nla for Numbered<'_, T> {
     fn value_len(&self) -> usize {

@@ -8,7 +8,7 @@ use netlink_packet_core::{
     NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST,
 };
 
-use super::attr::{nft_attrs, parse_nlas};
+use super::attr::{nft_attrs, parse_nlas, Numbered};
 use super::chain::ChainAttr;
 use super::constants::*;
 use super::rule::RuleAttr;
@@ -386,6 +386,11 @@ impl NftMessage {
                         SetElemListAttr::Table(t) => parts[0] = Some(t.as_str()),
                         SetElemListAttr::Set(s) => parts[1] = Some(s.as_str()),
                         SetElemListAttr::Elements(e) => count += e.len(),
+                        SetElemListAttr::Other(nla) if is_encoded_elements(nla) => {
+                            let mut list = vec![0; nla.value_len()];
+                            nla.emit_value(&mut list);
+                            count += NlasIterator::new(&list[..]).count();
+                        }
                         _ => {}
                     }
                 }
@@ -433,6 +438,56 @@ impl NftMessage {
         }
         if !chunk.is_empty() || out.is_empty() {
             out.push(message(chunk));
+        }
+        out
+    }
+
+    /// [`NftMessage::set_elements`], with each element list written out into its bytes as
+    /// it fills (a [`SetElemListAttr::Other`] of type `NFTA_SET_ELEM_LIST_ELEMENTS`,
+    /// nested): the same bytes on the wire, but an element costs its encoded size (about 60
+    /// bytes) instead of its attribute vectors (several allocations each), and `elements`
+    /// is consumed one at a time. For transactions of hundreds of thousands of elements,
+    /// where the attribute form would hold gigabytes at once.
+    pub fn set_elements_encoded(
+        msg_type: MsgType,
+        family: ProtoFamily,
+        table: &str,
+        set: &str,
+        elements: impl IntoIterator<Item = Vec<SetElemAttr>>,
+    ) -> Vec<NftMessage> {
+        /// Room left for the list's own header and slack.
+        const BUDGET: usize = MAX_ATTRIBUTE_BYTES - 1024;
+        let message = |list: Vec<u8>| {
+            NftMessage::new(
+                msg_type,
+                family,
+                NftObject::SetElems(vec![
+                    SetElemListAttr::Table(table.to_owned()),
+                    SetElemListAttr::Set(set.to_owned()),
+                    SetElemListAttr::Other(DefaultNla::new(
+                        NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED,
+                        list,
+                    )),
+                ]),
+            )
+        };
+        let mut out = Vec::new();
+        let mut list: Vec<u8> = Vec::new();
+        // Elements are numbered from 1 in each list, as in the attribute form.
+        let mut number: u16 = 0;
+        for element in elements {
+            let len = Numbered(number + 1, element.as_slice()).buffer_len();
+            if list.len() + len > BUDGET && number > 0 {
+                out.push(message(std::mem::take(&mut list)));
+                number = 0;
+            }
+            number += 1;
+            let start = list.len();
+            list.resize(start + len, 0);
+            Numbered(number, element.as_slice()).emit(&mut list[start..]);
+        }
+        if number > 0 || out.is_empty() {
+            out.push(message(list));
         }
         out
     }
@@ -522,4 +577,9 @@ impl netlink_transport::Request for NftMessage {
             format!("{} {object}", self.msg_type.name())
         }
     }
+}
+
+/// Whether `nla` is an element list kept as bytes ([`NftMessage::set_elements_encoded`]).
+fn is_encoded_elements(nla: &DefaultNla) -> bool {
+    nla.kind() & !NLA_F_NESTED == NFTA_SET_ELEM_LIST_ELEMENTS
 }
