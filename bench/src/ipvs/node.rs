@@ -42,6 +42,9 @@ pub enum Backend {
     Iptables,
     /// backend-iptables with kube-proxy's flat dispatch chain.
     IptablesFlat,
+    /// backend-nftables (one `inet` table of global maps over netlink), node ports on the
+    /// node's client-side address. Its kernel side is the host's: it runs without the VM.
+    Nftables,
 }
 
 impl Backend {
@@ -55,6 +58,7 @@ impl Backend {
             Backend::IpvsFakeKernelRoutes => "ipvs-fake-kernel-routes",
             Backend::Iptables => "iptables",
             Backend::IptablesFlat => "iptables-flat",
+            Backend::Nftables => "nftables",
         }
     }
 
@@ -121,6 +125,13 @@ impl Backend {
                     backend_ipvs::IpvsDataplane::with_kernel_parts(config, fake)
                         .map_err(|e| failed(e.to_string()))?,
                 )
+            }
+            Backend::Nftables => {
+                let config = backend_nftables::NftablesConfig {
+                    node_addresses: vec![NODE_CLIENT_SIDE.into()],
+                    ..backend_nftables::NftablesConfig::default()
+                };
+                Box::new(backend_nftables::NftablesDataplane::new(config))
             }
             Backend::Iptables | Backend::IptablesFlat => {
                 let mut config = backend_iptables::IptablesConfig::default();

@@ -395,10 +395,10 @@ fn in_process(
                 written,
             } => {
                 let latency = Latency::of(&seconds, written);
-                if step == "endpoint-change" {
-                    cell.endpoint_change = latency;
-                } else {
-                    cell.service_add = latency;
+                match step.as_str() {
+                    "endpoint-move" => cell.endpoint_move = latency,
+                    "endpoint-change" => cell.endpoint_change = latency,
+                    _ => cell.service_add = latency,
                 }
             }
             Line::Restart { seconds, written } => {
@@ -416,7 +416,7 @@ fn in_process(
             } => {
                 if at == "after-full" {
                     cell.rss_after_full_kib = Some(rss_kib);
-                } else {
+                } else if at == "end" {
                     cell.rss_kib = Some(rss_kib);
                     cell.hwm_kib = Some(hwm_kib);
                 }

@@ -76,7 +76,7 @@ pub enum Line {
     },
     /// Repeated partial syncs, each from the call to the kernel's ACK.
     Partial {
-        /// `endpoint-change` or `service-add`.
+        /// `endpoint-move`, `endpoint-change` or `service-add`.
         step: String,
         /// Each repetition's seconds, in order.
         seconds: Vec<f64>,
@@ -133,6 +133,7 @@ fn failed(contender: Driven, step: &str, detail: String) -> BenchError {
 /// [`BenchError::Scenario`] when a sync fails.
 pub async fn run_sync(args: &SyncArgs) -> Result<(), BenchError> {
     let table = workload::table(args.ports, args.endpoints);
+    emit_memory("table")?;
     match args.contender {
         Driven::Ours => run_ours(args, table).await?,
         Driven::Iptables => run_iptables(args, &table).await?,
@@ -241,53 +242,37 @@ async fn run_ours(args: &SyncArgs, table: ServiceTable) -> Result<(), BenchError
     emit_memory("after-full")?;
     let mut current = table;
     if args.repetitions > 0 {
-        // Endpoint changes: the first endpoint of a different port each time, spread over the
-        // table (a ready endpoint turns terminating: the port's slots are rewritten). The
-        // change set is computed before the clock starts, as the change tracker hands it over.
-        let mut seconds = Vec::with_capacity(args.repetitions);
-        let mut written = 0;
-        for r in 0..args.repetitions {
-            let i = (args.ports / 2 + r * 7_919) % args.ports;
-            let next = with_endpoint_changed(&current, i);
-            let changes = diff(&current, &next);
-            let started = Instant::now();
-            written = sync_changes(
-                &mut dataplane,
-                &next,
-                &changes,
-                SyncMode::Partial,
-                "endpoint-change",
-            )
-            .await?;
-            seconds.push(started.elapsed().as_secs_f64());
-            current = next;
-        }
-        emit(&Line::Partial {
-            step: "endpoint-change".to_owned(),
-            seconds,
-            written,
-        })?;
-        let mut seconds = Vec::with_capacity(args.repetitions);
-        for _ in 0..args.repetitions {
-            let next = with_service_added(&current);
-            let changes = diff(&current, &next);
-            let started = Instant::now();
-            written = sync_changes(
-                &mut dataplane,
-                &next,
-                &changes,
-                SyncMode::Partial,
-                "service-add",
-            )
-            .await?;
-            seconds.push(started.elapsed().as_secs_f64());
-            current = next;
-        }
-        emit(&Line::Partial {
-            step: "service-add".to_owned(),
-            seconds,
-            written,
-        })?;
+        // Each step changes a different port each time, spread over the table; the change
+        // set is computed before the clock starts, as the change tracker hands it over.
+        let spread = |r: usize| (args.ports / 2 + r * 7_919) % args.ports;
+        // An endpoint moves (a pod replaced by one at another address): the port keeps its
+        // endpoint count, so only its endpoint slots and hairpin pair change.
+        current = partial_steps(
+            &mut dataplane,
+            current,
+            args.repetitions,
+            "endpoint-move",
+            |t, r| workload::with_endpoint_moved(t, spread(r), r),
+        )
+        .await?;
+        // A ready endpoint turns terminating: the port's endpoint count changes, so its slots
+        // are rewritten and its dispatch element re-pointed at another balancing chain.
+        current = partial_steps(
+            &mut dataplane,
+            current,
+            args.repetitions,
+            "endpoint-change",
+            |t, r| with_endpoint_changed(t, spread(r)),
+        )
+        .await?;
+        current = partial_steps(
+            &mut dataplane,
+            current,
+            args.repetitions,
+            "service-add",
+            |t, _| with_service_added(t),
+        )
+        .await?;
     }
     // Restart: the old dataplane goes (the kernel keeps the table), a new one's first full
     // sync reads it back and must write nothing.
@@ -333,6 +318,33 @@ async fn run_iptables(args: &SyncArgs, table: &ServiceTable) -> Result<(), Bench
         plan_s: None,
         written: report.objects_written,
     })
+}
+
+/// `repetitions` partial syncs of `step`, each over `edit(table, r)` of the table before it,
+/// timed from the sync call to its return; emits them and returns the last table.
+async fn partial_steps(
+    dataplane: &mut NftablesDataplane,
+    mut current: ServiceTable,
+    repetitions: usize,
+    step: &str,
+    edit: impl Fn(&ServiceTable, usize) -> ServiceTable,
+) -> Result<ServiceTable, BenchError> {
+    let mut seconds = Vec::with_capacity(repetitions);
+    let mut written = 0;
+    for r in 0..repetitions {
+        let next = edit(&current, r);
+        let changes = diff(&current, &next);
+        let started = Instant::now();
+        written = sync_changes(dataplane, &next, &changes, SyncMode::Partial, step).await?;
+        seconds.push(started.elapsed().as_secs_f64());
+        current = next;
+    }
+    emit(&Line::Partial {
+        step: step.to_owned(),
+        seconds,
+        written,
+    })?;
+    Ok(current)
 }
 
 /// This process's (user, system) CPU time so far, its waited-for children's included (the

@@ -23,11 +23,21 @@ const METHOD: &str = "
   (`plan::desired` + `plan` + `render_changes`), one `nft -f` run. Both timed from `nft`'s start to its
   exit; CPU is `nft`'s (the shell's `times`).
 - `ours`: `NftablesDataplane` in process (a socket with a 512 MiB send buffer: a cold sync is one
-  datagram), timed around `Dataplane::sync`. Partial syncs: one endpoint turned terminating (the
-  port's slot count changes), then one service port of 10 endpoints added, each repetition a
+  datagram), timed around `Dataplane::sync`. Partial syncs: one endpoint moved to another address
+  (the port keeps its endpoint count: its slot and hairpin elements change), one endpoint turned
+  terminating (the count changes: its slots are rewritten and its dispatch element re-pointed at
+  another balancing chain), then one service port of 10 endpoints added, each repetition a
   different port, timed from the call (change set in hand) to its return (the kernel's ACKs, the
   dataplane's post-sync checks and UDP conntrack cleanup included). Restart: a new dataplane's first
-  full sync over the table in place. Memory: `VmRSS`/`VmHWM` of that process.
+  full sync over the table in place. Memory: `VmRSS`/`VmHWM` of that process (`after full`: the
+  service table, the dataplane's models and the allocator's pools).
+- Kernel bounds (`perf` on this machine; backend-nftables' README, costs the kernel sets): a
+  transaction that adds a `goto` element to a verdict map (a service added, an endpoint count
+  changed) makes the kernel validate the table's jumps, walking every verdict map element
+  (`nft_table_validate` → `nft_rhash_walk`): linear in N, whatever the change. Reading a set back is
+  a dump that restarts its hash walk from the first element for every 32 KiB datagram
+  (`nf_tables_dump_set` → `rhashtable_walk_next`, skipping those already sent): quadratic in the
+  set's size, which bounds the restart at large N.
 - `iptables`: `IptablesDataplane` (default config, `iptables-restore` children included in its CPU).
 ";
 
@@ -91,7 +101,12 @@ pub struct Cell {
     pub script_bytes: Option<usize>,
     /// What the script holds.
     pub objects: Option<String>,
-    /// One endpoint changed, per repetition (`ours`).
+    /// One endpoint moved to another address, the port's endpoint count kept, per
+    /// repetition (`ours`).
+    #[serde(default)]
+    pub endpoint_move: Option<Latency>,
+    /// One endpoint changed (ready to terminating: the port's endpoint count changes), per
+    /// repetition (`ours`).
     pub endpoint_change: Option<Latency>,
     /// One service port added, per repetition (`ours`).
     pub service_add: Option<Latency>,
@@ -118,6 +133,7 @@ impl Cell {
             generate_s: None,
             script_bytes: None,
             objects: None,
+            endpoint_move: None,
             endpoint_change: None,
             service_add: None,
             restart: None,
@@ -370,7 +386,7 @@ impl NftablesReport {
         );
         let _ = writeln!(
             md,
-            "| N | endpoint change p50 / p99 / max | service add p50 / p99 / max | restart (a new dataplane's full sync over the table) | RSS after full / at end / peak (MiB) |\n|---:|---:|---:|---|---:|"
+            "| N | endpoint move p50 / p99 / max | endpoint change p50 / p99 / max | service add p50 / p99 / max | restart (a new dataplane's full sync over the table) | RSS after full / at end / peak (MiB) |\n|---:|---:|---:|---:|---|---:|"
         );
         let latency = |l: &Option<Latency>| {
             l.as_ref().map_or_else(
@@ -395,8 +411,9 @@ impl NftablesReport {
             );
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {memory} |",
+                "| {} | {} | {} | {} | {} | {memory} |",
                 thousands(c.n),
+                latency(&c.endpoint_move),
                 latency(&c.endpoint_change),
                 latency(&c.service_add),
                 c.restart.as_deref().unwrap_or("-")
@@ -470,6 +487,7 @@ impl NftablesReport {
             .filter(|c| c.contender == "ours" && c.n >= 1_000)
         {
             for (what, l) in [
+                ("endpoint move", &c.endpoint_move),
                 ("endpoint change", &c.endpoint_change),
                 ("service add", &c.service_add),
             ] {

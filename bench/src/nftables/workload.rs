@@ -67,6 +67,34 @@ pub fn table(n: usize, endpoints: usize) -> ServiceTable {
     }
 }
 
+/// `table` with the first endpoint of its `i`-th service port (in name order) moved to another
+/// address of the pool (a pod replaced by one elsewhere): the port keeps its endpoint count.
+/// `r` picks the address, so that successive moves of one port differ.
+///
+/// # Panics
+/// When the table has no `i`-th service port, or that port has no endpoint.
+pub fn with_endpoint_moved(table: &ServiceTable, i: usize, r: usize) -> ServiceTable {
+    let mut port = ServicePort::clone(table.iter().nth(i).expect("the i-th service port"));
+    let endpoints = port.endpoints.len();
+    let first = port.endpoints.first_mut().expect("an endpoint");
+    // The port's own endpoints are `endpoints` consecutive addresses of the pool; one
+    // further along (by less than the pool's size) is none of them.
+    let own = u32::from(match first.addr {
+        IpAddr::V4(v4) => v4,
+        IpAddr::V6(_) => panic!("the benchmark table is IPv4"),
+    }) - u32::from_be_bytes([198, 18, 0, 1]);
+    let own = usize::try_from(own).expect("32 bits");
+    first.addr = IpAddr::V4(endpoint_ip(
+        own + endpoints + r % (ENDPOINT_POOL - endpoints),
+    ));
+    let mut builder = table.edit();
+    builder.upsert(port);
+    match builder.build() {
+        Ok(table) => table,
+        Err(errors) => panic!("benchmark table invalid: {errors}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,5 +130,24 @@ mod tests {
                 port.endpoints.iter().map(|e| e.addr).collect();
             assert_eq!(distinct.len(), 10, "{}", port.name);
         }
+    }
+
+    #[test]
+    fn a_moved_endpoint_keeps_the_count_and_leaves_other_ports_alone() {
+        let table = table(100, 10);
+        let moved = with_endpoint_moved(&table, 7, 3);
+        let diff = proxy_core::diff::diff(&table, &moved);
+        assert_eq!(diff.changed.len(), 1);
+        assert!(diff.added.is_empty() && diff.removed.is_empty());
+        let change = &diff.changed[0];
+        assert_eq!(change.current.endpoints.len(), 10);
+        assert_ne!(
+            change.previous.endpoints[0].addr,
+            change.current.endpoints[0].addr
+        );
+        let distinct: std::collections::BTreeSet<_> =
+            change.current.endpoints.iter().map(|e| e.addr).collect();
+        assert_eq!(distinct.len(), 10, "still ten distinct endpoints");
+        assert_ne!(with_endpoint_moved(&moved, 7, 4), moved);
     }
 }
