@@ -27,8 +27,9 @@ const METHOD: &str = "
   (the port keeps its endpoint count: its slot and hairpin elements change), one endpoint turned
   terminating (the count changes: its slots are rewritten and its dispatch element re-pointed at
   another balancing chain), then one service port of 10 endpoints added, each repetition a
-  different port, timed from the call (change set in hand) to its return (the kernel's ACKs, the
-  dataplane's post-sync checks and UDP conntrack cleanup included). Restart: a new dataplane's first
+  different port, timed from the call (change set in hand) to its return (the kernel's ACKs and
+  the dataplane's post-sync checks; the stale UDP conntrack clean-up runs on a thread of its own,
+  and a sync right after a UDP change overlaps it: those are the 12-25 ms p99s). Restart: a new dataplane's first
   full sync over the table in place. Memory: `VmRSS`/`VmHWM` of that process (`after full`: the
   service table, the dataplane's models and the allocator's pools).
 - Kernel bounds (`perf` on this machine; backend-nftables' README, costs the kernel sets): a
