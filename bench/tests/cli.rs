@@ -208,9 +208,11 @@ fn quick_limits_run_without_svcproxy_says_why_each_scenario_was_not_measured() {
 #[ignore = "needs svcproxy built (cargo test --workspace builds it) and prlimit: CI runs --include-ignored"]
 fn quick_limits_run_measures_svcproxy_under_a_low_descriptor_limit() {
     // BENCH_SVCPROXY, else the release build if there is one, else the debug build that
-    // `cargo test --workspace` makes for the examples' tests (a fresh clone has no release one).
+    // `cargo test --workspace` makes for the examples' tests (a fresh clone has no release one),
+    // in CARGO_TARGET_DIR when set, as cargo builds there.
     let svcproxy = std::env::var("BENCH_SVCPROXY").unwrap_or_else(|_| {
-        let target = concat!(env!("CARGO_MANIFEST_DIR"), "/../target");
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").to_owned());
         let release = format!("{target}/release/svcproxy");
         if std::path::Path::new(&release).exists() {
             release
