@@ -19,6 +19,11 @@
 //!   it compares the number of our chains and sets with ours (two dumps of names): a deleted
 //!   chain, set or table is seen at once, a deleted element at the next full sync.
 //! - [`Dataplane::cleanup`] deletes our table, and nothing else.
+//! - **One owner** ([`proxy_core::lock`]): before it first touches the kernel (a sync or a
+//!   cleanup), [`NftablesDataplane::new`] takes the lock of our table's name in this thread's
+//!   network namespace under `/run/svcproxy`, and holds it for its life: a second instance with
+//!   the same table would rewrite the first's elements at every full sync and delete its table at
+//!   cleanup, so its first sync fails instead, naming the holder, and the sync loop retries it.
 //! - **Node addresses** ([`Dataplane::node_addresses`]): the configured list, or, when it is
 //!   empty, the node's own, followed through rtnetlink ([`NodeAddresses::kernel`], started at
 //!   the first sync in that thread's namespace). The sync loop runs a partial sync after each
@@ -33,6 +38,7 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -41,12 +47,13 @@ use netlink_packet_core::Emitable;
 use netlink_transport::{Datagrams, SysSocket};
 use proxy_core::dataplane::{CleanupReport, DryRun, SyncProblem, SyncReport};
 use proxy_core::error::error_chain;
+use proxy_core::lock::{DataplaneLock, LockError, LockKey, NetnsId, DEFAULT_LOCK_DIR};
 use proxy_core::node_addresses::NodeAddresses;
 use proxy_core::prometheus_client::registry::Registry;
 use proxy_core::{
     async_trait, Capabilities, Dataplane, DataplaneError, ServiceTable, SyncMode, SyncRequest,
 };
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::apply::{apply, transaction_messages, ApplyError, Encoder};
 use crate::config::NftablesConfig;
@@ -85,6 +92,16 @@ pub struct NftablesDataplane<D: Datagrams = SysSocket> {
     /// Where the node's addresses come from.
     node_addresses: NodeAddresses,
     metrics: Metrics,
+    owner: OwnerLock,
+}
+
+/// The one-owner lock: not taken (a socket given by the caller), to be taken in a directory
+/// before the first kernel access, or held for the dataplane's life.
+#[derive(Debug)]
+enum OwnerLock {
+    Off,
+    Pending { dir: PathBuf },
+    Held(DataplaneLock),
 }
 
 /// What one sync sent.
@@ -127,8 +144,9 @@ impl NftablesDataplane<SysSocket> {
     /// ([`NodeAddresses::kernel`], read from the first sync on).
     pub fn new(config: NftablesConfig) -> Self {
         let follow = config.node_addresses.is_empty();
-        let dp =
-            Self::with_opener(config, Box::new(NftSocket::open)).with_conntrack(Arc::new(Netlink));
+        let dp = Self::with_opener(config, Box::new(NftSocket::open))
+            .with_conntrack(Arc::new(Netlink))
+            .with_lock_dir(DEFAULT_LOCK_DIR);
         if follow {
             dp.with_node_addresses(NodeAddresses::kernel())
         } else {
@@ -158,7 +176,44 @@ impl<D: Datagrams> NftablesDataplane<D> {
             conntrack_cleanup: None,
             node_addresses,
             metrics: Metrics::default(),
+            owner: OwnerLock::Off,
         }
+    }
+
+    /// The same dataplane, taking its one-owner lock in `dir` ([`proxy_core::lock`]; `new`
+    /// takes it in [`DEFAULT_LOCK_DIR`], `/run/svcproxy`) before it first touches the kernel;
+    /// on a dataplane made [`with_opener`](Self::with_opener), which takes none, this turns it
+    /// on. The lock is keyed by the calling thread's network namespace, this backend and the
+    /// table's name.
+    #[must_use]
+    pub fn with_lock_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.owner = OwnerLock::Pending { dir: dir.into() };
+        self
+    }
+
+    /// The lock file held, once the lock is taken.
+    pub fn lock_path(&self) -> Option<&std::path::Path> {
+        match &self.owner {
+            OwnerLock::Held(lock) => Some(lock.path()),
+            OwnerLock::Off | OwnerLock::Pending { .. } => None,
+        }
+    }
+
+    /// Takes the one-owner lock if it is pending (once; a failure is retried at the next call).
+    fn ensure_owner(&mut self) -> Result<(), NftablesError> {
+        let OwnerLock::Pending { dir } = &self.owner else {
+            return Ok(());
+        };
+        let netns = NetnsId::current().map_err(|source| LockError::Io {
+            path: PathBuf::from("/proc/thread-self/ns/net"),
+            op: "identify the network namespace",
+            source,
+        })?;
+        let key = LockKey::new(netns, NAME, &self.config.table);
+        let lock = DataplaneLock::acquire_in(dir, &key)?;
+        info!(lock = %lock.path().display(), %netns, table = %self.config.table, "nftables owner lock taken");
+        self.owner = OwnerLock::Held(lock);
+        Ok(())
     }
 
     /// The same dataplane, with the node's addresses from `source` (with the configured
@@ -278,6 +333,8 @@ impl<D: Datagrams> NftablesDataplane<D> {
 
     fn socket(&mut self) -> Result<&mut NftSocket<D>, NftablesError> {
         if self.socket.is_none() {
+            // Before anything of the kernel is read or changed.
+            self.ensure_owner()?;
             self.socket = Some((self.open)().map_err(|e| NftablesError::Socket(Box::new(e)))?);
         }
         Ok(self.socket.as_mut().expect("opened above"))

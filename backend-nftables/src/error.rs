@@ -29,4 +29,8 @@ pub enum NftablesError {
     /// A transaction failed: nothing of it was committed.
     #[error(transparent)]
     Apply(Box<ApplyError>),
+    /// Another instance owns our table in this network namespace (its pid and command line are
+    /// in the message), or the lock could not be taken ([`proxy_core::lock`]).
+    #[error(transparent)]
+    Lock(#[from] proxy_core::lock::LockError),
 }

@@ -544,3 +544,67 @@ fn stale_udp_entries_are_deleted_off_the_sync_path_and_a_failure_is_reported() {
 fn libc_eperm() -> i32 {
     1
 }
+
+#[test]
+fn a_second_instance_with_our_table_in_this_namespace_fails_until_the_first_is_gone() {
+    let dir = std::env::temp_dir().join(format!("svcproxy-nft-lock-{}", std::process::id()));
+    let refuse = Arc::new(AtomicBool::new(false));
+    let t = lb_table(false);
+    let (_a, first) = fake_dataplane(NftablesConfig::default(), refuse.clone());
+    let mut first = first.with_lock_dir(&dir);
+    assert_eq!(
+        first.lock_path(),
+        None,
+        "not taken before the kernel is touched"
+    );
+    sync(
+        &mut first,
+        &t,
+        &diff(&ServiceTable::empty(), &t),
+        SyncMode::Full,
+    )
+    .expect("first");
+    assert!(first.lock_path().is_some_and(|p| p.starts_with(&dir)));
+    let (b, second) = fake_dataplane(NftablesConfig::default(), refuse.clone());
+    let mut second = second.with_lock_dir(&dir);
+    let err = sync(
+        &mut second,
+        &t,
+        &diff(&ServiceTable::empty(), &t),
+        SyncMode::Full,
+    )
+    .expect_err("the table has an owner");
+    let text = proxy_core::error::error_chain(&err);
+    assert!(
+        text.contains(&std::process::id().to_string()),
+        "names the holder: {text}"
+    );
+    assert!(
+        b.received().is_empty(),
+        "the kernel was not touched before the lock"
+    );
+    // Another table name is another owner.
+    let other = NftablesConfig {
+        table: "svcproxy-b".to_owned(),
+        ..NftablesConfig::default()
+    };
+    let (_c, third) = fake_dataplane(other, refuse.clone());
+    let mut third = third.with_lock_dir(&dir);
+    sync(
+        &mut third,
+        &t,
+        &diff(&ServiceTable::empty(), &t),
+        SyncMode::Full,
+    )
+    .expect("other table");
+    drop(first);
+    sync(
+        &mut second,
+        &t,
+        &diff(&ServiceTable::empty(), &t),
+        SyncMode::Full,
+    )
+    .expect("the first is gone: the second takes over");
+    drop((second, third));
+    let _ = std::fs::remove_dir_all(&dir);
+}

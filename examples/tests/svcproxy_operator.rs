@@ -231,6 +231,49 @@ fn cleanup_refuses_while_a_running_instance_owns_the_chains_naming_it() {
 
 #[test]
 #[ignore = "needs root: CI runs --include-ignored"]
+fn nftables_cleanup_refuses_while_a_running_instance_owns_the_table_naming_it() {
+    let dir = TempDir::new("cleanup-live-nft");
+    let table = write_table(&dir, &one_service("198.19.0.13", 80, "198.18.1.13", 8080));
+    let ns = Netns::new("live-nft");
+    ns.ip(&["link", "set", "lo", "up"]);
+    let listed = |ns: &Netns| {
+        let out = ns.exec("nft", &["list", "table", "inet", "svcproxy"]);
+        out.status.success().then(|| text(&out.stdout))
+    };
+    let live = LoggedChild::spawn(
+        "svcproxy (owner)",
+        ns.command(SVCPROXY)
+            .args(["--services", &table, "--backend", "nftables"])
+            .env("NO_COLOR", "1"),
+    )
+    .expect("start the owner");
+    let programmed = poll(WAIT, Duration::from_millis(50), || {
+        listed(&ns)
+            .filter(|t| t.contains("198.19.0.13 . tcp . 80"))
+            .ok_or(())
+    });
+    assert!(programmed.is_ok(), "never programmed; log:\n{}", live.log());
+
+    let out = in_ns(&ns, &["--cleanup", "--backend", "nftables"]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "cleaned under a live owner");
+    assert!(
+        stderr.contains("svcproxy: nftables: not cleaned up: ")
+            && stderr.contains(&format!("pid {} (", live.id()))
+            && stderr.contains("stop it first"),
+        "stderr:\n{stderr}"
+    );
+    assert!(listed(&ns).is_some(), "removed anyway");
+
+    let (status, log) = live.terminate(WAIT);
+    assert!(status.success(), "owner: {status}; log:\n{log}");
+    let out = in_ns(&ns, &["--cleanup", "--backend", "nftables"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(listed(&ns).is_none(), "left behind");
+}
+
+#[test]
+#[ignore = "needs root: CI runs --include-ignored"]
 fn cleanup_that_cannot_remove_a_chain_fails_with_one_error_line() {
     let dir = TempDir::new("cleanup-busy");
     let table = write_table(&dir, &one_service("198.19.0.12", 80, "198.18.1.12", 8080));

@@ -143,6 +143,11 @@ fn held_lock(error: &anyhow::Error) -> Option<&LockError> {
         if let Some(IptablesError::Lock(lock)) = cause.downcast_ref::<IptablesError>() {
             return Some(lock);
         }
+        if let Some(backend_nftables::NftablesError::Lock(lock)) =
+            cause.downcast_ref::<backend_nftables::NftablesError>()
+        {
+            return Some(lock);
+        }
         match cause.downcast_ref::<BackendError>() {
             Some(BackendError::Lock(lock)) => Some(lock),
             _ => None,
