@@ -33,8 +33,10 @@
 //!   load-balancer IP itself when a range holds a node address.
 //! - **Metrics** ([`crate::metrics`]), once [`Dataplane::register_metrics`] has run.
 //!
-//! The netlink calls are made on the calling thread (the runtime's), each a few kernel round
-//! trips; the socket is opened at the first sync or cleanup, in that thread's namespace.
+//! The netlink calls are made on the calling thread, so in its network namespace (the socket is
+//! opened at the first sync or cleanup there); on a multi-thread tokio runtime through
+//! `block_in_place`, which first hands the worker's other tasks to another worker, so a cold
+//! sync of a large table does not stall them.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -479,7 +481,7 @@ impl<D: Datagrams + Send + 'static> Dataplane for NftablesDataplane<D> {
             warn!(error = %error_chain(&e), "cannot follow the node's addresses");
             SyncProblem::new("node addresses", error_chain(&e))
         });
-        let outcome = match self.sync_inner(&request) {
+        let outcome = match blocking(|| self.sync_inner(&request)) {
             Ok(done) => done,
             Err(e) => {
                 self.needs_full = true;
@@ -500,7 +502,7 @@ impl<D: Datagrams + Send + 'static> Dataplane for NftablesDataplane<D> {
         report.problems.extend(self.ended_conntrack_cleanup());
         let cleanup = self.start_conntrack_cleanup(request.changes);
         report.problems.extend(cleanup);
-        self.verified = match self.fingerprint() {
+        self.verified = match blocking(|| self.fingerprint()) {
             Ok((generation, count)) if count == self.expected_objects() => {
                 Some((generation, count))
             }
@@ -521,7 +523,7 @@ impl<D: Datagrams + Send + 'static> Dataplane for NftablesDataplane<D> {
 
     async fn cleanup(&mut self) -> Result<CleanupReport, DataplaneError> {
         let name = self.config.table.clone();
-        let result = (|| {
+        let result = blocking(|| {
             let socket = self.socket()?;
             let exists = socket
                 .list_tables(ProtoFamily::Inet)
@@ -546,7 +548,7 @@ impl<D: Datagrams + Send + 'static> Dataplane for NftablesDataplane<D> {
                     }))
                 }
             }
-        })();
+        });
         self.needs_full = true;
         self.verified = None;
         self.desired = None;
@@ -617,6 +619,20 @@ impl<D: Datagrams + Send + 'static> Dataplane for NftablesDataplane<D> {
     /// change.
     fn node_addresses(&self) -> Option<NodeAddresses> {
         Some(self.node_addresses.clone())
+    }
+}
+
+/// Runs `f` (blocking netlink exchanges) on this thread, so in its network namespace, without
+/// stalling the runtime's other tasks: on a multi-thread runtime through `block_in_place`
+/// (which moves this worker's other tasks to another first); elsewhere (a current-thread
+/// runtime, no runtime) directly.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 

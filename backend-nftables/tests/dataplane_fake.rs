@@ -63,21 +63,25 @@ fn table(endpoints: &[&str]) -> ServiceTable {
 /// An empty kernel: dumps end at once, messages are ACKed, element adds refused while
 /// `refuse` is set.
 fn kernel(refuse: Arc<AtomicBool>) -> FakeKernel {
-    FakeKernel::new(move |m| {
-        if m.flags & NLM_F_DUMP == NLM_F_DUMP {
-            return vec![done(m.seq, 0)];
-        }
-        let errno = if m.message_type == NEWSETELEM && refuse.load(Ordering::SeqCst) {
-            ENOMEM.raw()
-        } else {
-            0
-        };
-        if errno != 0 || m.flags & NLM_F_ACK != 0 {
-            vec![ack(m.seq, errno)]
-        } else {
-            vec![]
-        }
-    })
+    FakeKernel::new(move |m| answer(m, &refuse))
+}
+
+/// The fake kernel's answer: dumps are empty, a `NEWSETELEM` is refused with `ENOMEM` while
+/// `refuse` is set, everything else is acknowledged when asked.
+fn answer(m: &Received, refuse: &AtomicBool) -> Vec<Vec<u8>> {
+    if m.flags & NLM_F_DUMP == NLM_F_DUMP {
+        return vec![done(m.seq, 0)];
+    }
+    let errno = if m.message_type == NEWSETELEM && refuse.load(Ordering::SeqCst) {
+        ENOMEM.raw()
+    } else {
+        0
+    };
+    if errno != 0 || m.flags & NLM_F_ACK != 0 {
+        vec![ack(m.seq, errno)]
+    } else {
+        vec![]
+    }
 }
 
 #[test]
@@ -607,4 +611,80 @@ fn a_second_instance_with_our_table_in_this_namespace_fails_until_the_first_is_g
     .expect("the first is gone: the second takes over");
     drop((second, third));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A sync on a multi-thread runtime does not stall the worker's other tasks
+/// (`block_in_place`): with one worker, a kernel that answers only once another task of the
+/// runtime has run still answers. On a current-thread runtime the sync runs directly.
+#[test]
+fn a_sync_lets_the_runtimes_other_tasks_run_and_works_on_a_current_thread_runtime() {
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let t = lb_table(false);
+    let changes = diff(&ServiceTable::empty(), &t);
+
+    let (ran, seen) = mpsc::channel::<()>();
+    let seen = std::sync::Mutex::new(Some(seen));
+    let waited = Arc::new(AtomicBool::new(false));
+    let other_ran = waited.clone();
+    // The first message waits (up to 5 s) for the other task; every message is then answered
+    // as `kernel` answers it.
+    let fake = FakeKernel::new(move |m| {
+        if let Some(seen) = seen.lock().expect("lock").take() {
+            other_ran.store(
+                seen.recv_timeout(Duration::from_secs(5)).is_ok(),
+                Ordering::SeqCst,
+            );
+        }
+        answer(m, &AtomicBool::new(false))
+    });
+    let io = fake.clone();
+    let mut dp = NftablesDataplane::with_opener(
+        NftablesConfig::default(),
+        Box::new(move || Ok(NftSocket::new(io.clone()))),
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .build()
+        .expect("runtime");
+    // Both tasks on the one worker: the sync first, the other queued behind it.
+    let (table, set) = (t.clone(), changes.clone());
+    let report = runtime
+        .block_on(async move {
+            let sync = tokio::spawn(async move {
+                dp.sync(SyncRequest {
+                    desired: &table,
+                    changes: &set,
+                    mode: SyncMode::Full,
+                })
+                .await
+            });
+            let other = tokio::spawn(async move {
+                let _ = ran.send(());
+            });
+            let report = sync.await.expect("sync task");
+            other.await.expect("other task");
+            report
+        })
+        .expect("sync");
+    assert!(report.objects_written > 0, "{report}");
+    assert!(
+        waited.load(Ordering::SeqCst),
+        "the other task ran while the sync was in the kernel"
+    );
+
+    let current = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let (_fake, mut dp) =
+        fake_dataplane(NftablesConfig::default(), Arc::new(AtomicBool::new(false)));
+    let report = current
+        .block_on(dp.sync(SyncRequest {
+            desired: &t,
+            changes: &changes,
+            mode: SyncMode::Full,
+        }))
+        .expect("sync");
+    assert!(report.objects_written > 0, "{report}");
+    current.block_on(dp.cleanup()).expect("cleanup");
 }
