@@ -259,3 +259,34 @@ mod tests {
         assert_eq!(rfc3339(1_795_617_061), "2026-11-25T14:31:01Z");
     }
 }
+
+/// The kernel's CPU time so far on every CPU, in clock ticks: the system, irq and softirq
+/// columns of `/proc/stat`'s `cpu` line (`None` when unreadable).
+pub fn kernel_cpu_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_kernel_ticks(&stat)
+}
+
+/// The system + irq + softirq ticks of a `/proc/stat` text (`cpu  user nice system idle iowait
+/// irq softirq ...`).
+pub fn parse_kernel_ticks(stat: &str) -> Option<u64> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    Some(fields.get(2)? + fields.get(5)? + fields.get(6)?)
+}
+
+#[cfg(test)]
+mod kernel_ticks_tests {
+    use super::parse_kernel_ticks;
+
+    #[test]
+    fn system_irq_and_softirq_are_summed() {
+        let stat = "cpu  100 5 200 9000 30 7 11 0 0 0\ncpu0 50 2 100 4500 15 3 5 0 0 0\n";
+        assert_eq!(parse_kernel_ticks(stat), Some(200 + 7 + 11));
+        assert_eq!(parse_kernel_ticks("cpu0 1 2 3\n"), None);
+    }
+}

@@ -120,6 +120,11 @@ pub struct BackendRun {
     pub steps: Vec<StepResult>,
     /// The latency load to the last VIP, if it ran.
     pub latency: Option<RateResult>,
+    /// The machine's kernel CPU (system, irq and softirq time of every CPU, `/proc/stat`)
+    /// during the latency load, per completed connection, in µs: client, NAT and server paths
+    /// together, and whatever else ran meanwhile (compare backends of one run).
+    #[serde(default)]
+    pub kernel_cpu_us_per_conn: Option<f64>,
     /// Wall seconds this backend took at this size, everything included.
     pub wall_s: f64,
     /// Why steps are missing, if they are.
@@ -221,6 +226,7 @@ fn run_one(
         ports,
         steps: Vec::new(),
         latency: None,
+        kernel_cpu_us_per_conn: None,
         wall_s: 0.0,
         skipped: None,
     };
@@ -241,8 +247,19 @@ fn run_one(
             Duration::from_secs_f64(args.duration),
         );
         spec.rate = args.rate;
-        match topology.run_load(exe, &spec) {
-            Ok(LoadOutcome::Rate(result)) => run.latency = Some(result),
+        let kernel_before = crate::procfs::kernel_cpu_ticks();
+        let outcome = topology.run_load(exe, &spec);
+        let kernel_ticks = crate::procfs::kernel_cpu_ticks()
+            .zip(kernel_before)
+            .map(|(after, before)| after.saturating_sub(before));
+        match outcome {
+            Ok(LoadOutcome::Rate(result)) => {
+                run.kernel_cpu_us_per_conn = kernel_ticks.filter(|_| result.ops > 0).map(|ticks| {
+                    let seconds = ticks as f64 / crate::procfs::clock_ticks_per_second() as f64;
+                    seconds * 1e6 / result.ops as f64
+                });
+                run.latency = Some(result);
+            }
             Ok(LoadOutcome::Bulk(_)) => {
                 run.skipped = Some("latency: unexpected bulk result".to_owned())
             }

@@ -225,10 +225,10 @@ fn latency_table(report: &IpvsReport, out: &mut String) {
     for b in &s.backends {
         let _ = write!(
             header,
-            " {0} p50 | {0} p99 | {0} p50 / p50(N=1) | {0} ok / errors |",
+            " {0} p50 | {0} p99 | {0} p50 / p50(N=1) | {0} ok / errors | {0} kernel CPU µs/conn |",
             b.name()
         );
-        rule.push_str("---:|---:|---:|---:|");
+        rule.push_str("---:|---:|---:|---:|---:|");
     }
     let _ = writeln!(out, "{header}\n{rule}");
     let first = s.sizes.first().copied();
@@ -241,9 +241,12 @@ fn latency_table(report: &IpvsReport, out: &mut String) {
             let counts = run
                 .and_then(|r| r.latency.as_ref())
                 .map_or_else(|| "-".to_owned(), |l| format!("{} / {}", l.ops, l.errors));
+            let cpu = run
+                .and_then(|r| r.kernel_cpu_us_per_conn)
+                .map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"));
             let _ = write!(
                 row,
-                " {} | {} | {} | {} |",
+                " {} | {} | {} | {} | {cpu} |",
                 fmt(p50(run)),
                 fmt(p99(run)),
                 ratio(p50(run), base),
@@ -509,6 +512,7 @@ mod tests {
                 }),
                 first_error: None,
             }),
+            kernel_cpu_us_per_conn: Some(150.0),
             wall_s: 1.0,
             skipped: (ports == 10_000).then(|| "ServiceAdd sync did not finish".to_owned()),
         }
@@ -560,7 +564,9 @@ mod tests {
         assert!(md.contains("| 10000 | 3000 | - | - |"), "{md}");
         // Latency: iptables doubles from N=1 to N=100.
         assert!(
-            md.contains("| 100 | 0.55 | 1.10 | 1.10x | 600 / 0 | 1.00 | 2.00 | 2.00x | 600 / 0 |"),
+            md.contains(
+                "| 100 | 0.55 | 1.10 | 1.10x | 600 / 0 | 150 | 1.00 | 2.00 | 2.00x | 600 / 0 | 150 |"
+            ),
             "{md}"
         );
         assert!(
