@@ -86,27 +86,6 @@ fn full(dp: &mut NftablesDataplane, desired: &ServiceTable) -> SyncReport {
     sync(dp, desired, &ChangeSet::default(), SyncMode::Full)
 }
 
-/// node 198.18.1.1/24 on `p0`, pod 198.18.1.10/24 on `eth0`; the node routes the cluster IPs
-/// out of `p0` so that locally sent traffic to them reaches the nat output hook.
-fn node_and_pod() -> (Netns, Netns) {
-    let node = Netns::new("nftdpnode");
-    let pod = Netns::new("nftdppod");
-    veth(&node, "p0", &pod, "eth0");
-    node.ip_batch(&[
-        "link set lo up",
-        "addr add 198.18.1.1/24 dev p0",
-        "link set p0 up",
-        "route add 198.19.0.0/16 dev p0",
-    ]);
-    pod.ip_batch(&[
-        "link set lo up",
-        "addr add 198.18.1.10/24 dev eth0",
-        "link set eth0 up",
-        "route add default via 198.18.1.1",
-    ]);
-    (node, pod)
-}
-
 fn ask(node: &Netns, vip: &str, number: u16) -> std::io::Result<String> {
     let to = SocketAddr::new(ip(vip), number);
     node.run(move || testkit::net::ask(to, Duration::from_secs(5)))
@@ -133,7 +112,7 @@ fn list(node: &Netns) -> String {
 #[test]
 #[ignore = "needs root: CI runs --include-ignored"]
 fn cluster_ip_then_partial_syncs_equal_a_fresh_full_sync() {
-    let (node, pod) = node_and_pod();
+    let (node, pod) = nft_cases::node_and_pod("nftdp");
     let web = |eps: &[(&str, u16)]| port("web", "198.19.0.10", Protocol::Tcp, 80, eps);
     let t1 = table(vec![web(&[("198.18.1.10", 8080)])]);
     let config = nft_cases::config();
@@ -244,7 +223,7 @@ fn cluster_ip_then_partial_syncs_equal_a_fresh_full_sync() {
 #[test]
 #[ignore = "needs root: CI runs --include-ignored"]
 fn restart_adopts_the_table_writes_nothing_and_keeps_a_live_connection() {
-    let (node, pod) = node_and_pod();
+    let (node, pod) = nft_cases::node_and_pod("nftdp");
     let t = table(vec![port(
         "web",
         "198.19.0.10",

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use backend_nftables::config::NftablesConfig;
 use backend_nftables::plan::{desired, DesiredTable};
+use testkit::netns::{veth, Netns};
 
 /// The configuration of every case.
 pub fn config() -> NftablesConfig {
@@ -88,4 +89,26 @@ fn every_case_loads_and_plans() {
         let d = plan_case(&path);
         assert!(d.table.element_count() > 0, "{name}: no element planned");
     }
+}
+
+/// A node namespace (our rules) and a pod namespace (the endpoint), named from `prefix`, joined
+/// by a veth pair: node 198.18.1.1/24 on `p0`, pod 198.18.1.10/24 on `eth0`; the node routes
+/// the cluster IPs out of `p0` so that locally sent traffic to them reaches the nat output hook.
+pub fn node_and_pod(prefix: &str) -> (Netns, Netns) {
+    let node = Netns::new(&format!("{prefix}node"));
+    let pod = Netns::new(&format!("{prefix}pod"));
+    veth(&node, "p0", &pod, "eth0");
+    node.ip_batch(&[
+        "link set lo up",
+        "addr add 198.18.1.1/24 dev p0",
+        "link set p0 up",
+        "route add 198.19.0.0/16 dev p0",
+    ]);
+    pod.ip_batch(&[
+        "link set lo up",
+        "addr add 198.18.1.10/24 dev eth0",
+        "link set eth0 up",
+        "route add default via 198.18.1.1",
+    ]);
+    (node, pod)
 }

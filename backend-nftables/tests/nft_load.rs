@@ -16,7 +16,7 @@ use std::time::Duration;
 use backend_nftables::plan::{desired, plan, render_changes};
 use backend_nftables::render::render_table;
 use proxy_core::table::{Endpoint, Protocol, ServicePort, ServicePortName, ServiceTable};
-use testkit::netns::{in_new_netns, veth, Netns};
+use testkit::netns::in_new_netns;
 use testkit::process::{run, run_with_stdin};
 
 /// Loads `script` with `nft -f -` in the current thread's namespace, then lists our table.
@@ -136,32 +136,10 @@ fn partial_plan_script_turns_the_kernel_table_into_the_next() {
     );
 }
 
-/// A node namespace (our rules) and a pod namespace (the endpoint), joined by a veth pair:
-/// node 198.18.1.1/24 on `p0`, pod 198.18.1.10/24 on `eth0`; the node routes the cluster IPs
-/// out of `p0` so that locally sent traffic to them reaches the nat output hook.
-fn node_and_pod() -> (Netns, Netns) {
-    let node = Netns::new("nftnode");
-    let pod = Netns::new("nftpod");
-    veth(&node, "p0", &pod, "eth0");
-    node.ip_batch(&[
-        "link set lo up",
-        "addr add 198.18.1.1/24 dev p0",
-        "link set p0 up",
-        "route add 198.19.0.0/16 dev p0",
-    ]);
-    pod.ip_batch(&[
-        "link set lo up",
-        "addr add 198.18.1.10/24 dev eth0",
-        "link set eth0 up",
-        "route add default via 198.18.1.1",
-    ]);
-    (node, pod)
-}
-
 #[test]
 #[ignore = "needs root: CI runs --include-ignored"]
 fn cluster_ip_dnats_to_its_endpoint_and_empty_service_is_refused() {
-    let (node, pod) = node_and_pod();
+    let (node, pod) = nft_cases::node_and_pod("nft");
     let empty = ServicePort::new(ServicePortName::new("shop", "empty", ""), Protocol::Tcp, 80)
         .with_cluster_ip(ip("198.19.0.40"));
     let table = ServiceTable::builder()
@@ -203,7 +181,7 @@ fn cluster_ip_dnats_to_its_endpoint_and_empty_service_is_refused() {
 #[test]
 #[ignore = "needs root: CI runs --include-ignored"]
 fn client_ip_affinity_sends_a_client_to_the_same_endpoint() {
-    let (node, pod) = node_and_pod();
+    let (node, pod) = nft_cases::node_and_pod("nft");
     pod.ip(&["addr", "add", "198.18.1.11/24", "dev", "eth0"]);
     let mut port = web(&["198.18.1.10", "198.18.1.11"]);
     port.session_affinity = proxy_core::table::SessionAffinity::ClientIp {
@@ -268,7 +246,7 @@ fn client_ip_affinity_sends_a_client_to_the_same_endpoint() {
 #[test]
 #[ignore = "needs root: CI runs --include-ignored"]
 fn node_port_and_load_balancer_source_ranges_through_loaded_rules() {
-    let (node, pod) = node_and_pod();
+    let (node, pod) = nft_cases::node_and_pod("nft");
     // Reached from the node, 198.18.1.1: the node port, an LB IP whose range holds the node,
     // and an LB IP whose range does not (dropped before DNAT: the connect times out).
     let mut open = web(&["198.18.1.10"]).with_node_port(30080);
