@@ -532,12 +532,10 @@ fn read_all(pipe: Option<impl std::io::Read + Send + 'static>) -> mpsc::Receiver
 
 /// Kills the child's process group (it leads it: `process_group(0)`), then reaps it.
 fn kill_group(child: &mut Child) {
-    let group = format!("-{}", child.id());
-    let killed = Command::new("kill")
-        .args(["-KILL", "--", &group])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
+    use nix::sys::signal::{killpg, Signal};
+    use nix::unistd::Pid;
+    let group = i32::try_from(child.id()).map(Pid::from_raw);
+    let killed = group.is_ok_and(|g| killpg(g, Signal::SIGKILL).is_ok());
     if !killed {
         let _ = child.kill();
     }
