@@ -160,8 +160,35 @@ pub fn apply<D: Datagrams>(
     table: &str,
     changes: &[Change],
 ) -> Result<usize, ApplyError> {
+    apply_measured(socket, table, changes).map(|applied| applied.messages)
+}
+
+/// What [`apply_measured`] sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Applied {
+    /// Messages sent: the transaction's and the affinity purges'.
+    pub messages: usize,
+    /// The transaction's datagram ([`transaction_bytes`]); 0 when it had nothing to send.
+    pub transaction_bytes: usize,
+}
+
+/// [`apply`], also measuring the transaction's datagram from the messages it sends (for the
+/// metrics; no second encoding).
+///
+/// # Errors
+/// As [`apply`].
+pub fn apply_measured<D: Datagrams>(
+    socket: &mut NftSocket<D>,
+    table: &str,
+    changes: &[Change],
+) -> Result<Applied, ApplyError> {
     let mut encoder = Encoder::new(table).with_encoded_elements();
     let (messages, origins) = transaction_messages(&mut encoder, changes);
+    let bytes = if messages.is_empty() {
+        0
+    } else {
+        transaction_bytes(&messages)
+    };
     let mut sent = 0;
     if !messages.is_empty() {
         let results = socket
@@ -202,7 +229,20 @@ pub fn apply<D: Datagrams>(
                 source: Box::new(source),
             })?;
     }
-    Ok(sent)
+    Ok(Applied {
+        messages: sent,
+        transaction_bytes: bytes,
+    })
+}
+
+/// The size of the datagram that carries `messages` as one transaction: BEGIN, the messages,
+/// END, each a 16-byte `nlmsghdr` and its payload, padded to 4 bytes.
+pub fn transaction_bytes(messages: &[NftMessage]) -> usize {
+    use netlink_packet_core::Emitable;
+    const NLMSG_HDRLEN: usize = 16;
+    let one = |m: &NftMessage| (NLMSG_HDRLEN + m.buffer_len() + 3) & !3;
+    let ends = one(&NftMessage::batch_begin()) + one(&NftMessage::batch_end());
+    ends + messages.iter().map(one).sum::<usize>()
 }
 
 /// The endpoint an affinity element leads to (its data: `addr . port`).

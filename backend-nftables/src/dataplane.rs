@@ -45,7 +45,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use netlink_packet_core::Emitable;
 use netlink_transport::{Datagrams, SysSocket};
 use proxy_core::dataplane::{CleanupReport, DryRun, SyncProblem, SyncReport};
 use proxy_core::error::error_chain;
@@ -57,14 +56,14 @@ use proxy_core::{
 };
 use tracing::{debug, info, warn};
 
-use crate::apply::{apply, transaction_messages, ApplyError, Encoder};
+use crate::apply::{apply_measured, transaction_bytes, ApplyError, Encoder};
 use crate::config::NftablesConfig;
 use crate::conntrack::{flush_stale, plan_conntrack, ConntrackOps, Netlink};
 use crate::error::NftablesError;
 use crate::metrics::{Metrics, SyncStats};
 use crate::model::{Key, Table};
 use crate::names::SetName;
-use crate::netlink::{NftMessage, NftSocket, ProtoFamily, TableAttr};
+use crate::netlink::{NftSocket, ProtoFamily, TableAttr};
 use crate::observe::observe;
 use crate::plan::{apply_changes, desired, plan, Change, DesiredTable};
 use crate::render::render_table;
@@ -315,19 +314,16 @@ impl<D: Datagrams> NftablesDataplane<D> {
     /// Sends `changes` (one transaction, then the affinity purges) and counts them in `out`.
     fn send(&mut self, changes: &[Change], out: &mut Outcome) -> Result<(), NftablesError> {
         let name = self.config.table.clone();
-        if self.metrics.is_registered() {
-            let mut encoder = Encoder::new(name.clone()).with_encoded_elements();
-            let (messages, _) = transaction_messages(&mut encoder, changes);
-            if !messages.is_empty() {
-                out.bytes.push(datagram_bytes(&messages));
-            }
-        }
         let elements = changes.iter().filter(|c| c.is_element()).count();
         let purges = changes
             .iter()
             .filter(|c| matches!(c, Change::PurgeAffinity(..)))
             .count();
-        out.messages += apply(self.socket()?, &name, changes)?;
+        let applied = apply_measured(self.socket()?, &name, changes)?;
+        out.messages += applied.messages;
+        if applied.transaction_bytes > 0 {
+            out.bytes.push(applied.transaction_bytes);
+        }
         out.elements += elements;
         out.objects += changes.len() - elements - purges;
         Ok(())
@@ -381,10 +377,8 @@ impl<D: Datagrams> NftablesDataplane<D> {
                     "objects of ours were redeclared by someone else: deleting the table to program it whole"
                 );
                 let delete = Encoder::new(name.clone()).delete_table();
-                if self.metrics.is_registered() {
-                    out.bytes
-                        .push(datagram_bytes(std::slice::from_ref(&delete)));
-                }
+                out.bytes
+                    .push(transaction_bytes(std::slice::from_ref(&delete)));
                 let socket = self.socket()?;
                 let outcome = socket.transaction(std::slice::from_ref(&delete));
                 match outcome.map(|r| r.into_iter().find_map(Result::err)) {
@@ -687,13 +681,4 @@ fn with_elements(
         .chain(adds)
         .chain(after)
         .collect()
-}
-
-/// The size of the datagram that carries `messages` as one transaction: BEGIN, the messages,
-/// END, each a 16-byte `nlmsghdr` and its payload, padded to 4 bytes.
-fn datagram_bytes(messages: &[NftMessage]) -> usize {
-    const NLMSG_HDRLEN: usize = 16;
-    let one = |m: &NftMessage| (NLMSG_HDRLEN + m.buffer_len() + 3) & !3;
-    let ends = one(&NftMessage::batch_begin()) + one(&NftMessage::batch_end());
-    ends + messages.iter().map(one).sum::<usize>()
 }

@@ -3,8 +3,8 @@
 //! under `kubeproxy` where kube-proxy's nftables mode has the metric (its names, types, help and
 //! buckets, `pkg/proxy/metrics/metrics.go`), and ours under `svcproxy`. kube-proxy's sync-loop
 //! series (`kubeproxy_sync_proxy_rules_duration_seconds`...) are recorded by proxy-core's sync
-//! loop. Until registered, the metrics are recorded nowhere and cost nothing: a transaction's
-//! size is only measured for a registered registry.
+//! loop. Until registered, the metrics are recorded nowhere and cost nothing (a
+//! transaction's size comes from the messages `apply` sends: it is never encoded twice).
 //!
 //! | series | type | meaning |
 //! |---|---|---|
