@@ -203,14 +203,7 @@ pub fn parse_spec(text: &str, origin: &str) -> Result<TableSpec, LoadError> {
             message: "the file holds no table (an empty table is `services: []`)".to_owned(),
         });
     }
-    let is_json = origin.ends_with(".json") || text.trim_start().starts_with('{');
-    let parsed = if is_json {
-        serde_json::from_str(text).map_err(|error| json_error(&error, origin))
-    } else {
-        serde_saphyr::from_str_with_options(text, yaml_options(text.len()))
-            .map_err(|error| yaml_error(&error, origin))
-    };
-    let spec: TableSpec = parsed.map_err(|error| quote_safely(error, text))?;
+    let spec: TableSpec = parse_text(text, origin)?;
     // The node's name and zone are the file's own: a control character in them rejects it whole.
     let errors: Vec<FieldError> = [("node", &spec.node), ("zone", &spec.zone)]
         .into_iter()
@@ -227,6 +220,47 @@ pub fn parse_spec(text: &str, origin: &str) -> Result<TableSpec, LoadError> {
             errors: ValidationErrors { errors },
         })
     }
+}
+
+/// Parses one service entry, in the format of an item of a table file's `services:` (YAML or
+/// JSON, told apart as [`parse_table`] does): what a source that keeps one service per record
+/// reads (svcproxy's etcd source: one key per service). Build it with [`ServiceSpec::apply_to`].
+///
+/// ```
+/// use proxy_core::file::parse_service;
+///
+/// let web = parse_service("name: shop/web\ncluster_ips: [198.19.0.10]\nports: [{port: 80}]", "key")?;
+/// assert_eq!(web.service_name().map(|n| n.to_string()), Some("shop/web".to_owned()));
+/// let typo = parse_service(r#"{"name": "web", "prots": []}"#, "/svcproxy/services/web").unwrap_err();
+/// assert!(typo.to_string().starts_with("/svcproxy/services/web:1:"), "{typo}");
+/// # Ok::<(), proxy_core::file::LoadError>(())
+/// ```
+///
+/// # Errors
+/// [`LoadError::Parse`] with line and column for syntax, type and unknown-field errors, and for
+/// a blank text.
+pub fn parse_service(text: &str, origin: &str) -> Result<ServiceSpec, LoadError> {
+    if is_blank(text) {
+        return Err(LoadError::Parse {
+            origin: origin.to_owned(),
+            line: None,
+            column: None,
+            message: "holds no service".to_owned(),
+        });
+    }
+    parse_text(text, origin)
+}
+
+/// YAML or JSON text into `T`, with the parse errors of [`parse_table`].
+fn parse_text<T: serde::de::DeserializeOwned>(text: &str, origin: &str) -> Result<T, LoadError> {
+    let is_json = origin.ends_with(".json") || text.trim_start().starts_with('{');
+    let parsed = if is_json {
+        serde_json::from_str(text).map_err(|error| json_error(&error, origin))
+    } else {
+        serde_saphyr::from_str_with_options(text, yaml_options(text.len()))
+            .map_err(|error| yaml_error(&error, origin))
+    };
+    parsed.map_err(|error| quote_safely(error, text))
 }
 
 /// The YAML parser's limits for a text of `len` bytes. serde-saphyr's defaults (250,000 nodes,
@@ -570,26 +604,16 @@ impl TableSpec {
                 order.push(key.clone());
                 FileService::default()
             });
-            let mut errors = Vec::new();
-            let ports = service.to_ports(
+            entry.add(
+                &key,
+                service,
                 &format!("services[{index}]"),
                 self.node.as_deref(),
-                &mut errors,
             );
-            entry.ports.extend(ports);
-            entry.errors.extend(errors);
-            entry
-                .port_names
-                .extend(service.ports.iter().map(|p| key.port(p.name.clone())));
         }
         for name in &order {
-            let Some(entry) = entries.remove(name) else {
-                continue;
-            };
-            if entry.errors.is_empty() {
-                tracker.set_service_ports(name.clone(), entry.ports);
-            } else {
-                tracker.reject_service(name.clone(), entry.port_names, entry.errors);
+            if let Some(entry) = entries.remove(name) {
+                entry.apply_to(tracker, name.clone());
             }
         }
         let listed: BTreeSet<ServiceName> = order.into_iter().collect();
@@ -607,6 +631,73 @@ struct FileService {
     ports: Vec<ServicePort>,
     errors: Vec<FieldError>,
     port_names: Vec<ServicePortName>,
+}
+
+impl FileService {
+    /// Adds the entry `service`, named `key`, at `path`.
+    fn add(&mut self, key: &ServiceName, service: &ServiceSpec, path: &str, node: Option<&str>) {
+        let ports = service.to_ports(path, node, &mut self.errors);
+        self.ports.extend(ports);
+        self.port_names
+            .extend(service.ports.iter().map(|p| key.port(p.name.clone())));
+    }
+
+    /// The service's ports replace those of `name`; with problems in the entries, `name` is
+    /// rejected instead and keeps what runs.
+    fn apply_to(self, tracker: &mut ChangeTracker, name: ServiceName) -> u64 {
+        if self.errors.is_empty() {
+            tracker.set_service_ports(name, self.ports)
+        } else {
+            tracker.reject_service(name, self.port_names, self.errors)
+        }
+    }
+}
+
+impl ServiceSpec {
+    /// The service's name: `namespace/name`, or `name` in [`DEFAULT_NAMESPACE`]; `None` when it
+    /// is empty or has more than one `/`.
+    pub fn service_name(&self) -> Option<ServiceName> {
+        let (namespace, name) = self.split_name("name", &mut Vec::new())?;
+        Some(ServiceName::new(namespace, name))
+    }
+
+    /// Feeds this one entry to `tracker` as its service's whole description, the way
+    /// [`TableSpec::apply_to`] feeds each entry of a file: its ports replace the service's;
+    /// with problems in the entry itself (reported at paths under `path`), the service is
+    /// rejected and keeps what runs. Endpoints on the tracker's node are local. Returns the
+    /// tracker's generation after the change.
+    ///
+    /// ```
+    /// use proxy_core::file::parse_service;
+    /// use proxy_core::tracker::{ChangeTracker, ServiceName};
+    /// use proxy_core::{Capabilities, ServicePortName};
+    ///
+    /// let (mut tracker, _source) = ChangeTracker::new("any", Capabilities::everything());
+    /// let web = parse_service(
+    ///     "name: shop/web
+    /// cluster_ips: [198.19.0.10]
+    /// ports: [{name: http, port: 80}]
+    /// endpoints: [{ip: 198.18.1.10}]",
+    ///     "web",
+    /// )?;
+    /// web.apply_to(&mut tracker, "web")?;
+    /// assert!(tracker.table().get(&ServicePortName::new("shop", "web", "http")).is_some());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// The entry's name is not a service name (empty, or more than one `/`): nothing changed.
+    pub fn apply_to(&self, tracker: &mut ChangeTracker, path: &str) -> Result<u64, FieldError> {
+        let mut errors = Vec::new();
+        let Some((namespace, name)) = self.split_name(path, &mut errors) else {
+            return Err(errors.remove(0));
+        };
+        let key = ServiceName::new(namespace, name);
+        let node = tracker.table().node().map(str::to_owned);
+        let mut entry = FileService::default();
+        entry.add(&key, self, path, node.as_deref());
+        Ok(entry.apply_to(tracker, key))
+    }
 }
 
 /// A number of the file as a port, or an error at `path`.

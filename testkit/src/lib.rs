@@ -7,6 +7,7 @@
 //!   stderr is collected into a log ([`process::LoggedChild`]), stopped with SIGTERM or killed
 //!   on drop.
 //! - [`fs`]: a temporary directory removed on drop, and editor-style file replacement.
+//! - [`etcd`]: a one-member etcd server (Debian's `etcd-server`) on an address the test picks.
 //! - [`wait`]: bounded polling with a useful panic message.
 //! - [`net`]: TCP servers that answer each connection with a text (who they are), and the client
 //!   that reads such an answer.
@@ -18,6 +19,7 @@
 //! from 198.18.0.0/15, 192.0.2.0/24, 2001:db8::/32 or loopback.
 #![forbid(unsafe_code)]
 
+pub mod etcd;
 pub mod fs;
 pub mod net;
 pub mod netns;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// Runs a service table from a file on a load-balancing backend.
+/// Runs a service table from a file (or an etcd catalogue, --etcd) on a load-balancing backend.
 ///
 /// Watches FILE and applies its changes (also when an editor or `sed -i` replaces the file): a
 /// file that does not parse is logged and the running table stays; in one that parses, a bad
@@ -45,8 +45,24 @@ pub enum BackendKind {
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// The service table file (YAML or JSON; format in the README).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "etcd")]
     pub services: Option<PathBuf>,
+
+    /// Read the services from etcd instead of a file: one key per service under --etcd-prefix,
+    /// `<prefix><namespace>/<name>`, its value one entry of the table file's `services:` list
+    /// (`svcproxyctl put FILE` writes them). Endpoints as `http://host:port`, comma-separated
+    /// or repeated. Nothing is programmed before the first complete read.
+    #[arg(long, value_name = "URL", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+
+    /// With --etcd: the prefix of the service keys.
+    #[arg(long, value_name = "PREFIX", default_value = "/svcproxy/services/")]
+    pub etcd_prefix: String,
+
+    /// With --etcd: this node's zone, for endpoints' topology hints (a table file names it
+    /// with `zone:`).
+    #[arg(long, value_name = "Z", requires = "etcd")]
+    pub zone: Option<String>,
 
     /// The backend that implements the table [default: userspace]. With --cleanup, the backend
     /// whose state to remove; without --backend, --cleanup removes that of every kernel backend

@@ -1,9 +1,10 @@
 //! `svcproxy`: the reference proxy. Runs a service table from a file on any backend.
 //!
 //! ```text
-//! svcproxy --services FILE [--backend userspace|iptables|ipvs] [--node-name N]
+//! svcproxy --services FILE [--backend userspace|iptables|ipvs|nftables] [--node-name N]
+//! svcproxy --etcd URL[,URL...] [--etcd-prefix /svcproxy/services/] [--node-name N] [--zone Z] ...
 //!          [--dry-run] [--once] [--cleanup-on-exit] [--metrics-addr ADDR] [--healthz-addr ADDR]
-//! svcproxy --cleanup [--backend userspace|iptables|ipvs]   # remove what earlier runs left
+//! svcproxy --cleanup [--backend userspace|iptables|ipvs|nftables]   # remove what earlier runs left
 //! svcproxy demo        # tiny loopback backends + a table fronting them; prints a curl line
 //! ```
 //!
@@ -18,6 +19,7 @@ mod backend;
 mod cleanup;
 mod cli;
 mod demo;
+mod etcd;
 mod http;
 mod preflight;
 mod watch;
@@ -138,26 +140,17 @@ fn raise_open_file_limit() {
 /// through the one embedding API: the backend built by [`backend::build`], the file fed to a
 /// [`ChangeTracker`], the [`SyncLoop`] (or one sync), and the backend's own dry run.
 pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let Some(path) = args.services.clone() else {
+    if args.services.is_none() && args.etcd.is_empty() {
         anyhow::bail!(
-            "--services FILE is required (or run `svcproxy demo`, or `svcproxy --cleanup`); see --help"
+            "--services FILE or --etcd URL is required (or run `svcproxy demo`, or `svcproxy --cleanup`); see --help"
         );
-    };
+    }
     if !args.dry_run {
         // Once, before anything: without the privilege or the tools, every sync would fail the
         // same way and the loop would retry forever.
         preflight::check(&args)?;
     }
-    let file = watch::FileOptions {
-        path: path.clone(),
-        node: args.node_name.clone(),
-        max_bytes: args.max_table_bytes,
-        settle: args.settle(),
-    };
-    // Off the runtime and bounded in time: a FIFO or a hung file system cannot freeze the start.
-    let (spec, version) = watch::load(&file)
-        .await
-        .with_context(|| format!("cannot start with {}", path.display()))?;
+    let feed = Feed::load(&args).await?;
     let dataplane = backend::build(args.backend(), &args)?;
     // The userspace backend takes no owner lock of its own: in capture mode, hold one on its
     // chain, so that `--cleanup` elsewhere refuses rather than delete it from under us.
@@ -168,7 +161,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         None
     };
     let (mut tracker, source) = ChangeTracker::for_dataplane(&dataplane);
-    spec.apply_to(&mut tracker);
+    feed.apply_first(&mut tracker, &args)?;
     if tracker.generation() == 0 {
         // An empty file changes nothing, but the first sync must still run (a full sync that
         // removes what a previous run left).
@@ -176,7 +169,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let table = tracker.table().clone();
     info!(
-        file = %path.display(),
+        source = %feed.describe(),
         service_ports = table.len(),
         endpoints = table.endpoint_count(),
         skipped = tracker.skipped().len(),
@@ -243,12 +236,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             health.clone(),
         ));
     }
-    let watcher = tokio::spawn(watch::watch_file(
-        file,
-        args.poll_interval(),
-        version,
-        tracker,
-    ));
+    let watcher = tokio::spawn(feed.follow(tracker, args.poll_interval()));
 
     let result = sync_loop.run(source, shutdown_signal()).await;
     watcher.abort();
@@ -259,6 +247,111 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         // Printed once, by `main`, with its causes: not logged here too.
         Err(err) => Err(anyhow::Error::new(err).context("stopped with an error")),
+    }
+}
+
+/// Where the table comes from, read once before anything is programmed.
+enum Feed {
+    /// `--services FILE`: the file, parsed, and the version read.
+    File {
+        file: watch::FileOptions,
+        spec: proxy_core::file::TableSpec,
+        version: watch::Loaded,
+    },
+    /// `--etcd`: the client and the first complete listing of the prefix.
+    Etcd {
+        // Boxed: the client is large beside the file's variant.
+        client: Box<etcd_client::Client>,
+        options: etcd::EtcdOptions,
+        listing: etcd::Listing,
+    },
+}
+
+impl Feed {
+    /// Reads the source whole. A file must load; etcd is retried while it cannot be reached
+    /// (a node may boot before its etcd), except for `--dry-run` and `--once`, which report it.
+    async fn load(args: &RunArgs) -> anyhow::Result<Feed> {
+        if let Some(path) = &args.services {
+            let file = watch::FileOptions {
+                path: path.clone(),
+                node: args.node_name.clone(),
+                max_bytes: args.max_table_bytes,
+                settle: args.settle(),
+            };
+            // Off the runtime and bounded in time: a FIFO or a hung file system cannot freeze
+            // the start.
+            let (spec, version) = watch::load(&file)
+                .await
+                .with_context(|| format!("cannot start with {}", path.display()))?;
+            return Ok(Feed::File {
+                file,
+                spec,
+                version,
+            });
+        }
+        let options = etcd::EtcdOptions {
+            endpoints: args.etcd.clone(),
+            prefix: args.etcd_prefix.clone(),
+        };
+        let client = etcd::connect(&options).await?;
+        let listing = if args.dry_run || args.once {
+            etcd::read_all(&client, &options).await?
+        } else {
+            etcd::read_all_retrying(&client, &options).await
+        };
+        Ok(Feed::Etcd {
+            client: Box::new(client),
+            options,
+            listing,
+        })
+    }
+
+    /// What the source is, for the log.
+    fn describe(&self) -> String {
+        match self {
+            Feed::File { file, .. } => file.path.display().to_string(),
+            Feed::Etcd {
+                options, listing, ..
+            } => format!(
+                "etcd {} {} at revision {}",
+                options.endpoints.join(","),
+                options.prefix,
+                listing.revision
+            ),
+        }
+    }
+
+    /// Feeds what was read to the tracker.
+    fn apply_first(&self, tracker: &mut ChangeTracker, args: &RunArgs) -> anyhow::Result<()> {
+        match self {
+            Feed::File { spec, .. } => {
+                spec.apply_to(tracker);
+            }
+            Feed::Etcd {
+                options, listing, ..
+            } => {
+                tracker
+                    .set_node(args.node_name.clone())
+                    .context("--node-name")?;
+                tracker.set_zone(args.zone.clone()).context("--zone")?;
+                etcd::apply_listing(tracker, &options.prefix, listing);
+            }
+        }
+        Ok(())
+    }
+
+    /// Follows the source's changes into the tracker, until aborted.
+    async fn follow(self, tracker: ChangeTracker, poll_interval: std::time::Duration) {
+        match self {
+            Feed::File { file, version, .. } => {
+                watch::watch_file(file, poll_interval, version, tracker).await;
+            }
+            Feed::Etcd {
+                client,
+                options,
+                listing,
+            } => etcd::follow(*client, options, listing.revision, tracker).await,
+        }
     }
 }
 

@@ -1,0 +1,205 @@
+//! `svcproxyctl`: puts a table file's services into etcd for `svcproxy --etcd`, deletes and
+//! lists them.
+//!
+//! ```text
+//! svcproxyctl [--etcd URL,...] [--etcd-prefix P] put FILE [--prune]   # one key per service
+//! svcproxyctl [--etcd URL,...] [--etcd-prefix P] delete NAMESPACE/NAME...
+//! svcproxyctl [--etcd URL,...] [--etcd-prefix P] list
+//! ```
+//!
+//! Each service entry of the file becomes the key `<prefix><namespace>/<name>` holding the entry
+//! as JSON (the table file's service format). The file is validated whole first, as svcproxy
+//! would load it, and refused with every problem named. The keys are written in transactions of
+//! at most 128 operations (etcd's default `--max-txn-ops`), so a file of up to 128 services
+//! reaches every node as one change. `etcdctl put /svcproxy/services/shop/web "$(cat web.json)"`
+//! does the same for one service.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use etcd_client::{Client, GetOptions, Txn, TxnOp};
+use proxy_core::file::{load_table, parse_spec, read_table_text, DEFAULT_MAX_TABLE_BYTES};
+use proxy_core::tracker::ServiceName;
+
+/// etcd's default limit of operations in one transaction (`--max-txn-ops`).
+const MAX_TXN_OPS: usize = 128;
+
+/// Puts a table file's services into etcd for `svcproxy --etcd`, deletes and lists them.
+#[derive(Debug, Parser)]
+#[command(name = "svcproxyctl", version)]
+struct Cli {
+    /// The etcd endpoints, comma-separated or repeated.
+    #[arg(
+        long,
+        value_name = "URL",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379",
+        global = true
+    )]
+    etcd: Vec<String>,
+
+    /// The prefix of the service keys (svcproxy's --etcd-prefix).
+    #[arg(
+        long,
+        value_name = "PREFIX",
+        default_value = "/svcproxy/services/",
+        global = true
+    )]
+    etcd_prefix: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Writes each service of a table file (YAML or JSON) to its key.
+    Put {
+        /// The table file.
+        file: PathBuf,
+        /// Also delete the keys under the prefix of services the file does not hold.
+        #[arg(long)]
+        prune: bool,
+    },
+    /// Deletes services by name (`namespace/name`).
+    Delete {
+        /// The services.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Lists the services under the prefix, with the revision each was last written at.
+    List,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("svcproxyctl: cannot start the tokio runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("svcproxyctl: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut client = Client::connect(&cli.etcd, None)
+        .await
+        .with_context(|| format!("cannot connect to etcd at {}", cli.etcd.join(",")))?;
+    let prefix = cli.etcd_prefix.as_str();
+    match cli.command {
+        Command::Put { file, prune } => {
+            let entries = entries_of(&file, prefix)?;
+            let mut ops: Vec<TxnOp> = entries
+                .iter()
+                .map(|(key, value)| TxnOp::put(key.as_str(), value.as_str(), None))
+                .collect();
+            if prune {
+                let listed: BTreeSet<&str> = entries.iter().map(|(key, _)| key.as_str()).collect();
+                for key in keys(&mut client, prefix).await? {
+                    if !listed.contains(key.as_str()) {
+                        println!("deleting {key}");
+                        ops.push(TxnOp::delete(key, None));
+                    }
+                }
+            }
+            let services = entries.len();
+            write(&mut client, ops).await?;
+            println!("put {services} service(s) under {prefix}");
+        }
+        Command::Delete { names } => {
+            let mut ops = Vec::new();
+            for name in names {
+                let (namespace, service) = name
+                    .split_once('/')
+                    .with_context(|| format!("{name:?}: write the service as namespace/name"))?;
+                ops.push(TxnOp::delete(
+                    format!("{prefix}{}", ServiceName::new(namespace, service)),
+                    None,
+                ));
+            }
+            write(&mut client, ops).await?;
+        }
+        Command::List => {
+            let response = client
+                .get(
+                    prefix,
+                    Some(GetOptions::new().with_prefix().with_keys_only()),
+                )
+                .await
+                .context("cannot list the services")?;
+            for kv in response.kvs() {
+                let key = String::from_utf8_lossy(kv.key());
+                let name = key.strip_prefix(prefix).unwrap_or(&key);
+                println!("{name}\trevision {}", kv.mod_revision());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `(key, value)` of each service of the file, the value as one line of JSON. The file must
+/// load as a table (every problem reported), and name each service once.
+fn entries_of(file: &std::path::Path, prefix: &str) -> anyhow::Result<Vec<(String, String)>> {
+    // Validated whole, as svcproxy would load it: a file that would not run is not published.
+    load_table(file)?;
+    let text = read_table_text(file, DEFAULT_MAX_TABLE_BYTES)?;
+    let spec = parse_spec(&text, &file.display().to_string())?;
+    let mut seen = BTreeSet::new();
+    let mut entries = Vec::new();
+    for service in &spec.services {
+        let name = service
+            .service_name()
+            .with_context(|| format!("{:?} is not a service name", service.name))?;
+        anyhow::ensure!(
+            seen.insert(name.clone()),
+            "{name} appears twice in {}: etcd holds one entry per service (merge them)",
+            file.display()
+        );
+        let value = serde_json::to_string(service).context("cannot write the entry as JSON")?;
+        entries.push((format!("{prefix}{name}"), value));
+    }
+    Ok(entries)
+}
+
+/// Every key under `prefix`.
+async fn keys(client: &mut Client, prefix: &str) -> anyhow::Result<Vec<String>> {
+    let response = client
+        .get(
+            prefix,
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        )
+        .await
+        .context("cannot list the services")?;
+    Ok(response
+        .kvs()
+        .iter()
+        .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+        .collect())
+}
+
+/// Sends `ops` in transactions of at most [`MAX_TXN_OPS`].
+async fn write(client: &mut Client, ops: Vec<TxnOp>) -> anyhow::Result<()> {
+    let mut ops = ops.into_iter().peekable();
+    while ops.peek().is_some() {
+        let chunk: Vec<TxnOp> = ops.by_ref().take(MAX_TXN_OPS).collect();
+        client
+            .txn(Txn::new().and_then(chunk))
+            .await
+            .context("cannot write to etcd")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,222 @@
+//! `svcproxy --etcd` end to end: a real etcd (Debian's `etcd-server`) on loopback in a temp dir,
+//! the real `svcproxy` (userspace backend, no root) and `svcproxyctl` binaries, real TCP.
+//!
+//! Every address is on loopback (127.0.0.0/8); ports are picked free by the OS; each wait is
+//! bounded.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::process::Command;
+use std::time::Duration;
+
+use testkit::etcd::Etcd;
+use testkit::fs::TempDir;
+use testkit::net::AnswerServer;
+use testkit::process::LoggedChild;
+use testkit::wait::poll;
+
+const SVCPROXY: &str = env!("CARGO_BIN_EXE_svcproxy");
+const SVCPROXYCTL: &str = env!("CARGO_BIN_EXE_svcproxyctl");
+const WAIT: Duration = Duration::from_secs(15);
+
+fn free_port(ip: Ipv4Addr) -> u16 {
+    TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .expect("probe bind")
+        .port()
+}
+
+/// Runs `svcproxyctl --etcd URL args...`, which must succeed; returns its stdout.
+fn ctl(etcd: &Etcd, args: &[&str]) -> String {
+    let out = Command::new(SVCPROXYCTL)
+        .args(["--etcd", &etcd.url()])
+        .args(args)
+        .output()
+        .expect("run svcproxyctl");
+    assert!(
+        out.status.success(),
+        "svcproxyctl {args:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A table of `(name, service address, backend)` services, each one port `http`.
+fn table(services: &[(&str, SocketAddr, &AnswerServer)]) -> String {
+    let mut yaml = String::from("services:\n");
+    for (name, vip, backend) in services {
+        yaml.push_str(&format!(
+            "  - name: {name}\n    cluster_ips: [{}]\n    ports: [{{name: http, port: {}, target_port: {}}}]\n    endpoints: [{{ip: {}}}]\n",
+            vip.ip(),
+            vip.port(),
+            backend.addr().port(),
+            backend.addr().ip()
+        ));
+    }
+    yaml
+}
+
+fn put_table(etcd: &Etcd, dir: &TempDir, name: &str, yaml: &str) {
+    let path = dir.join(name);
+    std::fs::write(&path, yaml).expect("write table");
+    ctl(etcd, &["put", path.to_str().expect("utf-8 path")]);
+}
+
+fn ask(addr: SocketAddr) -> std::io::Result<String> {
+    testkit::net::ask(addr, Duration::from_secs(2))
+}
+
+/// Asks until the answer is `want`, `None` for "refused" (bounded by WAIT).
+fn wait_for(addr: SocketAddr, want: Option<&str>, proxy: &LoggedChild) {
+    let answered = poll(WAIT, Duration::from_millis(50), || {
+        match (ask(addr), want) {
+            (Ok(answer), Some(want)) if answer == want => Ok(()),
+            (Err(e), None) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(()),
+            (other, _) => Err(other),
+        }
+    });
+    if let Err(last) = answered {
+        panic!(
+            "{addr} never answered {want:?}; last: {last:?}; svcproxy log:\n{}",
+            proxy.log()
+        );
+    }
+}
+
+#[test]
+fn an_etcd_catalogue_reaches_the_proxy_bad_values_stay_alone_and_an_etcd_restart_loses_nothing() {
+    let dir = TempDir::new("etcd");
+    let mut etcd = Etcd::start(dir.path());
+    let vip = Ipv4Addr::new(127, 0, 0, 41);
+    let blue = AnswerServer::named((Ipv4Addr::new(127, 0, 0, 42), 0).into(), "blue");
+    let green = AnswerServer::named(
+        (Ipv4Addr::new(127, 0, 0, 43), blue.addr().port()).into(),
+        "green",
+    );
+    let web = SocketAddr::from((vip, free_port(vip)));
+    let api = SocketAddr::from((vip, free_port(vip)));
+    put_table(
+        &etcd,
+        &dir,
+        "first.yaml",
+        &table(&[("shop/web", web, &blue), ("shop/api", api, &blue)]),
+    );
+    assert_eq!(
+        ctl(&etcd, &["list"])
+            .lines()
+            .map(|line| line.split('\t').next().unwrap_or_default())
+            .collect::<Vec<_>>(),
+        ["shop/api", "shop/web"]
+    );
+
+    let proxy = LoggedChild::spawn(
+        "svcproxy",
+        Command::new(SVCPROXY)
+            .args(["--etcd", &etcd.url(), "--node-name", "node-a"])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1"),
+    )
+    .expect("start svcproxy");
+    wait_for(web, Some("blue"), &proxy);
+    wait_for(api, Some("blue"), &proxy);
+
+    // An update written once applies.
+    put_table(
+        &etcd,
+        &dir,
+        "green.yaml",
+        &table(&[("shop/web", web, &green)]),
+    );
+    wait_for(web, Some("green"), &proxy);
+
+    // A bad value for web: web keeps its last good version, reported with the key; api, changed
+    // in the same transaction, applies.
+    let bad = etcd_txn_put(
+        &etcd,
+        &[
+            (
+                "/svcproxy/services/shop/web",
+                r#"{"name": "shop/web", "ports": [{"port": 99999}]}"#.to_owned(),
+            ),
+            (
+                "/svcproxy/services/shop/api",
+                single_json("shop/api", api, &green),
+            ),
+        ],
+    );
+    assert!(bad.is_empty(), "{bad}");
+    wait_for(api, Some("green"), &proxy);
+    proxy.wait_for_log("/svcproxy/services/shop/web", WAIT);
+    assert_eq!(ask(web).expect("web still runs"), "green");
+
+    // Deleted: the service goes.
+    ctl(&etcd, &["delete", "shop/api"]);
+    wait_for(api, None, &proxy);
+
+    // etcd goes away: the dataplane keeps what it has; the proxy retries.
+    etcd.stop();
+    proxy.wait_for_log("etcd watch ended", WAIT);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(ask(web).expect("web runs without etcd"), "green");
+    // etcd is back: the proxy reads the catalogue again (web still holds the bad value, which
+    // keeps the last good version) and follows the changes after it.
+    etcd.resume();
+    proxy.wait_for_log("catalogue read again", WAIT);
+    assert_eq!(ask(web).expect("web runs after the re-read"), "green");
+    put_table(
+        &etcd,
+        &dir,
+        "back.yaml",
+        &table(&[("shop/web", web, &blue), ("shop/api", api, &blue)]),
+    );
+    wait_for(web, Some("blue"), &proxy);
+    wait_for(api, Some("blue"), &proxy);
+
+    let (status, log) = proxy.terminate(WAIT);
+    assert!(status.success(), "{status}; log:\n{log}");
+}
+
+/// One service as JSON (the format svcproxyctl writes).
+fn single_json(name: &str, vip: SocketAddr, backend: &AnswerServer) -> String {
+    format!(
+        r#"{{"name": "{name}", "cluster_ips": ["{}"], "ports": [{{"name": "http", "port": {}, "target_port": {}}}], "endpoints": [{{"ip": "{}"}}]}}"#,
+        vip.ip(),
+        vip.port(),
+        backend.addr().port(),
+        backend.addr().ip()
+    )
+}
+
+/// Puts several keys in one etcd transaction with `etcdctl txn` (Debian's etcd-client);
+/// returns etcdctl's stderr.
+fn etcd_txn_put(etcd: &Etcd, puts: &[(&str, String)]) -> String {
+    // etcdctl txn reads: compares, blank line, success ops, blank line, failure ops.
+    let mut input = String::from("\n");
+    for (key, value) in puts {
+        input.push_str(&format!("put {key} {}\n", quote_for_etcdctl(value)));
+    }
+    input.push_str("\n\n");
+    let mut child = Command::new("etcdctl")
+        .args(["--endpoints", &etcd.url(), "txn"])
+        .env("ETCDCTL_API", "3")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run etcdctl (Debian's etcd-client)");
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(input.as_bytes())
+        .expect("write etcdctl input");
+    let out = child.wait_with_output().expect("etcdctl");
+    assert!(out.status.success(), "etcdctl txn: {out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A value as etcdctl's txn reader wants it: in double quotes, inner quotes escaped.
+fn quote_for_etcdctl(value: &str) -> String {
+    format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""))
+}
