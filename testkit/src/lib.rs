@@ -8,6 +8,7 @@
 //!   on drop.
 //! - [`fs`]: a temporary directory removed on drop, and editor-style file replacement.
 //! - [`etcd`]: a one-member etcd server (Debian's `etcd-server`) on an address the test picks.
+//! - [`kubeapi`]: a fake Kubernetes API server speaking the real list/watch protocol.
 //! - [`wait`]: bounded polling with a useful panic message.
 //! - [`net`]: TCP servers that answer each connection with a text (who they are), and the client
 //!   that reads such an answer.
@@ -21,6 +22,7 @@
 
 pub mod etcd;
 pub mod fs;
+pub mod kubeapi;
 pub mod net;
 pub mod netns;
 pub mod process;

@@ -55,6 +55,21 @@ pub struct RunArgs {
     #[arg(long, value_name = "URL", value_delimiter = ',')]
     pub etcd: Vec<String>,
 
+    /// Read Services, EndpointSlices and this Node from Kubernetes (in-cluster config, else
+    /// $KUBECONFIG or ~/.kube/config), as kube-proxy does; `kube-svcproxy` runs this with
+    /// kube-proxy's flags. Nothing is programmed before all three are listed.
+    #[arg(long, conflicts_with_all = ["services", "etcd"])]
+    pub kubernetes: bool,
+
+    /// Like --kubernetes, with this kubeconfig file.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["services", "etcd"])]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// With --kubernetes: serve the Services labelled `service.kubernetes.io/service-proxy-name`
+    /// with this value (without it, only unlabelled Services, as kube-proxy).
+    #[arg(long, value_name = "NAME")]
+    pub service_proxy_name: Option<String>,
+
     /// With --etcd: the prefix of the service keys.
     #[arg(long, value_name = "PREFIX", default_value = "/svcproxy/services/")]
     pub etcd_prefix: String,
@@ -70,7 +85,8 @@ pub struct RunArgs {
     #[arg(long, value_enum)]
     pub backend: Option<BackendKind>,
 
-    /// This node's name (overrides the file's `node:`), for local traffic policies.
+    /// This node's name (overrides the file's `node:`), for local traffic policies. With
+    /// --kubernetes: the Node to watch (default: the host name, as kube-proxy).
     #[arg(long, value_name = "N")]
     pub node_name: Option<String>,
 
@@ -198,6 +214,11 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// Whether the source is Kubernetes.
+    pub fn kubernetes(&self) -> bool {
+        self.kubernetes || self.kubeconfig.is_some()
+    }
+
     /// The backend to run: --backend, else userspace.
     pub fn backend(&self) -> BackendKind {
         self.backend.unwrap_or(BackendKind::Userspace)

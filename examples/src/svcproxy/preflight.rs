@@ -6,7 +6,7 @@
 use std::ffi::OsStr;
 use std::fmt;
 
-use crate::cli::{BackendKind, RunArgs};
+use crate::svcproxy::cli::{BackendKind, RunArgs};
 
 /// `CAP_NET_ADMIN`'s bit in the capability sets (`include/uapi/linux/capability.h`).
 const CAP_NET_ADMIN: u32 = 12;

@@ -23,9 +23,9 @@ use backend_ipvs::{BackendError, IpvsDataplane};
 use proxy_core::lock::{DataplaneLock, LockError, LockKey, NetnsId};
 use proxy_core::Dataplane as _;
 
-use crate::backend;
-use crate::cli::{BackendKind, RunArgs};
-use crate::preflight::{self, PreflightError};
+use crate::svcproxy::backend;
+use crate::svcproxy::cli::{BackendKind, RunArgs};
+use crate::svcproxy::preflight::{self, PreflightError};
 
 /// The kinds of state `--cleanup` knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +119,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
                         "{holder} is running and owns this state (lock {}); stop it first",
                         path.display()
                     ),
-                    _ => crate::error_chain(&error),
+                    _ => crate::svcproxy::error_chain(&error),
                 };
                 eprintln!("svcproxy: {}: not cleaned up: {why}", target.name());
                 failed = true;

@@ -14,11 +14,11 @@ use clap::Parser as _;
 use tokio::net::UdpSocket;
 use tracing::debug;
 
-use crate::cli::{Cli, DemoArgs};
-use crate::http::{self, Response};
+use crate::svcproxy::cli::{Cli, DemoArgs};
+use crate::svcproxy::http::{self, Response};
 
 /// The demo table: the same file the README and the tests use.
-const DEMO_TABLE: &str = include_str!("../../../tables/demo.yaml");
+const DEMO_TABLE: &str = include_str!("../../tables/demo.yaml");
 const HTTP_BACKENDS: [&str; 2] = ["127.0.0.2:9080", "127.0.0.3:9080"];
 const UDP_BACKENDS: [&str; 2] = ["127.0.0.2:9053", "127.0.0.3:9053"];
 
@@ -89,7 +89,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     ])
     .context("demo flags")?
     .run;
-    let outcome = crate::run(run_args).await;
+    let outcome = crate::svcproxy::run(run_args).await;
     if let Some(dir) = private_dir {
         remove_quietly(&table_path, &dir);
     }

@@ -8,7 +8,7 @@ use backend_userspace::{ListenMode, UserspaceConfig, UserspaceDataplane};
 use proxy_core::service_health::WithServiceHealth;
 use proxy_core::Dataplane;
 
-use crate::cli::{BackendKind, RunArgs};
+use crate::svcproxy::cli::{BackendKind, RunArgs};
 
 pub(crate) fn userspace_config(args: &RunArgs) -> UserspaceConfig {
     UserspaceConfig {

@@ -1,0 +1,313 @@
+//! `kube-svcproxy` end to end against a fake API server that speaks the real list/watch protocol
+//! (`testkit::kubeapi`): initial sync gating, changes, several slices merged, a watch dropped
+//! mid-stream, a relist after `410 Gone` that holds fewer objects, an API server restart; the
+//! userspace backend on loopback with real connections (no root), and the iptables backend in a
+//! network namespace (root).
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use testkit::fs::TempDir;
+use testkit::kubeapi::{FakeApiServer, Resource};
+use testkit::net::AnswerServer;
+use testkit::netns::Netns;
+use testkit::process::LoggedChild;
+use testkit::wait::poll;
+
+const KUBE_SVCPROXY: &str = env!("CARGO_BIN_EXE_kube-svcproxy");
+const WAIT: Duration = Duration::from_secs(20);
+
+fn free_port(ip: Ipv4Addr) -> u16 {
+    TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .expect("probe bind")
+        .port()
+}
+
+fn node(name: &str, zone: &str) -> Value {
+    json!({"metadata": {"name": name, "labels": {"topology.kubernetes.io/zone": zone}}})
+}
+
+fn service(namespace: &str, name: &str, vip: SocketAddr) -> Value {
+    json!({
+        "metadata": {"namespace": namespace, "name": name},
+        "spec": {"type": "ClusterIP", "clusterIP": vip.ip().to_string(),
+                 "clusterIPs": [vip.ip().to_string()],
+                 "ports": [{"name": "http", "port": vip.port(), "protocol": "TCP",
+                            "targetPort": "http"}]}
+    })
+}
+
+/// An EndpointSlice of `service` with `endpoints` (all ready, on `node-a`) at `port`.
+fn slice(namespace: &str, service: &str, name: &str, port: u16, endpoints: &[Ipv4Addr]) -> Value {
+    let endpoints: Vec<Value> = endpoints
+        .iter()
+        .map(|ip| {
+            json!({"addresses": [ip.to_string()], "conditions": {"ready": true},
+                   "nodeName": "node-a"})
+        })
+        .collect();
+    json!({
+        "metadata": {"namespace": namespace, "name": name,
+                     "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+        "endpoints": endpoints
+    })
+}
+
+fn ask(addr: SocketAddr) -> std::io::Result<String> {
+    testkit::net::ask(addr, Duration::from_secs(2))
+}
+
+/// Asks until the answers (several tries) are exactly `want` (empty: refused).
+fn wait_for(addr: SocketAddr, want: &[&str], proxy: &LoggedChild) {
+    let want: BTreeSet<String> = want.iter().map(|s| (*s).to_owned()).collect();
+    let settled = poll(WAIT, Duration::from_millis(50), || {
+        let mut seen = BTreeSet::new();
+        for _ in 0..8 {
+            match ask(addr) {
+                Ok(answer) => {
+                    seen.insert(answer);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+                Err(e) => return Err(format!("{e}")),
+            }
+        }
+        if seen == want {
+            Ok(())
+        } else {
+            Err(format!("{seen:?}"))
+        }
+    });
+    if let Err(last) = settled {
+        panic!(
+            "{addr} never answered {want:?}; last: {last}; log:\n{}",
+            proxy.log()
+        );
+    }
+}
+
+fn start(kubeconfig: &std::path::Path, mode: &str, extra: &[&str]) -> LoggedChild {
+    LoggedChild::spawn(
+        "kube-svcproxy",
+        Command::new(KUBE_SVCPROXY)
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(["--hostname-override", "node-a", "--proxy-mode", mode])
+            .args(["--metrics-bind-address", "127.0.0.1:0"])
+            .args(["--healthz-bind-address", "127.0.0.1:0"])
+            .args(extra)
+            .env("RUST_LOG", "info,kube=warn")
+            .env("NO_COLOR", "1"),
+    )
+    .expect("start kube-svcproxy")
+}
+
+#[test]
+fn follows_the_api_server_through_gating_drops_410_relists_and_restarts() {
+    let dir = TempDir::new("kube");
+    let api = FakeApiServer::start();
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig()).expect("write kubeconfig");
+
+    let vip = Ipv4Addr::new(127, 0, 0, 51);
+    let blue = AnswerServer::named((Ipv4Addr::new(127, 0, 0, 52), 0).into(), "blue");
+    let port = blue.addr().port();
+    let green = AnswerServer::named((Ipv4Addr::new(127, 0, 0, 53), port).into(), "green");
+    let web = SocketAddr::from((vip, free_port(vip)));
+    let other = SocketAddr::from((vip, free_port(vip)));
+    api.apply(Resource::Nodes, node("node-a", "zone-1"));
+    api.apply(Resource::Services, service("shop", "web", web));
+    api.apply(Resource::Services, service("shop", "other", other));
+    api.apply(
+        Resource::EndpointSlices,
+        slice(
+            "shop",
+            "web",
+            "web-1",
+            port,
+            &[Ipv4Addr::new(127, 0, 0, 52)],
+        ),
+    );
+    api.apply(
+        Resource::EndpointSlices,
+        slice(
+            "shop",
+            "other",
+            "other-1",
+            port,
+            &[Ipv4Addr::new(127, 0, 0, 52)],
+        ),
+    );
+
+    // Gating: with the endpoint slices unlistable, nothing is programmed.
+    api.set_resource_available(Resource::EndpointSlices, false);
+    let proxy = start(&kubeconfig, "userspace", &[]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !proxy.log().contains("table loaded"),
+        "synced before the slices were listed:\n{}",
+        proxy.log()
+    );
+    assert!(ask(web).is_err(), "served before the first complete list");
+    api.set_resource_available(Resource::EndpointSlices, true);
+    wait_for(web, &["blue"], &proxy);
+    wait_for(other, &["blue"], &proxy);
+
+    // A change, and a second slice merged into the same port.
+    api.apply(
+        Resource::EndpointSlices,
+        slice(
+            "shop",
+            "web",
+            "web-1",
+            port,
+            &[Ipv4Addr::new(127, 0, 0, 53)],
+        ),
+    );
+    wait_for(web, &["green"], &proxy);
+    api.apply(
+        Resource::EndpointSlices,
+        slice(
+            "shop",
+            "web",
+            "web-2",
+            port,
+            &[Ipv4Addr::new(127, 0, 0, 52)],
+        ),
+    );
+    wait_for(web, &["blue", "green"], &proxy);
+
+    // A watch dropped mid-stream: the next change still arrives.
+    api.drop_watches();
+    api.delete(Resource::EndpointSlices, "shop", "web-2");
+    wait_for(web, &["green"], &proxy);
+
+    // 410 Gone: history compacted while the watches are cut; the relist holds one service
+    // fewer, which goes, and nothing else does.
+    api.delete(Resource::Services, "shop", "other");
+    api.compact();
+    api.drop_watches();
+    wait_for(other, &[], &proxy);
+    wait_for(web, &["green"], &proxy);
+    assert!(api.requests().0 >= 6, "relisted: {:?}", api.requests());
+
+    // The API server restarts: the dataplane keeps serving, then follows again.
+    api.set_available(false);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        ask(web).expect("serves while the API server is down"),
+        "green"
+    );
+    api.set_available(true);
+    api.apply(
+        Resource::EndpointSlices,
+        slice(
+            "shop",
+            "web",
+            "web-1",
+            port,
+            &[Ipv4Addr::new(127, 0, 0, 52)],
+        ),
+    );
+    wait_for(web, &["blue"], &proxy);
+
+    let (status, log) = proxy.terminate(WAIT);
+    assert!(status.success(), "{status}; log:\n{log}");
+    drop(green);
+}
+
+#[test]
+#[ignore = "needs root: CI runs --include-ignored"]
+fn kube_svcproxy_programs_iptables_in_a_namespace_from_the_api_server() {
+    let dir = TempDir::new("kube-ipt");
+    let ns = Netns::new("kube-ipt");
+    ns.ip_batch(&[
+        "link set lo up",
+        "addr add 198.18.5.1/32 dev lo",
+        "addr add 198.18.5.2/32 dev lo",
+        // Somewhere to route the cluster IP before OUTPUT's DNAT rewrites it.
+        "route add 198.19.0.0/16 dev lo",
+    ]);
+    // The API server and the pods inside the namespace.
+    let api = FakeApiServer::serve(
+        ns.run(|| TcpListener::bind("127.0.0.1:0"))
+            .expect("bind the fake API server"),
+    );
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig()).expect("write kubeconfig");
+    let pod = |ip: [u8; 4], name: &'static str| {
+        let listener = ns
+            .run(move || TcpListener::bind((Ipv4Addr::from(ip), 8080)))
+            .expect("bind pod");
+        AnswerServer::start(listener, move |_| name.to_owned())
+    };
+    let _a = pod([198, 18, 5, 1], "pod-a");
+    let _b = pod([198, 18, 5, 2], "pod-b");
+    let vip = SocketAddr::from(([198, 19, 0, 10], 80));
+    api.apply(Resource::Nodes, node("node-a", "zone-1"));
+    api.apply(Resource::Services, service("shop", "web", vip));
+    api.apply(
+        Resource::EndpointSlices,
+        slice(
+            "shop",
+            "web",
+            "web-1",
+            8080,
+            &[Ipv4Addr::new(198, 18, 5, 1)],
+        ),
+    );
+    let proxy = LoggedChild::spawn(
+        "kube-svcproxy",
+        ns.command(KUBE_SVCPROXY)
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["--hostname-override", "node-a", "--proxy-mode", "iptables"])
+            .args(["--metrics-bind-address", "127.0.0.1:10249"])
+            .args(["--healthz-bind-address", "127.0.0.1:10256"])
+            .env("RUST_LOG", "info,kube=warn")
+            .env("NO_COLOR", "1"),
+    )
+    .expect("start kube-svcproxy");
+    let ask_in_ns =
+        |addr: SocketAddr| ns.run(move || testkit::net::ask(addr, Duration::from_secs(1)));
+    let answered = |want: &'static str| {
+        poll(WAIT, Duration::from_millis(100), || match ask_in_ns(vip) {
+            Ok(answer) if answer == want => Ok(()),
+            other => Err(format!("{other:?}")),
+        })
+        .unwrap_or_else(|last| panic!("never {want}: {last}; log:\n{}", proxy.log()))
+    };
+    answered("pod-a");
+    let rules = ns.exec_ok("iptables-save", &["-t", "nat"]);
+    assert!(rules.contains("shop/web:http"), "{rules}");
+    // kube-proxy's health endpoints answer.
+    let livez = ns.run(|| {
+        use std::io::{Read as _, Write as _};
+        let mut stream = std::net::TcpStream::connect("127.0.0.1:10256")?;
+        stream.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text)?;
+        Ok::<_, std::io::Error>(text)
+    });
+    let livez = livez.expect("livez answers");
+    assert!(livez.starts_with("HTTP/1.1 200"), "{livez}");
+
+    api.apply(
+        Resource::EndpointSlices,
+        slice(
+            "shop",
+            "web",
+            "web-1",
+            8080,
+            &[Ipv4Addr::new(198, 18, 5, 2)],
+        ),
+    );
+    answered("pod-b");
+    let (status, log) = proxy.terminate(WAIT);
+    assert!(status.success(), "{status}; log:\n{log}");
+}
