@@ -220,3 +220,84 @@ fn etcd_txn_put(etcd: &Etcd, puts: &[(&str, String)]) -> String {
 fn quote_for_etcdctl(value: &str) -> String {
     format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""))
 }
+
+/// A watcher that falls behind a compaction (etcd cancels it with `compact_revision`, what the
+/// Go client reports as `ErrCompacted`) reads the catalogue again and carries on. The proxy is
+/// stopped (SIGSTOP) while thousands of events pile up behind its full gRPC stream, so that etcd
+/// takes it off the synced watchers; the store is then compacted past where it stopped.
+#[test]
+fn a_watch_left_behind_by_a_compaction_reads_the_catalogue_again() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+
+    let dir = TempDir::new("etcd-compact");
+    let etcd = Etcd::start(dir.path());
+    let vip = Ipv4Addr::new(127, 0, 0, 44);
+    let blue = AnswerServer::named((Ipv4Addr::new(127, 0, 0, 45), 0).into(), "blue");
+    let green = AnswerServer::named(
+        (Ipv4Addr::new(127, 0, 0, 46), blue.addr().port()).into(),
+        "green",
+    );
+    let web = SocketAddr::from((vip, free_port(vip)));
+    put_table(
+        &etcd,
+        &dir,
+        "blue.yaml",
+        &table(&[("shop/web", web, &blue)]),
+    );
+    let proxy = LoggedChild::spawn(
+        "svcproxy",
+        Command::new(SVCPROXY)
+            .args(["--etcd", &etcd.url()])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1"),
+    )
+    .expect("start svcproxy");
+    wait_for(web, Some("blue"), &proxy);
+
+    let pid = Pid::from_raw(i32::try_from(proxy.id()).expect("pid"));
+    kill(pid, Signal::SIGSTOP).expect("SIGSTOP svcproxy");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let filled = runtime.block_on(async {
+        let mut client = etcd_client::Client::connect([etcd.url()], None).await?;
+        // 400 revisions (10 keys of 4 KiB each): more watch responses than etcd queues for one
+        // watcher (128), behind a gRPC stream the stopped proxy does not read.
+        for batch in 0..400 {
+            let ops: Vec<etcd_client::TxnOp> = (0..10)
+                .map(|i| {
+                    let name = format!("filler/k{batch}-{i}");
+                    // Parses, names its key, lists no port: refused with a short reason.
+                    let value = format!("{{\"name\": \"{name}\"{}}}", " ".repeat(4096));
+                    etcd_client::TxnOp::put(format!("/svcproxy/services/{name}"), value, None)
+                })
+                .collect();
+            client.txn(etcd_client::Txn::new().and_then(ops)).await?;
+        }
+        let revision = client
+            .put(
+                "/svcproxy/services/shop/web",
+                single_json("shop/web", web, &green),
+                None,
+            )
+            .await?
+            .header()
+            .map_or(0, |h| h.revision());
+        client
+            .compact(
+                revision,
+                Some(etcd_client::CompactionOptions::new().with_physical()),
+            )
+            .await?;
+        Ok::<_, etcd_client::Error>(())
+    });
+    kill(pid, Signal::SIGCONT).expect("SIGCONT svcproxy");
+    filled.expect("fill and compact etcd");
+    wait_for(web, Some("green"), &proxy);
+    proxy.wait_for_log("is compacted", WAIT);
+    proxy.wait_for_log("catalogue read again", WAIT);
+    let (status, log) = proxy.terminate(WAIT);
+    assert!(status.success(), "{status}; log:\n{log}");
+}
