@@ -179,7 +179,7 @@ fn time_dry_run(svcproxy: &Path, table: &Path) -> Result<Duration, BenchError> {
 /// Directories whose `iptables*` commands are one variant's: svcproxy picks its variant from
 /// `iptables --version` (as the system's alternative says), so a `PATH` with these first makes it
 /// use the one measured. `[legacy, nft]`.
-fn variant_tools(workdir: &Path) -> Result<[PathBuf; 2], BenchError> {
+pub(crate) fn variant_tools(workdir: &Path) -> Result<[PathBuf; 2], BenchError> {
     let mut dirs = Vec::new();
     for variant in ["legacy", "nft"] {
         let dir = workdir.join(format!("tools-{variant}"));

@@ -21,6 +21,7 @@ mod error; // BenchError
 mod first_sync; // issue #11: file -> first sync through svcproxy, YAML and JSON, by table size
 mod iptables; // issue #4's suite: iptables sync costs and data path vs kube-proxy's layout
 mod ipvs; // issue #5's suite: IPVS vs iptables by table size, in the VM
+mod kube; // issue #14's figures: kube-svcproxy fed by a fake API server
 mod limits; // issue #10's suite: memory per connection and flow, rate at the descriptor limit
 mod load; // the load generator's scenarios
 mod netns; // client/node/server namespaces for the kernel backends
@@ -111,6 +112,9 @@ enum Cmd {
     /// through `nft -f`), kube-proxy's nftables layout and our iptables backend by N, each step
     /// in a fresh namespace; our partial syncs, restart and memory.
     Nftables(nftables::NftablesArgs),
+    /// Issue #14's figures: kube-svcproxy fed by a fake API server with N Services x E
+    /// endpoints: first sync, event-to-dataplane latency and memory per proxy mode.
+    Kube(kube::KubeArgs),
     /// `bench nftables`'s namespace side: one contender's syncs, one JSON line each.
     #[command(hide = true)]
     NftablesSync(nftables::node::SyncArgs),
@@ -409,6 +413,15 @@ async fn run(command: Cmd) -> Result<(), BenchError> {
             Ok(())
         }
         Cmd::NftablesSync(args) => nftables::node::run_sync(&args).await,
+        Cmd::Kube(args) => {
+            let paths = tokio::task::spawn_blocking(move || kube::run_kube(&args))
+                .await
+                .map_err(|e| BenchError::io("kube suite", std::io::Error::other(e)))??;
+            for path in paths {
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
         Cmd::Serve { listen, for_secs } => serve(&listen, Duration::from_secs_f64(for_secs)).await,
         Cmd::Load(spec) => {
             let outcome = spec.run().await?;

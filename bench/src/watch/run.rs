@@ -314,7 +314,7 @@ fn edit_and_wait(
 }
 
 /// `lastUpdated` of `http://ADDR/healthz`: the wall-clock end of the last successful sync.
-fn last_updated(addr: SocketAddr) -> Option<f64> {
+pub(crate) fn last_updated(addr: SocketAddr) -> Option<f64> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
     stream
