@@ -2,14 +2,18 @@
 //! (`testkit::kubeapi`): initial sync gating, changes, several slices merged, a watch dropped
 //! mid-stream, a relist after `410 Gone` that holds fewer objects, an API server restart; the
 //! userspace backend on loopback with real connections (no root), and the iptables backend in a
-//! network namespace (root).
+//! network namespace (root). The objects are k8s-openapi's types, serialised.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use k8s_openapi::api::core::v1::{Node, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::Value;
 use testkit::fs::TempDir;
 use testkit::kubeapi::{FakeApiServer, Resource};
 use testkit::net::AnswerServer;
@@ -27,35 +31,81 @@ fn free_port(ip: Ipv4Addr) -> u16 {
         .port()
 }
 
+// The objects are built from k8s-openapi's types and serialised, as the API server would send
+// them.
+
+fn to_json<T: serde::Serialize>(object: &T) -> Value {
+    serde_json::to_value(object).expect("k8s-openapi objects serialise")
+}
+
+fn meta(namespace: Option<&str>, name: &str, labels: &[(&str, &str)]) -> ObjectMeta {
+    ObjectMeta {
+        namespace: namespace.map(str::to_owned),
+        name: Some(name.to_owned()),
+        labels: (!labels.is_empty()).then(|| {
+            labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<BTreeMap<_, _>>()
+        }),
+        ..ObjectMeta::default()
+    }
+}
+
 fn node(name: &str, zone: &str) -> Value {
-    json!({"metadata": {"name": name, "labels": {"topology.kubernetes.io/zone": zone}}})
+    to_json(&Node {
+        metadata: meta(None, name, &[("topology.kubernetes.io/zone", zone)]),
+        ..Node::default()
+    })
 }
 
 fn service(namespace: &str, name: &str, vip: SocketAddr) -> Value {
-    json!({
-        "metadata": {"namespace": namespace, "name": name},
-        "spec": {"type": "ClusterIP", "clusterIP": vip.ip().to_string(),
-                 "clusterIPs": [vip.ip().to_string()],
-                 "ports": [{"name": "http", "port": vip.port(), "protocol": "TCP",
-                            "targetPort": "http"}]}
+    to_json(&Service {
+        metadata: meta(Some(namespace), name, &[]),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".to_owned()),
+            cluster_ip: Some(vip.ip().to_string()),
+            cluster_ips: Some(vec![vip.ip().to_string()]),
+            ports: Some(vec![ServicePort {
+                name: Some("http".to_owned()),
+                port: i32::from(vip.port()),
+                protocol: Some("TCP".to_owned()),
+                target_port: Some(IntOrString::String("http".to_owned())),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
     })
 }
 
 /// An EndpointSlice of `service` with `endpoints` (all ready, on `node-a`) at `port`.
 fn slice(namespace: &str, service: &str, name: &str, port: u16, endpoints: &[Ipv4Addr]) -> Value {
-    let endpoints: Vec<Value> = endpoints
-        .iter()
-        .map(|ip| {
-            json!({"addresses": [ip.to_string()], "conditions": {"ready": true},
-                   "nodeName": "node-a"})
-        })
-        .collect();
-    json!({
-        "metadata": {"namespace": namespace, "name": name,
-                     "labels": {"kubernetes.io/service-name": service}},
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
-        "endpoints": endpoints
+    to_json(&EndpointSlice {
+        metadata: meta(
+            Some(namespace),
+            name,
+            &[("kubernetes.io/service-name", service)],
+        ),
+        address_type: "IPv4".to_owned(),
+        ports: Some(vec![EndpointPort {
+            name: Some("http".to_owned()),
+            port: Some(i32::from(port)),
+            protocol: Some("TCP".to_owned()),
+            ..EndpointPort::default()
+        }]),
+        endpoints: endpoints
+            .iter()
+            .map(|ip| Endpoint {
+                addresses: vec![ip.to_string()],
+                conditions: Some(EndpointConditions {
+                    ready: Some(true),
+                    ..EndpointConditions::default()
+                }),
+                node_name: Some("node-a".to_owned()),
+                ..Endpoint::default()
+            })
+            .collect(),
     })
 }
 
