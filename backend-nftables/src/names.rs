@@ -79,8 +79,12 @@ pub enum ChainName {
     NodePortLocal(u32, u32),
     /// Balances over `j` short-circuit slots of the node-port endpoints map.
     NodePortShortCircuit(u32),
-    /// Records the client's endpoint choice in the affinity map with this timeout (seconds).
+    /// Records the client's endpoint choice in `affinity-v4` with this timeout (seconds).
     Affinity(u32),
+    /// The same for IPv6 (`affinity-v6`): a chain of its own, so that a table without IPv6
+    /// affinity holds no IPv6 `update` rule, which `nft` 1.0.6 cannot load back (see
+    /// `Rule::AffinityUpdate`).
+    AffinityV6(u32),
 }
 
 impl ChainName {
@@ -122,6 +126,7 @@ impl ChainName {
                 | ChainName::NodePortLocal(..)
                 | ChainName::NodePortShortCircuit(_)
                 | ChainName::Affinity(_)
+                | ChainName::AffinityV6(_)
         )
     }
 }
@@ -150,6 +155,13 @@ impl ChainName {
     pub fn parse(name: &str) -> Option<ChainName> {
         if let Some(c) = ChainName::FIXED.iter().find(|c| c.to_string() == name) {
             return Some(*c);
+        }
+        if let Some(secs) = name
+            .strip_prefix("affinity-v6-")
+            .filter(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|rest| rest.parse().ok())
+        {
+            return Some(ChainName::AffinityV6(secs));
         }
         let numbers = |rest: &str| -> Option<Vec<u32>> {
             rest.split('-')
@@ -221,6 +233,7 @@ impl fmt::Display for ChainName {
             ChainName::NodePortLocal(k, j) => write!(f, "nodeport-local-{k}-{j}"),
             ChainName::NodePortShortCircuit(j) => write!(f, "nodeport-short-circuit-{j}"),
             ChainName::Affinity(secs) => write!(f, "affinity-{secs}"),
+            ChainName::AffinityV6(secs) => write!(f, "affinity-v6-{secs}"),
         }
     }
 }
@@ -343,70 +356,5 @@ impl fmt::Display for SetName {
 
 /// Whether `name` is the name of a chain, set or map this crate creates in its table.
 pub fn is_owned(name: &str) -> bool {
-    const FIXED: [&str; 15] = [
-        "filter-prerouting-pre-dnat",
-        "filter-output-pre-dnat",
-        "nat-prerouting",
-        "nat-output",
-        "filter-input",
-        "filter-forward",
-        "filter-output",
-        "nat-postrouting",
-        "firewall-check",
-        "services",
-        "service-endpoints-check",
-        "nodeport-endpoints-check",
-        "mark-for-masquerade",
-        "masquerading",
-        "reject-chain",
-    ];
-    const COUNTED: [(&str, usize); 9] = [
-        ("service-", 1),
-        ("external-local-", 2),
-        ("external-", 1),
-        ("short-circuit-", 1),
-        ("nodeport-local-", 2),
-        ("nodeport-short-circuit-", 1),
-        ("nodeport-external-", 1),
-        ("nodeport-", 1),
-        ("affinity-", 1),
-    ];
-    if FIXED.contains(&name) {
-        return true;
-    }
-    for family in [Family::V4, Family::V6] {
-        let suffix = format!("-{}", family.suffix());
-        if let Some(base) = name.strip_suffix(&suffix) {
-            let set = SetName::ClusterCidrs(family);
-            let all = [
-                set,
-                SetName::ClusterIps(family),
-                SetName::NodePortIps(family),
-                SetName::ServiceIps(family),
-                SetName::ServiceNodePorts(family),
-                SetName::NoEndpointServices(family),
-                SetName::NoEndpointNodePorts(family),
-                SetName::FirewallIps(family),
-                SetName::FirewallAllow(family),
-                SetName::Endpoints(family),
-                SetName::NodePortEndpoints(family),
-                SetName::Hairpin(family),
-                SetName::AffinityServices(family),
-                SetName::AffinityNodePorts(family),
-                SetName::Affinity(family),
-            ];
-            if all.iter().any(|s| s.base() == base) {
-                return true;
-            }
-        }
-    }
-    COUNTED.iter().any(|(prefix, numbers)| {
-        name.strip_prefix(prefix).is_some_and(|rest| {
-            let parts: Vec<&str> = rest.split('-').collect();
-            parts.len() == *numbers
-                && parts
-                    .iter()
-                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-        })
-    })
+    ChainName::parse(name).is_some() || SetName::parse(name).is_some()
 }

@@ -66,7 +66,8 @@
 //!   chains, where the chosen endpoint is the packet's destination and the service address
 //!   and port are the connection's original ones: `ct original ip daddr . meta l4proto . ct
 //!   original proto-dst vmap @affinity-services` leads a new connection of an affinity port
-//!   to `affinity-<timeout>`, one shared chain per distinct timeout, which does `update
+//!   to `affinity-<timeout>` (IPv6: `affinity-v6-<timeout>`), one shared chain per distinct
+//!   timeout and family, which does `update
 //!   @affinity { ... timeout <t> : ip daddr . th dport }` (`update` refreshes the timeout on
 //!   each new connection, as `-m recent --set` does). Node ports use `affinity-nodeports`,
 //!   keyed `proto . port`. Why not record before DNAT: nft 1.0.6 cannot write an element whose
@@ -347,7 +348,6 @@ fn stale_affinity(changes: &ChangeSet) -> BTreeSet<(Family, SocketAddr)> {
             .all_reachable
             .iter()
             .map(|ep| (Family::of(ep.addr), SocketAddr::new(ep.addr, ep.port)))
-            .filter(|(family, _)| *family == layout::AFFINITY_FAMILY)
             .collect()
     }
     let mut stale = BTreeSet::new();

@@ -468,3 +468,74 @@ fn ipv6_cluster_ip_reaches_its_endpoint() {
     );
     assert_eq!(server.stop(), 1);
 }
+
+/// IPv6 client-IP affinity, over netlink (`nft` 1.0.6 cannot load its `update` rule, but lists
+/// it): one client reaches one of two IPv6 endpoints every time, and `affinity-v6` holds its
+/// element with the port's timeout.
+#[test]
+#[ignore = "needs root: CI runs --include-ignored"]
+fn ipv6_client_ip_affinity_sends_a_client_to_the_same_endpoint() {
+    let node = Netns::new("aff6node");
+    let pod = Netns::new("aff6pod");
+    veth(&node, "p0", &pod, "eth0");
+    node.ip_batch(&[
+        "link set lo up",
+        "addr add 2001:db8:18:1::1/64 dev p0 nodad",
+        "link set p0 up",
+        "route add 2001:db8:19::/64 dev p0",
+    ]);
+    pod.ip_batch(&[
+        "link set lo up",
+        "addr add 2001:db8:18:1::10/64 dev eth0 nodad",
+        "addr add 2001:db8:18:1::11/64 dev eth0 nodad",
+        "link set eth0 up",
+        "route add default via 2001:db8:18:1::1",
+    ]);
+    let mut sticky = port(
+        "sticky",
+        "2001:db8:19::10",
+        Protocol::Tcp,
+        80,
+        &[("2001:db8:18:1::10", 8080), ("2001:db8:18:1::11", 8080)],
+    );
+    sticky.session_affinity = proxy_core::table::SessionAffinity::ClientIp {
+        timeout: Duration::from_secs(600),
+    };
+    let t = table(vec![sticky]);
+    let servers: Vec<testkit::net::AnswerServer> =
+        ["[2001:db8:18:1::10]:8080", "[2001:db8:18:1::11]:8080"]
+            .iter()
+            .map(|addr| {
+                let listener = pod
+                    .run(move || TcpListener::bind(addr))
+                    .expect("bind an endpoint");
+                let me = addr.to_string();
+                testkit::net::AnswerServer::start(listener, move |_| format!("{me}\n"))
+            })
+            .collect();
+    let (answers, listed) = node.run(move || {
+        let mut dp = NftablesDataplane::new(nft_cases::config());
+        let report = full(&mut dp, &t);
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        let vip = SocketAddr::new(ip("2001:db8:19::10"), 80);
+        let answers: std::collections::BTreeSet<String> = (0..16)
+            .map(|_| testkit::net::ask(vip, Duration::from_secs(5)).expect("cluster IP answers"))
+            .collect();
+        let listed = run("nft", &["list", "map", "inet", "svcproxy", "affinity-v6"]);
+        (answers, listed)
+    });
+    assert_eq!(
+        answers.len(),
+        1,
+        "one client, several endpoints: {answers:?}\n{listed}"
+    );
+    let element = listed
+        .lines()
+        .find(|l| l.contains("2001:db8:18:1::1 . 2001:db8:19::10 . tcp . 80 "));
+    assert!(
+        element.is_some_and(|l| l.contains(" timeout 10m ")),
+        "the affinity map holds the client's endpoint:\n{listed}"
+    );
+    let served: usize = servers.into_iter().map(|s| s.stop()).sum();
+    assert_eq!(served, 16);
+}

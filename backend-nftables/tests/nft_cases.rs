@@ -51,6 +51,12 @@ pub fn dir(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// Cases whose table `nft` 1.0.6 lists but cannot load back: an IPv6 affinity `update` (a
+/// 40-byte key and 20 bytes of data) aborts its register allocation (`netlink_gen_expr:
+/// Assertion 'dreg < ctx->reg_low' failed`). We program them over netlink; the tests that load
+/// a golden with `nft -f` check that it still fails, so that an `nft` that learns it shows up.
+pub const NFT_CANNOT_LOAD: &[&str] = &["affinity_ipv6"];
+
 /// Every case, by name, in name order.
 pub fn cases() -> Vec<(String, PathBuf)> {
     let mut cases: Vec<(String, PathBuf)> = std::fs::read_dir(dir("tables"))
@@ -84,7 +90,7 @@ pub fn plan_case(path: &Path) -> DesiredTable {
 #[test]
 fn every_case_loads_and_plans() {
     let cases = cases();
-    assert!(cases.len() >= 9, "expected the 9 cases, found {cases:?}");
+    assert!(cases.len() >= 10, "expected the 10 cases, found {cases:?}");
     for (name, path) in cases {
         let d = plan_case(&path);
         assert!(d.table.element_count() > 0, "{name}: no element planned");

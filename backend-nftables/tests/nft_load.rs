@@ -42,6 +42,32 @@ fn goldens_load_and_list_back_byte_equal() {
         let path = nft_cases::dir("golden").join(format!("{name}.nft"));
         let golden = std::fs::read_to_string(&path).expect("golden file");
         let text = table_text(&golden);
+        if nft_cases::NFT_CANNOT_LOAD.contains(&name.as_str()) {
+            // `encode_netns` programs it over netlink and lists it equal to the golden.
+            let script = text.clone();
+            let loaded = in_new_netns(move || {
+                let mut child = std::process::Command::new("nft")
+                    .args(["-f", "-"])
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .expect("run nft");
+                use std::io::Write as _;
+                let _ = child
+                    .stdin
+                    .take()
+                    .expect("piped")
+                    .write_all(script.as_bytes());
+                child.wait().expect("nft exits").success()
+            });
+            if loaded {
+                failures.push(format!(
+                    "{name}: nft now loads it: move it out of NFT_CANNOT_LOAD"
+                ));
+            }
+            continue;
+        }
         let table = nft_cases::config().table;
         let script = text.clone();
         let listed = in_new_netns(move || load_and_list(&script, &table));

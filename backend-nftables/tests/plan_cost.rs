@@ -143,9 +143,9 @@ fn a_new_endpoint_count_adds_its_chain_only_the_first_time() {
         "{:?}",
         first.2
     );
-    // The chain and its three rules (affinity lookup, v4 and v6 DNAT), nothing else but
-    // elements.
-    assert_eq!(first.1, 4, "{:?}", first.2);
+    // The chain and its four rules (the v4 and v6 affinity lookups, v4 and v6 DNAT), nothing
+    // else but elements.
+    assert_eq!(first.1, 5, "{:?}", first.2);
     assert!(chains(&second.2).is_empty(), "{:?}", second.2);
     assert_eq!(second.1, 0, "{:?}", second.2);
     // Re-pointed dispatch (delete + add), one new slot, one new hairpin pair.

@@ -841,8 +841,15 @@ pub fn rule_exprs(rule: &Rule, anon: Option<u32>) -> Vec<Expr> {
             timeout_secs,
         } => {
             let a = addr_units(family);
-            // The data follows the key in the next 16-byte register.
-            let data = (2 * a + 2 + 3) & !3;
+            // IPv4: the data in the 16-byte register after the key's, where `nft` puts it (so
+            // that a rule loaded with `nft -f` reads back the same). IPv6: right after the
+            // 40-byte key, the only place 20 bytes of data still fit in the 64 bytes of
+            // registers (`nft` 1.0.6 cannot build this rule: it allocates 16-byte registers).
+            let key_units = 2 * a + 2;
+            let data = match family {
+                Family::V4 => (key_units + 3) & !3,
+                Family::V6 => key_units,
+            };
             e.extend(anon_lookup(anon));
             e.extend(nfproto(family));
             e.extend([

@@ -15,7 +15,7 @@ use proxy_core::diff::ChangeSet;
 use proxy_core::select::{select_endpoints, EndpointSelection, Target};
 use proxy_core::table::{Endpoint, ServicePort, ServicePortName, ServiceTable, TrafficPolicy};
 
-use super::layout::{chain, skeleton, AFFINITY_FAMILY};
+use super::layout::{chain, skeleton};
 use crate::config::NftablesConfig;
 use crate::model::{Family, Key, Table, Value, Verdict, SHORT_CIRCUIT_SLOT};
 use crate::names::{ChainName, SetName};
@@ -499,14 +499,7 @@ fn plan_address(
 /// (`affinity-nodeports`), leading to the chain of the port's timeout.
 fn plan_affinity(objects: &mut PortObjects, port: &ServicePort, family: Family, address: &Address) {
     let affinity = port.session_affinity.timeout();
-    if affinity.is_some() && family != AFFINITY_FAMILY {
-        objects.problems.push(SyncProblem::of_port(
-            port.name.clone(),
-            format!("{} session affinity on {}", port.name, address.key),
-            "client-IP affinity is not implemented for IPv6 yet (TODO(#13)): balanced \
-             without stickiness",
-        ));
-    } else if let Some(timeout) = affinity {
+    if let Some(timeout) = affinity {
         // Recorded after DNAT under the original destination (see `Rule::AffinityDispatch`).
         let secs = u32::try_from(timeout.as_secs()).unwrap_or(u32::MAX).max(1);
         let map = if address.is_node_port {
@@ -514,12 +507,14 @@ fn plan_affinity(objects: &mut PortObjects, port: &ServicePort, family: Family, 
         } else {
             SetName::AffinityServices(family)
         };
-        objects.chains.insert(ChainName::Affinity(secs));
-        objects.elements.push((
-            map,
-            address.key,
-            Value::Verdict(Verdict::Jump(ChainName::Affinity(secs))),
-        ));
+        let chain = match family {
+            Family::V4 => ChainName::Affinity(secs),
+            Family::V6 => ChainName::AffinityV6(secs),
+        };
+        objects.chains.insert(chain);
+        objects
+            .elements
+            .push((map, address.key, Value::Verdict(Verdict::Jump(chain))));
     }
 }
 

@@ -55,7 +55,7 @@ fn fixed_sets(family: Family, config: &NftablesConfig, node_ips: &BTreeSet<IpAdd
         SetName::NodePortEndpoints(family),
         SetName::Hairpin(family),
     ];
-    if family == AFFINITY_FAMILY {
+    {
         names.extend([
             SetName::AffinityServices(family),
             SetName::AffinityNodePorts(family),
@@ -214,22 +214,15 @@ fn fixed_rules(name: ChainName, config: &NftablesConfig) -> Vec<Rule> {
 /// every new DNATed connection to an address (node port) in `affinity-services`
 /// (`affinity-nodeports`) jumps to the `affinity-<timeout>` chain of its port.
 fn affinity_dispatch() -> Vec<Rule> {
-    [false, true]
+    Family::ALL
         .into_iter()
-        .map(|node_ports| Rule::AffinityDispatch {
-            family: AFFINITY_FAMILY,
-            node_ports,
+        .flat_map(|family| {
+            [false, true]
+                .into_iter()
+                .map(move |node_ports| Rule::AffinityDispatch { family, node_ports })
         })
         .collect()
 }
-
-/// The family client-IP affinity is implemented for. IPv6 is not, yet: nft 1.0.6 aborts on
-/// an `update` of an IPv6 map with data (`netlink_gen_expr: Assertion 'dreg <
-/// ctx->reg_low' failed`: a 40-byte key plus 20 bytes of data exceeds its register
-/// allocation; tried on this host), so an IPv6 address of an affinity port is balanced
-/// without stickiness and reported as a problem. TODO(#13): emit it over netlink, where the
-/// registers are ours (60 of 64 bytes).
-pub const AFFINITY_FAMILY: Family = Family::V4;
 
 /// The node addresses node ports are served on when `node_port_addresses` narrows them.
 pub fn node_port_ips(config: &NftablesConfig, node_ips: &BTreeSet<IpAddr>) -> Vec<IpAddr> {
@@ -246,9 +239,9 @@ pub fn chain(name: ChainName, config: &NftablesConfig) -> Chain {
     // Every balancing chain first asks the affinity map: a client that has an element for this
     // destination is sent to the same endpoint again (no element: balance).
     let dnat = |map, modulus, offset| {
-        let lookups = std::iter::once(Rule::AffinityLookup {
-            family: AFFINITY_FAMILY,
-        });
+        let lookups = Family::ALL
+            .iter()
+            .map(|&family| Rule::AffinityLookup { family });
         let balance = Family::ALL.iter().map(move |&family| Rule::Dnat {
             family,
             map,
@@ -288,7 +281,11 @@ pub fn chain(name: ChainName, config: &NftablesConfig) -> Chain {
         C::ExternalLocal(k, j) => local(k, j, C::Service(k), C::ShortCircuit(j)),
         C::NodePortLocal(k, j) => local(k, j, C::NodePort(k), C::NodePortShortCircuit(j)),
         C::Affinity(secs) => vec![Rule::AffinityUpdate {
-            family: AFFINITY_FAMILY,
+            family: Family::V4,
+            timeout_secs: secs,
+        }],
+        C::AffinityV6(secs) => vec![Rule::AffinityUpdate {
+            family: Family::V6,
             timeout_secs: secs,
         }],
         _ => Vec::new(),
