@@ -513,7 +513,7 @@ fn ipv6_client_ip_affinity_sends_a_client_to_the_same_endpoint() {
                 testkit::net::AnswerServer::start(listener, move |_| format!("{me}\n"))
             })
             .collect();
-    let (answers, listed) = node.run(move || {
+    let (answers, listed, purged) = node.run(move || {
         let mut dp = NftablesDataplane::new(nft_cases::config());
         let report = full(&mut dp, &t);
         assert!(report.problems.is_empty(), "{:?}", report.problems);
@@ -522,7 +522,33 @@ fn ipv6_client_ip_affinity_sends_a_client_to_the_same_endpoint() {
             .map(|_| testkit::net::ask(vip, Duration::from_secs(5)).expect("cluster IP answers"))
             .collect();
         let listed = run("nft", &["list", "map", "inet", "svcproxy", "affinity-v6"]);
-        (answers, listed)
+        // The chosen endpoint leaves: a partial sync purges the elements leading to it.
+        let chosen = answers
+            .iter()
+            .next()
+            .map(|a| a.trim().to_owned())
+            .unwrap_or_default();
+        let keep = if chosen.contains("::10]") {
+            "2001:db8:18:1::11"
+        } else {
+            "2001:db8:18:1::10"
+        };
+        let mut after = port(
+            "sticky",
+            "2001:db8:19::10",
+            Protocol::Tcp,
+            80,
+            &[(keep, 8080)],
+        );
+        after.session_affinity = proxy_core::table::SessionAffinity::ClientIp {
+            timeout: Duration::from_secs(600),
+        };
+        let next = table(vec![after]);
+        let changes = diff(&t, &next);
+        let report = sync(&mut dp, &next, &changes, SyncMode::Partial);
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        let purged = run("nft", &["list", "map", "inet", "svcproxy", "affinity-v6"]);
+        (answers, listed, purged)
     });
     assert_eq!(
         answers.len(),
@@ -535,6 +561,10 @@ fn ipv6_client_ip_affinity_sends_a_client_to_the_same_endpoint() {
     assert!(
         element.is_some_and(|l| l.contains(" timeout 10m ")),
         "the affinity map holds the client's endpoint:\n{listed}"
+    );
+    assert!(
+        !purged.contains("2001:db8:18:1::1 . 2001:db8:19::10 . tcp . 80 "),
+        "the element of an endpoint gone is purged:\n{purged}"
     );
     let served: usize = servers.into_iter().map(|s| s.stop()).sum();
     assert_eq!(served, 16);
