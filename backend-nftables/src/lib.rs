@@ -89,9 +89,9 @@
 //! addresses ([`plan::DesiredTable::readdress`]). Without `node_port_addresses`, node ports
 //! follow `fib daddr type local` and need no address.
 //!
-//! The known limits (node-port affinity keyed by `proto . port`; a transaction bounded by what
-//! the socket's send buffer can grow to; `nft` 1.0.6 cannot load back a table with IPv6
-//! affinity, which it lists) are in the design note.
+//! The known limits (a transaction bounded by what the socket's send buffer can grow to; `nft`
+//! 1.0.6 cannot load back a table with IPv6 affinity, which it lists; node-port affinity only
+//! on the node addresses the address source knows) are in the design note.
 #![forbid(unsafe_code)]
 
 pub use config::NftablesConfig;

@@ -231,6 +231,7 @@ impl SetName {
             },
             SetName::ClusterIps(_)
             | SetName::NodePortIps(_)
+            | SetName::NodeIps(_)
             | SetName::FirewallIps(_)
             | SetName::Hairpin(_) => plain,
             SetName::ServiceIps(_)
@@ -376,8 +377,9 @@ pub enum Rule {
     },
     /// Client-IP affinity, after DNAT: `meta l4proto { tcp, udp, sctp } ct state new ct status
     /// dnat ct original ip daddr . meta l4proto . ct original proto-dst vmap
-    /// @affinity-services-v4` (node ports: `meta nfproto ipv4 ... meta l4proto . ct original
-    /// proto-dst vmap @affinity-nodeports-v4`). The protocol set gives `proto-dst` its type.
+    /// @affinity-services-v4` (node ports: `... ct original ip daddr @node-ips-v4 meta l4proto .
+    /// ct original proto-dst vmap @affinity-nodeports-v4`). The protocol set gives `proto-dst`
+    /// its type.
     AffinityDispatch {
         /// Family.
         family: Family,

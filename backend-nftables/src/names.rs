@@ -247,6 +247,9 @@ pub enum SetName {
     ClusterIps(Family),
     /// The node addresses node ports answer on, when `node_port_addresses` narrows them.
     NodePortIps(Family),
+    /// Every address of the node (followed as they come and go): a connection to one of them
+    /// is a node-port connection to the affinity dispatch.
+    NodeIps(Family),
     /// Dispatch: `addr . proto . port : verdict` for cluster, external and load-balancer IPs.
     ServiceIps(Family),
     /// Dispatch: `proto . port : verdict` for node ports.
@@ -281,6 +284,7 @@ impl SetName {
             SetName::ClusterCidrs(f)
             | SetName::ClusterIps(f)
             | SetName::NodePortIps(f)
+            | SetName::NodeIps(f)
             | SetName::ServiceIps(f)
             | SetName::ServiceNodePorts(f)
             | SetName::NoEndpointServices(f)
@@ -301,6 +305,7 @@ impl SetName {
             SetName::ClusterCidrs(_) => "cluster-cidrs",
             SetName::ClusterIps(_) => "cluster-ips",
             SetName::NodePortIps(_) => "nodeport-ips",
+            SetName::NodeIps(_) => "node-ips",
             SetName::ServiceIps(_) => "service-ips",
             SetName::ServiceNodePorts(_) => "service-nodeports",
             SetName::NoEndpointServices(_) => "no-endpoint-services",
@@ -319,11 +324,12 @@ impl SetName {
 
 impl SetName {
     /// Every set and map of one family, in declaration order.
-    pub fn all(family: Family) -> [SetName; 15] {
+    pub fn all(family: Family) -> [SetName; 16] {
         [
             SetName::ClusterCidrs(family),
             SetName::ClusterIps(family),
             SetName::NodePortIps(family),
+            SetName::NodeIps(family),
             SetName::ServiceIps(family),
             SetName::ServiceNodePorts(family),
             SetName::NoEndpointServices(family),

@@ -484,7 +484,7 @@ pub fn decode_elements(set: SetName, elements: &[Vec<SetElemAttr>]) -> BTreeMap<
             continue;
         };
         let key = match set {
-            SetName::ClusterIps(_) | SetName::NodePortIps(_) => {
+            SetName::ClusterIps(_) | SetName::NodePortIps(_) | SetName::NodeIps(_) => {
                 addr_at(family, k, 0).map(Key::Addr)
             }
             SetName::ServiceIps(_)

@@ -70,7 +70,8 @@
 //!   timeout and family, which does `update
 //!   @affinity { ... timeout <t> : ip daddr . th dport }` (`update` refreshes the timeout on
 //!   each new connection, as `-m recent --set` does). Node ports use `affinity-nodeports`,
-//!   keyed `proto . port`. Why not record before DNAT: nft 1.0.6 cannot write an element whose
+//!   keyed `proto . port`, for connections whose original destination is in `node-ips` (the
+//!   node's addresses). Why not record before DNAT: nft 1.0.6 cannot write an element whose
 //!   data is a map lookup (`update @m { k : ... map @endpoints }` is a syntax error), and `ct
 //!   original proto-dst` needs a protocol (`meta l4proto { tcp, udp, sctp }`) to have a type in
 //!   a concatenation (both tried on this host). An endpoint an affinity port stops using is

@@ -90,9 +90,10 @@ pub fn type_line(name: SetName) -> String {
     let a = f.addr_type();
     let kw = f.keyword();
     match name {
-        SetName::ClusterCidrs(_) | SetName::ClusterIps(_) | SetName::NodePortIps(_) => {
-            format!("type {a}")
-        }
+        SetName::ClusterCidrs(_)
+        | SetName::ClusterIps(_)
+        | SetName::NodePortIps(_)
+        | SetName::NodeIps(_) => format!("type {a}"),
         SetName::ServiceIps(_) | SetName::NoEndpointServices(_) => {
             format!("type {a} . inet_proto . inet_service : verdict")
         }
@@ -123,7 +124,8 @@ fn per_line(name: SetName) -> usize {
     match name {
         SetName::ClusterCidrs(Family::V4)
         | SetName::ClusterIps(Family::V4)
-        | SetName::NodePortIps(Family::V4) => 2,
+        | SetName::NodePortIps(Family::V4)
+        | SetName::NodeIps(Family::V4) => 2,
         _ => 1,
     }
 }
@@ -396,8 +398,9 @@ impl fmt::Display for Rule {
                 if node_ports {
                     write!(
                         f,
-                        "meta nfproto {} ct state new ct status dnat meta l4proto . ct original proto-dst vmap @{}",
-                        family.nfproto(),
+                        "ct state new ct status dnat ct original {} daddr @{} meta l4proto . ct original proto-dst vmap @{}",
+                        family.keyword(),
+                        SetName::NodeIps(family),
                         SetName::AffinityNodePorts(family)
                     )
                 } else {

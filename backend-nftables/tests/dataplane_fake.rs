@@ -406,8 +406,11 @@ fn a_node_address_change_rewrites_exactly_the_elements_that_depend_on_it() {
     let sent_before = fake.received().len();
     let moved = sync(&mut dp, &t, &ChangeSet::default(), SyncMode::Partial).expect("partial");
     assert_eq!(moved.mode, SyncMode::Partial);
+    let node_ips_set = SetName::NodeIps(v4);
     let want: BTreeSet<(char, SetName, Key)> = [
         ('-', nodeport_ips, Key::Addr(ip("198.18.0.1"))),
+        ('-', node_ips_set, Key::Addr(ip("198.18.0.1"))),
+        ('+', node_ips_set, Key::Addr(ip("198.19.200.1"))),
         ('-', allow, allow_itself("198.19.101.20")),
     ]
     .into_iter()
@@ -422,14 +425,15 @@ fn a_node_address_change_rewrites_exactly_the_elements_that_depend_on_it() {
         .iter()
         .map(|m| m.message_type)
         .collect();
-    // BEGIN, one DELSETELEM per set, END; then the drift fingerprint's requests.
+    // BEGIN, one DELSETELEM per set, the NEWSETELEM of node-ips, END; then the drift
+    // fingerprint's requests.
     const DELSETELEM: u16 = 0x0a0e;
     assert_eq!(
         kinds.iter().filter(|k| **k == DELSETELEM).count(),
-        2,
+        3,
         "{kinds:x?}"
     );
-    assert_eq!(kinds.iter().filter(|k| **k == NEWSETELEM).count(), 0);
+    assert_eq!(kinds.iter().filter(|k| **k == NEWSETELEM).count(), 1);
     let fresh = desired(&t, &config, &[ip("198.19.200.1")].into_iter().collect());
     assert_eq!(
         dp.kernel(),
@@ -476,12 +480,15 @@ fn a_node_address_change_rewrites_exactly_the_elements_that_depend_on_it() {
     let expected: BTreeSet<(SetName, Key)> = [
         (nodeport_ips, Key::Addr(ip("198.18.0.7"))),
         (nodeport_ips, Key::Addr(ip("198.18.0.9"))),
+        (node_ips_set, Key::Addr(ip("198.18.0.7"))),
+        (node_ips_set, Key::Addr(ip("198.18.0.9"))),
+        (node_ips_set, Key::Addr(ip("198.19.200.1"))),
     ]
     .into_iter()
     .collect();
     assert_eq!(
         touched, expected,
-        "both ranges still hold the node: only nodeport-ips moves"
+        "both ranges still hold the node: only nodeport-ips and node-ips move"
     );
 }
 

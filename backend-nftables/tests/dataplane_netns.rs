@@ -200,6 +200,13 @@ fn cluster_ip_then_partial_syncs_equal_a_fresh_full_sync() {
         "what the dataplane believes is what the kernel holds"
     );
     let fresh = in_new_netns(move || {
+        // The node's address, which `node-ips` follows, as in the node namespace.
+        run(
+            "ip",
+            &["link", "add", "p0", "type", "veth", "peer", "name", "p1"],
+        );
+        run("ip", &["addr", "add", "198.18.1.1/24", "dev", "p0"]);
+        run("ip", &["link", "set", "p0", "up"]);
         let mut dp = NftablesDataplane::new(nft_cases::config());
         full(&mut dp, &t5);
         run("nft", &["list", "table", "inet", "svcproxy"])
@@ -568,4 +575,66 @@ fn ipv6_client_ip_affinity_sends_a_client_to_the_same_endpoint() {
     );
     let served: usize = servers.into_iter().map(|s| s.stop()).sum();
     assert_eq!(served, 16);
+}
+
+/// Node-port affinity records only connections to a node address: a cluster IP whose port
+/// number equals an affinity node port's stays unsticky (it used to be keyed by `proto . port`
+/// alone), while the node port itself sticks.
+#[test]
+#[ignore = "needs root: CI runs --include-ignored"]
+fn node_port_affinity_does_not_stick_a_cluster_ip_of_the_same_port_number() {
+    let (node, pod) = nft_cases::node_and_pod("npaff");
+    pod.ip(&["addr", "add", "198.18.1.11/24", "dev", "eth0"]);
+    let endpoints = [("198.18.1.10", 8080), ("198.18.1.11", 8080)];
+    let plain = port("plain", "198.19.0.20", Protocol::Tcp, 30080, &endpoints);
+    let mut sticky = port("sticky", "198.19.0.21", Protocol::Tcp, 80, &endpoints);
+    sticky.node_port = Some(30080);
+    sticky.session_affinity = proxy_core::table::SessionAffinity::ClientIp {
+        timeout: Duration::from_secs(600),
+    };
+    let t = table(vec![plain, sticky]);
+    let servers: Vec<testkit::net::AnswerServer> = ["198.18.1.10:8080", "198.18.1.11:8080"]
+        .iter()
+        .map(|addr| {
+            let listener = pod
+                .run(move || TcpListener::bind(addr))
+                .expect("bind an endpoint");
+            let me = addr.to_string();
+            testkit::net::AnswerServer::start(listener, move |_| format!("{me}\n"))
+        })
+        .collect();
+    let (plain_answers, node_port_answers, listed) = node.run(move || {
+        let mut dp = NftablesDataplane::new(nft_cases::config());
+        let report = full(&mut dp, &t);
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        let ask_all = |to: SocketAddr| -> std::collections::BTreeSet<String> {
+            (0..16)
+                .map(|_| testkit::net::ask(to, Duration::from_secs(5)).expect("answers"))
+                .collect()
+        };
+        let plain = ask_all(SocketAddr::new(ip("198.19.0.20"), 30080));
+        let node_port = ask_all(SocketAddr::new(ip("198.18.1.1"), 30080));
+        let listed = run("nft", &["list", "map", "inet", "svcproxy", "affinity-v4"]);
+        (plain, node_port, listed)
+    });
+    assert_eq!(
+        plain_answers.len(),
+        2,
+        "the cluster IP without affinity balances: {plain_answers:?}\n{listed}"
+    );
+    assert!(
+        !listed.contains(". 198.19.0.20 . tcp . 30080 "),
+        "no affinity element for the cluster IP:\n{listed}"
+    );
+    assert_eq!(
+        node_port_answers.len(),
+        1,
+        "the affinity node port sticks: {node_port_answers:?}\n{listed}"
+    );
+    assert!(
+        listed.contains(". 198.18.1.1 . tcp . 30080 "),
+        "the node port's element is recorded under the node address:\n{listed}"
+    );
+    let served: usize = servers.into_iter().map(|s| s.stop()).sum();
+    assert_eq!(served, 32);
 }

@@ -376,9 +376,10 @@ fn declaration(name: SetName) -> Declaration {
     let slot: Field = (datatype::INTEGER, 4);
     let v4 = family == Family::V4;
     let (key, data, userdata) = match name {
-        SetName::ClusterCidrs(_) | SetName::ClusterIps(_) | SetName::NodePortIps(_) => {
-            (vec![addr], None, UD_HOST)
-        }
+        SetName::ClusterCidrs(_)
+        | SetName::ClusterIps(_)
+        | SetName::NodePortIps(_)
+        | SetName::NodeIps(_) => (vec![addr], None, UD_HOST),
         SetName::ServiceIps(_) | SetName::NoEndpointServices(_) | SetName::AffinityServices(_) => {
             (vec![addr, proto, port], Some(vec![]), UD_VMAP)
         }
@@ -814,12 +815,15 @@ pub fn rule_exprs(rule: &Rule, anon: Option<u32>) -> Vec<Expr> {
         }
         Rule::AffinityDispatch { family, node_ports } => {
             e.extend(anon_lookup(anon));
-            if node_ports {
-                e.extend(nfproto(family));
-            }
             e.extend(ct_bits(CtKey::State, ct_state::NEW));
             e.extend(ct_bits(CtKey::Status, ct_status::DNAT));
             let map = if node_ports {
+                // Only connections to a node address: a cluster IP that shares the node
+                // port's number is not a node-port connection.
+                e.extend([
+                    ct_original_daddr(family, reg::REG_1),
+                    Expr::lookup(&SetName::NodeIps(family).to_string(), reg::REG_1, false),
+                ]);
                 e.extend([
                     l4proto(reg::REG_1),
                     ct_original(NFT_CT_PROTO_DST, reg_at(1)),

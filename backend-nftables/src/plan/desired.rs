@@ -140,7 +140,8 @@ impl DesiredTable {
         }
         let fresh = skeleton(&self.config, &node_ips);
         for (name, set) in fresh.sets {
-            if let (SetName::NodePortIps(_), Some(have)) = (name, self.table.sets.get_mut(&name)) {
+            let follows_addresses = matches!(name, SetName::NodePortIps(_) | SetName::NodeIps(_));
+            if let (true, Some(have)) = (follows_addresses, self.table.sets.get_mut(&name)) {
                 touched.extend(have.elements.keys().map(|k| (name, *k)));
                 touched.extend(set.elements.keys().map(|k| (name, *k)));
                 have.elements = set.elements;

@@ -54,6 +54,7 @@ fn fixed_sets(family: Family, config: &NftablesConfig, node_ips: &BTreeSet<IpAdd
         SetName::Endpoints(family),
         SetName::NodePortEndpoints(family),
         SetName::Hairpin(family),
+        SetName::NodeIps(family),
     ];
     {
         names.extend([
@@ -78,6 +79,11 @@ fn fixed_sets(family: Family, config: &NftablesConfig, node_ips: &BTreeSet<IpAdd
                 .into_iter()
                 .filter(|ip| Family::of(*ip) == family)
                 .map(Key::Addr)
+                .collect(),
+            SetName::NodeIps(_) => node_ips
+                .iter()
+                .filter(|ip| Family::of(**ip) == family)
+                .map(|ip| Key::Addr(*ip))
                 .collect(),
             _ => Vec::new(),
         };
