@@ -52,6 +52,8 @@ pub enum Mode {
     IptablesLegacy,
     /// nf_tables over netlink in a network namespace (root).
     Nftables,
+    /// IPVS in a network namespace (root, a kernel with IPVS: the VM of `scripts/vm-test`).
+    Ipvs,
 }
 
 impl Mode {
@@ -61,6 +63,7 @@ impl Mode {
             Mode::Iptables => "iptables",
             Mode::IptablesLegacy => "iptables-legacy",
             Mode::Nftables => "nftables",
+            Mode::Ipvs => "ipvs",
         }
     }
 
@@ -85,7 +88,8 @@ pub struct KubeArgs {
     /// Endpoints per Service.
     #[arg(long, default_value_t = 10)]
     pub endpoints: u32,
-    /// Proxy modes, in run order.
+    /// Proxy modes, in run order (`ipvs` only where the kernel has IPVS: run it in the VM,
+    /// `scripts/vm/run-in-vm`).
     #[arg(long, value_enum, value_delimiter = ',',
           default_values_t = [Mode::Userspace, Mode::Iptables, Mode::IptablesLegacy, Mode::Nftables])]
     pub modes: Vec<Mode>,
