@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use etcd_client::{Client, GetOptions, Txn, TxnOp};
-use proxy_core::file::{load_table, parse_spec, read_table_text, DEFAULT_MAX_TABLE_BYTES};
+use proxy_core::file::{parse_spec, read_table_text, LoadError, DEFAULT_MAX_TABLE_BYTES};
 use proxy_core::tracker::ServiceName;
 
 /// etcd's default limit of operations in one transaction (`--max-txn-ops`).
@@ -109,7 +109,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .collect();
             if prune {
                 let listed: BTreeSet<&str> = entries.iter().map(|(key, _)| key.as_str()).collect();
-                for key in keys(&mut client, prefix).await? {
+                for (key, _) in keys(&mut client, prefix).await? {
                     if !listed.contains(key.as_str()) {
                         println!("deleting {key}");
                         ops.push(TxnOp::delete(key, None));
@@ -134,17 +134,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             write(&mut client, ops).await?;
         }
         Command::List => {
-            let response = client
-                .get(
-                    prefix,
-                    Some(GetOptions::new().with_prefix().with_keys_only()),
-                )
-                .await
-                .context("cannot list the services")?;
-            for kv in response.kvs() {
-                let key = String::from_utf8_lossy(kv.key());
+            for (key, revision) in keys(&mut client, prefix).await? {
                 let name = key.strip_prefix(prefix).unwrap_or(&key);
-                println!("{name}\trevision {}", kv.mod_revision());
+                println!("{name}\trevision {revision}");
             }
         }
     }
@@ -154,10 +146,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// `(key, value)` of each service of the file, the value as one line of JSON. The file must
 /// load as a table (every problem reported), and name each service once.
 fn entries_of(file: &std::path::Path, prefix: &str) -> anyhow::Result<Vec<(String, String)>> {
-    // Validated whole, as svcproxy would load it: a file that would not run is not published.
-    load_table(file)?;
+    let origin = file.display().to_string();
     let text = read_table_text(file, DEFAULT_MAX_TABLE_BYTES)?;
-    let spec = parse_spec(&text, &file.display().to_string())?;
+    let spec = parse_spec(&text, &origin)?;
+    // Validated whole, as svcproxy would load it: a file that would not run is not published.
+    spec.clone()
+        .into_table()
+        .map_err(|errors| LoadError::Invalid { origin, errors })?;
     let mut seen = BTreeSet::new();
     let mut entries = Vec::new();
     for service in &spec.services {
@@ -175,8 +170,8 @@ fn entries_of(file: &std::path::Path, prefix: &str) -> anyhow::Result<Vec<(Strin
     Ok(entries)
 }
 
-/// Every key under `prefix`.
-async fn keys(client: &mut Client, prefix: &str) -> anyhow::Result<Vec<String>> {
+/// Every key under `prefix`, with the revision it was last written at.
+async fn keys(client: &mut Client, prefix: &str) -> anyhow::Result<Vec<(String, i64)>> {
     let response = client
         .get(
             prefix,
@@ -187,7 +182,12 @@ async fn keys(client: &mut Client, prefix: &str) -> anyhow::Result<Vec<String>> 
     Ok(response
         .kvs()
         .iter()
-        .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+        .map(|kv| {
+            (
+                String::from_utf8_lossy(kv.key()).into_owned(),
+                kv.mod_revision(),
+            )
+        })
         .collect())
 }
 
