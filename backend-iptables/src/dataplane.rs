@@ -38,7 +38,7 @@ use async_trait::async_trait;
 use prometheus_client::registry::Registry;
 use proxy_core::dataplane::{CleanupReport, DryRun, SyncProblem, SyncReport};
 use proxy_core::error::error_chain;
-use proxy_core::lock::{DataplaneLock, LockError, LockKey, NetnsId, DEFAULT_LOCK_DIR};
+use proxy_core::lock::{LockKey, NetnsId, OwnerLock, DEFAULT_LOCK_DIR};
 use proxy_core::table::Scheduler;
 use proxy_core::{
     Capabilities, Dataplane, DataplaneError, Protocol, ServiceTable, SyncMode, SyncRequest,
@@ -92,15 +92,6 @@ pub struct IptablesDataplane {
     metrics: Option<Metrics>,
     conntrack: Option<Arc<dyn ConntrackOps>>,
     owner: OwnerLock,
-}
-
-/// The one-owner lock: not taken (runners given by the caller), to be taken in a directory at
-/// the first sync or cleanup, or held for the dataplane's life.
-#[derive(Debug)]
-enum OwnerLock {
-    Off,
-    Pending { dir: PathBuf },
-    Held(DataplaneLock),
 }
 
 /// The effects a sync goes through.
@@ -275,10 +266,7 @@ impl IptablesDataplane {
 
     /// The lock file this dataplane holds, once its first sync or cleanup took it.
     pub fn lock_path(&self) -> Option<&Path> {
-        match &self.owner {
-            OwnerLock::Held(lock) => Some(lock.path()),
-            OwnerLock::Off | OwnerLock::Pending { .. } => None,
-        }
+        self.owner.path()
     }
 
     /// Takes the one-owner lock if it is due and not yet held.
@@ -286,26 +274,15 @@ impl IptablesDataplane {
     /// # Errors
     /// [`IptablesError::Lock`]: held by another instance (named), or not takeable.
     fn ensure_owner(&mut self) -> Result<(), IptablesError> {
-        let OwnerLock::Pending { dir } = &self.owner else {
-            return Ok(());
+        let planner = &self.planner;
+        let key = || {
+            let netns = NetnsId::for_lock(planner.config().netns.as_deref())?;
+            Ok(LockKey::new(netns, NAME, planner.names().prefix()))
         };
-        let config = self.planner.config();
-        let (netns_path, netns) = match &config.netns {
-            Some(name) => (Path::new("/run/netns").join(name), NetnsId::named(name)),
-            None => (
-                PathBuf::from("/proc/thread-self/ns/net"),
-                NetnsId::current(),
-            ),
-        };
-        let netns = netns.map_err(|source| LockError::Io {
-            path: netns_path,
-            op: "identify the network namespace",
-            source,
-        })?;
-        let key = LockKey::new(netns, NAME, self.planner.names().prefix());
-        let lock = DataplaneLock::acquire_in(dir, &key)?;
-        info!(lock = %lock.path().display(), %netns, prefix = %key.scope, "iptables owner lock taken");
-        self.owner = OwnerLock::Held(lock);
+        if let Some(lock) = self.owner.ensure(key)? {
+            let (netns, prefix) = (lock.key().netns, &lock.key().scope);
+            info!(lock = %lock.path().display(), %netns, %prefix, "iptables owner lock taken");
+        }
         Ok(())
     }
 

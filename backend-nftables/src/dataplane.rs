@@ -48,7 +48,7 @@ use std::time::Instant;
 use netlink_transport::{Datagrams, SysSocket};
 use proxy_core::dataplane::{CleanupReport, DryRun, SyncProblem, SyncReport};
 use proxy_core::error::error_chain;
-use proxy_core::lock::{DataplaneLock, LockError, LockKey, NetnsId, DEFAULT_LOCK_DIR};
+use proxy_core::lock::{LockKey, NetnsId, OwnerLock, DEFAULT_LOCK_DIR};
 use proxy_core::node_addresses::NodeAddresses;
 use proxy_core::prometheus_client::registry::Registry;
 use proxy_core::{
@@ -94,15 +94,6 @@ pub struct NftablesDataplane<D: Datagrams = SysSocket> {
     node_addresses: NodeAddresses,
     metrics: Metrics,
     owner: OwnerLock,
-}
-
-/// The one-owner lock: not taken (a socket given by the caller), to be taken in a directory
-/// before the first kernel access, or held for the dataplane's life.
-#[derive(Debug)]
-enum OwnerLock {
-    Off,
-    Pending { dir: PathBuf },
-    Held(DataplaneLock),
 }
 
 /// What one sync sent.
@@ -194,26 +185,17 @@ impl<D: Datagrams> NftablesDataplane<D> {
 
     /// The lock file held, once the lock is taken.
     pub fn lock_path(&self) -> Option<&std::path::Path> {
-        match &self.owner {
-            OwnerLock::Held(lock) => Some(lock.path()),
-            OwnerLock::Off | OwnerLock::Pending { .. } => None,
-        }
+        self.owner.path()
     }
 
     /// Takes the one-owner lock if it is pending (once; a failure is retried at the next call).
     fn ensure_owner(&mut self) -> Result<(), NftablesError> {
-        let OwnerLock::Pending { dir } = &self.owner else {
-            return Ok(());
-        };
-        let netns = NetnsId::current().map_err(|source| LockError::Io {
-            path: PathBuf::from("/proc/thread-self/ns/net"),
-            op: "identify the network namespace",
-            source,
-        })?;
-        let key = LockKey::new(netns, NAME, &self.config.table);
-        let lock = DataplaneLock::acquire_in(dir, &key)?;
-        info!(lock = %lock.path().display(), %netns, table = %self.config.table, "nftables owner lock taken");
-        self.owner = OwnerLock::Held(lock);
+        let table = &self.config.table;
+        let key = || Ok(LockKey::new(NetnsId::for_lock(None)?, NAME, table));
+        if let Some(lock) = self.owner.ensure(key)? {
+            let netns = lock.key().netns;
+            info!(lock = %lock.path().display(), %netns, %table, "nftables owner lock taken");
+        }
         Ok(())
     }
 

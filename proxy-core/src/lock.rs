@@ -413,3 +413,72 @@ mod tests {
         assert_eq!(holder.to_string(), "pid 42 (svcproxy --backend ipvs)");
     }
 }
+
+impl NetnsId {
+    /// The network namespace a dataplane's lock is keyed by: the named one (`ip netns`'s
+    /// `/run/netns/<name>`), else the calling thread's.
+    ///
+    /// # Errors
+    /// [`LockError::Io`] naming the namespace file that could not be read.
+    pub fn for_lock(named: Option<&str>) -> Result<NetnsId, LockError> {
+        let (path, id) = match named {
+            Some(name) => (Path::new("/run/netns").join(name), NetnsId::named(name)),
+            None => (
+                PathBuf::from("/proc/thread-self/ns/net"),
+                NetnsId::current(),
+            ),
+        };
+        id.map_err(|source| LockError::Io {
+            path,
+            op: "identify the network namespace",
+            source,
+        })
+    }
+}
+
+/// A kernel backend's one-owner lock over the dataplane's life: off (the caller gave its own
+/// kernel handles), due (to take in a directory before the kernel is first touched), or held.
+#[derive(Debug)]
+pub enum OwnerLock {
+    /// No lock is taken.
+    Off,
+    /// To be taken in `dir` at the first sync or cleanup.
+    Pending {
+        /// The lock directory ([`DEFAULT_LOCK_DIR`] by default).
+        dir: PathBuf,
+    },
+    /// Held until the dataplane is dropped.
+    Held(DataplaneLock),
+}
+
+impl OwnerLock {
+    /// The lock, once taken.
+    pub fn held(&self) -> Option<&DataplaneLock> {
+        match self {
+            OwnerLock::Held(lock) => Some(lock),
+            OwnerLock::Off | OwnerLock::Pending { .. } => None,
+        }
+    }
+
+    /// The lock file held, once taken.
+    pub fn path(&self) -> Option<&Path> {
+        self.held().map(DataplaneLock::path)
+    }
+
+    /// Takes the lock if it is due, on the key `key` gives (asked only then); returns the lock
+    /// taken by this call, if any. A failure leaves it due, so the next call tries again.
+    ///
+    /// # Errors
+    /// As [`DataplaneLock::acquire_in`], or `key`'s error.
+    pub fn ensure(
+        &mut self,
+        key: impl FnOnce() -> Result<LockKey, LockError>,
+    ) -> Result<Option<&DataplaneLock>, LockError> {
+        let OwnerLock::Pending { dir } = &*self else {
+            return Ok(None);
+        };
+        let lock = DataplaneLock::acquire_in(dir, &key()?)?;
+        *self = OwnerLock::Held(lock);
+        Ok(self.held())
+    }
+}
