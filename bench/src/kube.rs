@@ -18,7 +18,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -26,6 +26,7 @@ use serde_json::{json, Value};
 use testkit::kubeapi::{FakeApiServer, Resource};
 use testkit::netns::Netns;
 
+use crate::child::ProxyProcess;
 use crate::error::BenchError;
 use crate::limits::prom;
 use crate::procfs::{self, Machine};
@@ -276,11 +277,11 @@ fn measure(args: &KubeArgs, mode: Mode, services: u32) -> Result<KubeRow, BenchE
             program: args.kube_svcproxy.display().to_string(),
             error,
         })?;
-    let mut proxy = Proxy { child, log };
+    let mut proxy = ProxyProcess::new(child, log, "kube", "kube-svcproxy");
     let result = (|| {
         wait_synced(&mut proxy, &place, status, services)?;
         let first_sync_s = started.elapsed().as_secs_f64();
-        let rss_mib_synced = rss_mib(proxy.child.id())?;
+        let rss_mib_synced = rss_mib(proxy.id())?;
         // Past the minimum period of any sync the start may have queued (the node's addresses
         // arriving), so that the first change is not held behind it.
         std::thread::sleep(Duration::from_secs(2));
@@ -308,9 +309,9 @@ fn measure(args: &KubeArgs, mode: Mode, services: u32) -> Result<KubeRow, BenchE
             change_ms,
             timeouts,
             rss_mib_synced,
-            rss_mib_end: rss_mib(proxy.child.id())?,
+            rss_mib_end: rss_mib(proxy.id())?,
             api_requests: api.requests(),
-            variant: detected_variant(&proxy.log),
+            variant: detected_variant(proxy.log()),
         })
     })();
     proxy.stop();
@@ -353,42 +354,8 @@ fn slice(i: u32, endpoints: u32, moved: Option<u32>) -> Value {
     })
 }
 
-struct Proxy {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proxy {
-    fn check_alive(&mut self) -> Result<(), BenchError> {
-        match self.child.try_wait() {
-            Ok(None) => Ok(()),
-            Ok(Some(status)) => {
-                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(5).collect();
-                Err(BenchError::Scenario {
-                    scenario: "kube".to_owned(),
-                    proxy: "kube-svcproxy".to_owned(),
-                    detail: format!("exited with {status}: {}", tail.join(" | ")),
-                })
-            }
-            Err(e) => Err(BenchError::io("wait for kube-svcproxy", e)),
-        }
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 fn wait_synced(
-    proxy: &mut Proxy,
+    proxy: &mut ProxyProcess,
     place: &Place,
     status: SocketAddr,
     services: u32,
@@ -430,7 +397,7 @@ fn endpoint_changes(place: &Place, status: SocketAddr) -> Option<f64> {
 /// Waits for the sync that applied a change made at `at` (unix seconds); its end, less `at`, in
 /// milliseconds, or `None` after [`CHANGE_TIMEOUT`].
 fn wait_applied(
-    proxy: &mut Proxy,
+    proxy: &mut ProxyProcess,
     place: &Place,
     status: SocketAddr,
     changes_before: f64,

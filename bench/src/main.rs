@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 mod calibrate; // how much slower the IPVS VM is than the host
+mod child; // a proxy under test as a child process with a log, killed on drop
 mod error; // BenchError
 mod first_sync; // issue #11: file -> first sync through svcproxy, YAML and JSON, by table size
 mod iptables; // issue #4's suite: iptables sync costs and data path vs kube-proxy's layout

@@ -12,11 +12,12 @@ use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::child::ProxyProcess;
 use crate::error::BenchError;
 use crate::limits::prom;
 
@@ -95,7 +96,7 @@ fn measure(args: &RunArgs) -> Result<Vec<Series>, BenchError> {
     };
     replace(&path, &table.render(false))?;
     let status = free_port()?;
-    let mut proxy = Proxy::start(args, &path, status)?;
+    let mut proxy = start_proxy(args, &path, status)?;
     let mut series = Vec::new();
     let mut with_probe = false;
     let result = (|| {
@@ -174,72 +175,41 @@ impl Table {
     }
 }
 
-/// svcproxy under test; killed on drop if not stopped.
-struct Proxy {
-    child: Child,
-    log: PathBuf,
+/// Starts svcproxy under test (killed on drop if not stopped).
+fn start_proxy(
+    args: &RunArgs,
+    table: &Path,
+    status: SocketAddr,
+) -> Result<ProxyProcess, BenchError> {
+    let log = args.workdir.join("svcproxy.log");
+    let stderr = std::fs::File::create(&log)
+        .map_err(|e| BenchError::io(format!("create {}", log.display()), e))?;
+    let backend = match args.backend {
+        Backend::Userspace => "userspace",
+        Backend::Iptables => "iptables",
+    };
+    let mode = match args.mode {
+        WatchMode::Inotify => "inotify",
+        WatchMode::Poll => "poll",
+    };
+    let child = Command::new(&args.svcproxy)
+        .arg("--services")
+        .arg(table)
+        .args(["--backend", backend, "--metrics-addr", &status.to_string()])
+        .env("SVCPROXY_WATCH", mode)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .map_err(|error| BenchError::Spawn {
+            program: args.svcproxy.display().to_string(),
+            error,
+        })?;
+    Ok(ProxyProcess::new(child, log, "watch", "svcproxy"))
 }
 
-impl Proxy {
-    fn start(args: &RunArgs, table: &Path, status: SocketAddr) -> Result<Proxy, BenchError> {
-        let log = args.workdir.join("svcproxy.log");
-        let stderr = std::fs::File::create(&log)
-            .map_err(|e| BenchError::io(format!("create {}", log.display()), e))?;
-        let backend = match args.backend {
-            Backend::Userspace => "userspace",
-            Backend::Iptables => "iptables",
-        };
-        let mode = match args.mode {
-            WatchMode::Inotify => "inotify",
-            WatchMode::Poll => "poll",
-        };
-        let child = Command::new(&args.svcproxy)
-            .arg("--services")
-            .arg(table)
-            .args(["--backend", backend, "--metrics-addr", &status.to_string()])
-            .env("SVCPROXY_WATCH", mode)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .map_err(|error| BenchError::Spawn {
-                program: args.svcproxy.display().to_string(),
-                error,
-            })?;
-        Ok(Proxy { child, log })
-    }
-
-    /// Whether it still runs; its log's end when it does not.
-    fn check_alive(&mut self) -> Result<(), BenchError> {
-        match self.child.try_wait() {
-            Ok(None) => Ok(()),
-            Ok(Some(status)) => {
-                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(5).collect();
-                Err(BenchError::Scenario {
-                    scenario: "watch".to_owned(),
-                    proxy: "svcproxy".to_owned(),
-                    detail: format!("exited with {status}: {}", tail.join(" | ")),
-                })
-            }
-            Err(e) => Err(BenchError::io("wait for svcproxy", e)),
-        }
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn wait_first_sync(proxy: &mut Proxy, status: SocketAddr) -> Result<(), BenchError> {
+fn wait_first_sync(proxy: &mut ProxyProcess, status: SocketAddr) -> Result<(), BenchError> {
     let started = Instant::now();
     while started.elapsed() < START_TIMEOUT {
         proxy.check_alive()?;

@@ -1,0 +1,72 @@
+//! A proxy under test run as a child process, its stderr in a log file: checked between probes
+//! (a dead one fails the step with its log's last lines), killed on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::Child;
+
+use crate::error::BenchError;
+
+/// See the [module docs](self).
+#[derive(Debug)]
+pub struct ProxyProcess {
+    child: Child,
+    log: PathBuf,
+    /// The suite, for the error of a proxy that died.
+    scenario: &'static str,
+    /// The program, likewise.
+    proxy: &'static str,
+}
+
+impl ProxyProcess {
+    /// Wraps `child`, whose stderr goes to `log`.
+    pub fn new(child: Child, log: PathBuf, scenario: &'static str, proxy: &'static str) -> Self {
+        Self {
+            child,
+            log,
+            scenario,
+            proxy,
+        }
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its log file.
+    pub fn log(&self) -> &Path {
+        &self.log
+    }
+
+    /// Whether it still runs; its log's end when it does not.
+    ///
+    /// # Errors
+    /// [`BenchError::Scenario`] when it has exited.
+    pub fn check_alive(&mut self) -> Result<(), BenchError> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                Err(BenchError::Scenario {
+                    scenario: self.scenario.to_owned(),
+                    proxy: self.proxy.to_owned(),
+                    detail: format!("exited with {status}: {}", tail.join(" | ")),
+                })
+            }
+            Err(e) => Err(BenchError::io(format!("wait for {}", self.proxy), e)),
+        }
+    }
+
+    /// Kills it and reaps it.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
