@@ -16,20 +16,13 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
 use testkit::fs::TempDir;
 use testkit::kubeapi::{FakeApiServer, Resource};
-use testkit::net::AnswerServer;
+use testkit::net::{free_port, AnswerServer};
 use testkit::netns::Netns;
 use testkit::process::LoggedChild;
 use testkit::wait::poll;
 
 const KUBE_SVCPROXY: &str = env!("CARGO_BIN_EXE_kube-svcproxy");
 const WAIT: Duration = Duration::from_secs(20);
-
-fn free_port(ip: Ipv4Addr) -> u16 {
-    TcpListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .expect("probe bind")
-        .port()
-}
 
 // The objects are built from k8s-openapi's types and serialised, as the API server would send
 // them.
@@ -173,16 +166,15 @@ fn follows_the_api_server_through_gating_drops_410_relists_and_restarts() {
     api.apply(Resource::Nodes, node("node-a", "zone-1"));
     api.apply(Resource::Services, service("shop", "web", web));
     api.apply(Resource::Services, service("shop", "other", other));
-    api.apply(
-        Resource::EndpointSlices,
-        slice(
-            "shop",
-            "web",
-            "web-1",
-            port,
-            &[Ipv4Addr::new(127, 0, 0, 52)],
-        ),
-    );
+    // The slice `name` of shop/web: one endpoint, 127.0.0.`last`.
+    let set_web_slice = |name: &str, last: u8| {
+        let endpoint = Ipv4Addr::new(127, 0, 0, last);
+        api.apply(
+            Resource::EndpointSlices,
+            slice("shop", "web", name, port, &[endpoint]),
+        );
+    };
+    set_web_slice("web-1", 52);
     api.apply(
         Resource::EndpointSlices,
         slice(
@@ -209,27 +201,9 @@ fn follows_the_api_server_through_gating_drops_410_relists_and_restarts() {
     wait_for(other, &["blue"], &proxy);
 
     // A change, and a second slice merged into the same port.
-    api.apply(
-        Resource::EndpointSlices,
-        slice(
-            "shop",
-            "web",
-            "web-1",
-            port,
-            &[Ipv4Addr::new(127, 0, 0, 53)],
-        ),
-    );
+    set_web_slice("web-1", 53);
     wait_for(web, &["green"], &proxy);
-    api.apply(
-        Resource::EndpointSlices,
-        slice(
-            "shop",
-            "web",
-            "web-2",
-            port,
-            &[Ipv4Addr::new(127, 0, 0, 52)],
-        ),
-    );
+    set_web_slice("web-2", 52);
     wait_for(web, &["blue", "green"], &proxy);
 
     // A watch dropped mid-stream: the next change still arrives.
@@ -262,16 +236,7 @@ fn follows_the_api_server_through_gating_drops_410_relists_and_restarts() {
         "green"
     );
     api.set_available(true);
-    api.apply(
-        Resource::EndpointSlices,
-        slice(
-            "shop",
-            "web",
-            "web-1",
-            port,
-            &[Ipv4Addr::new(127, 0, 0, 52)],
-        ),
-    );
+    set_web_slice("web-1", 52);
     wait_for(web, &["blue"], &proxy);
 
     let (status, log) = proxy.terminate(WAIT);

@@ -4,26 +4,19 @@
 //! Every address is on loopback (127.0.0.0/8); ports are picked free by the OS; each wait is
 //! bounded.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Command;
 use std::time::Duration;
 
 use testkit::etcd::Etcd;
 use testkit::fs::TempDir;
-use testkit::net::AnswerServer;
+use testkit::net::{free_port, AnswerServer};
 use testkit::process::LoggedChild;
 use testkit::wait::poll;
 
 const SVCPROXY: &str = env!("CARGO_BIN_EXE_svcproxy");
 const SVCPROXYCTL: &str = env!("CARGO_BIN_EXE_svcproxyctl");
 const WAIT: Duration = Duration::from_secs(15);
-
-fn free_port(ip: Ipv4Addr) -> u16 {
-    TcpListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .expect("probe bind")
-        .port()
-}
 
 /// Runs `svcproxyctl --etcd URL args...`, which must succeed; returns its stdout.
 fn ctl(etcd: &Etcd, args: &[&str]) -> String {

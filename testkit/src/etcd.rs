@@ -2,11 +2,12 @@
 //! test owns, listening on one address the test chooses (loopback, or an address inside a
 //! namespace the test made). Stopped on drop.
 
-use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::net::free_port;
 use crate::netns::Netns;
 use crate::process::LoggedChild;
 
@@ -132,12 +133,4 @@ impl Drop for Etcd {
         // LoggedChild kills and reaps on drop.
         self.child.take();
     }
-}
-
-/// A free TCP port on `ip` (bound, then released).
-fn free_port(ip: IpAddr) -> u16 {
-    TcpListener::bind((ip, 0))
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .unwrap_or_else(|e| panic!("cannot find a free port on {ip}: {e}"))
 }

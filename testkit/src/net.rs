@@ -107,6 +107,19 @@ impl Drop for AnswerServer {
     }
 }
 
+/// A free TCP port on `ip` (bound, then released: the caller binds it right after).
+///
+/// # Panics
+///
+/// When nothing can be bound on `ip`.
+pub fn free_port(ip: impl Into<std::net::IpAddr>) -> u16 {
+    let ip = ip.into();
+    TcpListener::bind((ip, 0))
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .unwrap_or_else(|e| panic!("cannot find a free port on {ip}: {e}"))
+}
+
 /// Connects to `addr` and reads until the server closes: its whole answer. `timeout` bounds the
 /// connect and each read.
 ///
