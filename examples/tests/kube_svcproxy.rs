@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::process::Command;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::core::v1::{Node, NodeSpec, Service, ServicePort, ServiceSpec, Taint};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -48,6 +48,23 @@ fn meta(namespace: Option<&str>, name: &str, labels: &[(&str, &str)]) -> ObjectM
 fn node(name: &str, zone: &str) -> Value {
     to_json(&Node {
         metadata: meta(None, name, &[("topology.kubernetes.io/zone", zone)]),
+        ..Node::default()
+    })
+}
+
+/// `node` as the cluster autoscaler leaves it before removing it.
+fn node_tainted_for_removal(name: &str, zone: &str) -> Value {
+    to_json(&Node {
+        metadata: meta(None, name, &[("topology.kubernetes.io/zone", zone)]),
+        spec: Some(NodeSpec {
+            taints: Some(vec![Taint {
+                key: "ToBeDeletedByClusterAutoscaler".to_owned(),
+                value: Some("1764655200".to_owned()),
+                effect: "NoSchedule".to_owned(),
+                time_added: None,
+            }]),
+            ..NodeSpec::default()
+        }),
         ..Node::default()
     })
 }
@@ -134,7 +151,14 @@ fn wait_for(addr: SocketAddr, want: &[&str], proxy: &LoggedChild) {
     }
 }
 
-fn start(kubeconfig: &std::path::Path, mode: &str, extra: &[&str]) -> LoggedChild {
+/// Starts kube-svcproxy; its health endpoints on `health` (`None`: any free port).
+fn start(
+    kubeconfig: &std::path::Path,
+    mode: &str,
+    health: Option<SocketAddr>,
+    extra: &[&str],
+) -> LoggedChild {
+    let health = health.unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
     LoggedChild::spawn(
         "kube-svcproxy",
         Command::new(KUBE_SVCPROXY)
@@ -142,7 +166,7 @@ fn start(kubeconfig: &std::path::Path, mode: &str, extra: &[&str]) -> LoggedChil
             .arg(kubeconfig)
             .args(["--hostname-override", "node-a", "--proxy-mode", mode])
             .args(["--metrics-bind-address", "127.0.0.1:0"])
-            .args(["--healthz-bind-address", "127.0.0.1:0"])
+            .args(["--healthz-bind-address", &health.to_string()])
             .args(extra)
             .env("RUST_LOG", "info,kube=warn")
             .env("NO_COLOR", "1"),
@@ -188,7 +212,7 @@ fn follows_the_api_server_through_gating_drops_410_relists_and_restarts() {
 
     // Gating: with the endpoint slices unlistable, nothing is programmed.
     api.set_resource_available(Resource::EndpointSlices, false);
-    let proxy = start(&kubeconfig, "userspace", &[]);
+    let proxy = start(&kubeconfig, "userspace", None, &[]);
     std::thread::sleep(Duration::from_secs(2));
     assert!(
         !proxy.log().contains("table loaded"),
@@ -242,6 +266,72 @@ fn follows_the_api_server_through_gating_drops_410_relists_and_restarts() {
     let (status, log) = proxy.terminate(WAIT);
     assert!(status.success(), "{status}; log:\n{log}");
     drop(green);
+}
+
+/// kube-proxy's `/healthz` drains a node that is going away (KEP-3836): 503 with `nodeEligible:
+/// false` while the node carries the autoscaler's taint or a deletion timestamp, while `/livez`
+/// stays 200 and the dataplane keeps serving; 200 again when the taint goes.
+#[test]
+fn healthz_drains_a_node_being_deleted_and_livez_does_not() {
+    let dir = TempDir::new("kube-health");
+    let api = FakeApiServer::start();
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig()).expect("write kubeconfig");
+    let vip = Ipv4Addr::new(127, 0, 0, 61);
+    let blue = AnswerServer::named((Ipv4Addr::new(127, 0, 0, 62), 0).into(), "blue");
+    let web = SocketAddr::from((vip, free_port(vip)));
+    api.apply(Resource::Nodes, node("node-a", "zone-1"));
+    api.apply(Resource::Services, service("shop", "web", web));
+    api.apply(
+        Resource::EndpointSlices,
+        slice(
+            "shop",
+            "web",
+            "web-1",
+            blue.addr().port(),
+            &[Ipv4Addr::new(127, 0, 0, 62)],
+        ),
+    );
+    let health = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port(Ipv4Addr::LOCALHOST)));
+    let proxy = start(&kubeconfig, "userspace", Some(health), &[]);
+    let get = |path: &str| testkit::net::http_get(health, path, Duration::from_secs(2));
+    // Waits until `path` answers `status` with `field` in its body.
+    let wait_health = |path: &str, status: u16, field: &str| {
+        poll(WAIT, Duration::from_millis(50), || match get(path) {
+            Ok((code, body)) if code == status && body.contains(field) => Ok(()),
+            other => Err(format!("{other:?}")),
+        })
+        .unwrap_or_else(|last| {
+            panic!(
+                "{path} never {status} with {field}; last: {last}; log:\n{}",
+                proxy.log()
+            )
+        });
+    };
+    wait_for(web, &["blue"], &proxy);
+    wait_health("/healthz", 200, "\"nodeEligible\": true");
+
+    api.apply(
+        Resource::Nodes,
+        node_tainted_for_removal("node-a", "zone-1"),
+    );
+    wait_health("/healthz", 503, "\"nodeEligible\": false");
+    let (livez, body) = get("/livez").expect("/livez answers");
+    assert_eq!(livez, 200, "{body}");
+    assert_eq!(ask(web).expect("still serves"), "blue");
+
+    api.apply(Resource::Nodes, node("node-a", "zone-1"));
+    wait_health("/healthz", 200, "\"nodeEligible\": true");
+
+    let mut deleting: Value = node("node-a", "zone-1");
+    deleting["metadata"]["deletionTimestamp"] = Value::from("2026-12-02T06:00:00Z");
+    api.apply(Resource::Nodes, deleting);
+    wait_health("/healthz", 503, "\"nodeEligible\": false");
+    wait_health("/livez", 200, "\"synced\": true");
+
+    let (status, log) = proxy.terminate(WAIT);
+    assert!(status.success(), "{status}; log:\n{log}");
+    assert!(log.contains("load balancers drain it"), "{log}");
 }
 
 #[test]
@@ -309,16 +399,11 @@ fn kube_svcproxy_programs_iptables_in_a_namespace_from_the_api_server() {
     let rules = ns.exec_ok("iptables-save", &["-t", "nat"]);
     assert!(rules.contains("shop/web:http"), "{rules}");
     // kube-proxy's health endpoints answer.
-    let livez = ns.run(|| {
-        use std::io::{Read as _, Write as _};
-        let mut stream = std::net::TcpStream::connect("127.0.0.1:10256")?;
-        stream.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")?;
-        let mut text = String::new();
-        stream.read_to_string(&mut text)?;
-        Ok::<_, std::io::Error>(text)
-    });
-    let livez = livez.expect("livez answers");
-    assert!(livez.starts_with("HTTP/1.1 200"), "{livez}");
+    let health = SocketAddr::from((Ipv4Addr::LOCALHOST, 10256));
+    let (livez, body) = ns
+        .run(move || testkit::net::http_get(health, "/livez", Duration::from_secs(2)))
+        .expect("livez answers");
+    assert_eq!(livez, 200, "{body}");
 
     api.apply(
         Resource::EndpointSlices,

@@ -167,21 +167,7 @@ fn applies_replaced_file_keeps_table_on_invalid_change_and_stops_on_sigterm() {
 
 /// The health-check node port of a `local` external-policy service, as a load balancer polls it.
 fn health_status(addr: SocketAddr) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: node\r\n\r\n")?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text)?;
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
+    testkit::net::http_get(addr, "/healthz", Duration::from_secs(2))
 }
 
 #[test]

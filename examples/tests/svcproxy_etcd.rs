@@ -12,6 +12,7 @@ use testkit::etcd::Etcd;
 use testkit::fs::TempDir;
 use testkit::net::{free_port, AnswerServer};
 use testkit::process::LoggedChild;
+use testkit::tls::TestPki;
 use testkit::wait::poll;
 
 const SVCPROXY: &str = env!("CARGO_BIN_EXE_svcproxy");
@@ -189,9 +190,9 @@ fn etcd_txn_put(etcd: &Etcd, puts: &[(&str, String)]) -> String {
         input.push_str(&format!("put {key} {}\n", quote_for_etcdctl(value)));
     }
     input.push_str("\n\n");
-    let mut child = Command::new("etcdctl")
-        .args(["--endpoints", &etcd.url(), "txn"])
-        .env("ETCDCTL_API", "3")
+    let mut child = etcd
+        .etcdctl()
+        .arg("txn")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -291,6 +292,141 @@ fn a_watch_left_behind_by_a_compaction_reads_the_catalogue_again() {
     wait_for(web, Some("green"), &proxy);
     proxy.wait_for_log("is compacted", WAIT);
     proxy.wait_for_log("catalogue read again", WAIT);
+    let (status, log) = proxy.terminate(WAIT);
+    assert!(status.success(), "{status}; log:\n{log}");
+}
+
+/// Runs `etcdctl args...` against `etcd`, which must succeed.
+fn etcdctl_ok(etcd: &Etcd, args: &[&str]) {
+    let out = etcd.etcdctl().args(args).output().expect("run etcdctl");
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `svcproxyctl` with `args`, which must fail: its stderr.
+fn ctl_fails(args: &[std::ffi::OsString]) -> String {
+    let out = Command::new(SVCPROXYCTL)
+        .args(args)
+        .output()
+        .expect("run svcproxyctl");
+    assert!(!out.status.success(), "svcproxyctl {args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// An etcd as production runs it: https only, client certificates required (`--client-cert-auth`)
+/// and users (`auth enable`). svcproxyctl writes and svcproxy reads with `--etcd-cacert`,
+/// `--etcd-cert`, `--etcd-key`, `--etcd-user` and `--etcd-password-file`; a wrong CA, a missing
+/// client certificate, a wrong password and a password over `http://` are each refused with the
+/// reason.
+#[test]
+fn a_tls_etcd_with_client_certificates_and_users_is_read_and_written() {
+    let dir = TempDir::new("etcd-tls");
+    let pki = TestPki::create(dir.path());
+    let etcd = Etcd::start_tls(dir.path(), &pki);
+    etcdctl_ok(&etcd, &["user", "add", "root:s3cret-root"]);
+    etcdctl_ok(&etcd, &["user", "add", "fleet:s3cret-fleet"]);
+    etcdctl_ok(&etcd, &["user", "grant-role", "fleet", "root"]);
+    etcdctl_ok(&etcd, &["auth", "enable"]);
+    let password = dir.join("password");
+    std::fs::write(&password, "s3cret-fleet\n").expect("write password");
+    let wrong_password = dir.join("wrong-password");
+    std::fs::write(&wrong_password, "guess\n").expect("write password");
+
+    let os = |s: &str| std::ffi::OsString::from(s);
+    let security = |ca: &std::path::Path, password: &std::path::Path| -> Vec<std::ffi::OsString> {
+        vec![
+            os("--etcd-cacert"),
+            ca.into(),
+            os("--etcd-cert"),
+            pki.client_cert.clone().into(),
+            os("--etcd-key"),
+            pki.client_key.clone().into(),
+            os("--etcd-user"),
+            os("fleet"),
+            os("--etcd-password-file"),
+            password.into(),
+        ]
+    };
+    let good = security(&pki.ca_cert, &password);
+    let vip = Ipv4Addr::new(127, 0, 0, 71);
+    let web = SocketAddr::from((vip, free_port(vip)));
+    let blue = AnswerServer::named((Ipv4Addr::new(127, 0, 0, 72), 0).into(), "blue");
+    let table_path = dir.join("table.yaml");
+    std::fs::write(&table_path, table(&[("web", web, &blue)])).expect("write table");
+
+    let out = Command::new(SVCPROXYCTL)
+        .args(["--etcd", &etcd.url()])
+        .args(&good)
+        .arg("put")
+        .arg(&table_path)
+        .output()
+        .expect("run svcproxyctl");
+    assert!(
+        out.status.success(),
+        "svcproxyctl put over TLS: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let proxy = LoggedChild::spawn(
+        "svcproxy",
+        Command::new(SVCPROXY)
+            .args(["--etcd", &etcd.url(), "--backend", "userspace"])
+            .args(&good)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1"),
+    )
+    .expect("start svcproxy");
+    wait_for(web, Some("blue"), &proxy);
+
+    // Refusals, each with its reason. The endpoint without a scheme is https:// here (TLS set).
+    let endpoint = etcd.url().replace("https://", "");
+    let list = |extra: Vec<std::ffi::OsString>| {
+        let mut args = vec![os("--etcd"), os(&endpoint)];
+        args.extend(extra);
+        args.push(os("list"));
+        args
+    };
+    let ok = Command::new(SVCPROXYCTL)
+        .args(list(good.clone()))
+        .output()
+        .expect("run svcproxyctl");
+    let listed = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success() && listed.contains("default/web"),
+        "{ok:?}"
+    );
+
+    let wrong_ca = ctl_fails(&list(security(&pki.other_ca_cert, &password)));
+    assert!(
+        wrong_ca.contains("cannot connect to etcd") && wrong_ca.contains("UnknownIssuer"),
+        "{wrong_ca}"
+    );
+    let no_client_cert = ctl_fails(&list(vec![os("--etcd-cacert"), pki.ca_cert.clone().into()]));
+    // etcd ends the handshake (a BadCertificate alert, or the connection closed first).
+    assert!(
+        no_client_cert.contains("cannot list the services under /svcproxy/services/ in etcd at"),
+        "{no_client_cert}"
+    );
+    let bad_password = ctl_fails(&list(security(&pki.ca_cert, &wrong_password)));
+    assert!(
+        bad_password.contains("authentication failed"),
+        "{bad_password}"
+    );
+    let in_clear = ctl_fails(&[
+        os("--etcd"),
+        os(&etcd.url().replace("https://", "http://")),
+        os("--etcd-user"),
+        os("fleet"),
+        os("--etcd-password-file"),
+        password.clone().into(),
+        os("list"),
+    ]);
+    assert!(in_clear.contains("need an https:// endpoint"), "{in_clear}");
+
     let (status, log) = proxy.terminate(WAIT);
     assert!(status.success(), "{status}; log:\n{log}");
 }

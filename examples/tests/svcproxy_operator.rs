@@ -7,8 +7,7 @@
 //! wait is bounded.
 
 use std::collections::BTreeSet;
-use std::io::{Read as _, Write as _};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -630,15 +629,9 @@ fn logs_have_no_colour_codes_when_stderr_is_not_a_terminal() {
 
 /// `/metrics` at `addr`; empty while nothing answers there yet.
 fn scrape(addr: SocketAddr) -> String {
-    let get = || -> std::io::Result<String> {
-        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-        write!(stream, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        Ok(response)
-    };
-    get().unwrap_or_default()
+    testkit::net::http_get(addr, "/metrics", Duration::from_secs(2))
+        .map(|(_, body)| body)
+        .unwrap_or_default()
 }
 
 fn series_of<'a>(metrics: &'a str, port: &str) -> Vec<&'a str> {

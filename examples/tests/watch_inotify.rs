@@ -10,8 +10,8 @@
 //! each edit comes [`SYNC_GAP`] after the last sync (read from `/healthz`), and a sync of
 //! something else in between may hold it back by up to that period.
 
-use std::io::{Read as _, Write as _};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::io::Write as _;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -142,11 +142,8 @@ impl Fixture {
 
     /// How long ago the last sync ended, by `/healthz`'s `lastUpdated` (wall-clock seconds).
     fn since_last_sync(&self) -> Option<Duration> {
-        let mut stream = TcpStream::connect_timeout(&self.health, Duration::from_secs(1)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-        stream.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
+        let (_, response) =
+            testkit::net::http_get(self.health, "/healthz", Duration::from_secs(1)).ok()?;
         let (_, rest) = response.split_once("\"lastUpdated\":")?;
         let end = rest.find([',', '}'])?;
         let last: f64 = rest[..end].trim().parse().ok()?;

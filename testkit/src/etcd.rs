@@ -1,6 +1,7 @@
 //! A real etcd server (Debian's `etcd-server`) for a test: one member, its data in a directory the
 //! test owns, listening on one address the test chooses (loopback, or an address inside a
-//! namespace the test made). Stopped on drop.
+//! namespace the test made). Stopped on drop. [`Etcd::start_tls`] serves https only and asks
+//! every client for a certificate of the test's [`TestPki`].
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use std::time::Duration;
 use crate::net::free_port;
 use crate::netns::Netns;
 use crate::process::LoggedChild;
+use crate::tls::TestPki;
 
 /// How long etcd may take to start serving.
 const START: Duration = Duration::from_secs(30);
@@ -22,6 +24,7 @@ pub struct Etcd {
     client_port: u16,
     peer_port: u16,
     netns: Option<String>,
+    tls: Option<TestPki>,
     child: Option<LoggedChild>,
 }
 
@@ -34,7 +37,19 @@ impl Etcd {
     pub fn start(dir: &Path) -> Self {
         let ip: IpAddr = [127, 0, 0, 1].into();
         let (client_port, peer_port) = (free_port(ip), free_port(ip));
-        Self::start_on(dir, ip, client_port, peer_port, None)
+        Self::start_on(dir, ip, client_port, peer_port, None, None)
+    }
+
+    /// Starts etcd on `127.0.0.1` serving https with `pki`'s server certificate, requiring a
+    /// client certificate signed by its CA (`--client-cert-auth`).
+    ///
+    /// # Panics
+    ///
+    /// As [`Etcd::start`].
+    pub fn start_tls(dir: &Path, pki: &TestPki) -> Self {
+        let ip: IpAddr = [127, 0, 0, 1].into();
+        let (client_port, peer_port) = (free_port(ip), free_port(ip));
+        Self::start_on(dir, ip, client_port, peer_port, None, Some(pki.clone()))
     }
 
     /// Starts etcd inside `netns` on `ip` (an address of that namespace), ports 2379 and 2380.
@@ -43,7 +58,7 @@ impl Etcd {
     ///
     /// As [`Etcd::start`].
     pub fn start_in(netns: &Netns, dir: &Path, ip: IpAddr) -> Self {
-        Self::start_on(dir, ip, 2379, 2380, Some(netns.name().to_owned()))
+        Self::start_on(dir, ip, 2379, 2380, Some(netns.name().to_owned()), None)
     }
 
     fn start_on(
@@ -52,6 +67,7 @@ impl Etcd {
         client_port: u16,
         peer_port: u16,
         netns: Option<String>,
+        tls: Option<TestPki>,
     ) -> Self {
         let mut etcd = Self {
             data_dir: dir.join("etcd-data"),
@@ -59,15 +75,38 @@ impl Etcd {
             client_port,
             peer_port,
             netns,
+            tls,
             child: None,
         };
         etcd.resume();
         etcd
     }
 
-    /// The client URL, `http://ip:port`.
+    /// The client URL, `http://ip:port` (`https://` with TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", SocketAddr::new(self.ip, self.client_port))
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", SocketAddr::new(self.ip, self.client_port))
+    }
+
+    /// `etcdctl` (Debian's etcd-client) aimed at this etcd: `--endpoints`, and with TLS the CA
+    /// and the client certificate.
+    pub fn etcdctl(&self) -> Command {
+        let mut command = Command::new("etcdctl");
+        command
+            .arg("--endpoints")
+            .arg(self.url())
+            .env("ETCDCTL_API", "3");
+        if let Some(pki) = &self.tls {
+            command
+                .arg("--cacert")
+                .arg(&pki.ca_cert)
+                .arg("--cert")
+                .arg(&pki.client_cert)
+                .arg("--key")
+                .arg(&pki.client_key);
+        }
+        command.env_remove("http_proxy").env_remove("HTTP_PROXY");
+        command
     }
 
     /// Stops etcd (SIGTERM), keeping its data.
@@ -107,7 +146,18 @@ impl Etcd {
             .args(["--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("test={peer}")])
+            .args(["--initial-cluster", &format!("test={peer}")]);
+        if let Some(pki) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&pki.server_cert)
+                .arg("--key-file")
+                .arg(&pki.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&pki.ca_cert)
+                .arg("--client-cert-auth");
+        }
+        command
             // No metrics listener, no proxy from the environment.
             .env_remove("ETCD_LISTEN_METRICS_URLS")
             .env_remove("http_proxy")

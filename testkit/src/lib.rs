@@ -26,6 +26,7 @@ pub mod kubeapi;
 pub mod net;
 pub mod netns;
 pub mod process;
+pub mod tls;
 pub mod wait;
 
 /// `<prefix>-<pid>-<n>-<tag>`, with `n` counting up in this process: distinct across parallel

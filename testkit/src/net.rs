@@ -134,9 +134,41 @@ pub fn ask(addr: SocketAddr, timeout: Duration) -> std::io::Result<String> {
     Ok(answer)
 }
 
+/// One `GET path` over HTTP/1.1 (the server closes after answering, as svcproxy's status server
+/// does): the status code and the body. `timeout` bounds the connect and each read.
+///
+/// # Errors
+///
+/// The connect, write or read error, or `InvalidData` when the answer is not an HTTP response.
+pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
+    use std::io::Write as _;
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    let invalid = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not HTTP: {answer:?}"),
+        )
+    };
+    let (head, body) = answer.split_once("\r\n\r\n").ok_or_else(invalid)?;
+    let status = head
+        .strip_prefix("HTTP/1.1 ")
+        .or_else(|| head.strip_prefix("HTTP/1.0 "))
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(invalid)?;
+    Ok((status, body.to_owned()))
+}
+
 #[cfg(test)]
 mod tests {
-    use std::io::Write as _;
+    use std::io::{Read as _, Write as _};
     use std::net::TcpListener;
 
     use super::*;
@@ -156,6 +188,41 @@ mod tests {
         assert_eq!(server.stop(), 3);
         let err = ask(addr, Duration::from_secs(2)).expect_err("stopped");
         assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    }
+
+    /// Serves one connection: reads the request head, answers `answer`, closes.
+    fn serve_once(answer: &'static str) -> (SocketAddr, std::thread::JoinHandle<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("bound");
+        let thread = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().expect("accept");
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).expect("read") == 1 {
+                head.push(byte[0]);
+            }
+            conn.write_all(answer.as_bytes()).expect("write");
+            String::from_utf8_lossy(&head).into_owned()
+        });
+        (addr, thread)
+    }
+
+    #[test]
+    fn http_get_reads_the_status_and_the_body() {
+        let (addr, server) =
+            serve_once("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 3\r\n\r\nno\n");
+        let got = http_get(addr, "/healthz", Duration::from_secs(2)).expect("answer");
+        assert_eq!(got, (503, "no\n".to_owned()));
+        let request = server.join().expect("server");
+        assert!(
+            request.starts_with("GET /healthz HTTP/1.1\r\n"),
+            "{request:?}"
+        );
+
+        let (addr, server) = serve_once("hello");
+        let err = http_get(addr, "/", Duration::from_secs(2)).expect_err("not HTTP");
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        server.join().expect("server");
     }
 
     #[test]

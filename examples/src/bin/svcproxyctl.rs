@@ -7,6 +7,9 @@
 //! svcproxyctl [--etcd URL,...] [--etcd-prefix P] list
 //! ```
 //!
+//! TLS and authentication take svcproxy's flags (`--etcd-cacert`, `--etcd-cert`, `--etcd-key`,
+//! `--etcd-user` with `--etcd-password-file`).
+//!
 //! Each service entry of the file becomes the key `<prefix><namespace>/<name>` holding the entry
 //! as JSON (the table file's service format). The file is validated whole first, as svcproxy
 //! would load it, and refused with every problem named. The keys are written in transactions of
@@ -21,6 +24,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use etcd_client::{Client, GetOptions, Txn, TxnOp};
+use examples::svcproxy::etcd::{self, EtcdOptions, EtcdSecurity};
 use proxy_core::file::{parse_spec, read_table_text, LoadError, DEFAULT_MAX_TABLE_BYTES};
 use proxy_core::tracker::ServiceName;
 
@@ -49,6 +53,10 @@ struct Cli {
         global = true
     )]
     etcd_prefix: String,
+
+    /// TLS and authentication (as svcproxy's).
+    #[command(flatten)]
+    security: EtcdSecurity,
 
     #[command(subcommand)]
     command: Command,
@@ -96,9 +104,14 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let mut client = Client::connect(&cli.etcd, None)
-        .await
-        .with_context(|| format!("cannot connect to etcd at {}", cli.etcd.join(",")))?;
+    let options = EtcdOptions {
+        endpoints: cli.etcd.clone(),
+        prefix: cli.etcd_prefix.clone(),
+        security: cli.security.clone(),
+    };
+    let mut client = etcd::connect(&options).await?;
+    // Named in every etcd error: which cluster refused.
+    let at = options.endpoints.join(",");
     let prefix = cli.etcd_prefix.as_str();
     match cli.command {
         Command::Put { file, prune } => {
@@ -109,7 +122,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .collect();
             if prune {
                 let listed: BTreeSet<&str> = entries.iter().map(|(key, _)| key.as_str()).collect();
-                for (key, _) in keys(&mut client, prefix).await? {
+                for (key, _) in keys(&mut client, prefix, &at).await? {
                     if !listed.contains(key.as_str()) {
                         println!("deleting {key}");
                         ops.push(TxnOp::delete(key, None));
@@ -117,7 +130,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             let services = entries.len();
-            write(&mut client, ops).await?;
+            write(&mut client, ops, &at).await?;
             println!("put {services} service(s) under {prefix}");
         }
         Command::Delete { names } => {
@@ -131,10 +144,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     None,
                 ));
             }
-            write(&mut client, ops).await?;
+            write(&mut client, ops, &at).await?;
         }
         Command::List => {
-            for (key, revision) in keys(&mut client, prefix).await? {
+            for (key, revision) in keys(&mut client, prefix, &at).await? {
                 let name = key.strip_prefix(prefix).unwrap_or(&key);
                 println!("{name}\trevision {revision}");
             }
@@ -170,15 +183,15 @@ fn entries_of(file: &std::path::Path, prefix: &str) -> anyhow::Result<Vec<(Strin
     Ok(entries)
 }
 
-/// Every key under `prefix`, with the revision it was last written at.
-async fn keys(client: &mut Client, prefix: &str) -> anyhow::Result<Vec<(String, i64)>> {
+/// Every key under `prefix`, with the revision it was last written at (`at`: the endpoints).
+async fn keys(client: &mut Client, prefix: &str, at: &str) -> anyhow::Result<Vec<(String, i64)>> {
     let response = client
         .get(
             prefix,
             Some(GetOptions::new().with_prefix().with_keys_only()),
         )
         .await
-        .context("cannot list the services")?;
+        .with_context(|| format!("cannot list the services under {prefix} in etcd at {at}"))?;
     Ok(response
         .kvs()
         .iter()
@@ -191,15 +204,15 @@ async fn keys(client: &mut Client, prefix: &str) -> anyhow::Result<Vec<(String, 
         .collect())
 }
 
-/// Sends `ops` in transactions of at most [`MAX_TXN_OPS`].
-async fn write(client: &mut Client, ops: Vec<TxnOp>) -> anyhow::Result<()> {
+/// Sends `ops` in transactions of at most [`MAX_TXN_OPS`] (`at`: the endpoints).
+async fn write(client: &mut Client, ops: Vec<TxnOp>, at: &str) -> anyhow::Result<()> {
     let mut ops = ops.into_iter().peekable();
     while ops.peek().is_some() {
         let chunk: Vec<TxnOp> = ops.by_ref().take(MAX_TXN_OPS).collect();
         client
             .txn(Txn::new().and_then(chunk))
             .await
-            .context("cannot write to etcd")?;
+            .with_context(|| format!("cannot write to etcd at {at}"))?;
     }
     Ok(())
 }

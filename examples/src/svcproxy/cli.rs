@@ -74,6 +74,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "PREFIX", default_value = "/svcproxy/services/")]
     pub etcd_prefix: String,
 
+    /// With --etcd: TLS and authentication.
+    #[command(flatten)]
+    pub etcd_security: super::etcd::EtcdSecurity,
+
     /// With --etcd: this node's zone, for endpoints' topology hints (a table file names it
     /// with `zone:`).
     #[arg(long, value_name = "Z", requires = "etcd")]

@@ -17,9 +17,12 @@
 //!   (one table generation, so one sync).
 
 use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, WatchOptions};
+use etcd_client::{
+    Certificate, Client, ConnectOptions, EventType, GetOptions, Identity, TlsOptions, WatchOptions,
+};
 use proxy_core::file::parse_service;
 use proxy_core::tracker::{ChangeTracker, ServiceName};
 use proxy_core::validate::escape_control;
@@ -41,11 +44,119 @@ pub struct EtcdOptions {
     pub endpoints: Vec<String>,
     /// The key prefix of the services, e.g. `/svcproxy/services/`.
     pub prefix: String,
+    /// TLS and authentication, when the cluster asks for them.
+    pub security: EtcdSecurity,
+}
+
+/// How to prove who we are to etcd and check who it is: the flags etcdctl calls `--cacert`,
+/// `--cert`, `--key` and `--user`, shared by `svcproxy --etcd` and `svcproxyctl`. With a CA,
+/// a certificate or a user, endpoints written without a scheme are `https://` (etcd sends a
+/// password only over TLS, and so do we: a user with `http://` endpoints is refused).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct EtcdSecurity {
+    /// The CA bundle (PEM) that signed etcd's server certificate. The system's roots are not
+    /// used (etcd clusters run their own CA): an https endpoint needs this.
+    #[arg(long = "etcd-cacert", value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// Our client certificate (PEM), for an etcd started with `--client-cert-auth`.
+    #[arg(long = "etcd-cert", value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long = "etcd-key", value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// The etcd user to authenticate as (etcd's `auth enable`); the password is read from
+    /// --etcd-password-file, never from the command line.
+    #[arg(long = "etcd-user", value_name = "NAME", requires = "password_file")]
+    pub user: Option<String>,
+    /// A file holding the user's password (one line; a trailing newline is dropped).
+    #[arg(long = "etcd-password-file", value_name = "FILE", requires = "user")]
+    pub password_file: Option<PathBuf>,
+}
+
+impl EtcdSecurity {
+    /// Whether any TLS setting is given.
+    fn wants_tls(&self) -> bool {
+        self.cacert.is_some() || self.cert.is_some()
+    }
+
+    /// The client's connect options with these settings (files read now).
+    fn apply(&self, mut connect: ConnectOptions) -> Result<ConnectOptions, EtcdError> {
+        if self.wants_tls() {
+            let mut tls = TlsOptions::new();
+            if let Some(path) = &self.cacert {
+                tls = tls.ca_certificate(Certificate::from_pem(read_credential(path)?));
+            }
+            if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+                tls = tls.identity(Identity::from_pem(
+                    read_credential(cert)?,
+                    read_credential(key)?,
+                ));
+            }
+            connect = connect.with_tls(tls);
+        }
+        if let (Some(user), Some(path)) = (&self.user, &self.password_file) {
+            let password =
+                String::from_utf8(read_credential(path)?).map_err(|_| EtcdError::Credentials {
+                    path: path.clone(),
+                    reason: "not UTF-8".to_owned(),
+                })?;
+            let password = password.strip_suffix('\n').unwrap_or(&password);
+            let password = password.strip_suffix('\r').unwrap_or(password);
+            connect = connect.with_user(user.clone(), password.to_owned());
+        }
+        Ok(connect)
+    }
+
+    /// `endpoints` with a scheme: `https://` when TLS is set up, else `http://`; a user over
+    /// `http://` is refused (the password would cross the network in clear).
+    fn endpoints(&self, endpoints: &[String]) -> Result<Vec<String>, EtcdError> {
+        let tls = self.wants_tls();
+        endpoints
+            .iter()
+            .map(|endpoint| {
+                let url = if endpoint.contains("://") {
+                    endpoint.clone()
+                } else if tls {
+                    format!("https://{endpoint}")
+                } else {
+                    format!("http://{endpoint}")
+                };
+                if url.starts_with("http://") && (tls || self.user.is_some()) {
+                    return Err(EtcdError::Insecure {
+                        endpoint: endpoint.clone(),
+                    });
+                }
+                Ok(url)
+            })
+            .collect()
+    }
+}
+
+/// A credential file's bytes.
+fn read_credential(path: &Path) -> Result<Vec<u8>, EtcdError> {
+    std::fs::read(path).map_err(|error| EtcdError::Credentials {
+        path: path.to_owned(),
+        reason: error.to_string(),
+    })
 }
 
 /// Why etcd could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
+    /// A certificate, key or password file could not be read.
+    #[error("cannot read the etcd credential {}: {reason}", path.display())]
+    Credentials {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// TLS settings or a user given with an `http://` endpoint.
+    #[error("etcd endpoint {endpoint}: TLS settings or a user need an https:// endpoint")]
+    Insecure {
+        /// The endpoint as given.
+        endpoint: String,
+    },
     /// No connection could be set up.
     #[error("cannot connect to etcd at {endpoints}: {error}")]
     Connect {
@@ -78,7 +189,8 @@ pub struct Listing {
 /// Connects to etcd (the connection itself is made by the first request).
 ///
 /// # Errors
-/// [`EtcdError::Connect`] when the endpoints are not usable.
+/// [`EtcdError::Credentials`] or [`EtcdError::Insecure`] for unusable TLS or user settings;
+/// [`EtcdError::Connect`] when the endpoints are not usable or the user is refused.
 pub async fn connect(options: &EtcdOptions) -> Result<Client, EtcdError> {
     let connect = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(5))
@@ -86,7 +198,9 @@ pub async fn connect(options: &EtcdOptions) -> Result<Client, EtcdError> {
         // seconds rather than at the next TCP retransmission timeout.
         .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5))
         .with_keep_alive_while_idle(true);
-    Client::connect(&options.endpoints, Some(connect))
+    let connect = options.security.apply(connect)?;
+    let endpoints = options.security.endpoints(&options.endpoints)?;
+    Client::connect(&endpoints, Some(connect))
         .await
         .map_err(|error| EtcdError::Connect {
             endpoints: options.endpoints.join(","),

@@ -4,6 +4,7 @@
 //! and time), answer, close.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -116,16 +117,57 @@ fn unix_seconds(at: SystemTime) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// `/metrics` (Prometheus text) and `/healthz` (kube-proxy style: 200 while the last sync is
-/// recent, 503 otherwise, with a small JSON body).
-pub async fn serve_status(listener: TcpListener, registry: Arc<Registry>, health: SyncHealth) {
+/// Whether load balancers should send this node traffic: kube-proxy's `nodeEligible` (KEP-3836).
+/// A node being deleted, or tainted `ToBeDeletedByClusterAutoscaler`, is not eligible: its
+/// `/healthz` answers 503 so that load balancers drain it before it goes, while `/livez` (is the
+/// proxy itself alive?) does not look at it. Only a source that knows the node (Kubernetes) sets
+/// it; shared between that source and the status server.
+#[derive(Debug, Clone)]
+pub struct NodeEligibility(Arc<AtomicBool>);
+
+impl Default for NodeEligibility {
+    fn default() -> Self {
+        Self(Arc::new(AtomicBool::new(true)))
+    }
+}
+
+impl NodeEligibility {
+    /// Whether the node takes load-balancer traffic.
+    pub fn is_eligible(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Sets it; true when that changed it.
+    pub fn set(&self, eligible: bool) -> bool {
+        self.0.swap(eligible, Ordering::Relaxed) != eligible
+    }
+}
+
+/// Whether `/healthz` or `/livez` answers 200: the last sync is recent and, for `/healthz`, the
+/// node (when the source knows it) is eligible.
+fn is_healthy(path: &str, synced: bool, node_eligible: Option<bool>) -> bool {
+    synced && (path == "/livez" || node_eligible != Some(false))
+}
+
+/// `/metrics` (Prometheus text), and `/healthz` and `/livez` as kube-proxy serves them: 200 while
+/// the last sync is recent, 503 otherwise, with a small JSON body. With `node` (a source that
+/// knows the node), `/healthz` also answers 503 while the node is not eligible and says so in
+/// `nodeEligible`; `/livez` ignores it.
+pub async fn serve_status(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    health: SyncHealth,
+    node: Option<NodeEligibility>,
+) {
     serve(listener, move |path| match path {
         "/metrics" => match encode_text(&registry) {
             Ok(text) => Response::new(200, "application/openmetrics-text; version=1.0.0; charset=utf-8", text),
             Err(err) => Response::new(500, "text/plain", format!("cannot encode metrics: {err}\n")),
         },
         "/healthz" | "/livez" => {
-            let healthy = health.is_healthy();
+            let synced = health.is_healthy();
+            let node_eligible = node.as_ref().map(NodeEligibility::is_eligible);
+            let healthy = is_healthy(path, synced, node_eligible);
             let last_updated = health
                 .last_success()
                 .map(|at| {
@@ -140,8 +182,11 @@ pub async fn serve_status(listener: TcpListener, registry: Arc<Registry>, health
                 .iter()
                 .map(|p| serde_json::Value::from(p.as_str()).to_string())
                 .collect();
+            let eligible = node_eligible
+                .map(|eligible| format!(", \"nodeEligible\": {eligible}"))
+                .unwrap_or_default();
             let body = format!(
-                "{{\"healthy\": {healthy}, \"degraded\": {}, \"problems\": [{}], \"lastUpdated\": {last_updated:.3}, \"currentTime\": {:.3}}}\n",
+                "{{\"healthy\": {healthy}, \"synced\": {synced}{eligible}, \"degraded\": {}, \"problems\": [{}], \"lastUpdated\": {last_updated:.3}, \"currentTime\": {:.3}}}\n",
                 !problems.is_empty(),
                 problems.join(", "),
                 unix_seconds(SystemTime::now())
@@ -151,4 +196,33 @@ pub async fn serve_status(listener: TcpListener, registry: Arc<Registry>, health
         _ => Response::new(404, "text/plain", "try /metrics or /healthz\n".to_owned()),
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_eligibility_is_shared_and_reports_changes() {
+        let node = NodeEligibility::default();
+        let seen_by_the_server = node.clone();
+        assert!(seen_by_the_server.is_eligible());
+        assert!(node.set(false), "a change");
+        assert!(!node.set(false), "no change");
+        assert!(!seen_by_the_server.is_eligible());
+        assert!(node.set(true));
+        assert!(seen_by_the_server.is_eligible());
+    }
+
+    #[test]
+    fn healthz_fails_for_a_node_not_eligible_and_livez_does_not() {
+        for path in ["/healthz", "/livez"] {
+            assert!(is_healthy(path, true, None), "{path}: no node known");
+            assert!(is_healthy(path, true, Some(true)), "{path}");
+            assert!(!is_healthy(path, false, Some(true)), "{path}: sync overdue");
+            assert!(!is_healthy(path, false, None), "{path}: sync overdue");
+        }
+        assert!(!is_healthy("/healthz", true, Some(false)));
+        assert!(is_healthy("/livez", true, Some(false)));
+    }
 }

@@ -5,7 +5,8 @@
 //! ```text
 //! svcproxy --services FILE [--backend userspace|iptables|ipvs|nftables] [--node-name N]
 //!          [--dry-run] [--once] [--cleanup-on-exit] [--metrics-addr ADDR] [--healthz-addr ADDR]
-//! svcproxy --etcd URL[,URL...] [--etcd-prefix /svcproxy/services/] [--node-name N] [--zone Z] ...
+//! svcproxy --etcd URL[,URL...] [--etcd-prefix /svcproxy/services/] [--node-name N] [--zone Z]
+//!          [--etcd-cacert F] [--etcd-cert F --etcd-key F] [--etcd-user U --etcd-password-file F] ...
 //! svcproxy --cleanup [--backend userspace|iptables|ipvs|nftables]   # remove what earlier runs left
 //! svcproxy demo        # tiny loopback backends + a table fronting them; prints a curl line
 //! ```
@@ -20,7 +21,7 @@ mod backend;
 mod cleanup;
 mod cli;
 mod demo;
-mod etcd;
+pub mod etcd;
 mod http;
 pub mod kube_proxy;
 mod kubernetes;
@@ -242,6 +243,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             listener,
             Arc::clone(&registry),
             health.clone(),
+            feed.node_eligibility(),
         ));
     }
     let watcher = tokio::spawn(feed.follow(tracker, args.poll_interval()));
@@ -278,6 +280,14 @@ enum Feed {
 }
 
 impl Feed {
+    /// The node's eligibility for load-balancer traffic, where the source knows the node.
+    fn node_eligibility(&self) -> Option<http::NodeEligibility> {
+        match self {
+            Feed::Kubernetes(feed) => Some(feed.eligibility()),
+            Feed::File { .. } | Feed::Etcd { .. } => None,
+        }
+    }
+
     /// Reads the source whole. A file must load; etcd is retried while it cannot be reached
     /// (a node may boot before its etcd), except for `--dry-run` and `--once`, which report it.
     async fn load(args: &RunArgs) -> anyhow::Result<Feed> {
@@ -314,6 +324,7 @@ impl Feed {
         let options = etcd::EtcdOptions {
             endpoints: args.etcd.clone(),
             prefix: args.etcd_prefix.clone(),
+            security: args.etcd_security.clone(),
         };
         let client = etcd::connect(&options).await?;
         let listing = if args.dry_run || args.once {

@@ -305,6 +305,22 @@ pub fn slice_key(slice: &KubeSlice) -> Option<(ServiceName, String)> {
     ))
 }
 
+/// The taint the cluster autoscaler puts on a node it is about to remove.
+pub const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
+
+/// Whether the node should take load-balancer traffic, as kube-proxy's health server decides
+/// (KEP-3836): not while it is being deleted (a deletion timestamp) or tainted
+/// [`TO_BE_DELETED_TAINT`], whatever the taint's effect.
+pub fn node_eligible(node: &Node) -> bool {
+    let deleting = node.metadata.deletion_timestamp.is_some();
+    let to_be_deleted = node
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.taints.as_ref())
+        .is_some_and(|taints| taints.iter().any(|taint| taint.key == TO_BE_DELETED_TAINT));
+    !deleting && !to_be_deleted
+}
+
 /// The node's zone label.
 pub fn node_zone(node: &Node) -> Option<String> {
     node.metadata
@@ -582,5 +598,22 @@ mod tests {
             "labels": {ZONE_LABEL: "z1"}}}))
         .expect("a Node");
         assert_eq!(node_zone(&node).as_deref(), Some("z1"));
+    }
+
+    #[test]
+    fn a_node_being_deleted_or_tainted_for_removal_is_not_eligible() {
+        let node =
+            |value: serde_json::Value| -> Node { serde_json::from_value(value).expect("a Node") };
+        assert!(node_eligible(&node(json!({"metadata": {"name": "a"}}))));
+        let other_taint = json!({"metadata": {"name": "a"},
+            "spec": {"taints": [{"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}]}});
+        assert!(node_eligible(&node(other_taint)));
+        let autoscaler = json!({"metadata": {"name": "a"},
+            "spec": {"taints": [{"key": "x", "effect": "NoSchedule"},
+                                {"key": TO_BE_DELETED_TAINT, "value": "1733100000", "effect": "NoSchedule"}]}});
+        assert!(!node_eligible(&node(autoscaler)));
+        let deleting =
+            json!({"metadata": {"name": "a", "deletionTimestamp": "2026-12-02T06:00:00Z"}});
+        assert!(!node_eligible(&node(deleting)));
     }
 }

@@ -30,6 +30,8 @@ use tracing::{debug, info, warn};
 
 use map::ServiceView;
 
+use super::http::NodeEligibility;
+
 /// Where the cluster is and who we are in it.
 #[derive(Debug, Clone)]
 pub struct KubeOptions {
@@ -59,6 +61,8 @@ pub struct KubeFeed {
     services: Relist<ServiceName>,
     slices: Relist<(ServiceName, String)>,
     nodes: Relist<String>,
+    /// Whether this node takes load-balancer traffic (`/healthz`'s `nodeEligible`).
+    eligibility: NodeEligibility,
 }
 
 impl std::fmt::Debug for KubeFeed {
@@ -112,6 +116,12 @@ impl<K: Eq + Hash + Clone> Relist<K> {
 }
 
 impl KubeFeed {
+    /// This node's eligibility for load-balancer traffic, kept by the node watch, for the
+    /// status server's `/healthz`.
+    pub fn eligibility(&self) -> NodeEligibility {
+        self.eligibility.clone()
+    }
+
     /// Connects and starts the three watches (nothing is read until they are polled).
     ///
     /// # Errors
@@ -163,6 +173,7 @@ impl KubeFeed {
             services: Relist::new(),
             slices: Relist::new(),
             nodes: Relist::new(),
+            eligibility: NodeEligibility::default(),
         })
     }
 
@@ -288,15 +299,30 @@ impl KubeFeed {
                         warn!(%error, "node zone refused");
                     }
                 }
+                self.set_eligible(map::node_eligible(&node));
                 self.nodes
                     .applied(node.metadata.name.clone().unwrap_or_default());
             }
             Event::Delete(node) => {
+                // As kube-proxy: a node that is gone takes no new load-balancer traffic.
+                self.set_eligible(false);
                 self.nodes
                     .deleted(&node.metadata.name.clone().unwrap_or_default());
             }
             Event::InitDone => {
                 self.nodes.done();
+            }
+        }
+    }
+}
+
+impl KubeFeed {
+    fn set_eligible(&self, eligible: bool) {
+        if self.eligibility.set(eligible) {
+            if eligible {
+                info!(node = %self.options.node, "node eligible for load-balancer traffic again: /healthz follows the sync");
+            } else {
+                warn!(node = %self.options.node, "node being deleted or tainted {}: /healthz answers 503 so that load balancers drain it", map::TO_BE_DELETED_TAINT);
             }
         }
     }
