@@ -151,6 +151,14 @@ fn wait_for(addr: SocketAddr, want: &[&str], proxy: &LoggedChild) {
     }
 }
 
+/// A fake API server on loopback and a kubeconfig for it in `dir`.
+fn api_server(dir: &TempDir) -> (FakeApiServer, std::path::PathBuf) {
+    let api = FakeApiServer::start();
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig()).expect("write kubeconfig");
+    (api, kubeconfig)
+}
+
 /// Starts kube-svcproxy; its health endpoints on `health` (`None`: any free port).
 fn start(
     kubeconfig: &std::path::Path,
@@ -177,9 +185,7 @@ fn start(
 #[test]
 fn follows_the_api_server_through_gating_drops_410_relists_and_restarts() {
     let dir = TempDir::new("kube");
-    let api = FakeApiServer::start();
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(&kubeconfig, api.kubeconfig()).expect("write kubeconfig");
+    let (api, kubeconfig) = api_server(&dir);
 
     let vip = Ipv4Addr::new(127, 0, 0, 51);
     let blue = AnswerServer::named((Ipv4Addr::new(127, 0, 0, 52), 0).into(), "blue");
@@ -274,9 +280,7 @@ fn follows_the_api_server_through_gating_drops_410_relists_and_restarts() {
 #[test]
 fn healthz_drains_a_node_being_deleted_and_livez_does_not() {
     let dir = TempDir::new("kube-health");
-    let api = FakeApiServer::start();
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(&kubeconfig, api.kubeconfig()).expect("write kubeconfig");
+    let (api, kubeconfig) = api_server(&dir);
     let vip = Ipv4Addr::new(127, 0, 0, 61);
     let blue = AnswerServer::named((Ipv4Addr::new(127, 0, 0, 62), 0).into(), "blue");
     let web = SocketAddr::from((vip, free_port(vip)));
