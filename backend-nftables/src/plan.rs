@@ -244,22 +244,48 @@ fn plan_full(desired: &Table, observed: &Table, out: &mut Vec<Change>) {
     }
 }
 
+/// Both maps are walked once, side by side in key order (a merge), rather than each element
+/// looked up in the other: at 10,000 service ports a restart compares 200,000 elements, and
+/// lookups were most of the planner's time.
 fn diff_elements(name: SetName, want: &Set, have: &Set, out: &mut Vec<Change>) {
-    for (key, value) in &want.elements {
-        match have.elements.get(key) {
-            Some(v) if v == value => {}
-            Some(_) => {
-                out.push(Change::DeleteElement(name, *key));
-                out.push(Change::AddElement(name, *key, *value));
+    use std::cmp::Ordering;
+    let mut wants = want.elements.iter().peekable();
+    let mut haves = have.elements.iter().peekable();
+    // Deletions of keys we do not want are pushed after the additions, as before the merge:
+    // a transaction's order is the planner's contract with the golden files.
+    let mut unwanted = Vec::new();
+    loop {
+        match (wants.peek(), haves.peek()) {
+            (Some((wk, wv)), Some((hk, hv))) => match wk.cmp(hk) {
+                Ordering::Less => {
+                    out.push(Change::AddElement(name, **wk, **wv));
+                    wants.next();
+                }
+                Ordering::Greater => {
+                    unwanted.push(Change::DeleteElement(name, **hk));
+                    haves.next();
+                }
+                Ordering::Equal => {
+                    if wv != hv {
+                        out.push(Change::DeleteElement(name, **wk));
+                        out.push(Change::AddElement(name, **wk, **wv));
+                    }
+                    wants.next();
+                    haves.next();
+                }
+            },
+            (Some((wk, wv)), None) => {
+                out.push(Change::AddElement(name, **wk, **wv));
+                wants.next();
             }
-            None => out.push(Change::AddElement(name, *key, *value)),
+            (None, Some((hk, _))) => {
+                unwanted.push(Change::DeleteElement(name, **hk));
+                haves.next();
+            }
+            (None, None) => break,
         }
     }
-    for key in have.elements.keys() {
-        if !want.elements.contains_key(key) {
-            out.push(Change::DeleteElement(name, *key));
-        }
-    }
+    out.extend(unwanted);
 }
 
 fn diff_chain(want: &Chain, have: Option<&Chain>, out: &mut Vec<Change>) {
@@ -520,4 +546,52 @@ fn render_change(out: &mut String, table: &str, change: &Change) {
             writeln!(out, "delete {kind} inet {table} {name}")
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Family, Key, Set, Value};
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+    fn key(last: u8) -> Key {
+        Key::Addr(IpAddr::V4(Ipv4Addr::new(198, 18, 0, last)))
+    }
+
+    fn endpoint(port: u16) -> Value {
+        Value::Endpoint(SocketAddr::from((Ipv4Addr::new(198, 18, 1, 1), port)))
+    }
+
+    fn set(elements: &[(u8, u16)]) -> Set {
+        let mut set = Set::new(SetName::ClusterIps(Family::V4));
+        set.elements = elements
+            .iter()
+            .map(|&(k, port)| (key(k), endpoint(port)))
+            .collect();
+        set
+    }
+
+    #[test]
+    fn element_diff_adds_and_replaces_in_key_order_then_deletes() {
+        let name = SetName::ClusterIps(Family::V4);
+        let want = set(&[(1, 1), (2, 2), (4, 4), (6, 6)]);
+        let have = set(&[(0, 9), (2, 3), (3, 9), (6, 6), (7, 9)]);
+        let mut out = Vec::new();
+        diff_elements(name, &want, &have, &mut out);
+        assert_eq!(
+            out,
+            vec![
+                Change::AddElement(name, key(1), endpoint(1)),
+                Change::DeleteElement(name, key(2)),
+                Change::AddElement(name, key(2), endpoint(2)),
+                Change::AddElement(name, key(4), endpoint(4)),
+                Change::DeleteElement(name, key(0)),
+                Change::DeleteElement(name, key(3)),
+                Change::DeleteElement(name, key(7)),
+            ]
+        );
+        let mut none = Vec::new();
+        diff_elements(name, &want, &want, &mut none);
+        assert!(none.is_empty(), "{none:?}");
+    }
 }
