@@ -159,14 +159,8 @@ fn api_server(dir: &TempDir) -> (FakeApiServer, std::path::PathBuf) {
     (api, kubeconfig)
 }
 
-/// Starts kube-svcproxy; its health endpoints on `health` (`None`: any free port).
-fn start(
-    kubeconfig: &std::path::Path,
-    mode: &str,
-    health: Option<SocketAddr>,
-    extra: &[&str],
-) -> LoggedChild {
-    let health = health.unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+/// Starts kube-svcproxy with its metrics and health endpoints on free ports.
+fn start(kubeconfig: &std::path::Path, mode: &str, extra: &[&str]) -> LoggedChild {
     LoggedChild::spawn(
         "kube-svcproxy",
         Command::new(KUBE_SVCPROXY)
@@ -174,7 +168,7 @@ fn start(
             .arg(kubeconfig)
             .args(["--hostname-override", "node-a", "--proxy-mode", mode])
             .args(["--metrics-bind-address", "127.0.0.1:0"])
-            .args(["--healthz-bind-address", &health.to_string()])
+            .args(["--healthz-bind-address", "127.0.0.1:0"])
             .args(extra)
             .env("RUST_LOG", "info,kube=warn")
             .env("NO_COLOR", "1"),
@@ -218,7 +212,7 @@ fn follows_the_api_server_through_gating_drops_410_relists_and_restarts() {
 
     // Gating: with the endpoint slices unlistable, nothing is programmed.
     api.set_resource_available(Resource::EndpointSlices, false);
-    let proxy = start(&kubeconfig, "userspace", None, &[]);
+    let proxy = start(&kubeconfig, "userspace", &[]);
     std::thread::sleep(Duration::from_secs(2));
     assert!(
         !proxy.log().contains("table loaded"),
@@ -276,7 +270,8 @@ fn follows_the_api_server_through_gating_drops_410_relists_and_restarts() {
 
 /// kube-proxy's `/healthz` drains a node that is going away (KEP-3836): 503 with `nodeEligible:
 /// false` while the node carries the autoscaler's taint or a deletion timestamp, while `/livez`
-/// stays 200 and the dataplane keeps serving; 200 again when the taint goes.
+/// stays 200 and the dataplane keeps serving; 200 again when the taint goes. Configured through a
+/// `KubeProxyConfiguration` file (`--config`), as kubeadm runs kube-proxy.
 #[test]
 fn healthz_drains_a_node_being_deleted_and_livez_does_not() {
     let dir = TempDir::new("kube-health");
@@ -296,8 +291,29 @@ fn healthz_drains_a_node_being_deleted_and_livez_does_not() {
             &[Ipv4Addr::new(127, 0, 0, 62)],
         ),
     );
+    // Started as kubeadm's kube-proxy DaemonSet starts kube-proxy: a KubeProxyConfiguration
+    // file, and only --hostname-override on the command line.
     let health = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port(Ipv4Addr::LOCALHOST)));
-    let proxy = start(&kubeconfig, "userspace", Some(health), &[]);
+    let config = dir.join("config.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n\
+             clientConnection:\n  kubeconfig: {}\nmode: userspace\n\
+             metricsBindAddress: 127.0.0.1:0\nhealthzBindAddress: {health}\n",
+            kubeconfig.display()
+        ),
+    )
+    .expect("write config");
+    let proxy = LoggedChild::spawn(
+        "kube-svcproxy",
+        Command::new(KUBE_SVCPROXY)
+            .arg(format!("--config={}", config.display()))
+            .arg("--hostname-override=node-a")
+            .env("RUST_LOG", "info,kube=warn")
+            .env("NO_COLOR", "1"),
+    )
+    .expect("start kube-svcproxy");
     let get = |path: &str| testkit::net::http_get(health, path, Duration::from_secs(2));
     // Waits until `path` answers `status` with `field` in its body.
     let wait_health = |path: &str, status: u16, field: &str| {

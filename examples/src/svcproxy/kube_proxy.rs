@@ -2,12 +2,22 @@
 //! (those that exist for what it does, with kube-proxy's defaults) and runs svcproxy's
 //! Kubernetes source (`--kubernetes`): the flags are translated into svcproxy's, so the two
 //! programs share one runtime.
+//!
+//! `--config FILE` reads kube-proxy's own configuration file (a `KubeProxyConfiguration`, as
+//! kubeadm writes it into the `kube-proxy` ConfigMap), so that kube-proxy's DaemonSet can run
+//! this binary with its arguments unchanged (`--config=/var/lib/kube-proxy/config.conf
+//! --hostname-override=$(NODE_NAME)`). A flag given on the command line wins over the file, as
+//! `--hostname-override` does for kube-proxy; fields we have no use for are ignored, and a field
+//! we cannot honour is refused by name.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser as _;
+use anyhow::Context as _;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory as _, FromArgMatches as _, Parser as _};
+use serde::Deserialize;
 
 use crate::svcproxy::cli::BackendKind;
 
@@ -16,6 +26,11 @@ use crate::svcproxy::cli::BackendKind;
 #[derive(Debug, clap::Parser)]
 #[command(name = "kube-svcproxy", version)]
 pub struct KubeProxyArgs {
+    /// kube-proxy's configuration file (`KubeProxyConfiguration`, kubeproxy.config.k8s.io/
+    /// v1alpha1, as kubeadm writes it); flags given on the command line win over it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// Path to a kubeconfig file (default: the in-cluster config).
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
@@ -114,9 +129,188 @@ impl KubeProxyArgs {
     }
 }
 
+/// The fields of kube-proxy's `KubeProxyConfiguration` that kube-svcproxy reads (the rest are
+/// ignored). An empty string, as kubeadm writes for unset fields, means the default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct KubeProxyConfiguration {
+    api_version: Option<String>,
+    kind: Option<String>,
+    #[serde(default)]
+    client_connection: ClientConnection,
+    hostname_override: Option<String>,
+    mode: Option<String>,
+    #[serde(rename = "clusterCIDR")]
+    cluster_cidr: Option<String>,
+    node_port_addresses: Option<Vec<String>>,
+    metrics_bind_address: Option<String>,
+    healthz_bind_address: Option<String>,
+    #[serde(default)]
+    iptables: IptablesConfiguration,
+    #[serde(default)]
+    ipvs: IpvsConfiguration,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ClientConnection {
+    kubeconfig: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct IptablesConfiguration {
+    masquerade_all: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct IpvsConfiguration {
+    #[serde(rename = "strictARP")]
+    strict_arp: Option<bool>,
+}
+
+/// The API version and kind a configuration file must declare.
+const CONFIG_API_VERSION: &str = "kubeproxy.config.k8s.io/v1alpha1";
+const CONFIG_KIND: &str = "KubeProxyConfiguration";
+
+/// A non-empty string field.
+fn given(value: &Option<String>) -> Option<&str> {
+    value.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
+/// An `ip:port` field; a bare IP takes `default_port` (kube-proxy's older form).
+fn bind_address(field: &str, value: &str, default_port: u16) -> anyhow::Result<SocketAddr> {
+    if let Ok(addr) = value.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    value
+        .parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, default_port))
+        .with_context(|| format!("{field}: {value:?} is not an ip:port"))
+}
+
+impl KubeProxyArgs {
+    /// Parses kube-svcproxy's command line, then fills what it did not say from `--config`.
+    ///
+    /// # Errors
+    /// The command line is invalid (clap's error, printed and exited on by the caller), or the
+    /// configuration file cannot be read or holds a value we cannot honour.
+    pub fn from_command_line(
+        argv: impl IntoIterator<Item = impl Into<std::ffi::OsString> + Clone>,
+    ) -> anyhow::Result<Self> {
+        let matches = KubeProxyArgs::command().try_get_matches_from(argv)?;
+        let mut args = KubeProxyArgs::from_arg_matches(&matches)?;
+        if let Some(path) = args.config.clone() {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read --config {}", path.display()))?;
+            let config: KubeProxyConfiguration =
+                serde_saphyr::from_str(&text).with_context(|| {
+                    format!("--config {}: not a KubeProxyConfiguration", path.display())
+                })?;
+            args.merge(&config, &matches)
+                .with_context(|| format!("--config {}", path.display()))?;
+        }
+        Ok(args)
+    }
+
+    /// Takes each field of `config` whose flag was not on the command line.
+    fn merge(
+        &mut self,
+        config: &KubeProxyConfiguration,
+        matches: &ArgMatches,
+    ) -> anyhow::Result<()> {
+        match (config.api_version.as_deref(), config.kind.as_deref()) {
+            (Some(CONFIG_API_VERSION), Some(CONFIG_KIND)) => {}
+            (version, kind) => anyhow::bail!(
+                "apiVersion {version:?}, kind {kind:?}: expected {CONFIG_API_VERSION} {CONFIG_KIND}"
+            ),
+        }
+        let unset = |id: &str| matches.value_source(id) != Some(ValueSource::CommandLine);
+        if unset("kubeconfig") {
+            if let Some(path) = given(&config.client_connection.kubeconfig) {
+                self.kubeconfig = Some(PathBuf::from(path));
+            }
+        }
+        if unset("hostname_override") {
+            if let Some(name) = given(&config.hostname_override) {
+                self.hostname_override = Some(name.to_owned());
+            }
+        }
+        if unset("proxy_mode") {
+            if let Some(mode) = given(&config.mode) {
+                self.proxy_mode = match mode {
+                    "iptables" => BackendKind::Iptables,
+                    "ipvs" => BackendKind::Ipvs,
+                    "nftables" => BackendKind::Nftables,
+                    // Not kube-proxy's any more, but ours: the flag takes it, so the file does.
+                    "userspace" => BackendKind::Userspace,
+                    other => anyhow::bail!(
+                        "mode: {other:?} is not iptables, ipvs, nftables or userspace"
+                    ),
+                };
+            }
+        }
+        if unset("cluster_cidr") {
+            if let Some(cidrs) = given(&config.cluster_cidr) {
+                self.cluster_cidr = cidrs
+                    .split(',')
+                    .map(|cidr| {
+                        cidr.trim()
+                            .parse()
+                            .with_context(|| format!("clusterCIDR: {cidr:?} is not a CIDR"))
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+            }
+        }
+        if unset("nodeport_addresses") {
+            if let Some(values) = &config.node_port_addresses {
+                self.nodeport_addresses = values
+                    .iter()
+                    .map(|value| match value.as_str() {
+                        "primary" => anyhow::bail!(
+                            "nodePortAddresses: \"primary\" is not supported; list the node's networks as CIDRs"
+                        ),
+                        cidr => cidr.parse().with_context(|| {
+                            format!("nodePortAddresses: {cidr:?} is not a CIDR")
+                        }),
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+            }
+        }
+        if unset("metrics_bind_address") {
+            if let Some(addr) = given(&config.metrics_bind_address) {
+                self.metrics_bind_address = bind_address("metricsBindAddress", addr, 10249)?;
+            }
+        }
+        if unset("healthz_bind_address") {
+            if let Some(addr) = given(&config.healthz_bind_address) {
+                self.healthz_bind_address = bind_address("healthzBindAddress", addr, 10256)?;
+            }
+        }
+        if unset("masquerade_all") {
+            self.masquerade_all = config.iptables.masquerade_all.unwrap_or(false);
+        }
+        if unset("ipvs_strict_arp") {
+            self.ipvs_strict_arp = config.ipvs.strict_arp.unwrap_or(false);
+        }
+        Ok(())
+    }
+}
+
 /// `kube-svcproxy`'s `main`.
 pub fn main() -> ExitCode {
-    let args = KubeProxyArgs::parse();
+    let args = match KubeProxyArgs::from_command_line(std::env::args_os()) {
+        Ok(args) => args,
+        Err(err) => match err.downcast::<clap::Error>() {
+            // --help, --version and usage errors, as clap prints them.
+            Ok(clap_error) => clap_error.exit(),
+            Err(err) => {
+                eprintln!("kube-svcproxy: {err:#}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     crate::svcproxy::main_with(crate::svcproxy::cli::Cli::parse_from(args.svcproxy_args()))
 }
 
@@ -154,5 +348,154 @@ mod tests {
         for args in [args, defaults, cleanup] {
             crate::svcproxy::cli::Cli::try_parse_from(args.svcproxy_args()).expect("parses");
         }
+    }
+
+    /// kubeadm's `config.conf`, as its `kube-proxy` ConfigMap holds it (unset fields written
+    /// empty), with the values kube-svcproxy reads set.
+    const KUBEADM_CONFIG: &str = r#"apiVersion: kubeproxy.config.k8s.io/v1alpha1
+bindAddress: 0.0.0.0
+bindAddressHardFail: false
+clientConnection:
+  acceptContentTypes: ""
+  burst: 0
+  contentType: ""
+  kubeconfig: /var/lib/kube-proxy/kubeconfig.conf
+  qps: 0
+clusterCIDR: 198.18.0.0/16,2001:db8:42::/56
+configSyncPeriod: 0s
+conntrack:
+  maxPerCore: null
+  min: null
+  tcpCloseWaitTimeout: null
+  tcpEstablishedTimeout: null
+detectLocalMode: ""
+enableProfiling: false
+healthzBindAddress: ""
+hostnameOverride: ""
+iptables:
+  localhostNodePorts: null
+  masqueradeAll: true
+  masqueradeBit: null
+  minSyncPeriod: 0s
+  syncPeriod: 0s
+ipvs:
+  excludeCIDRs: null
+  minSyncPeriod: 0s
+  scheduler: ""
+  strictARP: false
+  syncPeriod: 0s
+  tcpFinTimeout: 0s
+  tcpTimeout: 0s
+  udpTimeout: 0s
+kind: KubeProxyConfiguration
+metricsBindAddress: 0.0.0.0:10249
+mode: nftables
+nodePortAddresses:
+- 198.18.0.0/15
+oomScoreAdj: null
+portRange: ""
+showHiddenMetricsForVersion: ""
+winkernel:
+  enableDSR: false
+"#;
+
+    fn with_config(text: &str, flags: &[&str]) -> anyhow::Result<KubeProxyArgs> {
+        let dir = testkit_dir();
+        let path = dir.join("config.conf");
+        std::fs::write(&path, text).expect("write config");
+        let mut argv = vec![
+            "kube-svcproxy".to_owned(),
+            "--config".to_owned(),
+            path.display().to_string(),
+        ];
+        argv.extend(flags.iter().map(|f| (*f).to_owned()));
+        let args = KubeProxyArgs::from_command_line(argv);
+        let _ = std::fs::remove_dir_all(&dir);
+        args
+    }
+
+    /// A directory of this test's own (no dev-dependency on testkit in the lib's unit tests).
+    fn testkit_dir() -> std::path::PathBuf {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "kube-svcproxy-config-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+
+    #[test]
+    fn kubeadm_config_file_with_hostname_override_as_its_daemonset_runs_it() {
+        let args = with_config(KUBEADM_CONFIG, &["--hostname-override", "node-a"]).expect("loads");
+        assert_eq!(
+            args.svcproxy_args().join(" "),
+            "svcproxy --kubeconfig /var/lib/kube-proxy/kubeconfig.conf --backend nftables \
+             --node-name node-a --cluster-cidr 198.18.0.0/16 --cluster-cidr 2001:db8:42::/56 \
+             --nodeport-addresses 198.18.0.0/15 --metrics-addr 0.0.0.0:10249 \
+             --healthz-addr 0.0.0.0:10256 --masquerade-all"
+        );
+        crate::svcproxy::cli::Cli::try_parse_from(args.svcproxy_args()).expect("parses");
+    }
+
+    #[test]
+    fn flags_on_the_command_line_win_over_the_config_file() {
+        let args = with_config(
+            KUBEADM_CONFIG,
+            &[
+                "--proxy-mode",
+                "iptables",
+                "--kubeconfig",
+                "/etc/other.conf",
+                "--metrics-bind-address",
+                "127.0.0.1:9999",
+            ],
+        )
+        .expect("loads");
+        let line = args.svcproxy_args().join(" ");
+        assert!(
+            line.starts_with("svcproxy --kubeconfig /etc/other.conf --backend iptables"),
+            "{line}"
+        );
+        assert!(line.contains("--metrics-addr 127.0.0.1:9999"), "{line}");
+        // What the flags did not say still comes from the file.
+        assert!(line.contains("--cluster-cidr 198.18.0.0/16"), "{line}");
+    }
+
+    #[test]
+    fn config_values_we_cannot_honour_are_refused_by_name() {
+        let cases = [
+            ("mode: kernelspace", "mode: \"kernelspace\""),
+            ("clusterCIDR: not-a-cidr", "clusterCIDR: \"not-a-cidr\""),
+            (
+                "nodePortAddresses: [primary]",
+                "\"primary\" is not supported",
+            ),
+            (
+                "healthzBindAddress: nowhere",
+                "healthzBindAddress: \"nowhere\"",
+            ),
+        ];
+        for (line, want) in cases {
+            let text = format!(
+                "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n{line}\n"
+            );
+            let err = with_config(&text, &[]).expect_err(line);
+            assert!(format!("{err:#}").contains(want), "{line}: {err:#}");
+        }
+        let wrong_kind = with_config("apiVersion: v1\nkind: ConfigMap\n", &[]).expect_err("kind");
+        assert!(format!("{wrong_kind:#}").contains("expected kubeproxy.config.k8s.io/v1alpha1"));
+        // A bare IP takes kube-proxy's port.
+        let bare = with_config(
+            "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nhealthzBindAddress: 0.0.0.0\n",
+            &[],
+        )
+        .expect("loads");
+        assert_eq!(
+            bare.healthz_bind_address,
+            "0.0.0.0:10256".parse().expect("addr")
+        );
     }
 }
