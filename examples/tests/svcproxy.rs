@@ -472,6 +472,71 @@ fn iptables_backend_once_programs_our_chains_in_a_namespace() {
     );
 }
 
+/// kube-proxy's conntrack tuning through svcproxy's flags, in a namespace of the test's: the TCP
+/// timeouts (per namespace) are set there after the sync; the table size (global, read-only
+/// outside the host's namespace) is refused and logged, and the run still succeeds. The host's
+/// values are read before and after: untouched.
+#[test]
+#[ignore = "needs root: CI runs --include-ignored"]
+fn conntrack_tuning_sets_the_namespace_timeouts_and_leaves_the_host_alone() {
+    let dir = TempDir::new("ct-tune");
+    let path = dir.join("table.yaml");
+    std::fs::write(
+        &path,
+        "services:\n  - name: default/web\n    cluster_ips: [198.19.0.10]\n    ports: [{name: http, port: 80, target_port: 8080}]\n    endpoints: [{ip: 198.18.1.10}]\n",
+    )
+    .expect("write table");
+    let sysctl = "/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established";
+    let max = "/proc/sys/net/netfilter/nf_conntrack_max";
+    let read = |p: &str| std::fs::read_to_string(p).map(|v| v.trim().to_owned());
+    let ns = Netns::new("ct-tune");
+    let huge = "2000000000";
+    // (Before the run the module may not be loaded yet: then there is nothing to compare.)
+    let host_before = (read(max).ok(), read(sysctl).ok());
+    let out = ns.exec(
+        SVCPROXY,
+        &[
+            "--services",
+            path.to_str().expect("utf-8 path"),
+            "--backend",
+            "iptables",
+            "--once",
+            "--conntrack-max-per-core",
+            huge,
+            "--conntrack-tcp-timeout-established",
+            "2h",
+            "--conntrack-tcp-timeout-close-wait",
+            "7m",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "svcproxy failed: {stderr}");
+    // The sync loaded nf_conntrack (NAT rules), so the files exist now.
+    let in_ns =
+        |p: &'static str| ns.run(move || std::fs::read_to_string(p).map(|v| v.trim().to_owned()));
+    assert_eq!(in_ns(sysctl).expect("read in the namespace"), "7200");
+    assert_eq!(
+        in_ns("/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_close_wait").expect("read"),
+        "420"
+    );
+    assert!(
+        stderr.contains("conntrack not tuned") && stderr.contains("nf_conntrack_max"),
+        "{stderr}"
+    );
+    let host_after = (read(max).ok(), read(sysctl).ok());
+    assert_ne!(
+        host_after.0.as_deref(),
+        Some(huge),
+        "the host's table size changed"
+    );
+    if host_before.0.is_some() {
+        assert_eq!(
+            host_before, host_after,
+            "the host's conntrack settings changed"
+        );
+    }
+}
+
 #[test]
 #[ignore = "needs root: CI runs --include-ignored"]
 fn nftables_backend_once_programs_our_table_and_cleanup_removes_only_it() {

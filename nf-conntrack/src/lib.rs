@@ -8,7 +8,7 @@
 //! family once and deletes each entry a predicate picks: the backends build their flushes on
 //! it. [`stale`] plans and deletes kube-proxy's stale UDP entries from a sync's change set, for
 //! the NAT backends (iptables, nftables); backend-ipvs deletes the flows to a deleted UDP real
-//! server.
+//! server. [`tuning`] sizes the table and sets its TCP timeouts as kube-proxy does (sysctls).
 //!
 //! The messages ([`encode_dump`], [`encode_delete`], [`parse_entry`]) are
 //! `netlink-packet-netfilter`'s ctnetlink types (its `conntrack` module, 0.4, on the same
@@ -50,6 +50,7 @@ mod netlink;
 pub mod stale;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod tuning;
 
 pub use message::{encode_delete, encode_dump, parse_entry};
 pub use netlink::Netlink;

@@ -125,6 +125,25 @@ pub struct RunArgs {
     #[arg(long, value_name = "ADDR")]
     pub healthz_addr: Option<SocketAddr>,
 
+    /// Size the kernel's conntrack table at N entries per CPU (kube-proxy's flag; 0: leave it;
+    /// the size is only ever raised). kube-svcproxy passes kube-proxy's default, 32768.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub conntrack_max_per_core: u64,
+
+    /// With --conntrack-max-per-core: the least conntrack table size (kube-proxy's default
+    /// 131072).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub conntrack_min: u64,
+
+    /// Idle timeout of established TCP flows in the conntrack table, e.g. 24h (kube-proxy's
+    /// default; 0s: leave it). Set in svcproxy's network namespace.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub conntrack_tcp_timeout_established: Option<Duration>,
+
+    /// Timeout of TCP flows in CLOSE_WAIT, e.g. 1h (kube-proxy's default; 0s: leave it).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub conntrack_tcp_timeout_close_wait: Option<Duration>,
+
     /// Fallback: how often FILE is checked for changes while inotify cannot watch it (no
     /// inotify, a directory on the way gone, or SVCPROXY_WATCH=poll), in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 500)]
@@ -217,7 +236,56 @@ pub struct RunArgs {
     pub no_service_health: bool,
 }
 
+/// A duration as kube-proxy's flags and configuration write them (Go's form): `24h`, `1h30m`,
+/// `90s`, `500ms`, `0s`, or a bare `0`.
+///
+/// # Errors
+/// The text is not such a duration.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    if rest.is_empty() {
+        return Err("an empty duration".to_owned());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let number: u64 = rest[..digits].parse().map_err(|_| {
+            format!("{text:?}: expected a number before each unit (24h, 1h30m, 90s)")
+        })?;
+        rest = &rest[digits..];
+        let unit = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let part = match &rest[..unit] {
+            "h" => Duration::from_secs(number.saturating_mul(3600)),
+            "m" => Duration::from_secs(number.saturating_mul(60)),
+            "s" => Duration::from_secs(number),
+            "ms" => Duration::from_millis(number),
+            other => return Err(format!("{text:?}: unknown unit {other:?} (h, m, s, ms)")),
+        };
+        total = total.saturating_add(part);
+        rest = &rest[unit..];
+    }
+    Ok(total)
+}
+
 impl RunArgs {
+    /// The conntrack tuning the flags ask for (empty: none).
+    pub fn conntrack_tuning(&self) -> nf_conntrack::tuning::Tuning {
+        nf_conntrack::tuning::Tuning {
+            max_per_core: self.conntrack_max_per_core,
+            min: self.conntrack_min,
+            tcp_established_timeout: self.conntrack_tcp_timeout_established,
+            tcp_close_wait_timeout: self.conntrack_tcp_timeout_close_wait,
+        }
+    }
+
     /// Whether the source is Kubernetes.
     pub fn kubernetes(&self) -> bool {
         self.kubernetes || self.kubeconfig.is_some()
@@ -263,6 +331,25 @@ impl From<VipBindingArg> for backend_ipvs::VipBinding {
         match arg {
             VipBindingArg::Addresses => backend_ipvs::VipBinding::Addresses,
             VipBindingArg::LocalRoutes => backend_ipvs::VipBinding::LocalRoutes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_read_as_kube_proxy_writes_them() {
+        let secs = |s: u64| Ok(Duration::from_secs(s));
+        assert_eq!(parse_duration("24h"), secs(86_400));
+        assert_eq!(parse_duration("1h30m"), secs(5_400));
+        assert_eq!(parse_duration("90s"), secs(90));
+        assert_eq!(parse_duration("0s"), secs(0));
+        assert_eq!(parse_duration("0"), secs(0));
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1_500)));
+        for bad in ["", "24", "h", "1d", "1.5h", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
     }
 }

@@ -13,13 +13,14 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory as _, FromArgMatches as _, Parser as _};
 use serde::Deserialize;
 
-use crate::svcproxy::cli::BackendKind;
+use crate::svcproxy::cli::{parse_duration, BackendKind};
 
 /// A kube-proxy replacement: watches Services, EndpointSlices and this Node and programs the
 /// node's service dataplane (kube-proxy's flags and defaults where they exist).
@@ -73,6 +74,23 @@ pub struct KubeProxyArgs {
     #[arg(long)]
     pub ipvs_strict_arp: bool,
 
+    /// Conntrack table entries per CPU; 0 leaves the size alone (only ever raised). Not in
+    /// userspace mode, which NATs nothing.
+    #[arg(long, value_name = "N", default_value_t = 32_768)]
+    pub conntrack_max_per_core: u64,
+
+    /// The least conntrack table size.
+    #[arg(long, value_name = "N", default_value_t = 131_072)]
+    pub conntrack_min: u64,
+
+    /// Idle timeout of established TCP flows in conntrack (0s: leave it).
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    pub conntrack_tcp_timeout_established: Duration,
+
+    /// Timeout of TCP flows in CLOSE_WAIT (0s: leave it).
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub conntrack_tcp_timeout_close_wait: Duration,
+
     /// Remove what any proxy mode programmed on this node, and exit.
     #[arg(long)]
     pub cleanup: bool,
@@ -125,6 +143,20 @@ impl KubeProxyArgs {
         if self.ipvs_strict_arp {
             args.push("--ipvs-strict-arp".to_owned());
         }
+        // kube-proxy tunes conntrack for the NAT it programs; the userspace mode NATs nothing.
+        if self.proxy_mode != BackendKind::Userspace {
+            let seconds = |d: Duration| format!("{}s", d.as_secs());
+            args.extend([
+                "--conntrack-max-per-core".to_owned(),
+                self.conntrack_max_per_core.to_string(),
+                "--conntrack-min".to_owned(),
+                self.conntrack_min.to_string(),
+                "--conntrack-tcp-timeout-established".to_owned(),
+                seconds(self.conntrack_tcp_timeout_established),
+                "--conntrack-tcp-timeout-close-wait".to_owned(),
+                seconds(self.conntrack_tcp_timeout_close_wait),
+            ]);
+        }
         args
     }
 }
@@ -149,6 +181,18 @@ struct KubeProxyConfiguration {
     iptables: IptablesConfiguration,
     #[serde(default)]
     ipvs: IpvsConfiguration,
+    #[serde(default)]
+    conntrack: ConntrackConfiguration,
+}
+
+/// `conntrack:` (kubeadm writes `null` for unset numbers and `0s` or nothing for durations).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ConntrackConfiguration {
+    max_per_core: Option<u64>,
+    min: Option<u64>,
+    tcp_established_timeout: Option<String>,
+    tcp_close_wait_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -294,6 +338,33 @@ impl KubeProxyArgs {
         if unset("ipvs_strict_arp") {
             self.ipvs_strict_arp = config.ipvs.strict_arp.unwrap_or(false);
         }
+        let conntrack = &config.conntrack;
+        if let (true, Some(n)) = (unset("conntrack_max_per_core"), conntrack.max_per_core) {
+            self.conntrack_max_per_core = n;
+        }
+        if let (true, Some(n)) = (unset("conntrack_min"), conntrack.min) {
+            self.conntrack_min = n;
+        }
+        for (id, field, value, target) in [
+            (
+                "conntrack_tcp_timeout_established",
+                "conntrack.tcpEstablishedTimeout",
+                &conntrack.tcp_established_timeout,
+                &mut self.conntrack_tcp_timeout_established,
+            ),
+            (
+                "conntrack_tcp_timeout_close_wait",
+                "conntrack.tcpCloseWaitTimeout",
+                &conntrack.tcp_close_wait_timeout,
+                &mut self.conntrack_tcp_timeout_close_wait,
+            ),
+        ] {
+            // Unset (null) keeps kube-proxy's default; an explicit 0s leaves the kernel's value,
+            // as kube-proxy does.
+            if let (true, Some(text)) = (unset(id), given(value)) {
+                *target = parse_duration(text).map_err(|e| anyhow::anyhow!("{field}: {e}"))?;
+            }
+        }
         Ok(())
     }
 }
@@ -335,8 +406,13 @@ mod tests {
             args.svcproxy_args().join(" "),
             "svcproxy --kubeconfig /etc/kube.conf --backend nftables --node-name node-a \
              --cluster-cidr 198.18.0.0/16 --cluster-cidr 2001:db8::/64 \
-             --metrics-addr 127.0.0.1:10249 --healthz-addr 0.0.0.0:10256"
+             --metrics-addr 127.0.0.1:10249 --healthz-addr 0.0.0.0:10256 \
+             --conntrack-max-per-core 32768 --conntrack-min 131072 \
+             --conntrack-tcp-timeout-established 86400s --conntrack-tcp-timeout-close-wait 3600s"
         );
+        // The userspace mode NATs nothing: no conntrack tuning.
+        let userspace = KubeProxyArgs::parse_from(["kube-svcproxy", "--proxy-mode", "userspace"]);
+        assert!(!userspace.svcproxy_args().join(" ").contains("conntrack"));
         let defaults = KubeProxyArgs::parse_from(["kube-svcproxy"]);
         assert!(defaults
             .svcproxy_args()
@@ -435,7 +511,9 @@ winkernel:
             "svcproxy --kubeconfig /var/lib/kube-proxy/kubeconfig.conf --backend nftables \
              --node-name node-a --cluster-cidr 198.18.0.0/16 --cluster-cidr 2001:db8:42::/56 \
              --nodeport-addresses 198.18.0.0/15 --metrics-addr 0.0.0.0:10249 \
-             --healthz-addr 0.0.0.0:10256 --masquerade-all"
+             --healthz-addr 0.0.0.0:10256 --masquerade-all --conntrack-max-per-core 32768 \
+             --conntrack-min 131072 --conntrack-tcp-timeout-established 86400s \
+             --conntrack-tcp-timeout-close-wait 3600s"
         );
         crate::svcproxy::cli::Cli::try_parse_from(args.svcproxy_args()).expect("parses");
     }
@@ -462,6 +540,22 @@ winkernel:
         assert!(line.contains("--metrics-addr 127.0.0.1:9999"), "{line}");
         // What the flags did not say still comes from the file.
         assert!(line.contains("--cluster-cidr 198.18.0.0/16"), "{line}");
+
+        // conntrack: 0 and 0s leave the kernel's values, as in kube-proxy; a flag still wins.
+        let conntrack = with_config(
+            "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n\
+             conntrack:\n  maxPerCore: 0\n  tcpEstablishedTimeout: 2h\n  tcpCloseWaitTimeout: 0s\n",
+            &["--conntrack-min", "4096"],
+        )
+        .expect("loads");
+        assert!(
+            conntrack.svcproxy_args().join(" ").ends_with(
+                "--conntrack-max-per-core 0 --conntrack-min 4096 \
+                 --conntrack-tcp-timeout-established 7200s --conntrack-tcp-timeout-close-wait 0s"
+            ),
+            "{:?}",
+            conntrack.svcproxy_args()
+        );
     }
 
     #[test]

@@ -38,7 +38,7 @@ use proxy_core::sync::sync_once;
 use proxy_core::tracker::ChangeTracker;
 use proxy_core::validate::{escape_control, warnings};
 use proxy_core::{Dataplane as _, SyncConfig, SyncLoop, SyncMode};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::svcproxy::cli::{Cli, Command, RunArgs};
 
@@ -206,8 +206,10 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut dataplane = dataplane;
+    let tuning = args.conntrack_tuning();
     if args.once {
         let report = sync_once(dataplane.as_mut(), &table, SyncMode::Full).await?;
+        tune_conntrack(&tuning);
         println!("{report}");
         for (name, skipped) in tracker.skipped() {
             println!(
@@ -231,6 +233,17 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut registry = Registry::default();
     let sync_loop = SyncLoop::new(dataplane, config, &mut registry);
     let health = sync_loop.health();
+    if !tuning.is_empty() {
+        // After the first sync: its NAT rules have loaded nf_conntrack, whose sysctls do not
+        // exist before (a fresh node).
+        let health = health.clone();
+        tokio::spawn(async move {
+            while !health.has_synced() {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            let _ = tokio::task::spawn_blocking(move || tune_conntrack(&tuning)).await;
+        });
+    }
     let registry = Arc::new(registry);
     for (flag, addr) in [
         ("--metrics-addr", args.metrics_addr),
@@ -257,6 +270,22 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         // Printed once, by `main`, with its causes: not logged here too.
         Err(err) => Err(anyhow::Error::new(err).context("stopped with an error")),
+    }
+}
+
+/// kube-proxy's conntrack tuning (`--conntrack-*`), after the first sync. A refusal (outside
+/// the host's network namespace the table size is read-only) is logged, not fatal: kube-proxy
+/// carries on too.
+fn tune_conntrack(tuning: &nf_conntrack::tuning::Tuning) {
+    if tuning.is_empty() {
+        return;
+    }
+    let (written, refused) = nf_conntrack::tuning::apply(tuning);
+    for write in written {
+        info!(path = write.path, value = write.value, "conntrack tuned");
+    }
+    for error in refused {
+        warn!(%error, "conntrack not tuned");
     }
 }
 
