@@ -94,6 +94,11 @@ pub struct KubeProxyArgs {
     /// Remove what any proxy mode programmed on this node, and exit.
     #[arg(long)]
     pub cleanup: bool,
+
+    /// Fields of --config set to something other than empty that kube-svcproxy does not
+    /// honour (`ipvs.scheduler = "lc"`), to be told at start.
+    #[arg(skip)]
+    pub ignored_config: Vec<String>,
 }
 
 impl KubeProxyArgs {
@@ -214,6 +219,57 @@ struct IpvsConfiguration {
     strict_arp: Option<bool>,
 }
 
+/// The configuration's fields kube-svcproxy reads (the others, when set, are reported).
+const HONOURED_FIELDS: [&str; 16] = [
+    "apiVersion",
+    "kind",
+    "clientConnection.kubeconfig",
+    "hostnameOverride",
+    "mode",
+    "clusterCIDR",
+    "nodePortAddresses",
+    "metricsBindAddress",
+    "healthzBindAddress",
+    "iptables.masqueradeAll",
+    "ipvs.strictARP",
+    "conntrack.maxPerCore",
+    "conntrack.min",
+    "conntrack.tcpEstablishedTimeout",
+    "conntrack.tcpCloseWaitTimeout",
+    // The legacy userspace proxy's listen address: nothing here listens on it.
+    "bindAddress",
+];
+
+/// The set fields of `tree` that are not honoured, as `path = value`: leaves that say more
+/// than "unset" (null, empty, false, zero, `0s`), so that kubeadm's file of empty defaults
+/// reports nothing.
+fn ignored_fields(tree: &serde_json::Value) -> Vec<String> {
+    fn walk(path: &str, value: &serde_json::Value, out: &mut Vec<String>) {
+        use serde_json::Value;
+        match value {
+            Value::Object(fields) => {
+                for (name, inner) in fields {
+                    let path = if path.is_empty() {
+                        name.clone()
+                    } else {
+                        format!("{path}.{name}")
+                    };
+                    walk(&path, inner, out);
+                }
+            }
+            Value::Null | Value::Bool(false) => {}
+            Value::String(text) if text.is_empty() || text == "0s" => {}
+            Value::Number(n) if n.as_f64() == Some(0.0) => {}
+            Value::Array(items) if items.is_empty() => {}
+            _ if HONOURED_FIELDS.contains(&path) => {}
+            other => out.push(format!("{path} = {other}")),
+        }
+    }
+    let mut out = Vec::new();
+    walk("", tree, &mut out);
+    out
+}
+
 /// The API version and kind a configuration file must declare.
 const CONFIG_API_VERSION: &str = "kubeproxy.config.k8s.io/v1alpha1";
 const CONFIG_KIND: &str = "KubeProxyConfiguration";
@@ -254,6 +310,8 @@ impl KubeProxyArgs {
                 })?;
             args.merge(&config, &matches)
                 .with_context(|| format!("--config {}", path.display()))?;
+            let tree: serde_json::Value = serde_saphyr::from_str(&text).unwrap_or_default();
+            args.ignored_config = ignored_fields(&tree);
         }
         Ok(args)
     }
@@ -382,6 +440,13 @@ pub fn main() -> ExitCode {
             }
         },
     };
+    if !args.ignored_config.is_empty() {
+        // Before the runtime's logging starts: plain stderr, once.
+        eprintln!(
+            "kube-svcproxy: --config: not honoured (kube-svcproxy has no such setting): {}",
+            args.ignored_config.join(", ")
+        );
+    }
     crate::svcproxy::main_with(crate::svcproxy::cli::Cli::parse_from(args.svcproxy_args()))
 }
 
@@ -516,6 +581,19 @@ winkernel:
              --conntrack-tcp-timeout-close-wait 3600s"
         );
         crate::svcproxy::cli::Cli::try_parse_from(args.svcproxy_args()).expect("parses");
+        // kubeadm's empty defaults are not reported as ignored.
+        assert_eq!(args.ignored_config, Vec::<String>::new());
+        let tuned = with_config(
+            &KUBEADM_CONFIG
+                .replace("scheduler: \"\"", "scheduler: lc")
+                .replace("masqueradeBit: null", "masqueradeBit: 14"),
+            &[],
+        )
+        .expect("loads");
+        assert_eq!(
+            tuned.ignored_config,
+            ["iptables.masqueradeBit = 14", "ipvs.scheduler = \"lc\""]
+        );
     }
 
     #[test]
