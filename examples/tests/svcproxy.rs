@@ -415,16 +415,27 @@ fn metrics_and_healthz_are_served() {
     drop(proxy);
 }
 
+/// A table file in `dir` with one service, default/web at 198.19.0.10:80 (target port 8080), on
+/// `endpoints`.
+fn web_table(dir: &TempDir, endpoints: &[&str]) -> std::path::PathBuf {
+    let path = dir.join("table.yaml");
+    let endpoints: Vec<String> = endpoints.iter().map(|ip| format!("{{ip: {ip}}}")).collect();
+    std::fs::write(
+        &path,
+        format!(
+            "services:\n  - name: default/web\n    cluster_ips: [198.19.0.10]\n    ports: [{{name: http, port: 80, target_port: 8080}}]\n    endpoints: [{}]\n",
+            endpoints.join(", ")
+        ),
+    )
+    .expect("write table");
+    path
+}
+
 #[test]
 #[ignore = "needs root: CI runs --include-ignored"]
 fn iptables_backend_once_programs_our_chains_in_a_namespace() {
     let dir = TempDir::new("iptables");
-    let path = dir.join("table.yaml");
-    std::fs::write(
-        &path,
-        "services:\n  - name: default/web\n    cluster_ips: [198.19.0.10]\n    ports: [{name: http, port: 80, target_port: 8080}]\n    endpoints: [{ip: 198.18.1.10}, {ip: 198.18.1.11}]\n",
-    )
-    .expect("write table");
+    let path = web_table(&dir, &["198.18.1.10", "198.18.1.11"]);
     let ns = Netns::new("once");
     let out = ns.exec(
         SVCPROXY,
@@ -480,12 +491,7 @@ fn iptables_backend_once_programs_our_chains_in_a_namespace() {
 #[ignore = "needs root: CI runs --include-ignored"]
 fn conntrack_tuning_sets_the_namespace_timeouts_and_leaves_the_host_alone() {
     let dir = TempDir::new("ct-tune");
-    let path = dir.join("table.yaml");
-    std::fs::write(
-        &path,
-        "services:\n  - name: default/web\n    cluster_ips: [198.19.0.10]\n    ports: [{name: http, port: 80, target_port: 8080}]\n    endpoints: [{ip: 198.18.1.10}]\n",
-    )
-    .expect("write table");
+    let path = web_table(&dir, &["198.18.1.10"]);
     let sysctl = "/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established";
     let max = "/proc/sys/net/netfilter/nf_conntrack_max";
     let read = |p: &str| std::fs::read_to_string(p).map(|v| v.trim().to_owned());
@@ -541,12 +547,7 @@ fn conntrack_tuning_sets_the_namespace_timeouts_and_leaves_the_host_alone() {
 #[ignore = "needs root: CI runs --include-ignored"]
 fn nftables_backend_once_programs_our_table_and_cleanup_removes_only_it() {
     let dir = TempDir::new("nftables");
-    let path = dir.join("table.yaml");
-    std::fs::write(
-        &path,
-        "services:\n  - name: default/web\n    cluster_ips: [198.19.0.10]\n    ports: [{name: http, port: 80, target_port: 8080}]\n    endpoints: [{ip: 198.18.1.10}, {ip: 198.18.1.11}]\n",
-    )
-    .expect("write table");
+    let path = web_table(&dir, &["198.18.1.10", "198.18.1.11"]);
     let ns = Netns::new("nft-once");
     // A table of someone else's, which our cleanup must leave as it is.
     let foreign =
