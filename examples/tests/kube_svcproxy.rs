@@ -294,13 +294,14 @@ fn healthz_drains_a_node_being_deleted_and_livez_does_not() {
     // Started as kubeadm's kube-proxy DaemonSet starts kube-proxy: a KubeProxyConfiguration
     // file, and only --hostname-override on the command line.
     let health = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port(Ipv4Addr::LOCALHOST)));
+    let metrics = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port(Ipv4Addr::LOCALHOST)));
     let config = dir.join("config.conf");
     std::fs::write(
         &config,
         format!(
             "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n\
              clientConnection:\n  kubeconfig: {}\nmode: userspace\n\
-             metricsBindAddress: 127.0.0.1:0\nhealthzBindAddress: {health}\n",
+             metricsBindAddress: {metrics}\nhealthzBindAddress: {health}\n",
             kubeconfig.display()
         ),
     )
@@ -330,6 +331,31 @@ fn healthz_drains_a_node_being_deleted_and_livez_does_not() {
     };
     wait_for(web, &["blue"], &proxy);
     wait_health("/healthz", 200, "\"nodeEligible\": true");
+
+    // The network programming latency SLI: a slice change stamped by the EndpointSlice
+    // controller is observed once it is synced.
+    let mut stamped = slice(
+        "shop",
+        "web",
+        "web-1",
+        blue.addr().port(),
+        &[Ipv4Addr::new(127, 0, 0, 62), Ipv4Addr::new(127, 0, 0, 63)],
+    );
+    // The second endpoint not ready: a real change of the table that sends no traffic there.
+    stamped["endpoints"][1]["conditions"]["ready"] = Value::Bool(false);
+    stamped["metadata"]["annotations"] = serde_json::json!({
+        "endpoints.kubernetes.io/last-change-trigger-time": jiff::Timestamp::now().to_string()
+    });
+    api.apply(Resource::EndpointSlices, stamped);
+    poll(WAIT, Duration::from_millis(50), || {
+        let (_, text) = testkit::net::http_get(metrics, "/metrics", Duration::from_secs(2))
+            .map_err(|e| e.to_string())?;
+        text.lines()
+            .any(|l| l == "kubeproxy_network_programming_duration_seconds_count 1")
+            .then_some(())
+            .ok_or(text)
+    })
+    .unwrap_or_else(|last| panic!("no programming latency observed; /metrics:\n{last}"));
 
     api.apply(
         Resource::Nodes,

@@ -19,6 +19,7 @@
 //! | `svcproxy_sync_failures_total{reason}` | counter | syncs that did not converge: `dataplane_error`, `unsupported_table` |
 //! | `svcproxy_syncs_total{mode, result}` | counter | dataplane syncs by `full`/`partial` and `success`/`degraded`/`error` |
 //! | `svcproxy_sync_drift_detected_total` | counter | drift checks that found the dataplane changed behind our back (each forces a full sync) |
+//! | `kubeproxy_network_programming_duration_seconds` | histogram | from a change at its source to its sync ([`ProgrammingLatency`], fed by a source that knows when each change was made) |
 //!
 //! kube-proxy's `no_local_endpoints_total` is a gauge despite its name, recounted on each sync; so
 //! is ours. kube-proxy runs one proxier per IP family and labels some series `ip_family`; the sync
@@ -43,6 +44,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+
+mod programming;
+
+pub use programming::ProgrammingLatency;
 
 use crate::dataplane::SyncMode;
 use crate::diff::ChangeSet;

@@ -170,7 +170,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         None
     };
     let (mut tracker, source) = ChangeTracker::for_dataplane(&dataplane);
-    let feed = feed.apply_first(&mut tracker, &args).await?;
+    let mut feed = feed.apply_first(&mut tracker, &args).await?;
     if tracker.generation() == 0 {
         // An empty file changes nothing, but the first sync must still run (a full sync that
         // removes what a previous run left).
@@ -233,6 +233,12 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut registry = Registry::default();
     let sync_loop = SyncLoop::new(dataplane, config, &mut registry);
     let health = sync_loop.health();
+    if let Feed::Kubernetes(kube) = &mut feed {
+        // The scalability SLI: EndpointSlice change (its trigger time) -> in the dataplane.
+        let latency = proxy_core::metrics::ProgrammingLatency::register(&mut registry);
+        kube.track_programming_latency(latency.clone());
+        tokio::spawn(latency.follow(sync_loop.handle()));
+    }
     if !tuning.is_empty() {
         // After the first sync: its NAT rules have loaded nf_conntrack, whose sysctls do not
         // exist before (a fresh node).

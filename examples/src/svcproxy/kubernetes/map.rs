@@ -305,6 +305,20 @@ pub fn slice_key(slice: &KubeSlice) -> Option<(ServiceName, String)> {
     ))
 }
 
+/// The annotation the EndpointSlice controller sets to when the change it carries was triggered
+/// (the network programming latency SLI starts there).
+pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
+/// When the change a slice carries was triggered, if the controller said (RFC 3339).
+pub fn trigger_time(slice: &KubeSlice) -> Option<std::time::SystemTime> {
+    let text = slice
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(TRIGGER_TIME_ANNOTATION)?;
+    text.parse::<jiff::Timestamp>().ok().map(Into::into)
+}
+
 /// The taint the cluster autoscaler puts on a node it is about to remove.
 pub const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
 
@@ -615,5 +629,24 @@ mod tests {
         let deleting =
             json!({"metadata": {"name": "a", "deletionTimestamp": "2026-12-02T06:00:00Z"}});
         assert!(!node_eligible(&node(deleting)));
+    }
+
+    #[test]
+    fn a_slice_tells_when_its_change_was_triggered() {
+        let slice = kube_slice(json!({"metadata": {"namespace": "shop", "name": "web-1",
+            "annotations": {TRIGGER_TIME_ANNOTATION: "2026-12-02T06:00:00Z"}},
+            "addressType": "IPv4", "endpoints": []}));
+        let at = trigger_time(&slice).expect("a trigger time");
+        let since_epoch = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970");
+        assert_eq!(since_epoch.as_secs(), 1_796_191_200);
+        let none = kube_slice(json!({"metadata": {"namespace": "shop", "name": "web-1"},
+            "addressType": "IPv4", "endpoints": []}));
+        assert_eq!(trigger_time(&none), None);
+        let garbled = kube_slice(json!({"metadata": {"namespace": "shop", "name": "web-1",
+            "annotations": {TRIGGER_TIME_ANNOTATION: "yesterday"}},
+            "addressType": "IPv4", "endpoints": []}));
+        assert_eq!(trigger_time(&garbled), None);
     }
 }

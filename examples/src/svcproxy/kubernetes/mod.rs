@@ -25,6 +25,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice as KubeSlice;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt as _;
 use kube::{Api, Client};
+use proxy_core::metrics::ProgrammingLatency;
 use proxy_core::tracker::{ChangeTracker, ServiceName};
 use tracing::{debug, info, warn};
 
@@ -63,6 +64,11 @@ pub struct KubeFeed {
     nodes: Relist<String>,
     /// Whether this node takes load-balancer traffic (`/healthz`'s `nodeEligible`).
     eligibility: NodeEligibility,
+    /// Slice changes' trigger times, for the network programming latency (once attached).
+    latency: Option<ProgrammingLatency>,
+    /// When this process started: earlier trigger times are not ours to measure (kube-proxy
+    /// skips them too: a restart would report the whole downtime).
+    started: std::time::SystemTime,
 }
 
 impl std::fmt::Debug for KubeFeed {
@@ -122,6 +128,23 @@ impl KubeFeed {
         self.eligibility.clone()
     }
 
+    /// From now on, records each EndpointSlice change's trigger time (the
+    /// `endpoints.kubernetes.io/last-change-trigger-time` annotation) with the generation it
+    /// made, for `kubeproxy_network_programming_duration_seconds`.
+    pub fn track_programming_latency(&mut self, latency: ProgrammingLatency) {
+        self.latency = Some(latency);
+    }
+
+    /// Records `slice`'s trigger time for `generation`, when it has one from after our start.
+    fn record_trigger(&self, slice: &KubeSlice, generation: u64) {
+        let Some(latency) = &self.latency else {
+            return;
+        };
+        if let Some(at) = map::trigger_time(slice).filter(|at| *at >= self.started) {
+            latency.record(generation, at);
+        }
+    }
+
     /// Connects and starts the three watches (nothing is read until they are polled).
     ///
     /// # Errors
@@ -174,6 +197,8 @@ impl KubeFeed {
             slices: Relist::new(),
             nodes: Relist::new(),
             eligibility: NodeEligibility::default(),
+            latency: None,
+            started: std::time::SystemTime::now(),
         })
     }
 
@@ -260,25 +285,27 @@ impl KubeFeed {
     fn slice_event(&mut self, tracker: &mut ChangeTracker, event: Event<KubeSlice>) {
         match event {
             Event::Init => self.slices.listing = Some(HashSet::new()),
-            Event::Apply(slice) | Event::InitApply(slice) => {
-                let Some(key) = map::slice_key(&slice) else {
+            Event::Apply(kube_slice) | Event::InitApply(kube_slice) => {
+                let Some(key) = map::slice_key(&kube_slice) else {
                     return;
                 };
-                match map::endpoint_slice(&slice) {
+                let generation = match map::endpoint_slice(&kube_slice) {
                     Some(slice) => {
-                        tracker.set_endpoint_slice(slice);
                         self.slices.applied(key);
+                        tracker.set_endpoint_slice(slice)
                     }
                     None => {
-                        tracker.delete_endpoint_slice(&key.0, &key.1);
                         self.slices.deleted(&key);
+                        tracker.delete_endpoint_slice(&key.0, &key.1)
                     }
-                }
+                };
+                self.record_trigger(&kube_slice, generation);
             }
-            Event::Delete(slice) => {
-                if let Some(key) = map::slice_key(&slice) {
-                    tracker.delete_endpoint_slice(&key.0, &key.1);
+            Event::Delete(kube_slice) => {
+                if let Some(key) = map::slice_key(&kube_slice) {
                     self.slices.deleted(&key);
+                    let generation = tracker.delete_endpoint_slice(&key.0, &key.1);
+                    self.record_trigger(&kube_slice, generation);
                 }
             }
             Event::InitDone => {
