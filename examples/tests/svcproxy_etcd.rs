@@ -326,7 +326,7 @@ fn ctl_fails(args: &[std::ffi::OsString]) -> String {
 fn a_tls_etcd_with_client_certificates_and_users_is_read_and_written() {
     let dir = TempDir::new("etcd-tls");
     let pki = TestPki::create(dir.path());
-    let etcd = Etcd::start_tls(dir.path(), &pki);
+    let mut etcd = Etcd::start_tls(dir.path(), &pki);
     etcdctl_ok(&etcd, &["user", "add", "root:s3cret-root"]);
     etcdctl_ok(&etcd, &["user", "add", "fleet:s3cret-fleet"]);
     etcdctl_ok(&etcd, &["user", "grant-role", "fleet", "root"]);
@@ -381,6 +381,25 @@ fn a_tls_etcd_with_client_certificates_and_users_is_read_and_written() {
     )
     .expect("start svcproxy");
     wait_for(web, Some("blue"), &proxy);
+
+    // etcd restarts: the proxy reads again, authenticated, and follows the next change.
+    etcd.stop();
+    etcd.resume();
+    let green = AnswerServer::named((Ipv4Addr::new(127, 0, 0, 73), 0).into(), "green");
+    std::fs::write(&table_path, table(&[("web", web, &green)])).expect("write table");
+    let out = Command::new(SVCPROXYCTL)
+        .args(["--etcd", &etcd.url()])
+        .args(&good)
+        .arg("put")
+        .arg(&table_path)
+        .output()
+        .expect("run svcproxyctl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(web, Some("green"), &proxy);
 
     // Refusals, each with its reason. The endpoint without a scheme is https:// here (TLS set).
     let endpoint = etcd.url().replace("https://", "");

@@ -102,7 +102,11 @@ impl EtcdSecurity {
                 })?;
             let password = password.strip_suffix('\n').unwrap_or(&password);
             let password = password.strip_suffix('\r').unwrap_or(password);
-            connect = connect.with_user(user.clone(), password.to_owned());
+            // etcd's tokens expire (`--auth-token-ttl`, 5 minutes by default) while a proxy
+            // runs for months: a request that meets an expired token authenticates again.
+            connect = connect
+                .with_user(user.clone(), password.to_owned())
+                .with_auto_token_refresh(true);
         }
         Ok(connect)
     }
