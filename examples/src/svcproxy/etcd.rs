@@ -49,9 +49,9 @@ pub struct EtcdOptions {
 }
 
 /// How to prove who we are to etcd and check who it is: the flags etcdctl calls `--cacert`,
-/// `--cert`, `--key` and `--user`, shared by `svcproxy --etcd` and `svcproxyctl`. With a CA,
-/// a certificate or a user, endpoints written without a scheme are `https://` (etcd sends a
-/// password only over TLS, and so do we: a user with `http://` endpoints is refused).
+/// `--cert`, `--key` and `--user`, shared by `svcproxy --etcd` and `svcproxyctl`. With a CA or
+/// a certificate, endpoints written without a scheme are `https://`; TLS settings or a user
+/// with an `http://` endpoint are refused (a password never crosses the network in clear).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct EtcdSecurity {
     /// The CA bundle (PEM) that signed etcd's server certificate. The system's roots are not
@@ -590,5 +590,45 @@ mod tests {
         assert_eq!(second, first + 1, "one generation per listing");
         assert_eq!(tracker.table().len(), 1);
         assert!(tracker.table().get(&web_port()).is_some());
+    }
+
+    #[test]
+    fn endpoints_get_a_scheme_and_a_password_never_goes_in_clear() {
+        let endpoints = |security: &EtcdSecurity, given: &[&str]| {
+            let given: Vec<String> = given.iter().map(|e| (*e).to_owned()).collect();
+            security.endpoints(&given)
+        };
+        let plain = EtcdSecurity::default();
+        assert_eq!(
+            endpoints(&plain, &["198.18.0.100:2379", "https://198.18.0.101:2379"]).expect("ok"),
+            ["http://198.18.0.100:2379", "https://198.18.0.101:2379"]
+        );
+        let tls = EtcdSecurity {
+            cacert: Some("ca.pem".into()),
+            ..EtcdSecurity::default()
+        };
+        assert_eq!(
+            endpoints(&tls, &["198.18.0.100:2379"]).expect("ok"),
+            ["https://198.18.0.100:2379"]
+        );
+        assert!(matches!(
+            endpoints(&tls, &["http://198.18.0.100:2379"]),
+            Err(EtcdError::Insecure { .. })
+        ));
+        let user = EtcdSecurity {
+            user: Some("fleet".to_owned()),
+            password_file: Some("password".into()),
+            ..EtcdSecurity::default()
+        };
+        for insecure in ["198.18.0.100:2379", "http://198.18.0.100:2379"] {
+            assert!(
+                matches!(
+                    endpoints(&user, &[insecure]),
+                    Err(EtcdError::Insecure { .. })
+                ),
+                "{insecure}"
+            );
+        }
+        assert!(endpoints(&user, &["https://198.18.0.100:2379"]).is_ok());
     }
 }
