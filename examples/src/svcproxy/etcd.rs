@@ -15,6 +15,9 @@
 //!   key; a key that names no service is logged and skipped.
 //! - **One read, one generation.** The listing and each watch response are applied as one batch
 //!   (one table generation, so one sync).
+//! - **TLS and users as etcdctl has them** ([`EtcdSecurity`]): the cluster's CA, a client
+//!   certificate, a user whose password comes from a file; tokens refreshed when etcd expires
+//!   them; never a password over plain HTTP.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
