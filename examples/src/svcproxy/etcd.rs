@@ -273,7 +273,7 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 }
 
 /// Reads the prefix until it succeeds, waiting longer after each failure (up to
-/// [`MAX_BACKOFF`]): etcd may be restarting, or not up yet when the node boots.
+/// `MAX_BACKOFF`, 10 s): etcd may be restarting, or not up yet when the node boots.
 pub async fn read_all_retrying(client: &Client, options: &EtcdOptions) -> Listing {
     let mut wait = Duration::from_millis(200);
     loop {
