@@ -45,7 +45,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-mod programming;
+pub mod programming;
 
 pub use programming::ProgrammingLatency;
 

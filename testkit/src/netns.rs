@@ -118,7 +118,7 @@ impl Netns {
     ///
     /// # Panics
     ///
-    /// As [`run`](crate::process::run).
+    /// As [`crate::process::run`].
     pub fn ip(&self, args: &[&str]) -> String {
         let mut argv = vec!["-n", self.name.as_str()];
         argv.extend_from_slice(args);
@@ -130,7 +130,7 @@ impl Netns {
     ///
     /// # Panics
     ///
-    /// As [`run_with_stdin`](crate::process::run_with_stdin).
+    /// As [`crate::process::run_with_stdin`].
     pub fn ip_batch(&self, lines: &[impl AsRef<str>]) {
         let input: String = lines
             .iter()
@@ -171,7 +171,7 @@ impl Netns {
     ///
     /// # Panics
     ///
-    /// As [`run`](crate::process::run).
+    /// As [`crate::process::run`].
     pub fn exec_ok(&self, program: &str, args: &[&str]) -> String {
         let mut argv = vec!["netns", "exec", self.name.as_str(), program];
         argv.extend_from_slice(args);

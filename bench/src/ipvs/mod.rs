@@ -63,7 +63,7 @@ pub struct IpvsArgs {
     /// The commit measured (the guest has no git; scripts/bench-ipvs passes it).
     #[arg(long, default_value = "unknown")]
     pub commit: String,
-    /// What the guest runs on, e.g. "guest under TCG emulation on <host CPU>".
+    /// What the guest runs on, e.g. "guest under TCG emulation on `<host CPU>`".
     #[arg(long, default_value = "")]
     pub environment: String,
     /// Measure nothing: re-render the markdown and SVG of this run's JSON (beside it).
