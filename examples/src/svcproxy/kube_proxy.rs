@@ -27,8 +27,8 @@ use crate::svcproxy::cli::{parse_duration, BackendKind};
 #[derive(Debug, clap::Parser)]
 #[command(name = "kube-svcproxy", version)]
 pub struct KubeProxyArgs {
-    /// kube-proxy's configuration file (`KubeProxyConfiguration`, kubeproxy.config.k8s.io/
-    /// v1alpha1, as kubeadm writes it); flags given on the command line win over it.
+    /// kube-proxy's configuration file, a `KubeProxyConfiguration` as kubeadm writes it
+    /// (apiVersion kubeproxy.config.k8s.io/v1alpha1); flags on the command line win over it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
