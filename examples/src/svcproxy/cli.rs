@@ -50,8 +50,9 @@ pub struct RunArgs {
 
     /// Read the services from etcd instead of a file: one key per service under --etcd-prefix,
     /// `<prefix><namespace>/<name>`, its value one entry of the table file's `services:` list
-    /// (`svcproxyctl put FILE` writes them). Endpoints as `http://host:port`, comma-separated
-    /// or repeated. Nothing is programmed before the first complete read.
+    /// (`svcproxyctl put FILE` writes them). Endpoints as `http://host:port` (`https://` with
+    /// --etcd-cacert), comma-separated or repeated. Nothing is programmed before the first
+    /// complete read.
     #[arg(long, value_name = "URL", value_delimiter = ',')]
     pub etcd: Vec<String>,
 
