@@ -509,17 +509,10 @@ fn ipv6_client_ip_affinity_sends_a_client_to_the_same_endpoint() {
         timeout: Duration::from_secs(600),
     };
     let t = table(vec![sticky]);
-    let servers: Vec<testkit::net::AnswerServer> =
-        ["[2001:db8:18:1::10]:8080", "[2001:db8:18:1::11]:8080"]
-            .iter()
-            .map(|addr| {
-                let listener = pod
-                    .run(move || TcpListener::bind(addr))
-                    .expect("bind an endpoint");
-                let me = addr.to_string();
-                testkit::net::AnswerServer::start(listener, move |_| format!("{me}\n"))
-            })
-            .collect();
+    let servers = nft_cases::endpoint_servers(
+        &pod,
+        &["[2001:db8:18:1::10]:8080", "[2001:db8:18:1::11]:8080"],
+    );
     let (answers, listed, purged) = node.run(move || {
         let mut dp = NftablesDataplane::new(nft_cases::config());
         let report = full(&mut dp, &t);
@@ -593,16 +586,7 @@ fn node_port_affinity_does_not_stick_a_cluster_ip_of_the_same_port_number() {
         timeout: Duration::from_secs(600),
     };
     let t = table(vec![plain, sticky]);
-    let servers: Vec<testkit::net::AnswerServer> = ["198.18.1.10:8080", "198.18.1.11:8080"]
-        .iter()
-        .map(|addr| {
-            let listener = pod
-                .run(move || TcpListener::bind(addr))
-                .expect("bind an endpoint");
-            let me = addr.to_string();
-            testkit::net::AnswerServer::start(listener, move |_| format!("{me}\n"))
-        })
-        .collect();
+    let servers = nft_cases::endpoint_servers(&pod, &["198.18.1.10:8080", "198.18.1.11:8080"]);
     let (plain_answers, node_port_answers, listed) = node.run(move || {
         let mut dp = NftablesDataplane::new(nft_cases::config());
         let report = full(&mut dp, &t);

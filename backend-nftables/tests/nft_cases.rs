@@ -97,6 +97,20 @@ fn every_case_loads_and_plans() {
     }
 }
 
+/// One server per `addrs` (`ip:port`) inside `pod`, each answering its own address and a
+/// newline, so that a client sees which endpoint it reached.
+pub fn endpoint_servers(pod: &Netns, addrs: &[&'static str]) -> Vec<testkit::net::AnswerServer> {
+    addrs
+        .iter()
+        .map(|&addr| {
+            let listener = pod
+                .run(move || std::net::TcpListener::bind(addr))
+                .expect("bind an endpoint");
+            testkit::net::AnswerServer::start(listener, move |_| format!("{addr}\n"))
+        })
+        .collect()
+}
+
 /// A node namespace (our rules) and a pod namespace (the endpoint), named from `prefix`, joined
 /// by a veth pair: node 198.18.1.1/24 on `p0`, pod 198.18.1.10/24 on `eth0`; the node routes
 /// the cluster IPs out of `p0` so that locally sent traffic to them reaches the nat output hook.

@@ -221,16 +221,7 @@ fn client_ip_affinity_sends_a_client_to_the_same_endpoint() {
     let d = desired(&table, &nft_cases::config(), &BTreeSet::new());
     let script = render_table(&d.table);
     node.run(move || run_with_stdin("nft", &["-f", "-"], &script));
-    let servers: Vec<testkit::net::AnswerServer> = ["198.18.1.10:8080", "198.18.1.11:8080"]
-        .iter()
-        .map(|addr| {
-            let listener = pod
-                .run(move || TcpListener::bind(addr))
-                .expect("bind an endpoint");
-            let me = addr.to_string();
-            testkit::net::AnswerServer::start(listener, move |_| format!("{me}\n"))
-        })
-        .collect();
+    let servers = nft_cases::endpoint_servers(&pod, &["198.18.1.10:8080", "198.18.1.11:8080"]);
     let mut answers = BTreeSet::new();
     for _ in 0..16 {
         let answer = node
