@@ -20,7 +20,7 @@ const SVCPROXYCTL: &str = env!("CARGO_BIN_EXE_svcproxyctl");
 const WAIT: Duration = Duration::from_secs(15);
 
 /// Runs `svcproxyctl --etcd URL args...`, which must succeed; returns its stdout.
-fn ctl(etcd: &Etcd, args: &[&str]) -> String {
+fn ctl<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(etcd: &Etcd, args: &[S]) -> String {
     let out = Command::new(SVCPROXYCTL)
         .args(["--etcd", &etcd.url()])
         .args(args)
@@ -358,18 +358,13 @@ fn a_tls_etcd_with_client_certificates_and_users_is_read_and_written() {
     let table_path = dir.join("table.yaml");
     std::fs::write(&table_path, table(&[("web", web, &blue)])).expect("write table");
 
-    let out = Command::new(SVCPROXYCTL)
-        .args(["--etcd", &etcd.url()])
-        .args(&good)
-        .arg("put")
-        .arg(&table_path)
-        .output()
-        .expect("run svcproxyctl");
-    assert!(
-        out.status.success(),
-        "svcproxyctl put over TLS: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // svcproxyctl put over TLS, as the fleet's user.
+    let put_table = |etcd: &Etcd| {
+        let mut args = good.clone();
+        args.extend([os("put"), table_path.clone().into()]);
+        ctl(etcd, &args);
+    };
+    put_table(&etcd);
 
     let proxy = LoggedChild::spawn(
         "svcproxy",
@@ -387,18 +382,7 @@ fn a_tls_etcd_with_client_certificates_and_users_is_read_and_written() {
     etcd.resume();
     let green = AnswerServer::named((Ipv4Addr::new(127, 0, 0, 73), 0).into(), "green");
     std::fs::write(&table_path, table(&[("web", web, &green)])).expect("write table");
-    let out = Command::new(SVCPROXYCTL)
-        .args(["--etcd", &etcd.url()])
-        .args(&good)
-        .arg("put")
-        .arg(&table_path)
-        .output()
-        .expect("run svcproxyctl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    put_table(&etcd);
     wait_for(web, Some("green"), &proxy);
 
     // Refusals, each with its reason. The endpoint without a scheme is https:// here (TLS set).
