@@ -70,3 +70,21 @@ impl Drop for ProxyProcess {
         self.stop();
     }
 }
+
+/// Checks that the release binary `bin` of the examples crate is at `path` before a suite
+/// starts, with the command that builds it in the error.
+///
+/// # Errors
+/// [`BenchError`] (not found) when there is no file at `path`.
+pub fn require_release_binary(path: &Path, bin: &str) -> Result<(), BenchError> {
+    if path.exists() {
+        return Ok(());
+    }
+    Err(BenchError::io(
+        format!("{bin} binary {}", path.display()),
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("build it with cargo build --release -p examples --bin {bin}"),
+        ),
+    ))
+}

@@ -92,15 +92,7 @@ pub struct FirstSyncReport {
 /// # Errors
 /// A file that could not be written, svcproxy missing or failing on a table.
 pub fn run_first_sync(args: &FirstSyncArgs) -> Result<Vec<PathBuf>, BenchError> {
-    if !args.svcproxy.exists() {
-        return Err(BenchError::io(
-            format!("svcproxy binary {}", args.svcproxy.display()),
-            std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "build it with cargo build --release -p examples --bin svcproxy",
-            ),
-        ));
-    }
+    crate::child::require_release_binary(&args.svcproxy, "svcproxy")?;
     let sizes = if args.quick {
         vec![100, 1_000]
     } else {

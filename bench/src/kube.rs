@@ -146,15 +146,7 @@ pub struct KubeReport {
 /// # Errors
 /// The binary missing, a proxy that does not sync or dies, a file that cannot be written.
 pub fn run_kube(args: &KubeArgs) -> Result<Vec<PathBuf>, BenchError> {
-    if !args.kube_svcproxy.exists() {
-        return Err(BenchError::io(
-            format!("kube-svcproxy binary {}", args.kube_svcproxy.display()),
-            std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "build it with cargo build --release -p examples --bin kube-svcproxy",
-            ),
-        ));
-    }
+    crate::child::require_release_binary(&args.kube_svcproxy, "kube-svcproxy")?;
     let root = crate::netns::is_root();
     let mut rows = Vec::new();
     for &services in &args.sizes {
