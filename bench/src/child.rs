@@ -2,7 +2,7 @@
 //! (a dead one fails the step with its log's last lines), killed on drop.
 
 use std::path::{Path, PathBuf};
-use std::process::Child;
+use std::process::{Child, Command, Stdio};
 
 use crate::error::BenchError;
 
@@ -18,14 +18,33 @@ pub struct ProxyProcess {
 }
 
 impl ProxyProcess {
-    /// Wraps `child`, whose stderr goes to `log`.
-    pub fn new(child: Child, log: PathBuf, scenario: &'static str, proxy: &'static str) -> Self {
-        Self {
+    /// Starts `command` with no stdin or stdout and its stderr written to `log` (created).
+    ///
+    /// # Errors
+    /// The log cannot be created, or the program cannot be started.
+    pub fn spawn(
+        command: &mut Command,
+        log: PathBuf,
+        scenario: &'static str,
+        proxy: &'static str,
+    ) -> Result<Self, BenchError> {
+        let stderr = std::fs::File::create(&log)
+            .map_err(|e| BenchError::io(format!("create {}", log.display()), e))?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .map_err(|error| BenchError::Spawn {
+                program: command.get_program().to_string_lossy().into_owned(),
+                error,
+            })?;
+        Ok(Self {
             child,
             log,
             scenario,
             proxy,
-        }
+        })
     }
 
     /// The process id.

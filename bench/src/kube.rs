@@ -18,7 +18,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -235,8 +235,6 @@ fn measure(args: &KubeArgs, mode: Mode, services: u32) -> Result<KubeRow, BenchE
         None => Command::new(&args.kube_svcproxy),
     };
     let log = workdir.join(format!("kube-svcproxy-{}.log", mode.name()));
-    let stderr = std::fs::File::create(&log)
-        .map_err(|e| BenchError::io(format!("create {}", log.display()), e))?;
     if mode == Mode::IptablesLegacy {
         // svcproxy picks its variant from `iptables --version`: the legacy tools first on PATH.
         let [legacy, _] = crate::first_sync::variant_tools(&workdir)?;
@@ -248,7 +246,7 @@ fn measure(args: &KubeArgs, mode: Mode, services: u32) -> Result<KubeRow, BenchE
         command.env("PATH", joined);
     }
     let started = Instant::now();
-    let child = command
+    command
         .arg("--kubeconfig")
         .arg(&kubeconfig)
         .args([
@@ -260,16 +258,8 @@ fn measure(args: &KubeArgs, mode: Mode, services: u32) -> Result<KubeRow, BenchE
         .args(["--metrics-bind-address", &status.to_string()])
         .args(["--healthz-bind-address", &healthz.to_string()])
         .env("RUST_LOG", "info,kube=warn")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .map_err(|error| BenchError::Spawn {
-            program: args.kube_svcproxy.display().to_string(),
-            error,
-        })?;
-    let mut proxy = ProxyProcess::new(child, log, "kube", "kube-svcproxy");
+        .env("NO_COLOR", "1");
+    let mut proxy = ProxyProcess::spawn(&mut command, log, "kube", "kube-svcproxy")?;
     let result = (|| {
         wait_synced(&mut proxy, &place, status, services)?;
         let first_sync_s = started.elapsed().as_secs_f64();

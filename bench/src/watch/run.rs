@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -182,8 +182,6 @@ fn start_proxy(
     status: SocketAddr,
 ) -> Result<ProxyProcess, BenchError> {
     let log = args.workdir.join("svcproxy.log");
-    let stderr = std::fs::File::create(&log)
-        .map_err(|e| BenchError::io(format!("create {}", log.display()), e))?;
     let backend = match args.backend {
         Backend::Userspace => "userspace",
         Backend::Iptables => "iptables",
@@ -192,21 +190,14 @@ fn start_proxy(
         WatchMode::Inotify => "inotify",
         WatchMode::Poll => "poll",
     };
-    let child = Command::new(&args.svcproxy)
+    let mut command = Command::new(&args.svcproxy);
+    command
         .arg("--services")
         .arg(table)
         .args(["--backend", backend, "--metrics-addr", &status.to_string()])
         .env("SVCPROXY_WATCH", mode)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .map_err(|error| BenchError::Spawn {
-            program: args.svcproxy.display().to_string(),
-            error,
-        })?;
-    Ok(ProxyProcess::new(child, log, "watch", "svcproxy"))
+        .env("RUST_LOG", "info");
+    ProxyProcess::spawn(&mut command, log, "watch", "svcproxy")
 }
 
 fn wait_first_sync(proxy: &mut ProxyProcess, status: SocketAddr) -> Result<(), BenchError> {
