@@ -324,13 +324,10 @@ async fn run(command: Cmd) -> Result<(), BenchError> {
             Ok(())
         }
         Cmd::FirstSync(args) => {
-            let paths = tokio::task::spawn_blocking(move || first_sync::run_first_sync(&args))
-                .await
-                .map_err(|e| BenchError::io("first-sync suite", std::io::Error::other(e)))??;
-            for path in paths {
-                println!("{}", path.display());
-            }
-            Ok(())
+            run_suite("first-sync suite", move || {
+                first_sync::run_first_sync(&args)
+            })
+            .await
         }
         Cmd::Limits(args) => {
             let report = limits::run_limits(&limits_config(&args)).await?;
@@ -404,25 +401,9 @@ async fn run(command: Cmd) -> Result<(), BenchError> {
             Ok(())
         }
         Cmd::WatchRun(args) => watch::run::run(&args),
-        Cmd::Nftables(args) => {
-            let paths = tokio::task::spawn_blocking(move || nftables::run_cli(&args))
-                .await
-                .map_err(|e| BenchError::io("nftables suite", std::io::Error::other(e)))??;
-            for path in paths {
-                println!("{}", path.display());
-            }
-            Ok(())
-        }
+        Cmd::Nftables(args) => run_suite("nftables suite", move || nftables::run_cli(&args)).await,
         Cmd::NftablesSync(args) => nftables::node::run_sync(&args).await,
-        Cmd::Kube(args) => {
-            let paths = tokio::task::spawn_blocking(move || kube::run_kube(&args))
-                .await
-                .map_err(|e| BenchError::io("kube suite", std::io::Error::other(e)))??;
-            for path in paths {
-                println!("{}", path.display());
-            }
-            Ok(())
-        }
+        Cmd::Kube(args) => run_suite("kube suite", move || kube::run_kube(&args)).await,
         Cmd::Serve { listen, for_secs } => serve(&listen, Duration::from_secs_f64(for_secs)).await,
         Cmd::Load(spec) => {
             let outcome = spec.run().await?;
@@ -552,6 +533,20 @@ async fn userspace(args: UserspaceArgs) -> Result<(), BenchError> {
     specs.extend(args.running);
     let report = suite::run_userspace(&specs, skipped, &config).await?;
     for path in report.write(&args.out)? {
+        println!("{}", path.display());
+    }
+    Ok(())
+}
+
+/// Runs a blocking suite off the runtime and prints the paths of the files it wrote.
+async fn run_suite(
+    name: &'static str,
+    suite: impl FnOnce() -> Result<Vec<PathBuf>, BenchError> + Send + 'static,
+) -> Result<(), BenchError> {
+    let paths = tokio::task::spawn_blocking(suite)
+        .await
+        .map_err(|e| BenchError::io(name, std::io::Error::other(e)))??;
+    for path in paths {
         println!("{}", path.display());
     }
     Ok(())
