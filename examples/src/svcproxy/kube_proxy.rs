@@ -304,13 +304,13 @@ impl KubeProxyArgs {
         if let Some(path) = args.config.clone() {
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("cannot read --config {}", path.display()))?;
-            let config: KubeProxyConfiguration =
-                serde_saphyr::from_str(&text).with_context(|| {
-                    format!("--config {}: not a KubeProxyConfiguration", path.display())
-                })?;
+            // Parsed once: the tree names the fields we ignore, the typed view is read from it.
+            let not_config =
+                || format!("--config {}: not a KubeProxyConfiguration", path.display());
+            let tree: serde_json::Value = serde_saphyr::from_str(&text).with_context(not_config)?;
+            let config = KubeProxyConfiguration::deserialize(&tree).with_context(not_config)?;
             args.merge(&config, &matches)
                 .with_context(|| format!("--config {}", path.display()))?;
-            let tree: serde_json::Value = serde_saphyr::from_str(&text).unwrap_or_default();
             args.ignored_config = ignored_fields(&tree);
         }
         Ok(args)

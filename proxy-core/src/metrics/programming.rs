@@ -98,9 +98,14 @@ impl ProgrammingLatency {
     pub async fn follow(self, handle: SyncHandle) {
         let mut outcomes = handle.outcomes();
         while outcomes.changed().await.is_ok() {
-            let outcome = outcomes.borrow_and_update().clone();
-            if !matches!(outcome.status, SyncStatus::Failed(_)) {
-                self.programmed(outcome.applied_generation);
+            // Two fields of the outcome, read in place: no copy of its problems per sync.
+            let applied = {
+                let outcome = outcomes.borrow_and_update();
+                (!matches!(outcome.status, SyncStatus::Failed(_)))
+                    .then_some(outcome.applied_generation)
+            };
+            if let Some(generation) = applied {
+                self.programmed(generation);
             }
         }
     }
