@@ -243,9 +243,12 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         // After the first sync: its NAT rules have loaded nf_conntrack, whose sysctls do not
         // exist before (a fresh node).
         let health = health.clone();
+        let mut outcomes = sync_loop.handle().outcomes();
         tokio::spawn(async move {
             while !health.has_synced() {
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                if outcomes.changed().await.is_err() {
+                    return; // the loop stopped before a sync succeeded
+                }
             }
             let _ = tokio::task::spawn_blocking(move || tune_conntrack(&tuning)).await;
         });
