@@ -159,11 +159,15 @@ impl<D: Datagrams> IpvsSocket<D> {
         Ok(replies)
     }
 
-    /// Sends `msg` with `NLM_F_DUMP` and returns every message of the multipart reply.
+    /// Sends `msg` with `NLM_F_DUMP` and returns every message of the multipart reply, without
+    /// the services' and destinations' traffic statistics
+    /// ([`IpvsMessage::parse_without_stats`]: nothing reads them, and they are most of a dump).
     pub(crate) fn dump(&self, msg: IpvsMessage) -> Result<Vec<IpvsMessage>, NetlinkError> {
         let mut replies = Vec::new();
         self.lock().dump(&self.request_of(&msg), |reply| {
-            replies.push(parse_reply(reply)?);
+            let header = GenlHeader::parse(reply.payload)?;
+            let payload = &reply.payload[GENL_HDRLEN..];
+            replies.push(IpvsMessage::parse_without_stats(payload, header)?);
             Ok(())
         })?;
         Ok(replies)

@@ -160,7 +160,21 @@ pub(crate) fn parse_nested<A>(payload: &[u8], what: &'static str) -> Result<Vec<
 where
     A: for<'b> Parseable<NlaBuffer<&'b [u8]>>,
 {
+    parse_nested_except(payload, &[], what)
+}
+
+/// Parses the inner attributes of a nested attribute but those of the kinds in `skip`, which
+/// are stepped over unread.
+pub(crate) fn parse_nested_except<A>(
+    payload: &[u8],
+    skip: &[u16],
+    what: &'static str,
+) -> Result<Vec<A>, DecodeError>
+where
+    A: for<'b> Parseable<NlaBuffer<&'b [u8]>>,
+{
     netlink_packet_core::NlasIterator::new(payload)
+        .filter(|nla| !nla.as_ref().is_ok_and(|nla| skip.contains(&nla.kind())))
         .map(|nla| nla.and_then(|nla| A::parse(&nla)))
         .collect::<Result<Vec<_>, _>>()
         .context(what)

@@ -205,6 +205,22 @@ pub fn changed_port(ports: usize) -> usize {
     ports.saturating_sub(1) / 2
 }
 
+/// Marks the start of one timed sync, for an instruction count of each step alone: valgrind
+/// `--tool=callgrind --zero-before='*step_started*' --dump-before='*step_finished*'` writes one
+/// profile per step, every thread's instructions from here to [`step_finished`] (used to compare
+/// two builds deterministically where the emulated VM's timings are too noisy; bench/README.md).
+#[inline(never)]
+fn step_started(step: Step) {
+    // Distinct bodies: identical ones are folded into one symbol, and callgrind would see one.
+    std::hint::black_box((step, "started"));
+}
+
+/// Marks the end of one timed sync (see [`step_started`]).
+#[inline(never)]
+fn step_finished(step: Step) {
+    std::hint::black_box((step, "finished"));
+}
+
 /// Runs the four steps in this process's network namespace, printing each result.
 ///
 /// # Errors
@@ -237,18 +253,19 @@ pub async fn run_sync(args: &SyncArgs) -> Result<(), BenchError> {
             changes: &changes,
             mode,
         };
+        step_started(step);
         let started = Instant::now();
-        let report = dataplane
-            .sync(request)
-            .await
-            .map_err(|e| BenchError::Scenario {
-                scenario: format!("{step:?} sync of {} service ports", args.ports),
-                proxy: args.backend.name().to_owned(),
-                detail: e.to_string(),
-            })?;
+        let synced = dataplane.sync(request).await;
+        let seconds = started.elapsed().as_secs_f64();
+        step_finished(step);
+        let report = synced.map_err(|e| BenchError::Scenario {
+            scenario: format!("{step:?} sync of {} service ports", args.ports),
+            proxy: args.backend.name().to_owned(),
+            detail: e.to_string(),
+        })?;
         let result = StepResult {
             step,
-            seconds: started.elapsed().as_secs_f64(),
+            seconds,
             objects_written: report.objects_written,
             mode: report.mode.to_string(),
             problems: report.problems.iter().map(ToString::to_string).collect(),

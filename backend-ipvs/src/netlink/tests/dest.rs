@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 
 use super::{
-    assert_round_trip, emit, parse,
+    assert_round_trip, emit, parse, parse_without_stats,
     service::{zero_stats, zero_stats64, ZERO_STATS, ZERO_STATS64},
 };
 use crate::{
@@ -278,6 +278,7 @@ fn dumped_dest_with_conns_and_stats() {
         DestAttr::Stats(zero_stats()),
         DestAttr::Stats64(zero_stats64()),
     ];
+    let without_stats = attrs[..attrs.len() - 2].to_vec();
     let expected = IpvsMessage::new(IpvsCmd::NewDest, vec![IpvsAttr::Dest(attrs)]);
     assert_round_trip(&raw, &expected, true);
 
@@ -285,11 +286,26 @@ fn dumped_dest_with_conns_and_stats() {
     let IpvsAttr::Dest(attrs) = &parsed.attrs[0] else {
         panic!("not a dest: {parsed:?}")
     };
+    let real_server = RealServer {
+        conns: Some(ConnCounts::default()),
+        ..RealServer::new(ip("198.18.1.10"), 8080, 2)
+    };
     assert_eq!(
         RealServer::try_from(attrs.as_slice()).expect("model"),
-        RealServer {
-            conns: Some(ConnCounts::default()),
-            ..RealServer::new(ip("198.18.1.10"), 8080, 2)
-        }
+        real_server
+    );
+
+    // As a dump reads it: every attribute but the two statistics nests, the same model.
+    let dumped = parse_without_stats(&raw);
+    assert_eq!(
+        dumped,
+        IpvsMessage::new(
+            IpvsCmd::NewDest,
+            vec![IpvsAttr::Dest(without_stats.clone())]
+        )
+    );
+    assert_eq!(
+        RealServer::try_from(without_stats.as_slice()).expect("model"),
+        real_server
     );
 }

@@ -27,6 +27,12 @@ fn parse(raw: &[u8]) -> IpvsMessage {
     IpvsMessage::parse_with_param(&raw[4..], header).expect("IPVS message parses")
 }
 
+/// Parses a generic-netlink payload as a dump's reply is read: without the statistics.
+fn parse_without_stats(raw: &[u8]) -> IpvsMessage {
+    let header = GenlHeader::parse(raw).expect("genlmsghdr");
+    IpvsMessage::parse_without_stats(&raw[4..], header).expect("IPVS message parses")
+}
+
 /// Emits `msg` behind its `genlmsghdr`, into a buffer of exactly `buffer_len()` bytes.
 fn emit(msg: &IpvsMessage) -> Vec<u8> {
     let genl = GenlMessage::from_payload(msg.clone());

@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use super::{assert_round_trip, emit, parse};
+use super::{assert_round_trip, emit, parse, parse_without_stats};
 use crate::{
     model::{SchedFlags, Scheduler, VirtualServer},
     netlink::{
@@ -339,10 +339,16 @@ static DUMPED_SERVICE_HEAD: [u8; 88] = [
 fn dumped_service_with_stats() {
     let raw = [&DUMPED_SERVICE_HEAD[..], &ZERO_STATS[..], &ZERO_STATS64[..]].concat();
     let mut attrs = tcp_rr_attrs(0x2);
+    let without_stats = attrs.clone();
     attrs.push(ServiceAttr::Stats(zero_stats()));
     attrs.push(ServiceAttr::Stats64(zero_stats64()));
     let expected = IpvsMessage::new(IpvsCmd::NewService, vec![IpvsAttr::Service(attrs)]);
     assert_round_trip(&raw, &expected, true);
+    // As a dump reads it: every attribute but the two statistics nests.
+    assert_eq!(
+        parse_without_stats(&raw),
+        IpvsMessage::new(IpvsCmd::NewService, vec![IpvsAttr::Service(without_stats)])
+    );
 
     // The model ignores the kernel's IP_VS_SVC_F_HASHED and the stats.
     let parsed = parse(&raw);
