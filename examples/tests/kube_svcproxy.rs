@@ -271,7 +271,8 @@ fn follows_the_api_server_through_gating_drops_410_relists_and_restarts() {
 /// kube-proxy's `/healthz` drains a node that is going away (KEP-3836): 503 with `nodeEligible:
 /// false` while the node carries the autoscaler's taint or a deletion timestamp, while `/livez`
 /// stays 200 and the dataplane keeps serving; 200 again when the taint goes. Configured through a
-/// `KubeProxyConfiguration` file (`--config`), as kubeadm runs kube-proxy.
+/// `KubeProxyConfiguration` file (`--config`), as kubeadm runs kube-proxy, and ended as kube-proxy
+/// ends when that file changes.
 #[test]
 fn healthz_drains_a_node_being_deleted_and_livez_does_not() {
     let dir = TempDir::new("kube-health");
@@ -375,9 +376,18 @@ fn healthz_drains_a_node_being_deleted_and_livez_does_not() {
     wait_health("/healthz", 503, "\"nodeEligible\": false");
     wait_health("/livez", 200, "\"synced\": true");
 
-    let (status, log) = proxy.terminate(WAIT);
-    assert!(status.success(), "{status}; log:\n{log}");
+    // A new configuration (kubeadm's ConfigMap edited): kube-svcproxy exits with 1, as
+    // kube-proxy does, for its DaemonSet to start it again with the new file.
+    let text = std::fs::read_to_string(&config).expect("read config");
+    std::fs::write(&config, format!("{text}iptables:\n  masqueradeAll: true\n"))
+        .expect("change config");
+    let (status, log) = proxy.wait_exit(WAIT, "did not exit after --config changed");
+    assert_eq!(status.code(), Some(1), "{status}; log:\n{log}");
     assert!(log.contains("load balancers drain it"), "{log}");
+    assert!(
+        log.contains("--config changed: its content changed; exiting"),
+        "{log}"
+    );
 }
 
 #[test]

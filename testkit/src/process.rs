@@ -152,11 +152,22 @@ impl LoggedChild {
     ///
     /// When the signal cannot be sent, or the child has not exited within `timeout` (it is then
     /// killed on drop), with the log.
-    pub fn terminate(mut self, timeout: Duration) -> (ExitStatus, String) {
+    pub fn terminate(self, timeout: Duration) -> (ExitStatus, String) {
         let pid = i32::try_from(self.child.id()).expect("Linux pids fit in i32");
         if let Err(e) = kill(Pid::from_raw(pid), Signal::SIGTERM) {
             panic!("SIGTERM to {} ({pid}): {e}", self.what);
         }
+        self.wait_exit(timeout, "ignored SIGTERM")
+    }
+
+    /// Waits for the child to exit on its own; returns the exit status and the whole log, as
+    /// [`LoggedChild::terminate`] does.
+    ///
+    /// # Panics
+    ///
+    /// When the child still runs after `timeout` (it is then killed on drop), with `why` (what
+    /// it failed to do, e.g. "did not exit") and the log.
+    pub fn wait_exit(mut self, timeout: Duration, why: &str) -> (ExitStatus, String) {
         let exited = poll(timeout, Duration::from_millis(20), || {
             match self.child.try_wait() {
                 Ok(Some(status)) => Ok(status),
@@ -167,11 +178,7 @@ impl LoggedChild {
         let status = match exited {
             Ok(status) => status,
             Err(Some(e)) => panic!("wait for {}: {e}; log:\n{}", self.what, self.log()),
-            Err(None) => panic!(
-                "{} ignored SIGTERM for {timeout:?}; log:\n{}",
-                self.what,
-                self.log()
-            ),
+            Err(None) => panic!("{} {why} for {timeout:?}; log:\n{}", self.what, self.log()),
         };
         if let Some(reader) = self.reader.take() {
             let _ = poll(Duration::from_secs(1), Duration::from_millis(10), || {

@@ -8,7 +8,9 @@
 //! this binary with its arguments unchanged (`--config=/var/lib/kube-proxy/config.conf
 //! --hostname-override=$(NODE_NAME)`). A flag given on the command line wins over the file, as
 //! `--hostname-override` does for kube-proxy; fields we have no use for are ignored, and a field
-//! we cannot honour is refused by name.
+//! we cannot honour is refused by name. As kube-proxy does, it exits (status 1) when the file's
+//! content changes, so that its DaemonSet starts it again with the new configuration; the
+//! dataplane it programmed stays in place meanwhile, and the next run adopts it.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -99,6 +101,10 @@ pub struct KubeProxyArgs {
     /// honour (`ipvs.scheduler = "lc"`), to be told at start.
     #[arg(skip)]
     pub ignored_config: Vec<String>,
+
+    /// The text of --config as it was read: the process exits once the file holds anything else.
+    #[arg(skip)]
+    pub loaded_config: Option<String>,
 }
 
 impl KubeProxyArgs {
@@ -312,6 +318,7 @@ impl KubeProxyArgs {
             args.merge(&config, &matches)
                 .with_context(|| format!("--config {}", path.display()))?;
             args.ignored_config = ignored_fields(&tree);
+            args.loaded_config = Some(text);
         }
         Ok(args)
     }
@@ -447,7 +454,48 @@ pub fn main() -> ExitCode {
             args.ignored_config.join(", ")
         );
     }
+    if let (Some(path), Some(loaded), false) = (&args.config, &args.loaded_config, args.cleanup) {
+        exit_when_config_changes(path.clone(), loaded.clone(), CONFIG_CHECK_INTERVAL);
+    }
     crate::svcproxy::main_with(crate::svcproxy::cli::Cli::parse_from(args.svcproxy_args()))
+}
+
+/// How often the --config file is read again for a change. kube-proxy is told by inotify; a
+/// ConfigMap volume swaps a symlink to publish a change, which a read of the path sees whatever
+/// the volume does, at the cost of a small file read this often.
+const CONFIG_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Why the configuration file at `path` no longer is what was `loaded`, if it is not.
+fn config_change(path: &std::path::Path, loaded: &str) -> Option<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if text == loaded => None,
+        Ok(_) => Some("its content changed".to_owned()),
+        Err(e) => Some(format!("it cannot be read any more ({e})")),
+    }
+}
+
+/// Watches `path` on a thread of its own and ends the process with status 1 once it changes, as
+/// kube-proxy does: its DaemonSet then starts it again, reading the new configuration. The exit
+/// is immediate (no clean-up runs), so the dataplane keeps forwarding until the next run
+/// adopts it.
+fn exit_when_config_changes(path: PathBuf, loaded: String, every: Duration) {
+    let watch = move || loop {
+        std::thread::sleep(every);
+        if let Some(why) = config_change(&path, &loaded) {
+            tracing::error!(
+                config = %path.display(),
+                "--config changed: {why}; exiting so that it is read again (as kube-proxy does)"
+            );
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("config-watch".to_owned())
+        .spawn(watch)
+    {
+        // Without the watch the proxy still runs; a change then needs a restart by hand.
+        eprintln!("kube-svcproxy: cannot watch --config for changes: {e}");
+    }
 }
 
 #[cfg(test)]
@@ -669,5 +717,33 @@ winkernel:
             bare.healthz_bind_address,
             "0.0.0.0:10256".parse().expect("addr")
         );
+    }
+
+    #[test]
+    fn a_config_change_is_seen_in_content_and_in_a_file_gone() {
+        let dir = testkit_dir();
+        let path = dir.join("config.conf");
+        let loaded = "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n";
+        std::fs::write(&path, loaded).expect("write config");
+        assert_eq!(config_change(&path, loaded), None);
+        // Written again with the same text (a ConfigMap resync): no change.
+        std::fs::write(&path, loaded).expect("rewrite config");
+        assert_eq!(config_change(&path, loaded), None);
+        std::fs::write(&path, format!("{loaded}mode: nftables\n")).expect("change config");
+        assert_eq!(
+            config_change(&path, loaded).as_deref(),
+            Some("its content changed")
+        );
+        std::fs::remove_file(&path).expect("remove config");
+        let gone = config_change(&path, loaded).expect("a file gone is a change");
+        assert!(gone.starts_with("it cannot be read any more"), "{gone}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_config_text_is_kept_to_compare_with() {
+        let text = "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n";
+        let args = with_config(text, &[]).expect("loads");
+        assert_eq!(args.loaded_config.as_deref(), Some(text));
     }
 }
