@@ -9,8 +9,8 @@
 //! --hostname-override=$(NODE_NAME)`). A flag given on the command line wins over the file, as
 //! `--hostname-override` does for kube-proxy; fields we have no use for are ignored, and a field
 //! we cannot honour is refused by name. As kube-proxy does, it exits (status 1) when the file's
-//! content changes, so that its DaemonSet starts it again with the new configuration; the
-//! dataplane it programmed stays in place meanwhile, and the next run adopts it.
+//! content changes, so that its DaemonSet starts it again with the new configuration; the rules
+//! the kernel modes programmed keep forwarding meanwhile, and the next run adopts them.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -476,8 +476,8 @@ fn config_change(path: &std::path::Path, loaded: &str) -> Option<String> {
 
 /// Watches `path` on a thread of its own and ends the process with status 1 once it changes, as
 /// kube-proxy does: its DaemonSet then starts it again, reading the new configuration. The exit
-/// is immediate (no clean-up runs), so the dataplane keeps forwarding until the next run
-/// adopts it.
+/// is immediate (no clean-up runs), so the kernel modes' rules keep forwarding until the next
+/// run adopts them.
 fn exit_when_config_changes(path: PathBuf, loaded: String, every: Duration) {
     let watch = move || loop {
         std::thread::sleep(every);
