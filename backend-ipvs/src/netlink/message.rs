@@ -179,7 +179,40 @@ impl Nla for IpvsAttr {
 
 impl<'a, T: AsRef<[u8]> + ?Sized> ParseableParametrized<NlaBuffer<&'a T>, IpvsCmd> for IpvsAttr {
     fn parse_with_param(buf: &NlaBuffer<&'a T>, cmd: IpvsCmd) -> Result<Self, DecodeError> {
+        IpvsAttr::parse_in(buf, cmd, Statistics::Decode)
+    }
+}
+
+/// Whether a parse decodes the traffic statistics of services and destinations
+/// (`IPVS_SVC_ATTR_STATS[64]`, `IPVS_DEST_ATTR_STATS[64]`) or steps over them unread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Statistics {
+    /// Decoded into `ServiceAttr::Stats[64]` and `DestAttr::Stats[64]`.
+    Decode,
+    /// Left out of the result: what dumps are read with ([`IpvsMessage::parse_without_stats`]).
+    Skip,
+}
+
+impl Statistics {
+    /// The attribute kinds to step over among `stats_kinds`, a nest's statistics.
+    fn skipped(self, stats_kinds: &'static [u16]) -> &'static [u16] {
+        match self {
+            Statistics::Decode => &[],
+            Statistics::Skip => stats_kinds,
+        }
+    }
+}
+
+impl IpvsAttr {
+    /// One top-level attribute of a message of `cmd`, its statistics as `statistics` says.
+    fn parse_in<T: AsRef<[u8]> + ?Sized>(
+        buf: &NlaBuffer<&T>,
+        cmd: IpvsCmd,
+        statistics: Statistics,
+    ) -> Result<Self, DecodeError> {
         use IpvsAttr::*;
+        const SERVICE_STATS: [u16; 2] = [IPVS_SVC_ATTR_STATS, IPVS_SVC_ATTR_STATS64];
+        const DEST_STATS: [u16; 2] = [IPVS_DEST_ATTR_STATS, IPVS_DEST_ATTR_STATS64];
         let payload = buf.value();
         if cmd == IpvsCmd::SetInfo {
             return Ok(match buf.kind() {
@@ -193,10 +226,16 @@ impl<'a, T: AsRef<[u8]> + ?Sized> ParseableParametrized<NlaBuffer<&'a T>, IpvsCm
             });
         }
         Ok(match buf.kind() {
-            IPVS_CMD_ATTR_SERVICE => {
-                Service(parse_nested(payload, "invalid IPVS_CMD_ATTR_SERVICE")?)
-            }
-            IPVS_CMD_ATTR_DEST => Dest(parse_nested(payload, "invalid IPVS_CMD_ATTR_DEST")?),
+            IPVS_CMD_ATTR_SERVICE => Service(parse_nested_except(
+                payload,
+                statistics.skipped(&SERVICE_STATS),
+                "invalid IPVS_CMD_ATTR_SERVICE",
+            )?),
+            IPVS_CMD_ATTR_DEST => Dest(parse_nested_except(
+                payload,
+                statistics.skipped(&DEST_STATS),
+                "invalid IPVS_CMD_ATTR_DEST",
+            )?),
             IPVS_CMD_ATTR_DAEMON => Daemon(parse_nested(payload, "invalid IPVS_CMD_ATTR_DAEMON")?),
             IPVS_CMD_ATTR_TIMEOUT_TCP => {
                 TimeoutTcp(parse_u32(payload).context("invalid IPVS_CMD_ATTR_TIMEOUT_TCP")?)
@@ -239,25 +278,18 @@ impl IpvsMessage {
     /// Decoding them was a third of a warm resync's user-space instructions at 1,000 x 10
     /// (`scripts/bench-ipvs-instructions`).
     pub fn parse_without_stats(buf: &[u8], header: GenlHeader) -> Result<Self, DecodeError> {
-        const SERVICE_STATS: [u16; 2] = [IPVS_SVC_ATTR_STATS, IPVS_SVC_ATTR_STATS64];
-        const DEST_STATS: [u16; 2] = [IPVS_DEST_ATTR_STATS, IPVS_DEST_ATTR_STATS64];
+        IpvsMessage::parse_in(buf, header, Statistics::Skip)
+    }
+
+    /// The message after the `genlmsghdr` `header`, its statistics as `statistics` says.
+    pub(crate) fn parse_in(
+        buf: &[u8],
+        header: GenlHeader,
+        statistics: Statistics,
+    ) -> Result<Self, DecodeError> {
         let cmd = IpvsCmd::from(header.cmd);
-        let parse = |nla: NlaBuffer<&[u8]>| match nla.kind() {
-            _ if cmd == IpvsCmd::SetInfo => IpvsAttr::parse_with_param(&nla, cmd),
-            IPVS_CMD_ATTR_SERVICE => Ok(IpvsAttr::Service(parse_nested_except(
-                nla.value(),
-                &SERVICE_STATS,
-                "invalid IPVS_CMD_ATTR_SERVICE",
-            )?)),
-            IPVS_CMD_ATTR_DEST => Ok(IpvsAttr::Dest(parse_nested_except(
-                nla.value(),
-                &DEST_STATS,
-                "invalid IPVS_CMD_ATTR_DEST",
-            )?)),
-            _ => IpvsAttr::parse_with_param(&nla, cmd),
-        };
         let attrs = NlasIterator::new(buf)
-            .map(|nla| nla.and_then(parse))
+            .map(|nla| nla.and_then(|nla| IpvsAttr::parse_in(&nla, cmd, statistics)))
             .collect::<Result<Vec<_>, _>>()
             .with_context(|| format!("invalid IPVS message (command {cmd:?})"))?;
         Ok(IpvsMessage { cmd, attrs })
@@ -290,11 +322,6 @@ impl Emitable for IpvsMessage {
 
 impl ParseableParametrized<[u8], GenlHeader> for IpvsMessage {
     fn parse_with_param(buf: &[u8], header: GenlHeader) -> Result<Self, DecodeError> {
-        let cmd = IpvsCmd::from(header.cmd);
-        let attrs = NlasIterator::new(buf)
-            .map(|nla| nla.and_then(|nla| IpvsAttr::parse_with_param(&nla, cmd)))
-            .collect::<Result<Vec<_>, _>>()
-            .with_context(|| format!("invalid IPVS message (command {cmd:?})"))?;
-        Ok(IpvsMessage { cmd, attrs })
+        IpvsMessage::parse_in(buf, header, Statistics::Decode)
     }
 }

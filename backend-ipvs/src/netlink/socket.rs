@@ -7,7 +7,6 @@ use std::sync::{Mutex, MutexGuard};
 
 use netlink_packet_core::{
     parse_u16, DecodeError, Emitable, ErrorContext, NetlinkHeader, NetlinkMessage, NlasIterator,
-    ParseableParametrized,
 };
 use netlink_packet_generic::{
     constants::{CTRL_ATTR_FAMILY_ID, GENL_HDRLEN},
@@ -17,7 +16,7 @@ use netlink_packet_generic::{
 use netlink_transport::{Connection, Datagrams, NetlinkError, Protocol, Reply, Request, SysSocket};
 use tracing::debug;
 
-use super::message::IpvsMessage;
+use super::message::{IpvsMessage, Statistics};
 
 /// `sizeof(struct nlmsghdr)`.
 const NLMSG_HDRLEN: usize = 16;
@@ -80,10 +79,11 @@ impl Request for IpvsRequest<'_> {
     }
 }
 
-/// The `IpvsMessage` of a reply payload (`genlmsghdr` and attributes).
-fn parse_reply(reply: Reply<'_>) -> Result<IpvsMessage, DecodeError> {
+/// The `IpvsMessage` of a reply payload (`genlmsghdr` and attributes), its statistics as
+/// `statistics` says.
+fn parse_reply(reply: Reply<'_>, statistics: Statistics) -> Result<IpvsMessage, DecodeError> {
     let header = GenlHeader::parse(reply.payload)?;
-    IpvsMessage::parse_with_param(&reply.payload[GENL_HDRLEN..], header)
+    IpvsMessage::parse_in(&reply.payload[GENL_HDRLEN..], header, statistics)
 }
 
 impl<D: Datagrams> IpvsSocket<D> {
@@ -153,7 +153,7 @@ impl<D: Datagrams> IpvsSocket<D> {
     pub(crate) fn request(&self, msg: IpvsMessage) -> Result<Vec<IpvsMessage>, NetlinkError> {
         let mut replies = Vec::new();
         self.lock().request(&self.request_of(&msg), |reply| {
-            replies.push(parse_reply(reply)?);
+            replies.push(parse_reply(reply, Statistics::Decode)?);
             Ok(())
         })?;
         Ok(replies)
@@ -165,9 +165,7 @@ impl<D: Datagrams> IpvsSocket<D> {
     pub(crate) fn dump(&self, msg: IpvsMessage) -> Result<Vec<IpvsMessage>, NetlinkError> {
         let mut replies = Vec::new();
         self.lock().dump(&self.request_of(&msg), |reply| {
-            let header = GenlHeader::parse(reply.payload)?;
-            let payload = &reply.payload[GENL_HDRLEN..];
-            replies.push(IpvsMessage::parse_without_stats(payload, header)?);
+            replies.push(parse_reply(reply, Statistics::Skip)?);
             Ok(())
         })?;
         Ok(replies)
