@@ -436,7 +436,7 @@ impl KubeProxyArgs {
 
 /// `kube-svcproxy`'s `main`.
 pub fn main() -> ExitCode {
-    let args = match KubeProxyArgs::from_command_line(std::env::args_os()) {
+    let mut args = match KubeProxyArgs::from_command_line(std::env::args_os()) {
         Ok(args) => args,
         Err(err) => match err.downcast::<clap::Error>() {
             // --help, --version and usage errors, as clap prints them.
@@ -454,15 +454,19 @@ pub fn main() -> ExitCode {
             args.ignored_config.join(", ")
         );
     }
-    if let (Some(path), Some(loaded), false) = (&args.config, &args.loaded_config, args.cleanup) {
-        exit_when_config_changes(path.clone(), loaded.clone(), CONFIG_CHECK_INTERVAL);
+    if let (Some(path), Some(loaded), false) =
+        (args.config.clone(), args.loaded_config.take(), args.cleanup)
+    {
+        exit_when_config_changes(path, loaded, CONFIG_CHECK_INTERVAL);
     }
     crate::svcproxy::main_with(crate::svcproxy::cli::Cli::parse_from(args.svcproxy_args()))
 }
 
 /// How often the --config file is read again for a change. kube-proxy is told by inotify; a
 /// ConfigMap volume swaps a symlink to publish a change, which a read of the path sees whatever
-/// the volume does, at the cost of a small file read this often.
+/// the volume does, at the cost of a small file read this often. (svcproxy's table-file watcher,
+/// `svcproxy::watch`, is not used here: it exists to apply settled versions to the tracker with
+/// millisecond latency; any byte that differs is enough here, and a restart is seconds anyway.)
 const CONFIG_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Why the configuration file at `path` no longer is what was `loaded`, if it is not.
